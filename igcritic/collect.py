@@ -1,0 +1,330 @@
+"""Collect on-policy rollouts with their latent trajectories and cost/reward labels into a Zarr store.
+
+    igcritic collect --config configs/collect/embedded.yaml
+    igcritic collect --model PATH --prompts prompts.jsonl --rollouts_per_prompt 5 --out runs/x/store.zarr
+
+The work is cut into numbered batches of ``batch_size`` (prompt, rollout) items; batch ``b`` is sampled
+with its own generator seeded from ``(seed, b)``, so any batch can be redone identically. Rank ``r`` of
+``devices * num_nodes`` processes (Lightning Fabric: ddp on GPUs, torchrun or SLURM; ddp_spawn for
+in-process tests) handles the batches with ``b % world == r`` and is the only writer of its shard. A batch
+is committed by the store's manifest after its data is on disk, so ``--resume`` after a kill redoes only
+the uncommitted batches: nothing lost, nothing duplicated, same trajectories as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from igcritic.decoding import Rollouts, SamplingConfig, rollout
+from igcritic.policy import EMBEDDED_POLICY_ID, Policy, load_policy
+from igcritic.prompts import PromptSource, load_prompts
+from igcritic.scorers import Scorer, load_scorer
+from igcritic.store import SCHEMA_VERSION, StoreError, StoreReader, StoreWriter, TrajectoryBatch, config_hash
+
+log = logging.getLogger(__name__)
+
+
+class CollectError(ValueError):
+    """Collection cannot start or continue; the message says how to fix it."""
+
+
+@dataclass
+class CollectConfig:
+    """Everything that determines a store's content (all but ``out``, ``resume``, ``overwrite`` and the
+    device layout enter the config hash that guards ``--resume``)."""
+
+    out: str = "runs/embedded/store.zarr"
+    """Store path or fsspec URL to write."""
+    model: str = EMBEDDED_POLICY_ID
+    """Policy: HF model folder/id, or the embedded default."""
+    layer: int = -1
+    """Decoder layer whose output is the latent (1-based; -1 = last)."""
+    norm: str = "post"
+    """``post`` (after the final norm, last layer only) or ``pre``."""
+    dtype: str = "float32"
+    """Policy dtype (float32, bfloat16, float16)."""
+    prompts: PromptSource = field(default_factory=PromptSource)
+    """Where prompts come from (shipped default set, a JSONL/CSV file, or a HF dataset)."""
+    rollouts_per_prompt: int = 5
+    """K answers sampled per prompt (paper: 5)."""
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """Sampling of the frozen policy."""
+    batch_size: int = 32
+    """(prompt, rollout) items generated together."""
+    seed: int = 0
+    """Base seed; batch b uses seed * 1_000_003 + b."""
+    cost: str = "embedded"
+    """Cost scorer spec (embedded, beaver:PATH, seqcls:PATH[:LABEL])."""
+    reward: str = "embedded"
+    """Reward scorer spec."""
+    stride: int = 8
+    """Prefix-score stride of non-causal scorers (tokens)."""
+    budget: float = 0.5
+    """Budget d on the cost scale, recorded for inspect and fit (0.5 for the embedded cost)."""
+    chunk_tokens: int = 4096
+    """Token rows per Zarr chunk."""
+    resume: bool = False
+    """Continue an interrupted store made with the same config."""
+    overwrite: bool = False
+    """Delete an existing store at ``out`` first."""
+    accelerator: str = "auto"
+    """Lightning accelerator (cpu, gpu, auto)."""
+    devices: int = 1
+    """Processes per node; each writes its own shard."""
+    num_nodes: int = 1
+    """Nodes (torchrun/SLURM set the rank environment)."""
+    strategy: str = "ddp"
+    """Fabric strategy for devices > 1: ddp (re-launches the command), ddp_spawn (in-process)."""
+
+    def hashed(self) -> dict:
+        d = asdict(self)
+        for k in ("out", "resume", "overwrite", "accelerator", "devices", "num_nodes", "strategy"):
+            d.pop(k)
+        return d
+
+    def validate(self) -> None:
+        problems = []
+        if self.rollouts_per_prompt < 1:
+            problems.append(f"--rollouts_per_prompt {self.rollouts_per_prompt} must be >= 1")
+        if self.batch_size < 1:
+            problems.append(f"--batch_size {self.batch_size} must be >= 1")
+        if self.sampling.max_new_tokens < 1:
+            problems.append(f"--sampling.max_new_tokens {self.sampling.max_new_tokens} must be >= 1")
+        if self.resume and self.overwrite:
+            problems.append("--resume and --overwrite exclude each other; pick one")
+        if not np.isfinite(self.budget):
+            problems.append(f"--budget {self.budget} must be a finite number")
+        if problems:
+            raise CollectError("; ".join(problems))
+
+
+def batch_seed(seed: int, batch_index: int) -> int:
+    return (seed * 1_000_003 + batch_index) % (2**63 - 1)
+
+
+def work_batches(num_prompts: int, k: int, batch_size: int) -> list[list[int]]:
+    """Prompt index of each item, item i = (prompt i // k, rollout i % k), cut into batches."""
+    items = [p for p in range(num_prompts) for _ in range(k)]
+    return [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+
+
+def prefix_texts(policy: Policy, tokens: list[int]) -> list[str]:
+    """Decoded response prefixes y_<=t for t = 0..T (T + 1 strings, "" first)."""
+    tok = policy.tokenizer
+    return [tok.decode(tokens[:t], skip_special_tokens=True) for t in range(len(tokens) + 1)]
+
+
+def label_batch(
+    policy: Policy, prompts: list[str], prompt_idx: list[int], roll: Rollouts, cost: Scorer, reward: Scorer
+) -> tuple[TrajectoryBatch, dict]:
+    """Score every prefix with the cost model and every answer with the reward model."""
+    texts = [prefix_texts(policy, t) for t in roll.tokens]
+    batch_prompts = [prompts[p] for p in prompt_idx]
+    t0 = time.perf_counter()
+    cost_prefix = cost.prefix_scores(batch_prompts, texts)
+    t1 = time.perf_counter()
+    rewards = reward.score(batch_prompts, [t[-1] for t in texts])
+    t2 = time.perf_counter()
+    token_ids = []
+    for toks in roll.tokens:
+        token_ids += [-1, *toks]
+    batch = TrajectoryBatch(
+        latents=torch.cat(roll.latents).numpy(),  # (N_tok, H)
+        token_ids=np.asarray(token_ids, dtype=np.int32),
+        cost_prefix=np.concatenate(cost_prefix).astype(np.float32),
+        traj_len=np.asarray([len(t) for t in roll.tokens], dtype=np.int32),
+        traj_prompt=np.asarray(prompt_idx, dtype=np.int64),
+        traj_reward=np.asarray(rewards, dtype=np.float32),
+        traj_finished=np.asarray(roll.finished, dtype=bool),
+    )
+    return batch, {"cost_s": t1 - t0, "reward_s": t2 - t1}
+
+
+def store_attrs(cfg: CollectConfig, policy: Policy, cost: Scorer, reward: Scorer, source_info: dict) -> dict:
+    import lightning
+    import transformers
+    import zarr
+
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "policy": policy.identity.to_dict(),
+        "cost_scorer": cost.to_dict(),
+        "reward_scorer": reward.to_dict(),
+        "budget": cfg.budget,
+        "constraint": "final",
+        "generation": {**asdict(cfg.sampling), "rollouts_per_prompt": cfg.rollouts_per_prompt,
+                       "batch_size": cfg.batch_size},
+        "seed": cfg.seed,
+        "dataset": source_info,
+        "software": {"igcritic": _version(), "torch": torch.__version__, "transformers": transformers.__version__,
+                     "zarr": zarr.__version__, "lightning": lightning.__version__},
+        "config": cfg.hashed(),
+        "config_hash": config_hash(cfg.hashed()),
+    }
+
+
+def _version() -> str:
+    from igcritic import __version__
+
+    return __version__
+
+
+def open_writer(cfg: CollectConfig, rank: int, attrs: dict, prompts: list[str], hidden: int) -> StoreWriter:
+    if cfg.resume:
+        return StoreWriter.resume(cfg.out, config_hash=attrs["config_hash"], rank=rank, hidden_size=hidden)
+    if rank == 0:
+        return StoreWriter.create(cfg.out, attrs=attrs, prompts=prompts, hidden_size=hidden, rank=0,
+                                  overwrite=cfg.overwrite, chunk_tokens=cfg.chunk_tokens)
+    return StoreWriter.create(cfg.out, attrs=attrs, prompts=prompts, hidden_size=hidden, rank=rank,
+                              overwrite=False, chunk_tokens=cfg.chunk_tokens)
+
+
+def collect_rank(cfg: CollectConfig, rank: int = 0, world: int = 1, barrier=lambda: None) -> dict:
+    """Run this rank's share of the batches into its shard. Returns counters."""
+    cfg.validate()
+    prompts, source_info = load_prompts(cfg.prompts)
+    device = "cuda" if torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda") else "cpu"
+    if device == "cuda":
+        device = f"cuda:{torch.cuda.current_device()}"
+    policy = load_policy(cfg.model, layer=cfg.layer, norm=cfg.norm, dtype=cfg.dtype, device=device)
+    cost = load_scorer(cfg.cost, "cost", device=device, stride=cfg.stride)
+    reward = load_scorer(cfg.reward, "reward", device=device, stride=cfg.stride)
+    attrs = store_attrs(cfg, policy, cost, reward, source_info)
+    hidden = policy.identity.hidden_size
+
+    if rank == 0:
+        writer = open_writer(cfg, 0, attrs, prompts, hidden)
+    barrier()  # the root group exists before other ranks open their shards
+    if rank != 0:
+        writer = open_writer(cfg, rank, attrs, prompts, hidden)
+    done = StoreReader(cfg.out).batches_done if cfg.resume else set()
+    batches = work_batches(len(prompts), cfg.rollouts_per_prompt, cfg.batch_size)
+    mine = [b for b in range(len(batches)) if b % world == rank and b not in done]
+    stats = {"batches": 0, "skipped_nan": 0, "tokens": 0, "gen_s": 0.0, "cost_s": 0.0, "reward_s": 0.0,
+             "write_s": 0.0, "batches_total": len(batches), "batches_already_done": len(done)}
+    with writer, _progress(rank, len(mine)) as progress, _sigterm_raises():
+        for b in mine:
+            gen = torch.Generator(device=policy.device).manual_seed(batch_seed(cfg.seed, b))
+            t0 = time.perf_counter()
+            roll = rollout(policy, [prompts[p] for p in batches[b]], cfg.sampling, gen)
+            t1 = time.perf_counter()
+            batch, timing = label_batch(policy, prompts, batches[b], roll, cost, reward)
+            problems = batch.validate()
+            if problems:
+                stats["skipped_nan"] += 1
+                log.error("batch %d not written: %s", b, "; ".join(problems))
+                progress.advance(roll.num_tokens)
+                continue
+            t2 = time.perf_counter()
+            try:
+                writer.append(batch, b)
+            except OSError as e:
+                if e.errno == errno.ENOSPC:
+                    raise CollectError(
+                        f"disk full while writing batch {b} to {cfg.out}; free space and rerun with --resume "
+                        "(committed batches are kept)"
+                    ) from None
+                raise
+            stats["write_s"] += time.perf_counter() - t2
+            stats["gen_s"] += t1 - t0
+            stats["cost_s"] += timing["cost_s"]
+            stats["reward_s"] += timing["reward_s"]
+            stats["tokens"] += roll.num_tokens
+            stats["batches"] += 1
+            progress.advance(roll.num_tokens)
+    return stats
+
+
+def run(cfg: CollectConfig) -> dict:
+    """Collect with ``cfg.devices * cfg.num_nodes`` writers; returns rank 0's counters."""
+    world = cfg.devices * cfg.num_nodes
+    if world == 1:
+        return collect_rank(cfg)
+    from lightning.fabric import Fabric
+
+    fabric = Fabric(accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=cfg.strategy)
+    return fabric.launch(_fabric_worker, cfg)
+
+
+def _fabric_worker(fabric, cfg: CollectConfig) -> dict:
+    stats = collect_rank(cfg, rank=fabric.global_rank, world=fabric.world_size, barrier=fabric.barrier)
+    fabric.barrier()  # every shard is complete before rank 0 returns
+    return stats
+
+
+class _progress:
+    """Rich progress bar with tokens/s and ETA on rank 0; silent on other ranks."""
+
+    def __init__(self, rank: int, total_batches: int):
+        self.rank, self.total = rank, total_batches
+        self.tokens, self.start = 0, time.perf_counter()
+
+    def __enter__(self):
+        if self.rank == 0:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("collect"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[tps]} tok/s"), TimeRemainingColumn())
+            self.task = self.bar.add_task("collect", total=self.total, tps="-")
+            self.bar.__enter__()
+        return self
+
+    def advance(self, tokens: int) -> None:
+        self.tokens += tokens
+        if self.rank == 0:
+            tps = self.tokens / max(time.perf_counter() - self.start, 1e-9)
+            self.bar.update(self.task, advance=1, tps=f"{tps:.0f}")
+
+    def __exit__(self, *exc):
+        if self.rank == 0:
+            self.bar.__exit__(*exc)
+
+
+class _sigterm_raises:
+    """Turn SIGTERM (SLURM pre-emption, kill) into KeyboardInterrupt so the writer closes cleanly."""
+
+    def __enter__(self):
+        try:
+            self.old = signal.signal(signal.SIGTERM, self._raise)
+        except ValueError:  # not the main thread
+            self.old = None
+        return self
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    def __exit__(self, *exc):
+        if self.old is not None:
+            signal.signal(signal.SIGTERM, self.old)
+
+
+def describe(stats: dict, cfg: CollectConfig) -> str:
+    tps = stats["tokens"] / max(stats["gen_s"], 1e-9)
+    return (f"wrote {stats['batches']} batches ({stats['tokens']} tokens, {tps:.0f} tok/s generation; "
+            f"cost {stats['cost_s']:.1f}s, reward {stats['reward_s']:.1f}s, write {stats['write_s']:.1f}s) to "
+            f"{cfg.out}; {stats['batches_already_done']} batches were already done, "
+            f"{stats['skipped_nan']} skipped for NaN/inf")
+
+
+def store_fingerprint(path: str | Path) -> str:
+    """Hash of all committed trajectories (token ids + lengths): equal for equal content."""
+    r = StoreReader(path)
+    order = np.lexsort((r.traj_prompt, r.traj_batch)) if hasattr(r, "traj_batch") else np.arange(r.n_traj)
+    h = hashlib.sha256()
+    for i in order:
+        t = r.trajectory(int(i))
+        h.update(np.asarray(t["token_ids"], dtype=np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+
+__all__ = ["CollectConfig", "CollectError", "run", "collect_rank", "StoreError"]
