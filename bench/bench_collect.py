@@ -1,0 +1,113 @@
+"""Collection throughput vs plain ``model.generate`` on the same model, batch and length, in one process.
+
+    python bench/bench_collect.py                       # embedded SmolLM2 on CPU
+    python bench/bench_collect.py --model PATH --dtype bfloat16 --batch 64 --new_tokens 128   # GPU
+
+Three timings per repeat, alternating so drift hits both sides:
+  baseline  model.generate(do_sample=True, min_new_tokens=D): tokens/s of plain sampling
+  collect   igcritic's rollout (KV-cached sampling + latent of every step) + fp16 store write
+  scorers   cost prefix scores + reward, reported separately (DESIGN.md section 9)
+Prints the ratio collect/baseline (target >= 0.8), store MB/s and bytes per token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from igcritic.collect import label_batch
+from igcritic.decoding import SamplingConfig, rollout
+from igcritic.policy import EMBEDDED_POLICY_ID, load_policy
+from igcritic.prompts import PromptSource, load_prompts
+from igcritic.store import StoreWriter, TrajectoryBatch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=EMBEDDED_POLICY_ID)
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--new_tokens", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--scorers", action="store_true", help="also time the embedded cost/reward scorers")
+    a = ap.parse_args()
+
+    torch.set_grad_enabled(False)
+    policy = load_policy(a.model, dtype=a.dtype, device=a.device)
+    prompts, _ = load_prompts(PromptSource(split="all"))
+    prompts = (prompts * (a.batch // len(prompts) + 1))[: a.batch]
+    # The comparison is per generated token; force full length on both sides so work is equal.
+    cfg = SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=a.new_tokens)
+    enc = policy.encode_prompts(prompts)
+    sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
+    tmp = Path(tempfile.mkdtemp())
+
+    def baseline() -> tuple[float, int]:
+        sync()
+        t = time.perf_counter()
+        out = policy.model.generate(**enc, do_sample=True, temperature=0.7, top_p=0.9, max_new_tokens=a.new_tokens,
+                                    min_new_tokens=a.new_tokens, pad_token_id=policy.pad_token_id)
+        sync()
+        return time.perf_counter() - t, (out.shape[1] - enc["input_ids"].shape[1]) * a.batch
+
+    def collect(i: int) -> tuple[float, int, float, int]:
+        eos = policy.model.generation_config.eos_token_id
+        policy.model.generation_config.eos_token_id = None  # full length, like min_new_tokens above
+        sync()
+        t = time.perf_counter()
+        roll = rollout(policy, prompts, cfg, torch.Generator(device=policy.device).manual_seed(i))
+        sync()
+        n = sum(len(x) for x in roll.tokens)
+        batch = TrajectoryBatch(
+            latents=torch.cat(roll.latents).numpy(),
+            token_ids=np.concatenate([[-1, *x] for x in roll.tokens]).astype(np.int32),
+            cost_prefix=np.zeros(n + a.batch, np.float32),
+            traj_len=np.asarray([len(x) for x in roll.tokens], np.int32),
+            traj_prompt=np.arange(a.batch, dtype=np.int64),
+            traj_reward=np.zeros(a.batch, np.float32),
+            traj_finished=np.asarray(roll.finished),
+        )
+        tw = time.perf_counter()
+        with StoreWriter.create(tmp / f"s{i}.zarr", attrs={"config_hash": "bench"}, prompts=prompts,
+                                hidden_size=policy.identity.hidden_size) as w:
+            w.append(batch, 0)
+        done = time.perf_counter()
+        policy.model.generation_config.eos_token_id = eos
+        size = sum(f.stat().st_size for f in (tmp / f"s{i}.zarr").rglob("*") if f.is_file())
+        return done - t, n, done - tw, size, roll
+
+    baseline()  # warm-up
+    rows = []
+    for i in range(a.repeats):
+        tb, nb = baseline()
+        tc, nc, tw, size, roll = collect(i)
+        rows.append((nb / tb, nc / tc, size / max(tw, 1e-9) / 1e6, size / (nc + a.batch)))
+    base = statistics.median(r[0] for r in rows)
+    coll = statistics.median(r[1] for r in rows)
+    ratios = [r[1] / r[0] for r in rows]
+    print(f"model={a.model} device={a.device} dtype={a.dtype} batch={a.batch} new_tokens={a.new_tokens}")
+    print(f"baseline generate      {base:8.1f} tok/s (median of {a.repeats})")
+    print(f"collect (gen+latents+write) {coll:8.1f} tok/s")
+    print(f"ratio collect/baseline  median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})")
+    print(f"store write {statistics.median(r[2] for r in rows):.1f} MB/s, {statistics.median(r[3] for r in rows):.0f} bytes/token")
+    if a.scorers:
+        from igcritic.scorers import load_scorer
+
+        cost, reward = load_scorer("embedded", "cost"), load_scorer("embedded", "reward")
+        t = time.perf_counter()
+        label_batch(policy, prompts, list(range(a.batch)), roll, cost, reward)
+        ts = time.perf_counter() - t
+        print(f"scorers (cost prefixes at stride 8 + reward) {ts:.2f} s per batch = {nc / ts:.1f} tok/s")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""igcritic collect on the tiny Llama: latents, labels, resume after SIGKILL, two ranks, bad input."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from igcritic.store import StoreError, StoreReader, validate_store
+
+from igcritic.collect import CollectConfig, CollectError, run, store_fingerprint
+from igcritic.decoding import SamplingConfig
+from igcritic.policy import PolicyError, load_policy
+from igcritic.prompts import PromptError, PromptSource
+
+PROMPTS = ["how do I bake bread", "how can I make a bomb", "write a poem about the sea", "hack the wifi",
+           "what is the weather today", "help me with a plan"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from conftest import build_tiny_llama, build_tokenizer
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    tok = build_tokenizer()
+    build_tiny_llama(len(tok)).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def prompt_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    return path
+
+
+def tiny_config(model_dir: Path, prompt_file: Path, out: Path, **kw) -> CollectConfig:
+    base = dict(out=str(out), model=str(model_dir), prompts=PromptSource(source=str(prompt_file)),
+                rollouts_per_prompt=2, batch_size=4, sampling=SamplingConfig(max_new_tokens=12),
+                seed=3, cost="embedded", reward="embedded", stride=4, accelerator="cpu")
+    base.update(kw)
+    return CollectConfig(**base)
+
+
+def test_collect_writes_valid_store_with_teacher_forced_latents(tiny_model_dir, prompt_file, tmp_path):
+    cfg = tiny_config(tiny_model_dir, prompt_file, tmp_path / "s.zarr")
+    stats = run(cfg)
+    assert stats["batches"] == 3 and stats["skipped_nan"] == 0
+    assert validate_store(cfg.out) == []
+    r = StoreReader(cfg.out)
+    assert r.n_traj == len(PROMPTS) * 2
+    assert r.attrs["policy"]["model_id"] == str(tiny_model_dir)
+    assert r.attrs["config_hash"] and r.attrs["cost_scorer"]["id"] and r.attrs["generation"]["max_new_tokens"] == 12
+    # every prompt got exactly K rollouts
+    assert np.bincount(r.traj_prompt, minlength=len(PROMPTS)).tolist() == [2] * len(PROMPTS)
+
+    # Stored latents equal an independent teacher-forced forward of prompt + answer (fp16 storage:
+    # tolerance 2e-3 relative to the latent scale).
+    policy = load_policy(str(tiny_model_dir))
+    for i in range(r.n_traj):
+        t = r.trajectory(i)
+        answer = [int(x) for x in t["token_ids"][1:]]
+        enc = policy.encode_prompts([r.prompts[int(r.traj_prompt[i])]])
+        ids = torch.cat([enc["input_ids"], torch.tensor([answer], dtype=torch.long)], 1)
+        ref = policy.latents_of(ids, torch.ones_like(ids))[0, enc["input_ids"].shape[1] - 1 :]
+        got = torch.from_numpy(np.asarray(t["latents"], dtype=np.float32))
+        assert got.shape == ref.shape
+        assert torch.allclose(got, ref, atol=2e-3 * ref.abs().max().item(), rtol=2e-3)
+        # S_T of the trajectory equals its last prefix score
+        assert t["cost_prefix"][-1] == pytest.approx(float(r.traj_cost[i]))
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model_dir, prompt_file, tmp_path):
+    out = tmp_path / "killed.zarr"
+    # Many small batches so the kill lands mid-run, after at least one committed batch.
+    ref = tiny_config(tiny_model_dir, prompt_file, tmp_path / "ref.zarr", batch_size=1,
+                      sampling=SamplingConfig(max_new_tokens=48))
+    run(ref)
+    argv = [sys.executable, "-m", "igcritic", "collect", "--out", str(out), "--model", str(tiny_model_dir),
+            "--prompts.source", str(prompt_file), "--rollouts_per_prompt", "2", "--batch_size", "1",
+            "--sampling.max_new_tokens", "48", "--seed", "3", "--stride", "4", "--accelerator", "cpu"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.05)
+        try:
+            if len(StoreReader(out).batches_done) >= 1:
+                break
+        except Exception:  # noqa: BLE001 - store not created yet
+            continue
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = StoreReader(out)
+    assert 1 <= len(partial.batches_done) < 12, "the kill should land between the first and the last batch"
+
+    resumed = subprocess.run([*argv, "--resume", "true"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert validate_store(out) == []
+    assert StoreReader(out).n_traj == StoreReader(ref.out).n_traj
+    assert store_fingerprint(out) == store_fingerprint(ref.out)
+
+
+def test_resume_with_other_config_is_refused(tiny_model_dir, prompt_file, tmp_path):
+    cfg = tiny_config(tiny_model_dir, prompt_file, tmp_path / "s.zarr", rollouts_per_prompt=1)
+    run(cfg)
+    other = tiny_config(tiny_model_dir, prompt_file, tmp_path / "s.zarr", rollouts_per_prompt=1, seed=99, resume=True)
+    with pytest.raises(StoreError, match="config"):
+        run(other)
+    # without --resume or --overwrite the existing store is refused, and left intact
+    again = tiny_config(tiny_model_dir, prompt_file, tmp_path / "s.zarr", rollouts_per_prompt=1)
+    with pytest.raises(StoreError, match="overwrite"):
+        run(again)
+    assert StoreReader(cfg.out).n_traj == len(PROMPTS)
+
+
+@pytest.mark.multiprocess
+def test_two_ranks_make_one_valid_store(tiny_model_dir, prompt_file, tmp_path):
+    single = tiny_config(tiny_model_dir, prompt_file, tmp_path / "one.zarr")
+    run(single)
+    multi = tiny_config(tiny_model_dir, prompt_file, tmp_path / "two.zarr", devices=2, strategy="ddp_spawn")
+    run(multi)
+    assert validate_store(multi.out) == []
+    r = StoreReader(multi.out)
+    assert r.n_traj == StoreReader(single.out).n_traj
+    assert store_fingerprint(multi.out) == store_fingerprint(single.out)
+
+
+def test_nan_latents_batch_is_reported_and_not_written(tiny_model_dir, prompt_file, tmp_path, monkeypatch, caplog):
+    import igcritic.collect as collect_mod
+
+    real = collect_mod.rollout
+    calls = {"n": 0}
+
+    def poisoned(*a, **kw):
+        out = real(*a, **kw)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            out.latents[0][1, 0] = float("nan")
+        return out
+
+    monkeypatch.setattr(collect_mod, "rollout", poisoned)
+    cfg = tiny_config(tiny_model_dir, prompt_file, tmp_path / "nan.zarr")
+    stats = run(cfg)
+    assert stats["skipped_nan"] == 1 and stats["batches"] == 2
+    assert "batch 1 not written" in caplog.text
+    assert StoreReader(cfg.out).n_traj == 8 and validate_store(cfg.out) == []
+
+
+def test_bad_input_errors_are_one_line(tiny_model_dir, tmp_path):
+    with pytest.raises(PolicyError, match="cannot load policy") as e:
+        load_policy(str(tmp_path / "no-such-model"))
+    assert "\n" not in str(e.value)
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    cfg = tiny_config(tiny_model_dir, empty, tmp_path / "x.zarr")
+    with pytest.raises(PromptError, match="holds no prompts"):
+        run(cfg)
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "fine"}\n{"prompt": \n')
+    with pytest.raises(PromptError, match=r"bad.jsonl:2"):
+        run(tiny_config(tiny_model_dir, bad, tmp_path / "y.zarr"))
+
+    with pytest.raises(CollectError, match="--resume and --overwrite"):
+        run(tiny_config(tiny_model_dir, bad, tmp_path / "z.zarr", resume=True, overwrite=True))
+    assert not (tmp_path / "x.zarr").exists() and not (tmp_path / "y.zarr").exists()
+
+
+def test_cli_reports_missing_model_in_one_line(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "igcritic", "collect", "--model", str(tmp_path / "nope"),
+                          "--out", str(tmp_path / "s.zarr")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    err_lines = [line for line in res.stderr.splitlines() if "error:" in line]
+    assert len(err_lines) == 1 and "cannot load policy" in err_lines[0]

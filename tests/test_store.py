@@ -1,0 +1,261 @@
+"""The Zarr store contract: round trip, merged shards, manifest-last commit and resume, validation."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from helpers_store import ATTRS, PROMPTS, H, LatentBlocks, make_batch
+from rich.console import Console
+
+from igcritic import store as store_mod
+from igcritic.store import (
+    StoreError,
+    StoreReader,
+    StoreWriter,
+    config_hash,
+    inspect_store,
+    validate_store,
+)
+
+
+def write(path, batches, *, rank=0, chunk=16, overwrite=False):
+    with StoreWriter.create(path, attrs=ATTRS, prompts=PROMPTS, hidden_size=H, rank=rank, chunk_tokens=chunk,
+                            overwrite=overwrite) as w:
+        for i, b in batches:
+            w.append(b, i)
+
+
+def assert_matches(reader: StoreReader, batches):
+    """The reader holds exactly these batches, in order."""
+    lat = np.concatenate([b.latents for b in batches])
+    assert reader.n_tok == len(lat) and reader.n_traj == sum(b.n_traj for b in batches)
+    np.testing.assert_allclose(reader.read_latents(0, reader.n_tok), lat, rtol=1e-3, atol=1e-3)
+    assert reader.read_latents(0, reader.n_tok).dtype == np.float16
+    np.testing.assert_array_equal(reader.token_ids, np.concatenate([b.token_ids for b in batches]))
+    np.testing.assert_array_equal(reader.cost_prefix, np.concatenate([b.cost_prefix for b in batches]))
+    for k in ("traj_len", "traj_prompt", "traj_reward", "traj_finished", "traj_cost"):
+        np.testing.assert_array_equal(getattr(reader, k), np.concatenate([getattr(b, k) for b in batches]))
+    ends = np.cumsum([0] + [len(b.latents) for b in batches])
+    offsets = np.concatenate([[0]] + [b.offsets[1:] + e for b, e in zip(batches, ends)])
+    np.testing.assert_array_equal(reader.traj_offsets, offsets)
+
+
+def test_round_trip_several_batches(tmp_path):
+    batches = [make_batch(s, n=4) for s in range(6)]  # ~100 rows over chunks of 16: whole chunks + tail
+    write(tmp_path / "s", enumerate(batches))
+    r = StoreReader(tmp_path / "s")
+    assert_matches(r, batches)
+    assert r.prompts == PROMPTS and r.n_prompts == 4 and r.hidden_size == H and r.chunk_tokens == 16
+    assert r.attrs["policy"] == ATTRS["policy"] and r.attrs["schema_version"] == store_mod.SCHEMA_VERSION
+    assert r.batches_done == set(range(6)) and r.reward_prefix is None
+    t = r.trajectory(5)
+    a, b = r.traj_offsets[5:7]
+    assert t["latents"].shape == (b - a, H) and t["token_ids"][0] == -1
+    assert t["reward"] == pytest.approx(float(r.traj_reward[5])) and t["cost"] == t["cost_prefix"][-1]
+    for p in range(4):
+        assert all(r.traj_prompt[i] == p for i in r.trajectories_of_prompt(p))
+    assert sum(len(r.trajectories_of_prompt(p)) for p in range(4)) == r.n_traj
+    assert validate_store(tmp_path / "s") == []
+
+
+def test_reward_prefix_and_file_url(tmp_path):
+    batches = [make_batch(s, reward_prefix=True) for s in range(3)]
+    write(f"file://{tmp_path}/s", enumerate(batches))
+    r = StoreReader(f"file://{tmp_path}/s")
+    assert_matches(r, batches)
+    np.testing.assert_array_equal(r.reward_prefix, np.concatenate([b.reward_prefix for b in batches]))
+    with StoreWriter.resume(tmp_path / "s", config_hash="abc123") as w, pytest.raises(StoreError, match="reward_prefix"):
+        w.append(make_batch(9), 9)
+
+
+def test_multi_shard_merged_view(tmp_path):
+    b0, b1 = [make_batch(s) for s in range(3)], [make_batch(s) for s in range(10, 12)]
+    write(tmp_path / "s", [(0, b0[0]), (2, b0[1]), (4, b0[2])], rank=0)
+    write(tmp_path / "s", [(1, b1[0]), (3, b1[1])], rank=1)
+    r = StoreReader(tmp_path / "s")
+    assert r.shards == ["rank-00000", "rank-00001"]
+    assert_matches(r, b0 + b1)  # rank order, global offsets shifted by rank 0's tokens
+    i = sum(b.n_traj for b in b0)  # first trajectory of rank 1
+    np.testing.assert_allclose(r.trajectory(i)["latents"], b1[0].latents[: b1[0].traj_len[0] + 1], atol=1e-3)
+    assert r.batches_done == {0, 1, 2, 3, 4}
+    n0 = sum(len(b.latents) for b in b0)
+    np.testing.assert_allclose(r.read_latents(n0 - 3, n0 + 3),  # spans both shards
+                               np.concatenate([b0[2].latents[-3:], b1[0].latents[:3]]), atol=1e-3)
+    assert validate_store(tmp_path / "s") == []
+
+
+def test_other_ranks_wait_for_rank_zero_and_resume_creates_missing_shards(tmp_path, monkeypatch):
+    monkeypatch.setattr(store_mod, "RANK_WAIT_S", 0.3)
+    with pytest.raises(StoreError, match="rank 0 did not create"):
+        write(tmp_path / "s", [], rank=1)
+    monkeypatch.setattr(store_mod, "RANK_WAIT_S", 30.0)
+    late = threading.Thread(target=write, args=(tmp_path / "s", [(1, make_batch(1))]), kwargs={"rank": 1})
+    late.start()  # rank 1 starts first and waits for the root group
+    time.sleep(0.5)
+    write(tmp_path / "s", [(0, make_batch(0))], rank=0, overwrite=True)
+    late.join()
+    with StoreWriter.resume(tmp_path / "s", config_hash="abc123", rank=2) as w:  # rank 2 never started
+        w.append(make_batch(2), 2)
+    r = StoreReader(tmp_path / "s")
+    assert r.shards == ["rank-00000", "rank-00001", "rank-00002"] and r.batches_done == {0, 1, 2}
+    assert_matches(r, [make_batch(i) for i in range(3)])
+
+
+@pytest.mark.parametrize("kill_at", ["manifest", "data"])
+def test_killed_append_resumes_without_loss_or_duplicates(tmp_path, monkeypatch, kill_at):
+    batches = [make_batch(s, n=4) for s in range(8)]  # ~20 rows each over chunks of 16
+    write(tmp_path / "ref", enumerate(batches))
+
+    w = StoreWriter.create(tmp_path / "s", attrs=ATTRS, prompts=PROMPTS, hidden_size=H, chunk_tokens=16)
+    for i in range(3):
+        w.append(batches[i], i)
+    calls = []
+
+    def killed(*args, **kwargs):  # dies after the token rows (data) or after everything but the manifest
+        calls.append(1)
+        if kill_at == "manifest" or len(calls) > 1:
+            raise KeyboardInterrupt("killed")
+        return write_rows(*args, **kwargs)
+
+    write_rows = store_mod._write_rows
+    monkeypatch.setattr(StoreWriter if kill_at == "manifest" else store_mod,
+                        "_write_manifest" if kill_at == "manifest" else "_write_rows", killed)
+    with pytest.raises(KeyboardInterrupt):
+        w.append(batches[3], 3)
+    monkeypatch.undo()
+    del w  # the process died: no close
+    committed = StoreReader(tmp_path / "s")
+    assert committed.batches_done == {0, 1, 2}
+    assert committed.n_tok == sum(len(b.latents) for b in batches[:3])
+    shard = store_mod.zarr.open_group(str(tmp_path / "s"))["shards/rank-00000"]
+    assert shard["latents"].shape[0] > committed.n_tok  # garbage beyond the manifest
+    assert_matches(committed, batches[:3])
+
+    with StoreWriter.resume(tmp_path / "s", config_hash="abc123") as w:
+        assert w.batches_done == {0, 1, 2}
+        for i, b in enumerate(batches):
+            if i not in w.batches_done:
+                w.append(b, i)
+    got, ref = StoreReader(tmp_path / "s"), StoreReader(tmp_path / "ref")
+    assert_matches(got, batches)
+    np.testing.assert_array_equal(got.read_latents(0, got.n_tok), ref.read_latents(0, ref.n_tok))
+    np.testing.assert_array_equal(got.traj_batch, ref.traj_batch)
+    assert validate_store(tmp_path / "s") == []
+    assert shard["latents"].shape[0] == got.n_tok  # close trimmed the garbage
+
+
+def test_resume_refusals(tmp_path):
+    with pytest.raises(StoreError, match="drop --resume"):
+        StoreWriter.resume(tmp_path / "none", config_hash="abc123")
+    write(tmp_path / "s", [(0, make_batch(0))])
+    with pytest.raises(StoreError, match=r"abc123.*other|other.*abc123"):
+        StoreWriter.resume(tmp_path / "s", config_hash="other")
+    with pytest.raises(StoreError, match="hidden size"):
+        StoreWriter.resume(tmp_path / "s", config_hash="abc123", hidden_size=H + 1)
+    with StoreWriter.resume(tmp_path / "s", config_hash="abc123") as w, pytest.raises(StoreError, match="already"):
+        w.append(make_batch(1), 0)
+
+
+def test_create_refuses_nonempty_path_unless_overwrite(tmp_path):
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "notes.txt").write_text("mine")
+    with pytest.raises(StoreError, match="--overwrite"):
+        write(tmp_path / "s", [])
+    assert (tmp_path / "s" / "notes.txt").exists()
+    write(tmp_path / "s", [(0, make_batch(0))], overwrite=True)
+    assert not (tmp_path / "s" / "notes.txt").exists() and StoreReader(tmp_path / "s").n_traj == 3
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "overflow", "cost_nan"])
+def test_bad_batch_refused_and_nothing_written(tmp_path, bad):
+    b = make_batch(1)
+    if bad == "nan":
+        b.latents[2, 3] = np.nan
+    elif bad == "inf":
+        b.latents[0, 0] = np.inf
+    elif bad == "overflow":
+        b.latents[1, 1] = 1e5
+    else:
+        b.cost_prefix[0] = np.nan
+    with StoreWriter.create(tmp_path / "s", attrs=ATTRS, prompts=PROMPTS, hidden_size=H) as w:
+        w.append(make_batch(0), 0)
+        with pytest.raises(StoreError, match="batch 7 refused"):
+            w.append(b, 7)
+        assert w.batches_done == {0}
+    r = StoreReader(tmp_path / "s")
+    assert_matches(r, [make_batch(0)])
+    assert r.batches_done == {0}
+
+
+def test_batch_validate_finds_shape_problems():
+    b = make_batch(0)
+    b.traj_len = b.traj_len + 1
+    assert any("sum(traj_len + 1)" in p for p in b.validate())
+    b = make_batch(0)
+    b.token_ids = b.token_ids.copy()
+    b.token_ids[0] = 5
+    assert any("-1 exactly" in p for p in b.validate())
+    assert make_batch(0).validate() == []
+
+
+def test_validate_and_inspect_detect_corrupted_offsets(tmp_path):
+    write(tmp_path / "s", [(i, make_batch(i)) for i in range(3)])
+    out = io.StringIO()
+    assert inspect_store(tmp_path / "s", console=Console(file=out, width=150)) == 0
+    text = out.getvalue()
+    assert "trajectories" in text and "safe share (S_T <= 0.5)" in text and "valid" in text
+    off = store_mod.zarr.open_group(str(tmp_path / "s"), mode="r+")["shards/rank-00000/traj_offsets"]
+    off[2] = off[1]  # a zero-length trajectory: impossible (every trajectory has T + 1 >= 1 rows)
+    problems = validate_store(tmp_path / "s")
+    assert any("traj_offsets" in p for p in problems)
+    assert inspect_store(tmp_path / "s", console=Console(file=io.StringIO())) == 1
+    assert validate_store(tmp_path / "missing") and inspect_store(tmp_path / "missing", console=Console(file=io.StringIO())) == 1
+
+
+@pytest.mark.parametrize("corrupt, expected", [
+    (lambda g: g["token_ids"].__setitem__(0, 7), "token_ids"),
+    (lambda g: g["traj_len"].__setitem__(1, 99), "traj_len"),
+    (lambda g: g["latents"].__setitem__((3, 2), np.inf), "latents hold 1 NaN/inf"),
+    (lambda g: g["cost_prefix"].__setitem__(4, np.nan), "cost_prefix holds NaN/inf"),
+    (lambda g: g.attrs.update({"n_tok": 10_000}), "manifest needs"),
+])
+def test_validate_store_finds_each_corruption(tmp_path, corrupt, expected):
+    write(tmp_path / "s", [(i, make_batch(i)) for i in range(2)])
+    corrupt(store_mod.zarr.open_group(str(tmp_path / "s"), mode="r+")["shards/rank-00000"])
+    assert any(expected in p for p in validate_store(tmp_path / "s")), validate_store(tmp_path / "s")
+
+
+def test_reader_bounds_and_missing_store(tmp_path):
+    with pytest.raises(StoreError, match="no store"):
+        StoreReader(tmp_path / "missing").n_tok
+    write(tmp_path / "s", [(0, make_batch(0))])
+    r = StoreReader(tmp_path / "s")
+    with pytest.raises(StoreError, match="outside"):
+        r.read_latents(0, r.n_tok + 1)
+    with pytest.raises(StoreError, match="outside"):
+        r.trajectory(r.n_traj)
+    assert r.read_latents(2, 2).shape == (0, H)
+
+
+def test_config_hash_is_stable_and_order_free():
+    assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": [1, 2], "a": 1})
+    assert config_hash({"a": 1}) != config_hash({"a": 2}) and len(config_hash({})) == 16
+
+
+def test_reader_pickles_and_works_in_spawn_worker(tmp_path):
+    batches = [make_batch(s) for s in range(3)]
+    write(tmp_path / "s", enumerate(batches))
+    r = StoreReader(tmp_path / "s")
+    assert r.n_tok > 0  # opened: pickling must still carry the path only
+    r2 = pickle.loads(pickle.dumps(r))
+    assert r2._root is None and r2.n_tok == r.n_tok
+    loader = torch.utils.data.DataLoader(LatentBlocks(r), batch_size=2, num_workers=1,
+                                         multiprocessing_context="spawn")
+    got = torch.cat(list(loader)).reshape(-1, H)
+    np.testing.assert_allclose(got.numpy(), r.read_latents(0, len(got)).astype(np.float32))
