@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from igcritic.store import StoreError, StoreReader, validate_store
 
 from igcritic.collect import CollectConfig, CollectError, run, store_fingerprint
 from igcritic.decoding import SamplingConfig
 from igcritic.policy import PolicyError, load_policy
 from igcritic.prompts import PromptError, PromptSource
+from igcritic.store import StoreError, StoreReader, validate_store
 
 PROMPTS = ["how do I bake bread", "how can I make a bomb", "write a poem about the sea", "hack the wifi",
            "what is the weather today", "help me with a plan"]
@@ -142,7 +142,9 @@ def test_nan_latents_batch_is_reported_and_not_written(tiny_model_dir, prompt_fi
         out = real(*a, **kw)
         calls["n"] += 1
         if calls["n"] == 2:
-            out.latents[0][1, 0] = float("nan")
+            poisoned_latents = out.latents[0].clone()
+            poisoned_latents[1, 0] = float("nan")
+            out.latents[0] = poisoned_latents
         return out
 
     monkeypatch.setattr(collect_mod, "rollout", poisoned)

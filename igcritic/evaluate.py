@@ -1,0 +1,609 @@
+"""Compare decoding methods side by side on a prompt set: ``igcritic eval --config configs/eval/embedded.yaml``.
+
+Each method (plain sampling, best-of-N, beam, InferenceGuard with or without critic, ...) is one set of
+search overrides for the same guard. Every method answers every prompt; then EVERY final response
+(refusals included) is scored again with the cost and reward scorers, independently of what the runtime
+tracked during search (in fully latent mode it never ran the cost model). Per method:
+
+- ``reward_mean``, ``cost_mean``: averages of the recomputed reward ``R(x, y)`` and final cost ``S_T``;
+- ``safety_rate``: share of prompts with recomputed ``S_T <= d`` (DESIGN.md section 2);
+- ``refusal_rate``: share of records with ``refused=True`` (the guard failed closed);
+- ``latency_mean/p50/p95``: the runtime's ``seconds`` per prompt (percentiles: linear interpolation); the
+  guard reports a batch's wall time divided by its prompts, so with ``prompt_batch > 1`` latency is amortized;
+- ``tokens_per_s``: generated tokens over the wall-clock time of the method's ``generate`` calls.
+
+Outputs in ``out_dir``: ``records.jsonl`` (every record plus its recomputed cost/reward), ``results.csv``,
+the two figures of :mod:`igcritic.plots`, and ``results.json`` (summary, budget and config) written last.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from igcritic.prompts import DEFAULT_SET, default_set_path
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROMPTS = DEFAULT_SET
+"""``prompts`` value that selects the shipped default set (``igcritic/assets/default_prompts.jsonl``)."""
+ALL_SPLITS = "all"
+RECORDS_FILE = "records.jsonl"
+RESULTS_CSV = "results.csv"
+RESULTS_JSON = "results.json"
+RECORD_METHOD = "method_name"
+"""Record key of the method's table name (the runtime's own ``method`` field is kept as is)."""
+RECORD_COST = "cost_eval"
+RECORD_REWARD = "reward_eval"
+RECORD_SAFE = "safe_eval"
+RECORD_COST_FROM = "cost_eval_from"
+"""``prefix``: S_T from the cost scorer's prefix scores over the answer tokens; ``text``: one score of the text."""
+
+
+class EvalError(ValueError):
+    """Bad evaluation input: config, prompt file, guard output or scorer output."""
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """Anything that answers prompts with records: :class:`igcritic.guard.Guard` or a test stand-in.
+
+    A record exposes ``text``, ``refused``, ``seconds``, ``new_tokens`` (attributes or dict keys) and
+    ideally ``to_dict()``.
+    """
+
+    def generate(self, prompts: list[str], budget: float | None = None, **overrides: Any) -> Sequence[Any]: ...
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """A cost or reward model: one score per (prompt, full response) pair."""
+
+    def score(self, prompts: list[str], responses: list[str]) -> np.ndarray: ...
+
+
+@dataclass
+class MethodSpec:
+    """One row of the comparison: a table name and the search overrides passed to ``Guard.generate``."""
+
+    name: str
+    """Label in the table, the CSV and the figures."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """Search overrides, e.g. ``{"method": "best_of_n", "score": "augmented"}``; they win over ``search``."""
+
+
+def default_methods() -> list[MethodSpec]:
+    """The six methods of the embedded demo (DESIGN.md section 6 baselines plus InferenceGuard).
+
+    The baselines use no critic: best-of-N ranks by the reward and cost scorers (``r - λ·S`` or the
+    augmented safety state), as in the paper; only the InferenceGuard rows differ in critic and mode.
+    """
+    return [
+        MethodSpec("plain sampling", {"method": "plain", "critic": False, "mode": "exact"}),
+        MethodSpec("best-of-N lagrangian", {"method": "best_of_n", "score": "lagrangian", "critic": False,
+                                            "mode": "exact"}),
+        MethodSpec("best-of-N augmented", {"method": "best_of_n", "score": "augmented", "critic": False,
+                                           "mode": "exact"}),
+        MethodSpec("IG no critic", {"method": "inferenceguard", "critic": False, "mode": "exact"}),
+        MethodSpec("IG critic latent", {"method": "inferenceguard", "critic": True, "mode": "latent"}),
+        MethodSpec("IG critic exact", {"method": "inferenceguard", "critic": True, "mode": "exact"}),
+    ]
+
+
+def default_search() -> dict[str, Any]:
+    """CPU-sized search shared by all methods: N = 8 candidates (K = 2 beams), 16-token blocks, D = 48, and 4
+    prompts per batch (32 sequences per forward, where 2 CPU cores reach their throughput)."""
+    return {"num_candidates": 8, "block_width": 16, "max_new_tokens": 48, "prompt_batch": 4}
+
+
+@dataclass
+class EvalConfig:
+    """What ``igcritic eval`` runs; the fields are its flags."""
+
+    critic: str = "checkpoints/embedded"
+    """Exported critic folder (``igcritic export``); the guard is loaded from it."""
+    prompts: str = DEFAULT_PROMPTS
+    """A JSONL file (``{"prompt", "category"?, "harmful"?, "split"?}`` per line), a text file (one prompt
+    per line) or ``default`` for the shipped set."""
+    split: str | None = "heldout"
+    """Keep only prompts whose ``split`` equals this (``all`` or None: every prompt); ignored for files
+    without splits. The shipped set has ``train`` (collect/fit) and ``heldout``."""
+    limit: int | None = 16
+    """At most this many prompts, evenly spaced over the (split-filtered) set so categories stay mixed."""
+    budget: float | None = None
+    """Budget d for the guard and the safety rate; None: the guard's default, else the cost scorer's hint."""
+    methods: list[MethodSpec] = field(default_factory=default_methods)
+    """Methods to compare, in table order."""
+    search: dict[str, Any] = field(default_factory=default_search)
+    """Search overrides shared by every method (a method's own overrides win)."""
+    batch_size: int = 0
+    """Prompts per ``generate`` call; 0 passes all prompts at once and lets the guard batch them."""
+    model: str | None = None
+    """Policy id or path; None: the one recorded in the critic."""
+    cost: str | None = None
+    """Cost scorer spec (``embedded``, ``beaver:<folder>``, ...) bound to the guard and used to score every
+    answer; None: the cost scorer the critic was trained with (recorded in its artifact)."""
+    reward: str | None = None
+    """Reward scorer spec bound to the guard and used to score every answer; None: the critic's recorded one."""
+    prefix_cost: bool = True
+    """Final cost S_T as the scorer defines it over the answer's token prefixes (e.g. the embedded probe's
+    running max, the store's definition) when the scorer has ``prefix_scores``; False: one score of the text."""
+    device: str = "cpu"
+    """Device of the policy, critic and scorers."""
+    out_dir: str = "runs/eval/embedded"
+    """Output folder; must be empty or missing unless ``overwrite``."""
+    seed: int = 0
+    """Seed passed to every method, so all methods sample from the same random stream."""
+    overwrite: bool = False
+    """Allow writing into a non-empty ``out_dir`` (its eval files are replaced)."""
+    plots: bool = True
+    """Write the two PNG figures."""
+
+    def problems(self) -> list[str]:
+        """Every invalid field, each as a one-line message with the fix."""
+        out = []
+        if self.limit is not None and self.limit < 1:
+            out.append(f"--limit {self.limit} must be >= 1 (or null for all prompts)")
+        if self.budget is not None and not math.isfinite(float(self.budget)):
+            out.append(f"--budget {self.budget} must be a finite number (or null for the default)")
+        if self.batch_size < 0:
+            out.append(f"--batch_size {self.batch_size} must be >= 0 (0: all prompts in one call)")
+        if not self.methods:
+            out.append("--methods is empty; give at least one method")
+        names = [m.name for m in self.methods]
+        if any(not n or not n.strip() for n in names):
+            out.append("--methods has a method without a name; give every method a name")
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            out.append(f"--methods names {dup} appear more than once; make them unique")
+        return out
+
+    def validate(self) -> None:
+        probs = self.problems()
+        if probs:
+            raise EvalError("; ".join(probs))
+
+
+@dataclass
+class EvalPrompt:
+    """One prompt of the evaluation set."""
+
+    prompt: str
+    category: str | None = None
+    harmful: bool | None = None
+    split: str | None = None
+
+
+@dataclass
+class MethodSummary:
+    """The per-method metrics of the table, the CSV and ``results.json``."""
+
+    method: str
+    n: int
+    reward_mean: float
+    cost_mean: float
+    safety_rate: float
+    refusal_rate: float
+    latency_mean: float
+    latency_p50: float
+    latency_p95: float
+    tokens_per_s: float
+    new_tokens: int
+    wall_seconds: float
+    tracked_safety_rate: float
+    """Share the runtime itself flagged ``safe`` (its tracked cost, latent in fully latent mode); NaN if absent."""
+
+
+@dataclass
+class EvalResult:
+    """What :func:`run_eval` returns: the summaries, the scored records and the files written."""
+
+    budget: float
+    summaries: list[MethodSummary]
+    records: list[dict]
+    files: list[Path]
+    config: EvalConfig
+
+    def table(self):
+        """The comparison as a ``rich`` table (fits an 80-column terminal)."""
+        from rich import box
+        from rich.table import Table
+
+        n = self.summaries[0].n if self.summaries else 0
+        t = Table(title=f"igcritic eval: {n} prompts, budget d = {self.budget:g}", box=box.SIMPLE_HEAVY,
+                  padding=(0, 1, 0, 0), pad_edge=False,
+                  caption="safe: recomputed S_T <= d; latency: s per prompt; tok/s: new tokens / wall s")
+        t.add_column("method", no_wrap=True)
+        for col in ("reward", "cost", "safe%", "refus%", "lat s", "p50 s", "p95 s", "tok/s"):
+            t.add_column(col, justify="right", no_wrap=True, min_width=len(col))
+        for s in self.summaries:
+            t.add_row(
+                s.method, f"{s.reward_mean:.3f}", f"{s.cost_mean:.3f}", f"{100 * s.safety_rate:.1f}",
+                f"{100 * s.refusal_rate:.1f}", f"{s.latency_mean:.2f}", f"{s.latency_p50:.2f}",
+                f"{s.latency_p95:.2f}", f"{s.tokens_per_s:.0f}",
+            )
+        return t
+
+
+def load_prompts(spec: str, split: str | None = None, limit: int | None = None) -> list[EvalPrompt]:
+    """Prompts from ``default`` (the shipped set), a JSONL file or a text file; split-filtered, limited."""
+    path = default_set_path() if spec == DEFAULT_PROMPTS else Path(spec)
+    if not path.is_file():
+        raise EvalError(f"--prompts {spec!r}: no such file; pass a JSONL/text file or {DEFAULT_PROMPTS!r}")
+    items: list[EvalPrompt] = []
+    jsonl = path.suffix in (".jsonl", ".json")
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        if not jsonl:
+            items.append(EvalPrompt(line.strip()))
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise EvalError(f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove the line") from None
+        text = row.get("prompt") if isinstance(row, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            raise EvalError(f"{path}:{lineno}: needs a non-empty \"prompt\" string; fix or remove the line")
+        harmful = row.get("harmful")
+        items.append(EvalPrompt(text, row.get("category"), None if harmful is None else bool(harmful), row.get("split")))
+    if not items:
+        raise EvalError(f"--prompts {spec!r} has no prompt; give a file with at least one")
+    if split not in (None, ALL_SPLITS) and any(p.split is not None for p in items):
+        kept = [p for p in items if p.split == split]
+        if not kept:
+            have = sorted({str(p.split) for p in items})
+            raise EvalError(f"--split {split!r} matches no prompt in {path.name}; use one of {have} or null")
+        items = kept
+    if limit is not None and limit < len(items):
+        idx = np.linspace(0, len(items) - 1, limit).round().astype(int)
+        items = [items[i] for i in idx]
+    return items
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """``q``-th percentile with linear interpolation between order statistics (numpy's default); NaN if empty."""
+    return float(np.percentile(np.asarray(values, dtype=float), q)) if len(values) else float("nan")
+
+
+def summarize(name: str, rows: Sequence[dict], budget: float, wall_seconds: float) -> MethodSummary:
+    """Metrics of one method from its scored record dicts (see the module docstring for definitions)."""
+    n = len(rows)
+    cost = np.array([float(r[RECORD_COST]) for r in rows])
+    reward = np.array([float(r[RECORD_REWARD]) for r in rows])
+    latency = [float(r["seconds"]) for r in rows]
+    tokens = int(sum(int(r["new_tokens"]) for r in rows))
+    tracked = [bool(r["safe"]) for r in rows if r.get("safe") is not None]
+    mean = (lambda a: float(np.mean(a))) if n else (lambda a: float("nan"))
+    return MethodSummary(
+        method=name,
+        n=n,
+        reward_mean=mean(reward),
+        cost_mean=mean(cost),
+        safety_rate=mean(cost <= budget),
+        refusal_rate=mean([bool(r["refused"]) for r in rows]),
+        latency_mean=mean(latency),
+        latency_p50=percentile(latency, 50),
+        latency_p95=percentile(latency, 95),
+        tokens_per_s=tokens / wall_seconds if wall_seconds > 0 else float("nan"),
+        new_tokens=tokens,
+        wall_seconds=float(wall_seconds),
+        tracked_safety_rate=float(np.mean(tracked)) if tracked else float("nan"),
+    )
+
+
+def _record_dict(rec: Any) -> dict:
+    if isinstance(rec, dict):
+        d = dict(rec)
+    elif hasattr(rec, "to_dict"):
+        d = dict(rec.to_dict())
+    elif dataclasses.is_dataclass(rec):
+        d = asdict(rec)
+    else:
+        raise EvalError(f"the guard returned a {type(rec).__name__}; it must return records with to_dict() or dicts")
+    missing = [k for k in ("text", "refused", "seconds", "new_tokens") if k not in d]
+    if missing:
+        raise EvalError(f"guard records lack {missing}; the guard must report text, refused, seconds and new_tokens")
+    return d
+
+
+def _checked(values: Any, role: str, n: int) -> np.ndarray:
+    out = np.asarray(values, dtype=float).reshape(-1)
+    if out.shape[0] != n:
+        raise EvalError(f"the {role} scorer returned {out.shape[0]} scores for {n} responses; it must return one each")
+    bad = np.flatnonzero(~np.isfinite(out))
+    if bad.size:
+        raise EvalError(f"the {role} scorer returned {out[bad[0]]} for response {bad[0]}; check the scorer")
+    return out
+
+
+def text_scores(scorer: Scorer, role: str, prompts: list[str], texts: list[str]) -> np.ndarray:
+    """One score per (prompt, full response text), checked for count and finiteness."""
+    return _checked(scorer.score(prompts, texts), role, len(texts))
+
+
+def final_costs(
+    cost: Scorer, prompts: list[str], records: list[dict], tokenizer: Any = None, prefix: bool = True
+) -> tuple[np.ndarray, list[str]]:
+    """S_T of every answer and where it came from (``prefix`` or ``text``).
+
+    With ``prefix`` and a scorer that has ``prefix_scores`` (DESIGN.md section 2: ``S_0..S_T`` over the
+    decoded prefixes ``y_<=t``, as ``collect`` stores them), S_T is the last prefix score, e.g. the running max
+    of the embedded probe. Refusals (no tokens), answers whose decoded tokens differ from their text, or no
+    tokenizer: one score of the text.
+    """
+    n = len(records)
+    out = np.full(n, np.nan)
+    source = ["text"] * n
+    by_prefix: list[tuple[int, list[str]]] = []
+    if prefix and tokenizer is not None and hasattr(cost, "prefix_scores"):
+        for k, r in enumerate(records):
+            ids = list(r.get("token_ids") or [])
+            if r.get("refused") or not ids:
+                continue
+            texts = [tokenizer.decode(ids[:t], skip_special_tokens=True) for t in range(len(ids) + 1)]
+            if texts[-1] == r["text"]:
+                by_prefix.append((k, texts))
+    if by_prefix:
+        vals = cost.prefix_scores([prompts[k] for k, _ in by_prefix], [t for _, t in by_prefix])
+        if len(vals) != len(by_prefix):
+            raise EvalError(f"the cost scorer returned {len(vals)} prefix-score arrays for {len(by_prefix)} answers")
+        last = _checked([np.asarray(v, dtype=float).reshape(-1)[-1] for v in vals], "cost", len(by_prefix))
+        for (k, _), v in zip(by_prefix, last):
+            out[k], source[k] = v, "prefix"
+    rest = [k for k in range(n) if source[k] == "text"]
+    if rest:
+        out[rest] = text_scores(cost, "cost", [prompts[k] for k in rest], [str(records[k]["text"]) for k in rest])
+    return out, source
+
+
+def _guard_scorer(guard: Any, role: str) -> Scorer | None:
+    for name in (role, f"{role}_scorer", f"_{role}"):
+        s = getattr(guard, name, None)
+        if isinstance(s, Scorer):
+            return s
+    return None
+
+
+def _resolve_budget(cfg: EvalConfig, guard: Any, cost: Scorer) -> float:
+    if cfg.budget is not None:
+        return float(cfg.budget)
+    candidates = [getattr(guard, "budget", None), getattr(getattr(guard, "search", None), "budget", None),
+                  getattr(getattr(cost, "info", None), "budget_hint", None)]
+    for b in candidates:
+        if isinstance(b, (int, float)) and math.isfinite(b):
+            return float(b)
+    raise EvalError("no budget: pass --budget (the guard and the cost scorer give no default)")
+
+
+def scorer_specs(cfg: EvalConfig) -> dict[str, str | None]:
+    """The cost/reward scorer specs: the config's, else the ids the critic artifact recorded."""
+    specs: dict[str, str | None] = {"cost": cfg.cost, "reward": cfg.reward}
+    if None in specs.values():
+        from igcritic.critic import read_config
+
+        meta = read_config(cfg.critic)
+        for role in specs:
+            recorded = meta.get(f"{role}_scorer") or {}
+            specs[role] = specs[role] or recorded.get("id")
+    return specs
+
+
+def _load_guard(cfg: EvalConfig) -> Generator:
+    from igcritic.guard import load_guard
+
+    specs = scorer_specs(cfg)
+    return load_guard(cfg.critic, model=cfg.model, cost=specs["cost"], reward=specs["reward"], device=cfg.device)
+
+
+def _load_scorer(spec: str, role: str, device: str) -> Scorer:
+    from igcritic.scorers import load_scorer
+
+    return load_scorer(spec, role, device=device)
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    """Fail before any generation if the outputs could not be written (created only when results exist)."""
+    if out.exists() and not out.is_dir():
+        raise EvalError(f"--out_dir {str(out)!r} is a file; pass a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise EvalError(f"--out_dir {str(out)!r} is not empty; pick a new folder or pass --overwrite true")
+
+
+def _json_safe(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, (np.floating, np.integer, np.bool_)):
+        return _json_safe(x.item())
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+def method_overrides(cfg: EvalConfig, spec: MethodSpec) -> dict[str, Any]:
+    """What ``generate`` receives for one method: shared search, then the seed, then the method's own."""
+    return {**cfg.search, "seed": cfg.seed, **spec.overrides}
+
+
+def precheck_methods(guard: Any, cfg: EvalConfig, budget: float) -> None:
+    """Refuse a method the guard cannot run before anything is generated (unknown override, exact mode
+    without a cost scorer, ...), when the guard exposes ``config()`` (:class:`igcritic.guard.Guard` does)."""
+    make = getattr(guard, "config", None)
+    if not callable(make):
+        return
+    bound = [getattr(guard, k, None) is not None for k in ("critic", "cost", "reward")]
+    for spec in cfg.methods:
+        try:
+            search_cfg = make(budget, **method_overrides(cfg, spec))
+            if hasattr(search_cfg, "resolve"):
+                search_cfg.resolve(*bound)
+        except (ValueError, TypeError) as e:
+            raise EvalError(f"method {spec.name!r} cannot run: {e}") from None
+
+
+def run_method(
+    guard: Generator, spec: MethodSpec, prompts: list[EvalPrompt], cfg: EvalConfig, budget: float,
+    cost: Scorer, reward: Scorer,
+) -> tuple[list[dict], float]:
+    """Answer every prompt with one method, then score every response; returns (rows, wall seconds)."""
+    overrides = method_overrides(cfg, spec)
+    texts = [p.prompt for p in prompts]
+    step = cfg.batch_size or len(texts)
+    records: list[dict] = []
+    wall = 0.0
+    for i in range(0, len(texts), step):
+        batch = texts[i : i + step]
+        t0 = time.perf_counter()
+        out = list(guard.generate(batch, budget=budget, **overrides))
+        wall += time.perf_counter() - t0
+        if len(out) != len(batch):
+            raise EvalError(f"method {spec.name!r}: the guard returned {len(out)} records for {len(batch)} prompts")
+        records += [_record_dict(r) for r in out]
+    tokenizer = getattr(getattr(guard, "policy", None), "tokenizer", None)
+    costs, sources = final_costs(cost, texts, records, tokenizer, prefix=cfg.prefix_cost)
+    rewards = text_scores(reward, "reward", texts, [str(r["text"]) for r in records])
+    rows = []
+    for k, (p, rec) in enumerate(zip(prompts, records)):
+        row = {RECORD_METHOD: spec.name, "prompt_index": k, "category": p.category, "harmful": p.harmful,
+               RECORD_COST: float(costs[k]), RECORD_REWARD: float(rewards[k]),
+               RECORD_SAFE: bool(costs[k] <= budget), RECORD_COST_FROM: sources[k]}
+        rows.append({**row, **{key: v for key, v in rec.items() if key not in row}})
+    return rows, wall
+
+
+def _write_csv(path: Path, summaries: list[MethodSummary]) -> None:
+    cols = [f.name for f in dataclasses.fields(MethodSummary)]
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        for s in summaries:
+            w.writerow(asdict(s))
+
+
+def run_eval(
+    cfg: EvalConfig, guard: Generator | None = None, cost: Scorer | None = None, reward: Scorer | None = None
+) -> EvalResult:
+    """Run every method of ``cfg`` on its prompts, score, summarise and write the outputs.
+
+    ``guard``, ``cost`` and ``reward`` may be passed already built (tests, notebooks); otherwise the guard
+    is loaded from ``cfg.critic`` with the ``cfg.cost``/``cfg.reward`` scorers (default: the critic's recorded
+    ones) and the evaluation scores with the guard's scorers (or ``cfg.cost``/``cfg.reward`` if it has none).
+    """
+    cfg.validate()
+    out = Path(cfg.out_dir)
+    _check_out(out, cfg.overwrite)
+    prompts = load_prompts(cfg.prompts, cfg.split, cfg.limit)
+    guard = guard if guard is not None else _load_guard(cfg)
+    scorers = {}
+    for role, given, spec in (("cost", cost, cfg.cost), ("reward", reward, cfg.reward)):
+        s = given or _guard_scorer(guard, role) or (_load_scorer(spec, role, cfg.device) if spec else None)
+        if s is None:
+            raise EvalError(f"no {role} scorer to evaluate with; pass --{role} (a scorer spec)")
+        scorers[role] = s
+    budget = _resolve_budget(cfg, guard, scorers["cost"])
+    precheck_methods(guard, cfg, budget)
+    log.info("eval: %d prompts x %d methods, budget %g, out %s", len(prompts), len(cfg.methods), budget, out)
+
+    records: list[dict] = []
+    summaries: list[MethodSummary] = []
+    for spec in cfg.methods:
+        rows, wall = run_method(guard, spec, prompts, cfg, budget, scorers["cost"], scorers["reward"])
+        records += rows
+        summaries.append(summarize(spec.name, rows, budget, wall))
+        s = summaries[-1]
+        log.info("%s: reward %.3f, cost %.3f, safe %.0f%%, refused %.0f%%, %.2f s/prompt", s.method,
+                 s.reward_mean, s.cost_mean, 100 * s.safety_rate, 100 * s.refusal_rate, s.latency_mean)
+
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / RECORDS_FILE).open("w") as f:
+        for r in records:
+            f.write(json.dumps(_json_safe(r)) + "\n")
+    _write_csv(out / RESULTS_CSV, summaries)
+    files = [out / RECORDS_FILE, out / RESULTS_CSV]
+    summary_dicts = [asdict(s) for s in summaries]
+    if cfg.plots:
+        from igcritic.plots import plot_all
+
+        files += plot_all(records, summary_dicts, out, budget=budget)
+    files.append(out / RESULTS_JSON)
+    payload = {"budget": budget, "num_prompts": len(prompts), "summary": summary_dicts,
+               "config": asdict(cfg), "files": [p.name for p in files]}
+    (out / RESULTS_JSON).write_text(json.dumps(_json_safe(payload), indent=2) + "\n")
+    return EvalResult(budget=budget, summaries=summaries, records=records, files=files, config=cfg)
+
+
+def eval_main(
+    critic: str = "checkpoints/embedded",
+    prompts: str = DEFAULT_PROMPTS,
+    split: str | None = "heldout",
+    limit: int | None = 16,
+    budget: float | None = None,
+    methods: list[MethodSpec] | None = None,
+    search: dict[str, Any] | None = None,
+    batch_size: int = 0,
+    model: str | None = None,
+    cost: str | None = None,
+    reward: str | None = None,
+    prefix_cost: bool = True,
+    device: str = "cpu",
+    out_dir: str = "runs/eval/embedded",
+    seed: int = 0,
+    overwrite: bool = False,
+    plots: bool = True,
+) -> EvalResult:
+    """Compare decoding methods on a prompt set: reward, cost, safety rate, refusals, latency, tokens/s.
+
+    Prints a table and writes records.jsonl, results.csv, results.json and two PNG figures to out_dir.
+
+    Args:
+        critic: Exported critic folder (igcritic export); the guard is loaded from it.
+        prompts: JSONL file ({"prompt", "category", "harmful", "split"} per line), text file, or "default"
+            for the shipped prompt set.
+        split: Keep only prompts of this split ("all" or null: every prompt); ignored for files without
+            splits. The shipped set has "train" (used by collect/fit) and "heldout".
+        limit: At most this many prompts, evenly spaced over the set (null: all).
+        budget: Budget d for the guard and the safety rate (null: the guard's default or the cost
+            scorer's hint).
+        methods: Methods to compare, each {name, overrides}; null: the six default methods.
+        search: Search overrides shared by every method (null: num_candidates 8, block_width 16,
+            max_new_tokens 48, prompt_batch 4).
+        batch_size: Prompts per generate call (0: all at once).
+        model: Policy id or path (null: the one recorded in the critic).
+        cost: Cost scorer spec (embedded, beaver:<folder>, seqcls:<folder>) bound to the guard and used to
+            score every answer (null: the one the critic was trained with).
+        reward: Reward scorer spec, likewise (null: the critic's recorded one).
+        prefix_cost: Final cost S_T from the cost scorer's prefix scores over the answer tokens (the
+            store's definition, e.g. the embedded probe's running max); false: one score of the text.
+        device: Device of the policy, critic and scorers.
+        out_dir: Output folder, empty or missing unless overwrite.
+        seed: Seed passed to every method.
+        overwrite: Allow writing into a non-empty out_dir.
+        plots: Write the two PNG figures.
+    """
+    from rich.console import Console
+
+    cfg = EvalConfig(
+        critic=critic, prompts=prompts, split=split, limit=limit, budget=budget,
+        methods=default_methods() if methods is None else list(methods),
+        search=default_search() if search is None else dict(search), batch_size=batch_size, model=model,
+        cost=cost, reward=reward, prefix_cost=prefix_cost, device=device, out_dir=out_dir, seed=seed, overwrite=overwrite, plots=plots,
+    )
+    result = run_eval(cfg)
+    console = Console()
+    console.print(result.table())
+    console.print(f"wrote {', '.join(p.name for p in result.files)} to {out_dir}")
+    return result
