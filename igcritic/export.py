@@ -1,0 +1,138 @@
+"""Turn a Lightning checkpoint of ``igcritic fit`` into a slim critic artifact folder.
+
+    igcritic export runs/fit/critic/version_0/checkpoints/last.ckpt --out checkpoints/embedded
+
+``checkpoints/<name>/`` holds ``critic.safetensors`` (weights and normalisation statistics, no pickle),
+``critic_config.json`` (schema version, policy identity with hidden size, layer and norm position, cost and
+reward scorer ids and sign conventions, budget range seen in training, gamma, metrics at export, a checksum
+of the weights) and ``search_config.json`` (default runtime search parameters, paper Table 1, with the
+store's budget). The folder loads with :func:`igcritic.critic.load_critic`, without Lightning. The output
+is written to a temporary folder, verified, then renamed into place: never into a non-empty folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from igcritic.critic import Critic, CriticConfig, CriticError, load_critic
+
+log = logging.getLogger(__name__)
+
+SEARCH_CONFIG_NAME = "search_config.json"
+CKPT_KEY = "igcritic"
+"""Entry of a fit checkpoint holding the critic config, metrics and eval budgets (written by CriticModule)."""
+SEARCH_DEFAULTS = {"method": "inferenceguard", "block_width": 32, "num_candidates": 128, "beams_kept": 32,
+                   "max_new_tokens": 128, "retries": 2, "tau": 0.5}
+"""Runtime defaults written to ``search_config.json`` (paper Table 1; keys of ``igcritic.search.SearchConfig``)."""
+
+
+class ExportError(ValueError):
+    """A checkpoint cannot be exported (missing, truncated, not from ``igcritic fit``) or the output is taken."""
+
+
+def read_checkpoint(ckpt: str | Path) -> dict:
+    """Load a Lightning checkpoint without executing pickled code (``weights_only``)."""
+    path = Path(ckpt)
+    if not path.is_file():
+        raise ExportError(f"checkpoint {path} does not exist; pass a .ckpt written by `igcritic fit`")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, bad pickle, unknown globals: all mean "not a usable checkpoint"
+        msg = " ".join(str(e).split())[:160]
+        raise ExportError(f"checkpoint {path} is truncated or corrupted ({type(e).__name__}: {msg}); use another "
+                          "checkpoint (e.g. last.ckpt) or rerun `igcritic fit`") from None
+    if not isinstance(data, dict) or "state_dict" not in data or CKPT_KEY not in data:
+        raise ExportError(f"{path} is not a checkpoint of `igcritic fit` (no state_dict or {CKPT_KEY!r} entry); "
+                          "pass one from runs/fit/.../checkpoints/")
+    return data
+
+
+def critic_from_checkpoint(ckpt: str | Path) -> tuple[Critic, dict]:
+    """The critic of a fit checkpoint and the checkpoint's igcritic entry (metrics, budgets)."""
+    data = read_checkpoint(ckpt)
+    entry = data[CKPT_KEY]
+    try:
+        critic = Critic(CriticConfig.from_dict(entry["critic_config"]))
+    except (CriticError, KeyError, TypeError) as e:
+        raise ExportError(f"checkpoint {ckpt} holds an unusable critic config ({e}); rerun `igcritic fit`") from None
+    state = {k[len("critic."):]: v for k, v in data["state_dict"].items() if k.startswith("critic.")}
+    try:
+        critic.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        msg = " ".join(str(e).split())[:200]
+        raise ExportError(f"checkpoint {ckpt} weights do not fit its critic config ({msg}); rerun `igcritic fit`") from None
+    if not bool(critic.normalized):
+        log.warning("checkpoint %s has no normalisation statistics (trained outside CriticDataModule?)", ckpt)
+    return critic.eval(), {**entry, "epoch": data.get("epoch"), "global_step": data.get("global_step")}
+
+
+def export(ckpt: str | Path, out: str | Path, name: str | None = None, overwrite: bool = False) -> Path:
+    """Write the artifact folder ``out`` from the Lightning checkpoint ``ckpt``; returns ``out``."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not overwrite:
+            raise ExportError(f"output {out} exists and is not empty; pick another --out or pass --overwrite")
+    critic, entry = critic_from_checkpoint(ckpt)
+    cfg = critic.config
+    extra = {"name": name or out.name, "source_checkpoint": str(ckpt), "epoch": entry.get("epoch"),
+             "global_step": entry.get("global_step"), "eval_budgets": entry.get("budgets", [])}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        critic.save_pretrained(tmp, metrics=entry.get("metrics", {}), extra=extra)
+        search = {**SEARCH_DEFAULTS, "budget": cfg.budget}
+        (tmp / SEARCH_CONFIG_NAME).write_text(json.dumps(search, indent=2) + "\n")
+        _verify(critic, tmp)
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("exported %s -> %s (policy %s, layer %s, hidden %d)", ckpt, out, cfg.model_id, cfg.layer, cfg.hidden_size)
+    return out
+
+
+def _verify(critic: Critic, folder: Path) -> None:
+    """The written artifact reproduces the checkpoint's critic exactly."""
+    loaded = load_critic(folder)
+    g = torch.Generator().manual_seed(0)
+    h = critic.h_mean + critic.h_std * torch.randn(16, critic.config.hidden_size, generator=g)
+    z = torch.linspace(critic.config.budget_low - 1, critic.config.budget_high + 1, 16)
+    with torch.no_grad():
+        a, b = critic(h, z), loaded(h, z)
+    if not all(torch.equal(x, y) for x, y in zip(a, b)):
+        raise ExportError(f"the artifact written to {folder} does not reproduce the checkpoint; report this bug")
+
+
+def default_out(ckpt: str | Path, name: str | None = None) -> Path:
+    """``checkpoints/<name>``; the name defaults to the run's logger name (runs/fit/<name>/version_N/checkpoints/)."""
+    if name is None:
+        p = Path(ckpt).resolve()
+        name = p.parents[2].name if p.parent.name == "checkpoints" and len(p.parents) > 2 else p.stem
+    return Path("checkpoints") / name
+
+
+def export_main(ckpt: Path, out: Path | None = None, name: str | None = None, overwrite: bool = False) -> int:
+    """Export a critic checkpoint to a slim artifact folder for ``igcritic.load_guard``.
+
+    Args:
+        ckpt: Lightning checkpoint written by ``igcritic fit`` (e.g. runs/fit/embedded/version_0/checkpoints/last.ckpt).
+        out: Artifact folder to create (must not exist or be empty); default: checkpoints/<name>.
+        name: Name stamped in critic_config.json; default: the folder name of ``out``, else the run name.
+        overwrite: Replace a non-empty ``out``.
+    """
+    out = Path(out) if out is not None else default_out(ckpt, name)
+    path = export(ckpt, out, name=name, overwrite=overwrite)
+    log.info("wrote %s: %s", path, ", ".join(sorted(p.name for p in path.iterdir())))
+    return 0
+
+
+__all__ = ["export", "export_main", "critic_from_checkpoint", "read_checkpoint", "ExportError", "SEARCH_CONFIG_NAME",
+           "SEARCH_DEFAULTS", "default_out"]

@@ -1,0 +1,339 @@
+"""Train, validate and test the critic: ``CriticModule`` (losses, metrics) and the ``igcritic fit`` LightningCLI.
+
+    igcritic fit --config configs/fit/embedded.yaml
+    igcritic fit --config configs/fit/paper-7b.yaml --trainer.devices=8 --trainer.num_nodes=2
+    igcritic validate --config configs/fit/embedded.yaml --ckpt_path runs/fit/.../last.ckpt
+    igcritic fit --config configs/fit/embedded.yaml --print_config
+
+Losses (weights in the config): BCE of the safety head on budget-augmented labels ``1{F_t <= z}``, Huber
+(or MSE) of the value and cost heads on normalised targets. Metrics per split (torchmetrics): AUROC and
+expected calibration error of q at the sampled budgets and at fixed budgets (``auroc@d``, ``ece@d``), MSE and
+explained variance of V and Ŝ. Rows the data module flags invalid (NaN/inf) are masked out and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.cli import LightningCLI, LRSchedulerCallable, OptimizerCallable
+from torch import nn
+from torchmetrics import ExplainedVariance, MeanSquaredError
+from torchmetrics.classification import BinaryAUROC, BinaryCalibrationError
+from torchmetrics.utilities import dim_zero_cat
+
+from igcritic.critic import Critic, CriticConfig
+from igcritic.data import CriticDataModule, mask_nonfinite
+from igcritic.export import CKPT_KEY
+from igcritic.policy import PolicyIdentity
+
+log = logging.getLogger(__name__)
+
+
+
+class FitError(ValueError):
+    """The model settings do not fit the data (hidden size, policy, layer)."""
+
+
+class CriticModule(LightningModule):
+    """The critic with its losses, optimizer and metrics.
+
+    Args:
+        hidden_size: Latent size H (linked to ``data.hidden_size`` by the CLI).
+        width: Trunk width (paper Table 3: 4096).
+        depth: Trunk hidden layers.
+        dropout: Trunk dropout.
+        n_mixture: Logistic components of the safety CDF.
+        layer: Policy layer the critic must read (negative counts from the end); None accepts the store's.
+        safety_weight: Weight of the safety BCE loss.
+        value_weight: Weight of the value-head loss.
+        cost_weight: Weight of the cost-head loss.
+        regression_loss: ``huber`` or ``mse`` for the value and cost heads (on normalised targets).
+        eval_budgets: Budgets for ``auroc@d``/``ece@d``; default: the store budget and quartiles of S_T.
+        optimizer: Optimizer factory, called with the parameters.
+        scheduler: LR scheduler factory, called with the optimizer; None keeps the LR constant.
+        scheduler_interval: Step the scheduler every ``epoch`` or every ``step``.
+    """
+
+    def __init__(self, hidden_size: int, width: int = 512, depth: int = 2, dropout: float = 0.1, n_mixture: int = 8,
+                 layer: int | None = None, safety_weight: float = 1.0, value_weight: float = 1.0,
+                 cost_weight: float = 1.0, regression_loss: Literal["huber", "mse"] = "huber",
+                 eval_budgets: list[float] | None = None, optimizer: OptimizerCallable = torch.optim.AdamW,
+                 scheduler: LRSchedulerCallable | None = None,
+                 scheduler_interval: Literal["epoch", "step"] = "epoch"):
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        if regression_loss not in ("huber", "mse"):
+            raise FitError(f"model.regression_loss={regression_loss!r}: use 'huber' or 'mse'")
+        self.critic = Critic(CriticConfig(hidden_size=hidden_size, width=width, depth=depth, dropout=dropout,
+                                          n_mixture=n_mixture))
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.skipped_rows = 0
+        """Rows masked out of training on this rank (NaN/inf latents or targets), over the whole run."""
+        self._epoch_skipped = torch.zeros((), dtype=torch.long)
+        self.metrics: nn.ModuleDict | None = None
+        self.budgets: list[float] = []
+
+    @property
+    def critic_config(self) -> CriticConfig:
+        return self.critic.config
+
+    # ---- wiring to the data -------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        dm = self._trainer.datamodule if self._trainer is not None else None
+        cfg = self.critic.config
+        if isinstance(dm, CriticDataModule):
+            self._check_data(dm)
+            for k, v in dm.critic_metadata().items():
+                setattr(cfg, k, v)
+            if stage == "fit" and not bool(self.critic.normalized):
+                self.critic.set_normalization(dm.normalization_stats())
+        budgets = self.hparams.eval_budgets
+        if budgets is None:
+            budgets = dm.eval_budgets() if isinstance(dm, CriticDataModule) else (
+                [cfg.budget] if cfg.budget is not None else [])
+        self._build_metrics([float(b) for b in budgets])
+
+    def _check_data(self, dm: CriticDataModule) -> None:
+        cfg = self.critic.config
+        problems = []
+        if dm.hidden_size != cfg.hidden_size:
+            problems.append(f"the stores hold latents of size {dm.hidden_size} but model.hidden_size="
+                            f"{cfg.hidden_size} (drop model.hidden_size: the CLI links it to the stores)")
+        store = dm.policy
+        if self.hparams.layer is not None:
+            want = self.hparams.layer if self.hparams.layer > 0 else store["num_layers"] + 1 + self.hparams.layer
+            if want != store["layer"]:
+                problems.append(f"the stores hold layer {store['layer']} latents but model.layer="
+                                f"{self.hparams.layer} (collect at that layer or change model.layer)")
+        if cfg.policy is not None and (diff := PolicyIdentity.from_dict(cfg.policy).mismatches(store)):
+            problems.append(f"the critic was trained on another policy ({'; '.join(diff)}); use stores of its policy")
+        if problems:
+            raise FitError("; ".join(problems))
+
+    def _build_metrics(self, budgets: list[float]) -> None:
+        if self.metrics is not None and budgets == self.budgets:
+            return
+        self.budgets = budgets
+
+        def split_metrics(exact: bool) -> nn.ModuleDict:
+            thresholds = None if exact else 200
+            m: dict[str, nn.Module] = {"auroc": _AUROC(thresholds=thresholds),
+                                       "ece": BinaryCalibrationError(n_bins=15)}
+            for b in budgets:
+                m[_key(f"auroc@{b:g}")] = _AUROC(thresholds=thresholds)
+                m[_key(f"ece@{b:g}")] = BinaryCalibrationError(n_bins=15)
+            m |= {"value_mse": MeanSquaredError(), "value_ev": ExplainedVariance(),
+                  "cost_mse": MeanSquaredError(), "cost_ev": ExplainedVariance()}
+            return nn.ModuleDict(m)
+
+        self.metrics = nn.ModuleDict({"train_": split_metrics(False), "val_": split_metrics(True),
+                                      "test_": split_metrics(True)})  # "train" would clash with nn.Module.train
+        self.metrics.to(self.device)
+
+    # ---- steps ---------------------------------------------------------------------------------------------
+    def _step(self, batch: dict, split: str) -> torch.Tensor:
+        batch = mask_nonfinite(batch)  # NaN/inf latents -> zeroed, valid = False
+        crit = self.critic
+        valid = batch["valid"]
+        if split == "train":  # counted on the device: no host sync per step
+            skipped = (~valid).sum()
+            self._epoch_skipped = self._epoch_skipped + skipped
+            self.log("train/skipped_rows", skipped.float(), on_step=False, on_epoch=True, reduce_fx="sum",
+                     sync_dist=True, batch_size=1)
+        w = valid.to(torch.float32)
+        n = w.sum().clamp_min(1.0)
+        feat = crit.encode(batch["h"])  # (B, width)
+        logq, log1mq = crit.safe_logprob_from_features(feat, batch["z"])
+        y = batch["label"]
+        bce = -(y * logq + (1 - y) * log1mq)
+        loc, scale = crit.target_loc, crit.target_scale
+        v_pred, c_pred = crit.value_from_features(feat, normalized=True), crit.cost_from_features(feat, normalized=True)
+        v_tgt, c_tgt = (batch["value"] - loc[1]) / scale[1], (batch["s"] - loc[2]) / scale[2]
+        reg = F.huber_loss if self.hparams.regression_loss == "huber" else F.mse_loss
+        l_safe = (bce * w).sum() / n
+        l_value = (reg(v_pred, v_tgt, reduction="none") * w).sum() / n
+        l_cost = (reg(c_pred, c_tgt, reduction="none") * w).sum() / n
+        hp = self.hparams
+        loss = hp.safety_weight * l_safe + hp.value_weight * l_value + hp.cost_weight * l_cost
+        on_step = split == "train"
+        for name, val in (("loss", loss), ("loss_safety", l_safe), ("loss_value", l_value), ("loss_cost", l_cost)):
+            self.log(f"{split}/{name}", val.detach(), on_step=on_step, on_epoch=True, sync_dist=True,
+                     batch_size=len(valid), prog_bar=name == "loss")
+        self._update_metrics(split, feat, batch, logq.detach().exp(), v_pred, c_pred)
+        return loss
+
+    @torch.no_grad()
+    def _update_metrics(self, split: str, feat: torch.Tensor, batch: dict, q: torch.Tensor, v_pred: torch.Tensor,
+                        c_pred: torch.Tensor) -> None:
+        if self.metrics is None:
+            return
+        m, valid = self.metrics[f"{split}_"], batch["valid"]
+        if not bool(valid.any()):
+            return
+        crit, feat = self.critic, feat[valid]
+        m["auroc"].update(q[valid], batch["label"][valid].long())
+        m["ece"].update(q[valid], batch["label"][valid].long())
+        s, s_final = batch["s"][valid], batch["s_final"][valid]
+        for b in self.budgets:
+            qb = crit.safe_prob_from_features(feat, b - s)
+            yb = (s_final <= b).long()
+            m[_key(f"auroc@{b:g}")].update(qb, yb)
+            m[_key(f"ece@{b:g}")].update(qb, yb)
+        value = crit.target_loc[1] + crit.target_scale[1] * v_pred[valid]
+        cost = crit.target_loc[2] + crit.target_scale[2] * c_pred[valid]
+        m["value_mse"].update(value, batch["value"][valid])
+        m["value_ev"].update(value, batch["value"][valid])
+        m["cost_mse"].update(cost, s)
+        m["cost_ev"].update(cost, s)
+
+    def _log_metrics(self, split: str) -> None:
+        """Compute (synced across ranks by torchmetrics), log and reset the split's metrics at epoch end."""
+        if self.metrics is None:
+            return
+        values = {}
+        for k, metric in self.metrics[f"{split}_"].items():
+            if metric.update_called:
+                with warnings.catch_warnings():  # a budget where every label is equal has no AUROC
+                    warnings.simplefilter("ignore", UserWarning)
+                    values[f"{split}/{_name(k)}"] = metric.compute().float()
+            metric.reset()
+        if values:
+            self.log_dict(values, sync_dist=True)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_skipped = torch.zeros((), dtype=torch.long, device=self.device)
+
+    def on_train_epoch_end(self) -> None:
+        self._log_metrics("train")
+        skipped = int(self._epoch_skipped)
+        self.skipped_rows += skipped
+        if skipped:
+            log.warning("rank %d skipped %d training rows with NaN/inf latents or targets this epoch (not trained "
+                        "on); `igcritic inspect` the store", self.global_rank, skipped)
+        self._epoch_skipped = torch.zeros((), dtype=torch.long, device=self.device)
+
+    # ---- optimisation ----------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        opt = self.optimizer(self.parameters())
+        if self.scheduler is None:
+            return opt
+        sched = self.scheduler(opt)
+        cfg = {"scheduler": sched, "interval": self.hparams.scheduler_interval}
+        if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            cfg["monitor"] = "val/loss"
+        return {"optimizer": opt, "lr_scheduler": cfg}
+
+    # ---- checkpoints -----------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        metrics = {}
+        if self._trainer is not None:
+            for k, v in self.trainer.callback_metrics.items():
+                if k.startswith(("val/", "test/")) and isinstance(v, torch.Tensor) and v.numel() == 1:
+                    metrics[k] = float(v)
+        checkpoint[CKPT_KEY] = {"critic_config": self.critic.config.to_dict(), "metrics": metrics,
+                                "budgets": list(self.budgets)}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get(CKPT_KEY, {}).get("critic_config")
+        if not saved:
+            return
+        cfg = self.critic.config
+        for k in ("policy", "cost_scorer", "reward_scorer", "gamma", "budget_low", "budget_high", "budget"):
+            setattr(cfg, k, saved.get(k))
+        if self._trainer is not None and isinstance(self.trainer.datamodule, CriticDataModule) and cfg.policy:
+            diff = PolicyIdentity.from_dict(cfg.policy).mismatches(self.trainer.datamodule.policy)
+            if diff:
+                raise FitError(f"the checkpoint's critic was trained on another policy ({'; '.join(diff)}); "
+                               "use stores of its policy")
+
+
+class _AUROC(BinaryAUROC):
+    """BinaryAUROC that is NaN, not 0, when the (synced) labels hold one class: e.g. a budget above every S_T."""
+
+    def compute(self) -> torch.Tensor:
+        if self.thresholds is None:
+            target = dim_zero_cat(self.target)
+            pos, n = target.sum(), target.numel()
+        else:  # confmat (thresholds, 2, 2): rows are the true class
+            pos, n = self.confmat[0, 1].sum(), self.confmat[0].sum()
+        if pos == 0 or pos == n:
+            return torch.tensor(float("nan"), device=self.device)
+        return super().compute()
+
+
+def _key(name: str) -> str:
+    """Module-safe key of a metric name (``auroc@0.5`` -> ``auroc@0,5``: module names cannot hold dots)."""
+    return name.replace(".", ",")
+
+
+def _name(key: str) -> str:
+    return key.replace(",", ".")
+
+
+class CriticCLI(LightningCLI):
+    """LightningCLI for the critic: links the stores' hidden size into the model, adds a ModelCheckpoint on
+    ``val/loss`` (configurable under ``checkpoint:``) and a rich progress bar on a terminal."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {k: v for k, v in LightningCLI.subcommands().items() if k in ("fit", "validate", "test")}
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("data.hidden_size", "model.hidden_size", apply_on="instantiate")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.monitor": "val/loss", "checkpoint.mode": "min", "checkpoint.save_last": True,
+                             "checkpoint.filename": "critic-{epoch:02d}-{step}",
+                             "checkpoint.auto_insert_metric_name": False})
+
+    def instantiate_trainer(self, **kwargs):
+        cfg = self._get(self.config_init, "trainer", default={})
+        callbacks = list(cfg.get("callbacks") or [])
+        if cfg.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+            # a rich bar on a terminal; a sparse plain one in non-TTY logs (SLURM, CI)
+            callbacks.append(RichProgressBar() if sys.stderr.isatty() else TQDMProgressBar(refresh_rate=50))
+            kwargs["callbacks"] = callbacks
+        return super().instantiate_trainer(**kwargs)
+
+
+TRAINER_DEFAULTS = {
+    "max_epochs": 10,
+    "log_every_n_steps": 10,
+    "logger": [
+        {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs/fit", "name": "critic"}},
+        {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+         "init_args": {"save_dir": "runs/fit/tensorboard", "name": "critic"}},
+    ],
+}
+
+
+def cli_main(args: list[str] | None = None, run: bool = True) -> CriticCLI:
+    """``igcritic fit|validate|test ...``: the LightningCLI over :class:`CriticModule` and
+    :class:`~igcritic.data.CriticDataModule` (``args`` like ``["fit", "--config", "configs/fit/embedded.yaml"]``)."""
+    return CriticCLI(CriticModule, CriticDataModule, args=args, run=run, seed_everything_default=0,
+                     trainer_defaults=TRAINER_DEFAULTS, auto_configure_optimizers=False,
+                     save_config_kwargs={"overwrite": True})
+
+
+__all__ = ["CriticModule", "CriticCLI", "cli_main", "FitError", "CKPT_KEY"]

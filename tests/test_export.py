@@ -1,0 +1,118 @@
+"""export: Lightning checkpoint -> checkpoints/<name>/ that load_critic reads exactly, without Lightning."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import fields
+
+import pytest
+import torch
+from helpers_fit import make_store, tiny_module, tiny_trainer
+
+from igcritic.critic import CONFIG_NAME, WEIGHTS_NAME, load_critic
+from igcritic.data import CriticDataModule
+from igcritic.export import SEARCH_CONFIG_NAME, ExportError, default_out, export, export_main
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    make_store(root / "store.zarr", n_prompts=10, rollouts=3, hidden=16)
+    model = tiny_module(16, dropout=0.1)
+    trainer = tiny_trainer(root, epochs=1)
+    trainer.fit(model, CriticDataModule([str(root / "store.zarr")], batch_size=32))
+    return model, trainer.checkpoint_callback.best_model_path
+
+
+def test_export_then_load_reproduces_the_module_exactly(trained, tmp_path):
+    model, ckpt = trained
+    out = export(ckpt, tmp_path / "checkpoints" / "tiny")
+    assert sorted(p.name for p in out.iterdir()) == sorted([WEIGHTS_NAME, CONFIG_NAME, SEARCH_CONFIG_NAME])
+    critic = load_critic(out)
+    model.eval()
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(64, 16, generator=g) * 3
+    z = torch.rand(64, generator=g) * 2 - 0.5
+    with torch.no_grad():
+        want = model.critic(h, z)
+        got = critic(h, z)
+    for a, b in zip(want, got):
+        assert torch.equal(a, b)
+
+
+def test_artifact_records_what_the_runtime_checks(trained, tmp_path):
+    model, ckpt = trained
+    out = export(ckpt, tmp_path / "art", name="tiny-critic")
+    meta = json.loads((out / CONFIG_NAME).read_text())
+    assert meta["schema_version"] == 1 and meta["name"] == "tiny-critic"
+    assert meta["policy"]["model_id"] == "synthetic-llama" and meta["hidden_size"] == 16
+    assert meta["layer"] == 2 and meta["norm"] == "post"
+    assert meta["cost_scorer"] == {"id": "synthetic-cost", "sign": "higher-is-unsafe", "kind": "synthetic"}
+    assert meta["reward_scorer"]["sign"] == "higher-is-better"
+    assert meta["gamma"] == 0.999 and meta["budget"] == 0.5 and meta["budget_low"] < meta["budget_high"]
+    assert 0.0 <= meta["metrics"]["val/auroc"] <= 1.0 and "val/cost_mse" in meta["metrics"]
+    search = json.loads((out / SEARCH_CONFIG_NAME).read_text())
+    assert search["budget"] == 0.5 and search["block_width"] == 32 and search["num_candidates"] == 128
+    from igcritic.search import SearchConfig  # the runtime reads these keys
+
+    assert set(search) <= {f.name for f in fields(SearchConfig)}
+    with open(out / WEIGHTS_NAME, "rb") as f:  # safetensors: an 8-byte header length, then JSON
+        header_len = int.from_bytes(f.read(8), "little")
+        assert json.loads(f.read(header_len))["__metadata__"]["format"] == "pt"
+
+
+def test_artifact_loads_without_lightning(trained, tmp_path):
+    _, ckpt = trained
+    out = export(ckpt, tmp_path / "art")
+    code = ("import sys; from igcritic.critic import load_critic; c = load_critic(sys.argv[1]); "
+            "import torch; c(torch.zeros(2, 16), 0.0); "
+            "assert not any(m.startswith(('lightning', 'pytorch_lightning')) for m in sys.modules), 'lightning imported'")
+    subprocess.run([sys.executable, "-c", code, str(out)], check=True, timeout=120)
+
+
+def test_refuses_truncated_garbage_and_foreign_checkpoints(trained, tmp_path):
+    _, ckpt = trained
+    data = open(ckpt, "rb").read()
+    (tmp_path / "trunc.ckpt").write_bytes(data[: len(data) // 3])
+    (tmp_path / "garbage.ckpt").write_bytes(b"\x00not a checkpoint" * 100)
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "foreign.ckpt")
+    for name, match in [("trunc.ckpt", "truncated or corrupted"), ("garbage.ckpt", "truncated or corrupted"),
+                        ("foreign.ckpt", "not a checkpoint of `igcritic fit`"), ("missing.ckpt", "does not exist")]:
+        with pytest.raises(ExportError, match=match) as e:
+            export(tmp_path / name, tmp_path / f"out-{name}")
+        assert "\n" not in str(e.value)
+        assert not (tmp_path / f"out-{name}").exists()  # nothing half-written
+
+
+def test_never_writes_into_a_non_empty_folder(trained, tmp_path):
+    _, ckpt = trained
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(ExportError, match="not empty"):
+        export(ckpt, out)
+    assert (out / "keep.txt").read_text() == "mine"
+    export(ckpt, out, overwrite=True)
+    assert not (out / "keep.txt").exists() and (out / WEIGHTS_NAME).exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["taken"]  # no temporary folder left behind
+
+
+def test_export_main_and_default_out(trained, tmp_path, monkeypatch):
+    _, ckpt = trained
+    monkeypatch.chdir(tmp_path)
+    assert default_out("runs/fit/embedded/version_0/checkpoints/last.ckpt") == default_out("x", "embedded")
+    from igcritic.__main__ import main
+
+    assert main(["export", str(ckpt), "--out", "checkpoints/cli"]) == 0
+    assert (tmp_path / "checkpoints" / "cli" / CONFIG_NAME).exists()
+    assert export_main(ckpt, None, name="named") == 0 and (tmp_path / "checkpoints" / "named").is_dir()
