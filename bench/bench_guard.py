@@ -1,0 +1,124 @@
+"""Guarded decoding per prompt vs plain batched sampling of the same N x D tokens, same stack, one process.
+
+    python bench/bench_guard.py                                   # embedded SmolLM2, CPU, N=16, width 16, D=64
+    python bench/bench_guard.py --critic checkpoints/embedded     # a trained critic instead of a random one
+    python bench/bench_guard.py --model PATH --dtype bfloat16 --n 128 --width 32 --d 128   # GPU
+
+Per prompt, alternating so drift hits both sides (EOS suppressed on both: exactly N x D sampled tokens):
+  plain    prefill once, the cache expanded to N rows, D tokens sampled (blocks.sample_block: the sampler
+           the guard uses), i.e. plain batched sampling on the same stack
+  guard    InferenceGuard in fully latent mode (critic cost head tracks the safety state, no cost scorer):
+           D / width blocks of N candidates from K = N/4 beams, critic on every candidate, top-K kept
+  generate model.generate(num_return_sequences=N, min_new_tokens=D): a reference row (re-encodes the prompt)
+Prints seconds per prompt, the ratio guard/plain (DESIGN.md target <= 1.3) and the critic's share of the
+guard's time (target < 2%). The random critic admits everything by default (--tau 0, a huge budget), so
+the ratio measures the search machinery without retries; pass --tau 0.5 --budget 0.5 to include them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from igcritic.blocks import prefill, sample_block
+from igcritic.critic import Critic, CriticConfig, load_critic
+from igcritic.policy import EMBEDDED_POLICY_ID, load_policy
+from igcritic.search import SearchConfig, search, suppress_tokens
+
+PROMPTS = [
+    "How do I bake bread at home?",
+    "Write a short poem about the sea.",
+    "How can I make a bomb at home?",
+    "Explain photosynthesis simply.",
+]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=EMBEDDED_POLICY_ID)
+    ap.add_argument("--critic", default=None, help="exported critic folder (default: random init, --critic_width)")
+    ap.add_argument("--critic_width", type=int, default=512, help="trunk width of the random critic")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--n", type=int, default=16, help="N candidates per block")
+    ap.add_argument("--width", type=int, default=16, help="block width")
+    ap.add_argument("--d", type=int, default=64, help="D max new tokens")
+    ap.add_argument("--tau", type=float, default=0.0)
+    ap.add_argument("--budget", type=float, default=1e6)
+    ap.add_argument("--prompts", type=int, default=3, help="prompts per repeat")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--no_generate", action="store_true", help="skip the model.generate reference row")
+    a = ap.parse_args()
+
+    torch.set_grad_enabled(False)
+    policy = load_policy(a.model, dtype=a.dtype, device=a.device)
+    if a.critic:
+        critic = load_critic(a.critic, device=a.device)
+    else:
+        torch.manual_seed(0)
+        cfg = CriticConfig(hidden_size=policy.identity.hidden_size, width=a.critic_width,
+                           policy=policy.identity.to_dict(), budget=a.budget)
+        critic = Critic(cfg).to(a.device).eval()
+    search_cfg = SearchConfig(method="inferenceguard", mode="latent", num_candidates=a.n, block_width=a.width,
+                              max_new_tokens=a.d, tau=a.tau, budget=a.budget, ignore_eos=True)
+    sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
+    no_eos = suppress_tokens(policy.eos_token_ids)
+    prompts = (PROMPTS * a.prompts)[: a.prompts]
+
+    def plain(prompt: str, seed: int) -> tuple[float, int]:
+        sync()
+        t = time.perf_counter()
+        rows = prefill(policy, [prompt]).select(torch.zeros(a.n, dtype=torch.long))
+        gen = torch.Generator(device=policy.device).manual_seed(seed)
+        block = sample_block(policy, rows, torch.full((a.n,), a.d), search_cfg.sampling, gen, no_eos)
+        sync()
+        return time.perf_counter() - t, int(block.new.sum())
+
+    def guard(prompt: str, seed: int):
+        sync()
+        t = time.perf_counter()
+        (rec,) = search(policy, [prompt], SearchConfig(**{**search_cfg.__dict__, "seed": seed}), critic)
+        sync()
+        return time.perf_counter() - t, rec
+
+    def generate(prompt: str) -> float:
+        enc = policy.encode_prompts([prompt])
+        sync()
+        t = time.perf_counter()
+        policy.model.generate(**enc, do_sample=True, temperature=0.7, top_p=0.9, max_new_tokens=a.d,
+                              min_new_tokens=a.d, num_return_sequences=a.n, pad_token_id=policy.pad_token_id)
+        sync()
+        return time.perf_counter() - t
+
+    plain(prompts[0], 0)  # warm-up
+    guard(prompts[0], 0)
+    t_plain, t_guard, t_gen, shares, retries, toks = [], [], [], [], [], []
+    for r in range(a.repeats):
+        for i, p in enumerate(prompts):
+            tp, n = plain(p, 100 * r + i)
+            tg, rec = guard(p, 100 * r + i)
+            t_plain.append(tp)
+            t_guard.append(tg)
+            toks.append(n)
+            shares.append(rec.critic_seconds / rec.seconds)
+            retries.append(rec.retries)
+            if not a.no_generate:
+                t_gen.append(generate(p))
+    ratios = [g / p for g, p in zip(t_guard, t_plain)]
+    med = statistics.median
+    print(f"model={a.model} device={a.device} dtype={a.dtype} threads={torch.get_num_threads()} "
+          f"N={a.n} width={a.width} D={a.d} K={search_cfg.beams} critic={'random w=' + str(a.critic_width) if not a.critic else a.critic}")
+    print(f"{'':28s}{'s/prompt (median)':>18s}{'min':>8s}{'max':>8s}")
+    print(f"{'plain sampling N x D':28s}{med(t_plain):18.2f}{min(t_plain):8.2f}{max(t_plain):8.2f}   ({med(toks):.0f} tokens)")
+    print(f"{'guard, fully latent':28s}{med(t_guard):18.2f}{min(t_guard):8.2f}{max(t_guard):8.2f}   (retries {sum(retries)})")
+    if t_gen:
+        print(f"{'model.generate N x D (ref)':28s}{med(t_gen):18.2f}{min(t_gen):8.2f}{max(t_gen):8.2f}")
+    print(f"ratio guard/plain: median {med(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f}); target <= 1.3")
+    print(f"critic share of guard time: median {100 * med(shares):.2f}% (max {100 * max(shares):.2f}%); target < 2%")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,520 @@
+"""Guarded block-wise search (InferenceGuard, DESIGN.md section 6) and its baselines in one runtime.
+
+Every method runs the same loop over the block sampler of :mod:`igcritic.blocks`: the prompts of a batch
+are prefilled once, each live beam samples its share of N candidates of one block from its own KV cache,
+the candidates are scored, and the best K are kept.
+
+- ``inferenceguard``: safety state ``z = budget - S`` per candidate, S from the cost scorer on the candidate
+  text (``mode="exact"``) or from the critic's latent cost head ``Ŝ(h)`` (``mode="latent"``: no cost-scorer
+  call at all); admissible iff ``z >= 0`` and ``q(h, z) >= tau`` (``critic=False``: ``z >= 0`` only); the top
+  K admissible by critic value (``critic=False``: by the reward scorer). Nothing admissible: resample the
+  block with :class:`RejectedTokenPenalty`, up to ``retries`` times, then fail closed (``refused=True``)
+  or, with ``on_violation="best_effort"``, go on with the least bad candidates (``safe=False``).
+- ``beam``: block beam search ranking by ``score``: ``lagrangian`` r - λ·S, ``augmented`` r among candidates
+  with z >= 0 first (then the least over budget).
+- ``best_of_n``: N full answers (one block of width D), the best by ``score``.
+- ``plain``: one sampled answer per prompt (N = K = 1, one block of width D).
+
+r is the critic value ``V(h)`` (``critic=True``) or the reward scorer; S is tracked as above. Candidates
+that emit EOS (or reach D tokens) are complete and carry over as beams without a cache row.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Literal, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from igcritic.blocks import prefill, rewind, sample_block
+from igcritic.decoding import SamplingConfig
+from igcritic.policy import Policy, PolicyError
+
+Method = Literal["inferenceguard", "plain", "best_of_n", "beam"]
+METHODS = ("inferenceguard", "plain", "best_of_n", "beam")
+DEFAULT_REFUSAL = "I'm sorry, but I can't help with that."
+AUTO_BATCH_ROWS = 64
+"""``prompt_batch=0`` batches prompts until N x prompts reaches this many rows."""
+
+
+class SearchConfigError(ValueError):
+    """Search parameters or prompts the runtime cannot honour."""
+
+
+@runtime_checkable
+class CriticLike(Protocol):
+    """What the runtime needs from a critic (``igcritic.critic.Critic`` or a stand-in)."""
+
+    def safe_prob(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """q(h, z) = P[cost to come <= z], (N, H) float32 and (N,) -> (N,); non-decreasing in z."""
+
+    def value(self, h: torch.Tensor) -> torch.Tensor:
+        """Discounted reward to go, (N, H) -> (N,)."""
+
+    def cost(self, h: torch.Tensor) -> torch.Tensor:
+        """Latent prediction Ŝ(h) of the cost scorer's prefix score, (N, H) -> (N,)."""
+
+
+class ScorerLike(Protocol):
+    """What the runtime needs from a cost or reward scorer (``igcritic.scorers.Scorer``)."""
+
+    def score(self, prompts: list[str], responses: list[str], previous: np.ndarray | None = None) -> np.ndarray: ...
+
+
+@dataclass
+class SearchConfig:
+    """How the guard searches; defaults are paper Table 1 (InferenceGuard)."""
+
+    method: Method = "inferenceguard"
+    """``inferenceguard``, ``plain`` (one sample), ``best_of_n`` or ``beam`` (block beam search)."""
+    score: Literal["lagrangian", "augmented"] = "augmented"
+    """Ranking of the baselines: ``lagrangian`` r - λ·S, ``augmented`` r among z >= 0 first."""
+    critic: bool | None = None
+    """Use the critic (value ranks, q admits); False: the reward scorer ranks. None: True when one is bound."""
+    mode: Literal["auto", "latent", "exact"] = "auto"
+    """Where S comes from: ``exact`` cost scorer, ``latent`` critic cost head; ``auto``: exact if a cost scorer is bound."""
+    block_width: int = 32
+    """Tokens per block."""
+    num_candidates: int = 128
+    """N: candidates sampled per block per prompt (spread over the live beams)."""
+    beams_kept: int | None = None
+    """K: beams kept per block (None: N // 4, at least 1)."""
+    max_new_tokens: int = 128
+    """D: the most tokens an answer may have."""
+    retries: int = 2
+    """M: resamples of a block with penalised logits when nothing is admissible."""
+    tau: float = 0.5
+    """Admissible iff q(h, z) >= tau (and z >= 0)."""
+    budget: float | None = None
+    """d: safe iff S <= d. None: the guard's default (search_config.json, else the cost scorer's hint)."""
+    lagrange_lambda: float = 1.0
+    """λ of the Lagrangian score r - λ·S."""
+    resample_penalty: float = 2.0
+    """Logit units subtracted from tokens seen in rejected candidates when a block is resampled."""
+    temperature: float = 0.7
+    """Sampling temperature; 0 is greedy."""
+    top_p: float = 0.9
+    """Nucleus mass kept."""
+    top_k: int = 0
+    """Keep only the k most likely tokens (0 disables)."""
+    on_violation: Literal["refuse", "best_effort"] = "refuse"
+    """Nothing admissible after M retries: ``refuse`` (the refusal text, refused=True) or ``best_effort``."""
+    refusal_text: str = DEFAULT_REFUSAL
+    """The answer of a refused prompt."""
+    seed: int = 0
+    """Seed of the sampling generator (results are reproducible for the same prompts and prompt_batch)."""
+    prompt_batch: int = 0
+    """Prompts searched together (their candidates share each forward); 0: as many as keep N x prompts <= 64."""
+    ignore_eos: bool = False
+    """Never sample EOS (benchmarks: a fixed N x D tokens)."""
+
+    @property
+    def beams(self) -> int:
+        return self.beams_kept if self.beams_kept is not None else max(1, self.num_candidates // 4)
+
+    @property
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(self.temperature, self.top_p, self.top_k, self.max_new_tokens)
+
+    @property
+    def prompts_per_batch(self) -> int:
+        return self.prompt_batch or max(1, AUTO_BATCH_ROWS // self.plan[0])
+
+    @property
+    def plan(self) -> tuple[int, int, int, int]:
+        """(N, K, block width, retries) the method actually uses."""
+        d = self.max_new_tokens
+        if self.method == "plain":
+            return 1, 1, d, 0
+        if self.method == "best_of_n":
+            return self.num_candidates, 1, d, 0
+        if self.method == "beam":
+            return self.num_candidates, self.beams, self.block_width, 0
+        return self.num_candidates, self.beams, self.block_width, self.retries
+
+    def resolve(self, has_critic: bool, has_cost: bool, has_reward: bool) -> SearchConfig:
+        """Fill ``critic``/``mode`` from what is bound and raise one error listing every problem."""
+        cfg = replace(
+            self,
+            critic=has_critic if self.critic is None else self.critic,
+            mode=("exact" if has_cost else "latent") if self.mode == "auto" else self.mode,
+        )
+        bad = cfg._problems(has_critic, has_cost, has_reward)
+        if bad:
+            raise SearchConfigError("; ".join(bad))
+        return cfg
+
+    def _problems(self, has_critic: bool, has_cost: bool, has_reward: bool) -> list[str]:
+        bad = []
+        if self.method not in METHODS:
+            bad.append(f"--method {self.method!r} is unknown; use one of {', '.join(METHODS)}")
+        if self.score not in ("lagrangian", "augmented"):
+            bad.append(f"--score {self.score!r} is unknown; use lagrangian or augmented")
+        if self.mode not in ("latent", "exact"):
+            bad.append(f"--mode {self.mode!r} is unknown; use auto, latent or exact")
+        if self.on_violation not in ("refuse", "best_effort"):
+            bad.append(f"--on_violation {self.on_violation!r} is unknown; use refuse or best_effort")
+        if self.budget is None or not isinstance(self.budget, (int, float)) or not math.isfinite(self.budget):
+            bad.append(f"--budget {self.budget!r} is not a finite number; pass one, e.g. --budget 0.5")
+        n, k, w, _ = self.plan
+        d = self.max_new_tokens
+        if d < 1:
+            bad.append(f"--max_new_tokens {d} must be >= 1")
+        if n < 1 or k < 1:
+            bad.append(f"--num_candidates {n} / --beams_kept {k} must be >= 1")
+        elif self.method in ("inferenceguard", "beam") and (k > n or n % k):
+            bad.append(f"--num_candidates {n} is not divisible across --beams_kept {k}; use a multiple of {k}")
+        if self.method in ("inferenceguard", "beam") and not 1 <= self.block_width <= d:
+            bad.append(f"--block_width {self.block_width} must be in 1..max_new_tokens ({d}); lower it")
+        if self.retries < 0:
+            bad.append(f"--retries {self.retries} must be >= 0")
+        if not 0.0 <= self.tau <= 1.0:
+            bad.append(f"--tau {self.tau} must be a probability in [0, 1]")
+        if self.temperature < 0 or not 0.0 < self.top_p <= 1.0 or self.top_k < 0:
+            bad.append(f"sampling (temperature {self.temperature}, top_p {self.top_p}, top_k {self.top_k}) is invalid;"
+                       " use temperature >= 0, 0 < top_p <= 1, top_k >= 0")
+        if self.prompt_batch < 0:
+            bad.append(f"--prompt_batch {self.prompt_batch} must be >= 0 (0: automatic)")
+        if self.mode == "exact" and not has_cost:
+            bad.append(f"--mode exact ({self.method}) needs a cost scorer; pass cost=... or use --mode latent")
+        if self.mode == "latent" and not has_critic:
+            bad.append("--mode latent needs a critic (its latent cost head); bind one or use --mode exact")
+        if self.critic and not has_critic:
+            bad.append("--critic true needs a critic; bind one or pass --critic false")
+        if not self.critic and self.method != "plain" and not has_reward:
+            bad.append(f"--method {self.method} with --critic false ranks by reward; pass reward=... or use the critic")
+        return bad
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SearchConfig:
+        """Build from a plain dict (``search_config.json``); unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise SearchConfigError(f"unknown search parameter(s) {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+
+@dataclass
+class GuardRecord:
+    """The answer to one prompt and how the search got there."""
+
+    prompt: str
+    text: str
+    """The answer (the refusal text when refused)."""
+    token_ids: list[int]
+    """Answer tokens (EOS included when sampled; empty when refused)."""
+    method: str
+    safe: bool
+    """Tracked cost within budget (final z >= 0) and no best-effort fallback."""
+    cost_source: str
+    """``exact`` (cost scorer S) or ``latent`` (critic's Ŝ(h)): where ``cost`` comes from."""
+    final_safety_state: float
+    """z = budget - cost."""
+    cost: float
+    """Tracked S of the answer (nan when refused)."""
+    value: float
+    """Critic value V(h_T) or reward (see ``value_source``)."""
+    value_source: str
+    refused: bool
+    steps: int
+    """Blocks accepted."""
+    retries: int
+    """Blocks resampled because nothing was admissible."""
+    candidates_scored: int
+    seconds: float
+    """Wall time of the prompt's batch divided by its prompts."""
+    new_tokens: int
+    budget: float
+    fallback: bool = False
+    """``best_effort`` went on without an admissible candidate."""
+    critic_seconds: float = 0.0
+    """Time in critic calls (the prompt's share of its batch)."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RejectedTokenPenalty:
+    """Logits processor of a resampled block: subtract ``strength`` from tokens of rejected candidates."""
+
+    banned: torch.Tensor
+    """(B, V) bool: tokens that appeared in the rejected candidates of each row's prompt."""
+    strength: float = 2.0
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """``(input_ids (B, T), scores (B, V)) -> new (B, V)``; never modifies ``scores``."""
+        return scores - self.strength * self.banned.to(scores.dtype)
+
+
+def suppress_tokens(token_ids: list[int]):
+    """A pure logits processor that forbids ``token_ids`` (used by ``ignore_eos``)."""
+
+    def processor(input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        out = scores.clone()
+        out[:, token_ids] = float("-inf")
+        return out
+
+    return processor
+
+
+@dataclass
+class _Entry:
+    """A scored candidate: a row of the current block, or (``row`` None) a complete answer kept earlier."""
+
+    tokens: list[int]
+    cost: float
+    value: float
+    q: float
+    admissible: bool
+    complete: bool = True
+    row: int | None = None
+
+
+@dataclass
+class _Track:
+    """Per-prompt bookkeeping across blocks."""
+
+    pool: list[_Entry] = field(default_factory=list)
+    retries: int = 0
+    block_retries: int = 0
+    steps: int = 0
+    scored: int = 0
+    refused: bool = False
+    fallback: bool = False
+
+
+@dataclass
+class _Ctx:
+    """What the batch loop needs besides the rows."""
+
+    policy: Policy
+    cfg: SearchConfig
+    critic: CriticLike | None
+    cost: ScorerLike | None
+    reward: ScorerLike | None
+    prompts: list[str]
+    critic_seconds: float = 0.0
+
+    def call_critic(self, fn: str, h: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
+        t0 = time.perf_counter()
+        dev = _module_device(self.critic, h.device)
+        with torch.inference_mode():
+            out = getattr(self.critic, fn)(h.to(dev, torch.float32), *(a.to(dev) for a in args))
+        out = out.detach().float().reshape(-1).cpu()
+        self.critic_seconds += time.perf_counter() - t0
+        return out
+
+    def texts(self, tokens: list[list[int]]) -> list[str]:
+        return self.policy.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+
+    def score(self, scorer: ScorerLike, prompt_idx: torch.Tensor, texts: list[str], previous=None) -> torch.Tensor:
+        prompts = [self.prompts[i] for i in prompt_idx.tolist()]
+        kw = {} if previous is None else {"previous": previous.numpy().astype(np.float64)}
+        out = np.asarray(scorer.score(prompts, texts, **kw), dtype=np.float64).reshape(-1)
+        if out.shape[0] != len(texts):
+            raise SearchConfigError(f"a scorer returned {out.shape[0]} scores for {len(texts)} responses; fix the scorer")
+        return torch.from_numpy(out).float()
+
+
+def _module_device(obj, default: torch.device) -> torch.device:
+    params = getattr(obj, "parameters", None)
+    if callable(params):
+        p = next(iter(params()), None)
+        if p is not None:
+            return p.device
+    return default
+
+
+def check_prompts(policy: Policy, prompts: list[str], cfg: SearchConfig) -> None:
+    """Empty prompts and prompts that leave no room for D new tokens in the context are errors."""
+    if not prompts:
+        raise SearchConfigError("no prompts given; pass at least one prompt")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str) or not p.strip():
+            raise SearchConfigError(f"prompt {i} is empty; remove empty prompts from the input")
+        n = len(policy.tokenizer(policy.format_prompt(p), add_special_tokens=not policy.identity.chat_template)["input_ids"])
+        if n + cfg.max_new_tokens > policy.max_context:
+            raise SearchConfigError(
+                f"prompt {i} has {n} tokens + max_new_tokens {cfg.max_new_tokens} > the policy's context "
+                f"{policy.max_context}; shorten the prompt or lower --max_new_tokens"
+            )
+
+
+@torch.inference_mode()
+def search(
+    policy: Policy,
+    prompts: list[str],
+    cfg: SearchConfig,
+    critic: CriticLike | None = None,
+    cost: ScorerLike | None = None,
+    reward: ScorerLike | None = None,
+) -> list[GuardRecord]:
+    """Answer every prompt with ``cfg.method``; batches of ``cfg.prompts_per_batch`` prompts share each forward."""
+    cfg = cfg.resolve(critic is not None, cost is not None, reward is not None)
+    check_prompts(policy, prompts, cfg)
+    gen = torch.Generator(device=policy.device).manual_seed(cfg.seed)
+    out: list[GuardRecord] = []
+    step = cfg.prompts_per_batch
+    for i in range(0, len(prompts), step):
+        ctx = _Ctx(policy, cfg, critic, cost, reward, prompts[i : i + step])
+        out += _search_batch(ctx, gen)
+    return out
+
+
+def _search_batch(ctx: _Ctx, gen: torch.Generator) -> list[GuardRecord]:
+    cfg, policy = ctx.cfg, ctx.policy
+    t0 = time.perf_counter()
+    n_cand, k_keep, width, max_retries = cfg.plan
+    d = cfg.max_new_tokens
+    try:
+        beams = prefill(policy, ctx.prompts)
+    except PolicyError as e:
+        raise SearchConfigError(str(e)) from None
+    if cfg.mode == "exact":
+        beams.cost = ctx.score(ctx.cost, beams.prompt, [""] * len(beams))  # S_0 of the empty answer
+    tracks = [_Track() for _ in ctx.prompts]
+    vocab = beams.logits.shape[-1]
+    banned = torch.zeros(len(ctx.prompts), vocab, dtype=torch.bool, device=beams.logits.device)
+    while len(beams):
+        # 1. each live beam takes its share of N candidates (cache rows indexed, never re-encoded)
+        counts = _shares(beams.prompt, n_cand)
+        parent = torch.repeat_interleave(torch.arange(len(beams)), counts)
+        cands = beams.select(parent)
+        parent_cost = cands.cost.clone()
+        limits = torch.tensor([min(width, d - len(t)) for t in cands.tokens])
+        block = sample_block(policy, cands, limits, cfg.sampling, gen, _processor(ctx, banned, cands.prompt))
+        # 2. safety state (exact S or latent Ŝ), value and admissibility of every candidate
+        s, value, q, admissible = _score_candidates(ctx, cands, parent_cost)
+        complete = (block.eos | torch.tensor([len(t) >= d for t in cands.tokens])).tolist()
+        cols = (s.tolist(), value.tolist(), q.tolist(), admissible.tolist(), complete)
+        # 3. keep the top K per prompt; nothing admissible: rewind the block (retry) or fail closed
+        keep: list[int] = []
+        rewound: list[bool] = []
+        for p, tr in enumerate(tracks):
+            rows = torch.nonzero(cands.prompt == p).flatten().tolist()
+            if not rows:
+                continue
+            tr.scored += len(rows)
+            entries = [_Entry(cands.tokens[j], *(c[j] for c in cols), row=j) for j in rows] + tr.pool
+            chosen = _choose(cfg, tr, entries, k_keep, max_retries)
+            if chosen == "retry":  # resample from each beam's state at the block start, penalised
+                tr.retries += 1
+                tr.block_retries += 1
+                for j in rows:
+                    banned[p, cands.tokens[j][len(cands.tokens[j]) - int(block.new[j]) :]] = True
+                firsts = sorted({int(parent[j]): j for j in reversed(rows)}.values())
+                keep += firsts
+                rewound += [True] * len(firsts)
+            elif chosen == "refuse":
+                tr.refused, tr.pool = True, []
+            else:
+                tr.block_retries = 0
+                banned[p] = False
+                tr.steps += 1
+                tr.pool = [replace(e, row=None) for e in chosen if e.complete]
+                keep += [e.row for e in chosen if not e.complete]
+                rewound += [False] * (len(chosen) - len(tr.pool))
+        order = sorted(range(len(keep)), key=lambda i: (int(cands.prompt[keep[i]]), keep[i]))
+        keep_idx = torch.tensor([keep[i] for i in order], dtype=torch.long)
+        was_rewound = torch.tensor([rewound[i] for i in order], dtype=torch.bool)
+        beams = cands.select(keep_idx)
+        beams.cost = torch.where(was_rewound, parent_cost[keep_idx], s[keep_idx]) if len(keep_idx) else s[:0]
+        rewind(beams, was_rewound, block, keep_idx)
+    seconds = (time.perf_counter() - t0) / len(ctx.prompts)
+    return [_record(ctx, p, tr, seconds) for p, tr in enumerate(tracks)]
+
+
+def _shares(prompt: torch.Tensor, n: int) -> torch.Tensor:
+    """Candidates per beam: N spread evenly over each prompt's live beams (beams of a prompt are contiguous)."""
+    counts = torch.zeros(len(prompt), dtype=torch.long)
+    for p in prompt.unique().tolist():
+        rows = torch.nonzero(prompt == p).flatten()
+        share = torch.full((len(rows),), n // len(rows), dtype=torch.long)
+        share[: n % len(rows)] += 1
+        counts[rows] = share
+    return counts
+
+
+def _processor(ctx: _Ctx, banned: torch.Tensor, prompt: torch.Tensor):
+    procs = []
+    if bool(banned.any()):
+        procs.append(RejectedTokenPenalty(banned[prompt.to(banned.device)], ctx.cfg.resample_penalty))
+    if ctx.cfg.ignore_eos:
+        procs.append(suppress_tokens(ctx.policy.eos_token_ids))
+    if not procs:
+        return None
+
+    def chain(input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        for proc in procs:
+            scores = proc(input_ids, scores)
+        return scores
+
+    return chain
+
+
+def _score_candidates(ctx: _Ctx, cands, parent_cost: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(S, value, q, admissible) of every candidate, on CPU."""
+    cfg = ctx.cfg
+    texts = ctx.texts(cands.tokens) if (cfg.mode == "exact" or ctx.reward is not None and not cfg.critic) else None
+    if cfg.mode == "exact":
+        s = ctx.score(ctx.cost, cands.prompt, texts, previous=parent_cost)
+    else:  # fully latent: the critic's cost head, no cost-scorer call
+        s = ctx.call_critic("cost", cands.h)
+    z = cfg.budget - s
+    if cfg.critic:
+        value = ctx.call_critic("value", cands.h)
+    elif ctx.reward is not None:
+        value = ctx.score(ctx.reward, cands.prompt, texts)
+    else:  # plain sampling with neither: nothing to report
+        value = torch.full_like(z, float("nan"))
+    if cfg.method != "inferenceguard":
+        return s, value, torch.ones_like(z), torch.ones_like(z, dtype=torch.bool)
+    q = ctx.call_critic("safe_prob", cands.h, z) if cfg.critic else torch.ones_like(z)
+    return s, value, q, (z >= 0) & (q >= cfg.tau)
+
+
+def _choose(cfg: SearchConfig, tr: _Track, entries: list[_Entry], k: int, max_retries: int) -> list[_Entry] | str:
+    """The K entries kept (best last), or ``"retry"`` / ``"refuse"`` when nothing is admissible."""
+    ok = [e for e in entries if e.admissible]  # every entry for the baselines
+    if ok:
+        return sorted(ok, key=lambda e: _rank(e, cfg))[-k:]
+    if tr.block_retries < max_retries:
+        return "retry"
+    if cfg.on_violation == "refuse":
+        return "refuse"
+    tr.fallback = True
+    return sorted(entries, key=lambda e: _rank(e, cfg, fallback=True))[-k:]
+
+
+def _rank(e: _Entry, cfg: SearchConfig, fallback: bool = False) -> tuple:
+    """Sort key, larger is better."""
+    z = cfg.budget - e.cost
+    if cfg.method == "inferenceguard":
+        return (z >= 0, e.q, e.value) if fallback else (e.admissible, e.value)
+    if cfg.score == "lagrangian":
+        return (e.value - cfg.lagrange_lambda * e.cost,)
+    return (1, e.value) if z >= 0 else (0, z)
+
+
+def _record(ctx: _Ctx, p: int, tr: _Track, seconds: float) -> GuardRecord:
+    cfg = ctx.cfg
+    common = dict(
+        prompt=ctx.prompts[p], method=cfg.method, cost_source=cfg.mode, budget=float(cfg.budget),
+        value_source="critic" if cfg.critic else "reward", steps=tr.steps, retries=tr.retries,
+        candidates_scored=tr.scored, seconds=seconds, critic_seconds=ctx.critic_seconds / len(ctx.prompts),
+    )
+    if tr.refused or not tr.pool:
+        return GuardRecord(text=cfg.refusal_text, token_ids=[], safe=False, final_safety_state=float("nan"),
+                           cost=float("nan"), value=float("nan"), refused=True, new_tokens=0, **common)
+    best = max(tr.pool, key=lambda e: _rank(e, cfg))
+    z = cfg.budget - best.cost
+    return GuardRecord(
+        text=ctx.texts([best.tokens])[0], token_ids=list(best.tokens), safe=bool(z >= 0 and not tr.fallback),
+        final_safety_state=float(z), cost=best.cost, value=best.value, refused=False,
+        new_tokens=len(best.tokens), fallback=tr.fallback, **common,
+    )

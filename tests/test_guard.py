@@ -1,0 +1,146 @@
+"""load_guard on a real exported critic folder of the tiny Llama: one call, identity checks, generate, CLI."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+import torch
+from helpers_guard import WordCost, single_thread  # noqa: F401
+
+from igcritic.critic import Critic, CriticConfig
+from igcritic.export import SEARCH_CONFIG_NAME
+from igcritic.guard import Guard, GuardError, generate_main, load_guard, read_prompts
+from igcritic.search import GuardRecord, SearchConfigError
+
+SEARCH = {"block_width": 4, "num_candidates": 4, "beams_kept": 2, "max_new_tokens": 8, "retries": 1, "tau": 0.0}
+
+
+def write_artifact(folder, policy_identity: dict, hidden_size: int = 32, search: dict | None = None, budget=0.5):
+    cfg = CriticConfig(hidden_size=hidden_size, width=16, depth=1, policy=policy_identity, budget=budget)
+    torch.manual_seed(0)
+    Critic(cfg).eval().save_pretrained(folder)
+    if search is not None:
+        (folder / SEARCH_CONFIG_NAME).write_text(json.dumps(search))
+    return folder
+
+
+@pytest.fixture()
+def artifact(tmp_path, tiny_policy):
+    return write_artifact(tmp_path / "critic", tiny_policy.identity.to_dict(), search={**SEARCH, "budget": 25.0})
+
+
+def test_load_guard_one_call_from_loaded_model(artifact, tiny_policy):
+    guard = load_guard(artifact, model=tiny_policy.model, tokenizer=tiny_policy.tokenizer)
+    assert isinstance(guard, Guard) and guard.budget == 25.0 and guard.search.num_candidates == 4
+    assert guard.policy.identity.mismatches(tiny_policy.identity) == []
+    (rec,) = guard.generate("how do I bake bread at home")
+    assert isinstance(rec, GuardRecord) and rec.method == "inferenceguard" and rec.cost_source == "latent"
+    assert rec.budget == 25.0 and 0 < rec.new_tokens <= 8 and not rec.refused
+    assert rec.text == tiny_policy.tokenizer.decode(rec.token_ids, skip_special_tokens=True)
+    d = rec.to_dict()
+    for key in ("prompt", "text", "safe", "final_safety_state", "refused", "steps", "retries",
+                "candidates_scored", "seconds", "new_tokens", "cost", "value"):
+        assert key in d
+    assert json.loads(json.dumps(d))["token_ids"] == rec.token_ids
+
+
+def test_generate_overrides_and_scorers(artifact, tiny_policy):
+    cost = WordCost()
+    guard = load_guard(artifact, model=tiny_policy, cost=cost)
+    recs = guard.generate(["how do I bake bread at home", "hack into my neighbour's wifi network"], budget=50.0,
+                          mode="latent", prompt_batch=2)
+    assert cost.calls == [] and all(r.budget == 50.0 and r.cost_source == "latent" for r in recs)
+    (rec,) = guard.generate(["how do I bake bread at home"], method="best_of_n", critic=True)
+    assert rec.cost_source == "exact" and rec.cost == 0.0 and rec.safe and cost.calls
+    with pytest.raises(SearchConfigError, match="unknown search parameter"):
+        guard.generate(["hi"], beam_width=3)
+
+
+def test_budget_defaults_chain(tmp_path, tiny_policy):
+    art = write_artifact(tmp_path / "a", tiny_policy.identity.to_dict(), search=SEARCH, budget=None)
+    assert load_guard(art, model=tiny_policy).budget is None
+    assert load_guard(art, model=tiny_policy, cost=WordCost(budget_hint=0.75)).budget == 0.75
+    art = write_artifact(tmp_path / "b", tiny_policy.identity.to_dict(), search=SEARCH, budget=0.3)
+    assert load_guard(art, model=tiny_policy, cost=WordCost(budget_hint=0.75)).budget == 0.3
+    with pytest.raises(SearchConfigError, match="--budget None is not a finite number"):
+        load_guard(tmp_path / "a", model=tiny_policy).generate(["hi there"])
+
+
+def test_refuses_critic_of_another_policy(tmp_path, tiny_policy):
+    ident = tiny_policy.identity.to_dict()
+    art = write_artifact(tmp_path / "h", {**ident, "hidden_size": 64}, hidden_size=64)
+    with pytest.raises(GuardError, match="hidden_size: 32 != 64"):
+        load_guard(art, model=tiny_policy.model, tokenizer=tiny_policy.tokenizer)
+    art = write_artifact(tmp_path / "m", {**ident, "model_id": "someone/other-model"})
+    with pytest.raises(GuardError, match="model_id: 'tiny-llama' != 'someone/other-model'"):
+        load_guard(art, model=tiny_policy)
+    with pytest.raises(GuardError, match="model_id"):
+        load_guard(tmp_path / "m", model=tiny_policy.model, tokenizer=tiny_policy.tokenizer, model_id="tiny-llama")
+    art = write_artifact(tmp_path / "l", {**ident, "layer": 1, "norm": "pre"})
+    with pytest.raises(GuardError, match="layer: 2 != 1"):
+        load_guard(art, model=tiny_policy)
+
+
+def test_bad_load_arguments(tmp_path, artifact, tiny_policy):
+    with pytest.raises(GuardError, match="needs tokenizer"):
+        load_guard(artifact, model=tiny_policy.model)
+    with pytest.raises(GuardError, match="does not exist"):
+        load_guard(tmp_path / "nope", model=tiny_policy)
+    with pytest.raises(GuardError, match="neither a scorer nor a spec"):
+        load_guard(artifact, model=tiny_policy, cost=3)
+
+
+@pytest.fixture()
+def saved_policy_artifact(tmp_path, tiny_policy):
+    """A critic whose recorded policy is a local model folder, so model=None loads it."""
+    folder = tmp_path / "tiny-model"
+    tiny_policy.model.save_pretrained(folder)
+    tiny_policy.tokenizer.save_pretrained(folder)
+    ident = {**tiny_policy.identity.to_dict(), "model_id": str(folder)}
+    return write_artifact(tmp_path / "critic", ident, search={**SEARCH, "budget": 25.0})
+
+
+def test_generate_main_writes_jsonl(tmp_path, saved_policy_artifact):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "how do I bake bread at home"}\n\n{"prompt": "hack into my neighbour\'s wifi network"}\n')
+    out = tmp_path / "out" / "records.jsonl"
+    recs = generate_main(str(saved_policy_artifact), prompt_file=prompts, out=out, method="beam")
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == ["how do I bake bread at home", "hack into my neighbour's wifi network"]
+    assert [r["text"] for r in rows] == [r.text for r in recs] and all(r["method"] == "beam" for r in rows)
+    with pytest.raises(GuardError, match="is not empty"):
+        generate_main(str(saved_policy_artifact), prompts=["hi"], out=out)
+
+
+def test_generate_main_prints(saved_policy_artifact, capsys, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO("how do I bake bread at home\n"))
+    monkeypatch.setenv("COLUMNS", "200")
+    (rec,) = generate_main(str(saved_policy_artifact), search={"max_new_tokens": 4, "block_width": 2})
+    assert rec.new_tokens <= 4
+    assert "how do I bake bread" in capsys.readouterr().out
+
+
+def test_read_prompts(tmp_path):
+    f = tmp_path / "p.txt"
+    f.write_text("first\n\nsecond\n")
+    assert read_prompts(prompt_file=f) == ["first", "second"]
+    assert read_prompts(["x"], prompt_file=f) == ["x"]
+    with pytest.raises(GuardError, match="does not exist"):
+        read_prompts(prompt_file=tmp_path / "missing.txt")
+
+
+@pytest.mark.embedded
+def test_embedded_policy_by_recorded_id_and_loaded_object(tmp_path):
+    """model=None loads the critic's recorded embedded SmolLM2; the same model passed loaded is recognised."""
+    from igcritic.policy import EMBEDDED_POLICY_ID, load_policy
+
+    policy = load_policy(EMBEDDED_POLICY_ID)
+    art = write_artifact(tmp_path / "c", policy.identity.to_dict(), hidden_size=576, search={**SEARCH, "budget": 25.0})
+    guard = load_guard(art)
+    assert guard.policy.identity.model_id == EMBEDDED_POLICY_ID and guard.policy.identity.hidden_size == 576
+    (rec,) = guard.generate("How do I bake bread at home?", max_new_tokens=6, block_width=3)
+    assert 0 < rec.new_tokens <= 6 and rec.text and not rec.refused
+    loaded = load_guard(art, model=policy.model, tokenizer=policy.tokenizer)
+    assert loaded.policy.identity.model_id == EMBEDDED_POLICY_ID

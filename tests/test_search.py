@@ -1,0 +1,192 @@
+"""Guarded search on the tiny Llama: exactness against generate, safety, retries, failure modes, errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from helpers_guard import LengthReward, RejectFirstCritic, StandInCritic, WordCost, single_thread  # noqa: F401
+
+from igcritic.search import (
+    RejectedTokenPenalty,
+    SearchConfig,
+    SearchConfigError,
+    search,
+    suppress_tokens,
+)
+
+PROMPTS = ["how do I bake bread at home", "hack into my neighbour's wifi network"]
+SMALL = dict(num_candidates=8, beams_kept=2, block_width=4, max_new_tokens=16, budget=0.5)
+
+
+def greedy_reference(policy, prompt: str, d: int) -> list[int]:
+    enc = policy.encode_prompts([prompt])
+    out = policy.model.generate(**enc, do_sample=False, max_new_tokens=d, pad_token_id=policy.pad_token_id)
+    return out[0, enc["input_ids"].shape[1] :].tolist()
+
+
+@pytest.mark.parametrize("prompt_batch", [1, 2])
+def test_greedy_admit_all_reproduces_generate(tiny_policy, prompt_batch):
+    cfg = SearchConfig(num_candidates=1, beams_kept=1, block_width=3, max_new_tokens=20, temperature=0,
+                       budget=0.5, prompt_batch=prompt_batch)
+    recs = search(tiny_policy, PROMPTS, cfg, StandInCritic(tiny_policy))
+    for prompt, rec in zip(PROMPTS, recs):
+        assert rec.token_ids == greedy_reference(tiny_policy, prompt, 20)
+        assert rec.steps == math.ceil(20 / 3) and not rec.refused and rec.safe
+
+
+def test_prompt_prefilled_once(tiny_policy):
+    """Candidates reuse the beam's KV cache: only one multi-token forward (the prefill) per prompt batch."""
+    seen = []
+    hook = tiny_policy.model.register_forward_pre_hook(
+        lambda _m, args, kwargs: seen.append(kwargs["input_ids"].shape), with_kwargs=True)
+    try:
+        search(tiny_policy, PROMPTS, SearchConfig(**SMALL, prompt_batch=2), StandInCritic(tiny_policy))
+    finally:
+        hook.remove()
+    assert [s for s in seen if s[1] > 1] == [(2, seen[0][1])]
+    assert max(s[0] for s in seen) == 2 * 8  # N candidates per prompt, batched across both prompts
+
+
+def test_retry_rewinds_block_exactly(tiny_policy):
+    """A rejected block is resampled from the beam's state: greedy without penalty gives the same answer."""
+    cfg = SearchConfig(num_candidates=1, beams_kept=1, block_width=4, max_new_tokens=12, temperature=0,
+                       budget=0.5, resample_penalty=0.0, mode="exact", prompt_batch=2)
+    cost = WordCost(reject_first=(PROMPTS[1],))
+    recs = search(tiny_policy, PROMPTS, cfg, StandInCritic(tiny_policy), cost=cost)
+    assert [r.retries for r in recs] == [0, 1]
+    for prompt, rec in zip(PROMPTS, recs):
+        assert rec.token_ids == greedy_reference(tiny_policy, prompt, 12)
+    crit = RejectFirstCritic(tiny_policy, n=2)
+    rec = search(tiny_policy, PROMPTS[:1], replace_cfg(cfg, mode="latent"), crit)[0]
+    assert rec.retries == 2 and not rec.refused
+    assert rec.token_ids == greedy_reference(tiny_policy, PROMPTS[0], 12)
+
+
+def replace_cfg(cfg: SearchConfig, **kw) -> SearchConfig:
+    from dataclasses import replace
+
+    return replace(cfg, **kw)
+
+
+def test_guard_never_emits_planted_unsafe_text(tiny_policy):
+    plain = search(tiny_policy, PROMPTS, SearchConfig(**SMALL, method="plain", seed=3), StandInCritic(tiny_policy))
+    tok = tiny_policy.tokenizer
+    # plant the longest token string plain sampling emitted as "unsafe"
+    pieces = [tok.decode([t]) for r in plain for t in r.token_ids]
+    word = max((p for p in pieces if p.strip().isascii() and p.strip().isalnum()), key=len)
+    cost = WordCost(word)
+    plain = search(tiny_policy, PROMPTS, SearchConfig(**SMALL, method="plain", seed=3), StandInCritic(tiny_policy), cost)
+    assert any(word in r.text for r in plain) and any(not r.safe for r in plain)
+    guarded = search(tiny_policy, PROMPTS, SearchConfig(**SMALL, seed=3, mode="exact"), StandInCritic(tiny_policy), cost)
+    for r in guarded:
+        assert word not in r.text
+        assert r.refused or (r.safe and r.cost == 0.0 and r.cost_source == "exact")
+    assert not all(r.refused for r in guarded)
+
+
+def test_fully_latent_mode_runs_no_cost_scorer(tiny_policy):
+    cost = WordCost("x")
+    crit = StandInCritic(tiny_policy, latent_cost=0.25)
+    recs = search(tiny_policy, PROMPTS, SearchConfig(**SMALL, mode="latent"), crit, cost=cost)
+    assert cost.calls == [] and crit.calls["cost"] > 0
+    assert all(r.cost_source == "latent" and r.cost == 0.25 and r.final_safety_state == 0.25 for r in recs)
+    search(tiny_policy, PROMPTS, SearchConfig(**SMALL, mode="exact"), crit, cost=cost)
+    assert cost.calls  # the same config in exact mode does call it
+
+
+def test_refuses_when_nothing_admissible(tiny_policy):
+    crit = StandInCritic(tiny_policy, safe=0.0)
+    cfg = SearchConfig(**SMALL, retries=2, refusal_text="No.")
+    recs = search(tiny_policy, PROMPTS, cfg, crit)
+    for r in recs:
+        assert r.refused and r.text == "No." and r.token_ids == [] and not r.safe
+        assert r.retries == 2 and r.candidates_scored == 3 * 8
+    best = search(tiny_policy, PROMPTS, replace_cfg(cfg, on_violation="best_effort"), crit)
+    for r in best:
+        assert not r.refused and r.fallback and not r.safe and r.text and r.token_ids
+
+
+def test_best_of_n_picks_best_by_recomputation(tiny_policy):
+    cost, reward = WordCost("e"), LengthReward()
+    for score in ("lagrangian", "augmented"):
+        cost.calls.clear()
+        reward.calls.clear()
+        cfg = SearchConfig(**SMALL, method="best_of_n", score=score, critic=False, mode="exact", lagrange_lambda=5.0)
+        rec = search(tiny_policy, PROMPTS[:1], cfg, None, cost=cost, reward=reward)[0]
+        (_, texts, c), = [call for call in cost.calls if any(call[1])]
+        (_, texts_r, r), = reward.calls
+        assert texts == texts_r and len(texts) == 8
+        if score == "lagrangian":
+            best = max(range(8), key=lambda i: r[i] - 5.0 * c[i])
+        else:
+            safe = [i for i in range(8) if c[i] <= 0.5]
+            best = max(safe, key=lambda i: r[i]) if safe else min(range(8), key=lambda i: c[i])
+        assert rec.text == texts[best] and rec.value == r[best] and rec.cost == c[best]
+        assert rec.value_source == "reward" and rec.candidates_scored == 8
+
+
+@pytest.mark.parametrize("method", ["plain", "beam", "inferenceguard"])
+def test_methods_respect_length_and_count_candidates(tiny_policy, method):
+    recs = search(tiny_policy, PROMPTS, SearchConfig(**SMALL, method=method, prompt_batch=2), StandInCritic(tiny_policy))
+    for r in recs:
+        assert 0 < r.new_tokens <= 16 and r.method == method and r.seconds > 0
+        n = 1 if method == "plain" else 8
+        assert r.candidates_scored == n * r.steps
+
+
+def test_eos_finishes_candidates(tiny_policy):
+    with torch.no_grad():  # point the EOS row of the LM head at the mean latent: EOS gets ~half the mass
+        h = tiny_policy.latents_of(**tiny_policy.encode_prompts(PROMPTS)).reshape(-1, 32).mean(0)
+        tiny_policy.model.lm_head.weight[1] = 6.0 * h / h.norm() ** 2
+    recs = search(tiny_policy, PROMPTS, SearchConfig(**SMALL, temperature=1.0), StandInCritic(tiny_policy))
+    eos = tiny_policy.eos_token_ids[0]
+    assert all(r.token_ids[-1] == eos and r.new_tokens < 16 for r in recs)
+    for r in recs:
+        assert eos not in r.token_ids[:-1] and r.text == tiny_policy.tokenizer.decode(r.token_ids[:-1])
+
+
+def test_deterministic_under_seed(tiny_policy):
+    run = lambda seed: [r.token_ids for r in search(tiny_policy, PROMPTS, SearchConfig(**SMALL, seed=seed),  # noqa: E731
+                                                        StandInCritic(tiny_policy))]
+    assert run(1) == run(1)
+    assert run(1) != run(2)
+
+
+def test_logits_processors_are_pure():
+    scores = torch.randn(2, 10)
+    before = scores.clone()
+    banned = torch.zeros(2, 10, dtype=torch.bool)
+    banned[0, 3] = banned[1, 7] = True
+    out = RejectedTokenPenalty(banned, strength=2.0)(torch.zeros(2, 4, dtype=torch.long), scores)
+    assert torch.equal(scores, before) and out is not scores
+    assert torch.allclose(out[banned], before[banned] - 2.0) and torch.equal(out[~banned], before[~banned])
+    out = suppress_tokens([1])(torch.zeros(2, 0, dtype=torch.long), scores)
+    assert torch.equal(scores, before) and torch.isinf(out[:, 1]).all()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "prompts", "match"),
+    [
+        ({"budget": float("inf")}, None, "--budget inf is not a finite number"),
+        ({"budget": float("nan")}, None, "--budget nan"),
+        ({"budget": None}, None, "--budget None"),
+        ({"num_candidates": 10, "beams_kept": 4}, None, "not divisible"),
+        ({"block_width": 32, "max_new_tokens": 16}, None, "--block_width 32"),
+        ({"mode": "exact"}, None, "needs a cost scorer"),
+        ({}, ["fine", "  "], "prompt 1 is empty"),
+        ({}, ["word " * 300], "context"),
+        ({"max_new_tokens": 250}, None, "context"),
+    ],
+)
+def test_search_config_errors(tiny_policy, kwargs, prompts, match):
+    cfg = SearchConfig(**{**SMALL, **kwargs})
+    with pytest.raises(SearchConfigError, match=match):
+        search(tiny_policy, prompts or PROMPTS, cfg, StandInCritic(tiny_policy))
+
+
+def test_config_errors_are_gathered_in_one_line():
+    with pytest.raises(SearchConfigError) as e:
+        SearchConfig(budget=None, num_candidates=10, beams_kept=3).resolve(True, False, False)
+    assert "\n" not in str(e.value) and "--budget" in str(e.value) and "divisible" in str(e.value)
