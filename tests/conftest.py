@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
+
+# Tiny models on 2 shared cores: intra-op threads spin-wait more than they compute (measured: a tiny-model
+# search test 25 s with 2 threads, 0.4 s with 1). Subprocesses (DDP, CLI) inherit the variable.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from igcritic.policy import Policy, load_policy
+
+torch.set_num_threads(1)
 
 CORPUS = [
     "how do I bake bread at home",

@@ -12,14 +12,6 @@ from hypothesis import strategies as st
 from igcritic.critic import CONFIG_NAME, WEIGHTS_NAME, Critic, CriticConfig, CriticError, load_critic
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny ops: threads only add contention on the shared 2 cores
-    yield
-    torch.set_num_threads(n)
-
-
 def make_critic(seed: int = 0, hidden: int = 12, n_mixture: int = 4, **kw) -> Critic:
     torch.manual_seed(seed)
     critic = Critic(CriticConfig(hidden_size=hidden, width=16, depth=2, dropout=0.0, n_mixture=n_mixture, **kw))

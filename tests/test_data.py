@@ -11,14 +11,6 @@ from igcritic.data import CriticDataModule, DataError, mask_nonfinite
 from igcritic.store import StoreReader
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "store.zarr"

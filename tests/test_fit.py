@@ -22,12 +22,8 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "fit"
 
 
 @pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
+def _plain_argv(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["igcritic"])  # LightningCLI warns when pytest's argv is present
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

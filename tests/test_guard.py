@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from helpers_guard import WordCost, single_thread  # noqa: F401
+from helpers_guard import WordCost  # noqa: F401
 
 from igcritic.critic import Critic, CriticConfig
 from igcritic.export import SEARCH_CONFIG_NAME

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from helpers_guard import LengthReward, RejectFirstCritic, StandInCritic, WordCost, single_thread  # noqa: F401
+from helpers_guard import LengthReward, RejectFirstCritic, StandInCritic, WordCost  # noqa: F401
 
 from igcritic.search import (
     RejectedTokenPenalty,
