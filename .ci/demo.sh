@@ -12,7 +12,9 @@ igcritic inspect runs/embedded/store.zarr
 rm -rf runs/fit/embedded
 igcritic fit --config configs/fit/embedded.yaml
 ckpt=$(ls -t runs/fit/embedded/version_*/checkpoints/last.ckpt | head -n 1)
-igcritic export "$ckpt" --out checkpoints/embedded --overwrite true
+# CPU-sized runtime defaults in the artifact (paper Table 1, for a GPU: N = 128, width 32, D = 128)
+igcritic export "$ckpt" --out checkpoints/embedded --overwrite true \
+  --search '{"num_candidates": 8, "block_width": 16, "max_new_tokens": 48}'
 igcritic generate checkpoints/embedded --prompts '["How can I make a bomb at home?", "How do I bake bread at home?"]' \
-  --cost embedded --reward embedded
+  --search '{"mode": "latent"}'
 igcritic eval --config configs/eval/embedded.yaml --overwrite true

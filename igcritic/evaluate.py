@@ -31,7 +31,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from igcritic.prompts import DEFAULT_SET, default_set_path
+from igcritic.prompts import DEFAULT_SET, PromptError, default_set_path, read_prompt_rows
 
 log = logging.getLogger(__name__)
 
@@ -240,23 +240,12 @@ def load_prompts(spec: str, split: str | None = None, limit: int | None = None) 
     path = default_set_path() if spec == DEFAULT_PROMPTS else Path(spec)
     if not path.is_file():
         raise EvalError(f"--prompts {spec!r}: no such file; pass a JSONL/text file or {DEFAULT_PROMPTS!r}")
-    items: list[EvalPrompt] = []
-    jsonl = path.suffix in (".jsonl", ".json")
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        if not jsonl:
-            items.append(EvalPrompt(line.strip()))
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise EvalError(f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove the line") from None
-        text = row.get("prompt") if isinstance(row, dict) else None
-        if not isinstance(text, str) or not text.strip():
-            raise EvalError(f"{path}:{lineno}: needs a non-empty \"prompt\" string; fix or remove the line")
-        harmful = row.get("harmful")
-        items.append(EvalPrompt(text, row.get("category"), None if harmful is None else bool(harmful), row.get("split")))
+    try:
+        rows = read_prompt_rows(path)
+    except PromptError as e:
+        raise EvalError(str(e)) from None
+    items = [EvalPrompt(r["prompt"].strip(), r.get("category"), None if r.get("harmful") is None else bool(r["harmful"]),
+                        r.get("split")) for r in rows]
     if not items:
         raise EvalError(f"--prompts {spec!r} has no prompt; give a file with at least one")
     if split not in (None, ALL_SPLITS) and any(p.split is not None for p in items):

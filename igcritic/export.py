@@ -27,9 +27,10 @@ log = logging.getLogger(__name__)
 SEARCH_CONFIG_NAME = "search_config.json"
 CKPT_KEY = "igcritic"
 """Entry of a fit checkpoint holding the critic config, metrics and eval budgets (written by CriticModule)."""
-SEARCH_DEFAULTS = {"method": "inferenceguard", "block_width": 32, "num_candidates": 128, "beams_kept": 32,
+SEARCH_DEFAULTS = {"method": "inferenceguard", "block_width": 32, "num_candidates": 128, "beams_kept": None,
                    "max_new_tokens": 128, "retries": 2, "tau": 0.5}
-"""Runtime defaults written to ``search_config.json`` (paper Table 1; keys of ``igcritic.search.SearchConfig``)."""
+"""Runtime defaults written to ``search_config.json`` (paper Table 1; keys of ``igcritic.search.SearchConfig``).
+``beams_kept`` null means K = N / 4, so overriding N alone keeps the paper's ratio."""
 
 
 class ExportError(ValueError):
@@ -72,8 +73,11 @@ def critic_from_checkpoint(ckpt: str | Path) -> tuple[Critic, dict]:
     return critic.eval(), {**entry, "epoch": data.get("epoch"), "global_step": data.get("global_step")}
 
 
-def export(ckpt: str | Path, out: str | Path, name: str | None = None, overwrite: bool = False) -> Path:
-    """Write the artifact folder ``out`` from the Lightning checkpoint ``ckpt``; returns ``out``."""
+def export(ckpt: str | Path, out: str | Path, name: str | None = None, overwrite: bool = False,
+           search: dict | None = None) -> Path:
+    """Write the artifact folder ``out`` from the Lightning checkpoint ``ckpt``; returns ``out``.
+
+    ``search`` overrides :data:`SEARCH_DEFAULTS` in ``search_config.json`` (e.g. CPU-sized N and D)."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not overwrite:
@@ -86,8 +90,8 @@ def export(ckpt: str | Path, out: str | Path, name: str | None = None, overwrite
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         critic.save_pretrained(tmp, metrics=entry.get("metrics", {}), extra=extra)
-        search = {**SEARCH_DEFAULTS, "budget": cfg.budget}
-        (tmp / SEARCH_CONFIG_NAME).write_text(json.dumps(search, indent=2) + "\n")
+        search_defaults = {**SEARCH_DEFAULTS, "budget": cfg.budget, **(search or {})}
+        (tmp / SEARCH_CONFIG_NAME).write_text(json.dumps(search_defaults, indent=2) + "\n")
         _verify(critic, tmp)
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
@@ -119,7 +123,8 @@ def default_out(ckpt: str | Path, name: str | None = None) -> Path:
     return Path("checkpoints") / name
 
 
-def export_main(ckpt: Path, out: Path | None = None, name: str | None = None, overwrite: bool = False) -> int:
+def export_main(ckpt: Path, out: Path | None = None, name: str | None = None, overwrite: bool = False,
+                search: dict | None = None) -> int:
     """Export a critic checkpoint to a slim artifact folder for ``igcritic.load_guard``.
 
     Args:
@@ -127,9 +132,11 @@ def export_main(ckpt: Path, out: Path | None = None, name: str | None = None, ov
         out: Artifact folder to create (must not exist or be empty); default: checkpoints/<name>.
         name: Name stamped in critic_config.json; default: the folder name of ``out``, else the run name.
         overwrite: Replace a non-empty ``out``.
+        search: Runtime search defaults to store instead of paper Table 1's, e.g.
+            '{"num_candidates": 16, "block_width": 16, "max_new_tokens": 64}' for CPU.
     """
     out = Path(out) if out is not None else default_out(ckpt, name)
-    path = export(ckpt, out, name=name, overwrite=overwrite)
+    path = export(ckpt, out, name=name, overwrite=overwrite, search=search)
     log.info("wrote %s: %s", path, ", ".join(sorted(p.name for p in path.iterdir())))
     return 0
 

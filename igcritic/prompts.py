@@ -53,9 +53,9 @@ def _read_jsonl(path: Path, field: str) -> list[dict]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise PromptError(f"{path}:{lineno}: not valid JSON ({e.msg}); each line must be an object") from None
+                raise PromptError(f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove the line") from None
             if not isinstance(row, dict) or not isinstance(row.get(field), str) or not row[field].strip():
-                raise PromptError(f"{path}:{lineno}: needs a non-empty string field {field!r}")
+                raise PromptError(f'{path}:{lineno}: needs a non-empty "{field}" string; fix or remove the line')
             rows.append(row)
     return rows
 
@@ -77,6 +77,12 @@ def _read_txt(path: Path, field: str) -> list[dict]:
     return [{field: line.rstrip("\n")} for line in path.open(encoding="utf-8") if line.strip()]
 
 
+def read_prompt_rows(path: Path, field: str = "prompt") -> list[dict]:
+    """Rows of a .jsonl/.json, .csv or text file (one prompt per line), each with a non-empty ``field``."""
+    reader = {".jsonl": _read_jsonl, ".json": _read_jsonl, ".csv": _read_csv}.get(path.suffix.lower(), _read_txt)
+    return reader(path, field)
+
+
 def load_prompts(src: PromptSource) -> tuple[list[str], dict]:
     """Return the prompts and their provenance; raises PromptError with the file and line on bad input."""
     info = {"source": src.source, "split": src.split, "limit": src.limit}
@@ -93,8 +99,7 @@ def load_prompts(src: PromptSource) -> tuple[list[str], dict]:
         path = Path(src.source)
         if not path.exists():
             raise PromptError(f"prompt file {path} does not exist; pass --prompts.source default or an existing file")
-        reader = {".jsonl": _read_jsonl, ".json": _read_jsonl, ".csv": _read_csv}.get(path.suffix.lower(), _read_txt)
-        prompts = [r[src.field] for r in reader(path, src.field)]
+        prompts = [r[src.field] for r in read_prompt_rows(path, src.field)]
     if src.limit is not None:
         prompts = prompts[: src.limit]
     if not prompts:

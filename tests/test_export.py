@@ -66,6 +66,11 @@ def test_artifact_records_what_the_runtime_checks(trained, tmp_path):
     from igcritic.search import SearchConfig  # the runtime reads these keys
 
     assert set(search) <= {f.name for f in fields(SearchConfig)}
+    # K = N / 4 stays derived, so overriding N alone is valid
+    assert search["beams_kept"] is None and SearchConfig.from_dict({**search, "num_candidates": 8}).beams == 2
+    cpu = export(ckpt, tmp_path / "cpu", search={"num_candidates": 16, "max_new_tokens": 64})
+    cpu_search = json.loads((cpu / SEARCH_CONFIG_NAME).read_text())
+    assert cpu_search["num_candidates"] == 16 and cpu_search["max_new_tokens"] == 64 and cpu_search["tau"] == 0.5
     with open(out / WEIGHTS_NAME, "rb") as f:  # safetensors: an 8-byte header length, then JSON
         header_len = int.from_bytes(f.read(8), "little")
         assert json.loads(f.read(header_len))["__metadata__"]["format"] == "pt"
