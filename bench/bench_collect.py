@@ -21,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_policy import bench_policy
 
 from igcritic.collect import label_batch
 from igcritic.decoding import SamplingConfig, rollout
-from igcritic.policy import EMBEDDED_POLICY_ID, load_policy
+from igcritic.policy import EMBEDDED_POLICY_ID
 from igcritic.prompts import PromptSource, load_prompts
 from igcritic.store import StoreWriter, TrajectoryBatch
 
@@ -41,7 +42,7 @@ def main() -> None:
     a = ap.parse_args()
 
     torch.set_grad_enabled(False)
-    policy = load_policy(a.model, dtype=a.dtype, device=a.device)
+    policy = bench_policy(a.model, a.dtype, a.device)
     prompts, _ = load_prompts(PromptSource(split="all"))
     prompts = (prompts * (a.batch // len(prompts) + 1))[: a.batch]
     # The comparison is per generated token; force full length on both sides so work is equal.

@@ -22,10 +22,11 @@ import statistics
 import time
 
 import torch
+from bench_policy import bench_policy
 
 from igcritic.blocks import prefill, sample_block
 from igcritic.critic import Critic, CriticConfig, load_critic
-from igcritic.policy import EMBEDDED_POLICY_ID, load_policy
+from igcritic.policy import EMBEDDED_POLICY_ID
 from igcritic.search import SearchConfig, search, suppress_tokens
 
 PROMPTS = [
@@ -54,7 +55,7 @@ def main() -> None:
     a = ap.parse_args()
 
     torch.set_grad_enabled(False)
-    policy = load_policy(a.model, dtype=a.dtype, device=a.device)
+    policy = bench_policy(a.model, a.dtype, a.device)
     if a.critic:
         critic = load_critic(a.critic, device=a.device)
     else:
