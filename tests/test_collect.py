@@ -182,3 +182,30 @@ def test_cli_reports_missing_model_in_one_line(tmp_path):
     assert res.returncode == 2
     err_lines = [line for line in res.stderr.splitlines() if "error:" in line]
     assert len(err_lines) == 1 and "cannot load policy" in err_lines[0]
+
+
+def test_full_disk_keeps_committed_batches_and_resume_completes(tiny_model_dir, prompt_file, tmp_path, monkeypatch):
+    import errno
+
+    from igcritic.store import StoreWriter
+
+    real_append = StoreWriter.append
+    calls = {"n": 0}
+
+    def append_until_disk_full(self, batch, batch_index):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_append(self, batch, batch_index)
+
+    monkeypatch.setattr(StoreWriter, "append", append_until_disk_full)
+    cfg = tiny_config(tiny_model_dir, prompt_file, tmp_path / "full.zarr")
+    with pytest.raises(CollectError, match="disk full while writing batch 1.*--resume") as e:
+        run(cfg)
+    assert "\n" not in str(e.value)
+    assert StoreReader(cfg.out).batches_done == {0} and validate_store(cfg.out) == []
+    monkeypatch.setattr(StoreWriter, "append", real_append)
+    run(tiny_config(tiny_model_dir, prompt_file, tmp_path / "full.zarr", resume=True))
+    ref = tiny_config(tiny_model_dir, prompt_file, tmp_path / "ref.zarr")
+    run(ref)
+    assert store_fingerprint(cfg.out) == store_fingerprint(ref.out)
