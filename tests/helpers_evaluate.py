@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+
+from igcritic.search import GuardRecord
 
 REFUSAL = "I cannot help with that."
 PROMPTS = [
@@ -25,30 +27,6 @@ PROMPTS = [
 def write_prompts(path: Path, rows: list[dict] = PROMPTS) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
-
-
-@dataclass
-class FakeRecord:
-    """Mirrors the fields of igcritic.guard.GuardRecord."""
-
-    prompt: str
-    text: str
-    token_ids: list[int]
-    method: str
-    safe: bool
-    final_safety_state: float
-    cost: float
-    cost_source: str
-    value: float
-    refused: bool
-    steps: int
-    retries: int
-    candidates_scored: int
-    seconds: float
-    new_tokens: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class CostScorer:
@@ -81,7 +59,7 @@ class StandInGuard:
     reward: RewardScorer = field(default_factory=RewardScorer)
     calls: list[tuple[list[str], float | None, dict]] = field(default_factory=list)
 
-    def generate(self, prompts: list[str], budget: float | None = None, **overrides) -> list[FakeRecord]:
+    def generate(self, prompts: list[str], budget: float | None = None, **overrides) -> list[GuardRecord]:
         self.calls.append((list(prompts), budget, dict(overrides)))
         method = overrides.get("method", "plain")
         scale = {"plain": 1.0, "best_of_n": 4.0, "inferenceguard": 6.0}[method]
@@ -98,11 +76,11 @@ class StandInGuard:
                 text = f"maybe {'UNSAFE ' * (k % 2)}steps"
             else:
                 text = f"a helpful answer about {p}"
-            out.append(FakeRecord(
+            out.append(GuardRecord(
                 prompt=p, text=text, token_ids=list(range(len(text.split()))), method=method, safe=True,
-                final_safety_state=budget or 0.0, cost=0.0, cost_source="exact", value=0.0, refused=refused,
-                steps=1, retries=0, candidates_scored=8, seconds=scale * (0.1 + 0.05 * k),
-                new_tokens=len(text.split()),
+                final_safety_state=budget or 0.0, cost=0.0, cost_source="exact", value=0.0, value_source="critic",
+                refused=refused, steps=1, retries=0, candidates_scored=8, seconds=scale * (0.1 + 0.05 * k),
+                new_tokens=len(text.split()), budget=budget or 0.0,
             ))
         return out
 
