@@ -24,11 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from igcritic import __version__
 from igcritic.decoding import Rollouts, SamplingConfig, rollout
 from igcritic.policy import EMBEDDED_POLICY_ID, Policy, load_policy
 from igcritic.prompts import PromptSource, load_prompts
 from igcritic.scorers import Scorer, load_scorer
-from igcritic.store import SCHEMA_VERSION, StoreError, StoreReader, StoreWriter, TrajectoryBatch, config_hash
+from igcritic.store import SCHEMA_VERSION, StoreReader, StoreWriter, TrajectoryBatch, config_hash
 
 log = logging.getLogger(__name__)
 
@@ -165,27 +166,19 @@ def store_attrs(cfg: CollectConfig, policy: Policy, cost: Scorer, reward: Scorer
                        "batch_size": cfg.batch_size},
         "seed": cfg.seed,
         "dataset": source_info,
-        "software": {"igcritic": _version(), "torch": torch.__version__, "transformers": transformers.__version__,
+        "software": {"igcritic": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
                      "zarr": zarr.__version__, "lightning": lightning.__version__},
         "config": cfg.hashed(),
         "config_hash": config_hash(cfg.hashed()),
     }
 
 
-def _version() -> str:
-    from igcritic import __version__
-
-    return __version__
-
-
 def open_writer(cfg: CollectConfig, rank: int, attrs: dict, prompts: list[str], hidden: int) -> StoreWriter:
+    """Rank 0 creates (or, with --overwrite, replaces) the store; other ranks add their shard to it."""
     if cfg.resume:
         return StoreWriter.resume(cfg.out, config_hash=attrs["config_hash"], rank=rank, hidden_size=hidden)
-    if rank == 0:
-        return StoreWriter.create(cfg.out, attrs=attrs, prompts=prompts, hidden_size=hidden, rank=0,
-                                  overwrite=cfg.overwrite, chunk_tokens=cfg.chunk_tokens)
     return StoreWriter.create(cfg.out, attrs=attrs, prompts=prompts, hidden_size=hidden, rank=rank,
-                              overwrite=False, chunk_tokens=cfg.chunk_tokens)
+                              overwrite=cfg.overwrite and rank == 0, chunk_tokens=cfg.chunk_tokens)
 
 
 def collect_rank(cfg: CollectConfig, rank: int = 0, world: int = 1, barrier=lambda: None) -> dict:
@@ -317,9 +310,10 @@ def describe(stats: dict, cfg: CollectConfig) -> str:
 
 
 def store_fingerprint(path: str | Path) -> str:
-    """Hash of all committed trajectories (token ids + lengths): equal for equal content."""
+    """Hash of every committed trajectory's tokens in work-batch order (the -1 row markers make the lengths
+    part of it): equal for equal content, whatever the number of shards that wrote it."""
     r = StoreReader(path)
-    order = np.lexsort((r.traj_prompt, r.traj_batch)) if hasattr(r, "traj_batch") else np.arange(r.n_traj)
+    order = np.argsort(r.traj_batch, kind="stable")  # a batch keeps its trajectories' order inside its shard
     h = hashlib.sha256()
     for i in order:
         t = r.trajectory(int(i))
@@ -327,4 +321,4 @@ def store_fingerprint(path: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
-__all__ = ["CollectConfig", "CollectError", "run", "collect_rank", "StoreError"]
+__all__ = ["CollectConfig", "CollectError", "run", "collect_rank", "store_fingerprint"]
