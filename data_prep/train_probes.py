@@ -28,6 +28,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GroupKFold
 
+from igcritic.decoding import prefix_texts
 from igcritic.scorers import (
     ASSET_DIR,
     ENCODER_ID,
@@ -132,7 +133,7 @@ def prefix_texts_smollm2(responses: list[str]) -> list[list[str]]:
     out = []
     for r in responses:
         ids = tok(r, add_special_tokens=False)["input_ids"]
-        out.append([tok.decode(ids[:t], skip_special_tokens=True) for t in range(len(ids) + 1)])
+        out.append(prefix_texts(tok, ids))
     return out
 
 

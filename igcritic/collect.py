@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from igcritic import __version__
-from igcritic.decoding import Rollouts, SamplingConfig, rollout
+from igcritic.decoding import Rollouts, SamplingConfig, prefix_texts, rollout
 from igcritic.policy import EMBEDDED_POLICY_ID, Policy, load_policy
 from igcritic.prompts import PromptSource, load_prompts
 from igcritic.scorers import Scorer, load_scorer
@@ -118,17 +118,11 @@ def work_batches(num_prompts: int, k: int, batch_size: int) -> list[list[int]]:
     return [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
 
 
-def prefix_texts(policy: Policy, tokens: list[int]) -> list[str]:
-    """Decoded response prefixes y_<=t for t = 0..T (T + 1 strings, "" first)."""
-    tok = policy.tokenizer
-    return [tok.decode(tokens[:t], skip_special_tokens=True) for t in range(len(tokens) + 1)]
-
-
 def label_batch(
     policy: Policy, prompts: list[str], prompt_idx: list[int], roll: Rollouts, cost: Scorer, reward: Scorer
 ) -> tuple[TrajectoryBatch, dict]:
     """Score every prefix with the cost model and every answer with the reward model."""
-    texts = [prefix_texts(policy, t) for t in roll.tokens]
+    texts = [prefix_texts(policy.tokenizer, t) for t in roll.tokens]
     batch_prompts = [prompts[p] for p in prompt_idx]
     t0 = time.perf_counter()
     cost_prefix = cost.prefix_scores(batch_prompts, texts)

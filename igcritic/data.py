@@ -449,7 +449,7 @@ class CriticDataModule(LightningDataModule):
             local = np.asarray([gid.get(t, -1) for t in r.prompts], dtype=np.int64)
             n_tok = int(r.n_tok)
             step = int(r.chunk_tokens)
-            shard = np.asarray(getattr(r, "shard_offsets", [0, n_tok]), dtype=np.int64)
+            shard = r.shard_offsets
             bounds = np.unique(np.concatenate([np.arange(a, b, step) for a, b in zip(shard[:-1], shard[1:])]
                                               + [shard]))
             infos.append(_StoreInfo(path=p, n_tok=n_tok, offsets=np.asarray(r.traj_offsets, dtype=np.int64),

@@ -56,6 +56,11 @@ def next_token(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Gener
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def prefix_texts(tokenizer, token_ids: list[int]) -> list[str]:
+    """Decoded answer prefixes y_<=t for t = 0..T (T + 1 strings, "" first): what prefix scorers read."""
+    return [tokenizer.decode(token_ids[:t], skip_special_tokens=True) for t in range(len(token_ids) + 1)]
+
+
 @dataclass
 class Rollouts:
     """Answers of one batch: token ids (without padding), latents h_0..h_T and whether EOS was reached."""

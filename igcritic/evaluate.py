@@ -31,6 +31,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from igcritic.decoding import prefix_texts
 from igcritic.prompts import DEFAULT_SET, PromptError, default_set_path, read_prompt_rows
 
 log = logging.getLogger(__name__)
@@ -340,7 +341,7 @@ def final_costs(
             ids = list(r.get("token_ids") or [])
             if r.get("refused") or not ids:
                 continue
-            texts = [tokenizer.decode(ids[:t], skip_special_tokens=True) for t in range(len(ids) + 1)]
+            texts = prefix_texts(tokenizer, ids)
             if texts[-1] == r["text"]:
                 by_prefix.append((k, texts))
     if by_prefix:

@@ -21,16 +21,17 @@ from pathlib import Path
 import torch
 
 from igcritic.critic import Critic, CriticConfig, CriticError, load_critic
+from igcritic.search import SearchConfig, SearchConfigError
 
 log = logging.getLogger(__name__)
 
 SEARCH_CONFIG_NAME = "search_config.json"
 CKPT_KEY = "igcritic"
 """Entry of a fit checkpoint holding the critic config, metrics and eval budgets (written by CriticModule)."""
-SEARCH_DEFAULTS = {"method": "inferenceguard", "block_width": 32, "num_candidates": 128, "beams_kept": None,
-                   "max_new_tokens": 128, "retries": 2, "tau": 0.5}
-"""Runtime defaults written to ``search_config.json`` (paper Table 1; keys of ``igcritic.search.SearchConfig``).
-``beams_kept`` null means K = N / 4, so overriding N alone keeps the paper's ratio."""
+SEARCH_KEYS = ("method", "block_width", "num_candidates", "beams_kept", "max_new_tokens", "retries", "tau")
+SEARCH_DEFAULTS = {k: getattr(SearchConfig(), k) for k in SEARCH_KEYS}
+"""Runtime defaults written to ``search_config.json``: ``SearchConfig``'s own (paper Table 1). ``beams_kept``
+null means K = N / 4, so overriding N alone keeps the paper's ratio."""
 
 
 class ExportError(ValueError):
@@ -91,6 +92,10 @@ def export(ckpt: str | Path, out: str | Path, name: str | None = None, overwrite
     try:
         critic.save_pretrained(tmp, metrics=entry.get("metrics", {}), extra=extra)
         search_defaults = {**SEARCH_DEFAULTS, "budget": cfg.budget, **(search or {})}
+        try:
+            SearchConfig.from_dict(search_defaults).resolve(has_critic=True, has_cost=True, has_reward=True)
+        except SearchConfigError as e:
+            raise ExportError(f"--search: {e}") from None
         (tmp / SEARCH_CONFIG_NAME).write_text(json.dumps(search_defaults, indent=2) + "\n")
         _verify(critic, tmp)
         if out.exists():

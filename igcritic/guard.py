@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +54,7 @@ class Guard:
 
     def config(self, budget: float | None = None, **overrides: Any) -> SearchConfig:
         """The search config of one call: defaults, then ``overrides``, then ``budget``."""
-        known = {f.name for f in fields(SearchConfig)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise SearchConfigError(f"unknown search parameter(s) {unknown}; known: {sorted(known)}")
-        cfg = replace(self.search, **overrides)
+        cfg = SearchConfig.from_dict({**asdict(self.search), **overrides})
         return cfg if budget is None else replace(cfg, budget=float(budget))
 
     def generate(self, prompts: list[str] | str, budget: float | None = None, **overrides: Any) -> list[GuardRecord]:
@@ -133,12 +129,10 @@ def _load_critic(critic_path, device: str) -> tuple[CriticLike, SearchConfig]:
     defaults = SearchConfig()
     cfg_file = path / SEARCH_CONFIG_NAME
     if cfg_file.exists():
-        raw = json.loads(cfg_file.read_text())
-        known = {f.name for f in fields(SearchConfig)}
-        dropped = sorted(set(raw) - known)
-        if dropped:
-            log.warning("ignoring unknown keys %s in %s", dropped, cfg_file)
-        defaults = SearchConfig(**{k: v for k, v in raw.items() if k in known})
+        try:
+            defaults = SearchConfig.from_dict(json.loads(cfg_file.read_text()))
+        except (json.JSONDecodeError, SearchConfigError) as e:
+            raise GuardError(f"{cfg_file} is not a valid search config ({e}); re-export the critic") from None
     return critic, defaults
 
 

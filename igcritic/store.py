@@ -486,6 +486,12 @@ class StoreReader:
         return int(self._tok0[-1])
 
     @property
+    def shard_offsets(self) -> np.ndarray:
+        """Global token row where each shard starts, plus ``n_tok`` (chunks are aligned within a shard)."""
+        self._open()
+        return self._tok0.copy()
+
+    @property
     def prompts(self) -> list[str]:
         if "prompts" not in self._cache:
             self._cache["prompts"] = [str(p) for p in self._open()[PROMPTS][:]]
