@@ -69,8 +69,9 @@ class CollectConfig:
     """Reward scorer spec."""
     stride: int = 8
     """Prefix-score stride of non-causal scorers (tokens)."""
-    budget: float = 0.5
-    """Budget d on the cost scale, recorded for inspect and fit (0.5 for the embedded cost)."""
+    budget: float | None = None
+    """Budget d on the cost scale, recorded for inspect and fit; None: the cost scorer's natural budget
+    (0.5 for the embedded probe, 0 for beaver cost models)."""
     chunk_tokens: int = 4096
     """Token rows per Zarr chunk."""
     resume: bool = False
@@ -102,7 +103,7 @@ class CollectConfig:
             problems.append(f"--sampling.max_new_tokens {self.sampling.max_new_tokens} must be >= 1")
         if self.resume and self.overwrite:
             problems.append("--resume and --overwrite exclude each other; pick one")
-        if not np.isfinite(self.budget):
+        if self.budget is not None and not np.isfinite(self.budget):
             problems.append(f"--budget {self.budget} must be a finite number")
         if problems:
             raise CollectError("; ".join(problems))
@@ -154,7 +155,7 @@ def store_attrs(cfg: CollectConfig, policy: Policy, cost: Scorer, reward: Scorer
         "policy": policy.identity.to_dict(),
         "cost_scorer": cost.to_dict(),
         "reward_scorer": reward.to_dict(),
-        "budget": cfg.budget,
+        "budget": cfg.budget if cfg.budget is not None else cost.info.budget_hint,
         "constraint": "final",
         "generation": {**asdict(cfg.sampling), "rollouts_per_prompt": cfg.rollouts_per_prompt,
                        "batch_size": cfg.batch_size},
