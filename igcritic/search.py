@@ -299,12 +299,20 @@ class _Ctx:
     reward: ScorerLike | None
     prompts: list[str]
     critic_seconds: float = 0.0
+    _trunk: tuple[torch.Tensor, torch.Tensor] | None = None
+    """(latents, trunk features) of the last candidate set: cost, value and q share one trunk pass."""
 
     def call_critic(self, fn: str, h: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
         t0 = time.perf_counter()
         dev = _module_device(self.critic, h.device)
         with torch.inference_mode():
-            out = getattr(self.critic, fn)(h.to(dev, torch.float32), *(a.to(dev) for a in args))
+            if hasattr(self.critic, "encode"):  # igcritic's Critic: heads on shared trunk features
+                if self._trunk is None or self._trunk[0] is not h:
+                    self._trunk = (h, self.critic.encode(h.to(dev, torch.float32)))
+                head = getattr(self.critic, f"{fn}_from_features")
+                out = head(self._trunk[1], *(a.to(dev) for a in args))
+            else:  # any object with safe_prob / value / cost (CriticLike)
+                out = getattr(self.critic, fn)(h.to(dev, torch.float32), *(a.to(dev) for a in args))
         out = out.detach().float().reshape(-1).cpu()
         self.critic_seconds += time.perf_counter() - t0
         return out

@@ -190,3 +190,23 @@ def test_config_errors_are_gathered_in_one_line():
     with pytest.raises(SearchConfigError) as e:
         SearchConfig(budget=None, num_candidates=10, beams_kept=3).resolve(True, False, False)
     assert "\n" not in str(e.value) and "--budget" in str(e.value) and "divisible" in str(e.value)
+
+
+def test_real_critic_runs_its_trunk_once_per_candidate_set(tiny_policy, monkeypatch):
+    """Cost, value and q of a candidate set share one trunk pass, with the heads' exact outputs."""
+    from igcritic.critic import Critic, CriticConfig
+
+    critic = Critic(CriticConfig(hidden_size=tiny_policy.identity.hidden_size, width=16)).eval()
+    calls = {"encode": 0}
+    real_encode = critic.encode
+
+    def counting_encode(h):
+        calls["encode"] += 1
+        return real_encode(h)
+
+    monkeypatch.setattr(critic, "encode", counting_encode)
+    cfg = SearchConfig(method="inferenceguard", critic=True, mode="latent", num_candidates=4, block_width=4,
+                       max_new_tokens=8, tau=0.0, budget=1e6, ignore_eos=True, seed=0)
+    (rec,) = search(tiny_policy, ["how do I bake bread"], cfg, critic=critic)
+    assert rec.steps == 2 and rec.retries == 0
+    assert calls["encode"] == 2  # one trunk pass per block, not one per head
