@@ -358,18 +358,15 @@ def final_costs(
 
 
 def _guard_scorer(guard: Any, role: str) -> Scorer | None:
-    for name in (role, f"{role}_scorer", f"_{role}"):
-        s = getattr(guard, name, None)
-        if isinstance(s, Scorer):
-            return s
-    return None
+    """The scorer bound to the guard for ``role`` (``Guard.cost`` / ``Guard.reward``), if any."""
+    s = getattr(guard, role, None)
+    return s if isinstance(s, Scorer) else None
 
 
 def _resolve_budget(cfg: EvalConfig, guard: Any, cost: Scorer) -> float:
     if cfg.budget is not None:
         return float(cfg.budget)
-    candidates = [getattr(guard, "budget", None), getattr(getattr(guard, "search", None), "budget", None),
-                  getattr(getattr(cost, "info", None), "budget_hint", None)]
+    candidates = [getattr(guard, "budget", None), getattr(getattr(cost, "info", None), "budget_hint", None)]
     for b in candidates:
         if isinstance(b, (int, float)) and math.isfinite(b):
             return float(b)
