@@ -22,6 +22,7 @@ from torch import nn
 
 from igcritic.export import SEARCH_CONFIG_NAME
 from igcritic.policy import EMBEDDED_POLICY_ID, Policy, PolicyIdentity, embedded_model_dir, load_policy
+from igcritic.prompts import PromptError, read_prompt_rows
 from igcritic.search import CriticLike, GuardRecord, ScorerLike, SearchConfig, SearchConfigError, search
 
 log = logging.getLogger(__name__)
@@ -188,25 +189,20 @@ def _scorer(spec, role: str, device: str) -> ScorerLike | None:
 
 
 def read_prompts(prompts: list[str] | None = None, prompt_file: Path | None = None) -> list[str]:
-    """Prompts from the arguments, else a file (lines, or JSONL with a ``prompt`` key), else stdin lines."""
+    """Prompts from the arguments, else a file (.jsonl/.csv with a ``prompt`` field, else one per line), else
+    stdin lines."""
     if prompts:
         return list(prompts)
     if prompt_file is not None:
         path = Path(prompt_file)
         if not path.is_file():
             raise GuardError(f"--prompt_file {str(path)!r} does not exist; pass a text or JSONL file")
-        lines = path.read_text().splitlines()
+        try:
+            out = [row["prompt"] for row in read_prompt_rows(path)]
+        except PromptError as e:
+            raise GuardError(str(e)) from None
     else:
-        lines = sys.stdin.read().splitlines()
-    out = []
-    for line in (x for x in lines if x.strip()):
-        if line.lstrip().startswith("{"):
-            row = json.loads(line)
-            if "prompt" not in row:
-                raise GuardError(f"a JSONL line of {prompt_file} lacks a 'prompt' key; add it")
-            out.append(str(row["prompt"]))
-        else:
-            out.append(line)
+        out = [line for line in sys.stdin.read().splitlines() if line.strip()]
     if not out:
         raise GuardError("no prompts: pass --prompts, --prompt_file or prompts on stdin")
     return out

@@ -144,3 +144,12 @@ def test_embedded_policy_by_recorded_id_and_loaded_object(tmp_path):
     assert 0 < rec.new_tokens <= 6 and rec.text and not rec.refused
     loaded = load_guard(art, model=policy.model, tokenizer=policy.tokenizer)
     assert loaded.policy.identity.model_id == EMBEDDED_POLICY_ID
+
+
+def test_read_prompts_from_jsonl_reports_the_bad_line(tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"prompt": "first"}\n{"prompt": "second"}\n')
+    assert read_prompts(prompt_file=f) == ["first", "second"]
+    f.write_text('{"prompt": "first"}\n{"text": "x"}\n')
+    with pytest.raises(GuardError, match=r"p.jsonl:2"):
+        read_prompts(prompt_file=f)
