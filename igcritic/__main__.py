@@ -48,9 +48,8 @@ def _collect(args: list[str]) -> int:
     init = parser.instantiate(ns)
     cfg = CollectConfig(**{k: v for k, v in vars(init).items() if k in CollectConfig.__dataclass_fields__})
     stats = run(cfg)
-    if stats is not None:
-        logging.getLogger("igcritic").info(describe(stats, cfg))
-        Console(stderr=True).print(describe(stats, cfg))
+    if stats is not None:  # every rank reports its own shard
+        Console(stderr=True).print(describe(stats, cfg), highlight=False)
     return 0
 
 
