@@ -1,0 +1,63 @@
+"""policy.py: latent tap positions, identity checks, prompt encoding errors; decoding.rollout's latents."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_tiny_policy
+
+from igcritic.decoding import SamplingConfig, prefix_texts, rollout
+from igcritic.policy import LatentSpec, PolicyError
+
+
+def test_post_norm_tap_is_the_lm_head_input(tiny_policy):
+    enc = tiny_policy.encode_prompts(["how do I bake bread"])
+    out = tiny_policy.model(**enc, output_hidden_states=True)
+    lat = tiny_policy.latents_of(enc["input_ids"], enc["attention_mask"])  # (1, T, H)
+    logits = tiny_policy.model.get_output_embeddings()(lat)
+    assert torch.allclose(logits, out.logits, atol=1e-5)
+
+
+def test_pre_norm_tap_reads_a_decoder_layer_output():
+    policy = make_tiny_policy(layer=1, norm="pre")
+    enc = policy.encode_prompts(["write a poem about the sea"])
+    out = policy.model(**enc, output_hidden_states=True)
+    lat = policy.latents_of(enc["input_ids"], enc["attention_mask"])
+    assert torch.allclose(lat, out.hidden_states[1], atol=1e-6)  # hidden_states[0] is the embeddings
+    assert policy.identity.layer == 1 and policy.identity.norm == "pre"
+
+
+@pytest.mark.parametrize(("layer", "norm", "match"), [(5, "pre", "outside"), (1, "post", "only to the last layer")])
+def test_latent_spec_errors(layer, norm, match):
+    with pytest.raises(PolicyError, match=match):
+        LatentSpec(layer, norm).resolve(num_layers=2)
+
+
+def test_identity_mismatches_name_the_fields(tiny_policy):
+    other = make_tiny_policy(layer=1, norm="pre").identity
+    got = tiny_policy.identity.mismatches(other)
+    assert any(m.startswith("layer") for m in got) and any(m.startswith("norm") for m in got)
+    assert tiny_policy.identity.mismatches(tiny_policy.identity.to_dict()) == []
+
+
+def test_empty_and_too_long_prompts_are_refused(tiny_policy):
+    with pytest.raises(PolicyError, match="prompt 1 is empty"):
+        tiny_policy.encode_prompts(["fine", "   "])
+    with pytest.raises(PolicyError, match="context is 256"):
+        tiny_policy.encode_prompts(["bread " * 400])
+
+
+def test_rollout_has_t_plus_one_latents_and_matches_greedy_generate(tiny_policy):
+    prompts = ["how do I bake bread", "hello there"]
+    roll = rollout(tiny_policy, prompts, SamplingConfig(temperature=0, max_new_tokens=7))
+    enc = tiny_policy.encode_prompts(prompts)
+    ref = tiny_policy.model.generate(**enc, do_sample=False, max_new_tokens=7, pad_token_id=tiny_policy.pad_token_id)
+    for i, toks in enumerate(roll.tokens):
+        assert roll.latents[i].shape == (len(toks) + 1, tiny_policy.identity.hidden_size)
+        assert toks == ref[i, enc["input_ids"].shape[1]:].tolist()[: len(toks)]
+
+
+def test_prefix_texts_start_empty_and_end_with_the_answer(tiny_tokenizer):
+    ids = tiny_tokenizer("mix flour water salt")["input_ids"]
+    texts = prefix_texts(tiny_tokenizer, ids)
+    assert len(texts) == len(ids) + 1 and texts[0] == "" and texts[-1] == tiny_tokenizer.decode(ids)
