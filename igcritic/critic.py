@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from igcritic import __version__
+
 SCHEMA_VERSION = 1
 """Version of the artifact layout written by :meth:`Critic.save_pretrained`."""
 SUPPORTED_SCHEMAS = (1,)
@@ -242,7 +244,7 @@ class Critic(nn.Module):
             "norm": self.config.norm,
             "metrics": {k: _jsonable(v) for k, v in (metrics or {}).items()},
             "weights_sha256": _sha256(out / WEIGHTS_NAME),
-            "software": {"torch": torch.__version__, "igcritic": _version()},
+            "software": {"torch": torch.__version__, "igcritic": __version__},
             **(extra or {}),
         }
         (out / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
@@ -318,12 +320,6 @@ def _jsonable(v):
 
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())
-
-
-def _version() -> str:
-    from igcritic import __version__
-
-    return __version__
 
 
 __all__ = ["Critic", "CriticConfig", "CriticError", "CriticOutput", "load_critic", "read_config", "SCHEMA_VERSION",

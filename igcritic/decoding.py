@@ -79,7 +79,7 @@ def rollout(
     policy: Policy, prompts: list[str], cfg: SamplingConfig, generator: torch.Generator | None = None
 ) -> Rollouts:
     """Sample one answer per prompt with the KV cache; EOS is part of the answer when it is sampled."""
-    enc = policy.encode_prompts(prompts)
+    enc = policy.encode_prompts(prompts, new_tokens=cfg.max_new_tokens)
     mask = enc["attention_mask"]
     bsz = mask.shape[0]
     eos = torch.tensor(policy.eos_token_ids, device=mask.device)

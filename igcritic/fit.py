@@ -31,7 +31,7 @@ from torchmetrics.utilities import dim_zero_cat
 from igcritic.critic import Critic, CriticConfig
 from igcritic.data import CriticDataModule, mask_nonfinite
 from igcritic.export import CKPT_KEY
-from igcritic.policy import PolicyIdentity
+from igcritic.policy import PolicyIdentity, resolve_layer
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class CriticModule(LightningModule):
                             f"{cfg.hidden_size} (drop model.hidden_size: the CLI links it to the stores)")
         store = dm.policy
         if self.hparams.layer is not None:
-            want = self.hparams.layer if self.hparams.layer > 0 else store["num_layers"] + 1 + self.hparams.layer
+            want = resolve_layer(self.hparams.layer, store["num_layers"])
             if want != store["layer"]:
                 problems.append(f"the stores hold layer {store['layer']} latents but model.layer="
                                 f"{self.hparams.layer} (collect at that layer or change model.layer)")

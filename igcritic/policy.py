@@ -40,6 +40,11 @@ class PolicyError(ValueError):
     """A policy cannot be loaded or does not match what an artifact expects."""
 
 
+def resolve_layer(layer: int, num_layers: int) -> int:
+    """1-based layer index of ``layer`` (negative counts from the end: -1 is the last of ``num_layers``)."""
+    return layer if layer > 0 else num_layers + 1 + layer
+
+
 @dataclass(frozen=True)
 class LatentSpec:
     """Which hidden state is ``h_t``."""
@@ -50,7 +55,7 @@ class LatentSpec:
     """``post``: after the final norm (only for the last layer, the LM head's input); ``pre``: raw residual."""
 
     def resolve(self, num_layers: int) -> LatentSpec:
-        layer = self.layer if self.layer > 0 else num_layers + 1 + self.layer
+        layer = resolve_layer(self.layer, num_layers)
         if not 1 <= layer <= num_layers:
             raise PolicyError(f"--layer {self.layer} is outside the policy's 1..{num_layers} layers; pick one in range")
         if self.norm == "post" and layer != num_layers:
@@ -125,19 +130,24 @@ class Policy:
             )
         return prompt
 
-    def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
-        """Left-padded ``input_ids``/``attention_mask`` of the formatted prompts, on the policy's device."""
-        bad = [i for i, p in enumerate(prompts) if not p or not p.strip()]
+    def encode_prompts(self, prompts: list[str], new_tokens: int = 1) -> dict[str, torch.Tensor]:
+        """Left-padded ``input_ids``/``attention_mask`` of the formatted prompts, on the policy's device.
+
+        Refuses empty prompts and prompts that leave fewer than ``new_tokens`` positions of the context."""
+        if not prompts:
+            raise PolicyError("no prompts given; pass at least one prompt")
+        bad = [i for i, p in enumerate(prompts) if not isinstance(p, str) or not p.strip()]
         if bad:
             raise PolicyError(f"prompt {bad[0]} is empty; remove empty prompts from the input")
         texts = [self.format_prompt(p) for p in prompts]
         add_special = not self.identity.chat_template
         ids = [self.tokenizer(t, add_special_tokens=add_special)["input_ids"] for t in texts]
-        too_long = [i for i, x in enumerate(ids) if len(x) >= self.max_context]
+        too_long = [i for i, x in enumerate(ids) if len(x) + new_tokens > self.max_context]
         if too_long:
             i = too_long[0]
             raise PolicyError(
-                f"prompt {i} has {len(ids[i])} tokens, the policy's context is {self.max_context}; shorten it"
+                f"prompt {i} has {len(ids[i])} tokens + {new_tokens} new tokens, the policy's context is "
+                f"{self.max_context}; shorten the prompt or lower max_new_tokens"
             )
         width = max(len(x) for x in ids)
         input_ids = torch.full((len(ids), width), self.pad_token_id, dtype=torch.long)

@@ -339,18 +339,11 @@ def _module_device(obj, default: torch.device) -> torch.device:
 
 
 def check_prompts(policy: Policy, prompts: list[str], cfg: SearchConfig) -> None:
-    """Empty prompts and prompts that leave no room for D new tokens in the context are errors."""
-    if not prompts:
-        raise SearchConfigError("no prompts given; pass at least one prompt")
-    for i, p in enumerate(prompts):
-        if not isinstance(p, str) or not p.strip():
-            raise SearchConfigError(f"prompt {i} is empty; remove empty prompts from the input")
-        n = len(policy.tokenizer(policy.format_prompt(p), add_special_tokens=not policy.identity.chat_template)["input_ids"])
-        if n + cfg.max_new_tokens > policy.max_context:
-            raise SearchConfigError(
-                f"prompt {i} has {n} tokens + max_new_tokens {cfg.max_new_tokens} > the policy's context "
-                f"{policy.max_context}; shorten the prompt or lower --max_new_tokens"
-            )
+    """Every prompt of the call, before any work: not empty, and room for D new tokens in the context."""
+    try:
+        policy.encode_prompts(prompts, new_tokens=cfg.max_new_tokens)
+    except PolicyError as e:
+        raise SearchConfigError(str(e)) from None
 
 
 @torch.inference_mode()
@@ -379,10 +372,7 @@ def _search_batch(ctx: _Ctx, gen: torch.Generator) -> list[GuardRecord]:
     t0 = time.perf_counter()
     n_cand, k_keep, width, max_retries = cfg.plan
     d = cfg.max_new_tokens
-    try:
-        beams = prefill(policy, ctx.prompts)
-    except PolicyError as e:
-        raise SearchConfigError(str(e)) from None
+    beams = prefill(policy, ctx.prompts)  # check_prompts has validated every prompt of the call
     if cfg.mode == "exact":
         beams.cost = ctx.score(ctx.cost, beams.prompt, [""] * len(beams))  # S_0 of the empty answer
     tracks = [_Track() for _ in ctx.prompts]
