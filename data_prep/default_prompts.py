@@ -16,13 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 from pathlib import Path
 
 SEED = 2502
-HELDOUT_SHARE = 0.25
+HELDOUT_SHARE = 0.15
 ROOT = Path(__file__).resolve().parents[1]
 OUT_DATA = ROOT / "data_prep" / "data" / "default_prompts.jsonl"
 OUT_ASSET = ROOT / "igcritic" / "assets" / "default_prompts.jsonl"
+PARTS = ROOT / "data_prep" / "data" / "prompt_parts"
 
 HARMFUL: dict[str, list[str]] = {
     "weapons_explosives": [
@@ -217,24 +219,66 @@ BENIGN: dict[str, list[str]] = {
 }
 
 
-def build(seed: int = SEED) -> list[dict]:
-    """All prompts with their category, harm flag and a seeded per-category train/heldout split."""
-    rng = random.Random(seed)
+HARM_CATEGORIES = ("weapons", "explosives_chemistry", "cyber_attacks", "drugs", "fraud_scams", "violence",
+                   "harassment_bullying", "hate_speech", "self_harm", "sexual_content", "misinformation",
+                   "privacy_personal_data", "extremism", "illegal_trade")
+STYLES = ("direct", "instructions", "persuasive", "fiction", "false_premise", "private_person")
+EXPLOSIVE = re.compile(r"bomb|explosive|napalm|thermite|grenade|detonator|gas|molotov", re.I)
+ASKS_FOR_STEPS = re.compile(r"^(write|give|describe|show|list|explain how)|step|instructions|recipe|code|script", re.I)
+OLD_CATEGORY = {"hacking_malware": "cyber_attacks", "near_topic": "safety_info"}
+
+
+def _first_rows() -> list[dict]:
+    """The first 160 prompts (the dicts above), mapped onto the corpus's categories and styles."""
     rows = []
     for harmful, groups in ((True, HARMFUL), (False, BENIGN)):
         for category, prompts in groups.items():
-            order = list(range(len(prompts)))
-            rng.shuffle(order)
-            n_held = round(len(prompts) * HELDOUT_SHARE)
-            held = set(order[:n_held])
-            for i, p in enumerate(prompts):
-                rows.append({"prompt": p, "category": category, "harmful": harmful,
-                             "split": "heldout" if i in held else "train"})
-    seen = set()
+            for p in prompts:
+                cat = OLD_CATEGORY.get(category, category)
+                if category == "weapons_explosives":
+                    cat = "explosives_chemistry" if EXPLOSIVE.search(p) else "weapons"
+                rows.append({"prompt": p, "category": cat, "style": "instructions" if ASKS_FOR_STEPS.search(p)
+                             else "direct", "harmful": harmful, "dual_use": category == "near_topic"})
+    return rows
+
+
+def _part_rows(parts: Path) -> list[dict]:
+    """Prompts written by the project's writers, one JSONL file per writer in ``data/prompt_parts/``."""
+    rows = []
+    for path in sorted(parts.glob("*.jsonl")):
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            r = json.loads(line)
+            if r.get("style") not in STYLES:
+                raise ValueError(f"{path.name}:{n}: style {r.get('style')!r} is not one of {STYLES}")
+            if r["harmful"] and r["category"] not in HARM_CATEGORIES:
+                raise ValueError(f"{path.name}:{n}: harm category {r['category']!r} is not one of {HARM_CATEGORIES}")
+            rows.append({"prompt": r["prompt"].strip(), "category": r["category"], "style": r["style"],
+                         "harmful": bool(r["harmful"]), "dual_use": bool(r.get("dual_use", False))})
+    return rows
+
+
+def build(seed: int = SEED, parts: Path = PARTS) -> list[dict]:
+    """All prompts with category, style, harm flag and a seeded split stratified by (harm, category, style).
+
+    Duplicates (same text up to case and spacing) keep their first copy."""
+    rows, seen = [], set()
+    for r in _first_rows() + _part_rows(parts):
+        key = " ".join(r["prompt"].lower().split())
+        if key not in seen:
+            seen.add(key)
+            rows.append(r)
+    rng = random.Random(seed)
+    cells: dict[tuple, list[dict]] = {}
     for r in rows:
-        if r["prompt"] in seen:
-            raise ValueError(f"duplicate prompt {r['prompt']!r}; remove one copy")
-        seen.add(r["prompt"])
+        cells.setdefault((r["harmful"], r["category"], r["style"]), []).append(r)
+    for cell in cells.values():
+        order = list(range(len(cell)))
+        rng.shuffle(order)
+        n_held = int(len(cell) * HELDOUT_SHARE + rng.random())  # unbiased rounding: small cells too
+        for rank, i in enumerate(order):
+            cell[i]["split"] = "heldout" if rank < n_held else "train"
     return rows
 
 

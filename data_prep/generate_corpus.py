@@ -1,0 +1,122 @@
+"""Sample the labelling corpus: real answers of the embedded policy, from plain sampling AND from the search.
+
+    python data_prep/generate_corpus.py plain  --samples 2          # every corpus prompt, 2 plain answers each
+    python data_prep/generate_corpus.py search --limit 240          # answers the search selects (best-of-N, IG)
+
+Writes ``data_prep/data/corpus_answers.jsonl`` (appends; a re-run skips the (prompt, source, sample) jobs it
+already holds, so a killed run resumes). Plain answers match ``igcritic collect``'s sampling (temperature 0.7,
+top-p 0.9). Search answers come from ``load_guard("checkpoints/embedded")`` with the cost and reward scorers
+of the time (``best_effort``, so a rejected search still returns what it selected, not the canned refusal):
+the answers a search picks are where a cost model is most likely to be fooled, so they must be in its
+training data. The ``source`` field names the method; readers never see it (``make_reading_batches.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = ROOT / "data_prep" / "data" / "default_prompts.jsonl"
+OUT = ROOT / "data_prep" / "data" / "corpus_answers.jsonl"
+SEARCH_METHODS = {  # source name -> SearchConfig overrides (as in configs/eval/embedded.yaml)
+    "best_of_n_augmented": {"method": "best_of_n", "score": "augmented", "critic": False, "mode": "exact"},
+    "ig_no_critic": {"method": "inferenceguard", "critic": False, "mode": "exact"},
+    "ig_critic_exact": {"method": "inferenceguard", "critic": True, "mode": "exact"},
+    "ig_critic_latent": {"method": "inferenceguard", "critic": True, "mode": "latent"},
+}
+
+
+def answer_id(prompt: str, response: str) -> str:
+    """Stable id of a (prompt, response) pair: labels refer to it, so re-sampled answers never inherit labels."""
+    return hashlib.sha1(f"{prompt}\x00{response}".encode()).hexdigest()[:12]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] if path.exists() else []
+
+
+def _row(p: dict, source: str, sample: int, text: str, num_tokens: int, finished: bool) -> dict:
+    """One answer; category, style and split are joined from the prompt file when used (they may be re-drawn)."""
+    return {"id": answer_id(p["prompt"], text), "prompt": p["prompt"], "source": source, "sample": sample,
+            "response": text, "num_tokens": num_tokens, "finished": finished}
+
+
+def _done(out: Path) -> set[tuple[str, str, int]]:
+    return {(r["prompt"], r["source"], r["sample"]) for r in read_jsonl(out)}
+
+
+def plain(ns: argparse.Namespace) -> None:
+    from igcritic.decoding import SamplingConfig, rollout
+    from igcritic.policy import load_policy
+
+    prompts = read_jsonl(ns.prompts)
+    done = _done(ns.out)
+    jobs = [(p, s) for s in range(ns.samples) for p in prompts if (p["prompt"], "plain", s) not in done]
+    policy = load_policy()
+    cfg = SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=ns.max_new_tokens)
+    t0, n = time.perf_counter(), 0
+    with ns.out.open("a", encoding="utf-8") as f:
+        for start in range(0, len(jobs), ns.batch_size):
+            batch = jobs[start : start + ns.batch_size]
+            gen = torch.Generator().manual_seed(ns.seed * 100003 + start)
+            ro = rollout(policy, [p["prompt"] for p, _ in batch], cfg, gen)
+            for (p, s), ids, fin in zip(batch, ro.tokens, ro.finished):
+                text = policy.tokenizer.decode(ids, skip_special_tokens=True).strip()
+                f.write(json.dumps(_row(p, "plain", s, text, len(ids), bool(fin)), ensure_ascii=False) + "\n")
+            f.flush()
+            n += len(batch)
+            print(f"plain {n}/{len(jobs)} answers, {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+def search(ns: argparse.Namespace) -> None:
+    from igcritic.guard import load_guard
+
+    prompts = [p for p in read_jsonl(ns.prompts) if p["split"] == "train"]
+    step = max(1, len(prompts) // ns.limit) if ns.limit else 1
+    chosen = prompts[::step][: ns.limit] if ns.limit else prompts
+    guard = load_guard(ns.critic, cost="embedded", reward="embedded")
+    search_cfg = {"num_candidates": ns.num_candidates, "block_width": 16, "max_new_tokens": ns.max_new_tokens,
+                  "on_violation": "best_effort", "seed": ns.seed}
+    t0 = time.perf_counter()
+    for m, (source, overrides) in enumerate(SEARCH_METHODS.items()):
+        done = _done(ns.out)
+        # each method answers its own quarter of the chosen prompts (rotating), so every prompt gets one
+        # search answer from some method and each method covers all categories
+        todo = [p for i, p in enumerate(chosen) if i % len(SEARCH_METHODS) == m and (p["prompt"], source, 0) not in done]
+        with ns.out.open("a", encoding="utf-8") as f:
+            for start in range(0, len(todo), 8):
+                batch = todo[start : start + 8]
+                recs = guard.generate([p["prompt"] for p in batch], **search_cfg, **overrides)
+                for p, r in zip(batch, recs):
+                    f.write(json.dumps(_row(p, source, 0, r.text.strip(), r.new_tokens, not r.fallback), ensure_ascii=False) + "\n")
+                f.flush()
+                print(f"{source} {start + len(batch)}/{len(todo)}, {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+def main(args: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["plain", "search"])
+    ap.add_argument("--prompts", type=Path, default=PROMPTS)
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--samples", type=int, default=2, help="plain answers per prompt")
+    ap.add_argument("--limit", type=int, default=240, help="search: train prompts answered (evenly spaced)")
+    ap.add_argument("--num-candidates", type=int, default=8, help="search: N")
+    ap.add_argument("--critic", default=str(ROOT / "checkpoints" / "embedded"))
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadier beside other jobs)")
+    ns = ap.parse_args(args)
+    ns.out.parent.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(ns.threads)
+    plain(ns) if ns.what == "plain" else search(ns)
+
+
+if __name__ == "__main__":
+    main()
