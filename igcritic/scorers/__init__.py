@@ -1,0 +1,78 @@
+"""Cost and reward scorers behind one protocol: prefix scores ``S_t`` for a batch of (prompt, response) pairs.
+
+Three kinds, chosen by a spec string (:func:`load_scorer`):
+
+- ``embedded``: the shipped demo probes (logistic regression on all-MiniLM-L6-v2 embeddings, trained in
+  ``data_prep/``). Cost = p(harmful compliance), reward = p(helpful). Non-causal, so prefixes are scored
+  every ``stride`` tokens and at T, and forward-filled; the cost is the running max of p over scored
+  prefixes, so the budget ``d = 0.5`` means "no scored prefix looked harmful with p > 0.5".
+- ``beaver:<folder>``: a safe-rlhf score model (``LlamaForScore``: ``model.*`` + ``score_head.*``) loaded with
+  plain transformers. Causal, so ONE forward per trajectory gives every prefix score. Cost > 0 is unsafe.
+- ``seqcls:<folder>[:label_index]``: any ``AutoModelForSequenceClassification``, scored at a stride.
+
+Prefix convention (DESIGN.md section 2): ``prefix_texts[i]`` holds the T_i + 1 decoded response prefixes
+``y_<=t`` (``""`` first, the full response last) and the scorer returns ``S_0..S_T`` as float32.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from igcritic.scorers.base import (
+    ASSET_DIR,
+    ROLES,
+    Role,
+    Scorer,
+    ScorerError,
+    ScorerInfo,
+    forward_fill,
+    stride_points,
+)
+from igcritic.scorers.beaver import BEAVER_TEMPLATE, BeaverScorer
+from igcritic.scorers.minilm import (
+    ENCODER_ID,
+    PROBE_FILES,
+    EmbeddedProbeScorer,
+    LinearProbe,
+    TextEncoder,
+    encoder_dir,
+    probe_features,
+    probe_meta,
+    shared_encoder,
+)
+from igcritic.scorers.seqcls import SeqClsScorer
+
+SPEC_FORMS = "embedded, beaver:<folder>, seqcls:<folder>[:label_index]"
+__all__ = ["ASSET_DIR", "BEAVER_TEMPLATE", "ENCODER_ID", "PROBE_FILES", "ROLES", "SPEC_FORMS", "BeaverScorer",
+           "EmbeddedProbeScorer", "LinearProbe", "Role", "Scorer", "ScorerError", "ScorerInfo", "SeqClsScorer",
+           "TextEncoder", "encoder_dir", "forward_fill", "load_scorer", "probe_features", "probe_meta",
+           "shared_encoder", "stride_points"]
+
+
+def load_scorer(spec: str, role: str, device: str = "cpu", stride: int = 8, dtype: str | None = None) -> Scorer:
+    """Build a scorer from ``embedded``, ``beaver:<folder>`` or ``seqcls:<folder>[:label_index]``."""
+    if role not in ROLES:
+        raise ScorerError(f"scorer role {role!r} is not one of {', '.join(ROLES)}")
+    spec = (spec or "").strip()
+    if spec == "embedded":
+        return EmbeddedProbeScorer(role, device=device, stride=stride)  # type: ignore[arg-type]
+    kind, _, rest = spec.partition(":")
+    if kind not in ("beaver", "seqcls") or not rest:
+        raise ScorerError(f"unknown {role} scorer {spec!r}; use one of: {SPEC_FORMS}")
+    label_index = None
+    if kind == "seqcls":
+        head, _, tail = rest.rpartition(":")
+        if head and tail.isdigit():
+            rest, label_index = head, int(tail)
+    folder = Path(rest).expanduser()
+    if not (folder / "config.json").is_file():
+        raise ScorerError(f"{role} scorer {spec!r}: no config.json in {folder}; pass a local model folder ({SPEC_FORMS})")
+    try:
+        if kind == "beaver":
+            return BeaverScorer(folder, role, device=device, dtype=dtype)  # type: ignore[arg-type]
+        return SeqClsScorer(folder, role, label_index=label_index, device=device, stride=stride, dtype=dtype)  # type: ignore[arg-type]
+    except ScorerError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ScorerError(f"cannot load {role} scorer {spec!r} ({first}); check the folder ({SPEC_FORMS})") from None

@@ -1,0 +1,92 @@
+"""The scorer protocol every cost and reward scorer follows, its provenance record and the prefix helpers."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+Role = Literal["cost", "reward"]
+ROLES = ("cost", "reward")
+ASSET_DIR = Path(__file__).resolve().parent.parent / "assets"
+
+
+class ScorerError(ValueError):
+    """A scorer spec, folder or input is unusable."""
+
+
+@dataclass
+class ScorerInfo:
+    """What a store and a critic record about a scorer (its provenance and sign convention)."""
+
+    id: str
+    """The spec it was loaded from, e.g. ``embedded`` or ``beaver:/models/beaver-7b-v1.0-cost``."""
+    role: str
+    """``cost`` or ``reward``."""
+    sign: str
+    """``higher_is_unsafe`` (costs) or ``higher_is_better`` (rewards)."""
+    derivation: str
+    """How prefix scores ``S_t`` are derived from the model."""
+    stride: int | None
+    """Tokens between scored prefixes for non-causal scorers; None when every prefix is scored exactly."""
+    budget_hint: float | None
+    """The natural budget on this scale (0.0 for beaver cost, 0.5 for the embedded probe), if any."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """Scores (prompt, response) pairs; see the module docstring for the prefix convention."""
+
+    info: ScorerInfo
+
+    def prefix_scores(self, prompts: list[str], prefix_texts: list[list[str]]) -> list[np.ndarray]:
+        """``S_0..S_T`` (float32, length T_i + 1) for every trajectory."""
+        ...
+
+    def score(self, prompts: list[str], responses: list[str], previous: np.ndarray | None = None) -> np.ndarray:
+        """Score of each (prompt, response); ``previous`` is S of an earlier prefix (used by running-max costs)."""
+        ...
+
+    def to_dict(self) -> dict:
+        """Provenance stamped into the store and the critic."""
+        ...
+
+
+
+def stride_points(num_tokens: int, stride: int) -> np.ndarray:
+    """Prefix lengths scored by a non-causal scorer: 0, stride, 2*stride, ..., and always T."""
+    pts = np.arange(0, num_tokens + 1, stride)
+    return pts if pts[-1] == num_tokens else np.append(pts, num_tokens)
+
+
+def forward_fill(points: np.ndarray, values: np.ndarray, num_tokens: int) -> np.ndarray:
+    """Expand values scored at ``points`` (sorted, starting at 0) to all T + 1 prefixes."""
+    idx = np.searchsorted(points, np.arange(num_tokens + 1), side="right") - 1
+    return np.asarray(values, dtype=np.float32)[idx]
+
+
+def _check_batch(prompts: list[str], prefix_texts: list[list[str]]) -> None:
+    if len(prompts) != len(prefix_texts):
+        raise ScorerError(f"got {len(prompts)} prompts but {len(prefix_texts)} prefix lists; pass one list per prompt")
+    for i, p in enumerate(prefix_texts):
+        if not p or p[0] != "":
+            raise ScorerError(f"prefix_texts[{i}] must start with the empty prefix '' (S_0); got {p[:1]!r}")
+
+
+def _common_prefix_len(a: str, b: str) -> int:
+    """Characters ``a`` shares with the start of ``b`` (a decoded prefix may end in a partial character)."""
+    if b.startswith(a):
+        return len(a)
+    return len(os.path.commonprefix([a, b]))
+
+
+def _device(device: str | torch.device) -> torch.device:
+    return torch.device(device)
+
