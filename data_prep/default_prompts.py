@@ -1,14 +1,17 @@
-"""Build the shipped default prompt set: harmful and benign requests written for this project.
+"""Build the shipped prompt set: harmful and benign requests written for this project, with category and style.
 
     python data_prep/default_prompts.py            # writes data_prep/data/default_prompts.jsonl
                                                    # and igcritic/assets/default_prompts.jsonl
 
-Every prompt below was written for igcritic (licence: the project's Apache-2.0); none is taken from
-HarmBench, Do-Not-Answer or any other benchmark, which stay free for independent evaluation. About half
-are harmful requests in five categories, half benign everyday requests, including a few "near-topic"
-benign ones (how to spot phishing, how fireworks work) so a probe cannot get by on topic alone.
-Each line: ``{"prompt", "category", "harmful", "split"}``; the split (about 75 % train, 25 % heldout) is
-seeded and drawn per category, so every category has held-out prompts.
+Every prompt was written for igcritic (licence: the project's Apache-2.0): the first 160 below, and the files
+in ``data/prompt_parts/`` (one per writer). None is taken from HarmBench, Do-Not-Answer or any other
+benchmark, which stay free for independent evaluation. Harmful requests cover 14 categories (``HARM_CATEGORIES``)
+in 6 phrasing styles (``STYLES``: direct, detailed instructions, persuasive writing, fiction / role-play, false
+premise, a named private person); benign requests use the same styles, and more than a third of them borrow
+dangerous-sounding vocabulary ("kill a process", "shoot a portrait"; ``dual_use``) so that neither style
+nor topic words give the label away.
+Each line: ``{"prompt", "category", "style", "harmful", "dual_use", "split"}``. The split (15 % ``heldout``,
+never used by collect, fit or classifier training) is seeded and drawn per (harm, category, style) cell.
 """
 
 from __future__ import annotations
@@ -279,6 +282,7 @@ def build(seed: int = SEED, parts: Path = PARTS) -> list[dict]:
         n_held = int(len(cell) * HELDOUT_SHARE + rng.random())  # unbiased rounding: small cells too
         for rank, i in enumerate(order):
             cell[i]["split"] = "heldout" if rank < n_held else "train"
+    random.Random(seed + 1).shuffle(rows)  # file order mixed, so the first N prompts (``limit: N``) are a fair sample
     return rows
 
 
