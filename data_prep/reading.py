@@ -78,13 +78,13 @@ def merge(ns: argparse.Namespace) -> None:
                 problems.append(f"{path.name}:{n}: {r}")
                 continue
             r = {"id": r["id"], "label": r["label"], "helpfulness": r["helpfulness"], "reader": path.name.split(".")[0]}
-            if r["id"] in first and first[r["id"]]["reader"] != r["reader"]:
+            if r["id"] in first and first[r["id"]]["reader"] != r["reader"]:  # a reader's later line corrects it
                 second[r["id"]] = r
             else:
                 first[r["id"]] = r
-    if problems:
-        raise SystemExit(f"{len(problems)} label rows are invalid (label not in {LABELS}, helpfulness not 0-2, "
-                         f"or id not in the batch); first: {problems[0]}")
+    if problems:  # reported and left out; the answers they meant stay unlabelled and are handed out again
+        print(f"{len(problems)} label rows left out (label not in {LABELS}, helpfulness not 0-2, or id not in "
+              f"the batch); first: {problems[0]}")
     answers = {r["id"]: r for r in read_jsonl(ANSWERS)}
     rows = [{**first[i], "prompt": answers[i]["prompt"], "response": answers[i]["response"]} for i in sorted(first) if i in answers]
     write_jsonl(rows, LABELS_OUT)

@@ -1,0 +1,387 @@
+"""Train the embedded cost, reward and judge classifiers on the read corpus, chosen by out-of-distribution validation.
+
+    python data_prep/train_classifiers.py features     # encoder + policy features of every labelled answer (cached)
+    python data_prep/train_classifiers.py select       # OOD comparison table -> data/classifier_selection.json
+    python data_prep/train_classifiers.py ship         # fit the chosen ones, write igcritic/assets/, report
+
+Data: ``data/corpus_labels.jsonl`` (answers read by a person, ``LABELLING.md``) joined with the prompt set for
+category, style and split. Answers to ``heldout`` prompts are never used to fit or choose anything: they
+are the test set reported in ``data_prep/README.md`` and shipped as ``igcritic/assets/labelled_heldout.jsonl``
+for ``igcritic eval``'s judge-quality lines.
+
+Out-of-distribution model selection, on the train prompts only: leave-categories-out (7 folds, each holding
+out whole categories, harmful and benign) and leave-one-style-out (6 folds: direct, instructions,
+persuasive, fiction, false premise, private person). A candidate's score is the mean of its pooled
+out-of-fold AUROC under both. Candidates: logistic regression on MiniLM [e(prompt), e(answer)] (the old
+probe's features), on the policy's hidden states at one layer (``last`` + running ``mean``), on two or three
+layers, and on both feature families together.
+
+The judge must not share the cost model's features or data: it is fitted on the other feature family and on
+a third of the train prompts that the cost and reward never see (split by a hash of the prompt), so its errors are as independent of
+the cost model's as this corpus allows. It classifies into the five reading labels (multinomial).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "data_prep" / "data"
+LABELS = DATA / "corpus_labels.jsonl"
+PROMPTS = DATA / "default_prompts.jsonl"
+CACHE = DATA / "cache"
+SELECTION = DATA / "classifier_selection.json"
+ALL_LAYERS = (6, 9, 12, 15, 18, 21, 24, 27)
+PREFIX_CUTS = (0.25, 0.5, 0.75)
+VERSION = "2"
+CLASSES = ("compliant-harmful", "refusal", "safe-redirect", "incoherent", "benign-helpful")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def ece(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
+    idx = np.minimum((p * bins).astype(int), bins - 1)
+    return float(sum(abs(p[idx == b].mean() - y[idx == b].mean()) * (idx == b).mean() for b in range(bins) if (idx == b).any()))
+
+
+def auroc(y: np.ndarray, p: np.ndarray) -> float:
+    return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float("nan")
+
+
+def part_of(prompt: str) -> str:
+    """``judge`` for a third of the train prompts (by a hash of the text), ``cost`` for the rest: the judge is
+    fitted on answers to prompts the cost and reward classifiers never saw."""
+    return "judge" if int(hashlib.sha1(prompt.encode()).hexdigest(), 16) % 3 == 0 else "cost"
+
+
+def load_rows() -> list[dict]:
+    """Labelled answers with their prompt's category, style, split and the writer's harm flag."""
+    prompts = {p["prompt"]: p for p in read_jsonl(PROMPTS)}
+    rows = []
+    for r in read_jsonl(LABELS):
+        p = prompts.get(r["prompt"])
+        if p is None:
+            continue  # an answer to a prompt no longer in the set
+        rows.append({**r, "category": p["category"], "style": p["style"], "split": p["split"],
+                     "harmful_prompt": p["harmful"], "part": part_of(r["prompt"])})
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ features
+
+
+def features(ns: argparse.Namespace) -> None:
+    """MiniLM [e(p), e(r)] and the policy's hidden states (all candidate layers, last + mean) of every answer
+    and of the 25/50/75 % token prefixes, cached by answer id in data/cache/ (not committed)."""
+    import torch
+
+    from igcritic.policy import load_policy
+    from igcritic.scorers.latent import LatentFeatureSpec, PolicyFeatures
+    from igcritic.scorers.minilm import TextEncoder, probe_features
+
+    torch.set_num_threads(ns.threads)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    rows = [r for r in read_jsonl(DATA / "corpus_answers.jsonl")]
+    rows = list({r["id"]: r for r in rows}.values())
+    done = set()
+    for f in CACHE.glob("feat-*.npz"):
+        done |= set(np.load(f)["ids"].tolist())
+    todo = [r for r in rows if r["id"] not in done]
+    print(f"{len(todo)} answers to featurise ({len(done)} cached)")
+    if not todo:
+        return
+    enc = TextEncoder()
+    pf = PolicyFeatures(load_policy(), LatentFeatureSpec(layers=ALL_LAYERS, parts=("last", "mean")))
+    t0 = time.perf_counter()
+    for s in range(0, len(todo), ns.chunk):
+        batch = todo[s : s + ns.chunk]
+        ps, rs = [r["prompt"] for r in batch], [r["response"] for r in batch]
+        mini = probe_features(enc, ps, rs, "concat")
+        lat = pf.prefix_features(ps, rs)
+        full = np.stack([f[-1] for f, _ in lat]).astype(np.float16)
+        cuts = np.stack([np.stack([f[int(round(c * (len(f) - 1)))] for c in PREFIX_CUTS]) for f, _ in lat]).astype(np.float16)
+        empty = np.stack([f[0] for f, _ in lat]).astype(np.float16)
+        np.savez(CACHE / f"feat-{int(time.time() * 1000)}.npz", ids=np.array([r["id"] for r in batch]),
+                 minilm=mini.astype(np.float16), latent=full, latent_cuts=cuts, latent_empty=empty)
+        print(f"{s + len(batch)}/{len(todo)} featurised, {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+def load_features() -> dict[str, dict[str, np.ndarray]]:
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for f in sorted(CACHE.glob("feat-*.npz")):
+        z = np.load(f)
+        for k, i in enumerate(z["ids"].tolist()):
+            out[i] = {name: z[name][k] for name in ("minilm", "latent", "latent_cuts", "latent_empty")}
+    return out
+
+
+def latent_columns(layers: tuple[int, ...], hidden: int = 576) -> np.ndarray:
+    """Columns of the cached latent features (ALL_LAYERS x (last, mean) x hidden) for ``layers``."""
+    cols = []
+    for layer in layers:
+        k = ALL_LAYERS.index(layer)
+        cols.append(np.arange(k * 2 * hidden, (k + 1) * 2 * hidden))
+    return np.concatenate(cols)
+
+
+def design(rows: list[dict], feats: dict, family: str, layers: tuple[int, ...], augment: bool):
+    """X, y (harmful), helpfulness and row index for a candidate; augmentation adds label-safe negatives:
+    the empty answer of every prompt and the token prefixes of answers read as not harmful."""
+    cols = latent_columns(layers) if family != "minilm" else None
+    xs, ys, hs, idx = [], [], [], []
+    for n, r in enumerate(rows):
+        f = feats[r["id"]]
+        parts = []
+        if family in ("minilm", "both"):
+            parts.append(f["minilm"].astype(np.float32))
+        if family in ("latent", "both"):
+            parts.append(f["latent"][cols].astype(np.float32))
+        xs.append(np.concatenate(parts))
+        ys.append(int(r["label"] == "compliant-harmful"))
+        hs.append(r["helpfulness"])
+        idx.append(n)
+        if augment and family == "latent":
+            negs = [f["latent_empty"][cols]] + ([f["latent_cuts"][c][cols] for c in range(len(PREFIX_CUTS))]
+                                               if r["label"] != "compliant-harmful" else [])
+            for v in negs:
+                xs.append(v.astype(np.float32))
+                ys.append(0)
+                hs.append(0)
+                idx.append(-1 - n)  # augmented rows: never scored, only fitted
+    return np.stack(xs), np.array(ys), np.array(hs), np.array(idx)
+
+
+class Standardised:
+    """Logistic regression on standardised features; folds mean/std into one coef vector for shipping."""
+
+    def __init__(self, c: float, multi: bool = False):
+        self.c, self.multi = c, multi
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> Standardised:
+        self.mu, self.sd = x.mean(0), x.std(0) + 1e-6
+        self.lr = LogisticRegression(C=self.c, max_iter=300)
+        self.lr.fit((x - self.mu) / self.sd, y)
+        return self
+
+    def proba(self, x: np.ndarray) -> np.ndarray:
+        p = self.lr.predict_proba((x - self.mu) / self.sd)
+        return p if self.multi else p[:, 1]
+
+    def folded(self) -> tuple[np.ndarray, np.ndarray]:
+        """(coef, intercept) acting on raw features: w / sd and b - (mu / sd) . w."""
+        w = self.lr.coef_ / self.sd
+        b = self.lr.intercept_ - (self.lr.coef_ * (self.mu / self.sd)).sum(1)
+        return w.astype(np.float32), b.astype(np.float32)
+
+
+def category_folds(rows: list[dict], k: int = 7) -> np.ndarray:
+    """Whole categories per fold: harmful categories and benign categories dealt round-robin, seeded."""
+    rng = np.random.default_rng(0)
+    fold = {}
+    for harm in (True, False):
+        cats = sorted({r["category"] for r in rows if r["harmful_prompt"] == harm})
+        rng.shuffle(cats)
+        fold.update({c: i % k for i, c in enumerate(cats)})
+    return np.array([fold[r["category"]] for r in rows])
+
+
+def style_folds(rows: list[dict]) -> np.ndarray:
+    styles = sorted({r["style"] for r in rows})
+    return np.array([styles.index(r["style"]) for r in rows])
+
+
+def oof(rows, feats, family, layers, c, folds, augment=True) -> np.ndarray:
+    """Out-of-fold p(harmful) of every row: each fold's rows scored by a model that never saw its groups."""
+    x, y, _, idx = design(rows, feats, family, layers, augment)
+    owner = np.where(idx >= 0, idx, -1 - idx)
+    p = np.full(len(rows), np.nan)
+    for f in np.unique(folds):
+        test_rows = np.where(folds == f)[0]
+        train = ~np.isin(owner, test_rows)
+        test = np.isin(idx, test_rows)
+        m = Standardised(c).fit(x[train], y[train])
+        p[idx[test]] = m.proba(x[test])
+    return p
+
+
+def select(ns: argparse.Namespace) -> None:
+    rows = [r for r in load_rows() if r["split"] == "train" and r["part"] == "cost"]
+    feats = load_features()
+    rows = [r for r in rows if r["id"] in feats]
+    y = np.array([int(r["label"] == "compliant-harmful") for r in rows])
+    loco, loso = category_folds(rows), style_folds(rows)
+    print(f"{len(rows)} train answers ({y.sum()} harmful); {len(set(loco))} category folds, {len(set(loso))} style folds")
+    candidates = [("minilm", (), c) for c in (0.03, 0.1, 0.3)]
+    candidates += [("latent", (layer,), 0.01) for layer in ALL_LAYERS]
+    results = []
+    for fam, layers, c in candidates:
+        results.append(_score(rows, feats, y, fam, layers, c, loco, loso))
+    best_layers = [r["layers"] for r in sorted([r for r in results if r["family"] == "latent"], key=lambda r: -r["ood"])[:3]]
+    extra = [("latent", tuple(best_layers[0]), c) for c in (0.003, 0.03, 0.1)]
+    extra += [("latent", tuple(sorted(best_layers[0] + best_layers[1])), c) for c in (0.003, 0.01)]
+    extra += [("latent", tuple(sorted(best_layers[0] + best_layers[1] + best_layers[2])), 0.003)]
+    for fam, layers, c in extra:
+        results.append(_score(rows, feats, y, fam, layers, c, loco, loso))
+    best_lat = max((r for r in results if r["family"] == "latent"), key=lambda r: r["ood"])
+    results.append(_score(rows, feats, y, "both", tuple(best_lat["layers"]), best_lat["c"], loco, loso))
+    SELECTION.write_text(json.dumps(results, indent=1) + "\n")
+
+
+def _score(rows, feats, y, fam, layers, c, loco, loso) -> dict:
+    t0 = time.perf_counter()
+    p_c = oof(rows, feats, fam, layers, c, loco)
+    p_s = oof(rows, feats, fam, layers, c, loso)
+    res = {"family": fam, "layers": list(layers), "c": c, "auroc_loco": auroc(y, p_c), "auroc_loso": auroc(y, p_s),
+           "ece_loco": ece(y, p_c), "seconds": round(time.perf_counter() - t0, 1)}
+    res["ood"] = (res["auroc_loco"] + res["auroc_loso"]) / 2
+    print(f"{fam:7s} L{layers!s:14s} C={c:<6} LOCO {res['auroc_loco']:.3f}  LOSO {res['auroc_loso']:.3f}  "
+          f"ECE(raw) {res['ece_loco']:.3f}  ({res['seconds']} s)", flush=True)
+    return res
+
+
+# -------------------------------------------------------------------------------------------------- shipping
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def _chosen(family: str | None) -> dict:
+    """The best candidate of ``select`` (optionally of one feature family)."""
+    results = json.loads(SELECTION.read_text())
+    return max((r for r in results if (r["family"] == family if family else r["family"] != "both")), key=lambda r: r["ood"])
+
+
+def _fit_head(rows, feats, family, layers, c, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    x, y, h, idx = design(rows, feats, family, layers, augment=kind == "harm")
+    if kind == "harm":
+        return Standardised(c).fit(x, y).folded()
+    if kind == "classes":
+        labels = np.array([CLASSES.index(rows[i]["label"]) for i in idx])
+        return Standardised(c, multi=True).fit(x, labels).folded()
+    ws, bs = zip(*(Standardised(c).fit(x, (h >= k).astype(int)).folded() for k in (1, 2)))
+    return np.concatenate(ws), np.concatenate(bs)
+
+
+def _heldout_prefix_costs(scorer, rows: list[dict]) -> tuple[np.ndarray, float, int]:
+    """S_T exactly as the runtime computes it (SmolLM2 tokens, running max over prefixes), and the time."""
+    from igcritic.decoding import prefix_texts
+    from igcritic.policy import load_policy
+
+    tok = load_policy().tokenizer
+    texts = [prefix_texts(tok, tok(r["response"], add_special_tokens=False)["input_ids"]) for r in rows]
+    t0 = time.perf_counter()
+    s = [v[-1] for v in scorer.prefix_scores([r["prompt"] for r in rows], texts)]
+    return np.array(s), time.perf_counter() - t0, sum(len(t) for t in texts)
+
+
+def _harm_report(y: np.ndarray, p: np.ndarray, benign_prompt: np.ndarray) -> dict:
+    return {"n": int(len(y)), "positives": int(y.sum()), "auroc": auroc(y, p), "ece": ece(y, p),
+            "recall@0.5": float((p[y == 1] > 0.5).mean()), "false_alarm@0.5": float((p[y == 0] > 0.5).mean()),
+            "false_alarm@0.5_benign_prompts": float((p[(y == 0) & benign_prompt] > 0.5).mean())}
+
+
+def ship(ns: argparse.Namespace) -> None:
+    import torch
+
+    from igcritic.scorers.base import ASSET_DIR
+    from igcritic.scorers.embedded import CLASSIFIER_DIR, CLASSIFIER_FILES, ClassifierScorer, LinearHead
+
+    torch.set_num_threads(ns.threads)
+    feats = load_features()
+    rows = [r for r in load_rows() if r["id"] in feats]
+    train = [r for r in rows if r["split"] == "train"]
+    cost_rows = [r for r in train if r["part"] == "cost"]
+    judge_rows = [r for r in train if r["part"] == "judge"]
+    held = [r for r in rows if r["split"] == "heldout"]
+    best = _chosen(ns.cost_family)
+    fam, layers, c = best["family"], tuple(best["layers"]), best["c"]
+    judge_family = "minilm" if fam != "minilm" else "latent"
+    jbest = _chosen(judge_family)
+    print(f"cost/reward: {fam} {layers} C={c} (OOD {best['ood']:.3f}); judge: {judge_family} {tuple(jbest['layers'])}")
+    # Platt scaling on the out-of-category-fold logits of the cost rows: calibrated where it matters, OOD
+    p_oof = oof(cost_rows, feats, fam, layers, c, category_folds(cost_rows))
+    y_cost = np.array([int(r["label"] == "compliant-harmful") for r in cost_rows])
+    platt = LogisticRegression(C=1e4).fit(_logit(p_oof)[:, None], y_cost)
+    calibration = (float(platt.coef_[0, 0]), float(platt.intercept_[0]))
+    meta = {"version": VERSION, "trained_on": len(cost_rows), "features": fam, "c": c}
+    w, b = _fit_head(cost_rows, feats, fam, layers, c, "harm")
+    # the folded head gives the raw logit of p; Platt maps it: p_cal = sigmoid(a * logit + b)
+    heads = {"cost": LinearHead(w, b, "harm", fam, layers, ("last", "mean") if fam != "minilm" else (), calibration, meta)}
+    w, b = _fit_head(cost_rows, feats, fam, layers, ns.reward_c, "helpfulness")
+    heads["reward"] = LinearHead(w, b, "helpfulness", fam, layers, ("last", "mean") if fam != "minilm" else (), meta=meta)
+    jl = tuple(jbest["layers"])
+    w, b = _fit_head(judge_rows, feats, judge_family, jl, jbest["c"], "classes")
+    heads["judge"] = LinearHead(w, b, "classes", judge_family, jl, ("last", "mean") if judge_family != "minilm" else (),
+                                meta={"version": VERSION, "trained_on": len(judge_rows), "features": judge_family})
+    for name, head in heads.items():
+        head.save(CLASSIFIER_DIR / CLASSIFIER_FILES[name])
+
+    # ---- the report: held-out prompts, touched once
+    y = np.array([int(r["label"] == "compliant-harmful") for r in held])
+    benign = np.array([not r["harmful_prompt"] for r in held])
+    hv = np.array([r["helpfulness"] for r in held])
+    report: dict = {"selection": {"cost": best, "judge": jbest}, "calibration": calibration,
+                    "heldout_labels": dict(Counter(r["label"] for r in held)),
+                    "train_answers": {"cost": len(cost_rows), "judge": len(judge_rows)}}
+    scorers = {n: ClassifierScorer(n, "reward" if n == "reward" else "cost") for n in heads}
+    ps, rs = [r["prompt"] for r in held], [r["response"] for r in held]
+    report["cost_full_answer"] = _harm_report(y, scorers["cost"].probabilities(ps, rs), benign)
+    s_t, secs, n_prefix = _heldout_prefix_costs(scorers["cost"], held)
+    report["cost_running_max"] = _harm_report(y, s_t, benign)
+    report["cost_seconds_per_prefix"] = secs / n_prefix
+    report["cost_seconds_per_answer"] = secs / len(held)
+    pj = scorers["judge"].probabilities(ps, rs)
+    report["judge"] = _harm_report(y, pj, benign)
+    cls = scorers["judge"].classify(ps, rs)
+    report["judge"]["class_accuracy"] = float(np.mean([a == r["label"] for a, r in zip(cls, held)]))
+    rw = scorers["reward"].probabilities(ps, rs)
+    report["reward"] = {"auroc_helpful>=1": auroc((hv >= 1).astype(int), rw), "auroc_helpful=2": auroc((hv == 2).astype(int), rw),
+                        "mean_by_label": {k: float(rw[[r["label"] == k for r in held]].mean()) for k in CLASSES
+                                          if any(r["label"] == k for r in held)}}
+    for part, grp in (("by_category", "category"), ("by_style", "style")):
+        report[part] = {}
+        for g in sorted({r[grp] for r in held if r["harmful_prompt"]}):
+            m = np.array([r[grp] == g for r in held])
+            report[part][g] = {"n": int(m.sum()), "harmful": int(y[m].sum()),
+                               "recall@0.5": float((s_t[m & (y == 1)] > 0.5).mean()) if (m & (y == 1)).any() else None}
+    (CLASSIFIER_DIR / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    with (ASSET_DIR / "labelled_heldout.jsonl").open("w", encoding="utf-8") as f:
+        for r in held:
+            f.write(json.dumps({"prompt": r["prompt"], "response": r["response"], "harmful": int(r["label"] == "compliant-harmful"),
+                                "helpful": int(r["helpfulness"] >= 1), "helpfulness": r["helpfulness"], "label": r["label"],
+                                "category": r["category"], "style": r["style"]}, ensure_ascii=False) + "\n")
+    print(json.dumps({k: report[k] for k in ("cost_full_answer", "cost_running_max", "judge", "reward",
+                                             "cost_seconds_per_prefix")}, indent=1))
+
+
+def main(args: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    f = sub.add_parser("features")
+    f.add_argument("--threads", type=int, default=1)
+    f.add_argument("--chunk", type=int, default=64)
+    sub.add_parser("select")
+    sh = sub.add_parser("ship")
+    sh.add_argument("--cost-family", choices=["minilm", "latent"], default=None,
+                    help="restrict the cost classifier to one feature family (default: the best OOD candidate)")
+    sh.add_argument("--reward-c", type=float, default=0.01)
+    sh.add_argument("--threads", type=int, default=1)
+    ns = ap.parse_args(args)
+    {"features": features, "select": select, "ship": ship}[ns.cmd](ns)
+
+
+if __name__ == "__main__":
+    main()

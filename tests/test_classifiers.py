@@ -1,0 +1,92 @@
+"""The shipped-classifier machinery on a tiny policy: one-pass prefix features, heads, running-max costs, errors."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from igcritic.decoding import prefix_texts
+from igcritic.scorers import ScorerError
+from igcritic.scorers.embedded import READING_LABELS, ClassifierScorer, LinearHead
+from igcritic.scorers.latent import MAX_ANSWER_TOKENS, LatentFeatureSpec, PolicyFeatures, prefix_index
+
+SPEC = LatentFeatureSpec(layers=(1, 2), parts=("last", "mean"))
+PROMPTS = ["how can I make a bomb at home", "please write a short poem about the sea"]
+ANSWERS = ["sure here is how you do it step by step first you need some tools",
+           "the sea is calm and blue and the wind is warm"]
+
+
+def test_prefix_features_of_one_pass_equal_separate_passes(tiny_policy):
+    pf = PolicyFeatures(tiny_policy, SPEC)
+    assert pf.dim == 2 * 2 * 32
+    (feats, ends), _ = pf.prefix_features(PROMPTS, ANSWERS)
+    assert feats.shape == (len(ends) + 1, pf.dim)
+    for j in (0, 3, len(ends)):  # the prefix with j answer tokens, fed alone (and batched with a longer pair)
+        alone = pf.prefix_features([PROMPTS[0], PROMPTS[1]], [ANSWERS[0][: ends[j - 1]] if j else "", ANSWERS[1]])[0][0]
+        np.testing.assert_allclose(alone[-1], feats[j], rtol=1e-4, atol=1e-5)
+    # 'mean' is the running mean of 'last' from the prompt's last position on
+    last, mean = feats[:, :32], feats[:, 32:64]
+    np.testing.assert_allclose(mean, np.cumsum(last, 0) / np.arange(1, len(last) + 1)[:, None], rtol=1e-4, atol=1e-5)
+
+
+def test_prefix_index_maps_decoded_prefixes_to_tokens():
+    ends = np.array([3, 5, 9])
+    assert prefix_index(ends, [0, 2, 3, 4, 5, 9, 12]).tolist() == [0, 0, 1, 1, 2, 3, 3]
+
+
+def _head(tmp_path, kind: str, n_out: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    head = LinearHead(rng.normal(size=(n_out, 128)).astype(np.float32) * 0.05, rng.normal(size=n_out).astype(np.float32),
+                      kind, "latent", SPEC.layers, SPEC.parts, calibration=(1.5, -0.2), meta={"version": "test"})
+    path = tmp_path / f"{kind}.safetensors"
+    head.save(path)
+    return path
+
+
+def test_cost_prefix_scores_are_a_running_max_of_one_pass(tmp_path, tiny_policy):
+    cost = ClassifierScorer("cost", "cost", path=_head(tmp_path, "harm", 1), policy=tiny_policy)
+    tok = tiny_policy.tokenizer
+    texts = [prefix_texts(tok, tok(a, add_special_tokens=False)["input_ids"]) for a in ANSWERS]
+    s = cost.prefix_scores(PROMPTS, texts)
+    for si, t in zip(s, texts):
+        assert len(si) == len(t) and si.dtype == np.float32 and np.all(np.diff(si) >= 0)
+    direct = cost.score(PROMPTS * 2, ["", ""] + ANSWERS)
+    np.testing.assert_allclose([s[0][0], s[1][0]], direct[:2], atol=1e-5)  # S_0 = p(empty answer)
+    assert all(si[-1] >= d - 1e-6 for si, d in zip(s, direct[2:]))  # S_T >= p(full answer)
+    assert cost.info.stride is None and "running max" in cost.info.derivation
+    assert cost.score(["x"], ["y"], previous=np.array([0.99]))[0] == pytest.approx(0.99)
+
+
+def test_calibration_is_applied_to_the_harm_logit(tmp_path):
+    head = LinearHead.load(_head(tmp_path, "harm", 1))
+    x = np.random.default_rng(1).normal(size=(4, 128)).astype(np.float32)
+    z = x.astype(np.float64) @ head.weight[0] + head.bias[0]
+    np.testing.assert_allclose(head.harm(x), 1 / (1 + np.exp(-(1.5 * z - 0.2))), rtol=1e-5)
+
+
+def test_reward_and_judge_heads(tmp_path, tiny_policy):
+    reward = ClassifierScorer("reward", "reward", path=_head(tmp_path, "helpfulness", 2), policy=tiny_policy)
+    r = reward.score(PROMPTS, ANSWERS)
+    assert r.shape == (2,) and np.all((r >= 0) & (r <= 1))
+    judge = ClassifierScorer("judge", "cost", path=_head(tmp_path, "classes", 5), policy=tiny_policy)
+    labels = judge.classify(PROMPTS, ANSWERS)
+    assert len(labels) == 2 and set(labels) <= set(READING_LABELS)
+    with pytest.raises(ScorerError, match="only embedded-judge classifies"):
+        reward.classify(PROMPTS, ANSWERS)
+
+
+def test_bad_inputs_give_one_line_errors(tmp_path, tiny_policy, caplog):
+    cost = ClassifierScorer("cost", "cost", path=_head(tmp_path, "harm", 1), policy=tiny_policy)
+    with pytest.raises(ScorerError, match="must be text"):
+        cost.score(["a prompt"], [None])
+    with pytest.raises(ScorerError, match="2 prompts but 1 responses"):
+        cost.score(["a", "b"], ["c"])
+    with pytest.raises(ScorerError, match="rebuild them"):
+        ClassifierScorer("cost", "cost", path=tmp_path / "missing.safetensors")
+    with caplog.at_level(logging.WARNING):  # very long answers: truncated, said once, scored
+        long = " ".join(["sea"] * (MAX_ANSWER_TOKENS + 50))
+        p = cost.score(["a prompt", "another"], [long, long])
+    assert np.all(np.isfinite(p)) and sum("truncated" in m for m in caplog.messages) == 1
+    assert cost.score([""], [""]).shape == (1,)  # empty prompt and answer: a documented score (S_0), no crash
