@@ -3,24 +3,25 @@
 Each method (plain sampling, best-of-N, beam, InferenceGuard with or without critic, ...) is one set of
 search overrides for the same guard. Every method answers every prompt; then EVERY final response
 (refusals included) is scored again with the cost and reward scorers, independently of what the runtime
-tracked during search (in fully latent mode it never ran the cost model). Per method:
+tracked during search (in fully latent mode it never ran the cost model): the table's reward, cost and
+safety rate (definitions in :mod:`igcritic.report`). Those scorers are the ones the search steered by.
 
-- ``reward_mean``, ``cost_mean``: averages of the recomputed reward ``R(x, y)`` and final cost ``S_T``;
-- ``safety_rate``: share of prompts with recomputed ``S_T <= d`` (DESIGN.md section 2);
-- ``refusal_rate``: share of records with ``refused=True`` (the guard failed closed);
-- ``latency_mean/p50/p95``: the runtime's ``seconds`` per prompt (percentiles: linear interpolation); the
-  guard reports a batch's wall time divided by its prompts, so with ``prompt_batch > 1`` latency is amortized;
-- ``tokens_per_s``: generated tokens over the wall-clock time of the method's ``generate`` calls.
+Then every **judge** (``--judges``, :mod:`igcritic.judges`) grades the final answers, once all methods have
+answered: it is never bound to the guard, so the search cannot optimise against it. Its table sets its
+harmful rate and the paired difference to the reference method (bootstrap intervals over prompts) beside
+what the search believed (``record.safe``). Judge and scorer quality (AUROC, ECE on labelled held-out
+answers) is printed above the tables.
 
-Outputs in ``out_dir``: ``records.jsonl`` (every record plus its recomputed cost/reward), ``results.csv``,
-the two figures of :mod:`igcritic.plots`, and ``results.json`` (summary, budget and config) written last.
+Outputs (:func:`igcritic.report.write_results`): ``records.jsonl``, ``results.csv``, ``judges.csv``, the two
+figures of :mod:`igcritic.plots` and ``results.json`` in ``out_dir``. ``--reading_out DIR`` also exports the
+answers for blind reading (:mod:`igcritic.reading`); ``--reading_in labels.jsonl --run RUN_DIR`` re-reads a
+finished run with people's labels as one more judge, ``reading``.
 """
+
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 import logging
 import math
 import time
@@ -32,27 +33,48 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from igcritic.decoding import prefix_texts
+from igcritic.judges import (
+    DEFAULT_QUALITY_SET,
+    DEFAULT_RESAMPLES,
+    Judge,
+    JudgeSpec,
+    as_judge_spec,
+    attach,
+    check_judges,
+    grade,
+    load_judges,
+    load_quality_set,
+    name_problems,
+    quality_of,
+    resample_indices,
+    summarize_judge,
+)
 from igcritic.prompts import DEFAULT_SET, PromptError, default_set_path, read_prompt_rows
+from igcritic.reading import ANSWERS_FILE
+from igcritic.report import (
+    RECORD_COST,
+    RECORD_COST_FROM,
+    RECORD_METHOD,
+    RECORD_REWARD,
+    RECORD_SAFE,
+    EvalError,
+    EvalResult,
+    MethodSummary,
+    check_out,
+    eval_errors,
+    export_reading,
+    method_positions,
+    reference_of,
+    reread_run,
+    summarize,
+    write_results,
+)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PROMPTS = DEFAULT_SET
 """``prompts`` value that selects the shipped default set (``igcritic/assets/default_prompts.jsonl``)."""
 ALL_SPLITS = "all"
-RECORDS_FILE = "records.jsonl"
-RESULTS_CSV = "results.csv"
-RESULTS_JSON = "results.json"
-RECORD_METHOD = "method_name"
-"""Record key of the method's table name (the runtime's own ``method`` field is kept as is)."""
-RECORD_COST = "cost_eval"
-RECORD_REWARD = "reward_eval"
-RECORD_SAFE = "safe_eval"
-RECORD_COST_FROM = "cost_eval_from"
-"""``prefix``: S_T from the cost scorer's prefix scores over the answer tokens; ``text``: one score of the text."""
-
-
-class EvalError(ValueError):
-    """Bad evaluation input: config, prompt file, guard output or scorer output."""
 
 
 @runtime_checkable
@@ -149,6 +171,19 @@ class EvalConfig:
     """Allow writing into a non-empty ``out_dir`` (its eval files are replaced)."""
     plots: bool = True
     """Write the two PNG figures."""
+    judges: list[JudgeSpec | str] = field(default_factory=list)
+    """Judges grading the final answers (never the search): ``{name, spec, threshold?, reward?}`` or a bare
+    scorer spec; each is loaded afresh with role cost (:mod:`igcritic.judges`)."""
+    reference: str | None = None
+    """Method the paired differences are taken against; None: ``plain sampling`` if present, else the first."""
+    bootstrap: int = DEFAULT_RESAMPLES
+    """Bootstrap resamples over prompts for the 95% intervals (seeded by ``seed``); 0: no intervals."""
+    quality_set: str | None = DEFAULT_QUALITY_SET
+    """Labelled held-out answers (``{"prompt", "response", "harmful", "helpful", "label"}`` JSONL) for each
+    judge's and scorer's AUROC/ECE; ``default``: ``igcritic/assets/labelled_heldout.jsonl`` (not reported,
+    with a warning, while it is missing); None: not reported."""
+    reading_out: str | None = None
+    """Also write every answer shuffled, without method names, for blind reading into this empty folder."""
 
     def problems(self) -> list[str]:
         """Every invalid field, each as a one-line message with the fix."""
@@ -167,6 +202,16 @@ class EvalConfig:
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             out.append(f"--methods names {dup} appear more than once; make them unique")
+        if self.reference is not None and self.reference not in names:
+            out.append(f"--reference {self.reference!r} is not a method; use one of {names}")
+        if self.bootstrap < 0:
+            out.append(f"--bootstrap {self.bootstrap} must be >= 0 (0: no intervals)")
+        try:
+            judges = [as_judge_spec(j) for j in self.judges]
+        except TypeError as e:
+            return [*out, f"--judges: {e}; give {{name, spec, threshold?, reward?}} or a scorer spec"]
+        out += name_problems([j.name for j in judges])
+        out += [f"--judges {j.name!r} has no spec; give a scorer spec" for j in judges if not str(j.spec).strip()]
         return out
 
     def validate(self) -> None:
@@ -183,57 +228,6 @@ class EvalPrompt:
     category: str | None = None
     harmful: bool | None = None
     split: str | None = None
-
-
-@dataclass
-class MethodSummary:
-    """The per-method metrics of the table, the CSV and ``results.json``."""
-
-    method: str
-    n: int
-    reward_mean: float
-    cost_mean: float
-    safety_rate: float
-    refusal_rate: float
-    latency_mean: float
-    latency_p50: float
-    latency_p95: float
-    tokens_per_s: float
-    new_tokens: int
-    wall_seconds: float
-    tracked_safety_rate: float
-    """Share the runtime itself flagged ``safe`` (its tracked cost, latent in fully latent mode); NaN if absent."""
-
-
-@dataclass
-class EvalResult:
-    """What :func:`run_eval` returns: the summaries, the scored records and the files written."""
-
-    budget: float
-    summaries: list[MethodSummary]
-    records: list[dict]
-    files: list[Path]
-    config: EvalConfig
-
-    def table(self):
-        """The comparison as a ``rich`` table (fits an 80-column terminal)."""
-        from rich import box
-        from rich.table import Table
-
-        n = self.summaries[0].n if self.summaries else 0
-        t = Table(title=f"igcritic eval: {n} prompts, budget d = {self.budget:g}", box=box.SIMPLE_HEAVY,
-                  padding=(0, 1, 0, 0), pad_edge=False,
-                  caption="safe: recomputed S_T <= d; latency: s per prompt; tok/s: new tokens / wall s")
-        t.add_column("method", no_wrap=True)
-        for col in ("reward", "cost", "safe%", "refus%", "lat s", "p50 s", "p95 s", "tok/s"):
-            t.add_column(col, justify="right", no_wrap=True, min_width=len(col))
-        for s in self.summaries:
-            t.add_row(
-                s.method, f"{s.reward_mean:.3f}", f"{s.cost_mean:.3f}", f"{100 * s.safety_rate:.1f}",
-                f"{100 * s.refusal_rate:.1f}", f"{s.latency_mean:.2f}", f"{s.latency_p50:.2f}",
-                f"{s.latency_p95:.2f}", f"{s.tokens_per_s:.0f}",
-            )
-        return t
 
 
 def load_prompts(spec: str, split: str | None = None, limit: int | None = None) -> list[EvalPrompt]:
@@ -259,37 +253,6 @@ def load_prompts(spec: str, split: str | None = None, limit: int | None = None) 
         idx = np.linspace(0, len(items) - 1, limit).round().astype(int)
         items = [items[i] for i in idx]
     return items
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """``q``-th percentile with linear interpolation between order statistics (numpy's default); NaN if empty."""
-    return float(np.percentile(np.asarray(values, dtype=float), q)) if len(values) else float("nan")
-
-
-def summarize(name: str, rows: Sequence[dict], budget: float, wall_seconds: float) -> MethodSummary:
-    """Metrics of one method from its scored record dicts (see the module docstring for definitions)."""
-    n = len(rows)
-    cost = np.array([float(r[RECORD_COST]) for r in rows])
-    reward = np.array([float(r[RECORD_REWARD]) for r in rows])
-    latency = [float(r["seconds"]) for r in rows]
-    tokens = int(sum(int(r["new_tokens"]) for r in rows))
-    tracked = [bool(r["safe"]) for r in rows if r.get("safe") is not None]
-    mean = (lambda a: float(np.mean(a))) if n else (lambda a: float("nan"))
-    return MethodSummary(
-        method=name,
-        n=n,
-        reward_mean=mean(reward),
-        cost_mean=mean(cost),
-        safety_rate=mean(cost <= budget),
-        refusal_rate=mean([bool(r["refused"]) for r in rows]),
-        latency_mean=mean(latency),
-        latency_p50=percentile(latency, 50),
-        latency_p95=percentile(latency, 95),
-        tokens_per_s=tokens / wall_seconds if wall_seconds > 0 else float("nan"),
-        new_tokens=tokens,
-        wall_seconds=float(wall_seconds),
-        tracked_safety_rate=float(np.mean(tracked)) if tracked else float("nan"),
-    )
 
 
 def _record_dict(rec: Any) -> dict:
@@ -399,28 +362,6 @@ def _load_scorer(spec: str, role: str, device: str) -> Scorer:
     return load_scorer(spec, role, device=device)
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    """Fail before any generation if the outputs could not be written (created only when results exist)."""
-    if out.exists() and not out.is_dir():
-        raise EvalError(f"--out_dir {str(out)!r} is a file; pass a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise EvalError(f"--out_dir {str(out)!r} is not empty; pick a new folder or pass --overwrite true")
-
-
-def _json_safe(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, (np.floating, np.integer, np.bool_)):
-        return _json_safe(x.item())
-    if isinstance(x, Path):
-        return str(x)
-    return x
-
-
 def method_overrides(cfg: EvalConfig, spec: MethodSpec) -> dict[str, Any]:
     """What ``generate`` receives for one method: shared search, then the seed, then the method's own."""
     return {**cfg.search, "seed": cfg.seed, **spec.overrides}
@@ -465,34 +406,31 @@ def run_method(
     rewards = text_scores(reward, "reward", texts, [str(r["text"]) for r in records])
     rows = []
     for k, (p, rec) in enumerate(zip(prompts, records)):
-        row = {RECORD_METHOD: spec.name, "prompt_index": k, "category": p.category, "harmful": p.harmful,
+        row = {RECORD_METHOD: spec.name, "prompt_index": k, "prompt": p.prompt, "category": p.category,
+               "harmful": p.harmful,
                RECORD_COST: float(costs[k]), RECORD_REWARD: float(rewards[k]),
                RECORD_SAFE: bool(costs[k] <= budget), RECORD_COST_FROM: sources[k]}
         rows.append({**row, **{key: v for key, v in rec.items() if key not in row}})
     return rows, wall
 
 
-def _write_csv(path: Path, summaries: list[MethodSummary]) -> None:
-    cols = [f.name for f in dataclasses.fields(MethodSummary)]
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        for s in summaries:
-            w.writerow(asdict(s))
-
-
+@eval_errors
 def run_eval(
-    cfg: EvalConfig, guard: Generator | None = None, cost: Scorer | None = None, reward: Scorer | None = None
+    cfg: EvalConfig, guard: Generator | None = None, cost: Scorer | None = None, reward: Scorer | None = None,
+    judges: Sequence[Judge] | None = None,
 ) -> EvalResult:
-    """Run every method of ``cfg`` on its prompts, score, summarise and write the outputs.
+    """Run every method of ``cfg`` on its prompts, score, judge, summarise and write the outputs.
 
-    ``guard``, ``cost`` and ``reward`` may be passed already built (tests, notebooks); otherwise the guard
-    is loaded from ``cfg.critic`` with the ``cfg.cost``/``cfg.reward`` scorers (default: the critic's recorded
-    ones) and the evaluation scores with the guard's scorers (or ``cfg.cost``/``cfg.reward`` if it has none).
+    ``guard``, ``cost``, ``reward`` and ``judges`` may be passed already built (tests, notebooks); otherwise
+    the guard is loaded from ``cfg.critic`` with the ``cfg.cost``/``cfg.reward`` scorers (default: the critic's
+    recorded ones), the evaluation scores with the guard's scorers (or ``cfg.cost``/``cfg.reward`` if it has
+    none) and the judges are loaded from ``cfg.judges``. Judges are called only after every method answered.
     """
     cfg.validate()
     out = Path(cfg.out_dir)
-    _check_out(out, cfg.overwrite)
+    check_out(out, cfg.overwrite)
+    if cfg.reading_out:
+        check_out(Path(cfg.reading_out), cfg.overwrite, "--reading_out")
     prompts = load_prompts(cfg.prompts, cfg.split, cfg.limit)
     guard = guard if guard is not None else _load_guard(cfg)
     scorers = {}
@@ -503,34 +441,39 @@ def run_eval(
         scorers[role] = s
     budget = _resolve_budget(cfg, guard, scorers["cost"])
     precheck_methods(guard, cfg, budget)
-    log.info("eval: %d prompts x %d methods, budget %g, out %s", len(prompts), len(cfg.methods), budget, out)
+    judges = list(judges) if judges is not None else load_judges(cfg.judges, cfg.device)
+    check_judges(judges, [getattr(guard, "cost", None), scorers["cost"]],
+                 getattr(getattr(scorers["cost"], "info", None), "id", None))
+    quality_rows, quality_source = load_quality_set(cfg.quality_set)
+    log.info("eval: %d prompts x %d methods, %d judges, budget %g, out %s", len(prompts), len(cfg.methods),
+             len(judges), budget, out)
 
+    idx = resample_indices(len(prompts), cfg.bootstrap, cfg.seed) if cfg.bootstrap else None
     records: list[dict] = []
     summaries: list[MethodSummary] = []
     for spec in cfg.methods:
         rows, wall = run_method(guard, spec, prompts, cfg, budget, scorers["cost"], scorers["reward"])
         records += rows
-        summaries.append(summarize(spec.name, rows, budget, wall))
+        summaries.append(summarize(spec.name, rows, budget, wall, idx))
         s = summaries[-1]
         log.info("%s: reward %.3f, cost %.3f, safe %.0f%%, refused %.0f%%, %.2f s/prompt", s.method,
                  s.reward_mean, s.cost_mean, 100 * s.safety_rate, 100 * s.refusal_rate, s.latency_mean)
 
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / RECORDS_FILE).open("w") as f:
-        for r in records:
-            f.write(json.dumps(_json_safe(r)) + "\n")
-    _write_csv(out / RESULTS_CSV, summaries)
-    files = [out / RECORDS_FILE, out / RESULTS_CSV]
-    summary_dicts = [asdict(s) for s in summaries]
-    if cfg.plots:
-        from igcritic.plots import plot_all
-
-        files += plot_all(records, summary_dicts, out, budget=budget)
-    files.append(out / RESULTS_JSON)
-    payload = {"budget": budget, "num_prompts": len(prompts), "summary": summary_dicts,
-               "config": asdict(cfg), "files": [p.name for p in files]}
-    (out / RESULTS_JSON).write_text(json.dumps(_json_safe(payload), indent=2) + "\n")
-    return EvalResult(budget=budget, summaries=summaries, records=records, files=files, config=cfg)
+    # judges only now, on final answers: no candidate of any search was ever ranked by them
+    reference = reference_of([m.name for m in cfg.methods], cfg.reference)
+    by_method = method_positions(records, [m.name for m in cfg.methods])
+    reports = []
+    for judge in judges:
+        g = grade(judge, records)
+        attach(records, g)
+        reports.append(summarize_judge(g, records, by_method, reference, idx))
+    result = EvalResult(budget=budget, summaries=summaries, records=records, files=[], config=cfg,
+                        judges=reports, quality=quality_of(quality_rows, scorers["cost"], scorers["reward"], judges),
+                        quality_source=quality_source, reference=reference)
+    write_results(result, out, plots=cfg.plots, reading_out=cfg.reading_out)
+    if cfg.reading_out:
+        log.info("blind reading: wrote %s; give readers only its %s", cfg.reading_out, ANSWERS_FILE)
+    return result
 
 
 def eval_main(
@@ -551,10 +494,20 @@ def eval_main(
     seed: int = 0,
     overwrite: bool = False,
     plots: bool = True,
-) -> EvalResult:
-    """Compare decoding methods on a prompt set: reward, cost, safety rate, refusals, latency, tokens/s.
+    judges: list[JudgeSpec | str] | None = None,
+    reference: str | None = None,
+    bootstrap: int = DEFAULT_RESAMPLES,
+    quality_set: str | None = DEFAULT_QUALITY_SET,
+    reading_out: str | None = None,
+    reading_in: str | None = None,
+    run: str | None = None,
+) -> EvalResult | list[Path]:
+    """Compare decoding methods on a prompt set: reward, cost, safety rate, refusals, latency, tokens/s, and
+    independent judges' harmful rates with bootstrap intervals and paired differences.
 
-    Prints a table and writes records.jsonl, results.csv, results.json and two PNG figures to out_dir.
+    Prints the tables and writes records.jsonl, results.csv, judges.csv, results.json and two PNG figures to
+    out_dir. With --run RUN_DIR: --reading_in labels.jsonl merges people's labels into that run's tables
+    (the judge "reading"), --reading_out DIR exports its answers for blind reading; nothing is generated.
 
     Args:
         critic: Exported critic folder (igcritic export); the guard is loaded from it.
@@ -580,17 +533,42 @@ def eval_main(
         seed: Seed passed to every method.
         overwrite: Allow writing into a non-empty out_dir.
         plots: Write the two PNG figures.
+        judges: Judges that grade the final answers and never guide the search: each {name, spec,
+            threshold, reward} or a bare scorer spec (loaded with role cost; harmful = score > threshold,
+            default the scorer's natural budget, else 0.5).
+        reference: Method the paired differences are taken against (null: "plain sampling", else the first).
+        bootstrap: Bootstrap resamples over prompts for the 95% intervals (0: none).
+        quality_set: Labelled held-out answers JSONL ({"prompt", "response", "harmful", "helpful", "label"})
+            for each judge's and scorer's AUROC/ECE ("default": the shipped file; null: not reported).
+        reading_out: Also write the answers shuffled, without method names, to this folder for blind
+            reading (answers.jsonl for readers, key.jsonl kept apart).
+        reading_in: People's labels ({"id", "label", "helpfulness"} JSONL, data_prep/LABELLING.md) to merge
+            into the run given by --run.
+        run: A finished eval out_dir, for --reading_in or --reading_out.
     """
     from rich.console import Console
 
-    cfg = EvalConfig(
-        critic=critic, prompts=prompts, split=split, limit=limit, budget=budget,
-        methods=default_methods() if methods is None else list(methods),
-        search=default_search() if search is None else dict(search), batch_size=batch_size, model=model,
-        cost=cost, reward=reward, prefix_cost=prefix_cost, device=device, out_dir=out_dir, seed=seed, overwrite=overwrite, plots=plots,
-    )
-    result = run_eval(cfg)
     console = Console()
-    console.print(result.table())
-    console.print(f"wrote {', '.join(p.name for p in result.files)} to {out_dir}")
+    if reading_in is not None or run is not None:
+        if run is None:
+            raise EvalError("--reading_in needs --run RUN_DIR (the eval out_dir whose answers were read)")
+        if reading_in is None and reading_out is None:
+            raise EvalError("--run needs --reading_in labels.jsonl or --reading_out DIR")
+        if reading_in is None:
+            files = export_reading(run, reading_out, overwrite)
+            console.print(f"wrote {', '.join(map(str, files))}; give readers only {files[0]}")
+            return files
+        result = reread_run(run, reading_in, overwrite)
+    else:
+        cfg = EvalConfig(
+            critic=critic, prompts=prompts, split=split, limit=limit, budget=budget,
+            methods=default_methods() if methods is None else list(methods),
+            search=default_search() if search is None else dict(search), batch_size=batch_size, model=model,
+            cost=cost, reward=reward, prefix_cost=prefix_cost, device=device, out_dir=out_dir, seed=seed,
+            overwrite=overwrite, plots=plots, judges=list(judges or []), reference=reference, bootstrap=bootstrap,
+            quality_set=quality_set, reading_out=reading_out,
+        )
+        result = run_eval(cfg)
+    result.print(console)
+    console.print(f"wrote {', '.join(p.name for p in result.files)} to {result.files[0].parent}")
     return result

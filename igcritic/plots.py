@@ -1,12 +1,23 @@
-"""The two PNG figures of ``igcritic eval``, drawn from its ``records.jsonl`` and per-method summary.
+"""The two PNG figures of ``igcritic eval``, drawn from plain data: its records, per-method summary and judges.
 
-- ``fig2_tradeoffs.png`` (like the paper's Fig. 2): average reward vs safety rate and latency per prompt vs
-  safety rate, one labelled point per method (latency: mean, with a p50-p95 bar).
+- ``fig2_tradeoffs.png`` (like the paper's Fig. 2): average reward vs safety and latency per prompt vs
+  safety, one labelled marker per method. Safety on x is the FIRST judge's (1 - harmful rate) with its
+  interval as a horizontal bar; without judges, the recomputed cost scorer's safety rate (S_T <= d). Reward
+  and its interval on y when given; latency: mean, with a p50-p95 bar.
 - ``fig3_distributions.png`` (like the paper's Fig. 3): per-method box plots of the reward and of the final
-  cost of every response, each response drawn as a point, the budget as a dashed line on the cost panel.
+  cost of every response, each response drawn as a point, the budget as a dashed line on the cost panel;
+  then one panel per judge: the class shares per method when the judge classifies, else its scores with
+  the threshold as a dashed line.
+
+The plain-data contract (this module never imports :mod:`igcritic.evaluate`): a record is a dict with the
+keys :data:`METHOD_KEY`, :data:`COST_KEY`, :data:`REWARD_KEY` and, for judges, :data:`JUDGE_SCORES_KEY`
+(``{judge name: score}``); a summary row has ``method``, ``safety_rate``, ``reward_mean``, ``latency_mean``,
+``latency_p50``, ``latency_p95`` and optionally ``safety_low/high``, ``reward_low/high``; a judge is a dict
+``{"name", "threshold", "methods": [{"method", "harmful_rate", "harmful_low", "harmful_high", "classes"?}]}``
+(what ``results.json`` stores under ``judges``).
 
 Only matplotlib's object API with the Agg canvas is used (no pyplot, no global backend switch), so it is
-safe in headless runs and threads. ``plot_all`` is called by :func:`igcritic.evaluate.run_eval`; it can
+safe in headless runs and threads. ``plot_all`` is called by :func:`igcritic.report.write_results`; it can
 also redraw the figures of a finished run::
 
     python -c "from igcritic.plots import plot_all; plot_all('runs/eval/embedded/records.jsonl', \
@@ -25,12 +36,18 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from igcritic.evaluate import RECORD_COST, RECORD_METHOD, RECORD_REWARD, EvalError
-
 FIG2_FILE = "fig2_tradeoffs.png"
 FIG3_FILE = "fig3_distributions.png"
 DPI = 120
 MARKERS = "osD^vPX*<>"
+METHOD_KEY, COST_KEY, REWARD_KEY, JUDGE_SCORES_KEY = "method_name", "cost_eval", "reward_eval", "judge_scores"
+"""Record keys read (the names ``igcritic.report`` gives the eval records; a test keeps them equal)."""
+CLASS_COLORS = {"compliant-harmful": "crimson", "refusal": "tab:blue", "safe-redirect": "tab:cyan",
+                "incoherent": "tab:gray", "benign-helpful": "tab:green"}
+
+
+class PlotError(ValueError):
+    """Missing or unusable plot input (records, summary)."""
 
 
 def load_records(records: str | Path | Sequence[dict]) -> list[dict]:
@@ -38,24 +55,33 @@ def load_records(records: str | Path | Sequence[dict]) -> list[dict]:
     if isinstance(records, (str, Path)):
         path = Path(records)
         if not path.is_file():
-            raise EvalError(f"records file {str(path)!r} does not exist; pass the records.jsonl of an eval run")
+            raise PlotError(f"records file {str(path)!r} does not exist; pass the records.jsonl of an eval run")
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return list(records)
 
 
-def load_summary(summary: str | Path | Sequence[dict]) -> tuple[list[dict], float | None]:
-    """Per-method summary rows and the budget (when known) from ``results.json``/``results.csv`` or memory."""
+def load_summary(summary: str | Path | Sequence[dict]) -> tuple[list[dict], float | None, list[dict]]:
+    """Per-method summary rows, the budget (when known) and the judges from ``results.json``/``results.csv``
+    or memory."""
     if not isinstance(summary, (str, Path)):
-        return [dict(s) for s in summary], None
+        return [dict(s) for s in summary], None, []
     path = Path(summary)
     if not path.is_file():
-        raise EvalError(f"summary file {str(path)!r} does not exist; pass the results.json or results.csv of an eval run")
+        raise PlotError(f"summary file {str(path)!r} does not exist; pass the results.json or results.csv of an eval run")
     if path.suffix == ".csv":
         with path.open(newline="") as f:
             rows = list(csv.DictReader(f))
-        return [{k: _maybe_float(v) for k, v in r.items()} for r in rows], None
+        return [{k: _maybe_float(v) for k, v in r.items()} for r in rows], None, []
     data = json.loads(path.read_text())
-    return list(data["summary"]), data.get("budget")
+    return list(data["summary"]), data.get("budget"), list(data.get("judges") or [])
+
+
+def _num(v) -> float:
+    """A summary number; None (JSON's NaN) and empty strings become NaN."""
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
 
 
 def _maybe_float(v: str):
@@ -92,25 +118,54 @@ def _label_offsets(xs: Sequence[float], ys: Sequence[float]) -> list[float]:
     return offsets
 
 
-def plot_tradeoffs(summary: Sequence[dict], path: Path) -> Path:
-    """Fig. 2-like: reward vs safety rate (left) and latency per prompt vs safety rate (right)."""
+def _safety_axis(summary: Sequence[dict], judge: dict | None) -> tuple[str, list[float], list[float], list[float]]:
+    """x label and, per method, safety in % with its interval (NaN bounds: no bar)."""
+    if judge is None:
+        x = [100.0 * _num(s["safety_rate"]) for s in summary]
+        lo = [100.0 * _num(s.get("safety_low")) for s in summary]
+        hi = [100.0 * _num(s.get("safety_high")) for s in summary]
+        return "safety rate (% of prompts with S_T <= d, cost scorer)", x, lo, hi
+    by = {m["method"]: m for m in judge["methods"]}
+    rows = [by.get(s["method"], {}) for s in summary]
+    x = [100.0 * (1 - _num(r.get("harmful_rate"))) for r in rows]
+    lo = [100.0 * (1 - _num(r.get("harmful_high"))) for r in rows]
+    hi = [100.0 * (1 - _num(r.get("harmful_low"))) for r in rows]
+    return f"safety by judge {judge['name']!r} (% of prompts not harmful; bar: 95% CI)", x, lo, hi
+
+
+def _bars(mid: Sequence[float], lo: Sequence[float], hi: Sequence[float]) -> np.ndarray | None:
+    """Asymmetric error bars (2, M) from intervals; None when no interval is known."""
+    mid, lo, hi = (np.asarray(a, dtype=float) for a in (mid, lo, hi))
+    if not np.isfinite(lo).any():
+        return None
+    return np.nan_to_num(np.stack([mid - lo, hi - mid]), nan=0.0).clip(min=0.0)
+
+
+def plot_tradeoffs(summary: Sequence[dict], path: Path, judge: dict | None = None) -> Path:
+    """Fig. 2-like: reward vs safety (left) and latency per prompt vs safety (right); safety is ``judge``'s
+    when given (1 - harmful rate, with interval bars), else the summary's recomputed safety rate."""
     fig = Figure(figsize=(11, 4.8), layout="constrained")
     ax_r, ax_l = fig.subplots(1, 2)
-    x = [100.0 * float(s["safety_rate"]) for s in summary]
-    reward = [float(s["reward_mean"]) for s in summary]
-    lat = [float(s["latency_mean"]) for s in summary]
+    xlabel, x, x_lo, x_hi = _safety_axis(summary, judge)
+    reward = [_num(s["reward_mean"]) for s in summary]
+    lat = [_num(s["latency_mean"]) for s in summary]
+    xerr = _bars(x, x_lo, x_hi)
+    yerr = _bars(reward, [_num(s.get("reward_low")) for s in summary], [_num(s.get("reward_high")) for s in summary])
     colors = _colors(len(summary))
-    for ax, y in ((ax_r, reward), (ax_l, lat)):
+    for ax, y, err in ((ax_r, reward, yerr), (ax_l, lat, None)):
         for i, (s, dy) in enumerate(zip(summary, _label_offsets(x, y))):
             ax.scatter(x[i], y[i], s=70, color=colors[i], marker=MARKERS[i % len(MARKERS)], zorder=3,
                        label=s["method"])
+            if xerr is not None or err is not None:
+                ax.errorbar(x[i], y[i], xerr=None if xerr is None else xerr[:, i : i + 1],
+                            yerr=None if err is None else err[:, i : i + 1], fmt="none", ecolor=colors[i],
+                            alpha=0.6, capsize=3, zorder=2)
             ax.annotate(s["method"], (x[i], y[i]), textcoords="offset points", xytext=(7, dy), fontsize=8)
     for i, s in enumerate(summary):
-        p50, p95 = float(s["latency_p50"]), float(s["latency_p95"])
+        p50, p95 = _num(s["latency_p50"]), _num(s["latency_p95"])
         ax_l.vlines(x[i], min(p50, p95), max(p50, p95), color=colors[i], alpha=0.5, lw=3, zorder=2)
-    ax_r.set(xlabel="safety rate (% of prompts with S_T <= d)", ylabel="average reward", title="Reward vs safety")
-    ax_l.set(xlabel="safety rate (% of prompts with S_T <= d)", ylabel="latency per prompt (s)",
-             title="Latency vs safety (mean; bar p50-p95)")
+    ax_r.set(xlabel=xlabel, ylabel="average reward", title="Reward vs safety")
+    ax_l.set(xlabel=xlabel, ylabel="latency per prompt (s)", title="Latency vs safety (mean; bar p50-p95)")
     for ax in (ax_r, ax_l):
         ax.set_xlim(-5, 115)
         ax.grid(alpha=0.3)
@@ -118,15 +173,44 @@ def plot_tradeoffs(summary: Sequence[dict], path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_distributions(records: Sequence[dict], methods: Sequence[str], budget: float | None, path: Path) -> Path:
-    """Fig. 3-like: box plots of reward and final cost per method, every response as a jittered point."""
-    fig = Figure(figsize=(max(8.0, 1.6 * len(methods) + 3), 7), layout="constrained")
-    ax_r, ax_c = fig.subplots(2, 1, sharex=True)
+def _judge_panel(ax, judge: dict, records: Sequence[dict], methods: Sequence[str], rng) -> None:
+    """Class shares per method (stacked bars) for a classifying judge, else its scores with the threshold."""
+    pos = np.arange(1, len(methods) + 1)
+    by = {m["method"]: m for m in judge.get("methods", [])}
+    shares = [by.get(m, {}).get("classes") for m in methods]
+    if any(shares):
+        bottom = np.zeros(len(methods))
+        for label, color in CLASS_COLORS.items():
+            h = np.array([100.0 * float((c or {}).get(label, 0.0)) for c in shares])
+            ax.bar(pos, h, width=0.6, bottom=bottom, color=color, label=label)
+            bottom += h
+        ax.set_ylabel(f"judge {judge['name']!r}: % of answers")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7)
+        return
+    name = judge["name"]
+    data = [np.array([float(r[JUDGE_SCORES_KEY][name]) for r in records
+                      if r[METHOD_KEY] == m and name in (r.get(JUDGE_SCORES_KEY) or {})]) for m in methods]
+    keep = [i for i, d in enumerate(data) if d.size]
+    if keep:
+        ax.boxplot([data[i] for i in keep], positions=pos[keep], widths=0.5, showfliers=False)
+    for i, (d, color) in enumerate(zip(data, _colors(len(methods)))):
+        ax.scatter(pos[i] + rng.uniform(-0.15, 0.15, d.size), d, s=12, color=color, alpha=0.7, zorder=3)
+    ax.axhline(float(judge["threshold"]), color="crimson", ls="--", lw=1, label=f"harmful above {judge['threshold']:g}")
+    ax.set_ylabel(f"judge {name!r} score")
+    ax.legend(loc="best", fontsize=8)
+
+
+def plot_distributions(records: Sequence[dict], methods: Sequence[str], budget: float | None, path: Path,
+                       judges: Sequence[dict] = ()) -> Path:
+    """Fig. 3-like: box plots of reward and final cost per method, every response as a jittered point; then
+    one panel per judge (class shares, or scores against the threshold)."""
+    fig = Figure(figsize=(max(8.0, 1.6 * len(methods) + 3), 7 + 2.5 * len(judges)), layout="constrained")
+    ax_r, ax_c, *ax_j = fig.subplots(2 + len(judges), 1, sharex=True)
     rng = np.random.default_rng(0)
     colors = _colors(len(methods))
-    for ax, key, label in ((ax_r, RECORD_REWARD, "reward"), (ax_c, RECORD_COST, "final cost S_T")):
+    for ax, key, label in ((ax_r, REWARD_KEY, "reward"), (ax_c, COST_KEY, "final cost S_T")):
         data = [
-            np.array([float(r[key]) for r in records if r[RECORD_METHOD] == m and math.isfinite(float(r[key]))])
+            np.array([float(r[key]) for r in records if r[METHOD_KEY] == m and math.isfinite(_num(r[key]))])
             for m in methods
         ]
         pos = np.arange(1, len(methods) + 1)
@@ -141,8 +225,12 @@ def plot_distributions(records: Sequence[dict], methods: Sequence[str], budget: 
     if budget is not None and math.isfinite(budget):
         ax_c.axhline(budget, color="crimson", ls="--", lw=1, label=f"budget d = {budget:g}")
         ax_c.legend(loc="best", fontsize=8)
-    ax_r.set_title("Reward and cost of every final response, per method")
-    ax_c.set_xticks(np.arange(1, len(methods) + 1), list(methods), rotation=20, ha="right", fontsize=8)
+    for ax, judge in zip(ax_j, judges):
+        _judge_panel(ax, judge, records, methods, rng)
+        ax.grid(alpha=0.3, axis="y")
+    ax_r.set_title("Reward and cost of every final response, per method" + (", and each judge" if judges else ""))
+    (ax_j or [ax_c])[-1].set_xticks(np.arange(1, len(methods) + 1), list(methods), rotation=20, ha="right",
+                                    fontsize=8)
     return _save(fig, path)
 
 
@@ -151,6 +239,7 @@ def plot_all(
     summary: str | Path | Sequence[dict],
     out_dir: str | Path,
     budget: float | None = None,
+    judges: Sequence[dict] | None = None,
 ) -> list[Path]:
     """Write both figures into ``out_dir`` and return their paths.
 
@@ -160,16 +249,19 @@ def plot_all(
         summary: ``results.json``/``results.csv``, or the per-method summary rows (method order is kept).
         out_dir: folder for the PNG files (created if missing; existing figures are replaced).
         budget: the budget line of the cost panel; defaults to the one in ``results.json``.
+        judges: judge dicts (see the module docstring); defaults to those in ``results.json``. The first
+            gives fig. 2's safety axis.
     """
     rows = load_records(records)
-    summ, saved_budget = load_summary(summary)
+    summ, saved_budget, saved_judges = load_summary(summary)
     if not summ:
-        raise EvalError("the summary has no method; run igcritic eval with at least one method")
+        raise PlotError("the summary has no method; run igcritic eval with at least one method")
     budget = saved_budget if budget is None else budget
+    judges = list(saved_judges if judges is None else judges)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     methods = [str(s["method"]) for s in summ]
     return [
-        plot_tradeoffs(summ, out / FIG2_FILE),
-        plot_distributions(rows, methods, budget, out / FIG3_FILE),
+        plot_tradeoffs(summ, out / FIG2_FILE, judges[0] if judges else None),
+        plot_distributions(rows, methods, budget, out / FIG3_FILE, judges),
     ]

@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 import json
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from igcritic.evaluate import EvalError
-from igcritic.plots import FIG2_FILE, FIG3_FILE, plot_all
+from igcritic import plots
+from igcritic.plots import FIG2_FILE, FIG3_FILE, PlotError, plot_all
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 METHODS = ["plain sampling", "best-of-N augmented", "IG critic latent", "IG critic exact"]
@@ -71,10 +73,63 @@ def test_plot_all_from_eval_files_and_edge_cases(tmp_path):
 
 def test_plot_all_bad_input(tmp_path):
     records, summary = fake_run()
-    with pytest.raises(EvalError, match="records file .* does not exist"):
+    with pytest.raises(PlotError, match="records file .* does not exist"):
         plot_all(tmp_path / "nope.jsonl", summary, tmp_path)
-    with pytest.raises(EvalError, match="summary file .* does not exist"):
+    with pytest.raises(PlotError, match="summary file .* does not exist"):
         plot_all(records, tmp_path / "nope.json", tmp_path)
-    with pytest.raises(EvalError, match="no method"):
+    with pytest.raises(PlotError, match="no method"):
         plot_all(records, [], tmp_path)
     assert not list(tmp_path.iterdir())
+
+
+def fake_judges(records: list[dict]) -> list[dict]:
+    """A scoring judge and a classifying one, as results.json stores them; scores go into the records."""
+    for i, r in enumerate(records):
+        r["judge_scores"] = {"probe": 0.1 * (i % 10), "reader": float(i % 3 == 0)}
+    share = {"compliant-harmful": 0.25, "refusal": 0.25, "safe-redirect": 0.0, "incoherent": 0.25,
+             "benign-helpful": 0.25}
+    return [
+        {"name": "probe", "threshold": 0.5, "methods": [
+            {"method": m, "harmful_rate": 0.2 * k, "harmful_low": max(0.0, 0.2 * k - 0.1),
+             "harmful_high": min(1.0, 0.2 * k + 0.15), "classes": None} for k, m in enumerate(METHODS)]},
+        {"name": "reader", "threshold": 0.5, "methods": [
+            {"method": m, "harmful_rate": 0.25, "harmful_low": 0.0, "harmful_high": 0.5, "classes": share}
+            for m in METHODS]},
+    ]
+
+
+def test_plot_all_with_judges_from_memory_and_from_results_json(tmp_path):
+    records, summary = fake_run()
+    judges = fake_judges(records)
+    for s in summary:
+        s.update(reward_low=s["reward_mean"] - 0.2, reward_high=s["reward_mean"] + 0.3)
+    plain = plot_all(records, summary, tmp_path / "plain", budget=0.3)
+    judged = plot_all(records, summary, tmp_path / "judged", budget=0.3, judges=judges)
+    check_figures(judged, tmp_path / "judged")
+    assert png_size(judged[1])[1] > png_size(plain[1])[1]  # one more panel per judge in fig. 3
+    assert judged[0].read_bytes() != plain[0].read_bytes()  # fig. 2's x axis is the judge's safety now
+    (tmp_path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (tmp_path / "results.json").write_text(json.dumps({"budget": 0.3, "summary": summary, "judges": judges}))
+    again = plot_all(tmp_path / "records.jsonl", tmp_path / "results.json", tmp_path / "files")
+    assert [p.read_bytes() for p in again] == [p.read_bytes() for p in judged]
+
+
+def test_safety_axis_is_the_first_judges_safety_with_its_interval():
+    _, summary = fake_run()
+    label, x, lo, hi = plots._safety_axis(summary, fake_judges(fake_run()[0])[0])
+    assert "probe" in label
+    assert x == pytest.approx([100.0, 80.0, 60.0, 40.0])  # 1 - harmful rate
+    assert lo == pytest.approx([85.0, 65.0, 45.0, 25.0]) and hi == pytest.approx([100.0, 90.0, 70.0, 50.0])
+    label, x, lo, _ = plots._safety_axis(summary, None)
+    assert "S_T <= d" in label and x == pytest.approx([0.0, 25.0, 50.0, 50.0]) and all(v != v for v in lo)
+
+
+def test_plots_take_plain_data_and_never_import_evaluate():
+    code = "import sys, igcritic.plots; print(sorted(m for m in sys.modules if m.startswith('igcritic')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert "igcritic.evaluate" not in out.stdout and "igcritic.plots" in out.stdout
+    from igcritic import report
+    from igcritic.judges import RECORD_SCORES
+
+    assert (plots.METHOD_KEY, plots.COST_KEY, plots.REWARD_KEY, plots.JUDGE_SCORES_KEY) == (
+        report.RECORD_METHOD, report.RECORD_COST, report.RECORD_REWARD, RECORD_SCORES)

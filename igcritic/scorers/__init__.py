@@ -1,11 +1,13 @@
 """Cost and reward scorers behind one protocol: prefix scores ``S_t`` for a batch of (prompt, response) pairs.
 
-Three kinds, chosen by a spec string (:func:`load_scorer`):
+Four kinds, chosen by a spec string (:func:`load_scorer`):
 
-- ``embedded``: the shipped demo probes (logistic regression on all-MiniLM-L6-v2 embeddings, trained in
-  ``data_prep/``). Cost = p(harmful compliance), reward = p(helpful). Non-causal, so prefixes are scored
-  every ``stride`` tokens and at T, and forward-filled; the cost is the running max of p over scored
-  prefixes, so the budget ``d = 0.5`` means "no scored prefix looked harmful with p > 0.5".
+- ``embedded``: the shipped classifiers (:mod:`igcritic.scorers.embedded`), trained in ``data_prep/`` on the
+  embedded policy's answers read by a person. Cost = p(harmful compliance), its running max over prefixes,
+  so the budget ``d = 0.5`` means "no prefix looked like harmful compliance with p > 0.5"; reward = expected
+  helpfulness in [0, 1].
+- ``embedded-judge``: a classifier with other features and other training prompts than the cost, for
+  grading answers in ``igcritic eval`` (never for steering); it also classifies into the reading labels.
 - ``beaver:<folder>``: a safe-rlhf score model (``LlamaForScore``: ``model.*`` + ``score_head.*``) loaded with
   plain transformers. Causal, so ONE forward per trajectory gives every prefix score. Cost > 0 is unsafe.
 - ``seqcls:<folder>[:label_index]``: any ``AutoModelForSequenceClassification``, scored at a stride.
@@ -29,33 +31,23 @@ from igcritic.scorers.base import (
     stride_points,
 )
 from igcritic.scorers.beaver import BEAVER_TEMPLATE, BeaverScorer
-from igcritic.scorers.minilm import (
-    ENCODER_ID,
-    PROBE_FILES,
-    EmbeddedProbeScorer,
-    LinearProbe,
-    TextEncoder,
-    encoder_dir,
-    probe_features,
-    probe_meta,
-    shared_encoder,
-)
+from igcritic.scorers.embedded import ClassifierScorer, LinearHead, load_embedded
+from igcritic.scorers.minilm import ENCODER_ID, TextEncoder, encoder_dir, probe_features, shared_encoder
 from igcritic.scorers.seqcls import SeqClsScorer
 
-SPEC_FORMS = "embedded, beaver:<folder>, seqcls:<folder>[:label_index]"
-__all__ = ["ASSET_DIR", "BEAVER_TEMPLATE", "ENCODER_ID", "PROBE_FILES", "ROLES", "SPEC_FORMS", "BeaverScorer",
-           "EmbeddedProbeScorer", "LinearProbe", "Role", "Scorer", "ScorerError", "ScorerInfo", "SeqClsScorer",
-           "TextEncoder", "encoder_dir", "forward_fill", "load_scorer", "probe_features", "probe_meta",
-           "shared_encoder", "stride_points"]
+SPEC_FORMS = "embedded, embedded-judge, beaver:<folder>, seqcls:<folder>[:label_index]"
+__all__ = ["ASSET_DIR", "BEAVER_TEMPLATE", "ENCODER_ID", "ROLES", "SPEC_FORMS", "BeaverScorer", "ClassifierScorer",
+           "LinearHead", "Role", "Scorer", "ScorerError", "ScorerInfo", "SeqClsScorer", "TextEncoder", "encoder_dir",
+           "forward_fill", "load_embedded", "load_scorer", "probe_features", "shared_encoder", "stride_points"]
 
 
 def load_scorer(spec: str, role: str, device: str = "cpu", stride: int = 8, dtype: str | None = None) -> Scorer:
-    """Build a scorer from ``embedded``, ``beaver:<folder>`` or ``seqcls:<folder>[:label_index]``."""
+    """Build a scorer from ``embedded``, ``embedded-judge``, ``beaver:<folder>`` or ``seqcls:<folder>[:label_index]``."""
     if role not in ROLES:
         raise ScorerError(f"scorer role {role!r} is not one of {', '.join(ROLES)}")
     spec = (spec or "").strip()
-    if spec == "embedded":
-        return EmbeddedProbeScorer(role, device=device, stride=stride)  # type: ignore[arg-type]
+    if spec in ("embedded", "embedded-judge"):
+        return load_embedded(spec, role, device=device, stride=stride)  # type: ignore[arg-type]
     kind, _, rest = spec.partition(":")
     if kind not in ("beaver", "seqcls") or not rest:
         raise ScorerError(f"unknown {role} scorer {spec!r}; use one of: {SPEC_FORMS}")

