@@ -3,6 +3,7 @@
     python data_prep/train_classifiers.py features     # encoder + policy features of every labelled answer (cached)
     python data_prep/train_classifiers.py select       # OOD comparison table -> data/classifier_selection.json
     python data_prep/train_classifiers.py ship         # fit the chosen ones, write igcritic/assets/, report
+    python data_prep/train_classifiers.py all          # the three in a row (~15 min on 2 cores, cache empty)
 
 Data: ``data/corpus_labels.jsonl`` (answers read by a person, ``LABELLING.md``) joined with the prompt set for
 category, style and split. Answers to ``heldout`` prompts are never used to fit or choose anything: they
@@ -379,8 +380,15 @@ def main(args: list[str] | None = None) -> None:
                     help="restrict the cost classifier to one feature family (default: the best OOD candidate)")
     sh.add_argument("--reward-c", type=float, default=0.01)
     sh.add_argument("--threads", type=int, default=1)
+    al = sub.add_parser("all", help="features, select and ship in one go (the numbers of data_prep/README.md)")
+    al.add_argument("--threads", type=int, default=2)
+    al.add_argument("--chunk", type=int, default=64)
+    al.add_argument("--cost-family", choices=["minilm", "latent"], default="latent")
+    al.add_argument("--reward-c", type=float, default=0.01)
     ns = ap.parse_args(args)
-    {"features": features, "select": select, "ship": ship}[ns.cmd](ns)
+    steps = {"features": [features], "select": [select], "ship": [ship], "all": [features, select, ship]}[ns.cmd]
+    for step in steps:
+        step(ns)
 
 
 if __name__ == "__main__":

@@ -90,3 +90,12 @@ def test_bad_inputs_give_one_line_errors(tmp_path, tiny_policy, caplog):
         p = cost.score(["a prompt", "another"], [long, long])
     assert np.all(np.isfinite(p)) and sum("truncated" in m for m in caplog.messages) == 1
     assert cost.score([""], [""]).shape == (1,)  # empty prompt and answer: a documented score (S_0), no crash
+
+
+def test_tracked_cost_with_previous_is_the_max_over_every_prefix(tmp_path, tiny_policy):
+    cost = ClassifierScorer("cost", "cost", path=_head(tmp_path, "harm", 1), policy=tiny_policy)
+    tok = tiny_policy.tokenizer
+    texts = [prefix_texts(tok, tok(a, add_special_tokens=False)["input_ids"]) for a in ANSWERS]
+    s_t = [s[-1] for s in cost.prefix_scores(PROMPTS, texts)]  # the store's S_T
+    tracked = cost.score(PROMPTS, ANSWERS, previous=np.zeros(2))
+    np.testing.assert_allclose(tracked, s_t, atol=1e-5)

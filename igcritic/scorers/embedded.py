@@ -139,6 +139,7 @@ class ClassifierScorer:
         self.info = ScorerInfo(id=spec, role=role, sign="higher_is_unsafe" if role == "cost" else "higher_is_better",
                                derivation=derivation, stride=self.stride, budget_hint=0.5 if role == "cost" else None)
         self._features = None
+        self._last: tuple | None = None
         self._policy = policy
         """The policy whose layers a latent head reads (None: the embedded one, loaded on first use)."""
 
@@ -161,10 +162,15 @@ class ClassifierScorer:
         return self.head.reward(x) if self.role == "reward" else self.head.harm(x)
 
     def features(self, prompts: list[str], responses: list[str]) -> np.ndarray:
+        """Features of full answers; the last batch is remembered, so ``score`` then ``classify`` of the same
+        answers (what ``igcritic eval`` does with a judge) computes them once."""
         _check_texts(prompts, responses)
-        if self.head.family == "latent":
-            return self._latent().features(prompts, responses)
-        return self._minilm(prompts, responses)
+        key = (tuple(prompts), tuple(responses))
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
+        x = self._latent().features(prompts, responses) if self.head.family == "latent" else self._minilm(prompts, responses)
+        self._last = (key, x)
+        return x
 
     # ---- the Scorer protocol
 
@@ -195,7 +201,15 @@ class ClassifierScorer:
         return out
 
     def score(self, prompts: list[str], responses: list[str], previous: np.ndarray | None = None) -> np.ndarray:
-        p = self.probabilities(prompts, responses)
+        """p of each full answer; for a cost with ``previous`` (the runtime tracking S block by block), the
+        running max: a latent head takes the max over EVERY token prefix of the answer (the same one pass),
+        so the tracked S equals the store's S_T, not only its value at block ends."""
+        if self.role == "cost" and previous is not None and self.head.family == "latent" and prompts:
+            _check_texts(prompts, responses)
+            feats = self._latent().prefix_features(prompts, responses)
+            p = np.array([self._values(f).max() for f, _ in feats], dtype=np.float32)
+        else:
+            p = self.probabilities(prompts, responses)
         if self.role == "cost" and previous is not None:
             p = np.maximum(p, np.asarray(previous, dtype=np.float32))
         return p
