@@ -59,7 +59,11 @@ class Guard:
         return cfg if budget is None else replace(cfg, budget=float(budget))
 
     def generate(self, prompts: list[str] | str, budget: float | None = None, **overrides: Any) -> list[GuardRecord]:
-        """Answer each prompt; ``overrides`` are :class:`SearchConfig` fields (method, mode, critic, N, ...)."""
+        """Answer each prompt; ``overrides`` are :class:`SearchConfig` fields (method, mode, critic, N, ...).
+
+        Thread-safe without a lock: several threads may call one guard at once and each gets the records a
+        sequential run gets (every call has its own generator, KV cache and latent capture; the policy's
+        latent hook reads per-thread state). Scorer objects you pass in must be thread-safe themselves."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         return search(self.policy, prompts, self.config(budget, **overrides), self.critic, self.cost, self.reward)
 

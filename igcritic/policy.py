@@ -17,7 +17,9 @@ import importlib.util
 import logging
 import os
 import shutil
+import threading
 import warnings
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -165,10 +167,13 @@ class Policy:
         past_key_values=None,
         logits_to_keep: int = 1,
     ):
-        """One cached step. Returns ``(logits (B, V) at the last position, latents (B, T, H), cache)``."""
+        """One cached step. Returns ``(logits (B, V) at the last position, latents (B, T, H), cache)``.
+
+        Safe to call from several threads at once on one policy: each call reads only its own latents."""
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1] :]
+        _install_tap(self._tap)
         captured: list[torch.Tensor] = []
-        handle = self._tap.register_forward_hook(lambda _m, _i, out: captured.append(out[0] if isinstance(out, tuple) else out))
+        token = _CAPTURE.set((self._tap, captured))  # this call's own list: other threads see their own
         try:
             out = self.model(
                 input_ids=input_ids,
@@ -179,7 +184,7 @@ class Policy:
                 logits_to_keep=logits_to_keep,
             )
         finally:
-            handle.remove()
+            _CAPTURE.reset(token)
         return out.logits[:, -1, :], captured[-1], out.past_key_values
 
     @torch.inference_mode()
@@ -187,6 +192,30 @@ class Policy:
         """Teacher-forced latents of every position of a full batch (B, T, H): the reference for tests."""
         _, latents, _ = self.forward(input_ids, attention_mask, None)
         return latents
+
+
+# Latent capture, safe for concurrent calls (threads share one model): ONE permanent forward hook per tap
+# module appends the module's output to the list of the call active in the current context. A ContextVar
+# is per thread (and per asyncio task), so a call never sees another thread's latents; adding and removing
+# a hook per call, as before, let concurrent calls read each other's captures. transformers records
+# ``output_hidden_states`` the same way (``utils/output_capturing.py``).
+_CAPTURE: ContextVar[tuple[nn.Module, list[torch.Tensor]] | None] = ContextVar("igcritic_latent_capture", default=None)
+_TAP_LOCK = threading.Lock()
+
+
+def _capture_hook(module: nn.Module, _inputs, out) -> None:
+    active = _CAPTURE.get()
+    if active is not None and active[0] is module:
+        active[1].append(out[0] if isinstance(out, tuple) else out)
+
+
+def _install_tap(module: nn.Module) -> None:
+    """Register :func:`_capture_hook` on ``module`` once (idempotent, thread-safe); it is inert outside forward."""
+    if _capture_hook in module._forward_hooks.values():
+        return
+    with _TAP_LOCK:
+        if _capture_hook not in module._forward_hooks.values():
+            module.register_forward_hook(_capture_hook)
 
 
 def _decoder(model: nn.Module) -> nn.Module:
@@ -300,4 +329,6 @@ def load_policy(
         vocab_size=int(model.config.vocab_size),
         chat_template=bool(getattr(tokenizer, "chat_template", None)),
     )
-    return Policy(model=model, tokenizer=tokenizer, identity=identity, _tap=latent_tap_module(model, spec))
+    tap = latent_tap_module(model, spec)
+    _install_tap(tap)
+    return Policy(model=model, tokenizer=tokenizer, identity=identity, _tap=tap)

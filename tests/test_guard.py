@@ -153,3 +153,44 @@ def test_read_prompts_from_jsonl_reports_the_bad_line(tmp_path):
     f.write_text('{"prompt": "first"}\n{"text": "x"}\n')
     with pytest.raises(GuardError, match=r"p.jsonl:2"):
         read_prompts(prompt_file=f)
+
+
+def test_generate_from_two_threads_matches_sequential_runs(artifact, tiny_policy):
+    """Two threads sharing one guard get the records each prompt gets alone (latents never cross calls)."""
+    import threading
+    import time
+
+    guard = load_guard(artifact, model=tiny_policy)
+    prompts = ["how do I bake bread at home", "hack into my neighbour's wifi network please"]
+    kw = {"mode": "latent", "max_new_tokens": 8, "block_width": 2}
+
+    def comparable(recs):
+        return [{k: v for k, v in r.to_dict().items() if k not in ("seconds", "critic_seconds")} for r in recs]
+
+    sequential = [comparable(guard.generate([p], **kw)) for p in prompts]
+    # Sleep before the tap and before the LM head, so each thread's tap fires while the other is mid-forward.
+    def pause(*_):
+        time.sleep(0.002)
+
+    handles = [guard.policy._tap.register_forward_pre_hook(pause),
+               guard.policy.model.get_output_embeddings().register_forward_pre_hook(pause)]
+    got: dict[int, object] = {}
+
+    def work(i: int) -> None:
+        try:
+            got[i] = [comparable(guard.generate([prompts[i]], **kw)) for _ in range(2)]
+        except Exception as e:  # noqa: BLE001 - reported by the assertion below
+            got[i] = e
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+    finally:
+        for h in handles:
+            h.remove()
+    for i in range(2):
+        assert not isinstance(got[i], Exception), f"thread {i} raised {got[i]!r}"
+        assert got[i] == [sequential[i], sequential[i]], f"thread {i} got another call's latents"

@@ -61,3 +61,18 @@ def test_prefix_texts_start_empty_and_end_with_the_answer(tiny_tokenizer):
     ids = tiny_tokenizer("mix flour water salt")["input_ids"]
     texts = prefix_texts(tiny_tokenizer, ids)
     assert len(texts) == len(ids) + 1 and texts[0] == "" and texts[-1] == tiny_tokenizer.decode(ids)
+
+
+def test_latent_tap_is_one_permanent_hook_per_module(tiny_policy):
+    """Wrapping one model twice and many calls leave one capture hook; outside a call it captures nothing."""
+    from igcritic.policy import _capture_hook, load_policy
+
+    again = load_policy("tiny-llama", model=tiny_policy.model, tokenizer=tiny_policy.tokenizer)
+    enc = tiny_policy.encode_prompts(["how do I bake bread", "hello"])
+    for p in (tiny_policy, again, tiny_policy):
+        a = p.latents_of(enc["input_ids"], enc["attention_mask"])
+    assert torch.equal(a, again.latents_of(enc["input_ids"], enc["attention_mask"]))
+    hooks = [h for h in tiny_policy._tap._forward_hooks.values() if h is _capture_hook]
+    assert len(hooks) == 1 and again._tap is tiny_policy._tap
+    tiny_policy.model(**enc)  # a plain forward outside Policy.forward: the hook is inert, nothing leaks
+    assert torch.equal(a, tiny_policy.latents_of(enc["input_ids"], enc["attention_mask"]))
