@@ -29,7 +29,14 @@ from igcritic.decoding import Rollouts, SamplingConfig, prefix_texts, rollout
 from igcritic.policy import EMBEDDED_POLICY_ID, Policy, load_policy
 from igcritic.prompts import PromptSource, load_prompts
 from igcritic.scorers import Scorer, load_scorer
-from igcritic.store import SCHEMA_VERSION, StoreReader, StoreWriter, TrajectoryBatch, config_hash
+from igcritic.store import (
+    SCHEMA_VERSION,
+    StoreReader,
+    StoreWriter,
+    TrajectoryBatch,
+    check_replaceable,
+    config_hash,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +84,7 @@ class CollectConfig:
     resume: bool = False
     """Continue an interrupted store made with the same config."""
     overwrite: bool = False
-    """Delete an existing store at ``out`` first."""
+    """Replace an existing store at ``out`` (only a store: anything else at ``out`` is refused)."""
     accelerator: str = "auto"
     """Lightning accelerator (cpu, gpu, auto)."""
     devices: int = 1
@@ -179,6 +186,8 @@ def open_writer(cfg: CollectConfig, rank: int, attrs: dict, prompts: list[str], 
 def collect_rank(cfg: CollectConfig, rank: int = 0, world: int = 1, barrier=lambda: None) -> dict:
     """Run this rank's share of the batches into its shard. Returns counters."""
     cfg.validate()
+    if cfg.overwrite and rank == 0:
+        check_replaceable(cfg.out)  # before any model loads: --overwrite replaces only a store
     prompts, source_info = load_prompts(cfg.prompts)
     device = "cuda" if torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda") else "cpu"
     if device == "cuda":

@@ -69,6 +69,9 @@ SHARD = "rank-{:05d}"
 TOKEN_ARRAYS = {"latents": "float16", "token_ids": "int32", "cost_prefix": "float32", "reward_prefix": "float32"}
 TRAJ_ARRAYS = {"traj_prompt": "int64", "traj_reward": "float32", "traj_cost": "float32", "traj_len": "int32",
                "traj_finished": "bool", "traj_batch": "int64"}
+STORE_MARKER = "zarr.json"
+STORE_ENTRIES = {STORE_MARKER, PROMPTS, SHARDS}
+"""What a store's root folder holds; ``--overwrite`` replaces nothing else (:func:`check_replaceable`)."""
 FP16_MAX = 65504.0
 RANK_WAIT_S = 600.0
 """How long ranks > 0 wait for rank 0 to create the root group."""
@@ -112,6 +115,54 @@ def _nonempty(path: str | os.PathLike) -> bool:
         return local.exists() and (local.is_file() or any(local.iterdir()))
     fs, root = _fs(path)
     return bool(fs.exists(root) and fs.ls(root))
+
+
+def _entries(path: str | os.PathLike) -> list[str] | None:
+    """Names directly inside the folder ``path`` ([] when it does not exist, None when it is a file)."""
+    if (local := _local(path)) is not None:
+        return None if local.is_file() else sorted(p.name for p in local.iterdir()) if local.exists() else []
+    fs, root = _fs(path)
+    if not fs.exists(root):
+        return []
+    return None if fs.isfile(root) else sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False))
+
+
+def _read_json(path: str | os.PathLike, name: str) -> Any:
+    """The JSON file ``name`` inside ``path``; None when it is missing or not JSON."""
+    try:
+        if (local := _local(path)) is not None:
+            return json.loads((local / name).read_text())
+        fs, root = _fs(path)
+        return json.loads(fs.cat_file(f"{root.rstrip('/')}/{name}"))
+    except (OSError, ValueError):
+        return None
+
+
+def _is_ours(path: str | os.PathLike, marker: str) -> bool:
+    entries = _entries(path)
+    if not entries:
+        return entries == []  # missing or empty: nothing to lose; a file: not ours
+    if marker != STORE_MARKER:
+        return marker in entries
+    meta = _read_json(path, STORE_MARKER)
+    if isinstance(meta, dict) and meta.get("node_type") == "group" and "schema_version" in meta.get("attributes", {}):
+        return True
+    return set(entries) <= STORE_ENTRIES  # a store whose creation was cut short (root attrs are written last)
+
+
+def check_replaceable(path: str | os.PathLike, marker: str = STORE_MARKER, what: str = "an igcritic store",
+                      error: type[ValueError] | None = None, flag: str = "--out") -> None:
+    """Refuse, in one line, to let ``--overwrite`` replace ``path`` unless igcritic wrote what is there.
+
+    Replaceable: nothing, an empty folder, or a folder holding ``marker``: for a store (the default) a root
+    ``zarr.json`` whose attrs have ``schema_version``, or only a store's own entries (a creation cut short);
+    for an artifact folder (``marker="critic_config.json"``) that file. Anything else (``--out .``, a file, a
+    folder of the user's) raises ``error`` (default :class:`StoreError`)."""
+    if _is_ours(path, marker):
+        return
+    has = f"{marker} with schema_version" if marker == STORE_MARKER else marker
+    raise (error or StoreError)(f"{flag} {path} is not {what} (no {has} in it), so --overwrite will not delete "
+                                f"it; pick another {flag} or move it away yourself")
 
 
 def _remove(path: str | os.PathLike) -> None:
@@ -231,7 +282,9 @@ class StoreWriter:
     @classmethod
     def create(cls, path, *, attrs: dict, prompts: list[str], hidden_size: int, rank: int = 0,
                overwrite: bool = False, chunk_tokens: int = 4096, compression: str | None = None) -> StoreWriter:
-        """Create the store (rank 0: root group, attrs, prompts) and this rank's empty shard."""
+        """Create the store (rank 0: root group, attrs, prompts) and this rank's empty shard.
+
+        ``overwrite`` replaces an existing store only; anything else at ``path`` is refused (:func:`check_replaceable`)."""
         if hidden_size <= 0 or chunk_tokens <= 0 or rank < 0:
             raise StoreError(f"hidden_size={hidden_size}, chunk_tokens={chunk_tokens}, rank={rank}: "
                              "sizes must be positive and rank >= 0")
@@ -242,6 +295,7 @@ class StoreWriter:
                 if not overwrite:
                     raise StoreError(f"store {path} exists and is not empty; pass --overwrite to replace it "
                                      "or --resume to continue it")
+                check_replaceable(path)
                 _remove(path)
             try:
                 json.dumps(attrs)

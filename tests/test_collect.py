@@ -41,6 +41,17 @@ def prompt_file(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def beaver_scorers(tmp_path_factory) -> dict[str, str]:
+    """Tiny safe-rlhf score models as cost and reward: collect without the embedded classifiers' SmolLM2."""
+    from conftest import build_tokenizer
+    from helpers_scorers import make_beaver_folder
+
+    root, tok = tmp_path_factory.mktemp("beaver"), build_tokenizer()
+    return {"cost": f"beaver:{make_beaver_folder(root / 'cost', tok, seed=1)}",
+            "reward": f"beaver:{make_beaver_folder(root / 'reward', tok, seed=2, score_type='reward')}"}
+
+
 def tiny_config(model_dir: Path, prompt_file: Path, out: Path, **kw) -> CollectConfig:
     base = dict(out=str(out), model=str(model_dir), prompts=PromptSource(source=str(prompt_file)),
                 rollouts_per_prompt=2, batch_size=4, sampling=SamplingConfig(max_new_tokens=12),
@@ -209,3 +220,19 @@ def test_full_disk_keeps_committed_batches_and_resume_completes(tiny_model_dir, 
     ref = tiny_config(tiny_model_dir, prompt_file, tmp_path / "ref.zarr")
     run(ref)
     assert store_fingerprint(cfg.out) == store_fingerprint(ref.out)
+
+
+def test_overwrite_refuses_what_is_not_a_store(tiny_model_dir, prompt_file, beaver_scorers, tmp_path):
+    """--overwrite true --out . (or any folder of the user's) is refused before any work, and nothing is deleted."""
+    mine = tmp_path / "work"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    cfg = tiny_config(tiny_model_dir, prompt_file, mine, overwrite=True, rollouts_per_prompt=1, **beaver_scorers)
+    with pytest.raises(StoreError, match="is not an igcritic store.*will not delete it") as e:
+        run(cfg)
+    assert "\n" not in str(e.value) and [p.name for p in mine.iterdir()] == ["notes.txt"]
+    store = tiny_config(tiny_model_dir, prompt_file, tmp_path / "s.zarr", rollouts_per_prompt=1, **beaver_scorers)
+    run(store)
+    run(tiny_config(tiny_model_dir, prompt_file, tmp_path / "s.zarr", rollouts_per_prompt=1, seed=4, overwrite=True,
+                    **beaver_scorers))  # a store is replaced
+    assert StoreReader(store.out).attrs["seed"] == 4 and validate_store(store.out) == []

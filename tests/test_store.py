@@ -168,8 +168,49 @@ def test_create_refuses_nonempty_path_unless_overwrite(tmp_path):
     with pytest.raises(StoreError, match="--overwrite"):
         write(tmp_path / "s", [])
     assert (tmp_path / "s" / "notes.txt").exists()
-    write(tmp_path / "s", [(0, make_batch(0))], overwrite=True)
-    assert not (tmp_path / "s" / "notes.txt").exists() and StoreReader(tmp_path / "s").n_traj == 3
+    write(tmp_path / "t", [(0, make_batch(0))])
+    write(tmp_path / "t", [(1, make_batch(1))], overwrite=True)  # a store is replaced
+    assert StoreReader(tmp_path / "t").batches_done == {1}
+
+
+@pytest.mark.parametrize("foreign", ["folder", "file", "zarr", "store_inside"])
+def test_overwrite_replaces_only_a_store(tmp_path, foreign):
+    """--overwrite never deletes what igcritic did not write (``--out .``, a file, another zarr group)."""
+    out = tmp_path / "out"
+    if foreign == "file":
+        out.write_text("mine")
+    elif foreign == "zarr":
+        store_mod.zarr.create_group(str(out), zarr_format=3).create_array("x", shape=(3,), dtype="int8")
+    else:
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+        if foreign == "store_inside":  # e.g. --out . with a store somewhere below
+            write(out / "s.zarr", [(0, make_batch(0))])
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    with pytest.raises(StoreError, match=r"is not an igcritic store .*--overwrite will not delete it") as e:
+        write(out, [(0, make_batch(0))], overwrite=True)
+    assert "\n" not in str(e.value)
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+
+
+def test_check_replaceable_for_an_artifact_marker(tmp_path):
+    """The same check for folders marked by a file (an exported critic: critic_config.json)."""
+    art = tmp_path / "critic"
+    art.mkdir()
+    (art / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"--out .*critic is not a critic artifact \(no critic_config.json in it\)"):
+        store_mod.check_replaceable(art, marker="critic_config.json", what="a critic artifact", error=ValueError)
+    (art / "critic_config.json").write_text("{}")
+    store_mod.check_replaceable(art, marker="critic_config.json", what="a critic artifact")
+    store_mod.check_replaceable(tmp_path / "missing", marker="critic_config.json")
+
+
+def test_overwrite_replaces_a_store_whose_creation_was_cut_short(tmp_path):
+    write(tmp_path / "s", [(0, make_batch(0))])
+    root = store_mod.zarr.open_group(str(tmp_path / "s"), mode="r+")
+    root.attrs.clear()  # killed before the root attrs (written last) were
+    write(tmp_path / "s", [(1, make_batch(1))], overwrite=True)
+    assert StoreReader(tmp_path / "s").batches_done == {1}
 
 
 @pytest.mark.parametrize("bad", ["nan", "inf", "overflow", "cost_nan"])
