@@ -35,6 +35,13 @@ and renames it (zarr 3.1 ``storage/_local.py``), object stores (s3, gs) replace 
 ``overwrite``: ranks > 0 must call ``create`` after rank 0 has (a barrier), otherwise they may attach to the
 old store that rank 0 is about to delete.
 
+Writer lock: each writer holds ``writer-rank-RRRRR.lock`` at the store root (JSON: pid, host, rank, since) under
+``flock`` from ``create``/``resume`` until ``close``. A second writer of the same shard, or an ``overwrite`` while
+any shard's writer runs, is refused in one line naming the holder. The kernel drops the flock when its process
+dies, so the lock of a killed run is stale and the next writer takes it over (the file stays behind until
+then). On fsspec URLs (no flock) the lock is advisory: a lock of a pid that no longer runs on this host is
+stale, a lock from another host must be deleted by hand once that run is known to be dead.
+
 Compression: none by default (zstd-1 saves ~7% on real SmolLM2 latents and slows writes on 2 cores);
 ``compression="zstd"`` compresses latents. 1-D arrays stay uncompressed (4-8 B per token beside 2H B of latents,
 and each append rewrites their partial chunk). Arrays grow by doubling; ``close`` trims them to the manifest.
@@ -43,13 +50,17 @@ and each append rewrites their partial chunk). Arrays grow by doubling; ``close`
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
 import hashlib
 import json
 import logging
 import math
 import os
 import shutil
+import socket
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +81,8 @@ TOKEN_ARRAYS = {"latents": "float16", "token_ids": "int32", "cost_prefix": "floa
 TRAJ_ARRAYS = {"traj_prompt": "int64", "traj_reward": "float32", "traj_cost": "float32", "traj_len": "int32",
                "traj_finished": "bool", "traj_batch": "int64"}
 STORE_MARKER = "zarr.json"
+LOCK_FILE = "writer-rank-{:05d}.lock"
+"""Rank r's writer lock at the store root (see the module docstring)."""
 STORE_ENTRIES = {STORE_MARKER, PROMPTS, SHARDS}
 """What a store's root folder holds; ``--overwrite`` replaces nothing else (:func:`check_replaceable`)."""
 FP16_MAX = 65504.0
@@ -110,11 +123,14 @@ def _fs(path: str | os.PathLike):
     return fsspec.core.url_to_fs(os.fspath(path))  # (filesystem, root) of a remote URL
 
 
+def _is_lock(name: str) -> bool:
+    return name.startswith("writer-rank-") and name.endswith(".lock")
+
+
 def _nonempty(path: str | os.PathLike) -> bool:
-    if (local := _local(path)) is not None:
-        return local.exists() and (local.is_file() or any(local.iterdir()))
-    fs, root = _fs(path)
-    return bool(fs.exists(root) and fs.ls(root))
+    """Something but writer locks is at ``path``."""
+    entries = _entries(path)
+    return entries is None or any(not _is_lock(e) for e in entries)
 
 
 def _entries(path: str | os.PathLike) -> list[str] | None:
@@ -147,7 +163,7 @@ def _is_ours(path: str | os.PathLike, marker: str) -> bool:
     meta = _read_json(path, STORE_MARKER)
     if isinstance(meta, dict) and meta.get("node_type") == "group" and "schema_version" in meta.get("attributes", {}):
         return True
-    return set(entries) <= STORE_ENTRIES  # a store whose creation was cut short (root attrs are written last)
+    return all(e in STORE_ENTRIES or _is_lock(e) for e in entries)  # a creation cut short (root attrs come last)
 
 
 def check_replaceable(path: str | os.PathLike, marker: str = STORE_MARKER, what: str = "an igcritic store",
@@ -165,12 +181,167 @@ def check_replaceable(path: str | os.PathLike, marker: str = STORE_MARKER, what:
                                 f"it; pick another {flag} or move it away yourself")
 
 
-def _remove(path: str | os.PathLike) -> None:
+def _clear(path: str | os.PathLike, keep: str) -> None:
+    """Delete everything inside the folder ``path`` but the entry ``keep`` (this writer's lock)."""
     if (local := _local(path)) is None:
         fs, root = _fs(path)
-        fs.rm(root, recursive=True)
-    else:
-        shutil.rmtree(local) if local.is_dir() else local.unlink()
+        for p in fs.ls(root, detail=False):
+            if p.rstrip("/").rsplit("/", 1)[-1] != keep:
+                fs.rm(p, recursive=True)
+        return
+    for p in local.iterdir():
+        if p.name != keep:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+
+# ---------------------------------------------------------------- writer lock (one writer per shard)
+
+_HELD: set[str] = set()
+"""Lock files this process holds through fsspec (no flock there: a pid's own locks are known here)."""
+
+
+def _alive(holder: dict | None) -> bool:
+    """Whether a recorded lock holder may still run: False only for a pid gone from this host (or no record)."""
+    if not isinstance(holder, dict) or "pid" not in holder:
+        return False
+    if holder.get("host") != socket.gethostname():
+        return True  # cannot tell from here
+    pid = int(holder["pid"])
+    if pid == os.getpid():
+        return holder.get("file") in _HELD
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _held_error(path, rank: int, holder: dict | None) -> StoreError:
+    where, name = f"store {path} {SHARD.format(rank)}", LOCK_FILE.format(rank)
+    if not isinstance(holder, dict) or "pid" not in holder:
+        return StoreError(f"{where} is being written by another process ({name}); wait for it to end, then rerun")
+    pid, host, since = holder["pid"], holder.get("host"), holder.get("since")
+    if host == socket.gethostname() and int(pid) == os.getpid():
+        return StoreError(f"{where} is already open for writing in this process (pid {pid}); close that "
+                          "StoreWriter first")
+    if host == socket.gethostname():
+        return StoreError(f"{where} is being written by pid {pid} since {since} ({name}); wait for that run to "
+                          "end or stop it, then rerun")
+    return StoreError(f"{where} is being written by pid {pid} on host {host} since {since} ({name}); if that run "
+                      f"is dead, delete {os.fspath(path)}/{name}, then rerun")
+
+
+class _WriterLock:
+    """This process's hold on one shard's writer lock; ``release`` (or garbage collection) gives it back."""
+
+    def __init__(self, path: str | os.PathLike, rank: int):
+        self.path, self.rank, self.name = path, rank, LOCK_FILE.format(rank)
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "rank": rank,
+                "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        local = _local(path)
+        if local is None:
+            self._finalizer = weakref.finalize(self, _unlock_remote, *self._acquire_remote(info))
+        else:
+            local.mkdir(parents=True, exist_ok=True)
+            self._finalizer = weakref.finalize(self, _unlock_local, self._acquire_local(local / self.name, info),
+                                               local / self.name)
+
+    def _acquire_local(self, file: Path, info: dict) -> int:
+        while True:
+            fd = os.open(file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                holder = _read_lock(fd)
+                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES) or _alive(holder):
+                    os.close(fd)
+                    raise _held_error(self.path, self.rank, holder) from None
+                log.warning("no flock on %s (%s): the writer lock is judged by pid and host only", file, e)
+            try:  # the holder may have released (and unlinked) it between our open and our flock
+                same = os.fstat(fd).st_ino == os.stat(file).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        if (old := _read_lock(fd)) is not None:
+            log.warning("took over the stale writer lock %s of pid %s on %s (that run is gone)", file,
+                        old.get("pid"), old.get("host"))
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        return fd
+
+    def _acquire_remote(self, info: dict) -> tuple:
+        fs, root = _fs(self.path)
+        file = f"{root.rstrip('/')}/{self.name}"
+        if fs.exists(file):
+            try:
+                holder = json.loads(fs.cat_file(file))
+            except ValueError:
+                holder = None
+            if _alive(holder):
+                raise _held_error(self.path, self.rank, holder)
+            log.warning("took over the stale writer lock %s of %s", file, holder)
+        fs.pipe_file(file, json.dumps({**info, "file": file}).encode())
+        _HELD.add(file)
+        return fs, file
+
+    def release(self) -> None:
+        self._finalizer()
+
+
+def _read_lock(fd: int) -> dict | None:
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0) or b"null")
+    except (OSError, ValueError):
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def _unlock_local(fd: int, file: Path) -> None:
+    try:
+        if os.fstat(fd).st_ino == os.stat(file).st_ino:
+            os.unlink(file)  # while still holding the flock: a waiting opener sees the inode change and retries
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _unlock_remote(fs, file: str) -> None:
+    _HELD.discard(file)
+    try:
+        fs.rm(file)
+    except OSError:
+        pass
+
+
+def _live_writers(path: str | os.PathLike, but: str) -> list[tuple[int, dict | None]]:
+    """(rank, holder) of every writer lock at ``path`` other than ``but`` whose holder still runs."""
+    live = []
+    for name in _entries(path) or []:
+        if not _is_lock(name) or name == but:
+            continue
+        rank = int(name.removeprefix("writer-rank-").removesuffix(".lock"))
+        if (local := _local(path)) is None:
+            if _alive(holder := _read_json(path, name)):
+                live.append((rank, holder))
+            continue
+        try:
+            fd = os.open(local / name, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = _read_lock(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES) or _alive(holder):
+                live.append((rank, holder))
+        finally:
+            os.close(fd)  # also drops the probe's own shared flock
+    return live
 
 
 def _disk_bytes(path: str | os.PathLike) -> int:
@@ -265,8 +436,9 @@ class TrajectoryBatch:
 class StoreWriter:
     """Appends work batches to ONE shard (one per rank); see the module docstring for the protocol."""
 
-    def __init__(self, path: str | os.PathLike, root: zarr.Group, shard: zarr.Group, rank: int):
-        self.path, self.rank, self._shard = path, rank, shard
+    def __init__(self, path: str | os.PathLike, root: zarr.Group, shard: zarr.Group, rank: int,
+                 lock: _WriterLock | None = None):
+        self.path, self.rank, self._shard, self._lock = path, rank, shard, lock
         self.hidden_size = int(root.attrs["hidden_size"])
         self._n_prompts = int(root.attrs["prompts_count"])
         self._arrays = {k: shard[k] for k in [*TOKEN_ARRAYS, *TRAJ_ARRAYS, "traj_offsets"] if k in shard}
@@ -293,26 +465,36 @@ class StoreWriter:
         if rank == 0:
             if _nonempty(path):
                 if not overwrite:
-                    raise StoreError(f"store {path} exists and is not empty; pass --overwrite to replace it "
-                                     "or --resume to continue it")
+                    raise _exists_error(path)
                 check_replaceable(path)
-                _remove(path)
             try:
                 json.dumps(attrs)
             except TypeError as e:
                 raise StoreError(f"store attrs must be JSON-serializable ({e}); convert the value first") from e
-            root = zarr.create_group(_zstore(path, read_only=False), zarr_format=3)
-            root.create_group(SHARDS)
-            arr = root.create_array(PROMPTS, shape=(len(prompts),), dtype=str)
-            if prompts:
-                arr[:] = np.asarray(prompts, dtype=object)
-            root.attrs.update({**attrs, "schema_version": SCHEMA_VERSION, "hidden_size": hidden_size,
-                               "chunk_tokens": chunk_tokens, "prompts_count": len(prompts),
-                               "compression": compression})  # written last: marks the root complete
         else:
             root = _wait_for_root(path, attrs.get("config_hash"))
             _check_hidden(path, root, hidden_size)
-        return cls(path, root, _make_shard(root, rank, path, refuse_data=not overwrite), rank)
+        lock = _WriterLock(path, rank)  # refuses a second writer of this shard
+        try:
+            if rank == 0:
+                if _nonempty(path):  # checked again under the lock
+                    if not overwrite:
+                        raise _exists_error(path)
+                    if live := _live_writers(path, but=lock.name):
+                        raise _held_error(path, *live[0])
+                    _clear(path, keep=lock.name)
+                root = zarr.create_group(_zstore(path, read_only=False), zarr_format=3)
+                root.create_group(SHARDS)
+                arr = root.create_array(PROMPTS, shape=(len(prompts),), dtype=str)
+                if prompts:
+                    arr[:] = np.asarray(prompts, dtype=object)
+                root.attrs.update({**attrs, "schema_version": SCHEMA_VERSION, "hidden_size": hidden_size,
+                                   "chunk_tokens": chunk_tokens, "prompts_count": len(prompts),
+                                   "compression": compression})  # written last: marks the root complete
+            return cls(path, root, _make_shard(root, rank, path, refuse_data=not overwrite), rank, lock)
+        except BaseException:
+            lock.release()
+            raise
 
     @classmethod
     def resume(cls, path, *, config_hash: str, rank: int = 0, hidden_size: int | None = None) -> StoreWriter:
@@ -330,12 +512,17 @@ class StoreWriter:
                              "use --overwrite to replace it or rerun with the original config")
         if hidden_size is not None:
             _check_hidden(path, root, hidden_size)
-        shards, name = root.require_group(SHARDS), SHARD.format(rank)
-        if name in shards and "n_tok" in shards[name].attrs:
-            shard = shards[name]
-        else:  # this rank never started, or was killed while creating its shard
-            shard = _make_shard(root, rank, path, refuse_data=False)
-        w = cls(path, root, shard, rank)
+        lock = _WriterLock(path, rank)  # refuses a second writer of this shard
+        try:
+            shards, name = root.require_group(SHARDS), SHARD.format(rank)
+            if name in shards and "n_tok" in shards[name].attrs:
+                shard = shards[name]
+            else:  # this rank never started, or was killed while creating its shard
+                shard = _make_shard(root, rank, path, refuse_data=False)
+            w = cls(path, root, shard, rank, lock)
+        except BaseException:
+            lock.release()
+            raise
         log.info("resuming %s %s: %d trajectories, %d tokens, %d batches done", path, name, w._n_traj,
                  w._n_tok, len(w._done))
         return w
@@ -386,14 +573,19 @@ class StoreWriter:
         self._tail = {k: b[self._disk - start:] for k, b in blocks.items()}
 
     def close(self) -> None:
-        """Trim arrays to the manifest (drops garbage a killed run left beyond it); idempotent."""
+        """Trim arrays to the manifest (drops garbage a killed run left beyond it), release the writer lock;
+        idempotent."""
         if self._closed:
             return
-        for k, a in self._arrays.items():
-            n = self._n_tok if k in TOKEN_ARRAYS else self._n_traj + (k == "traj_offsets")
-            if a.shape[0] > n:
-                a.resize((n, *a.shape[1:]))
-        self._closed = True
+        try:
+            for k, a in self._arrays.items():
+                n = self._n_tok if k in TOKEN_ARRAYS else self._n_traj + (k == "traj_offsets")
+                if a.shape[0] > n:
+                    a.resize((n, *a.shape[1:]))
+        finally:
+            self._closed = True
+            if self._lock is not None:
+                self._lock.release()
 
     def __enter__(self) -> StoreWriter:
         return self
@@ -429,6 +621,11 @@ def _write_rows(items: list[tuple[zarr.Array, int, np.ndarray]]) -> None:
         await asyncio.gather(*(put(*item) for item in items if len(item[2])))
 
     sync(put_all())
+
+
+def _exists_error(path) -> StoreError:
+    return StoreError(f"store {path} exists and is not empty; pass --overwrite to replace it or --resume to "
+                      "continue it")
 
 
 def _check_hidden(path, root: zarr.Group, hidden_size: int) -> None:

@@ -236,3 +236,28 @@ def test_overwrite_refuses_what_is_not_a_store(tiny_model_dir, prompt_file, beav
     run(tiny_config(tiny_model_dir, prompt_file, tmp_path / "s.zarr", rollouts_per_prompt=1, seed=4, overwrite=True,
                     **beaver_scorers))  # a store is replaced
     assert StoreReader(store.out).attrs["seed"] == 4 and validate_store(store.out) == []
+
+
+def test_second_collect_on_a_store_being_written_is_refused(tiny_model_dir, prompt_file, beaver_scorers, tmp_path):
+    """A collect --overwrite (or --resume) while another process writes the store is refused; after that
+    process is killed its lock is stale and --resume completes the store."""
+    cfg = tiny_config(tiny_model_dir, prompt_file, tmp_path / "s.zarr", rollouts_per_prompt=1, **beaver_scorers)
+    run(cfg)
+    digest = StoreReader(cfg.out).attrs["config_hash"]
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from igcritic.store import StoreWriter; "
+         f"w = StoreWriter.resume({cfg.out!r}, config_hash={digest!r}); print('ready', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        for kw in ({"overwrite": True}, {"resume": True}):
+            again = tiny_config(tiny_model_dir, prompt_file, cfg.out, rollouts_per_prompt=1, **beaver_scorers, **kw)
+            with pytest.raises(StoreError, match=rf"rank-00000 is being written by pid {holder.pid} since") as e:
+                run(again)
+            assert "\n" not in str(e.value)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert validate_store(cfg.out) == [] and StoreReader(cfg.out).n_traj == len(PROMPTS)
+    run(tiny_config(tiny_model_dir, prompt_file, cfg.out, rollouts_per_prompt=1, resume=True, **beaver_scorers))
+    assert validate_store(cfg.out) == [] and StoreReader(cfg.out).n_traj == len(PROMPTS)

@@ -6,6 +6,7 @@ import io
 import pickle
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -300,3 +301,93 @@ def test_reader_pickles_and_works_in_spawn_worker(tmp_path):
                                          multiprocessing_context="spawn")
     got = torch.cat(list(loader)).reshape(-1, H)
     np.testing.assert_allclose(got.numpy(), r.read_latents(0, len(got)).astype(np.float32))
+
+
+def test_second_writer_is_refused_while_the_first_runs(tmp_path):
+    """One writer per shard: a second create/overwrite/resume is refused in one line naming the holder."""
+    import os
+
+    path = tmp_path / "s"
+    first = StoreWriter.create(path, attrs=ATTRS, prompts=PROMPTS, hidden_size=H, chunk_tokens=16)
+    first.append(make_batch(0), 0)
+    lock = path / store_mod.LOCK_FILE.format(0)
+    assert lock.is_file() and store_mod.json.loads(lock.read_text())["pid"] == os.getpid()
+    for second in (lambda: write(path, [(1, make_batch(1))], overwrite=True),
+                   lambda: StoreWriter.resume(path, config_hash="abc123")):
+        with pytest.raises(StoreError, match=rf"rank-00000 is already open for writing in this process \(pid {os.getpid()}\)") as e:
+            second()
+        assert "\n" not in str(e.value)
+    with StoreWriter.resume(path, config_hash="abc123", rank=1) as other_rank:  # another shard: its own lock
+        other_rank.append(make_batch(1), 1)
+    first.append(make_batch(2), 2)
+    first.close()
+    assert not lock.exists()  # a clean close leaves no lock behind
+    with StoreWriter.resume(path, config_hash="abc123") as w:
+        w.append(make_batch(3), 3)
+    assert StoreReader(path).batches_done == {0, 1, 2, 3} and validate_store(path) == []
+
+
+def test_overwrite_is_refused_while_any_rank_writes(tmp_path):
+    write(tmp_path / "s", [(0, make_batch(0))])
+    with StoreWriter.resume(tmp_path / "s", config_hash="abc123", rank=1):
+        with pytest.raises(StoreError, match="rank-00001 is already open for writing"):
+            write(tmp_path / "s", [(1, make_batch(1))], overwrite=True)
+    assert StoreReader(tmp_path / "s").batches_done == {0}
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["prompts", "shards", "zarr.json"]
+
+
+def test_stale_lock_of_a_killed_writer_is_taken_over(tmp_path, caplog):
+    """SIGKILL leaves the lock file behind; its holder is gone, so the next writer takes it over."""
+    import json
+    import subprocess
+    import sys
+
+    path = tmp_path / "s"
+    code = (f"import os, signal, sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+            "from helpers_store import ATTRS, PROMPTS, H, make_batch\n"
+            "from igcritic.store import StoreWriter\n"
+            f"w = StoreWriter.create({str(path)!r}, attrs=ATTRS, prompts=PROMPTS, hidden_size=H, chunk_tokens=16)\n"
+            "w.append(make_batch(0), 0)\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    lock = path / store_mod.LOCK_FILE.format(0)
+    dead = json.loads(lock.read_text())
+    assert dead["pid"] != store_mod.os.getpid()
+    with StoreWriter.resume(path, config_hash="abc123") as w:
+        assert w.batches_done == {0}
+        w.append(make_batch(1), 1)
+    assert f"stale writer lock {lock} of pid {dead['pid']}" in caplog.text
+    assert StoreReader(path).batches_done == {0, 1} and validate_store(path) == [] and not lock.exists()
+
+
+def test_lock_holder_liveness_by_pid_and_host():
+    """The pid/host judgement (fsspec stores, file systems without flock): only a pid gone from this host is stale."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    assert not store_mod._alive({"pid": int(gone.stdout), "host": host})
+    assert store_mod._alive({"pid": os.getppid(), "host": host})
+    assert store_mod._alive({"pid": int(gone.stdout), "host": host + "-elsewhere"})  # cannot tell: refused
+    assert not store_mod._alive(None) and not store_mod._alive({"pid": os.getpid(), "host": host, "file": "x"})
+    msg = str(store_mod._held_error("s3://b/run", 0, {"pid": 7, "host": host + "-elsewhere", "since": "t"}))
+    assert "delete s3://b/run/writer-rank-00000.lock" in msg and "\n" not in msg
+
+
+def test_writer_lock_on_an_fsspec_url():
+    """No flock on object stores: the lock file's pid and host decide, and close removes it."""
+    path = "memory://igcritic-test/lock-run"
+    w = StoreWriter.create(path, attrs=ATTRS, prompts=PROMPTS, hidden_size=H, chunk_tokens=16)
+    w.append(make_batch(0), 0)
+    with pytest.raises(StoreError, match="already open for writing in this process"):
+        StoreWriter.resume(path, config_hash="abc123")
+    w.close()
+    with StoreWriter.resume(path, config_hash="abc123") as w:
+        w.append(make_batch(1), 1)
+    assert StoreReader(path).batches_done == {0, 1} and validate_store(path) == []
+    assert "writer-rank-00000.lock" not in store_mod._entries(path)
+    store_mod._fs(path)[0].rm("/igcritic-test", recursive=True)
