@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import logging
+import os
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,7 +27,7 @@ import torch
 
 from igcritic import __version__
 from igcritic.decoding import Rollouts, SamplingConfig, prefix_texts, rollout
-from igcritic.policy import EMBEDDED_POLICY_ID, Policy, load_policy
+from igcritic.policy import EMBEDDED_POLICY_ID, Policy, load_policy, weights_fingerprint
 from igcritic.prompts import PromptSource, load_prompts
 from igcritic.scorers import Scorer, load_scorer
 from igcritic.store import (
@@ -40,6 +41,10 @@ from igcritic.store import (
 
 log = logging.getLogger(__name__)
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".npz")
+FINGERPRINT_BYTES = 1 << 20
+"""Bytes read at each end of a weight file for its fingerprint."""
+
 
 class CollectError(ValueError):
     """Collection cannot start or continue; the message says how to fix it."""
@@ -48,7 +53,8 @@ class CollectError(ValueError):
 @dataclass
 class CollectConfig:
     """Everything that determines a store's content (all but ``out``, ``resume``, ``overwrite`` and the
-    device layout enter the config hash that guards ``--resume``)."""
+    device layout enter the config hash that guards ``--resume``; the prompts enter it by their text and the
+    policy and scorers also by a fingerprint of their weights, see :func:`content_config`)."""
 
     out: str = "runs/embedded/store.zarr"
     """Store path or fsspec URL to write."""
@@ -95,6 +101,7 @@ class CollectConfig:
     """Fabric strategy for devices > 1: ddp (re-launches the command), ddp_spawn (in-process)."""
 
     def hashed(self) -> dict:
+        """The settings that determine the content, as given (the prompt source still by its path)."""
         d = asdict(self)
         for k in ("out", "resume", "overwrite", "accelerator", "devices", "num_nodes", "strategy"):
             d.pop(k)
@@ -152,11 +159,60 @@ def label_batch(
     return batch, {"cost_s": t1 - t0, "reward_s": t2 - t1}
 
 
-def store_attrs(cfg: CollectConfig, policy: Policy, cost: Scorer, reward: Scorer, source_info: dict) -> dict:
+def prompts_digest(prompts: list[str]) -> str:
+    """sha256 of the prompt texts in order (each length-prefixed, so no two lists share a digest)."""
+    h = hashlib.sha256()
+    for p in prompts:
+        b = p.encode("utf-8")
+        h.update(len(b).to_bytes(8, "little") + b)
+    return h.hexdigest()
+
+
+def files_fingerprint(files: list[Path]) -> str:
+    """Cheap content fingerprint of weight files (16 hex digits): name, size, first and last MiB of each."""
+    h = hashlib.sha256()
+    for f in sorted(files):
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}:".encode())
+        with f.open("rb") as fh:
+            h.update(fh.read(FINGERPRINT_BYTES))
+            if size > 2 * FINGERPRINT_BYTES:
+                fh.seek(-FINGERPRINT_BYTES, os.SEEK_END)
+            h.update(fh.read(FINGERPRINT_BYTES))
+    return h.hexdigest()[:16]
+
+
+def scorer_fingerprint(scorer: Scorer) -> str | None:
+    """Fingerprint of a scorer's weight files: a model folder's (beaver, seqcls) or a shipped head's (embedded);
+    None when the scorer names no files."""
+    folder = getattr(scorer, "folder", None)
+    if folder is not None:
+        files = [p for p in Path(folder).iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES]
+    else:
+        from igcritic.scorers.embedded import CLASSIFIER_DIR, CLASSIFIER_FILES
+
+        name = CLASSIFIER_FILES.get(getattr(scorer, "name", None))
+        files = [Path(CLASSIFIER_DIR) / name] if name else []
+    return files_fingerprint(files) if files else None
+
+
+def content_config(cfg: CollectConfig, prompts: list[str], policy: Policy, cost: Scorer, reward: Scorer) -> dict:
+    """What the config hash covers: the settings, the prompts by their text (not the file they came from), and
+    content fingerprints of the policy's and the scorers' weights (not only their ids)."""
+    d = cfg.hashed()
+    d["prompts"] = {"count": len(prompts), "sha256": prompts_digest(prompts)}
+    d["fingerprints"] = {"policy": weights_fingerprint(policy.model), "cost": scorer_fingerprint(cost),
+                         "reward": scorer_fingerprint(reward)}
+    return d
+
+
+def store_attrs(cfg: CollectConfig, policy: Policy, cost: Scorer, reward: Scorer, source_info: dict,
+                prompts: list[str]) -> dict:
     import lightning
     import transformers
     import zarr
 
+    content = content_config(cfg, prompts, policy, cost, reward)
     return {
         "schema_version": SCHEMA_VERSION,
         "policy": policy.identity.to_dict(),
@@ -170,15 +226,17 @@ def store_attrs(cfg: CollectConfig, policy: Policy, cost: Scorer, reward: Scorer
         "dataset": source_info,
         "software": {"igcritic": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
                      "zarr": zarr.__version__, "lightning": lightning.__version__},
-        "config": cfg.hashed(),
-        "config_hash": config_hash(cfg.hashed()),
+        "prompt_source": cfg.hashed()["prompts"],
+        "config": content,
+        "config_hash": config_hash(content),
     }
 
 
 def open_writer(cfg: CollectConfig, rank: int, attrs: dict, prompts: list[str], hidden: int) -> StoreWriter:
     """Rank 0 creates (or, with --overwrite, replaces) the store; other ranks add their shard to it."""
     if cfg.resume:
-        return StoreWriter.resume(cfg.out, config_hash=attrs["config_hash"], rank=rank, hidden_size=hidden)
+        return StoreWriter.resume(cfg.out, config_hash=attrs["config_hash"], rank=rank, hidden_size=hidden,
+                                  prompts=prompts, config=attrs["config"])
     return StoreWriter.create(cfg.out, attrs=attrs, prompts=prompts, hidden_size=hidden, rank=rank,
                               overwrite=cfg.overwrite and rank == 0, chunk_tokens=cfg.chunk_tokens)
 
@@ -195,7 +253,7 @@ def collect_rank(cfg: CollectConfig, rank: int = 0, world: int = 1, barrier=lamb
     policy = load_policy(cfg.model, layer=cfg.layer, norm=cfg.norm, dtype=cfg.dtype, device=device)
     cost = load_scorer(cfg.cost, "cost", device=device, stride=cfg.stride)
     reward = load_scorer(cfg.reward, "reward", device=device, stride=cfg.stride)
-    attrs = store_attrs(cfg, policy, cost, reward, source_info)
+    attrs = store_attrs(cfg, policy, cost, reward, source_info, prompts)
     hidden = policy.identity.hidden_size
 
     if rank == 0:

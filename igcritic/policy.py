@@ -13,6 +13,7 @@ the end), before any final norm.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import os
@@ -216,6 +217,22 @@ def _install_tap(module: nn.Module) -> None:
     with _TAP_LOCK:
         if _capture_hook not in module._forward_hooks.values():
             module.register_forward_hook(_capture_hook)
+
+
+def weights_fingerprint(model: nn.Module, samples: int = 4, width: int = 4096) -> str:
+    """Cheap content fingerprint of a model's weights (16 hex digits): sha256 over the name, shape and first
+    ``width`` values (as float32) of ``samples`` parameters spread from the first to the last. Any retraining
+    changes it; it reads a few KB, not the weights, so an edit confined to other values goes unnoticed."""
+    params = list(model.named_parameters())
+    if not params:
+        return "no-parameters"
+    picks = sorted({round(i * (len(params) - 1) / max(samples - 1, 1)) for i in range(samples)})
+    h = hashlib.sha256()
+    for i in picks:
+        name, p = params[i]
+        h.update(f"{name}:{tuple(p.shape)}:".encode())
+        h.update(p.detach().reshape(-1)[:width].to("cpu", torch.float32).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _decoder(model: nn.Module) -> nn.Module:

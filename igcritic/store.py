@@ -497,8 +497,13 @@ class StoreWriter:
             raise
 
     @classmethod
-    def resume(cls, path, *, config_hash: str, rank: int = 0, hidden_size: int | None = None) -> StoreWriter:
-        """Reopen this rank's shard (creating it if the rank never started) after checking the config hash."""
+    def resume(cls, path, *, config_hash: str, rank: int = 0, hidden_size: int | None = None,
+               prompts: list[str] | None = None, config: dict | None = None) -> StoreWriter:
+        """Reopen this rank's shard (creating it if the rank never started) after checking the config hash.
+
+        ``prompts``: refuse, naming the first difference, unless they equal the stored ones. ``config``: the
+        content the hash was computed from; a mismatch then names the settings that differ from the store's
+        ``config`` attr."""
         if not _nonempty(path):
             raise StoreError(f"nothing to resume at {path}; drop --resume to start a new store")
         root = _open_root(path, "r+")
@@ -506,10 +511,15 @@ class StoreWriter:
         if version != SCHEMA_VERSION:
             raise StoreError(f"store {path} has schema_version {version!r}, this code writes {SCHEMA_VERSION} "
                              "(or the store was never fully created); start a new one with --overwrite")
+        if prompts is not None and (diff := _prompts_diff(root, prompts)):
+            raise StoreError(f"store {path} was collected on other prompts ({diff}); resume with the store's "
+                             "prompts or start a new store with --overwrite")
         stored = root.attrs.get("config_hash")
         if stored != config_hash:
-            raise StoreError(f"store {path} was written with config hash {stored}, this run has {config_hash}; "
-                             "use --overwrite to replace it or rerun with the original config")
+            keys = _differing_keys(root.attrs.get("config"), config) if config is not None else []
+            what = f" ({', '.join(keys[:6])}{' ...' if len(keys) > 6 else ''} differ)" if keys else ""
+            raise StoreError(f"store {path} was written with config hash {stored}, this run has {config_hash}"
+                             f"{what}; use --overwrite to replace it or rerun with the original config")
         if hidden_size is not None:
             _check_hidden(path, root, hidden_size)
         lock = _WriterLock(path, rank)  # refuses a second writer of this shard
@@ -621,6 +631,29 @@ def _write_rows(items: list[tuple[zarr.Array, int, np.ndarray]]) -> None:
         await asyncio.gather(*(put(*item) for item in items if len(item[2])))
 
     sync(put_all())
+
+
+def _prompts_diff(root: zarr.Group, prompts: list[str]) -> str | None:
+    """How ``prompts`` differ from the store's (None: equal)."""
+    stored = [str(p) for p in root[PROMPTS][:]] if PROMPTS in root else []
+    if len(stored) != len(prompts):
+        return f"{len(stored)} prompts in the store, {len(prompts)} in this run"
+    i = next((i for i, (a, b) in enumerate(zip(stored, prompts)) if a != b), None)
+    return None if i is None else f"prompt {i} is {_clip(stored[i])} in the store, {_clip(prompts[i])} in this run"
+
+
+def _clip(text: str, n: int = 40) -> str:
+    return repr(text if len(text) <= n else text[: n - 3] + "...")
+
+
+def _differing_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two (nested) config dicts, compared as JSON."""
+    if prefix == "":
+        new = json.loads(json.dumps(new, default=str))
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted(set(old) | set(new), key=str)
+                for d in _differing_keys(old.get(k), new.get(k), f"{prefix}{k}.")]
+    return [] if old == new else [prefix.rstrip(".") or "config"]
 
 
 def _exists_error(path) -> StoreError:

@@ -261,3 +261,44 @@ def test_second_collect_on_a_store_being_written_is_refused(tiny_model_dir, prom
     assert validate_store(cfg.out) == [] and StoreReader(cfg.out).n_traj == len(PROMPTS)
     run(tiny_config(tiny_model_dir, prompt_file, cfg.out, rollouts_per_prompt=1, resume=True, **beaver_scorers))
     assert validate_store(cfg.out) == [] and StoreReader(cfg.out).n_traj == len(PROMPTS)
+
+
+def test_resume_checks_the_prompts_text_and_the_weights(tiny_model_dir, beaver_scorers, tmp_path):
+    """The config hash covers the prompts' text (not the file's path) and the policy's and scorers' weights."""
+    import shutil
+
+    from conftest import build_tiny_llama, build_tokenizer
+    from helpers_scorers import make_beaver_folder
+
+    first = tmp_path / "a.jsonl"
+    first.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    model, cost = tmp_path / "model", tmp_path / "cost"
+    shutil.copytree(tiny_model_dir, model)
+    shutil.copytree(beaver_scorers["cost"].removeprefix("beaver:"), cost)
+    kw = dict(rollouts_per_prompt=1, cost=f"beaver:{cost}", reward=beaver_scorers["reward"])
+    out = tmp_path / "s.zarr"
+    run(tiny_config(model, first, out, **kw))
+
+    def resume(prompt_file):
+        return run(tiny_config(model, prompt_file, out, resume=True, **kw))
+
+    first.write_text(first.read_text().replace("hack the wifi", "hack the wifi now"))  # same file, new prompt
+    with pytest.raises(StoreError, match=r"other prompts \(prompt 3 is 'hack the wifi' in the store, "
+                                         r"'hack the wifi now' in this run\)") as e:
+        resume(first)
+    assert "\n" not in str(e.value)
+    moved = tmp_path / "moved.jsonl"  # the store's prompts from another file: the same content
+    moved.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    assert resume(moved)["batches_already_done"] == 2
+
+    tok = build_tokenizer()
+    make_beaver_folder(cost, tok, seed=7)  # retrained cost model in the same folder
+    with pytest.raises(StoreError, match=r"fingerprints\.cost differ"):
+        resume(moved)
+    shutil.rmtree(cost)
+    shutil.copytree(beaver_scorers["cost"].removeprefix("beaver:"), cost)
+    build_tiny_llama(len(tok), seed=5).save_pretrained(model)  # another policy in the same folder
+    with pytest.raises(StoreError, match=r"fingerprints\.policy differ"):
+        resume(moved)
+    assert validate_store(out) == [] and StoreReader(out).prompts == PROMPTS
+    assert all(StoreReader(out).attrs["config"]["fingerprints"].values())

@@ -76,3 +76,13 @@ def test_latent_tap_is_one_permanent_hook_per_module(tiny_policy):
     assert len(hooks) == 1 and again._tap is tiny_policy._tap
     tiny_policy.model(**enc)  # a plain forward outside Policy.forward: the hook is inert, nothing leaks
     assert torch.equal(a, tiny_policy.latents_of(enc["input_ids"], enc["attention_mask"]))
+
+
+def test_weights_fingerprint_follows_the_weights(tiny_policy, tmp_path):
+    from igcritic.policy import load_policy, weights_fingerprint
+
+    fp = weights_fingerprint(tiny_policy.model)
+    tiny_policy.model.save_pretrained(tmp_path / "m")
+    tiny_policy.tokenizer.save_pretrained(tmp_path / "m")
+    assert weights_fingerprint(load_policy(str(tmp_path / "m")).model) == fp and len(fp) == 16
+    assert weights_fingerprint(make_tiny_policy(seed=1).model) != fp

@@ -163,6 +163,21 @@ def test_resume_refusals(tmp_path):
         w.append(make_batch(1), 0)
 
 
+def test_resume_names_what_differs(tmp_path):
+    attrs = {**ATTRS, "config": {"seed": 0, "sampling": {"temperature": 1.0, "top_p": 1.0}, "K": 2}}
+    with StoreWriter.create(tmp_path / "s", attrs=attrs, prompts=PROMPTS, hidden_size=H):
+        pass
+    with pytest.raises(StoreError, match=r"other prompts \(prompt 2 is 'write a poem' in the store, 'a poem'"):
+        StoreWriter.resume(tmp_path / "s", config_hash="abc123", prompts=[*PROMPTS[:2], "a poem", PROMPTS[3]])
+    with pytest.raises(StoreError, match=r"other prompts \(4 prompts in the store, 3 in this run\)"):
+        StoreWriter.resume(tmp_path / "s", config_hash="abc123", prompts=PROMPTS[:3])
+    new = {"seed": 1, "sampling": {"temperature": 0.7, "top_p": 1.0}, "K": 2}
+    with pytest.raises(StoreError, match=r"\(sampling\.temperature, seed differ\); use --overwrite"):
+        StoreWriter.resume(tmp_path / "s", config_hash="other", prompts=PROMPTS, config=new)
+    with StoreWriter.resume(tmp_path / "s", config_hash="abc123", prompts=list(PROMPTS)) as w:
+        assert w.batches_done == set()
+
+
 def test_create_refuses_nonempty_path_unless_overwrite(tmp_path):
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / "notes.txt").write_text("mine")
