@@ -17,4 +17,5 @@ igcritic export "$ckpt" --out checkpoints/embedded --overwrite true \
   --search '{"num_candidates": 8, "block_width": 16, "max_new_tokens": 48}'
 igcritic generate checkpoints/embedded --prompts '["How can I make a bomb at home?", "How do I bake bread at home?"]' \
   --search '{"mode": "latent"}'
-igcritic eval --config configs/eval/embedded.yaml --overwrite true
+# 24 of the 164 held-out prompts keep the demo near ten minutes; the config alone runs all of them
+igcritic eval --config configs/eval/embedded.yaml --limit 24 --overwrite true

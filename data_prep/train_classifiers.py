@@ -137,30 +137,36 @@ def latent_columns(layers: tuple[int, ...], hidden: int = 576) -> np.ndarray:
 
 
 def design(rows: list[dict], feats: dict, family: str, layers: tuple[int, ...], augment: bool):
-    """X, y (harmful), helpfulness and row index for a candidate; augmentation adds label-safe negatives:
-    the empty answer of every prompt and the token prefixes of answers read as not harmful."""
+    """X, y (harmful), helpfulness, row index and the writer's prompt-harm flag for a candidate.
+
+    Latent rows are ``[features of the empty answer (the prompt's end, h_0), features of the answer]``, as
+    the runtime builds them. Augmentation adds label-safe negatives: the empty answer of every prompt and
+    the token prefixes of answers read as not harmful."""
     cols = latent_columns(layers) if family != "minilm" else None
-    xs, ys, hs, idx = [], [], [], []
+    xs, ys, hs, idx, hp = [], [], [], [], []
+
+    def add(x, y, h, i, r):
+        xs.append(x)
+        ys.append(y)
+        hs.append(h)
+        idx.append(i)
+        hp.append(int(r["harmful_prompt"]))
+
     for n, r in enumerate(rows):
         f = feats[r["id"]]
         parts = []
+        if family in ("latent", "both"):
+            e = f["latent_empty"][cols].astype(np.float32)
+            parts += [e, f["latent"][cols].astype(np.float32)]
         if family in ("minilm", "both"):
             parts.append(f["minilm"].astype(np.float32))
-        if family in ("latent", "both"):
-            parts.append(f["latent"][cols].astype(np.float32))
-        xs.append(np.concatenate(parts))
-        ys.append(int(r["label"] == "compliant-harmful"))
-        hs.append(r["helpfulness"])
-        idx.append(n)
+        add(np.concatenate(parts), int(r["label"] == "compliant-harmful"), r["helpfulness"], n, r)
         if augment and family == "latent":
             negs = [f["latent_empty"][cols]] + ([f["latent_cuts"][c][cols] for c in range(len(PREFIX_CUTS))]
                                                if r["label"] != "compliant-harmful" else [])
-            for v in negs:
-                xs.append(v.astype(np.float32))
-                ys.append(0)
-                hs.append(0)
-                idx.append(-1 - n)  # augmented rows: never scored, only fitted
-    return np.stack(xs), np.array(ys), np.array(hs), np.array(idx)
+            for v in negs:  # augmented rows: never scored, only fitted
+                add(np.concatenate([e, v.astype(np.float32)]), 0, 0, -1 - n, r)
+    return np.stack(xs), np.array(ys), np.array(hs), np.array(idx), np.array(hp)
 
 
 class Standardised:
@@ -186,6 +192,47 @@ class Standardised:
         return w.astype(np.float32), b.astype(np.float32)
 
 
+class Product:
+    """p(harmful) = p(the prompt asks for harm | prompt part) x p(the answer goes along | answer part).
+
+    Harm needs both a harmful request and compliance; a linear model on concatenated features cannot say
+    AND, the product can. The first factor reads only the prompt part of a row (h_0 for latent rows,
+    e(prompt) for MiniLM rows) and learns the writer's prompt-harm flag; the second reads the answer part
+    and is fitted on answers to harmful prompts only (augmented prefixes included)."""
+
+    def __init__(self, c: float, split: int):
+        self.c, self.split = c, split
+
+    def fit(self, x: np.ndarray, y: np.ndarray, hp: np.ndarray, real: np.ndarray) -> Product:
+        xp, xa = x[:, : self.split], x[:, self.split :]
+        self.prompt = Standardised(self.c).fit(xp[real], hp[real])
+        self.answer = Standardised(self.c).fit(xa[hp == 1], y[hp == 1])
+        return self
+
+    def proba(self, x: np.ndarray) -> np.ndarray:
+        return self.prompt.proba(x[:, : self.split]) * self.answer.proba(x[:, self.split :])
+
+    def folded(self) -> tuple[np.ndarray, np.ndarray]:
+        """(weight (2, F), bias (2,)) on whole rows: row 0 reads the prompt part, row 1 the answer part."""
+        (w0, b0), (w1, b1) = self.prompt.folded(), self.answer.folded()
+        zeros = lambda n: np.zeros((1, n), np.float32)  # noqa: E731
+        w = np.concatenate([np.concatenate([w0, zeros(w1.shape[1])], 1), np.concatenate([zeros(w0.shape[1]), w1], 1)])
+        return w, np.concatenate([b0, b1])
+
+
+def prompt_width(family: str, layers: tuple[int, ...]) -> int:
+    """Columns of a design row that describe the prompt alone (see :func:`design`)."""
+    return len(layers) * 2 * 576 if family == "latent" else 384
+
+
+def make_model(head: str, c: float, family: str, layers: tuple[int, ...]):
+    return Product(c, prompt_width(family, layers)) if head == "product" else Standardised(c)
+
+
+def _fit(model, x, y, hp, idx):
+    return model.fit(x, y, hp, idx >= 0) if isinstance(model, Product) else model.fit(x, y)
+
+
 def category_folds(rows: list[dict], k: int = 7) -> np.ndarray:
     """Whole categories per fold: harmful categories and benign categories dealt round-robin, seeded."""
     rng = np.random.default_rng(0)
@@ -202,16 +249,16 @@ def style_folds(rows: list[dict]) -> np.ndarray:
     return np.array([styles.index(r["style"]) for r in rows])
 
 
-def oof(rows, feats, family, layers, c, folds, augment=True) -> np.ndarray:
+def oof(rows, feats, family, layers, c, folds, augment=True, head="linear") -> np.ndarray:
     """Out-of-fold p(harmful) of every row: each fold's rows scored by a model that never saw its groups."""
-    x, y, _, idx = design(rows, feats, family, layers, augment)
+    x, y, _, idx, hp = design(rows, feats, family, layers, augment)
     owner = np.where(idx >= 0, idx, -1 - idx)
     p = np.full(len(rows), np.nan)
     for f in np.unique(folds):
         test_rows = np.where(folds == f)[0]
         train = ~np.isin(owner, test_rows)
         test = np.isin(idx, test_rows)
-        m = Standardised(c).fit(x[train], y[train])
+        m = _fit(make_model(head, c, family, layers), x[train], y[train], hp[train], idx[train])
         p[idx[test]] = m.proba(x[test])
     return p
 
@@ -223,30 +270,28 @@ def select(ns: argparse.Namespace) -> None:
     y = np.array([int(r["label"] == "compliant-harmful") for r in rows])
     loco, loso = category_folds(rows), style_folds(rows)
     print(f"{len(rows)} train answers ({y.sum()} harmful); {len(set(loco))} category folds, {len(set(loso))} style folds")
-    candidates = [("minilm", (), c) for c in (0.03, 0.1, 0.3)]
-    candidates += [("latent", (layer,), 0.01) for layer in ALL_LAYERS]
-    results = []
-    for fam, layers, c in candidates:
-        results.append(_score(rows, feats, y, fam, layers, c, loco, loso))
-    best_layers = [r["layers"] for r in sorted([r for r in results if r["family"] == "latent"], key=lambda r: -r["ood"])[:3]]
-    extra = [("latent", tuple(best_layers[0]), c) for c in (0.003, 0.03, 0.1)]
-    extra += [("latent", tuple(sorted(best_layers[0] + best_layers[1])), c) for c in (0.003, 0.01)]
-    extra += [("latent", tuple(sorted(best_layers[0] + best_layers[1] + best_layers[2])), 0.003)]
-    for fam, layers, c in extra:
-        results.append(_score(rows, feats, y, fam, layers, c, loco, loso))
-    best_lat = max((r for r in results if r["family"] == "latent"), key=lambda r: r["ood"])
-    results.append(_score(rows, feats, y, "both", tuple(best_lat["layers"]), best_lat["c"], loco, loso))
+    candidates = [("minilm", (), c, "linear") for c in (0.03, 0.1)]
+    candidates += [("latent", (layer,), 0.01, "linear") for layer in ALL_LAYERS]
+    results = [_score(rows, feats, y, *cand, loco, loso) for cand in candidates]
+    by_layer = sorted([r for r in results if r["family"] == "latent"], key=lambda r: -r["ood"])
+    top = [tuple(r["layers"]) for r in by_layer[:3]]
+    three = tuple(sorted(top[0] + top[1] + top[2]))
+    extra = [("latent", top[0], 0.003, "linear"), ("latent", tuple(sorted(top[0] + top[1])), 0.003, "linear"),
+             ("latent", three, 0.003, "linear"), ("latent", three, 0.003, "product"), ("latent", three, 0.03, "product"),
+             ("latent", top[0], 0.01, "product"), ("minilm", (), 0.03, "product"), ("minilm", (), 0.003, "product"),
+             ("both", three, 0.003, "linear")]
+    results += [_score(rows, feats, y, *cand, loco, loso) for cand in extra]
     SELECTION.write_text(json.dumps(results, indent=1) + "\n")
 
 
-def _score(rows, feats, y, fam, layers, c, loco, loso) -> dict:
+def _score(rows, feats, y, fam, layers, c, head, loco, loso) -> dict:
     t0 = time.perf_counter()
-    p_c = oof(rows, feats, fam, layers, c, loco)
-    p_s = oof(rows, feats, fam, layers, c, loso)
-    res = {"family": fam, "layers": list(layers), "c": c, "auroc_loco": auroc(y, p_c), "auroc_loso": auroc(y, p_s),
-           "ece_loco": ece(y, p_c), "seconds": round(time.perf_counter() - t0, 1)}
+    p_c = oof(rows, feats, fam, layers, c, loco, head=head)
+    p_s = oof(rows, feats, fam, layers, c, loso, head=head)
+    res = {"family": fam, "layers": list(layers), "c": c, "head": head, "auroc_loco": auroc(y, p_c),
+           "auroc_loso": auroc(y, p_s), "ece_loco": ece(y, p_c), "seconds": round(time.perf_counter() - t0, 1)}
     res["ood"] = (res["auroc_loco"] + res["auroc_loso"]) / 2
-    print(f"{fam:7s} L{layers!s:14s} C={c:<6} LOCO {res['auroc_loco']:.3f}  LOSO {res['auroc_loso']:.3f}  "
+    print(f"{fam:7s} {head:8s} L{layers!s:14s} C={c:<6} LOCO {res['auroc_loco']:.3f}  LOSO {res['auroc_loso']:.3f}  "
           f"ECE(raw) {res['ece_loco']:.3f}  ({res['seconds']} s)", flush=True)
     return res
 
@@ -259,16 +304,17 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
-def _chosen(family: str | None) -> dict:
-    """The best candidate of ``select`` (optionally of one feature family)."""
+def _chosen(family: str | None, head: str | None = None) -> dict:
+    """The best candidate of ``select`` (optionally of one feature family and head)."""
     results = json.loads(SELECTION.read_text())
-    return max((r for r in results if (r["family"] == family if family else r["family"] != "both")), key=lambda r: r["ood"])
+    ok = [r for r in results if (r["family"] == family if family else r["family"] != "both") and head in (None, r["head"])]
+    return max(ok, key=lambda r: r["ood"])
 
 
-def _fit_head(rows, feats, family, layers, c, kind: str) -> tuple[np.ndarray, np.ndarray]:
-    x, y, h, idx = design(rows, feats, family, layers, augment=kind == "harm")
+def _fit_head(rows, feats, family, layers, c, kind: str, head: str = "linear") -> tuple[np.ndarray, np.ndarray]:
+    x, y, h, idx, hp = design(rows, feats, family, layers, augment=kind == "harm")
     if kind == "harm":
-        return Standardised(c).fit(x, y).folded()
+        return _fit(make_model(head, c, family, layers), x, y, hp, idx).folded()
     if kind == "classes":
         labels = np.array([CLASSES.index(rows[i]["label"]) for i in idx])
         return Standardised(c, multi=True).fit(x, labels).folded()
@@ -310,17 +356,18 @@ def ship(ns: argparse.Namespace) -> None:
     best = _chosen(ns.cost_family)
     fam, layers, c = best["family"], tuple(best["layers"]), best["c"]
     judge_family = "minilm" if fam != "minilm" else "latent"
-    jbest = _chosen(judge_family)
-    print(f"cost/reward: {fam} {layers} C={c} (OOD {best['ood']:.3f}); judge: {judge_family} {tuple(jbest['layers'])}")
+    jbest = _chosen(judge_family, "linear")
+    print(f"cost/reward: {fam} {best['head']} {layers} C={c} (OOD {best['ood']:.3f}); judge: {judge_family} {tuple(jbest['layers'])}")
     # Platt scaling on the out-of-category-fold logits of the cost rows: calibrated where it matters, OOD
-    p_oof = oof(cost_rows, feats, fam, layers, c, category_folds(cost_rows))
+    p_oof = oof(cost_rows, feats, fam, layers, c, category_folds(cost_rows), head=best["head"])
     y_cost = np.array([int(r["label"] == "compliant-harmful") for r in cost_rows])
     platt = LogisticRegression(C=1e4).fit(_logit(p_oof)[:, None], y_cost)
     calibration = (float(platt.coef_[0, 0]), float(platt.intercept_[0]))
-    meta = {"version": VERSION, "trained_on": len(cost_rows), "features": fam, "c": c}
-    w, b = _fit_head(cost_rows, feats, fam, layers, c, "harm")
-    # the folded head gives the raw logit of p; Platt maps it: p_cal = sigmoid(a * logit + b)
-    heads = {"cost": LinearHead(w, b, "harm", fam, layers, ("last", "mean") if fam != "minilm" else (), calibration, meta)}
+    meta = {"version": VERSION, "trained_on": len(cost_rows), "features": fam, "c": c, "head": best["head"]}
+    w, b = _fit_head(cost_rows, feats, fam, layers, c, "harm", best["head"])
+    # Platt maps the logit of the raw p: p_cal = sigmoid(a * logit(p) + b)
+    kind = "harm_product" if best["head"] == "product" else "harm"
+    heads = {"cost": LinearHead(w, b, kind, fam, layers, ("last", "mean") if fam != "minilm" else (), calibration, meta)}
     w, b = _fit_head(cost_rows, feats, fam, layers, ns.reward_c, "helpfulness")
     heads["reward"] = LinearHead(w, b, "helpfulness", fam, layers, ("last", "mean") if fam != "minilm" else (), meta=meta)
     jl = tuple(jbest["layers"])

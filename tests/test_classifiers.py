@@ -38,7 +38,7 @@ def test_prefix_index_maps_decoded_prefixes_to_tokens():
 
 def _head(tmp_path, kind: str, n_out: int, seed: int = 0):
     rng = np.random.default_rng(seed)
-    head = LinearHead(rng.normal(size=(n_out, 128)).astype(np.float32) * 0.05, rng.normal(size=n_out).astype(np.float32),
+    head = LinearHead(rng.normal(size=(n_out, 256)).astype(np.float32) * 0.05, rng.normal(size=n_out).astype(np.float32),
                       kind, "latent", SPEC.layers, SPEC.parts, calibration=(1.5, -0.2), meta={"version": "test"})
     path = tmp_path / f"{kind}.safetensors"
     head.save(path)
@@ -61,9 +61,13 @@ def test_cost_prefix_scores_are_a_running_max_of_one_pass(tmp_path, tiny_policy)
 
 def test_calibration_is_applied_to_the_harm_logit(tmp_path):
     head = LinearHead.load(_head(tmp_path, "harm", 1))
-    x = np.random.default_rng(1).normal(size=(4, 128)).astype(np.float32)
+    x = np.random.default_rng(1).normal(size=(4, 256)).astype(np.float32)
     z = x.astype(np.float64) @ head.weight[0] + head.bias[0]
     np.testing.assert_allclose(head.harm(x), 1 / (1 + np.exp(-(1.5 * z - 0.2))), rtol=1e-5)
+    product = LinearHead.load(_head(tmp_path, "harm_product", 2))  # p(harmful request) x p(compliance)
+    z = x.astype(np.float64) @ product.weight.T.astype(np.float64) + product.bias
+    p = 1 / (1 + np.exp(-z[:, 0])) / (1 + np.exp(-z[:, 1]))
+    np.testing.assert_allclose(product.harm(x), 1 / (1 + np.exp(-(1.5 * np.log(p / (1 - p)) - 0.2))), rtol=1e-4)
 
 
 def test_reward_and_judge_heads(tmp_path, tiny_policy):

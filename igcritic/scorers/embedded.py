@@ -9,7 +9,9 @@ in ``data_prep/train_classifiers.py`` on answers of the embedded policy read by 
 - ``minilm`` features: all-MiniLM-L6-v2 [e(prompt), e(answer)] (:mod:`igcritic.scorers.minilm`); not causal,
   so prefixes are scored every ``stride`` tokens and forward-filled.
 
-Heads: ``harm`` (one logit, Platt-calibrated p(compliant-harmful)), ``helpfulness`` (two logits,
+Latent features of a prefix are ``[features of the empty answer (the prompt's end), features of the prefix]``.
+Heads: ``harm`` (one logit) or ``harm_product`` (p(harmful request) x p(compliance)), Platt-calibrated
+p(compliant-harmful), ``helpfulness`` (two logits,
 p(helpfulness >= 1) and p(helpfulness >= 2); reward = their mean, in [0, 1]) and ``classes`` (softmax over
 the five reading labels; the judge). The cost is the running max of p over prefixes (``S_0`` = p of the empty
 answer), so budget ``d = 0.5`` means "no prefix looked like harmful compliance with p > 0.5".
@@ -58,10 +60,15 @@ class LinearHead:
         return x.astype(np.float64) @ self.weight.T.astype(np.float64) + self.bias.astype(np.float64)
 
     def harm(self, x: np.ndarray) -> np.ndarray:
-        """p(compliant-harmful) per row: calibrated sigmoid (harm head) or the class softmax (classes head)."""
+        """p(compliant-harmful) per row: the class softmax (``classes``), or a Platt-calibrated sigmoid of one
+        logit (``harm``) or of the logit of a product p(harmful request) x p(the answer goes along)
+        (``harm_product``: row 0 of the weight reads the prompt part of the features, row 1 the answer part)."""
         z = self.logits(x)
         if self.kind == "classes":
             return _softmax(z)[:, READING_LABELS.index("compliant-harmful")].astype(np.float32)
+        if self.kind == "harm_product":
+            p = np.clip(_sigmoid(z[:, 0]) * _sigmoid(z[:, 1]), 1e-7, 1 - 1e-7)
+            z = np.log(p / (1 - p))[:, None]
         a, b = self.calibration
         return _sigmoid(a * z[:, 0] + b).astype(np.float32)
 
@@ -168,7 +175,10 @@ class ClassifierScorer:
         key = (tuple(prompts), tuple(responses))
         if self._last is not None and self._last[0] == key:
             return self._last[1]
-        x = self._latent().features(prompts, responses) if self.head.family == "latent" else self._minilm(prompts, responses)
+        if self.head.family == "latent":
+            x = np.stack([_with_prompt_part(f)[-1] for f, _ in self._latent().prefix_features(prompts, responses)])
+        else:
+            x = self._minilm(prompts, responses)
         self._last = (key, x)
         return x
 
@@ -185,7 +195,7 @@ class ClassifierScorer:
             from igcritic.scorers.latent import prefix_index
 
             for (f, ends), texts in zip(feats, prefix_texts):
-                vals = self._values(f)[prefix_index(ends, [len(t) for t in texts])]
+                vals = self._values(_with_prompt_part(f))[prefix_index(ends, [len(t) for t in texts])]
                 out.append(np.maximum.accumulate(vals) if self.role == "cost" else vals)
             return out
         points = [stride_points(len(p) - 1, self.stride) for p in prefix_texts]
@@ -207,7 +217,7 @@ class ClassifierScorer:
         if self.role == "cost" and previous is not None and self.head.family == "latent" and prompts:
             _check_texts(prompts, responses)
             feats = self._latent().prefix_features(prompts, responses)
-            p = np.array([self._values(f).max() for f, _ in feats], dtype=np.float32)
+            p = np.array([self._values(_with_prompt_part(f)).max() for f, _ in feats], dtype=np.float32)
         else:
             p = self.probabilities(prompts, responses)
         if self.role == "cost" and previous is not None:
@@ -224,6 +234,11 @@ class ClassifierScorer:
         return {**self.info.to_dict(), "kind": f"embedded_{self.head.family}_classifier", "head": self.head.kind,
                 "layers": list(self.head.layers), "encoder": ENCODER_ID if self.head.family == "minilm" else None,
                 "version": self.head.meta.get("version"), "metrics": self.head.meta.get("metrics")}
+
+
+def _with_prompt_part(f: np.ndarray) -> np.ndarray:
+    """Prefix features ``(J + 1, F)`` -> ``(J + 1, 2F)``: the prompt's end (the empty answer's row) beside each."""
+    return np.concatenate([np.broadcast_to(f[:1], f.shape), f], axis=1)
 
 
 def _check_texts(prompts: list[str], responses: list[str]) -> None:
