@@ -10,10 +10,13 @@ DESIGN.md section 3. The critic reads a latent ``h`` of the policy (``(B, H)``) 
 * ``Ŝ(h)``, the cost model's prefix score ``S_t`` (the runtime's fully latent mode).
 
 Inputs are normalised by statistics of the training latents and targets stored as buffers, so an artifact
-is self-contained. The artifact is a folder (``save_pretrained`` / ``from_pretrained`` / ``load_critic``):
-``critic.safetensors`` (weights and normalisation buffers, no pickle) and ``critic_config.json`` (schema
-version, config, policy identity, scorers, metrics, a checksum of the weights). No Lightning import here:
-the runtime loads a critic with torch and safetensors only.
+is self-contained. A post-hoc :class:`Calibration` (fitted on the validation split by ``igcritic fit``) maps
+the raw head's q to a calibrated probability at inference; the map is monotone in q, so the calibrated q
+stays non-decreasing in z. The artifact is a folder (``save_pretrained`` / ``from_pretrained`` /
+``load_critic``): ``critic.safetensors`` (weights and normalisation buffers, no pickle) and
+``critic_config.json`` (schema version, config, policy identity, scorers, calibration map, metrics, a
+checksum of the weights). No Lightning import here: the runtime loads a critic with torch and safetensors
+only.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -31,12 +34,15 @@ from torch import nn
 
 from igcritic import __version__
 
-SCHEMA_VERSION = 1
-"""Version of the artifact layout written by :meth:`Critic.save_pretrained`."""
-SUPPORTED_SCHEMAS = (1,)
+SCHEMA_VERSION = 2
+"""Version of the artifact layout written by :meth:`Critic.save_pretrained` (2: ``calibration`` in the JSON)."""
+SUPPORTED_SCHEMAS = (1, 2)
+"""Schemas :func:`read_config` accepts; a schema-1 artifact has no calibration and loads with the identity map."""
 ARTIFACT_FORMAT = "igcritic-critic"
 WEIGHTS_NAME = "critic.safetensors"
 CONFIG_NAME = "critic_config.json"
+CALIBRATION_KEY = "calibration"
+"""Entry of ``critic_config.json`` holding the :class:`Calibration` (schema 2)."""
 _MIN_SCALE = 1e-3  # smallest logistic scale of a mixture component, in normalised z units
 
 
@@ -125,11 +131,103 @@ class CriticConfig:
         return cls(**{**{k: v for k, v in d.items() if k in known}, **overrides})
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """A monotone map of the safety head's probability, fitted after training (``identity`` until then).
+
+    ``platt``: ``sigmoid(a * logit(q) + b)`` with ``a > 0`` (temperature ``1 / a`` and a shift), strictly
+    increasing, so the critic's ranking of states is unchanged. ``isotonic``: the piecewise-linear map
+    through the knots ``(x_i, y_i)`` (x increasing, y non-decreasing), constant beyond the end knots. Both
+    are non-decreasing in q, so ``g(q(h, z))`` is non-decreasing in z wherever ``q`` is.
+    """
+
+    method: Literal["identity", "platt", "isotonic"] = "identity"
+    """Which map."""
+    a: float = 1.0
+    """platt: slope on logit(q) (> 0)."""
+    b: float = 0.0
+    """platt: offset on logit(q)."""
+    x: tuple[float, ...] = ()
+    """isotonic: raw q of the knots, strictly increasing, in [0, 1]."""
+    y: tuple[float, ...] = ()
+    """isotonic: calibrated q of the knots, non-decreasing, in [0, 1]."""
+    fitted: dict | None = None
+    """Where and how it was fitted (split, rows, budgets, step); not used to apply the map."""
+
+    @property
+    def is_identity(self) -> bool:
+        return self.method == "identity"
+
+    def problems(self) -> list[str]:
+        """Every invalid field, as ``name=value (why)`` strings."""
+        out = []
+        if self.method not in ("identity", "platt", "isotonic"):
+            return [f"calibration.method={self.method!r} (use identity, platt or isotonic)"]
+        if self.method == "platt":
+            if not (math.isfinite(self.a) and self.a > 0):
+                out.append(f"calibration.a={self.a} (must be finite and > 0: a map that keeps q monotone in z)")
+            if not math.isfinite(self.b):
+                out.append(f"calibration.b={self.b} (must be finite)")
+        if self.method == "isotonic":
+            x, y = self.x, self.y
+            if len(x) < 2 or len(x) != len(y):
+                out.append(f"calibration knots: {len(x)} x and {len(y)} y (need equal lengths >= 2)")
+            elif not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in (*x, *y)):
+                out.append("calibration knots outside [0, 1] or not finite")
+            elif any(b <= a for a, b in zip(x, x[1:])) or any(b < a for a, b in zip(y, y[1:])):
+                out.append("calibration knots: x must increase strictly and y must not decrease")
+        return out
+
+    def validate(self) -> Calibration:
+        if problems := self.problems():
+            raise CriticError("invalid calibration: " + "; ".join(problems) + "; re-export the critic")
+        return self
+
+    def apply(self, q: torch.Tensor, logq: torch.Tensor | None = None, log1mq: torch.Tensor | None = None) -> torch.Tensor:
+        """Calibrated probability of the raw ``q`` (B,); ``logq``/``log1mq`` (B,), when given, keep Platt's logit
+        exact in the tails."""
+        if self.method == "platt":
+            if logq is None or log1mq is None:
+                logq, log1mq = torch.log(q), torch.log1p(-q)
+            return torch.sigmoid(self.a * (logq - log1mq) + self.b)
+        if self.method == "isotonic":
+            x = torch.tensor(self.x, dtype=q.dtype, device=q.device)
+            y = torch.tensor(self.y, dtype=q.dtype, device=q.device)
+            i = (torch.searchsorted(x, q.contiguous(), right=True) - 1).clamp(0, len(x) - 2)  # segment [x_i, x_i+1]
+            x0, x1, y0, y1 = x[i], x[i + 1], y[i], y[i + 1]
+            t = ((q - x0) / (x1 - x0)).clamp(0.0, 1.0)
+            return torch.minimum(torch.maximum(y0 + t * (y1 - y0), y0), y1)  # within the segment: monotone across knots
+        return q
+
+    def to_dict(self) -> dict:
+        d = {"method": self.method}
+        if self.method == "platt":
+            d |= {"a": self.a, "b": self.b}
+        if self.method == "isotonic":
+            d |= {"x": list(self.x), "y": list(self.y)}
+        return {**d, "fitted": self.fitted}
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> Calibration:
+        """The calibration of an artifact entry; ``None`` (an artifact of schema 1) is the identity."""
+        if d is None:
+            return cls()
+        if not isinstance(d, dict):
+            raise CriticError(f"calibration entry {d!r} is not an object; re-export the critic")
+        try:
+            cal = cls(method=d.get("method", "identity"), a=float(d.get("a", 1.0)), b=float(d.get("b", 0.0)),
+                      x=tuple(float(v) for v in d.get("x", ())), y=tuple(float(v) for v in d.get("y", ())),
+                      fitted=d.get("fitted"))
+        except (TypeError, ValueError) as e:
+            raise CriticError(f"calibration entry is malformed ({_one_line(e)}); re-export the critic") from None
+        return cal.validate()
+
+
 class CriticOutput(NamedTuple):
     """What :meth:`Critic.forward` returns, every field ``(B,)`` float."""
 
     safe_prob: torch.Tensor
-    """q(h, z): probability that the cost still to come fits in the remaining budget z."""
+    """q(h, z): probability that the cost still to come fits in the remaining budget z (calibrated)."""
     value: torch.Tensor
     """V(h): discounted reward to go."""
     cost: torch.Tensor
@@ -137,11 +235,15 @@ class CriticOutput(NamedTuple):
 
 
 class Critic(nn.Module):
-    """Trunk MLP on normalised latents, with a monotone safety CDF head, a value head and a cost head."""
+    """Trunk MLP on normalised latents, with a monotone safety CDF head, a value head and a cost head.
+
+    ``calibration`` travels in the state dict as extra state (so Lightning checkpoints and DDP-spawn copies
+    carry it) and in ``critic_config.json`` (the safetensors file holds tensors only)."""
 
     def __init__(self, config: CriticConfig):
         super().__init__()
         self.config = config.validate()
+        self.calibration = Calibration()
         h, w, k = config.hidden_size, config.width, config.n_mixture
         self.register_buffer("h_mean", torch.zeros(h))
         self.register_buffer("h_std", torch.ones(h))
@@ -172,6 +274,18 @@ class Critic(nn.Module):
             self.target_scale.copy_(torch.tensor(scale))
             self.normalized.fill_(True)
 
+    # ---- calibration -----------------------------------------------------------------------------------
+    def set_calibration(self, calibration: Calibration | dict | None) -> None:
+        """Install a calibration map (a :class:`Calibration`, its dict, or None for the identity)."""
+        cal = calibration if isinstance(calibration, Calibration) else Calibration.from_dict(calibration)
+        self.calibration = cal.validate()
+
+    def get_extra_state(self) -> dict:
+        return self.calibration.to_dict()
+
+    def set_extra_state(self, state) -> None:
+        self.set_calibration(state if isinstance(state, dict) else None)
+
     # ---- building blocks (the LightningModule reuses them) -------------------------------------------
     def encode(self, h: torch.Tensor) -> torch.Tensor:
         """Trunk features of latents ``h`` (B, H) -> (B, width)."""
@@ -196,9 +310,15 @@ class Critic(nn.Module):
         logw, u = self._mixture(feat, z)
         return torch.logsumexp(logw + F.logsigmoid(u), -1), torch.logsumexp(logw + F.logsigmoid(-u), -1)
 
-    def safe_prob_from_features(self, feat: torch.Tensor, z: torch.Tensor | float) -> torch.Tensor:
+    def safe_prob_from_features(self, feat: torch.Tensor, z: torch.Tensor | float,
+                                calibrated: bool = False) -> torch.Tensor:
+        """q (B,): the raw head (what training fits), or with ``calibrated`` the calibration map applied."""
         logw, u = self._mixture(feat, z)
-        return (logw.exp() * torch.sigmoid(u)).sum(-1)
+        q = (logw.exp() * torch.sigmoid(u)).sum(-1)
+        if not calibrated or self.calibration.is_identity:
+            return q
+        logq, log1mq = torch.logsumexp(logw + F.logsigmoid(u), -1), torch.logsumexp(logw + F.logsigmoid(-u), -1)
+        return self.calibration.apply(q, logq, log1mq)
 
     def value_from_features(self, feat: torch.Tensor, normalized: bool = False) -> torch.Tensor:
         out = self.value_head(feat).float().squeeze(-1)
@@ -212,12 +332,12 @@ class Critic(nn.Module):
     def forward(self, h: torch.Tensor, z: torch.Tensor | float) -> CriticOutput:
         """All three heads from one trunk pass: ``h`` (B, H), ``z`` (B,) or a scalar -> (B,) each."""
         feat = self.encode(h)
-        return CriticOutput(self.safe_prob_from_features(feat, z), self.value_from_features(feat),
+        return CriticOutput(self.safe_prob_from_features(feat, z, calibrated=True), self.value_from_features(feat),
                             self.cost_from_features(feat))
 
-    def safe_prob(self, h: torch.Tensor, z: torch.Tensor | float) -> torch.Tensor:
-        """q(h, z) = P[S_T - S_t <= z | h] (B,): non-decreasing in z."""
-        return self.safe_prob_from_features(self.encode(h), z)
+    def safe_prob(self, h: torch.Tensor, z: torch.Tensor | float, calibrated: bool = True) -> torch.Tensor:
+        """q(h, z) = P[S_T - S_t <= z | h] (B,), calibrated unless ``calibrated=False``: non-decreasing in z."""
+        return self.safe_prob_from_features(self.encode(h), z, calibrated=calibrated)
 
     def value(self, h: torch.Tensor) -> torch.Tensor:
         """V(h) (B,): discounted reward to go."""
@@ -234,7 +354,7 @@ class Critic(nn.Module):
 
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if isinstance(v, torch.Tensor)}
         save_file(state, str(out / WEIGHTS_NAME), metadata={"format": "pt", "schema_version": str(SCHEMA_VERSION)})
         meta = {
             "schema_version": SCHEMA_VERSION,
@@ -242,6 +362,7 @@ class Critic(nn.Module):
             **self.config.to_dict(),
             "layer": self.config.layer,
             "norm": self.config.norm,
+            CALIBRATION_KEY: self.calibration.to_dict(),
             "metrics": {k: _jsonable(v) for k, v in (metrics or {}).items()},
             "weights_sha256": _sha256(out / WEIGHTS_NAME),
             "software": {"torch": torch.__version__, "igcritic": __version__},
@@ -265,11 +386,13 @@ class Critic(nn.Module):
         if (want := meta.get("weights_sha256")) and _sha256(weights) != want:
             raise CriticError(f"{weights} is corrupted (checksum differs from {CONFIG_NAME}): re-export it")
         config = CriticConfig.from_dict(meta, **overrides)
+        calibration = Calibration.from_dict(meta.get(CALIBRATION_KEY))  # absent (schema 1): the identity
         try:
             state = load_file(str(weights), device=str(device))
         except (SafetensorError, OSError, RuntimeError) as e:
             raise CriticError(f"{weights} is truncated or corrupted ({_one_line(e)}): re-export it") from None
         critic = cls(config)
+        state["_extra_state"] = calibration.to_dict()
         try:
             critic.load_state_dict(state, strict=True)
         except RuntimeError as e:
@@ -322,5 +445,5 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())
 
 
-__all__ = ["Critic", "CriticConfig", "CriticError", "CriticOutput", "load_critic", "read_config", "SCHEMA_VERSION",
-           "WEIGHTS_NAME", "CONFIG_NAME"]
+__all__ = ["Calibration", "Critic", "CriticConfig", "CriticError", "CriticOutput", "load_critic", "read_config",
+           "SCHEMA_VERSION", "SUPPORTED_SCHEMAS", "WEIGHTS_NAME", "CONFIG_NAME", "CALIBRATION_KEY"]

@@ -4,8 +4,10 @@
 
 ``checkpoints/<name>/`` holds ``critic.safetensors`` (weights and normalisation statistics, no pickle),
 ``critic_config.json`` (schema version, policy identity with hidden size, layer and norm position, cost and
-reward scorer ids and sign conventions, budget range seen in training, gamma, metrics at export, a checksum
-of the weights) and ``search_config.json`` (default runtime search parameters, paper Table 1, with the
+reward scorer ids and sign conventions, budget range seen in training, gamma, the safety head's calibration
+map fitted on the validation split by ``igcritic fit`` (identity for a checkpoint without one, or with
+``--calibrate false``), metrics at export with ECE before and after calibration per budget, a checksum of
+the weights) and ``search_config.json`` (default runtime search parameters, paper Table 1, with the
 store's budget). The folder loads with :func:`igcritic.critic.load_critic`, without Lightning. The output
 is written to a temporary folder, verified, then renamed into place: never into a non-empty folder.
 """
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from igcritic.critic import Critic, CriticConfig, CriticError, load_critic
+from igcritic.critic import Calibration, Critic, CriticConfig, CriticError, load_critic
 from igcritic.search import SearchConfig, SearchConfigError
 
 log = logging.getLogger(__name__)
@@ -64,27 +66,40 @@ def critic_from_checkpoint(ckpt: str | Path) -> tuple[Critic, dict]:
     except (CriticError, KeyError, TypeError) as e:
         raise ExportError(f"checkpoint {ckpt} holds an unusable critic config ({e}); rerun `igcritic fit`") from None
     state = {k[len("critic."):]: v for k, v in data["state_dict"].items() if k.startswith("critic.")}
+    state.setdefault("_extra_state", Calibration().to_dict())  # a checkpoint from before calibration: identity
     try:
         critic.load_state_dict(state, strict=True)
     except RuntimeError as e:
         msg = " ".join(str(e).split())[:200]
         raise ExportError(f"checkpoint {ckpt} weights do not fit its critic config ({msg}); rerun `igcritic fit`") from None
+    except CriticError as e:
+        raise ExportError(f"checkpoint {ckpt} holds an unusable calibration ({e})") from None
     if not bool(critic.normalized):
         log.warning("checkpoint %s has no normalisation statistics (trained outside CriticDataModule?)", ckpt)
     return critic.eval(), {**entry, "epoch": data.get("epoch"), "global_step": data.get("global_step")}
 
 
 def export(ckpt: str | Path, out: str | Path, name: str | None = None, overwrite: bool = False,
-           search: dict | None = None) -> Path:
+           search: dict | None = None, calibrate: bool = True) -> Path:
     """Write the artifact folder ``out`` from the Lightning checkpoint ``ckpt``; returns ``out``.
 
-    ``search`` overrides :data:`SEARCH_DEFAULTS` in ``search_config.json`` (e.g. CPU-sized N and D)."""
+    ``search`` overrides :data:`SEARCH_DEFAULTS` in ``search_config.json`` (e.g. CPU-sized N and D);
+    ``calibrate=False`` writes the raw safety head (identity calibration map)."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not overwrite:
             raise ExportError(f"output {out} exists and is not empty; pick another --out or pass --overwrite")
     critic, entry = critic_from_checkpoint(ckpt)
     cfg = critic.config
+    cal = critic.calibration
+    if not calibrate:
+        critic.set_calibration(None)
+    elif cal.is_identity:
+        log.warning("checkpoint %s has no calibration map (fit with model.calibration=none, or before it existed): "
+                    "the artifact's q is the raw head", ckpt)
+    elif (step := (cal.fitted or {}).get("global_step")) is not None and step != entry.get("global_step"):
+        log.warning("the calibration of %s was fitted at step %s, the weights are from step %s (validation did "
+                    "not run before this checkpoint): refit with `igcritic validate`", ckpt, step, entry.get("global_step"))
     extra = {"name": name or out.name, "source_checkpoint": str(ckpt), "epoch": entry.get("epoch"),
              "global_step": entry.get("global_step"), "eval_budgets": entry.get("budgets", [])}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -104,7 +119,8 @@ def export(ckpt: str | Path, out: str | Path, name: str | None = None, overwrite
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("exported %s -> %s (policy %s, layer %s, hidden %d)", ckpt, out, cfg.model_id, cfg.layer, cfg.hidden_size)
+    log.info("exported %s -> %s (policy %s, layer %s, hidden %d, calibration %s)", ckpt, out, cfg.model_id, cfg.layer,
+             cfg.hidden_size, critic.calibration.method)
     return out
 
 
@@ -129,7 +145,7 @@ def default_out(ckpt: str | Path, name: str | None = None) -> Path:
 
 
 def export_main(ckpt: Path, out: Path | None = None, name: str | None = None, overwrite: bool = False,
-                search: dict | None = None) -> int:
+                search: dict | None = None, calibrate: bool = True) -> int:
     """Export a critic checkpoint to a slim artifact folder for ``igcritic.load_guard``.
 
     Args:
@@ -139,9 +155,11 @@ def export_main(ckpt: Path, out: Path | None = None, name: str | None = None, ov
         overwrite: Replace a non-empty ``out``.
         search: Runtime search defaults to store instead of paper Table 1's, e.g.
             '{"num_candidates": 16, "block_width": 16, "max_new_tokens": 64}' for CPU.
+        calibrate: Apply the calibration map the checkpoint holds (fitted on the validation split by
+            ``igcritic fit``); false writes the raw safety head.
     """
     out = Path(out) if out is not None else default_out(ckpt, name)
-    path = export(ckpt, out, name=name, overwrite=overwrite, search=search)
+    path = export(ckpt, out, name=name, overwrite=overwrite, search=search, calibrate=calibrate)
     log.info("wrote %s: %s", path, ", ".join(sorted(p.name for p in path.iterdir())))
     return 0
 

@@ -110,3 +110,35 @@ class RecordRows(Callback):
         np.save(Path(self.out) / f"rank{trainer.global_rank}_epoch{trainer.current_epoch}.npy",
                 np.concatenate(self.rows) if self.rows else np.zeros(0, np.int64))
         self.rows = []
+
+
+class RecordCalibration(Callback):
+    """Saves each rank's calibration map after every validation epoch to ``out/rank{r}_calibration{e}.json``."""
+
+    def __init__(self, out: str):
+        self.out = str(out)
+
+    def on_validation_end(self, trainer, pl_module):
+        import json
+
+        if not trainer.sanity_checking:
+            path = Path(self.out) / f"rank{trainer.global_rank}_calibration{trainer.current_epoch}.json"
+            path.write_text(json.dumps(pl_module.critic.calibration.to_dict()))
+
+
+def overconfident_bins(n: int = 40_000, columns: int = 3, slope: float = 3.0, shift: float = 0.8, seed: int = 0):
+    """Histograms of a head whose logit is ``slope * t + shift`` where labels follow sigmoid(t): overconfident and
+    biased, a miscalibration a monotone map of q can undo. Returns the bins metric and the per-row (logit, label)."""
+    import torch
+
+    from igcritic.fit import CalibrationBins
+
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randn(n, columns, generator=g) * 1.5
+    label = (torch.rand(n, columns, generator=g) < torch.sigmoid(t)).float()
+    logit = slope * t + shift
+    fold = torch.randint(0, CalibrationBins.folds, (n,), generator=g)
+    bins = CalibrationBins(columns)
+    for a in range(0, n, 4096):  # batches, like validation steps
+        bins.update(logit[a:a + 4096], label[a:a + 4096], fold[a:a + 4096])
+    return bins, logit, label

@@ -1,4 +1,5 @@
-"""The critic module: monotone safety head, runtime API, artifact round trip and refusal of bad artifacts."""
+"""The critic module: monotone safety head (raw and calibrated), runtime API, artifact round trip (with its
+calibration map, and schema-1 artifacts without one) and refusal of bad artifacts."""
 
 from __future__ import annotations
 
@@ -9,7 +10,17 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from igcritic.critic import CONFIG_NAME, WEIGHTS_NAME, Critic, CriticConfig, CriticError, load_critic
+from igcritic.critic import (
+    CALIBRATION_KEY,
+    CONFIG_NAME,
+    SCHEMA_VERSION,
+    WEIGHTS_NAME,
+    Calibration,
+    Critic,
+    CriticConfig,
+    CriticError,
+    load_critic,
+)
 
 
 def make_critic(seed: int = 0, hidden: int = 12, n_mixture: int = 4, **kw) -> Critic:
@@ -24,17 +35,81 @@ def make_critic(seed: int = 0, hidden: int = 12, n_mixture: int = 4, **kw) -> Cr
     return critic.eval()
 
 
+def random_calibration(draw_seed: int, method: str) -> Calibration:
+    """A valid calibration map far from the identity (steep or flat Platt, isotonic knots with flat runs)."""
+    g = torch.Generator().manual_seed(draw_seed)
+    if method == "platt":
+        return Calibration("platt", a=float(10 ** (torch.rand(1, generator=g) * 3 - 1.5)),
+                           b=float(torch.randn(1, generator=g) * 3))
+    n = int(torch.randint(2, 12, (1,), generator=g))
+    x = torch.sort(torch.rand(n, generator=g)).values
+    x = torch.unique(torch.cat([x, torch.tensor([0.0, 1.0])]))
+    y = torch.sort(torch.rand(len(x), generator=g)).values
+    y[1:-1:2] = y[:-2:2]  # flat runs: non-decreasing, not increasing
+    return Calibration("isotonic", x=tuple(x.tolist()), y=tuple(y.tolist())).validate()
+
+
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 10_000), k=st.integers(1, 6),
+@given(seed=st.integers(0, 10_000), k=st.integers(1, 6), method=st.sampled_from(["identity", "platt", "isotonic"]),
        zs=st.lists(st.floats(-1e3, 1e3, allow_nan=False, width=32), min_size=2, max_size=24))
-def test_safety_head_is_a_cdf_in_z(seed, k, zs):
+def test_safety_head_is_a_cdf_in_z(seed, k, method, zs):
+    """q stays a CDF in z (in [0, 1], non-decreasing) for the raw head and after any calibration map."""
     critic = make_critic(seed, n_mixture=k)
+    if method != "identity":
+        critic.set_calibration(random_calibration(seed, method))
     h = torch.randn(3, 12, generator=torch.Generator().manual_seed(seed)) * 5
     z = torch.tensor(sorted(zs), dtype=torch.float32)
     with torch.no_grad():
-        q = torch.stack([critic.safe_prob(h, torch.full((3,), float(v))) for v in z], dim=1)  # (3, len(z))
-    assert ((q >= 0) & (q <= 1)).all()
-    assert (q[:, 1:] >= q[:, :-1]).all(), "q(h, z) decreased when z grew"
+        for calibrated in (False, True):
+            q = torch.stack([critic.safe_prob(h, torch.full((3,), float(v)), calibrated=calibrated) for v in z],
+                            dim=1)  # (3, len(z))
+            assert ((q >= 0) & (q <= 1)).all()
+            assert (q[:, 1:] >= q[:, :-1]).all(), f"q(h, z) decreased when z grew ({method}, calibrated={calibrated})"
+
+
+def test_calibrated_q_is_non_decreasing_on_a_dense_z_grid():
+    """The Platt path (logit from log q and log 1-q) and the isotonic path (segments joined at knots) never
+    step down by rounding, where the hypothesis draws are sparse: 20k z values through the tails and knots."""
+    critic = make_critic(7, n_mixture=5)
+    h = torch.randn(4, 12, generator=torch.Generator().manual_seed(7)) * 3
+    z = torch.cat([torch.linspace(-50, 50, 10_000), torch.linspace(-0.5, 1.5, 10_000)]).sort().values
+    feat = critic.encode(h).repeat_interleave(len(z), 0)
+    for cal in (Calibration("platt", a=0.3, b=0.7), Calibration("platt", a=7.0, b=-2.0),
+                random_calibration(3, "isotonic")):
+        critic.set_calibration(cal)
+        with torch.no_grad():
+            q = critic.safe_prob_from_features(feat, z.repeat(4), calibrated=True).view(4, -1)
+        assert (q.diff(dim=1) >= 0).all(), cal.method
+
+
+def test_identity_calibration_is_the_raw_head_and_maps_apply_as_documented():
+    critic = make_critic(8)
+    h, z = torch.randn(6, 12), torch.randn(6)
+    with torch.no_grad():
+        raw = critic.safe_prob(h, z, calibrated=False)
+        assert torch.equal(critic.safe_prob(h, z), raw) and torch.equal(critic(h, z).safe_prob, raw)
+        critic.set_calibration(Calibration("platt", a=0.5, b=0.2))
+        torch.testing.assert_close(critic.safe_prob(h, z), torch.sigmoid(0.5 * torch.logit(raw.double()) + 0.2).float(),
+                                   atol=1e-5, rtol=1e-4)
+        assert torch.equal(critic(h, z).safe_prob, critic.safe_prob(h, z))
+        assert torch.equal(critic.safe_prob(h, z, calibrated=False), raw)  # training and raw metrics see the head
+    iso = Calibration("isotonic", x=(0.2, 0.6), y=(0.1, 0.3))
+    q = torch.tensor([0.0, 0.2, 0.4, 0.6, 1.0])
+    torch.testing.assert_close(iso.apply(q), torch.tensor([0.1, 0.1, 0.2, 0.3, 0.3]))  # flat beyond the end knots
+
+
+def test_invalid_calibrations_are_refused_in_one_line():
+    for bad, match in [({"method": "platt", "a": 0.0, "b": 0.0}, "calibration.a=0.0"),
+                       ({"method": "platt", "a": -1.0}, "calibration.a=-1.0"),
+                       ({"method": "isotonic", "x": [0.1, 0.5], "y": [0.6, 0.2]}, "y must not decrease"),
+                       ({"method": "isotonic", "x": [0.5, 0.1], "y": [0.1, 0.2]}, "x must increase"),
+                       ({"method": "isotonic", "x": [0.5], "y": [0.1]}, "need equal lengths"),
+                       ({"method": "temperature"}, "use identity, platt or isotonic"),
+                       ({"method": "platt", "a": "x"}, "malformed")]:
+        with pytest.raises(CriticError, match=match) as e:
+            Calibration.from_dict(bad)
+        assert "\n" not in str(e.value)
+    assert Calibration.from_dict(None).is_identity
 
 
 def test_safety_head_limits_and_logprob_consistency():
@@ -90,7 +165,8 @@ def test_save_and_load_round_trip(tmp_path):
     critic.save_pretrained(tmp_path / "art", metrics={"val/auroc": torch.tensor(0.9)})
     assert sorted(p.name for p in (tmp_path / "art").iterdir()) == sorted([WEIGHTS_NAME, CONFIG_NAME])
     meta = json.loads((tmp_path / "art" / CONFIG_NAME).read_text())
-    assert meta["schema_version"] == 1 and meta["layer"] == 2 and meta["norm"] == "post"
+    assert meta["schema_version"] == SCHEMA_VERSION == 2 and meta["layer"] == 2 and meta["norm"] == "post"
+    assert meta[CALIBRATION_KEY] == {"method": "identity", "fitted": None}
     assert meta["metrics"] == {"val/auroc": pytest.approx(0.9)}
     loaded = load_critic(tmp_path / "art")
     assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
@@ -104,6 +180,44 @@ def test_save_and_load_round_trip(tmp_path):
         Critic.from_pretrained(tmp_path / "art", depthh=3)
     with pytest.raises(CriticError, match="does not fit"):
         Critic.from_pretrained(tmp_path / "art", width=32)
+
+
+@pytest.mark.parametrize("cal", [Calibration("platt", a=0.4, b=-0.3, fitted={"split": "val", "rows": 10}),
+                                 Calibration("isotonic", x=(0.0, 0.3, 0.7, 1.0), y=(0.05, 0.05, 0.6, 0.9))])
+def test_calibration_round_trips_through_the_artifact(tmp_path, cal):
+    critic = make_critic(9)
+    critic.set_calibration(cal)
+    critic.save_pretrained(tmp_path / "art")
+    meta = json.loads((tmp_path / "art" / CONFIG_NAME).read_text())
+    assert meta[CALIBRATION_KEY]["method"] == cal.method
+    loaded = load_critic(tmp_path / "art")
+    assert loaded.calibration == cal
+    h, z = torch.randn(32, 12), torch.linspace(-1, 2, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(h, z).safe_prob, critic(h, z).safe_prob)
+        assert torch.equal(loaded.safe_prob(h, z, calibrated=False), critic.safe_prob(h, z, calibrated=False))
+        assert not torch.equal(loaded.safe_prob(h, z), loaded.safe_prob(h, z, calibrated=False))
+    state = critic.state_dict()  # Lightning checkpoints carry the map as the critic's extra state
+    fresh = Critic(critic.config)
+    fresh.load_state_dict(state)
+    assert fresh.calibration == cal
+
+
+def test_schema_1_artifact_without_calibration_loads_with_the_identity(tmp_path):
+    critic = make_critic(10)
+    critic.set_calibration(Calibration("platt", a=0.5, b=1.0))
+    out = critic.save_pretrained(tmp_path / "old")
+    meta = json.loads((out / CONFIG_NAME).read_text())
+    meta.pop(CALIBRATION_KEY)
+    (out / CONFIG_NAME).write_text(json.dumps({**meta, "schema_version": 1}))  # what igcritic wrote before
+    loaded = load_critic(out)
+    assert loaded.calibration.is_identity
+    h, z = torch.randn(8, 12), torch.randn(8)
+    with torch.no_grad():
+        assert torch.equal(loaded.safe_prob(h, z), critic.safe_prob(h, z, calibrated=False))
+    meta[CALIBRATION_KEY] = {"method": "platt", "a": -2.0, "b": 0.0}
+    (out / CONFIG_NAME).write_text(json.dumps(meta))
+    _one_line_error(out, "calibration.a=-2.0")
 
 
 @pytest.fixture()

@@ -1,4 +1,5 @@
-"""export: Lightning checkpoint -> checkpoints/<name>/ that load_critic reads exactly, without Lightning."""
+"""export: Lightning checkpoint -> checkpoints/<name>/ that load_critic reads exactly (calibration map included),
+without Lightning; checkpoints from before calibration export with the identity map."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 from helpers_fit import make_store, tiny_module, tiny_trainer
 
-from igcritic.critic import CONFIG_NAME, WEIGHTS_NAME, load_critic
+from igcritic.critic import CALIBRATION_KEY, CONFIG_NAME, SCHEMA_VERSION, WEIGHTS_NAME, load_critic
 from igcritic.data import CriticDataModule
 from igcritic.export import SEARCH_CONFIG_NAME, ExportError, default_out, export, export_main
 
@@ -30,7 +31,8 @@ def trained(tmp_path_factory):
     make_store(root / "store.zarr", n_prompts=10, rollouts=3, hidden=16)
     model = tiny_module(16, dropout=0.1)
     trainer = tiny_trainer(root, epochs=1)
-    trainer.fit(model, CriticDataModule([str(root / "store.zarr")], batch_size=32))
+    trainer.fit(model, CriticDataModule([str(root / "store.zarr")], batch_size=32, val_fraction=0.3))
+    assert not model.critic.calibration.is_identity  # fitted on the validation split at the end of the epoch
     return model, trainer.checkpoint_callback.best_model_path
 
 
@@ -46,21 +48,32 @@ def test_export_then_load_reproduces_the_module_exactly(trained, tmp_path):
     with torch.no_grad():
         want = model.critic(h, z)
         got = critic(h, z)
+        raw = model.critic.safe_prob(h, z, calibrated=False)
     for a, b in zip(want, got):
         assert torch.equal(a, b)
+    assert critic.calibration == model.critic.calibration and not critic.calibration.is_identity
+    assert not torch.equal(got.safe_prob, raw)  # the runtime's q is the calibrated one
+    assert torch.equal(critic.safe_prob(h, z, calibrated=False), raw)
 
 
 def test_artifact_records_what_the_runtime_checks(trained, tmp_path):
     model, ckpt = trained
     out = export(ckpt, tmp_path / "art", name="tiny-critic")
     meta = json.loads((out / CONFIG_NAME).read_text())
-    assert meta["schema_version"] == 1 and meta["name"] == "tiny-critic"
+    assert meta["schema_version"] == SCHEMA_VERSION and meta["name"] == "tiny-critic"
     assert meta["policy"]["model_id"] == "synthetic-llama" and meta["hidden_size"] == 16
     assert meta["layer"] == 2 and meta["norm"] == "post"
     assert meta["cost_scorer"] == {"id": "synthetic-cost", "sign": "higher-is-unsafe", "kind": "synthetic"}
     assert meta["reward_scorer"]["sign"] == "higher-is-better"
     assert meta["gamma"] == 0.999 and meta["budget"] == 0.5 and meta["budget_low"] < meta["budget_high"]
     assert 0.0 <= meta["metrics"]["val/auroc"] <= 1.0 and "val/cost_mse" in meta["metrics"]
+    cal = meta[CALIBRATION_KEY]
+    assert cal["method"] in ("platt", "isotonic") and cal["fitted"]["split"] == "val"
+    assert cal["fitted"]["global_step"] == meta["global_step"] and cal["fitted"]["budgets"] == meta["eval_budgets"]
+    assert 0.5 in meta["eval_budgets"]  # the store budget, with the quartiles of S_T
+    for b in meta["eval_budgets"]:  # ECE before and after calibration at every budget the fit evaluates
+        assert {f"val/ece@{b:g}", f"val/ece_calibrated@{b:g}"} <= set(meta["metrics"])
+        assert cal["fitted"]["ece_after"][f"{b:g}"] == pytest.approx(meta["metrics"][f"val/ece_calibrated@{b:g}"], abs=1e-6)
     search = json.loads((out / SEARCH_CONFIG_NAME).read_text())
     assert search["budget"] == 0.5 and search["block_width"] == 32 and search["num_candidates"] == 128
     from igcritic.search import SearchConfig  # the runtime reads these keys
@@ -74,6 +87,32 @@ def test_artifact_records_what_the_runtime_checks(trained, tmp_path):
     with open(out / WEIGHTS_NAME, "rb") as f:  # safetensors: an 8-byte header length, then JSON
         header_len = int.from_bytes(f.read(8), "little")
         assert json.loads(f.read(header_len))["__metadata__"]["format"] == "pt"
+
+
+def test_export_without_calibration_and_from_old_checkpoints(trained, tmp_path, caplog):
+    model, ckpt = trained
+    g = torch.Generator().manual_seed(1)
+    h, z = torch.randn(32, 16, generator=g) * 3, torch.rand(32, generator=g)
+    with torch.no_grad():
+        raw = model.critic.safe_prob(h, z, calibrated=False)
+    off = export(ckpt, tmp_path / "raw", calibrate=False)
+    assert json.loads((off / CONFIG_NAME).read_text())[CALIBRATION_KEY]["method"] == "identity"
+    assert torch.equal(load_critic(off).safe_prob(h, z), raw)
+    old = torch.load(ckpt, weights_only=True)
+    del old["state_dict"]["critic._extra_state"]  # a checkpoint written before calibration existed
+    torch.save(old, tmp_path / "old.ckpt")
+    with caplog.at_level("WARNING", logger="igcritic.export"):
+        out = export(tmp_path / "old.ckpt", tmp_path / "old")
+    assert "no calibration map" in caplog.text
+    critic = load_critic(out)
+    assert critic.calibration.is_identity and torch.equal(critic.safe_prob(h, z), raw)
+    stale = torch.load(ckpt, weights_only=True)  # a map fitted at another step than the weights
+    stale["state_dict"]["critic._extra_state"]["fitted"]["global_step"] = -1
+    torch.save(stale, tmp_path / "stale.ckpt")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="igcritic.export"):
+        export(tmp_path / "stale.ckpt", tmp_path / "stale")
+    assert "fitted at step -1" in caplog.text
 
 
 def test_artifact_loads_without_lightning(trained, tmp_path):
@@ -120,4 +159,6 @@ def test_export_main_and_default_out(trained, tmp_path, monkeypatch):
 
     assert main(["export", str(ckpt), "--out", "checkpoints/cli"]) == 0
     assert (tmp_path / "checkpoints" / "cli" / CONFIG_NAME).exists()
+    assert main(["export", str(ckpt), "--out", "checkpoints/raw", "--calibrate", "false"]) == 0
+    assert load_critic(tmp_path / "checkpoints" / "raw").calibration.is_identity
     assert export_main(ckpt, None, name="named") == 0 and (tmp_path / "checkpoints" / "named").is_dir()

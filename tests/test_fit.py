@@ -1,21 +1,34 @@
-"""CriticModule and the fit CLI: it learns, DDP ranks see disjoint rows, NaN rows are skipped, bad data refused."""
+"""CriticModule and the fit CLI: it learns, DDP ranks see disjoint rows, NaN rows are skipped, bad data refused,
+the safety head is calibrated on the validation split (ECE before/after per budget) and checkpoints carry the map."""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
-from helpers_fit import RecordRows, make_store, poison_rows, tiny_module, tiny_trainer
+from helpers_fit import (
+    RecordCalibration,
+    RecordRows,
+    make_store,
+    overconfident_bins,
+    poison_rows,
+    tiny_module,
+    tiny_trainer,
+)
+from torchmetrics.functional.classification import binary_calibration_error
 
-from igcritic.data import CriticDataModule
+from igcritic.critic import Calibration
+from igcritic.data import CriticDataModule, mask_nonfinite
 from igcritic.export import CKPT_KEY
-from igcritic.fit import FitError, cli_main
+from igcritic.fit import FitError, binned_ece, calibrate, cli_main
 from igcritic.store import StoreReader
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "fit"
@@ -56,8 +69,16 @@ def test_ddp_two_cpu_processes_train_on_disjoint_rows(store, tmp_path):
     dm = CriticDataModule([store], batch_size=64, val_fraction=0.2, shuffle_buffer=512)
     model = tiny_module(dm.hidden_size)
     trainer = tiny_trainer(tmp_path, epochs=2, devices=2, strategy="ddp_spawn", enable_checkpointing=False,
-                           callbacks=[RecordRows(str(tmp_path))], num_sanity_val_steps=0)
+                           callbacks=[RecordRows(str(tmp_path)), RecordCalibration(str(tmp_path))],
+                           num_sanity_val_steps=0)
     trainer.fit(model, dm)
+    # calibration: both ranks fit the same map on the histograms of BOTH ranks' validation rows
+    n_val = int(sum(stop - start for _, start, stop, _ in dm._runs("val")[0]))
+    for epoch in range(2):
+        cal0, cal1 = (json.loads((tmp_path / f"rank{r}_calibration{epoch}.json").read_text()) for r in range(2))
+        assert cal0 == cal1 and cal0["method"] in ("platt", "isotonic")
+        assert cal0["fitted"]["rows"] == 2 * (n_val // 2)
+    assert model.critic.calibration.to_dict() == cal0  # rank 0's state came back with the weights
     train_rows = set(np.concatenate([np.arange(a, b) for _, a, b, _ in dm._runs("train")[0]]).tolist())
     orders = []
     for epoch in range(2):
@@ -114,6 +135,99 @@ def test_bf16_mixed_and_resume(store, tmp_path):
     t2.fit(resumed, CriticDataModule([store], batch_size=64), ckpt_path=ckpt)
     assert t2.current_epoch == 2
     assert torch.equal(resumed.critic.h_mean, model.critic.h_mean)  # stats come from the checkpoint
+
+
+def test_calibration_maps_fix_an_overconfident_head():
+    """Platt, isotonic and auto undo a miscalibration that a monotone map of q can undo; the histogram ECE
+    equals torchmetrics' ECE on the rows, before and after the map."""
+    bins, logit, label = overconfident_bins()
+    stats = bins.compute().double()
+    q = torch.sigmoid(logit)
+    for c in range(3):
+        exact = float(binary_calibration_error(q[:, c], label[:, c].long(), n_bins=15))
+        assert float(binned_ece(stats.sum(1)[:, c], Calibration())) == pytest.approx(exact, abs=0.003)
+    for method in ("platt", "isotonic", "auto"):
+        cal, report = calibrate(stats, method, [1, 2])
+        cal.validate()
+        assert (report["ece_before"] > 0.12).all(), method
+        assert (report["ece_after"] < 0.02).all() and (report["ece_after_cv"] < 0.03).all(), (method, report)
+        q_cal = cal.apply(q, F.logsigmoid(logit), F.logsigmoid(-logit))  # the map on every row
+        for c in range(3):
+            exact = float(binary_calibration_error(q_cal[:, c], label[:, c].long(), n_bins=15))
+            assert float(report["ece_after"][c]) == pytest.approx(exact, abs=0.005), (method, c)
+        if method == "platt":
+            assert cal.a == pytest.approx(1 / 3, rel=0.05) and cal.b == pytest.approx(-0.8 / 3, abs=0.05)
+    no_cv, report = calibrate(stats[:, :1], "auto", [1, 2])  # one prompt fold: no cross-fit, Platt
+    assert no_cv.method == "platt" and report["ece_after_cv"] is None
+
+
+@pytest.fixture(scope="module")
+def overfit_store(tmp_path_factory):
+    """A noisy store small enough to overfit: the critic comes out overconfident on held-out prompts."""
+    path = tmp_path_factory.mktemp("overfit") / "store.zarr"
+    make_store(path, n_prompts=120, rollouts=4, hidden=16, max_len=12, noise=3.0, chunk_tokens=256)
+    return str(path)
+
+
+def test_fit_calibrates_a_miscalibrated_critic_on_the_validation_split(overfit_store, tmp_path):
+    import lightning.pytorch as pl
+
+    pl.seed_everything(0, verbose=False)
+    dm = CriticDataModule([overfit_store], batch_size=64, val_fraction=0.5, shuffle_buffer=1024)
+    model = tiny_module(dm.hidden_size, width=128, lr=1e-2)  # calibration="auto"
+    trainer = tiny_trainer(tmp_path, epochs=10, num_sanity_val_steps=0)
+    trainer.fit(model, dm)
+    m = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    cal = model.critic.calibration
+    assert cal.method in ("platt", "isotonic") and cal.fitted["split"] == "val"
+    assert cal.fitted["rows"] == dm.val_dataset.n_rows and cal.fitted["budgets"] == model.budgets == [0.238, 0.463, 0.5, 0.718]
+    assert m["val/ece@0.5"] > 0.1  # miscalibrated raw head
+    assert m["val/ece_calibrated@0.5"] < m["val/ece@0.5"] - 0.05
+    assert m["val/ece_calibrated_cv@0.5"] < m["val/ece@0.5"] - 0.05  # also on prompts the map was not fitted on
+    assert m["val/ece_calibrated"] < 0.05 and m["val/ece_calibrated_cv"] < 0.05  # budgets drawn as in training
+    for b in model.budgets:
+        assert cal.fitted["ece_before"][f"{b:g}"] == pytest.approx(m[f"val/ece@{b:g}"], abs=0.005)
+        assert cal.fitted["ece_after"][f"{b:g}"] == pytest.approx(m[f"val/ece_calibrated@{b:g}"], abs=1e-5)
+        assert m[f"val/ece_calibrated@{b:g}"] <= m[f"val/ece@{b:g}"] + 0.01  # never clearly worse
+    # the installed map, applied row by row by Critic.safe_prob, gives the logged ECE
+    critic, q, y = model.critic.eval(), [], []
+    with torch.no_grad():
+        for batch in dm.val_dataloader():
+            batch = mask_nonfinite(batch)
+            v = batch["valid"]
+            q.append(critic.safe_prob(batch["h"][v], 0.5 - batch["s"][v]))
+            y.append((batch["s_final"][v] <= 0.5).long())
+    exact = float(binary_calibration_error(torch.cat(q), torch.cat(y), n_bins=15))
+    assert exact == pytest.approx(m["val/ece_calibrated@0.5"], abs=0.01)
+    # every checkpoint carries the map of its own weights, and the before/after metrics
+    saved = torch.load(trainer.checkpoint_callback.best_model_path, weights_only=True)  # the last epoch's
+    assert saved["state_dict"]["critic._extra_state"] == cal.to_dict()
+    assert cal.fitted["global_step"] == saved["global_step"]
+    assert {"val/ece@0.5", "val/ece_calibrated@0.5", "val/ece_calibrated_cv@0.5"} <= set(saved[CKPT_KEY]["metrics"])
+    # `test` measures the map it has (the test loader is the validation split): same number, no refit
+    trainer.test(model, dm, verbose=False)
+    assert float(trainer.callback_metrics["test/ece_calibrated@0.5"]) == pytest.approx(m["val/ece_calibrated@0.5"],
+                                                                                      abs=1e-5)
+    assert model.critic.calibration == cal
+
+
+def test_checkpoint_from_before_calibration_loads_and_none_keeps_the_map(store, tmp_path):
+    trainer = tiny_trainer(tmp_path, max_steps=3, limit_val_batches=2)
+    model = tiny_module(16)
+    trainer.fit(model, CriticDataModule([store], batch_size=64))
+    ckpt = torch.load(trainer.checkpoint_callback.best_model_path, weights_only=True)
+    del ckpt["state_dict"]["critic._extra_state"]  # what igcritic wrote before calibration existed
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    kept = tiny_module(16, calibration="none")
+    tiny_trainer(tmp_path, limit_val_batches=2).validate(kept, CriticDataModule([store], batch_size=64),
+                                                          ckpt_path=tmp_path / "old.ckpt", verbose=False)
+    assert kept.critic.calibration.is_identity  # loaded as the identity, and "none" does not refit
+    refit = tiny_module(16)
+    t2 = tiny_trainer(tmp_path, limit_val_batches=2)
+    t2.validate(refit, CriticDataModule([store], batch_size=64), ckpt_path=tmp_path / "old.ckpt", verbose=False)
+    assert not refit.critic.calibration.is_identity and "val/ece_calibrated@0.5" in t2.callback_metrics
+    with pytest.raises(FitError, match="model.calibration='temperature'"):
+        tiny_module(16, calibration="temperature")
 
 
 def _print_config(args: list[str]) -> dict:
