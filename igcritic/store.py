@@ -86,6 +86,9 @@ LOCK_FILE = "writer-rank-{:05d}.lock"
 STORE_ENTRIES = {STORE_MARKER, PROMPTS, SHARDS}
 """What a store's root folder holds; ``--overwrite`` replaces nothing else (:func:`check_replaceable`)."""
 FP16_MAX = 65504.0
+EVERY_CHUNK = "every_chunk"
+"""Manifest flag of shards whose writer writes every chunk: then every array's chunks below the manifest must
+exist (older shards: latents and token_ids, which are never all fill values)."""
 RANK_WAIT_S = 600.0
 """How long ranks > 0 wait for rank 0 to create the root group."""
 
@@ -441,7 +444,7 @@ class StoreWriter:
         self.path, self.rank, self._shard, self._lock = path, rank, shard, lock
         self.hidden_size = int(root.attrs["hidden_size"])
         self._n_prompts = int(root.attrs["prompts_count"])
-        self._arrays = {k: shard[k] for k in [*TOKEN_ARRAYS, *TRAJ_ARRAYS, "traj_offsets"] if k in shard}
+        self._arrays = {k: _every_chunk(shard[k]) for k in [*TOKEN_ARRAYS, *TRAJ_ARRAYS, "traj_offsets"] if k in shard}
         self._chunk = int(self._arrays["latents"].chunks[0])
         m = shard.attrs
         self._n_traj, self._n_tok, self._done = int(m["n_traj"]), int(m["n_tok"]), set(m["batches_done"])
@@ -606,7 +609,7 @@ class StoreWriter:
     def _set_reward_prefix(self, has: bool) -> None:
         self._has_reward = has
         if has and "reward_prefix" not in self._arrays:
-            self._arrays["reward_prefix"] = _token_array(self._shard, "reward_prefix", self._chunk, 0, None)
+            self._arrays["reward_prefix"] = _every_chunk(_token_array(self._shard, "reward_prefix", self._chunk, 0, None))
             self._tail["reward_prefix"] = np.zeros(0, np.float32)
         elif not has and "reward_prefix" in self._arrays:
             del self._shard["reward_prefix"], self._arrays["reward_prefix"], self._tail["reward_prefix"]
@@ -702,10 +705,16 @@ def _make_shard(root: zarr.Group, rank: int, path, *, refuse_data: bool) -> zarr
         _token_array(shard, k, chunk, hidden, root.attrs.get("compression"))
     for k, dtype in TRAJ_ARRAYS.items():
         shard.create_array(k, shape=(0,), chunks=(chunk,), dtype=dtype, compressors=None)
-    shard.create_array("traj_offsets", shape=(1,), chunks=(chunk,), dtype="int64",
-                       compressors=None)[:] = np.zeros(1, np.int64)
-    shard.attrs.update({"n_traj": 0, "n_tok": 0, "batches_done": []})  # the manifest comes last
+    _every_chunk(shard.create_array("traj_offsets", shape=(1,), chunks=(chunk,), dtype="int64",
+                                    compressors=None))[:] = np.zeros(1, np.int64)
+    shard.attrs.update({"n_traj": 0, "n_tok": 0, "batches_done": [], EVERY_CHUNK: True})  # the manifest comes last
     return shard
+
+
+def _every_chunk(a: zarr.Array) -> zarr.Array:
+    """``a`` writing every chunk, fill values included (zarr skips all-fill chunks by default, and a missing
+    chunk would then be indistinguishable from a lost one)."""
+    return a.with_config({"write_empty_chunks": True})
 
 
 # ---------------------------------------------------------------- reader (the merged store)
@@ -867,11 +876,24 @@ def validate_store(path: str | os.PathLike) -> list[str]:
         g = root[SHARDS][name]
         if "n_tok" in g.attrs:  # a shard without a manifest never started: nothing to check
             p += [f"{name}: {msg}" for msg in _validate_shard(g, int(attrs["hidden_size"]), n_prompts,
-                                                               int(attrs["chunk_tokens"]))]
+                                                               int(attrs["chunk_tokens"]), attrs)]
     return p
 
 
-def _validate_shard(g: zarr.Group, H: int, n_prompts: int, step: int) -> list[str]:
+def _missing_chunks(a: zarr.Array, rows: int) -> list[int]:
+    """Row-chunk indices below ``rows`` whose chunk object is absent (it would read back as fill values)."""
+    aa, step = a.async_array, int(a.chunks[0])
+    rest = (0,) * (a.ndim - 1)
+    keys = [f"{aa.store_path.path}/{aa.metadata.encode_chunk_key((i, *rest))}".lstrip("/")
+            for i in range(math.ceil(rows / step))]
+
+    async def probe() -> list[bool]:
+        return list(await asyncio.gather(*(aa.store_path.store.exists(k) for k in keys)))
+
+    return [i for i, ok in enumerate(sync(probe()) if keys else []) if not ok]
+
+
+def _validate_shard(g: zarr.Group, H: int, n_prompts: int, step: int, attrs: dict) -> list[str]:
     m = dict(g.attrs)
     n_traj, n_tok = int(m["n_traj"]), int(m["n_tok"])
     want = {k: (n_tok, d) for k, d in TOKEN_ARRAYS.items()} | {k: (n_traj, d) for k, d in TRAJ_ARRAYS.items()}
@@ -881,6 +903,17 @@ def _validate_shard(g: zarr.Group, H: int, n_prompts: int, step: int) -> list[st
           for k, (n, d) in want.items() if k in g and (g[k].shape[0] < n or str(g[k].dtype) != d)]
     if "latents" in g and g["latents"].shape[1:] != (H,):
         p.append(f"latents width {g['latents'].shape[1:]} is not hidden_size {H}")
+    if p:
+        return p
+    # A lost chunk reads back as zeros: every chunk holding committed rows must exist.
+    for k in (want if m.get(EVERY_CHUNK) else ("latents", "token_ids")):
+        if k in g and (lost := _missing_chunks(g[k], want[k][0])):
+            c = int(g[k].chunks[0])
+            first = ", ".join(f"{i} (rows {i * c}-{min((i + 1) * c, want[k][0]) - 1})" for i in lost[:3])
+            many = len(lost) > 1
+            p.append(f"{k} chunk{'s' if many else ''} {first}{' ...' if len(lost) > 3 else ''} "
+                     f"{'are' if many else 'is'} missing ({len(lost)} of {math.ceil(want[k][0] / c)} chunks): those "
+                     "rows would read back as zeros; restore the files or recollect the store with --overwrite")
     if p:
         return p
     off = g["traj_offsets"][:n_traj + 1]
@@ -899,11 +932,30 @@ def _validate_shard(g: zarr.Group, H: int, n_prompts: int, step: int) -> list[st
     prompts = g["traj_prompt"][:n_traj]
     if ((prompts < 0) | (prompts >= n_prompts)).any():
         p.append(f"traj_prompt outside [0, {n_prompts})")
-    if not set(g["traj_batch"][:n_traj].tolist()) <= set(m.get("batches_done", [])):
+    batch_ids = g["traj_batch"][:n_traj]
+    done, seen = set(m.get("batches_done", [])), set(batch_ids.tolist())
+    if not seen <= done:
         p.append("trajectories belong to batches missing from the manifest's batches_done")
+    if lost := sorted(done - seen):
+        p.append(f"batch {lost[0]}{f' and {len(lost) - 1} more' if len(lost) > 1 else ''} is in batches_done but "
+                 "has no trajectories")
+    if n_traj and (np.diff(batch_ids) != 0).sum() + 1 != len(seen):
+        p.append("a batch's trajectories are not contiguous in traj_batch")
+    per_batch = (attrs.get("generation") or {}).get("batch_size")
+    if per_batch and n_traj and int(np.unique(batch_ids, return_counts=True)[1].max()) > int(per_batch):
+        p.append(f"a batch holds more than the {per_batch} trajectories of generation.batch_size")
+    vocab = (attrs.get("policy") or {}).get("vocab_size")
+    if vocab and n_tok and int(g["token_ids"][:n_tok].max()) >= int(vocab):
+        p.append(f"token_ids hold ids >= the policy's vocab_size {vocab}")
     p += [f"{k} holds NaN/inf" for k in ("cost_prefix", "reward_prefix", "traj_reward", "traj_cost")
           if k in g and not np.isfinite(g[k][:want[k][0]]).all()]
-    bad = sum(int((~np.isfinite(g["latents"][i:min(i + step, n_tok)])).sum()) for i in range(0, n_tok, step))
+    bad = 0
+    for i in range(0, n_tok, step):
+        try:
+            bad += int((~np.isfinite(g["latents"][i:min(i + step, n_tok)])).sum())
+        except Exception as e:  # noqa: BLE001 - a truncated or garbled chunk: any decoding error
+            return p + [f"latents rows {i}-{min(i + step, n_tok) - 1} cannot be read ({type(e).__name__}); restore "
+                        "the files or recollect the store with --overwrite"]
     return p + ([f"latents hold {bad} NaN/inf values"] if bad else [])
 
 

@@ -288,6 +288,57 @@ def test_validate_store_finds_each_corruption(tmp_path, corrupt, expected):
     assert any(expected in p for p in validate_store(tmp_path / "s")), validate_store(tmp_path / "s")
 
 
+TOKEN_ROWS = ("latents", "token_ids", "cost_prefix")
+
+
+def _chunk_file(path, array: str, i: int) -> Path:
+    f = path / "shards" / "rank-00000" / array / "c" / str(i)
+    return f / "0" if array == "latents" else f
+
+
+@pytest.mark.parametrize("array", ["latents", "token_ids", "cost_prefix", "traj_finished", "traj_offsets"])
+def test_validate_store_finds_a_deleted_chunk(tmp_path, array):
+    """A deleted chunk reads back as zeros (zarr's fill value): validate_store and inspect report it."""
+    path = tmp_path / "s"
+    batches = [make_batch(i, n=4) for i in range(6)]
+    for b in batches:
+        b.traj_finished[:] = False  # all-False chunks: zarr skips fill-value chunks unless told to write them
+    write(path, enumerate(batches))
+    assert validate_store(path) == []
+    i = 1 if array in TOKEN_ROWS else 0
+    f = _chunk_file(path, array, i)
+    assert f.is_file(), sorted(p.name for p in f.parent.iterdir())
+    f.unlink()
+    problems = validate_store(path)
+    assert any(p.startswith(f"rank-00000: {array} chunk {i} (rows ") and "is missing" in p for p in problems), problems
+    assert all("\n" not in p for p in problems)
+    assert inspect_store(path, console=Console(file=io.StringIO(), width=200)) == 1
+
+
+def test_shards_written_before_every_chunk_check_only_latents_and_token_ids(tmp_path):
+    """Older shards skipped all-fill chunks (zarr's default): a chunk they never wrote is not a lost one."""
+    b = make_batch(0, n=4)
+    b.traj_finished[:] = False
+    write(tmp_path / "s", [(0, b)])
+    shard = store_mod.zarr.open_group(str(tmp_path / "s"), mode="r+")["shards/rank-00000"]
+    shard.attrs.update({store_mod.EVERY_CHUNK: None})
+    _chunk_file(tmp_path / "s", "traj_finished", 0).unlink()
+    assert validate_store(tmp_path / "s") == []
+    _chunk_file(tmp_path / "s", "latents", 0).unlink()
+    assert any("latents chunk 0 " in p for p in validate_store(tmp_path / "s"))
+
+
+def test_validate_store_checks_trajectory_bookkeeping(tmp_path):
+    write(tmp_path / "s", [(i, make_batch(i)) for i in range(3)])
+    root = store_mod.zarr.open_group(str(tmp_path / "s"), mode="r+")
+    root["shards/rank-00000"].attrs.update({"batches_done": [0, 1, 2, 5]})  # a committed batch, no trajectories
+    root.attrs.update({"policy": {**ATTRS["policy"], "vocab_size": 10}, "generation": {"batch_size": 2}})
+    problems = validate_store(tmp_path / "s")
+    for expected in ("batch 5 is in batches_done but has no trajectories", "ids >= the policy's vocab_size 10",
+                     "more than the 2 trajectories of generation.batch_size"):
+        assert any(expected in p for p in problems), problems
+
+
 def test_reader_bounds_and_missing_store(tmp_path):
     with pytest.raises(StoreError, match="no store"):
         StoreReader(tmp_path / "missing").n_tok
