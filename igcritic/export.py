@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from igcritic.critic import Calibration, Critic, CriticConfig, CriticError, load_critic
+from igcritic.critic import CONFIG_NAME, Calibration, Critic, CriticConfig, CriticError, load_critic
 from igcritic.search import SearchConfig, SearchConfigError
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,9 @@ def export(ckpt: str | Path, out: str | Path, name: str | None = None, overwrite
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not overwrite:
             raise ExportError(f"output {out} exists and is not empty; pick another --out or pass --overwrite")
+        from igcritic.store import check_replaceable  # here only: loading a guard does not import zarr
+
+        check_replaceable(out, CONFIG_NAME, "a critic artifact", ExportError)  # --overwrite replaces only an artifact
     critic, entry = critic_from_checkpoint(ckpt)
     cfg = critic.config
     cal = critic.calibration

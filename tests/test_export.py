@@ -146,9 +146,15 @@ def test_never_writes_into_a_non_empty_folder(trained, tmp_path):
     with pytest.raises(ExportError, match="not empty"):
         export(ckpt, out)
     assert (out / "keep.txt").read_text() == "mine"
-    export(ckpt, out, overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / WEIGHTS_NAME).exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["taken"]  # no temporary folder left behind
+    with pytest.raises(ExportError, match=r"is not a critic artifact \(no critic_config.json in it\), so "
+                                          r"--overwrite will not delete it"):
+        export(ckpt, out, overwrite=True)  # --overwrite replaces only an artifact folder, never the user's files
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    export(ckpt, tmp_path / "art")
+    (tmp_path / "art" / WEIGHTS_NAME).write_bytes(b"old")
+    export(ckpt, tmp_path / "art", overwrite=True)
+    assert (tmp_path / "art" / WEIGHTS_NAME).stat().st_size > 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art", "taken"]  # no temporary folder left behind
 
 
 def test_export_main_and_default_out(trained, tmp_path, monkeypatch):
