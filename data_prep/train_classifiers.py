@@ -121,9 +121,10 @@ def features(ns: argparse.Namespace) -> None:
 def load_features() -> dict[str, dict[str, np.ndarray]]:
     out: dict[str, dict[str, np.ndarray]] = {}
     for f in sorted(CACHE.glob("feat-*.npz")):
-        z = np.load(f)
-        for k, i in enumerate(z["ids"].tolist()):
-            out[i] = {name: z[name][k] for name in ("minilm", "latent", "latent_cuts", "latent_empty")}
+        with np.load(f) as z:  # each array read once (z[name] decompresses the whole array on every access)
+            arrays = {name: z[name] for name in ("ids", "minilm", "latent", "latent_cuts", "latent_empty")}
+        for k, i in enumerate(arrays["ids"].tolist()):
+            out[i] = {name: a[k] for name, a in arrays.items() if name != "ids"}
     return out
 
 

@@ -103,3 +103,14 @@ def test_tracked_cost_with_previous_is_the_max_over_every_prefix(tmp_path, tiny_
     s_t = [s[-1] for s in cost.prefix_scores(PROMPTS, texts)]  # the store's S_T
     tracked = cost.score(PROMPTS, ANSWERS, previous=np.zeros(2))
     np.testing.assert_allclose(tracked, s_t, atol=1e-5)
+
+
+def test_head_round_trip_keeps_a_fortran_ordered_weight(tmp_path):
+    w = np.asfortranarray(np.random.default_rng(2).normal(size=(5, 7)).astype(np.float32))  # as sklearn's coef_
+    head = LinearHead(w, np.arange(5, dtype=np.float32), "classes", "minilm", mean=np.ones(7, np.float32),
+                      std=np.full(7, 2.0, np.float32))
+    head.save(tmp_path / "h.safetensors")
+    back = LinearHead.load(tmp_path / "h.safetensors")
+    np.testing.assert_array_equal(back.weight, w)
+    x = np.random.default_rng(3).normal(size=(3, 7))
+    np.testing.assert_allclose(back.logits(x), ((x - 1) / 2) @ w.T.astype(np.float64) + np.arange(5), rtol=1e-6)

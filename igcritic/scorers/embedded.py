@@ -91,9 +91,11 @@ class LinearHead:
         meta = {"kind": self.kind, "family": self.family, "layers": json.dumps(list(self.layers)),
                 "parts": json.dumps(list(self.parts)), "calibration": json.dumps(list(self.calibration)),
                 "meta": json.dumps(self.meta)}
-        tensors = {"weight": self.weight.astype(np.float32), "bias": self.bias.astype(np.float32)}
+        # C order: safetensors writes a Fortran-ordered buffer as is and reads it back scrambled
+        # (sklearn's multinomial coef_ is Fortran-ordered)
+        tensors = {"weight": np.ascontiguousarray(self.weight, np.float32), "bias": np.ascontiguousarray(self.bias, np.float32)}
         if self.mean is not None:
-            tensors.update(mean=self.mean.astype(np.float32), std=self.std.astype(np.float32))
+            tensors.update(mean=np.ascontiguousarray(self.mean, np.float32), std=np.ascontiguousarray(self.std, np.float32))
         save_file(tensors, str(path), metadata=meta)
         os.chmod(path, 0o644)
 
