@@ -114,3 +114,16 @@ def test_head_round_trip_keeps_a_fortran_ordered_weight(tmp_path):
     np.testing.assert_array_equal(back.weight, w)
     x = np.random.default_rng(3).normal(size=(3, 7))
     np.testing.assert_allclose(back.logits(x), ((x - 1) / 2) @ w.T.astype(np.float64) + np.arange(5), rtol=1e-6)
+
+
+def test_the_same_batch_is_featurised_once(tiny_policy):
+    pf = PolicyFeatures(tiny_policy, SPEC)
+    calls = []
+    handle = tiny_policy.model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        a = pf.prefix_features(PROMPTS, ANSWERS)  # the cost's prefix scores ...
+        b = pf.prefix_features(PROMPTS, ANSWERS)  # ... then the reward's, on the same answers
+        pf.prefix_features(PROMPTS[:1], ANSWERS[:1])
+    finally:
+        handle.remove()
+    assert b is a and len(calls) == 2

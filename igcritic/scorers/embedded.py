@@ -123,6 +123,7 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 
 _SHARED_POLICIES: dict[str, object] = {}
+_SHARED_FEATURES: dict[tuple, object] = {}
 
 
 def _shared_policy(device: str):
@@ -170,8 +171,14 @@ class ClassifierScorer:
         if self._features is None:
             from igcritic.scorers.latent import LatentFeatureSpec, PolicyFeatures
 
-            policy = self._policy if self._policy is not None else _shared_policy(self.device)
-            self._features = PolicyFeatures(policy, LatentFeatureSpec(self.head.layers, self.head.parts))
+            spec = LatentFeatureSpec(self.head.layers, self.head.parts)
+            if self._policy is not None:
+                self._features = PolicyFeatures(self._policy, spec)
+            else:  # one extractor per (device, layers): the cost and the reward read the same pass
+                key = (self.device, spec)
+                if key not in _SHARED_FEATURES:
+                    _SHARED_FEATURES[key] = PolicyFeatures(_shared_policy(self.device), spec)
+                self._features = _SHARED_FEATURES[key]
         return self._features
 
     def _minilm(self, prompts: list[str], responses: list[str]) -> np.ndarray:
