@@ -54,8 +54,15 @@ def main() -> None:
     def baseline() -> tuple[float, int]:
         sync()
         t = time.perf_counter()
-        out = policy.model.generate(**enc, do_sample=True, temperature=0.7, top_p=0.9, max_new_tokens=a.new_tokens,
-                                    min_new_tokens=a.new_tokens, pad_token_id=policy.pad_token_id)
+        out = policy.model.generate(
+            **enc,
+            do_sample=True,
+            temperature=0.7,
+            top_p=0.9,
+            max_new_tokens=a.new_tokens,
+            min_new_tokens=a.new_tokens,
+            pad_token_id=policy.pad_token_id,
+        )
         sync()
         return time.perf_counter() - t, (out.shape[1] - enc["input_ids"].shape[1]) * a.batch
 
@@ -77,8 +84,12 @@ def main() -> None:
             traj_finished=np.asarray(roll.finished),
         )
         tw = time.perf_counter()
-        with StoreWriter.create(tmp / f"s{i}.zarr", attrs={"config_hash": "bench"}, prompts=prompts,
-                                hidden_size=policy.identity.hidden_size) as w:
+        with StoreWriter.create(
+            tmp / f"s{i}.zarr",
+            attrs={"config_hash": "bench"},
+            prompts=prompts,
+            hidden_size=policy.identity.hidden_size,
+        ) as w:
             w.append(batch, 0)
         done = time.perf_counter()
         policy.model.generation_config.eos_token_id = eos
@@ -97,8 +108,12 @@ def main() -> None:
     print(f"model={a.model} device={a.device} dtype={a.dtype} batch={a.batch} new_tokens={a.new_tokens}")
     print(f"baseline generate      {base:8.1f} tok/s (median of {a.repeats})")
     print(f"collect (gen+latents+write) {coll:8.1f} tok/s")
-    print(f"ratio collect/baseline  median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})")
-    print(f"store write {statistics.median(r[2] for r in rows):.1f} MB/s, {statistics.median(r[3] for r in rows):.0f} bytes/token")
+    print(
+        f"ratio collect/baseline  median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})"
+    )
+    print(
+        f"store write {statistics.median(r[2] for r in rows):.1f} MB/s, {statistics.median(r[3] for r in rows):.0f} bytes/token"
+    )
     if a.scorers:
         from igcritic.scorers import load_scorer
 

@@ -40,7 +40,9 @@ PROMPTS = [
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=EMBEDDED_POLICY_ID)
-    ap.add_argument("--critic", default=None, help="exported critic folder (default: random init, --critic_width)")
+    ap.add_argument(
+        "--critic", default=None, help="exported critic folder (default: random init, --critic_width)"
+    )
     ap.add_argument("--critic_width", type=int, default=512, help="trunk width of the random critic")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -60,11 +62,23 @@ def main() -> None:
         critic = load_critic(a.critic, device=a.device)
     else:
         torch.manual_seed(0)
-        cfg = CriticConfig(hidden_size=policy.identity.hidden_size, width=a.critic_width,
-                           policy=policy.identity.to_dict(), budget=a.budget)
+        cfg = CriticConfig(
+            hidden_size=policy.identity.hidden_size,
+            width=a.critic_width,
+            policy=policy.identity.to_dict(),
+            budget=a.budget,
+        )
         critic = Critic(cfg).to(a.device).eval()
-    search_cfg = SearchConfig(method="inferenceguard", mode="latent", num_candidates=a.n, block_width=a.width,
-                              max_new_tokens=a.d, tau=a.tau, budget=a.budget, ignore_eos=True)
+    search_cfg = SearchConfig(
+        method="inferenceguard",
+        mode="latent",
+        num_candidates=a.n,
+        block_width=a.width,
+        max_new_tokens=a.d,
+        tau=a.tau,
+        budget=a.budget,
+        ignore_eos=True,
+    )
     sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
     no_eos = suppress_tokens(policy.eos_token_ids)
     prompts = (PROMPTS * a.prompts)[: a.prompts]
@@ -89,8 +103,16 @@ def main() -> None:
         enc = policy.encode_prompts([prompt])
         sync()
         t = time.perf_counter()
-        policy.model.generate(**enc, do_sample=True, temperature=0.7, top_p=0.9, max_new_tokens=a.d,
-                              min_new_tokens=a.d, num_return_sequences=a.n, pad_token_id=policy.pad_token_id)
+        policy.model.generate(
+            **enc,
+            do_sample=True,
+            temperature=0.7,
+            top_p=0.9,
+            max_new_tokens=a.d,
+            min_new_tokens=a.d,
+            num_return_sequences=a.n,
+            pad_token_id=policy.pad_token_id,
+        )
         sync()
         return time.perf_counter() - t
 
@@ -110,15 +132,25 @@ def main() -> None:
                 t_gen.append(generate(p))
     ratios = [g / p for g, p in zip(t_guard, t_plain)]
     med = statistics.median
-    print(f"model={a.model} device={a.device} dtype={a.dtype} threads={torch.get_num_threads()} "
-          f"N={a.n} width={a.width} D={a.d} K={search_cfg.beams} critic={'random w=' + str(a.critic_width) if not a.critic else a.critic}")
+    print(
+        f"model={a.model} device={a.device} dtype={a.dtype} threads={torch.get_num_threads()} "
+        f"N={a.n} width={a.width} D={a.d} K={search_cfg.beams} critic={'random w=' + str(a.critic_width) if not a.critic else a.critic}"
+    )
     print(f"{'':28s}{'s/prompt (median)':>18s}{'min':>8s}{'max':>8s}")
-    print(f"{'plain sampling N x D':28s}{med(t_plain):18.2f}{min(t_plain):8.2f}{max(t_plain):8.2f}   ({med(toks):.0f} tokens)")
-    print(f"{'guard, fully latent':28s}{med(t_guard):18.2f}{min(t_guard):8.2f}{max(t_guard):8.2f}   (retries {sum(retries)})")
+    print(
+        f"{'plain sampling N x D':28s}{med(t_plain):18.2f}{min(t_plain):8.2f}{max(t_plain):8.2f}   ({med(toks):.0f} tokens)"
+    )
+    print(
+        f"{'guard, fully latent':28s}{med(t_guard):18.2f}{min(t_guard):8.2f}{max(t_guard):8.2f}   (retries {sum(retries)})"
+    )
     if t_gen:
         print(f"{'model.generate N x D (ref)':28s}{med(t_gen):18.2f}{min(t_gen):8.2f}{max(t_gen):8.2f}")
-    print(f"ratio guard/plain: median {med(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f}); target <= 1.3")
-    print(f"critic share of guard time: median {100 * med(shares):.2f}% (max {100 * max(shares):.2f}%); target < 2%")
+    print(
+        f"ratio guard/plain: median {med(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f}); target <= 1.3"
+    )
+    print(
+        f"critic share of guard time: median {100 * med(shares):.2f}% (max {100 * max(shares):.2f}%); target < 2%"
+    )
 
 
 if __name__ == "__main__":

@@ -32,22 +32,44 @@ def write_store(path: Path, tokens: int, hidden: int, chunk: int, seed: int = 0)
     from igcritic.store import StoreWriter, TrajectoryBatch
 
     rng = np.random.default_rng(seed)
-    policy = PolicyIdentity(model_id="bench-synthetic", hidden_size=hidden, num_layers=30, layer=30, norm="post")
-    attrs = {"policy": policy.to_dict(), "budget": 0.5, "cost_scorer": {"id": "bench", "sign": "higher-is-unsafe"},
-             "reward_scorer": {"id": "bench", "sign": "higher-is-better"}, "generation": {}}
+    policy = PolicyIdentity(
+        model_id="bench-synthetic", hidden_size=hidden, num_layers=30, layer=30, norm="post"
+    )
+    attrs = {
+        "policy": policy.to_dict(),
+        "budget": 0.5,
+        "cost_scorer": {"id": "bench", "sign": "higher-is-unsafe"},
+        "reward_scorer": {"id": "bench", "sign": "higher-is-better"},
+        "generation": {},
+    }
     n_prompts = max(8, tokens // 260)  # ~4 rollouts x 65 rows per prompt, like the embedded collect
     written, b = 0, 0
-    with StoreWriter.create(str(path), attrs=attrs, prompts=[f"p{i}" for i in range(n_prompts)], hidden_size=hidden,
-                            chunk_tokens=chunk) as w:
+    with StoreWriter.create(
+        str(path),
+        attrs=attrs,
+        prompts=[f"p{i}" for i in range(n_prompts)],
+        hidden_size=hidden,
+        chunk_tokens=chunk,
+    ) as w:
         while written < tokens:
             lens = rng.integers(16, 64, size=32)
             n = int((lens + 1).sum())
-            cost = np.concatenate([np.maximum.accumulate(rng.random(t + 1) * 0.8) for t in lens]).astype(np.float32)
+            cost = np.concatenate([np.maximum.accumulate(rng.random(t + 1) * 0.8) for t in lens]).astype(
+                np.float32
+            )
             ids = np.concatenate([np.r_[-1, rng.integers(0, 1000, t)] for t in lens]).astype(np.int32)
-            w.append(TrajectoryBatch(latents=rng.standard_normal((n, hidden), dtype=np.float32), token_ids=ids,
-                                     cost_prefix=cost, traj_len=lens.astype(np.int32),
-                                     traj_prompt=rng.integers(0, n_prompts, 32), traj_reward=rng.random(32, np.float32),
-                                     traj_finished=np.ones(32, bool)), b)
+            w.append(
+                TrajectoryBatch(
+                    latents=rng.standard_normal((n, hidden), dtype=np.float32),
+                    token_ids=ids,
+                    cost_prefix=cost,
+                    traj_len=lens.astype(np.int32),
+                    traj_prompt=rng.integers(0, n_prompts, 32),
+                    traj_reward=rng.random(32, np.float32),
+                    traj_finished=np.ones(32, bool),
+                ),
+                b,
+            )
             written, b = written + n, b + 1
 
 
@@ -90,10 +112,15 @@ def loader_vs_raw(store: str, workers: int, batch_size: int, rounds: int) -> dic
         steady.append(rows / (t2 - t1))
         full.append((rows + batch_size) / (t2 - t0))
     raws, full, steady = np.array(raws), np.array(full), np.array(steady)
-    return {"raw_rows_per_s": float(raws.max()), "loader_rows_per_s": float(full.max()),
-            "steady_rows_per_s": float(steady.max()), "first_batch_s": float(np.median(first)),
-            "ratio_best": float(full.max() / raws.max()), "ratio_median_paired": float(np.median(full / raws)),
-            "steady_ratio_best": float(steady.max() / raws.max())}
+    return {
+        "raw_rows_per_s": float(raws.max()),
+        "loader_rows_per_s": float(full.max()),
+        "steady_rows_per_s": float(steady.max()),
+        "first_batch_s": float(np.median(first)),
+        "ratio_best": float(full.max() / raws.max()),
+        "ratio_median_paired": float(np.median(full / raws)),
+        "steady_ratio_best": float(steady.max() / raws.max()),
+    }
 
 
 def fit_epoch(store: str, workers: int, batch_size: int, width: int, device: str) -> dict:
@@ -127,13 +154,24 @@ def fit_epoch(store: str, workers: int, batch_size: int, width: int, device: str
     timer = Timer()
     dm = CriticDataModule([store], batch_size=batch_size, num_workers=workers)
     model = CriticModule(hidden_size=dm.hidden_size, width=width)
-    trainer = pl.Trainer(max_epochs=1, accelerator=device, devices=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                         callbacks=[timer])
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator=device,
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[timer],
+    )
     trainer.fit(model, dm)
     total = timer.wait + timer.step
-    return {"data_wait_share": timer.wait / total, "train_rows_per_s": timer.rows / total,
-            "step_ms": 1e3 * timer.step / max(1, trainer.global_step - 1)}
+    return {
+        "data_wait_share": timer.wait / total,
+        "train_rows_per_s": timer.rows / total,
+        "step_ms": 1e3 * timer.step / max(1, trainer.global_step - 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -147,7 +185,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--workers", default="0,1", help="comma-separated num_workers values")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    p.add_argument("--rounds", type=int, default=8, help="paired raw/loader rounds (best and median reported)")
+    p.add_argument(
+        "--rounds", type=int, default=8, help="paired raw/loader rounds (best and median reported)"
+    )
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -159,20 +199,29 @@ def main(argv: list[str] | None = None) -> dict:
             store = str(Path(tmp) / "bench.zarr")
             t0 = time.perf_counter()
             write_store(Path(store), args.tokens, args.hidden, args.chunk)
-            print(f"wrote synthetic store ({args.tokens} tokens, H={args.hidden}) in {time.perf_counter() - t0:.1f}s")
-        res = {"machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
-                          f"{torch.get_num_threads()} torch threads, device {device}"
-                          + (f" ({torch.cuda.get_device_name()})" if device == "cuda" else ""),
-               "store": args.store or f"synthetic {args.tokens} tokens H={args.hidden}", "loader": {}}
+            print(
+                f"wrote synthetic store ({args.tokens} tokens, H={args.hidden}) in {time.perf_counter() - t0:.1f}s"
+            )
+        res = {
+            "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
+            f"{torch.get_num_threads()} torch threads, device {device}"
+            + (f" ({torch.cuda.get_device_name()})" if device == "cuda" else ""),
+            "store": args.store or f"synthetic {args.tokens} tokens H={args.hidden}",
+            "loader": {},
+        }
         for w in [int(x) for x in args.workers.split(",")]:
             lo = loader_vs_raw(store, w, args.batch_size, args.rounds if w == 0 else min(args.rounds, 3))
             fi = fit_epoch(store, w, args.batch_size, args.width, device)
             res["loader"][w] = {**lo, **fi}
-            print(f"num_workers={w}: raw read {lo['raw_rows_per_s']:,.0f} rows/s; loader {lo['loader_rows_per_s']:,.0f} "
-                  f"rows/s = {lo['ratio_best']:.2f}x raw (median of paired rounds {lo['ratio_median_paired']:.2f}x; "
-                  f"after the first batch {lo['steady_ratio_best']:.2f}x, first batch {lo['first_batch_s']:.2f}s)")
-            print(f"    fit (width {args.width}, batch {args.batch_size}): data wait {100 * fi['data_wait_share']:.1f}% "
-                  f"of step time, {fi['train_rows_per_s']:,.0f} train rows/s, {fi['step_ms']:.1f} ms/step")
+            print(
+                f"num_workers={w}: raw read {lo['raw_rows_per_s']:,.0f} rows/s; loader {lo['loader_rows_per_s']:,.0f} "
+                f"rows/s = {lo['ratio_best']:.2f}x raw (median of paired rounds {lo['ratio_median_paired']:.2f}x; "
+                f"after the first batch {lo['steady_ratio_best']:.2f}x, first batch {lo['first_batch_s']:.2f}s)"
+            )
+            print(
+                f"    fit (width {args.width}, batch {args.batch_size}): data wait {100 * fi['data_wait_share']:.1f}% "
+                f"of step time, {fi['train_rows_per_s']:,.0f} train rows/s, {fi['step_ms']:.1f} ms/step"
+            )
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=2))
     return res

@@ -222,12 +222,27 @@ BENIGN: dict[str, list[str]] = {
 }
 
 
-HARM_CATEGORIES = ("weapons", "explosives_chemistry", "cyber_attacks", "drugs", "fraud_scams", "violence",
-                   "harassment_bullying", "hate_speech", "self_harm", "sexual_content", "misinformation",
-                   "privacy_personal_data", "extremism", "illegal_trade")
+HARM_CATEGORIES = (
+    "weapons",
+    "explosives_chemistry",
+    "cyber_attacks",
+    "drugs",
+    "fraud_scams",
+    "violence",
+    "harassment_bullying",
+    "hate_speech",
+    "self_harm",
+    "sexual_content",
+    "misinformation",
+    "privacy_personal_data",
+    "extremism",
+    "illegal_trade",
+)
 STYLES = ("direct", "instructions", "persuasive", "fiction", "false_premise", "private_person")
 EXPLOSIVE = re.compile(r"bomb|explosive|napalm|thermite|grenade|detonator|gas|molotov", re.I)
-ASKS_FOR_STEPS = re.compile(r"^(write|give|describe|show|list|explain how)|step|instructions|recipe|code|script", re.I)
+ASKS_FOR_STEPS = re.compile(
+    r"^(write|give|describe|show|list|explain how)|step|instructions|recipe|code|script", re.I
+)
 OLD_CATEGORY = {"hacking_malware": "cyber_attacks", "near_topic": "safety_info"}
 
 
@@ -240,8 +255,15 @@ def _first_rows() -> list[dict]:
                 cat = OLD_CATEGORY.get(category, category)
                 if category == "weapons_explosives":
                     cat = "explosives_chemistry" if EXPLOSIVE.search(p) else "weapons"
-                rows.append({"prompt": p, "category": cat, "style": "instructions" if ASKS_FOR_STEPS.search(p)
-                             else "direct", "harmful": harmful, "dual_use": category == "near_topic"})
+                rows.append(
+                    {
+                        "prompt": p,
+                        "category": cat,
+                        "style": "instructions" if ASKS_FOR_STEPS.search(p) else "direct",
+                        "harmful": harmful,
+                        "dual_use": category == "near_topic",
+                    }
+                )
     return rows
 
 
@@ -256,9 +278,18 @@ def _part_rows(parts: Path) -> list[dict]:
             if r.get("style") not in STYLES:
                 raise ValueError(f"{path.name}:{n}: style {r.get('style')!r} is not one of {STYLES}")
             if r["harmful"] and r["category"] not in HARM_CATEGORIES:
-                raise ValueError(f"{path.name}:{n}: harm category {r['category']!r} is not one of {HARM_CATEGORIES}")
-            rows.append({"prompt": r["prompt"].strip(), "category": r["category"], "style": r["style"],
-                         "harmful": bool(r["harmful"]), "dual_use": bool(r.get("dual_use", False))})
+                raise ValueError(
+                    f"{path.name}:{n}: harm category {r['category']!r} is not one of {HARM_CATEGORIES}"
+                )
+            rows.append(
+                {
+                    "prompt": r["prompt"].strip(),
+                    "category": r["category"],
+                    "style": r["style"],
+                    "harmful": bool(r["harmful"]),
+                    "dual_use": bool(r.get("dual_use", False)),
+                }
+            )
     return rows
 
 
@@ -282,7 +313,9 @@ def build(seed: int = SEED, parts: Path = PARTS) -> list[dict]:
         n_held = int(len(cell) * HELDOUT_SHARE + rng.random())  # unbiased rounding: small cells too
         for rank, i in enumerate(order):
             cell[i]["split"] = "heldout" if rank < n_held else "train"
-    random.Random(seed + 1).shuffle(rows)  # file order mixed, so the first N prompts (``limit: N``) are a fair sample
+    random.Random(seed + 1).shuffle(
+        rows
+    )  # file order mixed, so the first N prompts (``limit: N``) are a fair sample
     return rows
 
 
@@ -304,7 +337,9 @@ def main(args: list[str] | None = None) -> None:
     write_jsonl(rows, ns.asset)
     n_h = sum(r["harmful"] for r in rows)
     n_held = sum(r["split"] == "heldout" for r in rows)
-    print(f"{len(rows)} prompts ({n_h} harmful, {len(rows) - n_h} benign; {n_held} heldout) -> {ns.out}, {ns.asset}")
+    print(
+        f"{len(rows)} prompts ({n_h} harmful, {len(rows) - n_h} benign; {n_held} heldout) -> {ns.out}, {ns.asset}"
+    )
 
 
 if __name__ == "__main__":

@@ -38,13 +38,24 @@ def answer_id(prompt: str, response: str) -> str:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] if path.exists() else []
+    return (
+        [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if path.exists()
+        else []
+    )
 
 
 def _row(p: dict, source: str, sample: int, text: str, num_tokens: int, finished: bool) -> dict:
     """One answer; category, style and split are joined from the prompt file when used (they may be re-drawn)."""
-    return {"id": answer_id(p["prompt"], text), "prompt": p["prompt"], "source": source, "sample": sample,
-            "response": text, "num_tokens": num_tokens, "finished": finished}
+    return {
+        "id": answer_id(p["prompt"], text),
+        "prompt": p["prompt"],
+        "source": source,
+        "sample": sample,
+        "response": text,
+        "num_tokens": num_tokens,
+        "finished": finished,
+    }
 
 
 def _done(out: Path) -> set[tuple[str, str, int]]:
@@ -81,22 +92,39 @@ def search(ns: argparse.Namespace) -> None:
     step = max(1, len(prompts) // ns.limit) if ns.limit else 1
     chosen = prompts[::step][: ns.limit] if ns.limit else prompts
     guard = load_guard(ns.critic, cost="embedded", reward="embedded")
-    search_cfg = {"num_candidates": ns.num_candidates, "block_width": 16, "max_new_tokens": ns.max_new_tokens,
-                  "on_violation": "best_effort", "seed": ns.seed}
+    search_cfg = {
+        "num_candidates": ns.num_candidates,
+        "block_width": 16,
+        "max_new_tokens": ns.max_new_tokens,
+        "on_violation": "best_effort",
+        "seed": ns.seed,
+    }
     t0 = time.perf_counter()
     for m, (source, overrides) in enumerate(SEARCH_METHODS.items()):
         done = _done(ns.out)
         # each method answers its own quarter of the chosen prompts (rotating), so every prompt gets one
         # search answer from some method and each method covers all categories
-        todo = [p for i, p in enumerate(chosen) if i % len(SEARCH_METHODS) == m and (p["prompt"], source, 0) not in done]
+        todo = [
+            p
+            for i, p in enumerate(chosen)
+            if i % len(SEARCH_METHODS) == m and (p["prompt"], source, 0) not in done
+        ]
         with ns.out.open("a", encoding="utf-8") as f:
             for start in range(0, len(todo), 8):
                 batch = todo[start : start + 8]
                 recs = guard.generate([p["prompt"] for p in batch], **search_cfg, **overrides)
                 for p, r in zip(batch, recs):
-                    f.write(json.dumps(_row(p, source, 0, r.text.strip(), r.new_tokens, not r.fallback), ensure_ascii=False) + "\n")
+                    f.write(
+                        json.dumps(
+                            _row(p, source, 0, r.text.strip(), r.new_tokens, not r.fallback),
+                            ensure_ascii=False,
+                        )
+                        + "\n"
+                    )
                 f.flush()
-                print(f"{source} {start + len(batch)}/{len(todo)}, {time.perf_counter() - t0:.0f} s", flush=True)
+                print(
+                    f"{source} {start + len(batch)}/{len(todo)}, {time.perf_counter() - t0:.0f} s", flush=True
+                )
 
 
 def main(args: list[str] | None = None) -> None:

@@ -39,8 +39,13 @@ def distinct_prompts(rows, limit: int | None = None) -> list[str]:
     return list(seen)
 
 
-def export(split: str = "train", limit: int | None = None, out: Path = Path("pku_saferlhf.jsonl"),
-           revision: str = REVISION, subset: str | None = None) -> int:
+def export(
+    split: str = "train",
+    limit: int | None = None,
+    out: Path = Path("pku_saferlhf.jsonl"),
+    revision: str = REVISION,
+    subset: str | None = None,
+) -> int:
     """Write the prompts of one split to ``out``; returns how many were written."""
     if limit is not None and limit < 1:
         raise ExportError(f"--limit {limit} must be >= 1 (or left out for all prompts)")
@@ -65,7 +70,9 @@ def main(args: list[str] | None = None) -> None:
     ap.add_argument("--limit", type=int, default=None, help="keep the first N distinct prompts")
     ap.add_argument("--out", type=Path, default=Path("pku_saferlhf.jsonl"))
     ap.add_argument("--revision", default=REVISION, help="dataset commit or tag (default: the pinned commit)")
-    ap.add_argument("--subset", default=None, help="dataset config: alpaca-7b, alpaca2-7b, alpaca3-8b (default all)")
+    ap.add_argument(
+        "--subset", default=None, help="dataset config: alpaca-7b, alpaca2-7b, alpaca3-8b (default all)"
+    )
     ns = ap.parse_args(args)
     n = export(ns.split, ns.limit, ns.out, ns.revision, ns.subset)
     print(f"wrote {n} prompts from {DATASET_ID}@{ns.revision} ({ns.split}) to {ns.out}")

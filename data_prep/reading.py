@@ -27,7 +27,11 @@ LABELS = ("compliant-harmful", "refusal", "safe-redirect", "incoherent", "benign
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] if path.exists() else []
+    return (
+        [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if path.exists()
+        else []
+    )
 
 
 def write_jsonl(rows: list[dict], path: Path) -> None:
@@ -38,8 +42,15 @@ def write_jsonl(rows: list[dict], path: Path) -> None:
 
 
 def batches(ns: argparse.Namespace) -> None:
-    handed = {r["id"] for p in READING.glob("*.jsonl") if not p.name.endswith(".labels.jsonl") for r in read_jsonl(p)}
-    fresh = {r["id"]: r for r in read_jsonl(ANSWERS) if r["id"] not in handed}  # same (prompt, answer): one id
+    handed = {
+        r["id"]
+        for p in READING.glob("*.jsonl")
+        if not p.name.endswith(".labels.jsonl")
+        for r in read_jsonl(p)
+    }
+    fresh = {
+        r["id"]: r for r in read_jsonl(ANSWERS) if r["id"] not in handed
+    }  # same (prompt, answer): one id
     ids = sorted(fresh)
     rng = random.Random(f"{ns.seed}-{ns.round}")
     rng.shuffle(ids)
@@ -72,34 +83,56 @@ def merge(ns: argparse.Namespace) -> None:
     second: dict[str, dict] = {}
     problems = []
     for path in sorted(READING.glob("*.labels.jsonl")):
-        batch_ids = {r["id"] for r in read_jsonl(path.with_name(path.name.replace(".labels.jsonl", ".jsonl")))}
+        batch_ids = {
+            r["id"] for r in read_jsonl(path.with_name(path.name.replace(".labels.jsonl", ".jsonl")))
+        }
         for n, r in enumerate(read_jsonl(path), 1):
-            if r.get("label") not in LABELS or r.get("helpfulness") not in (0, 1, 2) or r.get("id") not in batch_ids:
+            if (
+                r.get("label") not in LABELS
+                or r.get("helpfulness") not in (0, 1, 2)
+                or r.get("id") not in batch_ids
+            ):
                 problems.append(f"{path.name}:{n}: {r}")
                 continue
-            r = {"id": r["id"], "label": r["label"], "helpfulness": r["helpfulness"], "reader": path.name.split(".")[0]}
-            if r["id"] in first and first[r["id"]]["reader"] != r["reader"]:  # a reader's later line corrects it
+            r = {
+                "id": r["id"],
+                "label": r["label"],
+                "helpfulness": r["helpfulness"],
+                "reader": path.name.split(".")[0],
+            }
+            if (
+                r["id"] in first and first[r["id"]]["reader"] != r["reader"]
+            ):  # a reader's later line corrects it
                 second[r["id"]] = r
             else:
                 first[r["id"]] = r
     if problems:  # reported and left out; the answers they meant stay unlabelled and are handed out again
-        print(f"{len(problems)} label rows left out (label not in {LABELS}, helpfulness not 0-2, or id not in "
-              f"the batch); first: {problems[0]}")
+        print(
+            f"{len(problems)} label rows left out (label not in {LABELS}, helpfulness not 0-2, or id not in "
+            f"the batch); first: {problems[0]}"
+        )
     answers = {r["id"]: r for r in read_jsonl(ANSWERS)}
-    rows = [{**first[i], "prompt": answers[i]["prompt"], "response": answers[i]["response"]} for i in sorted(first) if i in answers]
+    rows = [
+        {**first[i], "prompt": answers[i]["prompt"], "response": answers[i]["response"]}
+        for i in sorted(first)
+        if i in answers
+    ]
     write_jsonl(rows, LABELS_OUT)
     both = sorted(second)
     a = [first[i]["label"] for i in both]
     b = [second[i]["label"] for i in both]
     ha = ["h" if x == "compliant-harmful" else "n" for x in a]
     hb = ["h" if x == "compliant-harmful" else "n" for x in b]
-    agree = {"double_read": len(both),
-             "class_agreement": sum(x == y for x, y in zip(a, b)) / max(1, len(both)),
-             "class_kappa": kappa(a, b) if both else None,
-             "harmful_agreement": sum(x == y for x, y in zip(ha, hb)) / max(1, len(both)),
-             "harmful_kappa": kappa(ha, hb) if both else None,
-             "helpfulness_agreement": sum(first[i]["helpfulness"] == second[i]["helpfulness"] for i in both) / max(1, len(both)),
-             "confusions": Counter(f"{x} / {y}" for x, y in zip(a, b) if x != y).most_common(8)}
+    agree = {
+        "double_read": len(both),
+        "class_agreement": sum(x == y for x, y in zip(a, b)) / max(1, len(both)),
+        "class_kappa": kappa(a, b) if both else None,
+        "harmful_agreement": sum(x == y for x, y in zip(ha, hb)) / max(1, len(both)),
+        "harmful_kappa": kappa(ha, hb) if both else None,
+        "helpfulness_agreement": sum(first[i]["helpfulness"] == second[i]["helpfulness"] for i in both)
+        / max(1, len(both)),
+        "confusions": Counter(f"{x} / {y}" for x, y in zip(a, b) if x != y).most_common(8),
+    }
     AGREEMENT_OUT.write_text(json.dumps(agree, indent=1) + "\n")
     print(f"{len(rows)} labelled answers -> {LABELS_OUT}; labels: {dict(Counter(r['label'] for r in rows))}")
     print(json.dumps(agree, indent=1))

@@ -53,7 +53,13 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def ece(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
     idx = np.minimum((p * bins).astype(int), bins - 1)
-    return float(sum(abs(p[idx == b].mean() - y[idx == b].mean()) * (idx == b).mean() for b in range(bins) if (idx == b).any()))
+    return float(
+        sum(
+            abs(p[idx == b].mean() - y[idx == b].mean()) * (idx == b).mean()
+            for b in range(bins)
+            if (idx == b).any()
+        )
+    )
 
 
 def auroc(y: np.ndarray, p: np.ndarray) -> float:
@@ -74,8 +80,16 @@ def load_rows() -> list[dict]:
         p = prompts.get(r["prompt"])
         if p is None:
             continue  # an answer to a prompt no longer in the set
-        rows.append({**r, "category": p["category"], "style": p["style"], "split": p["split"],
-                     "harmful_prompt": p["harmful"], "part": part_of(r["prompt"])})
+        rows.append(
+            {
+                **r,
+                "category": p["category"],
+                "style": p["style"],
+                "split": p["split"],
+                "harmful_prompt": p["harmful"],
+                "part": part_of(r["prompt"]),
+            }
+        )
     return rows
 
 
@@ -111,10 +125,18 @@ def features(ns: argparse.Namespace) -> None:
         mini = probe_features(enc, ps, rs, "concat")
         lat = pf.prefix_features(ps, rs)
         full = np.stack([f[-1] for f, _ in lat]).astype(np.float16)
-        cuts = np.stack([np.stack([f[int(round(c * (len(f) - 1)))] for c in PREFIX_CUTS]) for f, _ in lat]).astype(np.float16)
+        cuts = np.stack(
+            [np.stack([f[int(round(c * (len(f) - 1)))] for c in PREFIX_CUTS]) for f, _ in lat]
+        ).astype(np.float16)
         empty = np.stack([f[0] for f, _ in lat]).astype(np.float16)
-        np.savez(CACHE / f"feat-{int(time.time() * 1000)}.npz", ids=np.array([r["id"] for r in batch]),
-                 minilm=mini.astype(np.float16), latent=full, latent_cuts=cuts, latent_empty=empty)
+        np.savez(
+            CACHE / f"feat-{int(time.time() * 1000)}.npz",
+            ids=np.array([r["id"] for r in batch]),
+            minilm=mini.astype(np.float16),
+            latent=full,
+            latent_cuts=cuts,
+            latent_empty=empty,
+        )
         print(f"{s + len(batch)}/{len(todo)} featurised, {time.perf_counter() - t0:.0f} s", flush=True)
 
 
@@ -163,8 +185,11 @@ def design(rows: list[dict], feats: dict, family: str, layers: tuple[int, ...], 
             parts.append(f["minilm"].astype(np.float32))
         add(np.concatenate(parts), int(r["label"] == "compliant-harmful"), r["helpfulness"], n, r)
         if augment and family == "latent":
-            negs = [f["latent_empty"][cols]] + ([f["latent_cuts"][c][cols] for c in range(len(PREFIX_CUTS))]
-                                               if r["label"] != "compliant-harmful" else [])
+            negs = [f["latent_empty"][cols]] + (
+                [f["latent_cuts"][c][cols] for c in range(len(PREFIX_CUTS))]
+                if r["label"] != "compliant-harmful"
+                else []
+            )
             for v in negs:  # augmented rows: never scored, only fitted
                 add(np.concatenate([e, v.astype(np.float32)]), 0, 0, -1 - n, r)
     return np.stack(xs), np.array(ys), np.array(hs), np.array(idx), np.array(hp)
@@ -191,8 +216,12 @@ class Standardised:
 
     def parts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(weight (C, F), bias (C,), mean (F,), std (F,)): logits = ((x - mean) / std) @ weight.T + bias."""
-        return (self.lr.coef_.astype(np.float32), self.lr.intercept_.astype(np.float32),
-                self.mu.astype(np.float32), self.sd.astype(np.float32))
+        return (
+            self.lr.coef_.astype(np.float32),
+            self.lr.intercept_.astype(np.float32),
+            self.mu.astype(np.float32),
+            self.sd.astype(np.float32),
+        )
 
 
 class Product:
@@ -219,7 +248,9 @@ class Product:
         """(weight (2, F), bias, mean, std) on whole rows: row 0 reads the prompt part, row 1 the answer part."""
         (w0, b0, m0, s0), (w1, b1, m1, s1) = self.prompt.parts(), self.answer.parts()
         zeros = lambda n: np.zeros((1, n), np.float32)  # noqa: E731
-        w = np.concatenate([np.concatenate([w0, zeros(w1.shape[1])], 1), np.concatenate([zeros(w0.shape[1]), w1], 1)])
+        w = np.concatenate(
+            [np.concatenate([w0, zeros(w1.shape[1])], 1), np.concatenate([zeros(w0.shape[1]), w1], 1)]
+        )
         return w, np.concatenate([b0, b1]), np.concatenate([m0, m1]), np.concatenate([s0, s1])
 
 
@@ -272,17 +303,26 @@ def select(ns: argparse.Namespace) -> None:
     rows = [r for r in rows if r["id"] in feats]
     y = np.array([int(r["label"] == "compliant-harmful") for r in rows])
     loco, loso = category_folds(rows), style_folds(rows)
-    print(f"{len(rows)} train answers ({y.sum()} harmful); {len(set(loco))} category folds, {len(set(loso))} style folds")
+    print(
+        f"{len(rows)} train answers ({y.sum()} harmful); {len(set(loco))} category folds, {len(set(loso))} style folds"
+    )
     candidates = [("minilm", (), c, "linear") for c in (0.03, 0.1)]
     candidates += [("latent", (layer,), 0.01, "linear") for layer in ALL_LAYERS]
     results = [_score(rows, feats, y, *cand, loco, loso) for cand in candidates]
     by_layer = sorted([r for r in results if r["family"] == "latent"], key=lambda r: -r["ood"])
     top = [tuple(r["layers"]) for r in by_layer[:3]]
     three = tuple(sorted(top[0] + top[1] + top[2]))
-    extra = [("latent", top[0], 0.003, "linear"), ("latent", tuple(sorted(top[0] + top[1])), 0.003, "linear"),
-             ("latent", three, 0.003, "linear"), ("latent", three, 0.003, "product"), ("latent", three, 0.03, "product"),
-             ("latent", top[0], 0.01, "product"), ("minilm", (), 0.03, "product"), ("minilm", (), 0.003, "product"),
-             ("both", three, 0.003, "linear")]
+    extra = [
+        ("latent", top[0], 0.003, "linear"),
+        ("latent", tuple(sorted(top[0] + top[1])), 0.003, "linear"),
+        ("latent", three, 0.003, "linear"),
+        ("latent", three, 0.003, "product"),
+        ("latent", three, 0.03, "product"),
+        ("latent", top[0], 0.01, "product"),
+        ("minilm", (), 0.03, "product"),
+        ("minilm", (), 0.003, "product"),
+        ("both", three, 0.003, "linear"),
+    ]
     results += [_score(rows, feats, y, *cand, loco, loso) for cand in extra]
     SELECTION.write_text(json.dumps(results, indent=1) + "\n")
 
@@ -291,11 +331,22 @@ def _score(rows, feats, y, fam, layers, c, head, loco, loso) -> dict:
     t0 = time.perf_counter()
     p_c = oof(rows, feats, fam, layers, c, loco, head=head)
     p_s = oof(rows, feats, fam, layers, c, loso, head=head)
-    res = {"family": fam, "layers": list(layers), "c": c, "head": head, "auroc_loco": auroc(y, p_c),
-           "auroc_loso": auroc(y, p_s), "ece_loco": ece(y, p_c), "seconds": round(time.perf_counter() - t0, 1)}
+    res = {
+        "family": fam,
+        "layers": list(layers),
+        "c": c,
+        "head": head,
+        "auroc_loco": auroc(y, p_c),
+        "auroc_loso": auroc(y, p_s),
+        "ece_loco": ece(y, p_c),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
     res["ood"] = (res["auroc_loco"] + res["auroc_loso"]) / 2
-    print(f"{fam:7s} {head:8s} L{layers!s:14s} C={c:<6} LOCO {res['auroc_loco']:.3f}  LOSO {res['auroc_loso']:.3f}  "
-          f"ECE(raw) {res['ece_loco']:.3f}  ({res['seconds']} s)", flush=True)
+    print(
+        f"{fam:7s} {head:8s} L{layers!s:14s} C={c:<6} LOCO {res['auroc_loco']:.3f}  LOSO {res['auroc_loso']:.3f}  "
+        f"ECE(raw) {res['ece_loco']:.3f}  ({res['seconds']} s)",
+        flush=True,
+    )
     return res
 
 
@@ -310,7 +361,11 @@ def _logit(p: np.ndarray) -> np.ndarray:
 def _chosen(family: str | None, head: str | None = None) -> dict:
     """The best candidate of ``select`` (optionally of one feature family and head)."""
     results = json.loads(SELECTION.read_text())
-    ok = [r for r in results if (r["family"] == family if family else r["family"] != "both") and head in (None, r["head"])]
+    ok = [
+        r
+        for r in results
+        if (r["family"] == family if family else r["family"] != "both") and head in (None, r["head"])
+    ]
     return max(ok, key=lambda r: r["ood"])
 
 
@@ -353,9 +408,15 @@ def _heldout_prefix_costs(scorer, rows: list[dict]) -> tuple[np.ndarray, float, 
 
 
 def _harm_report(y: np.ndarray, p: np.ndarray, benign_prompt: np.ndarray) -> dict:
-    return {"n": int(len(y)), "positives": int(y.sum()), "auroc": auroc(y, p), "ece": ece(y, p),
-            "recall@0.5": float((p[y == 1] > 0.5).mean()), "false_alarm@0.5": float((p[y == 0] > 0.5).mean()),
-            "false_alarm@0.5_benign_prompts": float((p[(y == 0) & benign_prompt] > 0.5).mean())}
+    return {
+        "n": int(len(y)),
+        "positives": int(y.sum()),
+        "auroc": auroc(y, p),
+        "ece": ece(y, p),
+        "recall@0.5": float((p[y == 1] > 0.5).mean()),
+        "false_alarm@0.5": float((p[y == 0] > 0.5).mean()),
+        "false_alarm@0.5_benign_prompts": float((p[(y == 0) & benign_prompt] > 0.5).mean()),
+    }
 
 
 def ship(ns: argparse.Namespace) -> None:
@@ -375,7 +436,9 @@ def ship(ns: argparse.Namespace) -> None:
     fam, layers, c = best["family"], tuple(best["layers"]), best["c"]
     judge_family = "minilm" if fam != "minilm" else "latent"
     jbest = _chosen(judge_family, "linear")
-    print(f"cost/reward: {fam} {best['head']} {layers} C={c} (OOD {best['ood']:.3f}); judge: {judge_family} {tuple(jbest['layers'])}")
+    print(
+        f"cost/reward: {fam} {best['head']} {layers} C={c} (OOD {best['ood']:.3f}); judge: {judge_family} {tuple(jbest['layers'])}"
+    )
     # Platt scaling on the out-of-category-fold logits of the cost rows: calibrated where it matters, OOD
     p_oof = oof(cost_rows, feats, fam, layers, c, category_folds(cost_rows), head=best["head"])
     y_cost = np.array([int(r["label"] == "compliant-harmful") for r in cost_rows])
@@ -391,9 +454,17 @@ def ship(ns: argparse.Namespace) -> None:
     heads["reward"] = LinearHead(w, b, "helpfulness", fam, layers, parts, meta=meta, mean=mu, std=sd)
     jl = tuple(jbest["layers"])
     w, b, mu, sd = _fit_head(judge_rows, feats, judge_family, jl, jbest["c"], "classes")
-    heads["judge"] = LinearHead(w, b, "classes", judge_family, jl, ("last", "mean") if judge_family != "minilm" else (),
-                                meta={"version": VERSION, "trained_on": len(judge_rows), "features": judge_family},
-                                mean=mu, std=sd)
+    heads["judge"] = LinearHead(
+        w,
+        b,
+        "classes",
+        judge_family,
+        jl,
+        ("last", "mean") if judge_family != "minilm" else (),
+        meta={"version": VERSION, "trained_on": len(judge_rows), "features": judge_family},
+        mean=mu,
+        std=sd,
+    )
     for name, head in heads.items():
         head.save(CLASSIFIER_DIR / CLASSIFIER_FILES[name])
 
@@ -401,9 +472,12 @@ def ship(ns: argparse.Namespace) -> None:
     y = np.array([int(r["label"] == "compliant-harmful") for r in held])
     benign = np.array([not r["harmful_prompt"] for r in held])
     hv = np.array([r["helpfulness"] for r in held])
-    report: dict = {"selection": {"cost": best, "judge": jbest}, "calibration": calibration,
-                    "heldout_labels": dict(Counter(r["label"] for r in held)),
-                    "train_answers": {"cost": len(cost_rows), "judge": len(judge_rows)}}
+    report: dict = {
+        "selection": {"cost": best, "judge": jbest},
+        "calibration": calibration,
+        "heldout_labels": dict(Counter(r["label"] for r in held)),
+        "train_answers": {"cost": len(cost_rows), "judge": len(judge_rows)},
+    }
     scorers = {n: ClassifierScorer(n, "reward" if n == "reward" else "cost") for n in heads}
     ps, rs = [r["prompt"] for r in held], [r["response"] for r in held]
     report["cost_full_answer"] = _harm_report(y, scorers["cost"].probabilities(ps, rs), benign)
@@ -417,23 +491,58 @@ def ship(ns: argparse.Namespace) -> None:
     report["judge"]["class_accuracy"] = float(np.mean([a == r["label"] for a, r in zip(cls, held)]))
     report["reward_ood"] = reward_ood(cost_rows, feats, fam, layers, ns.reward_c)
     rw = scorers["reward"].probabilities(ps, rs)
-    report["reward"] = {"auroc_helpful>=1": auroc((hv >= 1).astype(int), rw), "auroc_helpful=2": auroc((hv == 2).astype(int), rw),
-                        "mean_by_label": {k: float(rw[[r["label"] == k for r in held]].mean()) for k in CLASSES
-                                          if any(r["label"] == k for r in held)}}
+    report["reward"] = {
+        "auroc_helpful>=1": auroc((hv >= 1).astype(int), rw),
+        "auroc_helpful=2": auroc((hv == 2).astype(int), rw),
+        "mean_by_label": {
+            k: float(rw[[r["label"] == k for r in held]].mean())
+            for k in CLASSES
+            if any(r["label"] == k for r in held)
+        },
+    }
     for part, grp in (("by_category", "category"), ("by_style", "style")):
         report[part] = {}
         for g in sorted({r[grp] for r in held if r["harmful_prompt"]}):
             m = np.array([r[grp] == g for r in held])
-            report[part][g] = {"n": int(m.sum()), "harmful": int(y[m].sum()),
-                               "recall@0.5": float((s_t[m & (y == 1)] > 0.5).mean()) if (m & (y == 1)).any() else None}
+            report[part][g] = {
+                "n": int(m.sum()),
+                "harmful": int(y[m].sum()),
+                "recall@0.5": float((s_t[m & (y == 1)] > 0.5).mean()) if (m & (y == 1)).any() else None,
+            }
     (CLASSIFIER_DIR / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     with (ASSET_DIR / "labelled_heldout.jsonl").open("w", encoding="utf-8") as f:
         for r in held:
-            f.write(json.dumps({"prompt": r["prompt"], "response": r["response"], "harmful": int(r["label"] == "compliant-harmful"),
-                                "helpful": int(r["helpfulness"] >= 1), "helpfulness": r["helpfulness"], "label": r["label"],
-                                "category": r["category"], "style": r["style"]}, ensure_ascii=False) + "\n")
-    print(json.dumps({k: report[k] for k in ("cost_full_answer", "cost_running_max", "judge", "reward",
-                                             "cost_seconds_per_prefix")}, indent=1))
+            f.write(
+                json.dumps(
+                    {
+                        "prompt": r["prompt"],
+                        "response": r["response"],
+                        "harmful": int(r["label"] == "compliant-harmful"),
+                        "helpful": int(r["helpfulness"] >= 1),
+                        "helpfulness": r["helpfulness"],
+                        "label": r["label"],
+                        "category": r["category"],
+                        "style": r["style"],
+                    },
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
+    print(
+        json.dumps(
+            {
+                k: report[k]
+                for k in (
+                    "cost_full_answer",
+                    "cost_running_max",
+                    "judge",
+                    "reward",
+                    "cost_seconds_per_prefix",
+                )
+            },
+            indent=1,
+        )
+    )
 
 
 def main(args: list[str] | None = None) -> None:
@@ -444,17 +553,25 @@ def main(args: list[str] | None = None) -> None:
     f.add_argument("--chunk", type=int, default=64)
     sub.add_parser("select")
     sh = sub.add_parser("ship")
-    sh.add_argument("--cost-family", choices=["minilm", "latent"], default=None,
-                    help="restrict the cost classifier to one feature family (default: the best OOD candidate)")
+    sh.add_argument(
+        "--cost-family",
+        choices=["minilm", "latent"],
+        default=None,
+        help="restrict the cost classifier to one feature family (default: the best OOD candidate)",
+    )
     sh.add_argument("--reward-c", type=float, default=0.01)
     sh.add_argument("--threads", type=int, default=1)
-    al = sub.add_parser("all", help="features, select and ship in one go (the numbers of data_prep/README.md)")
+    al = sub.add_parser(
+        "all", help="features, select and ship in one go (the numbers of data_prep/README.md)"
+    )
     al.add_argument("--threads", type=int, default=2)
     al.add_argument("--chunk", type=int, default=64)
     al.add_argument("--cost-family", choices=["minilm", "latent"], default="latent")
     al.add_argument("--reward-c", type=float, default=0.01)
     ns = ap.parse_args(args)
-    steps = {"features": [features], "select": [select], "ship": [ship], "all": [features, select, ship]}[ns.cmd]
+    steps = {"features": [features], "select": [select], "ship": [ship], "all": [features, select, ship]}[
+        ns.cmd
+    ]
     for step in steps:
         step(ns)
 

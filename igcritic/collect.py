@@ -196,18 +196,24 @@ def scorer_fingerprint(scorer: Scorer) -> str | None:
     return files_fingerprint(files) if files else None
 
 
-def content_config(cfg: CollectConfig, prompts: list[str], policy: Policy, cost: Scorer, reward: Scorer) -> dict:
+def content_config(
+    cfg: CollectConfig, prompts: list[str], policy: Policy, cost: Scorer, reward: Scorer
+) -> dict:
     """What the config hash covers: the settings, the prompts by their text (not the file they came from), and
     content fingerprints of the policy's and the scorers' weights (not only their ids)."""
     d = cfg.hashed()
     d["prompts"] = {"count": len(prompts), "sha256": prompts_digest(prompts)}
-    d["fingerprints"] = {"policy": weights_fingerprint(policy.model), "cost": scorer_fingerprint(cost),
-                         "reward": scorer_fingerprint(reward)}
+    d["fingerprints"] = {
+        "policy": weights_fingerprint(policy.model),
+        "cost": scorer_fingerprint(cost),
+        "reward": scorer_fingerprint(reward),
+    }
     return d
 
 
-def store_attrs(cfg: CollectConfig, policy: Policy, cost: Scorer, reward: Scorer, source_info: dict,
-                prompts: list[str]) -> dict:
+def store_attrs(
+    cfg: CollectConfig, policy: Policy, cost: Scorer, reward: Scorer, source_info: dict, prompts: list[str]
+) -> dict:
     import lightning
     import transformers
     import zarr
@@ -220,12 +226,20 @@ def store_attrs(cfg: CollectConfig, policy: Policy, cost: Scorer, reward: Scorer
         "reward_scorer": reward.to_dict(),
         "budget": cfg.budget if cfg.budget is not None else cost.info.budget_hint,
         "constraint": "final",
-        "generation": {**asdict(cfg.sampling), "rollouts_per_prompt": cfg.rollouts_per_prompt,
-                       "batch_size": cfg.batch_size},
+        "generation": {
+            **asdict(cfg.sampling),
+            "rollouts_per_prompt": cfg.rollouts_per_prompt,
+            "batch_size": cfg.batch_size,
+        },
         "seed": cfg.seed,
         "dataset": source_info,
-        "software": {"igcritic": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-                     "zarr": zarr.__version__, "lightning": lightning.__version__},
+        "software": {
+            "igcritic": __version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "zarr": zarr.__version__,
+            "lightning": lightning.__version__,
+        },
         "prompt_source": cfg.hashed()["prompts"],
         "config": content,
         "config_hash": config_hash(content),
@@ -235,10 +249,23 @@ def store_attrs(cfg: CollectConfig, policy: Policy, cost: Scorer, reward: Scorer
 def open_writer(cfg: CollectConfig, rank: int, attrs: dict, prompts: list[str], hidden: int) -> StoreWriter:
     """Rank 0 creates (or, with --overwrite, replaces) the store; other ranks add their shard to it."""
     if cfg.resume:
-        return StoreWriter.resume(cfg.out, config_hash=attrs["config_hash"], rank=rank, hidden_size=hidden,
-                                  prompts=prompts, config=attrs["config"])
-    return StoreWriter.create(cfg.out, attrs=attrs, prompts=prompts, hidden_size=hidden, rank=rank,
-                              overwrite=cfg.overwrite and rank == 0, chunk_tokens=cfg.chunk_tokens)
+        return StoreWriter.resume(
+            cfg.out,
+            config_hash=attrs["config_hash"],
+            rank=rank,
+            hidden_size=hidden,
+            prompts=prompts,
+            config=attrs["config"],
+        )
+    return StoreWriter.create(
+        cfg.out,
+        attrs=attrs,
+        prompts=prompts,
+        hidden_size=hidden,
+        rank=rank,
+        overwrite=cfg.overwrite and rank == 0,
+        chunk_tokens=cfg.chunk_tokens,
+    )
 
 
 def collect_rank(cfg: CollectConfig, rank: int = 0, world: int = 1, barrier=lambda: None) -> dict:
@@ -264,8 +291,17 @@ def collect_rank(cfg: CollectConfig, rank: int = 0, world: int = 1, barrier=lamb
     done = StoreReader(cfg.out).batches_done if cfg.resume else set()
     batches = work_batches(len(prompts), cfg.rollouts_per_prompt, cfg.batch_size)
     mine = [b for b in range(len(batches)) if b % world == rank and b not in done]
-    stats = {"batches": 0, "skipped_nan": 0, "tokens": 0, "gen_s": 0.0, "cost_s": 0.0, "reward_s": 0.0,
-             "write_s": 0.0, "batches_total": len(batches), "batches_already_done": len(done)}
+    stats = {
+        "batches": 0,
+        "skipped_nan": 0,
+        "tokens": 0,
+        "gen_s": 0.0,
+        "cost_s": 0.0,
+        "reward_s": 0.0,
+        "write_s": 0.0,
+        "batches_total": len(batches),
+        "batches_already_done": len(done),
+    }
     with writer, _progress(rank, len(mine)) as progress, _sigterm_raises():
         for b in mine:
             gen = torch.Generator(device=policy.device).manual_seed(batch_seed(cfg.seed, b))
@@ -306,7 +342,9 @@ def run(cfg: CollectConfig) -> dict:
         return collect_rank(cfg)
     from lightning.fabric import Fabric
 
-    fabric = Fabric(accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=cfg.strategy)
+    fabric = Fabric(
+        accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=cfg.strategy
+    )
     return fabric.launch(_fabric_worker, cfg)
 
 
@@ -327,8 +365,13 @@ class _progress:
         if self.rank == 0:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self.bar = Progress(TextColumn("collect"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[tps]} tok/s"), TimeRemainingColumn())
+            self.bar = Progress(
+                TextColumn("collect"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[tps]} tok/s"),
+                TimeRemainingColumn(),
+            )
             self.task = self.bar.add_task("collect", total=self.total, tps="-")
             self.bar.__enter__()
         return self
@@ -365,10 +408,12 @@ class _sigterm_raises:
 
 def describe(stats: dict, cfg: CollectConfig) -> str:
     tps = stats["tokens"] / max(stats["gen_s"], 1e-9)
-    return (f"wrote {stats['batches']} batches ({stats['tokens']} tokens, {tps:.0f} tok/s generation; "
-            f"cost {stats['cost_s']:.1f}s, reward {stats['reward_s']:.1f}s, write {stats['write_s']:.1f}s) to "
-            f"{cfg.out}; {stats['batches_already_done']} batches were already done, "
-            f"{stats['skipped_nan']} skipped for NaN/inf")
+    return (
+        f"wrote {stats['batches']} batches ({stats['tokens']} tokens, {tps:.0f} tok/s generation; "
+        f"cost {stats['cost_s']:.1f}s, reward {stats['reward_s']:.1f}s, write {stats['write_s']:.1f}s) to "
+        f"{cfg.out}; {stats['batches_already_done']} batches were already done, "
+        f"{stats['skipped_nan']} skipped for NaN/inf"
+    )
 
 
 def store_fingerprint(path: str | Path) -> str:

@@ -165,7 +165,9 @@ class Calibration:
             return [f"calibration.method={self.method!r} (use identity, platt or isotonic)"]
         if self.method == "platt":
             if not (math.isfinite(self.a) and self.a > 0):
-                out.append(f"calibration.a={self.a} (must be finite and > 0: a map that keeps q monotone in z)")
+                out.append(
+                    f"calibration.a={self.a} (must be finite and > 0: a map that keeps q monotone in z)"
+                )
             if not math.isfinite(self.b):
                 out.append(f"calibration.b={self.b} (must be finite)")
         if self.method == "isotonic":
@@ -183,7 +185,9 @@ class Calibration:
             raise CriticError("invalid calibration: " + "; ".join(problems) + "; re-export the critic")
         return self
 
-    def apply(self, q: torch.Tensor, logq: torch.Tensor | None = None, log1mq: torch.Tensor | None = None) -> torch.Tensor:
+    def apply(
+        self, q: torch.Tensor, logq: torch.Tensor | None = None, log1mq: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Calibrated probability of the raw ``q`` (B,); ``logq``/``log1mq`` (B,), when given, keep Platt's logit
         exact in the tails."""
         if self.method == "platt":
@@ -193,10 +197,14 @@ class Calibration:
         if self.method == "isotonic":
             x = torch.tensor(self.x, dtype=q.dtype, device=q.device)
             y = torch.tensor(self.y, dtype=q.dtype, device=q.device)
-            i = (torch.searchsorted(x, q.contiguous(), right=True) - 1).clamp(0, len(x) - 2)  # segment [x_i, x_i+1]
+            i = (torch.searchsorted(x, q.contiguous(), right=True) - 1).clamp(
+                0, len(x) - 2
+            )  # segment [x_i, x_i+1]
             x0, x1, y0, y1 = x[i], x[i + 1], y[i], y[i + 1]
             t = ((q - x0) / (x1 - x0)).clamp(0.0, 1.0)
-            return torch.minimum(torch.maximum(y0 + t * (y1 - y0), y0), y1)  # within the segment: monotone across knots
+            return torch.minimum(
+                torch.maximum(y0 + t * (y1 - y0), y0), y1
+            )  # within the segment: monotone across knots
         return q
 
     def to_dict(self) -> dict:
@@ -215,11 +223,18 @@ class Calibration:
         if not isinstance(d, dict):
             raise CriticError(f"calibration entry {d!r} is not an object; re-export the critic")
         try:
-            cal = cls(method=d.get("method", "identity"), a=float(d.get("a", 1.0)), b=float(d.get("b", 0.0)),
-                      x=tuple(float(v) for v in d.get("x", ())), y=tuple(float(v) for v in d.get("y", ())),
-                      fitted=d.get("fitted"))
+            cal = cls(
+                method=d.get("method", "identity"),
+                a=float(d.get("a", 1.0)),
+                b=float(d.get("b", 0.0)),
+                x=tuple(float(v) for v in d.get("x", ())),
+                y=tuple(float(v) for v in d.get("y", ())),
+                fitted=d.get("fitted"),
+            )
         except (TypeError, ValueError) as e:
-            raise CriticError(f"calibration entry is malformed ({_one_line(e)}); re-export the critic") from None
+            raise CriticError(
+                f"calibration entry is malformed ({_one_line(e)}); re-export the critic"
+            ) from None
         return cal.validate()
 
 
@@ -259,7 +274,7 @@ class Critic(nn.Module):
         self.value_head = nn.Linear(w, 1)
         self.cost_head = nn.Linear(w, 1)
         with torch.no_grad():  # spread the initial component locations over [-2, 2] (normalised z)
-            self.safety_head.bias[k:2 * k] = torch.linspace(-2.0, 2.0, k) if k > 1 else 0.0
+            self.safety_head.bias[k : 2 * k] = torch.linspace(-2.0, 2.0, k) if k > 1 else 0.0
 
     # ---- normalisation -------------------------------------------------------------------------------
     def set_normalization(self, stats: dict[str, torch.Tensor | float]) -> None:
@@ -290,8 +305,10 @@ class Critic(nn.Module):
     def encode(self, h: torch.Tensor) -> torch.Tensor:
         """Trunk features of latents ``h`` (B, H) -> (B, width)."""
         if h.shape[-1] != self.config.hidden_size:
-            raise CriticError(f"latent size {h.shape[-1]} != critic hidden_size {self.config.hidden_size}: "
-                              "the critic was trained on another policy or layer")
+            raise CriticError(
+                f"latent size {h.shape[-1]} != critic hidden_size {self.config.hidden_size}: "
+                "the critic was trained on another policy or layer"
+            )
         h = h.to(device=self.h_mean.device, dtype=self.h_mean.dtype)
         return self.trunk((h - self.h_mean) / self.h_std)
 
@@ -300,24 +317,30 @@ class Critic(nn.Module):
         k = self.config.n_mixture
         raw = self.safety_head(feat).float()  # (B, 3K)
         logw = F.log_softmax(raw[:, :k], dim=-1)
-        mu, scale = raw[:, k:2 * k], F.softplus(raw[:, 2 * k:]) + _MIN_SCALE
+        mu, scale = raw[:, k : 2 * k], F.softplus(raw[:, 2 * k :]) + _MIN_SCALE
         z = torch.as_tensor(z, dtype=torch.float32, device=feat.device).reshape(-1, 1)  # (B|1, 1)
         zn = (z - self.target_loc[0].float()) / self.target_scale[0].float()
         return logw, (zn - mu) / scale
 
-    def safe_logprob_from_features(self, feat: torch.Tensor, z: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+    def safe_logprob_from_features(
+        self, feat: torch.Tensor, z: torch.Tensor | float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(log q, log (1 - q))``, each (B,), computed stably (q = sum_k w_k sigmoid(u_k))."""
         logw, u = self._mixture(feat, z)
         return torch.logsumexp(logw + F.logsigmoid(u), -1), torch.logsumexp(logw + F.logsigmoid(-u), -1)
 
-    def safe_prob_from_features(self, feat: torch.Tensor, z: torch.Tensor | float,
-                                calibrated: bool = False) -> torch.Tensor:
+    def safe_prob_from_features(
+        self, feat: torch.Tensor, z: torch.Tensor | float, calibrated: bool = False
+    ) -> torch.Tensor:
         """q (B,): the raw head (what training fits), or with ``calibrated`` the calibration map applied."""
         logw, u = self._mixture(feat, z)
         q = (logw.exp() * torch.sigmoid(u)).sum(-1)
         if not calibrated or self.calibration.is_identity:
             return q
-        logq, log1mq = torch.logsumexp(logw + F.logsigmoid(u), -1), torch.logsumexp(logw + F.logsigmoid(-u), -1)
+        logq, log1mq = (
+            torch.logsumexp(logw + F.logsigmoid(u), -1),
+            torch.logsumexp(logw + F.logsigmoid(-u), -1),
+        )
         return self.calibration.apply(q, logq, log1mq)
 
     def value_from_features(self, feat: torch.Tensor, normalized: bool = False) -> torch.Tensor:
@@ -332,8 +355,11 @@ class Critic(nn.Module):
     def forward(self, h: torch.Tensor, z: torch.Tensor | float) -> CriticOutput:
         """All three heads from one trunk pass: ``h`` (B, H), ``z`` (B,) or a scalar -> (B,) each."""
         feat = self.encode(h)
-        return CriticOutput(self.safe_prob_from_features(feat, z, calibrated=True), self.value_from_features(feat),
-                            self.cost_from_features(feat))
+        return CriticOutput(
+            self.safe_prob_from_features(feat, z, calibrated=True),
+            self.value_from_features(feat),
+            self.cost_from_features(feat),
+        )
 
     def safe_prob(self, h: torch.Tensor, z: torch.Tensor | float, calibrated: bool = True) -> torch.Tensor:
         """q(h, z) = P[S_T - S_t <= z | h] (B,), calibrated unless ``calibrated=False``: non-decreasing in z."""
@@ -348,14 +374,22 @@ class Critic(nn.Module):
         return self.cost_from_features(self.encode(h))
 
     # ---- the artifact ----------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path, metrics: dict | None = None, extra: dict | None = None) -> Path:
+    def save_pretrained(
+        self, directory: str | Path, metrics: dict | None = None, extra: dict | None = None
+    ) -> Path:
         """Write ``critic.safetensors`` and ``critic_config.json`` into ``directory`` (created if needed)."""
         from safetensors.torch import save_file
 
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if isinstance(v, torch.Tensor)}
-        save_file(state, str(out / WEIGHTS_NAME), metadata={"format": "pt", "schema_version": str(SCHEMA_VERSION)})
+        state = {
+            k: v.detach().cpu().contiguous()
+            for k, v in self.state_dict().items()
+            if isinstance(v, torch.Tensor)
+        }
+        save_file(
+            state, str(out / WEIGHTS_NAME), metadata={"format": "pt", "schema_version": str(SCHEMA_VERSION)}
+        )
         meta = {
             "schema_version": SCHEMA_VERSION,
             "format": ARTIFACT_FORMAT,
@@ -372,7 +406,9 @@ class Critic(nn.Module):
         return out
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu", **overrides) -> Critic:
+    def from_pretrained(
+        cls, directory: str | Path, device: str | torch.device = "cpu", **overrides
+    ) -> Critic:
         """Load an artifact folder written by :meth:`save_pretrained`; ``overrides`` replace config fields
         (e.g. ``dropout=0.0``). Raises :class:`CriticError` on an unknown schema or damaged files."""
         from safetensors import SafetensorError
@@ -396,8 +432,10 @@ class Critic(nn.Module):
         try:
             critic.load_state_dict(state, strict=True)
         except RuntimeError as e:
-            raise CriticError(f"{weights} does not fit {CONFIG_NAME} ({_one_line(e)[:200]}): re-export it, "
-                              "or drop overrides that change sizes") from None
+            raise CriticError(
+                f"{weights} does not fit {CONFIG_NAME} ({_one_line(e)[:200]}): re-export it, "
+                "or drop overrides that change sizes"
+            ) from None
         return critic.to(device)
 
 
@@ -410,13 +448,19 @@ def read_config(path: str | Path) -> dict:
     try:
         meta = json.loads(cfg.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CriticError(f"{cfg} is not valid JSON ({_one_line(e)}): the artifact is damaged, re-export it") from None
+        raise CriticError(
+            f"{cfg} is not valid JSON ({_one_line(e)}): the artifact is damaged, re-export it"
+        ) from None
     if not isinstance(meta, dict) or meta.get("format") != ARTIFACT_FORMAT:
-        raise CriticError(f"{cfg} is not an igcritic critic config (format != {ARTIFACT_FORMAT!r}): re-export it")
+        raise CriticError(
+            f"{cfg} is not an igcritic critic config (format != {ARTIFACT_FORMAT!r}): re-export it"
+        )
     version = meta.get("schema_version")
     if version not in SUPPORTED_SCHEMAS:
-        raise CriticError(f"{cfg} has schema_version {version!r}, this igcritic reads {list(SUPPORTED_SCHEMAS)}: "
-                          "upgrade igcritic or re-export with this version")
+        raise CriticError(
+            f"{cfg} has schema_version {version!r}, this igcritic reads {list(SUPPORTED_SCHEMAS)}: "
+            "upgrade igcritic or re-export with this version"
+        )
     return meta
 
 
@@ -445,5 +489,17 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())
 
 
-__all__ = ["Calibration", "Critic", "CriticConfig", "CriticError", "CriticOutput", "load_critic", "read_config",
-           "SCHEMA_VERSION", "SUPPORTED_SCHEMAS", "WEIGHTS_NAME", "CONFIG_NAME", "CALIBRATION_KEY"]
+__all__ = [
+    "Calibration",
+    "Critic",
+    "CriticConfig",
+    "CriticError",
+    "CriticOutput",
+    "load_critic",
+    "read_config",
+    "SCHEMA_VERSION",
+    "SUPPORTED_SCHEMAS",
+    "WEIGHTS_NAME",
+    "CONFIG_NAME",
+    "CALIBRATION_KEY",
+]

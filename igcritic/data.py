@@ -90,8 +90,15 @@ class _StoreRows:
         s_t = self.cost_prefix[rows]
         s_final = self.traj_cost[traj]
         value = (self.gamma ** (self.traj_len[traj] - t)) * self.traj_reward[traj]
-        return {"t": t, "s": s_t, "s_final": s_final, "f": s_final - s_t,
-                "value": value.astype(np.float32), "traj": traj, "prompt": self.traj_prompt[traj]}
+        return {
+            "t": t,
+            "s": s_t,
+            "s_final": s_final,
+            "f": s_final - s_t,
+            "value": value.astype(np.float32),
+            "traj": traj,
+            "prompt": self.traj_prompt[traj],
+        }
 
 
 class CriticStream(IterableDataset):
@@ -101,9 +108,20 @@ class CriticStream(IterableDataset):
     value, valid, t, traj, prompt, row (traj/row are global ids across stores).
     """
 
-    def __init__(self, stores: list[_StoreInfo], runs: np.ndarray, block_ptr: np.ndarray, *, batch_size: int,
-                 shuffle: bool, shuffle_buffer: int, seed: int, gamma: float, budget: BudgetDistribution,
-                 drop_last: bool = False):
+    def __init__(
+        self,
+        stores: list[_StoreInfo],
+        runs: np.ndarray,
+        block_ptr: np.ndarray,
+        *,
+        batch_size: int,
+        shuffle: bool,
+        shuffle_buffer: int,
+        seed: int,
+        gamma: float,
+        budget: BudgetDistribution,
+        drop_last: bool = False,
+    ):
         self.paths = [s.path for s in stores]
         self.traj_prompt = [s.traj_prompt for s in stores]
         self.store_budget = np.asarray([s.budget for s in stores], dtype=np.float64)
@@ -116,7 +134,9 @@ class CriticStream(IterableDataset):
         self._rows: dict[int, _StoreRows] | None = None
 
     def __getstate__(self) -> dict:
-        return {k: v for k, v in {**self.__dict__, "_rows": None}.items() if k != "_buf"}  # workers open the stores
+        return {
+            k: v for k, v in {**self.__dict__, "_rows": None}.items() if k != "_buf"
+        }  # workers open the stores
 
     def set_epoch(self, epoch: int) -> None:
         """Change the block order (and budget draws) for this epoch; called by Lightning via the loader."""
@@ -141,7 +161,9 @@ class CriticStream(IterableDataset):
         div = (lambda n: n // self.batch_size) if self.drop_last else (lambda n: -(-n // self.batch_size))
         return sum(div(n) for n in self._shares())
 
-    def plan(self, epoch: int, rank: int, world_size: int, worker: int = 0, num_workers: int = 1) -> np.ndarray:
+    def plan(
+        self, epoch: int, rank: int, world_size: int, worker: int = 0, num_workers: int = 1
+    ) -> np.ndarray:
         """The runs ``(store, start, stop, chunk)`` one worker of one rank reads in one epoch, in order."""
         nb = len(self.block_ptr) - 1
         order = np.random.default_rng([self.seed, epoch]).permutation(nb) if self.shuffle else np.arange(nb)
@@ -198,9 +220,16 @@ class CriticStream(IterableDataset):
         while i < len(runs):
             s, lo = int(runs[i, 0]), int(runs[i, 1])
             j = i + 1
-            while j < len(runs) and runs[j, 0] == s and (
-                    runs[j, 3] == runs[j - 1, 3] and runs[j, 1] >= runs[j - 1, 2]
-                    or runs[j, 1] == runs[j - 1, 2] and runs[j, 2] - lo <= max_span):
+            while (
+                j < len(runs)
+                and runs[j, 0] == s
+                and (
+                    runs[j, 3] == runs[j - 1, 3]
+                    and runs[j, 1] >= runs[j - 1, 2]
+                    or runs[j, 1] == runs[j - 1, 2]
+                    and runs[j, 2] - lo <= max_span
+                )
+            ):
                 j += 1
             hi = int(runs[j - 1, 2])
             st = self._store(s)
@@ -213,8 +242,15 @@ class CriticStream(IterableDataset):
             if not valid.all():
                 for k in ("s", "s_final", "f", "value"):
                     tg[k] = np.where(valid, tg[k], 0).astype(np.float32)
-            yield {"span": span, "idx": rows - lo, **tg, "valid": valid, "store": np.full(len(rows), s),
-                   "row": rows + self.row_base[s], "traj": tg["traj"] + self.traj_base[s]}
+            yield {
+                "span": span,
+                "idx": rows - lo,
+                **tg,
+                "valid": valid,
+                "store": np.full(len(rows), s),
+                "row": rows + self.row_base[s],
+                "traj": tg["traj"] + self.traj_base[s],
+            }
             del span  # let the next read reuse this memory (fresh pages cost more than the copy)
             i = j
 
@@ -235,8 +271,11 @@ class CriticStream(IterableDataset):
         m["label"] = (m["f"] <= m["z"]).astype(np.float32)
         if get_worker_info() is None:  # in the training process: per-field arrays, the least work per batch
             for a in range(0, n_out, bs):
-                h_b = np.take(pool.h, flat[a:a + bs], axis=0, mode="clip")  # (B, H) float16
-                yield {"h": torch.from_numpy(h_b), **{k: torch.from_numpy(v[a:a + bs]) for k, v in m.items()}}
+                h_b = np.take(pool.h, flat[a : a + bs], axis=0, mode="clip")  # (B, H) float16
+                yield {
+                    "h": torch.from_numpy(h_b),
+                    **{k: torch.from_numpy(v[a : a + bs]) for k, v in m.items()},
+                }
         else:  # in a worker: one memory block per batch, the least work for the trip through shared memory
             floats = np.stack([m[k] for k in _FLOAT_KEYS], axis=1).astype(np.float32)  # (n_out, 6)
             ints = np.stack([m[k] for k in _INT_KEYS], axis=1).astype(np.int64)  # (n_out, 4)
@@ -257,19 +296,22 @@ class _Pool:
     @property
     def h(self) -> np.ndarray:
         """(n, H) float16 pooled latents."""
-        return self.buf[:self.n]
+        return self.buf[: self.n]
 
     def add(self, piece: dict[str, np.ndarray]) -> None:
-        span, idx = piece.pop("span"), piece.pop("idx")  # the span is released right after: its memory is reused
+        span, idx = (
+            piece.pop("span"),
+            piece.pop("idx"),
+        )  # the span is released right after: its memory is reused
         k = len(idx)
         if self.buf is None or len(self.buf) < self.n + k or self.buf.shape[1] != span.shape[1]:
             grown = np.empty((max(self.n + k, self.capacity), span.shape[1]), dtype=np.float16)
             if self.n:
-                grown[:self.n] = self.buf[:self.n]
+                grown[: self.n] = self.buf[: self.n]
             self.buf = grown
-        out = self.buf[self.n:self.n + k]
+        out = self.buf[self.n : self.n + k]
         if k and idx[-1] - idx[0] == k - 1:
-            out[:] = span[idx[0]:idx[0] + k]  # contiguous rows: a plain copy
+            out[:] = span[idx[0] : idx[0] + k]  # contiguous rows: a plain copy
         elif k:  # mode="clip" lets numpy write straight into ``out`` (indices are valid by construction)
             np.take(span, idx, axis=0, out=out, mode="clip")
         self.metas.append(piece)
@@ -278,7 +320,7 @@ class _Pool:
     def keep(self, rest: np.ndarray, meta: dict[str, np.ndarray]) -> None:
         """Keep only the pooled rows ``rest`` (sorted), moved to the front of the buffer."""
         if len(rest):
-            self.buf[:len(rest)] = self.buf[rest]
+            self.buf[: len(rest)] = self.buf[rest]
         self.metas = [{k: v[rest] for k, v in meta.items()}] if len(rest) else []
         self.n = len(rest)
 
@@ -287,24 +329,34 @@ _FLOAT_KEYS = ("z", "label", "f", "s", "s_final", "value")
 _INT_KEYS = ("t", "traj", "prompt", "row")
 
 
-def _batch(pool_h: np.ndarray, sel: np.ndarray, floats: np.ndarray, ints: np.ndarray,
-           valid: np.ndarray) -> dict[str, torch.Tensor]:
+def _batch(
+    pool_h: np.ndarray, sel: np.ndarray, floats: np.ndarray, ints: np.ndarray, valid: np.ndarray
+) -> dict[str, torch.Tensor]:
     """One batch in ONE memory block, every field a view of it: a DataLoader worker then ships a single
     shared-memory segment per batch (each segment costs ~2 ms on small VMs, more than the rows themselves)."""
     n, width = len(sel), pool_h.shape[1]
     sizes = [n * width * 2, n * len(_FLOAT_KEYS) * 4, n * len(_INT_KEYS) * 8, n]
     offs = np.cumsum([0] + [-(-x // 8) * 8 for x in sizes])  # 8-byte aligned sections
     raw = np.empty(int(offs[-1]), dtype=np.uint8)
-    np.take(pool_h, sel, axis=0, mode="clip", out=raw[offs[0]:offs[0] + sizes[0]].view(np.float16).reshape(n, width))
-    raw[offs[1]:offs[1] + sizes[1]].view(np.float32).reshape(n, -1)[:] = floats
-    raw[offs[2]:offs[2] + sizes[2]].view(np.int64).reshape(n, -1)[:] = ints
-    raw[offs[3]:offs[3] + sizes[3]].view(np.bool_)[:] = valid
+    np.take(
+        pool_h,
+        sel,
+        axis=0,
+        mode="clip",
+        out=raw[offs[0] : offs[0] + sizes[0]].view(np.float16).reshape(n, width),
+    )
+    raw[offs[1] : offs[1] + sizes[1]].view(np.float32).reshape(n, -1)[:] = floats
+    raw[offs[2] : offs[2] + sizes[2]].view(np.int64).reshape(n, -1)[:] = ints
+    raw[offs[3] : offs[3] + sizes[3]].view(np.bool_)[:] = valid
     t = torch.from_numpy(raw)
-    f = t[offs[1]:offs[1] + sizes[1]].view(torch.float32).view(n, -1)
-    i = t[offs[2]:offs[2] + sizes[2]].view(torch.int64).view(n, -1)
-    return {"h": t[offs[0]:offs[0] + sizes[0]].view(torch.float16).view(n, width),  # (B, H)
-            **{k: f[:, c] for c, k in enumerate(_FLOAT_KEYS)}, **{k: i[:, c] for c, k in enumerate(_INT_KEYS)},
-            "valid": t[offs[3]:offs[3] + sizes[3]].view(torch.bool)}
+    f = t[offs[1] : offs[1] + sizes[1]].view(torch.float32).view(n, -1)
+    i = t[offs[2] : offs[2] + sizes[2]].view(torch.int64).view(n, -1)
+    return {
+        "h": t[offs[0] : offs[0] + sizes[0]].view(torch.float16).view(n, width),  # (B, H)
+        **{k: f[:, c] for c, k in enumerate(_FLOAT_KEYS)},
+        **{k: i[:, c] for c, k in enumerate(_INT_KEYS)},
+        "valid": t[offs[3] : offs[3] + sizes[3]].view(torch.bool),
+    }
 
 
 def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -367,11 +419,23 @@ class CriticDataModule(LightningDataModule):
         stats_rows: Training rows sampled for the latent normalisation statistics.
     """
 
-    def __init__(self, stores: list[str], batch_size: int = 256, val_fraction: float = 0.1, seed: int = 0,
-                 gamma: float = 0.999, budget_low: float | None = None, budget_high: float | None = None,
-                 budget_store_share: float = 0.25, shuffle_buffer: int = 16384, num_workers: int = 0,
-                 multiprocessing_context: Literal["spawn", "forkserver"] = "spawn", pin_memory: bool | None = None,
-                 drop_last: bool = False, stats_rows: int = 65536):
+    def __init__(
+        self,
+        stores: list[str],
+        batch_size: int = 256,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        gamma: float = 0.999,
+        budget_low: float | None = None,
+        budget_high: float | None = None,
+        budget_store_share: float = 0.25,
+        shuffle_buffer: int = 16384,
+        num_workers: int = 0,
+        multiprocessing_context: Literal["spawn", "forkserver"] = "spawn",
+        pin_memory: bool | None = None,
+        drop_last: bool = False,
+        stats_rows: int = 65536,
+    ):
         super().__init__()
         self.save_hyperparameters()
         problems = []
@@ -388,15 +452,21 @@ class CriticDataModule(LightningDataModule):
         if budget_low is not None and budget_high is not None and budget_low > budget_high:
             problems.append(f"budget_low={budget_low} > budget_high={budget_high}")
         if num_workers < 0 or shuffle_buffer < 1 or stats_rows < 1:
-            problems.append(f"num_workers={num_workers}, shuffle_buffer={shuffle_buffer}, stats_rows={stats_rows} "
-                            "(must be >= 0, >= 1, >= 1)")
+            problems.append(
+                f"num_workers={num_workers}, shuffle_buffer={shuffle_buffer}, stats_rows={stats_rows} "
+                "(must be >= 0, >= 1, >= 1)"
+            )
         if multiprocessing_context not in ("spawn", "forkserver"):
             problems.append(f"multiprocessing_context={multiprocessing_context!r} (use spawn or forkserver)")
         if problems:
             raise DataError("invalid data settings: " + "; ".join(problems))
         self.stores = [str(s) for s in stores]
         self.batch_size, self.val_fraction, self.seed, self.gamma = batch_size, val_fraction, seed, gamma
-        self._budget_low, self._budget_high, self.budget_store_share = budget_low, budget_high, budget_store_share
+        self._budget_low, self._budget_high, self.budget_store_share = (
+            budget_low,
+            budget_high,
+            budget_store_share,
+        )
         self.shuffle_buffer, self.num_workers, self.drop_last = shuffle_buffer, num_workers, drop_last
         self.multiprocessing_context, self.stats_rows = multiprocessing_context, stats_rows
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
@@ -422,27 +492,37 @@ class CriticDataModule(LightningDataModule):
                 raise DataError(f"data.stores: cannot open {p}: {e}") from None
             readers.append(r)
             if n_traj == 0:
-                raise DataError(f"store {p} has zero trajectories, so there is nothing to train on; run "
-                                "`igcritic collect` to completion (or drop it from data.stores)")
+                raise DataError(
+                    f"store {p} has zero trajectories, so there is nothing to train on; run "
+                    "`igcritic collect` to completion (or drop it from data.stores)"
+                )
         first, a0 = self.stores[0], readers[0].attrs
         for p, r in zip(self.stores[1:], readers[1:]):
             a = r.attrs
             if r.hidden_size != readers[0].hidden_size:
-                raise DataError(f"store {p} has hidden size {r.hidden_size} but {first} has {readers[0].hidden_size}: "
-                                "one critic reads one policy's latents; train one critic per policy")
+                raise DataError(
+                    f"store {p} has hidden size {r.hidden_size} but {first} has {readers[0].hidden_size}: "
+                    "one critic reads one policy's latents; train one critic per policy"
+                )
             diff = PolicyIdentity.from_dict(a0["policy"]).mismatches(a["policy"])
             if diff:
-                raise DataError(f"stores {first} and {p} come from different policies ({'; '.join(diff)}): "
-                                "mixing policies is not allowed; train one critic per policy")
+                raise DataError(
+                    f"stores {first} and {p} come from different policies ({'; '.join(diff)}): "
+                    "mixing policies is not allowed; train one critic per policy"
+                )
             for key in ("cost_scorer", "reward_scorer"):
                 ids = [(d or {}).get(f) for d in (a0.get(key), a.get(key)) for f in ("id", "sign")]
                 if ids[:2] != ids[2:]:
-                    raise DataError(f"stores {first} and {p} use different {key}s ({ids[:2]} vs {ids[2:]}): their "
-                                    "costs/rewards are on different scales; collect with one scorer")
+                    raise DataError(
+                        f"stores {first} and {p} use different {key}s ({ids[:2]} vs {ids[2:]}): their "
+                        "costs/rewards are on different scales; collect with one scorer"
+                    )
         texts = sorted({r.prompts[int(i)] for r in readers for i in np.unique(np.asarray(r.traj_prompt))})
         if len(texts) < 2:
-            raise DataError(f"stores {self.stores} hold {len(texts)} distinct prompt(s); a prompt-level val split "
-                            "needs at least 2: collect rollouts for more prompts")
+            raise DataError(
+                f"stores {self.stores} hold {len(texts)} distinct prompt(s); a prompt-level val split "
+                "needs at least 2: collect rollouts for more prompts"
+            )
         gid = {t: i for i, t in enumerate(texts)}
         infos = []
         for p, r in zip(self.stores, readers):
@@ -450,13 +530,20 @@ class CriticDataModule(LightningDataModule):
             n_tok = int(r.n_tok)
             step = int(r.chunk_tokens)
             shard = r.shard_offsets
-            bounds = np.unique(np.concatenate([np.arange(a, b, step) for a, b in zip(shard[:-1], shard[1:])]
-                                              + [shard]))
-            infos.append(_StoreInfo(path=p, n_tok=n_tok, offsets=np.asarray(r.traj_offsets, dtype=np.int64),
-                                    traj_prompt=local[np.asarray(r.traj_prompt, dtype=np.int64)],
-                                    traj_cost=np.asarray(r.traj_cost, dtype=np.float32),
-                                    budget=float(r.attrs.get("budget") if r.attrs.get("budget") is not None
-                                                 else math.nan), bounds=bounds))
+            bounds = np.unique(
+                np.concatenate([np.arange(a, b, step) for a, b in zip(shard[:-1], shard[1:])] + [shard])
+            )
+            infos.append(
+                _StoreInfo(
+                    path=p,
+                    n_tok=n_tok,
+                    offsets=np.asarray(r.traj_offsets, dtype=np.int64),
+                    traj_prompt=local[np.asarray(r.traj_prompt, dtype=np.int64)],
+                    traj_cost=np.asarray(r.traj_cost, dtype=np.float32),
+                    budget=float(r.attrs.get("budget") if r.attrs.get("budget") is not None else math.nan),
+                    bounds=bounds,
+                )
+            )
         self._attrs, self.prompt_texts, self._infos = dict(a0), texts, infos
         self._hidden_size = int(readers[0].hidden_size)
         return infos
@@ -480,7 +567,7 @@ class CriticDataModule(LightningDataModule):
         s_final = np.concatenate([i.traj_cost for i in infos])
         s_final = s_final[np.isfinite(s_final)]
         budgets = [i.budget for i in infos if math.isfinite(i.budget)]
-        q_lo, q_hi = (np.quantile(s_final, [0.01, 0.99]).tolist() if len(s_final) else (0.0, 1.0))
+        q_lo, q_hi = np.quantile(s_final, [0.01, 0.99]).tolist() if len(s_final) else (0.0, 1.0)
         low = self._budget_low if self._budget_low is not None else min([q_lo, *budgets])
         high = self._budget_high if self._budget_high is not None else max([q_hi, *budgets])
         return float(low), float(max(high, low))
@@ -495,9 +582,15 @@ class CriticDataModule(LightningDataModule):
         """What the critic artifact records about its training data (CriticConfig fields)."""
         self._load()
         low, high = self.budget_range
-        return {"gamma": self.gamma, "budget_low": low, "budget_high": high, "budget": self.store_budget,
-                "policy": self.policy, "cost_scorer": self._attrs.get("cost_scorer"),
-                "reward_scorer": self._attrs.get("reward_scorer")}
+        return {
+            "gamma": self.gamma,
+            "budget_low": low,
+            "budget_high": high,
+            "budget": self.store_budget,
+            "policy": self.policy,
+            "cost_scorer": self._attrs.get("cost_scorer"),
+            "reward_scorer": self._attrs.get("reward_scorer"),
+        }
 
     def eval_budgets(self) -> list[float]:
         """Default budgets for per-budget metrics: the store budget and the quartiles of the stores' S_T."""
@@ -542,9 +635,18 @@ class CriticDataModule(LightningDataModule):
 
     def _stream(self, split: Literal["train", "val"]) -> CriticStream:
         runs, ptr = self._runs(split)
-        return CriticStream(self._load(), runs, ptr, batch_size=self.batch_size, shuffle=split == "train",
-                            shuffle_buffer=self.shuffle_buffer, seed=self.seed, gamma=self.gamma,
-                            budget=BudgetDistribution(*self.budget_range, self.budget_store_share), drop_last=self.drop_last and split == "train")
+        return CriticStream(
+            self._load(),
+            runs,
+            ptr,
+            batch_size=self.batch_size,
+            shuffle=split == "train",
+            shuffle_buffer=self.shuffle_buffer,
+            seed=self.seed,
+            gamma=self.gamma,
+            budget=BudgetDistribution(*self.budget_range, self.budget_store_share),
+            drop_last=self.drop_last and split == "train",
+        )
 
     # ---- Lightning hooks -------------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -554,10 +656,16 @@ class CriticDataModule(LightningDataModule):
         rank, world = _rank_world(self.trainer)
         if self.train_dataset is None:
             self.train_dataset, self.val_dataset = self._stream("train"), self._stream("val")
-            log.info("critic data: %d train rows, %d val rows, %d/%d prompts held out, budgets U[%.3g, %.3g] "
-                     "+ %.0f%% at the store budget", self.train_dataset.n_rows, self.val_dataset.n_rows,
-                     len(self.val_prompt_ids()), len(self.prompt_texts), *self.budget_range,
-                     100 * self.budget_store_share)
+            log.info(
+                "critic data: %d train rows, %d val rows, %d/%d prompts held out, budgets U[%.3g, %.3g] "
+                "+ %.0f%% at the store budget",
+                self.train_dataset.n_rows,
+                self.val_dataset.n_rows,
+                len(self.val_prompt_ids()),
+                len(self.prompt_texts),
+                *self.budget_range,
+                100 * self.budget_store_share,
+            )
         for ds in (self.train_dataset, self.val_dataset):
             ds.set_distributed(rank, world, self.num_workers)
 
@@ -593,7 +701,7 @@ class CriticDataModule(LightningDataModule):
         order = np.random.default_rng([self.seed, 7]).permutation(len(ds.block_ptr) - 1)
         idx, n = [], 0
         for b in order:
-            rows = ds.runs[ds.block_ptr[b]:ds.block_ptr[b + 1]]
+            rows = ds.runs[ds.block_ptr[b] : ds.block_ptr[b + 1]]
             idx.append(np.arange(ds.block_ptr[b], ds.block_ptr[b + 1]))
             n += int((rows[:, 2] - rows[:, 1]).sum())
             if n >= max_rows:
@@ -605,23 +713,34 @@ class CriticDataModule(LightningDataModule):
             h = h[np.isfinite(h).all(axis=1)]
             total, sq, count = total + h.sum(0), sq + (h * h).sum(0), count + len(h)
         if count == 0:
-            raise DataError(f"every sampled training latent of {self.stores} is NaN/inf; re-collect the store")
+            raise DataError(
+                f"every sampled training latent of {self.stores} is NaN/inf; re-collect the store"
+            )
         mean = total / count
         std = np.sqrt(np.maximum(sq / count - mean * mean, 0.0))
-        out: dict[str, torch.Tensor | float] = {"h_mean": torch.from_numpy(mean).float(),
-                                                 "h_std": torch.from_numpy(np.where(std > 1e-6, std, 1.0)).float()}
+        out: dict[str, torch.Tensor | float] = {
+            "h_mean": torch.from_numpy(mean).float(),
+            "h_std": torch.from_numpy(np.where(std > 1e-6, std, 1.0)).float(),
+        }
         cols: dict[str, list[np.ndarray]] = {"f": [], "value": [], "s": []}
         for s, info in enumerate(self._load()):
             store = ds._store(s)
             mine = ds.runs[ds.runs[:, 0] == s]
-            rows = np.concatenate([np.arange(a, b) for a, b in mine[:, 1:3]]) if len(mine) else np.zeros(0, np.int64)
+            rows = (
+                np.concatenate([np.arange(a, b) for a, b in mine[:, 1:3]])
+                if len(mine)
+                else np.zeros(0, np.int64)
+            )
             tg = store.targets(rows)
             for k in cols:
                 cols[k].append(tg[k][np.isfinite(tg[k])])
         for k, name in (("f", "f"), ("value", "v"), ("s", "s")):
             x = np.concatenate(cols[k]).astype(np.float64)
             sd = float(x.std()) if len(x) else 1.0
-            out[f"{name}_loc"], out[f"{name}_scale"] = (float(x.mean()) if len(x) else 0.0), (sd if sd > 1e-6 else 1.0)
+            out[f"{name}_loc"], out[f"{name}_scale"] = (
+                (float(x.mean()) if len(x) else 0.0),
+                (sd if sd > 1e-6 else 1.0),
+            )
         return out
 
 
@@ -633,4 +752,11 @@ def _rank_world(trainer) -> tuple[int, int]:
     return 0, 1
 
 
-__all__ = ["CriticDataModule", "CriticStream", "BudgetDistribution", "DataError", "EpochLoader", "mask_nonfinite"]
+__all__ = [
+    "CriticDataModule",
+    "CriticStream",
+    "BudgetDistribution",
+    "DataError",
+    "EpochLoader",
+    "mask_nonfinite",
+]

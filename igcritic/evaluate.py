@@ -18,7 +18,6 @@ answers for blind reading (:mod:`igcritic.reading`); ``--reading_in labels.jsonl
 finished run with people's labels as one more judge, ``reading``.
 """
 
-
 from __future__ import annotations
 
 import dataclasses
@@ -85,7 +84,9 @@ class Generator(Protocol):
     ideally ``to_dict()``.
     """
 
-    def generate(self, prompts: list[str], budget: float | None = None, **overrides: Any) -> Sequence[Any]: ...
+    def generate(
+        self, prompts: list[str], budget: float | None = None, **overrides: Any
+    ) -> Sequence[Any]: ...
 
 
 @runtime_checkable
@@ -113,10 +114,14 @@ def default_methods() -> list[MethodSpec]:
     """
     return [
         MethodSpec("plain sampling", {"method": "plain", "critic": False, "mode": "exact"}),
-        MethodSpec("best-of-N lagrangian", {"method": "best_of_n", "score": "lagrangian", "critic": False,
-                                            "mode": "exact"}),
-        MethodSpec("best-of-N augmented", {"method": "best_of_n", "score": "augmented", "critic": False,
-                                           "mode": "exact"}),
+        MethodSpec(
+            "best-of-N lagrangian",
+            {"method": "best_of_n", "score": "lagrangian", "critic": False, "mode": "exact"},
+        ),
+        MethodSpec(
+            "best-of-N augmented",
+            {"method": "best_of_n", "score": "augmented", "critic": False, "mode": "exact"},
+        ),
         MethodSpec("IG no critic", {"method": "inferenceguard", "critic": False, "mode": "exact"}),
         MethodSpec("IG critic latent", {"method": "inferenceguard", "critic": True, "mode": "latent"}),
         MethodSpec("IG critic exact", {"method": "inferenceguard", "critic": True, "mode": "exact"}),
@@ -211,7 +216,9 @@ class EvalConfig:
         except TypeError as e:
             return [*out, f"--judges: {e}; give {{name, spec, threshold?, reward?}} or a scorer spec"]
         out += name_problems([j.name for j in judges])
-        out += [f"--judges {j.name!r} has no spec; give a scorer spec" for j in judges if not str(j.spec).strip()]
+        out += [
+            f"--judges {j.name!r} has no spec; give a scorer spec" for j in judges if not str(j.spec).strip()
+        ]
         return out
 
     def validate(self) -> None:
@@ -239,8 +246,15 @@ def load_prompts(spec: str, split: str | None = None, limit: int | None = None) 
         rows = read_prompt_rows(path)
     except PromptError as e:
         raise EvalError(str(e)) from None
-    items = [EvalPrompt(r["prompt"].strip(), r.get("category"), None if r.get("harmful") is None else bool(r["harmful"]),
-                        r.get("split")) for r in rows]
+    items = [
+        EvalPrompt(
+            r["prompt"].strip(),
+            r.get("category"),
+            None if r.get("harmful") is None else bool(r["harmful"]),
+            r.get("split"),
+        )
+        for r in rows
+    ]
     if not items:
         raise EvalError(f"--prompts {spec!r} has no prompt; give a file with at least one")
     if split not in (None, ALL_SPLITS) and any(p.split is not None for p in items):
@@ -263,17 +277,23 @@ def _record_dict(rec: Any) -> dict:
     elif dataclasses.is_dataclass(rec):
         d = asdict(rec)
     else:
-        raise EvalError(f"the guard returned a {type(rec).__name__}; it must return records with to_dict() or dicts")
+        raise EvalError(
+            f"the guard returned a {type(rec).__name__}; it must return records with to_dict() or dicts"
+        )
     missing = [k for k in ("text", "refused", "seconds", "new_tokens") if k not in d]
     if missing:
-        raise EvalError(f"guard records lack {missing}; the guard must report text, refused, seconds and new_tokens")
+        raise EvalError(
+            f"guard records lack {missing}; the guard must report text, refused, seconds and new_tokens"
+        )
     return d
 
 
 def _checked(values: Any, role: str, n: int) -> np.ndarray:
     out = np.asarray(values, dtype=float).reshape(-1)
     if out.shape[0] != n:
-        raise EvalError(f"the {role} scorer returned {out.shape[0]} scores for {n} responses; it must return one each")
+        raise EvalError(
+            f"the {role} scorer returned {out.shape[0]} scores for {n} responses; it must return one each"
+        )
     bad = np.flatnonzero(~np.isfinite(out))
     if bad.size:
         raise EvalError(f"the {role} scorer returned {out[bad[0]]} for response {bad[0]}; check the scorer")
@@ -310,13 +330,17 @@ def final_costs(
     if by_prefix:
         vals = cost.prefix_scores([prompts[k] for k, _ in by_prefix], [t for _, t in by_prefix])
         if len(vals) != len(by_prefix):
-            raise EvalError(f"the cost scorer returned {len(vals)} prefix-score arrays for {len(by_prefix)} answers")
+            raise EvalError(
+                f"the cost scorer returned {len(vals)} prefix-score arrays for {len(by_prefix)} answers"
+            )
         last = _checked([np.asarray(v, dtype=float).reshape(-1)[-1] for v in vals], "cost", len(by_prefix))
         for (k, _), v in zip(by_prefix, last):
             out[k], source[k] = v, "prefix"
     rest = [k for k in range(n) if source[k] == "text"]
     if rest:
-        out[rest] = text_scores(cost, "cost", [prompts[k] for k in rest], [str(records[k]["text"]) for k in rest])
+        out[rest] = text_scores(
+            cost, "cost", [prompts[k] for k in rest], [str(records[k]["text"]) for k in rest]
+        )
     return out, source
 
 
@@ -353,7 +377,9 @@ def _load_guard(cfg: EvalConfig) -> Generator:
     from igcritic.guard import load_guard
 
     specs = scorer_specs(cfg)
-    return load_guard(cfg.critic, model=cfg.model, cost=specs["cost"], reward=specs["reward"], device=cfg.device)
+    return load_guard(
+        cfg.critic, model=cfg.model, cost=specs["cost"], reward=specs["reward"], device=cfg.device
+    )
 
 
 def _load_scorer(spec: str, role: str, device: str) -> Scorer:
@@ -384,8 +410,13 @@ def precheck_methods(guard: Any, cfg: EvalConfig, budget: float) -> None:
 
 
 def run_method(
-    guard: Generator, spec: MethodSpec, prompts: list[EvalPrompt], cfg: EvalConfig, budget: float,
-    cost: Scorer, reward: Scorer,
+    guard: Generator,
+    spec: MethodSpec,
+    prompts: list[EvalPrompt],
+    cfg: EvalConfig,
+    budget: float,
+    cost: Scorer,
+    reward: Scorer,
 ) -> tuple[list[dict], float]:
     """Answer every prompt with one method, then score every response; returns (rows, wall seconds)."""
     overrides = method_overrides(cfg, spec)
@@ -399,24 +430,36 @@ def run_method(
         out = list(guard.generate(batch, budget=budget, **overrides))
         wall += time.perf_counter() - t0
         if len(out) != len(batch):
-            raise EvalError(f"method {spec.name!r}: the guard returned {len(out)} records for {len(batch)} prompts")
+            raise EvalError(
+                f"method {spec.name!r}: the guard returned {len(out)} records for {len(batch)} prompts"
+            )
         records += [_record_dict(r) for r in out]
     tokenizer = getattr(getattr(guard, "policy", None), "tokenizer", None)
     costs, sources = final_costs(cost, texts, records, tokenizer, prefix=cfg.prefix_cost)
     rewards = text_scores(reward, "reward", texts, [str(r["text"]) for r in records])
     rows = []
     for k, (p, rec) in enumerate(zip(prompts, records)):
-        row = {RECORD_METHOD: spec.name, "prompt_index": k, "prompt": p.prompt, "category": p.category,
-               "harmful": p.harmful,
-               RECORD_COST: float(costs[k]), RECORD_REWARD: float(rewards[k]),
-               RECORD_SAFE: bool(costs[k] <= budget), RECORD_COST_FROM: sources[k]}
+        row = {
+            RECORD_METHOD: spec.name,
+            "prompt_index": k,
+            "prompt": p.prompt,
+            "category": p.category,
+            "harmful": p.harmful,
+            RECORD_COST: float(costs[k]),
+            RECORD_REWARD: float(rewards[k]),
+            RECORD_SAFE: bool(costs[k] <= budget),
+            RECORD_COST_FROM: sources[k],
+        }
         rows.append({**row, **{key: v for key, v in rec.items() if key not in row}})
     return rows, wall
 
 
 @eval_errors
 def run_eval(
-    cfg: EvalConfig, guard: Generator | None = None, cost: Scorer | None = None, reward: Scorer | None = None,
+    cfg: EvalConfig,
+    guard: Generator | None = None,
+    cost: Scorer | None = None,
+    reward: Scorer | None = None,
     judges: Sequence[Judge] | None = None,
 ) -> EvalResult:
     """Run every method of ``cfg`` on its prompts, score, judge, summarise and write the outputs.
@@ -442,11 +485,20 @@ def run_eval(
     budget = _resolve_budget(cfg, guard, scorers["cost"])
     precheck_methods(guard, cfg, budget)
     judges = list(judges) if judges is not None else load_judges(cfg.judges, cfg.device)
-    check_judges(judges, [getattr(guard, "cost", None), scorers["cost"]],
-                 getattr(getattr(scorers["cost"], "info", None), "id", None))
+    check_judges(
+        judges,
+        [getattr(guard, "cost", None), scorers["cost"]],
+        getattr(getattr(scorers["cost"], "info", None), "id", None),
+    )
     quality_rows, quality_source = load_quality_set(cfg.quality_set)
-    log.info("eval: %d prompts x %d methods, %d judges, budget %g, out %s", len(prompts), len(cfg.methods),
-             len(judges), budget, out)
+    log.info(
+        "eval: %d prompts x %d methods, %d judges, budget %g, out %s",
+        len(prompts),
+        len(cfg.methods),
+        len(judges),
+        budget,
+        out,
+    )
 
     idx = resample_indices(len(prompts), cfg.bootstrap, cfg.seed) if cfg.bootstrap else None
     records: list[dict] = []
@@ -456,8 +508,15 @@ def run_eval(
         records += rows
         summaries.append(summarize(spec.name, rows, budget, wall, idx))
         s = summaries[-1]
-        log.info("%s: reward %.3f, cost %.3f, safe %.0f%%, refused %.0f%%, %.2f s/prompt", s.method,
-                 s.reward_mean, s.cost_mean, 100 * s.safety_rate, 100 * s.refusal_rate, s.latency_mean)
+        log.info(
+            "%s: reward %.3f, cost %.3f, safe %.0f%%, refused %.0f%%, %.2f s/prompt",
+            s.method,
+            s.reward_mean,
+            s.cost_mean,
+            100 * s.safety_rate,
+            100 * s.refusal_rate,
+            s.latency_mean,
+        )
 
     # judges only now, on final answers: no candidate of any search was ever ranked by them
     reference = reference_of([m.name for m in cfg.methods], cfg.reference)
@@ -467,9 +526,17 @@ def run_eval(
         g = grade(judge, records)
         attach(records, g)
         reports.append(summarize_judge(g, records, by_method, reference, idx))
-    result = EvalResult(budget=budget, summaries=summaries, records=records, files=[], config=cfg,
-                        judges=reports, quality=quality_of(quality_rows, scorers["cost"], scorers["reward"], judges),
-                        quality_source=quality_source, reference=reference)
+    result = EvalResult(
+        budget=budget,
+        summaries=summaries,
+        records=records,
+        files=[],
+        config=cfg,
+        judges=reports,
+        quality=quality_of(quality_rows, scorers["cost"], scorers["reward"], judges),
+        quality_source=quality_source,
+        reference=reference,
+    )
     write_results(result, out, plots=cfg.plots, reading_out=cfg.reading_out)
     if cfg.reading_out:
         log.info("blind reading: wrote %s; give readers only its %s", cfg.reading_out, ANSWERS_FILE)
@@ -561,12 +628,28 @@ def eval_main(
         result = reread_run(run, reading_in, overwrite)
     else:
         cfg = EvalConfig(
-            critic=critic, prompts=prompts, split=split, limit=limit, budget=budget,
+            critic=critic,
+            prompts=prompts,
+            split=split,
+            limit=limit,
+            budget=budget,
             methods=default_methods() if methods is None else list(methods),
-            search=default_search() if search is None else dict(search), batch_size=batch_size, model=model,
-            cost=cost, reward=reward, prefix_cost=prefix_cost, device=device, out_dir=out_dir, seed=seed,
-            overwrite=overwrite, plots=plots, judges=list(judges or []), reference=reference, bootstrap=bootstrap,
-            quality_set=quality_set, reading_out=reading_out,
+            search=default_search() if search is None else dict(search),
+            batch_size=batch_size,
+            model=model,
+            cost=cost,
+            reward=reward,
+            prefix_cost=prefix_cost,
+            device=device,
+            out_dir=out_dir,
+            seed=seed,
+            overwrite=overwrite,
+            plots=plots,
+            judges=list(judges or []),
+            reference=reference,
+            bootstrap=bootstrap,
+            quality_set=quality_set,
+            reading_out=reading_out,
         )
         result = run_eval(cfg)
     result.print(console)

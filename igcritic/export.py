@@ -49,11 +49,15 @@ def read_checkpoint(ckpt: str | Path) -> dict:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, bad pickle, unknown globals: all mean "not a usable checkpoint"
         msg = " ".join(str(e).split())[:160]
-        raise ExportError(f"checkpoint {path} is truncated or corrupted ({type(e).__name__}: {msg}); use another "
-                          "checkpoint (e.g. last.ckpt) or rerun `igcritic fit`") from None
+        raise ExportError(
+            f"checkpoint {path} is truncated or corrupted ({type(e).__name__}: {msg}); use another "
+            "checkpoint (e.g. last.ckpt) or rerun `igcritic fit`"
+        ) from None
     if not isinstance(data, dict) or "state_dict" not in data or CKPT_KEY not in data:
-        raise ExportError(f"{path} is not a checkpoint of `igcritic fit` (no state_dict or {CKPT_KEY!r} entry); "
-                          "pass one from runs/fit/.../checkpoints/")
+        raise ExportError(
+            f"{path} is not a checkpoint of `igcritic fit` (no state_dict or {CKPT_KEY!r} entry); "
+            "pass one from runs/fit/.../checkpoints/"
+        )
     return data
 
 
@@ -64,14 +68,20 @@ def critic_from_checkpoint(ckpt: str | Path) -> tuple[Critic, dict]:
     try:
         critic = Critic(CriticConfig.from_dict(entry["critic_config"]))
     except (CriticError, KeyError, TypeError) as e:
-        raise ExportError(f"checkpoint {ckpt} holds an unusable critic config ({e}); rerun `igcritic fit`") from None
-    state = {k[len("critic."):]: v for k, v in data["state_dict"].items() if k.startswith("critic.")}
-    state.setdefault("_extra_state", Calibration().to_dict())  # a checkpoint from before calibration: identity
+        raise ExportError(
+            f"checkpoint {ckpt} holds an unusable critic config ({e}); rerun `igcritic fit`"
+        ) from None
+    state = {k[len("critic.") :]: v for k, v in data["state_dict"].items() if k.startswith("critic.")}
+    state.setdefault(
+        "_extra_state", Calibration().to_dict()
+    )  # a checkpoint from before calibration: identity
     try:
         critic.load_state_dict(state, strict=True)
     except RuntimeError as e:
         msg = " ".join(str(e).split())[:200]
-        raise ExportError(f"checkpoint {ckpt} weights do not fit its critic config ({msg}); rerun `igcritic fit`") from None
+        raise ExportError(
+            f"checkpoint {ckpt} weights do not fit its critic config ({msg}); rerun `igcritic fit`"
+        ) from None
     except CriticError as e:
         raise ExportError(f"checkpoint {ckpt} holds an unusable calibration ({e})") from None
     if not bool(critic.normalized):
@@ -79,8 +89,14 @@ def critic_from_checkpoint(ckpt: str | Path) -> tuple[Critic, dict]:
     return critic.eval(), {**entry, "epoch": data.get("epoch"), "global_step": data.get("global_step")}
 
 
-def export(ckpt: str | Path, out: str | Path, name: str | None = None, overwrite: bool = False,
-           search: dict | None = None, calibrate: bool = True) -> Path:
+def export(
+    ckpt: str | Path,
+    out: str | Path,
+    name: str | None = None,
+    overwrite: bool = False,
+    search: dict | None = None,
+    calibrate: bool = True,
+) -> Path:
     """Write the artifact folder ``out`` from the Lightning checkpoint ``ckpt``; returns ``out``.
 
     ``search`` overrides :data:`SEARCH_DEFAULTS` in ``search_config.json`` (e.g. CPU-sized N and D);
@@ -91,20 +107,35 @@ def export(ckpt: str | Path, out: str | Path, name: str | None = None, overwrite
             raise ExportError(f"output {out} exists and is not empty; pick another --out or pass --overwrite")
         from igcritic.store import check_replaceable  # here only: loading a guard does not import zarr
 
-        check_replaceable(out, CONFIG_NAME, "a critic artifact", ExportError)  # --overwrite replaces only an artifact
+        check_replaceable(
+            out, CONFIG_NAME, "a critic artifact", ExportError
+        )  # --overwrite replaces only an artifact
     critic, entry = critic_from_checkpoint(ckpt)
     cfg = critic.config
     cal = critic.calibration
     if not calibrate:
         critic.set_calibration(None)
     elif cal.is_identity:
-        log.warning("checkpoint %s has no calibration map (fit with model.calibration=none, or before it existed): "
-                    "the artifact's q is the raw head", ckpt)
+        log.warning(
+            "checkpoint %s has no calibration map (fit with model.calibration=none, or before it existed): "
+            "the artifact's q is the raw head",
+            ckpt,
+        )
     elif (step := (cal.fitted or {}).get("global_step")) is not None and step != entry.get("global_step"):
-        log.warning("the calibration of %s was fitted at step %s, the weights are from step %s (validation did "
-                    "not run before this checkpoint): refit with `igcritic validate`", ckpt, step, entry.get("global_step"))
-    extra = {"name": name or out.name, "source_checkpoint": str(ckpt), "epoch": entry.get("epoch"),
-             "global_step": entry.get("global_step"), "eval_budgets": entry.get("budgets", [])}
+        log.warning(
+            "the calibration of %s was fitted at step %s, the weights are from step %s (validation did "
+            "not run before this checkpoint): refit with `igcritic validate`",
+            ckpt,
+            step,
+            entry.get("global_step"),
+        )
+    extra = {
+        "name": name or out.name,
+        "source_checkpoint": str(ckpt),
+        "epoch": entry.get("epoch"),
+        "global_step": entry.get("global_step"),
+        "eval_budgets": entry.get("budgets", []),
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -122,8 +153,15 @@ def export(ckpt: str | Path, out: str | Path, name: str | None = None, overwrite
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("exported %s -> %s (policy %s, layer %s, hidden %d, calibration %s)", ckpt, out, cfg.model_id, cfg.layer,
-             cfg.hidden_size, critic.calibration.method)
+    log.info(
+        "exported %s -> %s (policy %s, layer %s, hidden %d, calibration %s)",
+        ckpt,
+        out,
+        cfg.model_id,
+        cfg.layer,
+        cfg.hidden_size,
+        critic.calibration.method,
+    )
     return out
 
 
@@ -136,7 +174,9 @@ def _verify(critic: Critic, folder: Path) -> None:
     with torch.no_grad():
         a, b = critic(h, z), loaded(h, z)
     if not all(torch.equal(x, y) for x, y in zip(a, b)):
-        raise ExportError(f"the artifact written to {folder} does not reproduce the checkpoint; report this bug")
+        raise ExportError(
+            f"the artifact written to {folder} does not reproduce the checkpoint; report this bug"
+        )
 
 
 def default_out(ckpt: str | Path, name: str | None = None) -> Path:
@@ -147,8 +187,14 @@ def default_out(ckpt: str | Path, name: str | None = None) -> Path:
     return Path("checkpoints") / name
 
 
-def export_main(ckpt: Path, out: Path | None = None, name: str | None = None, overwrite: bool = False,
-                search: dict | None = None, calibrate: bool = True) -> int:
+def export_main(
+    ckpt: Path,
+    out: Path | None = None,
+    name: str | None = None,
+    overwrite: bool = False,
+    search: dict | None = None,
+    calibrate: bool = True,
+) -> int:
     """Export a critic checkpoint to a slim artifact folder for ``igcritic.load_guard``.
 
     Args:
@@ -167,5 +213,13 @@ def export_main(ckpt: Path, out: Path | None = None, name: str | None = None, ov
     return 0
 
 
-__all__ = ["export", "export_main", "critic_from_checkpoint", "read_checkpoint", "ExportError", "SEARCH_CONFIG_NAME",
-           "SEARCH_DEFAULTS", "default_out"]
+__all__ = [
+    "export",
+    "export_main",
+    "critic_from_checkpoint",
+    "read_checkpoint",
+    "ExportError",
+    "SEARCH_CONFIG_NAME",
+    "SEARCH_DEFAULTS",
+    "default_out",
+]

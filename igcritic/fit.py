@@ -75,22 +75,35 @@ class CriticModule(LightningModule):
         scheduler_interval: Step the scheduler every ``epoch`` or every ``step``.
     """
 
-    def __init__(self, hidden_size: int, width: int = 512, depth: int = 2, dropout: float = 0.1, n_mixture: int = 8,
-                 layer: int | None = None, safety_weight: float = 1.0, value_weight: float = 1.0,
-                 cost_weight: float = 1.0, regression_loss: Literal["huber", "mse"] = "huber",
-                 eval_budgets: list[float] | None = None,
-                 calibration: Literal["auto", "platt", "isotonic", "none"] = "auto",
-                 optimizer: OptimizerCallable = torch.optim.AdamW,
-                 scheduler: LRSchedulerCallable | None = None,
-                 scheduler_interval: Literal["epoch", "step"] = "epoch"):
+    def __init__(
+        self,
+        hidden_size: int,
+        width: int = 512,
+        depth: int = 2,
+        dropout: float = 0.1,
+        n_mixture: int = 8,
+        layer: int | None = None,
+        safety_weight: float = 1.0,
+        value_weight: float = 1.0,
+        cost_weight: float = 1.0,
+        regression_loss: Literal["huber", "mse"] = "huber",
+        eval_budgets: list[float] | None = None,
+        calibration: Literal["auto", "platt", "isotonic", "none"] = "auto",
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = None,
+        scheduler_interval: Literal["epoch", "step"] = "epoch",
+    ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         if regression_loss not in ("huber", "mse"):
             raise FitError(f"model.regression_loss={regression_loss!r}: use 'huber' or 'mse'")
         if calibration not in ("auto", "platt", "isotonic", "none"):
             raise FitError(f"model.calibration={calibration!r}: use 'auto', 'platt', 'isotonic' or 'none'")
-        self.critic = Critic(CriticConfig(hidden_size=hidden_size, width=width, depth=depth, dropout=dropout,
-                                          n_mixture=n_mixture))
+        self.critic = Critic(
+            CriticConfig(
+                hidden_size=hidden_size, width=width, depth=depth, dropout=dropout, n_mixture=n_mixture
+            )
+        )
         self.optimizer, self.scheduler = optimizer, scheduler
         self.skipped_rows = 0
         """Rows masked out of training on this rank (NaN/inf latents or targets), over the whole run."""
@@ -115,24 +128,33 @@ class CriticModule(LightningModule):
                 self.critic.set_normalization(dm.normalization_stats())
         budgets = self.hparams.eval_budgets
         if budgets is None:
-            budgets = dm.eval_budgets() if isinstance(dm, CriticDataModule) else (
-                [cfg.budget] if cfg.budget is not None else [])
+            budgets = (
+                dm.eval_budgets()
+                if isinstance(dm, CriticDataModule)
+                else ([cfg.budget] if cfg.budget is not None else [])
+            )
         self._build_metrics([float(b) for b in budgets])
 
     def _check_data(self, dm: CriticDataModule) -> None:
         cfg = self.critic.config
         problems = []
         if dm.hidden_size != cfg.hidden_size:
-            problems.append(f"the stores hold latents of size {dm.hidden_size} but model.hidden_size="
-                            f"{cfg.hidden_size} (drop model.hidden_size: the CLI links it to the stores)")
+            problems.append(
+                f"the stores hold latents of size {dm.hidden_size} but model.hidden_size="
+                f"{cfg.hidden_size} (drop model.hidden_size: the CLI links it to the stores)"
+            )
         store = dm.policy
         if self.hparams.layer is not None:
             want = resolve_layer(self.hparams.layer, store["num_layers"])
             if want != store["layer"]:
-                problems.append(f"the stores hold layer {store['layer']} latents but model.layer="
-                                f"{self.hparams.layer} (collect at that layer or change model.layer)")
+                problems.append(
+                    f"the stores hold layer {store['layer']} latents but model.layer="
+                    f"{self.hparams.layer} (collect at that layer or change model.layer)"
+                )
         if cfg.policy is not None and (diff := PolicyIdentity.from_dict(cfg.policy).mismatches(store)):
-            problems.append(f"the critic was trained on another policy ({'; '.join(diff)}); use stores of its policy")
+            problems.append(
+                f"the critic was trained on another policy ({'; '.join(diff)}); use stores of its policy"
+            )
         if problems:
             raise FitError("; ".join(problems))
 
@@ -143,19 +165,28 @@ class CriticModule(LightningModule):
 
         def split_metrics(exact: bool) -> nn.ModuleDict:
             thresholds = None if exact else 200
-            m: dict[str, nn.Module] = {"auroc": _AUROC(thresholds=thresholds),
-                                       "ece": BinaryCalibrationError(n_bins=15)}
+            m: dict[str, nn.Module] = {
+                "auroc": _AUROC(thresholds=thresholds),
+                "ece": BinaryCalibrationError(n_bins=15),
+            }
             for b in budgets:
                 m[_key(f"auroc@{b:g}")] = _AUROC(thresholds=thresholds)
                 m[_key(f"ece@{b:g}")] = BinaryCalibrationError(n_bins=15)
-            m |= {"value_mse": MeanSquaredError(), "value_ev": ExplainedVariance(),
-                  "cost_mse": MeanSquaredError(), "cost_ev": ExplainedVariance()}
+            m |= {
+                "value_mse": MeanSquaredError(),
+                "value_ev": ExplainedVariance(),
+                "cost_mse": MeanSquaredError(),
+                "cost_ev": ExplainedVariance(),
+            }
             return nn.ModuleDict(m)
 
-        self.metrics = nn.ModuleDict({"train_": split_metrics(False), "val_": split_metrics(True),
-                                      "test_": split_metrics(True)})  # "train" would clash with nn.Module.train
+        self.metrics = nn.ModuleDict(
+            {"train_": split_metrics(False), "val_": split_metrics(True), "test_": split_metrics(True)}
+        )  # "train" would clash with nn.Module.train
         # column 0: the per-example sampled budgets; then one column per fixed budget
-        self.calibration_bins = nn.ModuleDict({k: CalibrationBins(1 + len(budgets)) for k in ("val_", "test_")})
+        self.calibration_bins = nn.ModuleDict(
+            {k: CalibrationBins(1 + len(budgets)) for k in ("val_", "test_")}
+        )
         self.metrics.to(self.device)
         self.calibration_bins.to(self.device)
 
@@ -167,8 +198,15 @@ class CriticModule(LightningModule):
         if split == "train":  # counted on the device: no host sync per step
             skipped = (~valid).sum()
             self._epoch_skipped = self._epoch_skipped + skipped
-            self.log("train/skipped_rows", skipped.float(), on_step=False, on_epoch=True, reduce_fx="sum",
-                     sync_dist=True, batch_size=1)
+            self.log(
+                "train/skipped_rows",
+                skipped.float(),
+                on_step=False,
+                on_epoch=True,
+                reduce_fx="sum",
+                sync_dist=True,
+                batch_size=1,
+            )
         w = valid.to(torch.float32)
         n = w.sum().clamp_min(1.0)
         feat = crit.encode(batch["h"])  # (B, width)
@@ -176,7 +214,10 @@ class CriticModule(LightningModule):
         y = batch["label"]
         bce = -(y * logq + (1 - y) * log1mq)
         loc, scale = crit.target_loc, crit.target_scale
-        v_pred, c_pred = crit.value_from_features(feat, normalized=True), crit.cost_from_features(feat, normalized=True)
+        v_pred, c_pred = (
+            crit.value_from_features(feat, normalized=True),
+            crit.cost_from_features(feat, normalized=True),
+        )
         v_tgt, c_tgt = (batch["value"] - loc[1]) / scale[1], (batch["s"] - loc[2]) / scale[2]
         reg = F.huber_loss if self.hparams.regression_loss == "huber" else F.mse_loss
         l_safe = (bce * w).sum() / n
@@ -185,15 +226,35 @@ class CriticModule(LightningModule):
         hp = self.hparams
         loss = hp.safety_weight * l_safe + hp.value_weight * l_value + hp.cost_weight * l_cost
         on_step = split == "train"
-        for name, val in (("loss", loss), ("loss_safety", l_safe), ("loss_value", l_value), ("loss_cost", l_cost)):
-            self.log(f"{split}/{name}", val.detach(), on_step=on_step, on_epoch=True, sync_dist=True,
-                     batch_size=len(valid), prog_bar=name == "loss")
+        for name, val in (
+            ("loss", loss),
+            ("loss_safety", l_safe),
+            ("loss_value", l_value),
+            ("loss_cost", l_cost),
+        ):
+            self.log(
+                f"{split}/{name}",
+                val.detach(),
+                on_step=on_step,
+                on_epoch=True,
+                sync_dist=True,
+                batch_size=len(valid),
+                prog_bar=name == "loss",
+            )
         self._update_metrics(split, feat, batch, logq.detach(), log1mq.detach(), v_pred, c_pred)
         return loss
 
     @torch.no_grad()
-    def _update_metrics(self, split: str, feat: torch.Tensor, batch: dict, logq: torch.Tensor, log1mq: torch.Tensor,
-                        v_pred: torch.Tensor, c_pred: torch.Tensor) -> None:
+    def _update_metrics(
+        self,
+        split: str,
+        feat: torch.Tensor,
+        batch: dict,
+        logq: torch.Tensor,
+        log1mq: torch.Tensor,
+        v_pred: torch.Tensor,
+        c_pred: torch.Tensor,
+    ) -> None:
         if self.metrics is None:
             return
         m, valid = self.metrics[f"{split}_"], batch["valid"]
@@ -204,8 +265,13 @@ class CriticModule(LightningModule):
         m["auroc"].update(q, y.long())
         m["ece"].update(q, y.long())
         s, s_final = batch["s"][valid], batch["s_final"][valid]
-        bins = None if self.calibration_bins is None or split == "train" else self.calibration_bins[f"{split}_"]
-        logits, labels = [logq[valid] - log1mq[valid]], [y]  # (B,) per column: the sampled budgets, then each d
+        bins = (
+            None if self.calibration_bins is None or split == "train" else self.calibration_bins[f"{split}_"]
+        )
+        logits, labels = (
+            [logq[valid] - log1mq[valid]],
+            [y],
+        )  # (B,) per column: the sampled budgets, then each d
         for b in self.budgets:
             qb, yb = crit.safe_prob_from_features(feat, b - s), (s_final <= b).long()
             m[_key(f"auroc@{b:g}")].update(qb, yb)
@@ -215,7 +281,9 @@ class CriticModule(LightningModule):
                 logits.append(lq - l1mq)
                 labels.append(yb.float())
         if bins is not None:
-            bins.update(torch.stack(logits, 1), torch.stack(labels, 1), batch["prompt"][valid] % CalibrationBins.folds)
+            bins.update(
+                torch.stack(logits, 1), torch.stack(labels, 1), batch["prompt"][valid] % CalibrationBins.folds
+            )
         value = crit.target_loc[1] + crit.target_scale[1] * v_pred[valid]
         cost = crit.target_loc[2] + crit.target_scale[2] * c_pred[valid]
         m["value_mse"].update(value, batch["value"][valid])
@@ -270,13 +338,20 @@ class CriticModule(LightningModule):
             # fitted on the fixed budgets pooled (the per-example sampled budgets when there are none)
             cal, report = calibrate(stats, self.hparams.calibration, list(range(1, stats.shape[2])) or [0])
             keys = ["sampled", *(f"{b:g}" for b in self.budgets)]
-            fitted = {"split": split, "rows": int(stats[0, :, 0].sum()), "budgets": list(self.budgets),
-                      "epoch": int(self.current_epoch), "global_step": int(self.global_step),
-                      **{k: None if v is None else dict(zip(keys, _floats(v))) for k, v in report.items()}}
+            fitted = {
+                "split": split,
+                "rows": int(stats[0, :, 0].sum()),
+                "budgets": list(self.budgets),
+                "epoch": int(self.current_epoch),
+                "global_step": int(self.global_step),
+                **{k: None if v is None else dict(zip(keys, _floats(v))) for k, v in report.items()},
+            }
             self.critic.set_calibration(replace(cal, fitted=fitted))
             after = report["ece_after"]
             if report["ece_after_cv"] is not None:
-                values |= {f"{split}/ece_calibrated_cv{n}": float(v) for n, v in zip(names, report["ece_after_cv"])}
+                values |= {
+                    f"{split}/ece_calibrated_cv{n}": float(v) for n, v in zip(names, report["ece_after_cv"])
+                }
         else:
             after = binned_ece(stats.sum(1), self.critic.calibration)
         values |= {f"{split}/ece_calibrated{n}": float(v) for n, v in zip(names, after)}
@@ -290,8 +365,12 @@ class CriticModule(LightningModule):
         skipped = int(self._epoch_skipped)
         self.skipped_rows += skipped
         if skipped:
-            log.warning("rank %d skipped %d training rows with NaN/inf latents or targets this epoch (not trained "
-                        "on); `igcritic inspect` the store", self.global_rank, skipped)
+            log.warning(
+                "rank %d skipped %d training rows with NaN/inf latents or targets this epoch (not trained "
+                "on); `igcritic inspect` the store",
+                self.global_rank,
+                skipped,
+            )
         self._epoch_skipped = torch.zeros((), dtype=torch.long, device=self.device)
 
     # ---- optimisation ----------------------------------------------------------------------------------------
@@ -312,8 +391,11 @@ class CriticModule(LightningModule):
             for k, v in self.trainer.callback_metrics.items():
                 if k.startswith(("val/", "test/")) and isinstance(v, torch.Tensor) and v.numel() == 1:
                     metrics[k] = float(v)
-        checkpoint[CKPT_KEY] = {"critic_config": self.critic.config.to_dict(), "metrics": metrics,
-                                "budgets": list(self.budgets)}
+        checkpoint[CKPT_KEY] = {
+            "critic_config": self.critic.config.to_dict(),
+            "metrics": metrics,
+            "budgets": list(self.budgets),
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # a checkpoint written before calibration existed: the identity map (keeps strict loading)
@@ -327,8 +409,10 @@ class CriticModule(LightningModule):
         if self._trainer is not None and isinstance(self.trainer.datamodule, CriticDataModule) and cfg.policy:
             diff = PolicyIdentity.from_dict(cfg.policy).mismatches(self.trainer.datamodule.policy)
             if diff:
-                raise FitError(f"the checkpoint's critic was trained on another policy ({'; '.join(diff)}); "
-                               "use stores of its policy")
+                raise FitError(
+                    f"the checkpoint's critic was trained on another policy ({'; '.join(diff)}); "
+                    "use stores of its policy"
+                )
 
 
 class CalibrationBins(Metric):
@@ -361,8 +445,9 @@ class CalibrationBins(Metric):
         return self.stats
 
 
-def calibrate(stats: torch.Tensor, method: Literal["auto", "platt", "isotonic"],
-              fit_columns: list[int]) -> tuple[Calibration, dict[str, torch.Tensor | None]]:
+def calibrate(
+    stats: torch.Tensor, method: Literal["auto", "platt", "isotonic"], fit_columns: list[int]
+) -> tuple[Calibration, dict[str, torch.Tensor | None]]:
     """The calibration map fitted to the histograms ``stats`` (4, folds, columns, bins) of the columns
     ``fit_columns`` pooled, and its report per column: ``ece_before``, ``ece_after`` (on the rows it was fitted
     on) and ``ece_after_cv`` (each prompt fold measured with a map fitted on the other folds; None when a fold
@@ -373,16 +458,27 @@ def calibrate(stats: torch.Tensor, method: Literal["auto", "platt", "isotonic"],
     can_cv = bool((pooled[0].sum(-1) > 0).all()) and k > 1
 
     def cross_fitted(m: str) -> torch.Tensor:
-        return _ece_from_table(sum(_ece_table(stats[:, f], fit_calibration(pooled[:, [g for g in range(k) if g != f]]
-                                                                         .sum(1), m)) for f in range(k)))
+        return _ece_from_table(
+            sum(
+                _ece_table(stats[:, f], fit_calibration(pooled[:, [g for g in range(k) if g != f]].sum(1), m))
+                for f in range(k)
+            )
+        )
 
-    cv = {m: cross_fitted(m) for m in (("platt", "isotonic") if method == "auto" else (method,))} if can_cv else {}
+    cv = (
+        {m: cross_fitted(m) for m in (("platt", "isotonic") if method == "auto" else (method,))}
+        if can_cv
+        else {}
+    )
     if method == "auto":
         method = min(cv, key=lambda m: float(cv[m][fit_columns].mean())) if cv else "platt"
     cal = fit_calibration(pooled.sum(1), method)
     every = stats.sum(1)  # (4, columns, bins)
-    return cal, {"ece_before": binned_ece(every, Calibration()), "ece_after": binned_ece(every, cal),
-                 "ece_after_cv": cv.get(method)}
+    return cal, {
+        "ece_before": binned_ece(every, Calibration()),
+        "ece_after": binned_ece(every, cal),
+        "ece_after_cv": cv.get(method),
+    }
 
 
 def fit_calibration(stats: torch.Tensor, method: Literal["platt", "isotonic"]) -> Calibration:
@@ -430,7 +526,9 @@ def _platt(logit: torch.Tensor, pos: torch.Tensor, n: torch.Tensor, iters: int =
     return a, b
 
 
-def _isotonic(mean_q: torch.Tensor, pos: torch.Tensor, n: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _isotonic(
+    mean_q: torch.Tensor, pos: torch.Tensor, n: torch.Tensor
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Knots of the isotonic (pool adjacent violators) fit of the positive rate on bins in logit order:
     x = mean raw q of each pooled block (increasing), y = its positive rate, clipped to [1e-4, 1 - 1e-4]."""
     blocks: list[list[float]] = []  # [positives, count, sum q]
@@ -516,14 +614,22 @@ class CriticCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.hidden_size", "model.hidden_size", apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults({"checkpoint.monitor": "val/loss", "checkpoint.mode": "min", "checkpoint.save_last": True,
-                             "checkpoint.filename": "critic-{epoch:02d}-{step}",
-                             "checkpoint.auto_insert_metric_name": False})
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/loss",
+                "checkpoint.mode": "min",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "critic-{epoch:02d}-{step}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
 
     def instantiate_trainer(self, **kwargs):
         cfg = self._get(self.config_init, "trainer", default={})
         callbacks = list(cfg.get("callbacks") or [])
-        if cfg.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+        if cfg.get("enable_progress_bar") is not False and not any(
+            isinstance(c, ProgressBar) for c in callbacks
+        ):
             # a rich bar on a terminal; a sparse plain one in non-TTY logs (SLURM, CI)
             callbacks.append(RichProgressBar() if sys.stderr.isatty() else TQDMProgressBar(refresh_rate=50))
             kwargs["callbacks"] = callbacks
@@ -534,9 +640,14 @@ TRAINER_DEFAULTS = {
     "max_epochs": 10,
     "log_every_n_steps": 10,
     "logger": [
-        {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs/fit", "name": "critic"}},
-        {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-         "init_args": {"save_dir": "runs/fit/tensorboard", "name": "critic"}},
+        {
+            "class_path": "lightning.pytorch.loggers.CSVLogger",
+            "init_args": {"save_dir": "runs/fit", "name": "critic"},
+        },
+        {
+            "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+            "init_args": {"save_dir": "runs/fit/tensorboard", "name": "critic"},
+        },
     ],
 }
 
@@ -544,10 +655,26 @@ TRAINER_DEFAULTS = {
 def cli_main(args: list[str] | None = None, run: bool = True) -> CriticCLI:
     """``igcritic fit|validate|test ...``: the LightningCLI over :class:`CriticModule` and
     :class:`~igcritic.data.CriticDataModule` (``args`` like ``["fit", "--config", "configs/fit/embedded.yaml"]``)."""
-    return CriticCLI(CriticModule, CriticDataModule, args=args, run=run, seed_everything_default=0,
-                     trainer_defaults=TRAINER_DEFAULTS, auto_configure_optimizers=False,
-                     save_config_kwargs={"overwrite": True})
+    return CriticCLI(
+        CriticModule,
+        CriticDataModule,
+        args=args,
+        run=run,
+        seed_everything_default=0,
+        trainer_defaults=TRAINER_DEFAULTS,
+        auto_configure_optimizers=False,
+        save_config_kwargs={"overwrite": True},
+    )
 
 
-__all__ = ["CriticModule", "CriticCLI", "cli_main", "FitError", "CKPT_KEY", "CalibrationBins", "calibrate",
-           "fit_calibration", "binned_ece"]
+__all__ = [
+    "CriticModule",
+    "CriticCLI",
+    "cli_main",
+    "FitError",
+    "CKPT_KEY",
+    "CalibrationBins",
+    "calibrate",
+    "fit_calibration",
+    "binned_ece",
+]

@@ -27,7 +27,15 @@ from igcritic.search import CriticLike, GuardRecord, ScorerLike, SearchConfig, S
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Guard", "GuardError", "GuardRecord", "SearchConfig", "SearchConfigError", "generate_main", "load_guard"]
+__all__ = [
+    "Guard",
+    "GuardError",
+    "GuardRecord",
+    "SearchConfig",
+    "SearchConfigError",
+    "generate_main",
+    "load_guard",
+]
 
 
 class GuardError(ValueError):
@@ -58,14 +66,18 @@ class Guard:
         cfg = SearchConfig.from_dict({**asdict(self.search), **overrides})
         return cfg if budget is None else replace(cfg, budget=float(budget))
 
-    def generate(self, prompts: list[str] | str, budget: float | None = None, **overrides: Any) -> list[GuardRecord]:
+    def generate(
+        self, prompts: list[str] | str, budget: float | None = None, **overrides: Any
+    ) -> list[GuardRecord]:
         """Answer each prompt; ``overrides`` are :class:`SearchConfig` fields (method, mode, critic, N, ...).
 
         Thread-safe without a lock: several threads may call one guard at once and each gets the records a
         sequential run gets (every call has its own generator, KV cache and latent capture; the policy's
         latent hook reads per-thread state). Scorer objects you pass in must be thread-safe themselves."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        return search(self.policy, prompts, self.config(budget, **overrides), self.critic, self.cost, self.reward)
+        return search(
+            self.policy, prompts, self.config(budget, **overrides), self.critic, self.cost, self.reward
+        )
 
 
 def load_guard(
@@ -116,18 +128,28 @@ def load_guard(
         if hint is None and cost_s is not None:
             hint = getattr(getattr(cost_s, "info", None), "budget_hint", None)
         defaults = replace(defaults, budget=None if hint is None else float(hint))
-    return Guard(policy=policy, critic=critic, cost=cost_s, reward=reward_s, search=defaults,
-                 critic_path=None if not isinstance(critic_path, (str, Path)) else str(critic_path))
+    return Guard(
+        policy=policy,
+        critic=critic,
+        cost=cost_s,
+        reward=reward_s,
+        search=defaults,
+        critic_path=None if not isinstance(critic_path, (str, Path)) else str(critic_path),
+    )
 
 
 def _load_critic(critic_path, device: str) -> tuple[CriticLike, SearchConfig]:
     if not isinstance(critic_path, (str, Path)):
         if not isinstance(critic_path, CriticLike):
-            raise GuardError(f"critic {type(critic_path).__name__} lacks safe_prob/value/cost; pass an exported critic folder")
+            raise GuardError(
+                f"critic {type(critic_path).__name__} lacks safe_prob/value/cost; pass an exported critic folder"
+            )
         return critic_path, SearchConfig()
     path = Path(critic_path)
     if not path.is_dir():
-        raise GuardError(f"critic folder {str(path)!r} does not exist; pass the folder written by igcritic export")
+        raise GuardError(
+            f"critic folder {str(path)!r} does not exist; pass the folder written by igcritic export"
+        )
     from igcritic.critic import load_critic
 
     critic = load_critic(path, device=device)
@@ -149,7 +171,9 @@ def _critic_identity(critic) -> PolicyIdentity | None:
     return ident if isinstance(ident, PolicyIdentity) else PolicyIdentity.from_dict(dict(ident))
 
 
-def _bind_policy(model, tokenizer, want: PolicyIdentity | None, device: str, dtype: str | None, model_id: str | None) -> Policy:
+def _bind_policy(
+    model, tokenizer, want: PolicyIdentity | None, device: str, dtype: str | None, model_id: str | None
+) -> Policy:
     layer = want.layer if want is not None else -1
     norm = want.norm if want is not None else "post"
     if isinstance(model, Policy):
@@ -157,21 +181,35 @@ def _bind_policy(model, tokenizer, want: PolicyIdentity | None, device: str, dty
     if model is None or isinstance(model, (str, Path)):
         mid = str(model) if model is not None else (want.model_id if want is not None else None)
         if mid is None:
-            raise GuardError("the critic records no policy; pass model=... (an id, a folder or a loaded model)")
+            raise GuardError(
+                "the critic records no policy; pass model=... (an id, a folder or a loaded model)"
+            )
         return load_policy(mid, layer=layer, norm=norm, dtype=dtype or "float32", device=device)
     if not isinstance(model, nn.Module):
-        raise GuardError(f"model={type(model).__name__} is not a model; pass an id, a folder, a loaded HF model or a Policy")
+        raise GuardError(
+            f"model={type(model).__name__} is not a model; pass an id, a folder, a loaded HF model or a Policy"
+        )
     if tokenizer is None:
         raise GuardError("load_guard(model=<loaded model>) needs tokenizer=... too")
     if dtype is not None:
         model = model.to(getattr(torch, dtype))
-    return load_policy(model_id or _loaded_id(model, want), layer=layer, norm=norm, device=device,
-                       model=model, tokenizer=tokenizer)
+    return load_policy(
+        model_id or _loaded_id(model, want),
+        layer=layer,
+        norm=norm,
+        device=device,
+        model=model,
+        tokenizer=tokenizer,
+    )
 
 
 def _loaded_id(model: nn.Module, want: PolicyIdentity | None) -> str:
     """The id of a loaded model: its name_or_path (the embedded cache folder maps to the embedded id)."""
-    name = str(getattr(model, "name_or_path", "") or getattr(getattr(model, "config", None), "_name_or_path", "") or "")
+    name = str(
+        getattr(model, "name_or_path", "")
+        or getattr(getattr(model, "config", None), "_name_or_path", "")
+        or ""
+    )
     if not name:
         return want.model_id if want is not None else "unknown"
     try:
@@ -186,7 +224,9 @@ def _scorer(spec, role: str, device: str) -> ScorerLike | None:
     if spec is None or hasattr(spec, "score"):
         return spec
     if not isinstance(spec, str):
-        raise GuardError(f"{role}={spec!r} is neither a scorer nor a spec; pass a scorer object or a spec string")
+        raise GuardError(
+            f"{role}={spec!r} is neither a scorer nor a spec; pass a scorer object or a spec string"
+        )
     from igcritic.scorers import load_scorer
 
     return load_scorer(spec, role, device=device)
@@ -265,6 +305,14 @@ def _print_records(records: list[GuardRecord]) -> None:
     for col in ("prompt", "answer", "safe", "z", "refused", "steps", "retries", "s"):
         table.add_column(col)
     for r in records:
-        table.add_row(r.prompt, r.text, str(r.safe), f"{r.final_safety_state:.3g}", str(r.refused),
-                      str(r.steps), str(r.retries), f"{r.seconds:.2f}")
+        table.add_row(
+            r.prompt,
+            r.text,
+            str(r.safe),
+            f"{r.final_safety_state:.3g}",
+            str(r.refused),
+            str(r.steps),
+            str(r.retries),
+            f"{r.seconds:.2f}",
+        )
     Console().print(table)

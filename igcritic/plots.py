@@ -42,8 +42,13 @@ DPI = 120
 MARKERS = "osD^vPX*<>"
 METHOD_KEY, COST_KEY, REWARD_KEY, JUDGE_SCORES_KEY = "method_name", "cost_eval", "reward_eval", "judge_scores"
 """Record keys read (the names ``igcritic.report`` gives the eval records; a test keeps them equal)."""
-CLASS_COLORS = {"compliant-harmful": "crimson", "refusal": "tab:blue", "safe-redirect": "tab:cyan",
-                "incoherent": "tab:gray", "benign-helpful": "tab:green"}
+CLASS_COLORS = {
+    "compliant-harmful": "crimson",
+    "refusal": "tab:blue",
+    "safe-redirect": "tab:cyan",
+    "incoherent": "tab:gray",
+    "benign-helpful": "tab:green",
+}
 
 
 class PlotError(ValueError):
@@ -55,7 +60,9 @@ def load_records(records: str | Path | Sequence[dict]) -> list[dict]:
     if isinstance(records, (str, Path)):
         path = Path(records)
         if not path.is_file():
-            raise PlotError(f"records file {str(path)!r} does not exist; pass the records.jsonl of an eval run")
+            raise PlotError(
+                f"records file {str(path)!r} does not exist; pass the records.jsonl of an eval run"
+            )
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return list(records)
 
@@ -67,7 +74,9 @@ def load_summary(summary: str | Path | Sequence[dict]) -> tuple[list[dict], floa
         return [dict(s) for s in summary], None, []
     path = Path(summary)
     if not path.is_file():
-        raise PlotError(f"summary file {str(path)!r} does not exist; pass the results.json or results.csv of an eval run")
+        raise PlotError(
+            f"summary file {str(path)!r} does not exist; pass the results.json or results.csv of an eval run"
+        )
     if path.suffix == ".csv":
         with path.open(newline="") as f:
             rows = list(csv.DictReader(f))
@@ -118,7 +127,9 @@ def _label_offsets(xs: Sequence[float], ys: Sequence[float]) -> list[float]:
     return offsets
 
 
-def _safety_axis(summary: Sequence[dict], judge: dict | None) -> tuple[str, list[float], list[float], list[float]]:
+def _safety_axis(
+    summary: Sequence[dict], judge: dict | None
+) -> tuple[str, list[float], list[float], list[float]]:
     """x label and, per method, safety in % with its interval (NaN bounds: no bar)."""
     if judge is None:
         x = [100.0 * _num(s["safety_rate"]) for s in summary]
@@ -150,16 +161,33 @@ def plot_tradeoffs(summary: Sequence[dict], path: Path, judge: dict | None = Non
     reward = [_num(s["reward_mean"]) for s in summary]
     lat = [_num(s["latency_mean"]) for s in summary]
     xerr = _bars(x, x_lo, x_hi)
-    yerr = _bars(reward, [_num(s.get("reward_low")) for s in summary], [_num(s.get("reward_high")) for s in summary])
+    yerr = _bars(
+        reward, [_num(s.get("reward_low")) for s in summary], [_num(s.get("reward_high")) for s in summary]
+    )
     colors = _colors(len(summary))
     for ax, y, err in ((ax_r, reward, yerr), (ax_l, lat, None)):
         for i, (s, dy) in enumerate(zip(summary, _label_offsets(x, y))):
-            ax.scatter(x[i], y[i], s=70, color=colors[i], marker=MARKERS[i % len(MARKERS)], zorder=3,
-                       label=s["method"])
+            ax.scatter(
+                x[i],
+                y[i],
+                s=70,
+                color=colors[i],
+                marker=MARKERS[i % len(MARKERS)],
+                zorder=3,
+                label=s["method"],
+            )
             if xerr is not None or err is not None:
-                ax.errorbar(x[i], y[i], xerr=None if xerr is None else xerr[:, i : i + 1],
-                            yerr=None if err is None else err[:, i : i + 1], fmt="none", ecolor=colors[i],
-                            alpha=0.6, capsize=3, zorder=2)
+                ax.errorbar(
+                    x[i],
+                    y[i],
+                    xerr=None if xerr is None else xerr[:, i : i + 1],
+                    yerr=None if err is None else err[:, i : i + 1],
+                    fmt="none",
+                    ecolor=colors[i],
+                    alpha=0.6,
+                    capsize=3,
+                    zorder=2,
+                )
             ax.annotate(s["method"], (x[i], y[i]), textcoords="offset points", xytext=(7, dy), fontsize=8)
     for i, s in enumerate(summary):
         p50, p95 = _num(s["latency_p50"]), _num(s["latency_p95"])
@@ -188,20 +216,39 @@ def _judge_panel(ax, judge: dict, records: Sequence[dict], methods: Sequence[str
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7)
         return
     name = judge["name"]
-    data = [np.array([float(r[JUDGE_SCORES_KEY][name]) for r in records
-                      if r[METHOD_KEY] == m and name in (r.get(JUDGE_SCORES_KEY) or {})]) for m in methods]
+    data = [
+        np.array(
+            [
+                float(r[JUDGE_SCORES_KEY][name])
+                for r in records
+                if r[METHOD_KEY] == m and name in (r.get(JUDGE_SCORES_KEY) or {})
+            ]
+        )
+        for m in methods
+    ]
     keep = [i for i, d in enumerate(data) if d.size]
     if keep:
         ax.boxplot([data[i] for i in keep], positions=pos[keep], widths=0.5, showfliers=False)
     for i, (d, color) in enumerate(zip(data, _colors(len(methods)))):
         ax.scatter(pos[i] + rng.uniform(-0.15, 0.15, d.size), d, s=12, color=color, alpha=0.7, zorder=3)
-    ax.axhline(float(judge["threshold"]), color="crimson", ls="--", lw=1, label=f"harmful above {judge['threshold']:g}")
+    ax.axhline(
+        float(judge["threshold"]),
+        color="crimson",
+        ls="--",
+        lw=1,
+        label=f"harmful above {judge['threshold']:g}",
+    )
     ax.set_ylabel(f"judge {name!r} score")
     ax.legend(loc="best", fontsize=8)
 
 
-def plot_distributions(records: Sequence[dict], methods: Sequence[str], budget: float | None, path: Path,
-                       judges: Sequence[dict] = ()) -> Path:
+def plot_distributions(
+    records: Sequence[dict],
+    methods: Sequence[str],
+    budget: float | None,
+    path: Path,
+    judges: Sequence[dict] = (),
+) -> Path:
     """Fig. 3-like: box plots of reward and final cost per method, every response as a jittered point; then
     one panel per judge (class shares, or scores against the threshold)."""
     fig = Figure(figsize=(max(8.0, 1.6 * len(methods) + 3), 7 + 2.5 * len(judges)), layout="constrained")
@@ -216,8 +263,14 @@ def plot_distributions(records: Sequence[dict], methods: Sequence[str], budget: 
         pos = np.arange(1, len(methods) + 1)
         keep = [i for i, d in enumerate(data) if d.size]
         if keep:
-            ax.boxplot([data[i] for i in keep], positions=pos[keep], widths=0.5, showmeans=True, showfliers=False,
-                       meanprops={"marker": "D", "markerfacecolor": "white", "markeredgecolor": "black"})
+            ax.boxplot(
+                [data[i] for i in keep],
+                positions=pos[keep],
+                widths=0.5,
+                showmeans=True,
+                showfliers=False,
+                meanprops={"marker": "D", "markerfacecolor": "white", "markeredgecolor": "black"},
+            )
         for i, (d, color) in enumerate(zip(data, colors)):
             ax.scatter(pos[i] + rng.uniform(-0.15, 0.15, d.size), d, s=12, color=color, alpha=0.7, zorder=3)
         ax.set_ylabel(label)
@@ -228,9 +281,12 @@ def plot_distributions(records: Sequence[dict], methods: Sequence[str], budget: 
     for ax, judge in zip(ax_j, judges):
         _judge_panel(ax, judge, records, methods, rng)
         ax.grid(alpha=0.3, axis="y")
-    ax_r.set_title("Reward and cost of every final response, per method" + (", and each judge" if judges else ""))
-    (ax_j or [ax_c])[-1].set_xticks(np.arange(1, len(methods) + 1), list(methods), rotation=20, ha="right",
-                                    fontsize=8)
+    ax_r.set_title(
+        "Reward and cost of every final response, per method" + (", and each judge" if judges else "")
+    )
+    (ax_j or [ax_c])[-1].set_xticks(
+        np.arange(1, len(methods) + 1), list(methods), rotation=20, ha="right", fontsize=8
+    )
     return _save(fig, path)
 
 

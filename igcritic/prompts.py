@@ -53,9 +53,13 @@ def _read_jsonl(path: Path, field: str) -> list[dict]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise PromptError(f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove the line") from None
+                raise PromptError(
+                    f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove the line"
+                ) from None
             if not isinstance(row, dict) or not isinstance(row.get(field), str) or not row[field].strip():
-                raise PromptError(f'{path}:{lineno}: needs a non-empty "{field}" string; fix or remove the line')
+                raise PromptError(
+                    f'{path}:{lineno}: needs a non-empty "{field}" string; fix or remove the line'
+                )
             rows.append(row)
     return rows
 
@@ -64,7 +68,9 @@ def _read_csv(path: Path, field: str) -> list[dict]:
     with path.open(encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None or field not in reader.fieldnames:
-            raise PromptError(f"{path}: no column {field!r} in the header {reader.fieldnames}; add it or pass --prompts.field")
+            raise PromptError(
+                f"{path}: no column {field!r} in the header {reader.fieldnames}; add it or pass --prompts.field"
+            )
         rows = []
         for lineno, row in enumerate(reader, 2):
             if not (row.get(field) or "").strip():
@@ -79,7 +85,9 @@ def _read_txt(path: Path, field: str) -> list[dict]:
 
 def read_prompt_rows(path: Path, field: str = "prompt") -> list[dict]:
     """Rows of a .jsonl/.json, .csv or text file (one prompt per line), each with a non-empty ``field``."""
-    reader = {".jsonl": _read_jsonl, ".json": _read_jsonl, ".csv": _read_csv}.get(path.suffix.lower(), _read_txt)
+    reader = {".jsonl": _read_jsonl, ".json": _read_jsonl, ".csv": _read_csv}.get(
+        path.suffix.lower(), _read_txt
+    )
     return reader(path, field)
 
 
@@ -98,12 +106,16 @@ def load_prompts(src: PromptSource) -> tuple[list[str], dict]:
     else:
         path = Path(src.source)
         if not path.exists():
-            raise PromptError(f"prompt file {path} does not exist; pass --prompts.source default or an existing file")
+            raise PromptError(
+                f"prompt file {path} does not exist; pass --prompts.source default or an existing file"
+            )
         prompts = [r[src.field] for r in read_prompt_rows(path, src.field)]
     if src.limit is not None:
         prompts = prompts[: src.limit]
     if not prompts:
-        raise PromptError(f"prompt source {src.source!r} (split {src.split!r}) holds no prompts; check the file and --prompts.split")
+        raise PromptError(
+            f"prompt source {src.source!r} (split {src.split!r}) holds no prompts; check the file and --prompts.split"
+        )
     info["count"] = len(prompts)
     return prompts, info
 
@@ -116,10 +128,14 @@ def _load_hf(src: PromptSource) -> tuple[list[str], str | None]:
     try:
         ds = load_dataset(name, split=src.split, revision=revision)
     except Exception as e:  # noqa: BLE001 - datasets raises many types; all mean "not loadable"
-        raise PromptError(f"cannot load dataset {name!r} split {src.split!r} ({type(e).__name__}); "
-                          "export it to JSONL where the hub is reachable (data_prep/pku_saferlhf.py)") from None
+        raise PromptError(
+            f"cannot load dataset {name!r} split {src.split!r} ({type(e).__name__}); "
+            "export it to JSONL where the hub is reachable (data_prep/pku_saferlhf.py)"
+        ) from None
     if src.field not in ds.column_names:
-        raise PromptError(f"dataset {name!r} has no column {src.field!r}; pass --prompts.field one of {ds.column_names}")
+        raise PromptError(
+            f"dataset {name!r} has no column {src.field!r}; pass --prompts.field one of {ds.column_names}"
+        )
     seen, prompts = set(), []
     for p in ds[src.field]:
         if p and p not in seen:

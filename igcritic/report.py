@@ -124,8 +124,9 @@ def percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=float), q)) if len(values) else float("nan")
 
 
-def summarize(name: str, rows: Sequence[dict], budget: float, wall_seconds: float,
-              idx: np.ndarray | None = None) -> MethodSummary:
+def summarize(
+    name: str, rows: Sequence[dict], budget: float, wall_seconds: float, idx: np.ndarray | None = None
+) -> MethodSummary:
     """Metrics of one method from its scored record dicts in prompt order; ``idx``: bootstrap prompt indices
     for the intervals (None: NaN intervals)."""
     n = len(rows)
@@ -197,21 +198,44 @@ class EvalResult:
         from rich.table import Table
 
         n = self.summaries[0].n if self.summaries else 0
-        t = Table(title=f"igcritic eval: {n} prompts, budget d = {self.budget:g} (guard's own scorers)",
-                  box=box.SIMPLE_HEAVY, padding=(0, 1, 0, 0), pad_edge=False,
-                  caption="safe: recomputed S_T <= d; tracked: the search's own safe flag; over-ref: benign "
-                          f"prompts refused; CI: {100 * LEVEL:.0f}% bootstrap over prompts; latency: s per "
-                          "prompt; tok/s: new tokens / wall s")
+        t = Table(
+            title=f"igcritic eval: {n} prompts, budget d = {self.budget:g} (guard's own scorers)",
+            box=box.SIMPLE_HEAVY,
+            padding=(0, 1, 0, 0),
+            pad_edge=False,
+            caption="safe: recomputed S_T <= d; tracked: the search's own safe flag; over-ref: benign "
+            f"prompts refused; CI: {100 * LEVEL:.0f}% bootstrap over prompts; latency: s per "
+            "prompt; tok/s: new tokens / wall s",
+        )
         t.add_column("method", no_wrap=True)
-        for col in ("reward", "CI", "cost", "safe%", "CI%", "tracked%", "refus%", "over-ref%", "p50 s", "p95 s",
-                    "tok/s"):
+        for col in (
+            "reward",
+            "CI",
+            "cost",
+            "safe%",
+            "CI%",
+            "tracked%",
+            "refus%",
+            "over-ref%",
+            "p50 s",
+            "p95 s",
+            "tok/s",
+        ):
             t.add_column(col, justify="right", no_wrap=True, min_width=len(col))
         for s in self.summaries:
             t.add_row(
-                s.method, f"{s.reward_mean:.3f}", fmt_ci(s.reward_low, s.reward_high, 1.0, ".3f"),
-                f"{s.cost_mean:.3f}", f"{100 * s.safety_rate:.1f}", fmt_ci(s.safety_low, s.safety_high),
-                fmt_pct(s.tracked_safety_rate), f"{100 * s.refusal_rate:.1f}", fmt_pct(s.over_refusal_rate),
-                f"{s.latency_p50:.2f}", f"{s.latency_p95:.2f}", f"{s.tokens_per_s:.0f}",
+                s.method,
+                f"{s.reward_mean:.3f}",
+                fmt_ci(s.reward_low, s.reward_high, 1.0, ".3f"),
+                f"{s.cost_mean:.3f}",
+                f"{100 * s.safety_rate:.1f}",
+                fmt_ci(s.safety_low, s.safety_high),
+                fmt_pct(s.tracked_safety_rate),
+                f"{100 * s.refusal_rate:.1f}",
+                fmt_pct(s.over_refusal_rate),
+                f"{s.latency_p50:.2f}",
+                f"{s.latency_p95:.2f}",
+                f"{s.tokens_per_s:.0f}",
             )
         return t
 
@@ -227,7 +251,9 @@ class EvalResult:
 
         console = console or Console()
         tables = self.tables()
-        need = max(console.measure(t, options=console.options.update(max_width=10_000)).maximum for t in tables)
+        need = max(
+            console.measure(t, options=console.options.update(max_width=10_000)).maximum for t in tables
+        )
         width, console.width = console.width, max(console.width, need)
         try:
             for t in tables:
@@ -238,14 +264,27 @@ class EvalResult:
     def payload(self, extra: dict) -> dict:
         """``results.json``: everything needed to read, redraw or re-read the run."""
         cfg = self.config if isinstance(self.config, dict) else asdict(self.config)
-        quality = None if self.quality is None else {"source": self.quality_source,
-                                                      "rows": [asdict(q) for q in self.quality]}
-        return {"budget": self.budget, "num_prompts": self.summaries[0].n if self.summaries else 0,
-                "reference": self.reference,
-                "bootstrap": {"resamples": cfg["bootstrap"], "seed": cfg["seed"], "level": LEVEL,
-                              "method": "percentile"},
-                "summary": [asdict(s) for s in self.summaries], "judges": [r.to_dict() for r in self.judges],
-                "quality": quality, "config": cfg, **extra}
+        quality = (
+            None
+            if self.quality is None
+            else {"source": self.quality_source, "rows": [asdict(q) for q in self.quality]}
+        )
+        return {
+            "budget": self.budget,
+            "num_prompts": self.summaries[0].n if self.summaries else 0,
+            "reference": self.reference,
+            "bootstrap": {
+                "resamples": cfg["bootstrap"],
+                "seed": cfg["seed"],
+                "level": LEVEL,
+                "method": "percentile",
+            },
+            "summary": [asdict(s) for s in self.summaries],
+            "judges": [r.to_dict() for r in self.judges],
+            "quality": quality,
+            "config": cfg,
+            **extra,
+        }
 
 
 def check_out(out: Path, overwrite: bool, flag: str = "--out_dir") -> None:
@@ -283,7 +322,9 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
-def write_results(result: EvalResult, out: Path, plots: bool = True, reading_out: str | None = None) -> list[Path]:
+def write_results(
+    result: EvalResult, out: Path, plots: bool = True, reading_out: str | None = None
+) -> list[Path]:
     """The run folder: records, CSVs, figures, the blind-reading files, then ``results.json`` last."""
     out.mkdir(parents=True, exist_ok=True)
     with (out / RECORDS_FILE).open("w") as f:
@@ -298,12 +339,20 @@ def write_results(result: EvalResult, out: Path, plots: bool = True, reading_out
     if plots:
         from igcritic.plots import plot_all
 
-        files += plot_all(result.records, summaries, out, budget=result.budget,
-                          judges=[r.to_dict() for r in result.judges])
+        files += plot_all(
+            result.records, summaries, out, budget=result.budget, judges=[r.to_dict() for r in result.judges]
+        )
     if reading_out:
         methods = [r[RECORD_METHOD] for r in result.records]
-        files.append(write_reading(result.records, methods, Path(reading_out), result.setting("seed"),
-                                   key_copy=out / RUN_KEY_FILE)[-1])
+        files.append(
+            write_reading(
+                result.records,
+                methods,
+                Path(reading_out),
+                result.setting("seed"),
+                key_copy=out / RUN_KEY_FILE,
+            )[-1]
+        )
     files.append(out / RESULTS_JSON)
     result.files = files
     _write_json(out / RESULTS_JSON, result.payload({"files": [p.name for p in files]}))
@@ -314,7 +363,9 @@ def read_run(run: str | Path) -> tuple[Path, dict, list[dict]]:
     """The folder, ``results.json`` and ``records.jsonl`` of a finished ``igcritic eval`` run."""
     folder = Path(run)
     if not (folder / RESULTS_JSON).is_file() or not (folder / RECORDS_FILE).is_file():
-        raise EvalError(f"--run {str(run)!r} has no {RESULTS_JSON} and {RECORDS_FILE}; pass the out_dir of an eval run")
+        raise EvalError(
+            f"--run {str(run)!r} has no {RESULTS_JSON} and {RECORDS_FILE}; pass the out_dir of an eval run"
+        )
     data = json.loads((folder / RESULTS_JSON).read_text())
     records = [json.loads(x) for x in (folder / RECORDS_FILE).read_text().splitlines() if x.strip()]
     return folder, data, records
@@ -326,9 +377,16 @@ def export_reading(run: str | Path, reading_out: str | Path, overwrite: bool = F
     folder, data, records = read_run(run)
     check_out(Path(reading_out), overwrite, "--reading_out")
     if (folder / RUN_KEY_FILE).exists() and not overwrite:
-        raise EvalError(f"{folder / RUN_KEY_FILE} exists (labels may refer to it); pass --overwrite true to replace it")
-    return write_reading(records, [r[RECORD_METHOD] for r in records], Path(reading_out),
-                         int(data["config"].get("seed", 0)), key_copy=folder / RUN_KEY_FILE)
+        raise EvalError(
+            f"{folder / RUN_KEY_FILE} exists (labels may refer to it); pass --overwrite true to replace it"
+        )
+    return write_reading(
+        records,
+        [r[RECORD_METHOD] for r in records],
+        Path(reading_out),
+        int(data["config"].get("seed", 0)),
+        key_copy=folder / RUN_KEY_FILE,
+    )
 
 
 @eval_errors
@@ -347,14 +405,21 @@ def reread_run(run: str | Path, reading_in: str | Path, overwrite: bool = False)
     budget, walls = float(data["budget"]), {s["method"]: float(s["wall_seconds"]) for s in data["summary"]}
     summaries = [summarize(m, [records[k] for k in by_method[m]], budget, walls[m], idx) for m in methods]
     where = {(m, k): int(pos[k]) for m, pos in by_method.items() for k in range(n)}
-    grades = [grades_from_records(records, {k: v for k, v in j.items() if k != "methods"})
-              for j in data.get("judges", [])]
+    grades = [
+        grades_from_records(records, {k: v for k, v in j.items() if k != "methods"})
+        for j in data.get("judges", [])
+    ]
     grades.append(read_labels(reading_in, folder / RUN_KEY_FILE, records, where))
     q = data.get("quality") or {}
     result = EvalResult(
-        budget=budget, summaries=summaries, records=records, files=[folder / READING_RESULTS], config=cfg,
+        budget=budget,
+        summaries=summaries,
+        records=records,
+        files=[folder / READING_RESULTS],
+        config=cfg,
         judges=[summarize_judge(g, records, by_method, reference, idx) for g in grades],
-        quality=[QualityRow(**r) for r in q["rows"]] if q.get("rows") else None, quality_source=q.get("source"),
+        quality=[QualityRow(**r) for r in q["rows"]] if q.get("rows") else None,
+        quality_source=q.get("source"),
         reference=reference,
     )
     _write_json(folder / READING_RESULTS, result.payload({"labels": str(reading_in), "run": str(folder)}))

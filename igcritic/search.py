@@ -61,7 +61,9 @@ class CriticLike(Protocol):
 class ScorerLike(Protocol):
     """What the runtime needs from a cost or reward scorer (``igcritic.scorers.Scorer``)."""
 
-    def score(self, prompts: list[str], responses: list[str], previous: np.ndarray | None = None) -> np.ndarray: ...
+    def score(
+        self, prompts: list[str], responses: list[str], previous: np.ndarray | None = None
+    ) -> np.ndarray: ...
 
 
 @dataclass
@@ -166,7 +168,9 @@ class SearchConfig:
         if n < 1 or k < 1:
             bad.append(f"--num_candidates {n} / --beams_kept {k} must be >= 1")
         elif self.method in ("inferenceguard", "beam") and (k > n or n % k):
-            bad.append(f"--num_candidates {n} is not divisible across --beams_kept {k}; use a multiple of {k}")
+            bad.append(
+                f"--num_candidates {n} is not divisible across --beams_kept {k}; use a multiple of {k}"
+            )
         if self.method in ("inferenceguard", "beam") and not 1 <= self.block_width <= d:
             bad.append(f"--block_width {self.block_width} must be in 1..max_new_tokens ({d}); lower it")
         if self.retries < 0:
@@ -174,18 +178,24 @@ class SearchConfig:
         if not 0.0 <= self.tau <= 1.0:
             bad.append(f"--tau {self.tau} must be a probability in [0, 1]")
         if self.temperature < 0 or not 0.0 < self.top_p <= 1.0 or self.top_k < 0:
-            bad.append(f"sampling (temperature {self.temperature}, top_p {self.top_p}, top_k {self.top_k}) is invalid;"
-                       " use temperature >= 0, 0 < top_p <= 1, top_k >= 0")
+            bad.append(
+                f"sampling (temperature {self.temperature}, top_p {self.top_p}, top_k {self.top_k}) is invalid;"
+                " use temperature >= 0, 0 < top_p <= 1, top_k >= 0"
+            )
         if self.prompt_batch < 0:
             bad.append(f"--prompt_batch {self.prompt_batch} must be >= 0 (0: automatic)")
         if self.mode == "exact" and not has_cost:
-            bad.append(f"--mode exact ({self.method}) needs a cost scorer; pass cost=... or use --mode latent")
+            bad.append(
+                f"--mode exact ({self.method}) needs a cost scorer; pass cost=... or use --mode latent"
+            )
         if self.mode == "latent" and not has_critic:
             bad.append("--mode latent needs a critic (its latent cost head); bind one or use --mode exact")
         if self.critic and not has_critic:
             bad.append("--critic true needs a critic; bind one or pass --critic false")
         if not self.critic and self.method != "plain" and not has_reward:
-            bad.append(f"--method {self.method} with --critic false ranks by reward; pass reward=... or use the critic")
+            bad.append(
+                f"--method {self.method} with --critic false ranks by reward; pass reward=... or use the critic"
+            )
         return bad
 
     @classmethod
@@ -320,12 +330,16 @@ class _Ctx:
     def texts(self, tokens: list[list[int]]) -> list[str]:
         return self.policy.tokenizer.batch_decode(tokens, skip_special_tokens=True)
 
-    def score(self, scorer: ScorerLike, prompt_idx: torch.Tensor, texts: list[str], previous=None) -> torch.Tensor:
+    def score(
+        self, scorer: ScorerLike, prompt_idx: torch.Tensor, texts: list[str], previous=None
+    ) -> torch.Tensor:
         prompts = [self.prompts[i] for i in prompt_idx.tolist()]
         kw = {} if previous is None else {"previous": previous.numpy().astype(np.float64)}
         out = np.asarray(scorer.score(prompts, texts, **kw), dtype=np.float64).reshape(-1)
         if out.shape[0] != len(texts):
-            raise SearchConfigError(f"a scorer returned {out.shape[0]} scores for {len(texts)} responses; fix the scorer")
+            raise SearchConfigError(
+                f"a scorer returned {out.shape[0]} scores for {len(texts)} responses; fix the scorer"
+            )
         return torch.from_numpy(out).float()
 
 
@@ -458,7 +472,11 @@ def _processor(ctx: _Ctx, banned: torch.Tensor, prompt: torch.Tensor):
 def _score_candidates(ctx: _Ctx, cands, parent_cost: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """(S, value, q, admissible) of every candidate, on CPU."""
     cfg = ctx.cfg
-    texts = ctx.texts(cands.tokens) if (cfg.mode == "exact" or ctx.reward is not None and not cfg.critic) else None
+    texts = (
+        ctx.texts(cands.tokens)
+        if (cfg.mode == "exact" or ctx.reward is not None and not cfg.critic)
+        else None
+    )
     if cfg.mode == "exact":
         s = ctx.score(ctx.cost, cands.prompt, texts, previous=parent_cost)
     else:  # fully latent: the critic's cost head, no cost-scorer call
@@ -476,7 +494,9 @@ def _score_candidates(ctx: _Ctx, cands, parent_cost: torch.Tensor) -> tuple[torc
     return s, value, q, (z >= 0) & (q >= cfg.tau)
 
 
-def _choose(cfg: SearchConfig, tr: _Track, entries: list[_Entry], k: int, max_retries: int) -> list[_Entry] | str:
+def _choose(
+    cfg: SearchConfig, tr: _Track, entries: list[_Entry], k: int, max_retries: int
+) -> list[_Entry] | str:
     """The K entries kept (best last), or ``"retry"`` / ``"refuse"`` when nothing is admissible."""
     ok = [e for e in entries if e.admissible]  # every entry for the baselines
     if ok:
@@ -502,17 +522,40 @@ def _rank(e: _Entry, cfg: SearchConfig, fallback: bool = False) -> tuple:
 def _record(ctx: _Ctx, p: int, tr: _Track, seconds: float) -> GuardRecord:
     cfg = ctx.cfg
     common = dict(
-        prompt=ctx.prompts[p], method=cfg.method, cost_source=cfg.mode, budget=float(cfg.budget),
-        value_source="critic" if cfg.critic else "reward", steps=tr.steps, retries=tr.retries,
-        candidates_scored=tr.scored, seconds=seconds, critic_seconds=ctx.critic_seconds / len(ctx.prompts),
+        prompt=ctx.prompts[p],
+        method=cfg.method,
+        cost_source=cfg.mode,
+        budget=float(cfg.budget),
+        value_source="critic" if cfg.critic else "reward",
+        steps=tr.steps,
+        retries=tr.retries,
+        candidates_scored=tr.scored,
+        seconds=seconds,
+        critic_seconds=ctx.critic_seconds / len(ctx.prompts),
     )
     if tr.refused or not tr.pool:
-        return GuardRecord(text=cfg.refusal_text, token_ids=[], safe=False, final_safety_state=float("nan"),
-                           cost=float("nan"), value=float("nan"), refused=True, new_tokens=0, **common)
+        return GuardRecord(
+            text=cfg.refusal_text,
+            token_ids=[],
+            safe=False,
+            final_safety_state=float("nan"),
+            cost=float("nan"),
+            value=float("nan"),
+            refused=True,
+            new_tokens=0,
+            **common,
+        )
     best = max(tr.pool, key=lambda e: _rank(e, cfg))
     z = cfg.budget - best.cost
     return GuardRecord(
-        text=ctx.texts([best.tokens])[0], token_ids=list(best.tokens), safe=bool(z >= 0 and not tr.fallback),
-        final_safety_state=float(z), cost=best.cost, value=best.value, refused=False,
-        new_tokens=len(best.tokens), fallback=tr.fallback, **common,
+        text=ctx.texts([best.tokens])[0],
+        token_ids=list(best.tokens),
+        safe=bool(z >= 0 and not tr.fallback),
+        final_safety_state=float(z),
+        cost=best.cost,
+        value=best.value,
+        refused=False,
+        new_tokens=len(best.tokens),
+        fallback=tr.fallback,
+        **common,
     )

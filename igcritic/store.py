@@ -77,9 +77,20 @@ PROMPTS = "prompts"
 SHARDS = "shards"
 SHARD = "rank-{:05d}"
 """Name of rank r's shard group under ``shards/``."""
-TOKEN_ARRAYS = {"latents": "float16", "token_ids": "int32", "cost_prefix": "float32", "reward_prefix": "float32"}
-TRAJ_ARRAYS = {"traj_prompt": "int64", "traj_reward": "float32", "traj_cost": "float32", "traj_len": "int32",
-               "traj_finished": "bool", "traj_batch": "int64"}
+TOKEN_ARRAYS = {
+    "latents": "float16",
+    "token_ids": "int32",
+    "cost_prefix": "float32",
+    "reward_prefix": "float32",
+}
+TRAJ_ARRAYS = {
+    "traj_prompt": "int64",
+    "traj_reward": "float32",
+    "traj_cost": "float32",
+    "traj_len": "int32",
+    "traj_finished": "bool",
+    "traj_batch": "int64",
+}
 STORE_MARKER = "zarr.json"
 LOCK_FILE = "writer-rank-{:05d}.lock"
 """Rank r's writer lock at the store root (see the module docstring)."""
@@ -104,10 +115,11 @@ def config_hash(config: dict) -> str:
 
 # ---------------------------------------------------------------- locations (local path, file:// or fsspec URL)
 
+
 def _local(path: str | os.PathLike) -> Path | None:
     s = os.fspath(path)
     if s.startswith("file://"):
-        return Path(s[len("file://"):])
+        return Path(s[len("file://") :])
     return None if ("://" in s or "::" in s) else Path(s)
 
 
@@ -143,7 +155,11 @@ def _entries(path: str | os.PathLike) -> list[str] | None:
     fs, root = _fs(path)
     if not fs.exists(root):
         return []
-    return None if fs.isfile(root) else sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False))
+    return (
+        None
+        if fs.isfile(root)
+        else sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False))
+    )
 
 
 def _read_json(path: str | os.PathLike, name: str) -> Any:
@@ -164,13 +180,24 @@ def _is_ours(path: str | os.PathLike, marker: str) -> bool:
     if marker != STORE_MARKER:
         return marker in entries
     meta = _read_json(path, STORE_MARKER)
-    if isinstance(meta, dict) and meta.get("node_type") == "group" and "schema_version" in meta.get("attributes", {}):
+    if (
+        isinstance(meta, dict)
+        and meta.get("node_type") == "group"
+        and "schema_version" in meta.get("attributes", {})
+    ):
         return True
-    return all(e in STORE_ENTRIES or _is_lock(e) for e in entries)  # a creation cut short (root attrs come last)
+    return all(
+        e in STORE_ENTRIES or _is_lock(e) for e in entries
+    )  # a creation cut short (root attrs come last)
 
 
-def check_replaceable(path: str | os.PathLike, marker: str = STORE_MARKER, what: str = "an igcritic store",
-                      error: type[ValueError] | None = None, flag: str = "--out") -> None:
+def check_replaceable(
+    path: str | os.PathLike,
+    marker: str = STORE_MARKER,
+    what: str = "an igcritic store",
+    error: type[ValueError] | None = None,
+    flag: str = "--out",
+) -> None:
     """Refuse, in one line, to let ``--overwrite`` replace ``path`` unless igcritic wrote what is there.
 
     Replaceable: nothing, an empty folder, or a folder holding ``marker``: for a store (the default) a root
@@ -180,8 +207,10 @@ def check_replaceable(path: str | os.PathLike, marker: str = STORE_MARKER, what:
     if _is_ours(path, marker):
         return
     has = f"{marker} with schema_version" if marker == STORE_MARKER else marker
-    raise (error or StoreError)(f"{flag} {path} is not {what} (no {has} in it), so --overwrite will not delete "
-                                f"it; pick another {flag} or move it away yourself")
+    raise (error or StoreError)(
+        f"{flag} {path} is not {what} (no {has} in it), so --overwrite will not delete "
+        f"it; pick another {flag} or move it away yourself"
+    )
 
 
 def _clear(path: str | os.PathLike, keep: str) -> None:
@@ -224,16 +253,23 @@ def _alive(holder: dict | None) -> bool:
 def _held_error(path, rank: int, holder: dict | None) -> StoreError:
     where, name = f"store {path} {SHARD.format(rank)}", LOCK_FILE.format(rank)
     if not isinstance(holder, dict) or "pid" not in holder:
-        return StoreError(f"{where} is being written by another process ({name}); wait for it to end, then rerun")
+        return StoreError(
+            f"{where} is being written by another process ({name}); wait for it to end, then rerun"
+        )
     pid, host, since = holder["pid"], holder.get("host"), holder.get("since")
     if host == socket.gethostname() and int(pid) == os.getpid():
-        return StoreError(f"{where} is already open for writing in this process (pid {pid}); close that "
-                          "StoreWriter first")
+        return StoreError(
+            f"{where} is already open for writing in this process (pid {pid}); close that StoreWriter first"
+        )
     if host == socket.gethostname():
-        return StoreError(f"{where} is being written by pid {pid} since {since} ({name}); wait for that run to "
-                          "end or stop it, then rerun")
-    return StoreError(f"{where} is being written by pid {pid} on host {host} since {since} ({name}); if that run "
-                      f"is dead, delete {os.fspath(path)}/{name}, then rerun")
+        return StoreError(
+            f"{where} is being written by pid {pid} since {since} ({name}); wait for that run to "
+            "end or stop it, then rerun"
+        )
+    return StoreError(
+        f"{where} is being written by pid {pid} on host {host} since {since} ({name}); if that run "
+        f"is dead, delete {os.fspath(path)}/{name}, then rerun"
+    )
 
 
 class _WriterLock:
@@ -241,15 +277,20 @@ class _WriterLock:
 
     def __init__(self, path: str | os.PathLike, rank: int):
         self.path, self.rank, self.name = path, rank, LOCK_FILE.format(rank)
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "rank": rank,
-                "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "rank": rank,
+            "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
         local = _local(path)
         if local is None:
             self._finalizer = weakref.finalize(self, _unlock_remote, *self._acquire_remote(info))
         else:
             local.mkdir(parents=True, exist_ok=True)
-            self._finalizer = weakref.finalize(self, _unlock_local, self._acquire_local(local / self.name, info),
-                                               local / self.name)
+            self._finalizer = weakref.finalize(
+                self, _unlock_local, self._acquire_local(local / self.name, info), local / self.name
+            )
 
     def _acquire_local(self, file: Path, info: dict) -> int:
         while True:
@@ -270,8 +311,12 @@ class _WriterLock:
                 break
             os.close(fd)
         if (old := _read_lock(fd)) is not None:
-            log.warning("took over the stale writer lock %s of pid %s on %s (that run is gone)", file,
-                        old.get("pid"), old.get("host"))
+            log.warning(
+                "took over the stale writer lock %s of pid %s on %s (that run is gone)",
+                file,
+                old.get("pid"),
+                old.get("host"),
+            )
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
         return fd
@@ -306,7 +351,9 @@ def _read_lock(fd: int) -> dict | None:
 def _unlock_local(fd: int, file: Path) -> None:
     try:
         if os.fstat(fd).st_ino == os.stat(file).st_ino:
-            os.unlink(file)  # while still holding the flock: a waiting opener sees the inode change and retries
+            os.unlink(
+                file
+            )  # while still holding the flock: a waiting opener sees the inode change and retries
     except OSError:
         pass
     finally:
@@ -363,6 +410,7 @@ def _open_root(path: str | os.PathLike, mode: str) -> zarr.Group:
 
 # ---------------------------------------------------------------- one work batch
 
+
 @dataclass
 class TrajectoryBatch:
     """One work batch of finished rollouts, already labelled (rows of all trajectories concatenated)."""
@@ -386,8 +434,10 @@ class TrajectoryBatch:
 
     n_traj = property(lambda self: len(self.traj_len))
     n_tok = property(lambda self: len(self.latents))
-    offsets = property(lambda self: np.concatenate([[0], np.cumsum(np.asarray(self.traj_len, np.int64) + 1)]),
-                       doc="(n + 1,) int64 row offsets of the trajectories in this batch.")
+    offsets = property(
+        lambda self: np.concatenate([[0], np.cumsum(np.asarray(self.traj_len, np.int64) + 1)]),
+        doc="(n + 1,) int64 row offsets of the trajectories in this batch.",
+    )
 
     @property
     def traj_cost(self) -> np.ndarray:
@@ -401,7 +451,11 @@ class TrajectoryBatch:
         if lat.ndim != 2:
             return [f"latents must be (N_tok, H), got shape {lat.shape}"]
         n, tok = self.n_traj, self.n_tok
-        per_tok = {"token_ids": self.token_ids, "cost_prefix": self.cost_prefix, "reward_prefix": self.reward_prefix}
+        per_tok = {
+            "token_ids": self.token_ids,
+            "cost_prefix": self.cost_prefix,
+            "reward_prefix": self.reward_prefix,
+        }
         for name, a in per_tok.items():
             if a is not None and np.shape(a) != (tok,):
                 p.append(f"{name} has shape {np.shape(a)}, expected ({tok},) like latents' rows")
@@ -411,7 +465,9 @@ class TrajectoryBatch:
         if p:
             return p
         if (np.asarray(self.traj_len) < 0).any() or int(self.offsets[-1]) != tok:
-            return [f"traj_len must be >= 0 with sum(traj_len + 1) = {int(self.offsets[-1])} equal to the {tok} rows"]
+            return [
+                f"traj_len must be >= 0 with sum(traj_len + 1) = {int(self.offsets[-1])} equal to the {tok} rows"
+            ]
         starts = np.zeros(tok, dtype=bool)
         starts[self.offsets[:-1]] = True
         ids = np.asarray(self.token_ids)
@@ -426,7 +482,9 @@ class TrajectoryBatch:
             if not math.isfinite(m):
                 p.append(f"latents hold {int((~np.isfinite(lat)).sum())} NaN/inf values")
             elif m > FP16_MAX:
-                p.append(f"latents overflow float16 (max |x| = {m:.4g} > {FP16_MAX:g}); scale them or pick another layer")
+                p.append(
+                    f"latents overflow float16 (max |x| = {m:.4g} > {FP16_MAX:g}); scale them or pick another layer"
+                )
         for name in ("cost_prefix", "reward_prefix", "traj_reward"):
             a = getattr(self, name)
             if a is not None and not np.isfinite(np.asarray(a, dtype=np.float64)).all():
@@ -436,33 +494,54 @@ class TrajectoryBatch:
 
 # ---------------------------------------------------------------- writer
 
+
 class StoreWriter:
     """Appends work batches to ONE shard (one per rank); see the module docstring for the protocol."""
 
-    def __init__(self, path: str | os.PathLike, root: zarr.Group, shard: zarr.Group, rank: int,
-                 lock: _WriterLock | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        root: zarr.Group,
+        shard: zarr.Group,
+        rank: int,
+        lock: _WriterLock | None = None,
+    ):
         self.path, self.rank, self._shard, self._lock = path, rank, shard, lock
         self.hidden_size = int(root.attrs["hidden_size"])
         self._n_prompts = int(root.attrs["prompts_count"])
-        self._arrays = {k: _every_chunk(shard[k]) for k in [*TOKEN_ARRAYS, *TRAJ_ARRAYS, "traj_offsets"] if k in shard}
+        self._arrays = {
+            k: _every_chunk(shard[k]) for k in [*TOKEN_ARRAYS, *TRAJ_ARRAYS, "traj_offsets"] if k in shard
+        }
         self._chunk = int(self._arrays["latents"].chunks[0])
         m = shard.attrs
         self._n_traj, self._n_tok, self._done = int(m["n_traj"]), int(m["n_tok"]), set(m["batches_done"])
         self._has_reward: bool | None = ("reward_prefix" in self._arrays) if self._n_tok else None
         # In-memory copy of the committed rows of the last, partly filled chunk [_disk, _n_tok).
         self._disk = (self._n_tok // self._chunk) * self._chunk
-        self._tail = {k: a[self._disk:self._n_tok] for k, a in self._arrays.items() if k in TOKEN_ARRAYS}
+        self._tail = {k: a[self._disk : self._n_tok] for k, a in self._arrays.items() if k in TOKEN_ARRAYS}
         self._closed = False
 
     @classmethod
-    def create(cls, path, *, attrs: dict, prompts: list[str], hidden_size: int, rank: int = 0,
-               overwrite: bool = False, chunk_tokens: int = 4096, compression: str | None = None) -> StoreWriter:
+    def create(
+        cls,
+        path,
+        *,
+        attrs: dict,
+        prompts: list[str],
+        hidden_size: int,
+        rank: int = 0,
+        overwrite: bool = False,
+        chunk_tokens: int = 4096,
+        compression: str | None = None,
+    ) -> StoreWriter:
         """Create the store (rank 0: root group, attrs, prompts) and this rank's empty shard.
 
         ``overwrite`` replaces an existing store only; anything else at ``path`` is refused (:func:`check_replaceable`)."""
         if hidden_size <= 0 or chunk_tokens <= 0 or rank < 0:
-            raise StoreError(f"hidden_size={hidden_size}, chunk_tokens={chunk_tokens}, rank={rank}: "
-                             "sizes must be positive and rank >= 0")
+            raise StoreError(
+                f"hidden_size={hidden_size}, chunk_tokens={chunk_tokens}, rank={rank}: "
+                "sizes must be positive and rank >= 0"
+            )
         if compression not in (None, "zstd"):
             raise StoreError(f"compression={compression!r} is not supported; use None or 'zstd'")
         if rank == 0:
@@ -473,7 +552,9 @@ class StoreWriter:
             try:
                 json.dumps(attrs)
             except TypeError as e:
-                raise StoreError(f"store attrs must be JSON-serializable ({e}); convert the value first") from e
+                raise StoreError(
+                    f"store attrs must be JSON-serializable ({e}); convert the value first"
+                ) from e
         else:
             root = _wait_for_root(path, attrs.get("config_hash"))
             _check_hidden(path, root, hidden_size)
@@ -491,17 +572,32 @@ class StoreWriter:
                 arr = root.create_array(PROMPTS, shape=(len(prompts),), dtype=str)
                 if prompts:
                     arr[:] = np.asarray(prompts, dtype=object)
-                root.attrs.update({**attrs, "schema_version": SCHEMA_VERSION, "hidden_size": hidden_size,
-                                   "chunk_tokens": chunk_tokens, "prompts_count": len(prompts),
-                                   "compression": compression})  # written last: marks the root complete
+                root.attrs.update(
+                    {
+                        **attrs,
+                        "schema_version": SCHEMA_VERSION,
+                        "hidden_size": hidden_size,
+                        "chunk_tokens": chunk_tokens,
+                        "prompts_count": len(prompts),
+                        "compression": compression,
+                    }
+                )  # written last: marks the root complete
             return cls(path, root, _make_shard(root, rank, path, refuse_data=not overwrite), rank, lock)
         except BaseException:
             lock.release()
             raise
 
     @classmethod
-    def resume(cls, path, *, config_hash: str, rank: int = 0, hidden_size: int | None = None,
-               prompts: list[str] | None = None, config: dict | None = None) -> StoreWriter:
+    def resume(
+        cls,
+        path,
+        *,
+        config_hash: str,
+        rank: int = 0,
+        hidden_size: int | None = None,
+        prompts: list[str] | None = None,
+        config: dict | None = None,
+    ) -> StoreWriter:
         """Reopen this rank's shard (creating it if the rank never started) after checking the config hash.
 
         ``prompts``: refuse, naming the first difference, unless they equal the stored ones. ``config``: the
@@ -512,17 +608,23 @@ class StoreWriter:
         root = _open_root(path, "r+")
         version = root.attrs.get("schema_version")
         if version != SCHEMA_VERSION:
-            raise StoreError(f"store {path} has schema_version {version!r}, this code writes {SCHEMA_VERSION} "
-                             "(or the store was never fully created); start a new one with --overwrite")
+            raise StoreError(
+                f"store {path} has schema_version {version!r}, this code writes {SCHEMA_VERSION} "
+                "(or the store was never fully created); start a new one with --overwrite"
+            )
         if prompts is not None and (diff := _prompts_diff(root, prompts)):
-            raise StoreError(f"store {path} was collected on other prompts ({diff}); resume with the store's "
-                             "prompts or start a new store with --overwrite")
+            raise StoreError(
+                f"store {path} was collected on other prompts ({diff}); resume with the store's "
+                "prompts or start a new store with --overwrite"
+            )
         stored = root.attrs.get("config_hash")
         if stored != config_hash:
             keys = _differing_keys(root.attrs.get("config"), config) if config is not None else []
             what = f" ({', '.join(keys[:6])}{' ...' if len(keys) > 6 else ''} differ)" if keys else ""
-            raise StoreError(f"store {path} was written with config hash {stored}, this run has {config_hash}"
-                             f"{what}; use --overwrite to replace it or rerun with the original config")
+            raise StoreError(
+                f"store {path} was written with config hash {stored}, this run has {config_hash}"
+                f"{what}; use --overwrite to replace it or rerun with the original config"
+            )
         if hidden_size is not None:
             _check_hidden(path, root, hidden_size)
         lock = _WriterLock(path, rank)  # refuses a second writer of this shard
@@ -536,8 +638,14 @@ class StoreWriter:
         except BaseException:
             lock.release()
             raise
-        log.info("resuming %s %s: %d trajectories, %d tokens, %d batches done", path, name, w._n_traj,
-                 w._n_tok, len(w._done))
+        log.info(
+            "resuming %s %s: %d trajectories, %d tokens, %d batches done",
+            path,
+            name,
+            w._n_traj,
+            w._n_tok,
+            len(w._done),
+        )
         return w
 
     @property
@@ -553,8 +661,10 @@ class StoreWriter:
         if self._closed:
             raise StoreError(f"writer for {self.path} is closed; reopen it with StoreWriter.resume")
         if batch_index in self._done:
-            raise StoreError(f"batch {batch_index} is already in {self.path} {SHARD.format(self.rank)}; skip "
-                             "the batches in writer.batches_done")
+            raise StoreError(
+                f"batch {batch_index} is already in {self.path} {SHARD.format(self.rank)}; skip "
+                "the batches in writer.batches_done"
+            )
         p = batch.validate()
         if not p and batch.latents.shape[1] != self.hidden_size:
             p.append(f"latents have hidden size {batch.latents.shape[1]}, the store {self.hidden_size}")
@@ -562,28 +672,43 @@ class StoreWriter:
             p.append(f"traj_prompt {int(np.max(batch.traj_prompt))} >= {self._n_prompts} stored prompts")
         has_reward = batch.reward_prefix is not None
         if not p and batch.n_tok and self._has_reward not in (None, has_reward):
-            p.append(f"reward_prefix is {'given' if has_reward else 'missing'} but the shard's earlier batches "
-                     f"{'had' if self._has_reward else 'had none'}; label every batch the same way")
+            p.append(
+                f"reward_prefix is {'given' if has_reward else 'missing'} but the shard's earlier batches "
+                f"{'had' if self._has_reward else 'had none'}; label every batch the same way"
+            )
         if p:
             raise StoreError(f"batch {batch_index} refused, nothing written: " + "; ".join(p))
         if self._has_reward is None and batch.n_tok:
             self._set_reward_prefix(has_reward)
-        new = {"latents": batch.latents, "token_ids": batch.token_ids, "cost_prefix": batch.cost_prefix,
-               "reward_prefix": np.zeros(0) if batch.reward_prefix is None else batch.reward_prefix}
+        new = {
+            "latents": batch.latents,
+            "token_ids": batch.token_ids,
+            "cost_prefix": batch.cost_prefix,
+            "reward_prefix": np.zeros(0) if batch.reward_prefix is None else batch.reward_prefix,
+        }
         # 1. token rows: one block from the tail chunk's boundary (chunk-aligned, committed tail rows from memory)
         start, stop = self._disk, self._n_tok + batch.n_tok
-        blocks = {k: np.concatenate([t, np.asarray(new[k], dtype=TOKEN_ARRAYS[k])]) for k, t in self._tail.items()}
+        blocks = {
+            k: np.concatenate([t, np.asarray(new[k], dtype=TOKEN_ARRAYS[k])]) for k, t in self._tail.items()
+        }
         _write_rows([(self._arrays[k], start, b) for k, b in blocks.items()])
         # 2. per-trajectory arrays and offsets
-        traj = {"traj_prompt": batch.traj_prompt, "traj_reward": batch.traj_reward, "traj_cost": batch.traj_cost,
-                "traj_len": batch.traj_len, "traj_finished": batch.traj_finished,
-                "traj_batch": np.full(batch.n_traj, batch_index)}
-        _write_rows([(self._arrays[k], self._n_traj, np.asarray(v, dtype=TRAJ_ARRAYS[k])) for k, v in traj.items()]
-                    + [(self._arrays["traj_offsets"], self._n_traj + 1, self._n_tok + batch.offsets[1:])])
+        traj = {
+            "traj_prompt": batch.traj_prompt,
+            "traj_reward": batch.traj_reward,
+            "traj_cost": batch.traj_cost,
+            "traj_len": batch.traj_len,
+            "traj_finished": batch.traj_finished,
+            "traj_batch": np.full(batch.n_traj, batch_index),
+        }
+        _write_rows(
+            [(self._arrays[k], self._n_traj, np.asarray(v, dtype=TRAJ_ARRAYS[k])) for k, v in traj.items()]
+            + [(self._arrays["traj_offsets"], self._n_traj + 1, self._n_tok + batch.offsets[1:])]
+        )
         # 3. the manifest, last: one atomic zarr.json write commits the batch
         self._write_manifest(self._n_traj + batch.n_traj, stop, self._done | {batch_index})
         self._disk = (stop // self._chunk) * self._chunk
-        self._tail = {k: b[self._disk - start:] for k, b in blocks.items()}
+        self._tail = {k: b[self._disk - start :] for k, b in blocks.items()}
 
     def close(self) -> None:
         """Trim arrays to the manifest (drops garbage a killed run left beyond it), release the writer lock;
@@ -609,7 +734,9 @@ class StoreWriter:
     def _set_reward_prefix(self, has: bool) -> None:
         self._has_reward = has
         if has and "reward_prefix" not in self._arrays:
-            self._arrays["reward_prefix"] = _every_chunk(_token_array(self._shard, "reward_prefix", self._chunk, 0, None))
+            self._arrays["reward_prefix"] = _every_chunk(
+                _token_array(self._shard, "reward_prefix", self._chunk, 0, None)
+            )
             self._tail["reward_prefix"] = np.zeros(0, np.float32)
         elif not has and "reward_prefix" in self._arrays:
             del self._shard["reward_prefix"], self._arrays["reward_prefix"], self._tail["reward_prefix"]
@@ -624,6 +751,7 @@ def _write_rows(items: list[tuple[zarr.Array, int, np.ndarray]]) -> None:
 
     Arrays only grow here (rows beyond the manifest are garbage); ``close`` trims them to the manifest.
     """
+
     async def put(arr: zarr.Array, start: int, rows: np.ndarray) -> None:
         a, stop = arr.async_array, start + len(rows)
         if a.shape[0] < stop:
@@ -642,7 +770,11 @@ def _prompts_diff(root: zarr.Group, prompts: list[str]) -> str | None:
     if len(stored) != len(prompts):
         return f"{len(stored)} prompts in the store, {len(prompts)} in this run"
     i = next((i for i, (a, b) in enumerate(zip(stored, prompts)) if a != b), None)
-    return None if i is None else f"prompt {i} is {_clip(stored[i])} in the store, {_clip(prompts[i])} in this run"
+    return (
+        None
+        if i is None
+        else f"prompt {i} is {_clip(stored[i])} in the store, {_clip(prompts[i])} in this run"
+    )
 
 
 def _clip(text: str, n: int = 40) -> str:
@@ -654,20 +786,26 @@ def _differing_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
     if prefix == "":
         new = json.loads(json.dumps(new, default=str))
     if isinstance(old, dict) and isinstance(new, dict):
-        return [d for k in sorted(set(old) | set(new), key=str)
-                for d in _differing_keys(old.get(k), new.get(k), f"{prefix}{k}.")]
+        return [
+            d
+            for k in sorted(set(old) | set(new), key=str)
+            for d in _differing_keys(old.get(k), new.get(k), f"{prefix}{k}.")
+        ]
     return [] if old == new else [prefix.rstrip(".") or "config"]
 
 
 def _exists_error(path) -> StoreError:
-    return StoreError(f"store {path} exists and is not empty; pass --overwrite to replace it or --resume to "
-                      "continue it")
+    return StoreError(
+        f"store {path} exists and is not empty; pass --overwrite to replace it or --resume to continue it"
+    )
 
 
 def _check_hidden(path, root: zarr.Group, hidden_size: int) -> None:
     if int(root.attrs["hidden_size"]) != hidden_size:
-        raise StoreError(f"store {path} holds hidden size {root.attrs['hidden_size']}, this policy has "
-                         f"{hidden_size}; use the policy/layer the store was made with or a new store")
+        raise StoreError(
+            f"store {path} holds hidden size {root.attrs['hidden_size']}, this policy has "
+            f"{hidden_size}; use the policy/layer the store was made with or a new store"
+        )
 
 
 def _wait_for_root(path, expected_hash: str | None) -> zarr.Group:
@@ -676,21 +814,25 @@ def _wait_for_root(path, expected_hash: str | None) -> zarr.Group:
         try:
             root = _open_root(path, "r+")
             if root.attrs.get("schema_version") is not None and (
-                    expected_hash is None or root.attrs.get("config_hash") == expected_hash):
+                expected_hash is None or root.attrs.get("config_hash") == expected_hash
+            ):
                 return root
         except StoreError:
             pass
         if time.monotonic() > deadline:
-            raise StoreError(f"rank 0 did not create store {path} within {RANK_WAIT_S:.0f} s; start rank 0 or "
-                             "check that all ranks use the same path and config")
+            raise StoreError(
+                f"rank 0 did not create store {path} within {RANK_WAIT_S:.0f} s; start rank 0 or "
+                "check that all ranks use the same path and config"
+            )
         time.sleep(0.2)
 
 
 def _token_array(shard: zarr.Group, name: str, chunk: int, hidden: int, compression: str | None):
     shape, chunks = ((0, hidden), (chunk, hidden)) if name == "latents" else ((0,), (chunk,))
     codec = None if compression is None or name != "latents" else zarr.codecs.ZstdCodec(level=1)
-    return shard.create_array(name, shape=shape, chunks=chunks, dtype=TOKEN_ARRAYS[name], overwrite=True,
-                              compressors=codec)
+    return shard.create_array(
+        name, shape=shape, chunks=chunks, dtype=TOKEN_ARRAYS[name], overwrite=True, compressors=codec
+    )
 
 
 def _make_shard(root: zarr.Group, rank: int, path, *, refuse_data: bool) -> zarr.Group:
@@ -700,14 +842,21 @@ def _make_shard(root: zarr.Group, rank: int, path, *, refuse_data: bool) -> zarr
         if refuse_data and (m.get("n_tok") or m.get("batches_done")):
             raise StoreError(f"shard {name} of {path} already holds data; pass --overwrite or --resume")
         del shards[name]
-    shard, chunk, hidden = shards.create_group(name), int(root.attrs["chunk_tokens"]), int(root.attrs["hidden_size"])
+    shard, chunk, hidden = (
+        shards.create_group(name),
+        int(root.attrs["chunk_tokens"]),
+        int(root.attrs["hidden_size"]),
+    )
     for k in ("latents", "token_ids", "cost_prefix"):
         _token_array(shard, k, chunk, hidden, root.attrs.get("compression"))
     for k, dtype in TRAJ_ARRAYS.items():
         shard.create_array(k, shape=(0,), chunks=(chunk,), dtype=dtype, compressors=None)
-    _every_chunk(shard.create_array("traj_offsets", shape=(1,), chunks=(chunk,), dtype="int64",
-                                    compressors=None))[:] = np.zeros(1, np.int64)
-    shard.attrs.update({"n_traj": 0, "n_tok": 0, "batches_done": [], EVERY_CHUNK: True})  # the manifest comes last
+    _every_chunk(
+        shard.create_array("traj_offsets", shape=(1,), chunks=(chunk,), dtype="int64", compressors=None)
+    )[:] = np.zeros(1, np.int64)
+    shard.attrs.update(
+        {"n_traj": 0, "n_tok": 0, "batches_done": [], EVERY_CHUNK: True}
+    )  # the manifest comes last
     return shard
 
 
@@ -718,6 +867,7 @@ def _every_chunk(a: zarr.Array) -> zarr.Array:
 
 
 # ---------------------------------------------------------------- reader (the merged store)
+
 
 class StoreReader:
     """All shards of a store as one (a snapshot of their manifests), opened lazily on first use.
@@ -745,12 +895,17 @@ class StoreReader:
             root = _open_root(self.path, "r")
             self._attrs = dict(root.attrs)
             if (version := self._attrs.get("schema_version")) != SCHEMA_VERSION:
-                raise StoreError(f"store {self.path} has schema_version {version!r}, this code reads "
-                                 f"{SCHEMA_VERSION}; recollect it or use a matching igcritic version")
+                raise StoreError(
+                    f"store {self.path} has schema_version {version!r}, this code reads "
+                    f"{SCHEMA_VERSION}; recollect it or use a matching igcritic version"
+                )
             groups = [root[SHARDS][n] for n in sorted(root[SHARDS].group_keys())] if SHARDS in root else []
             # (name, group, n_traj, n_tok, batches_done); a shard without a manifest never started: skipped
-            self._shards = [(g.basename, g, int(g.attrs["n_traj"]), int(g.attrs["n_tok"]), g.attrs["batches_done"])
-                            for g in groups if "n_tok" in g.attrs]
+            self._shards = [
+                (g.basename, g, int(g.attrs["n_traj"]), int(g.attrs["n_tok"]), g.attrs["batches_done"])
+                for g in groups
+                if "n_tok" in g.attrs
+            ]
             self._tok0 = np.cumsum([0] + [s[3] for s in self._shards], dtype=np.int64)
             self._root = root
         return self._root
@@ -767,11 +922,15 @@ class StoreReader:
 
     shards = property(lambda self: [s[0] for s in self._s], doc="Shard names, rank order.")
     hidden_size = property(lambda self: int(self.attrs["hidden_size"]))
-    chunk_tokens = property(lambda self: int(self.attrs["chunk_tokens"]), doc="Row chunk of latents: read aligned.")
+    chunk_tokens = property(
+        lambda self: int(self.attrs["chunk_tokens"]), doc="Row chunk of latents: read aligned."
+    )
     n_traj = property(lambda self: sum(s[2] for s in self._s))
     n_prompts = property(lambda self: int(self._open()[PROMPTS].shape[0]))
-    batches_done = property(lambda self: {int(i) for s in self._s for i in s[4]},
-                            doc="Committed work-batch indices over all shards.")
+    batches_done = property(
+        lambda self: {int(i) for s in self._s for i in s[4]},
+        doc="Committed work-batch indices over all shards.",
+    )
 
     @property
     def n_tok(self) -> int:
@@ -801,7 +960,9 @@ class StoreReader:
                     return None
                 parts.append(g[name][:n] if n else np.zeros(0, TRAJ_ARRAYS.get(name) or TOKEN_ARRAYS[name]))
             dtype = TRAJ_ARRAYS.get(name) or TOKEN_ARRAYS[name]
-            self._cache[name] = np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
+            self._cache[name] = (
+                np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
+            )
         return self._cache[name]
 
     @property
@@ -809,7 +970,9 @@ class StoreReader:
         """(n_traj + 1,) int64 global token offsets."""
         if "traj_offsets" not in self._cache:
             self._open()
-            parts = [g["traj_offsets"][1:s + 1] + t0 for (_, g, s, _, _), t0 in zip(self._shards, self._tok0)]
+            parts = [
+                g["traj_offsets"][1 : s + 1] + t0 for (_, g, s, _, _), t0 in zip(self._shards, self._tok0)
+            ]
             self._cache["traj_offsets"] = np.concatenate([np.zeros(1, np.int64), *parts]).astype(np.int64)
         return self._cache["traj_offsets"]
 
@@ -834,7 +997,7 @@ class StoreReader:
             if lo < hi:
                 if (key := f"latents/{name}") not in self._cache:  # opening an array reads its zarr.json
                     self._cache[key] = g["latents"]
-                parts.append(self._cache[key][lo - t0:hi - t0])
+                parts.append(self._cache[key][lo - t0 : hi - t0])
         if not parts:
             return np.zeros((0, self.hidden_size), np.float16)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
@@ -843,11 +1006,16 @@ class StoreReader:
         """One trajectory: latents (T+1, H), token_ids, cost_prefix, reward, cost, prompt, finished."""
         if not 0 <= i < self.n_traj:
             raise StoreError(f"trajectory {i} is outside the store's [0, {self.n_traj})")
-        a, b = (int(x) for x in self.traj_offsets[i:i + 2])
-        out = {"latents": self.read_latents(a, b), "token_ids": self.token_ids[a:b],
-               "cost_prefix": self.cost_prefix[a:b], "reward": float(self.traj_reward[i]),
-               "cost": float(self.traj_cost[i]), "prompt": int(self.traj_prompt[i]),
-               "finished": bool(self.traj_finished[i])}
+        a, b = (int(x) for x in self.traj_offsets[i : i + 2])
+        out = {
+            "latents": self.read_latents(a, b),
+            "token_ids": self.token_ids[a:b],
+            "cost_prefix": self.cost_prefix[a:b],
+            "reward": float(self.traj_reward[i]),
+            "cost": float(self.traj_cost[i]),
+            "prompt": int(self.traj_prompt[i]),
+            "finished": bool(self.traj_finished[i]),
+        }
         if self.reward_prefix is not None:
             out["reward_prefix"] = self.reward_prefix[a:b]
         return out
@@ -858,6 +1026,7 @@ class StoreReader:
 
 # ---------------------------------------------------------------- integrity and summary
 
+
 def validate_store(path: str | os.PathLike) -> list[str]:
     """Every integrity problem of a store (empty list: valid). Scans all latents chunk by chunk for NaN/inf."""
     try:
@@ -866,17 +1035,26 @@ def validate_store(path: str | os.PathLike) -> list[str]:
         return [str(e)]
     attrs = dict(root.attrs)
     if attrs.get("schema_version") != SCHEMA_VERSION:
-        return [f"schema_version {attrs.get('schema_version')!r} is not {SCHEMA_VERSION} (unknown or unfinished store)"]
+        return [
+            f"schema_version {attrs.get('schema_version')!r} is not {SCHEMA_VERSION} (unknown or unfinished store)"
+        ]
     if missing := [k for k in ("hidden_size", "chunk_tokens", "prompts_count") if k not in attrs]:
         return [f"root attrs lack {missing}"]
     n_prompts = root[PROMPTS].shape[0] if PROMPTS in root else -1
-    p = [] if n_prompts == attrs["prompts_count"] else [
-        f"prompts array has {n_prompts} entries, attrs say {attrs['prompts_count']}"]
+    p = (
+        []
+        if n_prompts == attrs["prompts_count"]
+        else [f"prompts array has {n_prompts} entries, attrs say {attrs['prompts_count']}"]
+    )
     for name in sorted(root[SHARDS].group_keys()) if SHARDS in root else []:
         g = root[SHARDS][name]
         if "n_tok" in g.attrs:  # a shard without a manifest never started: nothing to check
-            p += [f"{name}: {msg}" for msg in _validate_shard(g, int(attrs["hidden_size"]), n_prompts,
-                                                               int(attrs["chunk_tokens"]), attrs)]
+            p += [
+                f"{name}: {msg}"
+                for msg in _validate_shard(
+                    g, int(attrs["hidden_size"]), n_prompts, int(attrs["chunk_tokens"]), attrs
+                )
+            ]
     return p
 
 
@@ -884,8 +1062,10 @@ def _missing_chunks(a: zarr.Array, rows: int) -> list[int]:
     """Row-chunk indices below ``rows`` whose chunk object is absent (it would read back as fill values)."""
     aa, step = a.async_array, int(a.chunks[0])
     rest = (0,) * (a.ndim - 1)
-    keys = [f"{aa.store_path.path}/{aa.metadata.encode_chunk_key((i, *rest))}".lstrip("/")
-            for i in range(math.ceil(rows / step))]
+    keys = [
+        f"{aa.store_path.path}/{aa.metadata.encode_chunk_key((i, *rest))}".lstrip("/")
+        for i in range(math.ceil(rows / step))
+    ]
 
     async def probe() -> list[bool]:
         return list(await asyncio.gather(*(aa.store_path.store.exists(k) for k in keys)))
@@ -899,28 +1079,35 @@ def _validate_shard(g: zarr.Group, H: int, n_prompts: int, step: int, attrs: dic
     want = {k: (n_tok, d) for k, d in TOKEN_ARRAYS.items()} | {k: (n_traj, d) for k, d in TRAJ_ARRAYS.items()}
     want["traj_offsets"] = (n_traj + 1, "int64")
     p = [f"array {k} is missing" for k in want if k not in g and k != "reward_prefix"]
-    p += [f"{k} has shape {g[k].shape} dtype {g[k].dtype}; the manifest needs >= {n} rows of {d}"
-          for k, (n, d) in want.items() if k in g and (g[k].shape[0] < n or str(g[k].dtype) != d)]
+    p += [
+        f"{k} has shape {g[k].shape} dtype {g[k].dtype}; the manifest needs >= {n} rows of {d}"
+        for k, (n, d) in want.items()
+        if k in g and (g[k].shape[0] < n or str(g[k].dtype) != d)
+    ]
     if "latents" in g and g["latents"].shape[1:] != (H,):
         p.append(f"latents width {g['latents'].shape[1:]} is not hidden_size {H}")
     if p:
         return p
     # A lost chunk reads back as zeros: every chunk holding committed rows must exist.
-    for k in (want if m.get(EVERY_CHUNK) else ("latents", "token_ids")):
+    for k in want if m.get(EVERY_CHUNK) else ("latents", "token_ids"):
         if k in g and (lost := _missing_chunks(g[k], want[k][0])):
             c = int(g[k].chunks[0])
             first = ", ".join(f"{i} (rows {i * c}-{min((i + 1) * c, want[k][0]) - 1})" for i in lost[:3])
             many = len(lost) > 1
-            p.append(f"{k} chunk{'s' if many else ''} {first}{' ...' if len(lost) > 3 else ''} "
-                     f"{'are' if many else 'is'} missing ({len(lost)} of {math.ceil(want[k][0] / c)} chunks): those "
-                     "rows would read back as zeros; restore the files or recollect the store with --overwrite")
+            p.append(
+                f"{k} chunk{'s' if many else ''} {first}{' ...' if len(lost) > 3 else ''} "
+                f"{'are' if many else 'is'} missing ({len(lost)} of {math.ceil(want[k][0] / c)} chunks): those "
+                "rows would read back as zeros; restore the files or recollect the store with --overwrite"
+            )
     if p:
         return p
-    off = g["traj_offsets"][:n_traj + 1]
+    off = g["traj_offsets"][: n_traj + 1]
     d = np.diff(off)
     if off[0] != 0 or (d < 1).any() or off[-1] != n_tok:
-        return [f"traj_offsets must start at 0, grow by >= 1 and end at n_tok={n_tok} (got {off[0]} ... {off[-1]})"]
-    if (bad := int((g["traj_len"][:n_traj] != d - 1).sum())):
+        return [
+            f"traj_offsets must start at 0, grow by >= 1 and end at n_tok={n_tok} (got {off[0]} ... {off[-1]})"
+        ]
+    if bad := int((g["traj_len"][:n_traj] != d - 1).sum()):
         p.append(f"traj_len differs from diff(traj_offsets) - 1 for {bad} trajectories")
     starts = np.zeros(n_tok, bool)
     starts[off[:-1]] = True
@@ -937,8 +1124,10 @@ def _validate_shard(g: zarr.Group, H: int, n_prompts: int, step: int, attrs: dic
     if not seen <= done:
         p.append("trajectories belong to batches missing from the manifest's batches_done")
     if lost := sorted(done - seen):
-        p.append(f"batch {lost[0]}{f' and {len(lost) - 1} more' if len(lost) > 1 else ''} is in batches_done but "
-                 "has no trajectories")
+        p.append(
+            f"batch {lost[0]}{f' and {len(lost) - 1} more' if len(lost) > 1 else ''} is in batches_done but "
+            "has no trajectories"
+        )
     if n_traj and (np.diff(batch_ids) != 0).sum() + 1 != len(seen):
         p.append("a batch's trajectories are not contiguous in traj_batch")
     per_batch = (attrs.get("generation") or {}).get("batch_size")
@@ -947,15 +1136,20 @@ def _validate_shard(g: zarr.Group, H: int, n_prompts: int, step: int, attrs: dic
     vocab = (attrs.get("policy") or {}).get("vocab_size")
     if vocab and n_tok and int(g["token_ids"][:n_tok].max()) >= int(vocab):
         p.append(f"token_ids hold ids >= the policy's vocab_size {vocab}")
-    p += [f"{k} holds NaN/inf" for k in ("cost_prefix", "reward_prefix", "traj_reward", "traj_cost")
-          if k in g and not np.isfinite(g[k][:want[k][0]]).all()]
+    p += [
+        f"{k} holds NaN/inf"
+        for k in ("cost_prefix", "reward_prefix", "traj_reward", "traj_cost")
+        if k in g and not np.isfinite(g[k][: want[k][0]]).all()
+    ]
     bad = 0
     for i in range(0, n_tok, step):
         try:
-            bad += int((~np.isfinite(g["latents"][i:min(i + step, n_tok)])).sum())
+            bad += int((~np.isfinite(g["latents"][i : min(i + step, n_tok)])).sum())
         except Exception as e:  # noqa: BLE001 - a truncated or garbled chunk: any decoding error
-            return p + [f"latents rows {i}-{min(i + step, n_tok) - 1} cannot be read ({type(e).__name__}); restore "
-                        "the files or recollect the store with --overwrite"]
+            return p + [
+                f"latents rows {i}-{min(i + step, n_tok) - 1} cannot be read ({type(e).__name__}); restore "
+                "the files or recollect the store with --overwrite"
+            ]
     return p + ([f"latents hold {bad} NaN/inf values"] if bad else [])
 
 
@@ -979,17 +1173,30 @@ def inspect_store(path: str | os.PathLike, budget: float | None = None, console=
     budget = attrs.get("budget") if budget is None else budget
     t = Table(title=f"igcritic store {path}", show_header=False)
     size = _disk_bytes(path)
-    rows = [("trajectories", f"{r.n_traj}"), ("tokens", f"{r.n_tok}"), ("prompts", f"{r.n_prompts}"),
-            ("hidden size", f"{r.hidden_size}"), ("shards", ", ".join(r.shards) or "none"),
-            ("size on disk", f"{size:,} B" + (f" ({size / r.n_tok:,.0f} B/token)" if r.n_tok else ""))]
+    rows = [
+        ("trajectories", f"{r.n_traj}"),
+        ("tokens", f"{r.n_tok}"),
+        ("prompts", f"{r.n_prompts}"),
+        ("hidden size", f"{r.hidden_size}"),
+        ("shards", ", ".join(r.shards) or "none"),
+        ("size on disk", f"{size:,} B" + (f" ({size / r.n_tok:,.0f} B/token)" if r.n_tok else "")),
+    ]
     if r.n_traj:
         for label, x in (("cost S_T", r.traj_cost), ("reward", r.traj_reward)):
             q = np.quantile(x, [0.1, 0.5, 0.9])
-            rows.append((label, f"min {x.min():.3g}  mean {x.mean():.3g}  p10 {q[0]:.3g}  p50 {q[1]:.3g}  "
-                                f"p90 {q[2]:.3g}  max {x.max():.3g}"))
+            rows.append(
+                (
+                    label,
+                    f"min {x.min():.3g}  mean {x.mean():.3g}  p10 {q[0]:.3g}  p50 {q[1]:.3g}  "
+                    f"p90 {q[2]:.3g}  max {x.max():.3g}",
+                )
+            )
         if budget is not None:
             rows.append((f"safe share (S_T <= {budget:g})", f"{(r.traj_cost <= budget).mean():.1%}"))
-        rows += [("finished share", f"{r.traj_finished.mean():.1%}"), ("mean length", f"{r.traj_len.mean():.1f}")]
+        rows += [
+            ("finished share", f"{r.traj_finished.mean():.1%}"),
+            ("mean length", f"{r.traj_len.mean():.1f}"),
+        ]
     for k, v in sorted(attrs.items()):
         s = json.dumps(v, default=str)
         rows.append((k, s if len(s) <= 100 else s[:97] + "..."))

@@ -11,18 +11,41 @@ from igcritic.policy import PolicyIdentity
 from igcritic.store import StoreWriter, TrajectoryBatch
 
 
-def synthetic_attrs(hidden: int, *, model_id: str = "synthetic-llama", layer: int = 2, budget: float = 0.5,
-                    cost_id: str = "synthetic-cost") -> dict:
+def synthetic_attrs(
+    hidden: int,
+    *,
+    model_id: str = "synthetic-llama",
+    layer: int = 2,
+    budget: float = 0.5,
+    cost_id: str = "synthetic-cost",
+) -> dict:
     policy = PolicyIdentity(model_id=model_id, hidden_size=hidden, num_layers=2, layer=layer, norm="post")
-    return {"policy": policy.to_dict(), "budget": budget, "constraint": "final",
-            "cost_scorer": {"id": cost_id, "sign": "higher-is-unsafe", "kind": "synthetic"},
-            "reward_scorer": {"id": "synthetic-reward", "sign": "higher-is-better", "kind": "synthetic"},
-            "generation": {"temperature": 0.7, "max_new_tokens": 32}, "seed": 0}
+    return {
+        "policy": policy.to_dict(),
+        "budget": budget,
+        "constraint": "final",
+        "cost_scorer": {"id": cost_id, "sign": "higher-is-unsafe", "kind": "synthetic"},
+        "reward_scorer": {"id": "synthetic-reward", "sign": "higher-is-better", "kind": "synthetic"},
+        "generation": {"temperature": 0.7, "max_new_tokens": 32},
+        "seed": 0,
+    }
 
 
-def make_store(path: str | Path, *, n_prompts: int = 12, rollouts: int = 4, hidden: int = 16, max_len: int = 40,
-               seed: int = 0, chunk_tokens: int = 64, batch_prompts: int = 3, noise: float = 1.0,
-               signal: float = 3.0, prompt_prefix: str = "prompt", **attr_kw) -> dict:
+def make_store(
+    path: str | Path,
+    *,
+    n_prompts: int = 12,
+    rollouts: int = 4,
+    hidden: int = 16,
+    max_len: int = 40,
+    seed: int = 0,
+    chunk_tokens: int = 64,
+    batch_prompts: int = 3,
+    noise: float = 1.0,
+    signal: float = 3.0,
+    prompt_prefix: str = "prompt",
+    **attr_kw,
+) -> dict:
     """Write a store whose costs follow two directions of h.
 
     Each trajectory has a harm level ``p ~ U[0, 1]`` and a time ``tau``: ``S_t = p * 1{t >= tau}`` (a running
@@ -36,8 +59,9 @@ def make_store(path: str | Path, *, n_prompts: int = 12, rollouts: int = 4, hidd
     prompts = [f"{prompt_prefix} {i}" for i in range(n_prompts)]
     attrs = synthetic_attrs(hidden, **attr_kw)
     n_tok = 0
-    with StoreWriter.create(str(path), attrs=attrs, prompts=prompts, hidden_size=hidden,
-                            chunk_tokens=chunk_tokens) as w:
+    with StoreWriter.create(
+        str(path), attrs=attrs, prompts=prompts, hidden_size=hidden, chunk_tokens=chunk_tokens
+    ) as w:
         for b, p0 in enumerate(range(0, n_prompts, batch_prompts)):
             lat, ids, cost, lens, tp, rew = [], [], [], [], [], []
             for p in range(p0, min(p0 + batch_prompts, n_prompts)):
@@ -54,10 +78,15 @@ def make_store(path: str | Path, *, n_prompts: int = 12, rollouts: int = 4, hidd
                     lens.append(T)
                     tp.append(p)
                     rew.append(1.0 - harm + 0.05 * rng.normal())
-            batch = TrajectoryBatch(latents=np.concatenate(lat), token_ids=np.concatenate(ids),
-                                    cost_prefix=np.concatenate(cost), traj_len=np.asarray(lens, np.int32),
-                                    traj_prompt=np.asarray(tp, np.int64), traj_reward=np.asarray(rew, np.float32),
-                                    traj_finished=np.ones(len(lens), bool))
+            batch = TrajectoryBatch(
+                latents=np.concatenate(lat),
+                token_ids=np.concatenate(ids),
+                cost_prefix=np.concatenate(cost),
+                traj_len=np.asarray(lens, np.int32),
+                traj_prompt=np.asarray(tp, np.int64),
+                traj_reward=np.asarray(rew, np.float32),
+                traj_finished=np.ones(len(lens), bool),
+            )
             w.append(batch, b)
             n_tok += batch.n_tok
     return {"u": u, "v": v, "n_tok": n_tok, "n_traj": n_prompts * rollouts, "prompts": prompts}
@@ -79,6 +108,7 @@ def make_empty_store(path: str | Path, hidden: int = 16) -> None:
 
 # ---------------------------------------------------------------- training helpers
 
+
 def tiny_module(hidden: int, lr: float = 3e-3, **kw):
     import functools
 
@@ -86,15 +116,28 @@ def tiny_module(hidden: int, lr: float = 3e-3, **kw):
 
     from igcritic.fit import CriticModule
 
-    return CriticModule(hidden_size=hidden, **{"width": 64, "depth": 2, "dropout": 0.0, "n_mixture": 4, **kw},
-                        optimizer=functools.partial(torch.optim.AdamW, lr=lr))  # picklable for ddp_spawn
+    return CriticModule(
+        hidden_size=hidden,
+        **{"width": 64, "depth": 2, "dropout": 0.0, "n_mixture": 4, **kw},
+        optimizer=functools.partial(torch.optim.AdamW, lr=lr),
+    )  # picklable for ddp_spawn
 
 
 def tiny_trainer(root, epochs: int = 1, **kw):
     import lightning.pytorch as pl
 
-    return pl.Trainer(**{"max_epochs": epochs, "accelerator": "cpu", "devices": 1, "default_root_dir": str(root),
-                         "logger": False, "enable_progress_bar": False, "enable_model_summary": False, **kw})
+    return pl.Trainer(
+        **{
+            "max_epochs": epochs,
+            "accelerator": "cpu",
+            "devices": 1,
+            "default_root_dir": str(root),
+            "logger": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            **kw,
+        }
+    )
 
 
 class RecordRows(Callback):
@@ -107,8 +150,10 @@ class RecordRows(Callback):
         self.rows.append(batch["row"].cpu().numpy())
 
     def on_train_epoch_end(self, trainer, pl_module):
-        np.save(Path(self.out) / f"rank{trainer.global_rank}_epoch{trainer.current_epoch}.npy",
-                np.concatenate(self.rows) if self.rows else np.zeros(0, np.int64))
+        np.save(
+            Path(self.out) / f"rank{trainer.global_rank}_epoch{trainer.current_epoch}.npy",
+            np.concatenate(self.rows) if self.rows else np.zeros(0, np.int64),
+        )
         self.rows = []
 
 
@@ -126,7 +171,9 @@ class RecordCalibration(Callback):
             path.write_text(json.dumps(pl_module.critic.calibration.to_dict()))
 
 
-def overconfident_bins(n: int = 40_000, columns: int = 3, slope: float = 3.0, shift: float = 0.8, seed: int = 0):
+def overconfident_bins(
+    n: int = 40_000, columns: int = 3, slope: float = 3.0, shift: float = 0.8, seed: int = 0
+):
     """Histograms of a head whose logit is ``slope * t + shift`` where labels follow sigmoid(t): overconfident and
     biased, a miscalibration a monotone map of q can undo. Returns the bins metric and the per-row (logit, label)."""
     import torch
@@ -140,5 +187,5 @@ def overconfident_bins(n: int = 40_000, columns: int = 3, slope: float = 3.0, sh
     fold = torch.randint(0, CalibrationBins.folds, (n,), generator=g)
     bins = CalibrationBins(columns)
     for a in range(0, n, 4096):  # batches, like validation steps
-        bins.update(logit[a:a + 4096], label[a:a + 4096], fold[a:a + 4096])
+        bins.update(logit[a : a + 4096], label[a : a + 4096], fold[a : a + 4096])
     return bins, logit, label

@@ -52,15 +52,23 @@ class WordCost:
     Records every call so tests can count them and recompute choices.
     """
 
-    def __init__(self, word: str | None = None, reject_first: tuple[str, ...] = (), budget_hint: float | None = 0.5):
+    def __init__(
+        self, word: str | None = None, reject_first: tuple[str, ...] = (), budget_hint: float | None = 0.5
+    ):
         self.word = word
         self.reject_first = set(reject_first)
         self.calls: list[tuple[list[str], list[str], np.ndarray]] = []
         self.info = SimpleNamespace(id="word-cost", role="cost", sign=1, budget_hint=budget_hint)
 
-    def score(self, prompts: list[str], responses: list[str], previous: np.ndarray | None = None) -> np.ndarray:
+    def score(
+        self, prompts: list[str], responses: list[str], previous: np.ndarray | None = None
+    ) -> np.ndarray:
         out = np.array([1.0 if self.word and self.word in r else 0.0 for r in responses])
-        first = [p for p in set(prompts) if p in self.reject_first and any(responses[i] for i, q in enumerate(prompts) if q == p)]
+        first = [
+            p
+            for p in set(prompts)
+            if p in self.reject_first and any(responses[i] for i, q in enumerate(prompts) if q == p)
+        ]
         for p in first:
             out[[i for i, q in enumerate(prompts) if q == p]] = 1.0
             self.reject_first.discard(p)
@@ -75,7 +83,9 @@ class LengthReward:
         self.calls: list[tuple[list[str], list[str], np.ndarray]] = []
         self.info = SimpleNamespace(id="length-reward", role="reward", sign=1, budget_hint=None)
 
-    def score(self, prompts: list[str], responses: list[str], previous: np.ndarray | None = None) -> np.ndarray:
+    def score(
+        self, prompts: list[str], responses: list[str], previous: np.ndarray | None = None
+    ) -> np.ndarray:
         out = np.array([float(len(set(r))) for r in responses])
         self.calls.append((list(prompts), list(responses), out.copy()))
         return out

@@ -11,12 +11,24 @@ from transformers import LlamaConfig, LlamaForSequenceClassification, LlamaModel
 
 
 def tiny_llama_config(vocab_size: int, **extra) -> LlamaConfig:
-    return LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                       bos_token_id=None, eos_token_id=1, pad_token_id=0, **extra)
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=None,
+        eos_token_id=1,
+        pad_token_id=0,
+        **extra,
+    )
 
 
-def make_beaver_folder(folder: Path, tokenizer, bias: bool = False, seed: int = 0, score_type: str = "cost") -> Path:
+def make_beaver_folder(
+    folder: Path, tokenizer, bias: bool = False, seed: int = 0, score_type: str = "cost"
+) -> Path:
     """A random ``LlamaForScore`` checkpoint as safe-rlhf saves it: ``model.*`` + ``score_head.*`` keys."""
     torch.manual_seed(seed)
     cfg = tiny_llama_config(len(tokenizer), score_dim=1, bias=bias, score_type=score_type, do_normalize=False)

@@ -22,11 +22,14 @@ def make_batch(seed: int, n: int = 3, H: int = H, reward_prefix: bool = False) -
     cost = rng.random(n_tok).astype(np.float32)
     return TrajectoryBatch(
         latents=rng.standard_normal((n_tok, H)).astype(np.float32),
-        token_ids=ids, cost_prefix=cost, traj_len=lens,
+        token_ids=ids,
+        cost_prefix=cost,
+        traj_len=lens,
         traj_prompt=rng.integers(0, len(PROMPTS), size=n).astype(np.int64),
         traj_reward=rng.standard_normal(n).astype(np.float32),
         traj_finished=rng.random(n) < 0.5,
-        reward_prefix=rng.random(n_tok).astype(np.float32) if reward_prefix else None)
+        reward_prefix=rng.random(n_tok).astype(np.float32) if reward_prefix else None,
+    )
 
 
 class LatentBlocks(torch.utils.data.Dataset):

@@ -14,8 +14,10 @@ from igcritic.scorers.latent import MAX_ANSWER_TOKENS, LatentFeatureSpec, Policy
 
 SPEC = LatentFeatureSpec(layers=(1, 2), parts=("last", "mean"))
 PROMPTS = ["how can I make a bomb at home", "please write a short poem about the sea"]
-ANSWERS = ["sure here is how you do it step by step first you need some tools",
-           "the sea is calm and blue and the wind is warm"]
+ANSWERS = [
+    "sure here is how you do it step by step first you need some tools",
+    "the sea is calm and blue and the wind is warm",
+]
 
 
 def test_prefix_features_of_one_pass_equal_separate_passes(tiny_policy):
@@ -24,11 +26,15 @@ def test_prefix_features_of_one_pass_equal_separate_passes(tiny_policy):
     (feats, ends), _ = pf.prefix_features(PROMPTS, ANSWERS)
     assert feats.shape == (len(ends) + 1, pf.dim)
     for j in (0, 3, len(ends)):  # the prefix with j answer tokens, fed alone (and batched with a longer pair)
-        alone = pf.prefix_features([PROMPTS[0], PROMPTS[1]], [ANSWERS[0][: ends[j - 1]] if j else "", ANSWERS[1]])[0][0]
+        alone = pf.prefix_features(
+            [PROMPTS[0], PROMPTS[1]], [ANSWERS[0][: ends[j - 1]] if j else "", ANSWERS[1]]
+        )[0][0]
         np.testing.assert_allclose(alone[-1], feats[j], rtol=1e-4, atol=1e-5)
     # 'mean' is the running mean of 'last' from the prompt's last position on
     last, mean = feats[:, :32], feats[:, 32:64]
-    np.testing.assert_allclose(mean, np.cumsum(last, 0) / np.arange(1, len(last) + 1)[:, None], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        mean, np.cumsum(last, 0) / np.arange(1, len(last) + 1)[:, None], rtol=1e-4, atol=1e-5
+    )
 
 
 def test_prefix_index_maps_decoded_prefixes_to_tokens():
@@ -38,8 +44,16 @@ def test_prefix_index_maps_decoded_prefixes_to_tokens():
 
 def _head(tmp_path, kind: str, n_out: int, seed: int = 0):
     rng = np.random.default_rng(seed)
-    head = LinearHead(rng.normal(size=(n_out, 256)).astype(np.float32) * 0.05, rng.normal(size=n_out).astype(np.float32),
-                      kind, "latent", SPEC.layers, SPEC.parts, calibration=(1.5, -0.2), meta={"version": "test"})
+    head = LinearHead(
+        rng.normal(size=(n_out, 256)).astype(np.float32) * 0.05,
+        rng.normal(size=n_out).astype(np.float32),
+        kind,
+        "latent",
+        SPEC.layers,
+        SPEC.parts,
+        calibration=(1.5, -0.2),
+        meta={"version": "test"},
+    )
     path = tmp_path / f"{kind}.safetensors"
     head.save(path)
     return path
@@ -67,7 +81,9 @@ def test_calibration_is_applied_to_the_harm_logit(tmp_path):
     product = LinearHead.load(_head(tmp_path, "harm_product", 2))  # p(harmful request) x p(compliance)
     z = x.astype(np.float64) @ product.weight.T.astype(np.float64) + product.bias
     p = 1 / (1 + np.exp(-z[:, 0])) / (1 + np.exp(-z[:, 1]))
-    np.testing.assert_allclose(product.harm(x), 1 / (1 + np.exp(-(1.5 * np.log(p / (1 - p)) - 0.2))), rtol=1e-4)
+    np.testing.assert_allclose(
+        product.harm(x), 1 / (1 + np.exp(-(1.5 * np.log(p / (1 - p)) - 0.2))), rtol=1e-4
+    )
 
 
 def test_reward_and_judge_heads(tmp_path, tiny_policy):
@@ -106,14 +122,24 @@ def test_tracked_cost_with_previous_is_the_max_over_every_prefix(tmp_path, tiny_
 
 
 def test_head_round_trip_keeps_a_fortran_ordered_weight(tmp_path):
-    w = np.asfortranarray(np.random.default_rng(2).normal(size=(5, 7)).astype(np.float32))  # as sklearn's coef_
-    head = LinearHead(w, np.arange(5, dtype=np.float32), "classes", "minilm", mean=np.ones(7, np.float32),
-                      std=np.full(7, 2.0, np.float32))
+    w = np.asfortranarray(
+        np.random.default_rng(2).normal(size=(5, 7)).astype(np.float32)
+    )  # as sklearn's coef_
+    head = LinearHead(
+        w,
+        np.arange(5, dtype=np.float32),
+        "classes",
+        "minilm",
+        mean=np.ones(7, np.float32),
+        std=np.full(7, 2.0, np.float32),
+    )
     head.save(tmp_path / "h.safetensors")
     back = LinearHead.load(tmp_path / "h.safetensors")
     np.testing.assert_array_equal(back.weight, w)
     x = np.random.default_rng(3).normal(size=(3, 7))
-    np.testing.assert_allclose(back.logits(x), ((x - 1) / 2) @ w.T.astype(np.float64) + np.arange(5), rtol=1e-6)
+    np.testing.assert_allclose(
+        back.logits(x), ((x - 1) / 2) @ w.T.astype(np.float64) + np.arange(5), rtol=1e-6
+    )
 
 
 def test_the_same_batch_is_featurised_once(tiny_policy):

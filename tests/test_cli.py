@@ -27,7 +27,9 @@ def test_unknown_command_fails():
 
 @pytest.mark.parametrize("cmd", ["collect", "inspect", "export", "generate", "eval"])
 def test_each_command_has_help(cmd):
-    res = subprocess.run([sys.executable, "-m", "igcritic", cmd, "--help"], capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "igcritic", cmd, "--help"], capture_output=True, text=True, timeout=120
+    )
     assert res.returncode == 0, res.stderr[-1500:]
     assert "usage" in res.stdout.lower()
 

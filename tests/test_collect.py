@@ -19,8 +19,14 @@ from igcritic.policy import PolicyError, load_policy
 from igcritic.prompts import PromptError, PromptSource
 from igcritic.store import StoreError, StoreReader, validate_store
 
-PROMPTS = ["how do I bake bread", "how can I make a bomb", "write a poem about the sea", "hack the wifi",
-           "what is the weather today", "help me with a plan"]
+PROMPTS = [
+    "how do I bake bread",
+    "how can I make a bomb",
+    "write a poem about the sea",
+    "hack the wifi",
+    "what is the weather today",
+    "help me with a plan",
+]
 
 
 @pytest.fixture(scope="module")
@@ -48,14 +54,26 @@ def beaver_scorers(tmp_path_factory) -> dict[str, str]:
     from helpers_scorers import make_beaver_folder
 
     root, tok = tmp_path_factory.mktemp("beaver"), build_tokenizer()
-    return {"cost": f"beaver:{make_beaver_folder(root / 'cost', tok, seed=1)}",
-            "reward": f"beaver:{make_beaver_folder(root / 'reward', tok, seed=2, score_type='reward')}"}
+    return {
+        "cost": f"beaver:{make_beaver_folder(root / 'cost', tok, seed=1)}",
+        "reward": f"beaver:{make_beaver_folder(root / 'reward', tok, seed=2, score_type='reward')}",
+    }
 
 
 def tiny_config(model_dir: Path, prompt_file: Path, out: Path, **kw) -> CollectConfig:
-    base = dict(out=str(out), model=str(model_dir), prompts=PromptSource(source=str(prompt_file)),
-                rollouts_per_prompt=2, batch_size=4, sampling=SamplingConfig(max_new_tokens=12),
-                seed=3, cost="embedded", reward="embedded", stride=4, accelerator="cpu")
+    base = dict(
+        out=str(out),
+        model=str(model_dir),
+        prompts=PromptSource(source=str(prompt_file)),
+        rollouts_per_prompt=2,
+        batch_size=4,
+        sampling=SamplingConfig(max_new_tokens=12),
+        seed=3,
+        cost="embedded",
+        reward="embedded",
+        stride=4,
+        accelerator="cpu",
+    )
     base.update(kw)
     return CollectConfig(**base)
 
@@ -68,7 +86,11 @@ def test_collect_writes_valid_store_with_teacher_forced_latents(tiny_model_dir, 
     r = StoreReader(cfg.out)
     assert r.n_traj == len(PROMPTS) * 2
     assert r.attrs["policy"]["model_id"] == str(tiny_model_dir)
-    assert r.attrs["config_hash"] and r.attrs["cost_scorer"]["id"] and r.attrs["generation"]["max_new_tokens"] == 12
+    assert (
+        r.attrs["config_hash"]
+        and r.attrs["cost_scorer"]["id"]
+        and r.attrs["generation"]["max_new_tokens"] == 12
+    )
     # every prompt got exactly K rollouts
     assert np.bincount(r.traj_prompt, minlength=len(PROMPTS)).tolist() == [2] * len(PROMPTS)
 
@@ -91,12 +113,38 @@ def test_collect_writes_valid_store_with_teacher_forced_latents(tiny_model_dir, 
 def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model_dir, prompt_file, tmp_path):
     out = tmp_path / "killed.zarr"
     # Many small batches so the kill lands mid-run, after at least one committed batch.
-    ref = tiny_config(tiny_model_dir, prompt_file, tmp_path / "ref.zarr", batch_size=1,
-                      sampling=SamplingConfig(max_new_tokens=48))
+    ref = tiny_config(
+        tiny_model_dir,
+        prompt_file,
+        tmp_path / "ref.zarr",
+        batch_size=1,
+        sampling=SamplingConfig(max_new_tokens=48),
+    )
     run(ref)
-    argv = [sys.executable, "-m", "igcritic", "collect", "--out", str(out), "--model", str(tiny_model_dir),
-            "--prompts.source", str(prompt_file), "--rollouts_per_prompt", "2", "--batch_size", "1",
-            "--sampling.max_new_tokens", "48", "--seed", "3", "--stride", "4", "--accelerator", "cpu"]
+    argv = [
+        sys.executable,
+        "-m",
+        "igcritic",
+        "collect",
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_model_dir),
+        "--prompts.source",
+        str(prompt_file),
+        "--rollouts_per_prompt",
+        "2",
+        "--batch_size",
+        "1",
+        "--sampling.max_new_tokens",
+        "48",
+        "--seed",
+        "3",
+        "--stride",
+        "4",
+        "--accelerator",
+        "cpu",
+    ]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -121,7 +169,9 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model_dir, prompt_f
 def test_resume_with_other_config_is_refused(tiny_model_dir, prompt_file, tmp_path):
     cfg = tiny_config(tiny_model_dir, prompt_file, tmp_path / "s.zarr", rollouts_per_prompt=1)
     run(cfg)
-    other = tiny_config(tiny_model_dir, prompt_file, tmp_path / "s.zarr", rollouts_per_prompt=1, seed=99, resume=True)
+    other = tiny_config(
+        tiny_model_dir, prompt_file, tmp_path / "s.zarr", rollouts_per_prompt=1, seed=99, resume=True
+    )
     with pytest.raises(StoreError, match="config"):
         run(other)
     # without --resume or --overwrite the existing store is refused, and left intact
@@ -143,7 +193,9 @@ def test_two_ranks_make_one_valid_store(tiny_model_dir, prompt_file, tmp_path):
     assert store_fingerprint(multi.out) == store_fingerprint(single.out)
 
 
-def test_nan_latents_batch_is_reported_and_not_written(tiny_model_dir, prompt_file, tmp_path, monkeypatch, caplog):
+def test_nan_latents_batch_is_reported_and_not_written(
+    tiny_model_dir, prompt_file, tmp_path, monkeypatch, caplog
+):
     import igcritic.collect as collect_mod
 
     real = collect_mod.rollout
@@ -188,14 +240,29 @@ def test_bad_input_errors_are_one_line(tiny_model_dir, tmp_path):
 
 
 def test_cli_reports_missing_model_in_one_line(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "igcritic", "collect", "--model", str(tmp_path / "nope"),
-                          "--out", str(tmp_path / "s.zarr")], capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "igcritic",
+            "collect",
+            "--model",
+            str(tmp_path / "nope"),
+            "--out",
+            str(tmp_path / "s.zarr"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 2
     err_lines = [line for line in res.stderr.splitlines() if "error:" in line]
     assert len(err_lines) == 1 and "cannot load policy" in err_lines[0]
 
 
-def test_full_disk_keeps_committed_batches_and_resume_completes(tiny_model_dir, prompt_file, tmp_path, monkeypatch):
+def test_full_disk_keeps_committed_batches_and_resume_completes(
+    tiny_model_dir, prompt_file, tmp_path, monkeypatch
+):
     import errno
 
     from igcritic.store import StoreWriter
@@ -227,39 +294,71 @@ def test_overwrite_refuses_what_is_not_a_store(tiny_model_dir, prompt_file, beav
     mine = tmp_path / "work"
     mine.mkdir()
     (mine / "notes.txt").write_text("mine")
-    cfg = tiny_config(tiny_model_dir, prompt_file, mine, overwrite=True, rollouts_per_prompt=1, **beaver_scorers)
+    cfg = tiny_config(
+        tiny_model_dir, prompt_file, mine, overwrite=True, rollouts_per_prompt=1, **beaver_scorers
+    )
     with pytest.raises(StoreError, match="is not an igcritic store.*will not delete it") as e:
         run(cfg)
     assert "\n" not in str(e.value) and [p.name for p in mine.iterdir()] == ["notes.txt"]
-    store = tiny_config(tiny_model_dir, prompt_file, tmp_path / "s.zarr", rollouts_per_prompt=1, **beaver_scorers)
+    store = tiny_config(
+        tiny_model_dir, prompt_file, tmp_path / "s.zarr", rollouts_per_prompt=1, **beaver_scorers
+    )
     run(store)
-    run(tiny_config(tiny_model_dir, prompt_file, tmp_path / "s.zarr", rollouts_per_prompt=1, seed=4, overwrite=True,
-                    **beaver_scorers))  # a store is replaced
+    run(
+        tiny_config(
+            tiny_model_dir,
+            prompt_file,
+            tmp_path / "s.zarr",
+            rollouts_per_prompt=1,
+            seed=4,
+            overwrite=True,
+            **beaver_scorers,
+        )
+    )  # a store is replaced
     assert StoreReader(store.out).attrs["seed"] == 4 and validate_store(store.out) == []
 
 
-def test_second_collect_on_a_store_being_written_is_refused(tiny_model_dir, prompt_file, beaver_scorers, tmp_path):
+def test_second_collect_on_a_store_being_written_is_refused(
+    tiny_model_dir, prompt_file, beaver_scorers, tmp_path
+):
     """A collect --overwrite (or --resume) while another process writes the store is refused; after that
     process is killed its lock is stale and --resume completes the store."""
-    cfg = tiny_config(tiny_model_dir, prompt_file, tmp_path / "s.zarr", rollouts_per_prompt=1, **beaver_scorers)
+    cfg = tiny_config(
+        tiny_model_dir, prompt_file, tmp_path / "s.zarr", rollouts_per_prompt=1, **beaver_scorers
+    )
     run(cfg)
     digest = StoreReader(cfg.out).attrs["config_hash"]
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from igcritic.store import StoreWriter; "
-         f"w = StoreWriter.resume({cfg.out!r}, config_hash={digest!r}); print('ready', flush=True); sys.stdin.read()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys; from igcritic.store import StoreWriter; "
+            f"w = StoreWriter.resume({cfg.out!r}, config_hash={digest!r}); print('ready', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "ready"
         for kw in ({"overwrite": True}, {"resume": True}):
-            again = tiny_config(tiny_model_dir, prompt_file, cfg.out, rollouts_per_prompt=1, **beaver_scorers, **kw)
-            with pytest.raises(StoreError, match=rf"rank-00000 is being written by pid {holder.pid} since") as e:
+            again = tiny_config(
+                tiny_model_dir, prompt_file, cfg.out, rollouts_per_prompt=1, **beaver_scorers, **kw
+            )
+            with pytest.raises(
+                StoreError, match=rf"rank-00000 is being written by pid {holder.pid} since"
+            ) as e:
                 run(again)
             assert "\n" not in str(e.value)
     finally:
         holder.kill()
         holder.wait()
     assert validate_store(cfg.out) == [] and StoreReader(cfg.out).n_traj == len(PROMPTS)
-    run(tiny_config(tiny_model_dir, prompt_file, cfg.out, rollouts_per_prompt=1, resume=True, **beaver_scorers))
+    run(
+        tiny_config(
+            tiny_model_dir, prompt_file, cfg.out, rollouts_per_prompt=1, resume=True, **beaver_scorers
+        )
+    )
     assert validate_store(cfg.out) == [] and StoreReader(cfg.out).n_traj == len(PROMPTS)
 
 
@@ -283,8 +382,11 @@ def test_resume_checks_the_prompts_text_and_the_weights(tiny_model_dir, beaver_s
         return run(tiny_config(model, prompt_file, out, resume=True, **kw))
 
     first.write_text(first.read_text().replace("hack the wifi", "hack the wifi now"))  # same file, new prompt
-    with pytest.raises(StoreError, match=r"other prompts \(prompt 3 is 'hack the wifi' in the store, "
-                                         r"'hack the wifi now' in this run\)") as e:
+    with pytest.raises(
+        StoreError,
+        match=r"other prompts \(prompt 3 is 'hack the wifi' in the store, "
+        r"'hack the wifi now' in this run\)",
+    ) as e:
         resume(first)
     assert "\n" not in str(e.value)
     moved = tmp_path / "moved.jsonl"  # the store's prompts from another file: the same content

@@ -25,10 +25,22 @@ from igcritic.critic import (
 
 def make_critic(seed: int = 0, hidden: int = 12, n_mixture: int = 4, **kw) -> Critic:
     torch.manual_seed(seed)
-    critic = Critic(CriticConfig(hidden_size=hidden, width=16, depth=2, dropout=0.0, n_mixture=n_mixture, **kw))
+    critic = Critic(
+        CriticConfig(hidden_size=hidden, width=16, depth=2, dropout=0.0, n_mixture=n_mixture, **kw)
+    )
     g = torch.Generator().manual_seed(seed)
-    critic.set_normalization({"h_mean": torch.randn(hidden, generator=g), "h_std": torch.rand(hidden, generator=g) + 0.5,
-                              "f_loc": 0.3, "f_scale": 0.2, "v_loc": 1.0, "v_scale": 2.0, "s_loc": -1.0, "s_scale": 3.0})
+    critic.set_normalization(
+        {
+            "h_mean": torch.randn(hidden, generator=g),
+            "h_std": torch.rand(hidden, generator=g) + 0.5,
+            "f_loc": 0.3,
+            "f_scale": 0.2,
+            "v_loc": 1.0,
+            "v_scale": 2.0,
+            "s_loc": -1.0,
+            "s_scale": 3.0,
+        }
+    )
     with torch.no_grad():  # make the heads far from their initialisation
         for p in critic.parameters():
             p.add_(torch.randn(p.shape, generator=g) * 2.0)
@@ -39,8 +51,11 @@ def random_calibration(draw_seed: int, method: str) -> Calibration:
     """A valid calibration map far from the identity (steep or flat Platt, isotonic knots with flat runs)."""
     g = torch.Generator().manual_seed(draw_seed)
     if method == "platt":
-        return Calibration("platt", a=float(10 ** (torch.rand(1, generator=g) * 3 - 1.5)),
-                           b=float(torch.randn(1, generator=g) * 3))
+        return Calibration(
+            "platt",
+            a=float(10 ** (torch.rand(1, generator=g) * 3 - 1.5)),
+            b=float(torch.randn(1, generator=g) * 3),
+        )
     n = int(torch.randint(2, 12, (1,), generator=g))
     x = torch.sort(torch.rand(n, generator=g)).values
     x = torch.unique(torch.cat([x, torch.tensor([0.0, 1.0])]))
@@ -50,8 +65,12 @@ def random_calibration(draw_seed: int, method: str) -> Calibration:
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 10_000), k=st.integers(1, 6), method=st.sampled_from(["identity", "platt", "isotonic"]),
-       zs=st.lists(st.floats(-1e3, 1e3, allow_nan=False, width=32), min_size=2, max_size=24))
+@given(
+    seed=st.integers(0, 10_000),
+    k=st.integers(1, 6),
+    method=st.sampled_from(["identity", "platt", "isotonic"]),
+    zs=st.lists(st.floats(-1e3, 1e3, allow_nan=False, width=32), min_size=2, max_size=24),
+)
 def test_safety_head_is_a_cdf_in_z(seed, k, method, zs):
     """q stays a CDF in z (in [0, 1], non-decreasing) for the raw head and after any calibration map."""
     critic = make_critic(seed, n_mixture=k)
@@ -61,10 +80,13 @@ def test_safety_head_is_a_cdf_in_z(seed, k, method, zs):
     z = torch.tensor(sorted(zs), dtype=torch.float32)
     with torch.no_grad():
         for calibrated in (False, True):
-            q = torch.stack([critic.safe_prob(h, torch.full((3,), float(v)), calibrated=calibrated) for v in z],
-                            dim=1)  # (3, len(z))
+            q = torch.stack(
+                [critic.safe_prob(h, torch.full((3,), float(v)), calibrated=calibrated) for v in z], dim=1
+            )  # (3, len(z))
             assert ((q >= 0) & (q <= 1)).all()
-            assert (q[:, 1:] >= q[:, :-1]).all(), f"q(h, z) decreased when z grew ({method}, calibrated={calibrated})"
+            assert (q[:, 1:] >= q[:, :-1]).all(), (
+                f"q(h, z) decreased when z grew ({method}, calibrated={calibrated})"
+            )
 
 
 def test_calibrated_q_is_non_decreasing_on_a_dense_z_grid():
@@ -74,8 +96,11 @@ def test_calibrated_q_is_non_decreasing_on_a_dense_z_grid():
     h = torch.randn(4, 12, generator=torch.Generator().manual_seed(7)) * 3
     z = torch.cat([torch.linspace(-50, 50, 10_000), torch.linspace(-0.5, 1.5, 10_000)]).sort().values
     feat = critic.encode(h).repeat_interleave(len(z), 0)
-    for cal in (Calibration("platt", a=0.3, b=0.7), Calibration("platt", a=7.0, b=-2.0),
-                random_calibration(3, "isotonic")):
+    for cal in (
+        Calibration("platt", a=0.3, b=0.7),
+        Calibration("platt", a=7.0, b=-2.0),
+        random_calibration(3, "isotonic"),
+    ):
         critic.set_calibration(cal)
         with torch.no_grad():
             q = critic.safe_prob_from_features(feat, z.repeat(4), calibrated=True).view(4, -1)
@@ -89,23 +114,33 @@ def test_identity_calibration_is_the_raw_head_and_maps_apply_as_documented():
         raw = critic.safe_prob(h, z, calibrated=False)
         assert torch.equal(critic.safe_prob(h, z), raw) and torch.equal(critic(h, z).safe_prob, raw)
         critic.set_calibration(Calibration("platt", a=0.5, b=0.2))
-        torch.testing.assert_close(critic.safe_prob(h, z), torch.sigmoid(0.5 * torch.logit(raw.double()) + 0.2).float(),
-                                   atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            critic.safe_prob(h, z),
+            torch.sigmoid(0.5 * torch.logit(raw.double()) + 0.2).float(),
+            atol=1e-5,
+            rtol=1e-4,
+        )
         assert torch.equal(critic(h, z).safe_prob, critic.safe_prob(h, z))
-        assert torch.equal(critic.safe_prob(h, z, calibrated=False), raw)  # training and raw metrics see the head
+        assert torch.equal(
+            critic.safe_prob(h, z, calibrated=False), raw
+        )  # training and raw metrics see the head
     iso = Calibration("isotonic", x=(0.2, 0.6), y=(0.1, 0.3))
     q = torch.tensor([0.0, 0.2, 0.4, 0.6, 1.0])
-    torch.testing.assert_close(iso.apply(q), torch.tensor([0.1, 0.1, 0.2, 0.3, 0.3]))  # flat beyond the end knots
+    torch.testing.assert_close(
+        iso.apply(q), torch.tensor([0.1, 0.1, 0.2, 0.3, 0.3])
+    )  # flat beyond the end knots
 
 
 def test_invalid_calibrations_are_refused_in_one_line():
-    for bad, match in [({"method": "platt", "a": 0.0, "b": 0.0}, "calibration.a=0.0"),
-                       ({"method": "platt", "a": -1.0}, "calibration.a=-1.0"),
-                       ({"method": "isotonic", "x": [0.1, 0.5], "y": [0.6, 0.2]}, "y must not decrease"),
-                       ({"method": "isotonic", "x": [0.5, 0.1], "y": [0.1, 0.2]}, "x must increase"),
-                       ({"method": "isotonic", "x": [0.5], "y": [0.1]}, "need equal lengths"),
-                       ({"method": "temperature"}, "use identity, platt or isotonic"),
-                       ({"method": "platt", "a": "x"}, "malformed")]:
+    for bad, match in [
+        ({"method": "platt", "a": 0.0, "b": 0.0}, "calibration.a=0.0"),
+        ({"method": "platt", "a": -1.0}, "calibration.a=-1.0"),
+        ({"method": "isotonic", "x": [0.1, 0.5], "y": [0.6, 0.2]}, "y must not decrease"),
+        ({"method": "isotonic", "x": [0.5, 0.1], "y": [0.1, 0.2]}, "x must increase"),
+        ({"method": "isotonic", "x": [0.5], "y": [0.1]}, "need equal lengths"),
+        ({"method": "temperature"}, "use identity, platt or isotonic"),
+        ({"method": "platt", "a": "x"}, "malformed"),
+    ]:
         with pytest.raises(CriticError, match=match) as e:
             Calibration.from_dict(bad)
         assert "\n" not in str(e.value)
@@ -145,8 +180,12 @@ def test_value_and_cost_heads_are_denormalised():
     h = torch.randn(4, 12)
     with torch.no_grad():
         feat = critic.encode(h)
-        torch.testing.assert_close(critic.value(h), 1.0 + 2.0 * critic.value_from_features(feat, normalized=True))
-        torch.testing.assert_close(critic.cost(h), -1.0 + 3.0 * critic.cost_from_features(feat, normalized=True))
+        torch.testing.assert_close(
+            critic.value(h), 1.0 + 2.0 * critic.value_from_features(feat, normalized=True)
+        )
+        torch.testing.assert_close(
+            critic.cost(h), -1.0 + 3.0 * critic.cost_from_features(feat, normalized=True)
+        )
 
 
 def test_config_validation_is_one_line_naming_every_bad_field():
@@ -160,8 +199,14 @@ def test_config_validation_is_one_line_naming_every_bad_field():
 
 def test_save_and_load_round_trip(tmp_path):
     policy = {"model_id": "tiny", "hidden_size": 12, "num_layers": 2, "layer": 2, "norm": "post"}
-    critic = make_critic(4, policy=policy, budget=0.5, budget_low=0.0, budget_high=1.0,
-                         cost_scorer={"id": "c", "sign": "higher-is-unsafe"})
+    critic = make_critic(
+        4,
+        policy=policy,
+        budget=0.5,
+        budget_low=0.0,
+        budget_high=1.0,
+        cost_scorer={"id": "c", "sign": "higher-is-unsafe"},
+    )
     critic.save_pretrained(tmp_path / "art", metrics={"val/auroc": torch.tensor(0.9)})
     assert sorted(p.name for p in (tmp_path / "art").iterdir()) == sorted([WEIGHTS_NAME, CONFIG_NAME])
     meta = json.loads((tmp_path / "art" / CONFIG_NAME).read_text())
@@ -182,8 +227,13 @@ def test_save_and_load_round_trip(tmp_path):
         Critic.from_pretrained(tmp_path / "art", width=32)
 
 
-@pytest.mark.parametrize("cal", [Calibration("platt", a=0.4, b=-0.3, fitted={"split": "val", "rows": 10}),
-                                 Calibration("isotonic", x=(0.0, 0.3, 0.7, 1.0), y=(0.05, 0.05, 0.6, 0.9))])
+@pytest.mark.parametrize(
+    "cal",
+    [
+        Calibration("platt", a=0.4, b=-0.3, fitted={"split": "val", "rows": 10}),
+        Calibration("isotonic", x=(0.0, 0.3, 0.7, 1.0), y=(0.05, 0.05, 0.6, 0.9)),
+    ],
+)
 def test_calibration_round_trips_through_the_artifact(tmp_path, cal):
     critic = make_critic(9)
     critic.set_calibration(cal)

@@ -27,8 +27,9 @@ def collect(loader) -> dict[str, np.ndarray]:
 
 
 def dm_for(stores, **kw) -> CriticDataModule:
-    dm = CriticDataModule(stores if isinstance(stores, list) else [stores], **{"batch_size": 32, "shuffle_buffer": 100,
-                                                                               **kw})
+    dm = CriticDataModule(
+        stores if isinstance(stores, list) else [stores], **{"batch_size": 32, "shuffle_buffer": 100, **kw}
+    )
     dm.setup("fit")
     return dm
 
@@ -82,10 +83,17 @@ def test_budget_range_defaults_to_the_stores_cost_scale(store):
     dm = dm_for(store)
     low, high = dm.budget_range
     s_final = StoreReader(store).traj_cost
-    assert low <= min(np.quantile(s_final, 0.01), 0.5) + 1e-9 and high >= max(np.quantile(s_final, 0.99), 0.5) - 1e-9
+    assert (
+        low <= min(np.quantile(s_final, 0.01), 0.5) + 1e-9
+        and high >= max(np.quantile(s_final, 0.99), 0.5) - 1e-9
+    )
     assert 0.5 in dm.eval_budgets()
     meta = dm.critic_metadata()
-    assert meta["budget"] == 0.5 and meta["policy"]["layer"] == 2 and meta["cost_scorer"]["id"] == "synthetic-cost"
+    assert (
+        meta["budget"] == 0.5
+        and meta["policy"]["layer"] == 2
+        and meta["cost_scorer"]["id"] == "synthetic-cost"
+    )
 
 
 @pytest.mark.parametrize("world,workers", [(1, 1), (2, 1), (3, 2), (2, 3)])
@@ -94,13 +102,17 @@ def test_ranks_and_workers_get_disjoint_equal_shares(store, world, workers):
     total = ds.n_rows
     seen, per_rank = [], []
     for rank in range(world):
-        rows = [np.concatenate([np.arange(a, b) for _, a, b, _ in ds.plan(3, rank, world, w, workers)] or [[]])
-                for w in range(workers)]
+        rows = [
+            np.concatenate([np.arange(a, b) for _, a, b, _ in ds.plan(3, rank, world, w, workers)] or [[]])
+            for w in range(workers)
+        ]
         per_rank.append(sum(len(x) for x in rows))
         seen += rows
     allrows = np.concatenate(seen)
     assert len(np.unique(allrows)) == len(allrows)  # disjoint
-    assert len(set(per_rank)) == 1 and total - len(allrows) < world  # equal shares, at most world-1 rows dropped
+    assert (
+        len(set(per_rank)) == 1 and total - len(allrows) < world
+    )  # equal shares, at most world-1 rows dropped
     ds.set_distributed(0, world, workers)
     lens = set()
     for rank in range(world):
@@ -143,8 +155,10 @@ def test_nan_targets_are_flagged_by_the_stream(tmp_path):
     make_store(path, n_prompts=6, rollouts=3, hidden=8)
     zarr.open_group(str(path), mode="r+")["shards/rank-00000/cost_prefix"][7] = np.nan
     dm = dm_for(str(path), val_fraction=0.3)
-    b = {k: np.concatenate([collect(dm.train_dataloader())[k], collect(dm.val_dataloader())[k]])
-         for k in ("row", "valid", "s", "f")}
+    b = {
+        k: np.concatenate([collect(dm.train_dataloader())[k], collect(dm.val_dataloader())[k]])
+        for k in ("row", "valid", "s", "f")
+    }
     np.testing.assert_array_equal(b["row"][~b["valid"]], [7])
     assert np.isfinite(b["s"]).all() and np.isfinite(b["f"]).all()
 

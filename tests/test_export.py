@@ -69,11 +69,16 @@ def test_artifact_records_what_the_runtime_checks(trained, tmp_path):
     assert 0.0 <= meta["metrics"]["val/auroc"] <= 1.0 and "val/cost_mse" in meta["metrics"]
     cal = meta[CALIBRATION_KEY]
     assert cal["method"] in ("platt", "isotonic") and cal["fitted"]["split"] == "val"
-    assert cal["fitted"]["global_step"] == meta["global_step"] and cal["fitted"]["budgets"] == meta["eval_budgets"]
+    assert (
+        cal["fitted"]["global_step"] == meta["global_step"]
+        and cal["fitted"]["budgets"] == meta["eval_budgets"]
+    )
     assert 0.5 in meta["eval_budgets"]  # the store budget, with the quartiles of S_T
     for b in meta["eval_budgets"]:  # ECE before and after calibration at every budget the fit evaluates
         assert {f"val/ece@{b:g}", f"val/ece_calibrated@{b:g}"} <= set(meta["metrics"])
-        assert cal["fitted"]["ece_after"][f"{b:g}"] == pytest.approx(meta["metrics"][f"val/ece_calibrated@{b:g}"], abs=1e-6)
+        assert cal["fitted"]["ece_after"][f"{b:g}"] == pytest.approx(
+            meta["metrics"][f"val/ece_calibrated@{b:g}"], abs=1e-6
+        )
     search = json.loads((out / SEARCH_CONFIG_NAME).read_text())
     assert search["budget"] == 0.5 and search["block_width"] == 32 and search["num_candidates"] == 128
     from igcritic.search import SearchConfig  # the runtime reads these keys
@@ -83,7 +88,9 @@ def test_artifact_records_what_the_runtime_checks(trained, tmp_path):
     assert search["beams_kept"] is None and SearchConfig.from_dict({**search, "num_candidates": 8}).beams == 2
     cpu = export(ckpt, tmp_path / "cpu", search={"num_candidates": 16, "max_new_tokens": 64})
     cpu_search = json.loads((cpu / SEARCH_CONFIG_NAME).read_text())
-    assert cpu_search["num_candidates"] == 16 and cpu_search["max_new_tokens"] == 64 and cpu_search["tau"] == 0.5
+    assert (
+        cpu_search["num_candidates"] == 16 and cpu_search["max_new_tokens"] == 64 and cpu_search["tau"] == 0.5
+    )
     with open(out / WEIGHTS_NAME, "rb") as f:  # safetensors: an 8-byte header length, then JSON
         header_len = int.from_bytes(f.read(8), "little")
         assert json.loads(f.read(header_len))["__metadata__"]["format"] == "pt"
@@ -118,9 +125,11 @@ def test_export_without_calibration_and_from_old_checkpoints(trained, tmp_path, 
 def test_artifact_loads_without_lightning(trained, tmp_path):
     _, ckpt = trained
     out = export(ckpt, tmp_path / "art")
-    code = ("import sys; from igcritic.critic import load_critic; c = load_critic(sys.argv[1]); "
-            "import torch; c(torch.zeros(2, 16), 0.0); "
-            "assert not any(m.startswith(('lightning', 'pytorch_lightning')) for m in sys.modules), 'lightning imported'")
+    code = (
+        "import sys; from igcritic.critic import load_critic; c = load_critic(sys.argv[1]); "
+        "import torch; c(torch.zeros(2, 16), 0.0); "
+        "assert not any(m.startswith(('lightning', 'pytorch_lightning')) for m in sys.modules), 'lightning imported'"
+    )
     subprocess.run([sys.executable, "-c", code, str(out)], check=True, timeout=120)
 
 
@@ -130,8 +139,12 @@ def test_refuses_truncated_garbage_and_foreign_checkpoints(trained, tmp_path):
     (tmp_path / "trunc.ckpt").write_bytes(data[: len(data) // 3])
     (tmp_path / "garbage.ckpt").write_bytes(b"\x00not a checkpoint" * 100)
     torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "foreign.ckpt")
-    for name, match in [("trunc.ckpt", "truncated or corrupted"), ("garbage.ckpt", "truncated or corrupted"),
-                        ("foreign.ckpt", "not a checkpoint of `igcritic fit`"), ("missing.ckpt", "does not exist")]:
+    for name, match in [
+        ("trunc.ckpt", "truncated or corrupted"),
+        ("garbage.ckpt", "truncated or corrupted"),
+        ("foreign.ckpt", "not a checkpoint of `igcritic fit`"),
+        ("missing.ckpt", "does not exist"),
+    ]:
         with pytest.raises(ExportError, match=match) as e:
             export(tmp_path / name, tmp_path / f"out-{name}")
         assert "\n" not in str(e.value)
@@ -146,9 +159,14 @@ def test_never_writes_into_a_non_empty_folder(trained, tmp_path):
     with pytest.raises(ExportError, match="not empty"):
         export(ckpt, out)
     assert (out / "keep.txt").read_text() == "mine"
-    with pytest.raises(ExportError, match=r"is not a critic artifact \(no critic_config.json in it\), so "
-                                          r"--overwrite will not delete it"):
-        export(ckpt, out, overwrite=True)  # --overwrite replaces only an artifact folder, never the user's files
+    with pytest.raises(
+        ExportError,
+        match=r"is not a critic artifact \(no critic_config.json in it\), so "
+        r"--overwrite will not delete it",
+    ):
+        export(
+            ckpt, out, overwrite=True
+        )  # --overwrite replaces only an artifact folder, never the user's files
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     export(ckpt, tmp_path / "art")
     (tmp_path / "art" / WEIGHTS_NAME).write_bytes(b"old")

@@ -68,14 +68,22 @@ def test_critic_learns_costs_that_follow_directions_of_h(store, tmp_path):
 def test_ddp_two_cpu_processes_train_on_disjoint_rows(store, tmp_path):
     dm = CriticDataModule([store], batch_size=64, val_fraction=0.2, shuffle_buffer=512)
     model = tiny_module(dm.hidden_size)
-    trainer = tiny_trainer(tmp_path, epochs=2, devices=2, strategy="ddp_spawn", enable_checkpointing=False,
-                           callbacks=[RecordRows(str(tmp_path)), RecordCalibration(str(tmp_path))],
-                           num_sanity_val_steps=0)
+    trainer = tiny_trainer(
+        tmp_path,
+        epochs=2,
+        devices=2,
+        strategy="ddp_spawn",
+        enable_checkpointing=False,
+        callbacks=[RecordRows(str(tmp_path)), RecordCalibration(str(tmp_path))],
+        num_sanity_val_steps=0,
+    )
     trainer.fit(model, dm)
     # calibration: both ranks fit the same map on the histograms of BOTH ranks' validation rows
     n_val = int(sum(stop - start for _, start, stop, _ in dm._runs("val")[0]))
     for epoch in range(2):
-        cal0, cal1 = (json.loads((tmp_path / f"rank{r}_calibration{epoch}.json").read_text()) for r in range(2))
+        cal0, cal1 = (
+            json.loads((tmp_path / f"rank{r}_calibration{epoch}.json").read_text()) for r in range(2)
+        )
         assert cal0 == cal1 and cal0["method"] in ("platt", "isotonic")
         assert cal0["fitted"]["rows"] == 2 * (n_val // 2)
     assert model.critic.calibration.to_dict() == cal0  # rank 0's state came back with the weights
@@ -118,13 +126,17 @@ def test_hidden_size_and_layer_mismatches_are_refused(store, tmp_path):
     with pytest.raises(FitError, match="layer 2 latents but model.layer=1"):
         tiny_trainer(tmp_path).fit(tiny_module(16, layer=1), CriticDataModule([store]))
     model = tiny_module(16, layer=-1)  # -1 = the last of the store's 2 layers: accepted
-    tiny_trainer(tmp_path, max_steps=1, limit_val_batches=1, enable_checkpointing=False).fit(model, CriticDataModule([store]))
+    tiny_trainer(tmp_path, max_steps=1, limit_val_batches=1, enable_checkpointing=False).fit(
+        model, CriticDataModule([store])
+    )
 
 
 def test_bf16_mixed_and_resume(store, tmp_path):
     dm = CriticDataModule([store], batch_size=64)
     model = tiny_module(16)
-    trainer = tiny_trainer(tmp_path, epochs=1, precision="bf16-mixed", limit_train_batches=4, limit_val_batches=2)
+    trainer = tiny_trainer(
+        tmp_path, epochs=1, precision="bf16-mixed", limit_train_batches=4, limit_val_batches=2
+    )
     trainer.fit(model, dm)
     assert np.isfinite(float(trainer.callback_metrics["train/loss_epoch"]))
     ckpt = trainer.checkpoint_callback.best_model_path or trainer.checkpoint_callback.last_model_path
@@ -180,11 +192,20 @@ def test_fit_calibrates_a_miscalibrated_critic_on_the_validation_split(overfit_s
     m = {k: float(v) for k, v in trainer.callback_metrics.items()}
     cal = model.critic.calibration
     assert cal.method in ("platt", "isotonic") and cal.fitted["split"] == "val"
-    assert cal.fitted["rows"] == dm.val_dataset.n_rows and cal.fitted["budgets"] == model.budgets == [0.238, 0.463, 0.5, 0.718]
+    assert cal.fitted["rows"] == dm.val_dataset.n_rows and cal.fitted["budgets"] == model.budgets == [
+        0.238,
+        0.463,
+        0.5,
+        0.718,
+    ]
     assert m["val/ece@0.5"] > 0.1  # miscalibrated raw head
     assert m["val/ece_calibrated@0.5"] < m["val/ece@0.5"] - 0.05
-    assert m["val/ece_calibrated_cv@0.5"] < m["val/ece@0.5"] - 0.05  # also on prompts the map was not fitted on
-    assert m["val/ece_calibrated"] < 0.05 and m["val/ece_calibrated_cv"] < 0.05  # budgets drawn as in training
+    assert (
+        m["val/ece_calibrated_cv@0.5"] < m["val/ece@0.5"] - 0.05
+    )  # also on prompts the map was not fitted on
+    assert (
+        m["val/ece_calibrated"] < 0.05 and m["val/ece_calibrated_cv"] < 0.05
+    )  # budgets drawn as in training
     for b in model.budgets:
         assert cal.fitted["ece_before"][f"{b:g}"] == pytest.approx(m[f"val/ece@{b:g}"], abs=0.005)
         assert cal.fitted["ece_after"][f"{b:g}"] == pytest.approx(m[f"val/ece_calibrated@{b:g}"], abs=1e-5)
@@ -203,11 +224,14 @@ def test_fit_calibrates_a_miscalibrated_critic_on_the_validation_split(overfit_s
     saved = torch.load(trainer.checkpoint_callback.best_model_path, weights_only=True)  # the last epoch's
     assert saved["state_dict"]["critic._extra_state"] == cal.to_dict()
     assert cal.fitted["global_step"] == saved["global_step"]
-    assert {"val/ece@0.5", "val/ece_calibrated@0.5", "val/ece_calibrated_cv@0.5"} <= set(saved[CKPT_KEY]["metrics"])
+    assert {"val/ece@0.5", "val/ece_calibrated@0.5", "val/ece_calibrated_cv@0.5"} <= set(
+        saved[CKPT_KEY]["metrics"]
+    )
     # `test` measures the map it has (the test loader is the validation split): same number, no refit
     trainer.test(model, dm, verbose=False)
-    assert float(trainer.callback_metrics["test/ece_calibrated@0.5"]) == pytest.approx(m["val/ece_calibrated@0.5"],
-                                                                                      abs=1e-5)
+    assert float(trainer.callback_metrics["test/ece_calibrated@0.5"]) == pytest.approx(
+        m["val/ece_calibrated@0.5"], abs=1e-5
+    )
     assert model.critic.calibration == cal
 
 
@@ -219,12 +243,15 @@ def test_checkpoint_from_before_calibration_loads_and_none_keeps_the_map(store, 
     del ckpt["state_dict"]["critic._extra_state"]  # what igcritic wrote before calibration existed
     torch.save(ckpt, tmp_path / "old.ckpt")
     kept = tiny_module(16, calibration="none")
-    tiny_trainer(tmp_path, limit_val_batches=2).validate(kept, CriticDataModule([store], batch_size=64),
-                                                          ckpt_path=tmp_path / "old.ckpt", verbose=False)
+    tiny_trainer(tmp_path, limit_val_batches=2).validate(
+        kept, CriticDataModule([store], batch_size=64), ckpt_path=tmp_path / "old.ckpt", verbose=False
+    )
     assert kept.critic.calibration.is_identity  # loaded as the identity, and "none" does not refit
     refit = tiny_module(16)
     t2 = tiny_trainer(tmp_path, limit_val_batches=2)
-    t2.validate(refit, CriticDataModule([store], batch_size=64), ckpt_path=tmp_path / "old.ckpt", verbose=False)
+    t2.validate(
+        refit, CriticDataModule([store], batch_size=64), ckpt_path=tmp_path / "old.ckpt", verbose=False
+    )
     assert not refit.critic.calibration.is_identity and "val/ece_calibrated@0.5" in t2.callback_metrics
     with pytest.raises(FitError, match="model.calibration='temperature'"):
         tiny_module(16, calibration="temperature")
@@ -250,8 +277,14 @@ def test_print_config_round_trips(name, tmp_path):
 
 def test_cli_fit_validate_and_links_hidden_size(store, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    common = ["--config", str(CONFIGS / "embedded.yaml"), f"--data.stores=[{store}]", "--data.batch_size=128",
-              "--model.width=32", "--trainer.accelerator=cpu"]
+    common = [
+        "--config",
+        str(CONFIGS / "embedded.yaml"),
+        f"--data.stores=[{store}]",
+        "--data.batch_size=128",
+        "--model.width=32",
+        "--trainer.accelerator=cpu",
+    ]
     cli = cli_main(["fit", *common, "--trainer.max_epochs=1", "--model.scheduler.init_args.T_max=1"])
     assert cli.model.critic.config.hidden_size == 16  # data.hidden_size -> model.hidden_size
     ckpts = sorted((tmp_path / "runs" / "fit" / "embedded" / "version_0" / "checkpoints").glob("*.ckpt"))
@@ -285,6 +318,11 @@ def test_seeded_tiny_fit_regression_scalars(store, tmp_path):
     trainer = tiny_trainer(tmp_path, epochs=2, enable_checkpointing=False)
     trainer.fit(model, dm)
     m = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    expected = {"val/loss": 0.86029, "val/auroc@0.5": 0.94958, "val/value_mse": 0.05023, "val/cost_mse": 0.0675}
+    expected = {
+        "val/loss": 0.86029,
+        "val/auroc@0.5": 0.94958,
+        "val/value_mse": 0.05023,
+        "val/cost_mse": 0.0675,
+    }
     for key, value in expected.items():
         assert m[key] == pytest.approx(value, rel=0.03, abs=0.005), key

@@ -14,10 +14,19 @@ from igcritic.export import SEARCH_CONFIG_NAME
 from igcritic.guard import Guard, GuardError, generate_main, load_guard, read_prompts
 from igcritic.search import GuardRecord, SearchConfigError
 
-SEARCH = {"block_width": 4, "num_candidates": 4, "beams_kept": 2, "max_new_tokens": 8, "retries": 1, "tau": 0.0}
+SEARCH = {
+    "block_width": 4,
+    "num_candidates": 4,
+    "beams_kept": 2,
+    "max_new_tokens": 8,
+    "retries": 1,
+    "tau": 0.0,
+}
 
 
-def write_artifact(folder, policy_identity: dict, hidden_size: int = 32, search: dict | None = None, budget=0.5):
+def write_artifact(
+    folder, policy_identity: dict, hidden_size: int = 32, search: dict | None = None, budget=0.5
+):
     cfg = CriticConfig(hidden_size=hidden_size, width=16, depth=1, policy=policy_identity, budget=budget)
     torch.manual_seed(0)
     Critic(cfg).eval().save_pretrained(folder)
@@ -28,7 +37,9 @@ def write_artifact(folder, policy_identity: dict, hidden_size: int = 32, search:
 
 @pytest.fixture()
 def artifact(tmp_path, tiny_policy):
-    return write_artifact(tmp_path / "critic", tiny_policy.identity.to_dict(), search={**SEARCH, "budget": 25.0})
+    return write_artifact(
+        tmp_path / "critic", tiny_policy.identity.to_dict(), search={**SEARCH, "budget": 25.0}
+    )
 
 
 def test_load_guard_one_call_from_loaded_model(artifact, tiny_policy):
@@ -40,8 +51,20 @@ def test_load_guard_one_call_from_loaded_model(artifact, tiny_policy):
     assert rec.budget == 25.0 and 0 < rec.new_tokens <= 8 and not rec.refused
     assert rec.text == tiny_policy.tokenizer.decode(rec.token_ids, skip_special_tokens=True)
     d = rec.to_dict()
-    for key in ("prompt", "text", "safe", "final_safety_state", "refused", "steps", "retries",
-                "candidates_scored", "seconds", "new_tokens", "cost", "value"):
+    for key in (
+        "prompt",
+        "text",
+        "safe",
+        "final_safety_state",
+        "refused",
+        "steps",
+        "retries",
+        "candidates_scored",
+        "seconds",
+        "new_tokens",
+        "cost",
+        "value",
+    ):
         assert key in d
     assert json.loads(json.dumps(d))["token_ids"] == rec.token_ids
 
@@ -49,8 +72,12 @@ def test_load_guard_one_call_from_loaded_model(artifact, tiny_policy):
 def test_generate_overrides_and_scorers(artifact, tiny_policy):
     cost = WordCost()
     guard = load_guard(artifact, model=tiny_policy, cost=cost)
-    recs = guard.generate(["how do I bake bread at home", "hack into my neighbour's wifi network"], budget=50.0,
-                          mode="latent", prompt_batch=2)
+    recs = guard.generate(
+        ["how do I bake bread at home", "hack into my neighbour's wifi network"],
+        budget=50.0,
+        mode="latent",
+        prompt_batch=2,
+    )
     assert cost.calls == [] and all(r.budget == 50.0 and r.cost_source == "latent" for r in recs)
     (rec,) = guard.generate(["how do I bake bread at home"], method="best_of_n", critic=True)
     assert rec.cost_source == "exact" and rec.cost == 0.0 and rec.safe and cost.calls
@@ -77,7 +104,9 @@ def test_refuses_critic_of_another_policy(tmp_path, tiny_policy):
     with pytest.raises(GuardError, match="model_id: 'tiny-llama' != 'someone/other-model'"):
         load_guard(art, model=tiny_policy)
     with pytest.raises(GuardError, match="model_id"):
-        load_guard(tmp_path / "m", model=tiny_policy.model, tokenizer=tiny_policy.tokenizer, model_id="tiny-llama")
+        load_guard(
+            tmp_path / "m", model=tiny_policy.model, tokenizer=tiny_policy.tokenizer, model_id="tiny-llama"
+        )
     art = write_artifact(tmp_path / "l", {**ident, "layer": 1, "norm": "pre"})
     with pytest.raises(GuardError, match="layer: 2 != 1"):
         load_guard(art, model=tiny_policy)
@@ -104,11 +133,16 @@ def saved_policy_artifact(tmp_path, tiny_policy):
 
 def test_generate_main_writes_jsonl(tmp_path, saved_policy_artifact):
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text('{"prompt": "how do I bake bread at home"}\n\n{"prompt": "hack into my neighbour\'s wifi network"}\n')
+    prompts.write_text(
+        '{"prompt": "how do I bake bread at home"}\n\n{"prompt": "hack into my neighbour\'s wifi network"}\n'
+    )
     out = tmp_path / "out" / "records.jsonl"
     recs = generate_main(str(saved_policy_artifact), prompt_file=prompts, out=out, method="beam")
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["prompt"] for r in rows] == ["how do I bake bread at home", "hack into my neighbour's wifi network"]
+    assert [r["prompt"] for r in rows] == [
+        "how do I bake bread at home",
+        "hack into my neighbour's wifi network",
+    ]
     assert [r["text"] for r in rows] == [r.text for r in recs] and all(r["method"] == "beam" for r in rows)
     with pytest.raises(GuardError, match="is not empty"):
         generate_main(str(saved_policy_artifact), prompts=["hi"], out=out)
@@ -137,7 +171,9 @@ def test_embedded_policy_by_recorded_id_and_loaded_object(tmp_path):
     from igcritic.policy import EMBEDDED_POLICY_ID, load_policy
 
     policy = load_policy(EMBEDDED_POLICY_ID)
-    art = write_artifact(tmp_path / "c", policy.identity.to_dict(), hidden_size=576, search={**SEARCH, "budget": 25.0})
+    art = write_artifact(
+        tmp_path / "c", policy.identity.to_dict(), hidden_size=576, search={**SEARCH, "budget": 25.0}
+    )
     guard = load_guard(art)
     assert guard.policy.identity.model_id == EMBEDDED_POLICY_ID and guard.policy.identity.hidden_size == 576
     (rec,) = guard.generate("How do I bake bread at home?", max_new_tokens=6, block_width=3)
@@ -165,15 +201,20 @@ def test_generate_from_two_threads_matches_sequential_runs(artifact, tiny_policy
     kw = {"mode": "latent", "max_new_tokens": 8, "block_width": 2}
 
     def comparable(recs):
-        return [{k: v for k, v in r.to_dict().items() if k not in ("seconds", "critic_seconds")} for r in recs]
+        return [
+            {k: v for k, v in r.to_dict().items() if k not in ("seconds", "critic_seconds")} for r in recs
+        ]
 
     sequential = [comparable(guard.generate([p], **kw)) for p in prompts]
+
     # Sleep before the tap and before the LM head, so each thread's tap fires while the other is mid-forward.
     def pause(*_):
         time.sleep(0.002)
 
-    handles = [guard.policy._tap.register_forward_pre_hook(pause),
-               guard.policy.model.get_output_embeddings().register_forward_pre_hook(pause)]
+    handles = [
+        guard.policy._tap.register_forward_pre_hook(pause),
+        guard.policy.model.get_output_embeddings().register_forward_pre_hook(pause),
+    ]
     got: dict[int, object] = {}
 
     def work(i: int) -> None:

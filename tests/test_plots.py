@@ -29,11 +29,22 @@ def png_size(path: Path) -> tuple[int, int]:
 def fake_run(n: int = 6) -> tuple[list[dict], list[dict]]:
     records, summary = [], []
     for m, name in enumerate(METHODS):
-        rows = [{"method_name": name, "cost_eval": 0.1 * ((m + i) % 9), "reward_eval": 1.0 + m - 0.2 * i}
-                for i in range(n)]
+        rows = [
+            {"method_name": name, "cost_eval": 0.1 * ((m + i) % 9), "reward_eval": 1.0 + m - 0.2 * i}
+            for i in range(n)
+        ]
         records += rows
-        summary.append({"method": name, "n": n, "reward_mean": 1.0 + m, "safety_rate": 0.25 * m,
-                        "latency_mean": 0.5 + m, "latency_p50": 0.4 + m, "latency_p95": 0.9 + m})
+        summary.append(
+            {
+                "method": name,
+                "n": n,
+                "reward_mean": 1.0 + m,
+                "safety_rate": 0.25 * m,
+                "latency_mean": 0.5 + m,
+                "latency_p50": 0.4 + m,
+                "latency_p95": 0.9 + m,
+            }
+        )
     # two methods on the very same point: labels must still be written (stacked, not dropped)
     summary[3].update(safety_rate=summary[2]["safety_rate"], reward_mean=summary[2]["reward_mean"])
     return records, summary
@@ -68,7 +79,9 @@ def test_plot_all_from_eval_files_and_edge_cases(tmp_path):
         w.writerows(summary)
     for p in paths:
         p.unlink()
-    check_figures(plot_all(str(tmp_path / "records.jsonl"), str(tmp_path / "results.csv"), tmp_path), tmp_path)
+    check_figures(
+        plot_all(str(tmp_path / "records.jsonl"), str(tmp_path / "results.csv"), tmp_path), tmp_path
+    )
 
 
 def test_plot_all_bad_input(tmp_path):
@@ -86,15 +99,36 @@ def fake_judges(records: list[dict]) -> list[dict]:
     """A scoring judge and a classifying one, as results.json stores them; scores go into the records."""
     for i, r in enumerate(records):
         r["judge_scores"] = {"probe": 0.1 * (i % 10), "reader": float(i % 3 == 0)}
-    share = {"compliant-harmful": 0.25, "refusal": 0.25, "safe-redirect": 0.0, "incoherent": 0.25,
-             "benign-helpful": 0.25}
+    share = {
+        "compliant-harmful": 0.25,
+        "refusal": 0.25,
+        "safe-redirect": 0.0,
+        "incoherent": 0.25,
+        "benign-helpful": 0.25,
+    }
     return [
-        {"name": "probe", "threshold": 0.5, "methods": [
-            {"method": m, "harmful_rate": 0.2 * k, "harmful_low": max(0.0, 0.2 * k - 0.1),
-             "harmful_high": min(1.0, 0.2 * k + 0.15), "classes": None} for k, m in enumerate(METHODS)]},
-        {"name": "reader", "threshold": 0.5, "methods": [
-            {"method": m, "harmful_rate": 0.25, "harmful_low": 0.0, "harmful_high": 0.5, "classes": share}
-            for m in METHODS]},
+        {
+            "name": "probe",
+            "threshold": 0.5,
+            "methods": [
+                {
+                    "method": m,
+                    "harmful_rate": 0.2 * k,
+                    "harmful_low": max(0.0, 0.2 * k - 0.1),
+                    "harmful_high": min(1.0, 0.2 * k + 0.15),
+                    "classes": None,
+                }
+                for k, m in enumerate(METHODS)
+            ],
+        },
+        {
+            "name": "reader",
+            "threshold": 0.5,
+            "methods": [
+                {"method": m, "harmful_rate": 0.25, "harmful_low": 0.0, "harmful_high": 0.5, "classes": share}
+                for m in METHODS
+            ],
+        },
     ]
 
 
@@ -126,10 +160,16 @@ def test_safety_axis_is_the_first_judges_safety_with_its_interval():
 
 def test_plots_take_plain_data_and_never_import_evaluate():
     code = "import sys, igcritic.plots; print(sorted(m for m in sys.modules if m.startswith('igcritic')))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
     assert "igcritic.evaluate" not in out.stdout and "igcritic.plots" in out.stdout
     from igcritic import report
     from igcritic.judges import RECORD_SCORES
 
     assert (plots.METHOD_KEY, plots.COST_KEY, plots.REWARD_KEY, plots.JUDGE_SCORES_KEY) == (
-        report.RECORD_METHOD, report.RECORD_COST, report.RECORD_REWARD, RECORD_SCORES)
+        report.RECORD_METHOD,
+        report.RECORD_COST,
+        report.RECORD_REWARD,
+        RECORD_SCORES,
+    )

@@ -27,7 +27,9 @@ def test_pre_norm_tap_reads_a_decoder_layer_output():
     assert policy.identity.layer == 1 and policy.identity.norm == "pre"
 
 
-@pytest.mark.parametrize(("layer", "norm", "match"), [(5, "pre", "outside"), (1, "post", "only to the last layer")])
+@pytest.mark.parametrize(
+    ("layer", "norm", "match"), [(5, "pre", "outside"), (1, "post", "only to the last layer")]
+)
 def test_latent_spec_errors(layer, norm, match):
     with pytest.raises(PolicyError, match=match):
         LatentSpec(layer, norm).resolve(num_layers=2)
@@ -51,10 +53,12 @@ def test_rollout_has_t_plus_one_latents_and_matches_greedy_generate(tiny_policy)
     prompts = ["how do I bake bread", "hello there"]
     roll = rollout(tiny_policy, prompts, SamplingConfig(temperature=0, max_new_tokens=7))
     enc = tiny_policy.encode_prompts(prompts)
-    ref = tiny_policy.model.generate(**enc, do_sample=False, max_new_tokens=7, pad_token_id=tiny_policy.pad_token_id)
+    ref = tiny_policy.model.generate(
+        **enc, do_sample=False, max_new_tokens=7, pad_token_id=tiny_policy.pad_token_id
+    )
     for i, toks in enumerate(roll.tokens):
         assert roll.latents[i].shape == (len(toks) + 1, tiny_policy.identity.hidden_size)
-        assert toks == ref[i, enc["input_ids"].shape[1]:].tolist()[: len(toks)]
+        assert toks == ref[i, enc["input_ids"].shape[1] :].tolist()[: len(toks)]
 
 
 def test_prefix_texts_start_empty_and_end_with_the_answer(tiny_tokenizer):

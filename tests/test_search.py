@@ -28,8 +28,15 @@ def greedy_reference(policy, prompt: str, d: int) -> list[int]:
 
 @pytest.mark.parametrize("prompt_batch", [1, 2])
 def test_greedy_admit_all_reproduces_generate(tiny_policy, prompt_batch):
-    cfg = SearchConfig(num_candidates=1, beams_kept=1, block_width=3, max_new_tokens=20, temperature=0,
-                       budget=0.5, prompt_batch=prompt_batch)
+    cfg = SearchConfig(
+        num_candidates=1,
+        beams_kept=1,
+        block_width=3,
+        max_new_tokens=20,
+        temperature=0,
+        budget=0.5,
+        prompt_batch=prompt_batch,
+    )
     recs = search(tiny_policy, PROMPTS, cfg, StandInCritic(tiny_policy))
     for prompt, rec in zip(PROMPTS, recs):
         assert rec.token_ids == greedy_reference(tiny_policy, prompt, 20)
@@ -40,7 +47,8 @@ def test_prompt_prefilled_once(tiny_policy):
     """Candidates reuse the beam's KV cache: only one multi-token forward (the prefill) per prompt batch."""
     seen = []
     hook = tiny_policy.model.register_forward_pre_hook(
-        lambda _m, args, kwargs: seen.append(kwargs["input_ids"].shape), with_kwargs=True)
+        lambda _m, args, kwargs: seen.append(kwargs["input_ids"].shape), with_kwargs=True
+    )
     try:
         search(tiny_policy, PROMPTS, SearchConfig(**SMALL, prompt_batch=2), StandInCritic(tiny_policy))
     finally:
@@ -51,8 +59,17 @@ def test_prompt_prefilled_once(tiny_policy):
 
 def test_retry_rewinds_block_exactly(tiny_policy):
     """A rejected block is resampled from the beam's state: greedy without penalty gives the same answer."""
-    cfg = SearchConfig(num_candidates=1, beams_kept=1, block_width=4, max_new_tokens=12, temperature=0,
-                       budget=0.5, resample_penalty=0.0, mode="exact", prompt_batch=2)
+    cfg = SearchConfig(
+        num_candidates=1,
+        beams_kept=1,
+        block_width=4,
+        max_new_tokens=12,
+        temperature=0,
+        budget=0.5,
+        resample_penalty=0.0,
+        mode="exact",
+        prompt_batch=2,
+    )
     cost = WordCost(reject_first=(PROMPTS[1],))
     recs = search(tiny_policy, PROMPTS, cfg, StandInCritic(tiny_policy), cost=cost)
     assert [r.retries for r in recs] == [0, 1]
@@ -71,15 +88,21 @@ def replace_cfg(cfg: SearchConfig, **kw) -> SearchConfig:
 
 
 def test_guard_never_emits_planted_unsafe_text(tiny_policy):
-    plain = search(tiny_policy, PROMPTS, SearchConfig(**SMALL, method="plain", seed=3), StandInCritic(tiny_policy))
+    plain = search(
+        tiny_policy, PROMPTS, SearchConfig(**SMALL, method="plain", seed=3), StandInCritic(tiny_policy)
+    )
     tok = tiny_policy.tokenizer
     # plant the longest token string plain sampling emitted as "unsafe"
     pieces = [tok.decode([t]) for r in plain for t in r.token_ids]
     word = max((p for p in pieces if p.strip().isascii() and p.strip().isalnum()), key=len)
     cost = WordCost(word)
-    plain = search(tiny_policy, PROMPTS, SearchConfig(**SMALL, method="plain", seed=3), StandInCritic(tiny_policy), cost)
+    plain = search(
+        tiny_policy, PROMPTS, SearchConfig(**SMALL, method="plain", seed=3), StandInCritic(tiny_policy), cost
+    )
     assert any(word in r.text for r in plain) and any(not r.safe for r in plain)
-    guarded = search(tiny_policy, PROMPTS, SearchConfig(**SMALL, seed=3, mode="exact"), StandInCritic(tiny_policy), cost)
+    guarded = search(
+        tiny_policy, PROMPTS, SearchConfig(**SMALL, seed=3, mode="exact"), StandInCritic(tiny_policy), cost
+    )
     for r in guarded:
         assert word not in r.text
         assert r.refused or (r.safe and r.cost == 0.0 and r.cost_source == "exact")
@@ -113,10 +136,12 @@ def test_best_of_n_picks_best_by_recomputation(tiny_policy):
     for score in ("lagrangian", "augmented"):
         cost.calls.clear()
         reward.calls.clear()
-        cfg = SearchConfig(**SMALL, method="best_of_n", score=score, critic=False, mode="exact", lagrange_lambda=5.0)
+        cfg = SearchConfig(
+            **SMALL, method="best_of_n", score=score, critic=False, mode="exact", lagrange_lambda=5.0
+        )
         rec = search(tiny_policy, PROMPTS[:1], cfg, None, cost=cost, reward=reward)[0]
-        (_, texts, c), = [call for call in cost.calls if any(call[1])]
-        (_, texts_r, r), = reward.calls
+        ((_, texts, c),) = [call for call in cost.calls if any(call[1])]
+        ((_, texts_r, r),) = reward.calls
         assert texts == texts_r and len(texts) == 8
         if score == "lagrangian":
             best = max(range(8), key=lambda i: r[i] - 5.0 * c[i])
@@ -129,7 +154,9 @@ def test_best_of_n_picks_best_by_recomputation(tiny_policy):
 
 @pytest.mark.parametrize("method", ["plain", "beam", "inferenceguard"])
 def test_methods_respect_length_and_count_candidates(tiny_policy, method):
-    recs = search(tiny_policy, PROMPTS, SearchConfig(**SMALL, method=method, prompt_batch=2), StandInCritic(tiny_policy))
+    recs = search(
+        tiny_policy, PROMPTS, SearchConfig(**SMALL, method=method, prompt_batch=2), StandInCritic(tiny_policy)
+    )
     for r in recs:
         assert 0 < r.new_tokens <= 16 and r.method == method and r.seconds > 0
         n = 1 if method == "plain" else 8
@@ -148,8 +175,10 @@ def test_eos_finishes_candidates(tiny_policy):
 
 
 def test_deterministic_under_seed(tiny_policy):
-    run = lambda seed: [r.token_ids for r in search(tiny_policy, PROMPTS, SearchConfig(**SMALL, seed=seed),  # noqa: E731
-                                                        StandInCritic(tiny_policy))]
+    def run(seed):
+        config = SearchConfig(**SMALL, seed=seed)
+        return [r.token_ids for r in search(tiny_policy, PROMPTS, config, StandInCritic(tiny_policy))]
+
     assert run(1) == run(1)
     assert run(1) != run(2)
 
@@ -205,8 +234,18 @@ def test_real_critic_runs_its_trunk_once_per_candidate_set(tiny_policy, monkeypa
         return real_encode(h)
 
     monkeypatch.setattr(critic, "encode", counting_encode)
-    cfg = SearchConfig(method="inferenceguard", critic=True, mode="latent", num_candidates=4, block_width=4,
-                       max_new_tokens=8, tau=0.0, budget=1e6, ignore_eos=True, seed=0)
+    cfg = SearchConfig(
+        method="inferenceguard",
+        critic=True,
+        mode="latent",
+        num_candidates=4,
+        block_width=4,
+        max_new_tokens=8,
+        tau=0.0,
+        budget=1e6,
+        ignore_eos=True,
+        seed=0,
+    )
     (rec,) = search(tiny_policy, ["how do I bake bread"], cfg, critic=critic)
     assert rec.steps == 2 and rec.retries == 0
     assert calls["encode"] == 2  # one trunk pass per block, not one per head

@@ -26,8 +26,9 @@ from igcritic.store import (
 
 
 def write(path, batches, *, rank=0, chunk=16, overwrite=False):
-    with StoreWriter.create(path, attrs=ATTRS, prompts=PROMPTS, hidden_size=H, rank=rank, chunk_tokens=chunk,
-                            overwrite=overwrite) as w:
+    with StoreWriter.create(
+        path, attrs=ATTRS, prompts=PROMPTS, hidden_size=H, rank=rank, chunk_tokens=chunk, overwrite=overwrite
+    ) as w:
         for i, b in batches:
             w.append(b, i)
 
@@ -71,7 +72,10 @@ def test_reward_prefix_and_file_url(tmp_path):
     r = StoreReader(f"file://{tmp_path}/s")
     assert_matches(r, batches)
     np.testing.assert_array_equal(r.reward_prefix, np.concatenate([b.reward_prefix for b in batches]))
-    with StoreWriter.resume(tmp_path / "s", config_hash="abc123") as w, pytest.raises(StoreError, match="reward_prefix"):
+    with (
+        StoreWriter.resume(tmp_path / "s", config_hash="abc123") as w,
+        pytest.raises(StoreError, match="reward_prefix"),
+    ):
         w.append(make_batch(9), 9)
 
 
@@ -86,8 +90,11 @@ def test_multi_shard_merged_view(tmp_path):
     np.testing.assert_allclose(r.trajectory(i)["latents"], b1[0].latents[: b1[0].traj_len[0] + 1], atol=1e-3)
     assert r.batches_done == {0, 1, 2, 3, 4}
     n0 = sum(len(b.latents) for b in b0)
-    np.testing.assert_allclose(r.read_latents(n0 - 3, n0 + 3),  # spans both shards
-                               np.concatenate([b0[2].latents[-3:], b1[0].latents[:3]]), atol=1e-3)
+    np.testing.assert_allclose(
+        r.read_latents(n0 - 3, n0 + 3),  # spans both shards
+        np.concatenate([b0[2].latents[-3:], b1[0].latents[:3]]),
+        atol=1e-3,
+    )
     assert validate_store(tmp_path / "s") == []
 
 
@@ -125,8 +132,11 @@ def test_killed_append_resumes_without_loss_or_duplicates(tmp_path, monkeypatch,
         return write_rows(*args, **kwargs)
 
     write_rows = store_mod._write_rows
-    monkeypatch.setattr(StoreWriter if kill_at == "manifest" else store_mod,
-                        "_write_manifest" if kill_at == "manifest" else "_write_rows", killed)
+    monkeypatch.setattr(
+        StoreWriter if kill_at == "manifest" else store_mod,
+        "_write_manifest" if kill_at == "manifest" else "_write_rows",
+        killed,
+    )
     with pytest.raises(KeyboardInterrupt):
         w.append(batches[3], 3)
     monkeypatch.undo()
@@ -159,7 +169,10 @@ def test_resume_refusals(tmp_path):
         StoreWriter.resume(tmp_path / "s", config_hash="other")
     with pytest.raises(StoreError, match="hidden size"):
         StoreWriter.resume(tmp_path / "s", config_hash="abc123", hidden_size=H + 1)
-    with StoreWriter.resume(tmp_path / "s", config_hash="abc123") as w, pytest.raises(StoreError, match="already"):
+    with (
+        StoreWriter.resume(tmp_path / "s", config_hash="abc123") as w,
+        pytest.raises(StoreError, match="already"),
+    ):
         w.append(make_batch(1), 0)
 
 
@@ -167,7 +180,9 @@ def test_resume_names_what_differs(tmp_path):
     attrs = {**ATTRS, "config": {"seed": 0, "sampling": {"temperature": 1.0, "top_p": 1.0}, "K": 2}}
     with StoreWriter.create(tmp_path / "s", attrs=attrs, prompts=PROMPTS, hidden_size=H):
         pass
-    with pytest.raises(StoreError, match=r"other prompts \(prompt 2 is 'write a poem' in the store, 'a poem'"):
+    with pytest.raises(
+        StoreError, match=r"other prompts \(prompt 2 is 'write a poem' in the store, 'a poem'"
+    ):
         StoreWriter.resume(tmp_path / "s", config_hash="abc123", prompts=[*PROMPTS[:2], "a poem", PROMPTS[3]])
     with pytest.raises(StoreError, match=r"other prompts \(4 prompts in the store, 3 in this run\)"):
         StoreWriter.resume(tmp_path / "s", config_hash="abc123", prompts=PROMPTS[:3])
@@ -214,8 +229,12 @@ def test_check_replaceable_for_an_artifact_marker(tmp_path):
     art = tmp_path / "critic"
     art.mkdir()
     (art / "notes.txt").write_text("mine")
-    with pytest.raises(ValueError, match=r"--out .*critic is not a critic artifact \(no critic_config.json in it\)"):
-        store_mod.check_replaceable(art, marker="critic_config.json", what="a critic artifact", error=ValueError)
+    with pytest.raises(
+        ValueError, match=r"--out .*critic is not a critic artifact \(no critic_config.json in it\)"
+    ):
+        store_mod.check_replaceable(
+            art, marker="critic_config.json", what="a critic artifact", error=ValueError
+        )
     (art / "critic_config.json").write_text("{}")
     store_mod.check_replaceable(art, marker="critic_config.json", what="a critic artifact")
     store_mod.check_replaceable(tmp_path / "missing", marker="critic_config.json")
@@ -272,16 +291,22 @@ def test_validate_and_inspect_detect_corrupted_offsets(tmp_path):
     problems = validate_store(tmp_path / "s")
     assert any("traj_offsets" in p for p in problems)
     assert inspect_store(tmp_path / "s", console=Console(file=io.StringIO())) == 1
-    assert validate_store(tmp_path / "missing") and inspect_store(tmp_path / "missing", console=Console(file=io.StringIO())) == 1
+    assert (
+        validate_store(tmp_path / "missing")
+        and inspect_store(tmp_path / "missing", console=Console(file=io.StringIO())) == 1
+    )
 
 
-@pytest.mark.parametrize("corrupt, expected", [
-    (lambda g: g["token_ids"].__setitem__(0, 7), "token_ids"),
-    (lambda g: g["traj_len"].__setitem__(1, 99), "traj_len"),
-    (lambda g: g["latents"].__setitem__((3, 2), np.inf), "latents hold 1 NaN/inf"),
-    (lambda g: g["cost_prefix"].__setitem__(4, np.nan), "cost_prefix holds NaN/inf"),
-    (lambda g: g.attrs.update({"n_tok": 10_000}), "manifest needs"),
-])
+@pytest.mark.parametrize(
+    "corrupt, expected",
+    [
+        (lambda g: g["token_ids"].__setitem__(0, 7), "token_ids"),
+        (lambda g: g["traj_len"].__setitem__(1, 99), "traj_len"),
+        (lambda g: g["latents"].__setitem__((3, 2), np.inf), "latents hold 1 NaN/inf"),
+        (lambda g: g["cost_prefix"].__setitem__(4, np.nan), "cost_prefix holds NaN/inf"),
+        (lambda g: g.attrs.update({"n_tok": 10_000}), "manifest needs"),
+    ],
+)
 def test_validate_store_finds_each_corruption(tmp_path, corrupt, expected):
     write(tmp_path / "s", [(i, make_batch(i)) for i in range(2)])
     corrupt(store_mod.zarr.open_group(str(tmp_path / "s"), mode="r+")["shards/rank-00000"])
@@ -310,7 +335,9 @@ def test_validate_store_finds_a_deleted_chunk(tmp_path, array):
     assert f.is_file(), sorted(p.name for p in f.parent.iterdir())
     f.unlink()
     problems = validate_store(path)
-    assert any(p.startswith(f"rank-00000: {array} chunk {i} (rows ") and "is missing" in p for p in problems), problems
+    assert any(
+        p.startswith(f"rank-00000: {array} chunk {i} (rows ") and "is missing" in p for p in problems
+    ), problems
     assert all("\n" not in p for p in problems)
     assert inspect_store(path, console=Console(file=io.StringIO(), width=200)) == 1
 
@@ -331,11 +358,16 @@ def test_shards_written_before_every_chunk_check_only_latents_and_token_ids(tmp_
 def test_validate_store_checks_trajectory_bookkeeping(tmp_path):
     write(tmp_path / "s", [(i, make_batch(i)) for i in range(3)])
     root = store_mod.zarr.open_group(str(tmp_path / "s"), mode="r+")
-    root["shards/rank-00000"].attrs.update({"batches_done": [0, 1, 2, 5]})  # a committed batch, no trajectories
+    root["shards/rank-00000"].attrs.update(
+        {"batches_done": [0, 1, 2, 5]}
+    )  # a committed batch, no trajectories
     root.attrs.update({"policy": {**ATTRS["policy"], "vocab_size": 10}, "generation": {"batch_size": 2}})
     problems = validate_store(tmp_path / "s")
-    for expected in ("batch 5 is in batches_done but has no trajectories", "ids >= the policy's vocab_size 10",
-                     "more than the 2 trajectories of generation.batch_size"):
+    for expected in (
+        "batch 5 is in batches_done but has no trajectories",
+        "ids >= the policy's vocab_size 10",
+        "more than the 2 trajectories of generation.batch_size",
+    ):
         assert any(expected in p for p in problems), problems
 
 
@@ -363,8 +395,9 @@ def test_reader_pickles_and_works_in_spawn_worker(tmp_path):
     assert r.n_tok > 0  # opened: pickling must still carry the path only
     r2 = pickle.loads(pickle.dumps(r))
     assert r2._root is None and r2.n_tok == r.n_tok
-    loader = torch.utils.data.DataLoader(LatentBlocks(r), batch_size=2, num_workers=1,
-                                         multiprocessing_context="spawn")
+    loader = torch.utils.data.DataLoader(
+        LatentBlocks(r), batch_size=2, num_workers=1, multiprocessing_context="spawn"
+    )
     got = torch.cat(list(loader)).reshape(-1, H)
     np.testing.assert_allclose(got.numpy(), r.read_latents(0, len(got)).astype(np.float32))
 
@@ -378,9 +411,13 @@ def test_second_writer_is_refused_while_the_first_runs(tmp_path):
     first.append(make_batch(0), 0)
     lock = path / store_mod.LOCK_FILE.format(0)
     assert lock.is_file() and store_mod.json.loads(lock.read_text())["pid"] == os.getpid()
-    for second in (lambda: write(path, [(1, make_batch(1))], overwrite=True),
-                   lambda: StoreWriter.resume(path, config_hash="abc123")):
-        with pytest.raises(StoreError, match=rf"rank-00000 is already open for writing in this process \(pid {os.getpid()}\)") as e:
+    for second in (
+        lambda: write(path, [(1, make_batch(1))], overwrite=True),
+        lambda: StoreWriter.resume(path, config_hash="abc123"),
+    ):
+        with pytest.raises(
+            StoreError, match=rf"rank-00000 is already open for writing in this process \(pid {os.getpid()}\)"
+        ) as e:
             second()
         assert "\n" not in str(e.value)
     with StoreWriter.resume(path, config_hash="abc123", rank=1) as other_rank:  # another shard: its own lock
@@ -409,12 +446,14 @@ def test_stale_lock_of_a_killed_writer_is_taken_over(tmp_path, caplog):
     import sys
 
     path = tmp_path / "s"
-    code = (f"import os, signal, sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
-            "from helpers_store import ATTRS, PROMPTS, H, make_batch\n"
-            "from igcritic.store import StoreWriter\n"
-            f"w = StoreWriter.create({str(path)!r}, attrs=ATTRS, prompts=PROMPTS, hidden_size=H, chunk_tokens=16)\n"
-            "w.append(make_batch(0), 0)\n"
-            "os.kill(os.getpid(), signal.SIGKILL)\n")
+    code = (
+        f"import os, signal, sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from helpers_store import ATTRS, PROMPTS, H, make_batch\n"
+        "from igcritic.store import StoreWriter\n"
+        f"w = StoreWriter.create({str(path)!r}, attrs=ATTRS, prompts=PROMPTS, hidden_size=H, chunk_tokens=16)\n"
+        "w.append(make_batch(0), 0)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == -9, proc.stderr[-2000:]
     lock = path / store_mod.LOCK_FILE.format(0)
@@ -434,12 +473,16 @@ def test_lock_holder_liveness_by_pid_and_host():
     import subprocess
     import sys
 
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     host = socket.gethostname()
     assert not store_mod._alive({"pid": int(gone.stdout), "host": host})
     assert store_mod._alive({"pid": os.getppid(), "host": host})
     assert store_mod._alive({"pid": int(gone.stdout), "host": host + "-elsewhere"})  # cannot tell: refused
-    assert not store_mod._alive(None) and not store_mod._alive({"pid": os.getpid(), "host": host, "file": "x"})
+    assert not store_mod._alive(None) and not store_mod._alive(
+        {"pid": os.getpid(), "host": host, "file": "x"}
+    )
     msg = str(store_mod._held_error("s3://b/run", 0, {"pid": 7, "host": host + "-elsewhere", "since": "t"}))
     assert "delete s3://b/run/writer-rank-00000.lock" in msg and "\n" not in msg
 

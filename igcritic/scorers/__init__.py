@@ -36,12 +36,34 @@ from igcritic.scorers.minilm import ENCODER_ID, TextEncoder, encoder_dir, probe_
 from igcritic.scorers.seqcls import SeqClsScorer
 
 SPEC_FORMS = "embedded, embedded-judge, beaver:<folder>, seqcls:<folder>[:label_index]"
-__all__ = ["ASSET_DIR", "BEAVER_TEMPLATE", "ENCODER_ID", "ROLES", "SPEC_FORMS", "BeaverScorer", "ClassifierScorer",
-           "LinearHead", "Role", "Scorer", "ScorerError", "ScorerInfo", "SeqClsScorer", "TextEncoder", "encoder_dir",
-           "forward_fill", "load_embedded", "load_scorer", "probe_features", "shared_encoder", "stride_points"]
+__all__ = [
+    "ASSET_DIR",
+    "BEAVER_TEMPLATE",
+    "ENCODER_ID",
+    "ROLES",
+    "SPEC_FORMS",
+    "BeaverScorer",
+    "ClassifierScorer",
+    "LinearHead",
+    "Role",
+    "Scorer",
+    "ScorerError",
+    "ScorerInfo",
+    "SeqClsScorer",
+    "TextEncoder",
+    "encoder_dir",
+    "forward_fill",
+    "load_embedded",
+    "load_scorer",
+    "probe_features",
+    "shared_encoder",
+    "stride_points",
+]
 
 
-def load_scorer(spec: str, role: str, device: str = "cpu", stride: int = 8, dtype: str | None = None) -> Scorer:
+def load_scorer(
+    spec: str, role: str, device: str = "cpu", stride: int = 8, dtype: str | None = None
+) -> Scorer:
     """Build a scorer from ``embedded``, ``embedded-judge``, ``beaver:<folder>`` or ``seqcls:<folder>[:label_index]``."""
     if role not in ROLES:
         raise ScorerError(f"scorer role {role!r} is not one of {', '.join(ROLES)}")
@@ -58,7 +80,9 @@ def load_scorer(spec: str, role: str, device: str = "cpu", stride: int = 8, dtyp
             rest, label_index = head, int(tail)
     folder = Path(rest).expanduser()
     if not (folder / "config.json").is_file():
-        raise ScorerError(f"{role} scorer {spec!r}: no config.json in {folder}; pass a local model folder ({SPEC_FORMS})")
+        raise ScorerError(
+            f"{role} scorer {spec!r}: no config.json in {folder}; pass a local model folder ({SPEC_FORMS})"
+        )
     try:
         if kind == "beaver":
             return BeaverScorer(folder, role, device=device, dtype=dtype)  # type: ignore[arg-type]
@@ -67,4 +91,6 @@ def load_scorer(spec: str, role: str, device: str = "cpu", stride: int = 8, dtyp
         raise
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ScorerError(f"cannot load {role} scorer {spec!r} ({first}); check the folder ({SPEC_FORMS})") from None
+        raise ScorerError(
+            f"cannot load {role} scorer {spec!r} ({first}); check the folder ({SPEC_FORMS})"
+        ) from None

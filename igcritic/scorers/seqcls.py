@@ -25,8 +25,16 @@ class SeqClsScorer:
     One-logit models give the logit; multi-label models give the softmax probability of ``label_index``.
     """
 
-    def __init__(self, folder: str | Path, role: Role, label_index: int | None = None, device: str = "cpu",
-                 stride: int = 8, batch_size: int = 32, dtype: str | None = None):
+    def __init__(
+        self,
+        folder: str | Path,
+        role: Role,
+        label_index: int | None = None,
+        device: str = "cpu",
+        stride: int = 8,
+        batch_size: int = 32,
+        dtype: str | None = None,
+    ):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         folder = Path(folder)
@@ -46,27 +54,42 @@ class SeqClsScorer:
         if n > 1:
             label_index = 1 if label_index is None and n == 2 else label_index
             if label_index is None or not 0 <= label_index < n:
-                raise ScorerError(f"seqcls:{folder} has {n} labels; pick one with seqcls:{folder}:<0..{n - 1}>")
+                raise ScorerError(
+                    f"seqcls:{folder} has {n} labels; pick one with seqcls:{folder}:<0..{n - 1}>"
+                )
         self.label_index = label_index if n > 1 else None
         what = "logit" if n == 1 else f"softmax p(label {label_index})"
         self.info = ScorerInfo(
-            id=f"seqcls:{folder}" + (f":{label_index}" if label_index is not None else ""), role=role,
-            sign="higher_is_unsafe" if role == "cost" else "higher_is_better", stride=stride,
+            id=f"seqcls:{folder}" + (f":{label_index}" if label_index is not None else ""),
+            role=role,
+            sign="higher_is_unsafe" if role == "cost" else "higher_is_better",
+            stride=stride,
             derivation=f"{what} of the (prompt, response) pair scored at every {stride}th token and at T, forward-filled",
             budget_hint=(0.0 if n == 1 else 0.5) if role == "cost" else None,
         )
 
     @cached_property
     def max_length(self) -> int:
-        limits = [getattr(self.model.config, "max_position_embeddings", None), self.tokenizer.model_max_length]
+        limits = [
+            getattr(self.model.config, "max_position_embeddings", None),
+            self.tokenizer.model_max_length,
+        ]
         return int(min(x for x in limits if x and x < 1e9) if any(x and x < 1e9 for x in limits) else 512)
 
     @torch.inference_mode()
-    def score(self, prompts: list[str], responses: list[str], previous: np.ndarray | None = None) -> np.ndarray:
+    def score(
+        self, prompts: list[str], responses: list[str], previous: np.ndarray | None = None
+    ) -> np.ndarray:
         out = []
         for s in range(0, len(prompts), self.batch_size):
-            enc = self.tokenizer(prompts[s : s + self.batch_size], responses[s : s + self.batch_size],
-                                 truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
+            enc = self.tokenizer(
+                prompts[s : s + self.batch_size],
+                responses[s : s + self.batch_size],
+                truncation=True,
+                max_length=self.max_length,
+                padding=True,
+                return_tensors="pt",
+            )
             logits = self.model(**enc.to(self.device)).logits.float()  # (B, num_labels)
             val = logits[:, 0] if self.label_index is None else logits.softmax(-1)[:, self.label_index]
             out.append(val.cpu().numpy())
@@ -75,8 +98,10 @@ class SeqClsScorer:
     def prefix_scores(self, prompts: list[str], prefix_texts: list[list[str]]) -> list[np.ndarray]:
         _check_batch(prompts, prefix_texts)
         points = [stride_points(len(p) - 1, self.stride) for p in prefix_texts]
-        vals = self.score([prompts[i] for i, pts in enumerate(points) for _ in pts],
-                          [prefix_texts[i][t] for i, pts in enumerate(points) for t in pts])
+        vals = self.score(
+            [prompts[i] for i, pts in enumerate(points) for _ in pts],
+            [prefix_texts[i][t] for i, pts in enumerate(points) for t in pts],
+        )
         out, k = [], 0
         for i, pts in enumerate(points):
             out.append(forward_fill(pts, vals[k : k + len(pts)], len(prefix_texts[i]) - 1))
@@ -84,6 +109,10 @@ class SeqClsScorer:
         return out
 
     def to_dict(self) -> dict:
-        return {**self.info.to_dict(), "kind": "seqcls", "architecture": type(self.model).__name__,
-                "num_labels": int(self.model.config.num_labels), "label_index": self.label_index}
-
+        return {
+            **self.info.to_dict(),
+            "kind": "seqcls",
+            "architecture": type(self.model).__name__,
+            "num_labels": int(self.model.config.num_labels),
+            "label_index": self.label_index,
+        }
