@@ -64,6 +64,8 @@ class CollectConfig:
     """Decoder layer whose output is the latent (1-based; -1 = last)."""
     norm: str = "post"
     """``post`` (after the final norm, last layer only) or ``pre``."""
+    extra_layers: list[int] = field(default_factory=list)
+    """Further layers whose residual streams are stored after the main latent (width (1 + k) x H)."""
     dtype: str = "float32"
     """Policy dtype (float32, bfloat16, float16)."""
     prompts: PromptSource = field(default_factory=PromptSource)
@@ -277,11 +279,18 @@ def collect_rank(cfg: CollectConfig, rank: int = 0, world: int = 1, barrier=lamb
     device = "cuda" if torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda") else "cpu"
     if device == "cuda":
         device = f"cuda:{torch.cuda.current_device()}"
-    policy = load_policy(cfg.model, layer=cfg.layer, norm=cfg.norm, dtype=cfg.dtype, device=device)
+    policy = load_policy(
+        cfg.model,
+        layer=cfg.layer,
+        norm=cfg.norm,
+        extra_layers=cfg.extra_layers,
+        dtype=cfg.dtype,
+        device=device,
+    )
     cost = load_scorer(cfg.cost, "cost", device=device, stride=cfg.stride)
     reward = load_scorer(cfg.reward, "reward", device=device, stride=cfg.stride)
     attrs = store_attrs(cfg, policy, cost, reward, source_info, prompts)
-    hidden = policy.identity.hidden_size
+    hidden = policy.identity.latent_size
 
     if rank == 0:
         writer = open_writer(cfg, 0, attrs, prompts, hidden)

@@ -96,8 +96,14 @@ class CriticConfig:
             out.append(f"gamma={self.gamma} (must be in (0, 1])")
         if not self.budget_low <= self.budget_high:
             out.append(f"budget_low={self.budget_low} > budget_high={self.budget_high}")
-        if self.policy is not None and self.policy.get("hidden_size", self.hidden_size) != self.hidden_size:
-            out.append(f"policy.hidden_size={self.policy['hidden_size']} != hidden_size={self.hidden_size}")
+        if self.policy is not None:
+            width = self.policy.get("hidden_size", self.hidden_size) * (
+                1 + len(self.policy.get("extra_layers") or [])
+            )
+            if width != self.hidden_size:
+                out.append(
+                    f"policy latent size {width} (hidden_size x tapped layers) != hidden_size={self.hidden_size}"
+                )
         return out
 
     def validate(self) -> CriticConfig:

@@ -176,6 +176,7 @@ def _bind_policy(
 ) -> Policy:
     layer = want.layer if want is not None else -1
     norm = want.norm if want is not None else "post"
+    extra = want.extra_layers if want is not None else []
     if isinstance(model, Policy):
         return model
     if model is None or isinstance(model, (str, Path)):
@@ -184,7 +185,9 @@ def _bind_policy(
             raise GuardError(
                 "the critic records no policy; pass model=... (an id, a folder or a loaded model)"
             )
-        return load_policy(mid, layer=layer, norm=norm, dtype=dtype or "float32", device=device)
+        return load_policy(
+            mid, layer=layer, norm=norm, extra_layers=extra, dtype=dtype or "float32", device=device
+        )
     if not isinstance(model, nn.Module):
         raise GuardError(
             f"model={type(model).__name__} is not a model; pass an id, a folder, a loaded HF model or a Policy"
@@ -197,6 +200,7 @@ def _bind_policy(
         model_id or _loaded_id(model, want),
         layer=layer,
         norm=norm,
+        extra_layers=extra,
         device=device,
         model=model,
         tokenizer=tokenizer,

@@ -8,7 +8,10 @@ together with the latent ``h_t`` of every position it was fed.
 Latent convention (DESIGN.md section 2): ``h_t`` is the hidden state at the last position of
 ``x ∘ y_{<=t}``; ``layer=-1, norm="post"`` is the input of the LM head (after the final norm).
 ``layer=l, norm="pre"`` is the residual stream leaving decoder layer ``l`` (1-based, negative counts from
-the end), before any final norm.
+the end), before any final norm. ``extra_layers`` appends the residual streams of further layers: the latent
+is then the concatenation ``[h(layer, norm), h(l_1), ..., h(l_k)]`` of width ``(1 + k) * hidden_size``, the main
+latent first, so the LM head's input is still the first ``hidden_size`` columns when ``layer`` is the last
+layer post-norm (middle layers carry more of what a harm classifier reads than the last one).
 """
 
 from __future__ import annotations
@@ -56,6 +59,8 @@ class LatentSpec:
     """Decoder layer whose output is read, 1-based; negative counts from the end (-1 = last)."""
     norm: Norm = "post"
     """``post``: after the final norm (only for the last layer, the LM head's input); ``pre``: raw residual."""
+    extra_layers: tuple[int, ...] = ()
+    """Further decoder layers (1-based, negative from the end) whose residual streams are appended to ``h``."""
 
     def resolve(self, num_layers: int) -> LatentSpec:
         layer = resolve_layer(self.layer, num_layers)
@@ -63,11 +68,20 @@ class LatentSpec:
             raise PolicyError(
                 f"--layer {self.layer} is outside the policy's 1..{num_layers} layers; pick one in range"
             )
+        extra = tuple(resolve_layer(int(x), num_layers) for x in self.extra_layers)
+        if bad := [x for x, r in zip(self.extra_layers, extra) if not 1 <= r <= num_layers]:
+            raise PolicyError(
+                f"--extra_layers {list(bad)} are outside the policy's 1..{num_layers} layers; pick them in range"
+            )
+        if len(set(extra)) != len(extra) or (self.norm == "pre" and layer in extra):
+            raise PolicyError(
+                f"--extra_layers {list(self.extra_layers)} repeat a layer; list each layer once"
+            )
         if self.norm == "post" and layer != num_layers:
             raise PolicyError(
                 f"--norm post applies only to the last layer ({num_layers}); use --norm pre for layer {layer}"
             )
-        return LatentSpec(layer=layer, norm=self.norm)
+        return LatentSpec(layer=layer, norm=self.norm, extra_layers=extra)
 
 
 @dataclass
@@ -83,6 +97,13 @@ class PolicyIdentity:
     revision: str | None = None
     vocab_size: int | None = None
     chat_template: bool = False
+    extra_layers: list[int] = field(default_factory=list)
+    """Layers whose residual streams follow the main latent (empty in stores and critics made before them)."""
+
+    @property
+    def latent_size(self) -> int:
+        """Width of the latent ``h``: ``hidden_size`` per tapped layer."""
+        return self.hidden_size * (1 + len(self.extra_layers))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -90,13 +111,15 @@ class PolicyIdentity:
     @classmethod
     def from_dict(cls, d: dict) -> PolicyIdentity:
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        out = cls(**{k: v for k, v in d.items() if k in known})
+        out.extra_layers = [int(x) for x in (out.extra_layers or [])]
+        return out
 
     def mismatches(self, other: PolicyIdentity | dict) -> list[str]:
         """Fields that make latents incompatible (dtype and revision are informative only)."""
         if isinstance(other, dict):
             other = PolicyIdentity.from_dict(other)
-        keys = ("model_id", "hidden_size", "num_layers", "layer", "norm")
+        keys = ("model_id", "hidden_size", "num_layers", "layer", "norm", "extra_layers")
         return [
             f"{k}: {getattr(self, k)!r} != {getattr(other, k)!r}"
             for k in keys
@@ -111,7 +134,7 @@ class Policy:
     model: nn.Module
     tokenizer: object
     identity: PolicyIdentity
-    _tap: nn.Module = field(repr=False, default=None)
+    _taps: tuple[nn.Module, ...] = field(repr=False, default=())
 
     @property
     def device(self) -> torch.device:
@@ -176,13 +199,15 @@ class Policy:
         past_key_values=None,
         logits_to_keep: int = 1,
     ):
-        """One cached step. Returns ``(logits (B, V) at the last position, latents (B, T, H), cache)``.
+        """One cached step. Returns ``(logits (B, V) at the last position, latents (B, T, W), cache)``,
+        ``W = identity.latent_size`` (the main latent, then any extra layers).
 
         Safe to call from several threads at once on one policy: each call reads only its own latents."""
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1] :]
-        _install_tap(self._tap)
-        captured: list[torch.Tensor] = []
-        token = _CAPTURE.set((self._tap, captured))  # this call's own list: other threads see their own
+        for tap in self._taps:
+            _install_tap(tap)
+        captured: dict[nn.Module, list[torch.Tensor]] = {tap: [] for tap in self._taps}
+        token = _CAPTURE.set(captured)  # this call's own lists: other threads see their own
         try:
             out = self.model(
                 input_ids=input_ids,
@@ -194,7 +219,9 @@ class Policy:
             )
         finally:
             _CAPTURE.reset(token)
-        return out.logits[:, -1, :], captured[-1], out.past_key_values
+        parts = [captured[tap][-1] for tap in self._taps]
+        latents = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+        return out.logits[:, -1, :], latents, out.past_key_values
 
     @torch.inference_mode()
     def latents_of(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -204,11 +231,11 @@ class Policy:
 
 
 # Latent capture, safe for concurrent calls (threads share one model): ONE permanent forward hook per tap
-# module appends the module's output to the list of the call active in the current context. A ContextVar
+# module appends the module's output to its list in the call active in the current context. A ContextVar
 # is per thread (and per asyncio task), so a call never sees another thread's latents; adding and removing
 # a hook per call, as before, let concurrent calls read each other's captures. transformers records
 # ``output_hidden_states`` the same way (``utils/output_capturing.py``).
-_CAPTURE: ContextVar[tuple[nn.Module, list[torch.Tensor]] | None] = ContextVar(
+_CAPTURE: ContextVar[dict[nn.Module, list[torch.Tensor]] | None] = ContextVar(
     "igcritic_latent_capture", default=None
 )
 _TAP_LOCK = threading.Lock()
@@ -216,8 +243,8 @@ _TAP_LOCK = threading.Lock()
 
 def _capture_hook(module: nn.Module, _inputs, out) -> None:
     active = _CAPTURE.get()
-    if active is not None and active[0] is module:
-        active[1].append(out[0] if isinstance(out, tuple) else out)
+    if active is not None and module in active:
+        active[module].append(out[0] if isinstance(out, tuple) else out)
 
 
 def _install_tap(module: nn.Module) -> None:
@@ -254,8 +281,14 @@ def _decoder(model: nn.Module) -> nn.Module:
     return dec
 
 
+def latent_tap_modules(model: nn.Module, spec: LatentSpec) -> tuple[nn.Module, ...]:
+    """The modules whose forward outputs make up ``h`` for ``spec`` (already resolved), in column order."""
+    dec = _decoder(model)
+    return (latent_tap_module(model, spec), *(dec.layers[x - 1] for x in spec.extra_layers))
+
+
 def latent_tap_module(model: nn.Module, spec: LatentSpec) -> nn.Module:
-    """The module whose forward output is ``h`` for ``spec`` (already resolved)."""
+    """The module whose forward output is the main latent for ``spec`` (already resolved)."""
     dec = _decoder(model)
     if spec.norm == "post":
         norm = getattr(dec, "norm", None) or getattr(dec, "final_layernorm", None)
@@ -318,6 +351,7 @@ def load_policy(
     model_id: str = EMBEDDED_POLICY_ID,
     layer: int = -1,
     norm: Norm = "post",
+    extra_layers: tuple[int, ...] | list[int] = (),
     dtype: str = "float32",
     device: str = "cpu",
     model: nn.Module | None = None,
@@ -348,7 +382,7 @@ def load_policy(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     num_layers = int(model.config.num_hidden_layers)
-    spec = LatentSpec(layer, norm).resolve(num_layers)
+    spec = LatentSpec(layer, norm, tuple(extra_layers)).resolve(num_layers)
     identity = PolicyIdentity(
         model_id=model_id,
         hidden_size=int(model.config.hidden_size),
@@ -359,7 +393,9 @@ def load_policy(
         revision=revision,
         vocab_size=int(model.config.vocab_size),
         chat_template=bool(getattr(tokenizer, "chat_template", None)),
+        extra_layers=list(spec.extra_layers),
     )
-    tap = latent_tap_module(model, spec)
-    _install_tap(tap)
-    return Policy(model=model, tokenizer=tokenizer, identity=identity, _tap=tap)
+    taps = latent_tap_modules(model, spec)
+    for tap in taps:
+        _install_tap(tap)
+    return Policy(model=model, tokenizer=tokenizer, identity=identity, _taps=taps)

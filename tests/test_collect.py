@@ -404,3 +404,24 @@ def test_resume_checks_the_prompts_text_and_the_weights(tiny_model_dir, beaver_s
         resume(moved)
     assert validate_store(out) == [] and StoreReader(out).prompts == PROMPTS
     assert all(StoreReader(out).attrs["config"]["fingerprints"].values())
+
+
+def test_collect_with_extra_layers_stores_the_layer_list_and_concatenated_latents(
+    tiny_model_dir, prompt_file, tmp_path
+):
+    cfg = tiny_config(
+        tiny_model_dir, prompt_file, tmp_path / "s.zarr", extra_layers=[1], rollouts_per_prompt=1
+    )
+    run(cfg)
+    assert validate_store(cfg.out) == []
+    r = StoreReader(cfg.out)
+    policy = load_policy(str(tiny_model_dir), extra_layers=[1])
+    assert r.attrs["policy"]["extra_layers"] == [1]
+    assert r.hidden_size == policy.identity.latent_size == 2 * policy.identity.hidden_size
+    assert policy.identity.mismatches(r.attrs["policy"]) == []
+    t = r.trajectory(0)
+    enc = policy.encode_prompts([r.prompts[int(r.traj_prompt[0])]])
+    ids = torch.cat([enc["input_ids"], torch.tensor([[int(x) for x in t["token_ids"][1:]]])], 1)
+    ref = policy.latents_of(ids, torch.ones_like(ids))[0, enc["input_ids"].shape[1] - 1 :]
+    got = torch.from_numpy(np.asarray(t["latents"], dtype=np.float32))
+    assert torch.allclose(got, ref, atol=2e-3 * ref.abs().max().item(), rtol=2e-3)

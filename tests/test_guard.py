@@ -110,6 +110,15 @@ def test_refuses_critic_of_another_policy(tmp_path, tiny_policy):
     art = write_artifact(tmp_path / "l", {**ident, "layer": 1, "norm": "pre"})
     with pytest.raises(GuardError, match="layer: 2 != 1"):
         load_guard(art, model=tiny_policy)
+    # a critic trained on layers (2 post, 1) is refused on a policy tapped at layer 2 only
+    art = write_artifact(tmp_path / "x", {**ident, "extra_layers": [1]}, hidden_size=64)
+    with pytest.raises(GuardError, match=r"extra_layers: \[\] != \[1\]"):
+        load_guard(art, model=tiny_policy)
+    # ... and accepted, tapped at both, when the guard loads the policy from the critic's record
+    guard = load_guard(art, model=tiny_policy.model, tokenizer=tiny_policy.tokenizer)
+    assert guard.policy.identity.extra_layers == [1] and guard.policy.identity.latent_size == 64
+    (rec,) = guard.generate("hi there", max_new_tokens=4, block_width=2)
+    assert rec.new_tokens > 0 and rec.cost_source == "latent"  # the 64-wide critic read the 2-layer latents
 
 
 def test_bad_load_arguments(tmp_path, artifact, tiny_policy):
@@ -212,7 +221,7 @@ def test_generate_from_two_threads_matches_sequential_runs(artifact, tiny_policy
         time.sleep(0.002)
 
     handles = [
-        guard.policy._tap.register_forward_pre_hook(pause),
+        guard.policy._taps[0].register_forward_pre_hook(pause),
         guard.policy.model.get_output_embeddings().register_forward_pre_hook(pause),
     ]
     got: dict[int, object] = {}

@@ -7,7 +7,7 @@ import torch
 from conftest import make_tiny_policy
 
 from igcritic.decoding import SamplingConfig, prefix_texts, rollout
-from igcritic.policy import LatentSpec, PolicyError
+from igcritic.policy import LatentSpec, PolicyError, load_policy
 
 
 def test_post_norm_tap_is_the_lm_head_input(tiny_policy):
@@ -25,6 +25,32 @@ def test_pre_norm_tap_reads_a_decoder_layer_output():
     lat = policy.latents_of(enc["input_ids"], enc["attention_mask"])
     assert torch.allclose(lat, out.hidden_states[1], atol=1e-6)  # hidden_states[0] is the embeddings
     assert policy.identity.layer == 1 and policy.identity.norm == "pre"
+
+
+def test_extra_layers_append_their_residual_streams_after_the_main_latent():
+    tok_policy = make_tiny_policy()
+    policy = load_policy(
+        "tiny-llama", extra_layers=[1], model=tok_policy.model, tokenizer=tok_policy.tokenizer
+    )
+    enc = policy.encode_prompts(["write a poem about the sea"])
+    out = policy.model(**enc, output_hidden_states=True)
+    lat = policy.latents_of(enc["input_ids"], enc["attention_mask"])  # (1, T, 2H)
+    h = policy.identity.hidden_size
+    assert lat.shape[-1] == 2 * h == policy.identity.latent_size
+    logits = policy.model.get_output_embeddings()(lat[..., :h])  # the main latent is still the LM head input
+    assert torch.allclose(logits, out.logits, atol=1e-5)
+    assert torch.allclose(lat[..., h:], out.hidden_states[1], atol=1e-6)
+    assert policy.identity.extra_layers == [1]
+    assert any(m.startswith("extra_layers") for m in policy.identity.mismatches(tok_policy.identity))
+    # identities written before extra layers existed read as "no extra layers"
+    old = {k: v for k, v in tok_policy.identity.to_dict().items() if k != "extra_layers"}
+    assert tok_policy.identity.mismatches(old) == []
+
+
+@pytest.mark.parametrize(("extra", "match"), [((3,), "outside"), ((1, -2), "repeat"), ((0,), "outside")])
+def test_extra_layer_errors(extra, match):
+    with pytest.raises(PolicyError, match=match):
+        LatentSpec(-1, "post", extra).resolve(num_layers=2)
 
 
 @pytest.mark.parametrize(
@@ -76,8 +102,8 @@ def test_latent_tap_is_one_permanent_hook_per_module(tiny_policy):
     for p in (tiny_policy, again, tiny_policy):
         a = p.latents_of(enc["input_ids"], enc["attention_mask"])
     assert torch.equal(a, again.latents_of(enc["input_ids"], enc["attention_mask"]))
-    hooks = [h for h in tiny_policy._tap._forward_hooks.values() if h is _capture_hook]
-    assert len(hooks) == 1 and again._tap is tiny_policy._tap
+    hooks = [h for h in tiny_policy._taps[0]._forward_hooks.values() if h is _capture_hook]
+    assert len(hooks) == 1 and again._taps == tiny_policy._taps
     tiny_policy.model(**enc)  # a plain forward outside Policy.forward: the hook is inert, nothing leaks
     assert torch.equal(a, tiny_policy.latents_of(enc["input_ids"], enc["attention_mask"]))
 
