@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import logging
 import os
 import signal
@@ -101,6 +102,12 @@ class CollectConfig:
     """Nodes (torchrun/SLURM set the rank environment)."""
     strategy: str = "ddp"
     """Fabric strategy for devices > 1: ddp (re-launches the command), ddp_spawn (in-process)."""
+    guard: str | None = None
+    """Round 2: a critic artifact folder; answers come from guarded decoding with it (so the next critic also
+    learns the states the search visits) instead of plain sampling. None: plain sampling (round 1)."""
+    guard_search: dict = field(default_factory=dict)
+    """``SearchConfig`` overrides of the guard (over the artifact's search_config.json); the sampling fields
+    come from ``sampling`` and ``on_violation`` is ``best_effort``, so every answer is the policy's own text."""
 
     def hashed(self) -> dict:
         """The settings that determine the content, as given (the prompt source still by its path)."""
@@ -121,6 +128,8 @@ class CollectConfig:
             problems.append("--resume and --overwrite exclude each other; pick one")
         if self.budget is not None and not np.isfinite(self.budget):
             problems.append(f"--budget {self.budget} must be a finite number")
+        if self.guard is not None and not (Path(self.guard) / "critic_config.json").is_file():
+            problems.append(f"--guard {self.guard} is not a critic artifact folder (no critic_config.json)")
         if problems:
             raise CollectError("; ".join(problems))
 
@@ -133,6 +142,48 @@ def work_batches(num_prompts: int, k: int, batch_size: int) -> list[list[int]]:
     """Prompt index of each item, item i = (prompt i // k, rollout i % k), cut into batches."""
     items = [p for p in range(num_prompts) for _ in range(k)]
     return [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+
+
+def guarded_sampler(cfg: CollectConfig, policy: Policy, cost: Scorer, reward: Scorer):
+    """``(prompts, generator) -> Rollouts`` of guarded decoding with ``cfg.guard`` (round 2).
+
+    The guard answers, then one teacher-forced forward reads the latents of every prefix (the store's h_t, the
+    same tap as plain sampling). The runtime is imported here, not at the top: only round 2 reads a critic."""
+    from igcritic.guard import load_guard
+
+    guard = load_guard(cfg.guard, model=policy, cost=cost, reward=reward, device=str(policy.device))
+    sampling = asdict(cfg.sampling)
+    overrides = {**cfg.guard_search, **sampling, "on_violation": "best_effort"}
+    eos = set(policy.eos_token_ids)
+
+    def sample(prompts: list[str], generator: torch.Generator) -> Rollouts:
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        records = guard.generate(prompts, seed=seed, **overrides)
+        answers = [list(r.token_ids) for r in records]
+        return Rollouts(
+            tokens=answers,
+            latents=teacher_forced_latents(policy, prompts, answers),
+            finished=[bool(a) and a[-1] in eos for a in answers],
+        )
+
+    return guard, sample
+
+
+def teacher_forced_latents(
+    policy: Policy, prompts: list[str], answers: list[list[int]]
+) -> list[torch.Tensor]:
+    """h_0..h_T of each (prompt, answer): one forward over the left-padded prompts and right-padded answers."""
+    width = max((len(a) for a in answers), default=0)
+    enc = policy.encode_prompts(prompts, new_tokens=max(width, 1))
+    ans = torch.full((len(answers), width), policy.pad_token_id, dtype=torch.long)
+    ans_mask = torch.zeros((len(answers), width), dtype=enc["attention_mask"].dtype)
+    for i, a in enumerate(answers):
+        ans[i, : len(a)], ans_mask[i, : len(a)] = torch.tensor(a, dtype=torch.long), 1
+    ids = torch.cat([enc["input_ids"], ans.to(policy.device)], 1)
+    mask = torch.cat([enc["attention_mask"], ans_mask.to(policy.device)], 1)
+    lat = policy.latents_of(ids, mask).float().cpu()
+    start = enc["input_ids"].shape[1] - 1
+    return [lat[i, start : start + len(a) + 1] for i, a in enumerate(answers)]
 
 
 def label_batch(
@@ -210,7 +261,21 @@ def content_config(
         "cost": scorer_fingerprint(cost),
         "reward": scorer_fingerprint(reward),
     }
+    if cfg.guard is not None:
+        d["fingerprints"]["guard"] = guard_identity(cfg.guard)
     return d
+
+
+def guard_identity(folder: str) -> dict:
+    """What names a round-2 guard in the store: its critic's weights checksum and its search defaults."""
+    critic_cfg = json.loads((Path(folder) / "critic_config.json").read_text())
+    search = Path(folder) / "search_config.json"
+    return {
+        "path": str(folder),
+        "critic_sha256": critic_cfg.get("weights_sha256"),
+        "calibration": critic_cfg.get("calibration"),
+        "search_config": json.loads(search.read_text()) if search.is_file() else None,
+    }
 
 
 def store_attrs(
@@ -234,6 +299,8 @@ def store_attrs(
             "batch_size": cfg.batch_size,
         },
         "seed": cfg.seed,
+        "rollouts_from": "guard" if cfg.guard is not None else "policy",
+        "guard": content["fingerprints"].get("guard"),
         "dataset": source_info,
         "software": {
             "igcritic": __version__,
@@ -291,6 +358,9 @@ def collect_rank(cfg: CollectConfig, rank: int = 0, world: int = 1, barrier=lamb
     reward = load_scorer(cfg.reward, "reward", device=device, stride=cfg.stride)
     attrs = store_attrs(cfg, policy, cost, reward, source_info, prompts)
     hidden = policy.identity.latent_size
+    sample = lambda batch_prompts, gen: rollout(policy, batch_prompts, cfg.sampling, gen)  # noqa: E731
+    if cfg.guard is not None:
+        _, sample = guarded_sampler(cfg, policy, cost, reward)
 
     if rank == 0:
         writer = open_writer(cfg, 0, attrs, prompts, hidden)
@@ -315,7 +385,7 @@ def collect_rank(cfg: CollectConfig, rank: int = 0, world: int = 1, barrier=lamb
         for b in mine:
             gen = torch.Generator(device=policy.device).manual_seed(batch_seed(cfg.seed, b))
             t0 = time.perf_counter()
-            roll = rollout(policy, [prompts[p] for p in batches[b]], cfg.sampling, gen)
+            roll = sample([prompts[p] for p in batches[b]], gen)
             t1 = time.perf_counter()
             batch, timing = label_batch(policy, prompts, batches[b], roll, cost, reward)
             problems = batch.validate()

@@ -425,3 +425,66 @@ def test_collect_with_extra_layers_stores_the_layer_list_and_concatenated_latent
     ref = policy.latents_of(ids, torch.ones_like(ids))[0, enc["input_ids"].shape[1] - 1 :]
     got = torch.from_numpy(np.asarray(t["latents"], dtype=np.float32))
     assert torch.allclose(got, ref, atol=2e-3 * ref.abs().max().item(), rtol=2e-3)
+
+
+def _tiny_critic_artifact(folder: Path, model_dir: Path, seed: int) -> Path:
+    from igcritic.critic import Critic, CriticConfig
+
+    identity = load_policy(str(model_dir)).identity.to_dict()
+    torch.manual_seed(seed)
+    cfg = CriticConfig(hidden_size=identity["hidden_size"], width=16, depth=1, policy=identity, budget=0.5)
+    Critic(cfg).eval().save_pretrained(folder)
+    return folder
+
+
+GUARD_SEARCH = {"num_candidates": 4, "block_width": 4, "mode": "latent", "critic": True}
+
+
+def test_collect_with_a_guard_records_it_and_resumes_like_any_collect(
+    tiny_model_dir, prompt_file, beaver_scorers, tmp_path, monkeypatch
+):
+    import igcritic.collect as collect_module
+
+    art = _tiny_critic_artifact(tmp_path / "critic", tiny_model_dir, seed=0)
+    kw = dict(guard=str(art), guard_search=GUARD_SEARCH, batch_size=4, **beaver_scorers)
+    ref = tiny_config(tiny_model_dir, prompt_file, tmp_path / "ref.zarr", **kw)
+    run(ref)
+    assert validate_store(ref.out) == []
+    r = StoreReader(ref.out)
+    sha = json.loads((art / "critic_config.json").read_text())["weights_sha256"]
+    assert r.attrs["rollouts_from"] == "guard" and r.attrs["guard"]["critic_sha256"] == sha
+    assert r.n_traj == len(PROMPTS) * 2 and int(r.traj_len.max()) <= 12
+    # the stored latents are the policy's h_t of the guarded answers (teacher-forced check of one)
+    policy = load_policy(str(tiny_model_dir))
+    t = r.trajectory(3)
+    enc = policy.encode_prompts([r.prompts[int(r.traj_prompt[3])]])
+    ids = torch.cat([enc["input_ids"], torch.tensor([[int(x) for x in t["token_ids"][1:]]])], 1)
+    want = policy.latents_of(ids, torch.ones_like(ids))[0, enc["input_ids"].shape[1] - 1 :]
+    got = torch.from_numpy(np.asarray(t["latents"], dtype=np.float32))
+    assert torch.allclose(got, want, atol=2e-3 * want.abs().max().item(), rtol=2e-3)
+
+    # a run that dies after its first batch resumes to the same store as the uninterrupted run
+    out = tmp_path / "killed.zarr"
+    calls = {"n": 0}
+    real = collect_module.label_batch
+
+    def dies_after_one(*a, **k):
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(collect_module, "label_batch", dies_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_config(tiny_model_dir, prompt_file, out, **kw))
+    monkeypatch.setattr(collect_module, "label_batch", real)
+    assert len(StoreReader(out).batches_done) == 1
+    run(tiny_config(tiny_model_dir, prompt_file, out, resume=True, **kw))
+    assert store_fingerprint(out) == store_fingerprint(ref.out)
+
+    # another critic is another input: resuming with it is refused
+    other = _tiny_critic_artifact(tmp_path / "critic2", tiny_model_dir, seed=1)
+    with pytest.raises(StoreError, match="config"):
+        run(tiny_config(tiny_model_dir, prompt_file, out, resume=True, **{**kw, "guard": str(other)}))
+    with pytest.raises(CollectError, match="not a critic artifact"):
+        run(tiny_config(tiny_model_dir, prompt_file, tmp_path / "x.zarr", **{**kw, "guard": str(tmp_path)}))
