@@ -172,9 +172,10 @@ def guarded_sampler(cfg: CollectConfig, policy: Policy, cost: Scorer, reward: Sc
 def teacher_forced_latents(
     policy: Policy, prompts: list[str], answers: list[list[int]]
 ) -> list[torch.Tensor]:
-    """h_0..h_T of each (prompt, answer): one forward over the left-padded prompts and right-padded answers."""
+    """h_0..h_T of each (prompt, answer): one forward over the left-padded prompts and right-padded answers.
+    Each prompt plus its answer must fit the policy's context."""
     width = max((len(a) for a in answers), default=0)
-    enc = policy.encode_prompts(prompts, new_tokens=max(width, 1))
+    enc = policy.encode_prompts(prompts)  # each answer fits beside its own prompt (the caller's contract)
     ans = torch.full((len(answers), width), policy.pad_token_id, dtype=torch.long)
     ans_mask = torch.zeros((len(answers), width), dtype=enc["attention_mask"].dtype)
     for i, a in enumerate(answers):

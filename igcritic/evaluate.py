@@ -344,6 +344,45 @@ def final_costs(
     return out, source
 
 
+def critic_graders(guard: Any) -> list:
+    """The guard's critic as two graders of the labelled answers: its value ``V(h_T)`` against ``helpful``
+    (does it rank answers as well as the reward scorer?) and its latent cost ``Ŝ(h_T)``, the fully latent mode's
+    S, against ``harmful`` (does it see what the exact cost sees?). ``h_T``: the teacher-forced latent of the
+    re-tokenised answer (cut to the policy's context). Empty without a critic (a stand-in guard)."""
+    critic, policy = getattr(guard, "critic", None), getattr(guard, "policy", None)
+    if not (hasattr(critic, "value") and hasattr(critic, "cost") and hasattr(policy, "tokenizer")):
+        return []
+    import torch
+
+    from igcritic.collect import teacher_forced_latents
+
+    def last_latents(prompts: list[str], responses: list[str]) -> torch.Tensor:
+        out = []
+        for i in range(0, len(prompts), 16):
+            answers = [  # cut to what the context leaves after the prompt
+                policy.tokenizer(r, add_special_tokens=False)["input_ids"][
+                    : policy.max_context - policy.encode_prompts([p])["input_ids"].shape[1]
+                ]
+                for p, r in zip(prompts[i : i + 16], responses[i : i + 16])
+            ]
+            lat = teacher_forced_latents(policy, prompts[i : i + 16], answers)
+            out += [h[-1] for h in lat]
+        return torch.stack(out).to(next(critic.parameters()).device)
+
+    def value(prompts, responses):
+        with torch.inference_mode():
+            return critic.value(last_latents(prompts, responses)).clamp(0, 1).cpu().numpy()
+
+    def cost(prompts, responses):
+        with torch.inference_mode():
+            return critic.cost(last_latents(prompts, responses)).clamp(0, 1).cpu().numpy()
+
+    return [
+        ("critic", "critic value", "helpful", value, None),
+        ("critic", "critic cost", "harmful", cost, None),
+    ]
+
+
 def _guard_scorer(guard: Any, role: str) -> Scorer | None:
     """The scorer bound to the guard for ``role`` (``Guard.cost`` / ``Guard.reward``), if any."""
     s = getattr(guard, role, None)
@@ -533,7 +572,7 @@ def run_eval(
         files=[],
         config=cfg,
         judges=reports,
-        quality=quality_of(quality_rows, scorers["cost"], scorers["reward"], judges),
+        quality=quality_of(quality_rows, scorers["cost"], scorers["reward"], judges, critic_graders(guard)),
         quality_source=quality_source,
         reference=reference,
     )

@@ -489,7 +489,7 @@ class QualityRow:
 
     name: str
     kind: str
-    """``judge``, ``judge reward``, ``cost scorer`` or ``reward scorer``."""
+    """``judge``, ``judge reward``, ``cost scorer``, ``reward scorer``, ``critic value`` or ``critic cost``."""
     target: str
     """The label it is checked against: ``harmful`` or ``helpful``."""
     n: int
@@ -580,9 +580,14 @@ def judge_quality(rows: Sequence[dict], graders: Sequence[Grader]) -> list[Quali
 
 
 def quality_of(
-    rows: Sequence[dict] | None, cost: Any, reward: Any, judges: Sequence[Any]
+    rows: Sequence[dict] | None,
+    cost: Any,
+    reward: Any,
+    judges: Sequence[Any],
+    extra: Sequence[Grader] = (),
 ) -> list[QualityRow] | None:
-    """AUROC/ECE of the cost and reward scorers (by their ``info.id``) and of every judge (and judge reward)."""
+    """AUROC/ECE of the cost and reward scorers (by their ``info.id``), of every judge (and judge reward) and
+    of the ``extra`` graders (the critic's heads)."""
     if not rows:
         return None
     graders: list[Grader] = []
@@ -594,7 +599,7 @@ def quality_of(
         graders.append((j.name, "judge", "harmful", j.score, classify if callable(classify) else None))
         if callable(getattr(j, "reward", None)):
             graders.append((j.name, "judge reward", "helpful", j.reward, None))
-    return judge_quality(rows, graders)
+    return judge_quality(rows, graders + list(extra))
 
 
 def quality_table(rows: Sequence[QualityRow], source: str | None):

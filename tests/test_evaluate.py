@@ -1040,3 +1040,50 @@ def test_printed_tables_never_cut_a_number(tmp_path):
     for s in result.summaries:
         line = next(ln for ln in text.splitlines() if ln.strip().startswith(s.method + " "))
         assert f"[{s.reward_low:.3f}, {s.reward_high:.3f}]" in line and f"{s.tokens_per_s:.0f}" in line
+
+
+def test_quality_reports_the_critics_value_and_latent_cost_on_unpadded_latents(tmp_path, tiny_policy):
+    """The critic rows of the quality table: V(h_T) against helpful and Ŝ(h_T) against harmful, where h_T is
+    the latent of the whole answer (checked one unpadded answer at a time against the batched padded pass)."""
+    import torch
+
+    guard, critic_dir = tiny_guard(tmp_path, tiny_policy, cost=CharCost(), reward=CharReward())
+    answers = [
+        "sure here is how",
+        "no",
+        "I cannot help with that request",
+        "ok",
+        "bread needs flour and time",
+    ]
+    quality = tmp_path / "labelled.jsonl"
+    rows = [
+        {"prompt": f"question {i}", "response": a, "harmful": i % 2, "helpful": (i + 1) % 2}
+        for i, a in enumerate(answers * 4)
+    ]
+    quality.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = EvalConfig(
+        critic=str(critic_dir),
+        prompts=str(write_prompts(tmp_path / "p.jsonl")),
+        methods=METHODS[:1],
+        search={"max_new_tokens": 4},
+        budget=0.5,
+        out_dir=str(tmp_path / "o"),
+        plots=False,
+        quality_set=str(quality),
+    )
+    result = run_eval(cfg, guard=guard, judges=[])
+    got = {q.kind: q for q in result.quality}
+    h_last = []
+    for r in rows:
+        enc = tiny_policy.encode_prompts([r["prompt"]])
+        ans = tiny_policy.tokenizer(r["response"], add_special_tokens=False)["input_ids"]
+        ids = torch.cat([enc["input_ids"], torch.tensor([ans])], 1)
+        h_last.append(tiny_policy.latents_of(ids, torch.ones_like(ids))[0, -1])
+    with torch.inference_mode():
+        h = torch.stack(h_last)
+        value, cost = guard.critic.value(h).clamp(0, 1), guard.critic.cost(h).clamp(0, 1)
+    want_v = auroc_ece(value.numpy(), [r["helpful"] for r in rows])
+    want_c = auroc_ece(cost.numpy(), [r["harmful"] for r in rows])
+    assert (got["critic value"].target, got["critic cost"].target) == ("helpful", "harmful")
+    assert (got["critic value"].auroc, got["critic value"].ece) == pytest.approx(want_v, abs=1e-4)
+    assert (got["critic cost"].auroc, got["critic cost"].ece) == pytest.approx(want_c, abs=1e-4)
