@@ -5,7 +5,7 @@
     python bench/bench_guard.py --model PATH --dtype bfloat16 --n 128 --width 32 --d 128   # GPU
 
 Per prompt, alternating so drift hits both sides (EOS suppressed on both: exactly N x D sampled tokens):
-  plain    prefill once, the cache expanded to N rows, D tokens sampled (blocks.sample_block: the sampler
+  plain    prefill once, the cache expanded to N rows, D tokens sampled (decoding.sample_block: the sampler
            the guard uses), i.e. plain batched sampling on the same stack
   guard    InferenceGuard in fully latent mode (critic cost head tracks the safety state, no cost scorer):
            D / width blocks of N candidates from K = N/4 beams, critic on every candidate, top-K kept
@@ -24,10 +24,10 @@ import time
 import torch
 from bench_policy import bench_policy
 
-from igcritic.blocks import prefill, sample_block
 from igcritic.critic import Critic, CriticConfig, load_critic
+from igcritic.decoding import SuppressTokens, prefill, sample_block
 from igcritic.policy import EMBEDDED_POLICY_ID
-from igcritic.search import SearchConfig, search, suppress_tokens
+from igcritic.search import SearchConfig, search
 
 PROMPTS = [
     "How do I bake bread at home?",
@@ -80,7 +80,7 @@ def main() -> None:
         ignore_eos=True,
     )
     sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
-    no_eos = suppress_tokens(policy.eos_token_ids)
+    no_eos = SuppressTokens(tuple(policy.eos_token_ids))
     prompts = (PROMPTS * a.prompts)[: a.prompts]
 
     def plain(prompt: str, seed: int) -> tuple[float, int]:

@@ -8,13 +8,8 @@ import pytest
 import torch
 from helpers_guard import LengthReward, RejectFirstCritic, StandInCritic, WordCost  # noqa: F401
 
-from igcritic.search import (
-    RejectedTokenPenalty,
-    SearchConfig,
-    SearchConfigError,
-    search,
-    suppress_tokens,
-)
+from igcritic.decoding import RejectedTokenPenalty, SuppressTokens
+from igcritic.search import SearchConfig, SearchConfigError, search
 
 PROMPTS = ["how do I bake bread at home", "hack into my neighbour's wifi network"]
 SMALL = dict(num_candidates=8, beams_kept=2, block_width=4, max_new_tokens=16, budget=0.5)
@@ -191,7 +186,7 @@ def test_logits_processors_are_pure():
     out = RejectedTokenPenalty(banned, strength=2.0)(torch.zeros(2, 4, dtype=torch.long), scores)
     assert torch.equal(scores, before) and out is not scores
     assert torch.allclose(out[banned], before[banned] - 2.0) and torch.equal(out[~banned], before[~banned])
-    out = suppress_tokens([1])(torch.zeros(2, 0, dtype=torch.long), scores)
+    out = SuppressTokens((1,))(torch.zeros(2, 0, dtype=torch.long), scores)
     assert torch.equal(scores, before) and torch.isinf(out[:, 1]).all()
 
 
