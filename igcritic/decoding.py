@@ -11,16 +11,25 @@ has all T+1 latents h_0..h_T (``model.generate`` stops before that last forward)
 
 Rewinding a row to the start of a block (a retry) masks the block's cached positions out of the attention
 mask instead of cropping the cache, so rows of different prompts keep sharing one cache.
+
+The cache is transformers' dynamic cache, or (``compile: true``) a :class:`StaticKV`: a static cache of a
+fixed number of rows and positions with ``torch.compile`` of the one-token step, for GPUs (on CPU it is
+slower: BENCHMARKS.md). Both take the same steps and give the same tokens under greedy decoding.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from igcritic.policy import Policy
+from igcritic.policy import Policy, PolicyError
+
+STATIC_LENGTH_STEP = 128
+"""A static cache's positions are rounded up to a multiple of this, so prompt batches of similar width share
+one compiled step (each new shape compiles again: ~1 min on CPU)."""
 
 
 @dataclass
@@ -168,11 +177,20 @@ class Block:
 
 
 @torch.inference_mode()
-def prefill(policy: Policy, prompts: list[str], new_tokens: int = 1) -> Rows:
-    """Encode and run every prompt once (room for ``new_tokens`` checked); one row per prompt with ``h_0``."""
+def prefill(
+    policy: Policy, prompts: list[str], new_tokens: int = 1, static: tuple[int, int] | None = None
+) -> Rows:
+    """Encode and run every prompt once (room for ``new_tokens`` checked); one row per prompt with ``h_0``.
+
+    ``static=(rows, steps)``: then hold the cache in a :class:`StaticKV` of ``rows`` rows with room for
+    ``steps`` more forward steps (the compiled path); None: transformers' dynamic cache."""
     enc = policy.encode_prompts(prompts, new_tokens=new_tokens)
     logits, lat, cache = policy.forward(enc["input_ids"], enc["attention_mask"])
     n = len(prompts)
+    if static is not None:
+        cache = StaticKV.load(
+            policy, cache, rows=static[0], length=enc["attention_mask"].shape[1] + static[1]
+        )
     return Rows(
         prompt=torch.arange(n),
         tokens=[[] for _ in range(n)],
@@ -220,7 +238,10 @@ def sample_block(
         hit = active & torch.isin(tok, eos_ids)
         eos |= hit
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        step_logits, lat, cache = policy.forward(tok[:, None], mask, cache)
+        if isinstance(cache, StaticKV):
+            step_logits, lat = cache.step(policy, tok, mask)
+        else:
+            step_logits, lat, cache = policy.forward(tok[:, None], mask, cache)
         step_h = lat[:, -1].float()
         if keep_latents:
             kept.append(step_h)
@@ -280,10 +301,18 @@ class Rollouts:
 
 @torch.inference_mode()
 def rollout(
-    policy: Policy, prompts: list[str], cfg: SamplingConfig, generator: torch.Generator | None = None
+    policy: Policy,
+    prompts: list[str],
+    cfg: SamplingConfig,
+    generator: torch.Generator | None = None,
+    static_rows: int = 0,
 ) -> Rollouts:
-    """Sample one answer per prompt: one block of width D; EOS is part of the answer when it is sampled."""
-    rows = prefill(policy, prompts, new_tokens=cfg.max_new_tokens)
+    """Sample one answer per prompt: one block of width D; EOS is part of the answer when it is sampled.
+
+    ``static_rows > 0``: the compiled static-cache path with that many cache rows (the batch size, so every
+    batch reuses one compiled step)."""
+    static = (max(static_rows, len(prompts)), cfg.max_new_tokens) if static_rows else None
+    rows = prefill(policy, prompts, new_tokens=cfg.max_new_tokens, static=static)
     limits = torch.full((len(rows),), cfg.max_new_tokens)
     block = sample_block(policy, rows, limits, cfg, generator, keep_latents=True)
     return Rollouts(
@@ -291,3 +320,84 @@ def rollout(
         latents=[block.latents[i, : n + 1] for i, n in enumerate(block.new.tolist())],
         finished=block.eos.tolist(),
     )
+
+
+class StaticKV:
+    """A transformers ``StaticCache`` of fixed rows and positions, and the compiled one-token step over it.
+
+    Rows past the live ones are padding (copies of the last live row, fed the pad token); rows are gathered
+    in place (:meth:`batch_select_indices`), so the cache tensors keep their addresses (CUDA graphs) and the
+    compiled step always sees one shape: (rows, 1) tokens and a (rows, length) mask. Positions are written
+    in order and never reused (a rewind masks them, as on the dynamic path). One instance per model is kept
+    and reused while its shape fits, so consecutive searches compile once; one search at a time per policy.
+    """
+
+    _kept: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def __init__(self, policy: Policy, rows: int, length: int) -> None:
+        from transformers import StaticCache
+
+        self.rows, self.length, self.pad = rows, length, policy.pad_token_id
+        self.cache = StaticCache(config=policy.model.config, max_cache_len=length)
+        kinds = {type(layer).__name__ for layer in self.cache.layers}
+        if kinds != {"StaticLayer"} or not hasattr(self.cache.layers[0], "cumulative_length"):
+            raise PolicyError(
+                f"compile: true supports full-attention models on transformers >= 5.17 (got cache layers "
+                f"{sorted(kinds)}); use compile: false"
+            )
+        self.cuda_graphs = policy.device.type == "cuda"
+        mode = "reduce-overhead" if self.cuda_graphs else None
+        self.forward = torch.compile(Policy.forward, dynamic=False, mode=mode)  # unbound: no ref to the model
+
+    @classmethod
+    def load(cls, policy: Policy, prefilled, rows: int, length: int) -> StaticKV:
+        """The kept instance (a new one if the shape grew) holding the ``prefilled`` dynamic cache's rows."""
+        length = -(-length // STATIC_LENGTH_STEP) * STATIC_LENGTH_STEP
+        kv = cls._kept.get(policy.model)
+        if kv is None or kv.rows != rows or kv.length < length:  # one per model: free the old one first
+            kv = cls._kept[policy.model] = None
+            kv = cls._kept[policy.model] = cls(policy, rows, length)
+        n, width = prefilled.layers[0].keys.shape[0], prefilled.layers[0].keys.shape[2]
+        if n > kv.rows or width > kv.length:
+            raise PolicyError(
+                f"{n} prompts of {width} tokens do not fit a static cache of {kv.rows} x {kv.length}"
+            )
+        idx = kv._padded(torch.arange(n, device=policy.device))
+        for dst, src in zip(kv.cache.layers, prefilled.layers):
+            keys, values = src.keys[idx], src.values[idx]
+            if not dst.is_initialized:
+                dst.lazy_initialization(keys, values)
+            dst.keys[:, :, :width].copy_(keys)
+            dst.values[:, :, :width].copy_(values)
+            dst.cumulative_length.fill_(width)
+        return kv
+
+    def batch_select_indices(self, idx: torch.Tensor) -> None:
+        """Keep rows ``idx`` (repeats allowed) as rows 0..len(idx)-1, in place."""
+        if len(idx) > self.rows:
+            raise PolicyError(f"{len(idx)} rows do not fit a static cache of {self.rows}; raise its rows")
+        if len(idx):
+            full = self._padded(idx)
+            for layer in self.cache.layers:
+                layer.keys.copy_(layer.keys[full])
+                layer.values.copy_(layer.values[full])
+
+    def step(
+        self, policy: Policy, tok: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`Policy.forward` of tokens ``(R,)`` under ``mask (R, past + 1)``: logits (R, V), latents (R, 1, H)."""
+        r, width = mask.shape
+        if width > self.length:
+            raise PolicyError(f"the static cache's {self.length} positions are used up; raise its length")
+        ids = torch.full((self.rows, 1), self.pad, dtype=tok.dtype, device=tok.device)
+        ids[:r, 0] = tok
+        full = mask.new_zeros(self.rows, self.length)
+        full[:r, :width] = mask
+        full[r:, :width] = mask[-1]
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        logits, lat, _ = self.forward(policy, ids, full, self.cache)
+        return logits[:r].clone(), lat[:r].clone()  # CUDA graphs overwrite their outputs at the next replay
+
+    def _padded(self, idx: torch.Tensor) -> torch.Tensor:
+        return torch.cat([idx, idx[-1:].expand(self.rows - len(idx))])

@@ -119,6 +119,9 @@ class SearchConfig:
     """Prompts searched together (their candidates share each forward); 0: as many as keep N x prompts <= 64."""
     ignore_eos: bool = False
     """Never sample EOS (benchmarks: a fixed N x D tokens)."""
+    compile: bool = False
+    """Decode on a static KV cache of N x prompt_batch rows with a ``torch.compile``-d step (GPUs; on CPU it is
+    slower, BENCHMARKS.md); the first batch of each shape compiles (about a minute)."""
 
     @property
     def beams(self) -> int:
@@ -369,7 +372,10 @@ def _search_batch(ctx: _Ctx, gen: torch.Generator) -> list[GuardRecord]:
     t0 = time.perf_counter()
     n_cand, k_keep, width, max_retries = cfg.plan
     d = cfg.max_new_tokens
-    beams = prefill(policy, ctx.prompts)  # check_prompts has validated every prompt of the call
+    # check_prompts has validated every prompt; the static cache has room for every block and its retries
+    steps = math.ceil(d / width) * (max_retries + 1) * width
+    static = (n_cand * cfg.prompts_per_batch, steps) if cfg.compile else None
+    beams = prefill(policy, ctx.prompts, static=static)
     if cfg.mode == "exact":
         beams.cost = ctx.score(ctx.cost, beams.prompt, [""] * len(beams))  # S_0 of the empty answer
     tracks = [_Track() for _ in ctx.prompts]
