@@ -53,9 +53,9 @@ class CollectError(ValueError):
 
 @dataclass
 class CollectConfig:
-    """Everything that determines a store's content (all but ``out``, ``resume``, ``overwrite``, ``compile`` and the
-    device layout enter the config hash that guards ``--resume``; the prompts enter it by their text and the
-    policy and scorers also by a fingerprint of their weights, see :func:`content_config`)."""
+    """Everything that determines a store's content (all but ``out``, ``resume``, ``overwrite``, ``compile``
+    and the device layout enter the config hash that guards ``--resume``; the prompts enter it by their text and
+    the policy and scorers also by a fingerprint of their weights, see :func:`content_config`)."""
 
     out: str = "runs/embedded/store.zarr"
     """Store path or fsspec URL to write."""

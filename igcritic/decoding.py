@@ -385,7 +385,8 @@ class StaticKV:
     def step(
         self, policy: Policy, tok: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`Policy.forward` of tokens ``(R,)`` under ``mask (R, past + 1)``: logits (R, V), latents (R, 1, H)."""
+        """:meth:`Policy.forward` of tokens ``(R,)`` under ``mask (R, past + 1)``: logits (R, V), latents
+        (R, 1, H)."""
         r, width = mask.shape
         if width > self.length:
             raise PolicyError(f"the static cache's {self.length} positions are used up; raise its length")

@@ -120,8 +120,8 @@ class SearchConfig:
     ignore_eos: bool = False
     """Never sample EOS (benchmarks: a fixed N x D tokens)."""
     compile: bool = False
-    """Decode on a static KV cache of N x prompt_batch rows with a ``torch.compile``-d step (GPUs; on CPU it is
-    slower, BENCHMARKS.md); the first batch of each shape compiles (about a minute)."""
+    """Decode on a static KV cache of N x prompts-per-batch rows with a ``torch.compile``-d step (for GPUs;
+    slower on CPU, BENCHMARKS.md); the first batch of each shape compiles (about a minute)."""
 
     @property
     def beams(self) -> int:
@@ -294,6 +294,8 @@ class _Ctx:
     cost: ScorerLike | None
     reward: ScorerLike | None
     prompts: list[str]
+    cache_rows: int = 0
+    """Rows of the static cache (``compile``): N x the most prompts of one batch of the call."""
     critic_seconds: float = 0.0
     _trunk: tuple[torch.Tensor, torch.Tensor] | None = None
     """(latents, trunk features) of the last candidate set: cost, value and q share one trunk pass."""
@@ -362,7 +364,9 @@ def search(
     out: list[GuardRecord] = []
     step = cfg.prompts_per_batch
     for i in range(0, len(prompts), step):
-        ctx = _Ctx(policy, cfg, critic, cost, reward, prompts[i : i + step])
+        ctx = _Ctx(
+            policy, cfg, critic, cost, reward, prompts[i : i + step], cfg.plan[0] * min(step, len(prompts))
+        )
         out += _search_batch(ctx, gen)
     return out
 
@@ -374,7 +378,7 @@ def _search_batch(ctx: _Ctx, gen: torch.Generator) -> list[GuardRecord]:
     d = cfg.max_new_tokens
     # check_prompts has validated every prompt; the static cache has room for every block and its retries
     steps = math.ceil(d / width) * (max_retries + 1) * width
-    static = (n_cand * cfg.prompts_per_batch, steps) if cfg.compile else None
+    static = (ctx.cache_rows, steps) if cfg.compile else None
     beams = prefill(policy, ctx.prompts, static=static)
     if cfg.mode == "exact":
         beams.cost = ctx.score(ctx.cost, beams.prompt, [""] * len(beams))  # S_0 of the empty answer
