@@ -136,7 +136,7 @@ class Rows:
     cost: torch.Tensor
     """(R,) float32 on CPU: the cost S tracked for each row (exact or latent)."""
     cache: object
-    """The policy's KV cache; batch row r belongs to row r."""
+    """The KV cache (transformers' dynamic cache, or a :class:`StaticKV`); batch row r belongs to row r."""
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -389,7 +389,9 @@ class StaticKV:
         (R, 1, H)."""
         r, width = mask.shape
         if width > self.length:
-            raise PolicyError(f"the static cache's {self.length} positions are used up; raise its length")
+            raise PolicyError(
+                f"the static cache's {self.length} positions are used up; its caller sized it too small"
+            )
         ids = torch.full((self.rows, 1), self.pad, dtype=tok.dtype, device=tok.device)
         ids[:r, 0] = tok
         full = mask.new_zeros(self.rows, self.length)
