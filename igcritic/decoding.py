@@ -19,6 +19,7 @@ slower: BENCHMARKS.md). Both take the same steps and give the same tokens under 
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -328,8 +329,9 @@ class StaticKV:
     Rows past the live ones are padding (copies of the last live row, fed the pad token); rows are gathered
     in place (:meth:`batch_select_indices`), so the cache tensors keep their addresses (CUDA graphs) and the
     compiled step always sees one shape: (rows, 1) tokens and a (rows, length) mask. Positions are written
-    in order and never reused (a rewind masks them, as on the dynamic path). One instance per model is kept
-    and reused while its shape fits, so consecutive searches compile once; one search at a time per policy.
+    in order and never reused (a rewind masks them, as on the dynamic path). One instance per model and
+    thread is kept and reused while its shape fits, so consecutive searches compile once (each thread that
+    decodes concurrently holds its own cache).
     """
 
     _kept: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -353,10 +355,13 @@ class StaticKV:
     def load(cls, policy: Policy, prefilled, rows: int, length: int) -> StaticKV:
         """The kept instance (a new one if the shape grew) holding the ``prefilled`` dynamic cache's rows."""
         length = -(-length // STATIC_LENGTH_STEP) * STATIC_LENGTH_STEP
-        kv = cls._kept.get(policy.model)
-        if kv is None or kv.rows != rows or kv.length < length:  # one per model: free the old one first
-            kv = cls._kept[policy.model] = None
-            kv = cls._kept[policy.model] = cls(policy, rows, length)
+        mine = cls._kept.setdefault(policy.model, {})  # per thread: concurrent searches never share one
+        kv = mine.get(threading.get_ident())
+        if (
+            kv is None or kv.rows != rows or kv.length < length
+        ):  # one per model and thread: free the old first
+            kv = mine[threading.get_ident()] = None
+            kv = mine[threading.get_ident()] = cls(policy, rows, length)
         n, width = prefilled.layers[0].keys.shape[0], prefilled.layers[0].keys.shape[2]
         if n > kv.rows or width > kv.length:
             raise PolicyError(

@@ -84,7 +84,7 @@ def test_static_compiled_path_gives_the_dynamic_tokens(tiny_policy):
     ]
     assert [r.retries for r in runs[1]] == [r.retries for r in runs[0]] == [0, 1]
     assert [r.token_ids for r in runs[1]] == [r.token_ids for r in runs[0]]
-    kv = StaticKV._kept[tiny_policy.model]
+    (kv,) = StaticKV._kept[tiny_policy.model].values()
     assert isinstance(kv, StaticKV) and kv.rows == 8  # one kept cache: N x prompt_batch rows, compiled once
 
 
