@@ -377,6 +377,7 @@ class StaticKV:
             dst.cumulative_length.fill_(width)
         return kv
 
+    @torch.inference_mode()
     def batch_select_indices(self, idx: torch.Tensor) -> None:
         """Keep rows ``idx`` (repeats allowed) as rows 0..len(idx)-1, in place."""
         if len(idx) > self.rows:
