@@ -7,7 +7,8 @@ Three timings per repeat, alternating so drift hits both sides:
   baseline  model.generate(do_sample=True, min_new_tokens=D): tokens/s of plain sampling
   collect   igcritic's rollout (KV-cached sampling + latent of every step) + fp16 store write
   scorers   cost prefix scores + reward, reported separately (DESIGN.md section 9)
-Prints the ratio collect/baseline (target >= 0.8), store MB/s and bytes per token.
+Prints the ratio collect/baseline (target >= 0.8), store MB/s and bytes per token. ``--compile``: collect
+with ``compile: true`` (static KV cache of ``--batch`` rows, compiled step; its compile is a warm-up call).
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ def main() -> None:
     ap.add_argument("--new_tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--scorers", action="store_true", help="also time the embedded cost/reward scorers")
+    ap.add_argument(
+        "--compile", action="store_true", help="collect with compile: true (static cache, compiled)"
+    )
     a = ap.parse_args()
 
     torch.set_grad_enabled(False)
@@ -71,7 +75,8 @@ def main() -> None:
         policy.model.generation_config.eos_token_id = None  # full length, like min_new_tokens above
         sync()
         t = time.perf_counter()
-        roll = rollout(policy, prompts, cfg, torch.Generator(device=policy.device).manual_seed(i))
+        gen = torch.Generator(device=policy.device).manual_seed(i)
+        roll = rollout(policy, prompts, cfg, gen, a.batch if a.compile else 0)
         sync()
         n = sum(len(x) for x in roll.tokens)
         batch = TrajectoryBatch(
@@ -97,6 +102,10 @@ def main() -> None:
         return done - t, n, done - tw, size, roll
 
     baseline()  # warm-up
+    if a.compile:
+        t = time.perf_counter()
+        collect(-1)  # compiles the static-cache step
+        print(f"compile warm-up {time.perf_counter() - t:.1f} s")
     rows = []
     for i in range(a.repeats):
         tb, nb = baseline()
@@ -105,7 +114,10 @@ def main() -> None:
     base = statistics.median(r[0] for r in rows)
     coll = statistics.median(r[1] for r in rows)
     ratios = [r[1] / r[0] for r in rows]
-    print(f"model={a.model} device={a.device} dtype={a.dtype} batch={a.batch} new_tokens={a.new_tokens}")
+    print(
+        f"model={a.model} device={a.device} dtype={a.dtype} batch={a.batch} new_tokens={a.new_tokens} "
+        f"compile={a.compile}"
+    )
     print(f"baseline generate      {base:8.1f} tok/s (median of {a.repeats})")
     print(f"collect (gen+latents+write) {coll:8.1f} tok/s")
     print(

@@ -5,14 +5,17 @@
     python bench/bench_guard.py --model PATH --dtype bfloat16 --n 128 --width 32 --d 128   # GPU
 
 Per prompt, alternating so drift hits both sides (EOS suppressed on both: exactly N x D sampled tokens):
-  plain    prefill once, the cache expanded to N rows, D tokens sampled (blocks.sample_block: the sampler
+  plain    prefill once, the cache expanded to N rows, D tokens sampled (decoding.sample_block: the sampler
            the guard uses), i.e. plain batched sampling on the same stack
   guard    InferenceGuard in fully latent mode (critic cost head tracks the safety state, no cost scorer):
            D / width blocks of N candidates from K = N/4 beams, critic on every candidate, top-K kept
   generate model.generate(num_return_sequences=N, min_new_tokens=D): a reference row (re-encodes the prompt)
-Prints seconds per prompt, the ratio guard/plain (DESIGN.md target <= 1.3) and the critic's share of the
-guard's time (target < 2%). The random critic admits everything by default (--tau 0, a huge budget), so
-the ratio measures the search machinery without retries; pass --tau 0.5 --budget 0.5 to include them.
+Prints seconds per prompt, the ratio guard/plain (DESIGN.md target <= 1.3), the retry rate (resampled
+blocks / all blocks) and the critic's share of the guard's time (target < 2%). The random critic admits
+everything by default (--tau 0, a huge budget), so the ratio measures the search machinery without retries;
+pass --critic checkpoints/embedded --tau 0.5 --budget 0.5 (the demo's) to include them. ``--compile`` adds
+rows for both sides with ``compile: true`` (static KV cache, compiled step) and the ratio static/dynamic;
+its warm-up row is the compile time.
 """
 
 from __future__ import annotations
@@ -20,14 +23,15 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from dataclasses import replace
 
 import torch
 from bench_policy import bench_policy
 
-from igcritic.blocks import prefill, sample_block
 from igcritic.critic import Critic, CriticConfig, load_critic
+from igcritic.decoding import SuppressTokens, prefill, sample_block
 from igcritic.policy import EMBEDDED_POLICY_ID
-from igcritic.search import SearchConfig, search, suppress_tokens
+from igcritic.search import SearchConfig, search
 
 PROMPTS = [
     "How do I bake bread at home?",
@@ -53,6 +57,10 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=1e6)
     ap.add_argument("--prompts", type=int, default=3, help="prompts per repeat")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument(
+        "--retries", type=int, default=2, help="M: resamples of a block when nothing is admissible"
+    )
+    ap.add_argument("--compile", action="store_true", help="also time both sides with compile: true")
     ap.add_argument("--no_generate", action="store_true", help="skip the model.generate reference row")
     a = ap.parse_args()
 
@@ -77,25 +85,28 @@ def main() -> None:
         max_new_tokens=a.d,
         tau=a.tau,
         budget=a.budget,
+        retries=a.retries,
         ignore_eos=True,
     )
     sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
-    no_eos = suppress_tokens(policy.eos_token_ids)
+    no_eos = SuppressTokens(tuple(policy.eos_token_ids))
     prompts = (PROMPTS * a.prompts)[: a.prompts]
 
-    def plain(prompt: str, seed: int) -> tuple[float, int]:
+    def plain(prompt: str, seed: int, comp: bool) -> tuple[float, int]:
         sync()
         t = time.perf_counter()
-        rows = prefill(policy, [prompt]).select(torch.zeros(a.n, dtype=torch.long))
+        static = (a.n, a.d) if comp else None
+        rows = prefill(policy, [prompt], static=static).select(torch.zeros(a.n, dtype=torch.long))
         gen = torch.Generator(device=policy.device).manual_seed(seed)
         block = sample_block(policy, rows, torch.full((a.n,), a.d), search_cfg.sampling, gen, no_eos)
         sync()
         return time.perf_counter() - t, int(block.new.sum())
 
-    def guard(prompt: str, seed: int):
+    def guard(prompt: str, seed: int, comp: bool):
         sync()
         t = time.perf_counter()
-        (rec,) = search(policy, [prompt], SearchConfig(**{**search_cfg.__dict__, "seed": seed}), critic)
+        cfg = replace(search_cfg, seed=seed, compile=comp)
+        (rec,) = search(policy, [prompt], cfg, critic)
         sync()
         return time.perf_counter() - t, rec
 
@@ -116,40 +127,65 @@ def main() -> None:
         sync()
         return time.perf_counter() - t
 
-    plain(prompts[0], 0)  # warm-up
-    guard(prompts[0], 0)
-    t_plain, t_guard, t_gen, shares, retries, toks = [], [], [], [], [], []
+    sides = {"dynamic": False, "static-compiled": True} if a.compile else {"dynamic": False}
+    warm = {}
+    for name, comp in sides.items():  # warm-up; the static side compiles here (guard's shape, then plain's)
+        t = time.perf_counter()
+        guard(prompts[0], 0, comp)
+        plain(prompts[0], 0, comp)
+        warm[name] = time.perf_counter() - t
+    t_plain = {k: [] for k in sides}
+    t_guard = {k: [] for k in sides}
+    t_gen, shares, retries, blocks, toks = [], [], [], [], []
     for r in range(a.repeats):
         for i, p in enumerate(prompts):
-            tp, n = plain(p, 100 * r + i)
-            tg, rec = guard(p, 100 * r + i)
-            t_plain.append(tp)
-            t_guard.append(tg)
-            toks.append(n)
-            shares.append(rec.critic_seconds / rec.seconds)
-            retries.append(rec.retries)
+            for name, comp in sides.items():
+                tp, n = plain(p, 100 * r + i, comp)
+                tg, rec = guard(p, 100 * r + i, comp)
+                t_plain[name].append(tp)
+                t_guard[name].append(tg)
+                if not comp:
+                    toks.append(n)
+                    shares.append(rec.critic_seconds / rec.seconds)
+                    retries.append(rec.retries)
+                    blocks.append(rec.steps + rec.retries)
             if not a.no_generate:
                 t_gen.append(generate(p))
-    ratios = [g / p for g, p in zip(t_guard, t_plain)]
     med = statistics.median
+    critic_name = "random w=" + str(a.critic_width) if not a.critic else a.critic
     print(
-        f"model={a.model} device={a.device} dtype={a.dtype} threads={torch.get_num_threads()} "
-        f"N={a.n} width={a.width} D={a.d} K={search_cfg.beams} critic={'random w=' + str(a.critic_width) if not a.critic else a.critic}"
+        f"model={a.model} device={a.device} dtype={a.dtype} threads={torch.get_num_threads()} N={a.n} "
+        f"width={a.width} D={a.d} K={search_cfg.beams} tau={a.tau} budget={a.budget} retries<={a.retries} "
+        f"critic={critic_name}"
     )
-    print(f"{'':28s}{'s/prompt (median)':>18s}{'min':>8s}{'max':>8s}")
-    print(
-        f"{'plain sampling N x D':28s}{med(t_plain):18.2f}{min(t_plain):8.2f}{max(t_plain):8.2f}   ({med(toks):.0f} tokens)"
-    )
-    print(
-        f"{'guard, fully latent':28s}{med(t_guard):18.2f}{min(t_guard):8.2f}{max(t_guard):8.2f}   (retries {sum(retries)})"
-    )
+    print(f"{'':40s}{'s/prompt (median)':>18s}{'min':>8s}{'max':>8s}")
+
+    def row(label: str, xs: list[float], note: str = "") -> None:
+        print(f"{label:40s}{med(xs):18.2f}{min(xs):8.2f}{max(xs):8.2f}   {note}")
+
+    for name in sides:
+        row(f"plain sampling N x D ({name})", t_plain[name], f"({med(toks):.0f} tokens)")
+        row(f"guard, fully latent ({name})", t_guard[name])
     if t_gen:
-        print(f"{'model.generate N x D (ref)':28s}{med(t_gen):18.2f}{min(t_gen):8.2f}{max(t_gen):8.2f}")
+        row("model.generate N x D (ref)", t_gen)
+    for name in sides:
+        ratios = [g / p for g, p in zip(t_guard[name], t_plain[name])]
+        print(
+            f"ratio guard/plain ({name}): median {med(ratios):.3f} (min {min(ratios):.3f}, "
+            f"max {max(ratios):.3f}); target <= 1.3"
+        )
+    if a.compile:
+        for what, times in (("plain", t_plain), ("guard", t_guard)):
+            ratios = [s / d for s, d in zip(times["static-compiled"], times["dynamic"])]
+            print(
+                f"ratio static-compiled/dynamic, {what}: median {med(ratios):.3f} "
+                f"(min {min(ratios):.3f}, max {max(ratios):.3f})"
+            )
+        print("warm-up (one guard + one plain call) s: " + ", ".join(f"{k} {v:.1f}" for k, v in warm.items()))
     print(
-        f"ratio guard/plain: median {med(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f}); target <= 1.3"
-    )
-    print(
-        f"critic share of guard time: median {100 * med(shares):.2f}% (max {100 * max(shares):.2f}%); target < 2%"
+        f"retries: {sum(retries)} in {sum(blocks)} blocks (retry rate {sum(retries) / max(sum(blocks), 1):.3f}); "
+        f"critic share of guard time: median {100 * med(shares):.2f}% (max {100 * max(shares):.2f}%); "
+        "target < 2%"
     )
 
 

@@ -53,9 +53,9 @@ class CollectError(ValueError):
 
 @dataclass
 class CollectConfig:
-    """Everything that determines a store's content (all but ``out``, ``resume``, ``overwrite`` and the
-    device layout enter the config hash that guards ``--resume``; the prompts enter it by their text and the
-    policy and scorers also by a fingerprint of their weights, see :func:`content_config`)."""
+    """Everything that determines a store's content (all but ``out``, ``resume``, ``overwrite``, ``compile``
+    and the device layout enter the config hash that guards ``--resume``; the prompts enter it by their text and
+    the policy and scorers also by a fingerprint of their weights, see :func:`content_config`)."""
 
     out: str = "runs/embedded/store.zarr"
     """Store path or fsspec URL to write."""
@@ -108,11 +108,14 @@ class CollectConfig:
     guard_search: dict = field(default_factory=dict)
     """``SearchConfig`` overrides of the guard (over the artifact's search_config.json); the sampling fields
     come from ``sampling`` and ``on_violation`` is ``best_effort``, so every answer is the policy's own text."""
+    compile: bool = False
+    """Decode on a static KV cache of ``batch_size`` rows with a ``torch.compile``-d step (GPUs; on CPU it is
+    slower, BENCHMARKS.md). Not part of the content hash: a store may be resumed with either."""
 
     def hashed(self) -> dict:
         """The settings that determine the content, as given (the prompt source still by its path)."""
         d = asdict(self)
-        for k in ("out", "resume", "overwrite", "accelerator", "devices", "num_nodes", "strategy"):
+        for k in ("out", "resume", "overwrite", "accelerator", "devices", "num_nodes", "strategy", "compile"):
             d.pop(k)
         return d
 
@@ -154,6 +157,8 @@ def guarded_sampler(cfg: CollectConfig, policy: Policy, cost: Scorer, reward: Sc
     guard = load_guard(cfg.guard, model=policy, cost=cost, reward=reward, device=str(policy.device))
     sampling = asdict(cfg.sampling)
     overrides = {**cfg.guard_search, **sampling, "on_violation": "best_effort"}
+    if cfg.compile:
+        overrides["compile"] = True
     eos = set(policy.eos_token_ids)
 
     def sample(prompts: list[str], generator: torch.Generator) -> Rollouts:
@@ -359,7 +364,10 @@ def collect_rank(cfg: CollectConfig, rank: int = 0, world: int = 1, barrier=lamb
     reward = load_scorer(cfg.reward, "reward", device=device, stride=cfg.stride)
     attrs = store_attrs(cfg, policy, cost, reward, source_info, prompts)
     hidden = policy.identity.latent_size
-    sample = lambda batch_prompts, gen: rollout(policy, batch_prompts, cfg.sampling, gen)  # noqa: E731
+
+    def sample(batch_prompts: list[str], gen: torch.Generator) -> Rollouts:
+        return rollout(policy, batch_prompts, cfg.sampling, gen, cfg.batch_size if cfg.compile else 0)
+
     if cfg.guard is not None:
         _, sample = guarded_sampler(cfg, policy, cost, reward)
 

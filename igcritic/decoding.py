@@ -1,18 +1,36 @@
-"""Token sampling and KV-cached rollouts that also return the latent of every step.
+"""The one decode loop: token sampling, logits processors and KV-cached rows that return their latents.
 
-One decoding loop serves both ``collect`` (rollouts from the unchanged policy) and the runtime (block
-sampling), so latents seen at training time and at inference time come from the same code path.
-``rollout`` feeds the final sampled token once more, so a T-token answer has all T+1 latents h_0..h_T
-(``model.generate`` stops before that last forward).
+Both ``collect`` and the guarded runtime decode through :func:`sample_block`, so latents seen at training
+time and at inference time come from the same code. The prompts of a batch are prefilled once
+(:func:`prefill`); from then on every partial answer is a row of :class:`Rows` (its tokens, its attention
+mask over the cached positions, the next-token logits and the latent ``h`` at its end, the cost ``S``
+tracked so far). :meth:`Rows.select` turns beams into candidates and back by indexing the batch dimension of
+the cache, so a candidate never re-encodes its prompt. A rollout (``collect``) is one block of width D:
+:func:`rollout` keeps every step's latent, and feeds the final sampled token once more, so a T-token answer
+has all T+1 latents h_0..h_T (``model.generate`` stops before that last forward).
+
+Rewinding a row to the start of a block (a retry) masks the block's cached positions out of the attention
+mask instead of cropping the cache, so rows of different prompts keep sharing one cache.
+
+The cache is transformers' dynamic cache, or (``compile: true``) a :class:`StaticKV`: a static cache of a
+fixed number of rows and positions with ``torch.compile`` of the one-token step, for GPUs (on CPU it is
+slower: BENCHMARKS.md). Both take the same steps and give the same tokens under greedy decoding.
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from igcritic.policy import Policy
+from igcritic.policy import Policy, PolicyError
+
+STATIC_LENGTH_STEP = 128
+"""A static cache's positions are rounded up to a multiple of this, so prompt batches of similar width share
+one compiled step (each new shape compiles again: ~1 min on CPU)."""
 
 
 @dataclass
@@ -63,6 +81,212 @@ def prefix_texts(tokenizer, token_ids: list[int]) -> list[str]:
     return [tokenizer.decode(token_ids[:t], skip_special_tokens=True) for t in range(len(token_ids) + 1)]
 
 
+LogitsProcessor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""A pure ``(input_ids (B, T), scores (B, V)) -> new scores (B, V)`` function (transformers' convention);
+``input_ids`` are the tokens the rows gained so far in the current block."""
+
+
+class LogitsProcessorList(list):
+    """Processors applied in order, shaped like transformers' ``LogitsProcessorList``."""
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        for processor in self:
+            scores = processor(input_ids, scores)
+        return scores
+
+
+@dataclass(frozen=True)
+class RejectedTokenPenalty:
+    """Logits processor of a resampled block: subtract ``strength`` from tokens of rejected candidates."""
+
+    banned: torch.Tensor
+    """(B, V) bool: tokens that appeared in the rejected candidates of each row's prompt."""
+    strength: float = 2.0
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """``(input_ids (B, T), scores (B, V)) -> new (B, V)``; never modifies ``scores``."""
+        return scores - self.strength * self.banned.to(scores.dtype)
+
+
+@dataclass(frozen=True)
+class SuppressTokens:
+    """Logits processor that forbids ``token_ids`` (``ignore_eos``: a fixed N x D tokens in benchmarks)."""
+
+    token_ids: tuple[int, ...]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        out = scores.clone()
+        out[:, list(self.token_ids)] = float("-inf")
+        return out
+
+
+@dataclass
+class Rows:
+    """A flat batch of partial answers (beams or candidates of one or more prompts) sharing one KV cache."""
+
+    prompt: torch.Tensor
+    """(R,) long, on CPU: index of the prompt each row answers."""
+    tokens: list[list[int]]
+    """Response tokens of each row (EOS included when it was sampled)."""
+    mask: torch.Tensor
+    """(R, L) attention mask over the cached positions (0: left padding or a rewound block)."""
+    logits: torch.Tensor
+    """(R, V) next-token logits at the end of each row."""
+    h: torch.Tensor
+    """(R, H) float32 latent at the end of each row (h_t of its last token)."""
+    cost: torch.Tensor
+    """(R,) float32 on CPU: the cost S tracked for each row (exact or latent)."""
+    cache: object
+    """The KV cache (transformers' dynamic cache, or a :class:`StaticKV`); batch row r belongs to row r."""
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def select(self, idx: torch.Tensor) -> Rows:
+        """Rows ``idx`` (repeats allowed: expansion; a subset: selection). Consumes ``self``'s cache."""
+        idx_cpu = idx.cpu()
+        dev = self.mask.device
+        self.cache.batch_select_indices(idx.to(dev))
+        return Rows(
+            prompt=self.prompt[idx_cpu],
+            tokens=[list(self.tokens[i]) for i in idx_cpu.tolist()],
+            mask=self.mask[idx.to(dev)],
+            logits=self.logits[idx.to(dev)],
+            h=self.h[idx.to(self.h.device)],
+            cost=self.cost[idx_cpu],
+            cache=self.cache,
+        )
+
+
+@dataclass
+class Block:
+    """What one call of :func:`sample_block` added to each row."""
+
+    new: torch.Tensor
+    """(R,) long: tokens each row gained in this block."""
+    eos: torch.Tensor
+    """(R,) bool: the row sampled an end-of-sequence token in this block."""
+    steps: int
+    """Forward steps the block took (= cached positions it appended to every row)."""
+    start_logits: torch.Tensor
+    """(R, V) logits at the start of the block, to rewind a row."""
+    start_h: torch.Tensor
+    """(R, H) latents at the start of the block, to rewind a row."""
+    latents: torch.Tensor | None = None
+    """(R, steps + 1, H) float32 on CPU with ``keep_latents``: the start latent, then each step's (row r's
+    first ``new[r] + 1`` are its own; later steps fed the pad token)."""
+
+
+@torch.inference_mode()
+def prefill(
+    policy: Policy, prompts: list[str], new_tokens: int = 1, static: tuple[int, int] | None = None
+) -> Rows:
+    """Encode and run every prompt once (room for ``new_tokens`` checked); one row per prompt with ``h_0``.
+
+    ``static=(rows, steps)``: then hold the cache in a :class:`StaticKV` of ``rows`` rows with room for
+    ``steps`` more forward steps (the compiled path); None: transformers' dynamic cache."""
+    enc = policy.encode_prompts(prompts, new_tokens=new_tokens)
+    logits, lat, cache = policy.forward(enc["input_ids"], enc["attention_mask"])
+    n = len(prompts)
+    if static is not None:
+        cache = StaticKV.load(
+            policy, cache, rows=static[0], length=enc["attention_mask"].shape[1] + static[1]
+        )
+    return Rows(
+        prompt=torch.arange(n),
+        tokens=[[] for _ in range(n)],
+        mask=enc["attention_mask"],
+        logits=logits,
+        h=lat[:, -1].float(),
+        cost=torch.zeros(n),
+        cache=cache,
+    )
+
+
+@torch.inference_mode()
+def sample_block(
+    policy: Policy,
+    rows: Rows,
+    limits: torch.Tensor,
+    sampling: SamplingConfig,
+    generator: torch.Generator | None = None,
+    processor: LogitsProcessor | None = None,
+    keep_latents: bool = False,
+) -> Block:
+    """Extend each row by up to ``limits[r]`` tokens (stopping at EOS), in place; all rows step together.
+
+    Rows that stopped keep feeding the pad token (their later positions are never used again); their
+    ``h`` and ``logits`` stay those of their last real token.
+    """
+    dev = rows.mask.device
+    bsz = len(rows)
+    limits = limits.to(dev)
+    eos_ids = torch.tensor(policy.eos_token_ids, device=dev)
+    start_logits, start_h = rows.logits, rows.h
+    stopped = limits <= 0
+    eos = torch.zeros(bsz, dtype=torch.bool, device=dev)
+    new = torch.zeros(bsz, dtype=torch.long, device=dev)
+    fed: list[torch.Tensor] = []
+    kept = [start_h] if keep_latents else None
+    logits, h, mask, cache = rows.logits, rows.h, rows.mask, rows.cache
+    while not bool(stopped.all()):
+        scores = logits if processor is None else processor(_stack(fed, bsz, dev), logits)
+        tok = next_token(scores, sampling, generator)  # (R,)
+        active = ~stopped
+        tok = torch.where(active, tok, torch.full_like(tok, policy.pad_token_id))
+        fed.append(tok)
+        new += active.long()
+        hit = active & torch.isin(tok, eos_ids)
+        eos |= hit
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        if isinstance(cache, StaticKV):
+            step_logits, lat = cache.step(policy, tok, mask)
+        else:
+            step_logits, lat, cache = policy.forward(tok[:, None], mask, cache)
+        step_h = lat[:, -1].float()
+        if keep_latents:
+            kept.append(step_h)
+        logits = torch.where(active[:, None], step_logits, logits)
+        h = torch.where(active[:, None], step_h, h)
+        stopped = stopped | hit | (new >= limits)
+    block_tokens = _stack(fed, bsz, dev).cpu()  # (R, steps)
+    for r, n in enumerate(new.cpu().tolist()):
+        rows.tokens[r].extend(block_tokens[r, :n].tolist())
+    rows.logits, rows.h, rows.mask, rows.cache = logits, h, mask, cache
+    return Block(
+        new=new.cpu(),
+        eos=eos.cpu(),
+        steps=len(fed),
+        start_logits=start_logits,
+        start_h=start_h,
+        latents=torch.stack(kept, 1).cpu() if keep_latents else None,
+    )
+
+
+def rewind(rows: Rows, which: torch.Tensor, block: Block, parent_of: torch.Tensor) -> None:
+    """Undo the last block for rows ``which`` (in place): mask its positions, restore logits, h and tokens.
+
+    ``parent_of[r]`` is the row (in the block's batch) that row r was selected from; ``block`` is that block.
+    """
+    if not bool(which.any()) or block.steps == 0:
+        return
+    dev = rows.mask.device
+    w = which.to(dev)
+    src = parent_of.to(dev)
+    rows.mask = rows.mask.clone()
+    rows.mask[w, -block.steps :] = 0
+    rows.logits = torch.where(w[:, None], block.start_logits[src], rows.logits)
+    rows.h = torch.where(w.to(rows.h.device)[:, None], block.start_h[src.to(rows.h.device)], rows.h)
+    for r in torch.nonzero(which).flatten().tolist():
+        n = int(block.new[parent_of[r]])
+        if n:
+            del rows.tokens[r][-n:]
+
+
+def _stack(fed: list[torch.Tensor], bsz: int, dev: torch.device) -> torch.Tensor:
+    return torch.stack(fed, 1) if fed else torch.zeros(bsz, 0, dtype=torch.long, device=dev)
+
+
 @dataclass
 class Rollouts:
     """Answers of one batch: token ids (without padding), latents h_0..h_T and whether EOS was reached."""
@@ -78,34 +302,111 @@ class Rollouts:
 
 @torch.inference_mode()
 def rollout(
-    policy: Policy, prompts: list[str], cfg: SamplingConfig, generator: torch.Generator | None = None
+    policy: Policy,
+    prompts: list[str],
+    cfg: SamplingConfig,
+    generator: torch.Generator | None = None,
+    static_rows: int = 0,
 ) -> Rollouts:
-    """Sample one answer per prompt with the KV cache; EOS is part of the answer when it is sampled."""
-    enc = policy.encode_prompts(prompts, new_tokens=cfg.max_new_tokens)
-    mask = enc["attention_mask"]
-    bsz = mask.shape[0]
-    eos = torch.tensor(policy.eos_token_ids, device=mask.device)
-    logits, lat, cache = policy.forward(enc["input_ids"], mask)
-    steps = [lat[:, -1].float()]  # h_0: (B, H)
-    tokens = []
-    done = torch.zeros(bsz, dtype=torch.bool, device=mask.device)
-    lengths = torch.zeros(bsz, dtype=torch.long, device=mask.device)
-    for _ in range(cfg.max_new_tokens):
-        tok = next_token(logits, cfg, generator)
-        tok = torch.where(done, torch.full_like(tok, policy.pad_token_id), tok)
-        tokens.append(tok)
-        lengths += (~done).long()
-        done = done | torch.isin(tok, eos)
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        logits, lat, cache = policy.forward(tok[:, None], mask, cache)
-        steps.append(lat[:, -1].float())
-        if bool(done.all()):
-            break
-    tok_mat = torch.stack(tokens, 1).cpu() if tokens else torch.zeros(bsz, 0, dtype=torch.long)
-    lat_mat = torch.stack(steps, 1).cpu()  # (B, steps + 1, H)
-    lengths = lengths.cpu()
+    """Sample one answer per prompt: one block of width D; EOS is part of the answer when it is sampled.
+
+    ``static_rows > 0``: the compiled static-cache path with that many cache rows (the batch size, so every
+    batch reuses one compiled step)."""
+    static = (max(static_rows, len(prompts)), cfg.max_new_tokens) if static_rows else None
+    rows = prefill(policy, prompts, new_tokens=cfg.max_new_tokens, static=static)
+    limits = torch.full((len(rows),), cfg.max_new_tokens)
+    block = sample_block(policy, rows, limits, cfg, generator, keep_latents=True)
     return Rollouts(
-        tokens=[tok_mat[i, : lengths[i]].tolist() for i in range(bsz)],
-        latents=[lat_mat[i, : lengths[i] + 1] for i in range(bsz)],
-        finished=done.cpu().tolist(),
+        tokens=rows.tokens,
+        latents=[block.latents[i, : n + 1] for i, n in enumerate(block.new.tolist())],
+        finished=block.eos.tolist(),
     )
+
+
+class StaticKV:
+    """A transformers ``StaticCache`` of fixed rows and positions, and the compiled one-token step over it.
+
+    Rows past the live ones are padding (copies of the last live row, fed the pad token); rows are gathered
+    in place (:meth:`batch_select_indices`), so the cache tensors keep their addresses (CUDA graphs) and the
+    compiled step always sees one shape: (rows, 1) tokens and a (rows, length) mask. Positions are written
+    in order and never reused (a rewind masks them, as on the dynamic path). One instance per model and
+    thread is kept and reused while its shape fits, so consecutive searches compile once (each thread that
+    decodes concurrently holds its own cache).
+    """
+
+    _kept: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def __init__(self, policy: Policy, rows: int, length: int) -> None:
+        from transformers import StaticCache
+
+        self.rows, self.length, self.pad = rows, length, policy.pad_token_id
+        self.cache = StaticCache(config=policy.model.config, max_cache_len=length)
+        kinds = {type(layer).__name__ for layer in self.cache.layers}
+        if kinds != {"StaticLayer"} or not hasattr(self.cache.layers[0], "cumulative_length"):
+            raise PolicyError(
+                f"compile: true supports full-attention models on transformers >= 5.17 (got cache layers "
+                f"{sorted(kinds)}); use compile: false"
+            )
+        self.cuda_graphs = policy.device.type == "cuda"
+        mode = "reduce-overhead" if self.cuda_graphs else None
+        self.forward = torch.compile(Policy.forward, dynamic=False, mode=mode)  # unbound: no ref to the model
+
+    @classmethod
+    def load(cls, policy: Policy, prefilled, rows: int, length: int) -> StaticKV:
+        """The kept instance (a new one if the shape grew) holding the ``prefilled`` dynamic cache's rows."""
+        length = -(-length // STATIC_LENGTH_STEP) * STATIC_LENGTH_STEP
+        mine = cls._kept.setdefault(policy.model, {})  # per thread: concurrent searches never share one
+        kv = mine.get(threading.get_ident())
+        if (
+            kv is None or kv.rows != rows or kv.length < length
+        ):  # one per model and thread: free the old first
+            kv = mine[threading.get_ident()] = None
+            kv = mine[threading.get_ident()] = cls(policy, rows, length)
+        n, width = prefilled.layers[0].keys.shape[0], prefilled.layers[0].keys.shape[2]
+        if n > kv.rows or width > kv.length:
+            raise PolicyError(
+                f"{n} prompts of {width} tokens do not fit a static cache of {kv.rows} x {kv.length}"
+            )
+        idx = kv._padded(torch.arange(n, device=policy.device))
+        for dst, src in zip(kv.cache.layers, prefilled.layers):
+            keys, values = src.keys[idx], src.values[idx]
+            if not dst.is_initialized:
+                dst.lazy_initialization(keys, values)
+            dst.keys[:, :, :width].copy_(keys)
+            dst.values[:, :, :width].copy_(values)
+            dst.cumulative_length.fill_(width)
+        return kv
+
+    @torch.inference_mode()
+    def batch_select_indices(self, idx: torch.Tensor) -> None:
+        """Keep rows ``idx`` (repeats allowed) as rows 0..len(idx)-1, in place."""
+        if len(idx) > self.rows:
+            raise PolicyError(f"{len(idx)} rows do not fit a static cache of {self.rows}; raise its rows")
+        if len(idx):
+            full = self._padded(idx)
+            for layer in self.cache.layers:
+                layer.keys.copy_(layer.keys[full])
+                layer.values.copy_(layer.values[full])
+
+    def step(
+        self, policy: Policy, tok: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`Policy.forward` of tokens ``(R,)`` under ``mask (R, past + 1)``: logits (R, V), latents
+        (R, 1, H)."""
+        r, width = mask.shape
+        if width > self.length:
+            raise PolicyError(
+                f"the static cache's {self.length} positions are used up; its caller sized it too small"
+            )
+        ids = torch.full((self.rows, 1), self.pad, dtype=tok.dtype, device=tok.device)
+        ids[:r, 0] = tok
+        full = mask.new_zeros(self.rows, self.length)
+        full[:r, :width] = mask
+        full[r:, :width] = mask[-1]
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        logits, lat, _ = self.forward(policy, ids, full, self.cache)
+        return logits[:r].clone(), lat[:r].clone()  # CUDA graphs overwrite their outputs at the next replay
+
+    def _padded(self, idx: torch.Tensor) -> torch.Tensor:
+        return torch.cat([idx, idx[-1:].expand(self.rows - len(idx))])

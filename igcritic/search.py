@@ -1,6 +1,6 @@
 """Guarded block-wise search (InferenceGuard, DESIGN.md section 6) and its baselines in one runtime.
 
-Every method runs the same loop over the block sampler of :mod:`igcritic.blocks`: the prompts of a batch
+Every method runs the same loop over the block sampler of :mod:`igcritic.decoding`: the prompts of a batch
 are prefilled once, each live beam samples its share of N candidates of one block from its own KV cache,
 the candidates are scored, and the best K are kept.
 
@@ -29,8 +29,15 @@ from typing import Literal, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from igcritic.blocks import prefill, rewind, sample_block
-from igcritic.decoding import SamplingConfig
+from igcritic.decoding import (
+    LogitsProcessorList,
+    RejectedTokenPenalty,
+    SamplingConfig,
+    SuppressTokens,
+    prefill,
+    rewind,
+    sample_block,
+)
 from igcritic.policy import Policy, PolicyError
 
 Method = Literal["inferenceguard", "plain", "best_of_n", "beam"]
@@ -112,6 +119,9 @@ class SearchConfig:
     """Prompts searched together (their candidates share each forward); 0: as many as keep N x prompts <= 64."""
     ignore_eos: bool = False
     """Never sample EOS (benchmarks: a fixed N x D tokens)."""
+    compile: bool = False
+    """Decode on a static KV cache of N x prompts-per-batch rows with a ``torch.compile``-d step (for GPUs;
+    slower on CPU, BENCHMARKS.md); the first batch of each shape compiles (about a minute)."""
 
     @property
     def beams(self) -> int:
@@ -248,30 +258,6 @@ class GuardRecord:
         return asdict(self)
 
 
-@dataclass(frozen=True)
-class RejectedTokenPenalty:
-    """Logits processor of a resampled block: subtract ``strength`` from tokens of rejected candidates."""
-
-    banned: torch.Tensor
-    """(B, V) bool: tokens that appeared in the rejected candidates of each row's prompt."""
-    strength: float = 2.0
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        """``(input_ids (B, T), scores (B, V)) -> new (B, V)``; never modifies ``scores``."""
-        return scores - self.strength * self.banned.to(scores.dtype)
-
-
-def suppress_tokens(token_ids: list[int]):
-    """A pure logits processor that forbids ``token_ids`` (used by ``ignore_eos``)."""
-
-    def processor(input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        out = scores.clone()
-        out[:, token_ids] = float("-inf")
-        return out
-
-    return processor
-
-
 @dataclass
 class _Entry:
     """A scored candidate: a row of the current block, or (``row`` None) a complete answer kept earlier."""
@@ -308,6 +294,8 @@ class _Ctx:
     cost: ScorerLike | None
     reward: ScorerLike | None
     prompts: list[str]
+    cache_rows: int = 0
+    """Rows of the static cache (``compile``): N x the most prompts of one batch of the call."""
     critic_seconds: float = 0.0
     _trunk: tuple[torch.Tensor, torch.Tensor] | None = None
     """(latents, trunk features) of the last candidate set: cost, value and q share one trunk pass."""
@@ -376,7 +364,9 @@ def search(
     out: list[GuardRecord] = []
     step = cfg.prompts_per_batch
     for i in range(0, len(prompts), step):
-        ctx = _Ctx(policy, cfg, critic, cost, reward, prompts[i : i + step])
+        ctx = _Ctx(
+            policy, cfg, critic, cost, reward, prompts[i : i + step], cfg.plan[0] * min(step, len(prompts))
+        )
         out += _search_batch(ctx, gen)
     return out
 
@@ -386,7 +376,10 @@ def _search_batch(ctx: _Ctx, gen: torch.Generator) -> list[GuardRecord]:
     t0 = time.perf_counter()
     n_cand, k_keep, width, max_retries = cfg.plan
     d = cfg.max_new_tokens
-    beams = prefill(policy, ctx.prompts)  # check_prompts has validated every prompt of the call
+    # check_prompts has validated every prompt; the static cache has room for every block and its retries
+    steps = math.ceil(d / width) * (max_retries + 1) * width
+    static = (ctx.cache_rows, steps) if cfg.compile else None
+    beams = prefill(policy, ctx.prompts, static=static)
     if cfg.mode == "exact":
         beams.cost = ctx.score(ctx.cost, beams.prompt, [""] * len(beams))  # S_0 of the empty answer
     tracks = [_Track() for _ in ctx.prompts]
@@ -452,21 +445,13 @@ def _shares(prompt: torch.Tensor, n: int) -> torch.Tensor:
     return counts
 
 
-def _processor(ctx: _Ctx, banned: torch.Tensor, prompt: torch.Tensor):
-    procs = []
+def _processor(ctx: _Ctx, banned: torch.Tensor, prompt: torch.Tensor) -> LogitsProcessorList | None:
+    procs = LogitsProcessorList()
     if bool(banned.any()):
         procs.append(RejectedTokenPenalty(banned[prompt.to(banned.device)], ctx.cfg.resample_penalty))
     if ctx.cfg.ignore_eos:
-        procs.append(suppress_tokens(ctx.policy.eos_token_ids))
-    if not procs:
-        return None
-
-    def chain(input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        for proc in procs:
-            scores = proc(input_ids, scores)
-        return scores
-
-    return chain
+        procs.append(SuppressTokens(tuple(ctx.policy.eos_token_ids)))
+    return procs or None
 
 
 def _score_candidates(ctx: _Ctx, cands, parent_cost: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -488,3 +488,8 @@ def test_collect_with_a_guard_records_it_and_resumes_like_any_collect(
         run(tiny_config(tiny_model_dir, prompt_file, out, resume=True, **{**kw, "guard": str(other)}))
     with pytest.raises(CollectError, match="not a critic artifact"):
         run(tiny_config(tiny_model_dir, prompt_file, tmp_path / "x.zarr", **{**kw, "guard": str(tmp_path)}))
+
+
+def test_compile_is_not_part_of_the_content_hash():
+    """``compile`` changes how rollouts are decoded, not what they are: a store resumes under either."""
+    assert CollectConfig(compile=True).hashed() == CollectConfig().hashed()

@@ -8,13 +8,8 @@ import pytest
 import torch
 from helpers_guard import LengthReward, RejectFirstCritic, StandInCritic, WordCost  # noqa: F401
 
-from igcritic.search import (
-    RejectedTokenPenalty,
-    SearchConfig,
-    SearchConfigError,
-    search,
-    suppress_tokens,
-)
+from igcritic.decoding import RejectedTokenPenalty, SamplingConfig, StaticKV, SuppressTokens, rollout
+from igcritic.search import SearchConfig, SearchConfigError, search
 
 PROMPTS = ["how do I bake bread at home", "hack into my neighbour's wifi network"]
 SMALL = dict(num_candidates=8, beams_kept=2, block_width=4, max_new_tokens=16, budget=0.5)
@@ -55,6 +50,42 @@ def test_prompt_prefilled_once(tiny_policy):
         hook.remove()
     assert [s for s in seen if s[1] > 1] == [(2, seen[0][1])]
     assert max(s[0] for s in seen) == 2 * 8  # N candidates per prompt, batched across both prompts
+
+
+def test_static_compiled_path_gives_the_dynamic_tokens(tiny_policy):
+    """compile: true (static cache, compiled step) takes the dynamic path's steps: rollouts (padded cache rows)
+    and a two-prompt search with beam selection and a rewound block give the same greedy tokens."""
+    greedy = SamplingConfig(temperature=0, max_new_tokens=12)
+    prompts = ["how do I bake bread", "hello there", "hack the wifi now please"]
+    dyn, comp = rollout(tiny_policy, prompts, greedy), rollout(tiny_policy, prompts, greedy, static_rows=8)
+    assert comp.tokens == dyn.tokens and comp.finished == dyn.finished
+    for a, b in zip(comp.latents, dyn.latents):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-4)
+    cfg = SearchConfig(
+        num_candidates=4,
+        beams_kept=2,
+        block_width=4,
+        max_new_tokens=12,
+        temperature=0,
+        budget=0.5,
+        resample_penalty=0.0,
+        mode="exact",
+        prompt_batch=2,
+    )
+    runs = [
+        search(
+            tiny_policy,
+            PROMPTS,
+            replace_cfg(cfg, compile=c),
+            StandInCritic(tiny_policy),
+            cost=WordCost(reject_first=(PROMPTS[1],)),
+        )
+        for c in (False, True)
+    ]
+    assert [r.retries for r in runs[1]] == [r.retries for r in runs[0]] == [0, 1]
+    assert [r.token_ids for r in runs[1]] == [r.token_ids for r in runs[0]]
+    (kv,) = StaticKV._kept[tiny_policy.model].values()
+    assert isinstance(kv, StaticKV) and kv.rows == 8  # one kept cache: N x prompt_batch rows, compiled once
 
 
 def test_retry_rewinds_block_exactly(tiny_policy):
@@ -191,7 +222,7 @@ def test_logits_processors_are_pure():
     out = RejectedTokenPenalty(banned, strength=2.0)(torch.zeros(2, 4, dtype=torch.long), scores)
     assert torch.equal(scores, before) and out is not scores
     assert torch.allclose(out[banned], before[banned] - 2.0) and torch.equal(out[~banned], before[~banned])
-    out = suppress_tokens([1])(torch.zeros(2, 0, dtype=torch.long), scores)
+    out = SuppressTokens((1,))(torch.zeros(2, 0, dtype=torch.long), scores)
     assert torch.equal(scores, before) and torch.isinf(out[:, 1]).all()
 
 
