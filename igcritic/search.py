@@ -308,7 +308,8 @@ class _Ctx:
                 if self._trunk is None or self._trunk[0] is not h:
                     self._trunk = (h, self.critic.encode(h.to(dev, torch.float32)))
                 head = getattr(self.critic, f"{fn}_from_features")
-                out = head(self._trunk[1], *(a.to(dev) for a in args))
+                extra = {"calibrated": True} if fn == "safe_prob" else {}  # q >= tau reads the calibrated q
+                out = head(self._trunk[1], *(a.to(dev) for a in args), **extra)
             else:  # any object with safe_prob / value / cost (CriticLike)
                 out = getattr(self.critic, fn)(h.to(dev, torch.float32), *(a.to(dev) for a in args))
         out = out.detach().float().reshape(-1).cpu()

@@ -280,3 +280,29 @@ def test_real_critic_runs_its_trunk_once_per_candidate_set(tiny_policy, monkeypa
     (rec,) = search(tiny_policy, ["how do I bake bread"], cfg, critic=critic)
     assert rec.steps == 2 and rec.retries == 0
     assert calls["encode"] == 2  # one trunk pass per block, not one per head
+
+
+def test_admissibility_reads_the_calibrated_safety_head(tiny_policy):
+    """q >= tau uses the artifact's calibration map: a map that sends every q to ~0 makes every candidate
+    inadmissible (the prompt is refused), the identity map on the same head admits them."""
+    from igcritic.critic import Calibration, Critic, CriticConfig
+
+    torch.manual_seed(0)
+    critic = Critic(CriticConfig(hidden_size=tiny_policy.identity.hidden_size, width=16)).eval()
+    cfg = SearchConfig(
+        method="inferenceguard",
+        critic=True,
+        mode="latent",
+        num_candidates=4,
+        block_width=4,
+        max_new_tokens=8,
+        tau=1e-6,
+        budget=0.5,  # the untrained head's raw q is well inside (0, 1) here: the map decides
+        retries=1,
+        seed=0,
+    )
+    (admitted,) = search(tiny_policy, ["how do I bake bread"], cfg, critic=critic)
+    assert not admitted.refused and admitted.retries == 0
+    critic.calibration = Calibration(method="platt", a=1.0, b=-60.0)
+    (rejected,) = search(tiny_policy, ["how do I bake bread"], cfg, critic=critic)
+    assert rejected.refused and rejected.retries == 1
