@@ -43,6 +43,9 @@ WEIGHTS_NAME = "critic.safetensors"
 CONFIG_NAME = "critic_config.json"
 CALIBRATION_KEY = "calibration"
 """Entry of ``critic_config.json`` holding the :class:`Calibration` (schema 2)."""
+CKPT_KEY = "igcritic"
+"""Entry of a Lightning checkpoint of ``igcritic fit`` holding the critic config, metrics and eval budgets
+(written by ``CriticModule``, read by ``igcritic export``)."""
 _MIN_SCALE = 1e-3  # smallest logistic scale of a mixture component, in normalised z units
 
 
@@ -507,5 +510,6 @@ __all__ = [
     "SUPPORTED_SCHEMAS",
     "WEIGHTS_NAME",
     "CONFIG_NAME",
+    "CKPT_KEY",
     "CALIBRATION_KEY",
 ]

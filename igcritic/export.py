@@ -14,26 +14,26 @@ is written to a temporary folder, verified, then renamed into place: never into 
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from igcritic.critic import CONFIG_NAME, Calibration, Critic, CriticConfig, CriticError, load_critic
+from igcritic.critic import (
+    CKPT_KEY,
+    CONFIG_NAME,
+    Calibration,
+    Critic,
+    CriticConfig,
+    CriticError,
+    load_critic,
+)
 from igcritic.search import SearchConfig, SearchConfigError
 
 log = logging.getLogger(__name__)
-
-SEARCH_CONFIG_NAME = "search_config.json"
-CKPT_KEY = "igcritic"
-"""Entry of a fit checkpoint holding the critic config, metrics and eval budgets (written by CriticModule)."""
-SEARCH_KEYS = ("method", "block_width", "num_candidates", "beams_kept", "max_new_tokens", "retries", "tau")
-SEARCH_DEFAULTS = {k: getattr(SearchConfig(), k) for k in SEARCH_KEYS}
-"""Runtime defaults written to ``search_config.json``: ``SearchConfig``'s own (paper Table 1). ``beams_kept``
-null means K = N / 4, so overriding N alone keeps the paper's ratio."""
 
 
 class ExportError(ValueError):
@@ -94,13 +94,14 @@ def export(
     out: str | Path,
     name: str | None = None,
     overwrite: bool = False,
-    search: dict | None = None,
+    search: SearchConfig | dict | None = None,
     calibrate: bool = True,
 ) -> Path:
     """Write the artifact folder ``out`` from the Lightning checkpoint ``ckpt``; returns ``out``.
 
-    ``search`` overrides :data:`SEARCH_DEFAULTS` in ``search_config.json`` (e.g. CPU-sized N and D);
-    ``calibrate=False`` writes the raw safety head (identity calibration map)."""
+    ``search`` is written as ``search_config.json``, the runtime defaults (default: ``SearchConfig()``,
+    paper Table 1; a dict overrides some of its fields, e.g. CPU-sized N and D); a budget left None becomes
+    the store's. ``calibrate=False`` writes the raw safety head (identity calibration map)."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not overwrite:
@@ -140,12 +141,14 @@ def export(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         critic.save_pretrained(tmp, metrics=entry.get("metrics", {}), extra=extra)
-        search_defaults = {**SEARCH_DEFAULTS, "budget": cfg.budget, **(search or {})}
         try:
-            SearchConfig.from_dict(search_defaults).resolve(has_critic=True, has_cost=True, has_reward=True)
+            defaults = search if isinstance(search, SearchConfig) else SearchConfig.from_dict(search or {})
+            if defaults.budget is None:
+                defaults = replace(defaults, budget=cfg.budget)
+            defaults.resolve(has_critic=True, has_cost=True, has_reward=True)
         except SearchConfigError as e:
             raise ExportError(f"--search: {e}") from None
-        (tmp / SEARCH_CONFIG_NAME).write_text(json.dumps(search_defaults, indent=2) + "\n")
+        defaults.save(tmp)
         _verify(critic, tmp)
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
@@ -219,7 +222,5 @@ __all__ = [
     "critic_from_checkpoint",
     "read_checkpoint",
     "ExportError",
-    "SEARCH_CONFIG_NAME",
-    "SEARCH_DEFAULTS",
     "default_out",
 ]

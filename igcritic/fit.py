@@ -39,9 +39,8 @@ from torchmetrics import ExplainedVariance, MeanSquaredError, Metric
 from torchmetrics.classification import BinaryAUROC, BinaryCalibrationError
 from torchmetrics.utilities import dim_zero_cat
 
-from igcritic.critic import Calibration, Critic, CriticConfig
+from igcritic.critic import CKPT_KEY, Calibration, Critic, CriticConfig
 from igcritic.data import CriticDataModule, mask_nonfinite
-from igcritic.export import CKPT_KEY
 from igcritic.policy import PolicyIdentity, resolve_layer
 
 log = logging.getLogger(__name__)
@@ -672,7 +671,6 @@ __all__ = [
     "CriticCLI",
     "cli_main",
     "FitError",
-    "CKPT_KEY",
     "CalibrationBins",
     "calibrate",
     "fit_calibration",

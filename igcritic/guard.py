@@ -20,10 +20,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from igcritic.export import SEARCH_CONFIG_NAME
 from igcritic.policy import EMBEDDED_POLICY_ID, Policy, PolicyIdentity, embedded_model_dir, load_policy
 from igcritic.prompts import PromptError, read_prompt_rows
-from igcritic.search import CriticLike, GuardRecord, ScorerLike, SearchConfig, SearchConfigError, search
+from igcritic.search import (
+    SEARCH_CONFIG_NAME,
+    CriticLike,
+    GuardRecord,
+    ScorerLike,
+    SearchConfig,
+    SearchConfigError,
+    search,
+)
 
 log = logging.getLogger(__name__)
 
@@ -154,12 +161,11 @@ def _load_critic(critic_path, device: str) -> tuple[CriticLike, SearchConfig]:
 
     critic = load_critic(path, device=device)
     defaults = SearchConfig()
-    cfg_file = path / SEARCH_CONFIG_NAME
-    if cfg_file.exists():
+    if (path / SEARCH_CONFIG_NAME).exists():
         try:
-            defaults = SearchConfig.from_dict(json.loads(cfg_file.read_text()))
-        except (json.JSONDecodeError, SearchConfigError) as e:
-            raise GuardError(f"{cfg_file} is not a valid search config ({e}); re-export the critic") from None
+            defaults = SearchConfig.from_file(path)
+        except SearchConfigError as e:
+            raise GuardError(f"{e}; re-export the critic") from None
     return critic, defaults
 
 

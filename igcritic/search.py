@@ -21,9 +21,11 @@ that emit EOS (or reach D tokens) are complete and carry over as beams without a
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
@@ -43,6 +45,8 @@ from igcritic.policy import Policy, PolicyError
 Method = Literal["inferenceguard", "plain", "best_of_n", "beam"]
 METHODS = ("inferenceguard", "plain", "best_of_n", "beam")
 DEFAULT_REFUSAL = "I'm sorry, but I can't help with that."
+SEARCH_CONFIG_NAME = "search_config.json"
+"""File of a critic artifact holding its default :class:`SearchConfig` (written by ``igcritic export``)."""
 AUTO_BATCH_ROWS = 64
 """``prompt_batch=0`` batches prompts until N x prompts reaches this many rows."""
 
@@ -216,6 +220,25 @@ class SearchConfig:
         if unknown:
             raise SearchConfigError(f"unknown search parameter(s) {unknown}; known: {sorted(known)}")
         return cls(**d)
+
+    def save(self, folder: str | Path) -> Path:
+        """Write every field to ``folder/search_config.json``; returns the file."""
+        path = Path(folder) / SEARCH_CONFIG_NAME
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> SearchConfig:
+        """Read a ``search_config.json`` (or the one in an artifact folder); a bad file is a SearchConfigError."""
+        path = Path(path)
+        path = path / SEARCH_CONFIG_NAME if path.is_dir() else path
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise SearchConfigError(f"{path} is not a readable search config ({e})") from None
+        if not isinstance(data, dict):
+            raise SearchConfigError(f"{path} holds {type(data).__name__}, not a search config object")
+        return cls.from_dict(data)
 
 
 @dataclass

@@ -14,7 +14,8 @@ from helpers_fit import make_store, tiny_module, tiny_trainer
 
 from igcritic.critic import CALIBRATION_KEY, CONFIG_NAME, SCHEMA_VERSION, WEIGHTS_NAME, load_critic
 from igcritic.data import CriticDataModule
-from igcritic.export import SEARCH_CONFIG_NAME, ExportError, default_out, export, export_main
+from igcritic.export import ExportError, default_out, export, export_main
+from igcritic.search import SEARCH_CONFIG_NAME
 
 
 @pytest.fixture(autouse=True)

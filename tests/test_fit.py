@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -25,9 +26,8 @@ from helpers_fit import (
 )
 from torchmetrics.functional.classification import binary_calibration_error
 
-from igcritic.critic import Calibration
+from igcritic.critic import CKPT_KEY, Calibration
 from igcritic.data import CriticDataModule, mask_nonfinite
-from igcritic.export import CKPT_KEY
 from igcritic.fit import FitError, binned_ece, calibrate, cli_main
 from igcritic.store import StoreReader
 
@@ -326,3 +326,14 @@ def test_seeded_tiny_fit_regression_scalars(store, tmp_path):
     }
     for key, value in expected.items():
         assert m[key] == pytest.approx(value, rel=0.03, abs=0.005), key
+
+
+def test_fit_never_imports_the_runtime():
+    """Imports follow the pipeline: training the critic loads neither the search runtime nor the exporter."""
+    code = "import sys, igcritic.fit; print(sorted(m for m in sys.modules if m.startswith('igcritic')))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
+    assert "igcritic.fit" in out
+    for later in ("igcritic.search", "igcritic.blocks", "igcritic.guard", "igcritic.export"):
+        assert f"'{later}'" not in out, later

@@ -10,9 +10,8 @@ import torch
 from helpers_guard import WordCost  # noqa: F401
 
 from igcritic.critic import Critic, CriticConfig
-from igcritic.export import SEARCH_CONFIG_NAME
 from igcritic.guard import Guard, GuardError, generate_main, load_guard, read_prompts
-from igcritic.search import GuardRecord, SearchConfigError
+from igcritic.search import SEARCH_CONFIG_NAME, GuardRecord, SearchConfigError
 
 SEARCH = {
     "block_width": 4,

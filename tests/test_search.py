@@ -280,3 +280,17 @@ def test_real_critic_runs_its_trunk_once_per_candidate_set(tiny_policy, monkeypa
     (rec,) = search(tiny_policy, ["how do I bake bread"], cfg, critic=critic)
     assert rec.steps == 2 and rec.retries == 0
     assert calls["encode"] == 2  # one trunk pass per block, not one per head
+
+
+def test_search_config_file_round_trip(tmp_path):
+    from igcritic.search import SEARCH_CONFIG_NAME
+
+    cfg = SearchConfig(num_candidates=8, block_width=16, budget=0.5)
+    assert cfg.save(tmp_path) == tmp_path / SEARCH_CONFIG_NAME
+    assert SearchConfig.from_file(tmp_path) == cfg == SearchConfig.from_file(tmp_path / SEARCH_CONFIG_NAME)
+    (tmp_path / SEARCH_CONFIG_NAME).write_text("{not json")
+    with pytest.raises(SearchConfigError, match="not a readable search config"):
+        SearchConfig.from_file(tmp_path)
+    (tmp_path / SEARCH_CONFIG_NAME).write_text('{"num_candidatez": 8}')
+    with pytest.raises(SearchConfigError, match="unknown search parameter"):
+        SearchConfig.from_file(tmp_path)
