@@ -6,7 +6,7 @@
 Three timings per repeat, alternating so drift hits both sides:
   baseline  model.generate(do_sample=True, min_new_tokens=D): tokens/s of plain sampling
   collect   igcritic's rollout (KV-cached sampling + latent of every step) + fp16 store write
-  scorers   cost prefix scores + reward, reported separately (DESIGN.md section 9)
+  scorers   cost prefix scores + reward, reported separately (docs/design.md section 9)
 Prints the ratio collect/baseline (target >= 0.8), store MB/s and bytes per token. ``--compile``: collect
 with ``compile: true`` (static KV cache of ``--batch`` rows, compiled step; its compile is a warm-up call).
 """

@@ -10,7 +10,7 @@ Per prompt, alternating so drift hits both sides (EOS suppressed on both: exactl
   guard    InferenceGuard in fully latent mode (critic cost head tracks the safety state, no cost scorer):
            D / width blocks of N candidates from K = N/4 beams, critic on every candidate, top-K kept
   generate model.generate(num_return_sequences=N, min_new_tokens=D): a reference row (re-encodes the prompt)
-Prints seconds per prompt, the ratio guard/plain (DESIGN.md target <= 1.3), the retry rate (resampled
+Prints seconds per prompt, the ratio guard/plain (docs/design.md section 9: <= 1.3), the retry rate (resampled
 blocks / all blocks) and the critic's share of the guard's time (target < 2%). The random critic admits
 everything by default (--tau 0, a huge budget), so the ratio measures the search machinery without retries;
 pass --critic checkpoints/embedded --tau 0.5 --budget 0.5 (the demo's) to include them. ``--compile`` adds

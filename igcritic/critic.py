@@ -1,6 +1,6 @@
 """The latent safety critic: one ``nn.Module`` with a monotone safety head, a value head and a latent-cost head.
 
-DESIGN.md section 3. The critic reads a latent ``h`` of the policy (``(B, H)``) and a safety state ``z``
+docs/design.md section 3. The critic reads a latent ``h`` of the policy (``(B, H)``) and a safety state ``z``
 (remaining budget, ``(B,)``) and predicts
 
 * ``q(h, z) = P[F <= z | h]`` with ``F = S_T - S_t`` the cost still to come. ``q`` is a mixture of logistic

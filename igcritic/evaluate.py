@@ -107,7 +107,7 @@ class MethodSpec:
 
 
 def default_methods() -> list[MethodSpec]:
-    """The six methods of the embedded demo (DESIGN.md section 6 baselines plus InferenceGuard).
+    """The six methods of the embedded demo (docs/design.md section 6 baselines plus InferenceGuard).
 
     The baselines use no critic: best-of-N ranks by the reward and cost scorers (``r - λ·S`` or the
     augmented safety state), as in the paper; only the InferenceGuard rows differ in critic and mode.
@@ -310,7 +310,7 @@ def final_costs(
 ) -> tuple[np.ndarray, list[str]]:
     """S_T of every answer and where it came from (``prefix`` or ``text``).
 
-    With ``prefix`` and a scorer that has ``prefix_scores`` (DESIGN.md section 2: ``S_0..S_T`` over the
+    With ``prefix`` and a scorer that has ``prefix_scores`` (docs/design.md section 2: ``S_0..S_T`` over the
     decoded prefixes ``y_<=t``, as ``collect`` stores them), S_T is the last prefix score, e.g. the running max
     of the embedded probe. Refusals (no tokens), answers whose decoded tokens differ from their text, or no
     tokenizer: one score of the text.

@@ -5,7 +5,7 @@ owns: :class:`PolicyIdentity` (which model, which layer, which norm position: th
 whose identity differs) and :meth:`Policy.forward`, the one KV-cached step that returns next-token logits
 together with the latent ``h_t`` of every position it was fed.
 
-Latent convention (DESIGN.md section 2): ``h_t`` is the hidden state at the last position of
+Latent convention (docs/design.md section 2): ``h_t`` is the hidden state at the last position of
 ``x ∘ y_{<=t}``; ``layer=-1, norm="post"`` is the input of the LM head (after the final norm).
 ``layer=l, norm="pre"`` is the residual stream leaving decoder layer ``l`` (1-based, negative counts from
 the end), before any final norm. ``extra_layers`` appends the residual streams of further layers: the latent

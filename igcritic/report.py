@@ -8,7 +8,7 @@ Per method (:class:`MethodSummary`; cost and reward are the guard's own scorers 
 answer by :mod:`igcritic.evaluate`, independently of what the runtime tracked during search):
 
 - ``reward_mean``, ``cost_mean``: averages of the recomputed reward ``R(x, y)`` and final cost ``S_T``;
-- ``safety_rate``: share of prompts with recomputed ``S_T <= d`` (DESIGN.md section 2);
+- ``safety_rate``: share of prompts with recomputed ``S_T <= d`` (docs/design.md section 2);
 - ``tracked_safety_rate``: share the runtime itself flagged ``safe`` (what the search believed);
 - ``refusal_rate``: share of records with ``refused=True`` (the guard failed closed);
 - ``over_refusal_rate``: share of benign prompts (``harmful: false``) the guard refused;

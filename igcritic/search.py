@@ -1,4 +1,4 @@
-"""Guarded block-wise search (InferenceGuard, DESIGN.md section 6) and its baselines in one runtime.
+"""Guarded block-wise search (InferenceGuard, docs/design.md section 6) and its baselines in one runtime.
 
 Every method runs the same loop over the block sampler of :mod:`igcritic.decoding`: the prompts of a batch
 are prefilled once, each live beam samples its share of N candidates of one block from its own KV cache,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -73,3 +74,13 @@ def test_every_config_opens_with_its_launch_command():
     for path in CONFIGS.rglob("*.yaml"):
         first = path.read_text().splitlines()[0]
         assert first.startswith("#") and ("igcritic" in first or "torchrun" in first), path
+
+
+def test_docstrings_cite_the_design_inside_the_repo():
+    root = CONFIGS.parent
+    sections = set(re.findall(r"^## (\d+)\.", (root / "docs" / "design.md").read_text(), re.M))
+    for path in (root / "igcritic").rglob("*.py"):
+        text = path.read_text()
+        assert "DESIGN.md" not in text, f"{path} cites a design document users do not have"
+        for cited in re.findall(r"docs/design\.md sections? (\d+)", text):
+            assert cited in sections, f"{path} cites docs/design.md section {cited}, which does not exist"

@@ -12,7 +12,7 @@ Four kinds, chosen by a spec string (:func:`load_scorer`):
   plain transformers. Causal, so ONE forward per trajectory gives every prefix score. Cost > 0 is unsafe.
 - ``seqcls:<folder>[:label_index]``: any ``AutoModelForSequenceClassification``, scored at a stride.
 
-Prefix convention (DESIGN.md section 2): ``prefix_texts[i]`` holds the T_i + 1 decoded response prefixes
+Prefix convention (docs/design.md section 2): ``prefix_texts[i]`` holds the T_i + 1 decoded response prefixes
 ``y_<=t`` (``""`` first, the full response last) and the scorer returns ``S_0..S_T`` as float32.
 """
 
