@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from igcritic import __version__
+from igcritic import IgcriticError, __version__
 from igcritic.decoding import Rollouts, SamplingConfig, prefix_texts, rollout
 from igcritic.policy import EMBEDDED_POLICY_ID, Policy, load_policy, weights_fingerprint
 from igcritic.prompts import PromptSource, load_prompts
@@ -47,7 +47,7 @@ FINGERPRINT_BYTES = 1 << 20
 """Bytes read at each end of a weight file for its fingerprint."""
 
 
-class CollectError(ValueError):
+class CollectError(IgcriticError):
     """Collection cannot start or continue; the message says how to fix it."""
 
 

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from igcritic import __version__
+from igcritic import IgcriticError, __version__
 
 SCHEMA_VERSION = 2
 """Version of the artifact layout written by :meth:`Critic.save_pretrained` (2: ``calibration`` in the JSON)."""
@@ -49,7 +49,7 @@ CKPT_KEY = "igcritic"
 _MIN_SCALE = 1e-3  # smallest logistic scale of a mixture component, in normalised z units
 
 
-class CriticError(ValueError):
+class CriticError(IgcriticError):
     """A critic config or artifact is invalid, unknown or damaged."""
 
 

@@ -29,12 +29,13 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, IterableDataset, Sampler, get_worker_info
 
+from igcritic import IgcriticError
 from igcritic.policy import PolicyIdentity
 
 log = logging.getLogger(__name__)
 
 
-class DataError(ValueError):
+class DataError(IgcriticError):
     """The stores or the data settings cannot produce a train/val split."""
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from igcritic import IgcriticError
 from igcritic.critic import (
     CKPT_KEY,
     CONFIG_NAME,
@@ -36,7 +37,7 @@ from igcritic.search import SearchConfig, SearchConfigError
 log = logging.getLogger(__name__)
 
 
-class ExportError(ValueError):
+class ExportError(IgcriticError):
     """A checkpoint cannot be exported (missing, truncated, not from ``igcritic fit``) or the output is taken."""
 
 

@@ -39,6 +39,7 @@ from torchmetrics import ExplainedVariance, MeanSquaredError, Metric
 from torchmetrics.classification import BinaryAUROC, BinaryCalibrationError
 from torchmetrics.utilities import dim_zero_cat
 
+from igcritic import IgcriticError
 from igcritic.critic import CKPT_KEY, Calibration, Critic, CriticConfig
 from igcritic.data import CriticDataModule, mask_nonfinite
 from igcritic.policy import PolicyIdentity, resolve_layer
@@ -46,7 +47,7 @@ from igcritic.policy import PolicyIdentity, resolve_layer
 log = logging.getLogger(__name__)
 
 
-class FitError(ValueError):
+class FitError(IgcriticError):
     """The model settings do not fit the data (hidden size, policy, layer)."""
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from igcritic import IgcriticError
 from igcritic.policy import EMBEDDED_POLICY_ID, Policy, PolicyIdentity, embedded_model_dir, load_policy
 from igcritic.prompts import PromptError, read_prompt_rows
 from igcritic.search import (
@@ -45,7 +46,7 @@ __all__ = [
 ]
 
 
-class GuardError(ValueError):
+class GuardError(IgcriticError):
     """The critic, the policy and the scorers cannot be bound together."""
 
 

@@ -37,6 +37,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from igcritic import IgcriticError
 from igcritic.scorers import load_scorer
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ RECORD_SCORES, RECORD_LABELS, RECORD_REWARDS = "judge_scores", "judge_labels", "
 """Record keys holding each judge's score, label and reward by judge name (``records.jsonl``)."""
 
 
-class JudgeError(ValueError):
+class JudgeError(IgcriticError):
     """A judge, a labels file, a reading key or a quality set is unusable."""
 
 

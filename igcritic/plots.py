@@ -36,6 +36,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from igcritic import IgcriticError
+
 FIG2_FILE = "fig2_tradeoffs.png"
 FIG3_FILE = "fig3_distributions.png"
 DPI = 120
@@ -51,7 +53,7 @@ CLASS_COLORS = {
 }
 
 
-class PlotError(ValueError):
+class PlotError(IgcriticError):
     """Missing or unusable plot input (records, summary)."""
 
 

@@ -31,6 +31,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from igcritic import IgcriticError
+
 log = logging.getLogger(__name__)
 # transformers >= 5.2x renames `past_key_values` to `cache`; the GPU image's 5.17 knows only the old name.
 warnings.filterwarnings("ignore", message=r".*`past_key_values` is deprecated.*", category=FutureWarning)
@@ -42,7 +44,7 @@ EMBEDDED_CACHE_ENV = "IGCRITIC_CACHE"
 Norm = Literal["post", "pre"]
 
 
-class PolicyError(ValueError):
+class PolicyError(IgcriticError):
     """A policy cannot be loaded or does not match what an artifact expects."""
 
 

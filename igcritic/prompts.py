@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from igcritic import IgcriticError
+
 PKU_SAFERLHF = "PKU-Alignment/PKU-SafeRLHF"
 PKU_SAFERLHF_REVISION: str | None = None
 """No commit of PKU-SafeRLHF could be looked up from this offline workplace, so none is hard-coded (a made-up
@@ -20,7 +22,7 @@ DEFAULT_SET = "default"
 DEFAULT_SET_FILE = "default_prompts.jsonl"
 
 
-class PromptError(ValueError):
+class PromptError(IgcriticError):
     """A prompt source is missing, empty or malformed."""
 
 

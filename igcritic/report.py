@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from igcritic import IgcriticError
 from igcritic.judges import (
     DEFAULT_RESAMPLES,
     LEVEL,
@@ -75,7 +76,7 @@ RECORD_COST_FROM = "cost_eval_from"
 """``prefix``: S_T from the cost scorer's prefix scores over the answer tokens; ``text``: one score of the text."""
 
 
-class EvalError(ValueError):
+class EvalError(IgcriticError):
     """Bad evaluation input: config, prompt file, guard output, scorer or judge output, labels, run folder."""
 
 

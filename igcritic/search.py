@@ -31,6 +31,7 @@ from typing import Literal, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from igcritic import IgcriticError
 from igcritic.decoding import (
     LogitsProcessorList,
     RejectedTokenPenalty,
@@ -51,7 +52,7 @@ AUTO_BATCH_ROWS = 64
 """``prompt_batch=0`` batches prompts until N x prompts reaches this many rows."""
 
 
-class SearchConfigError(ValueError):
+class SearchConfigError(IgcriticError):
     """Search parameters or prompts the runtime cannot honour."""
 
 

@@ -70,6 +70,8 @@ import zarr
 from zarr.core.sync import sync
 from zarr.storage import FsspecStore, LocalStore
 
+from igcritic import IgcriticError
+
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
@@ -104,7 +106,7 @@ RANK_WAIT_S = 600.0
 """How long ranks > 0 wait for rank 0 to create the root group."""
 
 
-class StoreError(ValueError):
+class StoreError(IgcriticError):
     """A store cannot be created, resumed, appended to or read as asked."""
 
 

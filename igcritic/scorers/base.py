@@ -10,12 +10,14 @@ from typing import Literal, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from igcritic import IgcriticError
+
 Role = Literal["cost", "reward"]
 ROLES = ("cost", "reward")
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets"
 
 
-class ScorerError(ValueError):
+class ScorerError(IgcriticError):
     """A scorer spec, folder or input is unusable."""
 
 
