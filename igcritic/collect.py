@@ -494,6 +494,16 @@ class _sigterm_raises:
             signal.signal(signal.SIGTERM, self.old)
 
 
+def main(cfg: CollectConfig) -> int:
+    """``igcritic collect``: write the store of ``cfg`` and print what each rank wrote."""
+    stats = run(cfg)
+    if stats is not None:  # every rank reports its own shard
+        from rich.console import Console
+
+        Console(stderr=True).print(describe(stats, cfg), highlight=False)
+    return 0
+
+
 def describe(stats: dict, cfg: CollectConfig) -> str:
     tps = stats["tokens"] / max(stats["gen_s"], 1e-9)
     return (
@@ -516,4 +526,4 @@ def store_fingerprint(path: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
-__all__ = ["CollectConfig", "CollectError", "run", "collect_rank", "store_fingerprint"]
+__all__ = ["CollectConfig", "CollectError", "main", "run", "collect_rank", "store_fingerprint"]

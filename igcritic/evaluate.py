@@ -136,7 +136,11 @@ def default_search() -> dict[str, Any]:
 
 @dataclass
 class EvalConfig:
-    """What ``igcritic eval`` runs; the fields are its flags."""
+    """Compare decoding methods on a prompt set: reward, cost, safety rate, refusals, latency, tokens/s, and
+    independent judges' harmful rates with bootstrap intervals and paired differences. Prints the tables and
+    writes records.jsonl, results.csv, judges.csv, results.json and two PNG figures to out_dir. With --run
+    RUN_DIR: --reading_in labels.jsonl merges people's labels into that run's tables (the judge "reading"),
+    --reading_out DIR exports its answers for blind reading; nothing is generated."""
 
     critic: str = "checkpoints/embedded"
     """Exported critic folder (``igcritic export``); the guard is loaded from it."""
@@ -189,6 +193,11 @@ class EvalConfig:
     with a warning, while it is missing); None: not reported."""
     reading_out: str | None = None
     """Also write every answer shuffled, without method names, for blind reading into this empty folder."""
+    reading_in: str | None = None
+    """People's labels (``{"id", "label", "helpfulness"}`` JSONL, data_prep/LABELLING.md) to merge into the
+    finished run ``run`` as the judge ``reading``; nothing is generated."""
+    run: str | None = None
+    """A finished eval ``out_dir``, for ``reading_in`` or ``reading_out`` (then nothing is generated)."""
 
     def problems(self) -> list[str]:
         """Every invalid field, each as a one-line message with the fix."""
@@ -582,114 +591,23 @@ def run_eval(
     return result
 
 
-def eval_main(
-    critic: str = "checkpoints/embedded",
-    prompts: str = DEFAULT_PROMPTS,
-    split: str | None = "heldout",
-    limit: int | None = 16,
-    budget: float | None = None,
-    methods: list[MethodSpec] | None = None,
-    search: dict[str, Any] | None = None,
-    batch_size: int = 0,
-    model: str | None = None,
-    cost: str | None = None,
-    reward: str | None = None,
-    prefix_cost: bool = True,
-    device: str = "cpu",
-    out_dir: str = "runs/eval/embedded",
-    seed: int = 0,
-    overwrite: bool = False,
-    plots: bool = True,
-    judges: list[JudgeSpec | str] | None = None,
-    reference: str | None = None,
-    bootstrap: int = DEFAULT_RESAMPLES,
-    quality_set: str | None = DEFAULT_QUALITY_SET,
-    reading_out: str | None = None,
-    reading_in: str | None = None,
-    run: str | None = None,
-) -> EvalResult | list[Path]:
-    """Compare decoding methods on a prompt set: reward, cost, safety rate, refusals, latency, tokens/s, and
-    independent judges' harmful rates with bootstrap intervals and paired differences.
-
-    Prints the tables and writes records.jsonl, results.csv, judges.csv, results.json and two PNG figures to
-    out_dir. With --run RUN_DIR: --reading_in labels.jsonl merges people's labels into that run's tables
-    (the judge "reading"), --reading_out DIR exports its answers for blind reading; nothing is generated.
-
-    Args:
-        critic: Exported critic folder (igcritic export); the guard is loaded from it.
-        prompts: JSONL file ({"prompt", "category", "harmful", "split"} per line), text file, or "default"
-            for the shipped prompt set.
-        split: Keep only prompts of this split ("all" or null: every prompt); ignored for files without
-            splits. The shipped set has "train" (used by collect/fit) and "heldout".
-        limit: At most this many prompts, evenly spaced over the set (null: all).
-        budget: Budget d for the guard and the safety rate (null: the guard's default or the cost
-            scorer's hint).
-        methods: Methods to compare, each {name, overrides}; null: the six default methods.
-        search: Search overrides shared by every method (null: num_candidates 8, block_width 16,
-            max_new_tokens 48, prompt_batch 4).
-        batch_size: Prompts per generate call (0: all at once).
-        model: Policy id or path (null: the one recorded in the critic).
-        cost: Cost scorer spec (embedded, beaver:<folder>, seqcls:<folder>) bound to the guard and used to
-            score every answer (null: the one the critic was trained with).
-        reward: Reward scorer spec, likewise (null: the critic's recorded one).
-        prefix_cost: Final cost S_T from the cost scorer's prefix scores over the answer tokens (the
-            store's definition, e.g. the embedded probe's running max); false: one score of the text.
-        device: Device of the policy, critic and scorers.
-        out_dir: Output folder, empty or missing unless overwrite.
-        seed: Seed passed to every method.
-        overwrite: Allow writing into a non-empty out_dir.
-        plots: Write the two PNG figures.
-        judges: Judges that grade the final answers and never guide the search: each {name, spec,
-            threshold, reward} or a bare scorer spec (loaded with role cost; harmful = score > threshold,
-            default the scorer's natural budget, else 0.5).
-        reference: Method the paired differences are taken against (null: "plain sampling", else the first).
-        bootstrap: Bootstrap resamples over prompts for the 95% intervals (0: none).
-        quality_set: Labelled held-out answers JSONL ({"prompt", "response", "harmful", "helpful", "label"})
-            for each judge's and scorer's AUROC/ECE ("default": the shipped file; null: not reported).
-        reading_out: Also write the answers shuffled, without method names, to this folder for blind
-            reading (answers.jsonl for readers, key.jsonl kept apart).
-        reading_in: People's labels ({"id", "label", "helpfulness"} JSONL, data_prep/LABELLING.md) to merge
-            into the run given by --run.
-        run: A finished eval out_dir, for --reading_in or --reading_out.
-    """
+def main(cfg: EvalConfig) -> EvalResult | list[Path]:
+    """``igcritic eval``: compare the methods of ``cfg`` (or, with ``run``, re-read a finished run), print the
+    tables and write the outputs; the result, or with ``run`` and ``reading_out`` alone the files written."""
     from rich.console import Console
 
     console = Console()
-    if reading_in is not None or run is not None:
-        if run is None:
+    if cfg.reading_in is not None or cfg.run is not None:
+        if cfg.run is None:
             raise EvalError("--reading_in needs --run RUN_DIR (the eval out_dir whose answers were read)")
-        if reading_in is None and reading_out is None:
+        if cfg.reading_in is None and cfg.reading_out is None:
             raise EvalError("--run needs --reading_in labels.jsonl or --reading_out DIR")
-        if reading_in is None:
-            files = export_reading(run, reading_out, overwrite)
+        if cfg.reading_in is None:
+            files = export_reading(cfg.run, cfg.reading_out, cfg.overwrite)
             console.print(f"wrote {', '.join(map(str, files))}; give readers only {files[0]}")
             return files
-        result = reread_run(run, reading_in, overwrite)
+        result = reread_run(cfg.run, cfg.reading_in, cfg.overwrite)
     else:
-        cfg = EvalConfig(
-            critic=critic,
-            prompts=prompts,
-            split=split,
-            limit=limit,
-            budget=budget,
-            methods=default_methods() if methods is None else list(methods),
-            search=default_search() if search is None else dict(search),
-            batch_size=batch_size,
-            model=model,
-            cost=cost,
-            reward=reward,
-            prefix_cost=prefix_cost,
-            device=device,
-            out_dir=out_dir,
-            seed=seed,
-            overwrite=overwrite,
-            plots=plots,
-            judges=list(judges or []),
-            reference=reference,
-            bootstrap=bootstrap,
-            quality_set=quality_set,
-            reading_out=reading_out,
-        )
         result = run_eval(cfg)
     result.print(console)
     console.print(f"wrote {', '.join(p.name for p in result.files)} to {result.files[0].parent}")

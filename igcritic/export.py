@@ -1,6 +1,7 @@
 """Turn a Lightning checkpoint of ``igcritic fit`` into a slim critic artifact folder.
 
     igcritic export runs/fit/critic/version_0/checkpoints/last.ckpt --out checkpoints/embedded
+    igcritic export CKPT --out checkpoints/cpu --search.num_candidates 16 --search.max_new_tokens 64
 
 ``checkpoints/<name>/`` holds ``critic.safetensors`` (weights and normalisation statistics, no pickle),
 ``critic_config.json`` (schema version, policy identity with hidden size, layer and norm position, cost and
@@ -17,7 +18,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -191,35 +192,41 @@ def default_out(ckpt: str | Path, name: str | None = None) -> Path:
     return Path("checkpoints") / name
 
 
-def export_main(
-    ckpt: Path,
-    out: Path | None = None,
-    name: str | None = None,
-    overwrite: bool = False,
-    search: dict | None = None,
-    calibrate: bool = True,
-) -> int:
-    """Export a critic checkpoint to a slim artifact folder for ``igcritic.load_guard``.
+@dataclass
+class ExportConfig:
+    """Export a critic checkpoint to a slim artifact folder for ``igcritic.load_guard``."""
 
-    Args:
-        ckpt: Lightning checkpoint written by ``igcritic fit`` (e.g. runs/fit/embedded/version_0/checkpoints/last.ckpt).
-        out: Artifact folder to create (must not exist or be empty); default: checkpoints/<name>.
-        name: Name stamped in critic_config.json; default: the folder name of ``out``, else the run name.
-        overwrite: Replace a non-empty ``out``.
-        search: Runtime search defaults to store instead of paper Table 1's, e.g.
-            '{"num_candidates": 16, "block_width": 16, "max_new_tokens": 64}' for CPU.
-        calibrate: Apply the calibration map the checkpoint holds (fitted on the validation split by
-            ``igcritic fit``); false writes the raw safety head.
-    """
-    out = Path(out) if out is not None else default_out(ckpt, name)
-    path = export(ckpt, out, name=name, overwrite=overwrite, search=search, calibrate=calibrate)
+    ckpt: Path
+    """Lightning checkpoint written by ``igcritic fit`` (e.g. runs/fit/embedded/version_0/checkpoints/last.ckpt)."""
+    out: Path | None = None
+    """Artifact folder to create (must not exist or be empty); default: checkpoints/<name>."""
+    name: str | None = None
+    """Name stamped in critic_config.json; default: the folder name of ``out``, else the run name."""
+    overwrite: bool = False
+    """Replace a non-empty ``out`` (only a critic artifact)."""
+    search: SearchConfig = field(default_factory=SearchConfig)
+    """Runtime search defaults written to search_config.json (paper Table 1 unless given, e.g.
+    ``--search.num_candidates 16 --search.block_width 16 --search.max_new_tokens 64`` for CPU); a budget left
+    null becomes the store's."""
+    calibrate: bool = True
+    """Apply the calibration map the checkpoint holds (fitted on the validation split by ``igcritic fit``);
+    false writes the raw safety head."""
+
+
+def main(cfg: ExportConfig) -> int:
+    """``igcritic export CKPT [--out DIR] [--search.FIELD VALUE ...]``."""
+    out = Path(cfg.out) if cfg.out is not None else default_out(cfg.ckpt, cfg.name)
+    path = export(
+        cfg.ckpt, out, name=cfg.name, overwrite=cfg.overwrite, search=cfg.search, calibrate=cfg.calibrate
+    )
     log.info("wrote %s: %s", path, ", ".join(sorted(p.name for p in path.iterdir())))
     return 0
 
 
 __all__ = [
+    "ExportConfig",
     "export",
-    "export_main",
+    "main",
     "critic_from_checkpoint",
     "read_checkpoint",
     "ExportError",

@@ -652,7 +652,7 @@ TRAINER_DEFAULTS = {
 }
 
 
-def cli_main(args: list[str] | None = None, run: bool = True) -> CriticCLI:
+def main(args: list[str] | None = None, run: bool = True) -> CriticCLI:
     """``igcritic fit|validate|test ...``: the LightningCLI over :class:`CriticModule` and
     :class:`~igcritic.data.CriticDataModule` (``args`` like ``["fit", "--config", "configs/fit/embedded.yaml"]``)."""
     return CriticCLI(
@@ -670,7 +670,7 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> CriticCLI:
 __all__ = [
     "CriticModule",
     "CriticCLI",
-    "cli_main",
+    "main",
     "FitError",
     "CalibrationBins",
     "calibrate",

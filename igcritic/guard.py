@@ -4,15 +4,17 @@
     guard = igcritic.load_guard("checkpoints/<name>", model=m, tokenizer=t, cost="...", reward="...")
     records = guard.generate(["How do I bake bread?"], budget=0.5, method="inferenceguard", mode="latent")
 
-Command: ``igcritic generate CRITIC_PATH --prompts "..." | --prompt_file FILE | (stdin) [--budget D]
-[--method M] [--out records.jsonl]`` (:func:`generate_main`).
+Command: ``igcritic generate CRITIC_PATH --prompts '["..."]' | --prompt_file FILE | (stdin)
+[--search.budget D] [--search.method M] [--out records.jsonl]`` (:func:`main` over :class:`GenerateConfig`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
+import typing
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,9 @@ __all__ = [
     "GuardRecord",
     "SearchConfig",
     "SearchConfigError",
-    "generate_main",
+    "GenerateConfig",
+    "SearchOverrides",
+    "main",
     "load_guard",
 ]
 
@@ -263,43 +267,67 @@ def read_prompts(prompts: list[str] | None = None, prompt_file: Path | None = No
     return out
 
 
-def generate_main(
-    critic_path: str,
-    prompts: list[str] | None = None,
-    prompt_file: Path | None = None,
-    budget: float | None = None,
-    method: str | None = None,
-    out: Path | None = None,
-    model: str | None = None,
-    cost: str | None = None,
-    reward: str | None = None,
-    device: str = "cpu",
-    search: dict[str, Any] | None = None,
-) -> list[GuardRecord]:
-    """Answer prompts with the guard and print the records or write them as JSONL.
+def _overrides_class(cls: type) -> type:
+    """``cls`` with every field optional and None by default: the fields a command line sets, and no others."""
+    hints = typing.get_type_hints(cls)
+    fields = [
+        (f.name, hints[f.name] | None, dataclasses.field(default=None)) for f in dataclasses.fields(cls)
+    ]
+    doc = f"Fields of {cls.__name__} to override; unset ones keep the critic artifact's defaults."
+    try:  # the fields' help: cls's attribute docstrings as an Args section (what jsonargparse reads)
+        from docstring_parser import parse_from_object
 
-    Args:
-        critic_path: Exported critic folder (igcritic export).
-        prompts: Prompts to answer; else --prompt_file, else one prompt per stdin line.
-        prompt_file: Text file (one prompt per line) or JSONL with a "prompt" key.
-        budget: Budget d (null: the critic's search_config.json, else its training budget, else the cost
-            scorer's hint).
-        method: inferenceguard, plain, best_of_n or beam (null: the critic's default).
-        out: Write the records here as JSONL (must not exist or be empty) instead of printing them.
-        model: Policy id or folder (null: the critic's recorded policy).
-        cost: Cost scorer spec (null: fully latent mode).
-        reward: Reward scorer spec.
-        device: cpu or cuda.
-        search: More search parameters, e.g. {"num_candidates": 16, "mode": "latent"}.
-    """
+        args = [f"    {p.arg_name}: {' '.join(p.description.split())}" for p in parse_from_object(cls).params]
+        doc += "\n\nArgs:\n" + "\n".join(args)
+    except Exception:  # noqa: BLE001 - help text only
+        pass
+    return dataclasses.make_dataclass(f"{cls.__name__}Overrides", fields, namespace={"__doc__": doc})
+
+
+SearchOverrides = _overrides_class(SearchConfig)
+"""The ``--search.FIELD`` group of ``igcritic generate``: only the fields given override the artifact's."""
+
+
+def overrides(search: Any) -> dict[str, Any]:
+    """The fields of a :data:`SearchOverrides` (or a dict) that are set."""
+    d = dataclasses.asdict(search) if dataclasses.is_dataclass(search) else dict(search or {})
+    return {k: v for k, v in d.items() if v is not None}
+
+
+@dataclass
+class GenerateConfig:
+    """Answer prompts with the guard and print the records or write them as JSONL."""
+
+    critic_path: str
+    """Exported critic folder (igcritic export)."""
+    prompts: list[str] | None = None
+    """Prompts to answer; else --prompt_file, else one prompt per stdin line."""
+    prompt_file: Path | None = None
+    """Text file (one prompt per line) or JSONL with a "prompt" key."""
+    out: Path | None = None
+    """Write the records here as JSONL (must not exist or be empty) instead of printing them."""
+    model: str | None = None
+    """Policy id or folder (null: the critic's recorded policy)."""
+    cost: str | None = None
+    """Cost scorer spec (null: fully latent mode)."""
+    reward: str | None = None
+    """Reward scorer spec."""
+    device: str = "cpu"
+    """cpu or cuda."""
+    search: SearchOverrides = field(default_factory=SearchOverrides)
+    """Search parameters over the critic's search_config.json, e.g. ``--search.method beam``,
+    ``--search.budget 0.5`` (unset: the artifact's, its budget else the critic's training budget),
+    ``--search.num_candidates 16 --search.mode latent``."""
+
+
+def main(cfg: GenerateConfig) -> list[GuardRecord]:
+    """``igcritic generate CRITIC_PATH``: the records, printed or written to ``cfg.out``."""
+    out = cfg.out
     if out is not None and Path(out).exists() and Path(out).stat().st_size > 0:
         raise GuardError(f"--out {str(out)!r} is not empty; pick a new file")
-    texts = read_prompts(prompts, prompt_file)
-    guard = load_guard(critic_path, model=model, cost=cost, reward=reward, device=device)
-    overrides = dict(search or {})
-    if method is not None:
-        overrides["method"] = method
-    records = guard.generate(texts, budget=budget, **overrides)
+    texts = read_prompts(cfg.prompts, cfg.prompt_file)
+    guard = load_guard(cfg.critic_path, model=cfg.model, cost=cfg.cost, reward=cfg.reward, device=cfg.device)
+    records = guard.generate(texts, **overrides(cfg.search))
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text("".join(json.dumps(r.to_dict()) + "\n" for r in records))

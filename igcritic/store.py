@@ -1,6 +1,6 @@
 """The Zarr v3 store contract: array names, attrs, schema version, shard writer, lazy reader, ``inspect``.
 
-Command: ``igcritic inspect STORE [--budget D]`` (:func:`inspect_store`).
+Command: ``igcritic inspect STORE [--budget D]`` (:func:`main` over :class:`InspectConfig`).
 
 Layout (a directory, a ``file://`` URL or an fsspec URL such as ``s3://bucket/run``, holding one zarr v3 group)::
 
@@ -1153,6 +1153,21 @@ def _validate_shard(g: zarr.Group, H: int, n_prompts: int, step: int, attrs: dic
                 "the files or recollect the store with --overwrite"
             ]
     return p + ([f"latents hold {bad} NaN/inf values"] if bad else [])
+
+
+@dataclass
+class InspectConfig:
+    """Summarise a store (trajectories, tokens, cost/reward, safe share, size, provenance) and validate it."""
+
+    store: str
+    """Store path or fsspec URL written by ``igcritic collect``."""
+    budget: float | None = None
+    """Budget d for the safe share S_T <= d (default: the store's recorded budget)."""
+
+
+def main(cfg: InspectConfig) -> int:
+    """``igcritic inspect STORE``: exit status 0 if the store is valid, else 1."""
+    return inspect_store(cfg.store, budget=cfg.budget)
 
 
 def inspect_store(path: str | os.PathLike, budget: float | None = None, console=None) -> int:

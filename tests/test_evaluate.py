@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import csv
-import inspect
 import io
 import json
 import math
 import re
-from dataclasses import fields
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -39,7 +37,6 @@ from igcritic.evaluate import (
     MethodSpec,
     default_methods,
     default_search,
-    eval_main,
     final_costs,
     load_prompts,
     run_eval,
@@ -352,32 +349,12 @@ def test_budget_falls_back_to_the_cost_scorers_hint(tmp_path):
         )
 
 
-def test_eval_main_defaults_mirror_eval_config():
-    params = inspect.signature(eval_main).parameters
-    assert list(params) == [f.name for f in fields(EvalConfig)] + ["reading_in", "run"]  # + the re-read mode
-    cfg = EvalConfig()
-    for name, p in params.items():
-        if name == "methods":
-            assert p.default is None and cfg.methods == default_methods()
-        elif name == "search":
-            assert p.default is None and cfg.search == default_search()
-        elif name == "judges":
-            assert p.default is None and cfg.judges == []
-        elif name in ("reading_in", "run"):
-            assert p.default is None
-        else:
-            assert p.default == getattr(cfg, name), name
-
-
-def test_shipped_config_parses_into_eval_main():
-    from jsonargparse import ArgumentParser
+def test_shipped_config_parses_into_eval_config():
+    from igcritic.__main__ import parse_config
 
     path = ROOT / "configs" / "eval" / "embedded.yaml"
     assert path.read_text().startswith("# igcritic eval --config configs/eval/embedded.yaml")
-    parser = ArgumentParser()
-    parser.add_argument("--config", action="config")
-    parser.add_function_arguments(eval_main)
-    ns = parser.instantiate(parser.parse_args(["--config", str(path)]))
+    ns = parse_config(EvalConfig, ["--config", str(path)])
     assert ns.critic == "checkpoints/embedded" and ns.prompts == "default" and ns.split == "heldout"
     assert ns.cost == ns.reward == "embedded" and ns.prefix_cost is True
     assert ns.methods == default_methods()
@@ -391,16 +368,18 @@ def test_shipped_config_parses_into_eval_main():
     )
 
 
-def test_eval_main_prints_the_table(tmp_path, monkeypatch, capsys):
+def test_eval_command_prints_the_table(tmp_path, monkeypatch, capsys):
     guard = StandInGuard(budget=0.5)
     monkeypatch.setattr(ev, "_load_guard", lambda cfg: guard)
-    result = eval_main(
-        critic="x",
-        prompts=str(write_prompts(tmp_path / "p.jsonl")),
-        split="heldout",
-        limit=4,
-        out_dir=str(tmp_path / "o"),
-        quality_set=None,
+    result = ev.main(
+        EvalConfig(
+            critic="x",
+            prompts=str(write_prompts(tmp_path / "p.jsonl")),
+            split="heldout",
+            limit=4,
+            out_dir=str(tmp_path / "o"),
+            quality_set=None,
+        )
     )
     out = capsys.readouterr().out
     assert "budget d = 0.5" in out and "IG critic latent" in out and "results.json" in out
@@ -849,7 +828,7 @@ def test_reading_round_trip_reproduces_the_table(tmp_path, capsys):
 
     labels = hand_labels(answers)
     (tmp_path / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in labels))
-    again = eval_main(reading_in=str(tmp_path / "labels.jsonl"), run=cfg.out_dir)
+    again = ev.main(EvalConfig(reading_in=str(tmp_path / "labels.jsonl"), run=cfg.out_dir))
     printed = capsys.readouterr().out
     assert render(again.table()) == render(result.table())  # the same table, rebuilt from the saved records
     for k in (0, 1):  # the judges' tables too: scores, labels and rewards all came back from the records
@@ -885,7 +864,7 @@ def test_reading_round_trip_reproduces_the_table(tmp_path, capsys):
     assert [j["name"] for j in saved["judges"]] == ["rule", "probe", "reading"]
     assert len((Path(cfg.out_dir) / "judges.csv").read_text().splitlines()) == 1 + 2 * len(JUDGED)
     with pytest.raises(EvalError, match="reading_results.json exists"):
-        eval_main(reading_in=str(tmp_path / "labels.jsonl"), run=cfg.out_dir)
+        ev.main(EvalConfig(reading_in=str(tmp_path / "labels.jsonl"), run=cfg.out_dir))
 
 
 @pytest.mark.parametrize(
@@ -913,7 +892,7 @@ def test_reading_in_refuses_bad_labels_in_one_line(tmp_path, edit, match):
     edit(rows)
     (tmp_path / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(EvalError) as e:
-        eval_main(reading_in=str(tmp_path / "labels.jsonl"), run=cfg.out_dir)
+        ev.main(EvalConfig(reading_in=str(tmp_path / "labels.jsonl"), run=cfg.out_dir))
     assert "\n" not in str(e.value) and str(e.value).startswith("labels.jsonl: ")
     assert re.search(match, str(e.value)), str(e.value)
     assert not (Path(cfg.out_dir) / "reading_results.json").exists()
@@ -941,9 +920,9 @@ def test_reading_from_the_command_line_and_from_a_finished_run(tmp_path, capsys,
     assert main(["eval", "--reading_in", str(tmp_path / "r" / "answers.jsonl"), "--run", cfg.out_dir]) == 0
     assert "judge 'reading'" in capsys.readouterr().out
     with pytest.raises(EvalError, match="--reading_in needs --run"):
-        eval_main(reading_in=str(tmp_path / "bad.jsonl"))
+        ev.main(EvalConfig(reading_in=str(tmp_path / "bad.jsonl")))
     with pytest.raises(EvalError, match="reading_key.jsonl exists"):
-        eval_main(run=cfg.out_dir, reading_out=str(tmp_path / "r2"))
+        ev.main(EvalConfig(run=cfg.out_dir, reading_out=str(tmp_path / "r2")))
 
 
 def test_judge_config_problems_are_gathered(tmp_path):
@@ -982,14 +961,10 @@ def test_judge_config_problems_are_gathered(tmp_path):
 
 
 def test_judges_flag_takes_specs_and_named_judges():
-    from jsonargparse import ArgumentParser
+    from igcritic.__main__ import parse_config
 
-    parser = ArgumentParser()
-    parser.add_function_arguments(eval_main)
-    ns = parser.instantiate(
-        parser.parse_args(
-            ["--judges", '[embedded, {"name": "beaver", "spec": "beaver:/m/cost", "threshold": 0.0}]']
-        )
+    ns = parse_config(
+        EvalConfig, ["--judges", '[embedded, {"name": "beaver", "spec": "beaver:/m/cost", "threshold": 0.0}]']
     )
     assert ns.judges == ["embedded", JudgeSpec("beaver", "beaver:/m/cost", 0.0)]
     cfg = EvalConfig(judges=ns.judges)

@@ -14,7 +14,7 @@ from helpers_fit import make_store, tiny_module, tiny_trainer
 
 from igcritic.critic import CALIBRATION_KEY, CONFIG_NAME, SCHEMA_VERSION, WEIGHTS_NAME, load_critic
 from igcritic.data import CriticDataModule
-from igcritic.export import ExportError, default_out, export, export_main
+from igcritic.export import ExportConfig, ExportError, default_out, export, main
 from igcritic.search import SEARCH_CONFIG_NAME
 
 
@@ -176,14 +176,17 @@ def test_never_writes_into_a_non_empty_folder(trained, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art", "taken"]  # no temporary folder left behind
 
 
-def test_export_main_and_default_out(trained, tmp_path, monkeypatch):
+def test_export_command_and_default_out(trained, tmp_path, monkeypatch):
     _, ckpt = trained
     monkeypatch.chdir(tmp_path)
     assert default_out("runs/fit/embedded/version_0/checkpoints/last.ckpt") == default_out("x", "embedded")
-    from igcritic.__main__ import main
+    from igcritic.__main__ import main as igcritic
 
-    assert main(["export", str(ckpt), "--out", "checkpoints/cli"]) == 0
+    assert igcritic(["export", str(ckpt), "--out", "checkpoints/cli", "--search.num_candidates", "8"]) == 0
     assert (tmp_path / "checkpoints" / "cli" / CONFIG_NAME).exists()
-    assert main(["export", str(ckpt), "--out", "checkpoints/raw", "--calibrate", "false"]) == 0
+    assert (
+        json.loads((tmp_path / "checkpoints" / "cli" / SEARCH_CONFIG_NAME).read_text())["num_candidates"] == 8
+    )
+    assert igcritic(["export", str(ckpt), "--out", "checkpoints/raw", "--calibrate", "false"]) == 0
     assert load_critic(tmp_path / "checkpoints" / "raw").calibration.is_identity
-    assert export_main(ckpt, None, name="named") == 0 and (tmp_path / "checkpoints" / "named").is_dir()
+    assert main(ExportConfig(ckpt, None, name="named")) == 0 and (tmp_path / "checkpoints" / "named").is_dir()

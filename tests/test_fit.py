@@ -28,7 +28,8 @@ from torchmetrics.functional.classification import binary_calibration_error
 
 from igcritic.critic import CKPT_KEY, Calibration
 from igcritic.data import CriticDataModule, mask_nonfinite
-from igcritic.fit import FitError, binned_ece, calibrate, cli_main
+from igcritic.fit import FitError, binned_ece, calibrate
+from igcritic.fit import main as fit_main
 from igcritic.store import StoreReader
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "fit"
@@ -260,7 +261,7 @@ def test_checkpoint_from_before_calibration_loads_and_none_keeps_the_map(store, 
 def _print_config(args: list[str]) -> dict:
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf), pytest.raises(SystemExit) as e:
-        cli_main(args)
+        fit_main(args)
     assert e.value.code in (0, None)
     return yaml.safe_load(buf.getvalue())
 
@@ -285,13 +286,13 @@ def test_cli_fit_validate_and_links_hidden_size(store, tmp_path, monkeypatch):
         "--model.width=32",
         "--trainer.accelerator=cpu",
     ]
-    cli = cli_main(["fit", *common, "--trainer.max_epochs=1", "--model.scheduler.init_args.T_max=1"])
+    cli = fit_main(["fit", *common, "--trainer.max_epochs=1", "--model.scheduler.init_args.T_max=1"])
     assert cli.model.critic.config.hidden_size == 16  # data.hidden_size -> model.hidden_size
     ckpts = sorted((tmp_path / "runs" / "fit" / "embedded" / "version_0" / "checkpoints").glob("*.ckpt"))
     assert [p.name for p in ckpts][-1] == "last.ckpt"
     assert (tmp_path / "runs" / "fit" / "embedded" / "version_0" / "metrics.csv").exists()
     assert any((tmp_path / "runs" / "fit" / "tensorboard" / "embedded").rglob("events.out.tfevents*"))
-    val = cli_main(["validate", *common, f"--ckpt_path={ckpts[-1]}"])
+    val = fit_main(["validate", *common, f"--ckpt_path={ckpts[-1]}"])
     assert "val/auroc" in val.trainer.callback_metrics
 
 

@@ -10,7 +10,7 @@ import torch
 from helpers_guard import WordCost  # noqa: F401
 
 from igcritic.critic import Critic, CriticConfig
-from igcritic.guard import Guard, GuardError, generate_main, load_guard, read_prompts
+from igcritic.guard import GenerateConfig, Guard, GuardError, load_guard, main, read_prompts
 from igcritic.search import SEARCH_CONFIG_NAME, GuardRecord, SearchConfigError
 
 SEARCH = {
@@ -139,13 +139,15 @@ def saved_policy_artifact(tmp_path, tiny_policy):
     return write_artifact(tmp_path / "critic", ident, search={**SEARCH, "budget": 25.0})
 
 
-def test_generate_main_writes_jsonl(tmp_path, saved_policy_artifact):
+def test_generate_writes_jsonl(tmp_path, saved_policy_artifact):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(
         '{"prompt": "how do I bake bread at home"}\n\n{"prompt": "hack into my neighbour\'s wifi network"}\n'
     )
     out = tmp_path / "out" / "records.jsonl"
-    recs = generate_main(str(saved_policy_artifact), prompt_file=prompts, out=out, method="beam")
+    recs = main(
+        GenerateConfig(str(saved_policy_artifact), prompt_file=prompts, out=out, search={"method": "beam"})
+    )
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["prompt"] for r in rows] == [
         "how do I bake bread at home",
@@ -153,13 +155,13 @@ def test_generate_main_writes_jsonl(tmp_path, saved_policy_artifact):
     ]
     assert [r["text"] for r in rows] == [r.text for r in recs] and all(r["method"] == "beam" for r in rows)
     with pytest.raises(GuardError, match="is not empty"):
-        generate_main(str(saved_policy_artifact), prompts=["hi"], out=out)
+        main(GenerateConfig(str(saved_policy_artifact), prompts=["hi"], out=out))
 
 
-def test_generate_main_prints(saved_policy_artifact, capsys, monkeypatch):
+def test_generate_prints(saved_policy_artifact, capsys, monkeypatch):
     monkeypatch.setattr("sys.stdin", io.StringIO("how do I bake bread at home\n"))
     monkeypatch.setenv("COLUMNS", "200")
-    (rec,) = generate_main(str(saved_policy_artifact), search={"max_new_tokens": 4, "block_width": 2})
+    (rec,) = main(GenerateConfig(str(saved_policy_artifact), search={"max_new_tokens": 4, "block_width": 2}))
     assert rec.new_tokens <= 4
     assert "how do I bake bread" in capsys.readouterr().out
 
