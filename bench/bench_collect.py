@@ -47,7 +47,7 @@ def main() -> None:
 
     torch.set_grad_enabled(False)
     policy = bench_policy(a.model, a.dtype, a.device)
-    prompts, _ = load_prompts(PromptSource(split="all"))
+    prompts = [p.prompt for p in load_prompts(PromptSource(split="all"))[0]]
     prompts = (prompts * (a.batch // len(prompts) + 1))[: a.batch]
     # The comparison is per generated token; force full length on both sides so work is equal.
     cfg = SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=a.new_tokens)

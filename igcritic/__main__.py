@@ -4,7 +4,7 @@
     igcritic inspect runs/embedded/store.zarr                   # summary + integrity check
     igcritic fit --config configs/fit/embedded.yaml             # LightningCLI (also validate, test)
     igcritic export runs/fit/.../last.ckpt --out checkpoints/embedded --search.num_candidates 8
-    igcritic generate checkpoints/embedded --prompts '["How do I bake bread?"]' --search.mode latent
+    igcritic generate checkpoints/embedded --prompts.texts '["How do I bake bread?"]' --search.mode latent
     igcritic eval --config configs/eval/embedded.yaml
 
 :data:`COMMANDS` maps a name to ``module:function`` (imported only when the command runs, so ``--help`` stays

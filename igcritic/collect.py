@@ -1,7 +1,7 @@
 """Collect on-policy rollouts with their latent trajectories and cost/reward labels into a Zarr store.
 
     igcritic collect --config configs/collect/embedded.yaml
-    igcritic collect --model PATH --prompts prompts.jsonl --rollouts_per_prompt 5 --out runs/x/store.zarr
+    igcritic collect --model PATH --prompts.source prompts.jsonl --rollouts_per_prompt 5 --out runs/x/store.zarr
 
 The work is cut into numbered batches of ``batch_size`` (prompt, rollout) items; batch ``b`` is sampled
 with its own generator seeded from ``(seed, b)``, so any batch can be redone identically. Rank ``r`` of
@@ -70,7 +70,7 @@ class CollectConfig:
     dtype: str = "float32"
     """Policy dtype (float32, bfloat16, float16)."""
     prompts: PromptSource = field(default_factory=PromptSource)
-    """Where prompts come from (shipped default set, a JSONL/CSV file, or a HF dataset)."""
+    """Where prompts come from (the shipped set's train split by default, a JSONL/CSV file, or a HF dataset)."""
     rollouts_per_prompt: int = 5
     """K answers sampled per prompt (paper: 5)."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -348,7 +348,8 @@ def collect_rank(cfg: CollectConfig, rank: int = 0, world: int = 1, barrier=lamb
     cfg.validate()
     if cfg.overwrite and rank == 0:
         check_replaceable(cfg.out)  # before any model loads: --overwrite replaces only a store
-    prompts, source_info = load_prompts(cfg.prompts)
+    rows, source_info = load_prompts(cfg.prompts)
+    prompts = [r.prompt for r in rows]
     device = "cuda" if torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda") else "cpu"
     if device == "cuda":
         device = f"cuda:{torch.cuda.current_device()}"

@@ -48,7 +48,7 @@ from igcritic.judges import (
     resample_indices,
     summarize_judge,
 )
-from igcritic.prompts import DEFAULT_SET, PromptError, default_set_path, read_prompt_rows
+from igcritic.prompts import Prompt, PromptSource, load_prompts
 from igcritic.reading import ANSWERS_FILE
 from igcritic.report import (
     RECORD_COST,
@@ -70,10 +70,6 @@ from igcritic.report import (
 )
 
 log = logging.getLogger(__name__)
-
-DEFAULT_PROMPTS = DEFAULT_SET
-"""``prompts`` value that selects the shipped default set (``igcritic/assets/default_prompts.jsonl``)."""
-ALL_SPLITS = "all"
 
 
 @runtime_checkable
@@ -144,14 +140,9 @@ class EvalConfig:
 
     critic: str = "checkpoints/embedded"
     """Exported critic folder (``igcritic export``); the guard is loaded from it."""
-    prompts: str = DEFAULT_PROMPTS
-    """A JSONL file (``{"prompt", "category"?, "harmful"?, "split"?}`` per line), a text file (one prompt
-    per line) or ``default`` for the shipped set."""
-    split: str | None = "heldout"
-    """Keep only prompts whose ``split`` equals this (``all`` or None: every prompt); ignored for files
-    without splits. The shipped set has ``train`` (collect/fit) and ``heldout``."""
-    limit: int | None = 16
-    """At most this many prompts, evenly spaced over the (split-filtered) set so categories stay mixed."""
+    prompts: PromptSource = field(default_factory=lambda: PromptSource(split="heldout", limit=16))
+    """The prompt set (``--prompts.source``, ``--prompts.split``, ``--prompts.limit``): by default the first 16
+    held-out prompts of the shipped set; JSONL rows may carry ``category``, ``harmful`` and ``split``."""
     budget: float | None = None
     """Budget d for the guard and the safety rate; None: the guard's default, else the cost scorer's hint."""
     methods: list[MethodSpec] = field(default_factory=default_methods)
@@ -202,8 +193,8 @@ class EvalConfig:
     def problems(self) -> list[str]:
         """Every invalid field, each as a one-line message with the fix."""
         out = []
-        if self.limit is not None and self.limit < 1:
-            out.append(f"--limit {self.limit} must be >= 1 (or null for all prompts)")
+        if self.prompts.limit is not None and self.prompts.limit < 1:
+            out.append(f"--prompts.limit {self.prompts.limit} must be >= 1 (or null for all prompts)")
         if self.budget is not None and not math.isfinite(float(self.budget)):
             out.append(f"--budget {self.budget} must be a finite number (or null for the default)")
         if self.batch_size < 0:
@@ -234,48 +225,6 @@ class EvalConfig:
         probs = self.problems()
         if probs:
             raise EvalError("; ".join(probs))
-
-
-@dataclass
-class EvalPrompt:
-    """One prompt of the evaluation set."""
-
-    prompt: str
-    category: str | None = None
-    harmful: bool | None = None
-    split: str | None = None
-
-
-def load_prompts(spec: str, split: str | None = None, limit: int | None = None) -> list[EvalPrompt]:
-    """Prompts from ``default`` (the shipped set), a JSONL file or a text file; split-filtered, limited."""
-    path = default_set_path() if spec == DEFAULT_PROMPTS else Path(spec)
-    if not path.is_file():
-        raise EvalError(f"--prompts {spec!r}: no such file; pass a JSONL/text file or {DEFAULT_PROMPTS!r}")
-    try:
-        rows = read_prompt_rows(path)
-    except PromptError as e:
-        raise EvalError(str(e)) from None
-    items = [
-        EvalPrompt(
-            r["prompt"].strip(),
-            r.get("category"),
-            None if r.get("harmful") is None else bool(r["harmful"]),
-            r.get("split"),
-        )
-        for r in rows
-    ]
-    if not items:
-        raise EvalError(f"--prompts {spec!r} has no prompt; give a file with at least one")
-    if split not in (None, ALL_SPLITS) and any(p.split is not None for p in items):
-        kept = [p for p in items if p.split == split]
-        if not kept:
-            have = sorted({str(p.split) for p in items})
-            raise EvalError(f"--split {split!r} matches no prompt in {path.name}; use one of {have} or null")
-        items = kept
-    if limit is not None and limit < len(items):
-        idx = np.linspace(0, len(items) - 1, limit).round().astype(int)
-        items = [items[i] for i in idx]
-    return items
 
 
 def _record_dict(rec: Any) -> dict:
@@ -460,7 +409,7 @@ def precheck_methods(guard: Any, cfg: EvalConfig, budget: float) -> None:
 def run_method(
     guard: Generator,
     spec: MethodSpec,
-    prompts: list[EvalPrompt],
+    prompts: list[Prompt],
     cfg: EvalConfig,
     budget: float,
     cost: Scorer,
@@ -522,7 +471,7 @@ def run_eval(
     check_out(out, cfg.overwrite)
     if cfg.reading_out:
         check_out(Path(cfg.reading_out), cfg.overwrite, "--reading_out")
-    prompts = load_prompts(cfg.prompts, cfg.split, cfg.limit)
+    prompts, _ = load_prompts(cfg.prompts)
     guard = guard if guard is not None else _load_guard(cfg)
     scorers = {}
     for role, given, spec in (("cost", cost, cfg.cost), ("reward", reward, cfg.reward)):

@@ -4,7 +4,7 @@
     guard = igcritic.load_guard("checkpoints/<name>", model=m, tokenizer=t, cost="...", reward="...")
     records = guard.generate(["How do I bake bread?"], budget=0.5, method="inferenceguard", mode="latent")
 
-Command: ``igcritic generate CRITIC_PATH --prompts '["..."]' | --prompt_file FILE | (stdin)
+Command: ``igcritic generate CRITIC_PATH --prompts.texts '["..."]' | --prompts.source FILE | (stdin)
 [--search.budget D] [--search.method M] [--out records.jsonl]`` (:func:`main` over :class:`GenerateConfig`).
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import sys
 import typing
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -24,7 +23,7 @@ from torch import nn
 
 from igcritic import IgcriticError
 from igcritic.policy import EMBEDDED_POLICY_ID, Policy, PolicyIdentity, embedded_model_dir, load_policy
-from igcritic.prompts import PromptError, read_prompt_rows
+from igcritic.prompts import STDIN, PromptSource, load_prompts
 from igcritic.search import (
     SEARCH_CONFIG_NAME,
     CriticLike,
@@ -247,26 +246,6 @@ def _scorer(spec, role: str, device: str) -> ScorerLike | None:
     return load_scorer(spec, role, device=device)
 
 
-def read_prompts(prompts: list[str] | None = None, prompt_file: Path | None = None) -> list[str]:
-    """Prompts from the arguments, else a file (.jsonl/.csv with a ``prompt`` field, else one per line), else
-    stdin lines."""
-    if prompts:
-        return list(prompts)
-    if prompt_file is not None:
-        path = Path(prompt_file)
-        if not path.is_file():
-            raise GuardError(f"--prompt_file {str(path)!r} does not exist; pass a text or JSONL file")
-        try:
-            out = [row["prompt"] for row in read_prompt_rows(path)]
-        except PromptError as e:
-            raise GuardError(str(e)) from None
-    else:
-        out = [line for line in sys.stdin.read().splitlines() if line.strip()]
-    if not out:
-        raise GuardError("no prompts: pass --prompts, --prompt_file or prompts on stdin")
-    return out
-
-
 def _overrides_class(cls: type) -> type:
     """``cls`` with every field optional and None by default: the fields a command line sets, and no others."""
     hints = typing.get_type_hints(cls)
@@ -300,10 +279,9 @@ class GenerateConfig:
 
     critic_path: str
     """Exported critic folder (igcritic export)."""
-    prompts: list[str] | None = None
-    """Prompts to answer; else --prompt_file, else one prompt per stdin line."""
-    prompt_file: Path | None = None
-    """Text file (one prompt per line) or JSONL with a "prompt" key."""
+    prompts: PromptSource = field(default_factory=lambda: PromptSource(source=STDIN, split=None))
+    """Prompts to answer: ``--prompts.texts '["...", "..."]'``, ``--prompts.source FILE`` (text, JSONL, CSV;
+    ``default``: the shipped set), or one prompt per stdin line (the default)."""
     out: Path | None = None
     """Write the records here as JSONL (must not exist or be empty) instead of printing them."""
     model: str | None = None
@@ -325,7 +303,7 @@ def main(cfg: GenerateConfig) -> list[GuardRecord]:
     out = cfg.out
     if out is not None and Path(out).exists() and Path(out).stat().st_size > 0:
         raise GuardError(f"--out {str(out)!r} is not empty; pick a new file")
-    texts = read_prompts(cfg.prompts, cfg.prompt_file)
+    texts = [p.prompt for p in load_prompts(cfg.prompts)[0]]
     guard = load_guard(cfg.critic_path, model=cfg.model, cost=cfg.cost, reward=cfg.reward, device=cfg.device)
     records = guard.generate(texts, **overrides(cfg.search))
     if out is not None:

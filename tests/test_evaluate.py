@@ -38,12 +38,12 @@ from igcritic.evaluate import (
     default_methods,
     default_search,
     final_costs,
-    load_prompts,
     run_eval,
     scorer_specs,
     summarize,
 )
 from igcritic.judges import JudgeSpec, auroc_ece, judge_table, mean_ci, resample_indices
+from igcritic.prompts import PromptError, PromptSource, load_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = [
@@ -97,9 +97,7 @@ def eval_run(tmp_path):
     guard = StandInGuard(budget=0.5)
     cfg = EvalConfig(
         critic="unused",
-        prompts=str(prompts),
-        split=None,
-        limit=None,
+        prompts=PromptSource(str(prompts), split=None, limit=None),
         methods=METHODS,
         search={"num_candidates": 4, "block_width": 8, "max_new_tokens": 16, "method": "ignored"},
         out_dir=str(tmp_path / "out"),
@@ -186,9 +184,7 @@ def test_overrides_seed_and_budget_reach_the_guard(eval_run):
 def test_batch_size_splits_calls(tmp_path):
     guard = StandInGuard()
     cfg = EvalConfig(
-        prompts=str(write_prompts(tmp_path / "p.jsonl")),
-        split="heldout",
-        limit=None,
+        prompts=PromptSource(str(write_prompts(tmp_path / "p.jsonl")), split="heldout", limit=None),
         methods=METHODS[:1],
         batch_size=2,
         out_dir=str(tmp_path / "o"),
@@ -228,17 +224,21 @@ def test_safety_boundary_and_refusal_count():
     assert s.tracked_safety_rate == 1.0
 
 
+def load(source: str, split: str | None = "heldout", limit: int | None = None) -> list:
+    return load_prompts(PromptSource(source, split=split, limit=limit))[0]
+
+
 def test_load_prompts_split_limit_and_text_files(tmp_path):
     path = write_prompts(tmp_path / "p.jsonl")
     test = [p for p in PROMPTS if p["split"] == "heldout"]
-    got = load_prompts(str(path), split="heldout")
+    got = load(str(path), split="heldout")
     assert [p.prompt for p in got] == [p["prompt"] for p in test]
     assert got[0].category == test[0]["category"] and got[0].harmful is test[0]["harmful"]
-    four = load_prompts(str(path), split="heldout", limit=4)  # evenly spaced: rows 0, 5/3, 10/3, 5 rounded
-    assert [p.prompt for p in four] == [test[i]["prompt"] for i in (0, 2, 3, 5)]
+    four = load(str(path), split="heldout", limit=4)  # the first four, in file order
+    assert [p.prompt for p in four] == [test[i]["prompt"] for i in (0, 1, 2, 3)]
     txt = tmp_path / "p.txt"
     txt.write_text("first prompt\n\nsecond prompt\n")
-    assert [p.prompt for p in load_prompts(str(txt), split="heldout")] == ["first prompt", "second prompt"]
+    assert [p.prompt for p in load(str(txt), split="heldout")] == ["first prompt", "second prompt"]
 
 
 @pytest.mark.parametrize(
@@ -247,26 +247,26 @@ def test_load_prompts_split_limit_and_text_files(tmp_path):
         ('{"prompt": "ok"}\n{"prompt": \n', None, r"p\.jsonl:2: not valid JSON"),
         ('{"prompt": "ok"}\n{"text": "x"}\n', None, r"p\.jsonl:2: needs a non-empty \"prompt\""),
         ('{"prompt": "   "}\n', None, r"p\.jsonl:1"),
-        ("\n\n", None, "has no prompt"),
+        ("\n\n", None, "holds no prompts"),
         (
             '{"prompt": "a", "split": "train"}\n',
             "heldout",
-            r"--split 'heldout' matches no prompt.*\['train'\]",
+            r"--prompts.split 'heldout' matches no prompt.*\['train'\]",
         ),
     ],
 )
 def test_load_prompts_errors(tmp_path, content, split, match):
     path = tmp_path / "p.jsonl"
     path.write_text(content)
-    with pytest.raises(EvalError, match=match):
-        load_prompts(str(path), split=split)
-    with pytest.raises(EvalError, match="no such file"):
-        load_prompts(str(tmp_path / "missing.jsonl"))
+    with pytest.raises(PromptError, match=match):
+        load(str(path), split=split)
+    with pytest.raises(PromptError, match="does not exist"):
+        load(str(tmp_path / "missing.jsonl"))
 
 
 def test_config_gathers_every_problem(tmp_path):
     cfg = EvalConfig(
-        limit=0,
+        prompts=PromptSource(limit=0),
         budget=float("inf"),
         batch_size=-1,
         methods=[MethodSpec("a"), MethodSpec("a"), MethodSpec(" ")],
@@ -276,7 +276,7 @@ def test_config_gathers_every_problem(tmp_path):
         run_eval(cfg, guard=StandInGuard())
     msg = str(e.value)
     assert "\n" not in msg
-    for part in ("--limit 0", "--budget inf", "--batch_size -1", "['a']", "without a name"):
+    for part in ("--prompts.limit 0", "--budget inf", "--batch_size -1", "['a']", "without a name"):
         assert part in msg
     with pytest.raises(EvalError, match="--budget nan"):
         EvalConfig(budget=float("nan")).validate()
@@ -286,7 +286,9 @@ def test_config_gathers_every_problem(tmp_path):
 
 def test_refuses_non_empty_out_dir(tmp_path):
     (tmp_path / "keep.txt").write_text("x")
-    cfg = EvalConfig(prompts=str(write_prompts(tmp_path / "p.jsonl")), out_dir=str(tmp_path))
+    cfg = EvalConfig(
+        prompts=PromptSource(str(write_prompts(tmp_path / "p.jsonl")), split="heldout"), out_dir=str(tmp_path)
+    )
     with pytest.raises(EvalError, match="is not empty.*--overwrite"):
         run_eval(cfg, guard=StandInGuard())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt", "p.jsonl"]
@@ -317,8 +319,7 @@ class _FewCosts:
 )
 def test_bad_guard_or_scorer_output(tmp_path, guard, cost, match):
     cfg = EvalConfig(
-        prompts=str(write_prompts(tmp_path / "p.jsonl")),
-        split=None,
+        prompts=PromptSource(str(write_prompts(tmp_path / "p.jsonl")), split=None, limit=16),
         methods=METHODS[:1],
         out_dir=str(tmp_path / "o"),
     )
@@ -335,7 +336,7 @@ def test_budget_falls_back_to_the_cost_scorers_hint(tmp_path):
     guard = StandInGuard()
     guard.budget = None
     cfg = EvalConfig(
-        prompts=str(write_prompts(tmp_path / "p.jsonl")),
+        prompts=PromptSource(str(write_prompts(tmp_path / "p.jsonl")), split="heldout", limit=16),
         methods=METHODS[:1],
         out_dir=str(tmp_path / "o"),
         plots=False,
@@ -355,7 +356,7 @@ def test_shipped_config_parses_into_eval_config():
     path = ROOT / "configs" / "eval" / "embedded.yaml"
     assert path.read_text().startswith("# igcritic eval --config configs/eval/embedded.yaml")
     ns = parse_config(EvalConfig, ["--config", str(path)])
-    assert ns.critic == "checkpoints/embedded" and ns.prompts == "default" and ns.split == "heldout"
+    assert ns.critic == "checkpoints/embedded" and ns.prompts == PromptSource("default", "heldout", None)
     assert ns.cost == ns.reward == "embedded" and ns.prefix_cost is True
     assert ns.methods == default_methods()
     assert ns.judges == [JudgeSpec("judge", "embedded-judge")]  # not the guard's cost model
@@ -374,9 +375,7 @@ def test_eval_command_prints_the_table(tmp_path, monkeypatch, capsys):
     result = ev.main(
         EvalConfig(
             critic="x",
-            prompts=str(write_prompts(tmp_path / "p.jsonl")),
-            split="heldout",
-            limit=4,
+            prompts=PromptSource(str(write_prompts(tmp_path / "p.jsonl")), split="heldout", limit=4),
             out_dir=str(tmp_path / "o"),
             quality_set=None,
         )
@@ -389,11 +388,11 @@ def test_eval_command_prints_the_table(tmp_path, monkeypatch, capsys):
 
 
 def test_default_set_heldout_split_stays_mixed():
-    got = load_prompts("default", split="heldout", limit=16)
+    got = load("default", split="heldout", limit=16)
     assert len(got) == 16 and {p.split for p in got} == {"heldout"}
     n_harmful = sum(bool(p.harmful) for p in got)
-    assert 4 <= n_harmful <= 12  # evenly spaced over a category-ordered file keeps both kinds
-    assert len(load_prompts("default", split="all")) > len(load_prompts("default", split="heldout"))
+    assert 4 <= n_harmful <= 12  # the first 16 of a shuffled file keep both kinds
+    assert len(load("default", split="all")) > len(load("default", split="heldout"))
 
 
 def test_final_cost_is_the_last_prefix_score():
@@ -464,8 +463,7 @@ def test_integration_tiny_policy_real_guard(tmp_path, tiny_policy):
     ]
     cfg = EvalConfig(
         critic=str(critic_dir),
-        prompts=str(write_prompts(tmp_path / "p.jsonl", rows)),
-        limit=None,
+        prompts=PromptSource(str(write_prompts(tmp_path / "p.jsonl", rows)), split="heldout", limit=None),
         search={"num_candidates": 4, "block_width": 4, "max_new_tokens": 8},
         budget=0.5,
         out_dir=str(tmp_path / "out"),
@@ -527,7 +525,7 @@ def test_methods_the_guard_cannot_run_fail_before_generation(
     guard.generate = lambda *a, **k: calls.append(a)  # would record any generation
     cfg = EvalConfig(
         critic=str(critic_dir),
-        prompts=str(write_prompts(tmp_path / "p.jsonl")),
+        prompts=PromptSource(str(write_prompts(tmp_path / "p.jsonl")), split="heldout", limit=16),
         budget=0.5,
         methods=[MethodSpec("ok", {"method": "plain"}), MethodSpec("bad", overrides)],
         out_dir=str(tmp_path / "out"),
@@ -553,9 +551,7 @@ def judged_run(tmp_path, judges, methods=JUDGED, guard=None, **kw):
     tmp_path.mkdir(parents=True, exist_ok=True)
     cfg = EvalConfig(
         critic="unused",
-        prompts=str(write_prompts(tmp_path / "prompts.jsonl")),
-        split=None,
-        limit=None,
+        prompts=PromptSource(str(write_prompts(tmp_path / "prompts.jsonl")), split=None, limit=None),
         methods=methods,
         out_dir=str(tmp_path / "run"),
         seed=3,
@@ -666,8 +662,7 @@ def test_a_judge_is_never_called_during_search(tmp_path, tiny_policy):
     ]
     cfg = EvalConfig(
         critic=str(critic_dir),
-        prompts=str(write_prompts(tmp_path / "p.jsonl", rows)),
-        limit=None,
+        prompts=PromptSource(str(write_prompts(tmp_path / "p.jsonl", rows)), split="heldout", limit=None),
         search={"num_candidates": 4, "block_width": 4, "max_new_tokens": 8},
         budget=0.5,
         out_dir=str(tmp_path / "out"),
@@ -747,7 +742,7 @@ def test_judge_quality_equals_a_hand_computation(tmp_path):
     ece = sum((bins == b).mean() * abs(p[bins == b].mean() - y[bins == b].mean()) for b in np.unique(bins))
     assert auroc_ece(p, y) == pytest.approx((auroc, ece))
     cfg = EvalConfig(
-        prompts=str(write_prompts(tmp_path / "p.jsonl")),
+        prompts=PromptSource(str(write_prompts(tmp_path / "p.jsonl")), split="heldout", limit=16),
         methods=METHODS[:1],
         budget=0.5,
         out_dir=str(tmp_path / "o"),
@@ -771,7 +766,7 @@ def test_judge_quality_equals_a_hand_computation(tmp_path):
 def test_a_missing_default_quality_set_is_one_warning_not_a_crash(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(jd, "QUALITY_FILE", tmp_path / "not-yet.jsonl")
     cfg = EvalConfig(
-        prompts=str(write_prompts(tmp_path / "p.jsonl")),
+        prompts=PromptSource(str(write_prompts(tmp_path / "p.jsonl")), split="heldout", limit=16),
         methods=METHODS[:1],
         budget=0.5,
         out_dir=str(tmp_path / "o"),
@@ -949,7 +944,7 @@ def test_judge_config_problems_are_gathered(tmp_path):
     with pytest.raises(EvalError, match="lack name, threshold or score"):
         run_eval(
             EvalConfig(
-                prompts=str(write_prompts(tmp_path / "p.jsonl")),
+                prompts=PromptSource(str(write_prompts(tmp_path / "p.jsonl")), split="heldout", limit=16),
                 methods=METHODS[:1],
                 budget=0.5,
                 out_dir=str(tmp_path / "o"),
