@@ -103,7 +103,8 @@ class MethodSpec:
 
 
 def default_methods() -> list[MethodSpec]:
-    """The six methods of the embedded demo (docs/design.md section 6 baselines plus InferenceGuard).
+    """The six methods of the embedded demo (docs/design.md section 6 baselines plus InferenceGuard); the one
+    list of them (configs/eval/embedded.yaml names them in a comment, so the two cannot disagree).
 
     The baselines use no critic: best-of-N ranks by the reward and cost scorers (``r - λ·S`` or the
     augmented safety state), as in the paper; only the InferenceGuard rows differ in critic and mode.

@@ -31,9 +31,15 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from jsonargparse import Namespace
 from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar, TQDMProgressBar
-from lightning.pytorch.cli import LightningCLI, LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.cli import (
+    LightningArgumentParser,
+    LightningCLI,
+    LRSchedulerCallable,
+    OptimizerCallable,
+)
 from torch import nn
 from torchmetrics import ExplainedVariance, MeanSquaredError, Metric
 from torchmetrics.classification import BinaryAUROC, BinaryCalibrationError
@@ -636,6 +642,32 @@ class CriticCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
 
+class _Parser(LightningArgumentParser):
+    """Fills a cosine schedule's ``T_max`` from the run length before the config is validated."""
+
+    def validate(self, namespace, *args, **kwargs):
+        for cfg in (namespace, *(namespace.get(k) for k in CriticCLI.subcommands())):
+            if isinstance(cfg, Namespace):
+                derive_t_max(cfg)
+        return super().validate(namespace, *args, **kwargs)
+
+
+def derive_t_max(cfg) -> None:
+    """A cosine schedule without ``T_max`` decays over the whole run: ``trainer.max_epochs`` (``epoch``
+    interval) or ``trainer.max_steps`` (``step``), so the YAML states the length once."""
+    sched = cfg.get("model.scheduler")
+    if not sched or not str(sched.get("class_path", "")).endswith("CosineAnnealingLR"):
+        return
+    if sched.get("init_args.T_max") is not None:
+        return
+    step = cfg.get("model.scheduler_interval") == "step"
+    length = cfg.get("trainer.max_steps") if step else cfg.get("trainer.max_epochs")
+    if length is None or length < 1:
+        key = "trainer.max_steps" if step else "trainer.max_epochs"
+        raise FitError(f"model.scheduler (cosine) has no T_max and {key} is {length}; set either one")
+    sched["init_args.T_max"] = int(length)
+
+
 TRAINER_DEFAULTS = {
     "max_epochs": 10,
     "log_every_n_steps": 10,
@@ -664,6 +696,7 @@ def main(args: list[str] | None = None, run: bool = True) -> CriticCLI:
         trainer_defaults=TRAINER_DEFAULTS,
         auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
+        parser_class=_Parser,
     )
 
 

@@ -286,8 +286,9 @@ def test_cli_fit_validate_and_links_hidden_size(store, tmp_path, monkeypatch):
         "--model.width=32",
         "--trainer.accelerator=cpu",
     ]
-    cli = fit_main(["fit", *common, "--trainer.max_epochs=1", "--model.scheduler.init_args.T_max=1"])
+    cli = fit_main(["fit", *common, "--trainer.max_epochs=1"])
     assert cli.model.critic.config.hidden_size == 16  # data.hidden_size -> model.hidden_size
+    assert cli.trainer.lr_scheduler_configs[0].scheduler.T_max == 1  # derived from trainer.max_epochs
     ckpts = sorted((tmp_path / "runs" / "fit" / "embedded" / "version_0" / "checkpoints").glob("*.ckpt"))
     assert [p.name for p in ckpts][-1] == "last.ckpt"
     assert (tmp_path / "runs" / "fit" / "embedded" / "version_0" / "metrics.csv").exists()
@@ -338,3 +339,22 @@ def test_fit_never_imports_the_runtime():
     assert "igcritic.fit" in out
     for later in ("igcritic.search", "igcritic.blocks", "igcritic.guard", "igcritic.export"):
         assert f"'{later}'" not in out, later
+
+
+def test_cosine_t_max_is_derived_from_the_run_length_unless_given():
+    from jsonargparse import Namespace
+
+    from igcritic.fit import derive_t_max
+
+    def cfg(t_max=None, interval="epoch", epochs=10, steps=-1):
+        sched = Namespace(
+            class_path="torch.optim.lr_scheduler.CosineAnnealingLR", init_args=Namespace(T_max=t_max)
+        )
+        model = Namespace(scheduler=sched, scheduler_interval=interval)
+        return Namespace(model=model, trainer=Namespace(max_epochs=epochs, max_steps=steps))
+
+    for c, want in ((cfg(), 10), (cfg(t_max=3), 3), (cfg(interval="step", steps=500), 500)):
+        derive_t_max(c)
+        assert c.model.scheduler.init_args.T_max == want
+    with pytest.raises(FitError, match="no T_max and trainer.max_steps is -1"):
+        derive_t_max(cfg(interval="step"))
