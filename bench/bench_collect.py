@@ -121,10 +121,12 @@ def main() -> None:
     print(f"baseline generate      {base:8.1f} tok/s (median of {a.repeats})")
     print(f"collect (gen+latents+write) {coll:8.1f} tok/s")
     print(
-        f"ratio collect/baseline  median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})"
+        f"ratio collect/baseline  median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max "
+        f"{max(ratios):.3f})"
     )
     print(
-        f"store write {statistics.median(r[2] for r in rows):.1f} MB/s, {statistics.median(r[3] for r in rows):.0f} bytes/token"
+        f"store write {statistics.median(r[2] for r in rows):.1f} MB/s, "
+        f"{statistics.median(r[3] for r in rows):.0f} bytes/token"
     )
     if a.scorers:
         from igcritic.scorers import load_scorer

@@ -1,7 +1,7 @@
 """Guarded decoding per prompt vs plain batched sampling of the same N x D tokens, same stack, one process.
 
-    python bench/bench_guard.py                                   # embedded SmolLM2, CPU, N=16, width 16, D=64
-    python bench/bench_guard.py --critic checkpoints/embedded     # a trained critic instead of a random one
+    python bench/bench_guard.py                                # embedded SmolLM2, CPU, N=16, width 16, D=64
+    python bench/bench_guard.py --critic checkpoints/embedded  # a trained critic instead of a random one
     python bench/bench_guard.py --model PATH --dtype bfloat16 --n 128 --width 32 --d 128   # GPU
 
 Per prompt, alternating so drift hits both sides (EOS suppressed on both: exactly N x D sampled tokens):
@@ -183,7 +183,8 @@ def main() -> None:
             )
         print("warm-up (one guard + one plain call) s: " + ", ".join(f"{k} {v:.1f}" for k, v in warm.items()))
     print(
-        f"retries: {sum(retries)} in {sum(blocks)} blocks (retry rate {sum(retries) / max(sum(blocks), 1):.3f}); "
+        f"retries: {sum(retries)} in {sum(blocks)} blocks (retry rate "
+        f"{sum(retries) / max(sum(blocks), 1):.3f}); "
         f"critic share of guard time: median {100 * med(shares):.2f}% (max {100 * max(shares):.2f}%); "
         "target < 2%"
     )

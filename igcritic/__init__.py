@@ -1,7 +1,7 @@
 """igcritic: InferenceGuard's latent safety critic, trained with Lightning and served in guarded decoding.
 
-Public API: :func:`load_guard`, :class:`Critic`, :class:`CriticConfig`, :func:`load_critic`, :class:`IgcriticError`. Imports are lazy
-so ``import igcritic`` stays cheap.
+Public API: :func:`load_guard`, :class:`Critic`, :class:`CriticConfig`, :func:`load_critic`,
+:class:`IgcriticError`. Imports are lazy so ``import igcritic`` stays cheap.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ __version__ = "0.1.0"
 
 
 class IgcriticError(ValueError):
-    """Base of every stage's error (CriticError, StoreError, PolicyError, SearchConfigError, ...): bad input or
-    state, told in one line that names the fix. The ``igcritic`` command prints it and exits 2; a ValueError
-    subclass, so callers that catch ValueError keep working."""
+    """Base of every stage's error (CriticError, StoreError, PolicyError, SearchConfigError, ...): bad input
+    or state, told in one line that names the fix. The ``igcritic`` command prints it and exits 2; a
+    ValueError subclass, so callers that catch ValueError keep working."""
 
 
 _LAZY = {

@@ -1,4 +1,5 @@
-"""The latent safety critic: one ``nn.Module`` with a monotone safety head, a value head and a latent-cost head.
+"""The latent safety critic: one ``nn.Module`` with a monotone safety head, a value head and a latent-cost
+head.
 
 docs/design.md section 3. The critic reads a latent ``h`` of the policy (``(B, H)``) and a safety state ``z``
 (remaining budget, ``(B,)``) and predicts
@@ -35,9 +36,11 @@ from torch import nn
 from igcritic import IgcriticError, __version__
 
 SCHEMA_VERSION = 2
-"""Version of the artifact layout written by :meth:`Critic.save_pretrained` (2: ``calibration`` in the JSON)."""
+"""Version of the artifact layout written by :meth:`Critic.save_pretrained` (2: ``calibration`` in the
+JSON)."""
 SUPPORTED_SCHEMAS = (1, 2)
-"""Schemas :func:`read_config` accepts; a schema-1 artifact has no calibration and loads with the identity map."""
+"""Schemas :func:`read_config` accepts; a schema-1 artifact has no calibration and loads with the identity
+map."""
 ARTIFACT_FORMAT = "igcritic-critic"
 WEIGHTS_NAME = "critic.safetensors"
 CONFIG_NAME = "critic_config.json"
@@ -105,7 +108,8 @@ class CriticConfig:
             )
             if width != self.hidden_size:
                 out.append(
-                    f"policy latent size {width} (hidden_size x tapped layers) != hidden_size={self.hidden_size}"
+                    f"policy latent size {width} (hidden_size x tapped layers) != "
+                    f"hidden_size={self.hidden_size}"
                 )
         return out
 
@@ -197,8 +201,8 @@ class Calibration:
     def apply(
         self, q: torch.Tensor, logq: torch.Tensor | None = None, log1mq: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Calibrated probability of the raw ``q`` (B,); ``logq``/``log1mq`` (B,), when given, keep Platt's logit
-        exact in the tails."""
+        """Calibrated probability of the raw ``q`` (B,); ``logq``/``log1mq`` (B,), when given, keep Platt's
+        logit exact in the tails."""
         if self.method == "platt":
             if logq is None or log1mq is None:
                 logq, log1mq = torch.log(q), torch.log1p(-q)
@@ -371,7 +375,8 @@ class Critic(nn.Module):
         )
 
     def safe_prob(self, h: torch.Tensor, z: torch.Tensor | float, calibrated: bool = True) -> torch.Tensor:
-        """q(h, z) = P[S_T - S_t <= z | h] (B,), calibrated unless ``calibrated=False``: non-decreasing in z."""
+        """q(h, z) = P[S_T - S_t <= z | h] (B,), calibrated unless ``calibrated=False``: non-decreasing in
+        z."""
         return self.safe_prob_from_features(self.encode(h), z, calibrated=calibrated)
 
     def value(self, h: torch.Tensor) -> torch.Tensor:

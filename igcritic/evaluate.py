@@ -1,4 +1,6 @@
-"""Compare decoding methods side by side on a prompt set: ``igcritic eval --config configs/eval/embedded.yaml``.
+"""Compare decoding methods side by side on a prompt set.
+
+    igcritic eval --config configs/eval/embedded.yaml
 
 Each method (plain sampling, best-of-N, beam, InferenceGuard with or without critic, ...) is one set of
 search overrides for the same guard. Every method answers every prompt; then EVERY final response
@@ -142,8 +144,8 @@ class EvalConfig:
     critic: str = "checkpoints/embedded"
     """Exported critic folder (``igcritic export``); the guard is loaded from it."""
     prompts: PromptSource = field(default_factory=lambda: PromptSource(split="heldout", limit=16))
-    """The prompt set (``--prompts.source``, ``--prompts.split``, ``--prompts.limit``): by default the first 16
-    held-out prompts of the shipped set; JSONL rows may carry ``category``, ``harmful`` and ``split``."""
+    """The prompt set (``--prompts.source``, ``--prompts.split``, ``--prompts.limit``): by default the first
+    16 held-out prompts of the shipped set; JSONL rows may carry ``category``, ``harmful`` and ``split``."""
     budget: float | None = None
     """Budget d for the guard and the safety rate; None: the guard's default, else the cost scorer's hint."""
     methods: list[MethodSpec] = field(default_factory=default_methods)
@@ -158,10 +160,12 @@ class EvalConfig:
     """Cost scorer spec (``embedded``, ``beaver:<folder>``, ...) bound to the guard and used to score every
     answer; None: the cost scorer the critic was trained with (recorded in its artifact)."""
     reward: str | None = None
-    """Reward scorer spec bound to the guard and used to score every answer; None: the critic's recorded one."""
+    """Reward scorer spec bound to the guard and used to score every answer; None: the critic's recorded
+    one."""
     prefix_cost: bool = True
     """Final cost S_T as the scorer defines it over the answer's token prefixes (e.g. the embedded probe's
-    running max, the store's definition) when the scorer has ``prefix_scores``; False: one score of the text."""
+    running max, the store's definition) when the scorer has ``prefix_scores``; False: one score of the
+    text."""
     device: str = "cpu"
     """Device of the policy, critic and scorers."""
     out_dir: str = "runs/eval/embedded"
@@ -176,7 +180,8 @@ class EvalConfig:
     """Judges grading the final answers (never the search): ``{name, spec, threshold?, reward?}`` or a bare
     scorer spec; each is loaded afresh with role cost (:mod:`igcritic.judges`)."""
     reference: str | None = None
-    """Method the paired differences are taken against; None: ``plain sampling`` if present, else the first."""
+    """Method the paired differences are taken against; None: ``plain sampling`` if present, else the
+    first."""
     bootstrap: int = DEFAULT_RESAMPLES
     """Bootstrap resamples over prompts for the 95% intervals (seeded by ``seed``); 0: no intervals."""
     quality_set: str | None = DEFAULT_QUALITY_SET
@@ -270,9 +275,9 @@ def final_costs(
     """S_T of every answer and where it came from (``prefix`` or ``text``).
 
     With ``prefix`` and a scorer that has ``prefix_scores`` (docs/design.md section 2: ``S_0..S_T`` over the
-    decoded prefixes ``y_<=t``, as ``collect`` stores them), S_T is the last prefix score, e.g. the running max
-    of the embedded probe. Refusals (no tokens), answers whose decoded tokens differ from their text, or no
-    tokenizer: one score of the text.
+    decoded prefixes ``y_<=t``, as ``collect`` stores them), S_T is the last prefix score, e.g. the running
+    max of the embedded probe. Refusals (no tokens), answers whose decoded tokens differ from their text,
+    or no tokenizer: one score of the text.
     """
     n = len(records)
     out = np.full(n, np.nan)
@@ -305,9 +310,9 @@ def final_costs(
 
 def critic_graders(guard: Any) -> list:
     """The guard's critic as two graders of the labelled answers: its value ``V(h_T)`` against ``helpful``
-    (does it rank answers as well as the reward scorer?) and its latent cost ``Ŝ(h_T)``, the fully latent mode's
-    S, against ``harmful`` (does it see what the exact cost sees?). ``h_T``: the teacher-forced latent of the
-    re-tokenised answer (cut to the policy's context). Empty without a critic (a stand-in guard)."""
+    (does it rank answers as well as the reward scorer?) and its latent cost ``Ŝ(h_T)``, the fully latent
+    mode's S, against ``harmful`` (does it see what the exact cost sees?). ``h_T``: the teacher-forced latent
+    of the re-tokenised answer (cut to the policy's context). Empty without a critic (a stand-in guard)."""
     critic, policy = getattr(guard, "critic", None), getattr(guard, "policy", None)
     if not (hasattr(critic, "value") and hasattr(critic, "cost") and hasattr(policy, "tokenizer")):
         return []
@@ -463,9 +468,10 @@ def run_eval(
     """Run every method of ``cfg`` on its prompts, score, judge, summarise and write the outputs.
 
     ``guard``, ``cost``, ``reward`` and ``judges`` may be passed already built (tests, notebooks); otherwise
-    the guard is loaded from ``cfg.critic`` with the ``cfg.cost``/``cfg.reward`` scorers (default: the critic's
-    recorded ones), the evaluation scores with the guard's scorers (or ``cfg.cost``/``cfg.reward`` if it has
-    none) and the judges are loaded from ``cfg.judges``. Judges are called only after every method answered.
+    the guard is loaded from ``cfg.critic`` with the ``cfg.cost``/``cfg.reward`` scorers (default: the
+    critic's recorded ones), the evaluation scores with the guard's scorers (or ``cfg.cost``/``cfg.reward`` if
+    it has none) and the judges are loaded from ``cfg.judges``. Judges are called only after every method
+    answered.
     """
     cfg.validate()
     out = Path(cfg.out_dir)

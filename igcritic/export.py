@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 
 
 class ExportError(IgcriticError):
-    """A checkpoint cannot be exported (missing, truncated, not from ``igcritic fit``) or the output is taken."""
+    """A checkpoint cannot be exported (missing, truncated, not from ``igcritic fit``) or the output is
+    taken."""
 
 
 def read_checkpoint(ckpt: str | Path) -> dict:
@@ -185,7 +186,8 @@ def _verify(critic: Critic, folder: Path) -> None:
 
 
 def default_out(ckpt: str | Path, name: str | None = None) -> Path:
-    """``checkpoints/<name>``; the name defaults to the run's logger name (runs/fit/<name>/version_N/checkpoints/)."""
+    """``checkpoints/<name>``; the name defaults to the run's logger name
+    (runs/fit/<name>/version_N/checkpoints/)."""
     if name is None:
         p = Path(ckpt).resolve()
         name = p.parents[2].name if p.parent.name == "checkpoints" and len(p.parents) > 2 else p.stem
@@ -197,7 +199,8 @@ class ExportConfig:
     """Export a critic checkpoint to a slim artifact folder for ``igcritic.load_guard``."""
 
     ckpt: Path
-    """Lightning checkpoint written by ``igcritic fit`` (e.g. runs/fit/embedded/version_0/checkpoints/last.ckpt)."""
+    """Lightning checkpoint written by ``igcritic fit`` (e.g.
+    runs/fit/embedded/version_0/checkpoints/last.ckpt)."""
     out: Path | None = None
     """Artifact folder to create (must not exist or be empty); default: checkpoints/<name>."""
     name: str | None = None

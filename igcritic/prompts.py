@@ -1,8 +1,9 @@
 """Prompt sets: the shipped default set, a JSONL/CSV/text file, stdin, inline texts or a Hugging Face dataset.
 
 One :class:`PromptSource` (the ``--prompts.*`` group of ``collect``, ``generate`` and ``eval``) and one
-:func:`load_prompts`: rows keep their ``category``/``harmful``/``split``, the ``split`` filter applies to every
-source that has one, and ``limit`` always means the first N after it. The provenance dict goes into the store.
+:func:`load_prompts`: rows keep their ``category``/``harmful``/``split``, the ``split`` filter applies to
+every source that has one, and ``limit`` always means the first N after it. The provenance dict goes into the
+store.
 """
 
 from __future__ import annotations
@@ -49,11 +50,12 @@ class PromptSource:
     """``default`` (the shipped set), a .jsonl/.csv/.txt file (one prompt per line), ``hf:<dataset id>``, or
     ``-`` (one prompt per stdin line)."""
     split: str | None = "train"
-    """Keep the rows whose ``split`` is this (``all`` or null: every row; files without a split column keep every
-    row). The shipped set has ``train`` (collect, fit) and ``heldout`` (eval). For ``hf:``: the dataset split."""
+    """Keep the rows whose ``split`` is this (``all`` or null: every row; files without a split column keep
+    every row). The shipped set has ``train`` (collect, fit) and ``heldout`` (eval). For ``hf:``: the dataset
+    split."""
     limit: int | None = None
-    """Keep the first N prompts after the split filter (null: all). The shipped file is shuffled, so its first N
-    are a fair sample of its categories and styles."""
+    """Keep the first N prompts after the split filter (null: all). The shipped file is shuffled, so its first
+    N are a fair sample of its categories and styles."""
     field: str = "prompt"
     """Column holding the prompt text (JSONL, CSV, HF dataset)."""
     revision: str | None = None
@@ -91,7 +93,8 @@ def _read_csv(path: Path, field: str) -> list[dict]:
         reader = csv.DictReader(f)
         if reader.fieldnames is None or field not in reader.fieldnames:
             raise PromptError(
-                f"{path}: no column {field!r} in the header {reader.fieldnames}; add it or pass --prompts.field"
+                f"{path}: no column {field!r} in the header {reader.fieldnames}; add it or pass "
+                "--prompts.field"
             )
         rows = []
         for lineno, row in enumerate(reader, 2):
@@ -114,8 +117,8 @@ def read_prompt_rows(path: Path, field: str = "prompt") -> list[dict]:
 
 
 def load_prompts(src: PromptSource) -> tuple[list[Prompt], dict]:
-    """The prompts of ``src`` (split-filtered, then the first ``limit``) and their provenance; a missing, empty
-    or malformed source is a PromptError naming the file and line."""
+    """The prompts of ``src`` (split-filtered, then the first ``limit``) and their provenance; a missing,
+    empty or malformed source is a PromptError naming the file and line."""
     info = {"source": src.source, "split": src.split, "limit": src.limit}
     if src.limit is not None and src.limit < 1:
         raise PromptError(f"--prompts.limit {src.limit} must be >= 1 (or null for every prompt)")

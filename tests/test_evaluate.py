@@ -1,4 +1,5 @@
-"""igcritic eval: metrics agree with an independent recomputation from the raw records; bad input fails clearly."""
+"""igcritic eval: metrics agree with an independent recomputation from the raw records; bad input fails
+clearly."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""export: Lightning checkpoint -> checkpoints/<name>/ that load_critic reads exactly (calibration map included),
-without Lightning; checkpoints from before calibration export with the identity map."""
+"""export: Lightning checkpoint -> checkpoints/<name>/ that load_critic reads exactly (calibration map
+included), without Lightning; checkpoints from before calibration export with the identity map."""
 
 from __future__ import annotations
 
@@ -129,7 +129,8 @@ def test_artifact_loads_without_lightning(trained, tmp_path):
     code = (
         "import sys; from igcritic.critic import load_critic; c = load_critic(sys.argv[1]); "
         "import torch; c(torch.zeros(2, 16), 0.0); "
-        "assert not any(m.startswith(('lightning', 'pytorch_lightning')) for m in sys.modules), 'lightning imported'"
+        "assert not any(m.startswith(('lightning', 'pytorch_lightning')) for m in sys.modules), 'lightning "
+        "imported'"
     )
     subprocess.run([sys.executable, "-c", code, str(out)], check=True, timeout=120)
 

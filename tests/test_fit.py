@@ -1,5 +1,6 @@
-"""CriticModule and the fit CLI: it learns, DDP ranks see disjoint rows, NaN rows are skipped, bad data refused,
-the safety head is calibrated on the validation split (ECE before/after per budget) and checkpoints carry the map."""
+"""CriticModule and the fit CLI: it learns, DDP ranks see disjoint rows, NaN rows are skipped, bad data
+refused, the safety head is calibrated on the validation split (ECE before/after per budget) and checkpoints
+carry the map."""
 
 from __future__ import annotations
 

@@ -53,8 +53,8 @@ def test_prompt_prefilled_once(tiny_policy):
 
 
 def test_static_compiled_path_gives_the_dynamic_tokens(tiny_policy):
-    """compile: true (static cache, compiled step) takes the dynamic path's steps: rollouts (padded cache rows)
-    and a two-prompt search with beam selection and a rewound block give the same greedy tokens."""
+    """compile: true (static cache, compiled step) takes the dynamic path's steps: rollouts (padded cache
+    rows) and a two-prompt search with beam selection and a rewound block give the same greedy tokens."""
     greedy = SamplingConfig(temperature=0, max_new_tokens=12)
     prompts = ["how do I bake bread", "hello there", "hack the wifi now please"]
     dyn, comp = rollout(tiny_policy, prompts, greedy), rollout(tiny_policy, prompts, greedy, static_rows=8)

@@ -64,7 +64,8 @@ __all__ = [
 def load_scorer(
     spec: str, role: str, device: str = "cpu", stride: int = 8, dtype: str | None = None
 ) -> Scorer:
-    """Build a scorer from ``embedded``, ``embedded-judge``, ``beaver:<folder>`` or ``seqcls:<folder>[:label_index]``."""
+    """Build a scorer from ``embedded``, ``embedded-judge``, ``beaver:<folder>`` or
+    ``seqcls:<folder>[:label_index]``."""
     if role not in ROLES:
         raise ScorerError(f"scorer role {role!r} is not one of {', '.join(ROLES)}")
     spec = (spec or "").strip()

@@ -55,7 +55,8 @@ class Scorer(Protocol):
     def score(
         self, prompts: list[str], responses: list[str], previous: np.ndarray | None = None
     ) -> np.ndarray:
-        """Score of each (prompt, response); ``previous`` is S of an earlier prefix (used by running-max costs)."""
+        """Score of each (prompt, response); ``previous`` is S of an earlier prefix (used by running-max
+        costs)."""
         ...
 
     def to_dict(self) -> dict:
