@@ -1034,7 +1034,7 @@ def test_quality_reports_the_critics_value_and_latent_cost_on_unpadded_latents(t
     quality.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = EvalConfig(
         critic=str(critic_dir),
-        prompts=str(write_prompts(tmp_path / "p.jsonl")),
+        prompts=PromptSource(str(write_prompts(tmp_path / "p.jsonl")), split="heldout", limit=16),
         methods=METHODS[:1],
         search={"max_new_tokens": 4},
         budget=0.5,
