@@ -6,7 +6,7 @@
 Three timings per repeat, alternating so drift hits both sides:
   baseline  model.generate(do_sample=True, min_new_tokens=D): tokens/s of plain sampling
   collect   igcritic's rollout (KV-cached sampling + latent of every step) + fp16 store write
-  scorers   cost prefix scores + reward, reported separately (DESIGN.md section 9)
+  scorers   cost prefix scores + reward, reported separately (docs/design.md section 9)
 Prints the ratio collect/baseline (target >= 0.8), store MB/s and bytes per token. ``--compile``: collect
 with ``compile: true`` (static KV cache of ``--batch`` rows, compiled step; its compile is a warm-up call).
 """
@@ -47,7 +47,7 @@ def main() -> None:
 
     torch.set_grad_enabled(False)
     policy = bench_policy(a.model, a.dtype, a.device)
-    prompts, _ = load_prompts(PromptSource(split="all"))
+    prompts = [p.prompt for p in load_prompts(PromptSource(split="all"))[0]]
     prompts = (prompts * (a.batch // len(prompts) + 1))[: a.batch]
     # The comparison is per generated token; force full length on both sides so work is equal.
     cfg = SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=a.new_tokens)
@@ -121,10 +121,12 @@ def main() -> None:
     print(f"baseline generate      {base:8.1f} tok/s (median of {a.repeats})")
     print(f"collect (gen+latents+write) {coll:8.1f} tok/s")
     print(
-        f"ratio collect/baseline  median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})"
+        f"ratio collect/baseline  median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max "
+        f"{max(ratios):.3f})"
     )
     print(
-        f"store write {statistics.median(r[2] for r in rows):.1f} MB/s, {statistics.median(r[3] for r in rows):.0f} bytes/token"
+        f"store write {statistics.median(r[2] for r in rows):.1f} MB/s, "
+        f"{statistics.median(r[3] for r in rows):.0f} bytes/token"
     )
     if a.scorers:
         from igcritic.scorers import load_scorer

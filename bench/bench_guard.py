@@ -1,7 +1,7 @@
 """Guarded decoding per prompt vs plain batched sampling of the same N x D tokens, same stack, one process.
 
-    python bench/bench_guard.py                                   # embedded SmolLM2, CPU, N=16, width 16, D=64
-    python bench/bench_guard.py --critic checkpoints/embedded     # a trained critic instead of a random one
+    python bench/bench_guard.py                                # embedded SmolLM2, CPU, N=16, width 16, D=64
+    python bench/bench_guard.py --critic checkpoints/embedded  # a trained critic instead of a random one
     python bench/bench_guard.py --model PATH --dtype bfloat16 --n 128 --width 32 --d 128   # GPU
 
 Per prompt, alternating so drift hits both sides (EOS suppressed on both: exactly N x D sampled tokens):
@@ -10,7 +10,7 @@ Per prompt, alternating so drift hits both sides (EOS suppressed on both: exactl
   guard    InferenceGuard in fully latent mode (critic cost head tracks the safety state, no cost scorer):
            D / width blocks of N candidates from K = N/4 beams, critic on every candidate, top-K kept
   generate model.generate(num_return_sequences=N, min_new_tokens=D): a reference row (re-encodes the prompt)
-Prints seconds per prompt, the ratio guard/plain (DESIGN.md target <= 1.3), the retry rate (resampled
+Prints seconds per prompt, the ratio guard/plain (docs/design.md section 9: <= 1.3), the retry rate (resampled
 blocks / all blocks) and the critic's share of the guard's time (target < 2%). The random critic admits
 everything by default (--tau 0, a huge budget), so the ratio measures the search machinery without retries;
 pass --critic checkpoints/embedded --tau 0.5 --budget 0.5 (the demo's) to include them. ``--compile`` adds
@@ -183,7 +183,8 @@ def main() -> None:
             )
         print("warm-up (one guard + one plain call) s: " + ", ".join(f"{k} {v:.1f}" for k, v in warm.items()))
     print(
-        f"retries: {sum(retries)} in {sum(blocks)} blocks (retry rate {sum(retries) / max(sum(blocks), 1):.3f}); "
+        f"retries: {sum(retries)} in {sum(blocks)} blocks (retry rate "
+        f"{sum(retries) / max(sum(blocks), 1):.3f}); "
         f"critic share of guard time: median {100 * med(shares):.2f}% (max {100 * max(shares):.2f}%); "
         "target < 2%"
     )

@@ -1,7 +1,7 @@
 """Loader benchmark: samples/s of CriticDataModule's train loader vs a raw contiguous read of the same store,
 the share of a training step spent waiting for data, and end-to-end training samples/s.
 
-    python bench/bench_loader.py                          # synthetic store, 50k tokens, H = 576 (embedded size)
+    python bench/bench_loader.py                          # synthetic store, 50k tokens, H = 576 (embedded)
     python bench/bench_loader.py --store runs/embedded/store.zarr
     python bench/bench_loader.py --hidden 4096 --tokens 200000 --device cuda --workers 0,2,4
 
@@ -200,11 +200,12 @@ def main(argv: list[str] | None = None) -> dict:
             t0 = time.perf_counter()
             write_store(Path(store), args.tokens, args.hidden, args.chunk)
             print(
-                f"wrote synthetic store ({args.tokens} tokens, H={args.hidden}) in {time.perf_counter() - t0:.1f}s"
+                f"wrote synthetic store ({args.tokens} tokens, H={args.hidden}) in "
+                f"{time.perf_counter() - t0:.1f}s"
             )
         res = {
-            "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
-            f"{torch.get_num_threads()} torch threads, device {device}"
+            "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
+            f"{os.cpu_count()} cpus, {torch.get_num_threads()} torch threads, device {device}"
             + (f" ({torch.cuda.get_device_name()})" if device == "cuda" else ""),
             "store": args.store or f"synthetic {args.tokens} tokens H={args.hidden}",
             "loader": {},
@@ -214,12 +215,16 @@ def main(argv: list[str] | None = None) -> dict:
             fi = fit_epoch(store, w, args.batch_size, args.width, device)
             res["loader"][w] = {**lo, **fi}
             print(
-                f"num_workers={w}: raw read {lo['raw_rows_per_s']:,.0f} rows/s; loader {lo['loader_rows_per_s']:,.0f} "
-                f"rows/s = {lo['ratio_best']:.2f}x raw (median of paired rounds {lo['ratio_median_paired']:.2f}x; "
-                f"after the first batch {lo['steady_ratio_best']:.2f}x, first batch {lo['first_batch_s']:.2f}s)"
+                f"num_workers={w}: raw read {lo['raw_rows_per_s']:,.0f} rows/s; loader "
+                f"{lo['loader_rows_per_s']:,.0f} "
+                f"rows/s = {lo['ratio_best']:.2f}x raw (median of paired rounds "
+                f"{lo['ratio_median_paired']:.2f}x; "
+                f"after the first batch {lo['steady_ratio_best']:.2f}x, first batch "
+                f"{lo['first_batch_s']:.2f}s)"
             )
             print(
-                f"    fit (width {args.width}, batch {args.batch_size}): data wait {100 * fi['data_wait_share']:.1f}% "
+                f"    fit (width {args.width}, batch {args.batch_size}): data wait "
+                f"{100 * fi['data_wait_share']:.1f}% "
                 f"of step time, {fi['train_rows_per_s']:,.0f} train rows/s, {fi['step_ms']:.1f} ms/step"
             )
     if args.out:

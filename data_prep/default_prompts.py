@@ -1,15 +1,16 @@
-"""Build the shipped prompt set: harmful and benign requests written for this project, with category and style.
+"""Build the shipped prompt set: harmful and benign requests written for this project, with category and
+style.
 
     python data_prep/default_prompts.py            # writes data_prep/data/default_prompts.jsonl
                                                    # and igcritic/assets/default_prompts.jsonl
 
 Every prompt was written for igcritic (licence: the project's Apache-2.0): the first 160 below, and the files
 in ``data/prompt_parts/`` (one per writer). None is taken from HarmBench, Do-Not-Answer or any other
-benchmark, which stay free for independent evaluation. Harmful requests cover 14 categories (``HARM_CATEGORIES``)
-in 6 phrasing styles (``STYLES``: direct, detailed instructions, persuasive writing, fiction / role-play, false
-premise, a named private person); benign requests use the same styles, and more than a third of them borrow
-dangerous-sounding vocabulary ("kill a process", "shoot a portrait"; ``dual_use``) so that neither style
-nor topic words give the label away.
+benchmark, which stay free for independent evaluation. Harmful requests cover 14 categories
+(``HARM_CATEGORIES``) in 6 phrasing styles (``STYLES``: direct, detailed instructions, persuasive writing,
+fiction / role-play, false premise, a named private person); benign requests use the same styles, and more
+than a third of them borrow dangerous-sounding vocabulary ("kill a process", "shoot a portrait"; ``dual_use``)
+so that neither style nor topic words give the label away.
 Each line: ``{"prompt", "category", "style", "harmful", "dual_use", "split"}``. The split (15 % ``heldout``,
 never used by collect, fit or classifier training) is seeded and drawn per (harm, category, style) cell.
 """
@@ -338,7 +339,8 @@ def main(args: list[str] | None = None) -> None:
     n_h = sum(r["harmful"] for r in rows)
     n_held = sum(r["split"] == "heldout" for r in rows)
     print(
-        f"{len(rows)} prompts ({n_h} harmful, {len(rows) - n_h} benign; {n_held} heldout) -> {ns.out}, {ns.asset}"
+        f"{len(rows)} prompts ({n_h} harmful, {len(rows) - n_h} benign; {n_held} heldout) -> {ns.out}, "
+        f"{ns.asset}"
     )
 
 

@@ -1,7 +1,7 @@
 """Sample the labelling corpus: real answers of the embedded policy, from plain sampling AND from the search.
 
-    python data_prep/generate_corpus.py plain  --samples 2          # every corpus prompt, 2 plain answers each
-    python data_prep/generate_corpus.py search --limit 240          # answers the search selects (best-of-N, IG)
+    python data_prep/generate_corpus.py plain  --samples 2   # every corpus prompt, 2 plain answers each
+    python data_prep/generate_corpus.py search --limit 240   # answers the search selects (best-of-N, IG)
 
 Writes ``data_prep/data/corpus_answers.jsonl`` (appends; a re-run skips the (prompt, source, sample) jobs it
 already holds, so a killed run resumes). Plain answers match ``igcritic collect``'s sampling (temperature 0.7,
@@ -33,7 +33,8 @@ SEARCH_METHODS = {  # source name -> SearchConfig overrides (as in configs/eval/
 
 
 def answer_id(prompt: str, response: str) -> str:
-    """Stable id of a (prompt, response) pair: labels refer to it, so re-sampled answers never inherit labels."""
+    """Stable id of a (prompt, response) pair: labels refer to it, so re-sampled answers never inherit
+    labels."""
     return hashlib.sha1(f"{prompt}\x00{response}".encode()).hexdigest()[:12]
 
 
@@ -46,7 +47,8 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def _row(p: dict, source: str, sample: int, text: str, num_tokens: int, finished: bool) -> dict:
-    """One answer; category, style and split are joined from the prompt file when used (they may be re-drawn)."""
+    """One answer; category, style and split are joined from the prompt file when used (they may be
+    re-drawn)."""
     return {
         "id": answer_id(p["prompt"], text),
         "prompt": p["prompt"],

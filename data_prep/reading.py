@@ -1,7 +1,8 @@
-"""Blind reading of the corpus: hand answers to readers without method names, merge their labels, measure agreement.
+"""Blind reading of the corpus: hand answers to readers without method names, merge their labels, measure
+agreement.
 
-    python data_prep/reading.py batches --round r1 --readers 6      # new answers -> data/reading/r1-<k>.jsonl
-    python data_prep/reading.py merge                               # data/reading/*.labels.jsonl -> data/corpus_labels.jsonl
+    python data_prep/reading.py batches --round r1 --readers 6   # new answers -> data/reading/r1-<k>.jsonl
+    python data_prep/reading.py merge   # data/reading/*.labels.jsonl -> data/corpus_labels.jsonl
 
 A reader gets ``{"id", "prompt", "response"}`` rows in a seeded shuffled order (no source, no method, no
 category) and writes ``<batch>.labels.jsonl`` with ``{"id", "label", "helpfulness"}`` rows following

@@ -1,9 +1,10 @@
-"""Train the embedded cost, reward and judge classifiers on the read corpus, chosen by out-of-distribution validation.
+"""Train the embedded cost, reward and judge classifiers on the read corpus, chosen by out-of-distribution
+validation.
 
-    python data_prep/train_classifiers.py features     # encoder + policy features of every labelled answer (cached)
-    python data_prep/train_classifiers.py select       # OOD comparison table -> data/classifier_selection.json
-    python data_prep/train_classifiers.py ship         # fit the chosen ones, write igcritic/assets/, report
-    python data_prep/train_classifiers.py all          # the three in a row (~15 min on 2 cores, cache empty)
+    python data_prep/train_classifiers.py features  # encoder + policy features of every read answer, cached
+    python data_prep/train_classifiers.py select    # OOD comparison table -> data/classifier_selection.json
+    python data_prep/train_classifiers.py ship      # fit the chosen ones, write igcritic/assets/, report
+    python data_prep/train_classifiers.py all       # the three in a row (~15 min on 2 cores, cache empty)
 
 Data: ``data/corpus_labels.jsonl`` (answers read by a person, ``LABELLING.md``) joined with the prompt set for
 category, style and split. Answers to ``heldout`` prompts are never used to fit or choose anything: they
@@ -18,8 +19,9 @@ probe's features), on the policy's hidden states at one layer (``last`` + runnin
 layers, and on both feature families together.
 
 The judge must not share the cost model's features or data: it is fitted on the other feature family and on
-a third of the train prompts that the cost and reward never see (split by a hash of the prompt), so its errors are as independent of
-the cost model's as this corpus allows. It classifies into the five reading labels (multinomial).
+a third of the train prompts that the cost and reward never see (split by a hash of the prompt), so its errors
+are as independent of the cost model's as this corpus allows. It classifies into the five reading labels
+(multinomial).
 """
 
 from __future__ import annotations
@@ -245,7 +247,8 @@ class Product:
         return self.prompt.proba(x[:, : self.split]) * self.answer.proba(x[:, self.split :])
 
     def parts(self) -> tuple[np.ndarray, ...]:
-        """(weight (2, F), bias, mean, std) on whole rows: row 0 reads the prompt part, row 1 the answer part."""
+        """(weight (2, F), bias, mean, std) on whole rows: row 0 reads the prompt part, row 1 the answer
+        part."""
         (w0, b0, m0, s0), (w1, b1, m1, s1) = self.prompt.parts(), self.answer.parts()
         zeros = lambda n: np.zeros((1, n), np.float32)  # noqa: E731
         w = np.concatenate(
@@ -304,7 +307,8 @@ def select(ns: argparse.Namespace) -> None:
     y = np.array([int(r["label"] == "compliant-harmful") for r in rows])
     loco, loso = category_folds(rows), style_folds(rows)
     print(
-        f"{len(rows)} train answers ({y.sum()} harmful); {len(set(loco))} category folds, {len(set(loso))} style folds"
+        f"{len(rows)} train answers ({y.sum()} harmful); {len(set(loco))} category folds, {len(set(loso))} "
+        "style folds"
     )
     candidates = [("minilm", (), c, "linear") for c in (0.03, 0.1)]
     candidates += [("latent", (layer,), 0.01, "linear") for layer in ALL_LAYERS]
@@ -343,7 +347,8 @@ def _score(rows, feats, y, fam, layers, c, head, loco, loso) -> dict:
     }
     res["ood"] = (res["auroc_loco"] + res["auroc_loso"]) / 2
     print(
-        f"{fam:7s} {head:8s} L{layers!s:14s} C={c:<6} LOCO {res['auroc_loco']:.3f}  LOSO {res['auroc_loso']:.3f}  "
+        f"{fam:7s} {head:8s} L{layers!s:14s} C={c:<6} LOCO {res['auroc_loco']:.3f}  LOSO "
+        f"{res['auroc_loso']:.3f}  "
         f"ECE(raw) {res['ece_loco']:.3f}  ({res['seconds']} s)",
         flush=True,
     )
@@ -437,7 +442,8 @@ def ship(ns: argparse.Namespace) -> None:
     judge_family = "minilm" if fam != "minilm" else "latent"
     jbest = _chosen(judge_family, "linear")
     print(
-        f"cost/reward: {fam} {best['head']} {layers} C={c} (OOD {best['ood']:.3f}); judge: {judge_family} {tuple(jbest['layers'])}"
+        f"cost/reward: {fam} {best['head']} {layers} C={c} (OOD {best['ood']:.3f}); judge: {judge_family} "
+        f"{tuple(jbest['layers'])}"
     )
     # Platt scaling on the out-of-category-fold logits of the cost rows: calibrated where it matters, OOD
     p_oof = oof(cost_rows, feats, fam, layers, c, category_folds(cost_rows), head=best["head"])

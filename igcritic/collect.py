@@ -1,7 +1,7 @@
 """Collect on-policy rollouts with their latent trajectories and cost/reward labels into a Zarr store.
 
     igcritic collect --config configs/collect/embedded.yaml
-    igcritic collect --model PATH --prompts prompts.jsonl --rollouts_per_prompt 5 --out runs/x/store.zarr
+    igcritic collect --model PATH --prompts.source prompts.jsonl --rollouts_per_prompt 5 --out runs/x.zarr
 
 The work is cut into numbered batches of ``batch_size`` (prompt, rollout) items; batch ``b`` is sampled
 with its own generator seeded from ``(seed, b)``, so any batch can be redone identically. Rank ``r`` of
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from igcritic import __version__
+from igcritic import IgcriticError, __version__
 from igcritic.decoding import Rollouts, SamplingConfig, prefix_texts, rollout
 from igcritic.policy import EMBEDDED_POLICY_ID, Policy, load_policy, weights_fingerprint
 from igcritic.prompts import PromptSource, load_prompts
@@ -47,15 +47,15 @@ FINGERPRINT_BYTES = 1 << 20
 """Bytes read at each end of a weight file for its fingerprint."""
 
 
-class CollectError(ValueError):
+class CollectError(IgcriticError):
     """Collection cannot start or continue; the message says how to fix it."""
 
 
 @dataclass
 class CollectConfig:
     """Everything that determines a store's content (all but ``out``, ``resume``, ``overwrite``, ``compile``
-    and the device layout enter the config hash that guards ``--resume``; the prompts enter it by their text and
-    the policy and scorers also by a fingerprint of their weights, see :func:`content_config`)."""
+    and the device layout enter the config hash that guards ``--resume``; the prompts enter it by their text
+    and the policy and scorers also by a fingerprint of their weights, see :func:`content_config`)."""
 
     out: str = "runs/embedded/store.zarr"
     """Store path or fsspec URL to write."""
@@ -70,7 +70,8 @@ class CollectConfig:
     dtype: str = "float32"
     """Policy dtype (float32, bfloat16, float16)."""
     prompts: PromptSource = field(default_factory=PromptSource)
-    """Where prompts come from (shipped default set, a JSONL/CSV file, or a HF dataset)."""
+    """Where prompts come from (the shipped set's train split by default, a JSONL/CSV file, or a HF
+    dataset)."""
     rollouts_per_prompt: int = 5
     """K answers sampled per prompt (paper: 5)."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -107,7 +108,8 @@ class CollectConfig:
     learns the states the search visits) instead of plain sampling. None: plain sampling (round 1)."""
     guard_search: dict = field(default_factory=dict)
     """``SearchConfig`` overrides of the guard (over the artifact's search_config.json); the sampling fields
-    come from ``sampling`` and ``on_violation`` is ``best_effort``, so every answer is the policy's own text."""
+    come from ``sampling`` and ``on_violation`` is ``best_effort``, so every answer is the policy's own
+    text."""
     compile: bool = False
     """Decode on a static KV cache of ``batch_size`` rows with a ``torch.compile``-d step (GPUs; on CPU it is
     slower, BENCHMARKS.md). Not part of the content hash: a store may be resumed with either."""
@@ -242,8 +244,8 @@ def files_fingerprint(files: list[Path]) -> str:
 
 
 def scorer_fingerprint(scorer: Scorer) -> str | None:
-    """Fingerprint of a scorer's weight files: a model folder's (beaver, seqcls) or a shipped head's (embedded);
-    None when the scorer names no files."""
+    """Fingerprint of a scorer's weight files: a model folder's (beaver, seqcls) or a shipped head's
+    (embedded); None when the scorer names no files."""
     folder = getattr(scorer, "folder", None)
     if folder is not None:
         files = [p for p in Path(folder).iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES]
@@ -348,7 +350,8 @@ def collect_rank(cfg: CollectConfig, rank: int = 0, world: int = 1, barrier=lamb
     cfg.validate()
     if cfg.overwrite and rank == 0:
         check_replaceable(cfg.out)  # before any model loads: --overwrite replaces only a store
-    prompts, source_info = load_prompts(cfg.prompts)
+    rows, source_info = load_prompts(cfg.prompts)
+    prompts = [r.prompt for r in rows]
     device = "cuda" if torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda") else "cpu"
     if device == "cuda":
         device = f"cuda:{torch.cuda.current_device()}"
@@ -494,6 +497,16 @@ class _sigterm_raises:
             signal.signal(signal.SIGTERM, self.old)
 
 
+def main(cfg: CollectConfig) -> int:
+    """``igcritic collect``: write the store of ``cfg`` and print what each rank wrote."""
+    stats = run(cfg)
+    if stats is not None:  # every rank reports its own shard
+        from rich.console import Console
+
+        Console(stderr=True).print(describe(stats, cfg), highlight=False)
+    return 0
+
+
 def describe(stats: dict, cfg: CollectConfig) -> str:
     tps = stats["tokens"] / max(stats["gen_s"], 1e-9)
     return (
@@ -516,4 +529,4 @@ def store_fingerprint(path: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
-__all__ = ["CollectConfig", "CollectError", "run", "collect_rank", "store_fingerprint"]
+__all__ = ["CollectConfig", "CollectError", "main", "run", "collect_rank", "store_fingerprint"]

@@ -1,6 +1,7 @@
-"""The latent safety critic: one ``nn.Module`` with a monotone safety head, a value head and a latent-cost head.
+"""The latent safety critic: one ``nn.Module`` with a monotone safety head, a value head and a latent-cost
+head.
 
-DESIGN.md section 3. The critic reads a latent ``h`` of the policy (``(B, H)``) and a safety state ``z``
+docs/design.md section 3. The critic reads a latent ``h`` of the policy (``(B, H)``) and a safety state ``z``
 (remaining budget, ``(B,)``) and predicts
 
 * ``q(h, z) = P[F <= z | h]`` with ``F = S_T - S_t`` the cost still to come. ``q`` is a mixture of logistic
@@ -32,21 +33,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from igcritic import __version__
+from igcritic import IgcriticError, __version__
 
 SCHEMA_VERSION = 2
-"""Version of the artifact layout written by :meth:`Critic.save_pretrained` (2: ``calibration`` in the JSON)."""
+"""Version of the artifact layout written by :meth:`Critic.save_pretrained` (2: ``calibration`` in the
+JSON)."""
 SUPPORTED_SCHEMAS = (1, 2)
-"""Schemas :func:`read_config` accepts; a schema-1 artifact has no calibration and loads with the identity map."""
+"""Schemas :func:`read_config` accepts; a schema-1 artifact has no calibration and loads with the identity
+map."""
 ARTIFACT_FORMAT = "igcritic-critic"
 WEIGHTS_NAME = "critic.safetensors"
 CONFIG_NAME = "critic_config.json"
 CALIBRATION_KEY = "calibration"
 """Entry of ``critic_config.json`` holding the :class:`Calibration` (schema 2)."""
+CKPT_KEY = "igcritic"
+"""Entry of a Lightning checkpoint of ``igcritic fit`` holding the critic config, metrics and eval budgets
+(written by ``CriticModule``, read by ``igcritic export``)."""
 _MIN_SCALE = 1e-3  # smallest logistic scale of a mixture component, in normalised z units
 
 
-class CriticError(ValueError):
+class CriticError(IgcriticError):
     """A critic config or artifact is invalid, unknown or damaged."""
 
 
@@ -102,7 +108,8 @@ class CriticConfig:
             )
             if width != self.hidden_size:
                 out.append(
-                    f"policy latent size {width} (hidden_size x tapped layers) != hidden_size={self.hidden_size}"
+                    f"policy latent size {width} (hidden_size x tapped layers) != "
+                    f"hidden_size={self.hidden_size}"
                 )
         return out
 
@@ -194,8 +201,8 @@ class Calibration:
     def apply(
         self, q: torch.Tensor, logq: torch.Tensor | None = None, log1mq: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Calibrated probability of the raw ``q`` (B,); ``logq``/``log1mq`` (B,), when given, keep Platt's logit
-        exact in the tails."""
+        """Calibrated probability of the raw ``q`` (B,); ``logq``/``log1mq`` (B,), when given, keep Platt's
+        logit exact in the tails."""
         if self.method == "platt":
             if logq is None or log1mq is None:
                 logq, log1mq = torch.log(q), torch.log1p(-q)
@@ -368,7 +375,8 @@ class Critic(nn.Module):
         )
 
     def safe_prob(self, h: torch.Tensor, z: torch.Tensor | float, calibrated: bool = True) -> torch.Tensor:
-        """q(h, z) = P[S_T - S_t <= z | h] (B,), calibrated unless ``calibrated=False``: non-decreasing in z."""
+        """q(h, z) = P[S_T - S_t <= z | h] (B,), calibrated unless ``calibrated=False``: non-decreasing in
+        z."""
         return self.safe_prob_from_features(self.encode(h), z, calibrated=calibrated)
 
     def value(self, h: torch.Tensor) -> torch.Tensor:
@@ -507,5 +515,6 @@ __all__ = [
     "SUPPORTED_SCHEMAS",
     "WEIGHTS_NAME",
     "CONFIG_NAME",
+    "CKPT_KEY",
     "CALIBRATION_KEY",
 ]

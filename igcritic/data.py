@@ -6,7 +6,7 @@ Every row ``t`` of a stored trajectory is one example, computed on the fly from 
 second copy on disk): the latent ``h_t``, the prefix cost ``S_t``, the cost still to come
 ``F_t = S_T - S_t``, the discounted reward to go ``gamma^(T - t) R`` and, per example, a budget ``d`` drawn
 from :class:`BudgetDistribution` giving the safety state ``z = d - S_t`` and the label ``1{F_t <= z}``
-(DESIGN.md sections 2-3). The train/val split is by prompt text across all stores (seeded).
+(docs/design.md sections 2-3). The train/val split is by prompt text across all stores (seeded).
 
 Reading: runs of split rows are cut at the stores' chunk boundaries into blocks; each epoch the blocks are
 permuted (seed, epoch), the resulting row stream is cut into equal shares per rank (DDP) and per worker,
@@ -29,12 +29,13 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, IterableDataset, Sampler, get_worker_info
 
+from igcritic import IgcriticError
 from igcritic.policy import PolicyIdentity
 
 log = logging.getLogger(__name__)
 
 
-class DataError(ValueError):
+class DataError(IgcriticError):
     """The stores or the data settings cannot produce a train/val split."""
 
 

@@ -1,4 +1,6 @@
-"""Compare decoding methods side by side on a prompt set: ``igcritic eval --config configs/eval/embedded.yaml``.
+"""Compare decoding methods side by side on a prompt set.
+
+    igcritic eval --config configs/eval/embedded.yaml
 
 Each method (plain sampling, best-of-N, beam, InferenceGuard with or without critic, ...) is one set of
 search overrides for the same guard. Every method answers every prompt; then EVERY final response
@@ -48,7 +50,7 @@ from igcritic.judges import (
     resample_indices,
     summarize_judge,
 )
-from igcritic.prompts import DEFAULT_SET, PromptError, default_set_path, read_prompt_rows
+from igcritic.prompts import Prompt, PromptSource, load_prompts
 from igcritic.reading import ANSWERS_FILE
 from igcritic.report import (
     RECORD_COST,
@@ -70,10 +72,6 @@ from igcritic.report import (
 )
 
 log = logging.getLogger(__name__)
-
-DEFAULT_PROMPTS = DEFAULT_SET
-"""``prompts`` value that selects the shipped default set (``igcritic/assets/default_prompts.jsonl``)."""
-ALL_SPLITS = "all"
 
 
 @runtime_checkable
@@ -107,7 +105,8 @@ class MethodSpec:
 
 
 def default_methods() -> list[MethodSpec]:
-    """The six methods of the embedded demo (DESIGN.md section 6 baselines plus InferenceGuard).
+    """The six methods of the embedded demo (docs/design.md section 6 baselines plus InferenceGuard); the one
+    list of them (configs/eval/embedded.yaml names them in a comment, so the two cannot disagree).
 
     The baselines use no critic: best-of-N ranks by the reward and cost scorers (``r - λ·S`` or the
     augmented safety state), as in the paper; only the InferenceGuard rows differ in critic and mode.
@@ -136,18 +135,17 @@ def default_search() -> dict[str, Any]:
 
 @dataclass
 class EvalConfig:
-    """What ``igcritic eval`` runs; the fields are its flags."""
+    """Compare decoding methods on a prompt set: reward, cost, safety rate, refusals, latency, tokens/s, and
+    independent judges' harmful rates with bootstrap intervals and paired differences. Prints the tables and
+    writes records.jsonl, results.csv, judges.csv, results.json and two PNG figures to out_dir. With --run
+    RUN_DIR: --reading_in labels.jsonl merges people's labels into that run's tables (the judge "reading"),
+    --reading_out DIR exports its answers for blind reading; nothing is generated."""
 
     critic: str = "checkpoints/embedded"
     """Exported critic folder (``igcritic export``); the guard is loaded from it."""
-    prompts: str = DEFAULT_PROMPTS
-    """A JSONL file (``{"prompt", "category"?, "harmful"?, "split"?}`` per line), a text file (one prompt
-    per line) or ``default`` for the shipped set."""
-    split: str | None = "heldout"
-    """Keep only prompts whose ``split`` equals this (``all`` or None: every prompt); ignored for files
-    without splits. The shipped set has ``train`` (collect/fit) and ``heldout``."""
-    limit: int | None = 16
-    """At most this many prompts, evenly spaced over the (split-filtered) set so categories stay mixed."""
+    prompts: PromptSource = field(default_factory=lambda: PromptSource(split="heldout", limit=16))
+    """The prompt set (``--prompts.source``, ``--prompts.split``, ``--prompts.limit``): by default the first
+    16 held-out prompts of the shipped set; JSONL rows may carry ``category``, ``harmful`` and ``split``."""
     budget: float | None = None
     """Budget d for the guard and the safety rate; None: the guard's default, else the cost scorer's hint."""
     methods: list[MethodSpec] = field(default_factory=default_methods)
@@ -162,10 +160,12 @@ class EvalConfig:
     """Cost scorer spec (``embedded``, ``beaver:<folder>``, ...) bound to the guard and used to score every
     answer; None: the cost scorer the critic was trained with (recorded in its artifact)."""
     reward: str | None = None
-    """Reward scorer spec bound to the guard and used to score every answer; None: the critic's recorded one."""
+    """Reward scorer spec bound to the guard and used to score every answer; None: the critic's recorded
+    one."""
     prefix_cost: bool = True
     """Final cost S_T as the scorer defines it over the answer's token prefixes (e.g. the embedded probe's
-    running max, the store's definition) when the scorer has ``prefix_scores``; False: one score of the text."""
+    running max, the store's definition) when the scorer has ``prefix_scores``; False: one score of the
+    text."""
     device: str = "cpu"
     """Device of the policy, critic and scorers."""
     out_dir: str = "runs/eval/embedded"
@@ -180,7 +180,8 @@ class EvalConfig:
     """Judges grading the final answers (never the search): ``{name, spec, threshold?, reward?}`` or a bare
     scorer spec; each is loaded afresh with role cost (:mod:`igcritic.judges`)."""
     reference: str | None = None
-    """Method the paired differences are taken against; None: ``plain sampling`` if present, else the first."""
+    """Method the paired differences are taken against; None: ``plain sampling`` if present, else the
+    first."""
     bootstrap: int = DEFAULT_RESAMPLES
     """Bootstrap resamples over prompts for the 95% intervals (seeded by ``seed``); 0: no intervals."""
     quality_set: str | None = DEFAULT_QUALITY_SET
@@ -189,12 +190,17 @@ class EvalConfig:
     with a warning, while it is missing); None: not reported."""
     reading_out: str | None = None
     """Also write every answer shuffled, without method names, for blind reading into this empty folder."""
+    reading_in: str | None = None
+    """People's labels (``{"id", "label", "helpfulness"}`` JSONL, data_prep/LABELLING.md) to merge into the
+    finished run ``run`` as the judge ``reading``; nothing is generated."""
+    run: str | None = None
+    """A finished eval ``out_dir``, for ``reading_in`` or ``reading_out`` (then nothing is generated)."""
 
     def problems(self) -> list[str]:
         """Every invalid field, each as a one-line message with the fix."""
         out = []
-        if self.limit is not None and self.limit < 1:
-            out.append(f"--limit {self.limit} must be >= 1 (or null for all prompts)")
+        if self.prompts.limit is not None and self.prompts.limit < 1:
+            out.append(f"--prompts.limit {self.prompts.limit} must be >= 1 (or null for all prompts)")
         if self.budget is not None and not math.isfinite(float(self.budget)):
             out.append(f"--budget {self.budget} must be a finite number (or null for the default)")
         if self.batch_size < 0:
@@ -225,48 +231,6 @@ class EvalConfig:
         probs = self.problems()
         if probs:
             raise EvalError("; ".join(probs))
-
-
-@dataclass
-class EvalPrompt:
-    """One prompt of the evaluation set."""
-
-    prompt: str
-    category: str | None = None
-    harmful: bool | None = None
-    split: str | None = None
-
-
-def load_prompts(spec: str, split: str | None = None, limit: int | None = None) -> list[EvalPrompt]:
-    """Prompts from ``default`` (the shipped set), a JSONL file or a text file; split-filtered, limited."""
-    path = default_set_path() if spec == DEFAULT_PROMPTS else Path(spec)
-    if not path.is_file():
-        raise EvalError(f"--prompts {spec!r}: no such file; pass a JSONL/text file or {DEFAULT_PROMPTS!r}")
-    try:
-        rows = read_prompt_rows(path)
-    except PromptError as e:
-        raise EvalError(str(e)) from None
-    items = [
-        EvalPrompt(
-            r["prompt"].strip(),
-            r.get("category"),
-            None if r.get("harmful") is None else bool(r["harmful"]),
-            r.get("split"),
-        )
-        for r in rows
-    ]
-    if not items:
-        raise EvalError(f"--prompts {spec!r} has no prompt; give a file with at least one")
-    if split not in (None, ALL_SPLITS) and any(p.split is not None for p in items):
-        kept = [p for p in items if p.split == split]
-        if not kept:
-            have = sorted({str(p.split) for p in items})
-            raise EvalError(f"--split {split!r} matches no prompt in {path.name}; use one of {have} or null")
-        items = kept
-    if limit is not None and limit < len(items):
-        idx = np.linspace(0, len(items) - 1, limit).round().astype(int)
-        items = [items[i] for i in idx]
-    return items
 
 
 def _record_dict(rec: Any) -> dict:
@@ -310,10 +274,10 @@ def final_costs(
 ) -> tuple[np.ndarray, list[str]]:
     """S_T of every answer and where it came from (``prefix`` or ``text``).
 
-    With ``prefix`` and a scorer that has ``prefix_scores`` (DESIGN.md section 2: ``S_0..S_T`` over the
-    decoded prefixes ``y_<=t``, as ``collect`` stores them), S_T is the last prefix score, e.g. the running max
-    of the embedded probe. Refusals (no tokens), answers whose decoded tokens differ from their text, or no
-    tokenizer: one score of the text.
+    With ``prefix`` and a scorer that has ``prefix_scores`` (docs/design.md section 2: ``S_0..S_T`` over the
+    decoded prefixes ``y_<=t``, as ``collect`` stores them), S_T is the last prefix score, e.g. the running
+    max of the embedded probe. Refusals (no tokens), answers whose decoded tokens differ from their text,
+    or no tokenizer: one score of the text.
     """
     n = len(records)
     out = np.full(n, np.nan)
@@ -346,9 +310,9 @@ def final_costs(
 
 def critic_graders(guard: Any) -> list:
     """The guard's critic as two graders of the labelled answers: its value ``V(h_T)`` against ``helpful``
-    (does it rank answers as well as the reward scorer?) and its latent cost ``Ŝ(h_T)``, the fully latent mode's
-    S, against ``harmful`` (does it see what the exact cost sees?). ``h_T``: the teacher-forced latent of the
-    re-tokenised answer (cut to the policy's context). Empty without a critic (a stand-in guard)."""
+    (does it rank answers as well as the reward scorer?) and its latent cost ``Ŝ(h_T)``, the fully latent
+    mode's S, against ``harmful`` (does it see what the exact cost sees?). ``h_T``: the teacher-forced latent
+    of the re-tokenised answer (cut to the policy's context). Empty without a critic (a stand-in guard)."""
     critic, policy = getattr(guard, "critic", None), getattr(guard, "policy", None)
     if not (hasattr(critic, "value") and hasattr(critic, "cost") and hasattr(policy, "tokenizer")):
         return []
@@ -451,7 +415,7 @@ def precheck_methods(guard: Any, cfg: EvalConfig, budget: float) -> None:
 def run_method(
     guard: Generator,
     spec: MethodSpec,
-    prompts: list[EvalPrompt],
+    prompts: list[Prompt],
     cfg: EvalConfig,
     budget: float,
     cost: Scorer,
@@ -504,16 +468,17 @@ def run_eval(
     """Run every method of ``cfg`` on its prompts, score, judge, summarise and write the outputs.
 
     ``guard``, ``cost``, ``reward`` and ``judges`` may be passed already built (tests, notebooks); otherwise
-    the guard is loaded from ``cfg.critic`` with the ``cfg.cost``/``cfg.reward`` scorers (default: the critic's
-    recorded ones), the evaluation scores with the guard's scorers (or ``cfg.cost``/``cfg.reward`` if it has
-    none) and the judges are loaded from ``cfg.judges``. Judges are called only after every method answered.
+    the guard is loaded from ``cfg.critic`` with the ``cfg.cost``/``cfg.reward`` scorers (default: the
+    critic's recorded ones), the evaluation scores with the guard's scorers (or ``cfg.cost``/``cfg.reward`` if
+    it has none) and the judges are loaded from ``cfg.judges``. Judges are called only after every method
+    answered.
     """
     cfg.validate()
     out = Path(cfg.out_dir)
     check_out(out, cfg.overwrite)
     if cfg.reading_out:
         check_out(Path(cfg.reading_out), cfg.overwrite, "--reading_out")
-    prompts = load_prompts(cfg.prompts, cfg.split, cfg.limit)
+    prompts, _ = load_prompts(cfg.prompts)
     guard = guard if guard is not None else _load_guard(cfg)
     scorers = {}
     for role, given, spec in (("cost", cost, cfg.cost), ("reward", reward, cfg.reward)):
@@ -582,114 +547,23 @@ def run_eval(
     return result
 
 
-def eval_main(
-    critic: str = "checkpoints/embedded",
-    prompts: str = DEFAULT_PROMPTS,
-    split: str | None = "heldout",
-    limit: int | None = 16,
-    budget: float | None = None,
-    methods: list[MethodSpec] | None = None,
-    search: dict[str, Any] | None = None,
-    batch_size: int = 0,
-    model: str | None = None,
-    cost: str | None = None,
-    reward: str | None = None,
-    prefix_cost: bool = True,
-    device: str = "cpu",
-    out_dir: str = "runs/eval/embedded",
-    seed: int = 0,
-    overwrite: bool = False,
-    plots: bool = True,
-    judges: list[JudgeSpec | str] | None = None,
-    reference: str | None = None,
-    bootstrap: int = DEFAULT_RESAMPLES,
-    quality_set: str | None = DEFAULT_QUALITY_SET,
-    reading_out: str | None = None,
-    reading_in: str | None = None,
-    run: str | None = None,
-) -> EvalResult | list[Path]:
-    """Compare decoding methods on a prompt set: reward, cost, safety rate, refusals, latency, tokens/s, and
-    independent judges' harmful rates with bootstrap intervals and paired differences.
-
-    Prints the tables and writes records.jsonl, results.csv, judges.csv, results.json and two PNG figures to
-    out_dir. With --run RUN_DIR: --reading_in labels.jsonl merges people's labels into that run's tables
-    (the judge "reading"), --reading_out DIR exports its answers for blind reading; nothing is generated.
-
-    Args:
-        critic: Exported critic folder (igcritic export); the guard is loaded from it.
-        prompts: JSONL file ({"prompt", "category", "harmful", "split"} per line), text file, or "default"
-            for the shipped prompt set.
-        split: Keep only prompts of this split ("all" or null: every prompt); ignored for files without
-            splits. The shipped set has "train" (used by collect/fit) and "heldout".
-        limit: At most this many prompts, evenly spaced over the set (null: all).
-        budget: Budget d for the guard and the safety rate (null: the guard's default or the cost
-            scorer's hint).
-        methods: Methods to compare, each {name, overrides}; null: the six default methods.
-        search: Search overrides shared by every method (null: num_candidates 8, block_width 16,
-            max_new_tokens 48, prompt_batch 4).
-        batch_size: Prompts per generate call (0: all at once).
-        model: Policy id or path (null: the one recorded in the critic).
-        cost: Cost scorer spec (embedded, beaver:<folder>, seqcls:<folder>) bound to the guard and used to
-            score every answer (null: the one the critic was trained with).
-        reward: Reward scorer spec, likewise (null: the critic's recorded one).
-        prefix_cost: Final cost S_T from the cost scorer's prefix scores over the answer tokens (the
-            store's definition, e.g. the embedded probe's running max); false: one score of the text.
-        device: Device of the policy, critic and scorers.
-        out_dir: Output folder, empty or missing unless overwrite.
-        seed: Seed passed to every method.
-        overwrite: Allow writing into a non-empty out_dir.
-        plots: Write the two PNG figures.
-        judges: Judges that grade the final answers and never guide the search: each {name, spec,
-            threshold, reward} or a bare scorer spec (loaded with role cost; harmful = score > threshold,
-            default the scorer's natural budget, else 0.5).
-        reference: Method the paired differences are taken against (null: "plain sampling", else the first).
-        bootstrap: Bootstrap resamples over prompts for the 95% intervals (0: none).
-        quality_set: Labelled held-out answers JSONL ({"prompt", "response", "harmful", "helpful", "label"})
-            for each judge's and scorer's AUROC/ECE ("default": the shipped file; null: not reported).
-        reading_out: Also write the answers shuffled, without method names, to this folder for blind
-            reading (answers.jsonl for readers, key.jsonl kept apart).
-        reading_in: People's labels ({"id", "label", "helpfulness"} JSONL, data_prep/LABELLING.md) to merge
-            into the run given by --run.
-        run: A finished eval out_dir, for --reading_in or --reading_out.
-    """
+def main(cfg: EvalConfig) -> EvalResult | list[Path]:
+    """``igcritic eval``: compare the methods of ``cfg`` (or, with ``run``, re-read a finished run), print the
+    tables and write the outputs; the result, or with ``run`` and ``reading_out`` alone the files written."""
     from rich.console import Console
 
     console = Console()
-    if reading_in is not None or run is not None:
-        if run is None:
+    if cfg.reading_in is not None or cfg.run is not None:
+        if cfg.run is None:
             raise EvalError("--reading_in needs --run RUN_DIR (the eval out_dir whose answers were read)")
-        if reading_in is None and reading_out is None:
+        if cfg.reading_in is None and cfg.reading_out is None:
             raise EvalError("--run needs --reading_in labels.jsonl or --reading_out DIR")
-        if reading_in is None:
-            files = export_reading(run, reading_out, overwrite)
+        if cfg.reading_in is None:
+            files = export_reading(cfg.run, cfg.reading_out, cfg.overwrite)
             console.print(f"wrote {', '.join(map(str, files))}; give readers only {files[0]}")
             return files
-        result = reread_run(run, reading_in, overwrite)
+        result = reread_run(cfg.run, cfg.reading_in, cfg.overwrite)
     else:
-        cfg = EvalConfig(
-            critic=critic,
-            prompts=prompts,
-            split=split,
-            limit=limit,
-            budget=budget,
-            methods=default_methods() if methods is None else list(methods),
-            search=default_search() if search is None else dict(search),
-            batch_size=batch_size,
-            model=model,
-            cost=cost,
-            reward=reward,
-            prefix_cost=prefix_cost,
-            device=device,
-            out_dir=out_dir,
-            seed=seed,
-            overwrite=overwrite,
-            plots=plots,
-            judges=list(judges or []),
-            reference=reference,
-            bootstrap=bootstrap,
-            quality_set=quality_set,
-            reading_out=reading_out,
-        )
         result = run_eval(cfg)
     result.print(console)
     console.print(f"wrote {', '.join(p.name for p in result.files)} to {result.files[0].parent}")

@@ -1,6 +1,7 @@
 """Turn a Lightning checkpoint of ``igcritic fit`` into a slim critic artifact folder.
 
     igcritic export runs/fit/critic/version_0/checkpoints/last.ckpt --out checkpoints/embedded
+    igcritic export CKPT --out checkpoints/cpu --search.num_candidates 16 --search.max_new_tokens 64
 
 ``checkpoints/<name>/`` holds ``critic.safetensors`` (weights and normalisation statistics, no pickle),
 ``critic_config.json`` (schema version, policy identity with hidden size, layer and norm position, cost and
@@ -14,30 +15,32 @@ is written to a temporary folder, verified, then renamed into place: never into 
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
-from igcritic.critic import CONFIG_NAME, Calibration, Critic, CriticConfig, CriticError, load_critic
+from igcritic import IgcriticError
+from igcritic.critic import (
+    CKPT_KEY,
+    CONFIG_NAME,
+    Calibration,
+    Critic,
+    CriticConfig,
+    CriticError,
+    load_critic,
+)
 from igcritic.search import SearchConfig, SearchConfigError
 
 log = logging.getLogger(__name__)
 
-SEARCH_CONFIG_NAME = "search_config.json"
-CKPT_KEY = "igcritic"
-"""Entry of a fit checkpoint holding the critic config, metrics and eval budgets (written by CriticModule)."""
-SEARCH_KEYS = ("method", "block_width", "num_candidates", "beams_kept", "max_new_tokens", "retries", "tau")
-SEARCH_DEFAULTS = {k: getattr(SearchConfig(), k) for k in SEARCH_KEYS}
-"""Runtime defaults written to ``search_config.json``: ``SearchConfig``'s own (paper Table 1). ``beams_kept``
-null means K = N / 4, so overriding N alone keeps the paper's ratio."""
 
-
-class ExportError(ValueError):
-    """A checkpoint cannot be exported (missing, truncated, not from ``igcritic fit``) or the output is taken."""
+class ExportError(IgcriticError):
+    """A checkpoint cannot be exported (missing, truncated, not from ``igcritic fit``) or the output is
+    taken."""
 
 
 def read_checkpoint(ckpt: str | Path) -> dict:
@@ -94,13 +97,14 @@ def export(
     out: str | Path,
     name: str | None = None,
     overwrite: bool = False,
-    search: dict | None = None,
+    search: SearchConfig | dict | None = None,
     calibrate: bool = True,
 ) -> Path:
     """Write the artifact folder ``out`` from the Lightning checkpoint ``ckpt``; returns ``out``.
 
-    ``search`` overrides :data:`SEARCH_DEFAULTS` in ``search_config.json`` (e.g. CPU-sized N and D);
-    ``calibrate=False`` writes the raw safety head (identity calibration map)."""
+    ``search`` is written as ``search_config.json``, the runtime defaults (default: ``SearchConfig()``,
+    paper Table 1; a dict overrides some of its fields, e.g. CPU-sized N and D); a budget left None becomes
+    the store's. ``calibrate=False`` writes the raw safety head (identity calibration map)."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not overwrite:
@@ -140,12 +144,14 @@ def export(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         critic.save_pretrained(tmp, metrics=entry.get("metrics", {}), extra=extra)
-        search_defaults = {**SEARCH_DEFAULTS, "budget": cfg.budget, **(search or {})}
         try:
-            SearchConfig.from_dict(search_defaults).resolve(has_critic=True, has_cost=True, has_reward=True)
+            defaults = search if isinstance(search, SearchConfig) else SearchConfig.from_dict(search or {})
+            if defaults.budget is None:
+                defaults = replace(defaults, budget=cfg.budget)
+            defaults.resolve(has_critic=True, has_cost=True, has_reward=True)
         except SearchConfigError as e:
             raise ExportError(f"--search: {e}") from None
-        (tmp / SEARCH_CONFIG_NAME).write_text(json.dumps(search_defaults, indent=2) + "\n")
+        defaults.save(tmp)
         _verify(critic, tmp)
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
@@ -180,46 +186,52 @@ def _verify(critic: Critic, folder: Path) -> None:
 
 
 def default_out(ckpt: str | Path, name: str | None = None) -> Path:
-    """``checkpoints/<name>``; the name defaults to the run's logger name (runs/fit/<name>/version_N/checkpoints/)."""
+    """``checkpoints/<name>``; the name defaults to the run's logger name
+    (runs/fit/<name>/version_N/checkpoints/)."""
     if name is None:
         p = Path(ckpt).resolve()
         name = p.parents[2].name if p.parent.name == "checkpoints" and len(p.parents) > 2 else p.stem
     return Path("checkpoints") / name
 
 
-def export_main(
-    ckpt: Path,
-    out: Path | None = None,
-    name: str | None = None,
-    overwrite: bool = False,
-    search: dict | None = None,
-    calibrate: bool = True,
-) -> int:
-    """Export a critic checkpoint to a slim artifact folder for ``igcritic.load_guard``.
+@dataclass
+class ExportConfig:
+    """Export a critic checkpoint to a slim artifact folder for ``igcritic.load_guard``."""
 
-    Args:
-        ckpt: Lightning checkpoint written by ``igcritic fit`` (e.g. runs/fit/embedded/version_0/checkpoints/last.ckpt).
-        out: Artifact folder to create (must not exist or be empty); default: checkpoints/<name>.
-        name: Name stamped in critic_config.json; default: the folder name of ``out``, else the run name.
-        overwrite: Replace a non-empty ``out``.
-        search: Runtime search defaults to store instead of paper Table 1's, e.g.
-            '{"num_candidates": 16, "block_width": 16, "max_new_tokens": 64}' for CPU.
-        calibrate: Apply the calibration map the checkpoint holds (fitted on the validation split by
-            ``igcritic fit``); false writes the raw safety head.
-    """
-    out = Path(out) if out is not None else default_out(ckpt, name)
-    path = export(ckpt, out, name=name, overwrite=overwrite, search=search, calibrate=calibrate)
+    ckpt: Path
+    """Lightning checkpoint written by ``igcritic fit`` (e.g.
+    runs/fit/embedded/version_0/checkpoints/last.ckpt)."""
+    out: Path | None = None
+    """Artifact folder to create (must not exist or be empty); default: checkpoints/<name>."""
+    name: str | None = None
+    """Name stamped in critic_config.json; default: the folder name of ``out``, else the run name."""
+    overwrite: bool = False
+    """Replace a non-empty ``out`` (only a critic artifact)."""
+    search: SearchConfig = field(default_factory=SearchConfig)
+    """Runtime search defaults written to search_config.json (paper Table 1 unless given, e.g.
+    ``--search.num_candidates 16 --search.block_width 16 --search.max_new_tokens 64`` for CPU); a budget left
+    null becomes the store's."""
+    calibrate: bool = True
+    """Apply the calibration map the checkpoint holds (fitted on the validation split by ``igcritic fit``);
+    false writes the raw safety head."""
+
+
+def main(cfg: ExportConfig) -> int:
+    """``igcritic export CKPT [--out DIR] [--search.FIELD VALUE ...]``."""
+    out = Path(cfg.out) if cfg.out is not None else default_out(cfg.ckpt, cfg.name)
+    path = export(
+        cfg.ckpt, out, name=cfg.name, overwrite=cfg.overwrite, search=cfg.search, calibrate=cfg.calibrate
+    )
     log.info("wrote %s: %s", path, ", ".join(sorted(p.name for p in path.iterdir())))
     return 0
 
 
 __all__ = [
+    "ExportConfig",
     "export",
-    "export_main",
+    "main",
     "critic_from_checkpoint",
     "read_checkpoint",
     "ExportError",
-    "SEARCH_CONFIG_NAME",
-    "SEARCH_DEFAULTS",
     "default_out",
 ]

@@ -1,4 +1,4 @@
-"""Train, validate and test the critic: ``CriticModule`` (losses, metrics) and the ``igcritic fit`` LightningCLI.
+"""Train, validate and test the critic: ``CriticModule`` (losses, metrics) and the ``igcritic fit`` CLI.
 
     igcritic fit --config configs/fit/embedded.yaml
     igcritic fit --config configs/fit/paper-7b.yaml --trainer.devices=8 --trainer.num_nodes=2
@@ -31,23 +31,29 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from jsonargparse import Namespace
 from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar, TQDMProgressBar
-from lightning.pytorch.cli import LightningCLI, LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.cli import (
+    LightningArgumentParser,
+    LightningCLI,
+    LRSchedulerCallable,
+    OptimizerCallable,
+)
 from torch import nn
 from torchmetrics import ExplainedVariance, MeanSquaredError, Metric
 from torchmetrics.classification import BinaryAUROC, BinaryCalibrationError
 from torchmetrics.utilities import dim_zero_cat
 
-from igcritic.critic import Calibration, Critic, CriticConfig
+from igcritic import IgcriticError
+from igcritic.critic import CKPT_KEY, Calibration, Critic, CriticConfig
 from igcritic.data import CriticDataModule, mask_nonfinite
-from igcritic.export import CKPT_KEY
 from igcritic.policy import PolicyIdentity, resolve_layer
 
 log = logging.getLogger(__name__)
 
 
-class FitError(ValueError):
+class FitError(IgcriticError):
     """The model settings do not fit the data (hidden size, policy, layer)."""
 
 
@@ -66,10 +72,10 @@ class CriticModule(LightningModule):
         cost_weight: Weight of the cost-head loss.
         regression_loss: ``huber`` or ``mse`` for the value and cost heads (on normalised targets).
         eval_budgets: Budgets for ``auroc@d``/``ece@d``; default: the store budget and quartiles of S_T.
-        calibration: Post-hoc map of q fitted on the validation split at ``eval_budgets`` after each validation
-            epoch: ``platt`` (sigmoid(a logit q + b), a > 0; keeps the ranking), ``isotonic`` (monotone
-            piecewise linear), ``auto`` (of the two, the lower ECE cross-fitted by prompt on the validation
-            split), ``none`` (keep the map the critic has: identity, or the checkpoint's).
+        calibration: Post-hoc map of q fitted on the validation split at ``eval_budgets`` after each
+            validation epoch: ``platt`` (sigmoid(a logit q + b), a > 0; keeps the ranking), ``isotonic``
+            (monotone piecewise linear), ``auto`` (of the two, the lower ECE cross-fitted by prompt on the
+            validation split), ``none`` (keep the map the critic has: identity, or the checkpoint's).
         optimizer: Optimizer factory, called with the parameters.
         scheduler: LR scheduler factory, called with the optimizer; None keeps the LR constant.
         scheduler_interval: Step the scheduler every ``epoch`` or every ``step``.
@@ -322,7 +328,7 @@ class CriticModule(LightningModule):
         self._log_metrics("test")
         self._calibrate("test", refit=False)
 
-    # ---- post-hoc calibration ----------------------------------------------------------------------------------
+    # ---- post-hoc calibration ------------------------------------------------------------------------------
     def _calibrate(self, split: str, refit: bool) -> None:
         """Fit the calibration map on this epoch's histograms (``refit``) and log ECE after it, per budget."""
         if self.calibration_bins is None or not self.calibration_bins[f"{split}_"].update_called:
@@ -373,7 +379,7 @@ class CriticModule(LightningModule):
             )
         self._epoch_skipped = torch.zeros((), dtype=torch.long, device=self.device)
 
-    # ---- optimisation ----------------------------------------------------------------------------------------
+    # ---- optimisation --------------------------------------------------------------------------------------
     def configure_optimizers(self):
         opt = self.optimizer(self.parameters())
         if self.scheduler is None:
@@ -384,7 +390,7 @@ class CriticModule(LightningModule):
             cfg["monitor"] = "val/loss"
         return {"optimizer": opt, "lr_scheduler": cfg}
 
-    # ---- checkpoints -----------------------------------------------------------------------------------------
+    # ---- checkpoints ---------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         metrics = {}
         if self._trainer is not None:
@@ -449,9 +455,9 @@ def calibrate(
     stats: torch.Tensor, method: Literal["auto", "platt", "isotonic"], fit_columns: list[int]
 ) -> tuple[Calibration, dict[str, torch.Tensor | None]]:
     """The calibration map fitted to the histograms ``stats`` (4, folds, columns, bins) of the columns
-    ``fit_columns`` pooled, and its report per column: ``ece_before``, ``ece_after`` (on the rows it was fitted
-    on) and ``ece_after_cv`` (each prompt fold measured with a map fitted on the other folds; None when a fold
-    is empty). ``auto`` takes the method with the lower cross-fitted ECE averaged over ``fit_columns``
+    ``fit_columns`` pooled, and its report per column: ``ece_before``, ``ece_after`` (on the rows it was
+    fitted on) and ``ece_after_cv`` (each prompt fold measured with a map fitted on the other folds; None when
+    a fold is empty). ``auto`` takes the method with the lower cross-fitted ECE averaged over ``fit_columns``
     (Platt, the one with fewer parameters, when no cross-fit is possible)."""
     k = stats.shape[1]
     pooled = stats[:, :, fit_columns].sum(2)  # (4, folds, bins)
@@ -482,8 +488,8 @@ def calibrate(
 
 
 def fit_calibration(stats: torch.Tensor, method: Literal["platt", "isotonic"]) -> Calibration:
-    """A :class:`Calibration` fitted to histogram rows ``stats`` (4, bins) (count, positives, sum q, sum logit q),
-    by weighted maximum likelihood (``platt``) or pool-adjacent-violators (``isotonic``)."""
+    """A :class:`Calibration` fitted to histogram rows ``stats`` (4, bins) (count, positives, sum q, sum logit
+    q), by weighted maximum likelihood (``platt``) or pool-adjacent-violators (``isotonic``)."""
     n, pos, sum_q, sum_logit = stats.double().cpu()
     keep = n > 0
     if not bool(keep.any()):
@@ -498,8 +504,8 @@ def fit_calibration(stats: torch.Tensor, method: Literal["platt", "isotonic"]) -
 
 
 def _platt(logit: torch.Tensor, pos: torch.Tensor, n: torch.Tensor, iters: int = 100) -> tuple[float, float]:
-    """(a, b) maximising the likelihood of ``pos`` of ``n`` under sigmoid(a logit + b) (Newton with backtracking);
-    a is kept > 0 so the map stays increasing."""
+    """(a, b) maximising the likelihood of ``pos`` of ``n`` under sigmoid(a logit + b) (Newton with
+    backtracking); a is kept > 0 so the map stays increasing."""
     x = torch.stack([logit, torch.ones_like(logit)], 1)  # (M, 2)
 
     def nll(th: torch.Tensor) -> torch.Tensor:
@@ -572,7 +578,8 @@ def _ece_from_table(table: torch.Tensor) -> torch.Tensor:
 
 
 def binned_ece(stats: torch.Tensor, cal: Calibration) -> torch.Tensor:
-    """Expected calibration error (15 bins) of the histograms ``stats`` (4, ..., bins) after ``cal``: (...,)."""
+    """Expected calibration error (15 bins) of the histograms ``stats`` (4, ..., bins) after ``cal``:
+    (...,)."""
     return _ece_from_table(_ece_table(stats, cal))
 
 
@@ -581,7 +588,8 @@ def _floats(t: torch.Tensor) -> list[float]:
 
 
 class _AUROC(BinaryAUROC):
-    """BinaryAUROC that is NaN, not 0, when the (synced) labels hold one class: e.g. a budget above every S_T."""
+    """BinaryAUROC that is NaN, not 0, when the (synced) labels hold one class: e.g. a budget above every
+    S_T."""
 
     def compute(self) -> torch.Tensor:
         if self.thresholds is None:
@@ -636,6 +644,32 @@ class CriticCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
 
+class _Parser(LightningArgumentParser):
+    """Fills a cosine schedule's ``T_max`` from the run length before the config is validated."""
+
+    def validate(self, namespace, *args, **kwargs):
+        for cfg in (namespace, *(namespace.get(k) for k in CriticCLI.subcommands())):
+            if isinstance(cfg, Namespace):
+                derive_t_max(cfg)
+        return super().validate(namespace, *args, **kwargs)
+
+
+def derive_t_max(cfg) -> None:
+    """A cosine schedule without ``T_max`` decays over the whole run: ``trainer.max_epochs`` (``epoch``
+    interval) or ``trainer.max_steps`` (``step``), so the YAML states the length once."""
+    sched = cfg.get("model.scheduler")
+    if not sched or not str(sched.get("class_path", "")).endswith("CosineAnnealingLR"):
+        return
+    if sched.get("init_args.T_max") is not None:
+        return
+    step = cfg.get("model.scheduler_interval") == "step"
+    length = cfg.get("trainer.max_steps") if step else cfg.get("trainer.max_epochs")
+    if length is None or length < 1:
+        key = "trainer.max_steps" if step else "trainer.max_epochs"
+        raise FitError(f"model.scheduler (cosine) has no T_max and {key} is {length}; set either one")
+    sched["init_args.T_max"] = int(length)
+
+
 TRAINER_DEFAULTS = {
     "max_epochs": 10,
     "log_every_n_steps": 10,
@@ -652,9 +686,10 @@ TRAINER_DEFAULTS = {
 }
 
 
-def cli_main(args: list[str] | None = None, run: bool = True) -> CriticCLI:
+def main(args: list[str] | None = None, run: bool = True) -> CriticCLI:
     """``igcritic fit|validate|test ...``: the LightningCLI over :class:`CriticModule` and
-    :class:`~igcritic.data.CriticDataModule` (``args`` like ``["fit", "--config", "configs/fit/embedded.yaml"]``)."""
+    :class:`~igcritic.data.CriticDataModule`; ``args`` like
+    ``["fit", "--config", "configs/fit/embedded.yaml"]``."""
     return CriticCLI(
         CriticModule,
         CriticDataModule,
@@ -664,15 +699,15 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> CriticCLI:
         trainer_defaults=TRAINER_DEFAULTS,
         auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
+        parser_class=_Parser,
     )
 
 
 __all__ = [
     "CriticModule",
     "CriticCLI",
-    "cli_main",
+    "main",
     "FitError",
-    "CKPT_KEY",
     "CalibrationBins",
     "calibrate",
     "fit_calibration",

@@ -4,15 +4,16 @@
     guard = igcritic.load_guard("checkpoints/<name>", model=m, tokenizer=t, cost="...", reward="...")
     records = guard.generate(["How do I bake bread?"], budget=0.5, method="inferenceguard", mode="latent")
 
-Command: ``igcritic generate CRITIC_PATH --prompts "..." | --prompt_file FILE | (stdin) [--budget D]
-[--method M] [--out records.jsonl]`` (:func:`generate_main`).
+Command: ``igcritic generate CRITIC_PATH --prompts.texts '["..."]' | --prompts.source FILE | (stdin)
+[--search.budget D] [--search.method M] [--out records.jsonl]`` (:func:`main` over :class:`GenerateConfig`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-import sys
+import typing
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from igcritic.export import SEARCH_CONFIG_NAME
+from igcritic import IgcriticError
 from igcritic.policy import EMBEDDED_POLICY_ID, Policy, PolicyIdentity, embedded_model_dir, load_policy
-from igcritic.prompts import PromptError, read_prompt_rows
-from igcritic.search import CriticLike, GuardRecord, ScorerLike, SearchConfig, SearchConfigError, search
+from igcritic.prompts import STDIN, PromptSource, load_prompts
+from igcritic.search import (
+    SEARCH_CONFIG_NAME,
+    CriticLike,
+    GuardRecord,
+    ScorerLike,
+    SearchConfig,
+    SearchConfigError,
+    search,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +42,14 @@ __all__ = [
     "GuardRecord",
     "SearchConfig",
     "SearchConfigError",
-    "generate_main",
+    "GenerateConfig",
+    "SearchOverrides",
+    "main",
     "load_guard",
 ]
 
 
-class GuardError(ValueError):
+class GuardError(IgcriticError):
     """The critic, the policy and the scorers cannot be bound together."""
 
 
@@ -142,7 +153,8 @@ def _load_critic(critic_path, device: str) -> tuple[CriticLike, SearchConfig]:
     if not isinstance(critic_path, (str, Path)):
         if not isinstance(critic_path, CriticLike):
             raise GuardError(
-                f"critic {type(critic_path).__name__} lacks safe_prob/value/cost; pass an exported critic folder"
+                f"critic {type(critic_path).__name__} lacks safe_prob/value/cost; pass an exported critic "
+                "folder"
             )
         return critic_path, SearchConfig()
     path = Path(critic_path)
@@ -154,12 +166,11 @@ def _load_critic(critic_path, device: str) -> tuple[CriticLike, SearchConfig]:
 
     critic = load_critic(path, device=device)
     defaults = SearchConfig()
-    cfg_file = path / SEARCH_CONFIG_NAME
-    if cfg_file.exists():
+    if (path / SEARCH_CONFIG_NAME).exists():
         try:
-            defaults = SearchConfig.from_dict(json.loads(cfg_file.read_text()))
-        except (json.JSONDecodeError, SearchConfigError) as e:
-            raise GuardError(f"{cfg_file} is not a valid search config ({e}); re-export the critic") from None
+            defaults = SearchConfig.from_file(path)
+        except SearchConfigError as e:
+            raise GuardError(f"{e}; re-export the critic") from None
     return critic, defaults
 
 
@@ -190,7 +201,8 @@ def _bind_policy(
         )
     if not isinstance(model, nn.Module):
         raise GuardError(
-            f"model={type(model).__name__} is not a model; pass an id, a folder, a loaded HF model or a Policy"
+            f"model={type(model).__name__} is not a model; pass an id, a folder, a loaded HF model or a "
+            "Policy"
         )
     if tokenizer is None:
         raise GuardError("load_guard(model=<loaded model>) needs tokenizer=... too")
@@ -236,63 +248,67 @@ def _scorer(spec, role: str, device: str) -> ScorerLike | None:
     return load_scorer(spec, role, device=device)
 
 
-def read_prompts(prompts: list[str] | None = None, prompt_file: Path | None = None) -> list[str]:
-    """Prompts from the arguments, else a file (.jsonl/.csv with a ``prompt`` field, else one per line), else
-    stdin lines."""
-    if prompts:
-        return list(prompts)
-    if prompt_file is not None:
-        path = Path(prompt_file)
-        if not path.is_file():
-            raise GuardError(f"--prompt_file {str(path)!r} does not exist; pass a text or JSONL file")
-        try:
-            out = [row["prompt"] for row in read_prompt_rows(path)]
-        except PromptError as e:
-            raise GuardError(str(e)) from None
-    else:
-        out = [line for line in sys.stdin.read().splitlines() if line.strip()]
-    if not out:
-        raise GuardError("no prompts: pass --prompts, --prompt_file or prompts on stdin")
-    return out
+def _overrides_class(cls: type) -> type:
+    """``cls`` with every field optional and None by default: the fields a command line sets, and no
+    others."""
+    hints = typing.get_type_hints(cls)
+    fields = [
+        (f.name, hints[f.name] | None, dataclasses.field(default=None)) for f in dataclasses.fields(cls)
+    ]
+    doc = f"Fields of {cls.__name__} to override; unset ones keep the critic artifact's defaults."
+    try:  # the fields' help: cls's attribute docstrings as an Args section (what jsonargparse reads)
+        from docstring_parser import parse_from_object
+
+        args = [f"    {p.arg_name}: {' '.join(p.description.split())}" for p in parse_from_object(cls).params]
+        doc += "\n\nArgs:\n" + "\n".join(args)
+    except Exception:  # noqa: BLE001 - help text only
+        pass
+    return dataclasses.make_dataclass(f"{cls.__name__}Overrides", fields, namespace={"__doc__": doc})
 
 
-def generate_main(
-    critic_path: str,
-    prompts: list[str] | None = None,
-    prompt_file: Path | None = None,
-    budget: float | None = None,
-    method: str | None = None,
-    out: Path | None = None,
-    model: str | None = None,
-    cost: str | None = None,
-    reward: str | None = None,
-    device: str = "cpu",
-    search: dict[str, Any] | None = None,
-) -> list[GuardRecord]:
-    """Answer prompts with the guard and print the records or write them as JSONL.
+SearchOverrides = _overrides_class(SearchConfig)
+"""The ``--search.FIELD`` group of ``igcritic generate``: only the fields given override the artifact's."""
 
-    Args:
-        critic_path: Exported critic folder (igcritic export).
-        prompts: Prompts to answer; else --prompt_file, else one prompt per stdin line.
-        prompt_file: Text file (one prompt per line) or JSONL with a "prompt" key.
-        budget: Budget d (null: the critic's search_config.json, else its training budget, else the cost
-            scorer's hint).
-        method: inferenceguard, plain, best_of_n or beam (null: the critic's default).
-        out: Write the records here as JSONL (must not exist or be empty) instead of printing them.
-        model: Policy id or folder (null: the critic's recorded policy).
-        cost: Cost scorer spec (null: fully latent mode).
-        reward: Reward scorer spec.
-        device: cpu or cuda.
-        search: More search parameters, e.g. {"num_candidates": 16, "mode": "latent"}.
-    """
+
+def overrides(search: Any) -> dict[str, Any]:
+    """The fields of a :data:`SearchOverrides` (or a dict) that are set."""
+    d = dataclasses.asdict(search) if dataclasses.is_dataclass(search) else dict(search or {})
+    return {k: v for k, v in d.items() if v is not None}
+
+
+@dataclass
+class GenerateConfig:
+    """Answer prompts with the guard and print the records or write them as JSONL."""
+
+    critic_path: str
+    """Exported critic folder (igcritic export)."""
+    prompts: PromptSource = field(default_factory=lambda: PromptSource(source=STDIN, split=None))
+    """Prompts to answer: ``--prompts.texts '["...", "..."]'``, ``--prompts.source FILE`` (text, JSONL, CSV;
+    ``default``: the shipped set), or one prompt per stdin line (the default)."""
+    out: Path | None = None
+    """Write the records here as JSONL (must not exist or be empty) instead of printing them."""
+    model: str | None = None
+    """Policy id or folder (null: the critic's recorded policy)."""
+    cost: str | None = None
+    """Cost scorer spec (null: fully latent mode)."""
+    reward: str | None = None
+    """Reward scorer spec."""
+    device: str = "cpu"
+    """cpu or cuda."""
+    search: SearchOverrides = field(default_factory=SearchOverrides)
+    """Search parameters over the critic's search_config.json, e.g. ``--search.method beam``,
+    ``--search.budget 0.5`` (unset: the artifact's, its budget else the critic's training budget),
+    ``--search.num_candidates 16 --search.mode latent``."""
+
+
+def main(cfg: GenerateConfig) -> list[GuardRecord]:
+    """``igcritic generate CRITIC_PATH``: the records, printed or written to ``cfg.out``."""
+    out = cfg.out
     if out is not None and Path(out).exists() and Path(out).stat().st_size > 0:
         raise GuardError(f"--out {str(out)!r} is not empty; pick a new file")
-    texts = read_prompts(prompts, prompt_file)
-    guard = load_guard(critic_path, model=model, cost=cost, reward=reward, device=device)
-    overrides = dict(search or {})
-    if method is not None:
-        overrides["method"] = method
-    records = guard.generate(texts, budget=budget, **overrides)
+    texts = [p.prompt for p in load_prompts(cfg.prompts)[0]]
+    guard = load_guard(cfg.critic_path, model=cfg.model, cost=cfg.cost, reward=cfg.reward, device=cfg.device)
+    records = guard.generate(texts, **overrides(cfg.search))
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text("".join(json.dumps(r.to_dict()) + "\n" for r in records))

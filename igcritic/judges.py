@@ -37,6 +37,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from igcritic import IgcriticError
 from igcritic.scorers import load_scorer
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ RECORD_SCORES, RECORD_LABELS, RECORD_REWARDS = "judge_scores", "judge_labels", "
 """Record keys holding each judge's score, label and reward by judge name (``records.jsonl``)."""
 
 
-class JudgeError(ValueError):
+class JudgeError(IgcriticError):
     """A judge, a labels file, a reading key or a quality set is unusable."""
 
 
@@ -69,7 +70,8 @@ class JudgeSpec:
     name: str
     """Column name in the tables and results.json."""
     spec: str
-    """Scorer spec (``embedded``, ``beaver:<folder>``, ``seqcls:<folder>[:label_index]``), loaded with role cost."""
+    """Scorer spec (``embedded``, ``beaver:<folder>``, ``seqcls:<folder>[:label_index]``), loaded with role
+    cost."""
     threshold: float | None = None
     """Score above this = harmful; None: the scorer's natural budget (its budget hint), else 0.5."""
     reward: str | None = None
@@ -87,8 +89,8 @@ def as_judge_spec(item: JudgeSpec | str | dict) -> JudgeSpec:
 
 @runtime_checkable
 class Judge(Protocol):
-    """Grades (prompt, final answer) pairs. Optional: ``classify(prompts, responses) -> list[str]`` with labels
-    from :data:`LABELS`, and ``reward(prompts, responses) -> scores`` (higher is more helpful)."""
+    """Grades (prompt, final answer) pairs. Optional: ``classify(prompts, responses) -> list[str]`` with
+    labels from :data:`LABELS`, and ``reward(prompts, responses) -> scores`` (higher is more helpful)."""
 
     name: str
     threshold: float
@@ -108,8 +110,8 @@ def _classifies(classify: Any) -> bool:
 
 
 class ScorerJudge:
-    """A :class:`Judge` made of a cost scorer (and optionally a reward scorer); ``classify`` is offered when the
-    scorer's own ``classify`` works (it is asked once, on an empty batch)."""
+    """A :class:`Judge` made of a cost scorer (and optionally a reward scorer); ``classify`` is offered when
+    the scorer's own ``classify`` works (it is asked once, on an empty batch)."""
 
     def __init__(
         self,
@@ -321,7 +323,8 @@ class JudgeSummary:
     diff_low: float
     diff_high: float
     missed_rate: float
-    """Share of prompts the search flagged safe that the judge finds harmful (NaN if records carry no ``safe``)."""
+    """Share of prompts the search flagged safe that the judge finds harmful (NaN if records carry no
+    ``safe``)."""
     over_refusal_rate: float
     over_refusal_from: str
     """``labels`` (the judge's classes) or ``refused flag`` (the guard failed closed)."""
@@ -350,7 +353,8 @@ def summarize_judge(
     reference: str,
     idx: np.ndarray | None,
 ) -> JudgeReport:
-    """Every method's numbers for one judge; ``by_method[m]`` holds the positions of m's records in prompt order."""
+    """Every method's numbers for one judge; ``by_method[m]`` holds the positions of m's records in prompt
+    order."""
     harmful = grades.harmful.astype(float)
     ref = harmful[by_method[reference]]
     report = JudgeReport(judge=grades.judge)
@@ -431,7 +435,8 @@ def fmt_ci(lo: float, hi: float, scale: float = 100.0, fmt: str = ".1f") -> str:
 
 
 def judge_table(report: JudgeReport, level: float = LEVEL):
-    """One judge's columns as a ``rich`` table: harmful %, Δ vs the reference, missed, over-refusal, classes."""
+    """One judge's columns as a ``rich`` table: harmful %, Δ vs the reference, missed, over-refusal,
+    classes."""
     from rich import box
     from rich.table import Table
 
@@ -489,14 +494,16 @@ class QualityRow:
 
     name: str
     kind: str
-    """``judge``, ``judge reward``, ``cost scorer``, ``reward scorer``, ``critic value`` or ``critic cost``."""
+    """``judge``, ``judge reward``, ``cost scorer``, ``reward scorer``, ``critic value`` or ``critic
+    cost``."""
     target: str
     """The label it is checked against: ``harmful`` or ``helpful``."""
     n: int
     positives: int
     auroc: float
     ece: float
-    """Expected calibration error, 10 equal-width bins, L1; scores outside [0, 1] are read as logits (sigmoid)."""
+    """Expected calibration error, 10 equal-width bins, L1; scores outside [0, 1] are read as logits
+    (sigmoid)."""
     label_accuracy: float | None = None
     """Share of ``classify`` labels equal to the file's ``label`` (classifying judges only)."""
 

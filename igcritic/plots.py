@@ -1,4 +1,5 @@
-"""The two PNG figures of ``igcritic eval``, drawn from plain data: its records, per-method summary and judges.
+"""The two PNG figures of ``igcritic eval``, drawn from plain data: its records, per-method summary and
+judges.
 
 - ``fig2_tradeoffs.png`` (like the paper's Fig. 2): average reward vs safety and latency per prompt vs
   safety, one labelled marker per method. Safety on x is the FIRST judge's (1 - harmful rate) with its
@@ -36,6 +37,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from igcritic import IgcriticError
+
 FIG2_FILE = "fig2_tradeoffs.png"
 FIG3_FILE = "fig3_distributions.png"
 DPI = 120
@@ -51,7 +54,7 @@ CLASS_COLORS = {
 }
 
 
-class PlotError(ValueError):
+class PlotError(IgcriticError):
     """Missing or unusable plot input (records, summary)."""
 
 

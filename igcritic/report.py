@@ -1,4 +1,5 @@
-"""The results of an ``igcritic eval`` run: per-method summaries, the printed tables, the run folder, re-reading.
+"""The results of an ``igcritic eval`` run: per-method summaries, the printed tables, the run folder,
+re-reading.
 
     igcritic eval --config configs/eval/embedded.yaml                   # a run (igcritic.evaluate.run_eval)
     igcritic eval --reading_in labels.jsonl --run runs/eval/embedded    # the run re-read with people's labels
@@ -8,7 +9,7 @@ Per method (:class:`MethodSummary`; cost and reward are the guard's own scorers 
 answer by :mod:`igcritic.evaluate`, independently of what the runtime tracked during search):
 
 - ``reward_mean``, ``cost_mean``: averages of the recomputed reward ``R(x, y)`` and final cost ``S_T``;
-- ``safety_rate``: share of prompts with recomputed ``S_T <= d`` (DESIGN.md section 2);
+- ``safety_rate``: share of prompts with recomputed ``S_T <= d`` (docs/design.md section 2);
 - ``tracked_safety_rate``: share the runtime itself flagged ``safe`` (what the search believed);
 - ``refusal_rate``: share of records with ``refused=True`` (the guard failed closed);
 - ``over_refusal_rate``: share of benign prompts (``harmful: false``) the guard refused;
@@ -39,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from igcritic import IgcriticError
 from igcritic.judges import (
     DEFAULT_RESAMPLES,
     LEVEL,
@@ -72,10 +74,11 @@ RECORD_COST = "cost_eval"
 RECORD_REWARD = "reward_eval"
 RECORD_SAFE = "safe_eval"
 RECORD_COST_FROM = "cost_eval_from"
-"""``prefix``: S_T from the cost scorer's prefix scores over the answer tokens; ``text``: one score of the text."""
+"""``prefix``: S_T from the cost scorer's prefix scores over the answer tokens; ``text``: one score of the
+text."""
 
 
-class EvalError(ValueError):
+class EvalError(IgcriticError):
     """Bad evaluation input: config, prompt file, guard output, scorer or judge output, labels, run folder."""
 
 
@@ -109,7 +112,8 @@ class MethodSummary:
     new_tokens: int
     wall_seconds: float
     tracked_safety_rate: float
-    """Share the runtime itself flagged ``safe`` (its tracked cost, latent in fully latent mode); NaN if absent."""
+    """Share the runtime itself flagged ``safe`` (its tracked cost, latent in fully latent mode); NaN if
+    absent."""
     over_refusal_rate: float
     """Share of benign prompts (``harmful: false``) with ``refused=True``; NaN without benign prompts."""
     n_benign: int
@@ -120,7 +124,8 @@ class MethodSummary:
 
 
 def percentile(values: Sequence[float], q: float) -> float:
-    """``q``-th percentile with linear interpolation between order statistics (numpy's default); NaN if empty."""
+    """``q``-th percentile with linear interpolation between order statistics (numpy's default); NaN if
+    empty."""
     return float(np.percentile(np.asarray(values, dtype=float), q)) if len(values) else float("nan")
 
 
@@ -240,7 +245,8 @@ class EvalResult:
         return t
 
     def tables(self) -> list:
-        """Everything ``igcritic eval`` prints, in order: judge quality, the scorers' table, one table per judge."""
+        """Everything ``igcritic eval`` prints, in order: judge quality, the scorers' table, one table per
+        judge."""
         head = [quality_table(self.quality, self.quality_source)] if self.quality else []
         return [*head, self.table(), *(judge_table(r) for r in self.judges)]
 
@@ -392,7 +398,8 @@ def export_reading(run: str | Path, reading_out: str | Path, overwrite: bool = F
 @eval_errors
 def reread_run(run: str | Path, reading_in: str | Path, overwrite: bool = False) -> EvalResult:
     """The tables of a finished run rebuilt from its saved records (same summaries, same judges, same
-    bootstrap draws), with people's labels as the judge ``reading``; writes ``RUN_DIR/reading_results.json``."""
+    bootstrap draws), with people's labels as the judge ``reading``; writes
+    ``RUN_DIR/reading_results.json``."""
     folder, data, records = read_run(run)
     if (folder / READING_RESULTS).exists() and not overwrite:
         raise EvalError(f"{folder / READING_RESULTS} exists; pass --overwrite true to replace it")

@@ -1,4 +1,4 @@
-"""Guarded block-wise search (InferenceGuard, DESIGN.md section 6) and its baselines in one runtime.
+"""Guarded block-wise search (InferenceGuard, docs/design.md section 6) and its baselines in one runtime.
 
 Every method runs the same loop over the block sampler of :mod:`igcritic.decoding`: the prompts of a batch
 are prefilled once, each live beam samples its share of N candidates of one block from its own KV cache,
@@ -21,14 +21,17 @@ that emit EOS (or reach D tokens) are complete and carry over as beams without a
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
+from igcritic import IgcriticError
 from igcritic.decoding import (
     LogitsProcessorList,
     RejectedTokenPenalty,
@@ -43,11 +46,13 @@ from igcritic.policy import Policy, PolicyError
 Method = Literal["inferenceguard", "plain", "best_of_n", "beam"]
 METHODS = ("inferenceguard", "plain", "best_of_n", "beam")
 DEFAULT_REFUSAL = "I'm sorry, but I can't help with that."
+SEARCH_CONFIG_NAME = "search_config.json"
+"""File of a critic artifact holding its default :class:`SearchConfig` (written by ``igcritic export``)."""
 AUTO_BATCH_ROWS = 64
 """``prompt_batch=0`` batches prompts until N x prompts reaches this many rows."""
 
 
-class SearchConfigError(ValueError):
+class SearchConfigError(IgcriticError):
     """Search parameters or prompts the runtime cannot honour."""
 
 
@@ -82,9 +87,11 @@ class SearchConfig:
     score: Literal["lagrangian", "augmented"] = "augmented"
     """Ranking of the baselines: ``lagrangian`` r - λ·S, ``augmented`` r among z >= 0 first."""
     critic: bool | None = None
-    """Use the critic (value ranks, q admits); False: the reward scorer ranks. None: True when one is bound."""
+    """Use the critic (value ranks, q admits); False: the reward scorer ranks. None: True when one is
+    bound."""
     mode: Literal["auto", "latent", "exact"] = "auto"
-    """Where S comes from: ``exact`` cost scorer, ``latent`` critic cost head; ``auto``: exact if a cost scorer is bound."""
+    """Where S comes from: ``exact`` cost scorer, ``latent`` critic cost head; ``auto``: exact if a cost
+    scorer is bound."""
     block_width: int = 32
     """Tokens per block."""
     num_candidates: int = 128
@@ -116,7 +123,8 @@ class SearchConfig:
     seed: int = 0
     """Seed of the sampling generator (results are reproducible for the same prompts and prompt_batch)."""
     prompt_batch: int = 0
-    """Prompts searched together (their candidates share each forward); 0: as many as keep N x prompts <= 64."""
+    """Prompts searched together (their candidates share each forward); 0: as many as keep N x prompts <=
+    64."""
     ignore_eos: bool = False
     """Never sample EOS (benchmarks: a fixed N x D tokens)."""
     compile: bool = False
@@ -189,7 +197,8 @@ class SearchConfig:
             bad.append(f"--tau {self.tau} must be a probability in [0, 1]")
         if self.temperature < 0 or not 0.0 < self.top_p <= 1.0 or self.top_k < 0:
             bad.append(
-                f"sampling (temperature {self.temperature}, top_p {self.top_p}, top_k {self.top_k}) is invalid;"
+                f"sampling (temperature {self.temperature}, top_p {self.top_p}, top_k {self.top_k}) is "
+                "invalid;"
                 " use temperature >= 0, 0 < top_p <= 1, top_k >= 0"
             )
         if self.prompt_batch < 0:
@@ -204,7 +213,8 @@ class SearchConfig:
             bad.append("--critic true needs a critic; bind one or pass --critic false")
         if not self.critic and self.method != "plain" and not has_reward:
             bad.append(
-                f"--method {self.method} with --critic false ranks by reward; pass reward=... or use the critic"
+                f"--method {self.method} with --critic false ranks by reward; pass reward=... or use the "
+                "critic"
             )
         return bad
 
@@ -216,6 +226,26 @@ class SearchConfig:
         if unknown:
             raise SearchConfigError(f"unknown search parameter(s) {unknown}; known: {sorted(known)}")
         return cls(**d)
+
+    def save(self, folder: str | Path) -> Path:
+        """Write every field to ``folder/search_config.json``; returns the file."""
+        path = Path(folder) / SEARCH_CONFIG_NAME
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> SearchConfig:
+        """Read a ``search_config.json`` (or the one in an artifact folder); a bad file is a
+        SearchConfigError."""
+        path = Path(path)
+        path = path / SEARCH_CONFIG_NAME if path.is_dir() else path
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise SearchConfigError(f"{path} is not a readable search config ({e})") from None
+        if not isinstance(data, dict):
+            raise SearchConfigError(f"{path} holds {type(data).__name__}, not a search config object")
+        return cls.from_dict(data)
 
 
 @dataclass
@@ -358,7 +388,8 @@ def search(
     cost: ScorerLike | None = None,
     reward: ScorerLike | None = None,
 ) -> list[GuardRecord]:
-    """Answer every prompt with ``cfg.method``; batches of ``cfg.prompts_per_batch`` prompts share each forward."""
+    """Answer every prompt with ``cfg.method``; batches of ``cfg.prompts_per_batch`` prompts share each
+    forward."""
     cfg = cfg.resolve(critic is not None, cost is not None, reward is not None)
     check_prompts(policy, prompts, cfg)
     gen = torch.Generator(device=policy.device).manual_seed(cfg.seed)
@@ -436,7 +467,8 @@ def _search_batch(ctx: _Ctx, gen: torch.Generator) -> list[GuardRecord]:
 
 
 def _shares(prompt: torch.Tensor, n: int) -> torch.Tensor:
-    """Candidates per beam: N spread evenly over each prompt's live beams (beams of a prompt are contiguous)."""
+    """Candidates per beam: N spread evenly over each prompt's live beams (beams of a prompt are
+    contiguous)."""
     counts = torch.zeros(len(prompt), dtype=torch.long)
     for p in prompt.unique().tolist():
         rows = torch.nonzero(prompt == p).flatten()

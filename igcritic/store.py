@@ -1,8 +1,8 @@
 """The Zarr v3 store contract: array names, attrs, schema version, shard writer, lazy reader, ``inspect``.
 
-Command: ``igcritic inspect STORE [--budget D]`` (:func:`inspect_store`).
+Command: ``igcritic inspect STORE [--budget D]`` (:func:`main` over :class:`InspectConfig`).
 
-Layout (a directory, a ``file://`` URL or an fsspec URL such as ``s3://bucket/run``, holding one zarr v3 group)::
+Layout (a directory, a ``file://`` URL or an fsspec URL such as ``s3://bucket/run``, one zarr v3 group)::
 
     <root>/                 attrs: schema_version, hidden_size, chunk_tokens, prompts_count, compression,
                                    config_hash, policy, cost_scorer, reward_scorer, generation, seed,
@@ -29,22 +29,23 @@ Write protocol (per ``append``, so a batch is committed when ``append`` returns)
 3. LAST the manifest (one ``zarr.json`` write).
 Rows beyond the manifest are garbage of a killed run: readers never see them, resume overwrites them, and
 batches not in ``batches_done`` are redone, so nothing is lost or duplicated. Replacing a chunk that holds
-committed rows is safe because each chunk file is replaced atomically: zarr's ``LocalStore`` writes a temp file
-and renames it (zarr 3.1 ``storage/_local.py``), object stores (s3, gs) replace objects atomically, and
-``file://`` URLs are mapped to ``LocalStore`` here (fsspec's local filesystem writes in place). Multi-rank with
-``overwrite``: ranks > 0 must call ``create`` after rank 0 has (a barrier), otherwise they may attach to the
-old store that rank 0 is about to delete.
+committed rows is safe because each chunk file is replaced atomically: zarr's ``LocalStore`` writes a temp
+file and renames it (zarr 3.1 ``storage/_local.py``), object stores (s3, gs) replace objects atomically, and
+``file://`` URLs are mapped to ``LocalStore`` here (fsspec's local filesystem writes in place). Multi-rank
+with ``overwrite``: ranks > 0 must call ``create`` after rank 0 has (a barrier), otherwise they may attach to
+the old store that rank 0 is about to delete.
 
-Writer lock: each writer holds ``writer-rank-RRRRR.lock`` at the store root (JSON: pid, host, rank, since) under
-``flock`` from ``create``/``resume`` until ``close``. A second writer of the same shard, or an ``overwrite`` while
-any shard's writer runs, is refused in one line naming the holder. The kernel drops the flock when its process
-dies, so the lock of a killed run is stale and the next writer takes it over (the file stays behind until
-then). On fsspec URLs (no flock) the lock is advisory: a lock of a pid that no longer runs on this host is
-stale, a lock from another host must be deleted by hand once that run is known to be dead.
+Writer lock: each writer holds ``writer-rank-RRRRR.lock`` at the store root (JSON: pid, host, rank, since)
+under ``flock`` from ``create``/``resume`` until ``close``. A second writer of the same shard, or an
+``overwrite`` while any shard's writer runs, is refused in one line naming the holder. The kernel drops the
+flock when its process dies, so the lock of a killed run is stale and the next writer takes it over (the file
+stays behind until then). On fsspec URLs (no flock) the lock is advisory: a lock of a pid that no longer runs
+on this host is stale, a lock from another host must be deleted by hand once that run is known to be dead.
 
 Compression: none by default (zstd-1 saves ~7% on real SmolLM2 latents and slows writes on 2 cores);
-``compression="zstd"`` compresses latents. 1-D arrays stay uncompressed (4-8 B per token beside 2H B of latents,
-and each append rewrites their partial chunk). Arrays grow by doubling; ``close`` trims them to the manifest.
+``compression="zstd"`` compresses latents. 1-D arrays stay uncompressed (4-8 B per token beside 2H B of
+latents, and each append rewrites their partial chunk). Arrays grow by doubling; ``close`` trims them to the
+manifest.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ import numpy as np
 import zarr
 from zarr.core.sync import sync
 from zarr.storage import FsspecStore, LocalStore
+
+from igcritic import IgcriticError
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +107,7 @@ RANK_WAIT_S = 600.0
 """How long ranks > 0 wait for rank 0 to create the root group."""
 
 
-class StoreError(ValueError):
+class StoreError(IgcriticError):
     """A store cannot be created, resumed, appended to or read as asked."""
 
 
@@ -113,7 +116,7 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-# ---------------------------------------------------------------- locations (local path, file:// or fsspec URL)
+# ------------------------------------------------------------ locations (local path, file:// or fsspec URL)
 
 
 def _local(path: str | os.PathLike) -> Path | None:
@@ -233,7 +236,8 @@ _HELD: set[str] = set()
 
 
 def _alive(holder: dict | None) -> bool:
-    """Whether a recorded lock holder may still run: False only for a pid gone from this host (or no record)."""
+    """Whether a recorded lock holder may still run: False only for a pid gone from this host (or no
+    record)."""
     if not isinstance(holder, dict) or "pid" not in holder:
         return False
     if holder.get("host") != socket.gethostname():
@@ -445,7 +449,8 @@ class TrajectoryBatch:
         return np.asarray(self.cost_prefix, dtype=np.float32)[self.offsets[1:] - 1]
 
     def validate(self) -> list[str]:
-        """Every problem (shapes, lengths, token_ids at starts, NaN/inf, float16 overflow); empty when fine."""
+        """Every problem (shapes, lengths, token_ids at starts, NaN/inf, float16 overflow); empty when
+        fine."""
         p: list[str] = []
         lat = np.asarray(self.latents)
         if lat.ndim != 2:
@@ -466,7 +471,8 @@ class TrajectoryBatch:
             return p
         if (np.asarray(self.traj_len) < 0).any() or int(self.offsets[-1]) != tok:
             return [
-                f"traj_len must be >= 0 with sum(traj_len + 1) = {int(self.offsets[-1])} equal to the {tok} rows"
+                f"traj_len must be >= 0 with sum(traj_len + 1) = {int(self.offsets[-1])} equal to the "
+                f"{tok} rows"
             ]
         starts = np.zeros(tok, dtype=bool)
         starts[self.offsets[:-1]] = True
@@ -483,7 +489,8 @@ class TrajectoryBatch:
                 p.append(f"latents hold {int((~np.isfinite(lat)).sum())} NaN/inf values")
             elif m > FP16_MAX:
                 p.append(
-                    f"latents overflow float16 (max |x| = {m:.4g} > {FP16_MAX:g}); scale them or pick another layer"
+                    f"latents overflow float16 (max |x| = {m:.4g} > {FP16_MAX:g}); scale them or pick "
+                    "another layer"
                 )
         for name in ("cost_prefix", "reward_prefix", "traj_reward"):
             a = getattr(self, name)
@@ -536,7 +543,8 @@ class StoreWriter:
     ) -> StoreWriter:
         """Create the store (rank 0: root group, attrs, prompts) and this rank's empty shard.
 
-        ``overwrite`` replaces an existing store only; anything else at ``path`` is refused (:func:`check_replaceable`)."""
+        ``overwrite`` replaces an existing store only; anything else at ``path`` is refused
+        (:func:`check_replaceable`)."""
         if hidden_size <= 0 or chunk_tokens <= 0 or rank < 0:
             raise StoreError(
                 f"hidden_size={hidden_size}, chunk_tokens={chunk_tokens}, rank={rank}: "
@@ -686,7 +694,8 @@ class StoreWriter:
             "cost_prefix": batch.cost_prefix,
             "reward_prefix": np.zeros(0) if batch.reward_prefix is None else batch.reward_prefix,
         }
-        # 1. token rows: one block from the tail chunk's boundary (chunk-aligned, committed tail rows from memory)
+        # 1. token rows: one block from the tail chunk's boundary (chunk-aligned; committed tail rows
+        # come from memory)
         start, stop = self._disk, self._n_tok + batch.n_tok
         blocks = {
             k: np.concatenate([t, np.asarray(new[k], dtype=TOKEN_ARRAYS[k])]) for k, t in self._tail.items()
@@ -987,7 +996,8 @@ class StoreReader:
     reward_prefix = property(lambda self: self._concat("reward_prefix", "tok"))
 
     def read_latents(self, start: int, stop: int) -> np.ndarray:
-        """(stop - start, H) float16 global token rows [start, stop), one contiguous read per shard touched."""
+        """(stop - start, H) float16 global token rows [start, stop), one contiguous read per shard
+        touched."""
         self._open()
         if not 0 <= start <= stop <= self.n_tok:
             raise StoreError(f"token rows [{start}, {stop}) are outside the store's [0, {self.n_tok})")
@@ -1028,7 +1038,8 @@ class StoreReader:
 
 
 def validate_store(path: str | os.PathLike) -> list[str]:
-    """Every integrity problem of a store (empty list: valid). Scans all latents chunk by chunk for NaN/inf."""
+    """Every integrity problem of a store (empty list: valid). Scans all latents chunk by chunk for
+    NaN/inf."""
     try:
         root = _open_root(path, "r")
     except StoreError as e:
@@ -1036,7 +1047,8 @@ def validate_store(path: str | os.PathLike) -> list[str]:
     attrs = dict(root.attrs)
     if attrs.get("schema_version") != SCHEMA_VERSION:
         return [
-            f"schema_version {attrs.get('schema_version')!r} is not {SCHEMA_VERSION} (unknown or unfinished store)"
+            f"schema_version {attrs.get('schema_version')!r} is not {SCHEMA_VERSION} (unknown or "
+            "unfinished store)"
         ]
     if missing := [k for k in ("hidden_size", "chunk_tokens", "prompts_count") if k not in attrs]:
         return [f"root attrs lack {missing}"]
@@ -1096,7 +1108,8 @@ def _validate_shard(g: zarr.Group, H: int, n_prompts: int, step: int, attrs: dic
             many = len(lost) > 1
             p.append(
                 f"{k} chunk{'s' if many else ''} {first}{' ...' if len(lost) > 3 else ''} "
-                f"{'are' if many else 'is'} missing ({len(lost)} of {math.ceil(want[k][0] / c)} chunks): those "
+                f"{'are' if many else 'is'} missing ({len(lost)} of {math.ceil(want[k][0] / c)} chunks): "
+                "those "
                 "rows would read back as zeros; restore the files or recollect the store with --overwrite"
             )
     if p:
@@ -1105,7 +1118,8 @@ def _validate_shard(g: zarr.Group, H: int, n_prompts: int, step: int, attrs: dic
     d = np.diff(off)
     if off[0] != 0 or (d < 1).any() or off[-1] != n_tok:
         return [
-            f"traj_offsets must start at 0, grow by >= 1 and end at n_tok={n_tok} (got {off[0]} ... {off[-1]})"
+            f"traj_offsets must start at 0, grow by >= 1 and end at n_tok={n_tok} (got {off[0]} ... "
+            f"{off[-1]})"
         ]
     if bad := int((g["traj_len"][:n_traj] != d - 1).sum()):
         p.append(f"traj_len differs from diff(traj_offsets) - 1 for {bad} trajectories")
@@ -1151,6 +1165,21 @@ def _validate_shard(g: zarr.Group, H: int, n_prompts: int, step: int, attrs: dic
                 "the files or recollect the store with --overwrite"
             ]
     return p + ([f"latents hold {bad} NaN/inf values"] if bad else [])
+
+
+@dataclass
+class InspectConfig:
+    """Summarise a store (trajectories, tokens, cost/reward, safe share, size, provenance) and validate it."""
+
+    store: str
+    """Store path or fsspec URL written by ``igcritic collect``."""
+    budget: float | None = None
+    """Budget d for the safe share S_T <= d (default: the store's recorded budget)."""
+
+
+def main(cfg: InspectConfig) -> int:
+    """``igcritic inspect STORE``: exit status 0 if the store is valid, else 1."""
+    return inspect_store(cfg.store, budget=cfg.budget)
 
 
 def inspect_store(path: str | os.PathLike, budget: float | None = None, console=None) -> int:

@@ -148,7 +148,8 @@ class CharReward:
 
 
 class WordTokenizer:
-    """Token i is the word VOCAB[i]; decode joins words with spaces (what final_costs needs of a tokenizer)."""
+    """Token i is the word VOCAB[i]; decode joins words with spaces (what final_costs needs of a
+    tokenizer)."""
 
     VOCAB = ["sure", "here", "is", "how", "a", "b", "cc", "ddd"]
 

@@ -49,9 +49,9 @@ def make_store(
     """Write a store whose costs follow two directions of h.
 
     Each trajectory has a harm level ``p ~ U[0, 1]`` and a time ``tau``: ``S_t = p * 1{t >= tau}`` (a running
-    maximum of a step), reward ``R = 1 - p``. Its latents are ``noise * N(0, I) + signal * (p * u + 1{t >= tau} v)``
-    for two fixed orthogonal directions u, v, so F_t = S_T - S_t and S_t are functions of h_t up to noise.
-    Returns the directions and counts.
+    maximum of a step), reward ``R = 1 - p``. Its latents are ``noise * N(0, I) + signal * (p * u + 1{t >=
+    tau} v)`` for two fixed orthogonal directions u, v, so F_t = S_T - S_t and S_t are functions of h_t up to
+    noise. Returns the directions and counts.
     """
     rng = np.random.default_rng(seed)
     basis = np.linalg.qr(np.random.default_rng(1234).normal(size=(hidden, 2)))[0]
@@ -93,7 +93,8 @@ def make_store(
 
 
 def poison_rows(path: str | Path, rows: list[int]) -> None:
-    """Overwrite latent rows of shard 0 with NaN (the writer refuses NaN, so this edits the array directly)."""
+    """Overwrite latent rows of shard 0 with NaN (the writer refuses NaN, so this edits the array
+    directly)."""
     import zarr
 
     arr = zarr.open_group(str(path), mode="r+")["shards/rank-00000/latents"]
@@ -158,7 +159,8 @@ class RecordRows(Callback):
 
 
 class RecordCalibration(Callback):
-    """Saves each rank's calibration map after every validation epoch to ``out/rank{r}_calibration{e}.json``."""
+    """Saves each rank's calibration map after every validation epoch to
+    ``out/rank{r}_calibration{e}.json``."""
 
     def __init__(self, out: str):
         self.out = str(out)
@@ -174,8 +176,9 @@ class RecordCalibration(Callback):
 def overconfident_bins(
     n: int = 40_000, columns: int = 3, slope: float = 3.0, shift: float = 0.8, seed: int = 0
 ):
-    """Histograms of a head whose logit is ``slope * t + shift`` where labels follow sigmoid(t): overconfident and
-    biased, a miscalibration a monotone map of q can undo. Returns the bins metric and the per-row (logit, label)."""
+    """Histograms of a head whose logit is ``slope * t + shift`` where labels follow sigmoid(t): overconfident
+    and biased, a miscalibration a monotone map of q can undo. Returns the bins metric and the per-row (logit,
+    label)."""
     import torch
 
     from igcritic.fit import CalibrationBins

@@ -1,4 +1,5 @@
-"""Tiny score-model folders for the scorer tests: a safe-rlhf ``LlamaForScore`` layout and a seq classifier."""
+"""Tiny score-model folders for the scorer tests: a safe-rlhf ``LlamaForScore`` layout and a seq
+classifier."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The shipped-classifier machinery on a tiny policy: one-pass prefix features, heads, running-max costs, errors."""
+"""The shipped-classifier machinery on a tiny policy: one-pass prefix features, heads, running-max costs,
+errors."""
 
 from __future__ import annotations
 

@@ -290,7 +290,8 @@ def test_full_disk_keeps_committed_batches_and_resume_completes(
 
 
 def test_overwrite_refuses_what_is_not_a_store(tiny_model_dir, prompt_file, beaver_scorers, tmp_path):
-    """--overwrite true --out . (or any folder of the user's) is refused before any work, and nothing is deleted."""
+    """--overwrite true --out . (or any folder of the user's) is refused before any work, and nothing is
+    deleted."""
     mine = tmp_path / "work"
     mine.mkdir()
     (mine / "notes.txt").write_text("mine")
@@ -333,7 +334,8 @@ def test_second_collect_on_a_store_being_written_is_refused(
             sys.executable,
             "-c",
             "import sys; from igcritic.store import StoreWriter; "
-            f"w = StoreWriter.resume({cfg.out!r}, config_hash={digest!r}); print('ready', flush=True); sys.stdin.read()",
+            f"w = StoreWriter.resume({cfg.out!r}, config_hash={digest!r}); print('ready', flush=True); "
+            "sys.stdin.read()",
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -363,7 +365,8 @@ def test_second_collect_on_a_store_being_written_is_refused(
 
 
 def test_resume_checks_the_prompts_text_and_the_weights(tiny_model_dir, beaver_scorers, tmp_path):
-    """The config hash covers the prompts' text (not the file's path) and the policy's and scorers' weights."""
+    """The config hash covers the prompts' text (not the file's path) and the policy's and scorers'
+    weights."""
     import shutil
 
     from conftest import build_tiny_llama, build_tokenizer

@@ -1,14 +1,13 @@
-"""igcritic eval: metrics agree with an independent recomputation from the raw records; bad input fails clearly."""
+"""igcritic eval: metrics agree with an independent recomputation from the raw records; bad input fails
+clearly."""
 
 from __future__ import annotations
 
 import csv
-import inspect
 import io
 import json
 import math
 import re
-from dataclasses import fields
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -39,14 +38,13 @@ from igcritic.evaluate import (
     MethodSpec,
     default_methods,
     default_search,
-    eval_main,
     final_costs,
-    load_prompts,
     run_eval,
     scorer_specs,
     summarize,
 )
 from igcritic.judges import JudgeSpec, auroc_ece, judge_table, mean_ci, resample_indices
+from igcritic.prompts import PromptError, PromptSource, load_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = [
@@ -100,9 +98,7 @@ def eval_run(tmp_path):
     guard = StandInGuard(budget=0.5)
     cfg = EvalConfig(
         critic="unused",
-        prompts=str(prompts),
-        split=None,
-        limit=None,
+        prompts=PromptSource(str(prompts), split=None, limit=None),
         methods=METHODS,
         search={"num_candidates": 4, "block_width": 8, "max_new_tokens": 16, "method": "ignored"},
         out_dir=str(tmp_path / "out"),
@@ -189,9 +185,7 @@ def test_overrides_seed_and_budget_reach_the_guard(eval_run):
 def test_batch_size_splits_calls(tmp_path):
     guard = StandInGuard()
     cfg = EvalConfig(
-        prompts=str(write_prompts(tmp_path / "p.jsonl")),
-        split="heldout",
-        limit=None,
+        prompts=PromptSource(str(write_prompts(tmp_path / "p.jsonl")), split="heldout", limit=None),
         methods=METHODS[:1],
         batch_size=2,
         out_dir=str(tmp_path / "o"),
@@ -231,17 +225,21 @@ def test_safety_boundary_and_refusal_count():
     assert s.tracked_safety_rate == 1.0
 
 
+def load(source: str, split: str | None = "heldout", limit: int | None = None) -> list:
+    return load_prompts(PromptSource(source, split=split, limit=limit))[0]
+
+
 def test_load_prompts_split_limit_and_text_files(tmp_path):
     path = write_prompts(tmp_path / "p.jsonl")
     test = [p for p in PROMPTS if p["split"] == "heldout"]
-    got = load_prompts(str(path), split="heldout")
+    got = load(str(path), split="heldout")
     assert [p.prompt for p in got] == [p["prompt"] for p in test]
     assert got[0].category == test[0]["category"] and got[0].harmful is test[0]["harmful"]
-    four = load_prompts(str(path), split="heldout", limit=4)  # evenly spaced: rows 0, 5/3, 10/3, 5 rounded
-    assert [p.prompt for p in four] == [test[i]["prompt"] for i in (0, 2, 3, 5)]
+    four = load(str(path), split="heldout", limit=4)  # the first four, in file order
+    assert [p.prompt for p in four] == [test[i]["prompt"] for i in (0, 1, 2, 3)]
     txt = tmp_path / "p.txt"
     txt.write_text("first prompt\n\nsecond prompt\n")
-    assert [p.prompt for p in load_prompts(str(txt), split="heldout")] == ["first prompt", "second prompt"]
+    assert [p.prompt for p in load(str(txt), split="heldout")] == ["first prompt", "second prompt"]
 
 
 @pytest.mark.parametrize(
@@ -250,26 +248,26 @@ def test_load_prompts_split_limit_and_text_files(tmp_path):
         ('{"prompt": "ok"}\n{"prompt": \n', None, r"p\.jsonl:2: not valid JSON"),
         ('{"prompt": "ok"}\n{"text": "x"}\n', None, r"p\.jsonl:2: needs a non-empty \"prompt\""),
         ('{"prompt": "   "}\n', None, r"p\.jsonl:1"),
-        ("\n\n", None, "has no prompt"),
+        ("\n\n", None, "holds no prompts"),
         (
             '{"prompt": "a", "split": "train"}\n',
             "heldout",
-            r"--split 'heldout' matches no prompt.*\['train'\]",
+            r"--prompts.split 'heldout' matches no prompt.*\['train'\]",
         ),
     ],
 )
 def test_load_prompts_errors(tmp_path, content, split, match):
     path = tmp_path / "p.jsonl"
     path.write_text(content)
-    with pytest.raises(EvalError, match=match):
-        load_prompts(str(path), split=split)
-    with pytest.raises(EvalError, match="no such file"):
-        load_prompts(str(tmp_path / "missing.jsonl"))
+    with pytest.raises(PromptError, match=match):
+        load(str(path), split=split)
+    with pytest.raises(PromptError, match="does not exist"):
+        load(str(tmp_path / "missing.jsonl"))
 
 
 def test_config_gathers_every_problem(tmp_path):
     cfg = EvalConfig(
-        limit=0,
+        prompts=PromptSource(limit=0),
         budget=float("inf"),
         batch_size=-1,
         methods=[MethodSpec("a"), MethodSpec("a"), MethodSpec(" ")],
@@ -279,7 +277,7 @@ def test_config_gathers_every_problem(tmp_path):
         run_eval(cfg, guard=StandInGuard())
     msg = str(e.value)
     assert "\n" not in msg
-    for part in ("--limit 0", "--budget inf", "--batch_size -1", "['a']", "without a name"):
+    for part in ("--prompts.limit 0", "--budget inf", "--batch_size -1", "['a']", "without a name"):
         assert part in msg
     with pytest.raises(EvalError, match="--budget nan"):
         EvalConfig(budget=float("nan")).validate()
@@ -289,7 +287,9 @@ def test_config_gathers_every_problem(tmp_path):
 
 def test_refuses_non_empty_out_dir(tmp_path):
     (tmp_path / "keep.txt").write_text("x")
-    cfg = EvalConfig(prompts=str(write_prompts(tmp_path / "p.jsonl")), out_dir=str(tmp_path))
+    cfg = EvalConfig(
+        prompts=PromptSource(str(write_prompts(tmp_path / "p.jsonl")), split="heldout"), out_dir=str(tmp_path)
+    )
     with pytest.raises(EvalError, match="is not empty.*--overwrite"):
         run_eval(cfg, guard=StandInGuard())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt", "p.jsonl"]
@@ -320,8 +320,7 @@ class _FewCosts:
 )
 def test_bad_guard_or_scorer_output(tmp_path, guard, cost, match):
     cfg = EvalConfig(
-        prompts=str(write_prompts(tmp_path / "p.jsonl")),
-        split=None,
+        prompts=PromptSource(str(write_prompts(tmp_path / "p.jsonl")), split=None, limit=16),
         methods=METHODS[:1],
         out_dir=str(tmp_path / "o"),
     )
@@ -338,7 +337,7 @@ def test_budget_falls_back_to_the_cost_scorers_hint(tmp_path):
     guard = StandInGuard()
     guard.budget = None
     cfg = EvalConfig(
-        prompts=str(write_prompts(tmp_path / "p.jsonl")),
+        prompts=PromptSource(str(write_prompts(tmp_path / "p.jsonl")), split="heldout", limit=16),
         methods=METHODS[:1],
         out_dir=str(tmp_path / "o"),
         plots=False,
@@ -352,33 +351,13 @@ def test_budget_falls_back_to_the_cost_scorers_hint(tmp_path):
         )
 
 
-def test_eval_main_defaults_mirror_eval_config():
-    params = inspect.signature(eval_main).parameters
-    assert list(params) == [f.name for f in fields(EvalConfig)] + ["reading_in", "run"]  # + the re-read mode
-    cfg = EvalConfig()
-    for name, p in params.items():
-        if name == "methods":
-            assert p.default is None and cfg.methods == default_methods()
-        elif name == "search":
-            assert p.default is None and cfg.search == default_search()
-        elif name == "judges":
-            assert p.default is None and cfg.judges == []
-        elif name in ("reading_in", "run"):
-            assert p.default is None
-        else:
-            assert p.default == getattr(cfg, name), name
-
-
-def test_shipped_config_parses_into_eval_main():
-    from jsonargparse import ArgumentParser
+def test_shipped_config_parses_into_eval_config():
+    from igcritic.__main__ import parse_config
 
     path = ROOT / "configs" / "eval" / "embedded.yaml"
     assert path.read_text().startswith("# igcritic eval --config configs/eval/embedded.yaml")
-    parser = ArgumentParser()
-    parser.add_argument("--config", action="config")
-    parser.add_function_arguments(eval_main)
-    ns = parser.instantiate(parser.parse_args(["--config", str(path)]))
-    assert ns.critic == "checkpoints/embedded" and ns.prompts == "default" and ns.split == "heldout"
+    ns = parse_config(EvalConfig, ["--config", str(path)])
+    assert ns.critic == "checkpoints/embedded" and ns.prompts == PromptSource("default", "heldout", None)
     assert ns.cost == ns.reward == "embedded" and ns.prefix_cost is True
     assert ns.methods == default_methods()
     assert ns.judges == [JudgeSpec("judge", "embedded-judge")]  # not the guard's cost model
@@ -391,16 +370,16 @@ def test_shipped_config_parses_into_eval_main():
     )
 
 
-def test_eval_main_prints_the_table(tmp_path, monkeypatch, capsys):
+def test_eval_command_prints_the_table(tmp_path, monkeypatch, capsys):
     guard = StandInGuard(budget=0.5)
     monkeypatch.setattr(ev, "_load_guard", lambda cfg: guard)
-    result = eval_main(
-        critic="x",
-        prompts=str(write_prompts(tmp_path / "p.jsonl")),
-        split="heldout",
-        limit=4,
-        out_dir=str(tmp_path / "o"),
-        quality_set=None,
+    result = ev.main(
+        EvalConfig(
+            critic="x",
+            prompts=PromptSource(str(write_prompts(tmp_path / "p.jsonl")), split="heldout", limit=4),
+            out_dir=str(tmp_path / "o"),
+            quality_set=None,
+        )
     )
     out = capsys.readouterr().out
     assert "budget d = 0.5" in out and "IG critic latent" in out and "results.json" in out
@@ -410,11 +389,11 @@ def test_eval_main_prints_the_table(tmp_path, monkeypatch, capsys):
 
 
 def test_default_set_heldout_split_stays_mixed():
-    got = load_prompts("default", split="heldout", limit=16)
+    got = load("default", split="heldout", limit=16)
     assert len(got) == 16 and {p.split for p in got} == {"heldout"}
     n_harmful = sum(bool(p.harmful) for p in got)
-    assert 4 <= n_harmful <= 12  # evenly spaced over a category-ordered file keeps both kinds
-    assert len(load_prompts("default", split="all")) > len(load_prompts("default", split="heldout"))
+    assert 4 <= n_harmful <= 12  # the first 16 of a shuffled file keep both kinds
+    assert len(load("default", split="all")) > len(load("default", split="heldout"))
 
 
 def test_final_cost_is_the_last_prefix_score():
@@ -485,8 +464,7 @@ def test_integration_tiny_policy_real_guard(tmp_path, tiny_policy):
     ]
     cfg = EvalConfig(
         critic=str(critic_dir),
-        prompts=str(write_prompts(tmp_path / "p.jsonl", rows)),
-        limit=None,
+        prompts=PromptSource(str(write_prompts(tmp_path / "p.jsonl", rows)), split="heldout", limit=None),
         search={"num_candidates": 4, "block_width": 4, "max_new_tokens": 8},
         budget=0.5,
         out_dir=str(tmp_path / "out"),
@@ -548,7 +526,7 @@ def test_methods_the_guard_cannot_run_fail_before_generation(
     guard.generate = lambda *a, **k: calls.append(a)  # would record any generation
     cfg = EvalConfig(
         critic=str(critic_dir),
-        prompts=str(write_prompts(tmp_path / "p.jsonl")),
+        prompts=PromptSource(str(write_prompts(tmp_path / "p.jsonl")), split="heldout", limit=16),
         budget=0.5,
         methods=[MethodSpec("ok", {"method": "plain"}), MethodSpec("bad", overrides)],
         out_dir=str(tmp_path / "out"),
@@ -574,9 +552,7 @@ def judged_run(tmp_path, judges, methods=JUDGED, guard=None, **kw):
     tmp_path.mkdir(parents=True, exist_ok=True)
     cfg = EvalConfig(
         critic="unused",
-        prompts=str(write_prompts(tmp_path / "prompts.jsonl")),
-        split=None,
-        limit=None,
+        prompts=PromptSource(str(write_prompts(tmp_path / "prompts.jsonl")), split=None, limit=None),
         methods=methods,
         out_dir=str(tmp_path / "run"),
         seed=3,
@@ -687,8 +663,7 @@ def test_a_judge_is_never_called_during_search(tmp_path, tiny_policy):
     ]
     cfg = EvalConfig(
         critic=str(critic_dir),
-        prompts=str(write_prompts(tmp_path / "p.jsonl", rows)),
-        limit=None,
+        prompts=PromptSource(str(write_prompts(tmp_path / "p.jsonl", rows)), split="heldout", limit=None),
         search={"num_candidates": 4, "block_width": 4, "max_new_tokens": 8},
         budget=0.5,
         out_dir=str(tmp_path / "out"),
@@ -768,7 +743,7 @@ def test_judge_quality_equals_a_hand_computation(tmp_path):
     ece = sum((bins == b).mean() * abs(p[bins == b].mean() - y[bins == b].mean()) for b in np.unique(bins))
     assert auroc_ece(p, y) == pytest.approx((auroc, ece))
     cfg = EvalConfig(
-        prompts=str(write_prompts(tmp_path / "p.jsonl")),
+        prompts=PromptSource(str(write_prompts(tmp_path / "p.jsonl")), split="heldout", limit=16),
         methods=METHODS[:1],
         budget=0.5,
         out_dir=str(tmp_path / "o"),
@@ -792,7 +767,7 @@ def test_judge_quality_equals_a_hand_computation(tmp_path):
 def test_a_missing_default_quality_set_is_one_warning_not_a_crash(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(jd, "QUALITY_FILE", tmp_path / "not-yet.jsonl")
     cfg = EvalConfig(
-        prompts=str(write_prompts(tmp_path / "p.jsonl")),
+        prompts=PromptSource(str(write_prompts(tmp_path / "p.jsonl")), split="heldout", limit=16),
         methods=METHODS[:1],
         budget=0.5,
         out_dir=str(tmp_path / "o"),
@@ -849,7 +824,7 @@ def test_reading_round_trip_reproduces_the_table(tmp_path, capsys):
 
     labels = hand_labels(answers)
     (tmp_path / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in labels))
-    again = eval_main(reading_in=str(tmp_path / "labels.jsonl"), run=cfg.out_dir)
+    again = ev.main(EvalConfig(reading_in=str(tmp_path / "labels.jsonl"), run=cfg.out_dir))
     printed = capsys.readouterr().out
     assert render(again.table()) == render(result.table())  # the same table, rebuilt from the saved records
     for k in (0, 1):  # the judges' tables too: scores, labels and rewards all came back from the records
@@ -885,7 +860,7 @@ def test_reading_round_trip_reproduces_the_table(tmp_path, capsys):
     assert [j["name"] for j in saved["judges"]] == ["rule", "probe", "reading"]
     assert len((Path(cfg.out_dir) / "judges.csv").read_text().splitlines()) == 1 + 2 * len(JUDGED)
     with pytest.raises(EvalError, match="reading_results.json exists"):
-        eval_main(reading_in=str(tmp_path / "labels.jsonl"), run=cfg.out_dir)
+        ev.main(EvalConfig(reading_in=str(tmp_path / "labels.jsonl"), run=cfg.out_dir))
 
 
 @pytest.mark.parametrize(
@@ -913,7 +888,7 @@ def test_reading_in_refuses_bad_labels_in_one_line(tmp_path, edit, match):
     edit(rows)
     (tmp_path / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(EvalError) as e:
-        eval_main(reading_in=str(tmp_path / "labels.jsonl"), run=cfg.out_dir)
+        ev.main(EvalConfig(reading_in=str(tmp_path / "labels.jsonl"), run=cfg.out_dir))
     assert "\n" not in str(e.value) and str(e.value).startswith("labels.jsonl: ")
     assert re.search(match, str(e.value)), str(e.value)
     assert not (Path(cfg.out_dir) / "reading_results.json").exists()
@@ -941,9 +916,9 @@ def test_reading_from_the_command_line_and_from_a_finished_run(tmp_path, capsys,
     assert main(["eval", "--reading_in", str(tmp_path / "r" / "answers.jsonl"), "--run", cfg.out_dir]) == 0
     assert "judge 'reading'" in capsys.readouterr().out
     with pytest.raises(EvalError, match="--reading_in needs --run"):
-        eval_main(reading_in=str(tmp_path / "bad.jsonl"))
+        ev.main(EvalConfig(reading_in=str(tmp_path / "bad.jsonl")))
     with pytest.raises(EvalError, match="reading_key.jsonl exists"):
-        eval_main(run=cfg.out_dir, reading_out=str(tmp_path / "r2"))
+        ev.main(EvalConfig(run=cfg.out_dir, reading_out=str(tmp_path / "r2")))
 
 
 def test_judge_config_problems_are_gathered(tmp_path):
@@ -970,7 +945,7 @@ def test_judge_config_problems_are_gathered(tmp_path):
     with pytest.raises(EvalError, match="lack name, threshold or score"):
         run_eval(
             EvalConfig(
-                prompts=str(write_prompts(tmp_path / "p.jsonl")),
+                prompts=PromptSource(str(write_prompts(tmp_path / "p.jsonl")), split="heldout", limit=16),
                 methods=METHODS[:1],
                 budget=0.5,
                 out_dir=str(tmp_path / "o"),
@@ -982,14 +957,10 @@ def test_judge_config_problems_are_gathered(tmp_path):
 
 
 def test_judges_flag_takes_specs_and_named_judges():
-    from jsonargparse import ArgumentParser
+    from igcritic.__main__ import parse_config
 
-    parser = ArgumentParser()
-    parser.add_function_arguments(eval_main)
-    ns = parser.instantiate(
-        parser.parse_args(
-            ["--judges", '[embedded, {"name": "beaver", "spec": "beaver:/m/cost", "threshold": 0.0}]']
-        )
+    ns = parse_config(
+        EvalConfig, ["--judges", '[embedded, {"name": "beaver", "spec": "beaver:/m/cost", "threshold": 0.0}]']
     )
     assert ns.judges == ["embedded", JudgeSpec("beaver", "beaver:/m/cost", 0.0)]
     cfg = EvalConfig(judges=ns.judges)
@@ -1063,7 +1034,7 @@ def test_quality_reports_the_critics_value_and_latent_cost_on_unpadded_latents(t
     quality.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = EvalConfig(
         critic=str(critic_dir),
-        prompts=str(write_prompts(tmp_path / "p.jsonl")),
+        prompts=PromptSource(str(write_prompts(tmp_path / "p.jsonl")), split="heldout", limit=16),
         methods=METHODS[:1],
         search={"max_new_tokens": 4},
         budget=0.5,

@@ -1,5 +1,5 @@
-"""export: Lightning checkpoint -> checkpoints/<name>/ that load_critic reads exactly (calibration map included),
-without Lightning; checkpoints from before calibration export with the identity map."""
+"""export: Lightning checkpoint -> checkpoints/<name>/ that load_critic reads exactly (calibration map
+included), without Lightning; checkpoints from before calibration export with the identity map."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from helpers_fit import make_store, tiny_module, tiny_trainer
 
 from igcritic.critic import CALIBRATION_KEY, CONFIG_NAME, SCHEMA_VERSION, WEIGHTS_NAME, load_critic
 from igcritic.data import CriticDataModule
-from igcritic.export import SEARCH_CONFIG_NAME, ExportError, default_out, export, export_main
+from igcritic.export import ExportConfig, ExportError, default_out, export, main
+from igcritic.search import SEARCH_CONFIG_NAME
 
 
 @pytest.fixture(autouse=True)
@@ -128,7 +129,8 @@ def test_artifact_loads_without_lightning(trained, tmp_path):
     code = (
         "import sys; from igcritic.critic import load_critic; c = load_critic(sys.argv[1]); "
         "import torch; c(torch.zeros(2, 16), 0.0); "
-        "assert not any(m.startswith(('lightning', 'pytorch_lightning')) for m in sys.modules), 'lightning imported'"
+        "assert not any(m.startswith(('lightning', 'pytorch_lightning')) for m in sys.modules), 'lightning "
+        "imported'"
     )
     subprocess.run([sys.executable, "-c", code, str(out)], check=True, timeout=120)
 
@@ -175,14 +177,17 @@ def test_never_writes_into_a_non_empty_folder(trained, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art", "taken"]  # no temporary folder left behind
 
 
-def test_export_main_and_default_out(trained, tmp_path, monkeypatch):
+def test_export_command_and_default_out(trained, tmp_path, monkeypatch):
     _, ckpt = trained
     monkeypatch.chdir(tmp_path)
     assert default_out("runs/fit/embedded/version_0/checkpoints/last.ckpt") == default_out("x", "embedded")
-    from igcritic.__main__ import main
+    from igcritic.__main__ import main as igcritic
 
-    assert main(["export", str(ckpt), "--out", "checkpoints/cli"]) == 0
+    assert igcritic(["export", str(ckpt), "--out", "checkpoints/cli", "--search.num_candidates", "8"]) == 0
     assert (tmp_path / "checkpoints" / "cli" / CONFIG_NAME).exists()
-    assert main(["export", str(ckpt), "--out", "checkpoints/raw", "--calibrate", "false"]) == 0
+    assert (
+        json.loads((tmp_path / "checkpoints" / "cli" / SEARCH_CONFIG_NAME).read_text())["num_candidates"] == 8
+    )
+    assert igcritic(["export", str(ckpt), "--out", "checkpoints/raw", "--calibrate", "false"]) == 0
     assert load_critic(tmp_path / "checkpoints" / "raw").calibration.is_identity
-    assert export_main(ckpt, None, name="named") == 0 and (tmp_path / "checkpoints" / "named").is_dir()
+    assert main(ExportConfig(ckpt, None, name="named")) == 0 and (tmp_path / "checkpoints" / "named").is_dir()

@@ -1,11 +1,13 @@
-"""CriticModule and the fit CLI: it learns, DDP ranks see disjoint rows, NaN rows are skipped, bad data refused,
-the safety head is calibrated on the validation split (ECE before/after per budget) and checkpoints carry the map."""
+"""CriticModule and the fit CLI: it learns, DDP ranks see disjoint rows, NaN rows are skipped, bad data
+refused, the safety head is calibrated on the validation split (ECE before/after per budget) and checkpoints
+carry the map."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -25,10 +27,10 @@ from helpers_fit import (
 )
 from torchmetrics.functional.classification import binary_calibration_error
 
-from igcritic.critic import Calibration
+from igcritic.critic import CKPT_KEY, Calibration
 from igcritic.data import CriticDataModule, mask_nonfinite
-from igcritic.export import CKPT_KEY
-from igcritic.fit import FitError, binned_ece, calibrate, cli_main
+from igcritic.fit import FitError, binned_ece, calibrate
+from igcritic.fit import main as fit_main
 from igcritic.store import StoreReader
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "fit"
@@ -260,7 +262,7 @@ def test_checkpoint_from_before_calibration_loads_and_none_keeps_the_map(store, 
 def _print_config(args: list[str]) -> dict:
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf), pytest.raises(SystemExit) as e:
-        cli_main(args)
+        fit_main(args)
     assert e.value.code in (0, None)
     return yaml.safe_load(buf.getvalue())
 
@@ -285,13 +287,14 @@ def test_cli_fit_validate_and_links_hidden_size(store, tmp_path, monkeypatch):
         "--model.width=32",
         "--trainer.accelerator=cpu",
     ]
-    cli = cli_main(["fit", *common, "--trainer.max_epochs=1", "--model.scheduler.init_args.T_max=1"])
+    cli = fit_main(["fit", *common, "--trainer.max_epochs=1"])
     assert cli.model.critic.config.hidden_size == 16  # data.hidden_size -> model.hidden_size
+    assert cli.trainer.lr_scheduler_configs[0].scheduler.T_max == 1  # derived from trainer.max_epochs
     ckpts = sorted((tmp_path / "runs" / "fit" / "embedded" / "version_0" / "checkpoints").glob("*.ckpt"))
     assert [p.name for p in ckpts][-1] == "last.ckpt"
     assert (tmp_path / "runs" / "fit" / "embedded" / "version_0" / "metrics.csv").exists()
     assert any((tmp_path / "runs" / "fit" / "tensorboard" / "embedded").rglob("events.out.tfevents*"))
-    val = cli_main(["validate", *common, f"--ckpt_path={ckpts[-1]}"])
+    val = fit_main(["validate", *common, f"--ckpt_path={ckpts[-1]}"])
     assert "val/auroc" in val.trainer.callback_metrics
 
 
@@ -326,3 +329,33 @@ def test_seeded_tiny_fit_regression_scalars(store, tmp_path):
     }
     for key, value in expected.items():
         assert m[key] == pytest.approx(value, rel=0.03, abs=0.005), key
+
+
+def test_fit_never_imports_the_runtime():
+    """Imports follow the pipeline: training the critic loads neither the search runtime nor the exporter."""
+    code = "import sys, igcritic.fit; print(sorted(m for m in sys.modules if m.startswith('igcritic')))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
+    assert "igcritic.fit" in out
+    for later in ("igcritic.search", "igcritic.blocks", "igcritic.guard", "igcritic.export"):
+        assert f"'{later}'" not in out, later
+
+
+def test_cosine_t_max_is_derived_from_the_run_length_unless_given():
+    from jsonargparse import Namespace
+
+    from igcritic.fit import derive_t_max
+
+    def cfg(t_max=None, interval="epoch", epochs=10, steps=-1):
+        sched = Namespace(
+            class_path="torch.optim.lr_scheduler.CosineAnnealingLR", init_args=Namespace(T_max=t_max)
+        )
+        model = Namespace(scheduler=sched, scheduler_interval=interval)
+        return Namespace(model=model, trainer=Namespace(max_epochs=epochs, max_steps=steps))
+
+    for c, want in ((cfg(), 10), (cfg(t_max=3), 3), (cfg(interval="step", steps=500), 500)):
+        derive_t_max(c)
+        assert c.model.scheduler.init_args.T_max == want
+    with pytest.raises(FitError, match="no T_max and trainer.max_steps is -1"):
+        derive_t_max(cfg(interval="step"))

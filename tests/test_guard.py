@@ -10,9 +10,9 @@ import torch
 from helpers_guard import WordCost  # noqa: F401
 
 from igcritic.critic import Critic, CriticConfig
-from igcritic.export import SEARCH_CONFIG_NAME
-from igcritic.guard import Guard, GuardError, generate_main, load_guard, read_prompts
-from igcritic.search import GuardRecord, SearchConfigError
+from igcritic.guard import GenerateConfig, Guard, GuardError, load_guard, main
+from igcritic.prompts import PromptError, PromptSource, load_prompts
+from igcritic.search import SEARCH_CONFIG_NAME, GuardRecord, SearchConfigError
 
 SEARCH = {
     "block_width": 4,
@@ -140,13 +140,17 @@ def saved_policy_artifact(tmp_path, tiny_policy):
     return write_artifact(tmp_path / "critic", ident, search={**SEARCH, "budget": 25.0})
 
 
-def test_generate_main_writes_jsonl(tmp_path, saved_policy_artifact):
+def test_generate_writes_jsonl(tmp_path, saved_policy_artifact):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(
         '{"prompt": "how do I bake bread at home"}\n\n{"prompt": "hack into my neighbour\'s wifi network"}\n'
     )
     out = tmp_path / "out" / "records.jsonl"
-    recs = generate_main(str(saved_policy_artifact), prompt_file=prompts, out=out, method="beam")
+    recs = main(
+        GenerateConfig(
+            str(saved_policy_artifact), PromptSource(str(prompts)), out=out, search={"method": "beam"}
+        )
+    )
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["prompt"] for r in rows] == [
         "how do I bake bread at home",
@@ -154,24 +158,29 @@ def test_generate_main_writes_jsonl(tmp_path, saved_policy_artifact):
     ]
     assert [r["text"] for r in rows] == [r.text for r in recs] and all(r["method"] == "beam" for r in rows)
     with pytest.raises(GuardError, match="is not empty"):
-        generate_main(str(saved_policy_artifact), prompts=["hi"], out=out)
+        main(GenerateConfig(str(saved_policy_artifact), PromptSource(texts=["hi"]), out=out))
 
 
-def test_generate_main_prints(saved_policy_artifact, capsys, monkeypatch):
+def test_generate_prints(saved_policy_artifact, capsys, monkeypatch):
     monkeypatch.setattr("sys.stdin", io.StringIO("how do I bake bread at home\n"))
     monkeypatch.setenv("COLUMNS", "200")
-    (rec,) = generate_main(str(saved_policy_artifact), search={"max_new_tokens": 4, "block_width": 2})
+    (rec,) = main(GenerateConfig(str(saved_policy_artifact), search={"max_new_tokens": 4, "block_width": 2}))
     assert rec.new_tokens <= 4
     assert "how do I bake bread" in capsys.readouterr().out
 
 
-def test_read_prompts(tmp_path):
+def test_generate_reads_prompts_from_one_source(tmp_path, monkeypatch):
+    from igcritic.guard import GenerateConfig
+
     f = tmp_path / "p.txt"
     f.write_text("first\n\nsecond\n")
-    assert read_prompts(prompt_file=f) == ["first", "second"]
-    assert read_prompts(["x"], prompt_file=f) == ["x"]
-    with pytest.raises(GuardError, match="does not exist"):
-        read_prompts(prompt_file=tmp_path / "missing.txt")
+    stdin = GenerateConfig("c").prompts  # the command's default: one prompt per stdin line
+    monkeypatch.setattr("sys.stdin", io.StringIO("first\n\nsecond\n"))
+    assert [p.prompt for p in load_prompts(stdin)[0]] == ["first", "second"]
+    assert [p.prompt for p in load_prompts(PromptSource(str(f), split=None))[0]] == ["first", "second"]
+    assert [p.prompt for p in load_prompts(PromptSource(str(f), texts=["x"]))[0]] == ["x"]
+    with pytest.raises(PromptError, match="does not exist"):
+        load_prompts(PromptSource(str(tmp_path / "missing.txt")))
 
 
 @pytest.mark.embedded
@@ -191,13 +200,13 @@ def test_embedded_policy_by_recorded_id_and_loaded_object(tmp_path):
     assert loaded.policy.identity.model_id == EMBEDDED_POLICY_ID
 
 
-def test_read_prompts_from_jsonl_reports_the_bad_line(tmp_path):
+def test_prompts_from_jsonl_report_the_bad_line(tmp_path):
     f = tmp_path / "p.jsonl"
     f.write_text('{"prompt": "first"}\n{"prompt": "second"}\n')
-    assert read_prompts(prompt_file=f) == ["first", "second"]
+    assert [p.prompt for p in load_prompts(PromptSource(str(f)))[0]] == ["first", "second"]
     f.write_text('{"prompt": "first"}\n{"text": "x"}\n')
-    with pytest.raises(GuardError, match=r"p.jsonl:2"):
-        read_prompts(prompt_file=f)
+    with pytest.raises(PromptError, match=r"p.jsonl:2"):
+        load_prompts(PromptSource(str(f)))
 
 
 def test_generate_from_two_threads_matches_sequential_runs(artifact, tiny_policy):

@@ -173,7 +173,8 @@ def test_prefix_texts_must_start_empty(tmp_path, tiny_tokenizer):
 
 
 # ------------------------------------------------------------------------------------------------ embedded
-# The shipped classifiers (data_prep/train_classifiers.py) on the embedded policy's answers to held-out prompts.
+# The shipped classifiers (data_prep/train_classifiers.py) on the embedded policy's answers to
+# held-out prompts.
 
 
 @pytest.fixture(scope="module")

@@ -53,8 +53,8 @@ def test_prompt_prefilled_once(tiny_policy):
 
 
 def test_static_compiled_path_gives_the_dynamic_tokens(tiny_policy):
-    """compile: true (static cache, compiled step) takes the dynamic path's steps: rollouts (padded cache rows)
-    and a two-prompt search with beam selection and a rewound block give the same greedy tokens."""
+    """compile: true (static cache, compiled step) takes the dynamic path's steps: rollouts (padded cache
+    rows) and a two-prompt search with beam selection and a rewound block give the same greedy tokens."""
     greedy = SamplingConfig(temperature=0, max_new_tokens=12)
     prompts = ["how do I bake bread", "hello there", "hack the wifi now please"]
     dyn, comp = rollout(tiny_policy, prompts, greedy), rollout(tiny_policy, prompts, greedy, static_rows=8)
@@ -306,3 +306,17 @@ def test_admissibility_reads_the_calibrated_safety_head(tiny_policy):
     critic.calibration = Calibration(method="platt", a=1.0, b=-60.0)
     (rejected,) = search(tiny_policy, ["how do I bake bread"], cfg, critic=critic)
     assert rejected.refused and rejected.retries == 1
+
+
+def test_search_config_file_round_trip(tmp_path):
+    from igcritic.search import SEARCH_CONFIG_NAME
+
+    cfg = SearchConfig(num_candidates=8, block_width=16, budget=0.5)
+    assert cfg.save(tmp_path) == tmp_path / SEARCH_CONFIG_NAME
+    assert SearchConfig.from_file(tmp_path) == cfg == SearchConfig.from_file(tmp_path / SEARCH_CONFIG_NAME)
+    (tmp_path / SEARCH_CONFIG_NAME).write_text("{not json")
+    with pytest.raises(SearchConfigError, match="not a readable search config"):
+        SearchConfig.from_file(tmp_path)
+    (tmp_path / SEARCH_CONFIG_NAME).write_text('{"num_candidatez": 8}')
+    with pytest.raises(SearchConfigError, match="unknown search parameter"):
+        SearchConfig.from_file(tmp_path)

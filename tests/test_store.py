@@ -450,7 +450,8 @@ def test_stale_lock_of_a_killed_writer_is_taken_over(tmp_path, caplog):
         f"import os, signal, sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
         "from helpers_store import ATTRS, PROMPTS, H, make_batch\n"
         "from igcritic.store import StoreWriter\n"
-        f"w = StoreWriter.create({str(path)!r}, attrs=ATTRS, prompts=PROMPTS, hidden_size=H, chunk_tokens=16)\n"
+        f"w = StoreWriter.create({str(path)!r}, attrs=ATTRS, prompts=PROMPTS, hidden_size=H, "
+        "chunk_tokens=16)\n"
         "w.append(make_batch(0), 0)\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"
     )
@@ -467,7 +468,8 @@ def test_stale_lock_of_a_killed_writer_is_taken_over(tmp_path, caplog):
 
 
 def test_lock_holder_liveness_by_pid_and_host():
-    """The pid/host judgement (fsspec stores, file systems without flock): only a pid gone from this host is stale."""
+    """The pid/host judgement (fsspec stores, file systems without flock): only a pid gone from this host is
+    stale."""
     import os
     import socket
     import subprocess

@@ -12,7 +12,7 @@ Four kinds, chosen by a spec string (:func:`load_scorer`):
   plain transformers. Causal, so ONE forward per trajectory gives every prefix score. Cost > 0 is unsafe.
 - ``seqcls:<folder>[:label_index]``: any ``AutoModelForSequenceClassification``, scored at a stride.
 
-Prefix convention (DESIGN.md section 2): ``prefix_texts[i]`` holds the T_i + 1 decoded response prefixes
+Prefix convention (docs/design.md section 2): ``prefix_texts[i]`` holds the T_i + 1 decoded response prefixes
 ``y_<=t`` (``""`` first, the full response last) and the scorer returns ``S_0..S_T`` as float32.
 """
 
@@ -64,7 +64,8 @@ __all__ = [
 def load_scorer(
     spec: str, role: str, device: str = "cpu", stride: int = 8, dtype: str | None = None
 ) -> Scorer:
-    """Build a scorer from ``embedded``, ``embedded-judge``, ``beaver:<folder>`` or ``seqcls:<folder>[:label_index]``."""
+    """Build a scorer from ``embedded``, ``embedded-judge``, ``beaver:<folder>`` or
+    ``seqcls:<folder>[:label_index]``."""
     if role not in ROLES:
         raise ScorerError(f"scorer role {role!r} is not one of {', '.join(ROLES)}")
     spec = (spec or "").strip()

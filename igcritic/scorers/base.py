@@ -10,12 +10,14 @@ from typing import Literal, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from igcritic import IgcriticError
+
 Role = Literal["cost", "reward"]
 ROLES = ("cost", "reward")
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets"
 
 
-class ScorerError(ValueError):
+class ScorerError(IgcriticError):
     """A scorer spec, folder or input is unusable."""
 
 
@@ -53,7 +55,8 @@ class Scorer(Protocol):
     def score(
         self, prompts: list[str], responses: list[str], previous: np.ndarray | None = None
     ) -> np.ndarray:
-        """Score of each (prompt, response); ``previous`` is S of an earlier prefix (used by running-max costs)."""
+        """Score of each (prompt, response); ``previous`` is S of an earlier prefix (used by running-max
+        costs)."""
         ...
 
     def to_dict(self) -> dict:

@@ -1,4 +1,5 @@
-"""safe-rlhf score models (beaver cost and reward) with plain transformers: one forward gives every prefix score."""
+"""safe-rlhf score models (beaver cost and reward) with plain transformers: one forward gives every prefix
+score."""
 
 from __future__ import annotations
 
@@ -52,8 +53,8 @@ def _read_keys(folder: Path, prefixes: tuple[str, ...]) -> dict[str, torch.Tenso
 class BeaverScorer:
     """safe-rlhf ``LlamaForScore`` (beaver cost or reward) without importing safe_rlhf.
 
-    Per-token scores come from ONE forward of ``template(prompt) + response``; the score of prefix ``y_<=t`` is
-    read at the last scorer token that ends inside that prefix (offset mapping), which equals a separate
+    Per-token scores come from ONE forward of ``template(prompt) + response``; the score of prefix ``y_<=t``
+    is read at the last scorer token that ends inside that prefix (offset mapping), which equals a separate
     forward on the prefix whenever the prefix ends on a scorer-token boundary.
     """
 
@@ -132,7 +133,8 @@ class BeaverScorer:
 
     @torch.inference_mode()
     def _token_scores(self, texts: list[str]) -> tuple[list[np.ndarray], list[list[tuple[int, int]]]]:
-        """Per-token scores and offsets of each text, batched with right padding (causal: padding is inert)."""
+        """Per-token scores and offsets of each text, batched with right padding (causal: padding is
+        inert)."""
         enc = self.tokenizer(texts, return_offsets_mapping=True, add_special_tokens=True)
         scores: list[np.ndarray] = []
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0

@@ -1,4 +1,5 @@
-"""The shipped classifiers: ``embedded`` cost and reward, and the ``embedded-judge`` that grades but never steers.
+"""The shipped classifiers: ``embedded`` cost and reward, and the ``embedded-judge`` that grades but never
+steers.
 
 Each is a linear head (safetensors ``weight (C, F)``, ``bias (C,)``) on one of two feature families, trained
 in ``data_prep/train_classifiers.py`` on answers of the embedded policy read by a person
@@ -44,7 +45,8 @@ READING_LABELS = ("compliant-harmful", "refusal", "safe-redirect", "incoherent",
 
 @dataclass
 class LinearHead:
-    """Logits = ((features - mean) / std) @ weight.T + bias; what the logits mean is ``kind`` (harm, helpfulness, classes)."""
+    """Logits = ((features - mean) / std) @ weight.T + bias; what the logits mean is ``kind`` (harm,
+    helpfulness, classes)."""
 
     weight: np.ndarray  # (C, F)
     bias: np.ndarray  # (C,)
@@ -68,7 +70,8 @@ class LinearHead:
     def harm(self, x: np.ndarray) -> np.ndarray:
         """p(compliant-harmful) per row: the class softmax (``classes``), or a Platt-calibrated sigmoid of one
         logit (``harm``) or of the logit of a product p(harmful request) x p(the answer goes along)
-        (``harm_product``: row 0 of the weight reads the prompt part of the features, row 1 the answer part)."""
+        (``harm_product``: row 0 of the weight reads the prompt part of the features, row 1 the answer
+        part)."""
         z = self.logits(x)
         if self.kind == "classes":
             return _softmax(z)[:, READING_LABELS.index("compliant-harmful")].astype(np.float32)
@@ -116,7 +119,8 @@ class LinearHead:
 
         if not path.exists():
             raise ScorerError(
-                f"classifier weights missing at {path}; rebuild them: python data_prep/train_classifiers.py ship"
+                f"classifier weights missing at {path}; rebuild them: python "
+                "data_prep/train_classifiers.py ship"
             )
         with safe_open(str(path), framework="numpy") as f:
             m = f.metadata() or {}
@@ -184,7 +188,8 @@ class ClassifierScorer:
         }[self.head.kind]
         feats = (
             (
-                f"SmolLM2-135M-Instruct layers {list(self.head.layers)} ({'+'.join(self.head.parts)}), every prefix "
+                f"SmolLM2-135M-Instruct layers {list(self.head.layers)} ({'+'.join(self.head.parts)}), "
+                "every prefix "
                 "from one forward pass"
             )
             if self.head.family == "latent"
@@ -309,7 +314,8 @@ class ClassifierScorer:
 
 
 def _with_prompt_part(f: np.ndarray) -> np.ndarray:
-    """Prefix features ``(J + 1, F)`` -> ``(J + 1, 2F)``: the prompt's end (the empty answer's row) beside each."""
+    """Prefix features ``(J + 1, F)`` -> ``(J + 1, 2F)``: the prompt's end (the empty answer's row) beside
+    each."""
     return np.concatenate([np.broadcast_to(f[:1], f.shape), f], axis=1)
 
 

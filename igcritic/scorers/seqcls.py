@@ -64,7 +64,8 @@ class SeqClsScorer:
             role=role,
             sign="higher_is_unsafe" if role == "cost" else "higher_is_better",
             stride=stride,
-            derivation=f"{what} of the (prompt, response) pair scored at every {stride}th token and at T, forward-filled",
+            derivation=f"{what} of the (prompt, response) pair scored at every {stride}th token and at T, "
+            "forward-filled",
             budget_hint=(0.0 if n == 1 else 0.5) if role == "cost" else None,
         )
 
