@@ -40,9 +40,10 @@ from torchmetrics.classification import BinaryAUROC, BinaryCalibrationError
 from torchmetrics.utilities import dim_zero_cat
 
 from igcritic.critic import Calibration, Critic, CriticConfig
-from igcritic.data import CriticDataModule, mask_nonfinite
+from igcritic.data import CriticDataModule
 from igcritic.export import CKPT_KEY
 from igcritic.policy import PolicyIdentity, resolve_layer
+from igcritic.stream import mask_nonfinite
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,9 @@ import pytest
 import torch
 from helpers_fit import make_empty_store, make_store, poison_rows
 
-from igcritic.data import CriticDataModule, DataError, mask_nonfinite
+from igcritic.data import CriticDataModule, DataError
 from igcritic.store import StoreReader
+from igcritic.stream import mask_nonfinite
 
 
 @pytest.fixture(scope="module")

@@ -55,7 +55,7 @@ def test_round_trip_several_batches(tmp_path):
     assert_matches(r, batches)
     assert r.prompts == PROMPTS and r.n_prompts == 4 and r.hidden_size == H and r.chunk_tokens == 16
     assert r.attrs["policy"] == ATTRS["policy"] and r.attrs["schema_version"] == store_mod.SCHEMA_VERSION
-    assert r.batches_done == set(range(6)) and r.reward_prefix is None
+    assert r.batches_done == set(range(6))
     t = r.trajectory(5)
     a, b = r.traj_offsets[5:7]
     assert t["latents"].shape == (b - a, H) and t["token_ids"][0] == -1
@@ -66,17 +66,10 @@ def test_round_trip_several_batches(tmp_path):
     assert validate_store(tmp_path / "s") == []
 
 
-def test_reward_prefix_and_file_url(tmp_path):
-    batches = [make_batch(s, reward_prefix=True) for s in range(3)]
+def test_file_url(tmp_path):
+    batches = [make_batch(s) for s in range(3)]
     write(f"file://{tmp_path}/s", enumerate(batches))
-    r = StoreReader(f"file://{tmp_path}/s")
-    assert_matches(r, batches)
-    np.testing.assert_array_equal(r.reward_prefix, np.concatenate([b.reward_prefix for b in batches]))
-    with (
-        StoreWriter.resume(tmp_path / "s", config_hash="abc123") as w,
-        pytest.raises(StoreError, match="reward_prefix"),
-    ):
-        w.append(make_batch(9), 9)
+    assert_matches(StoreReader(f"file://{tmp_path}/s"), batches)
 
 
 def test_multi_shard_merged_view(tmp_path):
