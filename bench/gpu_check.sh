@@ -85,7 +85,7 @@ fi
 step "guard: fully latent InferenceGuard vs plain sampling of N x D ($MODEL, ${GUARD[*]}; $WHAT)" 420 \
   "$PY" bench/bench_guard.py --model "$MODEL" --dtype "$DTYPE" --device "$DEVICE" --no_generate "${GUARD[@]}"
 
-step "loader: synthetic store and critic of width ${LOADER[1]}, data wait share of a training step (${LOADER[*]})" 300 \
+step "loader: synthetic store of H = critic width = ${LOADER[1]}, data wait share of a training step (${LOADER[*]})" 300 \
   "$PY" bench/bench_loader.py --device "$DEVICE" "${LOADER[@]}"
 
 if has_flag bench_collect.py --compile; then

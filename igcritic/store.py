@@ -19,6 +19,8 @@ Layout (a directory, a ``file://`` URL or an fsspec URL such as ``s3://bucket/ru
 
 :class:`StoreReader` presents all shards as ONE store (the "merged store"): trajectories are concatenated in
 rank order and token offsets shifted accordingly. Only rows below each shard's manifest are visible.
+Latent rows of uncompressed local chunks are read with ``preadv`` straight into the caller's rows
+(:meth:`StoreReader.read_latents_into`, used by the training loader's shuffled reads); others through zarr.
 
 Write protocol (per ``append``, so a batch is committed when ``append`` returns):
 1. token rows, as one block from the boundary of the last, partly filled chunk (the writer keeps that chunk's
