@@ -6,7 +6,8 @@ the share of a training step spent waiting for data, and end-to-end training sam
     python bench/bench_loader.py --hidden 4096 --tokens 200000 --device cuda --workers 0,2,4
 
 Baseline (same process, same store, warm page cache): ``StoreReader.read_latents`` over the whole store in
-chunk-sized contiguous reads. Loader: one full training epoch of ``CriticDataModule.train_dataloader()``
+chunk-sized contiguous reads (``preadv`` of uncompressed local chunks); zarr's own array slicing is given
+too. Loader: one full training epoch of ``CriticDataModule.train_dataloader()``
 (chunk-shuffled blocks + shuffle buffer + targets + budget draws + batching), counted in delivered rows.
 Rounds alternate raw and loader so machine noise hits both; the best of each and the median ratio are given.
 Data wait: a Lightning ``fit`` epoch of ``CriticModule``; a callback times the gap between the end of one
@@ -73,53 +74,82 @@ def write_store(path: Path, tokens: int, hidden: int, chunk: int, seed: int = 0)
             written, b = written + n, b + 1
 
 
-def raw_read(store: str) -> float:
-    """Rows/s of one pass of chunk-sized contiguous latent reads over the whole store."""
+def raw_read(store: str, clock=time.perf_counter) -> float:
+    """Rows/s of one pass of chunk-sized contiguous ``StoreReader.read_latents`` over the whole store."""
     from igcritic.store import StoreReader
 
     r = StoreReader(store)
     n, step = r.n_tok, r.chunk_tokens
-    t0 = time.perf_counter()
+    t0 = clock()
     for a in range(0, n, step):
         x = r.read_latents(a, min(a + step, n))
     assert x.dtype == np.float16
-    return n / (time.perf_counter() - t0)
+    return n / (clock() - t0)
+
+
+def zarr_read(store: str, clock=time.perf_counter) -> float:
+    """Rows/s of the same pass through zarr's own array slicing (what ``read_latents`` did before it read
+    uncompressed local chunks with ``preadv``; the baseline of the BENCHMARKS.md rows before 2026-12-01)."""
+    from igcritic.store import StoreReader
+
+    r = StoreReader(store)
+    arrays = [
+        (r._open()["shards"][name]["latents"], t0, t1)
+        for name, t0, t1 in zip(r.shards, r.shard_offsets[:-1], r.shard_offsets[1:])
+    ]
+    step = r.chunk_tokens
+    t0 = clock()
+    for arr, a0, a1 in arrays:
+        for a in range(0, int(a1 - a0), step):
+            x = arr[a : min(a + step, int(a1 - a0))]
+    assert x.dtype == np.float16
+    return r.n_tok / (clock() - t0)
 
 
 def loader_vs_raw(store: str, workers: int, batch_size: int, rounds: int) -> dict:
-    """Paired rounds (raw pass, then one training epoch of the DataModule's loader) on a warm page cache.
+    """Paired rounds (raw pass, zarr pass, then one training epoch of the DataModule's loader) on a warm page
+    cache, in wall time and (in-process loading only) in CPU time of this process, which a contended VM
+    does not inflate.
 
-    For ``workers > 0`` an epoch starts its worker processes (spawn); ``steady`` rows/s exclude the wait for
-    the first batch (start-up), which is what a long epoch on a big store sees."""
+    Workers are persistent: the first epoch pays their start-up (spawn), later epochs start at once;
+    ``steady`` rows/s exclude the wait for each epoch's first batch."""
     from igcritic.data import CriticDataModule
 
     dm = CriticDataModule([store], batch_size=batch_size, num_workers=workers)
     dm.setup("fit")
     loader = dm.train_dataloader()
     raw_read(store)  # warm the page cache
-    raws, full, steady, first = [], [], [], []
+    raws, zarrs, full, steady, first, cpu, cpu_z = [], [], [], [], [], [], []
     for epoch in range(rounds):
         raws.append(raw_read(store))
+        zarrs.append(zarr_read(store))
+        cpu_raw, cpu_zarr = raw_read(store, time.process_time), zarr_read(store, time.process_time)
         loader.sampler.set_epoch(epoch)
-        rows, t0, t1 = 0, time.perf_counter(), None
+        rows, t0, c0, t1 = 0, time.perf_counter(), time.process_time(), None
         for batch in loader:
             if t1 is None:
                 t1 = time.perf_counter()
             else:
                 rows += len(batch["row"])
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.process_time()
         first.append(t1 - t0)
         steady.append(rows / (t2 - t1))
         full.append((rows + batch_size) / (t2 - t0))
-    raws, full, steady = np.array(raws), np.array(full), np.array(steady)
+        cpu.append((rows + batch_size) / (c2 - c0) / cpu_raw)
+        cpu_z.append((rows + batch_size) / (c2 - c0) / cpu_zarr)
+    raws, zarrs, full, steady = np.array(raws), np.array(zarrs), np.array(full), np.array(steady)
     return {
         "raw_rows_per_s": float(raws.max()),
+        "zarr_rows_per_s": float(zarrs.max()),
         "loader_rows_per_s": float(full.max()),
         "steady_rows_per_s": float(steady.max()),
-        "first_batch_s": float(np.median(first)),
+        "first_batch_s": [round(x, 3) for x in first],
         "ratio_best": float(full.max() / raws.max()),
         "ratio_median_paired": float(np.median(full / raws)),
+        "ratio_vs_zarr_median_paired": float(np.median(full / zarrs)),
         "steady_ratio_best": float(steady.max() / raws.max()),
+        "cpu_ratio_median": float(np.median(cpu)) if workers == 0 else None,
+        "cpu_ratio_vs_zarr_median": float(np.median(cpu_z)) if workers == 0 else None,
     }
 
 
@@ -184,15 +214,21 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--width", type=int, default=512, help="critic width for the fit measurement")
     p.add_argument("--workers", default="0,1", help="comma-separated num_workers values")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads (default: 1 on CPU: on a shared VM more intra-op threads than free cores "
+        "make every step wait at OpenMP barriers, 10x slower; torch's default on a GPU)",
+    )
     p.add_argument(
         "--rounds", type=int, default=8, help="paired raw/loader rounds (best and median reported)"
     )
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads or device == "cpu":
+        torch.set_num_threads(args.threads or 1)
     with tempfile.TemporaryDirectory() as tmp:
         store = args.store
         if store is None:
@@ -211,16 +247,23 @@ def main(argv: list[str] | None = None) -> dict:
             "loader": {},
         }
         for w in [int(x) for x in args.workers.split(",")]:
-            lo = loader_vs_raw(store, w, args.batch_size, args.rounds if w == 0 else min(args.rounds, 3))
+            lo = loader_vs_raw(store, w, args.batch_size, args.rounds)
             fi = fit_epoch(store, w, args.batch_size, args.width, device)
             res["loader"][w] = {**lo, **fi}
             print(
-                f"num_workers={w}: raw read {lo['raw_rows_per_s']:,.0f} rows/s; loader "
-                f"{lo['loader_rows_per_s']:,.0f} "
-                f"rows/s = {lo['ratio_best']:.2f}x raw (median of paired rounds "
-                f"{lo['ratio_median_paired']:.2f}x; "
-                f"after the first batch {lo['steady_ratio_best']:.2f}x, first batch "
-                f"{lo['first_batch_s']:.2f}s)"
+                f"num_workers={w}: raw read {lo['raw_rows_per_s']:,.0f} rows/s (zarr slicing "
+                f"{lo['zarr_rows_per_s']:,.0f}); loader {lo['loader_rows_per_s']:,.0f} rows/s = "
+                f"{lo['ratio_best']:.2f}x "
+                f"raw (median of paired rounds {lo['ratio_median_paired']:.2f}x; vs zarr slicing "
+                f"{lo['ratio_vs_zarr_median_paired']:.2f}x; after the first batch "
+                f"{lo['steady_ratio_best']:.2f}x)"
+                + (
+                    f"; in CPU time {lo['cpu_ratio_median']:.2f}x (vs zarr slicing "
+                    f"{lo['cpu_ratio_vs_zarr_median']:.2f}x)"
+                    if lo["cpu_ratio_median"] is not None
+                    else ""
+                )
+                + f"; first batch of each epoch {lo['first_batch_s']} s"
             )
             print(
                 f"    fit (width {args.width}, batch {args.batch_size}): data wait "

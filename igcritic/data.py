@@ -1,403 +1,30 @@
-"""CriticDataModule: token-level critic examples streamed from one or more Zarr stores.
+"""CriticDataModule: the train/val split of one or more Zarr stores, by prompt, as Lightning data.
 
-Used by ``igcritic fit --config configs/fit/embedded.yaml`` (the ``data:`` section).
-
-Every row ``t`` of a stored trajectory is one example, computed on the fly from the stored arrays (no
-second copy on disk): the latent ``h_t``, the prefix cost ``S_t``, the cost still to come
-``F_t = S_T - S_t``, the discounted reward to go ``gamma^(T - t) R`` and, per example, a budget ``d`` drawn
-from :class:`BudgetDistribution` giving the safety state ``z = d - S_t`` and the label ``1{F_t <= z}``
-(docs/design.md sections 2-3). The train/val split is by prompt text across all stores (seeded).
-
-Reading: runs of split rows are cut at the stores' chunk boundaries into blocks; each epoch the blocks are
-permuted (seed, epoch), the resulting row stream is cut into equal shares per rank (DDP) and per worker,
-and each worker reads its blocks contiguously and shuffles rows inside a buffer of ``shuffle_buffer`` rows.
-Every rank yields the same number of batches, so DDP never waits on a rank that ran out. Rows whose
-targets are NaN/inf are flagged ``valid = False`` by the stream, rows whose latent is NaN/inf by
-:func:`mask_nonfinite` on the device (the LightningModule calls it); both are zeroed, masked out of
-losses and metrics, and counted.
+Used by ``igcritic fit --config configs/fit/embedded.yaml`` (the ``data:`` section). The stores are checked
+to come from one policy and one pair of scorers, their prompts are split by text across all stores (seeded),
+the split's rows are cut into chunk-aligned runs and handed to :class:`~igcritic.stream.CriticStream`,
+which reads, shuffles and batches them (the examples' definitions are there).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, IterableDataset, Sampler, get_worker_info
 
 from igcritic import IgcriticError
 from igcritic.policy import PolicyIdentity
+from igcritic.stream import BudgetDistribution, CriticStream, EpochLoader, StoreInfo
 
 log = logging.getLogger(__name__)
 
 
 class DataError(IgcriticError):
     """The stores or the data settings cannot produce a train/val split."""
-
-
-@dataclass(frozen=True)
-class BudgetDistribution:
-    """Where the per-example budget ``d`` comes from (``z = d - S_t``)."""
-
-    low: float
-    """Lower end of the uniform part."""
-    high: float
-    """Upper end of the uniform part."""
-    store_share: float = 0.25
-    """Share of examples that use the store's own budget instead of a uniform draw."""
-
-    def sample(self, rng: np.random.Generator, store_budget: np.ndarray) -> np.ndarray:
-        d = rng.uniform(self.low, self.high, len(store_budget))
-        at_store = (rng.random(len(store_budget)) < self.store_share) & np.isfinite(store_budget)
-        return np.where(at_store, store_budget, d)
-
-
-@dataclass
-class _StoreInfo:
-    """The small per-trajectory arrays of one store (read once in the main process)."""
-
-    path: str
-    n_tok: int
-    offsets: np.ndarray  # (n_traj + 1,) int64
-    traj_prompt: np.ndarray  # (n_traj,) int64, GLOBAL prompt id (index into CriticDataModule.prompt_texts)
-    traj_cost: np.ndarray  # (n_traj,) float32 S_T
-    budget: float
-    bounds: np.ndarray  # sorted row boundaries of this store's chunks (0 ... n_tok)
-
-
-class _StoreRows:
-    """A worker's lazily opened store: rows -> example arrays."""
-
-    def __init__(self, path: str, traj_prompt: np.ndarray, gamma: float):
-        from igcritic.store import StoreReader
-
-        self.reader = StoreReader(path)
-        r = self.reader
-        self.offsets = np.asarray(r.traj_offsets, dtype=np.int64)
-        self.traj_len = np.asarray(r.traj_len, dtype=np.int64)
-        self.traj_cost = np.asarray(r.traj_cost, dtype=np.float32)
-        self.traj_reward = np.asarray(r.traj_reward, dtype=np.float32)
-        self.cost_prefix = np.asarray(r.cost_prefix, dtype=np.float32)
-        self.traj_prompt, self.gamma = traj_prompt, gamma
-
-    def targets(self, rows: np.ndarray) -> dict[str, np.ndarray]:
-        """Per-row targets of the (sorted) global rows ``rows`` of this store."""
-        traj = np.searchsorted(self.offsets, rows, side="right") - 1
-        t = rows - self.offsets[traj]
-        s_t = self.cost_prefix[rows]
-        s_final = self.traj_cost[traj]
-        value = (self.gamma ** (self.traj_len[traj] - t)) * self.traj_reward[traj]
-        return {
-            "t": t,
-            "s": s_t,
-            "s_final": s_final,
-            "f": s_final - s_t,
-            "value": value.astype(np.float32),
-            "traj": traj,
-            "prompt": self.traj_prompt[traj],
-        }
-
-
-class CriticStream(IterableDataset):
-    """Batches of critic examples for one split; see the module docstring for the read order.
-
-    Yields dicts of tensors, each ``(B,)`` except ``h`` ``(B, H)`` float16: h, z, label, f, s, s_final,
-    value, valid, t, traj, prompt, row (traj/row are global ids across stores).
-    """
-
-    def __init__(
-        self,
-        stores: list[_StoreInfo],
-        runs: np.ndarray,
-        block_ptr: np.ndarray,
-        *,
-        batch_size: int,
-        shuffle: bool,
-        shuffle_buffer: int,
-        seed: int,
-        gamma: float,
-        budget: BudgetDistribution,
-        drop_last: bool = False,
-    ):
-        self.paths = [s.path for s in stores]
-        self.traj_prompt = [s.traj_prompt for s in stores]
-        self.store_budget = np.asarray([s.budget for s in stores], dtype=np.float64)
-        self.row_base = np.concatenate([[0], np.cumsum([s.n_tok for s in stores])]).astype(np.int64)
-        self.traj_base = np.concatenate([[0], np.cumsum([len(s.traj_cost) for s in stores])]).astype(np.int64)
-        self.runs, self.block_ptr = runs, block_ptr  # runs (R, 4) [store, start, stop, chunk]; blocks: CSR
-        self.batch_size, self.shuffle, self.shuffle_buffer = batch_size, shuffle, shuffle_buffer
-        self.seed, self.gamma, self.budget, self.drop_last = seed, gamma, budget, drop_last
-        self.epoch, self.rank, self.world_size, self.num_workers = 0, 0, 1, 0
-        self._rows: dict[int, _StoreRows] | None = None
-
-    def __getstate__(self) -> dict:
-        return {
-            k: v for k, v in {**self.__dict__, "_rows": None}.items() if k != "_buf"
-        }  # workers open the stores
-
-    def set_epoch(self, epoch: int) -> None:
-        """Change the block order (and budget draws) for this epoch; called by Lightning via the loader."""
-        self.epoch = int(epoch)
-
-    def set_distributed(self, rank: int, world_size: int, num_workers: int) -> None:
-        if not 0 <= rank < world_size:
-            raise DataError(f"rank {rank} is outside world_size {world_size}")
-        self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
-
-    @property
-    def n_rows(self) -> int:
-        return int((self.runs[:, 2] - self.runs[:, 1]).sum())
-
-    def _shares(self) -> list[int]:
-        per_rank = self.n_rows // self.world_size  # the < world_size leftover rows of an epoch are dropped
-        nw = max(self.num_workers, 1)
-        return [per_rank * (w + 1) // nw - per_rank * w // nw for w in range(nw)]
-
-    def __len__(self) -> int:
-        """Batches this rank yields per epoch (the same on every rank)."""
-        div = (lambda n: n // self.batch_size) if self.drop_last else (lambda n: -(-n // self.batch_size))
-        return sum(div(n) for n in self._shares())
-
-    def plan(
-        self, epoch: int, rank: int, world_size: int, worker: int = 0, num_workers: int = 1
-    ) -> np.ndarray:
-        """The runs ``(store, start, stop, chunk)`` one worker of one rank reads in one epoch, in order."""
-        nb = len(self.block_ptr) - 1
-        order = np.random.default_rng([self.seed, epoch]).permutation(nb) if self.shuffle else np.arange(nb)
-        counts = np.diff(self.block_ptr)[order]
-        idx = np.repeat(self.block_ptr[order] - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
-        runs = self.runs[idx]
-        cum = np.concatenate([[0], np.cumsum(runs[:, 2] - runs[:, 1])])
-        per_rank = int(cum[-1]) // world_size
-        lo = rank * per_rank + per_rank * worker // num_workers
-        hi = rank * per_rank + per_rank * (worker + 1) // num_workers
-        if hi <= lo:
-            return runs[:0]
-        i0 = int(np.searchsorted(cum, lo, side="right")) - 1
-        i1 = int(np.searchsorted(cum, hi, side="left"))
-        out = runs[i0:i1].copy()
-        out[0, 1] += lo - cum[i0]
-        out[-1, 2] -= cum[i1] - hi
-        return out
-
-    def __iter__(self):
-        info = get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-        if info is not None:
-            torch.set_num_threads(1)
-        runs = self.plan(self.epoch, self.rank, self.world_size, wid, nw)
-        rng = np.random.default_rng([self.seed, self.epoch if self.shuffle else 0, self.rank, wid])
-        # the pool's buffer is kept across epochs (fresh memory costs page faults, which on small VMs take
-        # longer than the reads); an iterator running at the same time as another gets its own
-        pool = _Pool(self.__dict__.pop("_buf", None), 2 * self.shuffle_buffer + self.batch_size)
-        try:
-            for piece in self._read(runs):
-                pool.add(piece)
-                if pool.n >= max(self.shuffle_buffer, self.batch_size):
-                    yield from self._emit(pool, rng, final=False)
-            if pool.n:
-                yield from self._emit(pool, rng, final=True)
-        finally:
-            self.__dict__["_buf"] = pool.buf
-
-    def _store(self, s: int) -> _StoreRows:
-        if self._rows is None:
-            self._rows = {}
-        if s not in self._rows:
-            self._rows[s] = _StoreRows(self.paths[s], self.traj_prompt[s], self.gamma)
-        return self._rows[s]
-
-    def _read(self, runs: np.ndarray, max_span: int | None = None):
-        """Read runs ``(store, start, stop, chunk)`` with one contiguous read per chunk (neighbouring chunks
-        merged up to ``max_span`` rows, default the shuffle buffer). Yields ``span`` (the rows read, (n, H)
-        float16), ``idx`` (the split's rows inside it) and the per-row targets of those rows; ``valid`` is
-        False where a target is NaN/inf."""
-        max_span = max_span or self.shuffle_buffer
-        i = 0
-        while i < len(runs):
-            s, lo = int(runs[i, 0]), int(runs[i, 1])
-            j = i + 1
-            while (
-                j < len(runs)
-                and runs[j, 0] == s
-                and (
-                    runs[j, 3] == runs[j - 1, 3]
-                    and runs[j, 1] >= runs[j - 1, 2]
-                    or runs[j, 1] == runs[j - 1, 2]
-                    and runs[j, 2] - lo <= max_span
-                )
-            ):
-                j += 1
-            hi = int(runs[j - 1, 2])
-            st = self._store(s)
-            span = np.asarray(st.reader.read_latents(lo, hi))  # (hi - lo, H) float16, one contiguous read
-            rows = np.concatenate([np.arange(a, b) for a, b in runs[i:j, 1:3]])
-            tg = st.targets(rows)
-            valid = np.ones(len(rows), dtype=bool)
-            for k in ("s", "s_final", "f", "value"):
-                valid &= np.isfinite(tg[k])
-            if not valid.all():
-                for k in ("s", "s_final", "f", "value"):
-                    tg[k] = np.where(valid, tg[k], 0).astype(np.float32)
-            yield {
-                "span": span,
-                "idx": rows - lo,
-                **tg,
-                "valid": valid,
-                "store": np.full(len(rows), s),
-                "row": rows + self.row_base[s],
-                "traj": tg["traj"] + self.traj_base[s],
-            }
-            del span  # let the next read reuse this memory (fresh pages cost more than the copy)
-            i = j
-
-    def _emit(self, pool: _Pool, rng: np.random.Generator, final: bool):
-        """Yield the pool's full batches (all rows when ``final``) in random order; keep the rest pooled.
-        The per-row arrays are gathered once per call for all its batches."""
-        n, bs = pool.n, self.batch_size
-        n_out = n if final and not self.drop_last else (n // bs) * bs
-        order = rng.permutation(n) if self.shuffle else np.arange(n)
-        flat = order[:n_out].copy()
-        n_full = (n_out // bs) * bs
-        flat[:n_full].reshape(-1, bs).sort(axis=1)  # order inside a batch does not matter; sorted is faster
-        flat[n_full:].sort()
-        meta = _concat(pool.metas)
-        m = {k: v[flat] for k, v in meta.items()}
-        d = self.budget.sample(rng, self.store_budget[m.pop("store")])
-        m["z"] = (d - m["s"]).astype(np.float32)
-        m["label"] = (m["f"] <= m["z"]).astype(np.float32)
-        if get_worker_info() is None:  # in the training process: per-field arrays, the least work per batch
-            for a in range(0, n_out, bs):
-                h_b = np.take(pool.h, flat[a : a + bs], axis=0, mode="clip")  # (B, H) float16
-                yield {
-                    "h": torch.from_numpy(h_b),
-                    **{k: torch.from_numpy(v[a : a + bs]) for k, v in m.items()},
-                }
-        else:  # in a worker: one memory block per batch, the least work for the trip through shared memory
-            floats = np.stack([m[k] for k in _FLOAT_KEYS], axis=1).astype(np.float32)  # (n_out, 6)
-            ints = np.stack([m[k] for k in _INT_KEYS], axis=1).astype(np.int64)  # (n_out, 4)
-            for a in range(0, n_out, bs):
-                b = min(a + bs, n_out)
-                yield _batch(pool.h, flat[a:b], floats[a:b], ints[a:b], m["valid"][a:b])
-        pool.keep(np.sort(order[n_out:]), meta)
-
-
-class _Pool:
-    """The shuffle buffer: the split's rows of each read, copied into one (reused) buffer."""
-
-    def __init__(self, buf: np.ndarray | None, capacity: int):
-        self.buf, self.capacity = buf, capacity
-        self.metas: list[dict[str, np.ndarray]] = []
-        self.n = 0
-
-    @property
-    def h(self) -> np.ndarray:
-        """(n, H) float16 pooled latents."""
-        return self.buf[: self.n]
-
-    def add(self, piece: dict[str, np.ndarray]) -> None:
-        span, idx = (
-            piece.pop("span"),
-            piece.pop("idx"),
-        )  # the span is released right after: its memory is reused
-        k = len(idx)
-        if self.buf is None or len(self.buf) < self.n + k or self.buf.shape[1] != span.shape[1]:
-            grown = np.empty((max(self.n + k, self.capacity), span.shape[1]), dtype=np.float16)
-            if self.n:
-                grown[: self.n] = self.buf[: self.n]
-            self.buf = grown
-        out = self.buf[self.n : self.n + k]
-        if k and idx[-1] - idx[0] == k - 1:
-            out[:] = span[idx[0] : idx[0] + k]  # contiguous rows: a plain copy
-        elif k:  # mode="clip" lets numpy write straight into ``out`` (indices are valid by construction)
-            np.take(span, idx, axis=0, out=out, mode="clip")
-        self.metas.append(piece)
-        self.n += k
-
-    def keep(self, rest: np.ndarray, meta: dict[str, np.ndarray]) -> None:
-        """Keep only the pooled rows ``rest`` (sorted), moved to the front of the buffer."""
-        if len(rest):
-            self.buf[: len(rest)] = self.buf[rest]
-        self.metas = [{k: v[rest] for k, v in meta.items()}] if len(rest) else []
-        self.n = len(rest)
-
-
-_FLOAT_KEYS = ("z", "label", "f", "s", "s_final", "value")
-_INT_KEYS = ("t", "traj", "prompt", "row")
-
-
-def _batch(
-    pool_h: np.ndarray, sel: np.ndarray, floats: np.ndarray, ints: np.ndarray, valid: np.ndarray
-) -> dict[str, torch.Tensor]:
-    """One batch in ONE memory block, every field a view of it: a DataLoader worker then ships a single
-    shared-memory segment per batch (each segment costs ~2 ms on small VMs, more than the rows themselves)."""
-    n, width = len(sel), pool_h.shape[1]
-    sizes = [n * width * 2, n * len(_FLOAT_KEYS) * 4, n * len(_INT_KEYS) * 8, n]
-    offs = np.cumsum([0] + [-(-x // 8) * 8 for x in sizes])  # 8-byte aligned sections
-    raw = np.empty(int(offs[-1]), dtype=np.uint8)
-    np.take(
-        pool_h,
-        sel,
-        axis=0,
-        mode="clip",
-        out=raw[offs[0] : offs[0] + sizes[0]].view(np.float16).reshape(n, width),
-    )
-    raw[offs[1] : offs[1] + sizes[1]].view(np.float32).reshape(n, -1)[:] = floats
-    raw[offs[2] : offs[2] + sizes[2]].view(np.int64).reshape(n, -1)[:] = ints
-    raw[offs[3] : offs[3] + sizes[3]].view(np.bool_)[:] = valid
-    t = torch.from_numpy(raw)
-    f = t[offs[1] : offs[1] + sizes[1]].view(torch.float32).view(n, -1)
-    i = t[offs[2] : offs[2] + sizes[2]].view(torch.int64).view(n, -1)
-    return {
-        "h": t[offs[0] : offs[0] + sizes[0]].view(torch.float16).view(n, width),  # (B, H)
-        **{k: f[:, c] for c, k in enumerate(_FLOAT_KEYS)},
-        **{k: i[:, c] for c, k in enumerate(_INT_KEYS)},
-        "valid": t[offs[3] : offs[3] + sizes[3]].view(torch.bool),
-    }
-
-
-def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-
-def mask_nonfinite(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Flag rows whose latent holds NaN/inf as invalid and zero them (on the batch's device, in float32).
-
-    The stream flags non-finite targets while reading; latents are checked here, after the transfer, where
-    the float32 copy the critic needs is made anyway (free on a GPU, no extra pass in the loader)."""
-    h = batch["h"].float()  # (B, H)
-    ok = torch.isfinite(h).all(dim=1)
-    h = torch.where(ok[:, None], h, torch.zeros((), dtype=h.dtype, device=h.device))  # no host sync
-    return {**batch, "h": h, "valid": batch["valid"] & ok}
-
-
-class _EpochSignal(Sampler):
-    """The index sampler of an iterable-dataset loader (yields None forever) that forwards ``set_epoch``.
-
-    Lightning calls ``loader.sampler.set_epoch(epoch)`` before every training epoch; iterable datasets get
-    no sampler of their own, so this one relays the call to :meth:`CriticStream.set_epoch`."""
-
-    def __init__(self, dataset: CriticStream):
-        self.dataset = dataset
-
-    def __iter__(self):
-        while True:
-            yield None
-
-    def set_epoch(self, epoch: int) -> None:
-        self.dataset.set_epoch(epoch)
-
-
-class EpochLoader(DataLoader):
-    """A DataLoader over a :class:`CriticStream` whose ``sampler.set_epoch`` reaches the stream."""
-
-    def __init__(self, dataset: CriticStream, batch_size: None = None, **kwargs):
-        super().__init__(dataset, batch_size=None, **kwargs)  # the stream yields whole batches
-        self.__dict__["sampler"] = _EpochSignal(dataset)  # DataLoader forbids re-assigning .sampler
 
 
 class CriticDataModule(LightningDataModule):
@@ -471,7 +98,7 @@ class CriticDataModule(LightningDataModule):
         self.shuffle_buffer, self.num_workers, self.drop_last = shuffle_buffer, num_workers, drop_last
         self.multiprocessing_context, self.stats_rows = multiprocessing_context, stats_rows
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
-        self._infos: list[_StoreInfo] | None = None
+        self._infos: list[StoreInfo] | None = None
         self._attrs: dict | None = None
         self.prompt_texts: list[str] = []
         self.train_dataset: CriticStream | None = None
@@ -479,7 +106,7 @@ class CriticDataModule(LightningDataModule):
         self._val_prompts: np.ndarray | None = None
 
     # ---- store metadata (main process; cheap: per-trajectory arrays only) ----------------------------
-    def _load(self) -> list[_StoreInfo]:
+    def _load(self) -> list[StoreInfo]:
         if self._infos is not None:
             return self._infos
         from igcritic.store import StoreError, StoreReader
@@ -535,9 +162,10 @@ class CriticDataModule(LightningDataModule):
                 np.concatenate([np.arange(a, b, step) for a, b in zip(shard[:-1], shard[1:])] + [shard])
             )
             infos.append(
-                _StoreInfo(
+                StoreInfo(
                     path=p,
                     n_tok=n_tok,
+                    width=int(r.hidden_size),
                     offsets=np.asarray(r.traj_offsets, dtype=np.int64),
                     traj_prompt=local[np.asarray(r.traj_prompt, dtype=np.int64)],
                     traj_cost=np.asarray(r.traj_cost, dtype=np.float32),
@@ -709,8 +337,11 @@ class CriticDataModule(LightningDataModule):
                 break
         sample = ds.runs[np.sort(np.concatenate(idx))]
         total, sq, count = 0.0, 0.0, 0
-        for piece in ds._read(sample):
-            h = piece["span"][piece["idx"][piece["valid"]]].astype(np.float64)
+        for s, lo, hi, _ in sample.tolist():
+            store = ds._store(s)
+            h = store.reader.read_latents(lo, hi)[store.targets(np.arange(lo, hi))["valid"]].astype(
+                np.float64
+            )
             h = h[np.isfinite(h).all(axis=1)]
             total, sq, count = total + h.sum(0), sq + (h * h).sum(0), count + len(h)
         if count == 0:
@@ -724,17 +355,9 @@ class CriticDataModule(LightningDataModule):
             "h_std": torch.from_numpy(np.where(std > 1e-6, std, 1.0)).float(),
         }
         cols: dict[str, list[np.ndarray]] = {"f": [], "value": [], "s": []}
-        for s, info in enumerate(self._load()):
-            store = ds._store(s)
-            mine = ds.runs[ds.runs[:, 0] == s]
-            rows = (
-                np.concatenate([np.arange(a, b) for a, b in mine[:, 1:3]])
-                if len(mine)
-                else np.zeros(0, np.int64)
-            )
-            tg = store.targets(rows)
-            for k in cols:
-                cols[k].append(tg[k][np.isfinite(tg[k])])
+        tg = ds.targets(ds.runs)
+        for k in cols:
+            cols[k].append(tg[k][tg["valid"]])
         for k, name in (("f", "f"), ("value", "v"), ("s", "s")):
             x = np.concatenate(cols[k]).astype(np.float64)
             sd = float(x.std()) if len(x) else 1.0
@@ -753,11 +376,4 @@ def _rank_world(trainer) -> tuple[int, int]:
     return 0, 1
 
 
-__all__ = [
-    "CriticDataModule",
-    "CriticStream",
-    "BudgetDistribution",
-    "DataError",
-    "EpochLoader",
-    "mask_nonfinite",
-]
+__all__ = ["CriticDataModule", "DataError"]

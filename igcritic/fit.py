@@ -47,8 +47,9 @@ from torchmetrics.utilities import dim_zero_cat
 
 from igcritic import IgcriticError
 from igcritic.critic import CKPT_KEY, Calibration, Critic, CriticConfig
-from igcritic.data import CriticDataModule, mask_nonfinite
+from igcritic.data import CriticDataModule
 from igcritic.policy import PolicyIdentity, resolve_layer
+from igcritic.stream import mask_nonfinite
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,6 @@ Layout (a directory, a ``file://`` URL or an fsspec URL such as ``s3://bucket/ru
         latents             (N_tok, H) float16      h_t, token-major, trajectories concatenated
         token_ids           (N_tok,) int32          token that led to h_t; -1 at each trajectory's t = 0
         cost_prefix         (N_tok,) float32        S_t
-        reward_prefix       (N_tok,) float32        optional
         traj_offsets        (N_traj + 1,) int64     row offsets into this shard; trajectory i has T_i + 1 rows
         traj_prompt         (N_traj,) int64         index into root ``prompts``
         traj_reward, traj_cost (= S_T)  float32;  traj_len (T_i) int32;  traj_finished bool;  traj_batch int64
@@ -20,6 +19,8 @@ Layout (a directory, a ``file://`` URL or an fsspec URL such as ``s3://bucket/ru
 
 :class:`StoreReader` presents all shards as ONE store (the "merged store"): trajectories are concatenated in
 rank order and token offsets shifted accordingly. Only rows below each shard's manifest are visible.
+Latent rows of uncompressed local chunks are read with ``preadv`` straight into the caller's rows
+(:meth:`StoreReader.read_latents_into`, used by the training loader's shuffled reads); others through zarr.
 
 Write protocol (per ``append``, so a batch is committed when ``append`` returns):
 1. token rows, as one block from the boundary of the last, partly filled chunk (the writer keeps that chunk's
@@ -51,6 +52,7 @@ manifest.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import fcntl
 import hashlib
@@ -60,6 +62,7 @@ import math
 import os
 import shutil
 import socket
+import sys
 import time
 import weakref
 from dataclasses import dataclass
@@ -84,7 +87,6 @@ TOKEN_ARRAYS = {
     "latents": "float16",
     "token_ids": "int32",
     "cost_prefix": "float32",
-    "reward_prefix": "float32",
 }
 TRAJ_ARRAYS = {
     "traj_prompt": "int64",
@@ -433,8 +435,6 @@ class TrajectoryBatch:
     """(n,) float32 reward of the full response."""
     traj_finished: np.ndarray
     """(n,) bool: ended with EOS (not cut at max_new_tokens)."""
-    reward_prefix: np.ndarray | None = None
-    """(N_tok,) float32 prefix rewards, optional."""
 
     n_traj = property(lambda self: len(self.traj_len))
     n_tok = property(lambda self: len(self.latents))
@@ -456,13 +456,8 @@ class TrajectoryBatch:
         if lat.ndim != 2:
             return [f"latents must be (N_tok, H), got shape {lat.shape}"]
         n, tok = self.n_traj, self.n_tok
-        per_tok = {
-            "token_ids": self.token_ids,
-            "cost_prefix": self.cost_prefix,
-            "reward_prefix": self.reward_prefix,
-        }
-        for name, a in per_tok.items():
-            if a is not None and np.shape(a) != (tok,):
+        for name in ("token_ids", "cost_prefix"):
+            if np.shape(a := getattr(self, name)) != (tok,):
                 p.append(f"{name} has shape {np.shape(a)}, expected ({tok},) like latents' rows")
         for name in ("traj_len", "traj_prompt", "traj_reward", "traj_finished"):
             if np.shape(getattr(self, name)) != (n,):
@@ -492,9 +487,8 @@ class TrajectoryBatch:
                     f"latents overflow float16 (max |x| = {m:.4g} > {FP16_MAX:g}); scale them or pick "
                     "another layer"
                 )
-        for name in ("cost_prefix", "reward_prefix", "traj_reward"):
-            a = getattr(self, name)
-            if a is not None and not np.isfinite(np.asarray(a, dtype=np.float64)).all():
+        for name in ("cost_prefix", "traj_reward"):
+            if not np.isfinite(np.asarray(getattr(self, name), dtype=np.float64)).all():
                 p.append(f"{name} holds NaN/inf")
         return p
 
@@ -522,7 +516,6 @@ class StoreWriter:
         self._chunk = int(self._arrays["latents"].chunks[0])
         m = shard.attrs
         self._n_traj, self._n_tok, self._done = int(m["n_traj"]), int(m["n_tok"]), set(m["batches_done"])
-        self._has_reward: bool | None = ("reward_prefix" in self._arrays) if self._n_tok else None
         # In-memory copy of the committed rows of the last, partly filled chunk [_disk, _n_tok).
         self._disk = (self._n_tok // self._chunk) * self._chunk
         self._tail = {k: a[self._disk : self._n_tok] for k, a in self._arrays.items() if k in TOKEN_ARRAYS}
@@ -678,24 +671,11 @@ class StoreWriter:
             p.append(f"latents have hidden size {batch.latents.shape[1]}, the store {self.hidden_size}")
         if not p and batch.n_traj and int(np.max(batch.traj_prompt)) >= self._n_prompts:
             p.append(f"traj_prompt {int(np.max(batch.traj_prompt))} >= {self._n_prompts} stored prompts")
-        has_reward = batch.reward_prefix is not None
-        if not p and batch.n_tok and self._has_reward not in (None, has_reward):
-            p.append(
-                f"reward_prefix is {'given' if has_reward else 'missing'} but the shard's earlier batches "
-                f"{'had' if self._has_reward else 'had none'}; label every batch the same way"
-            )
         if p:
             raise StoreError(f"batch {batch_index} refused, nothing written: " + "; ".join(p))
-        if self._has_reward is None and batch.n_tok:
-            self._set_reward_prefix(has_reward)
-        new = {
-            "latents": batch.latents,
-            "token_ids": batch.token_ids,
-            "cost_prefix": batch.cost_prefix,
-            "reward_prefix": np.zeros(0) if batch.reward_prefix is None else batch.reward_prefix,
-        }
-        # 1. token rows: one block from the tail chunk's boundary (chunk-aligned; committed tail rows
-        # come from memory)
+        new = {"latents": batch.latents, "token_ids": batch.token_ids, "cost_prefix": batch.cost_prefix}
+        # 1. token rows: one block from the tail chunk's boundary (chunk-aligned, committed tail rows come
+        # from memory)
         start, stop = self._disk, self._n_tok + batch.n_tok
         blocks = {
             k: np.concatenate([t, np.asarray(new[k], dtype=TOKEN_ARRAYS[k])]) for k, t in self._tail.items()
@@ -739,16 +719,6 @@ class StoreWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-    def _set_reward_prefix(self, has: bool) -> None:
-        self._has_reward = has
-        if has and "reward_prefix" not in self._arrays:
-            self._arrays["reward_prefix"] = _every_chunk(
-                _token_array(self._shard, "reward_prefix", self._chunk, 0, None)
-            )
-            self._tail["reward_prefix"] = np.zeros(0, np.float32)
-        elif not has and "reward_prefix" in self._arrays:
-            del self._shard["reward_prefix"], self._arrays["reward_prefix"], self._tail["reward_prefix"]
 
     def _write_manifest(self, n_traj: int, n_tok: int, done: set[int]) -> None:
         self._shard.attrs.update({"n_traj": n_traj, "n_tok": n_tok, "batches_done": sorted(done)})
@@ -856,7 +826,7 @@ def _make_shard(root: zarr.Group, rank: int, path, *, refuse_data: bool) -> zarr
         int(root.attrs["chunk_tokens"]),
         int(root.attrs["hidden_size"]),
     )
-    for k in ("latents", "token_ids", "cost_prefix"):
+    for k in TOKEN_ARRAYS:
         _token_array(shard, k, chunk, hidden, root.attrs.get("compression"))
     for k, dtype in TRAJ_ARRAYS.items():
         shard.create_array(k, shape=(0,), chunks=(chunk,), dtype=dtype, compressors=None)
@@ -889,6 +859,7 @@ class StoreReader:
         self.path = path
         self._root: zarr.Group | None = None
         self._cache: dict[str, Any] = {}
+        self._file: tuple = ("", -1, _no_file)  # (path, fd, closer) of the chunk file read last
 
     def __getstate__(self) -> dict:
         return {"path": self.path}
@@ -993,24 +964,56 @@ class StoreReader:
     traj_batch = property(lambda self: self._concat("traj_batch", "traj"))
     cost_prefix = property(lambda self: self._concat("cost_prefix", "tok"))
     token_ids = property(lambda self: self._concat("token_ids", "tok"))
-    reward_prefix = property(lambda self: self._concat("reward_prefix", "tok"))
 
     def read_latents(self, start: int, stop: int) -> np.ndarray:
-        """(stop - start, H) float16 global token rows [start, stop), one contiguous read per shard
-        touched."""
+        """(stop - start, H) float16 global token rows [start, stop), one contiguous read per chunk."""
+        out = np.empty((max(stop - start, 0), self.hidden_size), np.float16)
+        self.read_latents_into(start, stop, out, np.arange(len(out)))
+        return out
+
+    def read_latents_into(self, start: int, stop: int, out: np.ndarray, dest: np.ndarray) -> None:
+        """Scatter global token rows [start, stop) into ``out`` ((n, H) float16, C-contiguous): row
+        ``start + i`` lands in ``out[dest[i]]``, rows with ``dest[i] < 0`` are skipped.
+
+        Uncompressed chunks of a local store are read with ``preadv`` straight into their destination rows,
+        so a shuffled read costs what a contiguous one does (one kernel copy per row, no array in between);
+        compressed or remote chunks go through zarr and one copy."""
         self._open()
         if not 0 <= start <= stop <= self.n_tok:
             raise StoreError(f"token rows [{start}, {stop}) are outside the store's [0, {self.n_tok})")
-        parts = []
+        if out.dtype != np.float16 or out.ndim != 2 or out.shape[1] != self.hidden_size:
+            raise StoreError(f"out must be (n, {self.hidden_size}) float16, got {out.shape} {out.dtype}")
+        if len(dest) != stop - start or not out.flags.c_contiguous:
+            raise StoreError(f"dest must hold {stop - start} row indices and out be C-contiguous")
+        dest = np.asarray(dest, dtype=np.int64)
         for (name, g, *_), t0, t1 in zip(self._shards, self._tok0[:-1], self._tok0[1:]):
-            lo, hi = max(start, t0), min(stop, t1)
-            if lo < hi:
-                if (key := f"latents/{name}") not in self._cache:  # opening an array reads its zarr.json
-                    self._cache[key] = g["latents"]
-                parts.append(self._cache[key][lo - t0 : hi - t0])
-        if not parts:
-            return np.zeros((0, self.hidden_size), np.float16)
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+            lo, hi = max(start, t0) - t0, min(stop, t1) - t0  # rows of this shard
+            if lo >= hi:
+                continue
+            if (key := f"latents/{name}") not in self._cache:  # opening an array reads its zarr.json
+                arr = g["latents"]
+                self._cache[key] = (arr, _chunk_file(arr))
+            arr, chunk_file = self._cache[key]
+            step = int(arr.chunks[0])
+            for c in range(lo // step, (hi - 1) // step + 1):
+                a, b = max(lo, c * step), min(hi, (c + 1) * step)
+                d = dest[a + t0 - start : b + t0 - start]
+                if chunk_file is None or not _scatter_read(self._fd(chunk_file(c)), a - c * step, out, d):
+                    keep = d >= 0
+                    out[d[keep]] = arr[a:b][keep]
+
+    def _fd(self, path: str) -> int:
+        """An open descriptor of ``path``, kept while reads stay in that file; -1 when it is missing."""
+        if self._file[0] != path:
+            self._file[2]()  # closes the last file
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except (
+                FileNotFoundError
+            ):  # a lost chunk: zarr reads it as fill values (validate_store reports it)
+                fd = -1
+            self._file = (path, fd, weakref.finalize(self, os.close, fd) if fd >= 0 else _no_file)
+        return self._file[1]
 
     def trajectory(self, i: int) -> dict[str, Any]:
         """One trajectory: latents (T+1, H), token_ids, cost_prefix, reward, cost, prompt, finished."""
@@ -1026,12 +1029,75 @@ class StoreReader:
             "prompt": int(self.traj_prompt[i]),
             "finished": bool(self.traj_finished[i]),
         }
-        if self.reward_prefix is not None:
-            out["reward_prefix"] = self.reward_prefix[a:b]
         return out
 
     def trajectories_of_prompt(self, p: int) -> list[int]:
         return np.flatnonzero(self.traj_prompt == p).tolist()
+
+
+def _preadv():
+    """libc's ``preadv`` through ctypes, or None where there is none (then every read goes through zarr)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        f = libc.preadv
+    except (OSError, AttributeError, TypeError):
+        return None
+    f.argtypes, f.restype = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64], ctypes.c_ssize_t
+    return f if ctypes.sizeof(ctypes.c_void_p) == 8 and sys.byteorder == "little" else None
+
+
+_PREADV = _preadv()
+IOV_MAX = 1024
+"""Buffers per ``preadv`` call (POSIX guarantees at least this many on Linux and macOS)."""
+
+
+def _no_file() -> None:
+    """The closer of no file."""
+
+
+def _chunk_file(arr: zarr.Array):
+    """``chunk -> file path`` of a latents array whose chunks are raw little-endian C-order rows in local
+    files (zarr's bytes codec alone, one chunk across the width); None for any other array."""
+    store, md = arr.store_path.store, arr.metadata
+    codecs = getattr(md, "codecs", ())
+    if (
+        _PREADV is None
+        or not isinstance(store, LocalStore)
+        or len(codecs) != 1
+        or not isinstance(codecs[0], zarr.codecs.BytesCodec)
+        or getattr(codecs[0].endian, "value", None) != "little"
+        or tuple(arr.chunks[1:]) != tuple(arr.shape[1:])
+        or arr.dtype != np.float16
+    ):
+        return None
+    folder = os.path.join(str(store.root), arr.store_path.path)
+    return lambda c: os.path.join(folder, md.encode_chunk_key((c, *[0] * (arr.ndim - 1))))
+
+
+def _scatter_read(fd: int, row: int, out: np.ndarray, dest: np.ndarray) -> bool:
+    """Read ``len(dest)`` rows from row ``row`` of the raw chunk file ``fd`` into ``out[dest]`` (skipping
+    ``dest < 0``): one ``preadv`` per unbroken stretch of the file, one buffer per run of rows that are
+    consecutive in both file and ``out``. False when the file is short (zarr then reads the chunk)."""
+    rb = out.shape[1] * out.itemsize
+    src = np.flatnonzero(dest >= 0)  # rows of the file to read
+    if fd < 0 or not len(src):
+        return fd >= 0
+    d = dest[src]
+    brk = np.flatnonzero((np.diff(src) != 1) | (np.diff(d) != 1)) + 1  # where a new buffer starts
+    starts = np.concatenate(([0], brk))
+    n_rows = np.diff(np.concatenate((starts, [len(src)])))
+    iov = np.empty((len(starts), 2), np.uint64)  # struct iovec {void *base; size_t len}
+    iov[:, 0] = out.ctypes.data + d[starts].astype(np.uint64) * rb
+    iov[:, 1] = n_rows * rb
+    jumps = np.flatnonzero(np.diff(src)[brk - 1] != 1) + 1  # buffers after skipped rows start a new call
+    bounds = [0, *jumps.tolist(), len(starts)]
+    first = (row + src[starts]) * rb
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        for c in range(a, b, IOV_MAX):
+            e = min(c + IOV_MAX, b)
+            if _PREADV(fd, iov.ctypes.data + 16 * c, e - c, int(first[c])) != int(n_rows[c:e].sum()) * rb:
+                return False
+    return True
 
 
 # ---------------------------------------------------------------- integrity and summary
@@ -1090,7 +1156,7 @@ def _validate_shard(g: zarr.Group, H: int, n_prompts: int, step: int, attrs: dic
     n_traj, n_tok = int(m["n_traj"]), int(m["n_tok"])
     want = {k: (n_tok, d) for k, d in TOKEN_ARRAYS.items()} | {k: (n_traj, d) for k, d in TRAJ_ARRAYS.items()}
     want["traj_offsets"] = (n_traj + 1, "int64")
-    p = [f"array {k} is missing" for k in want if k not in g and k != "reward_prefix"]
+    p = [f"array {k} is missing" for k in want if k not in g]
     p += [
         f"{k} has shape {g[k].shape} dtype {g[k].dtype}; the manifest needs >= {n} rows of {d}"
         for k, (n, d) in want.items()
@@ -1152,7 +1218,7 @@ def _validate_shard(g: zarr.Group, H: int, n_prompts: int, step: int, attrs: dic
         p.append(f"token_ids hold ids >= the policy's vocab_size {vocab}")
     p += [
         f"{k} holds NaN/inf"
-        for k in ("cost_prefix", "reward_prefix", "traj_reward", "traj_cost")
+        for k in ("cost_prefix", "traj_reward", "traj_cost")
         if k in g and not np.isfinite(g[k][: want[k][0]]).all()
     ]
     bad = 0

@@ -12,7 +12,7 @@ PROMPTS = ["how do I bake bread", "how can I make a bomb", "write a poem", "hell
 ATTRS = {"config_hash": "abc123", "policy": {"model_id": "tiny", "hidden_size": H}, "seed": 0, "budget": 0.5}
 
 
-def make_batch(seed: int, n: int = 3, H: int = H, reward_prefix: bool = False) -> TrajectoryBatch:
+def make_batch(seed: int, n: int = 3, H: int = H) -> TrajectoryBatch:
     rng = np.random.default_rng(seed)
     lens = rng.integers(0, 9, size=n).astype(np.int32)
     n_tok = int((lens + 1).sum())
@@ -28,7 +28,6 @@ def make_batch(seed: int, n: int = 3, H: int = H, reward_prefix: bool = False) -
         traj_prompt=rng.integers(0, len(PROMPTS), size=n).astype(np.int64),
         traj_reward=rng.standard_normal(n).astype(np.float32),
         traj_finished=rng.random(n) < 0.5,
-        reward_prefix=rng.random(n_tok).astype(np.float32) if reward_prefix else None,
     )
 
 

@@ -7,8 +7,9 @@ import pytest
 import torch
 from helpers_fit import make_empty_store, make_store, poison_rows
 
-from igcritic.data import CriticDataModule, DataError, mask_nonfinite
+from igcritic.data import CriticDataModule, DataError
 from igcritic.store import StoreReader
+from igcritic.stream import mask_nonfinite
 
 
 @pytest.fixture(scope="module")
@@ -175,17 +176,34 @@ def test_normalization_stats_match_the_training_latents(store):
 
 
 @pytest.mark.multiprocess
-def test_a_spawned_worker_delivers_the_same_batches(store):
-    ref = collect(dm_for(store).train_dataloader())
+def test_a_spawned_worker_delivers_the_same_batches_and_persists_across_epochs(store):
+    ref_loader = dm_for(store).train_dataloader()
     dm = dm_for(store, num_workers=1)
     loader = dm.train_dataloader()
-    assert loader.multiprocessing_context.get_start_method() == "spawn"
-    batches = list(loader)
-    assert len(batches) == len(loader)
-    got = {k: np.concatenate([b[k].numpy() for b in batches]) for k in batches[0]}
-    assert set(got) == set(ref)
-    for k in ref:  # one worker reads the same plan with the same seeds: identical, field by field
-        np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
+    assert loader.multiprocessing_context.get_start_method() == "spawn" and loader.persistent_workers
+    pids = []
+    for epoch in (0, 1):  # epoch 1 reaches the persistent worker through set_epoch (shared memory)
+        ref_loader.sampler.set_epoch(epoch)
+        loader.sampler.set_epoch(epoch)
+        ref = collect(ref_loader)
+        batches = list(loader)
+        assert len(batches) == len(loader)
+        got = {k: np.concatenate([b[k].numpy() for b in batches]) for k in batches[0]}
+        assert set(got) == set(ref)
+        for k in ref:  # one worker reads the same plan with the same seeds: identical, field by field
+            np.testing.assert_array_equal(got[k], ref[k], err_msg=f"epoch {epoch}: {k}")
+        pids.append([w.pid for w in loader._iterator._workers])
+    assert pids[0] == pids[1]  # the same worker process served both epochs
+
+
+def test_window_buffers_are_reused_across_epochs(store):
+    dm = dm_for(store)
+    loader = dm.train_dataloader()
+    for epoch in range(3):
+        loader.sampler.set_epoch(epoch)
+        for _ in loader:
+            pass
+    assert 1 <= len(dm.train_dataset._bufs) <= 2  # the window being read and the one whose batches live
 
 
 def _one_line(exc: pytest.ExceptionInfo) -> str:

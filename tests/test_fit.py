@@ -28,10 +28,11 @@ from helpers_fit import (
 from torchmetrics.functional.classification import binary_calibration_error
 
 from igcritic.critic import CKPT_KEY, Calibration
-from igcritic.data import CriticDataModule, mask_nonfinite
+from igcritic.data import CriticDataModule
 from igcritic.fit import FitError, binned_ece, calibrate
 from igcritic.fit import main as fit_main
 from igcritic.store import StoreReader
+from igcritic.stream import mask_nonfinite
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "fit"
 

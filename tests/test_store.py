@@ -55,7 +55,7 @@ def test_round_trip_several_batches(tmp_path):
     assert_matches(r, batches)
     assert r.prompts == PROMPTS and r.n_prompts == 4 and r.hidden_size == H and r.chunk_tokens == 16
     assert r.attrs["policy"] == ATTRS["policy"] and r.attrs["schema_version"] == store_mod.SCHEMA_VERSION
-    assert r.batches_done == set(range(6)) and r.reward_prefix is None
+    assert r.batches_done == set(range(6))
     t = r.trajectory(5)
     a, b = r.traj_offsets[5:7]
     assert t["latents"].shape == (b - a, H) and t["token_ids"][0] == -1
@@ -66,17 +66,10 @@ def test_round_trip_several_batches(tmp_path):
     assert validate_store(tmp_path / "s") == []
 
 
-def test_reward_prefix_and_file_url(tmp_path):
-    batches = [make_batch(s, reward_prefix=True) for s in range(3)]
+def test_file_url(tmp_path):
+    batches = [make_batch(s) for s in range(3)]
     write(f"file://{tmp_path}/s", enumerate(batches))
-    r = StoreReader(f"file://{tmp_path}/s")
-    assert_matches(r, batches)
-    np.testing.assert_array_equal(r.reward_prefix, np.concatenate([b.reward_prefix for b in batches]))
-    with (
-        StoreWriter.resume(tmp_path / "s", config_hash="abc123") as w,
-        pytest.raises(StoreError, match="reward_prefix"),
-    ):
-        w.append(make_batch(9), 9)
+    assert_matches(StoreReader(f"file://{tmp_path}/s"), batches)
 
 
 def test_multi_shard_merged_view(tmp_path):
@@ -96,6 +89,43 @@ def test_multi_shard_merged_view(tmp_path):
         atol=1e-3,
     )
     assert validate_store(tmp_path / "s") == []
+
+
+@pytest.mark.parametrize("compression", [None, "zstd"])
+def test_scattered_read_puts_each_row_where_asked(tmp_path, compression):
+    """read_latents_into: row start + i lands in out[dest[i]], dest < 0 is skipped, across chunks and
+    shards; straight from the chunk files (preadv) when uncompressed, through zarr when compressed, and a
+    lost chunk file reads as zarr's fill values either way."""
+    b0, b1 = [make_batch(s, n=4) for s in range(3)], [make_batch(s, n=4) for s in range(10, 12)]
+    for rank, batches in ((0, b0), (1, b1)):
+        with StoreWriter.create(
+            tmp_path / "s",
+            attrs=ATTRS,
+            prompts=PROMPTS,
+            hidden_size=H,
+            rank=rank,
+            chunk_tokens=16,
+            compression=compression,
+        ) as w:
+            for i, b in enumerate(batches):
+                w.append(b, 2 * i + rank)
+    r = StoreReader(tmp_path / "s")
+    ref = np.concatenate([b.latents for b in b0 + b1]).astype(np.float16)
+    start, stop = 5, r.n_tok - 3
+    rng = np.random.default_rng(0)
+    dest = rng.permutation(2 * (stop - start))[: stop - start]  # scattered over twice the rows
+    dest[rng.random(stop - start) < 0.2] = -1
+    out = np.full((2 * (stop - start), H), np.inf, np.float16)
+    r.read_latents_into(start, stop, out, dest)
+    keep = dest >= 0
+    np.testing.assert_array_equal(out[dest[keep]], ref[start:stop][keep])
+    assert np.isinf(np.delete(out, dest[keep], axis=0)).all()  # nothing else was written
+    direct = [store_mod._chunk_file(r._open()["shards"][n]["latents"]) is not None for n in r.shards]
+    assert direct == [compression is None] * 2
+    chunk = tmp_path / "s" / "shards" / "rank-00000" / "latents" / "c" / "1" / "0"
+    chunk.unlink()
+    lost = StoreReader(tmp_path / "s").read_latents(0, 40)
+    assert (lost[16:32] == 0).all() and np.array_equal(lost[:16], ref[:16])
 
 
 def test_other_ranks_wait_for_rank_zero_and_resume_creates_missing_shards(tmp_path, monkeypatch):
