@@ -37,7 +37,9 @@ PROMPTS = [
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=EMBEDDED_POLICY_ID)
-    ap.add_argument("--critic", default="checkpoints/embedded", help="exported critic folder (layer -1, post)")
+    ap.add_argument(
+        "--critic", default="checkpoints/embedded", help="exported critic folder (layer -1, post)"
+    )
     ap.add_argument("--cost", default="embedded")
     ap.add_argument("--reward", default="embedded")
     ap.add_argument("--dtype", default="float32")
@@ -54,9 +56,14 @@ def main() -> None:
     torch.set_grad_enabled(False)
     policy = bench_policy(a.model, a.dtype, a.device)
     critic = load_critic(a.critic, device=a.device)
-    cost, reward = load_scorer(a.cost, "cost", device=a.device), load_scorer(a.reward, "reward", device=a.device)
+    cost, reward = (
+        load_scorer(a.cost, "cost", device=a.device),
+        load_scorer(a.reward, "reward", device=a.device),
+    )
     sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
-    common = dict(max_new_tokens=a.d, budget=0.5, critic=False, mode="exact", ignore_eos=True, guidance=a.guidance)
+    common = dict(
+        max_new_tokens=a.d, budget=0.5, critic=False, mode="exact", ignore_eos=True, guidance=a.guidance
+    )
     methods = {
         "plain": SearchConfig(method="plain", **common),
         "args": SearchConfig(method="args", args_top_k=a.k, **common),
