@@ -10,7 +10,8 @@ Per prompt, one after the other so drift hits every side (EOS suppressed: exactl
   recontrol  method recontrol, --steps gradient steps of 0.5 on the LM head's input latent per token with the
              critic's value head
 Prints seconds per prompt, each method's ratio to plain, ARGS' scorer calls and share of time in the scorer,
-and RE-Control's share in the critic.
+and RE-Control's share in the critic. First, one ARGS step's scorer call (the k continuations of one answer
+prefix) with the latent scorer's shared-prefix pass and without it (each text its own pass), alternating.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ def main() -> None:
         sync()
         return time.perf_counter() - t, rec
 
+    scorer_step(reward, a.k)
     for name in methods:  # warm-up (scorer and critic loading, first-call overheads)
         run(name, PROMPTS[0], 0)
     secs = {m: [] for m in methods}
@@ -108,6 +110,34 @@ def main() -> None:
     )
     rc = recs["recontrol"]
     print(f"recontrol: critic share of time {100 * med([r.critic_seconds / r.seconds for r in rc]):.1f}%")
+
+
+def scorer_step(reward, k: int, repeats: int = 3) -> None:
+    """One ARGS step of the reward scorer: k texts sharing the prompt and an answer prefix, shared vs unshared."""
+    from igcritic.scorers.latent import PolicyFeatures
+
+    feats = reward._latent() if hasattr(reward, "_latent") else None
+    if not isinstance(feats, PolicyFeatures):
+        return
+    stem = "Sure, here is how you can bake bread at home: first mix the flour, the water and"
+    words = [" salt", " yeast", " sugar", " milk", " oil", " eggs", " butter", " honey", " a", " the"] * 4
+    t = {"shared": [], "unshared": []}
+    for r in range(repeats):
+        for mode in t:
+            texts = [f"{stem}{w} {r}{mode}" for w in words[:k]]  # fresh texts: no cache hit
+            if mode == "unshared":
+                feats._shared_passes = lambda *_: (
+                    False
+                )  # every text its own padded pass, as before the sharing
+            start = time.perf_counter()
+            reward.score([PROMPTS[0]] * k, texts)
+            t[mode].append(time.perf_counter() - start)
+            feats.__dict__.pop("_shared_passes", None)
+    med = statistics.median
+    print(
+        f"scorer, one ARGS step of k={k} texts: shared prefix {med(t['shared']):.2f} s, each text its own pass "
+        f"{med(t['unshared']):.2f} s (median of {repeats}; ratio {med(t['unshared']) / med(t['shared']):.1f}x)"
+    )
 
 
 if __name__ == "__main__":
