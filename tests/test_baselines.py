@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_policy
+from conftest import build_tiny_llama, build_tokenizer, make_tiny_policy
 from helpers_guard import LengthReward, StandInCritic, WordCost
 from test_guard import write_artifact
 from test_search import PROMPTS, greedy_reference
@@ -15,6 +15,7 @@ from test_search import PROMPTS, greedy_reference
 from igcritic.baselines import ReControl
 from igcritic.critic import Critic, CriticConfig
 from igcritic.guard import load_guard
+from igcritic.policy import load_policy
 from igcritic.search import SearchConfig, SearchConfigError, search
 
 BASE = dict(max_new_tokens=12, budget=0.5, critic=False, mode="exact")
@@ -33,10 +34,10 @@ class PlantedReward:
         return np.array([float(self.word in r) for r in responses])
 
 
-def tiny_critic(policy, hidden_size: int | None = None, **policy_overrides) -> Critic:
+def tiny_critic(policy, **policy_overrides) -> Critic:
     torch.manual_seed(0)
-    h = hidden_size or policy.identity.hidden_size
-    ident = {**policy.identity.to_dict(), **policy_overrides, "hidden_size": h}
+    ident = {**policy.identity.to_dict(), **policy_overrides}
+    h = policy.identity.latent_size
     return Critic(CriticConfig(hidden_size=h, width=16, depth=1, dropout=0.0, policy=ident)).eval()
 
 
@@ -129,14 +130,22 @@ def test_recontrol_step_raises_the_objective(tiny_policy, guidance):
     )  # nothing but the latent was differentiated
 
 
-def test_recontrol_edits_only_the_lm_head_input_columns(tiny_policy):
-    """A critic reading H + 8 columns (extra layers): the first H move, the rest are held."""
-    critic = tiny_critic(tiny_policy, hidden_size=40)
-    rc = ReControl(tiny_policy, critic, steps=3, step_size=0.1)
-    h = torch.randn(3, 40)
-    edited = rc.edit(h)
-    assert torch.equal(edited[:, 32:], h[:, 32:]) and not torch.equal(edited[:, :32], h[:, :32])
-    assert rc(h).shape == (3, tiny_policy.identity.vocab_size)
+def test_recontrol_edits_only_the_lm_head_input_columns():
+    """A policy whose latent appends layer 1 to the LM head's input (extra_layers): the critic reads both, the
+    edit moves the first H columns only, and decoding samples from the LM head on those."""
+    tok = build_tokenizer()
+    policy = load_policy("tiny-llama", extra_layers=(1,), model=build_tiny_llama(len(tok)), tokenizer=tok)
+    critic = tiny_critic(policy)
+    rc = ReControl(policy, critic, steps=3, step_size=0.1)
+    with torch.inference_mode():
+        h = policy.latents_of(**policy.encode_prompts(PROMPTS))[:, -1].float()  # (2, 64)
+        edited = rc.edit(h)
+        logits = rc(h)
+    assert h.shape == (2, 64) and torch.equal(edited[:, 32:], h[:, 32:])
+    assert not torch.equal(edited[:, :32], h[:, :32]) and bool((rc.objective(edited) > rc.objective(h)).all())
+    assert torch.allclose(logits, policy.model.lm_head(edited[:, :32]))
+    recs = search(policy, PROMPTS, SearchConfig(method="recontrol", **BASE), critic, WordCost())
+    assert all(r.new_tokens == 12 or r.token_ids[-1] in policy.eos_token_ids for r in recs)
 
 
 def test_recontrol_refuses_a_critic_on_another_latent(tiny_policy):
