@@ -277,13 +277,13 @@ def generate_main(
         prompt_file: Text file (one prompt per line) or JSONL with a "prompt" key.
         budget: Budget d (null: the critic's search_config.json, else its training budget, else the cost
             scorer's hint).
-        method: inferenceguard, plain, best_of_n or beam (null: the critic's default).
+        method: inferenceguard, plain, best_of_n, beam, args or recontrol (null: the critic's default).
         out: Write the records here as JSONL (must not exist or be empty) instead of printing them.
         model: Policy id or folder (null: the critic's recorded policy).
         cost: Cost scorer spec (null: fully latent mode).
         reward: Reward scorer spec.
         device: cpu or cuda.
-        search: More search parameters, e.g. {"num_candidates": 16, "mode": "latent"}.
+        search: More search parameters, e.g. {"num_candidates": 16, "mode": "latent"} or {"guidance": "lagrangian"}.
     """
     if out is not None and Path(out).exists() and Path(out).stat().st_size > 0:
         raise GuardError(f"--out {str(out)!r} is not empty; pick a new file")
