@@ -1,6 +1,6 @@
 """The token-level baselines of the paper's Table 2 on the runtime's one decode loop: ARGS and RE-Control.
 
-Both decode like ``plain`` (one block of D tokens through :func:`igcritic.blocks.sample_block`, one KV cache,
+Both decode like ``plain`` (one block of D tokens through :func:`igcritic.decoding.sample_block`, one KV cache,
 the policy's weights untouched) and change only the logits each step samples from:
 
 - **ARGS** (Khanov et al., ICLR 2024): :class:`ArgsProcessor`, a logits processor. Of each row's top k next
