@@ -212,11 +212,14 @@ def sample_block(
     generator: torch.Generator | None = None,
     processor: LogitsProcessor | None = None,
     keep_latents: bool = False,
+    latent_logits: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Block:
     """Extend each row by up to ``limits[r]`` tokens (stopping at EOS), in place; all rows step together.
 
     Rows that stopped keep feeding the pad token (their later positions are never used again); their
-    ``h`` and ``logits`` stay those of their last real token.
+    ``h`` and ``logits`` stay those of their last real token. ``latent_logits`` (``h (R, H) -> logits (R, V)``)
+    replaces each step's logits before ``processor`` (RE-Control: the LM head on an edited latent); the cache
+    and ``rows.logits`` keep the policy's own.
     """
     dev = rows.mask.device
     bsz = len(rows)
@@ -230,7 +233,8 @@ def sample_block(
     kept = [start_h] if keep_latents else None
     logits, h, mask, cache = rows.logits, rows.h, rows.mask, rows.cache
     while not bool(stopped.all()):
-        scores = logits if processor is None else processor(_stack(fed, bsz, dev), logits)
+        scores = logits if latent_logits is None else latent_logits(h)
+        scores = scores if processor is None else processor(_stack(fed, bsz, dev), scores)
         tok = next_token(scores, sampling, generator)  # (R,)
         active = ~stopped
         tok = torch.where(active, tok, torch.full_like(tok, policy.pad_token_id))

@@ -14,6 +14,9 @@ the candidates are scored, and the best K are kept.
   with z >= 0 first (then the least over budget).
 - ``best_of_n``: N full answers (one block of width D), the best by ``score``.
 - ``plain``: one sampled answer per prompt (N = K = 1, one block of width D).
+- ``args`` and ``recontrol`` (:mod:`igcritic.baselines`): plain sampling whose every token step is steered,
+  ARGS by the scorers on the top k next tokens, RE-Control by gradient steps on the LM head's input latent
+  with the critic's heads (``guidance``: reward, Lagrangian or cost).
 
 r is the critic value ``V(h)`` (``critic=True``) or the reward scorer; S is tracked as above. Candidates
 that emit EOS (or reach D tokens) are complete and carry over as beams without a cache row.
@@ -24,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
@@ -32,6 +36,7 @@ import numpy as np
 import torch
 
 from igcritic import IgcriticError
+from igcritic.baselines import GUIDANCE, ArgsProcessor, ReControl, guidance_needs, recontrol_problems
 from igcritic.decoding import (
     LogitsProcessorList,
     RejectedTokenPenalty,
@@ -43,8 +48,10 @@ from igcritic.decoding import (
 )
 from igcritic.policy import Policy, PolicyError
 
-Method = Literal["inferenceguard", "plain", "best_of_n", "beam"]
-METHODS = ("inferenceguard", "plain", "best_of_n", "beam")
+Method = Literal["inferenceguard", "plain", "best_of_n", "beam", "args", "recontrol"]
+METHODS = ("inferenceguard", "plain", "best_of_n", "beam", "args", "recontrol")
+TOKEN_METHODS = ("plain", "args", "recontrol")
+"""One answer per prompt in one block of D tokens (N = K = 1)."""
 DEFAULT_REFUSAL = "I'm sorry, but I can't help with that."
 SEARCH_CONFIG_NAME = "search_config.json"
 """File of a critic artifact holding its default :class:`SearchConfig` (written by ``igcritic export``)."""
@@ -83,7 +90,8 @@ class SearchConfig:
     """How the guard searches; defaults are paper Table 1 (InferenceGuard)."""
 
     method: Method = "inferenceguard"
-    """``inferenceguard``, ``plain`` (one sample), ``best_of_n`` or ``beam`` (block beam search)."""
+    """``inferenceguard``, ``plain`` (one sample), ``best_of_n``, ``beam`` (block beam search), ``args`` or
+    ``recontrol`` (token-level guidance, :mod:`igcritic.baselines`)."""
     score: Literal["lagrangian", "augmented"] = "augmented"
     """Ranking of the baselines: ``lagrangian`` r - λ·S, ``augmented`` r among z >= 0 first."""
     critic: bool | None = None
@@ -130,6 +138,19 @@ class SearchConfig:
     compile: bool = False
     """Decode on a static KV cache of N x prompts-per-batch rows with a ``torch.compile``-d step (for GPUs;
     slower on CPU, BENCHMARKS.md); the first batch of each shape compiles (about a minute)."""
+    guidance: Literal["reward", "lagrangian", "cost"] = "reward"
+    """ARGS / RE-Control: what each token step raises: ``reward`` (ARGS: the reward scorer r; RE-Control: the
+    critic's V(h)), ``lagrangian`` (r - λ·c; V(h) - λ·Ŝ(h)) or ``cost`` (-c; -Ŝ(h)); c: the cost scorer (ARGS),
+    Ŝ: the critic's latent cost head (RE-Control). Paper Table 2: ARGS, ARGS + Lagrangian, ARGS + cost model,
+    RE-Control, RE-Control + Lagrangian."""
+    args_top_k: int = 20
+    """ARGS: next-token candidates scored per step (paper Table 1: 20; width 1: one hypothesis)."""
+    args_weight: float = 1.0
+    """ARGS: w in logit + w·g (the ARGS reference code's example uses 1.0)."""
+    recontrol_steps: int = 30
+    """RE-Control: gradient-ascent steps on the latent per token (paper Table 1: 30)."""
+    recontrol_step_size: float = 0.5
+    """RE-Control: step size η of h <- h + η·∇G(h) (paper Table 1: 0.5)."""
 
     @property
     def beams(self) -> int:
@@ -147,7 +168,7 @@ class SearchConfig:
     def plan(self) -> tuple[int, int, int, int]:
         """(N, K, block width, retries) the method actually uses."""
         d = self.max_new_tokens
-        if self.method == "plain":
+        if self.method in TOKEN_METHODS:
             return 1, 1, d, 0
         if self.method == "best_of_n":
             return self.num_candidates, 1, d, 0
@@ -203,6 +224,7 @@ class SearchConfig:
             )
         if self.prompt_batch < 0:
             bad.append(f"--prompt_batch {self.prompt_batch} must be >= 0 (0: automatic)")
+        bad += self._token_problems(has_critic, has_cost, has_reward)
         if self.mode == "exact" and not has_cost:
             bad.append(
                 f"--mode exact ({self.method}) needs a cost scorer; pass cost=... or use --mode latent"
@@ -211,11 +233,31 @@ class SearchConfig:
             bad.append("--mode latent needs a critic (its latent cost head); bind one or use --mode exact")
         if self.critic and not has_critic:
             bad.append("--critic true needs a critic; bind one or pass --critic false")
-        if not self.critic and self.method != "plain" and not has_reward:
+        if not self.critic and self.method not in TOKEN_METHODS and not has_reward:
             bad.append(
                 f"--method {self.method} with --critic false ranks by reward; pass reward=... or use the "
                 "critic"
             )
+        return bad
+
+    def _token_problems(self, has_critic: bool, has_cost: bool, has_reward: bool) -> list[str]:
+        if self.method not in ("args", "recontrol"):
+            return []
+        if self.guidance not in GUIDANCE:
+            return [f"--guidance {self.guidance!r} is unknown; use one of {', '.join(GUIDANCE)}"]
+        want_r, want_c = guidance_needs(self.guidance)
+        bad = []
+        if self.method == "args":
+            if self.args_top_k < 1:
+                bad.append(f"--args_top_k {self.args_top_k} must be >= 1")
+            if not math.isfinite(self.args_weight):
+                bad.append(f"--args_weight {self.args_weight} must be a finite number")
+            if want_r and not has_reward:
+                bad.append(f"--method args --guidance {self.guidance} scores the reward; pass reward=...")
+            if want_c and not has_cost:
+                bad.append(f"--method args --guidance {self.guidance} scores the cost; pass cost=...")
+        elif not has_critic:
+            bad.append("--method recontrol ascends the critic's heads; bind a critic")
         return bad
 
     @classmethod
@@ -282,7 +324,12 @@ class GuardRecord:
     fallback: bool = False
     """``best_effort`` went on without an admissible candidate."""
     critic_seconds: float = 0.0
-    """Time in critic calls (the prompt's share of its batch)."""
+    """Time in critic calls (the prompt's share of its batch), RE-Control's latent edits included."""
+    scorer_calls: int = 0
+    """Cost/reward scorer calls that scored this prompt's texts (ARGS: one per scorer per token step, shared by
+    the batch's prompts; exact mode: one per block)."""
+    scorer_seconds: float = 0.0
+    """Time in those calls, the prompt's share (by the texts it had in each call)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -327,6 +374,10 @@ class _Ctx:
     cache_rows: int = 0
     """Rows of the static cache (``compile``): N x the most prompts of one batch of the call."""
     critic_seconds: float = 0.0
+    scorer_calls: Counter[int] = field(default_factory=Counter)
+    """Per prompt of the batch: scorer calls that scored its texts."""
+    scorer_seconds: Counter[int] = field(default_factory=Counter)
+    """Per prompt of the batch: its share of the scorer time."""
     _trunk: tuple[torch.Tensor, torch.Tensor] | None = None
     """(latents, trunk features) of the last candidate set: cost, value and q share one trunk pass."""
 
@@ -352,9 +403,15 @@ class _Ctx:
     def score(
         self, scorer: ScorerLike, prompt_idx: torch.Tensor, texts: list[str], previous=None
     ) -> torch.Tensor:
-        prompts = [self.prompts[i] for i in prompt_idx.tolist()]
+        t0 = time.perf_counter()
+        idx = prompt_idx.tolist()
+        prompts = [self.prompts[i] for i in idx]
         kw = {} if previous is None else {"previous": previous.numpy().astype(np.float64)}
         out = np.asarray(scorer.score(prompts, texts, **kw), dtype=np.float64).reshape(-1)
+        seconds = time.perf_counter() - t0
+        for p, n in Counter(idx).items():
+            self.scorer_calls[p] += 1
+            self.scorer_seconds[p] += seconds * n / len(idx)
         if out.shape[0] != len(texts):
             raise SearchConfigError(
                 f"a scorer returned {out.shape[0]} scores for {len(texts)} responses; fix the scorer"
@@ -391,6 +448,10 @@ def search(
     """Answer every prompt with ``cfg.method``; batches of ``cfg.prompts_per_batch`` prompts share each
     forward."""
     cfg = cfg.resolve(critic is not None, cost is not None, reward is not None)
+    if cfg.method == "recontrol" and (
+        bad := recontrol_problems(policy, critic, cfg.recontrol_steps, cfg.recontrol_step_size)
+    ):
+        raise SearchConfigError("; ".join(bad))
     check_prompts(policy, prompts, cfg)
     gen = torch.Generator(device=policy.device).manual_seed(cfg.seed)
     out: list[GuardRecord] = []
@@ -415,6 +476,7 @@ def _search_batch(ctx: _Ctx, gen: torch.Generator) -> list[GuardRecord]:
     if cfg.mode == "exact":
         beams.cost = ctx.score(ctx.cost, beams.prompt, [""] * len(beams))  # S_0 of the empty answer
     tracks = [_Track() for _ in ctx.prompts]
+    recontrol = _recontrol(ctx)
     vocab = beams.logits.shape[-1]
     banned = torch.zeros(len(ctx.prompts), vocab, dtype=torch.bool, device=beams.logits.device)
     while len(beams):
@@ -424,7 +486,11 @@ def _search_batch(ctx: _Ctx, gen: torch.Generator) -> list[GuardRecord]:
         cands = beams.select(parent)
         parent_cost = cands.cost.clone()
         limits = torch.tensor([min(width, d - len(t)) for t in cands.tokens])
-        block = sample_block(policy, cands, limits, cfg.sampling, gen, _processor(ctx, banned, cands.prompt))
+        args = _args(ctx, cands)
+        proc = _processor(ctx, banned, cands.prompt, args)
+        block = sample_block(policy, cands, limits, cfg.sampling, gen, proc, latent_logits=recontrol)
+        for p, n in (args.scored if args is not None else {}).items():
+            tracks[p].scored += n
         # 2. safety state (exact S or latent Ŝ), value and admissibility of every candidate
         s, value, q, admissible = _score_candidates(ctx, cands, parent_cost)
         complete = (block.eos | torch.tensor([len(t) >= d for t in cands.tokens])).tolist()
@@ -459,6 +525,9 @@ def _search_batch(ctx: _Ctx, gen: torch.Generator) -> list[GuardRecord]:
         order = sorted(range(len(keep)), key=lambda i: (int(cands.prompt[keep[i]]), keep[i]))
         keep_idx = torch.tensor([keep[i] for i in order], dtype=torch.long)
         was_rewound = torch.tensor([rewound[i] for i in order], dtype=torch.bool)
+        if recontrol is not None:
+            ctx.critic_seconds += recontrol.seconds
+            recontrol.seconds = 0.0
         beams = cands.select(keep_idx)
         beams.cost = torch.where(was_rewound, parent_cost[keep_idx], s[keep_idx]) if len(keep_idx) else s[:0]
         rewind(beams, was_rewound, block, keep_idx)
@@ -478,12 +547,52 @@ def _shares(prompt: torch.Tensor, n: int) -> torch.Tensor:
     return counts
 
 
-def _processor(ctx: _Ctx, banned: torch.Tensor, prompt: torch.Tensor) -> LogitsProcessorList | None:
+def _args(ctx: _Ctx, cands) -> ArgsProcessor | None:
+    """ARGS' processor of one block (``method: args``), scoring through :meth:`_Ctx.score`'s bookkeeping."""
+    cfg = ctx.cfg
+    if cfg.method != "args":
+        return None
+
+    def scorer(s):
+        return None if s is None else (lambda idx, texts: ctx.score(s, idx, texts))
+
+    return ArgsProcessor(
+        ctx.policy,
+        [list(t) for t in cands.tokens],
+        cands.prompt,
+        scorer(ctx.reward),
+        scorer(ctx.cost),
+        cfg.args_top_k,
+        cfg.args_weight,
+        cfg.guidance,
+        cfg.lagrange_lambda,
+    )
+
+
+def _recontrol(ctx: _Ctx) -> ReControl | None:
+    cfg = ctx.cfg
+    if cfg.method != "recontrol":
+        return None
+    return ReControl(
+        ctx.policy,
+        ctx.critic,
+        cfg.recontrol_steps,
+        cfg.recontrol_step_size,
+        cfg.guidance,
+        cfg.lagrange_lambda,
+    )
+
+
+def _processor(
+    ctx: _Ctx, banned: torch.Tensor, prompt: torch.Tensor, args: ArgsProcessor | None = None
+) -> LogitsProcessorList | None:
     procs = LogitsProcessorList()
     if bool(banned.any()):
         procs.append(RejectedTokenPenalty(banned[prompt.to(banned.device)], ctx.cfg.resample_penalty))
     if ctx.cfg.ignore_eos:
         procs.append(SuppressTokens(tuple(ctx.policy.eos_token_ids)))
+    if args is not None:  # last: ARGS picks among the tokens the other processors leave
+        procs.append(args)
     return procs or None
 
 
@@ -550,6 +659,8 @@ def _record(ctx: _Ctx, p: int, tr: _Track, seconds: float) -> GuardRecord:
         candidates_scored=tr.scored,
         seconds=seconds,
         critic_seconds=ctx.critic_seconds / len(ctx.prompts),
+        scorer_calls=ctx.scorer_calls[p],
+        scorer_seconds=ctx.scorer_seconds[p],
     )
     if tr.refused or not tr.pool:
         return GuardRecord(

@@ -38,6 +38,29 @@ def test_prefix_features_of_one_pass_equal_separate_passes(tiny_policy):
     )
 
 
+def test_pairs_of_one_prompt_share_their_common_prefix_pass(tiny_policy):
+    """ARGS' k continuations of one answer (and N answers of one prompt): the shared token prefix runs once,
+    each tail on a copy of its cache; the features equal each pair's own pass."""
+    pf = PolicyFeatures(tiny_policy, SPEC)
+    stem = ANSWERS[0][:30]
+    answers = [stem + " tools", stem + " plan", stem, "", ANSWERS[0]]
+    calls = []
+    handle = tiny_policy.model.register_forward_hook(
+        lambda _m, args, kw, out: calls.append(kw["input_ids"].shape), with_kwargs=True
+    )
+    try:
+        together = pf.prefix_features([PROMPTS[0]] * len(answers), answers)
+    finally:
+        handle.remove()
+    assert (
+        len(calls) == 2 and calls[0][0] == 1 and calls[1][0] == len(answers)
+    )  # the prefix once, then the tails
+    for answer, (feats, ends) in zip(answers, together):
+        alone, alone_ends = PolicyFeatures(tiny_policy, SPEC).prefix_features([PROMPTS[0]], [answer])[0]
+        np.testing.assert_array_equal(ends, alone_ends)
+        np.testing.assert_allclose(feats, alone, rtol=1e-4, atol=1e-5)
+
+
 def test_prefix_index_maps_decoded_prefixes_to_tokens():
     ends = np.array([3, 5, 9])
     assert prefix_index(ends, [0, 2, 3, 4, 5, 9, 12]).tolist() == [0, 0, 1, 1, 2, 3, 3]

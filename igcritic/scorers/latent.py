@@ -10,6 +10,7 @@ every token cheaper than the MiniLM encoder pass per scored prefix.
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 
@@ -103,7 +104,22 @@ class PolicyFeatures:
     def _prefix_features(self, prompts: list[str], answers: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         encoded = [self._encode(p, a) for p, a in zip(prompts, answers)]
         out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(encoded)
-        order = np.argsort([len(p) + len(a) for p, a, _ in encoded], kind="stable")
+        by_prompt: dict[tuple[int, ...], list[int]] = {}
+        for r, (p_ids, _, _) in enumerate(encoded):
+            by_prompt.setdefault(tuple(p_ids), []).append(r)
+        alone = []
+        for rows in by_prompt.values():
+            if len(rows) < 2 or not self._shared_passes(encoded, rows, out):
+                alone += rows
+        self._padded_passes(encoded, alone, out)
+        return out  # type: ignore[return-value]
+
+    def _padded_passes(self, encoded: list, rows_in: list[int], out: list) -> None:
+        """Pairs of different prompts: left-padded batches sorted by length, one teacher-forced pass each."""
+        order = [
+            rows_in[i]
+            for i in np.argsort([len(encoded[r][0]) + len(encoded[r][1]) for r in rows_in], kind="stable")
+        ]
         pad = self.policy.pad_token_id
         device = self.policy.device
         for s in range(0, len(order), self.batch_size):
@@ -121,23 +137,78 @@ class PolicyFeatures:
                 attention_mask=mask.to(device),
                 position_ids=pos.to(device),
                 output_hidden_states=True,
+                logits_to_keep=1,  # the features need no logits: skip the LM head over every position
                 use_cache=False,
             ).hidden_states
             for j, r in enumerate(rows):
-                n_a = len(encoded[r][1])
-                start = width - n_a - 1  # the prompt's last position: h_0
-                parts = []
-                for layer in self.spec.layers:
-                    h = hs[layer][j, start:].float()  # (J + 1, H)
-                    for part in self.spec.parts:
-                        if part == "last":
-                            parts.append(h)
-                        else:
-                            parts.append(
-                                h.cumsum(0) / torch.arange(1, h.shape[0] + 1, device=h.device)[:, None]
-                            )
-                out[r] = (torch.cat(parts, -1).cpu().numpy(), np.asarray(encoded[r][2], dtype=np.int64))
-        return out  # type: ignore[return-value]
+                start = width - len(encoded[r][1]) - 1  # the prompt's last position: h_0
+                out[r] = self._features([hs[layer][j, start:] for layer in self.spec.layers], encoded[r][2])
+
+    def _shared_passes(self, encoded: list, rows: list[int], out: list) -> bool:
+        """Pairs of one prompt (ARGS: the k continuations of one answer; collect: N answers): their longest common
+        token prefix runs ONCE, then every tail on a copy of its KV cache. False (nothing done): nothing to share."""
+        seqs = [encoded[r][0] + encoded[r][1] for r in rows]
+        shared = min(_common_prefix(seqs), min(len(x) for x in seqs) - 1)  # every tail keeps >= 1 token
+        if shared < 1:
+            return False
+        device = self.policy.device
+        head = self.policy.model(
+            input_ids=torch.tensor([seqs[0][:shared]], device=device),
+            output_hidden_states=True,
+            logits_to_keep=1,  # the features need no logits: skip the LM head over every position
+            use_cache=True,
+        )
+        pad = self.policy.pad_token_id
+        for s in range(0, len(rows), self.batch_size):
+            chunk, tails = rows[s : s + self.batch_size], [x[shared:] for x in seqs[s : s + self.batch_size]]
+            width = max(len(t) for t in tails)
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            mask = torch.ones((len(chunk), shared + width), dtype=torch.long)
+            for j, t in enumerate(tails):  # right padding: a tail never attends to the pads after it
+                ids[j, : len(t)] = torch.tensor(t)
+                mask[j, shared + len(t) :] = 0
+            cache = copy.deepcopy(head.past_key_values)
+            cache.batch_repeat_interleave(len(chunk))
+            pos = torch.arange(shared, shared + width).expand(len(chunk), -1)
+            hs = self.policy.model(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                position_ids=pos.to(device),
+                past_key_values=cache,
+                output_hidden_states=True,
+                logits_to_keep=1,  # the features need no logits: skip the LM head over every position
+                use_cache=True,
+            ).hidden_states
+            for j, r in enumerate(chunk):
+                start = len(encoded[r][0]) - 1  # the prompt's last position (< shared): h_0
+                per_layer = [
+                    torch.cat([head.hidden_states[layer][0, start:shared], hs[layer][j, : len(tails[j])]])
+                    for layer in self.spec.layers
+                ]
+                out[r] = self._features(per_layer, encoded[r][2])
+        return True
+
+    def _features(self, per_layer: list[torch.Tensor], ends: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Features (J + 1, dim) from each layer's hidden states (J + 1, H) from the prompt's last position on."""
+        parts = []
+        for h in per_layer:
+            h = h.float()
+            for part in self.spec.parts:
+                if part == "last":
+                    parts.append(h)
+                else:
+                    parts.append(h.cumsum(0) / torch.arange(1, h.shape[0] + 1, device=h.device)[:, None])
+        return torch.cat(parts, -1).cpu().numpy(), np.asarray(ends, dtype=np.int64)
+
+
+def _common_prefix(seqs: list[list[int]]) -> int:
+    """Length of the longest token prefix all ``seqs`` share."""
+    n = min(len(x) for x in seqs)
+    first = seqs[0]
+    for i in range(n):
+        if any(x[i] != first[i] for x in seqs[1:]):
+            return i
+    return n
 
 
 def prefix_index(ends: np.ndarray, prefix_chars: list[int]) -> np.ndarray:
