@@ -1,6 +1,7 @@
 """ARGS and RE-Control per prompt vs plain sampling of the same length, same stack, one process.
 
-    python bench/bench_baselines.py                       # embedded SmolLM2 + embedded scorers + checkpoints/embedded, CPU
+    python bench/bench_baselines.py                       # CPU: embedded SmolLM2 + embedded scorers
+                                                          #      + checkpoints/embedded
     python bench/bench_baselines.py --d 128 --device cuda # paper length on a GPU
 
 Per prompt, one after the other so drift hits every side (EOS suppressed: exactly D tokens each):
@@ -113,7 +114,8 @@ def main() -> None:
 
 
 def scorer_step(reward, k: int, repeats: int = 3) -> None:
-    """One ARGS step of the reward scorer: k texts sharing the prompt and an answer prefix, shared vs unshared."""
+    """One ARGS step of the reward scorer: k texts sharing the prompt and an answer prefix, shared vs
+    unshared."""
     from igcritic.scorers.latent import PolicyFeatures
 
     feats = reward._latent() if hasattr(reward, "_latent") else None
@@ -135,8 +137,9 @@ def scorer_step(reward, k: int, repeats: int = 3) -> None:
             feats.__dict__.pop("_shared_passes", None)
     med = statistics.median
     print(
-        f"scorer, one ARGS step of k={k} texts: shared prefix {med(t['shared']):.2f} s, each text its own pass "
-        f"{med(t['unshared']):.2f} s (median of {repeats}; ratio {med(t['unshared']) / med(t['shared']):.1f}x)"
+        f"scorer, one ARGS step of k={k} texts: shared prefix {med(t['shared']):.2f} s, "
+        f"each text its own pass {med(t['unshared']):.2f} s "
+        f"(median of {repeats}; ratio {med(t['unshared']) / med(t['shared']):.1f}x)"
     )
 
 

@@ -1,20 +1,21 @@
 """The token-level baselines of the paper's Table 2 on the runtime's one decode loop: ARGS and RE-Control.
 
-Both decode like ``plain`` (one block of D tokens through :func:`igcritic.decoding.sample_block`, one KV cache,
-the policy's weights untouched) and change only the logits each step samples from:
+Both decode like ``plain`` (one block of D tokens through :func:`igcritic.decoding.sample_block`, one KV
+cache, the policy's weights untouched) and change only the logits each step samples from:
 
 - **ARGS** (Khanov et al., ICLR 2024): :class:`ArgsProcessor`, a logits processor. Of each row's top k next
-  tokens, every ``prefix + token`` text is scored, all rows and all k in ONE batched call per scorer per step
-  (identical texts of a prompt scored once; the embedded cost and reward read the same model pass), and the
-  token's logit becomes ``logit + w * g``; every other token is dropped. ``g`` is the guidance: the reward r,
-  the Lagrangian ``r - λ c`` or ``-c``, c the cost scorer's score of the prefix text (not its running max, which
-  would tie every candidate once one prefix was costly). Greedy sampling (temperature 0) is ARGS-greedy; else
-  the search samples from the re-weighted candidates (ARGS-stochastic).
-- **RE-Control** (Kong et al., NeurIPS 2024): :class:`ReControl`, a ``latent_logits`` hook. The latent the LM
-  head reads (the last layer after the final norm) takes n gradient-ascent steps ``h <- h + η ∇ G(h)`` on the
-  critic's ``G = V(h)`` (``lagrangian``: ``V(h) - λ Ŝ(h)``; ``cost``: ``-Ŝ(h)``), and the step samples from the
-  LM head on the edited latent. Only the first ``hidden_size`` columns (the LM head's input) are edited; columns
-  a critic reads beyond them (extra layers) are held fixed. Autograd runs through the critic only.
+  tokens, every ``prefix + token`` text is scored, all rows and all k in ONE batched call per scorer per
+  step (identical texts of a prompt scored once; the embedded cost and reward read the same model pass), and
+  the token's logit becomes ``logit + w * g``; every other token is dropped. ``g`` is the guidance: the
+  reward r, the Lagrangian ``r - λ c`` or ``-c``, c the cost scorer's score of the prefix text (not its
+  running max, which would tie every candidate once one prefix was costly). Greedy sampling (temperature 0)
+  is ARGS-greedy; else the search samples from the re-weighted candidates (ARGS-stochastic).
+- **RE-Control** (Kong et al., NeurIPS 2024): :class:`ReControl`, a ``latent_logits`` hook. The latent the
+  LM head reads (the last layer after the final norm) takes n gradient-ascent steps ``h <- h + η ∇ G(h)``
+  on the critic's ``G = V(h)`` (``lagrangian``: ``V(h) - λ Ŝ(h)``; ``cost``: ``-Ŝ(h)``), and the step
+  samples from the LM head on the edited latent. Only the first ``hidden_size`` columns (the LM head's
+  input) are edited; columns a critic reads beyond them (extra layers) are held fixed. Autograd runs
+  through the critic only.
 """
 
 from __future__ import annotations
@@ -41,10 +42,11 @@ def guidance_needs(guidance: str) -> tuple[bool, bool]:
 
 
 class ArgsProcessor:
-    """ARGS as a logits processor ``(input_ids (R, T), scores (R, V)) -> new (R, V)`` that never edits ``scores``.
+    """ARGS as a logits processor ``(input_ids (R, T), scores (R, V)) -> new (R, V)`` that never edits
+    ``scores``.
 
-    ``input_ids`` are the tokens the block has fed so far; a row whose ids hold an EOS has stopped (the loop feeds
-    it pad) and is left as it is. ``scored`` counts the texts scored per prompt (``candidates_scored``).
+    ``input_ids`` are the tokens the block has fed so far; a row whose ids hold an EOS has stopped (the loop
+    feeds it pad) and is left as it is. ``scored`` counts the texts scored per prompt (``candidates_scored``).
     """
 
     def __init__(
@@ -87,7 +89,8 @@ class ArgsProcessor:
         return out
 
     def _guidance(self, prompt: torch.Tensor, texts: list[str]) -> torch.Tensor:
-        """g of each (prompt, text); a text a prompt's candidates share (tokens that decode alike) is scored once."""
+        """g of each (prompt, text); a text a prompt's candidates share (tokens that decode alike) is scored
+        once."""
         keys = list(zip(prompt.tolist(), texts))
         uniq = list(dict.fromkeys(keys))
         where = {key: i for i, key in enumerate(uniq)}
@@ -104,9 +107,11 @@ class ArgsProcessor:
 
 
 class ReControl:
-    """RE-Control as a ``latent_logits`` hook: ``h (R, H') -> logits (R, V)`` of the LM head on the edited latent.
+    """RE-Control as a ``latent_logits`` hook: ``h (R, H') -> logits (R, V)`` of the LM head on the edited
+    latent.
 
-    Build it after :func:`recontrol_problems` found nothing. ``seconds`` accumulates the time of edits and heads.
+    Build it after :func:`recontrol_problems` found nothing. ``seconds`` accumulates the time of edits and
+    heads.
     """
 
     def __init__(
@@ -125,7 +130,8 @@ class ReControl:
         self.seconds = 0.0
 
     def objective(self, h: torch.Tensor) -> torch.Tensor:
-        """G(h) per row (R,): V, V - λ Ŝ or -Ŝ of the critic (one trunk pass for both heads of igcritic's Critic)."""
+        """G(h) per row (R,): V, V - λ Ŝ or -Ŝ of the critic (one trunk pass for both heads of igcritic's
+        Critic)."""
         want_v, want_c = guidance_needs(self.guidance)
         if hasattr(self.critic, "encode"):
             feat = self.critic.encode(h)
@@ -141,7 +147,8 @@ class ReControl:
         return -c
 
     def edit(self, h: torch.Tensor) -> torch.Tensor:
-        """The latent after ``steps`` gradient-ascent steps on its first ``hidden_size`` columns; rest held."""
+        """The latent after ``steps`` gradient-ascent steps on its first ``hidden_size`` columns; rest
+        held."""
         hid = self.hidden
         with torch.inference_mode(False), torch.enable_grad():
             x = h[:, :hid].float().clone()  # a normal tensor, outside inference mode: autograd can track it
@@ -178,8 +185,9 @@ def recontrol_problems(policy: Policy, critic, steps: int, step_size: float) -> 
     for who, layer, norm in seen:
         if layer != ident.num_layers or norm != "post":
             bad.append(
-                f"--method recontrol edits the LM head's input (layer {ident.num_layers}, norm post), but the "
-                f"{who}'s latent is layer {layer}, norm {norm}; use a critic trained with --layer -1 --norm post"
+                f"--method recontrol edits the LM head's input (layer {ident.num_layers}, norm post), "
+                f"but the {who}'s latent is layer {layer}, norm {norm}; "
+                "use a critic trained with --layer -1 --norm post"
             )
             break
     if policy.model.get_output_embeddings() is None:

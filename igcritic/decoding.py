@@ -217,9 +217,9 @@ def sample_block(
     """Extend each row by up to ``limits[r]`` tokens (stopping at EOS), in place; all rows step together.
 
     Rows that stopped keep feeding the pad token (their later positions are never used again); their
-    ``h`` and ``logits`` stay those of their last real token. ``latent_logits`` (``h (R, H) -> logits (R, V)``)
-    replaces each step's logits before ``processor`` (RE-Control: the LM head on an edited latent); the cache
-    and ``rows.logits`` keep the policy's own.
+    ``h`` and ``logits`` stay those of their last real token. ``latent_logits``
+    (``h (R, H) -> logits (R, V)``) replaces each step's logits before ``processor`` (RE-Control: the LM
+    head on an edited latent); the cache and ``rows.logits`` keep the policy's own.
     """
     dev = rows.mask.device
     bsz = len(rows)

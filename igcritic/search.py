@@ -139,10 +139,10 @@ class SearchConfig:
     """Decode on a static KV cache of N x prompts-per-batch rows with a ``torch.compile``-d step (for GPUs;
     slower on CPU, BENCHMARKS.md); the first batch of each shape compiles (about a minute)."""
     guidance: Literal["reward", "lagrangian", "cost"] = "reward"
-    """ARGS / RE-Control: what each token step raises: ``reward`` (ARGS: the reward scorer r; RE-Control: the
-    critic's V(h)), ``lagrangian`` (r - λ·c; V(h) - λ·Ŝ(h)) or ``cost`` (-c; -Ŝ(h)); c: the cost scorer (ARGS),
-    Ŝ: the critic's latent cost head (RE-Control). Paper Table 2: ARGS, ARGS + Lagrangian, ARGS + cost model,
-    RE-Control, RE-Control + Lagrangian."""
+    """ARGS / RE-Control: what each token step raises: ``reward`` (ARGS: the reward scorer r; RE-Control:
+    the critic's V(h)), ``lagrangian`` (r - λ·c; V(h) - λ·Ŝ(h)) or ``cost`` (-c; -Ŝ(h)); c: the cost scorer
+    (ARGS), Ŝ: the critic's latent cost head (RE-Control). Paper Table 2: ARGS, ARGS + Lagrangian, ARGS +
+    cost model, RE-Control, RE-Control + Lagrangian."""
     args_top_k: int = 20
     """ARGS: next-token candidates scored per step (paper Table 1: 20; width 1: one hypothesis)."""
     args_weight: float = 1.0
@@ -326,8 +326,8 @@ class GuardRecord:
     critic_seconds: float = 0.0
     """Time in critic calls (the prompt's share of its batch), RE-Control's latent edits included."""
     scorer_calls: int = 0
-    """Cost/reward scorer calls that scored this prompt's texts (ARGS: one per scorer per token step, shared by
-    the batch's prompts; exact mode: one per block)."""
+    """Cost/reward scorer calls that scored this prompt's texts (ARGS: one per scorer per token step, shared
+    by the batch's prompts; exact mode: one per block)."""
     scorer_seconds: float = 0.0
     """Time in those calls, the prompt's share (by the texts it had in each call)."""
 

@@ -1,4 +1,5 @@
-"""ARGS and RE-Control on the tiny Llama: exactness against generate and plain sampling, steering, refusals."""
+"""ARGS and RE-Control on the tiny Llama: exactness against generate and plain sampling, steering,
+refusals."""
 
 from __future__ import annotations
 
@@ -102,7 +103,8 @@ def test_args_cost_guidance_avoids_a_costly_token(tiny_policy, guidance):
 
 
 def test_recontrol_without_edit_is_plain_sampling(tiny_policy):
-    """0 steps, or 30 steps of size 0 (the LM head on the unedited latent): plain's tokens under the same seed."""
+    """0 steps, or 30 steps of size 0 (the LM head on the unedited latent): plain's tokens under the same
+    seed."""
     critic = tiny_critic(tiny_policy)
     plain = search(tiny_policy, PROMPTS, SearchConfig(method="plain", seed=3, **BASE), critic, WordCost())
     for kw in ({"recontrol_steps": 0}, {"recontrol_step_size": 0.0}):

@@ -145,8 +145,9 @@ class PolicyFeatures:
                 out[r] = self._features([hs[layer][j, start:] for layer in self.spec.layers], encoded[r][2])
 
     def _shared_passes(self, encoded: list, rows: list[int], out: list) -> bool:
-        """Pairs of one prompt (ARGS: the k continuations of one answer; collect: N answers): their longest common
-        token prefix runs ONCE, then every tail on a copy of its KV cache. False (nothing done): nothing to share."""
+        """Pairs of one prompt (ARGS: the k continuations of one answer; collect: N answers): their longest
+        common token prefix runs ONCE, then every tail on a copy of its KV cache. False (nothing done):
+        nothing to share."""
         seqs = [encoded[r][0] + encoded[r][1] for r in rows]
         shared = min(_common_prefix(seqs), min(len(x) for x in seqs) - 1)  # every tail keeps >= 1 token
         if shared < 1:
@@ -189,7 +190,8 @@ class PolicyFeatures:
         return True
 
     def _features(self, per_layer: list[torch.Tensor], ends: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        """Features (J + 1, dim) from each layer's hidden states (J + 1, H) from the prompt's last position on."""
+        """Features (J + 1, dim) from each layer's hidden states (J + 1, H) from the prompt's last position
+        on."""
         parts = []
         for h in per_layer:
             h = h.float()
