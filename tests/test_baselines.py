@@ -15,8 +15,9 @@ from test_search import PROMPTS, greedy_reference
 
 from igcritic.baselines import ReControl
 from igcritic.critic import Critic, CriticConfig
-from igcritic.guard import generate_main, load_guard
+from igcritic.guard import GenerateConfig, load_guard, main
 from igcritic.policy import load_policy
+from igcritic.prompts import PromptSource
 from igcritic.search import SearchConfig, SearchConfigError, search
 
 BASE = dict(max_new_tokens=12, budget=0.5, critic=False, mode="exact")
@@ -216,19 +217,21 @@ def test_guard_generate_runs_both(tmp_path, tiny_policy):
 
 
 def test_igcritic_generate_runs_recontrol(tmp_path, tiny_policy):
-    """`igcritic generate --method recontrol` (no scorer bound: the critic alone; RE-Control + Lagrangian)."""
+    """`igcritic generate --search.method recontrol` (no scorer bound: the critic alone; RE-Control +
+    Lagrangian)."""
     folder = tmp_path / "tiny-model"  # the critic records a local model folder, so generate loads it
     tiny_policy.model.save_pretrained(folder)
     tiny_policy.tokenizer.save_pretrained(folder)
     ident = {**tiny_policy.identity.to_dict(), "model_id": str(folder)}
     art = write_artifact(tmp_path / "critic", ident, search={"max_new_tokens": 8, "budget": 0.5})
     out = tmp_path / "records.jsonl"
-    recs = generate_main(
-        str(art),
-        prompts=PROMPTS,
-        method="recontrol",
-        out=out,
-        search={"guidance": "lagrangian", "recontrol_steps": 2},
+    recs = main(
+        GenerateConfig(
+            str(art),
+            PromptSource(texts=PROMPTS),
+            out=out,
+            search={"method": "recontrol", "guidance": "lagrangian", "recontrol_steps": 2},
+        )
     )
     assert [r.method for r in recs] == ["recontrol"] * 2 and out.read_text().count("\n") == 2
     assert all(0 < r.new_tokens <= 8 and r.critic_seconds > 0 for r in recs)
