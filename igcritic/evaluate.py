@@ -320,7 +320,12 @@ def critic_graders(guard: Any) -> list:
 
     from igcritic.collect import teacher_forced_latents
 
+    seen: dict[tuple, torch.Tensor] = {}  # value and cost grade the same answers: one pass serves both
+
     def last_latents(prompts: list[str], responses: list[str]) -> torch.Tensor:
+        key = (tuple(prompts), tuple(responses))
+        if key in seen:
+            return seen[key]
         out = []
         for i in range(0, len(prompts), 16):
             answers = [  # cut to what the context leaves after the prompt
@@ -331,7 +336,9 @@ def critic_graders(guard: Any) -> list:
             ]
             lat = teacher_forced_latents(policy, prompts[i : i + 16], answers)
             out += [h[-1] for h in lat]
-        return torch.stack(out).to(next(critic.parameters()).device)
+        seen.clear()
+        seen[key] = torch.stack(out).to(next(critic.parameters()).device)
+        return seen[key]
 
     def value(prompts, responses):
         with torch.inference_mode():
