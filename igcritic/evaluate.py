@@ -405,16 +405,14 @@ def method_overrides(cfg: EvalConfig, spec: MethodSpec) -> dict[str, Any]:
 
 def precheck_methods(guard: Any, cfg: EvalConfig, budget: float) -> None:
     """Refuse a method the guard cannot run before anything is generated (unknown override, exact mode
-    without a cost scorer, ...), when the guard exposes ``config()`` (:class:`igcritic.guard.Guard` does)."""
-    make = getattr(guard, "config", None)
-    if not callable(make):
+    without a cost scorer, RE-Control on a critic of another layer, ...), when the guard exposes ``check()``
+    (:class:`igcritic.guard.Guard` does)."""
+    check = getattr(guard, "check", None)
+    if not callable(check):
         return
-    bound = [getattr(guard, k, None) is not None for k in ("critic", "cost", "reward")]
     for spec in cfg.methods:
         try:
-            search_cfg = make(budget, **method_overrides(cfg, spec))
-            if hasattr(search_cfg, "resolve"):
-                search_cfg.resolve(*bound)
+            check(budget, **method_overrides(cfg, spec))
         except (ValueError, TypeError) as e:
             raise EvalError(f"method {spec.name!r} cannot run: {e}") from None
 

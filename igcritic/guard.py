@@ -31,6 +31,7 @@ from igcritic.search import (
     ScorerLike,
     SearchConfig,
     SearchConfigError,
+    checked_config,
     search,
 )
 
@@ -76,6 +77,12 @@ class Guard:
         """The search config of one call: defaults, then ``overrides``, then ``budget``."""
         cfg = SearchConfig.from_dict({**asdict(self.search), **overrides})
         return cfg if budget is None else replace(cfg, budget=float(budget))
+
+    def check(self, budget: float | None = None, **overrides: Any) -> SearchConfig:
+        """The resolved search config of one call, or the one-line error ``generate`` would raise."""
+        return checked_config(
+            self.policy, self.config(budget, **overrides), self.critic, self.cost, self.reward
+        )
 
     def generate(
         self, prompts: list[str] | str, budget: float | None = None, **overrides: Any

@@ -436,6 +436,23 @@ def check_prompts(policy: Policy, prompts: list[str], cfg: SearchConfig) -> None
         raise SearchConfigError(str(e)) from None
 
 
+def checked_config(
+    policy: Policy,
+    cfg: SearchConfig,
+    critic: CriticLike | None = None,
+    cost: ScorerLike | None = None,
+    reward: ScorerLike | None = None,
+) -> SearchConfig:
+    """``cfg`` resolved against what is bound, or one error listing why it cannot run here (before any
+    token is generated: ``igcritic eval`` checks every method with it first)."""
+    cfg = cfg.resolve(critic is not None, cost is not None, reward is not None)
+    if cfg.method == "recontrol" and (
+        bad := recontrol_problems(policy, critic, cfg.recontrol_steps, cfg.recontrol_step_size)
+    ):
+        raise SearchConfigError("; ".join(bad))
+    return cfg
+
+
 @torch.inference_mode()
 def search(
     policy: Policy,
@@ -447,11 +464,7 @@ def search(
 ) -> list[GuardRecord]:
     """Answer every prompt with ``cfg.method``; batches of ``cfg.prompts_per_batch`` prompts share each
     forward."""
-    cfg = cfg.resolve(critic is not None, cost is not None, reward is not None)
-    if cfg.method == "recontrol" and (
-        bad := recontrol_problems(policy, critic, cfg.recontrol_steps, cfg.recontrol_step_size)
-    ):
-        raise SearchConfigError("; ".join(bad))
+    cfg = checked_config(policy, cfg, critic, cost, reward)
     check_prompts(policy, prompts, cfg)
     gen = torch.Generator(device=policy.device).manual_seed(cfg.seed)
     out: list[GuardRecord] = []

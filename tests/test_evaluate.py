@@ -516,6 +516,11 @@ def test_integration_tiny_policy_real_guard(tmp_path, tiny_policy):
             {"cost": CharCost()},
             r"'bad'.*divisible",
         ),
+        (  # checked by the runtime, not by SearchConfig: precheck asks the guard
+            {"method": "recontrol", "recontrol_steps": -1},
+            {"cost": CharCost()},
+            r"'bad'.*--recontrol_steps -1 must be >= 0",
+        ),
     ],
 )
 def test_methods_the_guard_cannot_run_fail_before_generation(
