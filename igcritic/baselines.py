@@ -28,6 +28,7 @@ from typing import Literal
 
 import torch
 
+from igcritic.critic import Critic
 from igcritic.policy import Policy
 
 Guidance = Literal["reward", "lagrangian", "cost"]
@@ -117,7 +118,7 @@ class ReControl:
     def __init__(
         self,
         policy: Policy,
-        critic,
+        critic: Critic,
         steps: int = 30,
         step_size: float = 0.5,
         guidance: Guidance = "reward",
@@ -130,16 +131,11 @@ class ReControl:
         self.seconds = 0.0
 
     def objective(self, h: torch.Tensor) -> torch.Tensor:
-        """G(h) per row (R,): V, V - λ Ŝ or -Ŝ of the critic (one trunk pass for both heads of igcritic's
-        Critic)."""
+        """G(h) per row (R,): V, V - λ Ŝ or -Ŝ of the critic (one trunk pass for both heads)."""
         want_v, want_c = guidance_needs(self.guidance)
-        if hasattr(self.critic, "encode"):
-            feat = self.critic.encode(h)
-            v = self.critic.value_from_features(feat) if want_v else None
-            c = self.critic.cost_from_features(feat) if want_c else None
-        else:
-            v = self.critic.value(h) if want_v else None
-            c = self.critic.cost(h) if want_c else None
+        feat = self.critic.encode(h)
+        v = self.critic.value_from_features(feat) if want_v else None
+        c = self.critic.cost_from_features(feat) if want_c else None
         if self.guidance == "reward":
             return v
         if self.guidance == "lagrangian":
@@ -169,31 +165,31 @@ class ReControl:
         return logits
 
 
-def recontrol_problems(policy: Policy, critic, steps: int, step_size: float) -> list[str]:
+def recontrol_problems(policy: Policy, critic: Critic, steps: int, step_size: float) -> list[str]:
     """Why RE-Control cannot run with this policy and critic (empty: it can)."""
     bad = []
     if steps < 0:
-        bad.append(f"--recontrol_steps {steps} must be >= 0")
+        bad.append(f"search.recontrol_steps {steps} must be >= 0")
     if not (math.isfinite(step_size) and step_size >= 0):
-        bad.append(f"--recontrol_step_size {step_size} must be a finite number >= 0")
+        bad.append(f"search.recontrol_step_size {step_size} must be a finite number >= 0")
     ident = policy.identity
     seen = [("policy", ident.layer, ident.norm)]
-    cpol = getattr(getattr(critic, "config", None), "policy", None)
-    if cpol is not None:
-        cpol = cpol if isinstance(cpol, dict) else cpol.to_dict()
-        seen.append(("critic", cpol.get("layer"), cpol.get("norm")))
+    if critic.config.policy is not None:
+        seen.append(("critic", critic.config.layer, critic.config.norm))
     for who, layer, norm in seen:
         if layer != ident.num_layers or norm != "post":
             bad.append(
-                f"--method recontrol edits the LM head's input (layer {ident.num_layers}, norm post), "
+                f"search.method recontrol edits the LM head's input (layer {ident.num_layers}, norm post), "
                 f"but the {who}'s latent is layer {layer}, norm {norm}; "
                 "use a critic trained with --layer -1 --norm post"
             )
             break
     if policy.model.get_output_embeddings() is None:
         bad.append(
-            f"--method recontrol needs the policy's LM head; {type(policy.model).__name__} exposes none"
+            f"search.method recontrol needs the policy's LM head; {type(policy.model).__name__} exposes none"
         )
     if getattr(policy.model.config, "final_logit_softcapping", None):
-        bad.append("--method recontrol applies the LM head alone; this policy soft-caps its logits after it")
+        bad.append(
+            "search.method recontrol applies the LM head alone; this policy soft-caps its logits after it"
+        )
     return bad

@@ -22,13 +22,13 @@ import torch
 from torch import nn
 
 from igcritic import IgcriticError
+from igcritic.critic import Critic, load_critic
 from igcritic.policy import EMBEDDED_POLICY_ID, Policy, PolicyIdentity, embedded_model_dir, load_policy
 from igcritic.prompts import STDIN, PromptSource, load_prompts
+from igcritic.scorers import Scorer
 from igcritic.search import (
     SEARCH_CONFIG_NAME,
-    CriticLike,
     GuardRecord,
-    ScorerLike,
     SearchConfig,
     SearchConfigError,
     checked_config,
@@ -59,10 +59,10 @@ class Guard:
     """A frozen policy, its critic and scorers, and the default search. Build it with :func:`load_guard`."""
 
     policy: Policy
-    critic: CriticLike
-    cost: ScorerLike | None = None
+    critic: Critic
+    cost: Scorer | None = None
     """Cost scorer (exact mode); None: fully latent mode only."""
-    reward: ScorerLike | None = None
+    reward: Scorer | None = None
     """Reward scorer (ranks candidates when ``critic=False``)."""
     search: SearchConfig = field(default_factory=SearchConfig)
     """Defaults of every :meth:`generate` call (from the artifact's ``search_config.json``)."""
@@ -99,11 +99,11 @@ class Guard:
 
 
 def load_guard(
-    critic_path: str | Path | CriticLike,
+    critic_path: str | Path | Critic,
     model: str | nn.Module | Policy | None = None,
     tokenizer: Any = None,
-    cost: str | ScorerLike | None = None,
-    reward: str | ScorerLike | None = None,
+    cost: str | Scorer | None = None,
+    reward: str | Scorer | None = None,
     device: str = "cpu",
     dtype: str | None = None,
     model_id: str | None = None,
@@ -133,8 +133,7 @@ def load_guard(
                 f"the critic was trained on another policy ({'; '.join(bad)}; policy != critic); "
                 "load the critic's policy or train a critic on this one"
             )
-    if isinstance(critic, nn.Module):
-        critic = critic.to(device=device, dtype=torch.float32).eval()
+    critic = critic.to(device=device, dtype=torch.float32).eval()
     cost_s, reward_s = _scorer(cost, "cost", device), _scorer(reward, "reward", device)
     if isinstance(search, SearchConfig):
         defaults = search
@@ -142,9 +141,9 @@ def load_guard(
         SearchConfig.from_dict(search)  # unknown keys are an error
         defaults = replace(defaults, **search)
     if defaults.budget is None:  # the critic's training budget, else the cost scorer's hint
-        hint = getattr(getattr(critic, "config", None), "budget", None)
+        hint = critic.config.budget
         if hint is None and cost_s is not None:
-            hint = getattr(getattr(cost_s, "info", None), "budget_hint", None)
+            hint = cost_s.info.budget_hint
         defaults = replace(defaults, budget=None if hint is None else float(hint))
     return Guard(
         policy=policy,
@@ -156,12 +155,11 @@ def load_guard(
     )
 
 
-def _load_critic(critic_path, device: str) -> tuple[CriticLike, SearchConfig]:
+def _load_critic(critic_path, device: str) -> tuple[Critic, SearchConfig]:
     if not isinstance(critic_path, (str, Path)):
-        if not isinstance(critic_path, CriticLike):
+        if not isinstance(critic_path, Critic):
             raise GuardError(
-                f"critic {type(critic_path).__name__} lacks safe_prob/value/cost; pass an exported critic "
-                "folder"
+                f"critic {type(critic_path).__name__} is not a Critic; pass an exported critic folder"
             )
         return critic_path, SearchConfig()
     path = Path(critic_path)
@@ -169,8 +167,6 @@ def _load_critic(critic_path, device: str) -> tuple[CriticLike, SearchConfig]:
         raise GuardError(
             f"critic folder {str(path)!r} does not exist; pass the folder written by igcritic export"
         )
-    from igcritic.critic import load_critic
-
     critic = load_critic(path, device=device)
     defaults = SearchConfig()
     if (path / SEARCH_CONFIG_NAME).exists():
@@ -181,12 +177,9 @@ def _load_critic(critic_path, device: str) -> tuple[CriticLike, SearchConfig]:
     return critic, defaults
 
 
-def _critic_identity(critic) -> PolicyIdentity | None:
-    cfg = getattr(critic, "config", None)
-    ident = getattr(cfg, "policy", None) if cfg is not None else None
-    if ident is None:
-        return None
-    return ident if isinstance(ident, PolicyIdentity) else PolicyIdentity.from_dict(dict(ident))
+def _critic_identity(critic: Critic) -> PolicyIdentity | None:
+    ident = critic.config.policy
+    return None if ident is None else PolicyIdentity.from_dict(dict(ident))
 
 
 def _bind_policy(
@@ -243,7 +236,7 @@ def _loaded_id(model: nn.Module, want: PolicyIdentity | None) -> str:
     return name
 
 
-def _scorer(spec, role: str, device: str) -> ScorerLike | None:
+def _scorer(spec, role: str, device: str) -> Scorer | None:
     if spec is None or hasattr(spec, "score"):
         return spec
     if not isinstance(spec, str):
@@ -263,10 +256,11 @@ def _overrides_class(cls: type) -> type:
         (f.name, hints[f.name] | None, dataclasses.field(default=None)) for f in dataclasses.fields(cls)
     ]
     doc = f"Fields of {cls.__name__} to override; unset ones keep the critic artifact's defaults."
-    try:  # the fields' help: cls's attribute docstrings as an Args section (what jsonargparse reads)
+    try:  # the fields' help: the attribute docstrings of cls and its bases as an Args section (jsonargparse)
         from docstring_parser import parse_from_object
 
-        args = [f"    {p.arg_name}: {' '.join(p.description.split())}" for p in parse_from_object(cls).params]
+        params = [p for c in reversed(cls.__mro__[:-1]) for p in parse_from_object(c).params]
+        args = [f"    {p.arg_name}: {' '.join(p.description.split())}" for p in params]
         doc += "\n\nArgs:\n" + "\n".join(args)
     except Exception:  # noqa: BLE001 - help text only
         pass

@@ -30,13 +30,14 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal
 
 import numpy as np
 import torch
 
 from igcritic import IgcriticError
 from igcritic.baselines import GUIDANCE, ArgsProcessor, ReControl, guidance_needs, recontrol_problems
+from igcritic.critic import Critic
 from igcritic.decoding import (
     LogitsProcessorList,
     RejectedTokenPenalty,
@@ -47,6 +48,7 @@ from igcritic.decoding import (
     sample_block,
 )
 from igcritic.policy import Policy, PolicyError
+from igcritic.scorers import Scorer
 
 Method = Literal["inferenceguard", "plain", "best_of_n", "beam", "args", "recontrol"]
 METHODS = ("inferenceguard", "plain", "best_of_n", "beam", "args", "recontrol")
@@ -63,31 +65,11 @@ class SearchConfigError(IgcriticError):
     """Search parameters or prompts the runtime cannot honour."""
 
 
-@runtime_checkable
-class CriticLike(Protocol):
-    """What the runtime needs from a critic (``igcritic.critic.Critic`` or a stand-in)."""
-
-    def safe_prob(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """q(h, z) = P[cost to come <= z], (N, H) float32 and (N,) -> (N,); non-decreasing in z."""
-
-    def value(self, h: torch.Tensor) -> torch.Tensor:
-        """Discounted reward to go, (N, H) -> (N,)."""
-
-    def cost(self, h: torch.Tensor) -> torch.Tensor:
-        """Latent prediction Ŝ(h) of the cost scorer's prefix score, (N, H) -> (N,)."""
-
-
-class ScorerLike(Protocol):
-    """What the runtime needs from a cost or reward scorer (``igcritic.scorers.Scorer``)."""
-
-    def score(
-        self, prompts: list[str], responses: list[str], previous: np.ndarray | None = None
-    ) -> np.ndarray: ...
-
-
 @dataclass
-class SearchConfig:
-    """How the guard searches; defaults are paper Table 1 (InferenceGuard)."""
+class SearchConfig(SamplingConfig):
+    """How the guard searches; defaults are paper Table 1 (InferenceGuard). The sampling fields
+    (``temperature``, ``top_p``, ``top_k``, ``max_new_tokens``) are :class:`SamplingConfig`'s, flat like
+    ``GenerationConfig``: ``--search.temperature 0``, ``generate(temperature=0)``."""
 
     method: Method = "inferenceguard"
     """``inferenceguard``, ``plain`` (one sample), ``best_of_n``, ``beam`` (block beam search), ``args`` or
@@ -106,8 +88,6 @@ class SearchConfig:
     """N: candidates sampled per block per prompt (spread over the live beams)."""
     beams_kept: int | None = None
     """K: beams kept per block (None: N // 4, at least 1)."""
-    max_new_tokens: int = 128
-    """D: the most tokens an answer may have."""
     retries: int = 2
     """M: resamples of a block with penalised logits when nothing is admissible."""
     tau: float = 0.5
@@ -118,12 +98,6 @@ class SearchConfig:
     """λ of the Lagrangian score r - λ·S."""
     resample_penalty: float = 2.0
     """Logit units subtracted from tokens seen in rejected candidates when a block is resampled."""
-    temperature: float = 0.7
-    """Sampling temperature; 0 is greedy."""
-    top_p: float = 0.9
-    """Nucleus mass kept."""
-    top_k: int = 0
-    """Keep only the k most likely tokens (0 disables)."""
     on_violation: Literal["refuse", "best_effort"] = "refuse"
     """Nothing admissible after M retries: ``refuse`` (the refusal text, refused=True) or ``best_effort``."""
     refusal_text: str = DEFAULT_REFUSAL
@@ -157,10 +131,6 @@ class SearchConfig:
         return self.beams_kept if self.beams_kept is not None else max(1, self.num_candidates // 4)
 
     @property
-    def sampling(self) -> SamplingConfig:
-        return SamplingConfig(self.temperature, self.top_p, self.top_k, self.max_new_tokens)
-
-    @property
     def prompts_per_batch(self) -> int:
         return self.prompt_batch or max(1, AUTO_BATCH_ROWS // self.plan[0])
 
@@ -189,54 +159,59 @@ class SearchConfig:
         return cfg
 
     def _problems(self, has_critic: bool, has_cost: bool, has_reward: bool) -> list[str]:
+        """Each names the field as ``search.FIELD``: the flag ``--search.FIELD`` of generate/eval/collect
+        and the keyword ``FIELD=`` of ``Guard.generate``."""
         bad = []
         if self.method not in METHODS:
-            bad.append(f"--method {self.method!r} is unknown; use one of {', '.join(METHODS)}")
+            bad.append(f"search.method {self.method!r} is unknown; use one of {', '.join(METHODS)}")
         if self.score not in ("lagrangian", "augmented"):
-            bad.append(f"--score {self.score!r} is unknown; use lagrangian or augmented")
+            bad.append(f"search.score {self.score!r} is unknown; use lagrangian or augmented")
         if self.mode not in ("latent", "exact"):
-            bad.append(f"--mode {self.mode!r} is unknown; use auto, latent or exact")
+            bad.append(f"search.mode {self.mode!r} is unknown; use auto, latent or exact")
         if self.on_violation not in ("refuse", "best_effort"):
-            bad.append(f"--on_violation {self.on_violation!r} is unknown; use refuse or best_effort")
+            bad.append(f"search.on_violation {self.on_violation!r} is unknown; use refuse or best_effort")
         if self.budget is None or not isinstance(self.budget, (int, float)) or not math.isfinite(self.budget):
-            bad.append(f"--budget {self.budget!r} is not a finite number; pass one, e.g. --budget 0.5")
+            bad.append(f"search.budget {self.budget!r} is not a finite number; set one, e.g. 0.5")
         n, k, w, _ = self.plan
         d = self.max_new_tokens
         if d < 1:
-            bad.append(f"--max_new_tokens {d} must be >= 1")
+            bad.append(f"search.max_new_tokens {d} must be >= 1")
         if n < 1 or k < 1:
-            bad.append(f"--num_candidates {n} / --beams_kept {k} must be >= 1")
+            bad.append(f"search.num_candidates {n} / search.beams_kept {k} must be >= 1")
         elif self.method in ("inferenceguard", "beam") and (k > n or n % k):
             bad.append(
-                f"--num_candidates {n} is not divisible across --beams_kept {k}; use a multiple of {k}"
+                f"search.num_candidates {n} is not divisible across search.beams_kept {k}; use a multiple "
+                f"of {k}"
             )
         if self.method in ("inferenceguard", "beam") and not 1 <= self.block_width <= d:
-            bad.append(f"--block_width {self.block_width} must be in 1..max_new_tokens ({d}); lower it")
+            bad.append(f"search.block_width {self.block_width} must be in 1..max_new_tokens ({d}); lower it")
         if self.retries < 0:
-            bad.append(f"--retries {self.retries} must be >= 0")
+            bad.append(f"search.retries {self.retries} must be >= 0")
         if not 0.0 <= self.tau <= 1.0:
-            bad.append(f"--tau {self.tau} must be a probability in [0, 1]")
+            bad.append(f"search.tau {self.tau} must be a probability in [0, 1]")
         if self.temperature < 0 or not 0.0 < self.top_p <= 1.0 or self.top_k < 0:
             bad.append(
-                f"sampling (temperature {self.temperature}, top_p {self.top_p}, top_k {self.top_k}) is "
-                "invalid;"
+                f"search.temperature {self.temperature} / top_p {self.top_p} / top_k {self.top_k} is invalid;"
                 " use temperature >= 0, 0 < top_p <= 1, top_k >= 0"
             )
         if self.prompt_batch < 0:
-            bad.append(f"--prompt_batch {self.prompt_batch} must be >= 0 (0: automatic)")
+            bad.append(f"search.prompt_batch {self.prompt_batch} must be >= 0 (0: automatic)")
         bad += self._token_problems(has_critic, has_cost, has_reward)
         if self.mode == "exact" and not has_cost:
             bad.append(
-                f"--mode exact ({self.method}) needs a cost scorer; pass cost=... or use --mode latent"
+                f"search.mode exact ({self.method}) needs a cost scorer; pass --cost (cost=...) or use "
+                "search.mode latent"
             )
         if self.mode == "latent" and not has_critic:
-            bad.append("--mode latent needs a critic (its latent cost head); bind one or use --mode exact")
+            bad.append(
+                "search.mode latent needs a critic (its latent cost head); bind one or use search.mode exact"
+            )
         if self.critic and not has_critic:
-            bad.append("--critic true needs a critic; bind one or pass --critic false")
+            bad.append("search.critic true needs a critic; bind one or set search.critic false")
         if not self.critic and self.method not in TOKEN_METHODS and not has_reward:
             bad.append(
-                f"--method {self.method} with --critic false ranks by reward; pass reward=... or use the "
-                "critic"
+                f"search.method {self.method} with search.critic false ranks by reward; pass --reward "
+                "(reward=...) or use the critic"
             )
         return bad
 
@@ -244,20 +219,20 @@ class SearchConfig:
         if self.method not in ("args", "recontrol"):
             return []
         if self.guidance not in GUIDANCE:
-            return [f"--guidance {self.guidance!r} is unknown; use one of {', '.join(GUIDANCE)}"]
+            return [f"search.guidance {self.guidance!r} is unknown; use one of {', '.join(GUIDANCE)}"]
         want_r, want_c = guidance_needs(self.guidance)
         bad = []
         if self.method == "args":
             if self.args_top_k < 1:
-                bad.append(f"--args_top_k {self.args_top_k} must be >= 1")
+                bad.append(f"search.args_top_k {self.args_top_k} must be >= 1")
             if not math.isfinite(self.args_weight):
-                bad.append(f"--args_weight {self.args_weight} must be a finite number")
+                bad.append(f"search.args_weight {self.args_weight} must be a finite number")
             if want_r and not has_reward:
-                bad.append(f"--method args --guidance {self.guidance} scores the reward; pass reward=...")
+                bad.append(f"search.method args, guidance {self.guidance} scores the reward; pass --reward")
             if want_c and not has_cost:
-                bad.append(f"--method args --guidance {self.guidance} scores the cost; pass cost=...")
+                bad.append(f"search.method args, guidance {self.guidance} scores the cost; pass --cost")
         elif not has_critic:
-            bad.append("--method recontrol ascends the critic's heads; bind a critic")
+            bad.append("search.method recontrol ascends the critic's heads; bind a critic")
         return bad
 
     @classmethod
@@ -367,9 +342,9 @@ class _Ctx:
 
     policy: Policy
     cfg: SearchConfig
-    critic: CriticLike | None
-    cost: ScorerLike | None
-    reward: ScorerLike | None
+    critic: Critic | None
+    cost: Scorer | None
+    reward: Scorer | None
     prompts: list[str]
     cache_rows: int = 0
     """Rows of the static cache (``compile``): N x the most prompts of one batch of the call."""
@@ -383,16 +358,13 @@ class _Ctx:
 
     def call_critic(self, fn: str, h: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
         t0 = time.perf_counter()
-        dev = _module_device(self.critic, h.device)
-        with torch.inference_mode():
-            if hasattr(self.critic, "encode"):  # igcritic's Critic: heads on shared trunk features
-                if self._trunk is None or self._trunk[0] is not h:
-                    self._trunk = (h, self.critic.encode(h.to(dev, torch.float32)))
-                head = getattr(self.critic, f"{fn}_from_features")
-                extra = {"calibrated": True} if fn == "safe_prob" else {}  # q >= tau reads the calibrated q
-                out = head(self._trunk[1], *(a.to(dev) for a in args), **extra)
-            else:  # any object with safe_prob / value / cost (CriticLike)
-                out = getattr(self.critic, fn)(h.to(dev, torch.float32), *(a.to(dev) for a in args))
+        dev = self.critic.h_mean.device
+        with torch.inference_mode():  # the heads share one trunk pass over the candidates
+            if self._trunk is None or self._trunk[0] is not h:
+                self._trunk = (h, self.critic.encode(h.to(dev, torch.float32)))
+            head = getattr(self.critic, f"{fn}_from_features")
+            extra = {"calibrated": True} if fn == "safe_prob" else {}  # q >= tau reads the calibrated q
+            out = head(self._trunk[1], *(a.to(dev) for a in args), **extra)
         out = out.detach().float().reshape(-1).cpu()
         self.critic_seconds += time.perf_counter() - t0
         return out
@@ -401,7 +373,7 @@ class _Ctx:
         return self.policy.tokenizer.batch_decode(tokens, skip_special_tokens=True)
 
     def score(
-        self, scorer: ScorerLike, prompt_idx: torch.Tensor, texts: list[str], previous=None
+        self, scorer: Scorer, prompt_idx: torch.Tensor, texts: list[str], previous=None
     ) -> torch.Tensor:
         t0 = time.perf_counter()
         idx = prompt_idx.tolist()
@@ -419,15 +391,6 @@ class _Ctx:
         return torch.from_numpy(out).float()
 
 
-def _module_device(obj, default: torch.device) -> torch.device:
-    params = getattr(obj, "parameters", None)
-    if callable(params):
-        p = next(iter(params()), None)
-        if p is not None:
-            return p.device
-    return default
-
-
 def check_prompts(policy: Policy, prompts: list[str], cfg: SearchConfig) -> None:
     """Every prompt of the call, before any work: not empty, and room for D new tokens in the context."""
     try:
@@ -439,9 +402,9 @@ def check_prompts(policy: Policy, prompts: list[str], cfg: SearchConfig) -> None
 def checked_config(
     policy: Policy,
     cfg: SearchConfig,
-    critic: CriticLike | None = None,
-    cost: ScorerLike | None = None,
-    reward: ScorerLike | None = None,
+    critic: Critic | None = None,
+    cost: Scorer | None = None,
+    reward: Scorer | None = None,
 ) -> SearchConfig:
     """``cfg`` resolved against what is bound, or one error listing why it cannot run here (before any
     token is generated: ``igcritic eval`` checks every method with it first)."""
@@ -458,9 +421,9 @@ def search(
     policy: Policy,
     prompts: list[str],
     cfg: SearchConfig,
-    critic: CriticLike | None = None,
-    cost: ScorerLike | None = None,
-    reward: ScorerLike | None = None,
+    critic: Critic | None = None,
+    cost: Scorer | None = None,
+    reward: Scorer | None = None,
 ) -> list[GuardRecord]:
     """Answer every prompt with ``cfg.method``; batches of ``cfg.prompts_per_batch`` prompts share each
     forward."""
@@ -501,7 +464,7 @@ def _search_batch(ctx: _Ctx, gen: torch.Generator) -> list[GuardRecord]:
         limits = torch.tensor([min(width, d - len(t)) for t in cands.tokens])
         args = _args(ctx, cands)
         proc = _processor(ctx, banned, cands.prompt, args)
-        block = sample_block(policy, cands, limits, cfg.sampling, gen, proc, latent_logits=recontrol)
+        block = sample_block(policy, cands, limits, cfg, gen, proc, latent_logits=recontrol)
         for p, n in (args.scored if args is not None else {}).items():
             tracks[p].scored += n
         # 2. safety state (exact S or latent Ŝ), value and admissibility of every candidate
