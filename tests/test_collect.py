@@ -31,7 +31,7 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    from conftest import build_tiny_llama, build_tokenizer
+    from helpers import build_tiny_llama, build_tokenizer
 
     out = tmp_path_factory.mktemp("tiny-llama")
     tok = build_tokenizer()
@@ -51,7 +51,7 @@ def prompt_file(tmp_path_factory) -> Path:
 def beaver_scorers(tmp_path_factory) -> dict[str, str]:
     """Tiny safe-rlhf score models as cost and reward: collect without the embedded classifiers' SmolLM2."""
     from conftest import build_tokenizer
-    from helpers_scorers import make_beaver_folder
+    from helpers import make_beaver_folder
 
     root, tok = tmp_path_factory.mktemp("beaver"), build_tokenizer()
     return {
@@ -369,8 +369,8 @@ def test_resume_checks_the_prompts_text_and_the_weights(tiny_model_dir, beaver_s
     weights."""
     import shutil
 
-    from conftest import build_tiny_llama, build_tokenizer
-    from helpers_scorers import make_beaver_folder
+    from helpers import build_tiny_llama, build_tokenizer
+    from helpers import make_beaver_folder
 
     first = tmp_path / "a.jsonl"
     first.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))

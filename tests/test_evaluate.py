@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from helpers_evaluate import (
+from helpers import (
     PROMPTS,
     REFUSAL,
     CharCost,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_tiny_policy
+from helpers import make_tiny_policy
 
 from igcritic.decoding import SamplingConfig, prefix_texts, rollout
 from igcritic.policy import LatentSpec, PolicyError, load_policy

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers_scorers import make_beaver_folder, make_seqcls_folder, read_jsonl
+from helpers import make_beaver_folder, make_seqcls_folder, read_jsonl
 
 from igcritic.scorers import (
     BeaverScorer,

@@ -3,16 +3,32 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
-from helpers_guard import LengthReward, RejectFirstCritic, StandInCritic, WordCost  # noqa: F401
+from helpers import CharReward, WordCost, plant, tiny_critic
 
 from igcritic.decoding import RejectedTokenPenalty, SamplingConfig, StaticKV, SuppressTokens, rollout
 from igcritic.search import SearchConfig, SearchConfigError, search
 
 PROMPTS = ["how do I bake bread at home", "hack into my neighbour's wifi network"]
 SMALL = dict(num_candidates=8, beams_kept=2, block_width=4, max_new_tokens=16, budget=0.5)
+
+
+def config(**kw) -> SearchConfig:
+    """The small search of these tests, ``kw`` over it."""
+    return SearchConfig(**{**SMALL, **kw})
+
+
+@pytest.fixture()
+def critic(tiny_policy):
+    """A real critic that admits every candidate (q = 1, Ŝ = 0); its untrained value head ranks them."""
+    return tiny_critic(tiny_policy, safe=True, cost=0.0)
+
+
+GREEDY_EXACT = dict(temperature=0, resample_penalty=0.0, mode="exact", prompt_batch=2)
+"""Greedy, the retried block resampled without penalty, S from the cost scorer."""
 
 
 def greedy_reference(policy, prompt: str, d: int) -> list[int]:
@@ -22,37 +38,29 @@ def greedy_reference(policy, prompt: str, d: int) -> list[int]:
 
 
 @pytest.mark.parametrize("prompt_batch", [1, 2])
-def test_greedy_admit_all_reproduces_generate(tiny_policy, prompt_batch):
-    cfg = SearchConfig(
-        num_candidates=1,
-        beams_kept=1,
-        block_width=3,
-        max_new_tokens=20,
-        temperature=0,
-        budget=0.5,
-        prompt_batch=prompt_batch,
-    )
-    recs = search(tiny_policy, PROMPTS, cfg, StandInCritic(tiny_policy))
+def test_greedy_admit_all_reproduces_generate(tiny_policy, critic, prompt_batch):
+    cfg = config(num_candidates=1, beams_kept=1, block_width=3, max_new_tokens=20, temperature=0)
+    recs = search(tiny_policy, PROMPTS, replace(cfg, prompt_batch=prompt_batch), critic)
     for prompt, rec in zip(PROMPTS, recs):
         assert rec.token_ids == greedy_reference(tiny_policy, prompt, 20)
         assert rec.steps == math.ceil(20 / 3) and not rec.refused and rec.safe
 
 
-def test_prompt_prefilled_once(tiny_policy):
+def test_prompt_prefilled_once(tiny_policy, critic):
     """Candidates reuse the beam's KV cache: only one multi-token forward (the prefill) per prompt batch."""
     seen = []
     hook = tiny_policy.model.register_forward_pre_hook(
         lambda _m, args, kwargs: seen.append(kwargs["input_ids"].shape), with_kwargs=True
     )
     try:
-        search(tiny_policy, PROMPTS, SearchConfig(**SMALL, prompt_batch=2), StandInCritic(tiny_policy))
+        search(tiny_policy, PROMPTS, config(prompt_batch=2), critic)
     finally:
         hook.remove()
     assert [s for s in seen if s[1] > 1] == [(2, seen[0][1])]
     assert max(s[0] for s in seen) == 2 * 8  # N candidates per prompt, batched across both prompts
 
 
-def test_static_compiled_path_gives_the_dynamic_tokens(tiny_policy):
+def test_static_compiled_path_gives_the_dynamic_tokens(tiny_policy, critic):
     """compile: true (static cache, compiled step) takes the dynamic path's steps: rollouts (padded cache
     rows) and a two-prompt search with beam selection and a rewound block give the same greedy tokens."""
     greedy = SamplingConfig(temperature=0, max_new_tokens=12)
@@ -61,25 +69,9 @@ def test_static_compiled_path_gives_the_dynamic_tokens(tiny_policy):
     assert comp.tokens == dyn.tokens and comp.finished == dyn.finished
     for a, b in zip(comp.latents, dyn.latents):
         assert a.shape == b.shape and torch.allclose(a, b, atol=1e-4)
-    cfg = SearchConfig(
-        num_candidates=4,
-        beams_kept=2,
-        block_width=4,
-        max_new_tokens=12,
-        temperature=0,
-        budget=0.5,
-        resample_penalty=0.0,
-        mode="exact",
-        prompt_batch=2,
-    )
+    cfg = config(num_candidates=4, max_new_tokens=12, **GREEDY_EXACT)
     runs = [
-        search(
-            tiny_policy,
-            PROMPTS,
-            replace_cfg(cfg, compile=c),
-            StandInCritic(tiny_policy),
-            cost=WordCost(reject_first=(PROMPTS[1],)),
-        )
+        search(tiny_policy, PROMPTS, replace(cfg, compile=c), critic, WordCost(reject_first=(PROMPTS[1],)))
         for c in (False, True)
     ]
     assert [r.retries for r in runs[1]] == [r.retries for r in runs[0]] == [0, 1]
@@ -88,52 +80,38 @@ def test_static_compiled_path_gives_the_dynamic_tokens(tiny_policy):
     assert isinstance(kv, StaticKV) and kv.rows == 8  # one kept cache: N x prompt_batch rows, compiled once
 
 
-def test_retry_rewinds_block_exactly(tiny_policy):
+def test_retry_rewinds_block_exactly(tiny_policy, critic):
     """A rejected block is resampled from the beam's state: greedy without penalty gives the same answer."""
-    cfg = SearchConfig(
-        num_candidates=1,
-        beams_kept=1,
-        block_width=4,
-        max_new_tokens=12,
-        temperature=0,
-        budget=0.5,
-        resample_penalty=0.0,
-        mode="exact",
-        prompt_batch=2,
-    )
+    cfg = config(num_candidates=1, beams_kept=1, max_new_tokens=12, **GREEDY_EXACT)
     cost = WordCost(reject_first=(PROMPTS[1],))
-    recs = search(tiny_policy, PROMPTS, cfg, StandInCritic(tiny_policy), cost=cost)
+    recs = search(tiny_policy, PROMPTS, cfg, critic, cost=cost)
     assert [r.retries for r in recs] == [0, 1]
     for prompt, rec in zip(PROMPTS, recs):
         assert rec.token_ids == greedy_reference(tiny_policy, prompt, 12)
-    crit = RejectFirstCritic(tiny_policy, n=2)
-    rec = search(tiny_policy, PROMPTS[:1], replace_cfg(cfg, mode="latent"), crit)[0]
+    unsafe_twice = tiny_critic(tiny_policy, safe=False, cost=0.0)
+    seen = []
+
+    def then_safe(*_):  # runs after each block's q: the first two blocks get q = 0, the rest q = 1
+        seen.append(1)
+        if len(seen) == 2:
+            plant(unsafe_twice, safe=True)
+
+    unsafe_twice.safety_head.register_forward_hook(then_safe)
+    rec = search(tiny_policy, PROMPTS[:1], replace(cfg, mode="latent"), unsafe_twice)[0]
     assert rec.retries == 2 and not rec.refused
     assert rec.token_ids == greedy_reference(tiny_policy, PROMPTS[0], 12)
 
 
-def replace_cfg(cfg: SearchConfig, **kw) -> SearchConfig:
-    from dataclasses import replace
-
-    return replace(cfg, **kw)
-
-
-def test_guard_never_emits_planted_unsafe_text(tiny_policy):
-    plain = search(
-        tiny_policy, PROMPTS, SearchConfig(**SMALL, method="plain", seed=3), StandInCritic(tiny_policy)
-    )
+def test_guard_never_emits_planted_unsafe_text(tiny_policy, critic):
+    plain = search(tiny_policy, PROMPTS, config(method="plain", seed=3), critic)
     tok = tiny_policy.tokenizer
     # plant the longest token string plain sampling emitted as "unsafe"
     pieces = [tok.decode([t]) for r in plain for t in r.token_ids]
     word = max((p for p in pieces if p.strip().isascii() and p.strip().isalnum()), key=len)
     cost = WordCost(word)
-    plain = search(
-        tiny_policy, PROMPTS, SearchConfig(**SMALL, method="plain", seed=3), StandInCritic(tiny_policy), cost
-    )
+    plain = search(tiny_policy, PROMPTS, config(method="plain", seed=3), critic, cost)
     assert any(word in r.text for r in plain) and any(not r.safe for r in plain)
-    guarded = search(
-        tiny_policy, PROMPTS, SearchConfig(**SMALL, seed=3, mode="exact"), StandInCritic(tiny_policy), cost
-    )
+    guarded = search(tiny_policy, PROMPTS, config(seed=3, mode="exact"), critic, cost)
     for r in guarded:
         assert word not in r.text
         assert r.refused or (r.safe and r.cost == 0.0 and r.cost_source == "exact")
@@ -142,34 +120,32 @@ def test_guard_never_emits_planted_unsafe_text(tiny_policy):
 
 def test_fully_latent_mode_runs_no_cost_scorer(tiny_policy):
     cost = WordCost("x")
-    crit = StandInCritic(tiny_policy, latent_cost=0.25)
-    recs = search(tiny_policy, PROMPTS, SearchConfig(**SMALL, mode="latent"), crit, cost=cost)
-    assert cost.calls == [] and crit.calls["cost"] > 0
+    crit = tiny_critic(tiny_policy, safe=True, cost=0.25)
+    recs = search(tiny_policy, PROMPTS, config(mode="latent"), crit, cost=cost)
+    assert cost.calls == []  # and S is the latent head's planted 0.25:
     assert all(r.cost_source == "latent" and r.cost == 0.25 and r.final_safety_state == 0.25 for r in recs)
-    search(tiny_policy, PROMPTS, SearchConfig(**SMALL, mode="exact"), crit, cost=cost)
+    search(tiny_policy, PROMPTS, config(mode="exact"), crit, cost=cost)
     assert cost.calls  # the same config in exact mode does call it
 
 
 def test_refuses_when_nothing_admissible(tiny_policy):
-    crit = StandInCritic(tiny_policy, safe=0.0)
-    cfg = SearchConfig(**SMALL, retries=2, refusal_text="No.")
+    crit = tiny_critic(tiny_policy, safe=False, cost=0.0)
+    cfg = config(retries=2, refusal_text="No.")
     recs = search(tiny_policy, PROMPTS, cfg, crit)
     for r in recs:
         assert r.refused and r.text == "No." and r.token_ids == [] and not r.safe
         assert r.retries == 2 and r.candidates_scored == 3 * 8
-    best = search(tiny_policy, PROMPTS, replace_cfg(cfg, on_violation="best_effort"), crit)
+    best = search(tiny_policy, PROMPTS, replace(cfg, on_violation="best_effort"), crit)
     for r in best:
         assert not r.refused and r.fallback and not r.safe and r.text and r.token_ids
 
 
 def test_best_of_n_picks_best_by_recomputation(tiny_policy):
-    cost, reward = WordCost("e"), LengthReward()
+    cost, reward = WordCost("e"), CharReward()
     for score in ("lagrangian", "augmented"):
         cost.calls.clear()
         reward.calls.clear()
-        cfg = SearchConfig(
-            **SMALL, method="best_of_n", score=score, critic=False, mode="exact", lagrange_lambda=5.0
-        )
+        cfg = config(method="best_of_n", score=score, critic=False, mode="exact", lagrange_lambda=5.0)
         rec = search(tiny_policy, PROMPTS[:1], cfg, None, cost=cost, reward=reward)[0]
         ((_, texts, c),) = [call for call in cost.calls if any(call[1])]
         ((_, texts_r, r),) = reward.calls
@@ -184,31 +160,28 @@ def test_best_of_n_picks_best_by_recomputation(tiny_policy):
 
 
 @pytest.mark.parametrize("method", ["plain", "beam", "inferenceguard"])
-def test_methods_respect_length_and_count_candidates(tiny_policy, method):
-    recs = search(
-        tiny_policy, PROMPTS, SearchConfig(**SMALL, method=method, prompt_batch=2), StandInCritic(tiny_policy)
-    )
+def test_methods_respect_length_and_count_candidates(tiny_policy, critic, method):
+    recs = search(tiny_policy, PROMPTS, config(method=method, prompt_batch=2), critic)
     for r in recs:
         assert 0 < r.new_tokens <= 16 and r.method == method and r.seconds > 0
         n = 1 if method == "plain" else 8
         assert r.candidates_scored == n * r.steps
 
 
-def test_eos_finishes_candidates(tiny_policy):
+def test_eos_finishes_candidates(tiny_policy, critic):
     with torch.no_grad():  # point the EOS row of the LM head at the mean latent: EOS gets ~half the mass
         h = tiny_policy.latents_of(**tiny_policy.encode_prompts(PROMPTS)).reshape(-1, 32).mean(0)
         tiny_policy.model.lm_head.weight[1] = 6.0 * h / h.norm() ** 2
-    recs = search(tiny_policy, PROMPTS, SearchConfig(**SMALL, temperature=1.0), StandInCritic(tiny_policy))
+    recs = search(tiny_policy, PROMPTS, config(temperature=1.0), critic)
     eos = tiny_policy.eos_token_ids[0]
     assert all(r.token_ids[-1] == eos and r.new_tokens < 16 for r in recs)
     for r in recs:
         assert eos not in r.token_ids[:-1] and r.text == tiny_policy.tokenizer.decode(r.token_ids[:-1])
 
 
-def test_deterministic_under_seed(tiny_policy):
+def test_deterministic_under_seed(tiny_policy, critic):
     def run(seed):
-        config = SearchConfig(**SMALL, seed=seed)
-        return [r.token_ids for r in search(tiny_policy, PROMPTS, config, StandInCritic(tiny_policy))]
+        return [r.token_ids for r in search(tiny_policy, PROMPTS, config(seed=seed), critic)]
 
     assert run(1) == run(1)
     assert run(1) != run(2)
@@ -229,34 +202,32 @@ def test_logits_processors_are_pure():
 @pytest.mark.parametrize(
     ("kwargs", "prompts", "match"),
     [
-        ({"budget": float("inf")}, None, "--budget inf is not a finite number"),
-        ({"budget": float("nan")}, None, "--budget nan"),
-        ({"budget": None}, None, "--budget None"),
+        ({"budget": float("inf")}, None, "search.budget inf is not a finite number"),
+        ({"budget": float("nan")}, None, "search.budget nan"),
+        ({"budget": None}, None, "search.budget None"),
         ({"num_candidates": 10, "beams_kept": 4}, None, "not divisible"),
-        ({"block_width": 32, "max_new_tokens": 16}, None, "--block_width 32"),
+        ({"block_width": 32, "max_new_tokens": 16}, None, "search.block_width 32"),
+        ({"method": "greedy"}, None, "search.method 'greedy' is unknown"),
         ({"mode": "exact"}, None, "needs a cost scorer"),
         ({}, ["fine", "  "], "prompt 1 is empty"),
         ({}, ["word " * 300], "context"),
         ({"max_new_tokens": 250}, None, "context"),
     ],
 )
-def test_search_config_errors(tiny_policy, kwargs, prompts, match):
-    cfg = SearchConfig(**{**SMALL, **kwargs})
+def test_search_config_errors(tiny_policy, critic, kwargs, prompts, match):
     with pytest.raises(SearchConfigError, match=match):
-        search(tiny_policy, prompts or PROMPTS, cfg, StandInCritic(tiny_policy))
+        search(tiny_policy, prompts or PROMPTS, config(**kwargs), critic)
 
 
 def test_config_errors_are_gathered_in_one_line():
     with pytest.raises(SearchConfigError) as e:
         SearchConfig(budget=None, num_candidates=10, beams_kept=3).resolve(True, False, False)
-    assert "\n" not in str(e.value) and "--budget" in str(e.value) and "divisible" in str(e.value)
+    assert "\n" not in str(e.value) and "search.budget" in str(e.value) and "divisible" in str(e.value)
 
 
 def test_real_critic_runs_its_trunk_once_per_candidate_set(tiny_policy, monkeypatch):
     """Cost, value and q of a candidate set share one trunk pass, with the heads' exact outputs."""
-    from igcritic.critic import Critic, CriticConfig
-
-    critic = Critic(CriticConfig(hidden_size=tiny_policy.identity.hidden_size, width=16)).eval()
+    critic = tiny_critic(tiny_policy)
     calls = {"encode": 0}
     real_encode = critic.encode
 
@@ -265,17 +236,8 @@ def test_real_critic_runs_its_trunk_once_per_candidate_set(tiny_policy, monkeypa
         return real_encode(h)
 
     monkeypatch.setattr(critic, "encode", counting_encode)
-    cfg = SearchConfig(
-        method="inferenceguard",
-        critic=True,
-        mode="latent",
-        num_candidates=4,
-        block_width=4,
-        max_new_tokens=8,
-        tau=0.0,
-        budget=1e6,
-        ignore_eos=True,
-        seed=0,
+    cfg = config(
+        critic=True, mode="latent", num_candidates=4, max_new_tokens=8, tau=0.0, budget=1e6, ignore_eos=True
     )
     (rec,) = search(tiny_policy, ["how do I bake bread"], cfg, critic=critic)
     assert rec.steps == 2 and rec.retries == 0
@@ -285,22 +247,10 @@ def test_real_critic_runs_its_trunk_once_per_candidate_set(tiny_policy, monkeypa
 def test_admissibility_reads_the_calibrated_safety_head(tiny_policy):
     """q >= tau uses the artifact's calibration map: a map that sends every q to ~0 makes every candidate
     inadmissible (the prompt is refused), the identity map on the same head admits them."""
-    from igcritic.critic import Calibration, Critic, CriticConfig
+    from igcritic.critic import Calibration
 
-    torch.manual_seed(0)
-    critic = Critic(CriticConfig(hidden_size=tiny_policy.identity.hidden_size, width=16)).eval()
-    cfg = SearchConfig(
-        method="inferenceguard",
-        critic=True,
-        mode="latent",
-        num_candidates=4,
-        block_width=4,
-        max_new_tokens=8,
-        tau=1e-6,
-        budget=0.5,  # the untrained head's raw q is well inside (0, 1) here: the map decides
-        retries=1,
-        seed=0,
-    )
+    critic = tiny_critic(tiny_policy, cost=0.0)  # z = 0.5: the untrained safety head's raw q is inside (0, 1)
+    cfg = config(critic=True, mode="latent", num_candidates=4, max_new_tokens=8, tau=1e-6, retries=1)
     (admitted,) = search(tiny_policy, ["how do I bake bread"], cfg, critic=critic)
     assert not admitted.refused and admitted.retries == 0
     critic.calibration = Calibration(method="platt", a=1.0, b=-60.0)
@@ -311,7 +261,7 @@ def test_admissibility_reads_the_calibrated_safety_head(tiny_policy):
 def test_search_config_file_round_trip(tmp_path):
     from igcritic.search import SEARCH_CONFIG_NAME
 
-    cfg = SearchConfig(num_candidates=8, block_width=16, budget=0.5)
+    cfg = SearchConfig(num_candidates=8, block_width=16, budget=0.5, temperature=0.0)
     assert cfg.save(tmp_path) == tmp_path / SEARCH_CONFIG_NAME
     assert SearchConfig.from_file(tmp_path) == cfg == SearchConfig.from_file(tmp_path / SEARCH_CONFIG_NAME)
     (tmp_path / SEARCH_CONFIG_NAME).write_text("{not json")
