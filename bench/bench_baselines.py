@@ -17,15 +17,13 @@ prefix) with the latent scorer's shared-prefix pass and without it (each text it
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
+from dataclasses import replace
 
 import torch
-from bench_policy import bench_policy
+from bench_guard import load_stack, stack_args
 
-from igcritic.critic import load_critic
-from igcritic.policy import EMBEDDED_POLICY_ID
 from igcritic.scorers import load_scorer
 from igcritic.search import SearchConfig, search
 
@@ -37,32 +35,21 @@ PROMPTS = [
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default=EMBEDDED_POLICY_ID)
-    ap.add_argument(
-        "--critic", default="checkpoints/embedded", help="exported critic folder (layer -1, post)"
-    )
+    ap = stack_args(critic="checkpoints/embedded")  # RE-Control needs a critic of layer -1, norm post
     ap.add_argument("--cost", default="embedded")
     ap.add_argument("--reward", default="embedded")
-    ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--d", type=int, default=32, help="D new tokens")
     ap.add_argument("--k", type=int, default=20, help="ARGS candidates per step")
     ap.add_argument("--steps", type=int, default=30, help="RE-Control gradient steps per token")
     ap.add_argument("--guidance", default="reward", help="reward, lagrangian or cost (both methods)")
     ap.add_argument("--prompts", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.set_defaults(threads=1)
     a = ap.parse_args()
-
-    torch.set_num_threads(a.threads)
-    torch.set_grad_enabled(False)
-    policy = bench_policy(a.model, a.dtype, a.device)
-    critic = load_critic(a.critic, device=a.device)
+    policy, critic, timer = load_stack(a)
     cost, reward = (
         load_scorer(a.cost, "cost", device=a.device),
         load_scorer(a.reward, "reward", device=a.device),
     )
-    sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
     common = dict(
         max_new_tokens=a.d, budget=0.5, critic=False, mode="exact", ignore_eos=True, guidance=a.guidance
     )
@@ -73,12 +60,9 @@ def main() -> None:
     }
 
     def run(name: str, prompt: str, seed: int):
-        sync()
-        t = time.perf_counter()
-        cfg = SearchConfig(**{**methods[name].__dict__, "seed": seed})
-        (rec,) = search(policy, [prompt], cfg, critic, cost, reward)
-        sync()
-        return time.perf_counter() - t, rec
+        return timer(
+            lambda: search(policy, [prompt], replace(methods[name], seed=seed), critic, cost, reward)[0]
+        )
 
     scorer_step(reward, a.k)
     for name in methods:  # warm-up (scorer and critic loading, first-call overheads)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
@@ -30,7 +31,7 @@ from bench_policy import bench_policy
 
 from igcritic.critic import Critic, CriticConfig, load_critic
 from igcritic.decoding import SuppressTokens, prefill, sample_block
-from igcritic.policy import EMBEDDED_POLICY_ID
+from igcritic.policy import EMBEDDED_POLICY_ID, Policy
 from igcritic.search import SearchConfig, search
 
 PROMPTS = [
@@ -41,15 +42,47 @@ PROMPTS = [
 ]
 
 
-def main() -> None:
+def stack_args(critic: str | None = None) -> argparse.ArgumentParser:
+    """The options of the stack every runtime benchmark loads (bench_baselines.py too)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=EMBEDDED_POLICY_ID)
     ap.add_argument(
-        "--critic", default=None, help="exported critic folder (default: random init, --critic_width)"
+        "--critic", default=critic, help="exported critic folder (none: random init, --critic_width)"
     )
     ap.add_argument("--critic_width", type=int, default=512, help="trunk width of the random critic")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    return ap
+
+
+def load_stack(a: argparse.Namespace, budget: float | None = None) -> tuple[Policy, Critic, Callable]:
+    """(policy, critic, timer): ``timer(fn, *args)`` -> (seconds, result), synchronising CUDA around it."""
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    torch.set_grad_enabled(False)
+    policy = bench_policy(a.model, a.dtype, a.device)
+    if a.critic:
+        critic = load_critic(a.critic, device=a.device)
+    else:
+        torch.manual_seed(0)
+        ident = policy.identity
+        cfg = CriticConfig(ident.latent_size, width=a.critic_width, policy=ident.to_dict(), budget=budget)
+        critic = Critic(cfg).to(a.device).eval()
+    sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
+
+    def timer(fn, *args):
+        sync()
+        t = time.perf_counter()
+        out = fn(*args)
+        sync()
+        return time.perf_counter() - t, out
+
+    return policy, critic, timer
+
+
+def main() -> None:
+    ap = stack_args()
     ap.add_argument("--n", type=int, default=16, help="N candidates per block")
     ap.add_argument("--width", type=int, default=16, help="block width")
     ap.add_argument("--d", type=int, default=64, help="D max new tokens")
@@ -63,20 +96,7 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also time both sides with compile: true")
     ap.add_argument("--no_generate", action="store_true", help="skip the model.generate reference row")
     a = ap.parse_args()
-
-    torch.set_grad_enabled(False)
-    policy = bench_policy(a.model, a.dtype, a.device)
-    if a.critic:
-        critic = load_critic(a.critic, device=a.device)
-    else:
-        torch.manual_seed(0)
-        cfg = CriticConfig(
-            hidden_size=policy.identity.hidden_size,
-            width=a.critic_width,
-            policy=policy.identity.to_dict(),
-            budget=a.budget,
-        )
-        critic = Critic(cfg).to(a.device).eval()
+    policy, critic, timer = load_stack(a, a.budget)
     search_cfg = SearchConfig(
         method="inferenceguard",
         mode="latent",
@@ -88,32 +108,21 @@ def main() -> None:
         retries=a.retries,
         ignore_eos=True,
     )
-    sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
     no_eos = SuppressTokens(tuple(policy.eos_token_ids))
     prompts = (PROMPTS * a.prompts)[: a.prompts]
 
-    def plain(prompt: str, seed: int, comp: bool) -> tuple[float, int]:
-        sync()
-        t = time.perf_counter()
+    def plain(prompt: str, seed: int, comp: bool) -> int:
         static = (a.n, a.d) if comp else None
         rows = prefill(policy, [prompt], static=static).select(torch.zeros(a.n, dtype=torch.long))
         gen = torch.Generator(device=policy.device).manual_seed(seed)
-        block = sample_block(policy, rows, torch.full((a.n,), a.d), search_cfg.sampling, gen, no_eos)
-        sync()
-        return time.perf_counter() - t, int(block.new.sum())
+        return int(sample_block(policy, rows, torch.full((a.n,), a.d), search_cfg, gen, no_eos).new.sum())
 
     def guard(prompt: str, seed: int, comp: bool):
-        sync()
-        t = time.perf_counter()
-        cfg = replace(search_cfg, seed=seed, compile=comp)
-        (rec,) = search(policy, [prompt], cfg, critic)
-        sync()
-        return time.perf_counter() - t, rec
+        (rec,) = search(policy, [prompt], replace(search_cfg, seed=seed, compile=comp), critic)
+        return rec
 
-    def generate(prompt: str) -> float:
+    def generate(prompt: str) -> None:
         enc = policy.encode_prompts([prompt])
-        sync()
-        t = time.perf_counter()
         policy.model.generate(
             **enc,
             do_sample=True,
@@ -124,8 +133,6 @@ def main() -> None:
             num_return_sequences=a.n,
             pad_token_id=policy.pad_token_id,
         )
-        sync()
-        return time.perf_counter() - t
 
     sides = {"dynamic": False, "static-compiled": True} if a.compile else {"dynamic": False}
     warm = {}
@@ -140,8 +147,8 @@ def main() -> None:
     for r in range(a.repeats):
         for i, p in enumerate(prompts):
             for name, comp in sides.items():
-                tp, n = plain(p, 100 * r + i, comp)
-                tg, rec = guard(p, 100 * r + i, comp)
+                tp, n = timer(plain, p, 100 * r + i, comp)
+                tg, rec = timer(guard, p, 100 * r + i, comp)
                 t_plain[name].append(tp)
                 t_guard[name].append(tg)
                 if not comp:
@@ -150,7 +157,7 @@ def main() -> None:
                     retries.append(rec.retries)
                     blocks.append(rec.steps + rec.retries)
             if not a.no_generate:
-                t_gen.append(generate(p))
+                t_gen.append(timer(generate, p)[0])
     med = statistics.median
     critic_name = "random w=" + str(a.critic_width) if not a.critic else a.critic
     print(

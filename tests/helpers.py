@@ -24,7 +24,7 @@ from transformers import (
 
 from igcritic.critic import Critic, CriticConfig
 from igcritic.policy import Policy, load_policy
-from igcritic.search import GuardRecord
+from igcritic.search import SEARCH_CONFIG_NAME, GuardRecord
 
 # ---------------------------------------------------------------- tiny models (no hub access)
 
@@ -146,6 +146,17 @@ def tiny_critic(
     torch.manual_seed(seed)
     cfg = CriticConfig(hidden_size=size, width=16, depth=1, dropout=0.0, policy=ident, budget=budget)
     return plant(Critic(cfg).eval(), safe=safe, cost=cost, value=value)
+
+
+def write_artifact(
+    folder: Path, identity: dict, search: dict | None = None, budget: float | None = 0.5
+) -> Path:
+    """An exported critic folder: :func:`tiny_critic` of ``identity`` and, given ``search``, its
+    search_config.json."""
+    tiny_critic(identity, budget=budget).save_pretrained(folder)
+    if search is not None:
+        (folder / SEARCH_CONFIG_NAME).write_text(json.dumps(search))
+    return folder
 
 
 def plant(critic: Critic, *, safe: bool | None = None, cost=None, value=None) -> Critic:

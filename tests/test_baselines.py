@@ -8,13 +8,18 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny_llama, build_tokenizer, make_tiny_policy
-from helpers_guard import LengthReward, StandInCritic, WordCost
-from test_guard import write_artifact
+from helpers import (
+    CharReward,
+    WordCost,
+    build_tiny_llama,
+    build_tokenizer,
+    make_tiny_policy,
+    tiny_critic,
+    write_artifact,
+)
 from test_search import PROMPTS, greedy_reference
 
 from igcritic.baselines import ReControl
-from igcritic.critic import Critic, CriticConfig
 from igcritic.guard import GenerateConfig, load_guard, main
 from igcritic.policy import load_policy
 from igcritic.prompts import PromptSource
@@ -36,16 +41,9 @@ class PlantedReward:
         return np.array([float(self.word in r) for r in responses])
 
 
-def tiny_critic(policy, **policy_overrides) -> Critic:
-    torch.manual_seed(0)
-    ident = {**policy.identity.to_dict(), **policy_overrides}
-    h = policy.identity.latent_size
-    return Critic(CriticConfig(hidden_size=h, width=16, depth=1, dropout=0.0, policy=ident)).eval()
-
-
 @pytest.mark.parametrize("prompt_batch", [1, 2])
 def test_args_without_weight_is_greedy_generate(tiny_policy, prompt_batch):
-    reward = LengthReward()
+    reward = CharReward()
     cfg = SearchConfig(
         method="args",
         args_weight=0.0,
@@ -76,7 +74,7 @@ def test_args_emits_a_planted_rewarded_token(tiny_policy):
         SearchConfig(method="plain", seed=0, **BASE),
         None,
         WordCost(),
-        LengthReward(),
+        CharReward(),
     )
     ranked = [tok.decode([t]) for t in logits[0].topk(20).indices.tolist()]
     word = next(w for w in ranked[5:] if w.strip().isalpha() and not any(w in r.text for r in plain))
@@ -99,7 +97,7 @@ def test_args_cost_guidance_avoids_a_costly_token(tiny_policy, guidance):
     cfg = SearchConfig(
         method="args", args_weight=100.0, temperature=0, guidance=guidance, lagrange_lambda=100.0, **BASE
     )
-    (rec,) = search(tiny_policy, PROMPTS[:1], cfg, None, WordCost(word), LengthReward())
+    (rec,) = search(tiny_policy, PROMPTS[:1], cfg, None, WordCost(word), CharReward())
     assert rec.token_ids[0] != greedy[0] and word not in rec.text
 
 
@@ -158,16 +156,16 @@ def test_recontrol_refuses_a_critic_on_another_latent(tiny_policy):
         search(mid, PROMPTS, cfg, tiny_critic(mid), WordCost())
     assert "\n" not in str(e.value) and "--layer -1 --norm post" in str(e.value)
     with pytest.raises(SearchConfigError, match="critic's latent is layer 1, norm pre"):
-        search(tiny_policy, PROMPTS, cfg, StandInCritic(tiny_policy, layer=1, norm="pre"), WordCost())
+        search(tiny_policy, PROMPTS, cfg, tiny_critic(tiny_policy, layer=1, norm="pre"), WordCost())
 
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"method": "args", "guidance": "lagrangian"}, "scores the cost; pass cost="),
-        ({"method": "args", "args_top_k": 0}, "--args_top_k 0"),
-        ({"method": "args", "guidance": "value"}, "--guidance 'value' is unknown"),
-        ({"method": "recontrol", "recontrol_steps": -1}, "--recontrol_steps -1"),
+        ({"method": "args", "guidance": "lagrangian"}, "scores the cost; pass --cost"),
+        ({"method": "args", "args_top_k": 0}, "search.args_top_k 0"),
+        ({"method": "args", "guidance": "value"}, "search.guidance 'value' is unknown"),
+        ({"method": "recontrol", "recontrol_steps": -1}, "search.recontrol_steps -1"),
         ({"method": "recontrol"}, "bind a critic"),
     ],
 )
@@ -175,7 +173,7 @@ def test_config_errors(tiny_policy, kwargs, match):
     cfg = SearchConfig(**{**BASE, "mode": "auto", **kwargs})
     critic = None if kwargs == {"method": "recontrol"} else tiny_critic(tiny_policy)
     with pytest.raises(SearchConfigError, match=match):
-        search(tiny_policy, PROMPTS, cfg, critic, None, LengthReward())
+        search(tiny_policy, PROMPTS, cfg, critic, None, CharReward())
 
 
 @pytest.mark.parametrize("method", ["args", "recontrol"])
@@ -189,7 +187,7 @@ def test_length_eos_and_batching(tiny_policy, method):
     runs = {}
     for batch in (1, 4):
         cfg = SearchConfig(method=method, temperature=1.0, prompt_batch=batch, seed=0, **BASE)
-        runs[batch] = search(tiny_policy, prompts, cfg, critic, WordCost(), LengthReward())
+        runs[batch] = search(tiny_policy, prompts, cfg, critic, WordCost(), CharReward())
         for r in runs[batch]:
             assert 0 < r.new_tokens <= 12 and len(r.token_ids) == r.new_tokens
             assert eos not in r.token_ids[:-1]
@@ -201,7 +199,7 @@ def test_length_eos_and_batching(tiny_policy, method):
             SearchConfig(method=method, temperature=0, prompt_batch=b, **BASE),
             critic,
             WordCost(),
-            LengthReward(),
+            CharReward(),
         )
         for b in (1, 4)
     }
@@ -210,7 +208,7 @@ def test_length_eos_and_batching(tiny_policy, method):
 
 def test_guard_generate_runs_both(tmp_path, tiny_policy):
     art = write_artifact(tmp_path / "critic", tiny_policy.identity.to_dict(), search={"budget": 0.5})
-    guard = load_guard(art, model=tiny_policy, cost=WordCost(), reward=LengthReward())
+    guard = load_guard(art, model=tiny_policy, cost=WordCost(), reward=CharReward())
     for method, guidance in (("args", "lagrangian"), ("recontrol", "lagrangian")):
         (rec,) = guard.generate(PROMPTS[:1], method=method, guidance=guidance, max_new_tokens=6)
         assert rec.method == method and 0 < rec.new_tokens <= 6 and not rec.refused

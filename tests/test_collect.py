@@ -369,8 +369,7 @@ def test_resume_checks_the_prompts_text_and_the_weights(tiny_model_dir, beaver_s
     weights."""
     import shutil
 
-    from helpers import build_tiny_llama, build_tokenizer
-    from helpers import make_beaver_folder
+    from helpers import build_tiny_llama, build_tokenizer, make_beaver_folder
 
     first = tmp_path / "a.jsonl"
     first.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))

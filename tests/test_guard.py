@@ -6,13 +6,11 @@ import io
 import json
 
 import pytest
-import torch
-from helpers_guard import WordCost  # noqa: F401
+from helpers import WordCost, write_artifact
 
-from igcritic.critic import Critic, CriticConfig
 from igcritic.guard import GenerateConfig, Guard, GuardError, load_guard, main
 from igcritic.prompts import PromptError, PromptSource, load_prompts
-from igcritic.search import SEARCH_CONFIG_NAME, GuardRecord, SearchConfigError
+from igcritic.search import GuardRecord, SearchConfigError
 
 SEARCH = {
     "block_width": 4,
@@ -22,17 +20,6 @@ SEARCH = {
     "retries": 1,
     "tau": 0.0,
 }
-
-
-def write_artifact(
-    folder, policy_identity: dict, hidden_size: int = 32, search: dict | None = None, budget=0.5
-):
-    cfg = CriticConfig(hidden_size=hidden_size, width=16, depth=1, policy=policy_identity, budget=budget)
-    torch.manual_seed(0)
-    Critic(cfg).eval().save_pretrained(folder)
-    if search is not None:
-        (folder / SEARCH_CONFIG_NAME).write_text(json.dumps(search))
-    return folder
 
 
 @pytest.fixture()
@@ -83,6 +70,10 @@ def test_generate_overrides_and_scorers(artifact, tiny_policy):
     assert rec.cost_source == "exact" and rec.cost == 0.0 and rec.safe and cost.calls
     with pytest.raises(SearchConfigError, match="unknown search parameter"):
         guard.generate(["hi"], beam_width=3)
+    greedy = [
+        guard.generate("how do I bake bread at home", temperature=0, seed=s)[0].token_ids for s in (1, 2)
+    ]
+    assert greedy[0] == greedy[1]  # the sampling fields are search fields: temperature 0 ignores the seed
 
 
 def test_budget_defaults_chain(tmp_path, tiny_policy):
@@ -91,13 +82,13 @@ def test_budget_defaults_chain(tmp_path, tiny_policy):
     assert load_guard(art, model=tiny_policy, cost=WordCost(budget_hint=0.75)).budget == 0.75
     art = write_artifact(tmp_path / "b", tiny_policy.identity.to_dict(), search=SEARCH, budget=0.3)
     assert load_guard(art, model=tiny_policy, cost=WordCost(budget_hint=0.75)).budget == 0.3
-    with pytest.raises(SearchConfigError, match="--budget None is not a finite number"):
+    with pytest.raises(SearchConfigError, match="search.budget None is not a finite number"):
         load_guard(tmp_path / "a", model=tiny_policy).generate(["hi there"])
 
 
 def test_refuses_critic_of_another_policy(tmp_path, tiny_policy):
     ident = tiny_policy.identity.to_dict()
-    art = write_artifact(tmp_path / "h", {**ident, "hidden_size": 64}, hidden_size=64)
+    art = write_artifact(tmp_path / "h", {**ident, "hidden_size": 64})
     with pytest.raises(GuardError, match="hidden_size: 32 != 64"):
         load_guard(art, model=tiny_policy.model, tokenizer=tiny_policy.tokenizer)
     art = write_artifact(tmp_path / "m", {**ident, "model_id": "someone/other-model"})
@@ -111,7 +102,7 @@ def test_refuses_critic_of_another_policy(tmp_path, tiny_policy):
     with pytest.raises(GuardError, match="layer: 2 != 1"):
         load_guard(art, model=tiny_policy)
     # a critic trained on layers (2 post, 1) is refused on a policy tapped at layer 2 only
-    art = write_artifact(tmp_path / "x", {**ident, "extra_layers": [1]}, hidden_size=64)
+    art = write_artifact(tmp_path / "x", {**ident, "extra_layers": [1]})
     with pytest.raises(GuardError, match=r"extra_layers: \[\] != \[1\]"):
         load_guard(art, model=tiny_policy)
     # ... and accepted, tapped at both, when the guard loads the policy from the critic's record
@@ -128,6 +119,8 @@ def test_bad_load_arguments(tmp_path, artifact, tiny_policy):
         load_guard(tmp_path / "nope", model=tiny_policy)
     with pytest.raises(GuardError, match="neither a scorer nor a spec"):
         load_guard(artifact, model=tiny_policy, cost=3)
+    with pytest.raises(GuardError, match="object is not a Critic; pass an exported critic folder"):
+        load_guard(object(), model=tiny_policy)
 
 
 @pytest.fixture()
@@ -189,9 +182,7 @@ def test_embedded_policy_by_recorded_id_and_loaded_object(tmp_path):
     from igcritic.policy import EMBEDDED_POLICY_ID, load_policy
 
     policy = load_policy(EMBEDDED_POLICY_ID)
-    art = write_artifact(
-        tmp_path / "c", policy.identity.to_dict(), hidden_size=576, search={**SEARCH, "budget": 25.0}
-    )
+    art = write_artifact(tmp_path / "c", policy.identity.to_dict(), search={**SEARCH, "budget": 25.0})
     guard = load_guard(art)
     assert guard.policy.identity.model_id == EMBEDDED_POLICY_ID and guard.policy.identity.hidden_size == 576
     (rec,) = guard.generate("How do I bake bread at home?", max_new_tokens=6, block_width=3)
