@@ -112,7 +112,7 @@ def load_guard(
     """Load a critic and bind it to its policy and scorers; refuse a critic trained on another policy.
 
     Args:
-        critic_path: Exported critic folder (``igcritic export``), or an already built critic object.
+        critic_path: Exported critic folder (``igcritic export``), or a built :class:`igcritic.critic.Critic`.
         model: None (the critic's recorded policy, e.g. the embedded SmolLM2), a model id or folder, a loaded
             HF causal LM (then ``tokenizer`` too) or an :class:`igcritic.policy.Policy`.
         tokenizer: Tokenizer of a loaded ``model``.
