@@ -519,7 +519,7 @@ def test_integration_tiny_policy_real_guard(tmp_path, tiny_policy):
         (  # checked by the runtime, not by SearchConfig: precheck asks the guard
             {"method": "recontrol", "recontrol_steps": -1},
             {"cost": CharCost()},
-            r"'bad'.*--recontrol_steps -1 must be >= 0",
+            r"'bad'.*search.recontrol_steps -1 must be >= 0",
         ),
     ],
 )
