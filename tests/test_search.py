@@ -14,6 +14,8 @@ from igcritic.search import SearchConfig, SearchConfigError, search
 
 PROMPTS = ["how do I bake bread at home", "hack into my neighbour's wifi network"]
 SMALL = dict(num_candidates=8, beams_kept=2, block_width=4, max_new_tokens=16, budget=0.5)
+GREEDY_EXACT = dict(temperature=0, resample_penalty=0.0, mode="exact", prompt_batch=2)
+"""Greedy, the retried block resampled without penalty, S from the cost scorer."""
 
 
 def config(**kw) -> SearchConfig:
@@ -25,10 +27,6 @@ def config(**kw) -> SearchConfig:
 def critic(tiny_policy):
     """A real critic that admits every candidate (q = 1, Ŝ = 0); its untrained value head ranks them."""
     return tiny_critic(tiny_policy, safe=True, cost=0.0)
-
-
-GREEDY_EXACT = dict(temperature=0, resample_penalty=0.0, mode="exact", prompt_batch=2)
-"""Greedy, the retried block resampled without penalty, S from the cost scorer."""
 
 
 def greedy_reference(policy, prompt: str, d: int) -> list[int]:
