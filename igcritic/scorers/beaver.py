@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from igcritic.scorers.base import Role, ScorerError, ScorerInfo, _check_batch, _common_prefix_len, _device
+from igcritic.scorers.base import Role, ScorerError, ScorerInfo, _check_batch, _common_prefix_len, pad_batch
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class BeaverScorer:
 
         folder = Path(folder)
         self.folder, self.role, self.batch_size = folder, role, batch_size
-        dev = _device(device)
+        dev = torch.device(device)
         torch_dtype = (
             getattr(torch, dtype) if dtype else (torch.bfloat16 if dev.type == "cuda" else torch.float32)
         )
@@ -140,12 +140,7 @@ class BeaverScorer:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         for s in range(0, len(texts), self.batch_size):
             ids = enc["input_ids"][s : s + self.batch_size]
-            width = max(len(x) for x in ids)
-            x = torch.full((len(ids), width), pad, dtype=torch.long)
-            m = torch.zeros((len(ids), width), dtype=torch.long)
-            for j, row in enumerate(ids):
-                x[j, : len(row)] = torch.tensor(row)
-                m[j, : len(row)] = 1
+            x, m = pad_batch(ids, pad)
             hidden = self.model(
                 input_ids=x.to(self.device), attention_mask=m.to(self.device)
             ).last_hidden_state
