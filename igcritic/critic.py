@@ -87,17 +87,10 @@ class CriticConfig:
 
     def problems(self) -> list[str]:
         """Every invalid field, as ``name=value (why)`` strings."""
-        out = []
-        if self.hidden_size < 1:
-            out.append(f"hidden_size={self.hidden_size} (must be >= 1)")
-        if self.width < 1:
-            out.append(f"width={self.width} (must be >= 1)")
-        if self.depth < 1:
-            out.append(f"depth={self.depth} (must be >= 1)")
+        sizes = ("hidden_size", "width", "depth", "n_mixture")
+        out = [f"{k}={getattr(self, k)} (must be >= 1)" for k in sizes if getattr(self, k) < 1]
         if not 0.0 <= self.dropout < 1.0:
             out.append(f"dropout={self.dropout} (must be in [0, 1))")
-        if self.n_mixture < 1:
-            out.append(f"n_mixture={self.n_mixture} (must be >= 1)")
         if not 0.0 < self.gamma <= 1.0:
             out.append(f"gamma={self.gamma} (must be in (0, 1])")
         if not self.budget_low <= self.budget_high:

@@ -130,12 +130,10 @@ class CriticModule(LightningModule):
             if stage == "fit" and not bool(self.critic.normalized):
                 self.critic.set_normalization(dm.normalization_stats())
         budgets = self.hparams.eval_budgets
-        if budgets is None:
-            budgets = (
-                dm.eval_budgets()
-                if isinstance(dm, CriticDataModule)
-                else ([cfg.budget] if cfg.budget is not None else [])
-            )
+        if budgets is None and isinstance(dm, CriticDataModule):
+            budgets = dm.eval_budgets()
+        elif budgets is None:
+            budgets = [cfg.budget] if cfg.budget is not None else []
         self._build_metrics([float(b) for b in budgets])
 
     def _check_data(self, dm: CriticDataModule) -> None:
@@ -165,19 +163,12 @@ class CriticModule(LightningModule):
 
         def split_metrics(exact: bool) -> nn.ModuleDict:
             thresholds = None if exact else 200
-            m: dict[str, nn.Module] = {
-                "auroc": _AUROC(thresholds=thresholds),
-                "ece": BinaryCalibrationError(n_bins=15),
-            }
-            for b in budgets:
-                m[_key(f"auroc@{b:g}")] = _AUROC(thresholds=thresholds)
-                m[_key(f"ece@{b:g}")] = BinaryCalibrationError(n_bins=15)
-            m |= {
-                "value_mse": MeanSquaredError(),
-                "value_ev": ExplainedVariance(),
-                "cost_mse": MeanSquaredError(),
-                "cost_ev": ExplainedVariance(),
-            }
+            m: dict[str, nn.Module] = {}
+            for at in ["", *(f"@{b:g}" for b in budgets)]:  # over the sampled budgets, then at each d
+                m[_key(f"auroc{at}")] = _AUROC(thresholds=thresholds)
+                m[_key(f"ece{at}")] = BinaryCalibrationError(n_bins=15)
+            for head in ("value", "cost"):
+                m |= {f"{head}_mse": MeanSquaredError(), f"{head}_ev": ExplainedVariance()}
             return nn.ModuleDict(m)
 
         self.metrics = nn.ModuleDict(
