@@ -333,16 +333,7 @@ def write_results(
             result.records, summaries, out, budget=result.budget, judges=[r.to_dict() for r in result.judges]
         )
     if reading_out:
-        methods = [r[RECORD_METHOD] for r in result.records]
-        files.append(
-            write_reading(
-                result.records,
-                methods,
-                Path(reading_out),
-                result.setting("seed"),
-                key_copy=out / RUN_KEY_FILE,
-            )[-1]
-        )
+        files.append(_write_reading(result.records, reading_out, result.setting("seed"), out)[-1])
     files.append(out / RESULTS_JSON)
     result.files = files
     _write_json(out / RESULTS_JSON, result.payload({"files": [p.name for p in files]}))
@@ -370,13 +361,13 @@ def export_reading(run: str | Path, reading_out: str | Path, overwrite: bool = F
         raise EvalError(
             f"{folder / RUN_KEY_FILE} exists (labels may refer to it); pass --overwrite true to replace it"
         )
-    return write_reading(
-        records,
-        [r[RECORD_METHOD] for r in records],
-        Path(reading_out),
-        int(data["config"].get("seed", 0)),
-        key_copy=folder / RUN_KEY_FILE,
-    )
+    return _write_reading(records, reading_out, int(data["config"].get("seed", 0)), folder)
+
+
+def _write_reading(records: list[dict], reading_out: str | Path, seed: int, run: Path) -> list[Path]:
+    """The blind-reading files of a run's records, with the key's copy in the run folder ``run``."""
+    methods = [r[RECORD_METHOD] for r in records]
+    return write_reading(records, methods, Path(reading_out), seed, key_copy=run / RUN_KEY_FILE)
 
 
 @eval_errors

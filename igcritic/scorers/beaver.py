@@ -80,16 +80,15 @@ class BeaverScorer:
             raise ScorerError(
                 f"{folder} has no score_head.weight; it is not a safe-rlhf score model (use seqcls:{folder})"
             )
-        prev = logging.getLogger("transformers.modeling_utils").level
-        logging.getLogger("transformers.modeling_utils").setLevel(
-            logging.ERROR
-        )  # score_head.* is "unexpected"
+        hf_log = logging.getLogger("transformers.modeling_utils")
+        prev = hf_log.level
+        hf_log.setLevel(logging.ERROR)  # score_head.* is "unexpected"
         try:
             self.model = (
                 LlamaModel.from_pretrained(folder, config=self.config, dtype=torch_dtype).to(dev).eval()
             )
         finally:
-            logging.getLogger("transformers.modeling_utils").setLevel(prev)
+            hf_log.setLevel(prev)
         self.model.requires_grad_(False)
         w = head["score_head.weight"]
         self.score_head = torch.nn.Linear(w.shape[1], w.shape[0], bias="score_head.bias" in head)

@@ -186,15 +186,11 @@ class ClassifierScorer:
             "classes": "p(compliant-harmful) of a 5-class reading classifier",
             "helpfulness": "mean of p(helpfulness >= 1) and p(helpfulness >= 2)",
         }[self.head.kind]
-        feats = (
-            (
-                f"SmolLM2-135M-Instruct layers {list(self.head.layers)} ({'+'.join(self.head.parts)}), "
-                "every prefix "
-                "from one forward pass"
-            )
-            if self.head.family == "latent"
-            else (f"MiniLM [e(prompt), e(answer)], scored every {stride}th token and at T, forward-filled")
-        )
+        if self.head.family == "latent":
+            layers = f"layers {list(self.head.layers)} ({'+'.join(self.head.parts)})"
+            feats = f"SmolLM2-135M-Instruct {layers}, every prefix from one forward pass"
+        else:
+            feats = f"MiniLM [e(prompt), e(answer)], scored every {stride}th token and at T, forward-filled"
         derivation = f"{what} on {feats}" + (
             "; S_t = running max of p over prefixes (S_0 = p of the empty answer)" if role == "cost" else ""
         )
