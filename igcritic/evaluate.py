@@ -466,11 +466,7 @@ def run_eval(
     guard = guard if guard is not None else _load_guard(cfg)
     scorers = {}
     for role, given, spec in (("cost", cost, cfg.cost), ("reward", reward, cfg.reward)):
-        s = (
-            given
-            or _guard_scorer(guard, role)
-            or (load_scorer(spec, role, device=cfg.device) if spec else None)
-        )
+        s = given or _guard_scorer(guard, role) or (load_scorer(spec, role, cfg.device) if spec else None)
         if s is None:
             raise EvalError(f"no {role} scorer to evaluate with; pass --{role} (a scorer spec)")
         scorers[role] = s
