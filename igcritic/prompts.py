@@ -189,9 +189,4 @@ def _load_hf(src: PromptSource) -> tuple[list[str], str | None]:
         raise PromptError(
             f"dataset {name!r} has no column {src.field!r}; pass --prompts.field one of {ds.column_names}"
         )
-    seen, prompts = set(), []
-    for p in ds[src.field]:
-        if p and p not in seen:
-            seen.add(p)
-            prompts.append(p)
-    return prompts, revision
+    return list(dict.fromkeys(p for p in ds[src.field] if p)), revision  # each prompt once, in order
