@@ -138,16 +138,9 @@ def load_judges(specs: Sequence[JudgeSpec | str | dict], device: str = "cpu") ->
     """Fresh scorer instances for every judge (never the guard's objects)."""
     out = []
     for s in map(as_judge_spec, specs):
-        out.append(
-            ScorerJudge(
-                s.name,
-                load_scorer(s.spec, "cost", device=device),
-                s.threshold,
-                load_scorer(s.reward, "reward", device=device) if s.reward else None,
-                spec=s.spec,
-                reward_spec=s.reward,
-            )
-        )
+        scorer = load_scorer(s.spec, "cost", device=device)
+        reward = load_scorer(s.reward, "reward", device=device) if s.reward else None
+        out.append(ScorerJudge(s.name, scorer, s.threshold, reward, spec=s.spec, reward_spec=s.reward))
     return out
 
 
