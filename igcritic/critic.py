@@ -87,17 +87,10 @@ class CriticConfig:
 
     def problems(self) -> list[str]:
         """Every invalid field, as ``name=value (why)`` strings."""
-        out = []
-        if self.hidden_size < 1:
-            out.append(f"hidden_size={self.hidden_size} (must be >= 1)")
-        if self.width < 1:
-            out.append(f"width={self.width} (must be >= 1)")
-        if self.depth < 1:
-            out.append(f"depth={self.depth} (must be >= 1)")
+        sizes = ("hidden_size", "width", "depth", "n_mixture")
+        out = [f"{k}={getattr(self, k)} (must be >= 1)" for k in sizes if getattr(self, k) < 1]
         if not 0.0 <= self.dropout < 1.0:
             out.append(f"dropout={self.dropout} (must be in [0, 1))")
-        if self.n_mixture < 1:
-            out.append(f"n_mixture={self.n_mixture} (must be >= 1)")
         if not 0.0 < self.gamma <= 1.0:
             out.append(f"gamma={self.gamma} (must be in (0, 1])")
         if not self.budget_low <= self.budget_high:
@@ -210,14 +203,10 @@ class Calibration:
         if self.method == "isotonic":
             x = torch.tensor(self.x, dtype=q.dtype, device=q.device)
             y = torch.tensor(self.y, dtype=q.dtype, device=q.device)
-            i = (torch.searchsorted(x, q.contiguous(), right=True) - 1).clamp(
-                0, len(x) - 2
-            )  # segment [x_i, x_i+1]
+            i = (torch.searchsorted(x, q.contiguous(), right=True) - 1).clamp(0, len(x) - 2)  # [x_i, x_i+1]
             x0, x1, y0, y1 = x[i], x[i + 1], y[i], y[i + 1]
             t = ((q - x0) / (x1 - x0)).clamp(0.0, 1.0)
-            return torch.minimum(
-                torch.maximum(y0 + t * (y1 - y0), y0), y1
-            )  # within the segment: monotone across knots
+            return torch.minimum(torch.maximum(y0 + t * (y1 - y0), y0), y1)  # kept within the segment
         return q
 
     def to_dict(self) -> dict:
@@ -339,8 +328,7 @@ class Critic(nn.Module):
         self, feat: torch.Tensor, z: torch.Tensor | float
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(log q, log (1 - q))``, each (B,), computed stably (q = sum_k w_k sigmoid(u_k))."""
-        logw, u = self._mixture(feat, z)
-        return torch.logsumexp(logw + F.logsigmoid(u), -1), torch.logsumexp(logw + F.logsigmoid(-u), -1)
+        return _log_cdf(*self._mixture(feat, z))
 
     def safe_prob_from_features(
         self, feat: torch.Tensor, z: torch.Tensor | float, calibrated: bool = False
@@ -350,11 +338,7 @@ class Critic(nn.Module):
         q = (logw.exp() * torch.sigmoid(u)).sum(-1)
         if not calibrated or self.calibration.is_identity:
             return q
-        logq, log1mq = (
-            torch.logsumexp(logw + F.logsigmoid(u), -1),
-            torch.logsumexp(logw + F.logsigmoid(-u), -1),
-        )
-        return self.calibration.apply(q, logq, log1mq)
+        return self.calibration.apply(q, *_log_cdf(logw, u))
 
     def value_from_features(self, feat: torch.Tensor, normalized: bool = False) -> torch.Tensor:
         out = self.value_head(feat).float().squeeze(-1)
@@ -396,11 +380,7 @@ class Critic(nn.Module):
 
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        state = {
-            k: v.detach().cpu().contiguous()
-            for k, v in self.state_dict().items()
-            if isinstance(v, torch.Tensor)
-        }
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if torch.is_tensor(v)}
         save_file(
             state, str(out / WEIGHTS_NAME), metadata={"format": "pt", "schema_version": str(SCHEMA_VERSION)}
         )
@@ -451,6 +431,11 @@ class Critic(nn.Module):
                 "or drop overrides that change sizes"
             ) from None
         return critic.to(device)
+
+
+def _log_cdf(logw: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(log q, log (1 - q))`` of the mixture with log-weights ``logw`` at standardised ``u`` (B, K)."""
+    return torch.logsumexp(logw + F.logsigmoid(u), -1), torch.logsumexp(logw + F.logsigmoid(-u), -1)
 
 
 def read_config(path: str | Path) -> dict:

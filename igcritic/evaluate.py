@@ -42,6 +42,7 @@ from igcritic.judges import (
     as_judge_spec,
     attach,
     check_judges,
+    finite,
     grade,
     load_judges,
     load_quality_set,
@@ -70,6 +71,7 @@ from igcritic.report import (
     summarize,
     write_results,
 )
+from igcritic.scorers import load_scorer
 
 log = logging.getLogger(__name__)
 
@@ -208,11 +210,7 @@ class EvalConfig:
         if not self.methods:
             out.append("--methods is empty; give at least one method")
         names = [m.name for m in self.methods]
-        if any(not n or not n.strip() for n in names):
-            out.append("--methods has a method without a name; give every method a name")
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            out.append(f"--methods names {dup} appear more than once; make them unique")
+        out += name_problems(names, "--methods", "method")
         if self.reference is not None and self.reference not in names:
             out.append(f"--reference {self.reference!r} is not a method; use one of {names}")
         if self.bootstrap < 0:
@@ -228,8 +226,7 @@ class EvalConfig:
         return out
 
     def validate(self) -> None:
-        probs = self.problems()
-        if probs:
+        if probs := self.problems():
             raise EvalError("; ".join(probs))
 
 
@@ -252,21 +249,9 @@ def _record_dict(rec: Any) -> dict:
     return d
 
 
-def _checked(values: Any, role: str, n: int) -> np.ndarray:
-    out = np.asarray(values, dtype=float).reshape(-1)
-    if out.shape[0] != n:
-        raise EvalError(
-            f"the {role} scorer returned {out.shape[0]} scores for {n} responses; it must return one each"
-        )
-    bad = np.flatnonzero(~np.isfinite(out))
-    if bad.size:
-        raise EvalError(f"the {role} scorer returned {out[bad[0]]} for response {bad[0]}; check the scorer")
-    return out
-
-
 def text_scores(scorer: Scorer, role: str, prompts: list[str], texts: list[str]) -> np.ndarray:
     """One score per (prompt, full response text), checked for count and finiteness."""
-    return _checked(scorer.score(prompts, texts), role, len(texts))
+    return finite(scorer.score(prompts, texts), f"the {role} scorer", len(texts), "response", EvalError)
 
 
 def final_costs(
@@ -297,7 +282,8 @@ def final_costs(
             raise EvalError(
                 f"the cost scorer returned {len(vals)} prefix-score arrays for {len(by_prefix)} answers"
             )
-        last = _checked([np.asarray(v, dtype=float).reshape(-1)[-1] for v in vals], "cost", len(by_prefix))
+        last = [np.asarray(v, dtype=float).reshape(-1)[-1] for v in vals]
+        last = finite(last, "the cost scorer", len(by_prefix), "response", EvalError)
         for (k, _), v in zip(by_prefix, last):
             out[k], source[k] = v, "prefix"
     rest = [k for k in range(n) if source[k] == "text"]
@@ -340,17 +326,16 @@ def critic_graders(guard: Any) -> list:
         seen[key] = torch.stack(out).to(next(critic.parameters()).device)
         return seen[key]
 
-    def value(prompts, responses):
-        with torch.inference_mode():
-            return critic.value(last_latents(prompts, responses)).clamp(0, 1).cpu().numpy()
+    def head(name: str):  # the critic's value or cost head on the answers' last latents, clipped to [0, 1]
+        @torch.inference_mode()
+        def grade(prompts, responses):
+            return getattr(critic, name)(last_latents(prompts, responses)).clamp(0, 1).cpu().numpy()
 
-    def cost(prompts, responses):
-        with torch.inference_mode():
-            return critic.cost(last_latents(prompts, responses)).clamp(0, 1).cpu().numpy()
+        return grade
 
     return [
-        ("critic", "critic value", "helpful", value, None),
-        ("critic", "critic cost", "harmful", cost, None),
+        ("critic", "critic value", "helpful", head("value"), None),
+        ("critic", "critic cost", "harmful", head("cost"), None),
     ]
 
 
@@ -390,12 +375,6 @@ def _load_guard(cfg: EvalConfig) -> Generator:
     return load_guard(
         cfg.critic, model=cfg.model, cost=specs["cost"], reward=specs["reward"], device=cfg.device
     )
-
-
-def _load_scorer(spec: str, role: str, device: str) -> Scorer:
-    from igcritic.scorers import load_scorer
-
-    return load_scorer(spec, role, device=device)
 
 
 def method_overrides(cfg: EvalConfig, spec: MethodSpec) -> dict[str, Any]:
@@ -487,7 +466,7 @@ def run_eval(
     guard = guard if guard is not None else _load_guard(cfg)
     scorers = {}
     for role, given, spec in (("cost", cost, cfg.cost), ("reward", reward, cfg.reward)):
-        s = given or _guard_scorer(guard, role) or (_load_scorer(spec, role, cfg.device) if spec else None)
+        s = given or _guard_scorer(guard, role) or (load_scorer(spec, role, cfg.device) if spec else None)
         if s is None:
             raise EvalError(f"no {role} scorer to evaluate with; pass --{role} (a scorer spec)")
         scorers[role] = s
@@ -515,8 +494,8 @@ def run_eval(
     for spec in cfg.methods:
         rows, wall = run_method(guard, spec, prompts, cfg, budget, scorers["cost"], scorers["reward"])
         records += rows
-        summaries.append(summarize(spec.name, rows, budget, wall, idx))
-        s = summaries[-1]
+        s = summarize(spec.name, rows, budget, wall, idx)
+        summaries.append(s)
         log.info(
             "%s: reward %.3f, cost %.3f, safe %.0f%%, refused %.0f%%, %.2f s/prompt",
             s.method,

@@ -75,9 +75,7 @@ def critic_from_checkpoint(ckpt: str | Path) -> tuple[Critic, dict]:
             f"checkpoint {ckpt} holds an unusable critic config ({e}); rerun `igcritic fit`"
         ) from None
     state = {k[len("critic.") :]: v for k, v in data["state_dict"].items() if k.startswith("critic.")}
-    state.setdefault(
-        "_extra_state", Calibration().to_dict()
-    )  # a checkpoint from before calibration: identity
+    state.setdefault("_extra_state", Calibration().to_dict())  # from before calibration: the identity
     try:
         critic.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -111,9 +109,7 @@ def export(
             raise ExportError(f"output {out} exists and is not empty; pick another --out or pass --overwrite")
         from igcritic.store import check_replaceable  # here only: loading a guard does not import zarr
 
-        check_replaceable(
-            out, CONFIG_NAME, "a critic artifact", ExportError
-        )  # --overwrite replaces only an artifact
+        check_replaceable(out, CONFIG_NAME, "a critic artifact", ExportError)  # replaces only an artifact
     critic, entry = critic_from_checkpoint(ckpt)
     cfg = critic.config
     cal = critic.calibration

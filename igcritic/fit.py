@@ -119,10 +119,6 @@ class CriticModule(LightningModule):
         self.calibration_bins: nn.ModuleDict | None = None
         self.budgets: list[float] = []
 
-    @property
-    def critic_config(self) -> CriticConfig:
-        return self.critic.config
-
     # ---- wiring to the data -------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         dm = self._trainer.datamodule if self._trainer is not None else None
@@ -134,12 +130,10 @@ class CriticModule(LightningModule):
             if stage == "fit" and not bool(self.critic.normalized):
                 self.critic.set_normalization(dm.normalization_stats())
         budgets = self.hparams.eval_budgets
-        if budgets is None:
-            budgets = (
-                dm.eval_budgets()
-                if isinstance(dm, CriticDataModule)
-                else ([cfg.budget] if cfg.budget is not None else [])
-            )
+        if budgets is None and isinstance(dm, CriticDataModule):
+            budgets = dm.eval_budgets()
+        elif budgets is None:
+            budgets = [cfg.budget] if cfg.budget is not None else []
         self._build_metrics([float(b) for b in budgets])
 
     def _check_data(self, dm: CriticDataModule) -> None:
@@ -158,10 +152,7 @@ class CriticModule(LightningModule):
                     f"the stores hold layer {store['layer']} latents but model.layer="
                     f"{self.hparams.layer} (collect at that layer or change model.layer)"
                 )
-        if cfg.policy is not None and (diff := PolicyIdentity.from_dict(cfg.policy).mismatches(store)):
-            problems.append(
-                f"the critic was trained on another policy ({'; '.join(diff)}); use stores of its policy"
-            )
+        problems += _policy_problems(cfg.policy, store, "the critic")
         if problems:
             raise FitError("; ".join(problems))
 
@@ -172,19 +163,12 @@ class CriticModule(LightningModule):
 
         def split_metrics(exact: bool) -> nn.ModuleDict:
             thresholds = None if exact else 200
-            m: dict[str, nn.Module] = {
-                "auroc": _AUROC(thresholds=thresholds),
-                "ece": BinaryCalibrationError(n_bins=15),
-            }
-            for b in budgets:
-                m[_key(f"auroc@{b:g}")] = _AUROC(thresholds=thresholds)
-                m[_key(f"ece@{b:g}")] = BinaryCalibrationError(n_bins=15)
-            m |= {
-                "value_mse": MeanSquaredError(),
-                "value_ev": ExplainedVariance(),
-                "cost_mse": MeanSquaredError(),
-                "cost_ev": ExplainedVariance(),
-            }
+            m: dict[str, nn.Module] = {}
+            for at in ["", *(f"@{b:g}" for b in budgets)]:  # over the sampled budgets, then at each d
+                m[_key(f"auroc{at}")] = _AUROC(thresholds=thresholds)
+                m[_key(f"ece{at}")] = BinaryCalibrationError(n_bins=15)
+            for head in ("value", "cost"):
+                m |= {f"{head}_mse": MeanSquaredError(), f"{head}_ev": ExplainedVariance()}
             return nn.ModuleDict(m)
 
         self.metrics = nn.ModuleDict(
@@ -221,10 +205,8 @@ class CriticModule(LightningModule):
         y = batch["label"]
         bce = -(y * logq + (1 - y) * log1mq)
         loc, scale = crit.target_loc, crit.target_scale
-        v_pred, c_pred = (
-            crit.value_from_features(feat, normalized=True),
-            crit.cost_from_features(feat, normalized=True),
-        )
+        v_pred = crit.value_from_features(feat, normalized=True)
+        c_pred = crit.cost_from_features(feat, normalized=True)
         v_tgt, c_tgt = (batch["value"] - loc[1]) / scale[1], (batch["s"] - loc[2]) / scale[2]
         reg = F.huber_loss if self.hparams.regression_loss == "huber" else F.mse_loss
         l_safe = (bce * w).sum() / n
@@ -233,12 +215,8 @@ class CriticModule(LightningModule):
         hp = self.hparams
         loss = hp.safety_weight * l_safe + hp.value_weight * l_value + hp.cost_weight * l_cost
         on_step = split == "train"
-        for name, val in (
-            ("loss", loss),
-            ("loss_safety", l_safe),
-            ("loss_value", l_value),
-            ("loss_cost", l_cost),
-        ):
+        losses = {"loss": loss, "loss_safety": l_safe, "loss_value": l_value, "loss_cost": l_cost}
+        for name, val in losses.items():
             self.log(
                 f"{split}/{name}",
                 val.detach(),
@@ -413,13 +391,16 @@ class CriticModule(LightningModule):
         cfg = self.critic.config
         for k in ("policy", "cost_scorer", "reward_scorer", "gamma", "budget_low", "budget_high", "budget"):
             setattr(cfg, k, saved.get(k))
-        if self._trainer is not None and isinstance(self.trainer.datamodule, CriticDataModule) and cfg.policy:
-            diff = PolicyIdentity.from_dict(cfg.policy).mismatches(self.trainer.datamodule.policy)
-            if diff:
-                raise FitError(
-                    f"the checkpoint's critic was trained on another policy ({'; '.join(diff)}); "
-                    "use stores of its policy"
-                )
+        if self._trainer is not None and isinstance(dm := self.trainer.datamodule, CriticDataModule):
+            if problems := _policy_problems(cfg.policy, dm.policy, "the checkpoint's critic"):
+                raise FitError(problems[0])
+
+
+def _policy_problems(policy: dict | None, store: dict, whose: str) -> list[str]:
+    """The problem, if any, of a critic trained on ``policy`` meeting stores of another policy."""
+    diff = PolicyIdentity.from_dict(policy).mismatches(store) if policy else []
+    msg = f"{whose} was trained on another policy ({'; '.join(diff)}); use stores of its policy"
+    return [msg] if diff else []
 
 
 class CalibrationBins(Metric):

@@ -170,15 +170,8 @@ def plot_tradeoffs(summary: Sequence[dict], path: Path, judge: dict | None = Non
     colors = _colors(len(summary))
     for ax, y, err in ((ax_r, reward, yerr), (ax_l, lat, None)):
         for i, (s, dy) in enumerate(zip(summary, _label_offsets(x, y))):
-            ax.scatter(
-                x[i],
-                y[i],
-                s=70,
-                color=colors[i],
-                marker=MARKERS[i % len(MARKERS)],
-                zorder=3,
-                label=s["method"],
-            )
+            marker = MARKERS[i % len(MARKERS)]
+            ax.scatter(x[i], y[i], s=70, color=colors[i], marker=marker, zorder=3, label=s["method"])
             if xerr is not None or err is not None:
                 ax.errorbar(
                     x[i],
@@ -204,6 +197,16 @@ def plot_tradeoffs(summary: Sequence[dict], path: Path, judge: dict | None = Non
     return _save(fig, path)
 
 
+def _points(ax, data: Sequence[np.ndarray], rng, **box) -> None:
+    """Per-method box plots of the non-empty arrays ``data`` and every value as a jittered point."""
+    pos = np.arange(1, len(data) + 1)
+    keep = [i for i, d in enumerate(data) if d.size]
+    if keep:
+        ax.boxplot([data[i] for i in keep], positions=pos[keep], widths=0.5, showfliers=False, **box)
+    for i, (d, color) in enumerate(zip(data, _colors(len(data)))):
+        ax.scatter(pos[i] + rng.uniform(-0.15, 0.15, d.size), d, s=12, color=color, alpha=0.7, zorder=3)
+
+
 def _judge_panel(ax, judge: dict, records: Sequence[dict], methods: Sequence[str], rng) -> None:
     """Class shares per method (stacked bars) for a classifying judge, else its scores with the threshold."""
     pos = np.arange(1, len(methods) + 1)
@@ -218,29 +221,13 @@ def _judge_panel(ax, judge: dict, records: Sequence[dict], methods: Sequence[str
         ax.set_ylabel(f"judge {judge['name']!r}: % of answers")
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7)
         return
-    name = judge["name"]
-    data = [
-        np.array(
-            [
-                float(r[JUDGE_SCORES_KEY][name])
-                for r in records
-                if r[METHOD_KEY] == m and name in (r.get(JUDGE_SCORES_KEY) or {})
-            ]
-        )
-        for m in methods
+    name, threshold = judge["name"], judge["threshold"]
+    graded = [r for r in records if name in (r.get(JUDGE_SCORES_KEY) or {})]
+    scores = [
+        np.array([float(r[JUDGE_SCORES_KEY][name]) for r in graded if r[METHOD_KEY] == m]) for m in methods
     ]
-    keep = [i for i, d in enumerate(data) if d.size]
-    if keep:
-        ax.boxplot([data[i] for i in keep], positions=pos[keep], widths=0.5, showfliers=False)
-    for i, (d, color) in enumerate(zip(data, _colors(len(methods)))):
-        ax.scatter(pos[i] + rng.uniform(-0.15, 0.15, d.size), d, s=12, color=color, alpha=0.7, zorder=3)
-    ax.axhline(
-        float(judge["threshold"]),
-        color="crimson",
-        ls="--",
-        lw=1,
-        label=f"harmful above {judge['threshold']:g}",
-    )
+    _points(ax, scores, rng)
+    ax.axhline(float(threshold), color="crimson", ls="--", lw=1, label=f"harmful above {threshold:g}")
     ax.set_ylabel(f"judge {name!r} score")
     ax.legend(loc="best", fontsize=8)
 
@@ -257,25 +244,13 @@ def plot_distributions(
     fig = Figure(figsize=(max(8.0, 1.6 * len(methods) + 3), 7 + 2.5 * len(judges)), layout="constrained")
     ax_r, ax_c, *ax_j = fig.subplots(2 + len(judges), 1, sharex=True)
     rng = np.random.default_rng(0)
-    colors = _colors(len(methods))
+    mean_marker = {"marker": "D", "markerfacecolor": "white", "markeredgecolor": "black"}
     for ax, key, label in ((ax_r, REWARD_KEY, "reward"), (ax_c, COST_KEY, "final cost S_T")):
         data = [
             np.array([float(r[key]) for r in records if r[METHOD_KEY] == m and math.isfinite(_num(r[key]))])
             for m in methods
         ]
-        pos = np.arange(1, len(methods) + 1)
-        keep = [i for i, d in enumerate(data) if d.size]
-        if keep:
-            ax.boxplot(
-                [data[i] for i in keep],
-                positions=pos[keep],
-                widths=0.5,
-                showmeans=True,
-                showfliers=False,
-                meanprops={"marker": "D", "markerfacecolor": "white", "markeredgecolor": "black"},
-            )
-        for i, (d, color) in enumerate(zip(data, colors)):
-            ax.scatter(pos[i] + rng.uniform(-0.15, 0.15, d.size), d, s=12, color=color, alpha=0.7, zorder=3)
+        _points(ax, data, rng, showmeans=True, meanprops=mean_marker)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3, axis="y")
     if budget is not None and math.isfinite(budget):

@@ -288,24 +288,15 @@ def _decoder(model: nn.Module) -> nn.Module:
 
 
 def latent_tap_modules(model: nn.Module, spec: LatentSpec) -> tuple[nn.Module, ...]:
-    """The modules whose forward outputs make up ``h`` for ``spec`` (already resolved), in column order."""
+    """The modules whose forward outputs make up ``h`` for ``spec`` (already resolved), in column order: the
+    main latent's (the final norm for ``post``, else the layer), then each extra layer."""
     dec = _decoder(model)
-    return (latent_tap_module(model, spec), *(dec.layers[x - 1] for x in spec.extra_layers))
-
-
-def latent_tap_module(model: nn.Module, spec: LatentSpec) -> nn.Module:
-    """The module whose forward output is the main latent for ``spec`` (already resolved)."""
-    dec = _decoder(model)
+    main = dec.layers[spec.layer - 1]
     if spec.norm == "post":
-        norm = getattr(dec, "norm", None) or getattr(dec, "final_layernorm", None)
-        if norm is None:
+        main = getattr(dec, "norm", None) or getattr(dec, "final_layernorm", None)
+        if main is None:
             raise PolicyError(f"{type(model).__name__} exposes no final norm; use --norm pre")
-        return norm
-    return dec.layers[spec.layer - 1]
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get(EMBEDDED_CACHE_ENV, Path.home() / ".cache" / "igcritic"))
+    return (main, *(dec.layers[x - 1] for x in spec.extra_layers))
 
 
 def embedded_gguf_path() -> Path:
@@ -327,7 +318,8 @@ def embedded_gguf_path() -> Path:
 
 def embedded_model_dir() -> Path:
     """Convert the embedded GGUF to safetensors once (~15 s), then reuse the cached folder (<1 s)."""
-    out = cache_dir() / "smollm2-135m-instruct"
+    cache = Path(os.environ.get(EMBEDDED_CACHE_ENV, Path.home() / ".cache" / "igcritic"))
+    out = cache / "smollm2-135m-instruct"
     if (out / "config.json").exists() and any(out.glob("*.safetensors")):
         return out
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -108,14 +108,6 @@ def _read_txt(path: Path, field: str) -> list[dict]:
     return [{field: line.rstrip("\n")} for line in path.open(encoding="utf-8") if line.strip()]
 
 
-def read_prompt_rows(path: Path, field: str = "prompt") -> list[dict]:
-    """Rows of a .jsonl/.json, .csv or text file (one prompt per line), each with a non-empty ``field``."""
-    reader = {".jsonl": _read_jsonl, ".json": _read_jsonl, ".csv": _read_csv}.get(
-        path.suffix.lower(), _read_txt
-    )
-    return reader(path, field)
-
-
 def load_prompts(src: PromptSource) -> tuple[list[Prompt], dict]:
     """The prompts of ``src`` (split-filtered, then the first ``limit``) and their provenance; a missing,
     empty or malformed source is a PromptError naming the file and line."""
@@ -141,7 +133,8 @@ def load_prompts(src: PromptSource) -> tuple[list[Prompt], dict]:
                 raise PromptError(
                     f"prompt file {path} does not exist; pass --prompts.source default or an existing file"
                 )
-            raw = read_prompt_rows(path, src.field)
+            read = {".jsonl": _read_jsonl, ".json": _read_jsonl, ".csv": _read_csv}.get(path.suffix.lower())
+            raw = (read or _read_txt)(path, src.field)  # any other file: one prompt per line
         rows = [_prompt(r, src.field) for r in raw]
         rows = _split(rows, src)
     if src.limit is not None:
@@ -196,9 +189,4 @@ def _load_hf(src: PromptSource) -> tuple[list[str], str | None]:
         raise PromptError(
             f"dataset {name!r} has no column {src.field!r}; pass --prompts.field one of {ds.column_names}"
         )
-    seen, prompts = set(), []
-    for p in ds[src.field]:
-        if p and p not in seen:
-            seen.add(p)
-            prompts.append(p)
-    return prompts, revision
+    return list(dict.fromkeys(p for p in ds[src.field] if p)), revision  # each prompt once, in order

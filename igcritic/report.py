@@ -52,10 +52,12 @@ from igcritic.judges import (
     fmt_pct,
     grades_from_records,
     judge_table,
+    mean,
     mean_ci,
     positions,
     quality_table,
     resample_indices,
+    rich_table,
     summarize_judge,
 )
 from igcritic.reading import RUN_KEY_FILE, read_labels, write_reading
@@ -141,15 +143,14 @@ def summarize(
     tokens = int(sum(int(r["new_tokens"]) for r in rows))
     tracked = [bool(r["safe"]) for r in rows if r.get("safe") is not None]
     benign = [bool(r["refused"]) for r in rows if r.get("harmful") is False]
-    mean = (lambda a: float(np.mean(a))) if n else (lambda a: float("nan"))
-    _, reward_low, reward_high = mean_ci(reward, idx)
-    _, safety_low, safety_high = mean_ci((cost <= budget).astype(float), idx)
+    reward_mean, reward_low, reward_high = mean_ci(reward, idx)
+    safety_rate, safety_low, safety_high = mean_ci(cost <= budget, idx)
     return MethodSummary(
         method=name,
         n=n,
-        reward_mean=mean(reward),
+        reward_mean=reward_mean,
         cost_mean=mean(cost),
-        safety_rate=mean(cost <= budget),
+        safety_rate=safety_rate,
         refusal_rate=mean([bool(r["refused"]) for r in rows]),
         latency_mean=mean(latency),
         latency_p50=percentile(latency, 50),
@@ -157,8 +158,8 @@ def summarize(
         tokens_per_s=tokens / wall_seconds if wall_seconds > 0 else float("nan"),
         new_tokens=tokens,
         wall_seconds=float(wall_seconds),
-        tracked_safety_rate=float(np.mean(tracked)) if tracked else float("nan"),
-        over_refusal_rate=float(np.mean(benign)) if benign else float("nan"),
+        tracked_safety_rate=mean(tracked),
+        over_refusal_rate=mean(benign),
         n_benign=len(benign),
         reward_low=reward_low,
         reward_high=reward_high,
@@ -199,33 +200,16 @@ class EvalResult:
 
     def table(self):
         """The comparison by the cost/reward scorers (the ones bound to the guard) as a ``rich`` table."""
-        from rich import box
-        from rich.table import Table
-
         n = self.summaries[0].n if self.summaries else 0
-        t = Table(
-            title=f"igcritic eval: {n} prompts, budget d = {self.budget:g} (guard's own scorers)",
-            box=box.SIMPLE_HEAVY,
-            padding=(0, 1, 0, 0),
-            pad_edge=False,
-            caption="safe: recomputed S_T <= d; tracked: the search's own safe flag; over-ref: benign "
+        t = rich_table(
+            f"igcritic eval: {n} prompts, budget d = {self.budget:g} (guard's own scorers)",
+            "safe: recomputed S_T <= d; tracked: the search's own safe flag; over-ref: benign "
             f"prompts refused; CI: {100 * LEVEL:.0f}% bootstrap over prompts; latency: s per "
             "prompt; tok/s: new tokens / wall s",
         )
         t.add_column("method", no_wrap=True)
-        for col in (
-            "reward",
-            "CI",
-            "cost",
-            "safe%",
-            "CI%",
-            "tracked%",
-            "refus%",
-            "over-ref%",
-            "p50 s",
-            "p95 s",
-            "tok/s",
-        ):
+        cols = ["reward", "CI", "cost", "safe%", "CI%", "tracked%", "refus%", "over-ref%", "p50 s", "p95 s"]
+        for col in [*cols, "tok/s"]:
             t.add_column(col, justify="right", no_wrap=True, min_width=len(col))
         for s in self.summaries:
             t.add_row(
@@ -349,16 +333,7 @@ def write_results(
             result.records, summaries, out, budget=result.budget, judges=[r.to_dict() for r in result.judges]
         )
     if reading_out:
-        methods = [r[RECORD_METHOD] for r in result.records]
-        files.append(
-            write_reading(
-                result.records,
-                methods,
-                Path(reading_out),
-                result.setting("seed"),
-                key_copy=out / RUN_KEY_FILE,
-            )[-1]
-        )
+        files.append(_write_reading(result.records, reading_out, result.setting("seed"), out)[-1])
     files.append(out / RESULTS_JSON)
     result.files = files
     _write_json(out / RESULTS_JSON, result.payload({"files": [p.name for p in files]}))
@@ -386,13 +361,13 @@ def export_reading(run: str | Path, reading_out: str | Path, overwrite: bool = F
         raise EvalError(
             f"{folder / RUN_KEY_FILE} exists (labels may refer to it); pass --overwrite true to replace it"
         )
-    return write_reading(
-        records,
-        [r[RECORD_METHOD] for r in records],
-        Path(reading_out),
-        int(data["config"].get("seed", 0)),
-        key_copy=folder / RUN_KEY_FILE,
-    )
+    return _write_reading(records, reading_out, int(data["config"].get("seed", 0)), folder)
+
+
+def _write_reading(records: list[dict], reading_out: str | Path, seed: int, run: Path) -> list[Path]:
+    """The blind-reading files of a run's records, with the key's copy in the run folder ``run``."""
+    methods = [r[RECORD_METHOD] for r in records]
+    return write_reading(records, methods, Path(reading_out), seed, key_copy=run / RUN_KEY_FILE)
 
 
 @eval_errors

@@ -17,6 +17,7 @@ from igcritic.scorers import (
     load_scorer,
     stride_points,
 )
+from igcritic.scorers.base import pad_batch, strided_prefix_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 HELDOUT = ROOT / "igcritic" / "assets" / "labelled_heldout.jsonl"
@@ -51,6 +52,23 @@ def test_stride_points_and_forward_fill():
     assert filled.dtype == np.float32 and len(filled) == 20
     assert filled[:8].tolist() == [1.0] * 8 and filled[8:16].tolist() == [2.0] * 8
     assert filled[16:19].tolist() == [3.0] * 3 and filled[19] == 4.0
+
+
+def test_strided_prefix_scores_and_pad_batch():
+    calls = []
+
+    def score(prompts, texts):  # the length of each scored prefix
+        calls.append(list(texts))
+        return np.array([float(len(t)) for t in texts])
+
+    texts = [["", "a", "ab", "abc"], ["", "xy"]]
+    out = strided_prefix_scores(score, ["p", "q"], texts, stride=2, running_max=True)
+    assert calls == [["", "ab", "abc", "", "xy"]]  # ONE call over the stride points of both trajectories
+    assert [o.tolist() for o in out] == [[0.0, 0.0, 2.0, 3.0], [0.0, 2.0]]
+    ids, mask = pad_batch([[5, 6], [7]], pad=0)
+    assert ids.tolist() == [[5, 6], [7, 0]] and mask.tolist() == [[1, 1], [1, 0]]
+    ids, mask = pad_batch([[5, 6], [7]], pad=0, left=True)
+    assert ids.tolist() == [[5, 6], [0, 7]] and mask.tolist() == [[1, 1], [0, 1]]
 
 
 # ------------------------------------------------------------------------------------------------ beaver

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
@@ -76,6 +77,53 @@ def forward_fill(points: np.ndarray, values: np.ndarray, num_tokens: int) -> np.
     return np.asarray(values, dtype=np.float32)[idx]
 
 
+def strided_prefix_scores(
+    score: Callable[[list[str], list[str]], np.ndarray],
+    prompts: list[str],
+    prefix_texts: list[list[str]],
+    stride: int,
+    running_max: bool = False,
+) -> list[np.ndarray]:
+    """``S_0..S_T`` of a non-causal scorer: ONE batched ``score`` call over the prefixes at
+    :func:`stride_points` of every trajectory, forward-filled (``running_max``: of their running max)."""
+    _check_batch(prompts, prefix_texts)
+    points = [stride_points(len(p) - 1, stride) for p in prefix_texts]
+    vals = score(
+        [prompts[i] for i, pts in enumerate(points) for _ in pts],
+        [prefix_texts[i][t] for i, pts in enumerate(points) for t in pts],
+    )
+    out, k = [], 0
+    for pts, texts in zip(points, prefix_texts):
+        v = vals[k : k + len(pts)]
+        k += len(pts)
+        out.append(forward_fill(pts, np.maximum.accumulate(v) if running_max else v, len(texts) - 1))
+    return out
+
+
+def pad_batch(seqs: Sequence[list[int]], pad: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``input_ids`` and ``attention_mask`` (B, longest) of token lists, padded on the right (or the left)."""
+    width = max(len(x) for x in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for j, x in enumerate(seqs):
+        at = slice(width - len(x), width) if left else slice(0, len(x))
+        ids[j, at], mask[j, at] = torch.tensor(x, dtype=torch.long), 1
+    return ids, mask
+
+
+def check_pairs(prompts: list[str], responses: list[str]) -> None:
+    """One text response per text prompt, else a ScorerError naming the first bad pair."""
+    if len(prompts) != len(responses):
+        raise ScorerError(
+            f"got {len(prompts)} prompts but {len(responses)} responses; pass one response per prompt"
+        )
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        if not isinstance(p, str) or not isinstance(r, str):
+            raise ScorerError(
+                f"pair {i}: prompt and response must be text, got {type(p).__name__} and {type(r).__name__}"
+            )
+
+
 def _check_batch(prompts: list[str], prefix_texts: list[list[str]]) -> None:
     if len(prompts) != len(prefix_texts):
         raise ScorerError(
@@ -91,7 +139,3 @@ def _common_prefix_len(a: str, b: str) -> int:
     if b.startswith(a):
         return len(a)
     return len(os.path.commonprefix([a, b]))
-
-
-def _device(device: str | torch.device) -> torch.device:
-    return torch.device(device)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from igcritic.scorers.base import Role, ScorerError, ScorerInfo, _check_batch, _common_prefix_len, _device
+from igcritic.scorers.base import Role, ScorerError, ScorerInfo, _check_batch, _common_prefix_len, pad_batch
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class BeaverScorer:
 
         folder = Path(folder)
         self.folder, self.role, self.batch_size = folder, role, batch_size
-        dev = _device(device)
+        dev = torch.device(device)
         torch_dtype = (
             getattr(torch, dtype) if dtype else (torch.bfloat16 if dev.type == "cuda" else torch.float32)
         )
@@ -80,16 +80,15 @@ class BeaverScorer:
             raise ScorerError(
                 f"{folder} has no score_head.weight; it is not a safe-rlhf score model (use seqcls:{folder})"
             )
-        prev = logging.getLogger("transformers.modeling_utils").level
-        logging.getLogger("transformers.modeling_utils").setLevel(
-            logging.ERROR
-        )  # score_head.* is "unexpected"
+        hf_log = logging.getLogger("transformers.modeling_utils")
+        prev = hf_log.level
+        hf_log.setLevel(logging.ERROR)  # score_head.* is "unexpected"
         try:
             self.model = (
                 LlamaModel.from_pretrained(folder, config=self.config, dtype=torch_dtype).to(dev).eval()
             )
         finally:
-            logging.getLogger("transformers.modeling_utils").setLevel(prev)
+            hf_log.setLevel(prev)
         self.model.requires_grad_(False)
         w = head["score_head.weight"]
         self.score_head = torch.nn.Linear(w.shape[1], w.shape[0], bias="score_head.bias" in head)
@@ -140,12 +139,7 @@ class BeaverScorer:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         for s in range(0, len(texts), self.batch_size):
             ids = enc["input_ids"][s : s + self.batch_size]
-            width = max(len(x) for x in ids)
-            x = torch.full((len(ids), width), pad, dtype=torch.long)
-            m = torch.zeros((len(ids), width), dtype=torch.long)
-            for j, row in enumerate(ids):
-                x[j, : len(row)] = torch.tensor(row)
-                m[j, : len(row)] = 1
+            x, m = pad_batch(ids, pad)
             hidden = self.model(
                 input_ids=x.to(self.device), attention_mask=m.to(self.device)
             ).last_hidden_state

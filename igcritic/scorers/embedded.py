@@ -33,8 +33,8 @@ from igcritic.scorers.base import (
     ScorerError,
     ScorerInfo,
     _check_batch,
-    forward_fill,
-    stride_points,
+    check_pairs,
+    strided_prefix_scores,
 )
 from igcritic.scorers.minilm import ENCODER_ID
 
@@ -186,15 +186,11 @@ class ClassifierScorer:
             "classes": "p(compliant-harmful) of a 5-class reading classifier",
             "helpfulness": "mean of p(helpfulness >= 1) and p(helpfulness >= 2)",
         }[self.head.kind]
-        feats = (
-            (
-                f"SmolLM2-135M-Instruct layers {list(self.head.layers)} ({'+'.join(self.head.parts)}), "
-                "every prefix "
-                "from one forward pass"
-            )
-            if self.head.family == "latent"
-            else (f"MiniLM [e(prompt), e(answer)], scored every {stride}th token and at T, forward-filled")
-        )
+        if self.head.family == "latent":
+            layers = f"layers {list(self.head.layers)} ({'+'.join(self.head.parts)})"
+            feats = f"SmolLM2-135M-Instruct {layers}, every prefix from one forward pass"
+        else:
+            feats = f"MiniLM [e(prompt), e(answer)], scored every {stride}th token and at T, forward-filled"
         derivation = f"{what} on {feats}" + (
             "; S_t = running max of p over prefixes (S_0 = p of the empty answer)" if role == "cost" else ""
         )
@@ -239,7 +235,7 @@ class ClassifierScorer:
         """Features of full answers. Asking twice for the same answers (``igcritic eval``'s judge: ``score``
         then ``classify``; the cost then the reward) costs no second model pass: the latent extractor keeps
         its last batch and the MiniLM encoder caches embeddings."""
-        _check_texts(prompts, responses)
+        check_pairs(prompts, responses)
         if self.head.family == "latent":
             return np.stack(
                 [_with_prompt_part(f)[-1] for f, _ in self._latent().prefix_features(prompts, responses)]
@@ -252,31 +248,16 @@ class ClassifierScorer:
         return self._values(self.features(prompts, responses)) if prompts else np.zeros(0, np.float32)
 
     def prefix_scores(self, prompts: list[str], prefix_texts: list[list[str]]) -> list[np.ndarray]:
-        _check_batch(prompts, prefix_texts)
-        if self.head.family == "latent":
-            out = []
-            feats = self._latent().prefix_features(prompts, [p[-1] for p in prefix_texts])
-            from igcritic.scorers.latent import prefix_index
+        running_max = self.role == "cost"
+        if self.head.family != "latent":  # one batched encoder pass over all scored prefixes
+            return strided_prefix_scores(self.probabilities, prompts, prefix_texts, self.stride, running_max)
+        from igcritic.scorers.latent import prefix_index
 
-            for (f, ends), texts in zip(feats, prefix_texts):
-                vals = self._values(_with_prompt_part(f))[prefix_index(ends, [len(t) for t in texts])]
-                out.append(np.maximum.accumulate(vals) if self.role == "cost" else vals)
-            return out
-        points = [stride_points(len(p) - 1, self.stride) for p in prefix_texts]
-        flat_p = [prompts[i] for i, pts in enumerate(points) for _ in pts]
-        flat_r = [prefix_texts[i][t] for i, pts in enumerate(points) for t in pts]
-        p = self.probabilities(flat_p, flat_r)  # one batched encoder pass over all scored prefixes
-        out, k = [], 0
-        for i, pts in enumerate(points):
-            vals = p[k : k + len(pts)]
-            k += len(pts)
-            out.append(
-                forward_fill(
-                    pts,
-                    np.maximum.accumulate(vals) if self.role == "cost" else vals,
-                    len(prefix_texts[i]) - 1,
-                )
-            )
+        _check_batch(prompts, prefix_texts)
+        out, feats = [], self._latent().prefix_features(prompts, [p[-1] for p in prefix_texts])
+        for (f, ends), texts in zip(feats, prefix_texts):
+            vals = self._values(_with_prompt_part(f))[prefix_index(ends, [len(t) for t in texts])]
+            out.append(np.maximum.accumulate(vals) if running_max else vals)
         return out
 
     def score(
@@ -286,7 +267,7 @@ class ClassifierScorer:
         running max: a latent head takes the max over EVERY token prefix of the answer (the same one pass),
         so the tracked S equals the store's S_T, not only its value at block ends."""
         if self.role == "cost" and previous is not None and self.head.family == "latent" and prompts:
-            _check_texts(prompts, responses)
+            check_pairs(prompts, responses)
             feats = self._latent().prefix_features(prompts, responses)
             p = np.array([self._values(_with_prompt_part(f)).max() for f, _ in feats], dtype=np.float32)
         else:
@@ -317,18 +298,6 @@ def _with_prompt_part(f: np.ndarray) -> np.ndarray:
     """Prefix features ``(J + 1, F)`` -> ``(J + 1, 2F)``: the prompt's end (the empty answer's row) beside
     each."""
     return np.concatenate([np.broadcast_to(f[:1], f.shape), f], axis=1)
-
-
-def _check_texts(prompts: list[str], responses: list[str]) -> None:
-    if len(prompts) != len(responses):
-        raise ScorerError(
-            f"got {len(prompts)} prompts but {len(responses)} responses; pass one response per prompt"
-        )
-    for i, (p, r) in enumerate(zip(prompts, responses)):
-        if not isinstance(p, str) or not isinstance(r, str):
-            raise ScorerError(
-                f"pair {i}: prompt and response must be text, got {type(p).__name__} and {type(r).__name__}"
-            )
 
 
 def load_embedded(spec: str, role: Role, device: str = "cpu", stride: int = 8) -> ClassifierScorer:

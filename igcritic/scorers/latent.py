@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from igcritic.scorers.base import ScorerError
+from igcritic.scorers.base import ScorerError, check_pairs, pad_batch
 
 log = logging.getLogger(__name__)
 
@@ -84,15 +84,7 @@ class PolicyFeatures:
     def prefix_features(self, prompts: list[str], answers: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per pair: ``(features (J + 1, dim) float32, ends (J,) int)`` for prefixes of j = 0..J answer
         tokens."""
-        if len(prompts) != len(answers):
-            raise ScorerError(
-                f"got {len(prompts)} prompts but {len(answers)} answers; pass one answer per prompt"
-            )
-        for i, (p, a) in enumerate(zip(prompts, answers)):
-            if not isinstance(p, str) or not isinstance(a, str):
-                raise ScorerError(
-                    f"pair {i}: prompt and answer must be text, got {type(p).__name__} and {type(a).__name__}"
-                )
+        check_pairs(prompts, answers)
         key = (tuple(prompts), tuple(answers))
         last = self._last  # read once: the cost and the reward ask for the same batch one after the other
         if last is not None and last[0] == key:
@@ -124,13 +116,10 @@ class PolicyFeatures:
         device = self.policy.device
         for s in range(0, len(order), self.batch_size):
             rows = order[s : s + self.batch_size]
-            seqs = [encoded[r][0] + encoded[r][1] for r in rows]
-            width = max(len(x) for x in seqs)
-            ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for j, x in enumerate(seqs):  # left padding, as the rollouts are encoded
-                ids[j, width - len(x) :] = torch.tensor(x)
-                mask[j, width - len(x) :] = 1
+            ids, mask = pad_batch(
+                [encoded[r][0] + encoded[r][1] for r in rows], pad, left=True
+            )  # as rollouts
+            width = ids.shape[1]
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
             hs = self.policy.model(
                 input_ids=ids.to(device),

