@@ -50,8 +50,7 @@ def prompt_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def beaver_scorers(tmp_path_factory) -> dict[str, str]:
     """Tiny safe-rlhf score models as cost and reward: collect without the embedded classifiers' SmolLM2."""
-    from conftest import build_tokenizer
-    from helpers import make_beaver_folder
+    from helpers import build_tokenizer, make_beaver_folder
 
     root, tok = tmp_path_factory.mktemp("beaver"), build_tokenizer()
     return {
