@@ -13,7 +13,6 @@ the uncommitted batches: nothing lost, nothing duplicated, same trajectories as 
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
@@ -31,14 +30,7 @@ from igcritic.decoding import Rollouts, SamplingConfig, prefix_texts, rollout
 from igcritic.policy import EMBEDDED_POLICY_ID, Policy, load_policy, weights_fingerprint
 from igcritic.prompts import PromptSource, load_prompts
 from igcritic.scorers import Scorer, load_scorer
-from igcritic.store import (
-    SCHEMA_VERSION,
-    StoreReader,
-    StoreWriter,
-    TrajectoryBatch,
-    check_replaceable,
-    config_hash,
-)
+from igcritic.store import StoreReader, StoreWriter, TrajectoryBatch, check_replaceable, config_hash
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +287,6 @@ def store_attrs(
 
     content = content_config(cfg, prompts, policy, cost, reward)
     return {
-        "schema_version": SCHEMA_VERSION,
         "policy": policy.identity.to_dict(),
         "cost_scorer": cost.to_dict(),
         "reward_scorer": reward.to_dict(),
@@ -407,15 +398,7 @@ def collect_rank(cfg: CollectConfig, rank: int = 0, world: int = 1, barrier=lamb
                 progress.advance(roll.num_tokens)
                 continue
             t2 = time.perf_counter()
-            try:
-                writer.append(batch, b)
-            except OSError as e:
-                if e.errno == errno.ENOSPC:
-                    raise CollectError(
-                        f"disk full while writing batch {b} to {cfg.out}; free space and rerun with --resume "
-                        "(committed batches are kept)"
-                    ) from None
-                raise
+            writer.append(batch, b)
             stats["write_s"] += time.perf_counter() - t2
             stats["gen_s"] += t1 - t0
             stats["cost_s"] += timing["cost_s"]
@@ -517,16 +500,4 @@ def describe(stats: dict, cfg: CollectConfig) -> str:
     )
 
 
-def store_fingerprint(path: str | Path) -> str:
-    """Hash of every committed trajectory's tokens in work-batch order (the -1 row markers make the lengths
-    part of it): equal for equal content, whatever the number of shards that wrote it."""
-    r = StoreReader(path)
-    order = np.argsort(r.traj_batch, kind="stable")  # a batch keeps its trajectories' order inside its shard
-    h = hashlib.sha256()
-    for i in order:
-        t = r.trajectory(int(i))
-        h.update(np.asarray(t["token_ids"], dtype=np.int64).tobytes())
-    return h.hexdigest()[:16]
-
-
-__all__ = ["CollectConfig", "CollectError", "main", "run", "collect_rank", "store_fingerprint"]
+__all__ = ["CollectConfig", "CollectError", "main", "run", "collect_rank"]

@@ -155,22 +155,16 @@ class CriticDataModule(LightningDataModule):
         infos = []
         for p, r in zip(self.stores, readers):
             local = np.asarray([gid.get(t, -1) for t in r.prompts], dtype=np.int64)
-            n_tok = int(r.n_tok)
-            step = int(r.chunk_tokens)
-            shard = r.shard_offsets
-            bounds = np.unique(
-                np.concatenate([np.arange(a, b, step) for a, b in zip(shard[:-1], shard[1:])] + [shard])
-            )
             infos.append(
                 StoreInfo(
                     path=p,
-                    n_tok=n_tok,
+                    n_tok=int(r.n_tok),
                     width=int(r.hidden_size),
                     offsets=np.asarray(r.traj_offsets, dtype=np.int64),
                     traj_prompt=local[np.asarray(r.traj_prompt, dtype=np.int64)],
                     traj_cost=np.asarray(r.traj_cost, dtype=np.float32),
                     budget=float(r.attrs.get("budget") if r.attrs.get("budget") is not None else math.nan),
-                    bounds=bounds,
+                    bounds=r.chunk_bounds,
                 )
             )
         self._attrs, self.prompt_texts, self._infos = dict(a0), texts, infos
