@@ -25,12 +25,13 @@ from igcritic.store import (
     StoreReader,
     StoreWriter,
     config_hash,
-    inspect_store,
     layout,
     reader,
     validate_store,
     writer,
 )
+from igcritic.store.inspect import InspectConfig
+from igcritic.store.inspect import main as inspect
 from igcritic.store.lock import alive, held_error
 
 
@@ -317,17 +318,17 @@ def test_batch_validate_finds_shape_problems():
 def test_validate_and_inspect_detect_corrupted_offsets(tmp_path):
     write(tmp_path / "s", [(i, make_batch(i)) for i in range(3)])
     out = io.StringIO()
-    assert inspect_store(tmp_path / "s", console=Console(file=out, width=150)) == 0
+    assert inspect(InspectConfig(str(tmp_path / "s")), console=Console(file=out, width=150)) == 0
     text = out.getvalue()
     assert "trajectories" in text and "safe share (S_T <= 0.5)" in text and "valid" in text
     off = zarr.open_group(str(tmp_path / "s"), mode="r+")["shards/rank-00000/traj_offsets"]
     off[2] = off[1]  # a zero-length trajectory: impossible (every trajectory has T + 1 >= 1 rows)
     problems = validate_store(tmp_path / "s")
     assert any("traj_offsets" in p for p in problems)
-    assert inspect_store(tmp_path / "s", console=Console(file=io.StringIO())) == 1
+    assert inspect(InspectConfig(str(tmp_path / "s")), console=Console(file=io.StringIO())) == 1
     assert (
         validate_store(tmp_path / "missing")
-        and inspect_store(tmp_path / "missing", console=Console(file=io.StringIO())) == 1
+        and inspect(InspectConfig(str(tmp_path / "missing")), console=Console(file=io.StringIO())) == 1
     )
 
 
@@ -373,7 +374,7 @@ def test_validate_store_finds_a_deleted_chunk(tmp_path, array):
         p.startswith(f"rank-00000: {array} chunk {i} (rows ") and "is missing" in p for p in problems
     ), problems
     assert all("\n" not in p for p in problems)
-    assert inspect_store(path, console=Console(file=io.StringIO(), width=200)) == 1
+    assert inspect(InspectConfig(str(path)), console=Console(file=io.StringIO(), width=200)) == 1
 
 
 def test_shards_written_before_every_chunk_check_only_latents_and_token_ids(tmp_path):

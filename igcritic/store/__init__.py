@@ -24,21 +24,17 @@ manifest last), :mod:`~igcritic.store.reader` (all shards as one store), :mod:`~
 (integrity check and summary). docs/design.md section 4 states the contract.
 """
 
-from igcritic.store.inspect import InspectConfig, inspect_store, main, validate_store
-from igcritic.store.layout import SCHEMA_VERSION, StoreError, check_replaceable, config_hash
+from igcritic.store.inspect import validate_store
+from igcritic.store.layout import StoreError, check_replaceable, config_hash
 from igcritic.store.reader import StoreReader
 from igcritic.store.writer import StoreWriter, TrajectoryBatch
 
 __all__ = [
-    "SCHEMA_VERSION",
-    "InspectConfig",
     "StoreError",
     "StoreReader",
     "StoreWriter",
     "TrajectoryBatch",
     "check_replaceable",
     "config_hash",
-    "inspect_store",
-    "main",
     "validate_store",
 ]

@@ -29,6 +29,7 @@ from igcritic.store.layout import (
     started_shards,
 )
 from igcritic.store.reader import StoreReader
+from igcritic.store.writer import TrajectoryBatch
 
 
 def validate_store(path: str | os.PathLike) -> list[str]:
@@ -91,24 +92,19 @@ def _validate_shard(g: zarr.Group, n_traj: int, n_tok: int, done: list, n_prompt
             )
     if p:
         return p
-    off = g["traj_offsets"][: n_traj + 1]
-    d = np.diff(off)
-    if off[0] != 0 or (d < 1).any() or off[-1] != n_tok:
+    # the invariants every appended batch was checked for (the latents are scanned below, chunk by chunk)
+    rows = {k: g[k][:n_tok] for k in ("token_ids", "cost_prefix")}
+    traj = {k: g[k][:n_traj] for k in ("traj_len", "traj_prompt", "traj_reward", "traj_finished")}
+    shard = TrajectoryBatch(latents=np.zeros((n_tok, 0), np.float16), **rows, **traj)
+    if p := shard.validate():
+        return p
+    if (g["traj_offsets"][: n_traj + 1] != shard.offsets).any():
         return [
-            f"traj_offsets must start at 0, grow by >= 1 and end at n_tok={n_tok} (got {off[0]} ... "
-            f"{off[-1]})"
+            "traj_offsets differ from the trajectories' lengths (trajectory i holds traj_len[i] + 1 rows)"
         ]
-    if bad := int((g["traj_len"][:n_traj] != d - 1).sum()):
-        p.append(f"traj_len differs from diff(traj_offsets) - 1 for {bad} trajectories")
-    starts = np.zeros(n_tok, bool)
-    starts[off[:-1]] = True
-    if ((g["token_ids"][:n_tok] == -1) != starts).any():
-        p.append("token_ids are not -1 exactly at trajectory starts")
-    cost = g["cost_prefix"][:n_tok]
-    if n_traj and not np.allclose(g["traj_cost"][:n_traj], cost[off[1:] - 1], equal_nan=True):
+    if not np.allclose(g["traj_cost"][:n_traj], shard.traj_cost, equal_nan=True):
         p.append("traj_cost differs from cost_prefix at the trajectories' last rows")
-    prompts = g["traj_prompt"][:n_traj]
-    if ((prompts < 0) | (prompts >= n_prompts)).any():
+    if (shard.traj_prompt >= n_prompts).any():
         p.append(f"traj_prompt outside [0, {n_prompts})")
     batch_ids = g["traj_batch"][:n_traj]
     seen = set(batch_ids.tolist())
@@ -125,13 +121,8 @@ def _validate_shard(g: zarr.Group, n_traj: int, n_tok: int, done: list, n_prompt
     if per_batch and n_traj and int(np.unique(batch_ids, return_counts=True)[1].max()) > int(per_batch):
         p.append(f"a batch holds more than the {per_batch} trajectories of generation.batch_size")
     vocab = (attrs.get("policy") or {}).get("vocab_size")
-    if vocab and n_tok and int(g["token_ids"][:n_tok].max()) >= int(vocab):
+    if vocab and n_tok and int(rows["token_ids"].max()) >= int(vocab):
         p.append(f"token_ids hold ids >= the policy's vocab_size {vocab}")
-    p += [
-        f"{k} holds NaN/inf"
-        for k in ("cost_prefix", "traj_reward", "traj_cost")
-        if k in g and not np.isfinite(g[k][: want[k][0]]).all()
-    ]
     bad = 0
     for i in range(0, n_tok, step):
         try:
@@ -154,31 +145,21 @@ class InspectConfig:
     """Budget d for the safe share S_T <= d (default: the store's recorded budget)."""
 
 
-def main(cfg: InspectConfig) -> int:
-    """``igcritic inspect STORE``: exit status 0 if the store is valid, else 1."""
-    return inspect_store(cfg.store, budget=cfg.budget)
-
-
-def inspect_store(path: str | os.PathLike, budget: float | None = None, console=None) -> int:
-    """Print a summary of a store and its validation; return 0 if it is valid, else 1.
-
-    Args:
-        path: store directory or URL.
-        budget: cost budget d for the safe share S_T <= d (default: the store's ``budget`` attr).
-    """
+def main(cfg: InspectConfig, console=None) -> int:
+    """``igcritic inspect STORE``: print a summary of the store and its problems; exit status 0 if it is
+    valid, else 1. ``console``: where to print (a rich Console; default stdout)."""
     from rich.console import Console
     from rich.table import Table
 
     console = console or Console()
     try:
-        r = StoreReader(path)
+        r = StoreReader(cfg.store)
         attrs = r.attrs
     except StoreError as e:
         console.print(f"[red]{e}[/red]")
         return 1
-    budget = attrs.get("budget") if budget is None else budget
-    t = Table(title=f"igcritic store {path}", show_header=False)
-    fs, root = filesystem(path)
+    budget = attrs.get("budget") if cfg.budget is None else cfg.budget
+    fs, root = filesystem(cfg.store)
     size = int(fs.du(root))
     rows = [
         ("trajectories", f"{r.n_traj}"),
@@ -191,13 +172,8 @@ def inspect_store(path: str | os.PathLike, budget: float | None = None, console=
     if r.n_traj:
         for label, x in (("cost S_T", r.traj_cost), ("reward", r.traj_reward)):
             q = np.quantile(x, [0.1, 0.5, 0.9])
-            rows.append(
-                (
-                    label,
-                    f"min {x.min():.3g}  mean {x.mean():.3g}  p10 {q[0]:.3g}  p50 {q[1]:.3g}  "
-                    f"p90 {q[2]:.3g}  max {x.max():.3g}",
-                )
-            )
+            stats = f"min {x.min():.3g}  mean {x.mean():.3g}  p10 {q[0]:.3g}  p50 {q[1]:.3g}  p90 {q[2]:.3g}"
+            rows.append((label, f"{stats}  max {x.max():.3g}"))
         if budget is not None:
             rows.append((f"safe share (S_T <= {budget:g})", f"{(r.traj_cost <= budget).mean():.1%}"))
         rows += [
@@ -207,10 +183,11 @@ def inspect_store(path: str | os.PathLike, budget: float | None = None, console=
     for k, v in sorted(attrs.items()):
         s = json.dumps(v, default=str)
         rows.append((k, s if len(s) <= 100 else s[:97] + "..."))
+    t = Table(title=f"igcritic store {cfg.store}", show_header=False)
     for k, v in rows:
         t.add_row(k, v)
     console.print(t)
-    problems = validate_store(path)
+    problems = validate_store(cfg.store)
     for msg in problems:
         console.print(f"[red]invalid:[/red] {msg}")
     if not problems:

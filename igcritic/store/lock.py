@@ -140,24 +140,18 @@ def alive(holder: dict | None) -> bool:
 
 def held_error(path: str | os.PathLike, rank: int, holder: dict | None) -> StoreError:
     where, name = f"store {path} {SHARD.format(rank)}", LOCK_FILE.format(rank)
-    if not isinstance(holder, dict) or "pid" not in holder:
-        return StoreError(
-            f"{where} is being written by another process ({name}); wait for it to end, then rerun"
-        )
-    pid, host, since = holder["pid"], holder.get("host"), holder.get("since")
-    if host == socket.gethostname() and int(pid) == os.getpid():
+    pid, host, since = (holder or {}).get("pid"), (holder or {}).get("host"), (holder or {}).get("since")
+    if pid is None:
+        who, fix = "another process", "wait for it to end"
+    elif host == socket.gethostname() and int(pid) == os.getpid():
         return StoreError(
             f"{where} is already open for writing in this process (pid {pid}); close that StoreWriter first"
         )
-    if host == socket.gethostname():
-        return StoreError(
-            f"{where} is being written by pid {pid} since {since} ({name}); wait for that run to "
-            "end or stop it, then rerun"
-        )
-    return StoreError(
-        f"{where} is being written by pid {pid} on host {host} since {since} ({name}); if that run "
-        f"is dead, delete {os.fspath(path)}/{name}, then rerun"
-    )
+    elif host == socket.gethostname():
+        who, fix = f"pid {pid} since {since}", "wait for that run to end or stop it"
+    else:
+        who, fix = f"pid {pid} on host {host} since {since}", f"if that run is dead, delete {path}/{name}"
+    return StoreError(f"{where} is being written by {who} ({name}); {fix}, then rerun")
 
 
 def _try_flock(fd: int, op: int, file: Path) -> tuple[bool, dict | None]:
