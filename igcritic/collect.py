@@ -13,6 +13,7 @@ the uncommitted batches: nothing lost, nothing duplicated, same trajectories as 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -381,31 +382,31 @@ def collect_rank(cfg: CollectConfig, rank: int = 0, world: int = 1, barrier=lamb
         "cost_s": 0.0,
         "reward_s": 0.0,
         "write_s": 0.0,
-        "batches_total": len(batches),
         "batches_already_done": len(done),
     }
-    with writer, _progress(rank, len(mine)) as progress, _sigterm_raises():
+    progress = _progress(disable=rank != 0)  # a bar on rank 0 only
+    task, start, seen = progress.add_task("collect", total=len(mine), tps="-"), time.perf_counter(), 0
+    with writer, progress, _sigterm_raises():
         for b in mine:
             gen = torch.Generator(device=policy.device).manual_seed(batch_seed(cfg.seed, b))
             t0 = time.perf_counter()
             roll = sample([prompts[p] for p in batches[b]], gen)
             t1 = time.perf_counter()
             batch, timing = label_batch(policy, prompts, batches[b], roll, cost, reward)
-            problems = batch.validate()
-            if problems:
+            if problems := batch.validate():
                 stats["skipped_nan"] += 1
                 log.error("batch %d not written: %s", b, "; ".join(problems))
-                progress.advance(roll.num_tokens)
-                continue
-            t2 = time.perf_counter()
-            writer.append(batch, b)
-            stats["write_s"] += time.perf_counter() - t2
-            stats["gen_s"] += t1 - t0
-            stats["cost_s"] += timing["cost_s"]
-            stats["reward_s"] += timing["reward_s"]
-            stats["tokens"] += roll.num_tokens
-            stats["batches"] += 1
-            progress.advance(roll.num_tokens)
+            else:
+                t2 = time.perf_counter()
+                writer.append(batch, b)
+                stats["write_s"] += time.perf_counter() - t2
+                stats["gen_s"] += t1 - t0
+                stats["cost_s"] += timing["cost_s"]
+                stats["reward_s"] += timing["reward_s"]
+                stats["tokens"] += roll.num_tokens
+                stats["batches"] += 1
+            seen += roll.num_tokens
+            progress.update(task, advance=1, tps=f"{seen / max(time.perf_counter() - start, 1e-9):.0f}")
     return stats
 
 
@@ -428,56 +429,32 @@ def _fabric_worker(fabric, cfg: CollectConfig) -> dict:
     return stats
 
 
-class _progress:
-    """Rich progress bar with tokens/s and ETA on rank 0; silent on other ranks."""
+def _progress(disable: bool):
+    """A rich progress bar of work batches with tokens/s and ETA."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    def __init__(self, rank: int, total_batches: int):
-        self.rank, self.total = rank, total_batches
-        self.tokens, self.start = 0, time.perf_counter()
-
-    def __enter__(self):
-        if self.rank == 0:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(
-                TextColumn("collect"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[tps]} tok/s"),
-                TimeRemainingColumn(),
-            )
-            self.task = self.bar.add_task("collect", total=self.total, tps="-")
-            self.bar.__enter__()
-        return self
-
-    def advance(self, tokens: int) -> None:
-        self.tokens += tokens
-        if self.rank == 0:
-            tps = self.tokens / max(time.perf_counter() - self.start, 1e-9)
-            self.bar.update(self.task, advance=1, tps=f"{tps:.0f}")
-
-    def __exit__(self, *exc):
-        if self.rank == 0:
-            self.bar.__exit__(*exc)
+    tps = TextColumn("{task.fields[tps]} tok/s")
+    return Progress(
+        TextColumn("collect"), BarColumn(), MofNCompleteColumn(), tps, TimeRemainingColumn(), disable=disable
+    )
 
 
-class _sigterm_raises:
+@contextlib.contextmanager
+def _sigterm_raises():
     """Turn SIGTERM (SLURM pre-emption, kill) into KeyboardInterrupt so the writer closes cleanly."""
 
-    def __enter__(self):
-        try:
-            self.old = signal.signal(signal.SIGTERM, self._raise)
-        except ValueError:  # not the main thread
-            self.old = None
-        return self
-
-    @staticmethod
-    def _raise(signum, frame):
+    def interrupt(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
-    def __exit__(self, *exc):
-        if self.old is not None:
-            signal.signal(signal.SIGTERM, self.old)
+    try:
+        old = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread
+        old = None
+    try:
+        yield
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
 
 
 def main(cfg: CollectConfig) -> int:

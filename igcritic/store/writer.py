@@ -177,7 +177,7 @@ class StoreWriter:
         if compression not in (None, "zstd"):
             raise StoreError(f"compression={compression!r} is not supported; use None or 'zstd'")
         if rank == 0:
-            _check_replaceable(path, overwrite)  # before the lock file goes into a folder of the user's
+            _replaces_a_store(path, overwrite)  # before the lock file goes into a folder of the user's
             try:
                 json.dumps(attrs)
             except TypeError as e:
@@ -190,7 +190,7 @@ class StoreWriter:
         lock = WriterLock(path, rank)  # refuses a second writer of this shard
         try:
             if rank == 0:
-                if _check_replaceable(path, overwrite):  # checked again under the lock
+                if _replaces_a_store(path, overwrite):  # checked again under the lock
                     check_no_writers(path, but=lock.name)
                     clear(path, keep=lock.name)
                 root = zarr.create_group(zarr_store(path, read_only=False), zarr_format=3)
@@ -258,14 +258,7 @@ class StoreWriter:
         except BaseException:
             lock.release()
             raise
-        log.info(
-            "resuming %s %s: %d trajectories, %d tokens, %d batches done",
-            path,
-            name,
-            w.n_traj,
-            w.n_tok,
-            len(w._done),
-        )
+        log.info("resuming %s %s: %d batches, %d tokens done", path, name, len(w._done), w.n_tok)
         return w
 
     @property
@@ -373,8 +366,8 @@ def _write_rows(items: list[tuple[zarr.Array, int, np.ndarray]]) -> None:
     sync(put_all())
 
 
-def _check_replaceable(path, overwrite: bool) -> bool:
-    """Whether a store is at ``path`` to be replaced; refuse anything else that is not empty."""
+def _replaces_a_store(path, overwrite: bool) -> bool:
+    """Whether ``path`` holds a store that ``overwrite`` replaces (False: nothing there); refuses the rest."""
     if not nonempty(path):
         return False
     if not overwrite:
