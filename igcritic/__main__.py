@@ -41,7 +41,7 @@ COMMANDS: dict[str, Command] = {
         "igcritic.collect:main", "sample rollouts, capture latents, label costs/rewards, write a Zarr store"
     ),
     "inspect": Command(
-        "igcritic.store:main", "summarise a store and validate its integrity (exit 1 if broken)"
+        "igcritic.store.inspect:main", "summarise a store and validate its integrity (exit 1 if broken)"
     ),
     "fit": Command("igcritic.fit:main", "train the critic (LightningCLI; also: validate, test)"),
     "validate": Command("igcritic.fit:main", "LightningCLI validate"),

@@ -13,7 +13,7 @@ the uncommitted batches: nothing lost, nothing duplicated, same trajectories as 
 
 from __future__ import annotations
 
-import errno
+import contextlib
 import hashlib
 import json
 import logging
@@ -31,14 +31,7 @@ from igcritic.decoding import Rollouts, SamplingConfig, prefix_texts, rollout
 from igcritic.policy import EMBEDDED_POLICY_ID, Policy, load_policy, weights_fingerprint
 from igcritic.prompts import PromptSource, load_prompts
 from igcritic.scorers import Scorer, load_scorer
-from igcritic.store import (
-    SCHEMA_VERSION,
-    StoreReader,
-    StoreWriter,
-    TrajectoryBatch,
-    check_replaceable,
-    config_hash,
-)
+from igcritic.store import StoreReader, StoreWriter, TrajectoryBatch, check_replaceable, config_hash
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +288,6 @@ def store_attrs(
 
     content = content_config(cfg, prompts, policy, cost, reward)
     return {
-        "schema_version": SCHEMA_VERSION,
         "policy": policy.identity.to_dict(),
         "cost_scorer": cost.to_dict(),
         "reward_scorer": reward.to_dict(),
@@ -390,39 +382,31 @@ def collect_rank(cfg: CollectConfig, rank: int = 0, world: int = 1, barrier=lamb
         "cost_s": 0.0,
         "reward_s": 0.0,
         "write_s": 0.0,
-        "batches_total": len(batches),
         "batches_already_done": len(done),
     }
-    with writer, _progress(rank, len(mine)) as progress, _sigterm_raises():
+    progress = _progress(disable=rank != 0)  # a bar on rank 0 only
+    task, start, seen = progress.add_task("collect", total=len(mine), tps="-"), time.perf_counter(), 0
+    with writer, progress, _sigterm_raises():
         for b in mine:
             gen = torch.Generator(device=policy.device).manual_seed(batch_seed(cfg.seed, b))
             t0 = time.perf_counter()
             roll = sample([prompts[p] for p in batches[b]], gen)
             t1 = time.perf_counter()
             batch, timing = label_batch(policy, prompts, batches[b], roll, cost, reward)
-            problems = batch.validate()
-            if problems:
+            if problems := batch.validate():
                 stats["skipped_nan"] += 1
                 log.error("batch %d not written: %s", b, "; ".join(problems))
-                progress.advance(roll.num_tokens)
-                continue
-            t2 = time.perf_counter()
-            try:
+            else:
+                t2 = time.perf_counter()
                 writer.append(batch, b)
-            except OSError as e:
-                if e.errno == errno.ENOSPC:
-                    raise CollectError(
-                        f"disk full while writing batch {b} to {cfg.out}; free space and rerun with --resume "
-                        "(committed batches are kept)"
-                    ) from None
-                raise
-            stats["write_s"] += time.perf_counter() - t2
-            stats["gen_s"] += t1 - t0
-            stats["cost_s"] += timing["cost_s"]
-            stats["reward_s"] += timing["reward_s"]
-            stats["tokens"] += roll.num_tokens
-            stats["batches"] += 1
-            progress.advance(roll.num_tokens)
+                stats["write_s"] += time.perf_counter() - t2
+                stats["gen_s"] += t1 - t0
+                stats["cost_s"] += timing["cost_s"]
+                stats["reward_s"] += timing["reward_s"]
+                stats["tokens"] += roll.num_tokens
+                stats["batches"] += 1
+            seen += roll.num_tokens
+            progress.update(task, advance=1, tps=f"{seen / max(time.perf_counter() - start, 1e-9):.0f}")
     return stats
 
 
@@ -445,56 +429,32 @@ def _fabric_worker(fabric, cfg: CollectConfig) -> dict:
     return stats
 
 
-class _progress:
-    """Rich progress bar with tokens/s and ETA on rank 0; silent on other ranks."""
+def _progress(disable: bool):
+    """A rich progress bar of work batches with tokens/s and ETA."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    def __init__(self, rank: int, total_batches: int):
-        self.rank, self.total = rank, total_batches
-        self.tokens, self.start = 0, time.perf_counter()
-
-    def __enter__(self):
-        if self.rank == 0:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(
-                TextColumn("collect"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[tps]} tok/s"),
-                TimeRemainingColumn(),
-            )
-            self.task = self.bar.add_task("collect", total=self.total, tps="-")
-            self.bar.__enter__()
-        return self
-
-    def advance(self, tokens: int) -> None:
-        self.tokens += tokens
-        if self.rank == 0:
-            tps = self.tokens / max(time.perf_counter() - self.start, 1e-9)
-            self.bar.update(self.task, advance=1, tps=f"{tps:.0f}")
-
-    def __exit__(self, *exc):
-        if self.rank == 0:
-            self.bar.__exit__(*exc)
+    tps = TextColumn("{task.fields[tps]} tok/s")
+    return Progress(
+        TextColumn("collect"), BarColumn(), MofNCompleteColumn(), tps, TimeRemainingColumn(), disable=disable
+    )
 
 
-class _sigterm_raises:
+@contextlib.contextmanager
+def _sigterm_raises():
     """Turn SIGTERM (SLURM pre-emption, kill) into KeyboardInterrupt so the writer closes cleanly."""
 
-    def __enter__(self):
-        try:
-            self.old = signal.signal(signal.SIGTERM, self._raise)
-        except ValueError:  # not the main thread
-            self.old = None
-        return self
-
-    @staticmethod
-    def _raise(signum, frame):
+    def interrupt(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
-    def __exit__(self, *exc):
-        if self.old is not None:
-            signal.signal(signal.SIGTERM, self.old)
+    try:
+        old = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread
+        old = None
+    try:
+        yield
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
 
 
 def main(cfg: CollectConfig) -> int:
@@ -517,16 +477,4 @@ def describe(stats: dict, cfg: CollectConfig) -> str:
     )
 
 
-def store_fingerprint(path: str | Path) -> str:
-    """Hash of every committed trajectory's tokens in work-batch order (the -1 row markers make the lengths
-    part of it): equal for equal content, whatever the number of shards that wrote it."""
-    r = StoreReader(path)
-    order = np.argsort(r.traj_batch, kind="stable")  # a batch keeps its trajectories' order inside its shard
-    h = hashlib.sha256()
-    for i in order:
-        t = r.trajectory(int(i))
-        h.update(np.asarray(t["token_ids"], dtype=np.int64).tobytes())
-    return h.hexdigest()[:16]
-
-
-__all__ = ["CollectConfig", "CollectError", "main", "run", "collect_rank", "store_fingerprint"]
+__all__ = ["CollectConfig", "CollectError", "main", "run", "collect_rank"]

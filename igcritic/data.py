@@ -90,11 +90,8 @@ class CriticDataModule(LightningDataModule):
             raise DataError("invalid data settings: " + "; ".join(problems))
         self.stores = [str(s) for s in stores]
         self.batch_size, self.val_fraction, self.seed, self.gamma = batch_size, val_fraction, seed, gamma
-        self._budget_low, self._budget_high, self.budget_store_share = (
-            budget_low,
-            budget_high,
-            budget_store_share,
-        )
+        self._budget_low, self._budget_high = budget_low, budget_high
+        self.budget_store_share = budget_store_share
         self.shuffle_buffer, self.num_workers, self.drop_last = shuffle_buffer, num_workers, drop_last
         self.multiprocessing_context, self.stats_rows = multiprocessing_context, stats_rows
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
@@ -155,22 +152,16 @@ class CriticDataModule(LightningDataModule):
         infos = []
         for p, r in zip(self.stores, readers):
             local = np.asarray([gid.get(t, -1) for t in r.prompts], dtype=np.int64)
-            n_tok = int(r.n_tok)
-            step = int(r.chunk_tokens)
-            shard = r.shard_offsets
-            bounds = np.unique(
-                np.concatenate([np.arange(a, b, step) for a, b in zip(shard[:-1], shard[1:])] + [shard])
-            )
             infos.append(
                 StoreInfo(
                     path=p,
-                    n_tok=n_tok,
+                    n_tok=int(r.n_tok),
                     width=int(r.hidden_size),
                     offsets=np.asarray(r.traj_offsets, dtype=np.int64),
                     traj_prompt=local[np.asarray(r.traj_prompt, dtype=np.int64)],
                     traj_cost=np.asarray(r.traj_cost, dtype=np.float32),
                     budget=float(r.attrs.get("budget") if r.attrs.get("budget") is not None else math.nan),
-                    bounds=bounds,
+                    bounds=r.chunk_bounds,
                 )
             )
         self._attrs, self.prompt_texts, self._infos = dict(a0), texts, infos
@@ -192,14 +183,17 @@ class CriticDataModule(LightningDataModule):
     @property
     def budget_range(self) -> tuple[float, float]:
         """(low, high) of the uniform budget draws, resolved from the stores when not given."""
-        infos = self._load()
-        s_final = np.concatenate([i.traj_cost for i in infos])
-        s_final = s_final[np.isfinite(s_final)]
+        infos, s_final = self._load(), self._final_costs()
         budgets = [i.budget for i in infos if math.isfinite(i.budget)]
         q_lo, q_hi = np.quantile(s_final, [0.01, 0.99]).tolist() if len(s_final) else (0.0, 1.0)
         low = self._budget_low if self._budget_low is not None else min([q_lo, *budgets])
         high = self._budget_high if self._budget_high is not None else max([q_hi, *budgets])
         return float(low), float(max(high, low))
+
+    def _final_costs(self) -> np.ndarray:
+        """The finite S_T of every trajectory of the stores."""
+        s_final = np.concatenate([i.traj_cost for i in self._load()])
+        return s_final[np.isfinite(s_final)]
 
     @property
     def store_budget(self) -> float | None:
@@ -223,9 +217,7 @@ class CriticDataModule(LightningDataModule):
 
     def eval_budgets(self) -> list[float]:
         """Default budgets for per-budget metrics: the store budget and the quartiles of the stores' S_T."""
-        infos = self._load()
-        s_final = np.concatenate([i.traj_cost for i in infos])
-        s_final = s_final[np.isfinite(s_final)]
+        infos, s_final = self._load(), self._final_costs()
         qs = np.quantile(s_final, [0.25, 0.5, 0.75]).tolist() if len(s_final) else []
         out = [float(f"{b:.3g}") for b in [*qs, *[i.budget for i in infos]] if math.isfinite(b)]
         return sorted(set(out))
@@ -354,17 +346,12 @@ class CriticDataModule(LightningDataModule):
             "h_mean": torch.from_numpy(mean).float(),
             "h_std": torch.from_numpy(np.where(std > 1e-6, std, 1.0)).float(),
         }
-        cols: dict[str, list[np.ndarray]] = {"f": [], "value": [], "s": []}
         tg = ds.targets(ds.runs)
-        for k in cols:
-            cols[k].append(tg[k][tg["valid"]])
         for k, name in (("f", "f"), ("value", "v"), ("s", "s")):
-            x = np.concatenate(cols[k]).astype(np.float64)
+            x = tg[k][tg["valid"]].astype(np.float64)
             sd = float(x.std()) if len(x) else 1.0
-            out[f"{name}_loc"], out[f"{name}_scale"] = (
-                (float(x.mean()) if len(x) else 0.0),
-                (sd if sd > 1e-6 else 1.0),
-            )
+            out[f"{name}_loc"] = float(x.mean()) if len(x) else 0.0
+            out[f"{name}_scale"] = sd if sd > 1e-6 else 1.0
         return out
 
 

@@ -70,22 +70,18 @@ class StoreRows:
     def __init__(self, path: str, traj_prompt: np.ndarray, gamma: float):
         from igcritic.store import StoreReader
 
-        self.reader = r = StoreReader(path)
-        self.offsets = np.asarray(r.traj_offsets, dtype=np.int64)
-        self.traj_len = np.asarray(r.traj_len, dtype=np.int64)
-        self.traj_cost = np.asarray(r.traj_cost, dtype=np.float32)
-        self.traj_reward = np.asarray(r.traj_reward, dtype=np.float32)
-        self.cost_prefix = np.asarray(r.cost_prefix, dtype=np.float32)
+        self.reader = StoreReader(path)  # its per-trajectory and per-row arrays load once, on first use
         self.traj_prompt, self.gamma = traj_prompt, gamma
 
     def targets(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """Per-row targets of the (sorted) rows ``rows`` of this store; ``valid`` is False where one is
         NaN/inf (those targets are zeroed)."""
-        traj = np.searchsorted(self.offsets, rows, side="right") - 1
-        t = rows - self.offsets[traj]
-        s_t = self.cost_prefix[rows]
-        s_final = self.traj_cost[traj]
-        value = (self.gamma ** (self.traj_len[traj] - t)) * self.traj_reward[traj]
+        r = self.reader
+        traj = np.searchsorted(r.traj_offsets, rows, side="right") - 1
+        t = rows - r.traj_offsets[traj]
+        s_t = r.cost_prefix[rows]
+        s_final = r.traj_cost[traj]
+        value = (self.gamma ** (r.traj_len[traj].astype(np.int64) - t)) * r.traj_reward[traj]
         tg = {
             "t": t,
             "s": s_t,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from igcritic.collect import CollectConfig, CollectError, run, store_fingerprint
+from igcritic.collect import CollectConfig, CollectError, run
 from igcritic.decoding import SamplingConfig
 from igcritic.policy import PolicyError, load_policy
 from igcritic.prompts import PromptError, PromptSource
@@ -162,7 +162,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model_dir, prompt_f
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert validate_store(out) == []
     assert StoreReader(out).n_traj == StoreReader(ref.out).n_traj
-    assert store_fingerprint(out) == store_fingerprint(ref.out)
+    assert StoreReader(out).fingerprint() == StoreReader(ref.out).fingerprint()
 
 
 def test_resume_with_other_config_is_refused(tiny_model_dir, prompt_file, tmp_path):
@@ -189,7 +189,7 @@ def test_two_ranks_make_one_valid_store(tiny_model_dir, prompt_file, tmp_path):
     assert validate_store(multi.out) == []
     r = StoreReader(multi.out)
     assert r.n_traj == StoreReader(single.out).n_traj
-    assert store_fingerprint(multi.out) == store_fingerprint(single.out)
+    assert StoreReader(multi.out).fingerprint() == StoreReader(single.out).fingerprint()
 
 
 def test_nan_latents_batch_is_reported_and_not_written(
@@ -264,28 +264,27 @@ def test_full_disk_keeps_committed_batches_and_resume_completes(
 ):
     import errno
 
-    from igcritic.store import StoreWriter
+    from igcritic.store import writer
 
-    real_append = StoreWriter.append
-    calls = {"n": 0}
+    real_write_rows, calls = writer._write_rows, {"n": 0}
 
-    def append_until_disk_full(self, batch, batch_index):
+    def write_until_disk_full(items):
         calls["n"] += 1
-        if calls["n"] == 2:
+        if calls["n"] == 3:  # the token rows of the second batch (two writes per batch)
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_append(self, batch, batch_index)
+        return real_write_rows(items)
 
-    monkeypatch.setattr(StoreWriter, "append", append_until_disk_full)
+    monkeypatch.setattr(writer, "_write_rows", write_until_disk_full)
     cfg = tiny_config(tiny_model_dir, prompt_file, tmp_path / "full.zarr")
-    with pytest.raises(CollectError, match="disk full while writing batch 1.*--resume") as e:
+    with pytest.raises(StoreError, match="disk full while writing batch 1.*--resume") as e:
         run(cfg)
     assert "\n" not in str(e.value)
     assert StoreReader(cfg.out).batches_done == {0} and validate_store(cfg.out) == []
-    monkeypatch.setattr(StoreWriter, "append", real_append)
+    monkeypatch.setattr(writer, "_write_rows", real_write_rows)
     run(tiny_config(tiny_model_dir, prompt_file, tmp_path / "full.zarr", resume=True))
     ref = tiny_config(tiny_model_dir, prompt_file, tmp_path / "ref.zarr")
     run(ref)
-    assert store_fingerprint(cfg.out) == store_fingerprint(ref.out)
+    assert StoreReader(cfg.out).fingerprint() == StoreReader(ref.out).fingerprint()
 
 
 def test_overwrite_refuses_what_is_not_a_store(tiny_model_dir, prompt_file, beaver_scorers, tmp_path):
@@ -481,7 +480,7 @@ def test_collect_with_a_guard_records_it_and_resumes_like_any_collect(
     monkeypatch.setattr(collect_module, "label_batch", real)
     assert len(StoreReader(out).batches_done) == 1
     run(tiny_config(tiny_model_dir, prompt_file, out, resume=True, **kw))
-    assert store_fingerprint(out) == store_fingerprint(ref.out)
+    assert StoreReader(out).fingerprint() == StoreReader(ref.out).fingerprint()
 
     # another critic is another input: resuming with it is refused
     other = _tiny_critic_artifact(tmp_path / "critic2", tiny_model_dir, seed=1)

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import io
+import json
+import os
 import pickle
+import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -11,18 +16,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import zarr
 from helpers_store import ATTRS, PROMPTS, H, LatentBlocks, make_batch
 from rich.console import Console
 
-from igcritic import store as store_mod
 from igcritic.store import (
     StoreError,
     StoreReader,
     StoreWriter,
     config_hash,
-    inspect_store,
+    layout,
+    reader,
     validate_store,
+    writer,
 )
+from igcritic.store.inspect import InspectConfig
+from igcritic.store.inspect import main as inspect
+from igcritic.store.lock import alive, held_error
 
 
 def write(path, batches, *, rank=0, chunk=16, overwrite=False):
@@ -54,15 +64,12 @@ def test_round_trip_several_batches(tmp_path):
     r = StoreReader(tmp_path / "s")
     assert_matches(r, batches)
     assert r.prompts == PROMPTS and r.n_prompts == 4 and r.hidden_size == H and r.chunk_tokens == 16
-    assert r.attrs["policy"] == ATTRS["policy"] and r.attrs["schema_version"] == store_mod.SCHEMA_VERSION
+    assert r.attrs["policy"] == ATTRS["policy"] and r.attrs["schema_version"] == layout.SCHEMA_VERSION
     assert r.batches_done == set(range(6))
     t = r.trajectory(5)
     a, b = r.traj_offsets[5:7]
     assert t["latents"].shape == (b - a, H) and t["token_ids"][0] == -1
     assert t["reward"] == pytest.approx(float(r.traj_reward[5])) and t["cost"] == t["cost_prefix"][-1]
-    for p in range(4):
-        assert all(r.traj_prompt[i] == p for i in r.trajectories_of_prompt(p))
-    assert sum(len(r.trajectories_of_prompt(p)) for p in range(4)) == r.n_traj
     assert validate_store(tmp_path / "s") == []
 
 
@@ -120,7 +127,7 @@ def test_scattered_read_puts_each_row_where_asked(tmp_path, compression):
     keep = dest >= 0
     np.testing.assert_array_equal(out[dest[keep]], ref[start:stop][keep])
     assert np.isinf(np.delete(out, dest[keep], axis=0)).all()  # nothing else was written
-    direct = [store_mod._chunk_file(r._open()["shards"][n]["latents"]) is not None for n in r.shards]
+    direct = [reader._chunk_file(r._open()["shards"][n]["latents"]) is not None for n in r.shards]
     assert direct == [compression is None] * 2
     chunk = tmp_path / "s" / "shards" / "rank-00000" / "latents" / "c" / "1" / "0"
     chunk.unlink()
@@ -129,10 +136,10 @@ def test_scattered_read_puts_each_row_where_asked(tmp_path, compression):
 
 
 def test_other_ranks_wait_for_rank_zero_and_resume_creates_missing_shards(tmp_path, monkeypatch):
-    monkeypatch.setattr(store_mod, "RANK_WAIT_S", 0.3)
+    monkeypatch.setattr(writer, "RANK_WAIT_S", 0.3)
     with pytest.raises(StoreError, match="rank 0 did not create"):
         write(tmp_path / "s", [], rank=1)
-    monkeypatch.setattr(store_mod, "RANK_WAIT_S", 30.0)
+    monkeypatch.setattr(writer, "RANK_WAIT_S", 30.0)
     late = threading.Thread(target=write, args=(tmp_path / "s", [(1, make_batch(1))]), kwargs={"rank": 1})
     late.start()  # rank 1 starts first and waits for the root group
     time.sleep(0.5)
@@ -161,9 +168,9 @@ def test_killed_append_resumes_without_loss_or_duplicates(tmp_path, monkeypatch,
             raise KeyboardInterrupt("killed")
         return write_rows(*args, **kwargs)
 
-    write_rows = store_mod._write_rows
+    write_rows = writer._write_rows
     monkeypatch.setattr(
-        StoreWriter if kill_at == "manifest" else store_mod,
+        StoreWriter if kill_at == "manifest" else writer,
         "_write_manifest" if kill_at == "manifest" else "_write_rows",
         killed,
     )
@@ -174,7 +181,7 @@ def test_killed_append_resumes_without_loss_or_duplicates(tmp_path, monkeypatch,
     committed = StoreReader(tmp_path / "s")
     assert committed.batches_done == {0, 1, 2}
     assert committed.n_tok == sum(len(b.latents) for b in batches[:3])
-    shard = store_mod.zarr.open_group(str(tmp_path / "s"))["shards/rank-00000"]
+    shard = zarr.open_group(str(tmp_path / "s"))["shards/rank-00000"]
     assert shard["latents"].shape[0] > committed.n_tok  # garbage beyond the manifest
     assert_matches(committed, batches[:3])
 
@@ -241,7 +248,7 @@ def test_overwrite_replaces_only_a_store(tmp_path, foreign):
     if foreign == "file":
         out.write_text("mine")
     elif foreign == "zarr":
-        store_mod.zarr.create_group(str(out), zarr_format=3).create_array("x", shape=(3,), dtype="int8")
+        zarr.create_group(str(out), zarr_format=3).create_array("x", shape=(3,), dtype="int8")
     else:
         out.mkdir()
         (out / "notes.txt").write_text("mine")
@@ -262,17 +269,15 @@ def test_check_replaceable_for_an_artifact_marker(tmp_path):
     with pytest.raises(
         ValueError, match=r"--out .*critic is not a critic artifact \(no critic_config.json in it\)"
     ):
-        store_mod.check_replaceable(
-            art, marker="critic_config.json", what="a critic artifact", error=ValueError
-        )
+        layout.check_replaceable(art, marker="critic_config.json", what="a critic artifact", error=ValueError)
     (art / "critic_config.json").write_text("{}")
-    store_mod.check_replaceable(art, marker="critic_config.json", what="a critic artifact")
-    store_mod.check_replaceable(tmp_path / "missing", marker="critic_config.json")
+    layout.check_replaceable(art, marker="critic_config.json", what="a critic artifact")
+    layout.check_replaceable(tmp_path / "missing", marker="critic_config.json")
 
 
 def test_overwrite_replaces_a_store_whose_creation_was_cut_short(tmp_path):
     write(tmp_path / "s", [(0, make_batch(0))])
-    root = store_mod.zarr.open_group(str(tmp_path / "s"), mode="r+")
+    root = zarr.open_group(str(tmp_path / "s"), mode="r+")
     root.attrs.clear()  # killed before the root attrs (written last) were
     write(tmp_path / "s", [(1, make_batch(1))], overwrite=True)
     assert StoreReader(tmp_path / "s").batches_done == {1}
@@ -313,17 +318,17 @@ def test_batch_validate_finds_shape_problems():
 def test_validate_and_inspect_detect_corrupted_offsets(tmp_path):
     write(tmp_path / "s", [(i, make_batch(i)) for i in range(3)])
     out = io.StringIO()
-    assert inspect_store(tmp_path / "s", console=Console(file=out, width=150)) == 0
+    assert inspect(InspectConfig(str(tmp_path / "s")), console=Console(file=out, width=150)) == 0
     text = out.getvalue()
     assert "trajectories" in text and "safe share (S_T <= 0.5)" in text and "valid" in text
-    off = store_mod.zarr.open_group(str(tmp_path / "s"), mode="r+")["shards/rank-00000/traj_offsets"]
+    off = zarr.open_group(str(tmp_path / "s"), mode="r+")["shards/rank-00000/traj_offsets"]
     off[2] = off[1]  # a zero-length trajectory: impossible (every trajectory has T + 1 >= 1 rows)
     problems = validate_store(tmp_path / "s")
     assert any("traj_offsets" in p for p in problems)
-    assert inspect_store(tmp_path / "s", console=Console(file=io.StringIO())) == 1
+    assert inspect(InspectConfig(str(tmp_path / "s")), console=Console(file=io.StringIO())) == 1
     assert (
         validate_store(tmp_path / "missing")
-        and inspect_store(tmp_path / "missing", console=Console(file=io.StringIO())) == 1
+        and inspect(InspectConfig(str(tmp_path / "missing")), console=Console(file=io.StringIO())) == 1
     )
 
 
@@ -339,7 +344,7 @@ def test_validate_and_inspect_detect_corrupted_offsets(tmp_path):
 )
 def test_validate_store_finds_each_corruption(tmp_path, corrupt, expected):
     write(tmp_path / "s", [(i, make_batch(i)) for i in range(2)])
-    corrupt(store_mod.zarr.open_group(str(tmp_path / "s"), mode="r+")["shards/rank-00000"])
+    corrupt(zarr.open_group(str(tmp_path / "s"), mode="r+")["shards/rank-00000"])
     assert any(expected in p for p in validate_store(tmp_path / "s")), validate_store(tmp_path / "s")
 
 
@@ -369,7 +374,7 @@ def test_validate_store_finds_a_deleted_chunk(tmp_path, array):
         p.startswith(f"rank-00000: {array} chunk {i} (rows ") and "is missing" in p for p in problems
     ), problems
     assert all("\n" not in p for p in problems)
-    assert inspect_store(path, console=Console(file=io.StringIO(), width=200)) == 1
+    assert inspect(InspectConfig(str(path)), console=Console(file=io.StringIO(), width=200)) == 1
 
 
 def test_shards_written_before_every_chunk_check_only_latents_and_token_ids(tmp_path):
@@ -377,8 +382,8 @@ def test_shards_written_before_every_chunk_check_only_latents_and_token_ids(tmp_
     b = make_batch(0, n=4)
     b.traj_finished[:] = False
     write(tmp_path / "s", [(0, b)])
-    shard = store_mod.zarr.open_group(str(tmp_path / "s"), mode="r+")["shards/rank-00000"]
-    shard.attrs.update({store_mod.EVERY_CHUNK: None})
+    shard = zarr.open_group(str(tmp_path / "s"), mode="r+")["shards/rank-00000"]
+    shard.attrs.update({layout.EVERY_CHUNK: None})
     _chunk_file(tmp_path / "s", "traj_finished", 0).unlink()
     assert validate_store(tmp_path / "s") == []
     _chunk_file(tmp_path / "s", "latents", 0).unlink()
@@ -387,7 +392,7 @@ def test_shards_written_before_every_chunk_check_only_latents_and_token_ids(tmp_
 
 def test_validate_store_checks_trajectory_bookkeeping(tmp_path):
     write(tmp_path / "s", [(i, make_batch(i)) for i in range(3)])
-    root = store_mod.zarr.open_group(str(tmp_path / "s"), mode="r+")
+    root = zarr.open_group(str(tmp_path / "s"), mode="r+")
     root["shards/rank-00000"].attrs.update(
         {"batches_done": [0, 1, 2, 5]}
     )  # a committed batch, no trajectories
@@ -434,13 +439,11 @@ def test_reader_pickles_and_works_in_spawn_worker(tmp_path):
 
 def test_second_writer_is_refused_while_the_first_runs(tmp_path):
     """One writer per shard: a second create/overwrite/resume is refused in one line naming the holder."""
-    import os
-
     path = tmp_path / "s"
     first = StoreWriter.create(path, attrs=ATTRS, prompts=PROMPTS, hidden_size=H, chunk_tokens=16)
     first.append(make_batch(0), 0)
-    lock = path / store_mod.LOCK_FILE.format(0)
-    assert lock.is_file() and store_mod.json.loads(lock.read_text())["pid"] == os.getpid()
+    lock = path / layout.LOCK_FILE.format(0)
+    assert lock.is_file() and json.loads(lock.read_text())["pid"] == os.getpid()
     for second in (
         lambda: write(path, [(1, make_batch(1))], overwrite=True),
         lambda: StoreWriter.resume(path, config_hash="abc123"),
@@ -471,9 +474,6 @@ def test_overwrite_is_refused_while_any_rank_writes(tmp_path):
 
 def test_stale_lock_of_a_killed_writer_is_taken_over(tmp_path, caplog):
     """SIGKILL leaves the lock file behind; its holder is gone, so the next writer takes it over."""
-    import json
-    import subprocess
-    import sys
 
     path = tmp_path / "s"
     code = (
@@ -487,9 +487,9 @@ def test_stale_lock_of_a_killed_writer_is_taken_over(tmp_path, caplog):
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == -9, proc.stderr[-2000:]
-    lock = path / store_mod.LOCK_FILE.format(0)
+    lock = path / layout.LOCK_FILE.format(0)
     dead = json.loads(lock.read_text())
-    assert dead["pid"] != store_mod.os.getpid()
+    assert dead["pid"] != os.getpid()
     with StoreWriter.resume(path, config_hash="abc123") as w:
         assert w.batches_done == {0}
         w.append(make_batch(1), 1)
@@ -500,22 +500,15 @@ def test_stale_lock_of_a_killed_writer_is_taken_over(tmp_path, caplog):
 def test_lock_holder_liveness_by_pid_and_host():
     """The pid/host judgement (fsspec stores, file systems without flock): only a pid gone from this host is
     stale."""
-    import os
-    import socket
-    import subprocess
-    import sys
-
     gone = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     )
     host = socket.gethostname()
-    assert not store_mod._alive({"pid": int(gone.stdout), "host": host})
-    assert store_mod._alive({"pid": os.getppid(), "host": host})
-    assert store_mod._alive({"pid": int(gone.stdout), "host": host + "-elsewhere"})  # cannot tell: refused
-    assert not store_mod._alive(None) and not store_mod._alive(
-        {"pid": os.getpid(), "host": host, "file": "x"}
-    )
-    msg = str(store_mod._held_error("s3://b/run", 0, {"pid": 7, "host": host + "-elsewhere", "since": "t"}))
+    assert not alive({"pid": int(gone.stdout), "host": host})
+    assert alive({"pid": os.getppid(), "host": host})
+    assert alive({"pid": int(gone.stdout), "host": host + "-elsewhere"})  # cannot tell: refused
+    assert not alive(None) and not alive({"pid": os.getpid(), "host": host, "file": "x"})
+    msg = str(held_error("s3://b/run", 0, {"pid": 7, "host": host + "-elsewhere", "since": "t"}))
     assert "delete s3://b/run/writer-rank-00000.lock" in msg and "\n" not in msg
 
 
@@ -530,5 +523,5 @@ def test_writer_lock_on_an_fsspec_url():
     with StoreWriter.resume(path, config_hash="abc123") as w:
         w.append(make_batch(1), 1)
     assert StoreReader(path).batches_done == {0, 1} and validate_store(path) == []
-    assert "writer-rank-00000.lock" not in store_mod._entries(path)
-    store_mod._fs(path)[0].rm("/igcritic-test", recursive=True)
+    assert "writer-rank-00000.lock" not in layout.entries(path)
+    layout.filesystem(path)[0].rm("/igcritic-test", recursive=True)

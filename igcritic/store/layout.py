@@ -1,0 +1,175 @@
+"""The store's names and its location: array and file names, the error, and what may be replaced or read.
+
+A location is a local path, a ``file://`` URL or an fsspec URL; listing, reading and deleting go through
+fsspec for all three (its local filesystem for the first two), so there is one code path for each. Zarr
+itself opens local stores as ``LocalStore``, whose chunk writes are atomic (temp file, then rename: the
+writer's protocol relies on it; fsspec's local filesystem writes in place).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import zarr
+from zarr.storage import FsspecStore, LocalStore
+
+from igcritic import IgcriticError
+
+SCHEMA_VERSION = 1
+PROMPTS = "prompts"
+SHARDS = "shards"
+SHARD = "rank-{:05d}"
+"""Name of rank r's shard group under ``shards/``."""
+TOKEN_ARRAYS = {"latents": "float16", "token_ids": "int32", "cost_prefix": "float32"}
+TRAJ_ARRAYS = {
+    "traj_prompt": "int64",
+    "traj_reward": "float32",
+    "traj_cost": "float32",
+    "traj_len": "int32",
+    "traj_finished": "bool",
+    "traj_batch": "int64",
+}
+STORE_MARKER = "zarr.json"
+LOCK_FILE = "writer-rank-{:05d}.lock"
+"""Rank r's writer lock at the store root (:mod:`igcritic.store.lock`)."""
+STORE_ENTRIES = {STORE_MARKER, PROMPTS, SHARDS}
+"""What a store's root folder holds; ``--overwrite`` replaces nothing else (:func:`check_replaceable`)."""
+EVERY_CHUNK = "every_chunk"
+"""Manifest flag of shards whose writer writes every chunk: then every array's chunks below the manifest must
+exist (older shards: latents and token_ids, which are never all fill values)."""
+
+
+class StoreError(IgcriticError):
+    """A store cannot be created, resumed, appended to or read as asked."""
+
+
+def config_hash(config: dict) -> str:
+    """Stable name of a run configuration: first 16 hex digits of sha256 of its sorted JSON."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def local_path(path: str | os.PathLike) -> Path | None:
+    """The local folder of a path or ``file://`` URL; None for any other URL."""
+    s = os.fspath(path)
+    if s.startswith("file://"):
+        return Path(s[len("file://") :])
+    return None if ("://" in s or "::" in s) else Path(s)
+
+
+def filesystem(path: str | os.PathLike) -> tuple[Any, str]:
+    """(fsspec filesystem, root path in it) of any location."""
+    import fsspec
+
+    return fsspec.core.url_to_fs(os.fspath(path))
+
+
+def entries(path: str | os.PathLike) -> list[str] | None:
+    """Names directly inside the folder ``path`` ([] when it does not exist, None when it is a file)."""
+    fs, root = filesystem(path)
+    if not fs.exists(root):
+        return []
+    return None if fs.isfile(root) else sorted(_name(p) for p in fs.ls(root, detail=False))
+
+
+def read_json(path: str | os.PathLike, name: str) -> Any:
+    """The JSON file ``name`` inside ``path``; None when it is missing or not JSON."""
+    fs, root = filesystem(path)
+    try:
+        return json.loads(fs.cat_file(f"{root.rstrip('/')}/{name}"))
+    except (OSError, ValueError):
+        return None
+
+
+def clear(path: str | os.PathLike, keep: str) -> None:
+    """Delete everything inside the folder ``path`` but the entry ``keep`` (this writer's lock)."""
+    fs, root = filesystem(path)
+    for p in fs.ls(root, detail=False):
+        if _name(p) != keep:
+            fs.rm(p, recursive=True)  # a symlink is unlinked, never followed
+
+
+def _name(p: str) -> str:
+    return p.rstrip("/").rsplit("/", 1)[-1]
+
+
+def is_lock(name: str) -> bool:
+    return name.startswith("writer-rank-") and name.endswith(".lock")
+
+
+def nonempty(path: str | os.PathLike) -> bool:
+    """Something but writer locks is at ``path``."""
+    names = entries(path)
+    return names is None or any(not is_lock(e) for e in names)
+
+
+def _is_ours(path: str | os.PathLike, marker: str) -> bool:
+    names = entries(path)
+    if not names:
+        return names == []  # missing or empty: nothing to lose; a file: not ours
+    if marker != STORE_MARKER:
+        return marker in names
+    meta = read_json(path, STORE_MARKER)
+    attrs = meta.get("attributes", {}) if isinstance(meta, dict) and meta.get("node_type") == "group" else {}
+    # a store, or a store whose creation was cut short (its root attrs come last)
+    return "schema_version" in attrs or all(e in STORE_ENTRIES or is_lock(e) for e in names)
+
+
+def check_replaceable(
+    path: str | os.PathLike,
+    marker: str = STORE_MARKER,
+    what: str = "an igcritic store",
+    error: type[ValueError] | None = None,
+    flag: str = "--out",
+) -> None:
+    """Refuse, in one line, to let ``--overwrite`` replace ``path`` unless igcritic wrote what is there.
+
+    Replaceable: nothing, an empty folder, or a folder holding ``marker``: for a store (the default) a root
+    ``zarr.json`` whose attrs have ``schema_version``, or only a store's own entries (a creation cut short);
+    for an artifact folder (``marker="critic_config.json"``) that file. Anything else (``--out .``, a file, a
+    folder of the user's) raises ``error`` (default :class:`StoreError`)."""
+    if _is_ours(path, marker):
+        return
+    has = f"{marker} with schema_version" if marker == STORE_MARKER else marker
+    raise (error or StoreError)(
+        f"{flag} {path} is not {what} (no {has} in it), so --overwrite will not delete "
+        f"it; pick another {flag} or move it away yourself"
+    )
+
+
+def zarr_store(path: str | os.PathLike, read_only: bool):
+    """Zarr's store of a location: ``LocalStore`` for local ones (atomic chunk writes), else fsspec's."""
+    local = local_path(path)
+    if local is None:
+        return FsspecStore.from_url(os.fspath(path), read_only=read_only)
+    if read_only and not local.exists():
+        raise StoreError(f"no store at {path}; run `igcritic collect` first or fix the path")
+    return LocalStore(local, read_only=read_only)
+
+
+def open_root(path: str | os.PathLike, mode: str = "r") -> zarr.Group:
+    """The root group of a complete store of this schema at ``path`` (StoreError otherwise)."""
+    try:
+        root = zarr.open_group(zarr_store(path, read_only=mode == "r"), mode=mode, zarr_format=3)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeNotFoundError) as e:
+        raise StoreError(f"no zarr group at {path}; run `igcritic collect` first or fix the path") from e
+    if (version := root.attrs.get("schema_version")) != SCHEMA_VERSION:
+        raise StoreError(
+            f"store {path} has schema_version {version!r}, this igcritic reads {SCHEMA_VERSION} (None: its "
+            "creation was cut short); recollect it with --overwrite or use the igcritic that wrote it"
+        )
+    return root
+
+
+def started_shards(root: zarr.Group) -> list[tuple[zarr.Group, int, int, list[int]]]:
+    """(group, n_traj, n_tok, batches_done) of every shard with a manifest, in rank order (a shard without
+    one was killed while being created: it holds nothing)."""
+    groups = [root[SHARDS][n] for n in sorted(root[SHARDS].group_keys())] if SHARDS in root else []
+    return [
+        (g, int(g.attrs["n_traj"]), int(g.attrs["n_tok"]), list(g.attrs["batches_done"]))
+        for g in groups
+        if "n_tok" in g.attrs
+    ]
