@@ -261,6 +261,18 @@ def test_overwrite_replaces_only_a_store(tmp_path, foreign):
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
 
 
+def test_overwrite_unlinks_a_symlink_inside_a_store_never_its_target(tmp_path):
+    """A link someone put inside a store (e.g. shards -> a disk of theirs) goes; what it points at stays."""
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "data.bin").write_text("mine")
+    write(tmp_path / "s", [(0, make_batch(0))])
+    (tmp_path / "s" / "link").symlink_to(theirs, target_is_directory=True)
+    write(tmp_path / "s", [(1, make_batch(1))], overwrite=True)
+    assert not (tmp_path / "s" / "link").exists() and (theirs / "data.bin").read_text() == "mine"
+    assert StoreReader(tmp_path / "s").batches_done == {1}
+
+
 def test_check_replaceable_for_an_artifact_marker(tmp_path):
     """The same check for folders marked by a file (an exported critic: critic_config.json)."""
     art = tmp_path / "critic"
