@@ -97,3 +97,65 @@ def test_docstrings_cite_the_design_inside_the_repo():
         assert "DESIGN.md" not in text, f"{path} cites a design document users do not have"
         for cited in re.findall(r"docs/design\.md sections? (\d+)", text):
             assert cited in sections, f"{path} cites docs/design.md section {cited}, which does not exist"
+
+
+# The pipeline's stages in the order data flows; shared foundations first. A module may import (at module
+# level) only modules of earlier entries, so no stage reaches back up the pipeline. export comes after
+# search: it writes the runtime's search_config.json through SearchConfig. Lazy imports inside functions
+# (collect's round 2 loads the guard) are not module-level and are allowed.
+STAGES = [
+    "igcritic",
+    "prompts",
+    "policy",
+    "plots",
+    "scorers",
+    "store",
+    "decoding",
+    "collect",
+    "stream",
+    "data",
+    "critic",
+    "fit",
+    "baselines",
+    "search",
+    "export",
+    "guard",
+    "judges",
+    "reading",
+    "report",
+    "evaluate",
+    "__main__",
+]
+
+
+def _stage(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]  # a subpackage's modules share its stage
+
+
+def test_modules_import_only_earlier_stages():
+    import ast
+
+    package = Path(__file__).resolve().parents[1] / "igcritic"
+    seen, wrong = set(), []
+    for path in sorted(package.rglob("*.py")):
+        rel = path.relative_to(package.parent).with_suffix("")
+        module = ".".join(p for p in rel.parts if p != "__init__")
+        stage = _stage(module)
+        seen.add(stage)
+        assert stage in STAGES, f"{module} has no place in STAGES; add it where it runs in the pipeline"
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            names = (
+                [node.module]
+                if isinstance(node, ast.ImportFrom) and node.module
+                else [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
+            for name in names:
+                if name.split(".")[0] != "igcritic" or _stage(name) == stage:
+                    continue
+                if STAGES.index(_stage(name)) > STAGES.index(stage):
+                    wrong.append(f"{module} imports {name}")
+    assert not wrong, wrong
+    assert seen == set(STAGES)
