@@ -20,7 +20,6 @@ cache, the policy's weights untouched) and change only the logits each step samp
 
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -165,13 +164,10 @@ class ReControl:
         return logits
 
 
-def recontrol_problems(policy: Policy, critic: Critic, steps: int, step_size: float) -> list[str]:
-    """Why RE-Control cannot run with this policy and critic (empty: it can)."""
+def recontrol_problems(policy: Policy, critic: Critic) -> list[str]:
+    """Why RE-Control cannot run with this policy and critic (empty: it can); its own parameters are
+    checked with the rest of the search config (``SearchConfig.resolve``)."""
     bad = []
-    if steps < 0:
-        bad.append(f"search.recontrol_steps {steps} must be >= 0")
-    if not (math.isfinite(step_size) and step_size >= 0):
-        bad.append(f"search.recontrol_step_size {step_size} must be a finite number >= 0")
     ident = policy.identity
     seen = [("policy", ident.layer, ident.norm)]
     if critic.config.policy is not None:

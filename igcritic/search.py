@@ -231,8 +231,15 @@ class SearchConfig(SamplingConfig):
                 bad.append(f"search.method args, guidance {self.guidance} scores the reward; pass --reward")
             if want_c and not has_cost:
                 bad.append(f"search.method args, guidance {self.guidance} scores the cost; pass --cost")
-        elif not has_critic:
-            bad.append("search.method recontrol ascends the critic's heads; bind a critic")
+        else:
+            if self.recontrol_steps < 0:
+                bad.append(f"search.recontrol_steps {self.recontrol_steps} must be >= 0")
+            if not (math.isfinite(self.recontrol_step_size) and self.recontrol_step_size >= 0):
+                bad.append(
+                    f"search.recontrol_step_size {self.recontrol_step_size} must be a finite number >= 0"
+                )
+            if not has_critic:
+                bad.append("search.method recontrol ascends the critic's heads; bind a critic")
         return bad
 
     @classmethod
@@ -409,9 +416,7 @@ def checked_config(
     """``cfg`` resolved against what is bound, or one error listing why it cannot run here (before any
     token is generated: ``igcritic eval`` checks every method with it first)."""
     cfg = cfg.resolve(critic is not None, cost is not None, reward is not None)
-    if cfg.method == "recontrol" and (
-        bad := recontrol_problems(policy, critic, cfg.recontrol_steps, cfg.recontrol_step_size)
-    ):
+    if cfg.method == "recontrol" and (bad := recontrol_problems(policy, critic)):
         raise SearchConfigError("; ".join(bad))
     return cfg
 
