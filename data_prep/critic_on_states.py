@@ -26,9 +26,9 @@ def validation_rows(store: str, val_texts: set[str], budget: float, gamma: float
     prompts = list(reader.prompts)
     rows: dict[str, list] = {"h": [], "z": [], "safe": [], "cost": [], "value": []}
     for i in range(reader.n_traj):
+        if prompts[int(reader.traj_prompt[i])] not in val_texts:
+            continue  # checked before reading: the latents of training prompts are never loaded
         traj = reader.trajectory(i)
-        if prompts[traj["prompt"]] not in val_texts:
-            continue
         s = np.asarray(traj["cost_prefix"], dtype=np.float64)
         steps_left = len(s) - 1 - np.arange(len(s))
         rows["h"].append(np.asarray(traj["latents"], dtype=np.float32))
