@@ -25,8 +25,9 @@ def validation_rows(store: str, val_texts: set[str], budget: float, gamma: float
     reader = StoreReader(store)
     prompts = list(reader.prompts)
     rows: dict[str, list] = {"h": [], "z": [], "safe": [], "cost": [], "value": []}
+    traj_prompt = reader.traj_prompt
     for i in range(reader.n_traj):
-        if prompts[int(reader.traj_prompt[i])] not in val_texts:
+        if prompts[int(traj_prompt[i])] not in val_texts:
             continue  # checked before reading: the latents of training prompts are never loaded
         traj = reader.trajectory(i)
         s = np.asarray(traj["cost_prefix"], dtype=np.float64)
