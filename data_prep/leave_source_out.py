@@ -161,7 +161,7 @@ def final(rows, feats, cand) -> dict:
     train = [r for r in rows if r["split"] == "train"]
     x, y, _, idx, hp = design(train, feats, fam, layers, augment=True)
     model = _fit(make_model(head, c, fam, layers), x, y, hp, idx)
-    out = {"candidate": list(map(str, cand)), "trained_on": len(train)}
+    out = {"candidate": dict(zip(("family", "layers", "c", "head"), cand)), "trained_on": len(train)}
     for split in ("heldout_source", "heldout"):
         test = [r for r in rows if r["split"] == split]
         if not test:
@@ -202,6 +202,9 @@ def main(args: list[str] | None = None) -> None:
     for cand in CANDIDATES[: ns.candidates]:
         results.append(evaluate(train, feats, cand))
         print(_line(results[-1]), flush=True)
+        for src, m in results[-1].get("by_source", {}).items():
+            shown = {k: m[k] for k in ("n", "harmful", "auroc", "recall@fa10", "ece")}
+            print(f"    held out {src}: {json.dumps(shown)}")
     ns.out.write_text(json.dumps(results, indent=1) + "\n")
     best = max(results, key=_rank)
     print(f"best by worst-source AUROC, then mean OOD AUROC: {_line(best)} -> {ns.out}")
