@@ -75,7 +75,7 @@ def plain(ns: argparse.Namespace) -> None:
     jobs = [(p, s) for s in range(ns.samples) for p in prompts if (p["prompt"], "plain", s) not in done]
     # within each run of 8 batches, similar lengths share a batch (a long jailbreak template pads a whole
     # batch to its length); across runs the file's shuffled order holds, so partial output is a fair sample
-    run = 8 * ns.batch_size
+    run = len(jobs) if ns.shortest_first else 8 * ns.batch_size
     jobs = [
         j
         for k in range(0, len(jobs), run)
@@ -150,6 +150,11 @@ def main(args: list[str] | None = None) -> None:
         action="append",
         default=[],
         help="prompt sources not answered (repeatable; the wide set's 'igcritic' prompts have answers)",
+    )
+    ap.add_argument(
+        "--shortest-first",
+        action="store_true",
+        help="plain: all jobs by prompt length (most answers per CPU second; long templates come last)",
     )
     ap.add_argument("--limit", type=int, default=240, help="search: train prompts answered (evenly spaced)")
     ap.add_argument("--num-candidates", type=int, default=8, help="search: N")
