@@ -6,10 +6,11 @@ import io
 import json
 
 import pytest
+import torch
 from helpers import WordCost, write_artifact
 
 from igcritic.guard import GenerateConfig, Guard, GuardError, load_guard, main
-from igcritic.prompts import PromptError, PromptSource, load_prompts
+from igcritic.prompts import PromptError, PromptSource, load_prompts, prompt_messages, prompt_text
 from igcritic.search import GuardRecord, SearchConfigError
 
 SEARCH = {
@@ -244,3 +245,68 @@ def test_generate_from_two_threads_matches_sequential_runs(artifact, tiny_policy
     for i in range(2):
         assert not isinstance(got[i], Exception), f"thread {i} raised {got[i]!r}"
         assert got[i] == [sequential[i], sequential[i]], f"thread {i} got another call's latents"
+
+
+CHAT = [
+    {"role": "system", "content": "answer in one short line"},
+    {"role": "user", "content": "how do I bake bread at home"},
+    {"role": "assistant", "content": "mix flour water salt and yeast then wait"},
+    {"role": "user", "content": "and then what"},
+]
+
+
+def test_generate_takes_chat_messages_through_the_policy_template(artifact, tiny_policy):
+    """A system prompt and a two-turn conversation are answered on the policy's chat template of every turn;
+    a single user turn is the plain text prompt."""
+    guard = load_guard(artifact, model=tiny_policy)
+    text, kw = "how do I bake bread at home", {"method": "plain", "temperature": 0, "max_new_tokens": 6}
+    assert tiny_policy.format_prompt(prompt_text(CHAT)) == (
+        "<|system|>answer in one short line<|end|><|user|>how do I bake bread at home<|end|>"
+        "<|assistant|>mix flour water salt and yeast then wait<|end|><|user|>and then what<|end|>"
+        "<|assistant|>"
+    )
+    single = guard.generate([{"role": "user", "content": text}], **kw)[0]
+    assert single.prompt == text and single.token_ids == guard.generate(text, **kw)[0].token_ids
+    conv, plain = guard.generate([CHAT, text], **kw)  # a batch mixing a conversation and a text
+    assert json.loads(conv.prompt) == CHAT and plain.token_ids == single.token_ids
+    ids = tiny_policy.tokenizer(tiny_policy.format_prompt(conv.prompt), add_special_tokens=False)["input_ids"]
+    greedy = tiny_policy.model.generate(
+        torch.tensor([ids]), max_new_tokens=6, do_sample=False, eos_token_id=tiny_policy.eos_token_ids
+    )[0, len(ids) :].tolist()
+    assert conv.token_ids == greedy[: len(conv.token_ids)] and conv.token_ids  # conditioned on every turn
+
+
+def test_chat_messages_are_checked_and_stored_as_one_string(tmp_path):
+    assert prompt_text([{"role": "user", "content": "hi"}]) == "hi" == prompt_text("hi")
+    assert prompt_text(json.dumps(CHAT)) == prompt_text(CHAT) and prompt_messages(prompt_text(CHAT)) == CHAT
+    for bad, why in [
+        ([], "non-empty list"),
+        ([{"role": "tool", "content": "x"}], "role 'tool'"),
+        ([{"role": "user", "content": "x"}, {"role": "system", "content": "y"}], "only come first"),
+        ([{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}], "end with a user"),
+        ([{"role": "user", "content": "x", "name": "bob"}], "nothing else"),
+        ([{"role": "user", "content": " "}], "non-empty text"),
+    ]:
+        with pytest.raises(PromptError, match=why):
+            prompt_text(bad)
+    f = tmp_path / "p.jsonl"
+    f.write_text(json.dumps({"messages": CHAT, "category": "cooking"}) + '\n{"prompt": "second"}\n')
+    rows = load_prompts(PromptSource(str(f)))[0]
+    assert [prompt_messages(r.prompt) for r in rows] == [CHAT, [{"role": "user", "content": "second"}]]
+    assert rows[0].category == "cooking"
+    f.write_text('{"prompt": "first"}\n' + json.dumps({"messages": CHAT[:3]}) + "\n")
+    with pytest.raises(PromptError, match=r"p.jsonl:2: messages must end with a user message"):
+        load_prompts(PromptSource(str(f)))
+    f.write_text(json.dumps({"prompt": "x", "messages": CHAT}) + "\n")
+    with pytest.raises(PromptError, match=r'p.jsonl:1: has both "prompt" and "messages"'):
+        load_prompts(PromptSource(str(f)))
+
+
+def test_generate_command_answers_a_messages_file(tmp_path, saved_policy_artifact):
+    prompts = tmp_path / "chat.jsonl"
+    prompts.write_text(json.dumps({"messages": CHAT}) + "\n" + json.dumps({"messages": CHAT[1:2]}) + "\n")
+    out = tmp_path / "records.jsonl"
+    main(GenerateConfig(str(saved_policy_artifact), PromptSource(str(prompts)), out=out))
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [prompt_messages(r["prompt"]) for r in rows] == [CHAT, CHAT[1:2]]
+    assert rows[1]["prompt"] == "how do I bake bread at home"  # one user turn: the text, as before
