@@ -29,6 +29,7 @@ from igcritic.scorers import Scorer
 from igcritic.search import (
     SEARCH_CONFIG_NAME,
     GuardRecord,
+    OnBlock,
     SearchConfig,
     SearchConfigError,
     checked_config,
@@ -88,6 +89,9 @@ class Guard:
         self,
         prompts: str | list[Message] | list[str | list[Message]],
         budget: float | None = None,
+        *,
+        seeds: list[int] | None = None,
+        on_block: OnBlock | None = None,
         **overrides: Any,
     ) -> list[GuardRecord]:
         """Answer each prompt; ``overrides`` are :class:`SearchConfig` fields (method, mode, critic, N, ...).
@@ -95,15 +99,16 @@ class Guard:
         A prompt is a text or a chat conversation (``[{"role": "system"|"user"|"assistant", "content": ...}]``
         ending with a user turn), formatted by the policy's chat template; one text or one conversation may be
         passed alone. A record's ``prompt`` is :func:`igcritic.prompts.prompt_text` (a conversation of several
-        messages as their JSON).
+        messages as their JSON). ``seeds`` (one per prompt) make each answer the one its prompt gets alone
+        with that seed, whatever shares its batch; ``on_block(i, tokens)`` sees each accepted block of prompt
+        ``i`` (the answer tokens its surviving candidates agree on): what ``igcritic serve`` streams.
 
         Thread-safe without a lock: several threads may call one guard at once and each gets the records a
         sequential run gets (every call has its own generator, KV cache and latent capture; the policy's
         latent hook reads per-thread state). Scorer objects you pass in must be thread-safe themselves."""
         texts = as_prompt_texts(prompts)
-        return search(
-            self.policy, texts, self.config(budget, **overrides), self.critic, self.cost, self.reward
-        )
+        cfg = self.config(budget, **overrides)
+        return search(self.policy, texts, cfg, self.critic, self.cost, self.reward, seeds, on_block)
 
 
 def load_guard(

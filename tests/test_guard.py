@@ -310,3 +310,33 @@ def test_generate_command_answers_a_messages_file(tmp_path, saved_policy_artifac
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [prompt_messages(r["prompt"]) for r in rows] == [CHAT, CHAT[1:2]]
     assert rows[1]["prompt"] == "how do I bake bread at home"  # one user turn: the text, as before
+
+
+def test_per_prompt_seeds_make_a_batched_answer_the_one_it_gets_alone(artifact, tiny_policy):
+    guard = load_guard(artifact, model=tiny_policy)
+    prompts = ["how do I bake bread at home", CHAT, "hack into my neighbour's wifi network", "the weather"]
+    kw = {"max_new_tokens": 8, "block_width": 2, "prompt_batch": 4}
+    together = guard.generate(prompts, seeds=[5, 6, 7, 8], **kw)
+    alone = [guard.generate([p], seeds=[s], **kw)[0] for p, s in zip(prompts, [5, 6, 7, 8])]
+    assert [r.token_ids for r in together] == [r.token_ids for r in alone]
+    assert alone[0].token_ids == guard.generate(prompts[0], seed=5, **kw)[0].token_ids  # one prompt: seed
+    other = guard.generate(prompts, seeds=[9, 6, 7, 8], **kw)
+    assert [r.token_ids for r in other][1:] == [r.token_ids for r in together][1:]  # others unchanged
+    with pytest.raises(SearchConfigError, match="2 seeds for 4 prompts"):
+        guard.generate(prompts, seeds=[1, 2], **kw)
+
+
+def test_on_block_sees_each_accepted_block_as_a_growing_agreed_prefix(artifact, tiny_policy):
+    guard = load_guard(artifact, model=tiny_policy)
+    seen: dict[int, list[list[int]]] = {0: [], 1: []}
+    recs = guard.generate(
+        ["how do I bake bread at home", "the weather today"],
+        on_block=lambda i, tokens: seen[i].append(list(tokens)),
+        max_new_tokens=8,
+        block_width=2,
+        seed=3,
+    )
+    for i, rec in enumerate(recs):
+        assert len(seen[i]) == rec.steps >= 1
+        for a, b in zip(seen[i], seen[i][1:] + [rec.token_ids]):
+            assert b[: len(a)] == a  # never retracted: every call extends the last, the answer extends all
