@@ -46,7 +46,7 @@ import time
 import typing
 import uuid
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from igcritic import IgcriticError
@@ -81,7 +81,6 @@ IGNORED_FIELDS = {"model", "stream", "user", "metadata", "stream_options"}
 """OpenAI request fields read elsewhere or without effect on the answer."""
 UNSUPPORTED = {
     "n": 1,
-    "stop": None,
     "tools": None,
     "response_format": None,
     "presence_penalty": 0.0,
@@ -89,6 +88,8 @@ UNSUPPORTED = {
     "reasoning_effort": None,
 }
 """OpenAI request fields the guard cannot honour, with the one value it accepts."""
+ROLE_ALIASES = {"developer": "system"}
+"""OpenAI's newer name for the system role (sent by Inspect AI, among others)."""
 SERVER_ONLY = {"seed", "prompt_batch", "compile"}
 """Search fields a request may not set as extra fields (``seed`` is the OpenAI field)."""
 
@@ -135,11 +136,11 @@ class Job:
     seed: int = 0
     prompt_tokens: int = 0
     max_new_tokens: int = 0
+    stop: list[str] = field(default_factory=list)
+    """The answer is cut before the first of these (OpenAI ``stop``; the search itself does not see them)."""
+    group: str = ""
+    """The resolved search config: requests with equal groups may share a batch."""
     error: str | None = None
-
-    def key(self) -> str:
-        """Requests with equal keys may share a batch."""
-        return json.dumps(self.settings, sort_keys=True, default=str)
 
 
 def _content(message: dict) -> str:
@@ -171,12 +172,17 @@ def _decode(body: dict, guard) -> Job:
         raise IgcriticError('the request has no "messages"; send at least one user message')
     if not isinstance(messages, list):
         raise IgcriticError('"messages" must be a list of {"role", "content"} messages')
-    clean = [{"role": m.get("role"), "content": _content(m)} if isinstance(m, dict) else m for m in messages]
+    clean = [
+        {"role": ROLE_ALIASES.get(m.get("role"), m.get("role")), "content": _content(m)}
+        if isinstance(m, dict)
+        else m
+        for m in messages
+    ]
     prompt = prompt_text(check_messages(clean))
     hints = _search_fields()
     settings: dict[str, Any] = {}
     for name, value in body.items():
-        if name in ("messages", "seed") or name in IGNORED_FIELDS:
+        if name in ("messages", "seed", "stop") or name in IGNORED_FIELDS:
             continue
         if name in UNSUPPORTED:
             if value not in (UNSUPPORTED[name], None):
@@ -197,6 +203,10 @@ def _decode(body: dict, guard) -> Job:
         if target in settings and settings[target] != value:
             raise IgcriticError(f"{name} repeats another field with another value; send one of them")
         settings[target] = value
+    stop = body.get("stop") or []
+    stop = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(x, str) or x is None for x in stop):
+        raise IgcriticError(f"stop={body.get('stop')!r} must be a string or a list of at most 4 strings")
     seed = body.get("seed")
     if seed is None:
         seed = random.randrange(2**31)
@@ -207,15 +217,25 @@ def _decode(body: dict, guard) -> Job:
         n_prompt = guard.policy.encode_prompts([prompt], new_tokens=cfg.max_new_tokens)["input_ids"].shape[1]
     except PolicyError as e:  # a prompt longer than the context, or a conversation the template rejects
         raise IgcriticError(str(e).replace("prompt 0 has", "the conversation has")) from None
-    return Job(prompt, settings, int(seed), int(n_prompt), cfg.max_new_tokens)
+    stop = [x for x in stop if x]
+    group = json.dumps(asdict(replace(cfg, seed=0)), sort_keys=True)
+    return Job(prompt, settings, int(seed), int(n_prompt), cfg.max_new_tokens, stop, group)
 
 
 # ---------------------------------------------------------------------------------------- the worker
 
 
+def cut(text: str, stop: list[str]) -> tuple[str, bool]:
+    """``text`` up to the first stop string, and whether one was found."""
+    at = min((i for i in (text.find(x) for x in stop) if i >= 0), default=-1)
+    return (text, False) if at < 0 else (text[:at], True)
+
+
 def _finish_reason(rec, job: Job, eos: list[int]) -> str:
     if rec.refused:
         return "content_filter"
+    if cut(rec.text, job.stop)[1]:
+        return "stop"
     ended = rec.token_ids and rec.token_ids[-1] in eos
     return "length" if rec.new_tokens >= job.max_new_tokens and not ended else "stop"
 
@@ -224,7 +244,7 @@ def outcome(rec, job: Job, eos: list[int], batch: int = 1) -> dict:
     """The final item of a request: the answer, why it ended, the guard's verdict (and how many requests
     were searched with it) and the token counts."""
     return {
-        "text": rec.text,
+        "text": rec.text if rec.refused else cut(rec.text, job.stop)[0],
         "finish_reason": _finish_reason(rec, job, eos),
         "igcritic": {
             "refused": rec.refused,
@@ -261,7 +281,7 @@ def search_events(guard, jobs: list[Job]):
     groups: dict[str, list[int]] = {}
     for i, j in enumerate(jobs):
         if not j.error:
-            groups.setdefault(j.key(), []).append(i)
+            groups.setdefault(j.group, []).append(i)
     tok, eos = guard.policy.tokenizer, guard.policy.eos_token_ids
     for idx in groups.values():
         events: queue.Queue = queue.Queue()
@@ -285,6 +305,9 @@ def search_events(guard, jobs: list[Job]):
             step: list[dict] = [{} for _ in jobs]
             if kind == "block":
                 text = tok.decode(b, skip_special_tokens=True).rstrip("\ufffd")  # no half characters
+                text, hit = cut(text, jobs[a].stop)
+                if not hit and jobs[a].stop:  # hold back what may be the start of a stop string
+                    text = text[: max(0, len(text) - max(len(x) for x in jobs[a].stop) + 1)]
                 if text.startswith(sent[a]) and len(text) > len(sent[a]):
                     step[a] = {"delta": text[len(sent[a]) :]}
                     sent[a] = text

@@ -128,6 +128,22 @@ def test_streaming_sends_accepted_blocks_then_the_outcome(served):
     assert last.usage.completion_tokens == rec.new_tokens
 
 
+def test_stop_cuts_the_answer_before_the_first_stop_string(served):
+    client, _ = served
+    kw = {"max_tokens": 8, "seed": 4, "extra_body": {"beams_kept": 1}}
+    full = _ask(client, CHAT, **kw).choices[0].message.content
+    assert len(full) >= 4
+    stop = full[2:4]
+    out = _ask(client, CHAT, stop=[stop, "never in it \u2603"], **kw)
+    assert (
+        out.choices[0].message.content == full[: full.find(stop)] and out.choices[0].finish_reason == "stop"
+    )
+    chunks = list(_ask(client, CHAT, stop=stop, stream=True, **kw))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == full[: full.find(stop)]
+    with pytest.raises(openai.BadRequestError, match="at most 4 strings"):
+        _ask(client, CHAT, stop=["a", "b", "c", "d", "e"], **kw)
+
+
 def test_refusal_is_the_answer_plain_and_streamed(served):
     client, guard = served
     kw = {"max_tokens": 6, "seed": 1, "extra_body": {"budget": -1000.0, "mode": "latent"}}
@@ -191,5 +207,39 @@ def test_concurrent_requests_are_batched_and_answer_as_sequential_ones(served):
     assert [got[i].choices[0].message.content for i in range(len(PROMPTS))] == [
         s.choices[0].message.content for s in sequential
     ]
+    for i, s in enumerate(sequential):  # the safety state reads the prompt's own latents: no mix-up
+        z = s.model_extra["igcritic"]["final_safety_state"]
+        assert got[i].model_extra["igcritic"]["final_safety_state"] == pytest.approx(z, abs=1e-4)
     assert max(got[i].model_extra["igcritic"]["batch"] for i in range(len(PROMPTS))) > 1  # searched together
     assert all(s.model_extra["igcritic"]["batch"] == 1 for s in sequential)
+
+
+def test_inspect_ai_runs_a_two_sample_task_against_the_server(served, tmp_path):
+    """Inspect AI's OpenAI provider pointed at the server (docs/eval.md): both samples answered, with the
+    answers the server gives the openai client for the same conversation and seed."""
+    inspect_ai = pytest.importorskip("inspect_ai")
+    from inspect_ai.dataset import Sample
+    from inspect_ai.scorer import match
+    from inspect_ai.solver import generate, system_message
+
+    client, _ = served
+    task = inspect_ai.Task(
+        dataset=[Sample(input=CHAT[1]["content"], target="bread"), Sample(input="the weather", target="sun")],
+        solver=[system_message(CHAT[0]["content"]), generate()],
+        scorer=match(location="any"),
+    )
+    (log,) = inspect_ai.eval(
+        task,
+        model="openai/igcritic",
+        model_base_url=str(client.base_url),
+        model_args={"api_key": "none", "responses_api": False},
+        max_tokens=6,
+        seed=0,
+        log_dir=str(tmp_path),
+        display="none",
+    )
+    assert log.status == "success" and len(log.samples) == 2
+    for sample in log.samples:
+        conv = [CHAT[0], {"role": "user", "content": sample.input}]
+        want = _ask(client, conv, max_tokens=6, seed=0).choices[0].message.content
+        assert sample.output.completion == want
