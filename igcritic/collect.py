@@ -29,7 +29,7 @@ import torch
 from igcritic import IgcriticError, __version__
 from igcritic.decoding import Rollouts, SamplingConfig, prefix_texts, rollout
 from igcritic.policy import EMBEDDED_POLICY_ID, Policy, load_policy, weights_fingerprint
-from igcritic.prompts import PromptSource, load_prompts
+from igcritic.prompts import Prompt, PromptSource, load_prompts
 from igcritic.scorers import Scorer, load_scorer
 from igcritic.store import StoreReader, StoreWriter, TrajectoryBatch, check_replaceable, config_hash
 
@@ -130,6 +130,21 @@ class CollectConfig:
             problems.append(f"--guard {self.guard} is not a critic artifact folder (no critic_config.json)")
         if problems:
             raise CollectError("; ".join(problems))
+
+
+def check_prompts_fit(policy: Policy, rows: list[Prompt], new_tokens: int) -> None:
+    """Refuse, naming the first offender by its place in the source, unless every prompt leaves room for
+    ``new_tokens`` in the policy's context (checked once, up front: a batch must not fail half-way)."""
+    lengths = [len(x) for x in policy.prompt_ids([r.prompt for r in rows])]
+    too_long = [i for i, n in enumerate(lengths) if n + new_tokens > policy.max_context]
+    if too_long:
+        i = too_long[0]
+        more = f" (and {len(too_long) - 1} more)" if len(too_long) > 1 else ""
+        raise CollectError(
+            f"prompt {i + 1} of the source ({rows[i].where or f'index {i}'}) has {lengths[i]} tokens + "
+            f"{new_tokens} new tokens, the policy's context is {policy.max_context}{more}; shorten or remove "
+            "it, or lower --sampling.max_new_tokens (nothing was written to --out)"
+        )
 
 
 def batch_seed(seed: int, batch_index: int) -> int:
@@ -355,6 +370,7 @@ def collect_rank(cfg: CollectConfig, rank: int = 0, world: int = 1, barrier=lamb
         dtype=cfg.dtype,
         device=device,
     )
+    check_prompts_fit(policy, rows, cfg.sampling.max_new_tokens)  # every prompt, before --out is touched
     cost = load_scorer(cfg.cost, "cost", device=device, stride=cfg.stride)
     reward = load_scorer(cfg.reward, "reward", device=device, stride=cfg.stride)
     attrs = store_attrs(cfg, policy, cost, reward, source_info, prompts)

@@ -169,6 +169,14 @@ class Policy:
             )
         return prompt
 
+    def prompt_ids(self, prompts: list[str]) -> list[list[int]]:
+        """Token ids of each formatted prompt, unpadded (what the policy conditions on)."""
+        add_special = not self.identity.chat_template
+        return [
+            self.tokenizer(self.format_prompt(p), add_special_tokens=add_special)["input_ids"]
+            for p in prompts
+        ]
+
     def encode_prompts(self, prompts: list[str], new_tokens: int = 1) -> dict[str, torch.Tensor]:
         """Left-padded ``input_ids``/``attention_mask`` of the formatted prompts, on the policy's device.
 
@@ -178,9 +186,7 @@ class Policy:
         bad = [i for i, p in enumerate(prompts) if not isinstance(p, str) or not p.strip()]
         if bad:
             raise PolicyError(f"prompt {bad[0]} is empty; remove empty prompts from the input")
-        texts = [self.format_prompt(p) for p in prompts]
-        add_special = not self.identity.chat_template
-        ids = [self.tokenizer(t, add_special_tokens=add_special)["input_ids"] for t in texts]
+        ids = self.prompt_ids(prompts)
         too_long = [i for i, x in enumerate(ids) if len(x) + new_tokens > self.max_context]
         if too_long:
             i = too_long[0]

@@ -537,3 +537,20 @@ def test_writer_lock_on_an_fsspec_url():
     assert StoreReader(path).batches_done == {0, 1} and validate_store(path) == []
     assert "writer-rank-00000.lock" not in layout.entries(path)
     layout.filesystem(path)[0].rm("/igcritic-test", recursive=True)
+
+
+def test_killed_overwrite_keeps_the_old_store_aside(tmp_path, caplog):
+    """A replacing writer killed before its first commit (no close) leaves the old store whole in a sibling
+    folder, and the next --overwrite names it; a commit removes only its own run's aside copy."""
+    write(tmp_path / "s", [(0, make_batch(0)), (1, make_batch(1))])
+    before = StoreReader(tmp_path / "s").fingerprint()
+    w = StoreWriter.create(tmp_path / "s", attrs=ATTRS, prompts=PROMPTS, hidden_size=H, overwrite=True)
+    w._lock.release()  # the process died: its flock is gone, nothing was undone
+    w._closed = True
+    del w
+    (kept,) = [p for p in tmp_path.iterdir() if p.name != "s"]
+    assert kept.name.startswith(".s.replaced-") and StoreReader(kept).fingerprint() == before
+    write(tmp_path / "s", [(2, make_batch(2))], overwrite=True)
+    assert "interrupted --overwrite" in caplog.text and str(kept) in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == [kept.name, "s"]
+    assert StoreReader(tmp_path / "s").batches_done == {2}

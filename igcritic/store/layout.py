@@ -84,6 +84,56 @@ def read_json(path: str | os.PathLike, name: str) -> Any:
         return None
 
 
+REPLACED = ".{name}.replaced-{tag}"
+"""Sibling folder holding the store that ``--overwrite`` replaces until the new store's first commit."""
+
+
+def aside_location(path: str | os.PathLike, tag: str) -> tuple[Any, str]:
+    """(filesystem, path) of the sibling that keeps the store at ``path`` while it is being replaced."""
+    fs, root = filesystem(path)
+    parent, _, name = root.rstrip("/").rpartition("/")
+    if not name or not parent:
+        raise StoreError(
+            f"cannot replace a store at {path} (no parent folder to keep it in); use a subfolder"
+        )
+    return fs, f"{parent}/{REPLACED.format(name=name, tag=tag)}"
+
+
+def move_aside(path: str | os.PathLike, keep: str, tag: str) -> str:
+    """Move everything inside the folder ``path`` but the entry ``keep`` (this writer's lock) into a sibling
+    folder, which is returned (a rename locally; object stores copy server-side)."""
+    fs, root = filesystem(path)
+    _, aside = aside_location(path, tag)
+    fs.makedirs(aside, exist_ok=True)
+    for p in fs.ls(root, detail=False):
+        if _name(p) != keep:
+            fs.mv(p, f"{aside}/{_name(p)}", recursive=True)  # a symlink moves as a link, never followed
+    return aside
+
+
+def move_back(path: str | os.PathLike, aside: str, keep: str) -> None:
+    """Undo :func:`move_aside`: delete what is in ``path`` now (but ``keep``), move the kept store back."""
+    fs, root = filesystem(path)
+    clear(path, keep)
+    for p in fs.ls(aside, detail=False):
+        fs.mv(p, f"{root.rstrip('/')}/{_name(p)}", recursive=True)
+    remove(path, aside)
+
+
+def remove(path: str | os.PathLike, where: str) -> None:
+    """Delete ``where`` (a path in ``path``'s filesystem), a folder with everything inside it."""
+    fs, _ = filesystem(path)
+    if fs.exists(where):
+        fs.rm(where, recursive=True)  # a symlink is unlinked, never followed
+
+
+def replaced_leftovers(path: str | os.PathLike) -> list[str]:
+    """Stores kept aside by replacements of ``path`` that were killed before their first commit."""
+    fs, root = filesystem(path)
+    _, probe = aside_location(path, "*")
+    return sorted(fs.glob(probe))
+
+
 def clear(path: str | os.PathLike, keep: str) -> None:
     """Delete everything inside the folder ``path`` but the entry ``keep`` (this writer's lock)."""
     fs, root = filesystem(path)

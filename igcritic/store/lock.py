@@ -98,9 +98,9 @@ class WriterLock:
         self._finalizer()
 
 
-def check_no_writers(path: str | os.PathLike, but: str) -> None:
-    """Refuse, naming the holder, while a live run holds any writer lock at ``path`` other than ``but``."""
-    local = local_path(path)
+def live_writers(path: str | os.PathLike, but: str | None = None) -> list[tuple[int, dict | None]]:
+    """(rank, holder record) of every writer lock at ``path`` that a live run holds, ``but`` excepted."""
+    local, found = local_path(path), []
     for name in entries(path) or []:
         if not is_lock(name) or name == but:
             continue
@@ -116,7 +116,14 @@ def check_no_writers(path: str | os.PathLike, but: str) -> None:
             finally:
                 os.close(fd)  # also drops the probe's own shared flock
         if busy:
-            raise held_error(path, int(name.removeprefix("writer-rank-").removesuffix(".lock")), holder)
+            found.append((int(name.removeprefix("writer-rank-").removesuffix(".lock")), holder))
+    return found
+
+
+def check_no_writers(path: str | os.PathLike, but: str) -> None:
+    """Refuse, naming the holder, while a live run holds any writer lock at ``path`` other than ``but``."""
+    if busy := live_writers(path, but):
+        raise held_error(path, *busy[0])
 
 
 def alive(holder: dict | None) -> bool:
