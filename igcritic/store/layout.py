@@ -36,8 +36,9 @@ TRAJ_ARRAYS = {
 STORE_MARKER = "zarr.json"
 LOCK_FILE = "writer-rank-{:05d}.lock"
 """Rank r's writer lock at the store root (:mod:`igcritic.store.lock`)."""
-STORE_ENTRIES = {STORE_MARKER, PROMPTS, SHARDS}
-"""What a store's root folder holds; ``--overwrite`` replaces nothing else (:func:`check_replaceable`)."""
+OWNER = "igcritic_store"
+"""Root attribute proving igcritic wrote the store: ``{"store_id": random hex, "schema_version": N}``, set
+when the root group is created; ``--overwrite`` replaces nothing without it (:func:`check_replaceable`)."""
 EVERY_CHUNK = "every_chunk"
 """Manifest flag of shards whose writer writes every chunk: then every array's chunks below the manifest must
 exist (older shards: latents and token_ids, which are never all fill values)."""
@@ -156,36 +157,36 @@ def nonempty(path: str | os.PathLike) -> bool:
     return names is None or any(not is_lock(e) for e in names)
 
 
-def _is_ours(path: str | os.PathLike, marker: str) -> bool:
-    names = entries(path)
-    if not names:
-        return names == []  # missing or empty: nothing to lose; a file: not ours
-    if marker != STORE_MARKER:
-        return marker in names
+def is_store(path: str | os.PathLike) -> bool:
+    """Whether igcritic wrote the store at ``path``: its root ``zarr.json`` is a group whose attributes carry
+    :data:`OWNER` (written with the group, before anything else), or, for stores made before that marker,
+    the full root attrs of this schema. Entry names prove nothing: a user's folder may hold ``shards/``."""
     meta = read_json(path, STORE_MARKER)
     attrs = meta.get("attributes", {}) if isinstance(meta, dict) and meta.get("node_type") == "group" else {}
-    # a store, or a store whose creation was cut short (its root attrs come last)
-    return "schema_version" in attrs or all(e in STORE_ENTRIES or is_lock(e) for e in names)
+    owner = attrs.get(OWNER)
+    if isinstance(owner, dict) and isinstance(owner.get("store_id"), str):
+        return True
+    return all(k in attrs for k in ("schema_version", "hidden_size", "chunk_tokens", "prompts_count"))
 
 
 def check_replaceable(
     path: str | os.PathLike,
-    marker: str = STORE_MARKER,
     what: str = "an igcritic store",
     error: type[ValueError] | None = None,
     flag: str = "--out",
+    owns=is_store,
+    proof: str = f"{STORE_MARKER} with an igcritic store id",
 ) -> None:
     """Refuse, in one line, to let ``--overwrite`` replace ``path`` unless igcritic wrote what is there.
 
-    Replaceable: nothing, an empty folder, or a folder holding ``marker``: for a store (the default) a root
-    ``zarr.json`` whose attrs have ``schema_version``, or only a store's own entries (a creation cut short);
-    for an artifact folder (``marker="critic_config.json"``) that file. Anything else (``--out .``, a file, a
+    Replaceable: nothing, an empty folder (writer locks aside), or a folder ``owns(path)`` proves igcritic's
+    (default :func:`is_store`; ``export`` passes its artifact check). Anything else (``--out .``, a file, a
     folder of the user's) raises ``error`` (default :class:`StoreError`)."""
-    if _is_ours(path, marker):
+    names = entries(path)
+    if names == [] or (names and all(is_lock(e) for e in names)) or (names and owns(path)):
         return
-    has = f"{marker} with schema_version" if marker == STORE_MARKER else marker
     raise (error or StoreError)(
-        f"{flag} {path} is not {what} (no {has} in it), so --overwrite will not delete "
+        f"{flag} {path} is not {what} (no {proof} in it), so --overwrite will not delete "
         f"it; pick another {flag} or move it away yourself"
     )
 

@@ -38,6 +38,7 @@ from zarr.core.sync import sync
 
 from igcritic.store.layout import (
     EVERY_CHUNK,
+    OWNER,
     PROMPTS,
     SCHEMA_VERSION,
     SHARD,
@@ -214,7 +215,8 @@ class StoreWriter:
                         )
                     # the old store stays, aside, until the new one commits its first batch
                     undo = ("restore", move_aside(path, keep=lock.name, tag=uuid.uuid4().hex[:8]))
-                root = zarr.create_group(zarr_store(path, read_only=False), zarr_format=3)
+                owner = {OWNER: {"store_id": uuid.uuid4().hex, "schema_version": SCHEMA_VERSION}}
+                root = zarr.create_group(zarr_store(path, read_only=False), zarr_format=3, attributes=owner)
                 root.create_group(SHARDS)
                 arr = root.create_array(PROMPTS, shape=(len(prompts),), dtype=str)
                 if prompts:
