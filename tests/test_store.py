@@ -570,3 +570,18 @@ def test_killed_overwrite_keeps_the_old_store_aside(tmp_path, caplog):
     assert "interrupted --overwrite" in caplog.text and str(kept) in caplog.text
     assert sorted(p.name for p in tmp_path.iterdir()) == [kept.name, "s"]
     assert StoreReader(tmp_path / "s").batches_done == {2}
+
+
+def test_inspect_during_a_write_says_a_writer_holds_the_lock(tmp_path):
+    """inspect shows the committed snapshot and says a writer is still at work (not just "valid")."""
+    path = tmp_path / "s"
+    with StoreWriter.create(path, attrs=ATTRS, prompts=PROMPTS, hidden_size=H, chunk_tokens=16) as w:
+        w.append(make_batch(0), 0)
+        out = io.StringIO()
+        assert inspect(InspectConfig(str(path)), console=Console(file=out, width=200)) == 0
+        text = out.getvalue()
+        assert f"rank-00000 is being written by pid {os.getpid()}" in text
+        assert "valid so far (the committed snapshot; a writer is still adding to it)" in text
+    out = io.StringIO()
+    assert inspect(InspectConfig(str(path)), console=Console(file=out, width=200)) == 0
+    assert "being written" not in out.getvalue() and out.getvalue().rstrip().endswith("valid")

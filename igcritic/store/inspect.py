@@ -21,6 +21,7 @@ from zarr.core.sync import sync
 from igcritic.store.layout import (
     EVERY_CHUNK,
     PROMPTS,
+    SHARD,
     TOKEN_ARRAYS,
     TRAJ_ARRAYS,
     StoreError,
@@ -28,6 +29,7 @@ from igcritic.store.layout import (
     open_root,
     started_shards,
 )
+from igcritic.store.lock import live_writers
 from igcritic.store.reader import StoreReader
 from igcritic.store.writer import TrajectoryBatch
 
@@ -188,8 +190,14 @@ def main(cfg: InspectConfig, console=None) -> int:
         t.add_row(k, v)
     console.print(t)
     problems = validate_store(cfg.store)
+    writers = live_writers(cfg.store)
+    for rank, holder in writers:
+        h = holder or {}
+        who = f"pid {h.get('pid')} on host {h.get('host')} since {h.get('since')}" if h else "another process"
+        console.print(f"[yellow]writing:[/yellow] {SHARD.format(rank)} is being written by {who}")
     for msg in problems:
         console.print(f"[red]invalid:[/red] {msg}")
     if not problems:
-        console.print("[green]valid[/green]")
+        ok = "valid so far (the committed snapshot; a writer is still adding to it)" if writers else "valid"
+        console.print(f"[green]{ok}[/green]")
     return 1 if problems else 0
