@@ -17,7 +17,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,16 +27,22 @@ import torch
 
 from igcritic import IgcriticError, __version__
 from igcritic.decoding import Rollouts, SamplingConfig, prefix_texts, rollout
-from igcritic.policy import EMBEDDED_POLICY_ID, Policy, load_policy, weights_fingerprint
+from igcritic.policy import (
+    EMBEDDED_POLICY_ID,
+    WEIGHT_SUFFIXES,
+    Policy,
+    cached_fingerprint,
+    load_policy,
+    policy_fingerprint,
+)
 from igcritic.prompts import Prompt, PromptSource, load_prompts
 from igcritic.scorers import Scorer, load_scorer
 from igcritic.store import StoreReader, StoreWriter, TrajectoryBatch, check_replaceable, config_hash
 
 log = logging.getLogger(__name__)
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".npz")
-FINGERPRINT_BYTES = 1 << 20
-"""Bytes read at each end of a weight file for its fingerprint."""
+FINGERPRINT_BLOCK = 1 << 24
+"""Bytes read at a time when a weight file is hashed."""
 
 
 class CollectError(IgcriticError):
@@ -238,17 +243,19 @@ def prompts_digest(prompts: list[str]) -> str:
 
 
 def files_fingerprint(files: list[Path]) -> str:
-    """Cheap content fingerprint of weight files (16 hex digits): name, size, first and last MiB of each."""
-    h = hashlib.sha256()
-    for f in sorted(files):
-        size = f.stat().st_size
-        h.update(f"{f.name}:{size}:".encode())
-        with f.open("rb") as fh:
-            h.update(fh.read(FINGERPRINT_BYTES))
-            if size > 2 * FINGERPRINT_BYTES:
-                fh.seek(-FINGERPRINT_BYTES, os.SEEK_END)
-            h.update(fh.read(FINGERPRINT_BYTES))
-    return h.hexdigest()[:16]
+    """Content fingerprint of weight files (16 hex digits): sha256 streamed over each file's name, size and
+    every byte; cached by the files' (path, size, mtime) (:func:`~igcritic.policy.cached_fingerprint`)."""
+
+    def digest() -> str:
+        h = hashlib.sha256()
+        for f in sorted(files):
+            h.update(f"{f.name}:{f.stat().st_size}:".encode())
+            with f.open("rb") as fh:
+                for block in iter(lambda: fh.read(FINGERPRINT_BLOCK), b""):
+                    h.update(block)
+        return h.hexdigest()[:16]
+
+    return cached_fingerprint(files, "files", digest)
 
 
 def scorer_fingerprint(scorer: Scorer) -> str | None:
@@ -273,7 +280,7 @@ def content_config(
     d = cfg.hashed()
     d["prompts"] = {"count": len(prompts), "sha256": prompts_digest(prompts)}
     d["fingerprints"] = {
-        "policy": weights_fingerprint(policy.model),
+        "policy": policy_fingerprint(policy),
         "cost": scorer_fingerprint(cost),
         "reward": scorer_fingerprint(reward),
     }

@@ -580,3 +580,24 @@ def test_collect_failing_on_its_only_batch_leaves_nothing(
     with pytest.raises(RuntimeError, match="scorer crashed"):
         run(cfg)
     assert (tmp_path / "empty").is_dir() and not any((tmp_path / "empty").iterdir())
+
+
+def test_resume_refuses_a_policy_changed_in_any_tensor(tiny_model_dir, prompt_file, beaver_scorers, tmp_path):
+    """A change confined to one value of one MLP weight (not a sampled tensor's first values) is a new
+    policy: --resume refuses it instead of mixing two policies in one store."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    cfg = tiny_config(model, prompt_file, tmp_path / "s.zarr", rollouts_per_prompt=1, **beaver_scorers)
+    run(cfg)
+    edited = AutoModelForCausalLM.from_pretrained(model)
+    with torch.no_grad():
+        edited.model.layers[0].mlp.up_proj.weight[-1, -1] += 0.5
+    edited.save_pretrained(model)
+    cfg.resume = True
+    with pytest.raises(StoreError, match=r"fingerprints\.policy differ") as e:
+        run(cfg)
+    assert "\n" not in str(e.value)
