@@ -310,7 +310,7 @@ def store_attrs(
 
     content = content_config(cfg, prompts, policy, cost, reward)
     return {
-        "policy": policy.identity.to_dict(),
+        "policy": {**policy.identity.to_dict(), "fingerprint": content["fingerprints"]["policy"]},
         "cost_scorer": cost.to_dict(),
         "reward_scorer": reward.to_dict(),
         "budget": cfg.budget if cfg.budget is not None else cost.info.budget_hint,

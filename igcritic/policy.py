@@ -110,6 +110,8 @@ class PolicyIdentity:
     chat_template: bool = False
     extra_layers: list[int] = field(default_factory=list)
     """Layers whose residual streams follow the main latent (empty in stores and critics made before them)."""
+    fingerprint: str | None = None
+    """:func:`weights_fingerprint` of the weights (recorded by collect; None in older stores and critics)."""
 
     @property
     def latent_size(self) -> int:
@@ -127,10 +129,13 @@ class PolicyIdentity:
         return out
 
     def mismatches(self, other: PolicyIdentity | dict) -> list[str]:
-        """Fields that make latents incompatible (dtype and revision are informative only)."""
+        """Fields that make latents incompatible (dtype and revision are informative only; the weights'
+        fingerprint counts where both sides record one)."""
         if isinstance(other, dict):
             other = PolicyIdentity.from_dict(other)
-        keys = ("model_id", "hidden_size", "num_layers", "layer", "norm", "extra_layers")
+        keys = ["model_id", "hidden_size", "num_layers", "layer", "norm", "extra_layers"]
+        if self.fingerprint and other.fingerprint:
+            keys.append("fingerprint")
         return [
             f"{k}: {getattr(self, k)!r} != {getattr(other, k)!r}"
             for k in keys
