@@ -44,6 +44,10 @@ EVERY_CHUNK = "every_chunk"
 exist (older shards: latents and token_ids, which are never all fill values)."""
 
 
+REMOTE_OPTIONS = {"use_listings_cache": False}
+"""fsspec options of remote stores: other processes (writers, their locks) change listings under a reader."""
+
+
 class StoreError(IgcriticError):
     """A store cannot be created, resumed, appended to or read as asked."""
 
@@ -65,6 +69,8 @@ def filesystem(path: str | os.PathLike) -> tuple[Any, str]:
     """(fsspec filesystem, root path in it) of any location."""
     import fsspec
 
+    if local_path(path) is None:
+        return fsspec.core.url_to_fs(os.fspath(path), **REMOTE_OPTIONS)
     return fsspec.core.url_to_fs(os.fspath(path))
 
 
@@ -106,18 +112,30 @@ def move_aside(path: str | os.PathLike, keep: str, tag: str) -> str:
     fs, root = filesystem(path)
     _, aside = aside_location(path, tag)
     fs.makedirs(aside, exist_ok=True)
-    for p in fs.ls(root, detail=False):
-        if _name(p) != keep:
-            fs.mv(p, f"{aside}/{_name(p)}", recursive=True)  # a symlink moves as a link, never followed
+    _move(path, root, aside, keep)
     return aside
+
+
+def _move(path: str | os.PathLike, src: str, dst: str, keep: str | None = None) -> None:
+    """Move the entries of folder ``src`` but ``keep`` into folder ``dst``: renames locally (a symlink moves
+    as a link, never followed); on object stores each object is copied server-side, then deleted."""
+    fs = filesystem(path)[0]
+    names = [_name(p) for p in fs.ls(src, detail=False) if _name(p) != keep]
+    if local_path(path) is not None:
+        for n in names:
+            os.rename(f"{src}/{n}", f"{dst}/{n}")
+        return
+    objects = [o for n in names for o in (fs.find(f"{src}/{n}") or [f"{src}/{n}"])]
+    for o in objects:
+        fs.copy(o, f"{dst}/{o[len(src) + 1 :]}")
+    fs.rm(objects)
 
 
 def move_back(path: str | os.PathLike, aside: str, keep: str) -> None:
     """Undo :func:`move_aside`: delete what is in ``path`` now (but ``keep``), move the kept store back."""
     fs, root = filesystem(path)
     clear(path, keep)
-    for p in fs.ls(aside, detail=False):
-        fs.mv(p, f"{root.rstrip('/')}/{_name(p)}", recursive=True)
+    _move(path, aside, root.rstrip("/"))
     remove(path, aside)
 
 
@@ -195,7 +213,7 @@ def zarr_store(path: str | os.PathLike, read_only: bool):
     """Zarr's store of a location: ``LocalStore`` for local ones (atomic chunk writes), else fsspec's."""
     local = local_path(path)
     if local is None:
-        return FsspecStore.from_url(os.fspath(path), read_only=read_only)
+        return FsspecStore.from_url(os.fspath(path), storage_options=REMOTE_OPTIONS, read_only=read_only)
     if read_only and not local.exists():
         raise StoreError(f"no store at {path}; run `igcritic collect` first or fix the path")
     return LocalStore(local, read_only=read_only)

@@ -343,7 +343,9 @@ class StoreWriter:
             [(self._arrays[k], self._n_traj, np.asarray(v, dtype=TRAJ_ARRAYS[k])) for k, v in traj.items()]
             + [(self._arrays["traj_offsets"], self._n_traj + 1, self._n_tok + batch.offsets[1:])]
         )
-        # 3. the manifest, last: one atomic zarr.json write commits the batch
+        # 3. the manifest, last: one atomic zarr.json write commits the batch (if this writer still holds its
+        # lock: a lease on an object store can run out)
+        self._lock.check()
         self._write_manifest(self._n_traj + batch.n_traj, stop, self._done | {batch_index})
         self._committed()
         self._disk = (stop // self._chunk) * self._chunk
