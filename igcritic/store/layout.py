@@ -126,8 +126,7 @@ def _move(path: str | os.PathLike, src: str, dst: str, keep: str | None = None) 
             os.rename(f"{src}/{n}", f"{dst}/{n}")
         return
     objects = [o for n in names for o in (fs.find(f"{src}/{n}") or [f"{src}/{n}"])]
-    for o in objects:
-        fs.copy(o, f"{dst}/{o[len(src) + 1 :]}")
+    fs.copy(objects, [f"{dst}/{o[len(src) + 1 :]}" for o in objects])  # concurrent on async file systems
     fs.rm(objects)
 
 
