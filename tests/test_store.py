@@ -585,3 +585,23 @@ def test_inspect_during_a_write_says_a_writer_holds_the_lock(tmp_path):
     out = io.StringIO()
     assert inspect(InspectConfig(str(path)), console=Console(file=out, width=200)) == 0
     assert "being written" not in out.getvalue() and out.getvalue().rstrip().endswith("valid")
+
+
+def test_a_failed_move_aside_leaves_the_old_store_whole(tmp_path, monkeypatch):
+    """--overwrite whose moving aside fails half-way (here: the second rename) puts back what it moved."""
+    write(tmp_path / "s", [(0, make_batch(0))])
+    before = StoreReader(tmp_path / "s").fingerprint()
+    real, calls = os.rename, []
+
+    def flaky(src, dst):
+        calls.append(src)
+        if len(calls) == 2:
+            raise PermissionError(13, "Permission denied", src)
+        return real(src, dst)
+
+    monkeypatch.setattr(layout.os, "rename", flaky)
+    with pytest.raises(PermissionError):
+        write(tmp_path / "s", [(1, make_batch(1))], overwrite=True)
+    monkeypatch.undo()
+    assert StoreReader(tmp_path / "s").fingerprint() == before and validate_store(tmp_path / "s") == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]

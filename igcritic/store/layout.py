@@ -112,7 +112,12 @@ def move_aside(path: str | os.PathLike, keep: str, tag: str) -> str:
     fs, root = filesystem(path)
     _, aside = aside_location(path, tag)
     fs.makedirs(aside, exist_ok=True)
-    _move(path, root, aside, keep)
+    try:
+        _move(path, root, aside, keep)
+    except BaseException:  # put back what was moved: the store stays whole where it was
+        _move(path, aside, root.rstrip("/"))
+        remove(path, aside)
+        raise
     return aside
 
 

@@ -49,7 +49,8 @@ LEASE_S = float(os.environ.get("IGCRITIC_LOCK_LEASE_S", 600))
 _BUSY = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
 """``flock`` errors that mean another open file holds the lock (others: the file system has no flock)."""
 _HELD: set[str] = set()
-"""Lock files this process holds through fsspec (no flock there: a pid's own locks are known here)."""
+"""Owner ids of the leases this process holds or is acquiring on object stores (no flock there: a pid's own
+locks are known here, including one another thread is creating this instant)."""
 
 
 class WriterLock:
@@ -102,16 +103,21 @@ class WriterLock:
         file = f"{root.rstrip('/')}/{self.name}"
         record = {**info, "file": file, "owner": uuid.uuid4().hex, "heartbeat": time.time()}
         data = json.dumps(record).encode()
+        _HELD.add(record["owner"])
         try:
             fs.pipe_file(file, data, mode="create")  # S3: If-None-Match: * (one of two creators wins)
         except FileExistsError:
             holder, etag = read_json(self.path, self.name), _etag(fs, file)
             if alive(holder):
+                _HELD.discard(record["owner"])
                 raise held_error(self.path, self.rank, holder) from None
             if not _replace(fs, file, data, etag):  # another writer took the stale lease over first
+                _HELD.discard(record["owner"])
                 raise held_error(self.path, self.rank, read_json(self.path, self.name)) from None
             log.warning("took over the stale writer lock %s of %s", file, holder)
-        _HELD.add(file)
+        except BaseException:
+            _HELD.discard(record["owner"])
+            raise
         return _Lease(fs, file, record)
 
     def check(self) -> None:
@@ -163,7 +169,7 @@ class _Lease:
     def release(self) -> None:
         with self._lock:
             self._stop.set()
-        _HELD.discard(self.file)
+        _HELD.discard(self.record["owner"])
         try:
             current = _read(self.fs, self.file)
             if isinstance(current, dict) and current.get("owner") == self.record["owner"]:
@@ -245,7 +251,7 @@ def alive(holder: dict | None) -> bool:
         return True  # cannot tell from here
     pid = int(holder["pid"])
     if pid == os.getpid():
-        return holder.get("file") in _HELD
+        return holder.get("owner") in _HELD
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -213,7 +213,9 @@ class StoreWriter:
                             old,
                             path,
                         )
-                    # the old store stays, aside, until the new one commits its first batch
+                    # the old store stays, aside, until the new one commits its first batch (a failed move
+                    # puts back what it moved: nothing to undo here)
+                    undo = None
                     undo = ("restore", move_aside(path, keep=lock.name, tag=uuid.uuid4().hex[:8]))
                 owner = {OWNER: {"store_id": uuid.uuid4().hex, "schema_version": SCHEMA_VERSION}}
                 root = zarr.create_group(zarr_store(path, read_only=False), zarr_format=3, attributes=owner)
