@@ -23,7 +23,14 @@ from torch import nn
 
 from igcritic import IgcriticError
 from igcritic.critic import Critic, load_critic
-from igcritic.policy import EMBEDDED_POLICY_ID, Policy, PolicyIdentity, embedded_model_dir, load_policy
+from igcritic.policy import (
+    EMBEDDED_POLICY_ID,
+    Policy,
+    PolicyIdentity,
+    embedded_model_dir,
+    load_policy,
+    policy_fingerprint,
+)
 from igcritic.prompts import STDIN, Message, PromptSource, as_prompt_texts, load_prompts
 from igcritic.scorers import Scorer
 from igcritic.search import (
@@ -121,6 +128,7 @@ def load_guard(
     dtype: str | None = None,
     model_id: str | None = None,
     search: dict | SearchConfig | None = None,
+    trust_policy: bool = False,
 ) -> Guard:
     """Load a critic and bind it to its policy and scorers; refuse a critic trained on another policy.
 
@@ -135,6 +143,9 @@ def load_guard(
         dtype: Policy dtype when it is loaded here (None: float32); a loaded model is cast only if given.
         model_id: Id of a loaded ``model`` to check against the critic (None: its ``name_or_path``).
         search: Search defaults over the artifact's ``search_config.json``.
+        trust_policy: Accept a policy whose weights' fingerprint differs from the one the critic recorded
+            (e.g. a model you know equals the critic's but holds in another dtype); the shapes and layers
+            are still checked.
     """
     critic, defaults = _load_critic(critic_path, device)
     want = _critic_identity(critic)
@@ -146,6 +157,7 @@ def load_guard(
                 f"the critic was trained on another policy ({'; '.join(bad)}; policy != critic); "
                 "load the critic's policy or train a critic on this one"
             )
+        _check_weights(policy, want, critic_path, trust_policy)
     critic = critic.to(device=device, dtype=torch.float32).eval()
     cost_s, reward_s = _scorer(cost, "cost", device), _scorer(reward, "reward", device)
     if isinstance(search, SearchConfig):
@@ -166,6 +178,32 @@ def load_guard(
         search=defaults,
         critic_path=None if not isinstance(critic_path, (str, Path)) else str(critic_path),
     )
+
+
+_WARNED_UNCHECKED: set[str] = set()
+"""Critics already warned about in this process for recording no policy fingerprint."""
+
+
+def _check_weights(policy: Policy, want: PolicyIdentity, critic_path, trust: bool) -> None:
+    """Refuse a policy whose weights differ from those the critic was trained on, unless ``trust``."""
+    name = str(critic_path) if isinstance(critic_path, (str, Path)) else "the critic"
+    if want.fingerprint is None:
+        if name not in _WARNED_UNCHECKED:
+            _WARNED_UNCHECKED.add(name)
+            log.warning(
+                "%s records no policy fingerprint (exported before they were recorded): the policy's weights "
+                "cannot be checked, only its shapes and layers; re-export it from a store collected now",
+                name,
+            )
+        return
+    if trust:
+        return
+    fp = policy_fingerprint(policy)
+    if fp != want.fingerprint:
+        raise GuardError(
+            f"the policy has the critic's shapes but other weights (fingerprint {fp} != {want.fingerprint} "
+            f"recorded by {name}); load the critic's policy, or pass trust_policy=True if you know they match"
+        )
 
 
 def _load_critic(critic_path, device: str) -> tuple[Critic, SearchConfig]:

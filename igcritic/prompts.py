@@ -116,6 +116,12 @@ class Prompt:
     category: str | None = None
     harmful: bool | None = None
     split: str | None = None
+    where: str | None = None
+    """Where the prompt came from, for messages: ``FILE:LINE``, ``--prompts.texts[i]`` or ``stdin line N``."""
+
+
+WHERE = "__where__"
+"""Key under which the file readers pass each row's ``FILE:LINE`` to :func:`_prompt`."""
 
 
 @dataclass
@@ -172,7 +178,7 @@ def _read_jsonl(path: Path, field: str) -> list[dict]:
                     f'{path}:{lineno}: needs a non-empty "{field}" string or a "{MESSAGES_FIELD}" list; fix '
                     "or remove the line"
                 )
-            rows.append(row)
+            rows.append({**row, WHERE: f"{path}:{lineno}"})
     return rows
 
 
@@ -188,12 +194,13 @@ def _read_csv(path: Path, field: str) -> list[dict]:
         for lineno, row in enumerate(reader, 2):
             if not (row.get(field) or "").strip():
                 raise PromptError(f"{path}:{lineno}: empty {field!r}; remove the line or fill it")
-            rows.append(row)
+            rows.append({**row, WHERE: f"{path}:{lineno}"})
     return rows
 
 
 def _read_txt(path: Path, field: str) -> list[dict]:
-    return [{field: line.rstrip("\n")} for line in path.open(encoding="utf-8") if line.strip()]
+    lines = enumerate(path.open(encoding="utf-8"), 1)
+    return [{field: line.rstrip("\n"), WHERE: f"{path}:{n}"} for n, line in lines if line.strip()]
 
 
 def load_prompts(src: PromptSource) -> tuple[list[Prompt], dict]:
@@ -204,7 +211,7 @@ def load_prompts(src: PromptSource) -> tuple[list[Prompt], dict]:
         raise PromptError(f"--prompts.limit {src.limit} must be >= 1 (or null for every prompt)")
     if src.texts:
         info["source"] = "inline"
-        rows = [Prompt(prompt_text(t)) for t in src.texts]
+        rows = [Prompt(prompt_text(t), where=f"--prompts.texts[{i}]") for i, t in enumerate(src.texts)]
     elif src.source.startswith("hf:"):
         prompts, revision = _load_hf(src)
         info["revision"] = revision or "unpinned"
@@ -214,7 +221,8 @@ def load_prompts(src: PromptSource) -> tuple[list[Prompt], dict]:
             raw = _read_jsonl(default_set_path(), "prompt")
             info["licence"] = "Apache-2.0 (written for igcritic, see data_prep/README.md)"
         elif src.source == STDIN:
-            raw = [{src.field: line} for line in sys.stdin.read().splitlines() if line.strip()]
+            lines = enumerate(sys.stdin.read().splitlines(), 1)
+            raw = [{src.field: line, WHERE: f"stdin line {n}"} for n, line in lines if line.strip()]
         else:
             path = Path(src.source)
             if not path.is_file():
@@ -245,6 +253,7 @@ def _prompt(row: dict, field: str) -> Prompt:
         row.get("category") or None,
         None if harmful is None else bool(harmful),
         row.get("split") or None,
+        row.get(WHERE),
     )
 
 

@@ -340,3 +340,42 @@ def test_on_block_sees_each_accepted_block_as_a_growing_agreed_prefix(artifact, 
         assert len(seen[i]) == rec.steps >= 1
         for a, b in zip(seen[i], seen[i][1:] + [rec.token_ids]):
             assert b[: len(a)] == a  # never retracted: every call extends the last, the answer extends all
+
+
+def test_refuses_a_wrong_model_of_the_same_shape_by_its_weights(tmp_path, tiny_policy, caplog):
+    """An in-memory model without a name (name_or_path empty) and the critic's shapes is checked by its
+    weights' fingerprint: another model is refused unless the caller vouches for it; a critic recording no
+    fingerprint loads with one warning."""
+    from helpers import make_tiny_policy
+
+    from igcritic.policy import weights_fingerprint
+
+    ident = {**tiny_policy.identity.to_dict(), "fingerprint": weights_fingerprint(tiny_policy.model)}
+    art = write_artifact(tmp_path / "c", ident, search={**SEARCH, "budget": 25.0})
+    other = make_tiny_policy(seed=1)
+    assert getattr(other.model, "name_or_path", "") == ""
+    with pytest.raises(
+        GuardError,
+        match=r"other weights \(fingerprint [0-9a-f]{16} != [0-9a-f]{16} recorded by .*trust_policy=True",
+    ) as e:
+        load_guard(art, model=other.model, tokenizer=other.tokenizer)
+    assert "\n" not in str(e.value)
+    assert load_guard(art, model=other.model, tokenizer=other.tokenizer, trust_policy=True).critic is not None
+    assert load_guard(art, model=tiny_policy.model, tokenizer=tiny_policy.tokenizer).policy is not None
+    old = write_artifact(tmp_path / "old", tiny_policy.identity.to_dict())  # made before fingerprints
+    for _ in range(2):
+        load_guard(old, model=other.model, tokenizer=other.tokenizer)
+    assert caplog.text.count("records no policy fingerprint") == 1
+
+
+def test_shipped_critics_record_the_embedded_policy_fingerprint():
+    """The shipped artifacts carry the fingerprint of the embedded SmolLM2 they were trained on."""
+    from pathlib import Path
+
+    from igcritic.critic import read_config
+    from igcritic.policy import EMBEDDED_POLICY_ID, load_policy, policy_fingerprint
+
+    fp = policy_fingerprint(load_policy(EMBEDDED_POLICY_ID))
+    root = Path(__file__).resolve().parents[1] / "checkpoints"
+    for name in ("embedded", "embedded-r2"):
+        assert read_config(root / name)["policy"]["fingerprint"] == fp, name
