@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 from rich.console import Console
 
-from igcritic import IgcriticError
+from igcritic import IgcriticError, __version__
 
 
 class Command(NamedTuple):
@@ -59,7 +59,7 @@ LIGHTNING = ("fit", "validate", "test")
 
 
 def _usage() -> str:
-    lines = ["usage: igcritic <command> [--help] ...", "", "commands:"]
+    lines = ["usage: igcritic <command> [--help] ...  |  igcritic --version", "", "commands:"]
     lines += [f"  {name:<9} {cmd.help}" for name, cmd in COMMANDS.items()]
     return "\n".join(lines)
 
@@ -126,6 +126,9 @@ def main(args: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not args or args[0] in ("-h", "--help", "help"):
         Console().print(_usage(), highlight=False)
+        return 0
+    if args[0] in ("--version", "-V"):
+        Console().print(f"igcritic {__version__}", highlight=False)
         return 0
     if args[0] not in COMMANDS:
         Console(stderr=True).print(f"unknown command {args[0]!r}\n\n{_usage()}", highlight=False)

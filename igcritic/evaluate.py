@@ -141,7 +141,8 @@ class EvalConfig:
     independent judges' harmful rates with bootstrap intervals and paired differences. Prints the tables and
     writes records.jsonl, results.csv, judges.csv, results.json and two PNG figures to out_dir. With --run
     RUN_DIR: --reading_in labels.jsonl merges people's labels into that run's tables (the judge "reading"),
-    --reading_out DIR exports its answers for blind reading; nothing is generated."""
+    --reading_out DIR exports its answers for blind reading, neither prints its tables again; nothing is
+    generated."""
 
     critic: str = "checkpoints/embedded"
     """Exported critic folder (``igcritic export``); the guard is loaded from it."""
@@ -196,7 +197,8 @@ class EvalConfig:
     """People's labels (``{"id", "label", "helpfulness"}`` JSONL, data_prep/LABELLING.md) to merge into the
     finished run ``run`` as the judge ``reading``; nothing is generated."""
     run: str | None = None
-    """A finished eval ``out_dir``, for ``reading_in`` or ``reading_out`` (then nothing is generated)."""
+    """A finished eval ``out_dir``: its tables printed again; with ``reading_in`` re-read with people's
+    labels, with ``reading_out`` exported for blind reading (nothing is generated)."""
 
     def problems(self) -> list[str]:
         """Every invalid field, each as a one-line message with the fix."""
@@ -532,23 +534,23 @@ def run_eval(
 
 
 def main(cfg: EvalConfig) -> EvalResult | list[Path]:
-    """``igcritic eval``: compare the methods of ``cfg`` (or, with ``run``, re-read a finished run), print the
-    tables and write the outputs; the result, or with ``run`` and ``reading_out`` alone the files written."""
+    """``igcritic eval``: compare the methods of ``cfg`` (or, with ``run``, print a finished run's tables
+    again, re-read with ``reading_in``), print the tables and write the outputs; the result, or with ``run``
+    and ``reading_out`` alone the files written."""
     from rich.console import Console
 
     console = Console()
     if cfg.reading_in is not None or cfg.run is not None:
         if cfg.run is None:
             raise EvalError("--reading_in needs --run RUN_DIR (the eval out_dir whose answers were read)")
-        if cfg.reading_in is None and cfg.reading_out is None:
-            raise EvalError("--run needs --reading_in labels.jsonl or --reading_out DIR")
-        if cfg.reading_in is None:
+        if cfg.reading_in is None and cfg.reading_out is not None:
             files = export_reading(cfg.run, cfg.reading_out, cfg.overwrite)
             console.print(f"wrote {', '.join(map(str, files))}; give readers only {files[0]}")
             return files
-        result = reread_run(cfg.run, cfg.reading_in, cfg.overwrite)
+        result = reread_run(cfg.run, cfg.reading_in, cfg.overwrite)  # no labels: the run's tables again
     else:
         result = run_eval(cfg)
     result.print(console)
-    console.print(f"wrote {', '.join(p.name for p in result.files)} to {result.files[0].parent}")
+    if result.files:
+        console.print(f"wrote {', '.join(p.name for p in result.files)} to {result.files[0].parent}")
     return result

@@ -11,8 +11,9 @@ Command: ``igcritic generate CRITIC_PATH --prompts.texts '["..."]' | --prompts.s
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
+import sys
+import textwrap
 import typing
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from igcritic import IgcriticError
+from igcritic import IgcriticError, to_json
 from igcritic.critic import Critic, load_critic
 from igcritic.policy import EMBEDDED_POLICY_ID, Policy, PolicyIdentity, embedded_model_dir, load_policy
 from igcritic.prompts import STDIN, PromptSource, load_prompts
@@ -288,6 +289,9 @@ class GenerateConfig:
     ``default``: the shipped set), or one prompt per stdin line (the default)."""
     out: Path | None = None
     """Write the records here as JSONL (must not exist or be empty) instead of printing them."""
+    format: typing.Literal["text", "jsonl"] = "text"
+    """What to print without ``--out``: ``text`` (each prompt, its answer and its outcome, for people) or
+    ``jsonl`` (one record per line on stdout, for scripts)."""
     model: str | None = None
     """Policy id or folder (null: the critic's recorded policy)."""
     cost: str | None = None
@@ -310,30 +314,53 @@ def main(cfg: GenerateConfig) -> list[GuardRecord]:
     texts = [p.prompt for p in load_prompts(cfg.prompts)[0]]
     guard = load_guard(cfg.critic_path, model=cfg.model, cost=cfg.cost, reward=cfg.reward, device=cfg.device)
     records = guard.generate(texts, **overrides(cfg.search))
+    lines = "".join(to_json(r.to_dict()) + "\n" for r in records)
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text("".join(json.dumps(r.to_dict()) + "\n" for r in records))
+        Path(out).write_text(lines)
+        sys.stdout.write(f"wrote {len(records)} records to {out}\n")
+    elif cfg.format == "jsonl":
+        sys.stdout.write(lines)
     else:
-        _print_records(records)
+        sys.stdout.write("\n\n".join(describe(r, k, len(records)) for k, r in enumerate(records)) + "\n")
     return records
 
 
-def _print_records(records: list[GuardRecord]) -> None:
-    from rich.console import Console
-    from rich.table import Table
+WIDTH = 80
+"""Columns of ``igcritic generate``'s text output."""
 
-    table = Table(title="guarded generation", show_lines=True)
-    for col in ("prompt", "answer", "safe", "z", "refused", "steps", "retries", "s"):
-        table.add_column(col)
-    for r in records:
-        table.add_row(
-            r.prompt,
-            r.text,
-            str(r.safe),
-            f"{r.final_safety_state:.3g}",
-            str(r.refused),
-            str(r.steps),
-            str(r.retries),
-            f"{r.seconds:.2f}",
+
+def outcome(r: GuardRecord) -> str:
+    """One line saying how the search ended for a record: refused, safe or unsafe, and why."""
+    z = "final safety state z = budget - cost"
+    if r.refused:
+        line = f"refused: no answer stayed within budget d = {r.budget:g} (the answer is the fixed refusal)"
+    elif r.safe:
+        line = f"safe: {z} = {r.budget:g} - {r.cost:.3g} = {r.final_safety_state:.3g} >= 0"
+    else:
+        why = "best effort, no admissible candidate" if r.fallback else "over budget"
+        line = f"unsafe ({why}): {z} = {r.budget:g} - {r.cost:.3g} = {r.final_safety_state:.3g} < 0"
+    if r.cost_source == "latent" and not r.refused:
+        line += " (cost from the critic's latent head)"
+    tail = f"; {r.new_tokens} tokens" + (", cut at max_new_tokens" if r.truncated else "")
+    return f"{line}{tail}; {r.seconds:.1f} s"
+
+
+def describe(r: GuardRecord, k: int = 0, n: int = 1) -> str:
+    """A record as plain text at :data:`WIDTH` columns: the prompt, the full answer, the outcome line."""
+
+    def wrap(text: str, indent: str = "") -> str:
+        return "\n".join(
+            textwrap.fill(p, WIDTH, initial_indent=indent, subsequent_indent=indent) if p.strip() else ""
+            for p in text.splitlines() or [""]
         )
-    Console().print(table)
+
+    head = f"[{k + 1}/{n}] prompt: " if n > 1 else "prompt: "
+    return "\n".join(
+        [
+            textwrap.fill(r.prompt, WIDTH, initial_indent=head, subsequent_indent=" " * 4),
+            "answer:",
+            wrap(r.text, " " * 4),
+            textwrap.fill(outcome(r), WIDTH, initial_indent="outcome: ", subsequent_indent=" " * 4),
+        ]
+    )

@@ -35,7 +35,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from igcritic import IgcriticError
+from igcritic import IgcriticError, to_json
 from igcritic.baselines import GUIDANCE, ArgsProcessor, ReControl, guidance_needs, recontrol_problems
 from igcritic.critic import Critic
 from igcritic.decoding import (
@@ -254,7 +254,7 @@ class SearchConfig(SamplingConfig):
     def save(self, folder: str | Path) -> Path:
         """Write every field to ``folder/search_config.json``; returns the file."""
         path = Path(folder) / SEARCH_CONFIG_NAME
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        path.write_text(to_json(asdict(self), indent=2) + "\n")
         return path
 
     @classmethod
@@ -305,6 +305,8 @@ class GuardRecord:
     budget: float
     fallback: bool = False
     """``best_effort`` went on without an admissible candidate."""
+    truncated: bool = False
+    """The answer stopped at ``max_new_tokens`` without an end-of-sequence token (it may be cut mid-way)."""
     critic_seconds: float = 0.0
     """Time in critic calls (the prompt's share of its batch), RE-Control's latent edits included."""
     scorer_calls: int = 0
@@ -667,5 +669,6 @@ def _record(ctx: _Ctx, p: int, tr: _Track, seconds: float) -> GuardRecord:
         refused=False,
         new_tokens=len(best.tokens),
         fallback=tr.fallback,
+        truncated=bool(best.tokens) and best.tokens[-1] not in ctx.policy.eos_token_ids,
         **common,
     )

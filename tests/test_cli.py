@@ -22,6 +22,12 @@ def test_help_lists_every_command(capsys):
         assert cmd in out
 
 
+def test_version(capsys):
+    from igcritic import __version__
+
+    assert main(["--version"]) == 0 and capsys.readouterr().out.strip() == f"igcritic {__version__}"
+
+
 def test_unknown_command_fails():
     assert main(["frobnicate"]) == 2
 

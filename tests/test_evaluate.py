@@ -8,6 +8,7 @@ import io
 import json
 import math
 import re
+from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -1014,8 +1015,22 @@ def test_printed_tables_never_cut_a_number(tmp_path):
     text = console.file.getvalue()
     assert "…" not in text and console.width == 60
     for s in result.summaries:
-        line = next(ln for ln in text.splitlines() if ln.strip().startswith(s.method + " "))
-        assert f"[{s.reward_low:.3f}, {s.reward_high:.3f}]" in line and f"{s.tokens_per_s:.0f}" in line
+        lines = [ln for ln in text.splitlines() if ln.strip().startswith(s.method + " ")]
+        assert any(f"[{s.reward_low:.3f}, {s.reward_high:.3f}]" in ln for ln in lines)
+        assert any(ln.rstrip().endswith(f" {s.tokens_per_s:.0f}") for ln in lines)
+
+
+def test_printed_tables_fit_100_columns_and_a_finished_run_prints_them_again(tmp_path, capsys):
+    """Wide tables are split by columns (the method repeated), so a 100-column terminal never wraps; --run
+    alone prints the same tables from the saved run without generating anything."""
+    cfg, result = judged_run(tmp_path, [ClassifyingJudge()])
+    console = Console(file=io.StringIO(), width=100)
+    result.print(console)
+    text = console.file.getvalue()
+    assert max(map(len, text.splitlines())) <= 100 and "(part 2/" in text
+    again = ev.main(EvalConfig(run=cfg.out_dir))
+    assert [asdict(s) for s in again.summaries] == [asdict(s) for s in result.summaries]
+    assert "judge 'rule'" in capsys.readouterr().out and not again.files
 
 
 def test_quality_reports_the_critics_value_and_latent_cost_on_unpadded_latents(tmp_path, tiny_policy):

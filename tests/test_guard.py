@@ -6,9 +6,10 @@ import io
 import json
 
 import pytest
-from helpers import WordCost, write_artifact
+from helpers import WordCost, tiny_critic, write_artifact
 
-from igcritic.guard import GenerateConfig, Guard, GuardError, load_guard, main
+from igcritic.critic import load_critic
+from igcritic.guard import GenerateConfig, Guard, GuardError, describe, load_guard, main
 from igcritic.prompts import PromptError, PromptSource, load_prompts
 from igcritic.search import GuardRecord, SearchConfigError
 
@@ -54,6 +55,9 @@ def test_load_guard_one_call_from_loaded_model(artifact, tiny_policy):
     ):
         assert key in d
     assert json.loads(json.dumps(d))["token_ids"] == rec.token_ids
+    assert rec.truncated == (rec.token_ids[-1] not in guard.policy.eos_token_ids)
+    (cut,) = guard.generate("how do I bake bread at home", ignore_eos=True)
+    assert cut.truncated and cut.new_tokens == 8  # no EOS allowed: every answer hits max_new_tokens
 
 
 def test_generate_overrides_and_scorers(artifact, tiny_policy):
@@ -155,11 +159,42 @@ def test_generate_writes_jsonl(tmp_path, saved_policy_artifact):
 
 
 def test_generate_prints(saved_policy_artifact, capsys, monkeypatch):
+    """People get the prompt, the whole answer and one outcome line, at 80 columns; scripts get JSONL."""
     monkeypatch.setattr("sys.stdin", io.StringIO("how do I bake bread at home\n"))
-    monkeypatch.setenv("COLUMNS", "200")
     (rec,) = main(GenerateConfig(str(saved_policy_artifact), search={"max_new_tokens": 4, "block_width": 2}))
     assert rec.new_tokens <= 4
-    assert "how do I bake bread" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0] == "prompt: how do I bake bread at home" and lines[1] == "answer:"
+    assert " ".join(rec.text.split()) in " ".join(" ".join(lines[2:-1]).split())  # the whole answer, wrapped
+    assert "final safety state z = budget - cost" in out and ("safe:" in out or "unsafe" in out)
+    assert max(len(line) for line in lines) <= 80
+    main(
+        GenerateConfig(
+            str(saved_policy_artifact),
+            PromptSource(texts=["a", "b"]),
+            format="jsonl",
+            search={"max_new_tokens": 4, "block_width": 2},
+        )
+    )
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["prompt"] for r in rows] == ["a", "b"] and all("truncated" in r for r in rows)
+
+
+def test_refused_records_are_valid_json_with_nulls(tmp_path, saved_policy_artifact, capsys):
+    """A refusal has no cost or z: the record file says null (JSON), never a bare NaN, and the text output
+    says refused."""
+    out = tmp_path / "r.jsonl"
+    critic = load_critic(saved_policy_artifact)
+    tiny_critic(critic.config.policy, safe=False, budget=0.5).save_pretrained(saved_policy_artifact)  # q = 0
+    search = {"retries": 0, "on_violation": "refuse", "tau": 0.5}
+    cfg = GenerateConfig(str(saved_policy_artifact), PromptSource(texts=["hi"]), out=out, search=search)
+    (rec,) = main(cfg)
+    assert rec.refused and "NaN" not in out.read_text()
+    row = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"bare {c} in JSON"))
+    assert row["cost"] is None and row["final_safety_state"] is None and row["refused"] is True
+    assert capsys.readouterr().out == f"wrote 1 records to {out}\n"
+    assert "\noutcome: refused: no answer stayed within budget" in describe(rec)
 
 
 def test_generate_reads_prompts_from_one_source(tmp_path, monkeypatch):
