@@ -27,6 +27,7 @@ import math
 import sys
 import warnings
 from dataclasses import replace
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -614,6 +615,37 @@ class CriticCLI(LightningCLI):
             }
         )
 
+    def before_fit(self) -> None:
+        """``--ckpt_path last`` continues the newest run of this name: its ``last.ckpt``, in its own version
+        folder (Lightning alone would look in a fresh ``version_N`` and silently start from scratch)."""
+        cfg = self.config_init["fit"]
+        if cfg.get("ckpt_path") != "last":
+            return
+        last, version = latest_run(self.trainer.loggers)
+        if _run_root(self.trainer.loggers) is None:  # no logger: default_root_dir/checkpoints
+            last = Path(self.trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+            last = last if last.is_file() else None
+        if last is None:
+            where = _run_root(self.trainer.loggers) or Path(self.trainer.default_root_dir) / "checkpoints"
+            raise FitError(
+                f"--ckpt_path last: no earlier run of this name has a last.ckpt under {where}; drop "
+                "--ckpt_path to train from scratch or pass the .ckpt file"
+            )
+        for logger in self.trainer.loggers:
+            if hasattr(logger, "_version"):
+                logger._version = version
+        cfg["ckpt_path"] = str(last)
+        log.info("resuming %s (epoch %s)", last, _ckpt_epoch(last))
+
+    def after_fit(self) -> None:
+        """The last line names the checkpoint and the command that turns it into a critic artifact."""
+        cb = self.trainer.checkpoint_callback
+        ckpt = cb and (cb.best_model_path or cb.last_model_path)
+        if not ckpt or not self.trainer.is_global_zero:
+            return
+        name = getattr(self.trainer.logger, "name", None) or "critic"
+        log.info("checkpoint %s; make it a critic: igcritic export %s --out checkpoints/%s", ckpt, ckpt, name)
+
     def instantiate_trainer(self, **kwargs):
         cfg = self._get(self.config_init, "trainer", default={})
         callbacks = list(cfg.get("callbacks") or [])
@@ -652,7 +684,34 @@ def derive_t_max(cfg) -> None:
     sched["init_args.T_max"] = int(length)
 
 
+def _run_root(loggers) -> Path | None:
+    """``save_dir/name`` of the first logger that has them: where this run's version folders live."""
+    for lg in loggers:
+        if getattr(lg, "save_dir", None) and getattr(lg, "name", None):
+            return Path(lg.save_dir) / lg.name
+    return None
+
+
+def latest_run(loggers) -> tuple[Path | None, int | None]:
+    """The newest ``version_N/checkpoints/last.ckpt`` of the run named by ``loggers`` and its N."""
+    root = _run_root(loggers)
+    found = []
+    for d in root.glob("version_*") if root is not None and root.is_dir() else []:
+        suffix = d.name.removeprefix("version_")
+        if suffix.isdigit() and (d / "checkpoints" / "last.ckpt").is_file():
+            found.append((int(suffix), d / "checkpoints" / "last.ckpt"))
+    return (max(found)[1], max(found)[0]) if found else (None, None)
+
+
+def _ckpt_epoch(path: Path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True).get("epoch")
+    except Exception:  # noqa: BLE001 - only for the log line; Lightning reports a bad file itself
+        return "?"
+
+
 TRAINER_DEFAULTS = {
+    "default_root_dir": "runs/fit",  # without a logger, checkpoints and config.yaml still go under runs/
     "max_epochs": 10,
     "log_every_n_steps": 10,
     "logger": [
