@@ -24,7 +24,16 @@ from torch import nn
 
 from igcritic import IgcriticError, to_json
 from igcritic.critic import Critic, load_critic
-from igcritic.policy import EMBEDDED_POLICY_ID, Policy, PolicyIdentity, embedded_model_dir, load_policy
+from igcritic.policy import (
+    EMBEDDED_POLICY_ID,
+    Policy,
+    PolicyError,
+    PolicyIdentity,
+    check_device,
+    embedded_model_dir,
+    load_policy,
+    policy_id,
+)
 from igcritic.prompts import STDIN, PromptSource, load_prompts
 from igcritic.scorers import Scorer
 from igcritic.search import (
@@ -124,16 +133,15 @@ def load_guard(
         model_id: Id of a loaded ``model`` to check against the critic (None: its ``name_or_path``).
         search: Search defaults over the artifact's ``search_config.json``.
     """
+    try:
+        check_device(device)
+    except PolicyError as e:
+        raise GuardError(str(e)) from None
     critic, defaults = _load_critic(critic_path, device)
     want = _critic_identity(critic)
     policy = _bind_policy(model, tokenizer, want, device, dtype, model_id)
-    if want is not None:
-        bad = policy.identity.mismatches(want)
-        if bad:
-            raise GuardError(
-                f"the critic was trained on another policy ({'; '.join(bad)}; policy != critic); "
-                "load the critic's policy or train a critic on this one"
-            )
+    if want is not None and (problem := mismatch(policy.identity, want)):
+        raise GuardError(problem)
     critic = critic.to(device=device, dtype=torch.float32).eval()
     cost_s, reward_s = _scorer(cost, "cost", device), _scorer(reward, "reward", device)
     if isinstance(search, SearchConfig):
@@ -178,6 +186,55 @@ def _load_critic(critic_path, device: str) -> tuple[Critic, SearchConfig]:
     return critic, defaults
 
 
+def _describe(p: PolicyIdentity) -> str:
+    extra = f" + layers {p.extra_layers}" if p.extra_layers else ""
+    return (
+        f"{p.model_id!r} ({p.num_layers} layers, hidden {p.hidden_size}; latent at layer {p.layer} "
+        f"{p.norm}{extra})"
+    )
+
+
+MODEL_FIELDS = ("model_id", "hidden_size", "num_layers")
+"""Identity fields that name the model itself; the others (layer, norm, extra_layers) name where it is
+tapped."""
+
+
+def mismatch(policy: PolicyIdentity, critic: PolicyIdentity) -> str | None:
+    """One line saying how a policy differs from the critic's, naming both, or None when they match."""
+    bad = policy.mismatches(critic)
+    if not bad:
+        return None
+    if any(getattr(policy, k) != getattr(critic, k) for k in MODEL_FIELDS):
+        return (
+            f"the critic was trained on policy {_describe(critic)}, not on {_describe(policy)}; load the "
+            "critic's policy (leave --model unset) or train a critic on this one"
+        )
+    return (
+        f"the critic reads the latent of {_describe(critic)} but the policy is tapped as "
+        f"{_describe(policy)}; tap it as the critic (layer {critic.layer}, norm {critic.norm}, extra_layers "
+        f"{critic.extra_layers})"
+    )
+
+
+def _model_shape(model, mid: str, want: PolicyIdentity) -> None:
+    """Refuse, before any weight is loaded, a model whose depth or width is not the critic's policy's (its
+    tap could not even be placed): the error names both models, not the tap flags."""
+    config = getattr(model, "config", None)
+    if config is None:
+        from transformers import AutoConfig
+
+        try:
+            path = embedded_model_dir() if mid == EMBEDDED_POLICY_ID else mid
+            config = AutoConfig.from_pretrained(str(path))
+        except (OSError, ValueError):
+            return  # load_policy says why it cannot load it
+    layers, hidden = getattr(config, "num_hidden_layers", None), getattr(config, "hidden_size", None)
+    if layers is None or hidden is None or (int(layers), int(hidden)) == (want.num_layers, want.hidden_size):
+        return
+    got = PolicyIdentity(mid, int(hidden), int(layers), want.layer, want.norm, extra_layers=want.extra_layers)
+    raise GuardError(mismatch(got, want))
+
+
 def _critic_identity(critic: Critic) -> PolicyIdentity | None:
     ident = critic.config.policy
     return None if ident is None else PolicyIdentity.from_dict(dict(ident))
@@ -192,11 +249,13 @@ def _bind_policy(
     if isinstance(model, Policy):
         return model
     if model is None or isinstance(model, (str, Path)):
-        mid = str(model) if model is not None else (want.model_id if want is not None else None)
+        mid = policy_id(model) if model is not None else (want.model_id if want is not None else None)
         if mid is None:
             raise GuardError(
                 "the critic records no policy; pass model=... (an id, a folder or a loaded model)"
             )
+        if want is not None:
+            _model_shape(None, mid, want)
         return load_policy(
             mid, layer=layer, norm=norm, extra_layers=extra, dtype=dtype or "float32", device=device
         )
@@ -209,8 +268,11 @@ def _bind_policy(
         raise GuardError("load_guard(model=<loaded model>) needs tokenizer=... too")
     if dtype is not None:
         model = model.to(getattr(torch, dtype))
+    mid = model_id or _loaded_id(model, want)
+    if want is not None:
+        _model_shape(model, mid, want)
     return load_policy(
-        model_id or _loaded_id(model, want),
+        mid,
         layer=layer,
         norm=norm,
         extra_layers=extra,
@@ -229,12 +291,7 @@ def _loaded_id(model: nn.Module, want: PolicyIdentity | None) -> str:
     )
     if not name:
         return want.model_id if want is not None else "unknown"
-    try:
-        if Path(name).resolve() == embedded_model_dir().resolve():
-            return EMBEDDED_POLICY_ID
-    except Exception:  # noqa: BLE001 - the embedded package may be absent: not the embedded model then
-        pass
-    return name
+    return policy_id(name)
 
 
 def _scorer(spec, role: str, device: str) -> Scorer | None:

@@ -316,10 +316,50 @@ def embedded_gguf_path() -> Path:
     return files[0]
 
 
+def _embedded_folder() -> Path:
+    return (
+        Path(os.environ.get(EMBEDDED_CACHE_ENV, Path.home() / ".cache" / "igcritic"))
+        / "smollm2-135m-instruct"
+    )
+
+
+def policy_id(name: str | Path) -> str:
+    """The id a model folder is recorded under: the embedded model's own converted folder is
+    :data:`EMBEDDED_POLICY_ID`, any other name stays as given."""
+    try:
+        if Path(name).resolve() == _embedded_folder().resolve():
+            return EMBEDDED_POLICY_ID
+    except (OSError, ValueError):
+        pass
+    return str(name)
+
+
+def check_device(device: str | torch.device, flag: str = "--device") -> torch.device:
+    """``device`` as a torch device, or a one-line error naming what this machine has (before any file is
+    read: a CUDA device on a CPU-only machine otherwise surfaces as a damaged-file error)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise PolicyError(f"{flag} {device!r} is not a device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only torch build" if torch.version.cuda is None else "no visible CUDA GPU"
+            raise PolicyError(
+                f"{flag} {device}: this machine has {build} (torch {torch.__version__}); use {flag} cpu"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise PolicyError(
+                f"{flag} {device}: only {torch.cuda.device_count()} CUDA device(s) here; use cuda:0.."
+                f"{torch.cuda.device_count() - 1}"
+            )
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise PolicyError(f"{flag} {device}: MPS is not available on this machine; use {flag} cpu")
+    return dev
+
+
 def embedded_model_dir() -> Path:
     """Convert the embedded GGUF to safetensors once (~15 s), then reuse the cached folder (<1 s)."""
-    cache = Path(os.environ.get(EMBEDDED_CACHE_ENV, Path.home() / ".cache" / "igcritic"))
-    out = cache / "smollm2-135m-instruct"
+    out = _embedded_folder()
     if (out / "config.json").exists() and any(out.glob("*.safetensors")):
         return out
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -91,29 +91,63 @@ def test_budget_defaults_chain(tmp_path, tiny_policy):
 
 
 def test_refuses_critic_of_another_policy(tmp_path, tiny_policy):
+    """The error names both policies (model, depth, width, tap), never a flag the user did not pass."""
     ident = tiny_policy.identity.to_dict()
     art = write_artifact(tmp_path / "h", {**ident, "hidden_size": 64})
-    with pytest.raises(GuardError, match="hidden_size: 32 != 64"):
+    with pytest.raises(
+        GuardError, match=r"trained on policy 'tiny-llama' \(2 layers, hidden 64.*not on 'tiny-llama' "
+    ):
         load_guard(art, model=tiny_policy.model, tokenizer=tiny_policy.tokenizer)
     art = write_artifact(tmp_path / "m", {**ident, "model_id": "someone/other-model"})
-    with pytest.raises(GuardError, match="model_id: 'tiny-llama' != 'someone/other-model'"):
+    with pytest.raises(GuardError, match="trained on policy 'someone/other-model' .* not on 'tiny-llama'"):
         load_guard(art, model=tiny_policy)
-    with pytest.raises(GuardError, match="model_id"):
+    with pytest.raises(GuardError, match="not on 'tiny-llama'"):
         load_guard(
             tmp_path / "m", model=tiny_policy.model, tokenizer=tiny_policy.tokenizer, model_id="tiny-llama"
         )
+    # a critic of a 30-layer policy tapped at layer 30: both models named, not "--layer 30 is outside ..."
+    art = write_artifact(tmp_path / "big", {**ident, "model_id": "big/model", "num_layers": 30, "layer": 30})
+    for model in (tiny_policy.model, None):
+        with pytest.raises(GuardError) as e:
+            if model is None:  # by folder: refused from its config, before any weight is read
+                tiny_policy.model.save_pretrained(tmp_path / "tiny")
+                tiny_policy.tokenizer.save_pretrained(tmp_path / "tiny")
+                load_guard(art, model=str(tmp_path / "tiny"))
+            else:
+                load_guard(art, model=model, tokenizer=tiny_policy.tokenizer)
+        msg = str(e.value)
+        assert "'big/model' (30 layers" in msg and "(2 layers" in msg and "--layer" not in msg, msg
     art = write_artifact(tmp_path / "l", {**ident, "layer": 1, "norm": "pre"})
-    with pytest.raises(GuardError, match="layer: 2 != 1"):
+    with pytest.raises(
+        GuardError, match=r"reads the latent of .*latent at layer 1 pre.*tap it as the critic"
+    ):
         load_guard(art, model=tiny_policy)
     # a critic trained on layers (2 post, 1) is refused on a policy tapped at layer 2 only
     art = write_artifact(tmp_path / "x", {**ident, "extra_layers": [1]})
-    with pytest.raises(GuardError, match=r"extra_layers: \[\] != \[1\]"):
+    with pytest.raises(GuardError, match=r"tap it as the critic \(layer 2, norm post, extra_layers \[1\]\)"):
         load_guard(art, model=tiny_policy)
     # ... and accepted, tapped at both, when the guard loads the policy from the critic's record
     guard = load_guard(art, model=tiny_policy.model, tokenizer=tiny_policy.tokenizer)
     assert guard.policy.identity.extra_layers == [1] and guard.policy.identity.latent_size == 64
     (rec,) = guard.generate("hi there", max_new_tokens=4, block_width=2)
     assert rec.new_tokens > 0 and rec.cost_source == "latent"  # the 64-wide critic read the 2-layer latents
+
+
+def test_a_device_this_machine_lacks_is_named_before_any_file_is_read(artifact, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(GuardError, match="--device cuda: this machine has .*; use --device cpu"):
+        load_guard(artifact, device="cuda")
+    with pytest.raises(GuardError, match="is not a device"):
+        load_guard(artifact, device="gpu0")
+
+
+def test_the_embedded_models_own_folder_is_the_embedded_policy(tmp_path, monkeypatch):
+    from igcritic.policy import EMBEDDED_POLICY_ID, policy_id
+
+    monkeypatch.setenv("IGCRITIC_CACHE", str(tmp_path))
+    assert policy_id(tmp_path / "smollm2-135m-instruct") == EMBEDDED_POLICY_ID
+    assert policy_id(str(tmp_path / "smollm2-135m-instruct") + "/") == EMBEDDED_POLICY_ID
+    assert policy_id(tmp_path / "other") == str(tmp_path / "other")
 
 
 def test_bad_load_arguments(tmp_path, artifact, tiny_policy):
