@@ -177,16 +177,19 @@ class Policy:
             raise PolicyError("no prompts given; pass at least one prompt")
         bad = [i for i, p in enumerate(prompts) if not isinstance(p, str) or not p.strip()]
         if bad:
-            raise PolicyError(f"prompt {bad[0]} is empty; remove empty prompts from the input")
+            p = prompts[bad[0]]
+            what = "empty" if isinstance(p, str) else f"a {type(p).__name__}, not a string"
+            raise PolicyError(f"prompt {bad[0]} (counting from 0) is {what}; pass non-empty strings")
         texts = [self.format_prompt(p) for p in prompts]
         add_special = not self.identity.chat_template
         ids = [self.tokenizer(t, add_special_tokens=add_special)["input_ids"] for t in texts]
         too_long = [i for i, x in enumerate(ids) if len(x) + new_tokens > self.max_context]
         if too_long:
             i = too_long[0]
+            start = " ".join(prompts[i].split()[:8])
             raise PolicyError(
-                f"prompt {i} has {len(ids[i])} tokens + {new_tokens} new tokens, the policy's context is "
-                f"{self.max_context}; shorten the prompt or lower max_new_tokens"
+                f"prompt {start!r}... has {len(ids[i])} tokens + {new_tokens} new tokens, the policy's "
+                f"context is {self.max_context}; shorten the prompt or lower max_new_tokens"
             )
         width = max(len(x) for x in ids)
         input_ids = torch.full((len(ids), width), self.pad_token_id, dtype=torch.long)

@@ -313,3 +313,59 @@ def test_generate_from_two_threads_matches_sequential_runs(artifact, tiny_policy
     for i in range(2):
         assert not isinstance(got[i], Exception), f"thread {i} raised {got[i]!r}"
         assert got[i] == [sequential[i], sequential[i]], f"thread {i} got another call's latents"
+
+
+def test_prompt_sources_say_what_is_wrong(tmp_path, monkeypatch, capsys):
+    """Empty or non-string inline prompts, binary and non-UTF-8 files: one line each, no traceback."""
+    with pytest.raises(PromptError, match=r"--prompts.texts is an empty list"):
+        load_prompts(PromptSource(texts=[]))  # was: read stdin, "prompt source '-' (split None)"
+    with pytest.raises(PromptError, match=r"--prompts.texts\[1\] is a int, not a string"):
+        load_prompts(PromptSource(texts=["ok", 3]))
+    with pytest.raises(PromptError, match=r"--prompts.texts\[0\] is empty"):
+        load_prompts(PromptSource(texts=["  "]))
+    (tmp_path / "p.parquet").write_bytes(b"PAR1\x00\xff\xfe")
+    with pytest.raises(PromptError, match=r"is a .parquet data file; pass --prompts.source hf:"):
+        load_prompts(PromptSource(str(tmp_path / "p.parquet")))
+    (tmp_path / "p.txt").write_bytes(b"caf\xe9\n")
+    with pytest.raises(PromptError, match="is not UTF-8 text"):
+        load_prompts(PromptSource(str(tmp_path / "p.txt")))
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr("sys.stdin", Terminal("one\n"))
+    assert [p.prompt for p in load_prompts(PromptSource("-", split=None))[0]] == ["one"]
+    assert capsys.readouterr().err == "reading prompts from stdin, one per line (Ctrl-D to end)\n"
+
+
+def test_local_hf_datasets_save_to_disk_and_data_files(tmp_path):
+    import datasets
+
+    dd = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict({"prompt": ["a", "b"]}),
+            "test": datasets.Dataset.from_dict({"prompt": ["c"]}),
+        }
+    )
+    dd.save_to_disk(str(tmp_path / "saved"))
+    datasets.Dataset.from_dict({"prompt": ["x", "y"]}).save_to_disk(str(tmp_path / "one"))
+    (tmp_path / "files").mkdir()
+    datasets.Dataset.from_dict({"prompt": ["p", "q"]}).to_parquet(str(tmp_path / "files" / "part.parquet"))
+
+    def texts(source, split="train", field="prompt"):
+        return [p.prompt for p in load_prompts(PromptSource(f"hf:{source}", split=split, field=field))[0]]
+
+    assert texts(tmp_path / "saved") == ["a", "b"] and texts(tmp_path / "saved", "test") == ["c"]
+    assert texts(tmp_path / "saved", "all") == ["a", "b", "c"]
+    assert texts(tmp_path / "one") == ["x", "y"]
+    assert texts(tmp_path / "files") == ["p", "q"]
+    assert texts(tmp_path / "files" / "part.parquet") == ["p", "q"]
+    with pytest.raises(
+        PromptError, match=r"has no split 'heldout'; pass --prompts.split one of \['test', 'train'\]"
+    ):
+        texts(tmp_path / "saved", "heldout")
+    with pytest.raises(PromptError, match="has no split 'heldout'"):  # not "no column 'prompt'"
+        texts(tmp_path / "files", "heldout")
+    with pytest.raises(PromptError, match=r"has no column 'text'; pass --prompts.field one of \['prompt'\]"):
+        texts(tmp_path / "saved", field="text")
