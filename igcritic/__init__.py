@@ -22,6 +22,27 @@ class IgcriticError(ValueError):
     ValueError subclass, so callers that catch ValueError keep working."""
 
 
+def usage_error(parser: Any, message: str, ex: Exception | None = None) -> None:
+    """A command-line or config error of a jsonargparse ``parser`` as ONE line on stderr (the problem, a
+    "did you mean" for a misspelt option, where the help is), then exit 2: no usage dump above it."""
+    import difflib
+    import re
+    import sys
+
+    parser = getattr(ex, "subcommand_parser", None) or parser
+    line = " ".join(str(message).split())
+    options = {o.lstrip("-") for o in getattr(parser, "_option_string_actions", {}) if o.startswith("--")}
+    for sub in getattr(getattr(parser, "_subcommands_action", None), "choices", {}).values():
+        options |= {o.lstrip("-") for o in sub._option_string_actions if o.startswith("--")}
+    typos = re.findall(r"--([\w.]+)|'([\w.]+)'", line)
+    for key in dict.fromkeys(a or b for a, b in typos):
+        if key not in options and (close := difflib.get_close_matches(key, options, n=1, cutoff=0.6)):
+            line += f"; did you mean --{close[0]}?"
+    prog = str(getattr(parser, "prog", "igcritic")).replace(" [options]", "")
+    sys.stderr.write(f"error: {line} (see {prog} --help)\n")
+    sys.exit(2)
+
+
 def json_safe(x: Any) -> Any:
     """``x`` as plain JSON values: NaN/inf -> None, numpy/torch scalars and arrays -> Python numbers and
     lists, paths -> str, dataclasses -> dicts."""
@@ -53,7 +74,7 @@ _LAZY = {
     "load_critic": "igcritic.critic",
 }
 
-__all__ = ["__version__", "IgcriticError", "json_safe", "to_json", *_LAZY]
+__all__ = ["__version__", "IgcriticError", "json_safe", "to_json", "usage_error", *_LAZY]
 
 
 def __getattr__(name: str):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import warnings
 from dataclasses import replace
@@ -46,7 +47,7 @@ from torchmetrics import ExplainedVariance, MeanSquaredError, Metric
 from torchmetrics.classification import BinaryAUROC, BinaryCalibrationError
 from torchmetrics.utilities import dim_zero_cat
 
-from igcritic import IgcriticError
+from igcritic import IgcriticError, usage_error
 from igcritic.critic import CKPT_KEY, Calibration, Critic, CriticConfig
 from igcritic.data import CriticDataModule
 from igcritic.policy import PolicyIdentity, resolve_layer
@@ -655,11 +656,20 @@ class CriticCLI(LightningCLI):
             # a rich bar on a terminal; a sparse plain one in non-TTY logs (SLURM, CI)
             callbacks.append(RichProgressBar() if sys.stderr.isatty() else TQDMProgressBar(refresh_rate=50))
             kwargs["callbacks"] = callbacks
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        if (warning := cpu_oversubscribed(trainer)) and trainer.is_global_zero:
+            log.warning(warning)
+        return trainer
 
 
 class _Parser(LightningArgumentParser):
-    """Fills a cosine schedule's ``T_max`` from the run length before the config is validated."""
+    """Fills a cosine schedule's ``T_max`` from the run length before the config is validated; config errors
+    in one line (:func:`igcritic.usage_error`)."""
+
+    def error(self, message, ex=None):
+        if not self.exit_on_error:
+            return super().error(message, ex)
+        usage_error(self, message, ex)
 
     def validate(self, namespace, *args, **kwargs):
         for cfg in (namespace, *(namespace.get(k) for k in CriticCLI.subcommands())):
@@ -682,6 +692,19 @@ def derive_t_max(cfg) -> None:
         key = "trainer.max_steps" if step else "trainer.max_epochs"
         raise FitError(f"model.scheduler (cosine) has no T_max and {key} is {length}; set either one")
     sched["init_args.T_max"] = int(length)
+
+
+def cpu_oversubscribed(trainer) -> str | None:
+    """A warning when CPU training starts more processes on this node than it has cores."""
+    from lightning.pytorch.accelerators import CPUAccelerator
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if not isinstance(trainer.accelerator, CPUAccelerator) or trainer.num_devices <= cores:
+        return None
+    return (
+        f"--trainer.devices {trainer.num_devices} starts {trainer.num_devices} CPU processes on {cores} "
+        f"cores: they compete for the cores and train slower than one; use --trainer.devices {cores} or fewer"
+    )
 
 
 def _run_root(loggers) -> Path | None:
@@ -741,6 +764,7 @@ def main(args: list[str] | None = None, run: bool = True) -> CriticCLI:
         auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
         parser_class=_Parser,
+        parser_kwargs={"prog": "igcritic"},
     )
 
 

@@ -1031,6 +1031,11 @@ def test_printed_tables_fit_100_columns_and_a_finished_run_prints_them_again(tmp
     again = ev.main(EvalConfig(run=cfg.out_dir))
     assert [asdict(s) for s in again.summaries] == [asdict(s) for s in result.summaries]
     assert "judge 'rule'" in capsys.readouterr().out and not again.files
+    (Path(cfg.out_dir) / "reading_results.json").write_text("{}")
+    with pytest.raises(
+        EvalError, match="--reading_in .*missing.jsonl' does not exist"
+    ):  # the real problem first
+        ev.main(EvalConfig(run=cfg.out_dir, reading_in=str(tmp_path / "missing.jsonl")))
 
 
 def test_quality_reports_the_critics_value_and_latent_cost_on_unpadded_latents(tmp_path, tiny_policy):

@@ -337,6 +337,19 @@ def test_small_validation_split_checkpoints_under_runs_and_resume_last(tmp_path,
     assert runs == ["version_0"]  # continued, not a fresh version_1
 
 
+def test_cpu_processes_beyond_the_cores_are_warned(monkeypatch):
+    from lightning.pytorch import Trainer
+
+    from igcritic.fit import cpu_oversubscribed
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    kw = {"accelerator": "cpu", "logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
+    warning = cpu_oversubscribed(Trainer(devices=8, strategy="ddp_spawn", **kw))
+    assert warning and "8 CPU processes on 2 cores" in warning and "--trainer.devices 2 or fewer" in warning
+    assert cpu_oversubscribed(Trainer(devices=2, strategy="ddp_spawn", **kw)) is None
+
+
 def test_auroc_is_nan_not_zero_when_one_class_only():
     from igcritic.fit import _AUROC
 
