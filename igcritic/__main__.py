@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
+import os
 import sys
 import typing
 from typing import Any, NamedTuple
@@ -163,6 +164,7 @@ def run_command(name: str, args: list[str]) -> int:
 def main(args: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if args is None else args)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no "Loading weights" bar per model load
     if not args or args[0] in ("-h", "--help", "help"):
         Console().print(_usage(), highlight=False)
         return 0

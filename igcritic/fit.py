@@ -750,10 +750,33 @@ TRAINER_DEFAULTS = {
 }
 
 
+def quiet_lightning() -> None:
+    """Each Lightning line once, none that asks nothing of the user: when the application already logs (the
+    ``igcritic`` command does), Lightning's own stderr handler goes (its lines reach the root handler once);
+    its litlogger advertisement and the warnings that do not apply here are dropped."""
+    lightning = logging.getLogger("lightning")
+    if logging.getLogger().handlers:
+        lightning.handlers.clear()
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(getattr(f, "__name__", "") == "no_litlogger_tip" for f in rank_zero.filters):
+
+        def no_litlogger_tip(record: logging.LogRecord) -> bool:
+            return "litlogger" not in record.getMessage()
+
+        rank_zero.addFilter(no_litlogger_tip)
+    for message in (
+        r".*IterableDataset.*__len__.*",  # CriticStream plans each worker's share itself: its length is exact
+        r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",  # Lightning's own call into torch's pytree
+        r".*smaller than the logging interval.*",  # tiny demo stores: the epoch-level values are logged
+    ):
+        warnings.filterwarnings("ignore", message=message)
+
+
 def main(args: list[str] | None = None, run: bool = True) -> CriticCLI:
     """``igcritic fit|validate|test ...``: the LightningCLI over :class:`CriticModule` and
     :class:`~igcritic.data.CriticDataModule`; ``args`` like
     ``["fit", "--config", "configs/fit/embedded.yaml"]``."""
+    quiet_lightning()
     return CriticCLI(
         CriticModule,
         CriticDataModule,

