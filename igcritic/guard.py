@@ -10,11 +10,13 @@ Command: ``igcritic generate CRITIC_PATH --prompts.texts '["..."]' | --prompts.s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import sys
 import textwrap
 import typing
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -95,16 +97,27 @@ class Guard:
         )
 
     def generate(
-        self, prompts: list[str] | str, budget: float | None = None, **overrides: Any
+        self,
+        prompts: list[str] | str,
+        budget: float | None = None,
+        progress: Callable[[int], Any] | None = None,
+        **overrides: Any,
     ) -> list[GuardRecord]:
-        """Answer each prompt; ``overrides`` are :class:`SearchConfig` fields (method, mode, critic, N, ...).
+        """Answer each prompt; ``overrides`` are :class:`SearchConfig` fields (method, mode, critic, N, ...);
+        ``progress(n)`` hears of every ``n`` prompts answered (:func:`progress_bar`).
 
         Thread-safe without a lock: several threads may call one guard at once and each gets the records a
         sequential run gets (every call has its own generator, KV cache and latent capture; the policy's
         latent hook reads per-thread state). Scorer objects you pass in must be thread-safe themselves."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         return search(
-            self.policy, prompts, self.config(budget, **overrides), self.critic, self.cost, self.reward
+            self.policy,
+            prompts,
+            self.config(budget, **overrides),
+            self.critic,
+            self.cost,
+            self.reward,
+            progress=progress,
         )
 
 
@@ -369,8 +382,10 @@ def main(cfg: GenerateConfig) -> list[GuardRecord]:
     if out is not None and Path(out).exists() and Path(out).stat().st_size > 0:
         raise GuardError(f"--out {str(out)!r} is not empty; pick a new file")
     texts = [p.prompt for p in load_prompts(cfg.prompts)[0]]
+    log.info("loading the critic %s, its policy and scorers", cfg.critic_path)
     guard = load_guard(cfg.critic_path, model=cfg.model, cost=cfg.cost, reward=cfg.reward, device=cfg.device)
-    records = guard.generate(texts, **overrides(cfg.search))
+    with progress_bar(len(texts), "answering prompts") as advance:
+        records = guard.generate(texts, progress=advance, **overrides(cfg.search))
     lines = "".join(to_json(r.to_dict()) + "\n" for r in records)
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -381,6 +396,38 @@ def main(cfg: GenerateConfig) -> list[GuardRecord]:
     else:
         sys.stdout.write("\n\n".join(describe(r, k, len(records)) for k, r in enumerate(records)) + "\n")
     return records
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, description: str) -> Iterator[Callable[..., None]]:
+    """A rich progress bar with elapsed time and ETA on stderr, for ``total`` steps; yields ``advance(n=1,
+    description=None)``. Off a terminal it draws once, at the end."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )
+    with bar:
+        task = bar.add_task(description, total=total)
+
+        def advance(n: int = 1, description: str | None = None) -> None:
+            bar.update(task, advance=n, **({"description": description} if description else {}))
+
+        yield advance
 
 
 WIDTH = 80

@@ -124,6 +124,7 @@ class ScorerJudge:
     ):
         hint = getattr(getattr(scorer, "info", None), "budget_hint", None)
         self.name, self.scorer, self.spec, self.reward_spec = name, scorer, spec, reward_spec
+        self.reward_scorer = reward
         self.threshold = float(threshold if threshold is not None else hint if hint is not None else 0.5)
         if _classifies(getattr(scorer, "classify", None)):
             self.classify = scorer.classify

@@ -336,11 +336,14 @@ def output_cache(out):
     return out.cache if hasattr(out, "cache") else out.past_key_values
 
 
+def cache_dir() -> Path:
+    """igcritic's cache folder: ``$IGCRITIC_CACHE``, else ``~/.cache/igcritic`` (converted models, quality
+    tables)."""
+    return Path(os.environ.get(EMBEDDED_CACHE_ENV, Path.home() / ".cache" / "igcritic"))
+
+
 def _embedded_folder() -> Path:
-    return (
-        Path(os.environ.get(EMBEDDED_CACHE_ENV, Path.home() / ".cache" / "igcritic"))
-        / "smollm2-135m-instruct"
-    )
+    return cache_dir() / "smollm2-135m-instruct"
 
 
 def policy_id(name: str | Path) -> str:

@@ -28,9 +28,10 @@ import json
 import math
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -431,9 +432,10 @@ def search(
     critic: Critic | None = None,
     cost: Scorer | None = None,
     reward: Scorer | None = None,
+    progress: Callable[[int], Any] | None = None,
 ) -> list[GuardRecord]:
     """Answer every prompt with ``cfg.method``; batches of ``cfg.prompts_per_batch`` prompts share each
-    forward."""
+    forward. ``progress(n)`` is called after each batch with its number of prompts (a progress bar)."""
     cfg = checked_config(policy, cfg, critic, cost, reward)
     check_prompts(policy, prompts, cfg)
     gen = torch.Generator(device=policy.device).manual_seed(cfg.seed)
@@ -444,6 +446,8 @@ def search(
             policy, cfg, critic, cost, reward, prompts[i : i + step], cfg.plan[0] * min(step, len(prompts))
         )
         out += _search_batch(ctx, gen)
+        if progress is not None:
+            progress(len(ctx.prompts))
     return out
 
 

@@ -197,6 +197,10 @@ def test_batch_size_splits_calls(tmp_path):
     n_test = sum(p["split"] == "heldout" for p in PROMPTS)
     assert [len(c[0]) for c in guard.calls] == [2, 2, 2]
     assert result.summaries[0].n == n_test and "fig2_tradeoffs.png" not in {p.name for p in result.files}
+    ticks: list[int] = []  # the progress bar hears of each call's prompts (this guard takes no progress)
+    prompts = load_prompts(cfg.prompts)[0]
+    ev.run_method(guard, METHODS[0], prompts, cfg, 0.5, CostScorer(), RewardScorer(), ticks.append)
+    assert ticks == [2, 2, 2]
 
 
 def test_percentiles_on_known_latencies():
@@ -1083,3 +1087,45 @@ def test_quality_reports_the_critics_value_and_latent_cost_on_unpadded_latents(t
     assert (got["critic value"].target, got["critic cost"].target) == ("helpful", "harmful")
     assert (got["critic value"].auroc, got["critic value"].ece) == pytest.approx(want_v, abs=1e-4)
     assert (got["critic cost"].auroc, got["critic cost"].ece) == pytest.approx(want_c, abs=1e-4)
+
+
+def test_quality_table_is_cached_by_the_graders_fingerprints(tmp_path, monkeypatch):
+    """The same labelled file graded by the same scorers and judges (by their weights' fingerprints) is read
+    from the cache; another weight file or another labelled file is graded afresh; a scorer whose weights
+    cannot be fingerprinted is never cached."""
+    from igcritic.judges import ScorerJudge
+
+    monkeypatch.setenv("IGCRITIC_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("igcritic.collect.scorer_fingerprint", lambda s: s.weights)
+    calls: list[int] = []
+
+    class Counting:
+        def __init__(self, weights: str | None = "w0"):
+            self.weights = weights
+
+        def score(self, prompts, responses):
+            calls.append(len(responses))
+            return np.array([r.count("x") / 2 for r in responses])
+
+    src = tmp_path / "labelled.jsonl"
+    rows = [{"prompt": "p", "response": r, "harmful": h, "helpful": 1 - h} for r, h in (("x", 1), ("y", 0))]
+    rows += [{"prompt": "p", "response": "xx", "harmful": 1, "helpful": 0}]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def quality(cost=None, judge=None):
+        judges = [ScorerJudge("j", judge or Counting())]
+        return ev.cached_quality(rows, str(src), cost or Counting(), Counting(), judges, guard=object())
+
+    first = quality()
+    assert len(calls) == 3 and list((tmp_path / "cache" / "quality").glob("*.json"))
+    assert quality() == first and len(calls) == 3  # new objects, same weights: from the cache
+    quality(cost=Counting("w1"))
+    assert len(calls) == 6  # another cost scorer
+    quality(judge=Counting("w2"))
+    assert len(calls) == 9  # another judge
+    src.write_text(src.read_text() + json.dumps({**rows[0], "response": "xy"}) + "\n")
+    quality()
+    assert len(calls) == 12  # another labelled file
+    quality(cost=Counting(None))
+    quality(cost=Counting(None))
+    assert len(calls) == 18  # unidentifiable: graded every time

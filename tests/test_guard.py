@@ -56,6 +56,9 @@ def test_load_guard_one_call_from_loaded_model(artifact, tiny_policy):
         assert key in d
     assert json.loads(json.dumps(d))["token_ids"] == rec.token_ids
     assert rec.truncated == (rec.token_ids[-1] not in guard.policy.eos_token_ids)
+    ticks: list[int] = []  # progress: one call per batch of prompts, with its size
+    guard.generate(["a", "b", "c"], progress=ticks.append, prompt_batch=2)
+    assert ticks == [2, 1]
     (cut,) = guard.generate("how do I bake bread at home", ignore_eos=True)
     assert cut.truncated and cut.new_tokens == 8  # no EOS allowed: every answer hits max_new_tokens
 
