@@ -446,7 +446,7 @@ def load_policy(
     num_layers = int(model.config.num_hidden_layers)
     spec = LatentSpec(layer, norm, tuple(extra_layers)).resolve(num_layers)
     identity = PolicyIdentity(
-        model_id=model_id,
+        model_id=policy_id(model_id),  # the embedded model's own folder is recorded as the embedded id
         hidden_size=int(model.config.hidden_size),
         num_layers=num_layers,
         layer=spec.layer,

@@ -151,6 +151,7 @@ def test_the_embedded_models_own_folder_is_the_embedded_policy(tmp_path, monkeyp
     assert policy_id(tmp_path / "smollm2-135m-instruct") == EMBEDDED_POLICY_ID
     assert policy_id(str(tmp_path / "smollm2-135m-instruct") + "/") == EMBEDDED_POLICY_ID
     assert policy_id(tmp_path / "other") == str(tmp_path / "other")
+    assert policy_id("someone/model") == "someone/model"
 
 
 def test_bad_load_arguments(tmp_path, artifact, tiny_policy):
@@ -261,6 +262,9 @@ def test_embedded_policy_by_recorded_id_and_loaded_object(tmp_path):
     assert 0 < rec.new_tokens <= 6 and rec.text and not rec.refused
     loaded = load_guard(art, model=policy.model, tokenizer=policy.tokenizer)
     assert loaded.policy.identity.model_id == EMBEDDED_POLICY_ID
+    from igcritic.policy import embedded_model_dir  # its own converted folder is the same policy
+
+    assert load_guard(art, model=str(embedded_model_dir())).policy.identity.model_id == EMBEDDED_POLICY_ID
 
 
 def test_prompts_from_jsonl_report_the_bad_line(tmp_path):
