@@ -526,6 +526,8 @@ def run_method(
         records += [_record_dict(r) for r in out]
         if advance is not None and not by_guard:
             advance(len(batch))
+    if advance is not None:
+        advance(0, description=f"{spec.name!r}: scoring its answers")
     tokenizer = getattr(getattr(guard, "policy", None), "tokenizer", None)
     costs, sources = final_costs(cost, texts, records, tokenizer, prefix=cfg.prefix_cost)
     rewards = text_scores(reward, "reward", texts, [str(r["text"]) for r in records])
@@ -568,7 +570,9 @@ def run_eval(
     if cfg.reading_out:
         check_out(Path(cfg.reading_out), cfg.overwrite, "--reading_out")
     prompts, _ = load_prompts(cfg.prompts)
-    guard = guard if guard is not None else _load_guard(cfg)
+    if guard is None:
+        log.info("loading the critic %s, its policy and scorers", cfg.critic)
+        guard = _load_guard(cfg)
     scorers = {}
     for role, given, spec in (("cost", cost, cfg.cost), ("reward", reward, cfg.reward)):
         s = given or _guard_scorer(guard, role) or (load_scorer(spec, role, cfg.device) if spec else None)
@@ -577,6 +581,8 @@ def run_eval(
         scorers[role] = s
     budget = _resolve_budget(cfg, guard, scorers["cost"])
     precheck_methods(guard, cfg, budget)
+    if judges is None and cfg.judges:
+        log.info("loading %d judges", len(cfg.judges))
     judges = list(judges) if judges is not None else load_judges(cfg.judges, cfg.device)
     check_judges(
         judges,

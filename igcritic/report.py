@@ -31,6 +31,7 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -77,6 +78,9 @@ RECORD_SAFE = "safe_eval"
 RECORD_COST_FROM = "cost_eval_from"
 """``prefix``: S_T from the cost scorer's prefix scores over the answer tokens; ``text``: one score of the
 text."""
+
+
+log = logging.getLogger(__name__)
 
 
 class EvalError(IgcriticError):
@@ -312,6 +316,7 @@ def write_results(
     if plots:
         from igcritic.plots import plot_all
 
+        log.info("drawing the figures into %s", out)
         files += plot_all(
             result.records, summaries, out, budget=result.budget, judges=[r.to_dict() for r in result.judges]
         )
