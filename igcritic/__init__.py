@@ -1,10 +1,17 @@
 """igcritic: InferenceGuard's latent safety critic, trained with Lightning and served in guarded decoding.
 
 Public API: :func:`load_guard`, :class:`Critic`, :class:`CriticConfig`, :func:`load_critic`,
-:class:`IgcriticError`. Imports are lazy so ``import igcritic`` stays cheap.
+:class:`IgcriticError`. Imports are lazy so ``import igcritic`` stays cheap. :func:`to_json` is the one
+JSON writer of every stage (NaN and inf become null: every file the project writes is valid JSON).
 """
 
 from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import PurePath
+from typing import Any
 
 __version__ = "0.1.0"
 
@@ -15,6 +22,50 @@ class IgcriticError(ValueError):
     ValueError subclass, so callers that catch ValueError keep working."""
 
 
+def usage_error(parser: Any, message: str, ex: Exception | None = None) -> None:
+    """A command-line or config error of a jsonargparse ``parser`` as ONE line on stderr (the problem, a
+    "did you mean" for a misspelt option, where the help is), then exit 2: no usage dump above it."""
+    import difflib
+    import re
+    import sys
+
+    parser = getattr(ex, "subcommand_parser", None) or parser
+    line = " ".join(str(message).split())
+    options = {o.lstrip("-") for o in getattr(parser, "_option_string_actions", {}) if o.startswith("--")}
+    for sub in getattr(getattr(parser, "_subcommands_action", None), "choices", {}).values():
+        options |= {o.lstrip("-") for o in sub._option_string_actions if o.startswith("--")}
+    typos = re.findall(r"--([\w.]+)|'([\w.]+)'", line)
+    for key in dict.fromkeys(a or b for a, b in typos):
+        if key not in options and (close := difflib.get_close_matches(key, options, n=1, cutoff=0.6)):
+            line += f"; did you mean --{close[0]}?"
+    prog = str(getattr(parser, "prog", "igcritic")).replace(" [options]", "")
+    sys.stderr.write(f"error: {line} (see {prog} --help)\n")
+    sys.exit(2)
+
+
+def json_safe(x: Any) -> Any:
+    """``x`` as plain JSON values: NaN/inf -> None, numpy/torch scalars and arrays -> Python numbers and
+    lists, paths -> str, dataclasses -> dicts."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    if isinstance(x, PurePath):
+        return str(x)
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return json_safe(dataclasses.asdict(x))
+    if hasattr(x, "tolist") and hasattr(x, "dtype"):  # numpy or torch scalar/array
+        return json_safe(x.tolist())
+    return x
+
+
+def to_json(x: Any, **kwargs: Any) -> str:
+    """``json.dumps`` of :func:`json_safe` ``(x)``; refuses anything still not JSON (no bare NaN ever)."""
+    return json.dumps(json_safe(x), allow_nan=False, **kwargs)
+
+
 _LAZY = {
     "load_guard": "igcritic.guard",
     "Guard": "igcritic.guard",
@@ -23,7 +74,7 @@ _LAZY = {
     "load_critic": "igcritic.critic",
 }
 
-__all__ = ["__version__", "IgcriticError", *_LAZY]
+__all__ = ["__version__", "IgcriticError", "json_safe", "to_json", "usage_error", *_LAZY]
 
 
 def __getattr__(name: str):

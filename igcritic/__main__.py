@@ -22,13 +22,14 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
+import os
 import sys
 import typing
 from typing import Any, NamedTuple
 
 from rich.console import Console
 
-from igcritic import IgcriticError
+from igcritic import IgcriticError, __version__, usage_error
 
 
 class Command(NamedTuple):
@@ -61,7 +62,7 @@ LIGHTNING = ("fit", "validate", "test")
 
 
 def _usage() -> str:
-    lines = ["usage: igcritic <command> [--help] ...", "", "commands:"]
+    lines = ["usage: igcritic <command> [--help] ...  |  igcritic --version", "", "commands:"]
     lines += [f"  {name:<9} {cmd.help}" for name, cmd in COMMANDS.items()]
     return "\n".join(lines)
 
@@ -86,8 +87,14 @@ def parse_config(cls: type, args: list[str], prog: str | None = None) -> Any:
     """An instance of the dataclass ``cls`` from command-line ``args`` (and ``--config`` files)."""
     from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
 
+    class Parser(ArgumentParser):
+        def error(self, message, ex=None):
+            if not self.exit_on_error:
+                return super().error(message, ex)
+            usage_error(self, message, ex)
+
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
-    parser = ArgumentParser(prog=prog, description=(cls.__doc__ or "").strip(), exit_on_error=True)
+    parser = Parser(prog=prog, description=(cls.__doc__ or "").strip(), exit_on_error=True)
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of these flags (configs/*/)")
     hints = typing.get_type_hints(cls)
     fields = dataclasses.fields(cls)
@@ -100,8 +107,41 @@ def parse_config(cls: type, args: list[str], prog: str | None = None) -> Any:
     for name in positional:
         parser.add_argument(name, type=hints[name], help=docs.get(name))
     parser.add_class_arguments(cls, nested_key=None, skip=set(positional))
-    init = parser.instantiate(parser.parse_args(args))
-    return cls(**{f.name: getattr(init, f.name) for f in fields})
+    items = _dataclass_lists(cls)
+    for name, item in items.items():  # as plain dicts, so --print_config writes them (and reads them back)
+        parser.set_defaults({name: [dataclasses.asdict(v) for v in _default(cls, name)]})
+    init = parser.instantiate(parser.parse_args(_bare_bools(cls, args)))
+    values = {f.name: getattr(init, f.name) for f in fields}
+    for name, item in items.items():
+        values[name] = [item(**v) if isinstance(v, dict) else v for v in values[name] or []]
+    return cls(**values)
+
+
+def _dataclass_lists(cls: type) -> dict[str, type]:
+    """Fields typed ``list[SomeDataclass]``: their item type."""
+    out = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        args = typing.get_args(hint)
+        if typing.get_origin(hint) is list and args and dataclasses.is_dataclass(args[0]):
+            out[name] = args[0]
+    return out
+
+
+def _default(cls: type, name: str) -> Any:
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def _bare_bools(cls: type, args: list[str]) -> list[str]:
+    """``--overwrite`` alone means ``--overwrite true`` for the config's bool fields (the way flags read)."""
+    hints = typing.get_type_hints(cls)
+    flags = {f"--{f.name}" for f in dataclasses.fields(cls) if hints[f.name] is bool}
+    out = []
+    for i, a in enumerate(args):
+        out.append(a)
+        if a in flags and (i + 1 == len(args) or args[i + 1].startswith("--")):
+            out.append("true")
+    return out
 
 
 def _attribute_docs(cls: type) -> dict[str, str]:
@@ -116,8 +156,8 @@ def _attribute_docs(cls: type) -> dict[str, str]:
 def run_command(name: str, args: list[str]) -> int:
     """Parse ``args`` for command ``name`` and run it; its exit status."""
     func = resolve(name)
-    if name in LIGHTNING:
-        func([name, *args])
+    if name in LIGHTNING:  # the command line itself goes as None (LightningCLI warns when given it twice)
+        func(None if sys.argv[1:] == [name, *args] else [name, *args])
         return 0
     result = func(parse_config(config_type(func), args, prog=f"igcritic {name}"))
     return result if isinstance(result, int) else 0
@@ -126,8 +166,12 @@ def run_command(name: str, args: list[str]) -> int:
 def main(args: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if args is None else args)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no "Loading weights" bar per model load
     if not args or args[0] in ("-h", "--help", "help"):
         Console().print(_usage(), highlight=False)
+        return 0
+    if args[0] in ("--version", "-V"):
+        Console().print(f"igcritic {__version__}", highlight=False)
         return 0
     if args[0] not in COMMANDS:
         Console(stderr=True).print(f"unknown command {args[0]!r}\n\n{_usage()}", highlight=False)

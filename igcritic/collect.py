@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -174,6 +175,16 @@ def guarded_sampler(cfg: CollectConfig, policy: Policy, cost: Scorer, reward: Sc
     overrides = {**cfg.guard_search, **sampling, "on_violation": "best_effort"}
     if cfg.compile:
         overrides["compile"] = True
+    try:  # before any work, naming collect's own flags (the runtime calls them search.*)
+        guard.check(**overrides)
+    except IgcriticError as e:
+        raise CollectError(
+            re.sub(
+                r"\bsearch\.(\w+)",
+                lambda m: f"--{'sampling' if m[1] in sampling else 'guard_search'}.{m[1]}",
+                str(e),
+            )
+        ) from None
     eos = set(policy.eos_token_ids)
 
     def sample(prompts: list[str], generator: torch.Generator) -> Rollouts:

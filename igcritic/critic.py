@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from igcritic import IgcriticError, __version__
+from igcritic import IgcriticError, __version__, to_json
 
 SCHEMA_VERSION = 2
 """Version of the artifact layout written by :meth:`Critic.save_pretrained` (2: ``calibration`` in the
@@ -391,12 +391,12 @@ class Critic(nn.Module):
             "layer": self.config.layer,
             "norm": self.config.norm,
             CALIBRATION_KEY: self.calibration.to_dict(),
-            "metrics": {k: _jsonable(v) for k, v in (metrics or {}).items()},
+            "metrics": dict(metrics or {}),
             "weights_sha256": _sha256(out / WEIGHTS_NAME),
             "software": {"torch": torch.__version__, "igcritic": __version__},
             **(extra or {}),
         }
-        (out / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
+        (out / CONFIG_NAME).write_text(to_json(meta, indent=2) + "\n")
         return out
 
     @classmethod
@@ -485,14 +485,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _jsonable(v):
-    if isinstance(v, torch.Tensor):
-        v = v.item() if v.numel() == 1 else v.tolist()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
 
 
 def _one_line(e: BaseException) -> str:

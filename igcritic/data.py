@@ -22,6 +22,9 @@ from igcritic.stream import BudgetDistribution, CriticStream, EpochLoader, Store
 
 log = logging.getLogger(__name__)
 
+MIN_VAL_PROMPTS = 8
+"""Fewer held-out prompts than this (or fewer rows than a batch): ``fit`` warns that validation is noise."""
+
 
 class DataError(IgcriticError):
     """The stores or the data settings cannot produce a train/val split."""
@@ -293,6 +296,16 @@ class CriticDataModule(LightningDataModule):
                 *self.budget_range,
                 100 * self.budget_store_share,
             )
+            n_val, p_val = self.val_dataset.n_rows, len(self.val_prompt_ids())
+            if p_val < MIN_VAL_PROMPTS or n_val < self.batch_size:
+                log.warning(
+                    "the validation split is tiny (%d rows from %d prompts; batch_size %d): val metrics, the "
+                    "calibration and checkpoint selection are noise; collect more prompts or raise "
+                    "data.val_fraction",
+                    n_val,
+                    p_val,
+                    self.batch_size,
+                )
         for ds in (self.train_dataset, self.val_dataset):
             ds.set_distributed(rank, world, self.num_workers)
 

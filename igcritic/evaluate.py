@@ -23,8 +23,11 @@ finished run with people's labels as one more judge, ``reading``.
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import json
 import logging
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -33,12 +36,15 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from igcritic import to_json
 from igcritic.decoding import prefix_texts
+from igcritic.guard import progress_bar
 from igcritic.judges import (
     DEFAULT_QUALITY_SET,
     DEFAULT_RESAMPLES,
     Judge,
     JudgeSpec,
+    QualityRow,
     as_judge_spec,
     attach,
     check_judges,
@@ -51,6 +57,7 @@ from igcritic.judges import (
     resample_indices,
     summarize_judge,
 )
+from igcritic.policy import cache_dir
 from igcritic.prompts import Prompt, PromptSource, load_prompts
 from igcritic.reading import ANSWERS_FILE
 from igcritic.report import (
@@ -141,7 +148,8 @@ class EvalConfig:
     independent judges' harmful rates with bootstrap intervals and paired differences. Prints the tables and
     writes records.jsonl, results.csv, judges.csv, results.json and two PNG figures to out_dir. With --run
     RUN_DIR: --reading_in labels.jsonl merges people's labels into that run's tables (the judge "reading"),
-    --reading_out DIR exports its answers for blind reading; nothing is generated."""
+    --reading_out DIR exports its answers for blind reading, neither prints its tables again; nothing is
+    generated."""
 
     critic: str = "checkpoints/embedded"
     """Exported critic folder (``igcritic export``); the guard is loaded from it."""
@@ -196,7 +204,8 @@ class EvalConfig:
     """People's labels (``{"id", "label", "helpfulness"}`` JSONL, data_prep/LABELLING.md) to merge into the
     finished run ``run`` as the judge ``reading``; nothing is generated."""
     run: str | None = None
-    """A finished eval ``out_dir``, for ``reading_in`` or ``reading_out`` (then nothing is generated)."""
+    """A finished eval ``out_dir``: its tables printed again; with ``reading_in`` re-read with people's
+    labels, with ``reading_out`` exported for blind reading (nothing is generated)."""
 
     def problems(self) -> list[str]:
         """Every invalid field, each as a one-line message with the fix."""
@@ -339,6 +348,94 @@ def critic_graders(guard: Any) -> list:
     ]
 
 
+QUALITY_CACHE = "quality"
+"""Folder under :func:`igcritic.policy.cache_dir` of the quality tables already computed."""
+QUALITY_CACHE_VERSION = 1
+"""Bumped when the quality numbers are computed differently (old cache files then never match)."""
+
+
+def _scorer_identity(scorer: Any) -> dict | None:
+    """What makes a scorer's scores what they are: its class, its info and the fingerprint of its weight
+    files; None when its weights cannot be fingerprinted (then nothing it grades is cached)."""
+    from igcritic.collect import scorer_fingerprint
+
+    weights = scorer_fingerprint(scorer) if scorer is not None else None
+    if weights is None:
+        return None
+    info = getattr(scorer, "info", None)
+    return {
+        "class": type(scorer).__qualname__,
+        "info": info.to_dict() if hasattr(info, "to_dict") else None,
+        "weights": weights,
+    }
+
+
+def quality_key(source: str | None, cost: Any, reward: Any, judges: Sequence[Any], guard: Any) -> str | None:
+    """The cache key of a quality table: a hash of the labelled file's bytes and of every grader's identity
+    (scorers and judges by their weights, the critic by its tensors and its policy's fingerprint); None when
+    any of them cannot be identified."""
+    import hashlib
+
+    from igcritic.judges import ScorerJudge
+
+    if source is None or not Path(source).is_file():
+        return None
+    parts: list[Any] = [QUALITY_CACHE_VERSION, hashlib.sha256(Path(source).read_bytes()).hexdigest()]
+    if any(not isinstance(j, ScorerJudge) for j in judges):
+        return None
+    ids = [_scorer_identity(cost), _scorer_identity(reward)]
+    ids += [_scorer_identity(j.scorer) for j in judges]
+    ids += [_scorer_identity(j.reward_scorer) for j in judges if j.reward_scorer is not None]
+    if None in ids:
+        return None
+    parts += [ids, [[j.name, j.threshold, j.spec, j.reward_scorer is not None] for j in judges]]
+    if critic_graders(guard):
+        import torch
+
+        from igcritic.policy import weights_fingerprint
+
+        h = hashlib.sha256()
+        for name, t in sorted(guard.critic.state_dict().items()):
+            data = (
+                t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
+                if isinstance(t, torch.Tensor)
+                else to_json(t, sort_keys=True).encode()
+            )
+            h.update(name.encode() + data)
+        policy = weights_fingerprint(guard.policy.model)
+        parts.append([h.hexdigest(), guard.critic.calibration.to_dict(), policy])
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def cached_quality(
+    rows: list[dict] | None, source: str | None, cost: Any, reward: Any, judges: Sequence[Any], guard: Any
+) -> list[QualityRow] | None:
+    """:func:`igcritic.judges.quality_of` of the labelled answers, from the cache when the same file was
+    graded by the same scorers, judges and critic before (the same numbers every run: minutes saved)."""
+    if not rows:
+        return None
+    key = quality_key(source, cost, reward, judges, guard)
+    path = cache_dir() / QUALITY_CACHE / f"{key}.json" if key else None
+    if path is not None and path.is_file():
+        try:
+            out = [QualityRow(**r) for r in json.loads(path.read_text())]
+            log.info("quality table of %s: from the cache (%s)", source, path)
+            return out
+        except (OSError, ValueError, TypeError):
+            log.warning("ignoring the unreadable quality cache %s", path)
+    log.info("quality table: grading %d labelled answers of %s (cached afterwards)", len(rows), source)
+    out = quality_of(rows, cost, reward, judges, critic_graders(guard))
+    if path is not None and out is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(to_json([asdict(q) for q in out]))
+            tmp.replace(path)
+        except OSError as e:
+            log.warning("could not cache the quality table in %s (%s)", path, e)
+    return out
+
+
 def _guard_scorer(guard: Any, role: str) -> Scorer | None:
     """The scorer bound to the guard for ``role`` (``Guard.cost`` / ``Guard.reward``), if any."""
     s = getattr(guard, role, None)
@@ -404,9 +501,15 @@ def run_method(
     budget: float,
     cost: Scorer,
     reward: Scorer,
+    advance: Any = None,
 ) -> tuple[list[dict], float]:
-    """Answer every prompt with one method, then score every response; returns (rows, wall seconds)."""
+    """Answer every prompt with one method, then score every response; returns (rows, wall seconds).
+    ``advance(n)`` hears of every n prompts answered (a progress bar), through the guard when it takes
+    ``progress`` (:meth:`igcritic.guard.Guard.generate`), else after each call."""
     overrides = method_overrides(cfg, spec)
+    by_guard = advance is not None and "progress" in inspect.signature(guard.generate).parameters
+    if by_guard:
+        overrides["progress"] = advance
     texts = [p.prompt for p in prompts]
     step = cfg.batch_size or len(texts)
     records: list[dict] = []
@@ -421,6 +524,10 @@ def run_method(
                 f"method {spec.name!r}: the guard returned {len(out)} records for {len(batch)} prompts"
             )
         records += [_record_dict(r) for r in out]
+        if advance is not None and not by_guard:
+            advance(len(batch))
+    if advance is not None:
+        advance(0, description=f"{spec.name!r}: scoring its answers")
     tokenizer = getattr(getattr(guard, "policy", None), "tokenizer", None)
     costs, sources = final_costs(cost, texts, records, tokenizer, prefix=cfg.prefix_cost)
     rewards = text_scores(reward, "reward", texts, [str(r["text"]) for r in records])
@@ -463,7 +570,9 @@ def run_eval(
     if cfg.reading_out:
         check_out(Path(cfg.reading_out), cfg.overwrite, "--reading_out")
     prompts, _ = load_prompts(cfg.prompts)
-    guard = guard if guard is not None else _load_guard(cfg)
+    if guard is None:
+        log.info("loading the critic %s, its policy and scorers", cfg.critic)
+        guard = _load_guard(cfg)
     scorers = {}
     for role, given, spec in (("cost", cost, cfg.cost), ("reward", reward, cfg.reward)):
         s = given or _guard_scorer(guard, role) or (load_scorer(spec, role, cfg.device) if spec else None)
@@ -472,6 +581,8 @@ def run_eval(
         scorers[role] = s
     budget = _resolve_budget(cfg, guard, scorers["cost"])
     precheck_methods(guard, cfg, budget)
+    if judges is None and cfg.judges:
+        log.info("loading %d judges", len(cfg.judges))
     judges = list(judges) if judges is not None else load_judges(cfg.judges, cfg.device)
     check_judges(
         judges,
@@ -491,11 +602,15 @@ def run_eval(
     idx = resample_indices(len(prompts), cfg.bootstrap, cfg.seed) if cfg.bootstrap else None
     records: list[dict] = []
     summaries: list[MethodSummary] = []
-    for spec in cfg.methods:
-        rows, wall = run_method(guard, spec, prompts, cfg, budget, scorers["cost"], scorers["reward"])
-        records += rows
-        s = summarize(spec.name, rows, budget, wall, idx)
-        summaries.append(s)
+    with progress_bar(len(prompts) * len(cfg.methods), "answering") as advance:
+        for k, spec in enumerate(cfg.methods):
+            advance(0, description=f"method {k + 1}/{len(cfg.methods)} {spec.name!r}")
+            rows, wall = run_method(
+                guard, spec, prompts, cfg, budget, scorers["cost"], scorers["reward"], advance
+            )
+            records += rows
+            summaries.append(summarize(spec.name, rows, budget, wall, idx))
+    for s in summaries:
         log.info(
             "%s: reward %.3f, cost %.3f, safe %.0f%%, refused %.0f%%, %.2f s/prompt",
             s.method,
@@ -511,6 +626,7 @@ def run_eval(
     by_method = method_positions(records, [m.name for m in cfg.methods])
     reports = []
     for judge in judges:
+        log.info("judge %r: grading %d answers", getattr(judge, "name", judge), len(records))
         g = grade(judge, records)
         attach(records, g)
         reports.append(summarize_judge(g, records, by_method, reference, idx))
@@ -521,7 +637,9 @@ def run_eval(
         files=[],
         config=cfg,
         judges=reports,
-        quality=quality_of(quality_rows, scorers["cost"], scorers["reward"], judges, critic_graders(guard)),
+        quality=cached_quality(
+            quality_rows, quality_source, scorers["cost"], scorers["reward"], judges, guard
+        ),
         quality_source=quality_source,
         reference=reference,
     )
@@ -532,23 +650,23 @@ def run_eval(
 
 
 def main(cfg: EvalConfig) -> EvalResult | list[Path]:
-    """``igcritic eval``: compare the methods of ``cfg`` (or, with ``run``, re-read a finished run), print the
-    tables and write the outputs; the result, or with ``run`` and ``reading_out`` alone the files written."""
+    """``igcritic eval``: compare the methods of ``cfg`` (or, with ``run``, print a finished run's tables
+    again, re-read with ``reading_in``), print the tables and write the outputs; the result, or with ``run``
+    and ``reading_out`` alone the files written."""
     from rich.console import Console
 
     console = Console()
     if cfg.reading_in is not None or cfg.run is not None:
         if cfg.run is None:
             raise EvalError("--reading_in needs --run RUN_DIR (the eval out_dir whose answers were read)")
-        if cfg.reading_in is None and cfg.reading_out is None:
-            raise EvalError("--run needs --reading_in labels.jsonl or --reading_out DIR")
-        if cfg.reading_in is None:
+        if cfg.reading_in is None and cfg.reading_out is not None:
             files = export_reading(cfg.run, cfg.reading_out, cfg.overwrite)
             console.print(f"wrote {', '.join(map(str, files))}; give readers only {files[0]}")
             return files
-        result = reread_run(cfg.run, cfg.reading_in, cfg.overwrite)
+        result = reread_run(cfg.run, cfg.reading_in, cfg.overwrite)  # no labels: the run's tables again
     else:
         result = run_eval(cfg)
     result.print(console)
-    console.print(f"wrote {', '.join(p.name for p in result.files)} to {result.files[0].parent}")
+    if result.files:
+        console.print(f"wrote {', '.join(p.name for p in result.files)} to {result.files[0].parent}")
     return result

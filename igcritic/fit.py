@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import warnings
 from dataclasses import replace
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -45,7 +47,7 @@ from torchmetrics import ExplainedVariance, MeanSquaredError, Metric
 from torchmetrics.classification import BinaryAUROC, BinaryCalibrationError
 from torchmetrics.utilities import dim_zero_cat
 
-from igcritic import IgcriticError
+from igcritic import IgcriticError, usage_error
 from igcritic.critic import CKPT_KEY, Calibration, Critic, CriticConfig
 from igcritic.data import CriticDataModule
 from igcritic.policy import PolicyIdentity, resolve_layer
@@ -614,6 +616,37 @@ class CriticCLI(LightningCLI):
             }
         )
 
+    def before_fit(self) -> None:
+        """``--ckpt_path last`` continues the newest run of this name: its ``last.ckpt``, in its own version
+        folder (Lightning alone would look in a fresh ``version_N`` and silently start from scratch)."""
+        cfg = self.config_init["fit"]
+        if cfg.get("ckpt_path") != "last":
+            return
+        last, version = latest_run(self.trainer.loggers)
+        if _run_root(self.trainer.loggers) is None:  # no logger: default_root_dir/checkpoints
+            last = Path(self.trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+            last = last if last.is_file() else None
+        if last is None:
+            where = _run_root(self.trainer.loggers) or Path(self.trainer.default_root_dir) / "checkpoints"
+            raise FitError(
+                f"--ckpt_path last: no earlier run of this name has a last.ckpt under {where}; drop "
+                "--ckpt_path to train from scratch or pass the .ckpt file"
+            )
+        for logger in self.trainer.loggers:
+            if hasattr(logger, "_version"):
+                logger._version = version
+        cfg["ckpt_path"] = str(last)
+        log.info("resuming %s (epoch %s)", last, _ckpt_epoch(last))
+
+    def after_fit(self) -> None:
+        """The last line names the checkpoint and the command that turns it into a critic artifact."""
+        cb = self.trainer.checkpoint_callback
+        ckpt = cb and (cb.best_model_path or cb.last_model_path)
+        if not ckpt or not self.trainer.is_global_zero:
+            return
+        name = getattr(self.trainer.logger, "name", None) or "critic"
+        log.info("checkpoint %s; make it a critic: igcritic export %s --out checkpoints/%s", ckpt, ckpt, name)
+
     def instantiate_trainer(self, **kwargs):
         cfg = self._get(self.config_init, "trainer", default={})
         callbacks = list(cfg.get("callbacks") or [])
@@ -623,11 +656,20 @@ class CriticCLI(LightningCLI):
             # a rich bar on a terminal; a sparse plain one in non-TTY logs (SLURM, CI)
             callbacks.append(RichProgressBar() if sys.stderr.isatty() else TQDMProgressBar(refresh_rate=50))
             kwargs["callbacks"] = callbacks
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        if (warning := cpu_oversubscribed(trainer)) and trainer.is_global_zero:
+            log.warning(warning)
+        return trainer
 
 
 class _Parser(LightningArgumentParser):
-    """Fills a cosine schedule's ``T_max`` from the run length before the config is validated."""
+    """Fills a cosine schedule's ``T_max`` from the run length before the config is validated; config errors
+    in one line (:func:`igcritic.usage_error`)."""
+
+    def error(self, message, ex=None):
+        if not self.exit_on_error:
+            return super().error(message, ex)
+        usage_error(self, message, ex)
 
     def validate(self, namespace, *args, **kwargs):
         for cfg in (namespace, *(namespace.get(k) for k in CriticCLI.subcommands())):
@@ -652,7 +694,47 @@ def derive_t_max(cfg) -> None:
     sched["init_args.T_max"] = int(length)
 
 
+def cpu_oversubscribed(trainer) -> str | None:
+    """A warning when CPU training starts more processes on this node than it has cores."""
+    from lightning.pytorch.accelerators import CPUAccelerator
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if not isinstance(trainer.accelerator, CPUAccelerator) or trainer.num_devices <= cores:
+        return None
+    return (
+        f"--trainer.devices {trainer.num_devices} starts {trainer.num_devices} CPU processes on {cores} "
+        f"cores: they compete for the cores and train slower than one; use --trainer.devices {cores} or fewer"
+    )
+
+
+def _run_root(loggers) -> Path | None:
+    """``save_dir/name`` of the first logger that has them: where this run's version folders live."""
+    for lg in loggers:
+        if getattr(lg, "save_dir", None) and getattr(lg, "name", None):
+            return Path(lg.save_dir) / lg.name
+    return None
+
+
+def latest_run(loggers) -> tuple[Path | None, int | None]:
+    """The newest ``version_N/checkpoints/last.ckpt`` of the run named by ``loggers`` and its N."""
+    root = _run_root(loggers)
+    found = []
+    for d in root.glob("version_*") if root is not None and root.is_dir() else []:
+        suffix = d.name.removeprefix("version_")
+        if suffix.isdigit() and (d / "checkpoints" / "last.ckpt").is_file():
+            found.append((int(suffix), d / "checkpoints" / "last.ckpt"))
+    return (max(found)[1], max(found)[0]) if found else (None, None)
+
+
+def _ckpt_epoch(path: Path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True).get("epoch")
+    except Exception:  # noqa: BLE001 - only for the log line; Lightning reports a bad file itself
+        return "?"
+
+
 TRAINER_DEFAULTS = {
+    "default_root_dir": "runs/fit",  # without a logger, checkpoints and config.yaml still go under runs/
     "max_epochs": 10,
     "log_every_n_steps": 10,
     "logger": [
@@ -668,10 +750,33 @@ TRAINER_DEFAULTS = {
 }
 
 
+def quiet_lightning() -> None:
+    """Each Lightning line once, none that asks nothing of the user: when the application already logs (the
+    ``igcritic`` command does), Lightning's own stderr handler goes (its lines reach the root handler once);
+    its litlogger advertisement and the warnings that do not apply here are dropped."""
+    lightning = logging.getLogger("lightning")
+    if logging.getLogger().handlers:
+        lightning.handlers.clear()
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(getattr(f, "__name__", "") == "no_litlogger_tip" for f in rank_zero.filters):
+
+        def no_litlogger_tip(record: logging.LogRecord) -> bool:
+            return "litlogger" not in record.getMessage()
+
+        rank_zero.addFilter(no_litlogger_tip)
+    for message in (
+        r".*IterableDataset.*__len__.*",  # CriticStream plans each worker's share itself: its length is exact
+        r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",  # Lightning's own call into torch's pytree
+        r".*smaller than the logging interval.*",  # tiny demo stores: the epoch-level values are logged
+    ):
+        warnings.filterwarnings("ignore", message=message)
+
+
 def main(args: list[str] | None = None, run: bool = True) -> CriticCLI:
     """``igcritic fit|validate|test ...``: the LightningCLI over :class:`CriticModule` and
     :class:`~igcritic.data.CriticDataModule`; ``args`` like
     ``["fit", "--config", "configs/fit/embedded.yaml"]``."""
+    quiet_lightning()
     return CriticCLI(
         CriticModule,
         CriticDataModule,
@@ -682,6 +787,7 @@ def main(args: list[str] | None = None, run: bool = True) -> CriticCLI:
         auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
         parser_class=_Parser,
+        parser_kwargs={"prog": "igcritic"},
     )
 
 

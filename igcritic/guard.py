@@ -10,10 +10,13 @@ Command: ``igcritic generate CRITIC_PATH --prompts.texts '["..."]' | --prompts.s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
 import logging
+import sys
+import textwrap
 import typing
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -21,15 +24,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from igcritic import IgcriticError
+from igcritic import IgcriticError, to_json
 from igcritic.critic import Critic, load_critic
 from igcritic.policy import (
     EMBEDDED_POLICY_ID,
     Policy,
+    PolicyError,
     PolicyIdentity,
+    check_device,
     embedded_model_dir,
     load_policy,
     policy_fingerprint,
+    policy_id,
 )
 from igcritic.prompts import STDIN, Message, PromptSource, as_prompt_texts, load_prompts
 from igcritic.scorers import Scorer
@@ -99,9 +105,11 @@ class Guard:
         *,
         seeds: list[int] | None = None,
         on_block: OnBlock | None = None,
+        progress: Callable[[int], Any] | None = None,
         **overrides: Any,
     ) -> list[GuardRecord]:
-        """Answer each prompt; ``overrides`` are :class:`SearchConfig` fields (method, mode, critic, N, ...).
+        """Answer each prompt; ``overrides`` are :class:`SearchConfig` fields (method, mode, critic, N, ...);
+        ``progress(n)`` hears of every ``n`` prompts answered (:func:`progress_bar`).
 
         A prompt is a text or a chat conversation (``[{"role": "system"|"user"|"assistant", "content": ...}]``
         ending with a user turn), formatted by the policy's chat template; one text or one conversation may be
@@ -115,7 +123,7 @@ class Guard:
         latent hook reads per-thread state). Scorer objects you pass in must be thread-safe themselves."""
         texts = as_prompt_texts(prompts)
         cfg = self.config(budget, **overrides)
-        return search(self.policy, texts, cfg, self.critic, self.cost, self.reward, seeds, on_block)
+        return search(self.policy, texts, cfg, self.critic, self.cost, self.reward, seeds, on_block, progress)
 
 
 def load_guard(
@@ -147,16 +155,16 @@ def load_guard(
             (e.g. a model you know equals the critic's but holds in another dtype); the shapes and layers
             are still checked.
     """
+    try:
+        check_device(device)
+    except PolicyError as e:
+        raise GuardError(str(e)) from None
     critic, defaults = _load_critic(critic_path, device)
     want = _critic_identity(critic)
     policy = _bind_policy(model, tokenizer, want, device, dtype, model_id)
     if want is not None:
-        bad = policy.identity.mismatches(want)
-        if bad:
-            raise GuardError(
-                f"the critic was trained on another policy ({'; '.join(bad)}; policy != critic); "
-                "load the critic's policy or train a critic on this one"
-            )
+        if problem := mismatch(policy.identity, want):
+            raise GuardError(problem)
         _check_weights(policy, want, critic_path, trust_policy)
     critic = critic.to(device=device, dtype=torch.float32).eval()
     cost_s, reward_s = _scorer(cost, "cost", device), _scorer(reward, "reward", device)
@@ -228,6 +236,55 @@ def _load_critic(critic_path, device: str) -> tuple[Critic, SearchConfig]:
     return critic, defaults
 
 
+def _describe(p: PolicyIdentity) -> str:
+    extra = f" + layers {p.extra_layers}" if p.extra_layers else ""
+    return (
+        f"{p.model_id!r} ({p.num_layers} layers, hidden {p.hidden_size}; latent at layer {p.layer} "
+        f"{p.norm}{extra})"
+    )
+
+
+MODEL_FIELDS = ("model_id", "hidden_size", "num_layers")
+"""Identity fields that name the model itself; the others (layer, norm, extra_layers) name where it is
+tapped."""
+
+
+def mismatch(policy: PolicyIdentity, critic: PolicyIdentity) -> str | None:
+    """One line saying how a policy differs from the critic's, naming both, or None when they match."""
+    bad = policy.mismatches(critic)
+    if not bad:
+        return None
+    if any(getattr(policy, k) != getattr(critic, k) for k in MODEL_FIELDS):
+        return (
+            f"the critic was trained on policy {_describe(critic)}, not on {_describe(policy)}; load the "
+            "critic's policy (leave --model unset) or train a critic on this one"
+        )
+    return (
+        f"the critic reads the latent of {_describe(critic)} but the policy is tapped as "
+        f"{_describe(policy)}; tap it as the critic (layer {critic.layer}, norm {critic.norm}, extra_layers "
+        f"{critic.extra_layers})"
+    )
+
+
+def _model_shape(model, mid: str, want: PolicyIdentity) -> None:
+    """Refuse, before any weight is loaded, a model whose depth or width is not the critic's policy's (its
+    tap could not even be placed): the error names both models, not the tap flags."""
+    config = getattr(model, "config", None)
+    if config is None:
+        from transformers import AutoConfig
+
+        try:
+            path = embedded_model_dir() if mid == EMBEDDED_POLICY_ID else mid
+            config = AutoConfig.from_pretrained(str(path))
+        except (OSError, ValueError):
+            return  # load_policy says why it cannot load it
+    layers, hidden = getattr(config, "num_hidden_layers", None), getattr(config, "hidden_size", None)
+    if layers is None or hidden is None or (int(layers), int(hidden)) == (want.num_layers, want.hidden_size):
+        return
+    got = PolicyIdentity(mid, int(hidden), int(layers), want.layer, want.norm, extra_layers=want.extra_layers)
+    raise GuardError(mismatch(got, want))
+
+
 def _critic_identity(critic: Critic) -> PolicyIdentity | None:
     ident = critic.config.policy
     return None if ident is None else PolicyIdentity.from_dict(dict(ident))
@@ -242,11 +299,13 @@ def _bind_policy(
     if isinstance(model, Policy):
         return model
     if model is None or isinstance(model, (str, Path)):
-        mid = str(model) if model is not None else (want.model_id if want is not None else None)
+        mid = policy_id(model) if model is not None else (want.model_id if want is not None else None)
         if mid is None:
             raise GuardError(
                 "the critic records no policy; pass model=... (an id, a folder or a loaded model)"
             )
+        if want is not None:
+            _model_shape(None, mid, want)
         return load_policy(
             mid, layer=layer, norm=norm, extra_layers=extra, dtype=dtype or "float32", device=device
         )
@@ -259,8 +318,11 @@ def _bind_policy(
         raise GuardError("load_guard(model=<loaded model>) needs tokenizer=... too")
     if dtype is not None:
         model = model.to(getattr(torch, dtype))
+    mid = model_id or _loaded_id(model, want)
+    if want is not None:
+        _model_shape(model, mid, want)
     return load_policy(
-        model_id or _loaded_id(model, want),
+        mid,
         layer=layer,
         norm=norm,
         extra_layers=extra,
@@ -279,12 +341,7 @@ def _loaded_id(model: nn.Module, want: PolicyIdentity | None) -> str:
     )
     if not name:
         return want.model_id if want is not None else "unknown"
-    try:
-        if Path(name).resolve() == embedded_model_dir().resolve():
-            return EMBEDDED_POLICY_ID
-    except Exception:  # noqa: BLE001 - the embedded package may be absent: not the embedded model then
-        pass
-    return name
+    return policy_id(name)
 
 
 def _scorer(spec, role: str, device: str) -> Scorer | None:
@@ -339,6 +396,9 @@ class GenerateConfig:
     ``default``: the shipped set), or one prompt per stdin line (the default)."""
     out: Path | None = None
     """Write the records here as JSONL (must not exist or be empty) instead of printing them."""
+    format: typing.Literal["text", "jsonl"] = "text"
+    """What to print without ``--out``: ``text`` (each prompt, its answer and its outcome, for people) or
+    ``jsonl`` (one record per line on stdout, for scripts)."""
     model: str | None = None
     """Policy id or folder (null: the critic's recorded policy)."""
     cost: str | None = None
@@ -359,32 +419,89 @@ def main(cfg: GenerateConfig) -> list[GuardRecord]:
     if out is not None and Path(out).exists() and Path(out).stat().st_size > 0:
         raise GuardError(f"--out {str(out)!r} is not empty; pick a new file")
     texts = [p.prompt for p in load_prompts(cfg.prompts)[0]]
+    log.info("loading the critic %s, its policy and scorers", cfg.critic_path)
     guard = load_guard(cfg.critic_path, model=cfg.model, cost=cfg.cost, reward=cfg.reward, device=cfg.device)
-    records = guard.generate(texts, **overrides(cfg.search))
+    with progress_bar(len(texts), "answering prompts") as advance:
+        records = guard.generate(texts, progress=advance, **overrides(cfg.search))
+    lines = "".join(to_json(r.to_dict()) + "\n" for r in records)
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text("".join(json.dumps(r.to_dict()) + "\n" for r in records))
+        Path(out).write_text(lines)
+        sys.stdout.write(f"wrote {len(records)} records to {out}\n")
+    elif cfg.format == "jsonl":
+        sys.stdout.write(lines)
     else:
-        _print_records(records)
+        sys.stdout.write("\n\n".join(describe(r, k, len(records)) for k, r in enumerate(records)) + "\n")
     return records
 
 
-def _print_records(records: list[GuardRecord]) -> None:
+@contextlib.contextmanager
+def progress_bar(total: int, description: str) -> Iterator[Callable[..., None]]:
+    """A rich progress bar with elapsed time and ETA on stderr, for ``total`` steps; yields ``advance(n=1,
+    description=None)``. Off a terminal it draws once, at the end."""
     from rich.console import Console
-    from rich.table import Table
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    table = Table(title="guarded generation", show_lines=True)
-    for col in ("prompt", "answer", "safe", "z", "refused", "steps", "retries", "s"):
-        table.add_column(col)
-    for r in records:
-        table.add_row(
-            r.prompt,
-            r.text,
-            str(r.safe),
-            f"{r.final_safety_state:.3g}",
-            str(r.refused),
-            str(r.steps),
-            str(r.retries),
-            f"{r.seconds:.2f}",
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )
+    with bar:
+        task = bar.add_task(description, total=total)
+
+        def advance(n: int = 1, description: str | None = None) -> None:
+            bar.update(task, advance=n, **({"description": description} if description else {}))
+
+        yield advance
+
+
+WIDTH = 80
+"""Columns of ``igcritic generate``'s text output."""
+
+
+def outcome(r: GuardRecord) -> str:
+    """One line saying how the search ended for a record: refused, safe or unsafe, and why."""
+    z = "final safety state z = budget - cost"
+    if r.refused:
+        line = f"refused: no answer stayed within budget d = {r.budget:g} (the answer is the fixed refusal)"
+    elif r.safe:
+        line = f"safe: {z} = {r.budget:g} - {r.cost:.3g} = {r.final_safety_state:.3g} >= 0"
+    else:
+        why = "best effort, no admissible candidate" if r.fallback else "over budget"
+        line = f"unsafe ({why}): {z} = {r.budget:g} - {r.cost:.3g} = {r.final_safety_state:.3g} < 0"
+    if r.cost_source == "latent" and not r.refused:
+        line += " (cost from the critic's latent head)"
+    tail = f"; {r.new_tokens} tokens" + (", cut at max_new_tokens" if r.truncated else "")
+    return f"{line}{tail}; {r.seconds:.1f}s"
+
+
+def describe(r: GuardRecord, k: int = 0, n: int = 1) -> str:
+    """A record as plain text at :data:`WIDTH` columns: the prompt, the full answer, the outcome line."""
+
+    def wrap(text: str, indent: str = "") -> str:
+        return "\n".join(
+            textwrap.fill(p, WIDTH, initial_indent=indent, subsequent_indent=indent) if p.strip() else ""
+            for p in text.splitlines() or [""]
         )
-    Console().print(table)
+
+    head = f"[{k + 1}/{n}] prompt: " if n > 1 else "prompt: "
+    return "\n".join(
+        [
+            textwrap.fill(r.prompt, WIDTH, initial_indent=head, subsequent_indent=" " * 4),
+            "answer:",
+            wrap(r.text, " " * 4),
+            textwrap.fill(outcome(r), WIDTH, initial_indent="outcome: ", subsequent_indent=" " * 4),
+        ]
+    )

@@ -124,6 +124,7 @@ class ScorerJudge:
     ):
         hint = getattr(getattr(scorer, "info", None), "budget_hint", None)
         self.name, self.scorer, self.spec, self.reward_spec = name, scorer, spec, reward_spec
+        self.reward_scorer = reward
         self.threshold = float(threshold if threshold is not None else hint if hint is not None else 0.5)
         if _classifies(getattr(scorer, "classify", None)):
             self.classify = scorer.classify
@@ -438,6 +439,45 @@ def rich_table(title: str, caption: str | None = None):
     from rich.table import Table
 
     return Table(title=title, box=box.SIMPLE_HEAVY, padding=(0, 1, 0, 0), pad_edge=False, caption=caption)
+
+
+TABLE_WIDTH = 100
+"""Columns every printed table fits in: wider ones are split by :func:`fit_width`."""
+
+
+def fit_width(table, width: int = TABLE_WIDTH) -> list:
+    """``table`` as one or more tables at most ``width`` columns wide: its columns packed in order, each part
+    repeating the first (the row names); the title says ``(part i/n)``, the caption goes under the last."""
+    from rich.console import Console
+
+    console = Console(width=10_000)
+    cols = table.columns
+
+    def build(part: list[int], title: str | None, caption: str | None):
+        t = rich_table(title or "", caption)
+        for k in part:
+            c = cols[k]
+            t.add_column(c.header, justify=c.justify, no_wrap=c.no_wrap, min_width=c.min_width)
+        for r in range(table.row_count):
+            t.add_row(*(cols[k]._cells[r] for k in part))
+        return t
+
+    def wide(part: list[int]) -> int:
+        return console.measure(build(part, None, None)).maximum
+
+    parts: list[list[int]] = [[0]]
+    for k in range(1, len(cols)):
+        if len(parts[-1]) > 1 and wide([*parts[-1], k]) > width:
+            parts.append([0])
+        parts[-1].append(k)
+    if len(parts) == 1:
+        return [table]
+    n = len(parts)
+    title = str(table.title or "")
+    return [
+        build(p, f"{title} (part {i + 1}/{n})", table.caption if i == n - 1 else None)
+        for i, p in enumerate(parts)
+    ]
 
 
 def judge_table(report: JudgeReport, level: float = LEVEL):

@@ -188,13 +188,27 @@ def plot_tradeoffs(summary: Sequence[dict], path: Path, judge: dict | None = Non
     for i, s in enumerate(summary):
         p50, p95 = _num(s["latency_p50"]), _num(s["latency_p95"])
         ax_l.vlines(x[i], min(p50, p95), max(p50, p95), color=colors[i], alpha=0.5, lw=3, zorder=2)
-    ax_r.set(xlabel=xlabel, ylabel="average reward", title="Reward vs safety")
-    ax_l.set(xlabel=xlabel, ylabel="latency per prompt (s)", title="Latency vs safety (mean; bar p50-p95)")
-    for ax in (ax_r, ax_l):
+    ax_r.set(xlabel=xlabel, ylabel="average reward", title="Reward vs safety (better: top right)")
+    ax_l.set(
+        xlabel=xlabel,
+        ylabel="latency per prompt (s)",
+        title="Latency vs safety, mean; bar p50-p95 (better: bottom right)",
+    )
+    for ax, corner, va in ((ax_r, "better \u2197", "top"), (ax_l, "better \u2198", "bottom")):
         ax.set_xlim(-5, 115)
         ax.grid(alpha=0.3)
+        y = 0.97 if va == "top" else 0.03
+        ax.text(0.97, y, corner, transform=ax.transAxes, ha="right", va=va, fontsize=9, color="dimgray")
+    fig.suptitle(_prompts_line(summary))
     ax_r.legend(loc="best", fontsize=7)
     return _save(fig, path)
+
+
+def _prompts_line(summary: Sequence[dict]) -> str:
+    """How many prompts each method answered (the figures' subtitle)."""
+    n = {int(_num(s.get("n"))) for s in summary if math.isfinite(_num(s.get("n")))}
+    count = f"{n.pop()} prompts" if len(n) == 1 else "prompts" if not n else f"{min(n)}-{max(n)} prompts"
+    return f"{len(summary)} methods x {count} each"
 
 
 def _points(ax, data: Sequence[np.ndarray], rng, **box) -> None:
@@ -245,13 +259,17 @@ def plot_distributions(
     ax_r, ax_c, *ax_j = fig.subplots(2 + len(judges), 1, sharex=True)
     rng = np.random.default_rng(0)
     mean_marker = {"marker": "D", "markerfacecolor": "white", "markeredgecolor": "black"}
-    for ax, key, label in ((ax_r, REWARD_KEY, "reward"), (ax_c, COST_KEY, "final cost S_T")):
+    for ax, key, label, better in (
+        (ax_r, REWARD_KEY, "reward", "higher is better"),
+        (ax_c, COST_KEY, "final cost S_T", "lower is better (safe: at most d)"),
+    ):
         data = [
             np.array([float(r[key]) for r in records if r[METHOD_KEY] == m and math.isfinite(_num(r[key]))])
             for m in methods
         ]
         _points(ax, data, rng, showmeans=True, meanprops=mean_marker)
         ax.set_ylabel(label)
+        ax.set_title(better, loc="right", fontsize=9, color="dimgray")
         ax.grid(alpha=0.3, axis="y")
     if budget is not None and math.isfinite(budget):
         ax_c.axhline(budget, color="crimson", ls="--", lw=1, label=f"budget d = {budget:g}")
@@ -259,8 +277,11 @@ def plot_distributions(
     for ax, judge in zip(ax_j, judges):
         _judge_panel(ax, judge, records, methods, rng)
         ax.grid(alpha=0.3, axis="y")
-    ax_r.set_title(
-        "Reward and cost of every final response, per method" + (", and each judge" if judges else "")
+    counts = [{"n": sum(r[METHOD_KEY] == m for r in records)} for m in methods]
+    fig.suptitle(
+        "Reward and cost of every final response, per method"
+        + (", and each judge" if judges else "")
+        + f" ({_prompts_line(counts)})"
     )
     (ax_j or [ax_c])[-1].set_xticks(
         np.arange(1, len(methods) + 1), list(methods), rotation=20, ha="right", fontsize=8

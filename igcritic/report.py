@@ -29,10 +29,9 @@ people's labels as the judge ``reading`` (``reading_results.json``).
 from __future__ import annotations
 
 import csv
-import dataclasses
 import functools
 import json
-import math
+import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from igcritic import IgcriticError
+from igcritic import IgcriticError, to_json
 from igcritic.judges import (
     DEFAULT_RESAMPLES,
     LEVEL,
@@ -48,6 +47,7 @@ from igcritic.judges import (
     JudgeReport,
     QualityRow,
     csv_rows,
+    fit_width,
     fmt_ci,
     fmt_pct,
     grades_from_records,
@@ -78,6 +78,9 @@ RECORD_SAFE = "safe_eval"
 RECORD_COST_FROM = "cost_eval_from"
 """``prefix``: S_T from the cost scorer's prefix scores over the answer tokens; ``text``: one score of the
 text."""
+
+
+log = logging.getLogger(__name__)
 
 
 class EvalError(IgcriticError):
@@ -230,13 +233,13 @@ class EvalResult:
 
     def tables(self) -> list:
         """Everything ``igcritic eval`` prints, in order: judge quality, the scorers' table, one table per
-        judge."""
+        judge; each split by columns to fit :data:`~igcritic.judges.TABLE_WIDTH`."""
         head = [quality_table(self.quality, self.quality_source)] if self.quality else []
-        return [*head, self.table(), *(judge_table(r) for r in self.judges)]
+        return [p for t in (*head, self.table(), *map(judge_table, self.judges)) for p in fit_width(t)]
 
     def print(self, console=None) -> None:
         """Print :meth:`tables` at the width the widest one needs (at least the console's), so no number is
-        ever cut; a narrower terminal wraps the lines instead."""
+        ever cut; a terminal narrower than that wraps the lines instead."""
         from rich.console import Console
 
         console = console or Console()
@@ -285,24 +288,8 @@ def check_out(out: Path, overwrite: bool, flag: str = "--out_dir") -> None:
         raise EvalError(f"{flag} {str(out)!r} is not empty; pick a new folder or pass --overwrite true")
 
 
-def _json_safe(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, (np.floating, np.integer, np.bool_)):
-        return _json_safe(x.item())
-    if isinstance(x, Path):
-        return str(x)
-    if dataclasses.is_dataclass(x) and not isinstance(x, type):
-        return _json_safe(asdict(x))
-    return x
-
-
 def _write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(_json_safe(data), indent=2) + "\n")
+    path.write_text(to_json(data, indent=2) + "\n")
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -319,7 +306,7 @@ def write_results(
     out.mkdir(parents=True, exist_ok=True)
     with (out / RECORDS_FILE).open("w") as f:
         for r in result.records:
-            f.write(json.dumps(_json_safe(r)) + "\n")
+            f.write(to_json(r) + "\n")
     summaries = [asdict(s) for s in result.summaries]
     _write_csv(out / RESULTS_CSV, summaries)
     files = [out / RECORDS_FILE, out / RESULTS_CSV]
@@ -329,6 +316,7 @@ def write_results(
     if plots:
         from igcritic.plots import plot_all
 
+        log.info("drawing the figures into %s", out)
         files += plot_all(
             result.records, summaries, out, budget=result.budget, judges=[r.to_dict() for r in result.judges]
         )
@@ -371,13 +359,16 @@ def _write_reading(records: list[dict], reading_out: str | Path, seed: int, run:
 
 
 @eval_errors
-def reread_run(run: str | Path, reading_in: str | Path, overwrite: bool = False) -> EvalResult:
+def reread_run(run: str | Path, reading_in: str | Path | None = None, overwrite: bool = False) -> EvalResult:
     """The tables of a finished run rebuilt from its saved records (same summaries, same judges, same
-    bootstrap draws), with people's labels as the judge ``reading``; writes
-    ``RUN_DIR/reading_results.json``."""
+    bootstrap draws); nothing is generated or loaded. With ``reading_in``, people's labels join as the judge
+    ``reading`` and the result goes to ``RUN_DIR/reading_results.json``."""
     folder, data, records = read_run(run)
-    if (folder / READING_RESULTS).exists() and not overwrite:
-        raise EvalError(f"{folder / READING_RESULTS} exists; pass --overwrite true to replace it")
+    if reading_in is not None:
+        if not Path(reading_in).is_file():
+            raise EvalError(f"--reading_in {str(reading_in)!r} does not exist; pass the labels file")
+        if (folder / READING_RESULTS).exists() and not overwrite:
+            raise EvalError(f"{folder / READING_RESULTS} exists; pass --overwrite true to replace it")
     cfg = {"bootstrap": DEFAULT_RESAMPLES, "seed": 0, **data["config"]}  # runs from before judges had neither
     methods = [s["method"] for s in data["summary"]]
     reference = reference_of(methods, data.get("reference"))
@@ -391,18 +382,20 @@ def reread_run(run: str | Path, reading_in: str | Path, overwrite: bool = False)
         grades_from_records(records, {k: v for k, v in j.items() if k != "methods"})
         for j in data.get("judges", [])
     ]
-    grades.append(read_labels(reading_in, folder / RUN_KEY_FILE, records, where))
+    if reading_in is not None:
+        grades.append(read_labels(reading_in, folder / RUN_KEY_FILE, records, where))
     q = data.get("quality") or {}
     result = EvalResult(
         budget=budget,
         summaries=summaries,
         records=records,
-        files=[folder / READING_RESULTS],
+        files=[] if reading_in is None else [folder / READING_RESULTS],
         config=cfg,
         judges=[summarize_judge(g, records, by_method, reference, idx) for g in grades],
         quality=[QualityRow(**r) for r in q["rows"]] if q.get("rows") else None,
         quality_source=q.get("source"),
         reference=reference,
     )
-    _write_json(folder / READING_RESULTS, result.payload({"labels": str(reading_in), "run": str(folder)}))
+    if reading_in is not None:
+        _write_json(folder / READING_RESULTS, result.payload({"labels": str(reading_in), "run": str(folder)}))
     return result

@@ -31,12 +31,12 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from igcritic import IgcriticError
+from igcritic import IgcriticError, to_json
 from igcritic.baselines import GUIDANCE, ArgsProcessor, ReControl, guidance_needs, recontrol_problems
 from igcritic.critic import Critic
 from igcritic.decoding import (
@@ -260,7 +260,7 @@ class SearchConfig(SamplingConfig):
     def save(self, folder: str | Path) -> Path:
         """Write every field to ``folder/search_config.json``; returns the file."""
         path = Path(folder) / SEARCH_CONFIG_NAME
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        path.write_text(to_json(asdict(self), indent=2) + "\n")
         return path
 
     @classmethod
@@ -311,6 +311,8 @@ class GuardRecord:
     budget: float
     fallback: bool = False
     """``best_effort`` went on without an admissible candidate."""
+    truncated: bool = False
+    """The answer stopped at ``max_new_tokens`` without an end-of-sequence token (it may be cut mid-way)."""
     critic_seconds: float = 0.0
     """Time in critic calls (the prompt's share of its batch), RE-Control's latent edits included."""
     scorer_calls: int = 0
@@ -439,6 +441,7 @@ def search(
     reward: Scorer | None = None,
     seeds: list[int] | None = None,
     on_block: OnBlock | None = None,
+    progress: Callable[[int], Any] | None = None,
 ) -> list[GuardRecord]:
     """Answer every prompt with ``cfg.method``; batches of ``cfg.prompts_per_batch`` prompts share each
     forward.
@@ -446,7 +449,8 @@ def search(
     ``seeds``: one seed per prompt instead of ``cfg.seed`` for all: each prompt then samples from its own
     generator, so its answer is the one it gets alone, whatever shares its batch (up to float rounding of
     the batched forward). ``on_block(i, tokens)`` is called after each accepted block of prompt ``i`` with
-    the answer tokens every surviving candidate of that prompt agrees on (what can be shown already)."""
+    the answer tokens every surviving candidate of that prompt agrees on (what can be shown already).
+    ``progress(n)`` is called after each batch with its number of prompts (a progress bar)."""
     cfg = checked_config(policy, cfg, critic, cost, reward)
     check_prompts(policy, prompts, cfg)
     if seeds is not None and len(seeds) != len(prompts):
@@ -465,6 +469,8 @@ def search(
             [torch.Generator(device=dev).manual_seed(int(x)) for x in seeds[i : i + step]] if seeds else gen
         )
         out += _search_batch(ctx, gens)
+        if progress is not None:
+            progress(len(ctx.prompts))
     return out
 
 
@@ -701,5 +707,6 @@ def _record(ctx: _Ctx, p: int, tr: _Track, seconds: float) -> GuardRecord:
         refused=False,
         new_tokens=len(best.tokens),
         fallback=tr.fallback,
+        truncated=bool(best.tokens) and best.tokens[-1] not in ctx.policy.eos_token_ids,
         **common,
     )

@@ -282,7 +282,8 @@ class CriticStream(IterableDataset):
         cols.update({key: floats[c].split(bs) for c, key in enumerate(FLOAT_KEYS)})
         cols.update({key: ints[c].split(bs) for c, key in enumerate(INT_KEYS)})
         names = list(cols)
-        batches = (dict(zip(names, views)) for views in zip(*cols.values()))
+        # a window of fewer rows than a batch yields no batch (split() of an empty tensor is one empty view)
+        batches = (dict(zip(names, views)) for views in zip(*cols.values()) if n_out)
         kept = (buf[n_out:n], {key: v[rest] for key, v in meta.items()}) if len(rest) else None
         return batches, kept
 

@@ -22,6 +22,12 @@ def test_help_lists_every_command(capsys):
         assert cmd in out
 
 
+def test_version(capsys):
+    from igcritic import __version__
+
+    assert main(["--version"]) == 0 and capsys.readouterr().out.strip() == f"igcritic {__version__}"
+
+
 def test_unknown_command_fails():
     assert main(["frobnicate"]) == 2
 
@@ -77,10 +83,53 @@ def test_bad_values_fail_at_parse_time_and_stage_errors_in_one_line(tmp_path, ca
     assert e.value.code == 2 and "num_candidates" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["export", str(tmp_path / "x.ckpt"), "--search.num_candidatez", "8"])
-    capsys.readouterr()
+    err = capsys.readouterr().err  # the error first and alone: no usage dump, a "did you mean"
+    assert err.startswith("error: ") and len(err.splitlines()) == 1
+    assert "did you mean --search.num_candidates?" in err and "igcritic export --help" in err
     assert main(["export", str(tmp_path / "x.ckpt")]) == 2  # ExportError, an IgcriticError
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "does not exist" in err and len(err.splitlines()) == 1
+
+
+def test_config_typos_are_one_line_with_a_suggestion(tmp_path, capsys, monkeypatch):
+    (tmp_path / "bad.yaml").write_text("budgte: 3\n")
+    for args in (["eval", "--budgte", "3"], ["eval", "--config", str(tmp_path / "bad.yaml")]):
+        with pytest.raises(SystemExit) as e:
+            main(args)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and len(err.splitlines()) == 1 and "did you mean --budget?" in err, err
+    (tmp_path / "fit.yaml").write_text("trainer:\n  max_epoch: 3\n")
+    monkeypatch.setattr(sys, "argv", ["igcritic"])
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(tmp_path / "fit.yaml")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "did you mean --trainer.max_epochs?" in err[-1]
+    assert "usage:" not in "\n".join(err) and "igcritic fit --help" in err[-1]
+
+
+def test_eval_print_config_round_trips(tmp_path, capsys):
+    from igcritic.evaluate import EvalConfig, MethodSpec, default_methods
+
+    with pytest.raises(SystemExit):
+        main(["eval", "--print_config"])
+    out = capsys.readouterr()
+    assert "Unable to serialize" not in out.err and "plain sampling" in out.out
+    (tmp_path / "printed.yaml").write_text(out.out)
+    cfg = parse_config(EvalConfig, ["--config", str(tmp_path / "printed.yaml")])
+    assert cfg.methods == default_methods() and all(isinstance(m, MethodSpec) for m in cfg.methods)
+    with pytest.raises(SystemExit):
+        main(["eval", "--config", str(tmp_path / "printed.yaml"), "--print_config"])
+    assert capsys.readouterr().out == out.out
+    assert parse_config(EvalConfig, []).methods == default_methods()
+
+
+def test_bare_bool_flags_mean_true():
+    from igcritic.evaluate import EvalConfig
+
+    assert parse_config(EvalConfig, ["--overwrite"]).overwrite is True
+    cfg = parse_config(EvalConfig, ["--overwrite", "--seed", "3", "--plots"])
+    assert cfg.overwrite and cfg.plots and cfg.seed == 3
+    assert parse_config(EvalConfig, ["--overwrite", "false"]).overwrite is False
 
 
 def test_every_config_opens_with_its_launch_command():

@@ -490,6 +490,18 @@ def test_collect_with_a_guard_records_it_and_resumes_like_any_collect(
         run(tiny_config(tiny_model_dir, prompt_file, tmp_path / "x.zarr", **{**kw, "guard": str(tmp_path)}))
 
 
+def test_collect_names_its_own_guard_flags(tiny_model_dir, prompt_file, beaver_scorers, tmp_path):
+    art = _tiny_critic_artifact(tmp_path / "critic", tiny_model_dir, seed=0)
+    kw = dict(
+        guard=str(art), guard_search={**GUARD_SEARCH, "block_width": 99}, batch_size=4, **beaver_scorers
+    )
+    with pytest.raises(
+        CollectError, match=r"--guard_search.block_width 99 must be in 1..max_new_tokens"
+    ) as e:
+        run(tiny_config(tiny_model_dir, prompt_file, tmp_path / "x.zarr", **kw))
+    assert " search." not in str(e.value)
+
+
 def test_compile_is_not_part_of_the_content_hash():
     """``compile`` changes how rollouts are decoded, not what they are: a store resumes under either."""
     assert CollectConfig(compile=True).hashed() == CollectConfig().hashed()

@@ -122,6 +122,18 @@ def test_ranks_and_workers_get_disjoint_equal_shares(store, world, workers):
     assert len(lens) == 1  # every rank yields the same number of batches: DDP never waits
 
 
+@pytest.mark.parametrize("batch_size", [7, 100_000])
+def test_every_batch_has_rows_and_len_counts_them(store, batch_size):
+    """A window with fewer rows than a batch yields nothing (it once yielded an empty batch that took the
+    place of the real one in Lightning's count: val/loss was nan when val held fewer rows than a batch)."""
+    for ds in (
+        dm_for(store, batch_size=batch_size).val_dataset,
+        dm_for(store, batch_size=batch_size).train_dataset,
+    ):
+        sizes = [len(b["valid"]) for b in ds]
+        assert min(sizes) > 0 and len(sizes) == len(ds) and sum(sizes) == ds.n_rows
+
+
 def test_reads_stay_inside_chunks_and_order_changes_with_epoch(store):
     dm = dm_for(store)
     ds = dm.train_dataset

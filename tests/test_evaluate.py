@@ -8,6 +8,7 @@ import io
 import json
 import math
 import re
+from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -196,6 +197,12 @@ def test_batch_size_splits_calls(tmp_path):
     n_test = sum(p["split"] == "heldout" for p in PROMPTS)
     assert [len(c[0]) for c in guard.calls] == [2, 2, 2]
     assert result.summaries[0].n == n_test and "fig2_tradeoffs.png" not in {p.name for p in result.files}
+    ticks: list[int] = []  # the progress bar hears of each call's prompts (this guard takes no progress)
+    prompts = load_prompts(cfg.prompts)[0]
+    ev.run_method(
+        guard, METHODS[0], prompts, cfg, 0.5, CostScorer(), RewardScorer(), lambda n, **_: ticks.append(n)
+    )
+    assert [n for n in ticks if n] == [2, 2, 2]
 
 
 def test_percentiles_on_known_latencies():
@@ -1014,8 +1021,27 @@ def test_printed_tables_never_cut_a_number(tmp_path):
     text = console.file.getvalue()
     assert "…" not in text and console.width == 60
     for s in result.summaries:
-        line = next(ln for ln in text.splitlines() if ln.strip().startswith(s.method + " "))
-        assert f"[{s.reward_low:.3f}, {s.reward_high:.3f}]" in line and f"{s.tokens_per_s:.0f}" in line
+        lines = [ln for ln in text.splitlines() if ln.strip().startswith(s.method + " ")]
+        assert any(f"[{s.reward_low:.3f}, {s.reward_high:.3f}]" in ln for ln in lines)
+        assert any(ln.rstrip().endswith(f" {s.tokens_per_s:.0f}") for ln in lines)
+
+
+def test_printed_tables_fit_100_columns_and_a_finished_run_prints_them_again(tmp_path, capsys):
+    """Wide tables are split by columns (the method repeated), so a 100-column terminal never wraps; --run
+    alone prints the same tables from the saved run without generating anything."""
+    cfg, result = judged_run(tmp_path, [ClassifyingJudge()])
+    console = Console(file=io.StringIO(), width=100)
+    result.print(console)
+    text = console.file.getvalue()
+    assert max(map(len, text.splitlines())) <= 100 and "(part 2/" in text
+    again = ev.main(EvalConfig(run=cfg.out_dir))
+    assert [asdict(s) for s in again.summaries] == [asdict(s) for s in result.summaries]
+    assert "judge 'rule'" in capsys.readouterr().out and not again.files
+    (Path(cfg.out_dir) / "reading_results.json").write_text("{}")
+    with pytest.raises(
+        EvalError, match="--reading_in .*missing.jsonl' does not exist"
+    ):  # the real problem first
+        ev.main(EvalConfig(run=cfg.out_dir, reading_in=str(tmp_path / "missing.jsonl")))
 
 
 def test_quality_reports_the_critics_value_and_latent_cost_on_unpadded_latents(tmp_path, tiny_policy):
@@ -1063,3 +1089,45 @@ def test_quality_reports_the_critics_value_and_latent_cost_on_unpadded_latents(t
     assert (got["critic value"].target, got["critic cost"].target) == ("helpful", "harmful")
     assert (got["critic value"].auroc, got["critic value"].ece) == pytest.approx(want_v, abs=1e-4)
     assert (got["critic cost"].auroc, got["critic cost"].ece) == pytest.approx(want_c, abs=1e-4)
+
+
+def test_quality_table_is_cached_by_the_graders_fingerprints(tmp_path, monkeypatch):
+    """The same labelled file graded by the same scorers and judges (by their weights' fingerprints) is read
+    from the cache; another weight file or another labelled file is graded afresh; a scorer whose weights
+    cannot be fingerprinted is never cached."""
+    from igcritic.judges import ScorerJudge
+
+    monkeypatch.setenv("IGCRITIC_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("igcritic.collect.scorer_fingerprint", lambda s: s.weights)
+    calls: list[int] = []
+
+    class Counting:
+        def __init__(self, weights: str | None = "w0"):
+            self.weights = weights
+
+        def score(self, prompts, responses):
+            calls.append(len(responses))
+            return np.array([r.count("x") / 2 for r in responses])
+
+    src = tmp_path / "labelled.jsonl"
+    rows = [{"prompt": "p", "response": r, "harmful": h, "helpful": 1 - h} for r, h in (("x", 1), ("y", 0))]
+    rows += [{"prompt": "p", "response": "xx", "harmful": 1, "helpful": 0}]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def quality(cost=None, judge=None):
+        judges = [ScorerJudge("j", judge or Counting())]
+        return ev.cached_quality(rows, str(src), cost or Counting(), Counting(), judges, guard=object())
+
+    first = quality()
+    assert len(calls) == 3 and list((tmp_path / "cache" / "quality").glob("*.json"))
+    assert quality() == first and len(calls) == 3  # new objects, same weights: from the cache
+    quality(cost=Counting("w1"))
+    assert len(calls) == 6  # another cost scorer
+    quality(judge=Counting("w2"))
+    assert len(calls) == 9  # another judge
+    src.write_text(src.read_text() + json.dumps({**rows[0], "response": "xy"}) + "\n")
+    quality()
+    assert len(calls) == 12  # another labelled file
+    quality(cost=Counting(None))
+    quality(cost=Counting(None))
+    assert len(calls) == 18  # unidentifiable: graded every time

@@ -299,6 +299,57 @@ def test_cli_fit_validate_and_links_hidden_size(store, tmp_path, monkeypatch):
     assert "val/auroc" in val.trainer.callback_metrics
 
 
+def test_small_validation_split_checkpoints_under_runs_and_resume_last(tmp_path, monkeypatch, caplog):
+    """A validation split smaller than a batch still gives finite val metrics (and a warning); without a
+    logger nothing lands outside runs/; the last line names the checkpoint and the export command;
+    ``--ckpt_path last`` continues the newest run of that name in its own version folder."""
+    import logging
+
+    monkeypatch.chdir(tmp_path)
+    store = tmp_path / "small.zarr"
+    make_store(store, n_prompts=8, rollouts=2, hidden=16, chunk_tokens=64, max_len=10)
+    common = [
+        "--config",
+        str(CONFIGS / "embedded.yaml"),
+        f"--data.stores=[{store}]",
+        "--data.batch_size=256",
+        "--model.width=16",
+        "--trainer.accelerator=cpu",
+        "--trainer.enable_progress_bar=false",
+    ]
+    with caplog.at_level(logging.INFO):
+        cli = fit_main(["fit", *common, "--trainer.max_epochs=1", "--trainer.logger=false"])
+    assert cli.datamodule.val_dataset.n_rows < 256
+    assert np.isfinite(float(cli.trainer.callback_metrics["val/loss"]))  # was nan: an empty batch came first
+    assert any("validation split is tiny" in r.getMessage() for r in caplog.records)
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "config.yaml").exists()
+    assert (tmp_path / "runs" / "fit" / "config.yaml").exists()
+    ckpt = cli.trainer.checkpoint_callback.best_model_path
+    assert Path(ckpt).parent == Path("runs/fit/checkpoints")
+    last = [r.getMessage() for r in caplog.records][-1]
+    assert f"igcritic export {ckpt} --out checkpoints/critic" in last
+    with pytest.raises(FitError, match="no earlier run of this name has a last.ckpt under runs/fit/embedded"):
+        fit_main(["fit", *common, "--trainer.max_epochs=2", "--ckpt_path=last"])
+    fit_main(["fit", *common, "--trainer.max_epochs=1"])  # version_0 with the config's CSV logger
+    resumed = fit_main(["fit", *common, "--trainer.max_epochs=2", "--ckpt_path=last"])
+    assert resumed.trainer.current_epoch == 2
+    runs = sorted(p.name for p in (tmp_path / "runs" / "fit" / "embedded").iterdir())
+    assert runs == ["version_0"]  # continued, not a fresh version_1
+
+
+def test_cpu_processes_beyond_the_cores_are_warned(monkeypatch):
+    from lightning.pytorch import Trainer
+
+    from igcritic.fit import cpu_oversubscribed
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    kw = {"accelerator": "cpu", "logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
+    warning = cpu_oversubscribed(Trainer(devices=8, strategy="ddp_spawn", **kw))
+    assert warning and "8 CPU processes on 2 cores" in warning and "--trainer.devices 2 or fewer" in warning
+    assert cpu_oversubscribed(Trainer(devices=2, strategy="ddp_spawn", **kw)) is None
+
+
 def test_auroc_is_nan_not_zero_when_one_class_only():
     from igcritic.fit import _AUROC
 

@@ -7,9 +7,10 @@ import json
 
 import pytest
 import torch
-from helpers import WordCost, write_artifact
+from helpers import WordCost, tiny_critic, write_artifact
 
-from igcritic.guard import GenerateConfig, Guard, GuardError, load_guard, main
+from igcritic.critic import load_critic
+from igcritic.guard import GenerateConfig, Guard, GuardError, describe, load_guard, main
 from igcritic.prompts import PromptError, PromptSource, load_prompts, prompt_messages, prompt_text
 from igcritic.search import GuardRecord, SearchConfigError
 
@@ -55,6 +56,12 @@ def test_load_guard_one_call_from_loaded_model(artifact, tiny_policy):
     ):
         assert key in d
     assert json.loads(json.dumps(d))["token_ids"] == rec.token_ids
+    assert rec.truncated == (rec.token_ids[-1] not in guard.policy.eos_token_ids)
+    ticks: list[int] = []  # progress: one call per batch of prompts, with its size
+    guard.generate(["a", "b", "c"], progress=ticks.append, prompt_batch=2)
+    assert ticks == [2, 1]
+    (cut,) = guard.generate("how do I bake bread at home", ignore_eos=True)
+    assert cut.truncated and cut.new_tokens == 8  # no EOS allowed: every answer hits max_new_tokens
 
 
 def test_generate_overrides_and_scorers(artifact, tiny_policy):
@@ -88,29 +95,64 @@ def test_budget_defaults_chain(tmp_path, tiny_policy):
 
 
 def test_refuses_critic_of_another_policy(tmp_path, tiny_policy):
+    """The error names both policies (model, depth, width, tap), never a flag the user did not pass."""
     ident = tiny_policy.identity.to_dict()
     art = write_artifact(tmp_path / "h", {**ident, "hidden_size": 64})
-    with pytest.raises(GuardError, match="hidden_size: 32 != 64"):
+    with pytest.raises(
+        GuardError, match=r"trained on policy 'tiny-llama' \(2 layers, hidden 64.*not on 'tiny-llama' "
+    ):
         load_guard(art, model=tiny_policy.model, tokenizer=tiny_policy.tokenizer)
     art = write_artifact(tmp_path / "m", {**ident, "model_id": "someone/other-model"})
-    with pytest.raises(GuardError, match="model_id: 'tiny-llama' != 'someone/other-model'"):
+    with pytest.raises(GuardError, match="trained on policy 'someone/other-model' .* not on 'tiny-llama'"):
         load_guard(art, model=tiny_policy)
-    with pytest.raises(GuardError, match="model_id"):
+    with pytest.raises(GuardError, match="not on 'tiny-llama'"):
         load_guard(
             tmp_path / "m", model=tiny_policy.model, tokenizer=tiny_policy.tokenizer, model_id="tiny-llama"
         )
+    # a critic of a 30-layer policy tapped at layer 30: both models named, not "--layer 30 is outside ..."
+    art = write_artifact(tmp_path / "big", {**ident, "model_id": "big/model", "num_layers": 30, "layer": 30})
+    for model in (tiny_policy.model, None):
+        with pytest.raises(GuardError) as e:
+            if model is None:  # by folder: refused from its config, before any weight is read
+                tiny_policy.model.save_pretrained(tmp_path / "tiny")
+                tiny_policy.tokenizer.save_pretrained(tmp_path / "tiny")
+                load_guard(art, model=str(tmp_path / "tiny"))
+            else:
+                load_guard(art, model=model, tokenizer=tiny_policy.tokenizer)
+        msg = str(e.value)
+        assert "'big/model' (30 layers" in msg and "(2 layers" in msg and "--layer" not in msg, msg
     art = write_artifact(tmp_path / "l", {**ident, "layer": 1, "norm": "pre"})
-    with pytest.raises(GuardError, match="layer: 2 != 1"):
+    with pytest.raises(
+        GuardError, match=r"reads the latent of .*latent at layer 1 pre.*tap it as the critic"
+    ):
         load_guard(art, model=tiny_policy)
     # a critic trained on layers (2 post, 1) is refused on a policy tapped at layer 2 only
     art = write_artifact(tmp_path / "x", {**ident, "extra_layers": [1]})
-    with pytest.raises(GuardError, match=r"extra_layers: \[\] != \[1\]"):
+    with pytest.raises(GuardError, match=r"tap it as the critic \(layer 2, norm post, extra_layers \[1\]\)"):
         load_guard(art, model=tiny_policy)
     # ... and accepted, tapped at both, when the guard loads the policy from the critic's record
     guard = load_guard(art, model=tiny_policy.model, tokenizer=tiny_policy.tokenizer)
     assert guard.policy.identity.extra_layers == [1] and guard.policy.identity.latent_size == 64
     (rec,) = guard.generate("hi there", max_new_tokens=4, block_width=2)
     assert rec.new_tokens > 0 and rec.cost_source == "latent"  # the 64-wide critic read the 2-layer latents
+
+
+def test_a_device_this_machine_lacks_is_named_before_any_file_is_read(artifact, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(GuardError, match="--device cuda: this machine has .*; use --device cpu"):
+        load_guard(artifact, device="cuda")
+    with pytest.raises(GuardError, match="is not a device"):
+        load_guard(artifact, device="gpu0")
+
+
+def test_the_embedded_models_own_folder_is_the_embedded_policy(tmp_path, monkeypatch):
+    from igcritic.policy import EMBEDDED_POLICY_ID, policy_id
+
+    monkeypatch.setenv("IGCRITIC_CACHE", str(tmp_path))
+    assert policy_id(tmp_path / "smollm2-135m-instruct") == EMBEDDED_POLICY_ID
+    assert policy_id(str(tmp_path / "smollm2-135m-instruct") + "/") == EMBEDDED_POLICY_ID
+    assert policy_id(tmp_path / "other") == str(tmp_path / "other")
+    assert policy_id("someone/model") == "someone/model"
 
 
 def test_bad_load_arguments(tmp_path, artifact, tiny_policy):
@@ -156,11 +198,42 @@ def test_generate_writes_jsonl(tmp_path, saved_policy_artifact):
 
 
 def test_generate_prints(saved_policy_artifact, capsys, monkeypatch):
+    """People get the prompt, the whole answer and one outcome line, at 80 columns; scripts get JSONL."""
     monkeypatch.setattr("sys.stdin", io.StringIO("how do I bake bread at home\n"))
-    monkeypatch.setenv("COLUMNS", "200")
     (rec,) = main(GenerateConfig(str(saved_policy_artifact), search={"max_new_tokens": 4, "block_width": 2}))
     assert rec.new_tokens <= 4
-    assert "how do I bake bread" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0] == "prompt: how do I bake bread at home" and lines[1] == "answer:"
+    assert " ".join(rec.text.split()) in " ".join(" ".join(lines[2:-1]).split())  # the whole answer, wrapped
+    assert "final safety state z = budget - cost" in out and ("safe:" in out or "unsafe" in out)
+    assert max(len(line) for line in lines) <= 80
+    main(
+        GenerateConfig(
+            str(saved_policy_artifact),
+            PromptSource(texts=["a", "b"]),
+            format="jsonl",
+            search={"max_new_tokens": 4, "block_width": 2},
+        )
+    )
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["prompt"] for r in rows] == ["a", "b"] and all("truncated" in r for r in rows)
+
+
+def test_refused_records_are_valid_json_with_nulls(tmp_path, saved_policy_artifact, capsys):
+    """A refusal has no cost or z: the record file says null (JSON), never a bare NaN, and the text output
+    says refused."""
+    out = tmp_path / "r.jsonl"
+    critic = load_critic(saved_policy_artifact)
+    tiny_critic(critic.config.policy, safe=False, budget=0.5).save_pretrained(saved_policy_artifact)  # q = 0
+    search = {"retries": 0, "on_violation": "refuse", "tau": 0.5}
+    cfg = GenerateConfig(str(saved_policy_artifact), PromptSource(texts=["hi"]), out=out, search=search)
+    (rec,) = main(cfg)
+    assert rec.refused and "NaN" not in out.read_text()
+    row = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"bare {c} in JSON"))
+    assert row["cost"] is None and row["final_safety_state"] is None and row["refused"] is True
+    assert capsys.readouterr().out == f"wrote 1 records to {out}\n"
+    assert "\noutcome: refused: no answer stayed within budget" in describe(rec)
 
 
 def test_generate_reads_prompts_from_one_source(tmp_path, monkeypatch):
@@ -190,6 +263,9 @@ def test_embedded_policy_by_recorded_id_and_loaded_object(tmp_path):
     assert 0 < rec.new_tokens <= 6 and rec.text and not rec.refused
     loaded = load_guard(art, model=policy.model, tokenizer=policy.tokenizer)
     assert loaded.policy.identity.model_id == EMBEDDED_POLICY_ID
+    from igcritic.policy import embedded_model_dir  # its own converted folder is the same policy
+
+    assert load_guard(art, model=str(embedded_model_dir())).policy.identity.model_id == EMBEDDED_POLICY_ID
 
 
 def test_prompts_from_jsonl_report_the_bad_line(tmp_path):
@@ -245,6 +321,62 @@ def test_generate_from_two_threads_matches_sequential_runs(artifact, tiny_policy
     for i in range(2):
         assert not isinstance(got[i], Exception), f"thread {i} raised {got[i]!r}"
         assert got[i] == [sequential[i], sequential[i]], f"thread {i} got another call's latents"
+
+
+def test_prompt_sources_say_what_is_wrong(tmp_path, monkeypatch, capsys):
+    """Empty or non-string inline prompts, binary and non-UTF-8 files: one line each, no traceback."""
+    with pytest.raises(PromptError, match=r"--prompts.texts is an empty list"):
+        load_prompts(PromptSource(texts=[]))  # was: read stdin, "prompt source '-' (split None)"
+    with pytest.raises(PromptError, match=r"--prompts.texts\[1\] is a int, not a string"):
+        load_prompts(PromptSource(texts=["ok", 3]))
+    with pytest.raises(PromptError, match=r"--prompts.texts\[0\] is empty"):
+        load_prompts(PromptSource(texts=["  "]))
+    (tmp_path / "p.parquet").write_bytes(b"PAR1\x00\xff\xfe")
+    with pytest.raises(PromptError, match=r"is a .parquet data file; pass --prompts.source hf:"):
+        load_prompts(PromptSource(str(tmp_path / "p.parquet")))
+    (tmp_path / "p.txt").write_bytes(b"caf\xe9\n")
+    with pytest.raises(PromptError, match="is not UTF-8 text"):
+        load_prompts(PromptSource(str(tmp_path / "p.txt")))
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr("sys.stdin", Terminal("one\n"))
+    assert [p.prompt for p in load_prompts(PromptSource("-", split=None))[0]] == ["one"]
+    assert capsys.readouterr().err == "reading prompts from stdin, one per line (Ctrl-D to end)\n"
+
+
+def test_local_hf_datasets_save_to_disk_and_data_files(tmp_path):
+    import datasets
+
+    dd = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict({"prompt": ["a", "b"]}),
+            "test": datasets.Dataset.from_dict({"prompt": ["c"]}),
+        }
+    )
+    dd.save_to_disk(str(tmp_path / "saved"))
+    datasets.Dataset.from_dict({"prompt": ["x", "y"]}).save_to_disk(str(tmp_path / "one"))
+    (tmp_path / "files").mkdir()
+    datasets.Dataset.from_dict({"prompt": ["p", "q"]}).to_parquet(str(tmp_path / "files" / "part.parquet"))
+
+    def texts(source, split="train", field="prompt"):
+        return [p.prompt for p in load_prompts(PromptSource(f"hf:{source}", split=split, field=field))[0]]
+
+    assert texts(tmp_path / "saved") == ["a", "b"] and texts(tmp_path / "saved", "test") == ["c"]
+    assert texts(tmp_path / "saved", "all") == ["a", "b", "c"]
+    assert texts(tmp_path / "one") == ["x", "y"]
+    assert texts(tmp_path / "files") == ["p", "q"]
+    assert texts(tmp_path / "files" / "part.parquet") == ["p", "q"]
+    with pytest.raises(
+        PromptError, match=r"has no split 'heldout'; pass --prompts.split one of \['test', 'train'\]"
+    ):
+        texts(tmp_path / "saved", "heldout")
+    with pytest.raises(PromptError, match="has no split 'heldout'"):  # not "no column 'prompt'"
+        texts(tmp_path / "files", "heldout")
+    with pytest.raises(PromptError, match=r"has no column 'text'; pass --prompts.field one of \['prompt'\]"):
+        texts(tmp_path / "saved", field="text")
 
 
 CHAT = [

@@ -66,6 +66,22 @@ def test_plot_all_from_memory(tmp_path):
     check_figures(plot_all(records, summary, out, budget=0.3), out)
 
 
+def test_figures_say_which_corner_is_good_and_how_many_prompts(tmp_path, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.append(fig) or path)
+    records, summary = fake_run(n=6)
+    plot_all(records, summary, tmp_path, budget=0.3)
+    texts = [
+        [fig.get_suptitle(), *(t for ax in fig.axes for t in (ax.get_title(), ax.get_title("right")))]
+        + [t.get_text() for ax in fig.axes for t in ax.texts]
+        for fig in drawn
+    ]
+    fig2, fig3 = (" | ".join(t) for t in texts)
+    assert "4 methods x 6 prompts each" in fig2 and "4 methods x 6 prompts each" in fig3
+    assert "better: top right" in fig2 and "better: bottom right" in fig2
+    assert "higher is better" in fig3 and "lower is better" in fig3
+
+
 def test_plot_all_from_eval_files_and_edge_cases(tmp_path):
     records, summary = fake_run(n=1)  # one response per method: degenerate boxes still draw
     records.append({"method_name": METHODS[0], "cost_eval": float("nan"), "reward_eval": 2.0})  # skipped

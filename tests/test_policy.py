@@ -69,10 +69,16 @@ def test_identity_mismatches_name_the_fields(tiny_policy):
 
 
 def test_empty_and_too_long_prompts_are_refused(tiny_policy):
-    with pytest.raises(PolicyError, match="prompt 1 is empty"):
+    with pytest.raises(PolicyError, match=r"prompt 1 \(counting from 0\) is empty"):
         tiny_policy.encode_prompts(["fine", "   "])
     with pytest.raises(PolicyError, match="context is 256"):
         tiny_policy.encode_prompts(["bread " * 400])
+    with pytest.raises(
+        PolicyError, match=r"prompt 'long bread bread bread bread bread bread bread'\.\.\. has"
+    ):
+        tiny_policy.encode_prompts(["fine", "long " + "bread " * 400])  # named by its text, not "prompt 1"
+    with pytest.raises(PolicyError, match=r"prompt 0 \(counting from 0\) is a NoneType, not a string"):
+        tiny_policy.encode_prompts([None])
 
 
 def test_rollout_has_t_plus_one_latents_and_matches_greedy_generate(tiny_policy):

@@ -207,7 +207,7 @@ def test_logits_processors_are_pure():
         ({"block_width": 32, "max_new_tokens": 16}, None, "search.block_width 32"),
         ({"method": "greedy"}, None, "search.method 'greedy' is unknown"),
         ({"mode": "exact"}, None, "needs a cost scorer"),
-        ({}, ["fine", "  "], "prompt 1 is empty"),
+        ({}, ["fine", "  "], r"prompt 1 \(counting from 0\) is empty"),
         ({}, ["word " * 300], "context"),
         ({"max_new_tokens": 250}, None, "context"),
     ],

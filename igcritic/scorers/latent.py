@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from igcritic.policy import cache_kwargs, output_cache
 from igcritic.scorers.base import ScorerError, check_pairs, pad_batch
 
 log = logging.getLogger(__name__)
@@ -157,17 +158,17 @@ class PolicyFeatures:
             for j, t in enumerate(tails):  # right padding: a tail never attends to the pads after it
                 ids[j, : len(t)] = torch.tensor(t)
                 mask[j, shared + len(t) :] = 0
-            cache = copy.deepcopy(head.past_key_values)
+            cache = copy.deepcopy(output_cache(head))
             cache.batch_repeat_interleave(len(chunk))
             pos = torch.arange(shared, shared + width).expand(len(chunk), -1)
             hs = self.policy.model(
                 input_ids=ids.to(device),
                 attention_mask=mask.to(device),
                 position_ids=pos.to(device),
-                past_key_values=cache,
                 output_hidden_states=True,
                 logits_to_keep=1,  # the features need no logits: skip the LM head over every position
                 use_cache=True,
+                **cache_kwargs(self.policy.model, cache),
             ).hidden_states
             for j, r in enumerate(chunk):
                 start = len(encoded[r][0]) - 1  # the prompt's last position (< shared): h_0
