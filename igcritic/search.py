@@ -41,6 +41,7 @@ from igcritic.critic import Critic
 from igcritic.decoding import (
     LogitsProcessorList,
     RejectedTokenPenalty,
+    RunningPrefix,
     SamplingConfig,
     SuppressTokens,
     prefill,
@@ -49,6 +50,7 @@ from igcritic.decoding import (
 )
 from igcritic.policy import Policy, PolicyError
 from igcritic.scorers import Scorer
+from igcritic.scorers.latent import MAX_ANSWER_TOKENS, MAX_PROMPT_TOKENS, same_tokens
 
 Method = Literal["inferenceguard", "plain", "best_of_n", "beam", "args", "recontrol"]
 METHODS = ("inferenceguard", "plain", "best_of_n", "beam", "args", "recontrol")
@@ -360,6 +362,9 @@ class _Ctx:
     """Per prompt of the batch: scorer calls that scored its texts."""
     scorer_seconds: Counter[int] = field(default_factory=Counter)
     """Per prompt of the batch: its share of the scorer time."""
+    cols: dict[str, list[slice]] = field(default_factory=dict)
+    """Scorer roles read from the decode pass (``Rows.prefix``), each with where its layers sit in the
+    policy's latent; empty: every score comes from the text path."""
     _trunk: tuple[torch.Tensor, torch.Tensor] | None = None
     """(latents, trunk features) of the last candidate set: cost, value and q share one trunk pass."""
 
@@ -387,15 +392,18 @@ class _Ctx:
         prompts = [self.prompts[i] for i in idx]
         kw = {} if previous is None else {"previous": previous.numpy().astype(np.float64)}
         out = np.asarray(scorer.score(prompts, texts, **kw), dtype=np.float64).reshape(-1)
-        seconds = time.perf_counter() - t0
-        for p, n in Counter(idx).items():
-            self.scorer_calls[p] += 1
-            self.scorer_seconds[p] += seconds * n / len(idx)
+        self.account(idx, time.perf_counter() - t0)
         if out.shape[0] != len(texts):
             raise SearchConfigError(
                 f"a scorer returned {out.shape[0]} scores for {len(texts)} responses; fix the scorer"
             )
         return torch.from_numpy(out).float()
+
+    def account(self, idx: list[int], seconds: float) -> None:
+        """One scorer call over texts of the prompts ``idx`` (one entry per text) that took ``seconds``."""
+        for p, n in Counter(idx).items():
+            self.scorer_calls[p] += 1
+            self.scorer_seconds[p] += seconds * n / len(idx)
 
 
 def check_prompts(policy: Policy, prompts: list[str], cfg: SearchConfig) -> None:
@@ -454,8 +462,13 @@ def _search_batch(ctx: _Ctx, gen: torch.Generator) -> list[GuardRecord]:
     steps = math.ceil(d / width) * (max_retries + 1) * width
     static = (ctx.cache_rows, steps) if cfg.compile else None
     beams = prefill(policy, ctx.prompts, static=static)
-    if cfg.mode == "exact":
-        beams.cost = ctx.score(ctx.cost, beams.prompt, [""] * len(beams))  # S_0 of the empty answer
+    _decode_scoring(ctx, beams)
+    if cfg.mode == "exact":  # S_0 of the empty answer
+        beams.cost = (
+            _decoded_empty_cost(ctx, beams)
+            if ctx.cols
+            else ctx.score(ctx.cost, beams.prompt, [""] * len(beams))
+        )
     tracks = [_Track() for _ in ctx.prompts]
     recontrol = _recontrol(ctx)
     vocab = beams.logits.shape[-1]
@@ -469,11 +482,13 @@ def _search_batch(ctx: _Ctx, gen: torch.Generator) -> list[GuardRecord]:
         limits = torch.tensor([min(width, d - len(t)) for t in cands.tokens])
         args = _args(ctx, cands)
         proc = _processor(ctx, banned, cands.prompt, args)
-        block = sample_block(policy, cands, limits, cfg, gen, proc, latent_logits=recontrol)
+        block = sample_block(
+            policy, cands, limits, cfg, gen, proc, keep_latents=bool(ctx.cols), latent_logits=recontrol
+        )
         for p, n in (args.scored if args is not None else {}).items():
             tracks[p].scored += n
         # 2. safety state (exact S or latent Ŝ), value and admissibility of every candidate
-        s, value, q, admissible = _score_candidates(ctx, cands, parent_cost)
+        s, value, q, admissible = _score_candidates(ctx, cands, parent_cost, block)
         complete = (block.eos | torch.tensor([len(t) >= d for t in cands.tokens])).tolist()
         cols = (s.tolist(), value.tolist(), q.tolist(), admissible.tolist(), complete)
         # 3. keep the top K per prompt; nothing admissible: rewind the block (retry) or fail closed
@@ -577,7 +592,62 @@ def _processor(
     return procs or None
 
 
-def _score_candidates(ctx: _Ctx, cands, parent_cost: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def _decode_scoring(ctx: _Ctx, beams) -> None:
+    """Score from the decode pass when every scorer the search calls reads the policy's own layers (and no
+    prompt is longer than the text path reads): fill ``ctx.cols`` and start ``beams.prefix``."""
+    cfg = ctx.cfg
+    used = {"cost": ctx.cost if cfg.mode == "exact" else None, "reward": None if cfg.critic else ctx.reward}
+    cols = {r: getattr(s, "decode_columns", lambda _: None)(ctx.policy) for r, s in used.items() if s}
+    too_long = bool((beams.mask.sum(1) > MAX_PROMPT_TOKENS).any())
+    if cols and None not in cols.values() and not too_long:
+        ctx.cols = cols
+        beams.prefix = RunningPrefix.start(beams.h)
+
+
+def _decoded_empty_cost(ctx: _Ctx, beams) -> torch.Tensor:
+    """S_0 (the empty answer's p) of each prompt from its prefill latent."""
+    t0 = time.perf_counter()
+    h0 = beams.prefix.first
+    out = torch.from_numpy(ctx.cost.decode_values(ctx.cols["cost"], h0, h0, h0)).float()
+    ctx.account(beams.prompt.tolist(), time.perf_counter() - t0)
+    return out
+
+
+def _decoded_scores(
+    ctx: _Ctx, cands, block, texts: list[str], parent_cost: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The exact cost (running max over every new prefix and ``parent_cost``) and the reward of every
+    candidate from the block's latents, advancing ``cands.prefix``. A candidate whose text does not
+    re-tokenise to its tokens is scored by the text path, so both paths give the same scores."""
+    t0 = time.perf_counter()
+    start = cands.prefix
+    counted = (block.new - block.eos.long()).clamp(min=0)  # an EOS decodes to no text
+    counted = torch.minimum(counted, (MAX_ANSWER_TOKENS + 1 - start.count).clamp(min=0))
+    after, last, mean, valid = start.advance(block.latents, counted)
+    cands.prefix = after
+    out = {}
+    if "cost" in ctx.cols:
+        r, j = valid.nonzero(as_tuple=True)
+        p = ctx.cost.decode_values(ctx.cols["cost"], start.first[r], last[r, j], mean[r, j])
+        s = parent_cost.double().scatter_reduce(0, r, torch.from_numpy(p).double(), "amax")
+        out["cost"] = s.float()
+    if "reward" in ctx.cols:
+        mean_now = after.total / after.count[:, None]
+        out["reward"] = torch.from_numpy(
+            ctx.reward.decode_values(ctx.cols["reward"], after.first, after.last, mean_now)
+        ).float()
+    ctx.account(cands.prompt.tolist(), time.perf_counter() - t0)
+    same = same_tokens(ctx.policy.tokenizer, texts, cands.tokens, ctx.policy.eos_token_ids)
+    rows = torch.tensor([j for j, ok in enumerate(same) if not ok], dtype=torch.long)
+    if len(rows):
+        sub = [texts[j] for j in rows.tolist()]
+        for role, vals in out.items():
+            scorer, prev = (ctx.cost, parent_cost[rows]) if role == "cost" else (ctx.reward, None)
+            vals[rows] = ctx.score(scorer, cands.prompt[rows], sub, previous=prev)
+    return out
+
+
+def _score_candidates(ctx: _Ctx, cands, parent_cost: torch.Tensor, block) -> tuple[torch.Tensor, ...]:
     """(S, value, q, admissible) of every candidate, on CPU."""
     cfg = ctx.cfg
     texts = (
@@ -585,13 +655,18 @@ def _score_candidates(ctx: _Ctx, cands, parent_cost: torch.Tensor) -> tuple[torc
         if (cfg.mode == "exact" or ctx.reward is not None and not cfg.critic)
         else None
     )
-    if cfg.mode == "exact":
+    decoded = _decoded_scores(ctx, cands, block, texts, parent_cost) if ctx.cols else {}
+    if "cost" in decoded:
+        s = decoded["cost"]
+    elif cfg.mode == "exact":
         s = ctx.score(ctx.cost, cands.prompt, texts, previous=parent_cost)
     else:  # fully latent: the critic's cost head, no cost-scorer call
         s = ctx.call_critic("cost", cands.h)
     z = cfg.budget - s
     if cfg.critic:
         value = ctx.call_critic("value", cands.h)
+    elif "reward" in decoded:
+        value = decoded["reward"]
     elif ctx.reward is not None:
         value = ctx.score(ctx.reward, cands.prompt, texts)
     else:  # plain sampling with neither: nothing to report
