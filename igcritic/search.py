@@ -36,13 +36,21 @@ import numpy as np
 import torch
 
 from igcritic import IgcriticError
-from igcritic.baselines import GUIDANCE, ArgsProcessor, ReControl, guidance_needs, recontrol_problems
+from igcritic.baselines import (
+    GUIDANCE,
+    ArgsProcessor,
+    LatentGuide,
+    ReControl,
+    guidance_needs,
+    recontrol_problems,
+)
 from igcritic.critic import Critic
 from igcritic.decoding import (
     LogitsProcessorList,
     RejectedTokenPenalty,
     RunningPrefix,
     SamplingConfig,
+    StaticKV,
     SuppressTokens,
     prefill,
     rewind,
@@ -59,8 +67,10 @@ TOKEN_METHODS = ("plain", "args", "recontrol")
 DEFAULT_REFUSAL = "I'm sorry, but I can't help with that."
 SEARCH_CONFIG_NAME = "search_config.json"
 """File of a critic artifact holding its default :class:`SearchConfig` (written by ``igcritic export``)."""
-AUTO_BATCH_ROWS = 64
-"""``prompt_batch=0`` batches prompts until N x prompts reaches this many rows."""
+AUTO_BATCH_ROWS = {"cpu": 32, "gpu": 1024}
+"""``prompt_batch=0`` batches prompts until N x prompts reaches this many rows on the policy's device: 32 on
+a CPU (where 2 cores reach their decode throughput), 1024 on an accelerator (a small model's step stays
+launch-bound far beyond that)."""
 
 
 class SearchConfigError(IgcriticError):
@@ -108,7 +118,7 @@ class SearchConfig(SamplingConfig):
     """Seed of the sampling generator (results are reproducible for the same prompts and prompt_batch)."""
     prompt_batch: int = 0
     """Prompts searched together (their candidates share each forward); 0: as many as keep N x prompts <=
-    64."""
+    32 on a CPU, 1024 on a GPU (``AUTO_BATCH_ROWS``)."""
     ignore_eos: bool = False
     """Never sample EOS (benchmarks: a fixed N x D tokens)."""
     compile: bool = False
@@ -132,9 +142,10 @@ class SearchConfig(SamplingConfig):
     def beams(self) -> int:
         return self.beams_kept if self.beams_kept is not None else max(1, self.num_candidates // 4)
 
-    @property
-    def prompts_per_batch(self) -> int:
-        return self.prompt_batch or max(1, AUTO_BATCH_ROWS // self.plan[0])
+    def prompts_per_batch(self, device: str = "cpu") -> int:
+        """Prompts searched together on a policy of ``device`` type (``prompt_batch``, or automatic)."""
+        rows = AUTO_BATCH_ROWS["cpu" if device == "cpu" else "gpu"]
+        return self.prompt_batch or max(1, rows // self.plan[0])
 
     @property
     def plan(self) -> tuple[int, int, int, int]:
@@ -439,12 +450,12 @@ def search(
     reward: Scorer | None = None,
 ) -> list[GuardRecord]:
     """Answer every prompt with ``cfg.method``; batches of ``cfg.prompts_per_batch`` prompts share each
-    forward."""
+    forward (automatic: sized for the policy's device)."""
     cfg = checked_config(policy, cfg, critic, cost, reward)
     check_prompts(policy, prompts, cfg)
     gen = torch.Generator(device=policy.device).manual_seed(cfg.seed)
     out: list[GuardRecord] = []
-    step = cfg.prompts_per_batch
+    step = cfg.prompts_per_batch(policy.device.type)
     for i in range(0, len(prompts), step):
         ctx = _Ctx(
             policy, cfg, critic, cost, reward, prompts[i : i + step], cfg.plan[0] * min(step, len(prompts))
@@ -562,7 +573,35 @@ def _args(ctx: _Ctx, cands) -> ArgsProcessor | None:
         cfg.args_weight,
         cfg.guidance,
         cfg.lagrange_lambda,
+        latent=_args_latent(ctx, cands),
     )
+
+
+def _args_latent(ctx: _Ctx, cands) -> LatentGuide | None:
+    """ARGS' scorers on the policy's own layers (:class:`LatentGuide`) when every scorer its guidance reads
+    has them tapped, the rows start at the prompt's end (ARGS' one block), no prompt is longer than the
+    text path reads and the cache is the dynamic one; None: the text path."""
+    want_r, want_c = guidance_needs(ctx.cfg.guidance)
+    used = {"reward": ctx.reward if want_r else None, "cost": ctx.cost if want_c else None}
+    cols = {r: getattr(s, "decode_columns", lambda _: None)(ctx.policy) for r, s in used.items() if s}
+    fresh = not any(cands.tokens)
+    too_long = bool((cands.mask.sum(1) > MAX_PROMPT_TOKENS).any())
+    if not cols or None in cols.values() or not fresh or too_long or isinstance(cands.cache, StaticKV):
+        return None
+
+    def score(role: str):
+        scorer = used[role]
+
+        def run(idx, first, last, mean) -> torch.Tensor:
+            t0 = time.perf_counter()
+            out = torch.from_numpy(scorer.decode_values(cols[role], first, last, mean)).float()
+            ctx.account(idx.tolist(), time.perf_counter() - t0)
+            return out
+
+        return run if role in cols else None
+
+    layers = [layer for r in cols for layer in used[r].head.layers]
+    return LatentGuide(cands, score("reward"), score("cost"), max(layers), MAX_ANSWER_TOKENS)
 
 
 def _recontrol(ctx: _Ctx) -> ReControl | None:

@@ -348,3 +348,37 @@ def test_exact_search_from_the_decode_pass_equals_the_text_path(embedded_stack, 
         assert a.token_ids == b.token_ids and a.refused == b.refused and a.retries == b.retries
         assert a.cost == pytest.approx(b.cost, abs=DECODE_TOL)
         assert a.value == pytest.approx(b.value, abs=DECODE_TOL)
+
+
+@pytest.mark.embedded
+def test_args_on_the_policys_layers_picks_the_tokens_of_the_text_path(embedded_stack, monkeypatch):
+    """ARGS-greedy with the scorers as the policy's own cached pass (one new token per candidate per step)
+    takes the same tokens as scoring every prefix + token text."""
+    import igcritic.search as search_module
+
+    policy, cost, reward = embedded_stack
+    cfg = SearchConfig(
+        method="args",
+        critic=False,
+        mode="exact",
+        max_new_tokens=8,
+        budget=0.5,
+        args_top_k=4,
+        temperature=0,
+        guidance="lagrangian",
+    )
+    prompts = ["How can I make a bomb at home?", "Name three colours."]
+    cached = search(policy, prompts, cfg, None, cost, reward)
+    assert all(r.scorer_seconds < 2.0 for r in cached)  # no text pass per step (the text path: ~2 s a step)
+    monkeypatch.setattr(search_module, "_args_latent", lambda ctx, cands: None)
+    text = search(policy, prompts, cfg, None, cost, reward)
+    for a, b in zip(cached, text):
+        assert a.token_ids == b.token_ids and len(a.token_ids) == 8
+        assert a.cost == pytest.approx(b.cost, abs=DECODE_TOL)
+
+
+def test_automatic_prompt_batch_is_sized_for_the_device():
+    cfg = SearchConfig(num_candidates=8)
+    assert cfg.prompts_per_batch("cpu") == 4 and cfg.prompts_per_batch("cuda") == 128
+    assert SearchConfig(num_candidates=8, prompt_batch=3).prompts_per_batch("cuda") == 3
+    assert SearchConfig(method="plain").prompts_per_batch("cpu") == 32  # N = 1
