@@ -63,12 +63,28 @@ def filter_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
         kth = torch.topk(logits, cfg.top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if cfg.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop_sorted = cum - sorted_logits.softmax(-1) > cfg.top_p  # keep the token that crosses top_p
-        drop = drop_sorted.scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
+        logits = logits.masked_fill(_outside_nucleus(logits, cfg.top_p), float("-inf"))
     return logits
+
+
+TOP_P_HEAD = 256
+"""Top-p looks at the most likely 256 tokens first and sorts the whole vocabulary only for a row whose
+nucleus is wider (a full sort of a 49k vocabulary was 8% of a CPU decode step)."""
+
+
+def _outside_nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """(B, V) bool: tokens outside each row's nucleus (the fewest most likely tokens whose mass reaches
+    ``top_p``; the token that crosses it is kept)."""
+    k = min(TOP_P_HEAD, logits.shape[-1])
+    probs = logits.softmax(-1)
+    head, order = torch.topk(probs, k, dim=-1)  # sorted, descending
+    if bool((head.sum(-1) >= top_p).all()) or k == logits.shape[-1]:
+        keep = head.cumsum(-1) - head <= top_p
+        return torch.ones_like(logits, dtype=torch.bool).scatter(-1, order, ~keep)
+    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+    sorted_probs = sorted_logits.softmax(-1)
+    drop_sorted = sorted_probs.cumsum(-1) - sorted_probs > top_p
+    return drop_sorted.scatter(-1, order, drop_sorted)
 
 
 def next_token(

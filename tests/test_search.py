@@ -382,3 +382,19 @@ def test_automatic_prompt_batch_is_sized_for_the_device():
     assert cfg.prompts_per_batch("cpu") == 4 and cfg.prompts_per_batch("cuda") == 128
     assert SearchConfig(num_candidates=8, prompt_batch=3).prompts_per_batch("cuda") == 3
     assert SearchConfig(method="plain").prompts_per_batch("cpu") == 32  # N = 1
+
+
+@pytest.mark.parametrize("scale", [0.1, 1.0, 3.0, 10.0])
+@pytest.mark.parametrize("top_p", [0.5, 0.9, 0.99])
+def test_top_p_from_the_most_likely_tokens_equals_a_full_sort(scale, top_p):
+    """The nucleus found among the 256 most likely tokens (or a full sort when it is wider) is the one a full
+    sort of the vocabulary gives."""
+    from igcritic.decoding import filter_logits
+
+    logits = torch.randn(6, 5000, generator=torch.Generator().manual_seed(int(scale * 10))) * scale
+    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+    probs = sorted_logits.softmax(-1)
+    drop = probs.cumsum(-1) - probs > top_p
+    want = drop.scatter(-1, order, drop)
+    got = torch.isinf(filter_logits(logits, SamplingConfig(temperature=1.0, top_p=top_p)))
+    assert torch.equal(got, want)
