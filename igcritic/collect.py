@@ -191,7 +191,9 @@ def label_batch(
     policy: Policy, prompts: list[str], prompt_idx: list[int], roll: Rollouts, cost: Scorer, reward: Scorer
 ) -> tuple[TrajectoryBatch, dict]:
     """Score every prefix with the cost model and every answer with the reward model: from the rollout's
-    own latents where the scorer reads the policy's layers (:func:`decoded_labels`), else from the text."""
+    own latents where the scorer reads the policy's layers (:func:`decoded_labels`), else from the text.
+    Both paths give the same labels up to float rounding (tested at 1e-4), so the config hash does not say
+    which one labelled a batch: a store resumed across the change stays one labelling."""
     texts = [prefix_texts(policy.tokenizer, t) for t in roll.tokens]
     batch_prompts = [prompts[p] for p in prompt_idx]
     t0 = time.perf_counter()
