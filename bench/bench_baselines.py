@@ -43,6 +43,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30, help="RE-Control gradient steps per token")
     ap.add_argument("--guidance", default="reward", help="reward, lagrangian or cost (both methods)")
     ap.add_argument("--prompts", type=int, default=3)
+    ap.add_argument("--no_scorer_step", action="store_true", help="skip the one-step text-scorer comparison")
     ap.set_defaults(threads=1)
     a = ap.parse_args()
     policy, critic, timer = load_stack(a)
@@ -64,7 +65,8 @@ def main() -> None:
             lambda: search(policy, [prompt], replace(methods[name], seed=seed), critic, cost, reward)[0]
         )
 
-    scorer_step(reward, a.k)
+    if not a.no_scorer_step:
+        scorer_step(reward, a.k)
     for name in methods:  # warm-up (scorer and critic loading, first-call overheads)
         run(name, PROMPTS[0], 0)
     secs = {m: [] for m in methods}

@@ -7,7 +7,8 @@ Three timings per repeat, alternating so drift hits both sides:
   baseline  model.generate(do_sample=True, min_new_tokens=D): tokens/s of plain sampling
   collect   igcritic's rollout (KV-cached sampling + latent of every step) + fp16 store write
   scorers   cost prefix scores + reward, reported separately (docs/design.md section 9)
-Prints the ratio collect/baseline (target >= 0.8), store MB/s and bytes per token. ``--compile``: collect
+Prints the ratio collect/baseline (target >= 0.8; with ``--labels``, the embedded cost and reward labels
+inside collect, >= 0.9), store MB/s and bytes per token. ``--compile``: collect
 with ``compile: true`` (static KV cache of ``--batch`` rows, compiled step; its compile is a warm-up call).
 """
 
@@ -43,10 +44,28 @@ def main() -> None:
     ap.add_argument(
         "--compile", action="store_true", help="collect with compile: true (static cache, compiled)"
     )
+    ap.add_argument(
+        "--labels",
+        action="store_true",
+        help="collect labels too (embedded cost prefix scores + reward, inside the timed collect); the "
+        "policy taps layers 15,18,21 (unless --extra_layers): they come from the rollout's own latents",
+    )
+    ap.add_argument("--extra_layers", default=None, help="layers tapped beside the last, e.g. 15,18,21")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     a = ap.parse_args()
 
+    if a.threads:
+        torch.set_num_threads(a.threads)
     torch.set_grad_enabled(False)
-    policy = bench_policy(a.model, a.dtype, a.device)
+    if a.labels and a.extra_layers is None:
+        a.extra_layers = "15,18,21"
+    extra = tuple(int(x) for x in (a.extra_layers or "").split(",") if x)
+    policy = bench_policy(a.model, a.dtype, a.device, extra)
+    scorers = None
+    if a.labels:
+        from igcritic.scorers import load_scorer
+
+        scorers = load_scorer("embedded", "cost"), load_scorer("embedded", "reward")
     prompts = [p.prompt for p in load_prompts(PromptSource(split="all"))[0]]
     prompts = (prompts * (a.batch // len(prompts) + 1))[: a.batch]
     # The comparison is per generated token; force full length on both sides so work is equal.
@@ -79,21 +98,24 @@ def main() -> None:
         roll = rollout(policy, prompts, cfg, gen, a.batch if a.compile else 0)
         sync()
         n = sum(len(x) for x in roll.tokens)
-        batch = TrajectoryBatch(
-            latents=torch.cat(roll.latents).numpy(),
-            token_ids=np.concatenate([[-1, *x] for x in roll.tokens]).astype(np.int32),
-            cost_prefix=np.zeros(n + a.batch, np.float32),
-            traj_len=np.asarray([len(x) for x in roll.tokens], np.int32),
-            traj_prompt=np.arange(a.batch, dtype=np.int64),
-            traj_reward=np.zeros(a.batch, np.float32),
-            traj_finished=np.asarray(roll.finished),
-        )
+        if scorers is not None:
+            batch, _ = label_batch(policy, prompts, list(range(a.batch)), roll, *scorers)
+        else:
+            batch = TrajectoryBatch(
+                latents=torch.cat(roll.latents).numpy(),
+                token_ids=np.concatenate([[-1, *x] for x in roll.tokens]).astype(np.int32),
+                cost_prefix=np.zeros(n + a.batch, np.float32),
+                traj_len=np.asarray([len(x) for x in roll.tokens], np.int32),
+                traj_prompt=np.arange(a.batch, dtype=np.int64),
+                traj_reward=np.zeros(a.batch, np.float32),
+                traj_finished=np.asarray(roll.finished),
+            )
         tw = time.perf_counter()
         with StoreWriter.create(
             tmp / f"s{i}.zarr",
             attrs={"config_hash": "bench"},
             prompts=prompts,
-            hidden_size=policy.identity.hidden_size,
+            hidden_size=policy.identity.latent_size,
         ) as w:
             w.append(batch, 0)
         done = time.perf_counter()
@@ -119,7 +141,8 @@ def main() -> None:
         f"compile={a.compile}"
     )
     print(f"baseline generate      {base:8.1f} tok/s (median of {a.repeats})")
-    print(f"collect (gen+latents+write) {coll:8.1f} tok/s")
+    what = "gen+latents+labels+write" if a.labels else "gen+latents+write"
+    print(f"collect ({what}) {coll:8.1f} tok/s")
     print(
         f"ratio collect/baseline  median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max "
         f"{max(ratios):.3f})"

@@ -13,7 +13,9 @@ Per prompt, alternating so drift hits both sides (EOS suppressed on both: exactl
 Prints seconds per prompt, the ratio guard/plain (docs/design.md section 9: <= 1.3), the retry rate (resampled
 blocks / all blocks) and the critic's share of the guard's time (target < 2%). The random critic admits
 everything by default (--tau 0, a huge budget), so the ratio measures the search machinery without retries;
-pass --critic checkpoints/embedded --tau 0.5 --budget 0.5 (the demo's) to include them. ``--compile`` adds
+pass --critic checkpoints/embedded --tau 0.5 --budget 0.5 (the demo's) to include them. ``--exact`` adds a
+guard row in exact mode with the embedded cost (its scores from the decode pass when the policy taps layers
+15/18/21) and the ratio exact / fully latent. ``--compile`` adds
 rows for both sides with ``compile: true`` (static KV cache, compiled step) and the ratio static/dynamic;
 its warm-up row is the compile time.
 """
@@ -29,9 +31,10 @@ from dataclasses import replace
 import torch
 from bench_policy import bench_policy
 
-from igcritic.critic import Critic, CriticConfig, load_critic
+from igcritic.critic import Critic, CriticConfig, load_critic, read_config
 from igcritic.decoding import SuppressTokens, prefill, sample_block
 from igcritic.policy import EMBEDDED_POLICY_ID, Policy
+from igcritic.scorers import load_scorer
 from igcritic.search import SearchConfig, search
 
 PROMPTS = [
@@ -51,6 +54,11 @@ def stack_args(critic: str | None = None) -> argparse.ArgumentParser:
     )
     ap.add_argument("--critic_width", type=int, default=512, help="trunk width of the random critic")
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument(
+        "--extra_layers",
+        default=None,
+        help="layers tapped beside the last, e.g. 15,18,21 (default: the critic's; none for a random one)",
+    )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     return ap
@@ -61,7 +69,14 @@ def load_stack(a: argparse.Namespace, budget: float | None = None) -> tuple[Poli
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.set_grad_enabled(False)
-    policy = bench_policy(a.model, a.dtype, a.device)
+    extra = (
+        tuple(int(x) for x in a.extra_layers.split(",") if x)
+        if a.extra_layers is not None
+        else tuple((read_config(a.critic).get("policy") or {}).get("extra_layers") or ())
+        if a.critic
+        else ()
+    )
+    policy = bench_policy(a.model, a.dtype, a.device, extra)
     if a.critic:
         critic = load_critic(a.critic, device=a.device)
     else:
@@ -95,8 +110,16 @@ def main() -> None:
     )
     ap.add_argument("--compile", action="store_true", help="also time both sides with compile: true")
     ap.add_argument("--no_generate", action="store_true", help="skip the model.generate reference row")
+    ap.add_argument(
+        "--exact",
+        action="store_true",
+        help="also time exact mode with the embedded cost (taps layers 15,18,21 unless --extra_layers)",
+    )
     a = ap.parse_args()
+    if a.exact and a.extra_layers is None and not a.critic:
+        a.extra_layers = "15,18,21"
     policy, critic, timer = load_stack(a, a.budget)
+    cost = load_scorer("embedded", "cost", device=a.device) if a.exact else None
     search_cfg = SearchConfig(
         method="inferenceguard",
         mode="latent",
@@ -117,8 +140,9 @@ def main() -> None:
         gen = torch.Generator(device=policy.device).manual_seed(seed)
         return int(sample_block(policy, rows, torch.full((a.n,), a.d), search_cfg, gen, no_eos).new.sum())
 
-    def guard(prompt: str, seed: int, comp: bool):
-        (rec,) = search(policy, [prompt], replace(search_cfg, seed=seed, compile=comp), critic)
+    def guard(prompt: str, seed: int, comp: bool, mode: str = "latent"):
+        cfg = replace(search_cfg, seed=seed, compile=comp, mode=mode)
+        (rec,) = search(policy, [prompt], cfg, critic, cost if mode == "exact" else None)
         return rec
 
     def generate(prompt: str) -> None:
@@ -140,10 +164,12 @@ def main() -> None:
         t = time.perf_counter()
         guard(prompts[0], 0, comp)
         plain(prompts[0], 0, comp)
+        if a.exact and not comp:
+            guard(prompts[0], 0, comp, "exact")
         warm[name] = time.perf_counter() - t
     t_plain = {k: [] for k in sides}
     t_guard = {k: [] for k in sides}
-    t_gen, shares, retries, blocks, toks = [], [], [], [], []
+    t_gen, shares, retries, blocks, toks, t_exact, exact_scorer = [], [], [], [], [], [], []
     for r in range(a.repeats):
         for i, p in enumerate(prompts):
             for name, comp in sides.items():
@@ -156,6 +182,10 @@ def main() -> None:
                     shares.append(rec.critic_seconds / rec.seconds)
                     retries.append(rec.retries)
                     blocks.append(rec.steps + rec.retries)
+                if a.exact and not comp:
+                    te, rec_e = timer(guard, p, 100 * r + i, comp, "exact")
+                    t_exact.append(te)
+                    exact_scorer.append(rec_e.scorer_seconds / rec_e.seconds)
             if not a.no_generate:
                 t_gen.append(timer(generate, p)[0])
     med = statistics.median
@@ -173,6 +203,8 @@ def main() -> None:
     for name in sides:
         row(f"plain sampling N x D ({name})", t_plain[name], f"({med(toks):.0f} tokens)")
         row(f"guard, fully latent ({name})", t_guard[name])
+    if t_exact:
+        row("guard, exact (embedded cost, dynamic)", t_exact)
     if t_gen:
         row("model.generate N x D (ref)", t_gen)
     for name in sides:
@@ -180,6 +212,13 @@ def main() -> None:
         print(
             f"ratio guard/plain ({name}): median {med(ratios):.3f} (min {min(ratios):.3f}, "
             f"max {max(ratios):.3f}); target <= 1.3"
+        )
+    if t_exact:
+        ratios = [e / g for e, g in zip(t_exact, t_guard["dynamic"])]
+        print(
+            f"ratio exact/fully latent (dynamic): median {med(ratios):.3f} (min {min(ratios):.3f}, "
+            f"max {max(ratios):.3f}); target <= 1.15; cost scorer share of exact time: median "
+            f"{100 * med(exact_scorer):.2f}%"
         )
     if a.compile:
         for what, times in (("plain", t_plain), ("guard", t_guard)):

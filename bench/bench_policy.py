@@ -27,9 +27,9 @@ SHAPES = {
 }
 
 
-def bench_policy(model: str, dtype: str, device: str) -> Policy:
+def bench_policy(model: str, dtype: str, device: str, extra_layers: tuple[int, ...] = ()) -> Policy:
     if model not in SHAPES:
-        return load_policy(model, dtype=dtype, device=device)
+        return load_policy(model, dtype=dtype, device=device, extra_layers=extra_layers)
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tok = AutoTokenizer.from_pretrained(embedded_model_dir())
@@ -44,7 +44,7 @@ def bench_policy(model: str, dtype: str, device: str) -> Policy:
     with torch.device(device):
         net = LlamaForCausalLM(cfg).to(getattr(torch, dtype))
     net.generation_config.eos_token_id = tok.eos_token_id
-    return load_policy(model, model=net, tokenizer=tok, device=device)
+    return load_policy(model, model=net, tokenizer=tok, device=device, extra_layers=extra_layers)
 
 
 __all__ = ["bench_policy", "RANDOM_7B", "RANDOM_TINY", "EMBEDDED_POLICY_ID"]

@@ -10,6 +10,10 @@ cache, the policy's weights untouched) and change only the logits each step samp
   reward r, the Lagrangian ``r - λ c`` or ``-c``, c the cost scorer's score of the prefix text (not its
   running max, which would tie every candidate once one prefix was costly). Greedy sampling (temperature 0)
   is ARGS-greedy; else the search samples from the re-weighted candidates (ARGS-stochastic).
+  When the scorers read the policy's own layers (the embedded cost and reward, the policy tapping their
+  layers), the scorer is the policy and keeps its KV cache across token steps: each candidate costs ONE new
+  token on a copy of its row's cache, run only up to the deepest layer read (:class:`LatentGuide`), as the
+  reference ARGS keeps its reward model's cache; the text path re-encodes prompt and prefix per step.
 - **RE-Control** (Kong et al., NeurIPS 2024): :class:`ReControl`, a ``latent_logits`` hook. The latent the
   LM head reads (the last layer after the final norm) takes n gradient-ascent steps ``h <- h + η ∇ G(h)``
   on the critic's ``G = V(h)`` (``lagrangian``: ``V(h) - λ Ŝ(h)``; ``cost``: ``-Ŝ(h)``), and the step
@@ -23,17 +27,38 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
 from igcritic.critic import Critic
+from igcritic.decoding import Rows, RunningPrefix
 from igcritic.policy import Policy
 
 Guidance = Literal["reward", "lagrangian", "cost"]
 GUIDANCE = ("reward", "lagrangian", "cost")
 TextScore = Callable[[torch.Tensor, list[str]], torch.Tensor]
 """``(prompt index (N,), texts) -> scores (N,)`` of one scorer (the search's bookkeeping wrapper)."""
+LatentScore = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``(prompt index (N,), h_0, h of the prefix, running mean (N, W)) -> scores (N,)``: a scorer that reads the
+policy's own layers (``decode_values`` with the search's bookkeeping)."""
+
+
+@dataclass
+class LatentGuide:
+    """ARGS on the policy's own layers: the block's rows (their live KV cache, mask, and h_0) and the
+    scorers that read them."""
+
+    rows: Rows
+    """The block's rows at its start, at the prompt's end; ``rows.cache`` is the live cache the block
+    extends."""
+    reward: LatentScore | None
+    cost: LatentScore | None
+    stop_after: int
+    """Deepest layer the scorers read: the candidate pass stops there."""
+    max_tokens: int
+    """Answer tokens the scorers read (the text path's cut): later tokens change no score."""
 
 
 def guidance_needs(guidance: str) -> tuple[bool, bool]:
@@ -60,7 +85,9 @@ class ArgsProcessor:
         weight: float = 1.0,
         guidance: Guidance = "reward",
         lagrange_lambda: float = 1.0,
+        latent: LatentGuide | None = None,
     ):
+        self.policy, self.latent = policy, latent
         self.tokenizer = policy.tokenizer
         self.eos = torch.tensor(policy.eos_token_ids)
         self.prefixes = prefixes  # (R,) response tokens of each row before the block
@@ -68,6 +95,10 @@ class ArgsProcessor:
         self.reward, self.cost = reward, cost
         self.top_k, self.weight, self.guidance, self.lam = top_k, weight, guidance, lagrange_lambda
         self.scored: Counter[int] = Counter()
+        self._special = torch.tensor(sorted({*policy.eos_token_ids, *self.tokenizer.all_special_ids}))
+        if latent is not None:  # the running sums of each row's answer, and the last step's candidates
+            self._state = RunningPrefix.start(latent.rows.h)
+            self._pending: tuple | None = None
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         done = torch.isin(input_ids, self.eos.to(input_ids.device)).any(1)
@@ -76,6 +107,13 @@ class ArgsProcessor:
             return scores
         k = min(self.top_k, scores.shape[-1])
         top_v, top_i = scores[active].topk(k, dim=-1)  # (A, k)
+        if self.latent is not None:
+            g = self._latent_guidance(input_ids, active, top_i)
+            sub = torch.full_like(scores[active], float("-inf"))
+            sub = sub.scatter(1, top_i, top_v + self.weight * g.to(top_v))
+            out = scores.clone()
+            out[active] = sub
+            return out
         fed = input_ids[active].tolist()
         seqs = [
             self.prefixes[r] + fed[a] + [t] for a, r in enumerate(active.tolist()) for t in top_i[a].tolist()
@@ -87,6 +125,55 @@ class ArgsProcessor:
         out = scores.clone()
         out[active] = sub
         return out
+
+    def _latent_guidance(
+        self, input_ids: torch.Tensor, active: torch.Tensor, top_i: torch.Tensor
+    ) -> torch.Tensor:
+        """g (A, k) of the active rows' top k tokens from the policy's layers: each candidate is one new
+        token on a copy of its row's cache (the prefix is never re-encoded); the running sums take the
+        token each row took at the last step. An EOS or other special candidate decodes to no text: it
+        scores as the prefix, as on the text path."""
+        lg, rows = self.latent, self.latent.rows
+        state = self._state
+        if self._pending is not None:  # the token each row took at the last step
+            was, h, toks, counts = self._pending
+            took = (toks == input_ids[was.to(input_ids.device), -1:].cpu()).float().argmax(1)
+            step = torch.zeros(len(state.count), h.shape[2])
+            step[was] = h[torch.arange(len(was)), took]
+            counted = torch.zeros(len(state.count), dtype=torch.long)
+            counted[was] = counts[torch.arange(len(was)), took]
+            self._state = state = state.advance(torch.stack([state.last, step], 1), counted)[0]
+        a, k = len(active), top_i.shape[1]
+        t = input_ids.shape[1]
+        src = active.repeat_interleave(k)
+        dev = rows.mask.device
+        mask = torch.cat([rows.mask, torch.ones_like(rows.mask[:, :1]).expand(-1, t + 1)], 1)[src.to(dev)]
+        _, lat, _ = self.policy.forward(
+            top_i.reshape(-1, 1),
+            mask,
+            _cache_rows(rows.cache, src.to(dev), lg.stop_after),
+            stop_after=lg.stop_after,
+        )
+        a_cpu, cand = active.cpu(), top_i.cpu()
+        h = lat[:, -1].float().cpu().view(a, k, -1)
+        silent = torch.isin(cand, self._special) | (state.count[a_cpu] > lg.max_tokens)[:, None]
+        counts = (~silent).long()
+        last = torch.where(silent[..., None], state.last[a_cpu][:, None], h)
+        mean = (state.total[a_cpu][:, None] + h * counts[..., None]) / (state.count[a_cpu][:, None] + counts)[
+            ..., None
+        ]
+        self._pending = (a_cpu, h, cand, counts)
+        prompt = self.prompt[a_cpu].repeat_interleave(k)
+        first = state.first[a_cpu].repeat_interleave(k, 0)
+        self.scored.update(prompt.tolist())
+        flat = (prompt, first, last.reshape(a * k, -1), mean.reshape(a * k, -1))
+        want_r, want_c = guidance_needs(self.guidance)
+        g = torch.zeros(a * k)
+        if want_r:
+            g = g + lg.reward(*flat)
+        if want_c:
+            g = g - (self.lam if self.guidance == "lagrangian" else 1.0) * lg.cost(*flat)
+        return g.view(a, k)
 
     def _guidance(self, prompt: torch.Tensor, texts: list[str]) -> torch.Tensor:
         """g of each (prompt, text); a text a prompt's candidates share (tokens that decode alike) is scored
@@ -104,6 +191,13 @@ class ArgsProcessor:
         if want_c:
             g = g - (self.lam if self.guidance == "lagrangian" else 1.0) * self.cost(idx, utexts)
         return g[torch.tensor([where[key] for key in keys])]
+
+
+def _cache_rows(cache, idx: torch.Tensor, layers: int):
+    """A new dynamic cache of rows ``idx`` of ``cache``'s first ``layers`` layers (the original untouched)."""
+    from transformers import DynamicCache
+
+    return DynamicCache([(layer.keys[idx], layer.values[idx]) for layer in cache.layers[:layers]])
 
 
 class ReControl:

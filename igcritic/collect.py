@@ -221,13 +221,25 @@ def teacher_forced_latents(
 def label_batch(
     policy: Policy, prompts: list[str], prompt_idx: list[int], roll: Rollouts, cost: Scorer, reward: Scorer
 ) -> tuple[TrajectoryBatch, dict]:
-    """Score every prefix with the cost model and every answer with the reward model."""
+    """Score every prefix with the cost model and every answer with the reward model: from the rollout's
+    own latents where the scorer reads the policy's layers (:func:`decoded_labels`), else from the text.
+    Both paths give the same labels up to float rounding (tested at 1e-4), so the config hash does not say
+    which one labelled a batch: a store resumed across the change stays one labelling."""
     texts = [prefix_texts(policy.tokenizer, t) for t in roll.tokens]
     batch_prompts = [prompts[p] for p in prompt_idx]
     t0 = time.perf_counter()
-    cost_prefix = cost.prefix_scores(batch_prompts, texts)
+    cost_prefix = decoded_labels(policy, batch_prompts, roll, texts, cost)
+    if rows := [i for i, c in enumerate(cost_prefix) if c is None]:
+        scored = cost.prefix_scores([batch_prompts[i] for i in rows], [texts[i] for i in rows])
+        for i, c in zip(rows, scored):
+            cost_prefix[i] = c
     t1 = time.perf_counter()
-    rewards = reward.score(batch_prompts, [t[-1] for t in texts])
+    decoded = decoded_labels(policy, batch_prompts, roll, texts, reward)
+    rewards = [None if r is None else r[-1] for r in decoded]
+    if rows := [i for i, r in enumerate(rewards) if r is None]:
+        scored = reward.score([batch_prompts[i] for i in rows], [texts[i][-1] for i in rows])
+        for i, r in zip(rows, scored):
+            rewards[i] = r
     t2 = time.perf_counter()
     token_ids = []
     for toks in roll.tokens:
@@ -242,6 +254,52 @@ def label_batch(
         traj_finished=np.asarray(roll.finished, dtype=bool),
     )
     return batch, {"cost_s": t1 - t0, "reward_s": t2 - t1}
+
+
+def decoded_labels(
+    policy: Policy, prompts: list[str], roll: Rollouts, texts: list[list[str]], scorer: Scorer
+) -> list[np.ndarray | None]:
+    """``S_0..S_T`` of each answer from its rollout latents h_0..h_T when ``scorer`` reads the policy's own
+    layers (``decode_columns``): the same numbers as ``scorer.prefix_scores`` on ``texts`` (float rounding
+    aside), without a second model pass; for a reward, its last entry is the answer's score. None for an
+    answer the text path must score: its text does not re-tokenise to its tokens, or its prompt is longer
+    than the text path reads."""
+    from igcritic.scorers.latent import (
+        MAX_ANSWER_TOKENS,
+        MAX_PROMPT_TOKENS,
+        prefix_index,
+        same_tokens,
+    )
+
+    cols = getattr(scorer, "decode_columns", lambda _: None)(policy)
+    out: list[np.ndarray | None] = [None] * len(roll.tokens)
+    if cols is None or not roll.tokens:
+        return out
+    tok = policy.tokenizer
+    full = [t[-1] for t in texts]
+    ok = same_tokens(tok, full, roll.tokens, policy.eos_token_ids)
+    formatted = tok([policy.format_prompt(p) for p in prompts], add_special_tokens=False)["input_ids"]
+    prompt_len = [len(x) for x in formatted]
+    rows = [i for i in range(len(full)) if ok[i] and prompt_len[i] <= MAX_PROMPT_TOKENS]
+    if not rows:
+        return out
+    enc = tok([full[i] for i in rows], add_special_tokens=False, return_offsets_mapping=True)
+    firsts, lasts, means, spans = [], [], [], []
+    for i, offsets in zip(rows, enc["offset_mapping"]):
+        n = min(len(offsets), MAX_ANSWER_TOKENS) + 1  # h_0..h_J, no EOS
+        h = roll.latents[i][:n].float()
+        firsts.append(h[:1].expand(n, -1))
+        lasts.append(h)
+        means.append(h.cumsum(0) / torch.arange(1, n + 1)[:, None])
+        spans.append(n)
+    values = scorer.decode_values(cols, torch.cat(firsts), torch.cat(lasts), torch.cat(means))
+    at = 0
+    for i, offsets, n in zip(rows, enc["offset_mapping"], spans):
+        ends = np.asarray([e for _, e in offsets[:MAX_ANSWER_TOKENS]], dtype=np.int64)
+        vals = values[at : at + n][prefix_index(ends, [len(t) for t in texts[i]])]
+        at += n
+        out[i] = np.maximum.accumulate(vals) if scorer.info.role == "cost" else vals
+    return out
 
 
 def prompts_digest(prompts: list[str]) -> str:

@@ -12,6 +12,11 @@ has all T+1 latents h_0..h_T (``model.generate`` stops before that last forward)
 Rewinding a row to the start of a block (a retry) masks the block's cached positions out of the attention
 mask instead of cropping the cache, so rows of different prompts keep sharing one cache.
 
+A row may also carry a :class:`RunningPrefix` (``Rows.prefix``): h_0, the sum and count of h_0..h_j and h_j
+of its answer so far, which is all a classifier on the policy's own layers reads of a prefix (the last
+hidden state and the running mean from the prompt's end). Selection indexes it with the rows and a rewind
+restores it, so a scorer of that kind scores every prefix from the decode pass instead of re-encoding text.
+
 The cache is transformers' dynamic cache, or (``compile: true``) a :class:`StaticKV`: a static cache of a
 fixed number of rows and positions with ``torch.compile`` of the one-token step, for GPUs (on CPU it is
 slower: BENCHMARKS.md). Both take the same steps and give the same tokens under greedy decoding.
@@ -58,12 +63,28 @@ def filter_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
         kth = torch.topk(logits, cfg.top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if cfg.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop_sorted = cum - sorted_logits.softmax(-1) > cfg.top_p  # keep the token that crosses top_p
-        drop = drop_sorted.scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
+        logits = logits.masked_fill(_outside_nucleus(logits, cfg.top_p), float("-inf"))
     return logits
+
+
+TOP_P_HEAD = 256
+"""Top-p looks at the most likely 256 tokens first and sorts the whole vocabulary only for a row whose
+nucleus is wider (a full sort of a 49k vocabulary was 8% of a CPU decode step)."""
+
+
+def _outside_nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """(B, V) bool: tokens outside each row's nucleus (the fewest most likely tokens whose mass reaches
+    ``top_p``; the token that crosses it is kept)."""
+    k = min(TOP_P_HEAD, logits.shape[-1])
+    probs = logits.softmax(-1)
+    head, order = torch.topk(probs, k, dim=-1)  # sorted, descending
+    if bool((head.sum(-1) >= top_p).all()) or k == logits.shape[-1]:
+        keep = head.cumsum(-1) - head <= top_p
+        return torch.ones_like(logits, dtype=torch.bool).scatter(-1, order, ~keep)
+    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+    sorted_probs = sorted_logits.softmax(-1)
+    drop_sorted = sorted_probs.cumsum(-1) - sorted_probs > top_p
+    return drop_sorted.scatter(-1, order, drop_sorted)
 
 
 Generators = torch.Generator | list[torch.Generator] | None
@@ -155,6 +176,8 @@ class Rows:
     """(R,) float32 on CPU: the cost S tracked for each row (exact or latent)."""
     cache: object
     """The KV cache (transformers' dynamic cache, or a :class:`StaticKV`); batch row r belongs to row r."""
+    prefix: RunningPrefix | None = None
+    """Running latents of each row's answer (None: not tracked); advanced by the caller after a block."""
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -172,7 +195,67 @@ class Rows:
             h=self.h[idx.to(self.h.device)],
             cost=self.cost[idx_cpu],
             cache=self.cache,
+            prefix=None if self.prefix is None else self.prefix.select(idx_cpu),
         )
+
+
+@dataclass
+class RunningPrefix:
+    """What a classifier on the policy's layers reads of each row's answer so far (float32 on CPU, the
+    latent's full width W): the features of a prefix of j tokens are h_j and the mean of h_0..h_j, with h_0 at
+    the prompt's end. An EOS token is not counted (the text it decodes to has none)."""
+
+    first: torch.Tensor
+    """(R, W) h_0."""
+    total: torch.Tensor
+    """(R, W) sum of h_0..h_j."""
+    count: torch.Tensor
+    """(R,) long: j + 1."""
+    last: torch.Tensor
+    """(R, W) h_j."""
+
+    @classmethod
+    def start(cls, h0: torch.Tensor) -> RunningPrefix:
+        h0 = h0.detach().float().cpu()
+        return cls(h0, h0.clone(), torch.ones(len(h0), dtype=torch.long), h0)
+
+    def select(self, idx: torch.Tensor) -> RunningPrefix:
+        return RunningPrefix(self.first[idx], self.total[idx], self.count[idx], self.last[idx])
+
+    def where(self, mask: torch.Tensor, other: RunningPrefix) -> RunningPrefix:
+        """``other``'s rows where ``mask`` (R,), else this one's."""
+        m = mask.cpu()[:, None]
+        return RunningPrefix(
+            torch.where(m, other.first, self.first),
+            torch.where(m, other.total, self.total),
+            torch.where(mask.cpu(), other.count, self.count),
+            torch.where(m, other.last, self.last),
+        )
+
+    def advance(
+        self, latents: torch.Tensor, counted: torch.Tensor
+    ) -> tuple[RunningPrefix, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """After a block: ``latents`` (R, S + 1, W) of :func:`sample_block` with ``keep_latents`` and the
+        tokens of it each row counts (R,). Returns the state after and, for every step s of the block, the
+        prefix's h (R, S, W), its running mean (R, S, W) and whether row r counted step s (R, S)."""
+        steps = latents[:, 1:].float()
+        n_steps = steps.shape[1]
+        valid = torch.arange(n_steps)[None, :] < counted[:, None]
+        steps = steps * valid[..., None]
+        sums = self.total[:, None] + steps.cumsum(1)
+        mean = sums / (self.count[:, None] + torch.arange(1, n_steps + 1)[None, :])[..., None]
+        if not n_steps:
+            return self, steps, mean, valid
+        at = (counted - 1).clamp(min=0)
+        rows = torch.arange(len(at))
+        moved = (counted > 0)[:, None]
+        after = RunningPrefix(
+            self.first,
+            torch.where(moved, sums[rows, at], self.total),
+            self.count + counted,
+            torch.where(moved, steps[rows, at], self.last),
+        )
+        return after, steps, mean, valid
 
 
 @dataclass
@@ -189,6 +272,8 @@ class Block:
     """(R, V) logits at the start of the block, to rewind a row."""
     start_h: torch.Tensor
     """(R, H) latents at the start of the block, to rewind a row."""
+    start_prefix: RunningPrefix | None = None
+    """The rows' running prefixes at the start of the block, to rewind a row."""
     latents: torch.Tensor | None = None
     """(R, steps + 1, H) float32 on CPU with ``keep_latents``: the start latent, then each step's (row r's
     first ``new[r] + 1`` are its own; later steps fed the pad token)."""
@@ -280,6 +365,7 @@ def sample_block(
         steps=len(fed),
         start_logits=start_logits,
         start_h=start_h,
+        start_prefix=rows.prefix,
         latents=torch.stack(kept, 1).cpu() if keep_latents else None,
     )
 
@@ -298,6 +384,8 @@ def rewind(rows: Rows, which: torch.Tensor, block: Block, parent_of: torch.Tenso
     rows.mask[w, -block.steps :] = 0
     rows.logits = torch.where(w[:, None], block.start_logits[src], rows.logits)
     rows.h = torch.where(w.to(rows.h.device)[:, None], block.start_h[src.to(rows.h.device)], rows.h)
+    if rows.prefix is not None and block.start_prefix is not None:
+        rows.prefix = rows.prefix.where(which, block.start_prefix.select(parent_of.cpu()))
     for r in torch.nonzero(which).flatten().tolist():
         n = int(block.new[parent_of[r]])
         if n:

@@ -35,7 +35,13 @@ import torch
 import torch.nn.functional as F
 from jsonargparse import Namespace
 from lightning.pytorch import LightningModule
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import (
+    Callback,
+    ModelCheckpoint,
+    ProgressBar,
+    RichProgressBar,
+    TQDMProgressBar,
+)
 from lightning.pytorch.cli import (
     LightningArgumentParser,
     LightningCLI,
@@ -649,7 +655,7 @@ class CriticCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs):
         cfg = self._get(self.config_init, "trainer", default={})
-        callbacks = list(cfg.get("callbacks") or [])
+        callbacks = [_EpochMetricsOnEveryRank(), *(cfg.get("callbacks") or [])]  # before any progress bar
         if cfg.get("enable_progress_bar") is not False and not any(
             isinstance(c, ProgressBar) for c in callbacks
         ):
@@ -660,6 +666,18 @@ class CriticCLI(LightningCLI):
         if (warning := cpu_oversubscribed(trainer)) and trainer.is_global_zero:
             log.warning(warning)
         return trainer
+
+
+class _EpochMetricsOnEveryRank(Callback):
+    """Reduce the training epoch's ``sync_dist`` values on every rank before a progress bar reads them.
+
+    Lightning reduces such a value across ranks when it is first read, and at a training epoch's end only rank
+    0's progress bar reads them before the module's hooks: rank 0 would wait in that reduction while the
+    other ranks wait in the metrics' own, and DDP would hang (seen with torchrun on two nodes)."""
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.world_size > 1:
+            trainer.progress_bar_metrics  # noqa: B018 (read for its reduction, the same on every rank)
 
 
 class _Parser(LightningArgumentParser):

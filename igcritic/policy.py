@@ -239,16 +239,25 @@ class Policy:
         attention_mask: torch.Tensor,  # (B, past + T)
         past_key_values=None,
         logits_to_keep: int = 1,
+        stop_after: int | None = None,
     ):
         """One cached step. Returns ``(logits (B, V) at the last position, latents (B, T, W), cache)``,
         ``W = identity.latent_size`` (the main latent, then any extra layers).
+
+        ``stop_after=l``: run decoder layers 1..l only (ARGS scoring candidates on the policy's own
+        layers): no logits (None), the columns of taps after layer l are zero, and the cache is left partly
+        updated, so pass a copy you discard.
 
         Safe to call from several threads at once on one policy: each call reads only its own latents."""
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1] :]
         for tap in self._taps:
             _install_tap(tap)
+        stop = _decoder(self.model).layers[stop_after - 1] if stop_after else None
+        if stop is not None:
+            _install_tap(stop, _stop_hook)
         captured: dict[nn.Module, list[torch.Tensor]] = {tap: [] for tap in self._taps}
         token = _CAPTURE.set(captured)  # this call's own lists: other threads see their own
+        stop_token = _STOP.set(stop)
         try:
             out = self.model(
                 input_ids=input_ids,
@@ -258,10 +267,16 @@ class Policy:
                 logits_to_keep=logits_to_keep,
                 **cache_kwargs(self.model, past_key_values),
             )
+        except _Stopped:
+            out = None
         finally:
             _CAPTURE.reset(token)
-        parts = [captured[tap][-1] for tap in self._taps]
+            _STOP.reset(stop_token)
+        some = next(captured[tap][-1] for tap in self._taps if captured[tap])
+        parts = [captured[tap][-1] if captured[tap] else torch.zeros_like(some) for tap in self._taps]
         latents = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+        if out is None:
+            return None, latents, past_key_values
         return out.logits[:, -1, :], latents, output_cache(out)
 
     @torch.inference_mode()
@@ -288,14 +303,26 @@ def _capture_hook(module: nn.Module, _inputs, out) -> None:
         active[module].append(out[0] if isinstance(out, tuple) else out)
 
 
-def _install_tap(module: nn.Module) -> None:
-    """Register :func:`_capture_hook` on ``module`` once (idempotent, thread-safe); it is inert outside
-    forward."""
-    if _capture_hook in module._forward_hooks.values():
+_STOP: ContextVar[nn.Module | None] = ContextVar("igcritic_stop_after", default=None)
+
+
+class _Stopped(Exception):
+    """Raised by :func:`_stop_hook` once the last layer a ``stop_after`` call needs has run."""
+
+
+def _stop_hook(module: nn.Module, _inputs, out) -> None:
+    if _STOP.get() is module:
+        raise _Stopped
+
+
+def _install_tap(module: nn.Module, hook=_capture_hook) -> None:
+    """Register ``hook`` (:func:`_capture_hook`) on ``module`` once (idempotent, thread-safe); it is inert
+    outside forward (a stop hook after the capture hook, so the stopping layer is still captured)."""
+    if hook in module._forward_hooks.values():
         return
     with _TAP_LOCK:
-        if _capture_hook not in module._forward_hooks.values():
-            module.register_forward_hook(_capture_hook)
+        if hook not in module._forward_hooks.values():
+            module.register_forward_hook(hook)
 
 
 def weights_fingerprint(model: nn.Module) -> str:

@@ -37,13 +37,22 @@ import numpy as np
 import torch
 
 from igcritic import IgcriticError, to_json
-from igcritic.baselines import GUIDANCE, ArgsProcessor, ReControl, guidance_needs, recontrol_problems
+from igcritic.baselines import (
+    GUIDANCE,
+    ArgsProcessor,
+    LatentGuide,
+    ReControl,
+    guidance_needs,
+    recontrol_problems,
+)
 from igcritic.critic import Critic
 from igcritic.decoding import (
     Generators,
     LogitsProcessorList,
     RejectedTokenPenalty,
+    RunningPrefix,
     SamplingConfig,
+    StaticKV,
     SuppressTokens,
     prefill,
     rewind,
@@ -51,6 +60,7 @@ from igcritic.decoding import (
 )
 from igcritic.policy import Policy, PolicyError
 from igcritic.scorers import Scorer
+from igcritic.scorers.latent import MAX_ANSWER_TOKENS, MAX_PROMPT_TOKENS, same_tokens
 
 Method = Literal["inferenceguard", "plain", "best_of_n", "beam", "args", "recontrol"]
 METHODS = ("inferenceguard", "plain", "best_of_n", "beam", "args", "recontrol")
@@ -59,8 +69,10 @@ TOKEN_METHODS = ("plain", "args", "recontrol")
 DEFAULT_REFUSAL = "I'm sorry, but I can't help with that."
 SEARCH_CONFIG_NAME = "search_config.json"
 """File of a critic artifact holding its default :class:`SearchConfig` (written by ``igcritic export``)."""
-AUTO_BATCH_ROWS = 64
-"""``prompt_batch=0`` batches prompts until N x prompts reaches this many rows."""
+AUTO_BATCH_ROWS = {"cpu": 32, "gpu": 1024}
+"""``prompt_batch=0`` batches prompts until N x prompts reaches this many rows on the policy's device: 32 on
+a CPU (where 2 cores reach their decode throughput), 1024 on an accelerator (a small model's step stays
+launch-bound far beyond that)."""
 
 
 OnBlock = Callable[[int, list[int]], None]
@@ -112,7 +124,7 @@ class SearchConfig(SamplingConfig):
     """Seed of the sampling generator (results are reproducible for the same prompts and prompt_batch)."""
     prompt_batch: int = 0
     """Prompts searched together (their candidates share each forward); 0: as many as keep N x prompts <=
-    64."""
+    32 on a CPU, 1024 on a GPU (``AUTO_BATCH_ROWS``)."""
     ignore_eos: bool = False
     """Never sample EOS (benchmarks: a fixed N x D tokens)."""
     compile: bool = False
@@ -136,9 +148,10 @@ class SearchConfig(SamplingConfig):
     def beams(self) -> int:
         return self.beams_kept if self.beams_kept is not None else max(1, self.num_candidates // 4)
 
-    @property
-    def prompts_per_batch(self) -> int:
-        return self.prompt_batch or max(1, AUTO_BATCH_ROWS // self.plan[0])
+    def prompts_per_batch(self, device: str = "cpu") -> int:
+        """Prompts searched together on a policy of ``device`` type (``prompt_batch``, or automatic)."""
+        rows = AUTO_BATCH_ROWS["cpu" if device == "cpu" else "gpu"]
+        return self.prompt_batch or max(1, rows // self.plan[0])
 
     @property
     def plan(self) -> tuple[int, int, int, int]:
@@ -370,6 +383,9 @@ class _Ctx:
     """Per prompt of the batch: its share of the scorer time."""
     on_block: Callable[[int, list[int]], None] | None = None
     """Called with (prompt of the batch, agreed answer tokens) after each accepted block."""
+    cols: dict[str, list[slice]] = field(default_factory=dict)
+    """Scorer roles read from the decode pass (``Rows.prefix``), each with where its layers sit in the
+    policy's latent; empty: every score comes from the text path."""
     _trunk: tuple[torch.Tensor, torch.Tensor] | None = None
     """(latents, trunk features) of the last candidate set: cost, value and q share one trunk pass."""
 
@@ -397,15 +413,18 @@ class _Ctx:
         prompts = [self.prompts[i] for i in idx]
         kw = {} if previous is None else {"previous": previous.numpy().astype(np.float64)}
         out = np.asarray(scorer.score(prompts, texts, **kw), dtype=np.float64).reshape(-1)
-        seconds = time.perf_counter() - t0
-        for p, n in Counter(idx).items():
-            self.scorer_calls[p] += 1
-            self.scorer_seconds[p] += seconds * n / len(idx)
+        self.account(idx, time.perf_counter() - t0)
         if out.shape[0] != len(texts):
             raise SearchConfigError(
                 f"a scorer returned {out.shape[0]} scores for {len(texts)} responses; fix the scorer"
             )
         return torch.from_numpy(out).float()
+
+    def account(self, idx: list[int], seconds: float) -> None:
+        """One scorer call over texts of the prompts ``idx`` (one entry per text) that took ``seconds``."""
+        for p, n in Counter(idx).items():
+            self.scorer_calls[p] += 1
+            self.scorer_seconds[p] += seconds * n / len(idx)
 
 
 def check_prompts(policy: Policy, prompts: list[str], cfg: SearchConfig) -> None:
@@ -444,7 +463,7 @@ def search(
     progress: Callable[[int], Any] | None = None,
 ) -> list[GuardRecord]:
     """Answer every prompt with ``cfg.method``; batches of ``cfg.prompts_per_batch`` prompts share each
-    forward.
+    forward (automatic: sized for the policy's device).
 
     ``seeds``: one seed per prompt instead of ``cfg.seed`` for all: each prompt then samples from its own
     generator, so its answer is the one it gets alone, whatever shares its batch (up to float rounding of
@@ -458,7 +477,7 @@ def search(
     dev = policy.device
     gen = torch.Generator(device=dev).manual_seed(cfg.seed)
     out: list[GuardRecord] = []
-    step = cfg.prompts_per_batch
+    step = cfg.prompts_per_batch(policy.device.type)
     for i in range(0, len(prompts), step):
         ctx = _Ctx(
             policy, cfg, critic, cost, reward, prompts[i : i + step], cfg.plan[0] * min(step, len(prompts))
@@ -483,8 +502,13 @@ def _search_batch(ctx: _Ctx, gen: Generators) -> list[GuardRecord]:
     steps = math.ceil(d / width) * (max_retries + 1) * width
     static = (ctx.cache_rows, steps) if cfg.compile else None
     beams = prefill(policy, ctx.prompts, static=static)
-    if cfg.mode == "exact":
-        beams.cost = ctx.score(ctx.cost, beams.prompt, [""] * len(beams))  # S_0 of the empty answer
+    _decode_scoring(ctx, beams)
+    if cfg.mode == "exact":  # S_0 of the empty answer
+        beams.cost = (
+            _decoded_empty_cost(ctx, beams)
+            if ctx.cols
+            else ctx.score(ctx.cost, beams.prompt, [""] * len(beams))
+        )
     tracks = [_Track() for _ in ctx.prompts]
     recontrol = _recontrol(ctx)
     vocab = beams.logits.shape[-1]
@@ -498,11 +522,13 @@ def _search_batch(ctx: _Ctx, gen: Generators) -> list[GuardRecord]:
         limits = torch.tensor([min(width, d - len(t)) for t in cands.tokens])
         args = _args(ctx, cands)
         proc = _processor(ctx, banned, cands.prompt, args)
-        block = sample_block(policy, cands, limits, cfg, gen, proc, latent_logits=recontrol)
+        block = sample_block(
+            policy, cands, limits, cfg, gen, proc, keep_latents=bool(ctx.cols), latent_logits=recontrol
+        )
         for p, n in (args.scored if args is not None else {}).items():
             tracks[p].scored += n
         # 2. safety state (exact S or latent Ŝ), value and admissibility of every candidate
-        s, value, q, admissible = _score_candidates(ctx, cands, parent_cost)
+        s, value, q, admissible = _score_candidates(ctx, cands, parent_cost, block)
         complete = (block.eos | torch.tensor([len(t) >= d for t in cands.tokens])).tolist()
         cols = (s.tolist(), value.tolist(), q.tolist(), admissible.tolist(), complete)
         # 3. keep the top K per prompt; nothing admissible: rewind the block (retry) or fail closed
@@ -587,7 +613,35 @@ def _args(ctx: _Ctx, cands) -> ArgsProcessor | None:
         cfg.args_weight,
         cfg.guidance,
         cfg.lagrange_lambda,
+        latent=_args_latent(ctx, cands),
     )
+
+
+def _args_latent(ctx: _Ctx, cands) -> LatentGuide | None:
+    """ARGS' scorers on the policy's own layers (:class:`LatentGuide`) when every scorer its guidance reads
+    has them tapped, the rows start at the prompt's end (ARGS' one block), no prompt is longer than the
+    text path reads and the cache is the dynamic one; None: the text path."""
+    want_r, want_c = guidance_needs(ctx.cfg.guidance)
+    used = {"reward": ctx.reward if want_r else None, "cost": ctx.cost if want_c else None}
+    cols = {r: getattr(s, "decode_columns", lambda _: None)(ctx.policy) for r, s in used.items() if s}
+    fresh = not any(cands.tokens)
+    too_long = bool((cands.mask.sum(1) > MAX_PROMPT_TOKENS).any())
+    if not cols or None in cols.values() or not fresh or too_long or isinstance(cands.cache, StaticKV):
+        return None
+
+    def score(role: str):
+        scorer = used[role]
+
+        def run(idx, first, last, mean) -> torch.Tensor:
+            t0 = time.perf_counter()
+            out = torch.from_numpy(scorer.decode_values(cols[role], first, last, mean)).float()
+            ctx.account(idx.tolist(), time.perf_counter() - t0)
+            return out
+
+        return run if role in cols else None
+
+    layers = [layer for r in cols for layer in used[r].head.layers]
+    return LatentGuide(cands, score("reward"), score("cost"), max(layers), MAX_ANSWER_TOKENS)
 
 
 def _recontrol(ctx: _Ctx) -> ReControl | None:
@@ -617,7 +671,62 @@ def _processor(
     return procs or None
 
 
-def _score_candidates(ctx: _Ctx, cands, parent_cost: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def _decode_scoring(ctx: _Ctx, beams) -> None:
+    """Score from the decode pass when every scorer the search calls reads the policy's own layers (and no
+    prompt is longer than the text path reads): fill ``ctx.cols`` and start ``beams.prefix``."""
+    cfg = ctx.cfg
+    used = {"cost": ctx.cost if cfg.mode == "exact" else None, "reward": None if cfg.critic else ctx.reward}
+    cols = {r: getattr(s, "decode_columns", lambda _: None)(ctx.policy) for r, s in used.items() if s}
+    too_long = bool((beams.mask.sum(1) > MAX_PROMPT_TOKENS).any())
+    if cols and None not in cols.values() and not too_long:
+        ctx.cols = cols
+        beams.prefix = RunningPrefix.start(beams.h)
+
+
+def _decoded_empty_cost(ctx: _Ctx, beams) -> torch.Tensor:
+    """S_0 (the empty answer's p) of each prompt from its prefill latent."""
+    t0 = time.perf_counter()
+    h0 = beams.prefix.first
+    out = torch.from_numpy(ctx.cost.decode_values(ctx.cols["cost"], h0, h0, h0)).float()
+    ctx.account(beams.prompt.tolist(), time.perf_counter() - t0)
+    return out
+
+
+def _decoded_scores(
+    ctx: _Ctx, cands, block, texts: list[str], parent_cost: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The exact cost (running max over every new prefix and ``parent_cost``) and the reward of every
+    candidate from the block's latents, advancing ``cands.prefix``. A candidate whose text does not
+    re-tokenise to its tokens is scored by the text path, so both paths give the same scores."""
+    t0 = time.perf_counter()
+    start = cands.prefix
+    counted = (block.new - block.eos.long()).clamp(min=0)  # an EOS decodes to no text
+    counted = torch.minimum(counted, (MAX_ANSWER_TOKENS + 1 - start.count).clamp(min=0))
+    after, last, mean, valid = start.advance(block.latents, counted)
+    cands.prefix = after
+    out = {}
+    if "cost" in ctx.cols:
+        r, j = valid.nonzero(as_tuple=True)
+        p = ctx.cost.decode_values(ctx.cols["cost"], start.first[r], last[r, j], mean[r, j])
+        s = parent_cost.double().scatter_reduce(0, r, torch.from_numpy(p).double(), "amax")
+        out["cost"] = s.float()
+    if "reward" in ctx.cols:
+        mean_now = after.total / after.count[:, None]
+        out["reward"] = torch.from_numpy(
+            ctx.reward.decode_values(ctx.cols["reward"], after.first, after.last, mean_now)
+        ).float()
+    ctx.account(cands.prompt.tolist(), time.perf_counter() - t0)
+    same = same_tokens(ctx.policy.tokenizer, texts, cands.tokens, ctx.policy.eos_token_ids)
+    rows = torch.tensor([j for j, ok in enumerate(same) if not ok], dtype=torch.long)
+    if len(rows):
+        sub = [texts[j] for j in rows.tolist()]
+        for role, vals in out.items():
+            scorer, prev = (ctx.cost, parent_cost[rows]) if role == "cost" else (ctx.reward, None)
+            vals[rows] = ctx.score(scorer, cands.prompt[rows], sub, previous=prev)
+    return out
+
+
+def _score_candidates(ctx: _Ctx, cands, parent_cost: torch.Tensor, block) -> tuple[torch.Tensor, ...]:
     """(S, value, q, admissible) of every candidate, on CPU."""
     cfg = ctx.cfg
     texts = (
@@ -625,13 +734,18 @@ def _score_candidates(ctx: _Ctx, cands, parent_cost: torch.Tensor) -> tuple[torc
         if (cfg.mode == "exact" or ctx.reward is not None and not cfg.critic)
         else None
     )
-    if cfg.mode == "exact":
+    decoded = _decoded_scores(ctx, cands, block, texts, parent_cost) if ctx.cols else {}
+    if "cost" in decoded:
+        s = decoded["cost"]
+    elif cfg.mode == "exact":
         s = ctx.score(ctx.cost, cands.prompt, texts, previous=parent_cost)
     else:  # fully latent: the critic's cost head, no cost-scorer call
         s = ctx.call_critic("cost", cands.h)
     z = cfg.budget - s
     if cfg.critic:
         value = ctx.call_critic("value", cands.h)
+    elif "reward" in decoded:
+        value = decoded["reward"]
     elif ctx.reward is not None:
         value = ctx.score(ctx.reward, cands.prompt, texts)
     else:  # plain sampling with neither: nothing to report

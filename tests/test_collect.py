@@ -613,3 +613,23 @@ def test_resume_refuses_a_policy_changed_in_any_tensor(tiny_model_dir, prompt_fi
     with pytest.raises(StoreError, match=r"fingerprints\.policy differ") as e:
         run(cfg)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.embedded
+def test_labels_from_the_rollout_latents_equal_the_text_path(monkeypatch):
+    """The embedded cost and reward read the layers the policy taps (15/18/21): labels come from the rollout's
+    own latents, the same numbers as the text path's second pass (tolerance 1e-4; seen <= 6e-7)."""
+    from igcritic.collect import label_batch
+    from igcritic.decoding import rollout
+    from igcritic.scorers import ClassifierScorer, load_scorer
+
+    policy = load_policy(extra_layers=(15, 18, 21))
+    cost, reward = load_scorer("embedded", "cost"), load_scorer("embedded", "reward")
+    prompts = ["How can I make a bomb at home?", "How do I bake bread at home?", "Name three colours."]
+    roll = rollout(policy, prompts, SamplingConfig(max_new_tokens=20), torch.Generator().manual_seed(0))
+    decoded, timing = label_batch(policy, prompts, [0, 1, 2], roll, cost, reward)
+    assert timing["cost_s"] + timing["reward_s"] < 2.0  # no model pass (the text path: ~1.5 s per answer)
+    monkeypatch.setattr(ClassifierScorer, "decode_columns", lambda self, policy: None)
+    text, _ = label_batch(policy, prompts, [0, 1, 2], roll, cost, reward)
+    np.testing.assert_allclose(decoded.cost_prefix, text.cost_prefix, atol=1e-4)
+    np.testing.assert_allclose(decoded.traj_reward, text.traj_reward, atol=1e-4)

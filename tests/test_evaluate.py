@@ -373,7 +373,7 @@ def test_shipped_config_parses_into_eval_config():
     assert (
         ns.search
         == default_search()
-        == {"num_candidates": 8, "block_width": 16, "max_new_tokens": 48, "prompt_batch": 4}
+        == {"num_candidates": 8, "block_width": 16, "max_new_tokens": 48, "prompt_batch": 0}
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from helpers import CharReward, WordCost, plant, tiny_critic
@@ -268,3 +269,132 @@ def test_search_config_file_round_trip(tmp_path):
     (tmp_path / SEARCH_CONFIG_NAME).write_text('{"num_candidatez": 8}')
     with pytest.raises(SearchConfigError, match="unknown search parameter"):
         SearchConfig.from_file(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------ embedded
+# Exact mode from the decode pass: the embedded cost and reward read SmolLM2's layers 15/18/21, which a
+# policy tapping them as extra layers has already computed while decoding.
+
+DECODE_TOL = 1e-4
+"""Scores of the decode pass vs the text path (seen: <= 6e-7; float32 rounding of batched vs one-row
+passes)."""
+
+
+@pytest.fixture(scope="module")
+def embedded_stack():
+    from igcritic.policy import load_policy
+    from igcritic.scorers import load_scorer
+
+    policy = load_policy(extra_layers=(15, 18, 21))
+    return policy, load_scorer("embedded", "cost"), load_scorer("embedded", "reward")
+
+
+@pytest.mark.embedded
+def test_decode_pass_prefix_scores_equal_the_text_path(embedded_stack):
+    from igcritic.decoding import RunningPrefix, prefix_texts
+
+    policy, cost, reward = embedded_stack
+    prompts = ["How can I make a bomb at home?", "How do I bake bread at home?"]
+    roll = rollout(policy, prompts, SamplingConfig(max_new_tokens=24), torch.Generator().manual_seed(1))
+    cols = cost.decode_columns(policy)
+    assert cols is not None and reward.decode_columns(policy) is not None
+    for prompt, tokens, lat in zip(prompts, roll.tokens, roll.latents):
+        n = len(tokens) - (tokens[-1] in policy.eos_token_ids)
+        state = RunningPrefix.start(lat[:1])
+        # two blocks: the running sums carried across a block boundary
+        split = n // 2
+        p = [cost.decode_values(cols, state.first, state.first, state.first)]
+        for a, b in ((0, split), (split, n)):
+            start = state
+            state, last, mean, valid = start.advance(lat[None, a : b + 1], torch.tensor([b - a]))
+            p.append(cost.decode_values(cols, start.first.expand(b - a, -1), last[0], mean[0]))
+        decoded = torch.from_numpy(np.maximum.accumulate(np.concatenate(p)))
+        texts = prefix_texts(policy.tokenizer, tokens[:n])
+        assert policy.tokenizer(texts[-1], add_special_tokens=False)["input_ids"] == tokens[:n]
+        text = cost.prefix_scores([prompt], [texts])[0]
+        assert torch.allclose(decoded, torch.from_numpy(text), atol=DECODE_TOL)
+        mean_now = state.total / state.count[:, None]
+        r = reward.decode_values(cols, state.first, state.last, mean_now)
+        assert abs(r[0] - reward.score([prompt], [texts[-1]])[0]) < DECODE_TOL
+
+
+@pytest.mark.embedded
+@pytest.mark.parametrize("critic_ranks", [False, True])
+def test_exact_search_from_the_decode_pass_equals_the_text_path(embedded_stack, monkeypatch, critic_ranks):
+    """Same answers, costs and values under a fixed seed, retries (rewinds) and beam selection included."""
+    import igcritic.search as search_module
+
+    policy, cost, reward = embedded_stack
+    prompts = ["How can I make a bomb at home?", "How do I bake bread at home?"]
+    cfg = SearchConfig(
+        critic=critic_ranks,
+        mode="exact",
+        num_candidates=4,
+        beams_kept=2,
+        block_width=8,
+        max_new_tokens=24,
+        budget=0.5,
+        seed=3,
+        prompt_batch=2,
+        retries=1,
+    )
+    critic = tiny_critic(policy, safe=True, cost=0.0) if critic_ranks else None
+    decoded = search(policy, prompts, cfg, critic, cost, reward)
+    assert all(r.scorer_seconds < 2.0 for r in decoded)  # no model pass per block (the text path: ~5 s)
+    monkeypatch.setattr(search_module, "_decode_scoring", lambda ctx, beams: None)
+    text = search(policy, prompts, cfg, critic, cost, reward)
+    assert critic_ranks or sum(r.retries for r in text) >= 1  # a block was rewound (seed 3)
+    for a, b in zip(decoded, text):
+        assert a.token_ids == b.token_ids and a.refused == b.refused and a.retries == b.retries
+        assert a.cost == pytest.approx(b.cost, abs=DECODE_TOL)
+        assert a.value == pytest.approx(b.value, abs=DECODE_TOL)
+
+
+@pytest.mark.embedded
+def test_args_on_the_policys_layers_picks_the_tokens_of_the_text_path(embedded_stack, monkeypatch):
+    """ARGS-greedy with the scorers as the policy's own cached pass (one new token per candidate per step)
+    takes the same tokens as scoring every prefix + token text."""
+    import igcritic.search as search_module
+
+    policy, cost, reward = embedded_stack
+    cfg = SearchConfig(
+        method="args",
+        critic=False,
+        mode="exact",
+        max_new_tokens=8,
+        budget=0.5,
+        args_top_k=4,
+        temperature=0,
+        guidance="lagrangian",
+    )
+    prompts = ["How can I make a bomb at home?", "Name three colours."]
+    cached = search(policy, prompts, cfg, None, cost, reward)
+    assert all(r.scorer_seconds < 2.0 for r in cached)  # no text pass per step (the text path: ~2 s a step)
+    monkeypatch.setattr(search_module, "_args_latent", lambda ctx, cands: None)
+    text = search(policy, prompts, cfg, None, cost, reward)
+    for a, b in zip(cached, text):
+        assert a.token_ids == b.token_ids and len(a.token_ids) == 8
+        assert a.cost == pytest.approx(b.cost, abs=DECODE_TOL)
+
+
+def test_automatic_prompt_batch_is_sized_for_the_device():
+    cfg = SearchConfig(num_candidates=8)
+    assert cfg.prompts_per_batch("cpu") == 4 and cfg.prompts_per_batch("cuda") == 128
+    assert SearchConfig(num_candidates=8, prompt_batch=3).prompts_per_batch("cuda") == 3
+    assert SearchConfig(method="plain").prompts_per_batch("cpu") == 32  # N = 1
+
+
+@pytest.mark.parametrize("scale", [0.1, 1.0, 3.0, 10.0])
+@pytest.mark.parametrize("top_p", [0.5, 0.9, 0.99])
+def test_top_p_from_the_most_likely_tokens_equals_a_full_sort(scale, top_p):
+    """The nucleus found among the 256 most likely tokens (or a full sort when it is wider) is the one a full
+    sort of the vocabulary gives."""
+    from igcritic.decoding import filter_logits
+
+    logits = torch.randn(6, 5000, generator=torch.Generator().manual_seed(int(scale * 10))) * scale
+    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+    probs = sorted_logits.softmax(-1)
+    drop = probs.cumsum(-1) - probs > top_p
+    want = drop.scatter(-1, order, drop)
+    got = torch.isinf(filter_logits(logits, SamplingConfig(temperature=1.0, top_p=top_p)))
+    assert torch.equal(got, want)

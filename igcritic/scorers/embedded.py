@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from igcritic.scorers.base import (
     ASSET_DIR,
@@ -275,6 +276,37 @@ class ClassifierScorer:
         if self.role == "cost" and previous is not None:
             p = np.maximum(p, np.asarray(previous, dtype=np.float32))
         return p
+
+    # ---- scores from the decode pass
+
+    def decode_columns(self, policy) -> list[slice] | None:
+        """Where this head's layers sit in ``policy``'s latent when ``policy`` is the model the head reads
+        (then its prefix scores can come from the decode pass, :func:`~igcritic.scorers.latent.
+        prefix_features_of`); None otherwise (MiniLM heads, another model or dtype, untapped layers)."""
+        from igcritic.policy import EMBEDDED_POLICY_ID
+        from igcritic.scorers.latent import latent_columns
+
+        if self.head.family != "latent":
+            return None
+        ident = policy.identity
+        if self._policy is not None:
+            same = policy is self._policy
+        else:  # the shared embedded policy: float32, chat-formatted prompts without added special tokens
+            same = ident.model_id == EMBEDDED_POLICY_ID and ident.dtype == "float32" and ident.chat_template
+        return latent_columns(ident, self.head.layers) if same else None
+
+    def decode_values(
+        self, cols: list[slice], first: torch.Tensor, last: torch.Tensor, mean: torch.Tensor
+    ) -> np.ndarray:
+        """p (cost) or reward (n,) of prefixes given by decode-pass latents (n, W): h_0, the prefix's h and
+        its running mean (:class:`~igcritic.decoding.RunningPrefix`); equal to the text path's score of the
+        same tokens."""
+        from igcritic.scorers.latent import LatentFeatureSpec, prefix_features_of
+
+        if not len(first):
+            return np.zeros(0, np.float32)
+        spec = LatentFeatureSpec(self.head.layers, self.head.parts)
+        return self._values(prefix_features_of(spec, cols, first, last, mean))
 
     def classify(self, prompts: list[str], responses: list[str]) -> list[str]:
         """Reading labels (judge only: a ``classes`` head)."""

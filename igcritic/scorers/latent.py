@@ -6,6 +6,12 @@ features of the prefix with j answer tokens are, at each chosen layer, the hidde
 and the mean of the hidden states from the prompt's last position through it. Both are causal, so all
 prefixes come out of one teacher-forced pass (no stride, no forward fill), which makes prefix costs at
 every token cheaper than the MiniLM encoder pass per scored prefix.
+
+When the policy being decoded IS that model and taps those layers (the shipped critic's ``extra_layers``),
+the decode loop has already computed every hidden state a prefix's features need: :func:`latent_columns`
+finds them in the policy's latent, :func:`prefix_features_of` builds the features from the loop's running
+sums, and :func:`same_tokens` says for which answers that equals this module's text path (the answer's
+text re-tokenises to the sampled tokens; the rest go through the text path).
 """
 
 from __future__ import annotations
@@ -191,6 +197,40 @@ class PolicyFeatures:
                 else:
                     parts.append(h.cumsum(0) / torch.arange(1, h.shape[0] + 1, device=h.device)[:, None])
         return torch.cat(parts, -1).cpu().numpy(), np.asarray(ends, dtype=np.int64)
+
+
+def latent_columns(identity, layers: tuple[int, ...]) -> list[slice] | None:
+    """Columns of a policy's latent ``h`` (its :class:`~igcritic.policy.PolicyIdentity`) holding the residual
+    stream of each of ``layers``; None when one of them is not tapped."""
+    taps = [identity.layer if identity.norm == "pre" else None, *identity.extra_layers]
+    width = identity.hidden_size
+    if any(layer not in taps for layer in layers):
+        return None
+    return [slice(taps.index(layer) * width, (taps.index(layer) + 1) * width) for layer in layers]
+
+
+def prefix_features_of(
+    spec: LatentFeatureSpec, cols: list[slice], first: torch.Tensor, last: torch.Tensor, mean: torch.Tensor
+) -> np.ndarray:
+    """Features ``[prompt part, prefix part]`` (n, 2 x dim) of prefixes from decode-pass latents (n, W):
+    h_0, the prefix's last h and its running mean, read at ``cols`` (:func:`latent_columns`); the same
+    layout as the text path's rows."""
+
+    def part(h_last: torch.Tensor, h_mean: torch.Tensor) -> list[torch.Tensor]:
+        return [(h_last if p == "last" else h_mean)[:, c] for c in cols for p in spec.parts]
+
+    return torch.cat([*part(first, first), *part(last, mean)], -1).float().numpy()
+
+
+def same_tokens(tokenizer, texts: list[str], answers: list[list[int]], eos: list[int]) -> list[bool]:
+    """Per answer: its decoded ``text`` re-tokenises to its tokens (a final EOS dropped), within the first
+    MAX_ANSWER_TOKENS; only then do the text path and the decode pass read the same positions."""
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    out = []
+    for a, b in zip(answers, ids):
+        a = a[:-1] if a and a[-1] in eos else a
+        out.append(len(a) == len(b) and a[:MAX_ANSWER_TOKENS] == b[:MAX_ANSWER_TOKENS])
+    return out
 
 
 def _common_prefix(seqs: list[list[int]]) -> int:
