@@ -150,11 +150,15 @@ class GuardLMScorer:
         self.config = config or load_guard_config(self.preset)
         self.device = torch.device(device)
         torch_dtype = (
-            getattr(torch, dtype) if dtype else (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+            getattr(torch, dtype)
+            if dtype
+            else (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         )
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         if not self.tokenizer.chat_template:
-            raise ScorerError(f"guardlm:{folder}: the tokenizer has no chat template; use a guard model folder")
+            raise ScorerError(
+                f"guardlm:{folder}: the tokenizer has no chat template; use a guard model folder"
+            )
         self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype).to(self.device).eval()
         self.model.requires_grad_(False)
         self.verdict_ids = self._verdict_ids()
@@ -193,14 +197,18 @@ class GuardLMScorer:
         lacks a message's text is retried with parts once, and the choice is kept."""
         chat = guard_chat(conversation, response)
         tries = [self._parts] if self._parts is not None else [False, True]
-        for parts in tries:
-            msgs = _as_parts(chat) if parts else chat
-            text = self.tokenizer.apply_chat_template(
-                msgs,
-                tokenize=False,
-                add_generation_prompt=self.config.add_generation_prompt,
-                **self.config.template_args,
-            )
+        for k, parts in enumerate(tries):
+            try:
+                text = self.tokenizer.apply_chat_template(
+                    _as_parts(chat) if parts else chat,
+                    tokenize=False,
+                    add_generation_prompt=self.config.add_generation_prompt,
+                    **self.config.template_args,
+                )
+            except Exception:  # a parts template indexing a string may raise instead of rendering nothing
+                if k + 1 < len(tries):
+                    continue
+                raise
             if all(_text_of(m["content"]).strip() in text for m in chat):
                 self._parts = parts
                 return text + self.config.answer_prefix
