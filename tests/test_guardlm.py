@@ -1,5 +1,5 @@
-"""Generative guard models as scorer and judge: tiny random Llama / Qwen2 / Gemma2 guards built here, each with
-a tokenizer that knows its verdict words and a chat template shaped like its preset's real one."""
+"""Generative guard models as scorer and judge: tiny random Llama / Qwen2 / Gemma2 guards built here, each
+with a tokenizer that knows its verdict words and a chat template shaped like its preset's real one."""
 
 from __future__ import annotations
 
@@ -27,8 +27,9 @@ from igcritic.scorers import GuardLMScorer, ScorerError, guard_chat, load_scorer
 # Llama Guard 3 1B's shape: content parts, the policy preamble, User/Agent turns, the assistant header last.
 LLAMAGUARD_TEMPLATE = (
     "{{ bos_token }}<|start_header_id|>user<|end_header_id|>\n\n"
-    "Task: Check if there is unsafe content in '{{ 'Agent' if messages[-1]['role'] == 'assistant' else 'User' }}'"
-    " messages in conversations according our safety policy with the below categories.\n\n"
+    "Task: Check if there is unsafe content in "
+    "'{{ 'Agent' if messages[-1]['role'] == 'assistant' else 'User' }}' messages in conversations "
+    "according our safety policy with the below categories.\n\n"
     "<BEGIN UNSAFE CONTENT CATEGORIES>\n{{ categories | default('S1: Violent Crimes.') }}\n"
     "<END UNSAFE CONTENT CATEGORIES>\n\n<BEGIN CONVERSATION>\n\n"
     "{% for m in messages %}{{ 'User' if m['role'] == 'user' else 'Agent' }}: "

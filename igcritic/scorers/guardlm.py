@@ -62,7 +62,7 @@ class GuardLMConfig:
 PRESETS: dict[str, GuardLMConfig] = {
     # Llama Guard 3: the template ends with the assistant header; the first line is "safe" or "unsafe".
     "llamaguard3": GuardLMConfig(verdicts={"safe": 0.0, "unsafe": 1.0}),
-    # Qwen3Guard-Gen: "Safety: Safe|Unsafe|Controversial"; strict counts Controversial as unsafe, loose as safe.
+    # Qwen3Guard-Gen: "Safety: Safe|Unsafe|Controversial"; strict counts Controversial unsafe, loose safe.
     "qwen3guard": GuardLMConfig(
         verdicts={" Safe": 0.0, " Unsafe": 1.0, " Controversial": 1.0}, answer_prefix="Safety:"
     ),
@@ -85,7 +85,8 @@ def load_guard_config(preset: str | None) -> GuardLMConfig:
     path = Path(name).expanduser()
     if not (name.endswith(".json") and path.is_file()):
         raise ScorerError(
-            f"guardlm preset {name!r} is neither {', '.join(PRESETS)} nor a .json file of GuardLMConfig fields"
+            f"guardlm preset {name!r} is neither {', '.join(PRESETS)} nor a .json file of GuardLMConfig "
+            "fields"
         )
     try:
         raw = json.loads(path.read_text())
