@@ -233,6 +233,8 @@ class GuardLMScorer:
         verdict is read at the last position."""
         if len(prompts) != len(responses):
             raise ScorerError(f"got {len(prompts)} prompts but {len(responses)} responses; pass one each")
+        if not prompts:
+            return np.zeros(0, np.float32)
         texts = [self.render(p, r) for p, r in zip(prompts, responses)]
         # the template already holds the special tokens (BOS included)
         enc = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
