@@ -269,6 +269,15 @@ def test_spec_errors_are_one_line(tmp_path, tail, match):
         load_scorer("guardlm:/no/such:qwen3guard", "cost")
 
 
+def test_a_template_that_refuses_the_conversation_is_one_line(tmp_path):
+    folder = build_guard(tmp_path / "lg", "llamaguard3")
+    scorer = load_scorer(f"guardlm:{folder}", "cost")
+    scorer.tokenizer.chat_template = "{{ raise_exception('Conversation roles must alternate') }}"
+    with pytest.raises(ScorerError, match="refused the conversation .Conversation roles must alternate") as e:
+        scorer.score(["hi"], ["yo"])
+    assert "\n" not in str(e.value)
+
+
 def test_verdicts_sharing_a_first_token_are_refused(tmp_path):
     folder = build_guard(tmp_path / "lg", "llamaguard3")
     conf = tmp_path / "same.json"

@@ -206,10 +206,16 @@ class GuardLMScorer:
                     add_generation_prompt=self.config.add_generation_prompt,
                     **self.config.template_args,
                 )
-            except Exception:  # a parts template indexing a string may raise instead of rendering nothing
+            except (
+                Exception
+            ) as e:  # a parts template indexing a string may raise instead of rendering nothing
                 if k + 1 < len(tries):
                     continue
-                raise
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ScorerError(
+                    f"guardlm:{self.folder}: its chat template refused the conversation ({first}); give "
+                    "the turns it accepts (e.g. user and assistant alternating) or fix 'template_args'"
+                ) from None
             if all(_text_of(m["content"]).strip() in text for m in chat):
                 self._parts = parts
                 return text + self.config.answer_prefix
