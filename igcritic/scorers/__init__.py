@@ -14,6 +14,13 @@ Four kinds, chosen by a spec string (:func:`load_scorer`):
 - ``guardlm:<folder>[:preset]``: a generative guard model (Llama Guard 3, Qwen3Guard-Gen, ShieldGemma) read as
   P(unsafe) of its verdict token (:mod:`igcritic.scorers.guardlm`), scored at a stride.
 
+What a scorer sees of a conversation (a prompt string holding several messages, :mod:`igcritic.prompts`):
+the ``embedded`` cost and reward read it as the policy does, through the policy's chat template
+(:meth:`igcritic.policy.Policy.format_prompt`); ``beaver:`` in safe-rlhf's own dialogue format
+(:func:`~igcritic.scorers.beaver.beaver_prompt`: earlier turns included, a system message opening the first
+user turn); ``seqcls:`` and ``embedded-judge`` (MiniLM) its :func:`igcritic.prompts.transcript`, one
+``role: content`` line per message. A one-turn prompt is its text everywhere, as before.
+
 Prefix convention (docs/design.md section 2): ``prefix_texts[i]`` holds the T_i + 1 decoded response prefixes
 ``y_<=t`` (``""`` first, the full response last) and the scorer returns ``S_0..S_T`` as float32.
 """
@@ -32,7 +39,7 @@ from igcritic.scorers.base import (
     forward_fill,
     stride_points,
 )
-from igcritic.scorers.beaver import BEAVER_TEMPLATE, BeaverScorer
+from igcritic.scorers.beaver import BEAVER_TEMPLATE, BeaverScorer, beaver_prompt
 from igcritic.scorers.embedded import ClassifierScorer, LinearHead, load_embedded
 from igcritic.scorers.guardlm import PRESETS, GuardLMConfig, GuardLMScorer, guard_chat
 from igcritic.scorers.minilm import ENCODER_ID, TextEncoder, encoder_dir, probe_features, shared_encoder
@@ -59,6 +66,7 @@ __all__ = [
     "ScorerInfo",
     "SeqClsScorer",
     "TextEncoder",
+    "beaver_prompt",
     "encoder_dir",
     "forward_fill",
     "guard_chat",

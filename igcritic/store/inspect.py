@@ -21,6 +21,7 @@ from zarr.core.sync import sync
 from igcritic.store.layout import (
     EVERY_CHUNK,
     PROMPTS,
+    SHARD,
     TOKEN_ARRAYS,
     TRAJ_ARRAYS,
     StoreError,
@@ -28,13 +29,15 @@ from igcritic.store.layout import (
     open_root,
     started_shards,
 )
+from igcritic.store.lock import live_writers
 from igcritic.store.reader import StoreReader
 from igcritic.store.writer import TrajectoryBatch
 
 
-def validate_store(path: str | os.PathLike) -> list[str]:
+def validate_store(path: str | os.PathLike, read_rows: bool = True) -> list[str]:
     """Every integrity problem of a store (empty list: valid). Scans all latents chunk by chunk for
-    NaN/inf."""
+    NaN/inf; ``read_rows=False`` checks only the metadata and that every committed chunk exists (what
+    ``fit`` runs before training: no data is read)."""
     try:
         root = open_root(path, "r")
     except StoreError as e:
@@ -45,7 +48,7 @@ def validate_store(path: str | os.PathLike) -> list[str]:
     n_prompts, count = (root[PROMPTS].shape[0] if PROMPTS in root else -1), attrs["prompts_count"]
     p = [] if n_prompts == count else [f"prompts array has {n_prompts} entries, attrs say {count}"]
     for g, *manifest in started_shards(root):  # a shard without a manifest holds nothing to check
-        p += [f"{g.basename}: {msg}" for msg in _validate_shard(g, *manifest, n_prompts, attrs)]
+        p += [f"{g.basename}: {msg}" for msg in _validate_shard(g, *manifest, n_prompts, attrs, read_rows)]
     return p
 
 
@@ -64,7 +67,9 @@ def _missing_chunks(a: zarr.Array, rows: int) -> list[int]:
     return [i for i, ok in enumerate(sync(probe()) if keys else []) if not ok]
 
 
-def _validate_shard(g: zarr.Group, n_traj: int, n_tok: int, done: list, n_prompts: int, attrs: dict) -> list:
+def _validate_shard(
+    g: zarr.Group, n_traj: int, n_tok: int, done: list, n_prompts: int, attrs: dict, read_rows: bool
+) -> list:
     H, step, done = int(attrs["hidden_size"]), int(attrs["chunk_tokens"]), set(done)
     want = {k: (n_tok, d) for k, d in TOKEN_ARRAYS.items()} | {k: (n_traj, d) for k, d in TRAJ_ARRAYS.items()}
     want["traj_offsets"] = (n_traj + 1, "int64")
@@ -90,7 +95,7 @@ def _validate_shard(g: zarr.Group, n_traj: int, n_tok: int, done: list, n_prompt
                 "those rows would read back as zeros; restore the files or recollect the store with "
                 "--overwrite"
             )
-    if p:
+    if p or not read_rows:
         return p
     # the invariants every appended batch was checked for (the latents are scanned below, chunk by chunk)
     rows = {k: g[k][:n_tok] for k in ("token_ids", "cost_prefix")}
@@ -188,8 +193,14 @@ def main(cfg: InspectConfig, console=None) -> int:
         t.add_row(k, v)
     console.print(t)
     problems = validate_store(cfg.store)
+    writers = live_writers(cfg.store)
+    for rank, holder in writers:
+        h = holder or {}
+        who = f"pid {h.get('pid')} on host {h.get('host')} since {h.get('since')}" if h else "another process"
+        console.print(f"[yellow]writing:[/yellow] {SHARD.format(rank)} is being written by {who}")
     for msg in problems:
         console.print(f"[red]invalid:[/red] {msg}")
     if not problems:
-        console.print("[green]valid[/green]")
+        ok = "valid so far (the committed snapshot; a writer is still adding to it)" if writers else "valid"
+        console.print(f"[green]{ok}[/green]")
     return 1 if problems else 0
