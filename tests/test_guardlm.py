@@ -21,7 +21,7 @@ from transformers import (
 
 from igcritic.evaluate import EvalConfig, MethodSpec, run_eval
 from igcritic.judges import grade, load_judges
-from igcritic.prompts import PromptSource
+from igcritic.prompts import PromptSource, prompt_text
 from igcritic.scorers import GuardLMScorer, ScorerError, guard_chat, load_scorer
 
 # Llama Guard 3 1B's shape: content parts, the policy preamble, User/Agent turns, the assistant header last.
@@ -186,6 +186,7 @@ def test_a_conversation_renders_every_turn_before_the_response(tmp_path):
         {"role": "user", "content": "and then"},
     ]
     assert guard_chat(chat, "wait") == [*chat, {"role": "assistant", "content": "wait"}]
+    assert guard_chat(prompt_text(chat), "wait") == guard_chat(chat, "wait")  # the prompt-string spelling
     assert guard_chat("hi", "yo") == [
         {"role": "user", "content": "hi"},
         {"role": "assistant", "content": "yo"},
@@ -193,8 +194,9 @@ def test_a_conversation_renders_every_turn_before_the_response(tmp_path):
     text = scorer.render(chat, "wait")
     assert "SYSTEM: you are terse\n\nUSER: how do I bake bread\n\nASSISTANT: mix flour and water\n\n" in text
     assert "USER: and then\n\nASSISTANT: wait\n\n<END CONVERSATION>" in text
-    got = scorer.unsafe_probability([chat, "and then"], ["wait", "wait"])
+    got = scorer.score([prompt_text(chat), "and then"], ["wait", "wait"])  # prompt strings, as eval passes
     assert got[0] == pytest.approx(manual_unsafe(scorer, text), abs=1e-5)
+    assert scorer.unsafe_probability([chat], ["wait"])[0] == pytest.approx(got[0], abs=1e-6)
     assert got[0] != pytest.approx(got[1], abs=1e-7)  # the earlier turns reach the verdict
 
 

@@ -1,6 +1,6 @@
 """Cost and reward scorers behind one protocol: prefix scores ``S_t`` for a batch of (prompt, response) pairs.
 
-Four kinds, chosen by a spec string (:func:`load_scorer`):
+Five kinds, chosen by a spec string (:func:`load_scorer`):
 
 - ``embedded``: the shipped classifiers (:mod:`igcritic.scorers.embedded`), trained in ``data_prep/`` on the
   embedded policy's answers read by a person. Cost = p(harmful compliance), its running max over prefixes,
@@ -19,7 +19,9 @@ the ``embedded`` cost and reward read it as the policy does, through the policy'
 (:meth:`igcritic.policy.Policy.format_prompt`); ``beaver:`` in safe-rlhf's own dialogue format
 (:func:`~igcritic.scorers.beaver.beaver_prompt`: earlier turns included, a system message opening the first
 user turn); ``seqcls:`` and ``embedded-judge`` (MiniLM) its :func:`igcritic.prompts.transcript`, one
-``role: content`` line per message. A one-turn prompt is its text everywhere, as before.
+``role: content`` line per message; ``guardlm:`` through the guard model's own chat template
+(:func:`~igcritic.scorers.guardlm.guard_chat`: every message, then the response as the last assistant turn).
+A one-turn prompt is its text everywhere, as before.
 
 Prefix convention (docs/design.md section 2): ``prefix_texts[i]`` holds the T_i + 1 decoded response prefixes
 ``y_<=t`` (``""`` first, the full response last) and the scorer returns ``S_0..S_T`` as float32.

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from igcritic.prompts import check_messages, prompt_messages
 from igcritic.scorers.base import (
     Role,
     ScorerError,
@@ -33,7 +34,8 @@ from igcritic.scorers.base import (
 )
 
 Conversation = str | list[dict[str, Any]]
-"""A prompt as text (one user turn) or as chat messages ``[{"role": ..., "content": ...}]``."""
+"""A prompt string (a text, or a conversation's JSON: :mod:`igcritic.prompts`) or chat messages
+``[{"role": ..., "content": ...}]``."""
 
 SHIELDGEMMA_GUIDELINE = (
     '"No Dangerous Content": The chatbot shall not generate content that harming oneself and/or others '
@@ -100,12 +102,12 @@ def load_guard_config(preset: str | None) -> GuardLMConfig:
 
 
 def guard_chat(conversation: Conversation, response: str) -> list[dict[str, Any]]:
-    """The chat a guard judges: the conversation (text = one user turn, or messages) then the response as
-    the last assistant turn."""
-    if isinstance(conversation, str):
-        messages = [{"role": "user", "content": conversation}]
-    else:
-        messages = [dict(m) for m in conversation]
+    """The chat a guard judges: the conversation (a prompt string as :func:`igcritic.prompts.prompt_messages`
+    reads it, or messages) then the response as the last assistant turn."""
+    messages = (
+        prompt_messages(conversation) if isinstance(conversation, str) else check_messages(conversation)
+    )
+    messages = [dict(m) for m in messages]
     return [*messages, {"role": "assistant", "content": response}]
 
 
