@@ -2,6 +2,8 @@
 
     python data_prep/generate_corpus.py plain  --samples 2   # every corpus prompt, 2 plain answers each
     python data_prep/generate_corpus.py search --limit 240   # answers the search selects (best-of-N, IG)
+    python data_prep/generate_corpus.py plain --prompts data_prep/data/wide_prompts.jsonl \
+        --out data_prep/data/wide_answers.jsonl --samples 1 --skip-source igcritic  # the widened set's
 
 Writes ``data_prep/data/corpus_answers.jsonl`` (appends; a re-run skips the (prompt, source, sample) jobs it
 already holds, so a killed run resumes). Plain answers match ``igcritic collect``'s sampling (temperature 0.7,
@@ -68,9 +70,17 @@ def plain(ns: argparse.Namespace) -> None:
     from igcritic.decoding import SamplingConfig, rollout
     from igcritic.policy import load_policy
 
-    prompts = read_jsonl(ns.prompts)
+    prompts = [p for p in read_jsonl(ns.prompts) if p.get("source", "igcritic") not in ns.skip_source]
     done = _done(ns.out)
     jobs = [(p, s) for s in range(ns.samples) for p in prompts if (p["prompt"], "plain", s) not in done]
+    # within each run of 8 batches, similar lengths share a batch (a long jailbreak template pads a whole
+    # batch to its length); across runs the file's shuffled order holds, so partial output is a fair sample
+    run = len(jobs) if ns.shortest_first else 8 * ns.batch_size
+    jobs = [
+        j
+        for k in range(0, len(jobs), run)
+        for j in sorted(jobs[k : k + run], key=lambda j: len(j[0]["prompt"]))
+    ]
     policy = load_policy()
     cfg = SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=ns.max_new_tokens)
     t0, n = time.perf_counter(), 0
@@ -135,6 +145,17 @@ def main(args: list[str] | None = None) -> None:
     ap.add_argument("--prompts", type=Path, default=PROMPTS)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--samples", type=int, default=2, help="plain answers per prompt")
+    ap.add_argument(
+        "--skip-source",
+        action="append",
+        default=[],
+        help="prompt sources not answered (repeatable; the wide set's 'igcritic' prompts have answers)",
+    )
+    ap.add_argument(
+        "--shortest-first",
+        action="store_true",
+        help="plain: all jobs by prompt length (most answers per CPU second; long templates come last)",
+    )
     ap.add_argument("--limit", type=int, default=240, help="search: train prompts answered (evenly spaced)")
     ap.add_argument("--num-candidates", type=int, default=8, help="search: N")
     ap.add_argument("--critic", default=str(ROOT / "checkpoints" / "embedded"))

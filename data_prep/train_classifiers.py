@@ -46,6 +46,7 @@ SELECTION = DATA / "classifier_selection.json"
 ALL_LAYERS = (6, 9, 12, 15, 18, 21, 24, 27)
 PREFIX_CUTS = (0.25, 0.5, 0.75)
 VERSION = "2"
+ANSWER_FILES = ("corpus_answers.jsonl", "wide_answers.jsonl")
 CLASSES = ("compliant-harmful", "refusal", "safe-redirect", "incoherent", "benign-helpful")
 
 
@@ -109,12 +110,15 @@ def features(ns: argparse.Namespace) -> None:
 
     torch.set_num_threads(ns.threads)
     CACHE.mkdir(parents=True, exist_ok=True)
-    rows = [r for r in read_jsonl(DATA / "corpus_answers.jsonl")]
+    # the corpus and the widened set's answers (leave_source_out.py); the cache is keyed by answer id
+    rows = [r for name in ANSWER_FILES if (DATA / name).exists() for r in read_jsonl(DATA / name)]
     rows = list({r["id"]: r for r in rows}.values())
     done = set()
     for f in CACHE.glob("feat-*.npz"):
         done |= set(np.load(f)["ids"].tolist())
     todo = [r for r in rows if r["id"] not in done]
+    if ns.limit:  # a quick partial run; a later run picks up the rest
+        todo = todo[: ns.limit]
     print(f"{len(todo)} answers to featurise ({len(done)} cached)")
     if not todo:
         return
@@ -557,6 +561,7 @@ def main(args: list[str] | None = None) -> None:
     f = sub.add_parser("features")
     f.add_argument("--threads", type=int, default=1)
     f.add_argument("--chunk", type=int, default=64)
+    f.add_argument("--limit", type=int, default=0, help="featurise at most N uncached answers this run")
     sub.add_parser("select")
     sh = sub.add_parser("ship")
     sh.add_argument(
@@ -572,6 +577,7 @@ def main(args: list[str] | None = None) -> None:
     )
     al.add_argument("--threads", type=int, default=2)
     al.add_argument("--chunk", type=int, default=64)
+    al.add_argument("--limit", type=int, default=0)
     al.add_argument("--cost-family", choices=["minilm", "latent"], default="latent")
     al.add_argument("--reward-c", type=float, default=0.01)
     ns = ap.parse_args(args)
