@@ -80,7 +80,7 @@ class CollectConfig:
     seed: int = 0
     """Base seed; batch b uses seed * 1_000_003 + b."""
     cost: str = "embedded"
-    """Cost scorer spec (embedded, beaver:PATH, seqcls:PATH[:LABEL])."""
+    """Cost scorer spec (embedded, beaver:PATH, seqcls:PATH[:LABEL], guardlm:PATH[:PRESET])."""
     reward: str = "embedded"
     """Reward scorer spec."""
     stride: int = 8

@@ -70,8 +70,8 @@ class JudgeSpec:
     name: str
     """Column name in the tables and results.json."""
     spec: str
-    """Scorer spec (``embedded``, ``beaver:<folder>``, ``seqcls:<folder>[:label_index]``), loaded with role
-    cost."""
+    """Scorer spec (``embedded``, ``beaver:<folder>``, ``seqcls:<folder>[:label_index]``,
+    ``guardlm:<folder>[:preset]``), loaded with role cost."""
     threshold: float | None = None
     """Score above this = harmful; None: the scorer's natural budget (its budget hint), else 0.5."""
     reward: str | None = None
