@@ -13,7 +13,9 @@ config: :func:`parse_config` turns its fields into flags (nested dataclasses int
 ``--prompts.source`` or ``--search.num_candidates``, types checked at parse time), its fields without a
 default into positional arguments, its attribute docstrings into ``--help``, and adds ``--config FILE.yaml``.
 ``fit``/``validate``/``test`` go to the LightningCLI of :func:`igcritic.fit.main`. Any
-:class:`~igcritic.IgcriticError` is printed as one line and exits 2.
+:class:`~igcritic.IgcriticError` is printed as one line and exits 2; Ctrl-C or SIGTERM
+(:class:`~igcritic.Interrupted`) as one line saying what was kept and the command that resumes, exit
+``128 + signum`` (130, 143).
 """
 
 from __future__ import annotations
@@ -21,13 +23,15 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
+import shlex
+import signal
 import sys
 import typing
 from typing import Any, NamedTuple
 
 from rich.console import Console
 
-from igcritic import IgcriticError
+from igcritic import IgcriticError, sigterm_interrupts
 
 
 class Command(NamedTuple):
@@ -121,6 +125,32 @@ def run_command(name: str, args: list[str]) -> int:
     return result if isinstance(result, int) else 0
 
 
+def resume_command(name: str, args: list[str], flags: dict[str, str]) -> str:
+    """``igcritic NAME ARGS`` with ``flags`` set (replacing any earlier value), ready to paste."""
+    keep: list[str] = []
+    skip = False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        flag = a.split("=", 1)[0]
+        if flag in flags:
+            skip = "=" not in a
+            continue
+        keep.append(a)
+    return shlex.join(["igcritic", name, *keep, *(x for kv in flags.items() for x in kv)])
+
+
+def interrupted_line(name: str, args: list[str], e: KeyboardInterrupt) -> tuple[str, int]:
+    """The one line printed for an interrupted command, and its exit status ``128 + signum``."""
+    signum = getattr(e, "signum", signal.SIGINT)
+    saved, flags = getattr(e, "saved", ""), getattr(e, "resume", {})
+    line = f"interrupted by {signal.Signals(signum).name}"
+    line += f"; {saved}" if saved else ""
+    line += f"; resume with: {resume_command(name, args, flags)}" if flags else ""
+    return line, 128 + signum
+
+
 def main(args: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if args is None else args)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -130,11 +160,19 @@ def main(args: list[str] | None = None) -> int:
     if args[0] not in COMMANDS:
         Console(stderr=True).print(f"unknown command {args[0]!r}\n\n{_usage()}", highlight=False)
         return 2
+    err = Console(stderr=True, soft_wrap=True)
     try:
-        return run_command(args[0], args[1:])
+        if args[0] in LIGHTNING:  # Lightning has its own SIGTERM handling (igcritic.fit)
+            return run_command(args[0], args[1:])
+        with sigterm_interrupts():
+            return run_command(args[0], args[1:])
     except IgcriticError as e:
-        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {e}", highlight=False)  # one line
+        err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True)  # one line
         return 2
+    except KeyboardInterrupt as e:
+        line, status = interrupted_line(args[0], args[1:], e)
+        err.print(line, highlight=False, markup=False)
+        return status
 
 
 if __name__ == "__main__":

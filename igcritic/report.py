@@ -24,6 +24,11 @@ figures of :mod:`igcritic.plots`, ``reading_key.jsonl`` with ``--reading_out``, 
 (summaries, judges, quality, budget, bootstrap and config) written last. Because the records keep the
 judges' grades, :func:`reread_run` rebuilds the same tables without generating or loading anything, and adds
 people's labels as the judge ``reading`` (``reading_results.json``).
+
+While a run goes, ``records.jsonl`` is rewritten with each method's records as it finishes and then
+``progress.json`` (:func:`open_progress`) names it done, with the run's key (every setting that shapes the
+answers, the prompts' hash and the budget); ``--resume true`` keeps the finished methods and refuses a run
+whose key changed.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ import dataclasses
 import functools
 import json
 import math
+import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -66,6 +73,8 @@ RECORDS_FILE = "records.jsonl"
 RESULTS_CSV = "results.csv"
 RESULTS_JSON = "results.json"
 JUDGES_CSV = "judges.csv"
+PROGRESS_FILE = "progress.json"
+"""The methods finished so far and the run's key (:func:`open_progress`)."""
 READING_RESULTS = "reading_results.json"
 """What ``--reading_in ... --run RUN_DIR`` writes into the run folder."""
 DEFAULT_REFERENCE = "plain sampling"
@@ -277,12 +286,108 @@ class EvalResult:
         }
 
 
-def check_out(out: Path, overwrite: bool, flag: str = "--out_dir") -> None:
-    """Fail before any work if an output folder could not be written (created only when results exist)."""
+def check_out(out: Path, overwrite: bool, flag: str = "--out_dir", resume: bool = False) -> None:
+    """Fail before any work if an output folder is a file or holds something else than a run to resume."""
     if out.exists() and not out.is_dir():
         raise EvalError(f"{flag} {str(out)!r} is a file; pass a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise EvalError(f"{flag} {str(out)!r} is not empty; pick a new folder or pass --overwrite true")
+    if not (out.is_dir() and any(out.iterdir())) or overwrite:
+        return
+    if not resume:
+        raise EvalError(
+            f"{flag} {str(out)!r} is not empty; pick a new folder, pass --resume true to continue an "
+            "interrupted run there or --overwrite true to replace it"
+        )
+    if not (out / PROGRESS_FILE).is_file():
+        raise EvalError(
+            f"{flag} {str(out)!r} holds no {PROGRESS_FILE}, so there is no eval run to resume; pass the "
+            "out_dir of an interrupted run or drop --resume"
+        )
+
+
+def check_writable(out: Path, flag: str = "--out_dir") -> None:
+    """Fail now, before any work, if ``out`` could not be written: a file is created in it, or where it does
+    not exist yet a folder in its nearest existing parent (removed again: nothing is left behind)."""
+    base = out
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    try:
+        if base == out:
+            with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+                pass
+        elif not base.is_dir():
+            raise NotADirectoryError(20, f"{base} is a file")
+        else:
+            os.rmdir(tempfile.mkdtemp(dir=base, prefix=".write-test-"))
+    except OSError as e:
+        raise EvalError(
+            f"{flag} {str(out)!r} cannot be written ({e.strerror}); pick a writable folder"
+        ) from None
+
+
+def _changes(saved: dict, now: dict, prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every setting that differs (one level into nested dicts)."""
+    out = []
+    for k in dict.fromkeys([*saved, *now]):
+        old, new = saved.get(k), now.get(k)
+        if isinstance(old, dict) and isinstance(new, dict) and not prefix:
+            out += _changes(old, new, f"{k}.")
+        elif old != new:
+            out.append(f"{prefix}{k}: {json.dumps(old)} -> {json.dumps(new)}")
+    return out
+
+
+def open_progress(
+    out: Path, key: dict, resume: bool, num_prompts: int
+) -> tuple[list[dict], dict[str, float]]:
+    """The records and wall seconds of the methods already finished in ``out`` (nothing is written here).
+
+    Without ``resume`` (or with nothing to resume) the run starts empty. With it, a ``progress.json`` whose
+    key differs from ``key`` is refused in one line naming what changed."""
+    path = out / PROGRESS_FILE
+    if not (resume and path.is_file()):
+        return [], {}
+    saved = json.loads(path.read_text())
+    if changed := _changes(saved["key"], _plain(key)):
+        raise EvalError(
+            f"--resume: {out} was run with other settings ({'; '.join(changed)}); resume with the same ones "
+            "or pick a new --out_dir"
+        )
+    done = {str(k): float(v) for k, v in saved["done"].items()}
+    rows = [json.loads(x) for x in (out / RECORDS_FILE).read_text().splitlines() if x.strip()]
+    rows = [r for r in rows if r.get(RECORD_METHOD) in done]
+    if short := [m for m in done if sum(r[RECORD_METHOD] == m for r in rows) != num_prompts]:
+        raise EvalError(
+            f"--resume: {out / RECORDS_FILE} lacks records of finished methods {short}; run again without "
+            "--resume into a new --out_dir"
+        )
+    return rows, done
+
+
+def save_progress(out: Path, key: dict, records: list[dict], done: dict[str, float]) -> None:
+    """After each method: every record so far, then ``progress.json`` naming the methods done (data first,
+    each file replaced at once, so a kill leaves the last consistent pair)."""
+    out.mkdir(parents=True, exist_ok=True)
+    _write_jsonl(out / RECORDS_FILE, records)
+    _write_json_atomic(out / PROGRESS_FILE, {"key": _plain(key), "done": done})
+
+
+def _plain(x: Any) -> Any:
+    """``x`` as it reads back from JSON."""
+    return json.loads(json.dumps(_json_safe(x)))
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    """Replace ``path`` at once (a kill leaves the old file or the new one, never half of it)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as f:
+        f.writelines(json.dumps(_json_safe(r)) + "\n" for r in rows)
+    os.replace(tmp, path)
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    _write_json(tmp, data)
+    os.replace(tmp, path)
 
 
 def _json_safe(x: Any) -> Any:
@@ -317,9 +422,7 @@ def write_results(
 ) -> list[Path]:
     """The run folder: records, CSVs, figures, the blind-reading files, then ``results.json`` last."""
     out.mkdir(parents=True, exist_ok=True)
-    with (out / RECORDS_FILE).open("w") as f:
-        for r in result.records:
-            f.write(json.dumps(_json_safe(r)) + "\n")
+    _write_jsonl(out / RECORDS_FILE, result.records)
     summaries = [asdict(s) for s in result.summaries]
     _write_csv(out / RESULTS_CSV, summaries)
     files = [out / RECORDS_FILE, out / RESULTS_CSV]
@@ -334,6 +437,8 @@ def write_results(
         )
     if reading_out:
         files.append(_write_reading(result.records, reading_out, result.setting("seed"), out)[-1])
+    if (out / PROGRESS_FILE).is_file():
+        files.append(out / PROGRESS_FILE)
     files.append(out / RESULTS_JSON)
     result.files = files
     _write_json(out / RESULTS_JSON, result.payload({"files": [p.name for p in files]}))

@@ -1,0 +1,255 @@
+"""The fault suite: what a new user's mistakes and accidents (a signal, a read-only folder, a truncated file,
+a budget out of range, a stripped artifact) do to each command. Each case ends in ONE line saying what is
+wrong and how to go on (exit 2, or 130/143 after a signal), never a traceback, a silent wrong result or
+lost data. Subprocess cases (a real signal, a real exit code) carry the ``multiprocess`` marker."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import StandInGuard, read_jsonl, write_prompts
+from lightning.pytorch.callbacks import Callback
+
+from igcritic import evaluate as ev
+from igcritic.__main__ import main
+from igcritic.report import PROGRESS_FILE, RECORD_METHOD, RECORDS_FILE, RESULTS_JSON
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+
+
+def unwritable(tmp_path: Path) -> Path:
+    """A folder path nothing can be written under: a read-only folder, or for root (who ignores modes)
+    one under /sys, which refuses new entries even to root."""
+    ro = tmp_path / "read-only"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        (ro / "probe").write_text("x")
+    except OSError:
+        return ro / "out"
+    (ro / "probe").unlink()
+    sys_path = Path("/sys/igcritic-fault-test/out")
+    try:
+        sys_path.parent.mkdir()
+    except OSError:
+        return sys_path
+    pytest.skip("no unwritable folder on this machine")
+
+
+def one_line_error(text: str) -> str:
+    """The single non-empty line of ``text`` (stderr of a failed command); fails on a traceback."""
+    lines = [x for x in text.splitlines() if x.strip() and not x.startswith(("INFO ", "WARNING "))]
+    assert "Traceback" not in text, text
+    assert len(lines) == 1, text
+    return lines[0]
+
+
+# ---------------------------------------------------------------- eval: nothing finished is lost
+
+
+class Stopping(StandInGuard):
+    """The stand-in guard, stopped (Ctrl-C, or a real signal to this process) when ``stop_at`` methods ran."""
+
+    def __init__(self, stop_at: int | None = None, signum: int | None = None, **kw):
+        super().__init__(**kw)
+        self.stop_at, self.signum, self.methods = stop_at, signum, 0
+
+    def generate(self, prompts, budget=None, **overrides):
+        if self.methods == self.stop_at:
+            if self.signum is None:
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), self.signum)
+        self.methods += 1
+        return super().generate(prompts, budget, **overrides)
+
+
+def eval_args(tmp_path: Path, *extra: str) -> list[str]:
+    prompts = tmp_path / "p.jsonl"
+    if not prompts.exists():
+        write_prompts(prompts)
+    return [
+        "eval",
+        "--critic",
+        "unused",
+        "--prompts.source",
+        str(prompts),
+        "--prompts.split",
+        "heldout",
+        "--out_dir",
+        str(tmp_path / "out"),
+        "--quality_set",
+        "null",
+        "--plots",
+        "false",
+        "--bootstrap",
+        "50",
+        *extra,
+    ]
+
+
+def test_eval_interrupted_keeps_finished_methods_and_resumes(tmp_path, monkeypatch, capsys):
+    methods = [m.name for m in ev.default_methods()]
+    guard = Stopping(stop_at=2)
+    monkeypatch.setattr(ev, "_load_guard", lambda cfg: guard)
+    assert main(eval_args(tmp_path)) == 130
+    line = one_line_error(capsys.readouterr().err)
+    assert "interrupted by SIGINT; 2 of 6 methods saved" in line and line.endswith("--resume true")
+    out = tmp_path / "out"
+    assert json.loads((out / PROGRESS_FILE).read_text())["done"].keys() == set(methods[:2])
+    assert {r[RECORD_METHOD] for r in read_jsonl(out / RECORDS_FILE)} == set(methods[:2])
+
+    resumed = StandInGuard()
+    monkeypatch.setattr(ev, "_load_guard", lambda cfg: resumed)
+    assert main(eval_args(tmp_path, "--resume", "true")) == 0
+    assert len(resumed.calls) == 4  # only the four methods left ran
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    monkeypatch.setattr(ev, "_load_guard", lambda cfg: StandInGuard())
+    assert main(eval_args(whole)) == 0
+
+    def table(folder):
+        data = json.loads((folder / RESULTS_JSON).read_text())["summary"]
+        return [{k: v for k, v in s.items() if k not in ("wall_seconds", "tokens_per_s")} for s in data]
+
+    assert table(out) == table(whole / "out")  # the resumed run's table is the uninterrupted run's
+    assert len(read_jsonl(out / RECORDS_FILE)) == len(read_jsonl(whole / "out" / RECORDS_FILE))
+
+
+def test_eval_resume_refuses_changed_settings_or_prompts(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(ev, "_load_guard", lambda cfg: Stopping(stop_at=1))
+    assert main(eval_args(tmp_path)) == 130
+    monkeypatch.setattr(ev, "_load_guard", lambda cfg: StandInGuard())
+    capsys.readouterr()
+    assert main(eval_args(tmp_path, "--resume", "true", "--seed", "3")) == 2
+    assert "seed: 0 -> 3" in one_line_error(capsys.readouterr().err)
+    rows = read_jsonl(tmp_path / "p.jsonl")
+    rows[1]["prompt"] = "how can I make a bomb in the garage"
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(eval_args(tmp_path, "--resume", "true")) == 2
+    assert "prompts_sha256" in one_line_error(capsys.readouterr().err)
+    assert len(read_jsonl(tmp_path / "out" / RECORDS_FILE)) == 6  # the finished method is still there
+
+
+def test_eval_refuses_an_unwritable_out_dir_before_any_work(tmp_path, monkeypatch, capsys):
+    def no_guard(cfg):
+        raise AssertionError("the guard was loaded before out_dir was checked")
+
+    monkeypatch.setattr(ev, "_load_guard", no_guard)
+    args = eval_args(tmp_path)
+    args[args.index("--out_dir") + 1] = str(unwritable(tmp_path))
+    assert main(args) == 2
+    assert "cannot be written" in one_line_error(capsys.readouterr().err)
+
+
+def test_eval_resume_of_a_folder_that_is_not_a_run(tmp_path, monkeypatch, capsys):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    monkeypatch.setattr(ev, "_load_guard", lambda cfg: StandInGuard())
+    assert main(eval_args(tmp_path, "--resume", "true")) == 2
+    assert "no progress.json" in one_line_error(capsys.readouterr().err)
+    assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
+
+
+EVAL_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_faults import Stopping
+from lightning.pytorch.callbacks import Callback
+
+from igcritic import evaluate as ev
+from igcritic.__main__ import main
+ev._load_guard = lambda cfg: Stopping(stop_at=1, signum={signum})
+sys.exit(main({args!r}))
+"""
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_eval_signal_exits_128_plus_signum_with_the_resume_command(tmp_path, signum):
+    script = EVAL_SCRIPT.format(tests=str(TESTS), signum=int(signum), args=eval_args(tmp_path))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 128 + signum, res.stderr
+    line = one_line_error(res.stderr)
+    assert f"interrupted by {signum.name}; 1 of 6 methods saved" in line
+    assert line.endswith("--resume true") and "igcritic eval --critic unused" in line
+    assert len(read_jsonl(tmp_path / "out" / RECORDS_FILE)) == 6
+
+
+# ---------------------------------------------------------------- fit: a pre-empted run says so and resumes
+
+
+class SigtermAtEpoch(Callback):
+    """Sends this process SIGTERM when epoch ``$IGC_SIGTERM_EPOCH`` starts, as SLURM does to a pre-empted
+    job (given to ``igcritic fit`` by class path)."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == int(os.environ.get("IGC_SIGTERM_EPOCH", "-1")):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def fit_command(store: str, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "igcritic",
+        "fit",
+        "--config",
+        str(ROOT / "configs" / "fit" / "embedded.yaml"),
+        f"--data.stores=[{store}]",
+        "--data.batch_size=128",
+        "--model.width=16",
+        "--trainer.accelerator=cpu",
+        "--trainer.max_epochs=4",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.callbacks+=test_faults.SigtermAtEpoch",
+        *extra,
+    ]
+
+
+@pytest.mark.multiprocess
+def test_sigterm_fit_exits_143_and_resumes_the_same_run(tmp_path):
+    from helpers_fit import make_store
+
+    store = tmp_path / "store.zarr"
+    make_store(store, n_prompts=12, rollouts=3, hidden=16, chunk_tokens=256)
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{TESTS}", "OMP_NUM_THREADS": "1"}
+    cmd = fit_command(str(store))
+    res = subprocess.run(
+        cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**env, "IGC_SIGTERM_EPOCH": "2"}
+    )
+    assert res.returncode == 143, res.stderr[-3000:]
+    line = [x for x in res.stderr.splitlines() if x.startswith("interrupted by SIGTERM")]
+    assert len(line) == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    run = tmp_path / "runs" / "fit" / "embedded" / "version_0"
+    last = run / "checkpoints" / "last.ckpt"
+    rel = last.relative_to(tmp_path)  # the logger's save_dir is relative: so is the checkpoint it names
+    assert "stopped in epoch 3 of 4" in line[0] and f"last checkpoint {rel} (after epoch 2)" in line[0]
+    resume = line[0].split("resume with: ", 1)[1]
+    assert resume.endswith(f"--ckpt_path {rel}")
+
+    again = subprocess.run(
+        [*cmd, "--ckpt_path", str(rel)], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert not (run.parent / "version_1").exists()  # the same run goes on, in the same folder
+    before = {int(r["epoch"]) for r in csv_rows(run / "metrics.part1.csv") if r.get("epoch")}
+    after = {int(r["epoch"]) for r in csv_rows(run / "metrics.csv") if r.get("epoch")}
+    assert before >= {0, 1} and after == {2, 3}  # nothing logged before the stop is lost
+    import torch
+
+    assert torch.load(last, weights_only=True, map_location="cpu")["epoch"] == 3
+
+
+def csv_rows(path: Path) -> list[dict]:
+    import csv
+
+    with path.open() as f:
+        return list(csv.DictReader(f))
