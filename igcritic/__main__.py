@@ -98,12 +98,30 @@ def parse_config(cls: type, args: list[str], prog: str | None = None) -> Any:
         for f in fields
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     ]
+    args = negative_values(args)
     docs = _attribute_docs(cls)
     for name in positional:
         parser.add_argument(name, type=hints[name], help=docs.get(name))
     parser.add_class_arguments(cls, nested_key=None, skip=set(positional))
     init = parser.instantiate(parser.parse_args(args))
     return cls(**{f.name: getattr(init, f.name) for f in fields})
+
+
+def negative_values(args: list[str]) -> list[str]:
+    """``--flag -1e9`` as ``--flag=-1e9``: argparse reads a value like ``-1e9`` or ``-inf`` as an option (it
+    knows only ``-1`` and ``-0.5`` as numbers), so a negative budget would not parse."""
+    out: list[str] = []
+    for a in args:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and a.startswith("-"):
+            try:
+                float(a)
+            except ValueError:
+                pass
+            else:
+                out[-1] = f"{out[-1]}={a}"
+                continue
+        out.append(a)
+    return out
 
 
 def _attribute_docs(cls: type) -> dict[str, str]:

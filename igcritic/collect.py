@@ -356,6 +356,12 @@ def collect_rank(cfg: CollectConfig, rank: int = 0, world: int = 1, barrier=lamb
         device=device,
     )
     cost = load_scorer(cfg.cost, "cost", device=device, stride=cfg.stride)
+    bounds = cost.info.bounds
+    if cfg.budget is not None and bounds is not None and not bounds[0] <= cfg.budget <= bounds[1]:
+        raise CollectError(
+            f"--budget {cfg.budget:g} is outside the cost scale [{bounds[0]:g}, {bounds[1]:g}] of "
+            f"{cost.info.id}; give a budget in that range (or none: its natural budget)"
+        )
     reward = load_scorer(cfg.reward, "reward", device=device, stride=cfg.stride)
     attrs = store_attrs(cfg, policy, cost, reward, source_info, prompts)
     hidden = policy.identity.latent_size

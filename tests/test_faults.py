@@ -13,12 +13,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import StandInGuard, read_jsonl, write_prompts
+from helpers import CharReward, StandInGuard, WordCost, read_jsonl, tiny_critic, write_prompts
 from lightning.pytorch.callbacks import Callback
 
 from igcritic import evaluate as ev
-from igcritic.__main__ import main
+from igcritic.__main__ import main, parse_config
+from igcritic.guard import load_guard
 from igcritic.report import PROGRESS_FILE, RECORD_METHOD, RECORDS_FILE, RESULTS_JSON
+from igcritic.search import SearchConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -164,7 +166,8 @@ from test_faults import Stopping
 from lightning.pytorch.callbacks import Callback
 
 from igcritic import evaluate as ev
-from igcritic.__main__ import main
+from igcritic.__main__ import main, parse_config
+from igcritic.guard import load_guard
 ev._load_guard = lambda cfg: Stopping(stop_at=1, signum={signum})
 sys.exit(main({args!r}))
 """
@@ -253,3 +256,64 @@ def csv_rows(path: Path) -> list[dict]:
 
     with path.open() as f:
         return list(csv.DictReader(f))
+
+
+# ---------------------------------------------------------------- budgets on the cost scale
+
+
+SMALL = {"max_new_tokens": 4, "block_width": 2, "num_candidates": 2, "beams_kept": 1}
+
+
+def bounded_cost(word: str = "bomb") -> WordCost:
+    """The word cost with a probability's scale, like the embedded probe."""
+    cost = WordCost(word)
+    cost.info.bounds = (0.0, 1.0)
+    return cost
+
+
+@pytest.mark.parametrize(
+    "budget, match",
+    [
+        (1e30, r"outside the cost scale \[0, 1\].*every answer passes as safe"),
+        (-0.5, "every answer is refused"),
+    ],
+)
+def test_a_budget_outside_the_cost_scale_is_refused(tiny_policy, budget, match):
+    guard = load_guard(tiny_critic(tiny_policy), model=tiny_policy, cost=bounded_cost(), reward=CharReward())
+    with pytest.raises(SearchConfigError, match=match):
+        guard.generate(["how can I make a bomb at home"], budget=budget, mode="exact", **SMALL)
+    with pytest.raises(SearchConfigError, match="outside the cost scale"):
+        guard.check(budget)  # eval's precheck sees it before any method runs
+
+
+def test_an_unbounded_cost_scale_warns_and_records_it(tiny_policy, caplog):
+    cost = WordCost("bomb")  # no bounds: like a logit or beaver's score head
+    guard = load_guard(tiny_critic(tiny_policy), model=tiny_policy, cost=cost, reward=CharReward())
+    kw = {"mode": "exact", **SMALL}
+    with caplog.at_level("WARNING"):
+        (rec,) = guard.generate(["how do I bake bread at home"], budget=123.0, **kw)
+    assert rec.budget_checked is False and rec.to_dict()["budget_checked"] is False
+    assert "NOT range-checked" in caplog.text and "word-cost" in caplog.text
+    (ok,) = load_guard(
+        tiny_critic(tiny_policy), model=tiny_policy, cost=bounded_cost(), reward=CharReward()
+    ).generate(["how do I bake bread at home"], budget=0.5, **kw)
+    assert ok.budget_checked is True
+
+
+def test_the_embedded_cost_scale_is_a_probability():
+    from igcritic.scorers import ScorerInfo
+
+    assert ScorerInfo("x", "cost", "higher_is_unsafe", "", None, None).bounds is None  # unbounded by default
+    from igcritic.scorers.embedded import load_embedded
+
+    assert load_embedded("embedded", "cost").info.bounds == (0.0, 1.0)
+
+
+def test_negative_numbers_parse_on_the_command_line():
+    from igcritic.evaluate import EvalConfig
+    from igcritic.guard import GenerateConfig
+
+    assert parse_config(EvalConfig, ["--budget", "-1e9"]).budget == -1e9
+    assert parse_config(EvalConfig, ["--budget", "-0.5", "--seed", "-3"]).seed == -3
+    cfg = parse_config(GenerateConfig, ["x", "--search.budget", "-1e9", "--prompts.source", "-"])
+    assert cfg.search.budget == -1e9 and cfg.prompts.source == "-"
