@@ -13,12 +13,10 @@ the uncommitted batches: nothing lost, nothing duplicated, same trajectories as 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
-import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,12 +24,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from igcritic import IgcriticError, __version__
+from igcritic import IgcriticError, Interrupted, __version__, sigterm_interrupts
 from igcritic.decoding import Rollouts, SamplingConfig, prefix_texts, rollout
 from igcritic.policy import EMBEDDED_POLICY_ID, Policy, load_policy, weights_fingerprint
 from igcritic.prompts import PromptSource, load_prompts
 from igcritic.scorers import Scorer, load_scorer
-from igcritic.store import StoreReader, StoreWriter, TrajectoryBatch, check_replaceable, config_hash
+from igcritic.store import (
+    StoreReader,
+    StoreWriter,
+    TrajectoryBatch,
+    check_replaceable,
+    check_writable,
+    config_hash,
+)
 
 log = logging.getLogger(__name__)
 
@@ -269,14 +274,20 @@ def content_config(
 
 def guard_identity(folder: str) -> dict:
     """What names a round-2 guard in the store: its critic's weights checksum and its search defaults."""
-    critic_cfg = json.loads((Path(folder) / "critic_config.json").read_text())
     search = Path(folder) / "search_config.json"
-    return {
-        "path": str(folder),
-        "critic_sha256": critic_cfg.get("weights_sha256"),
-        "calibration": critic_cfg.get("calibration"),
-        "search_config": json.loads(search.read_text()) if search.is_file() else None,
-    }
+    try:
+        critic_cfg = json.loads((Path(folder) / "critic_config.json").read_text())
+        return {
+            "path": str(folder),
+            "critic_sha256": critic_cfg.get("weights_sha256"),
+            "calibration": critic_cfg.get("calibration"),
+            "search_config": json.loads(search.read_text()) if search.is_file() else None,
+        }
+    except (OSError, ValueError, AttributeError) as e:
+        raise CollectError(
+            f"--guard {folder}: its critic_config.json or search_config.json cannot be read "
+            f"({type(e).__name__}); pass a critic folder written by `igcritic export`"
+        ) from None
 
 
 def store_attrs(
@@ -342,6 +353,7 @@ def collect_rank(cfg: CollectConfig, rank: int = 0, world: int = 1, barrier=lamb
     cfg.validate()
     if cfg.overwrite and rank == 0:
         check_replaceable(cfg.out)  # before any model loads: --overwrite replaces only a store
+    check_writable(cfg.out, "--out", CollectError)
     rows, source_info = load_prompts(cfg.prompts)
     prompts = [r.prompt for r in rows]
     device = "cuda" if torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda") else "cpu"
@@ -392,27 +404,32 @@ def collect_rank(cfg: CollectConfig, rank: int = 0, world: int = 1, barrier=lamb
     }
     progress = _progress(disable=rank != 0)  # a bar on rank 0 only
     task, start, seen = progress.add_task("collect", total=len(mine), tps="-"), time.perf_counter(), 0
-    with writer, progress, _sigterm_raises():
-        for b in mine:
-            gen = torch.Generator(device=policy.device).manual_seed(batch_seed(cfg.seed, b))
-            t0 = time.perf_counter()
-            roll = sample([prompts[p] for p in batches[b]], gen)
-            t1 = time.perf_counter()
-            batch, timing = label_batch(policy, prompts, batches[b], roll, cost, reward)
-            if problems := batch.validate():
-                stats["skipped_nan"] += 1
-                log.error("batch %d not written: %s", b, "; ".join(problems))
-            else:
-                t2 = time.perf_counter()
-                writer.append(batch, b)
-                stats["write_s"] += time.perf_counter() - t2
-                stats["gen_s"] += t1 - t0
-                stats["cost_s"] += timing["cost_s"]
-                stats["reward_s"] += timing["reward_s"]
-                stats["tokens"] += roll.num_tokens
-                stats["batches"] += 1
-            seen += roll.num_tokens
-            progress.update(task, advance=1, tps=f"{seen / max(time.perf_counter() - start, 1e-9):.0f}")
+    try:
+        with writer, progress, sigterm_interrupts():
+            for b in mine:
+                gen = torch.Generator(device=policy.device).manual_seed(batch_seed(cfg.seed, b))
+                t0 = time.perf_counter()
+                roll = sample([prompts[p] for p in batches[b]], gen)
+                t1 = time.perf_counter()
+                batch, timing = label_batch(policy, prompts, batches[b], roll, cost, reward)
+                if problems := batch.validate():
+                    stats["skipped_nan"] += 1
+                    log.error("batch %d not written: %s", b, "; ".join(problems))
+                else:
+                    t2 = time.perf_counter()
+                    writer.append(batch, b)
+                    stats["write_s"] += time.perf_counter() - t2
+                    stats["gen_s"] += t1 - t0
+                    stats["cost_s"] += timing["cost_s"]
+                    stats["reward_s"] += timing["reward_s"]
+                    stats["tokens"] += roll.num_tokens
+                    stats["batches"] += 1
+                seen += roll.num_tokens
+                progress.update(task, advance=1, tps=f"{seen / max(time.perf_counter() - start, 1e-9):.0f}")
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the committed batches stay, --resume redoes the rest
+        committed = len(done) + stats["batches"]
+        saved = f"{committed} of {len(batches)} batches committed in {cfg.out}"
+        raise Interrupted.of(e, saved, {"--resume": "true"}) from None
     return stats
 
 
@@ -443,24 +460,6 @@ def _progress(disable: bool):
     return Progress(
         TextColumn("collect"), BarColumn(), MofNCompleteColumn(), tps, TimeRemainingColumn(), disable=disable
     )
-
-
-@contextlib.contextmanager
-def _sigterm_raises():
-    """Turn SIGTERM (SLURM pre-emption, kill) into KeyboardInterrupt so the writer closes cleanly."""
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    try:
-        old = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread
-        old = None
-    try:
-        yield
-    finally:
-        if old is not None:
-            signal.signal(signal.SIGTERM, old)
 
 
 def main(cfg: CollectConfig) -> int:

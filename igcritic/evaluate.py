@@ -70,7 +70,6 @@ from igcritic.report import (
     EvalResult,
     MethodSummary,
     check_out,
-    check_writable,
     eval_errors,
     export_reading,
     method_positions,
@@ -82,6 +81,7 @@ from igcritic.report import (
     write_results,
 )
 from igcritic.scorers import load_scorer
+from igcritic.store import check_writable
 
 log = logging.getLogger(__name__)
 
@@ -489,7 +489,7 @@ def run_eval(
     check_out(out, cfg.overwrite, resume=cfg.resume)
     if cfg.reading_out:
         check_out(Path(cfg.reading_out), cfg.overwrite, "--reading_out")
-    check_writable(out)
+    check_writable(out, "--out_dir", EvalError)
     prompts, _ = load_prompts(cfg.prompts)
     guard = guard if guard is not None else _load_guard(cfg)
     scorers = {}

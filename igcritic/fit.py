@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
 import re
 import signal
 import sys
@@ -630,6 +631,18 @@ class CriticCLI(LightningCLI):
             }
         )
 
+    def _parse_ckpt_path(self) -> None:
+        """Lightning reads ``--ckpt_path`` here first (its hyperparameters): a damaged one is one line."""
+        ckpt = self.config[self.config.subcommand].get("ckpt_path") if self.config.get("subcommand") else None
+        check_checkpoint(ckpt)
+        try:
+            super()._parse_ckpt_path()
+        except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as e:
+            raise FitError(
+                f"--ckpt_path {ckpt} cannot be read ({type(e).__name__}); pass a .ckpt written by "
+                "`igcritic fit`"
+            ) from None
+
     def before_instantiate_classes(self) -> None:
         if self.subcommand == "fit":
             continue_run(self.config["fit"])
@@ -681,6 +694,22 @@ class StopWatch(Callback):
             return Interrupted(self.signum, f"{where} before any checkpoint; run the same command again")
         after = "" if self.saved_epoch is None else f" (after epoch {self.saved_epoch + 1})"
         return Interrupted(self.signum, f"{where}; last checkpoint {ckpt}{after}", {"--ckpt_path": ckpt})
+
+
+def check_checkpoint(ckpt: str | None) -> None:
+    """Refuse in one line a ``--ckpt_path`` that is missing or no checkpoint at all (truncated, another
+    file), before any model is built: a checkpoint is a zip archive, and a cut one has lost its directory."""
+    import zipfile
+
+    if not ckpt or ckpt in ("last", "best", "hpc", "registry") or "://" in str(ckpt):
+        return
+    if not Path(ckpt).is_file():
+        raise FitError(f"--ckpt_path {ckpt} does not exist; pass a .ckpt written by `igcritic fit`")
+    if not zipfile.is_zipfile(ckpt):
+        raise FitError(
+            f"--ckpt_path {ckpt} is not a PyTorch checkpoint (no zip archive: truncated or another file); "
+            "pass a .ckpt written by `igcritic fit`, e.g. its checkpoints/last.ckpt"
+        )
 
 
 def continue_run(cfg: Namespace) -> None:
@@ -774,6 +803,7 @@ __all__ = [
     "CriticCLI",
     "StopWatch",
     "continue_run",
+    "check_checkpoint",
     "main",
     "FitError",
     "CalibrationBins",

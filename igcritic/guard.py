@@ -307,6 +307,10 @@ def main(cfg: GenerateConfig) -> list[GuardRecord]:
     out = cfg.out
     if out is not None and Path(out).exists() and Path(out).stat().st_size > 0:
         raise GuardError(f"--out {str(out)!r} is not empty; pick a new file")
+    if out is not None:
+        from igcritic.store import check_writable  # here only: loading a guard does not import zarr
+
+        check_writable(out, "--out", GuardError, folder=False)  # before the model loads
     texts = [p.prompt for p in load_prompts(cfg.prompts)[0]]
     guard = load_guard(cfg.critic_path, model=cfg.model, cost=cfg.cost, reward=cfg.reward, device=cfg.device)
     records = guard.generate(texts, **overrides(cfg.search))

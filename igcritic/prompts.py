@@ -32,6 +32,20 @@ class PromptError(IgcriticError):
     """A prompt source is missing, empty or malformed."""
 
 
+def _not_utf8(path: Path) -> str:
+    """Where a prompt file stops being UTF-8, and how to fix it."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+        return f"prompt file {path} is not UTF-8; save it as UTF-8"
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        return (
+            f"prompt file {path} is not UTF-8 (byte 0x{data[e.start]:02x} on line {line}); save it as UTF-8, "
+            "e.g. `iconv -f latin1 -t utf-8 FILE > NEW`"
+        )
+
+
 @dataclass
 class Prompt:
     """One prompt and what its row says about it (the shipped set and JSONL files carry all three)."""
@@ -134,7 +148,10 @@ def load_prompts(src: PromptSource) -> tuple[list[Prompt], dict]:
                     f"prompt file {path} does not exist; pass --prompts.source default or an existing file"
                 )
             read = {".jsonl": _read_jsonl, ".json": _read_jsonl, ".csv": _read_csv}.get(path.suffix.lower())
-            raw = (read or _read_txt)(path, src.field)  # any other file: one prompt per line
+            try:
+                raw = (read or _read_txt)(path, src.field)  # any other file: one prompt per line
+            except UnicodeDecodeError:
+                raise PromptError(_not_utf8(path)) from None
         rows = [_prompt(r, src.field) for r in raw]
         rows = _split(rows, src)
     if src.limit is not None:

@@ -39,7 +39,6 @@ import functools
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -302,26 +301,6 @@ def check_out(out: Path, overwrite: bool, flag: str = "--out_dir", resume: bool 
             f"{flag} {str(out)!r} holds no {PROGRESS_FILE}, so there is no eval run to resume; pass the "
             "out_dir of an interrupted run or drop --resume"
         )
-
-
-def check_writable(out: Path, flag: str = "--out_dir") -> None:
-    """Fail now, before any work, if ``out`` could not be written: a file is created in it, or where it does
-    not exist yet a folder in its nearest existing parent (removed again: nothing is left behind)."""
-    base = out
-    while not base.exists() and base != base.parent:
-        base = base.parent
-    try:
-        if base == out:
-            with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
-                pass
-        elif not base.is_dir():
-            raise NotADirectoryError(20, f"{base} is a file")
-        else:
-            os.rmdir(tempfile.mkdtemp(dir=base, prefix=".write-test-"))
-    except OSError as e:
-        raise EvalError(
-            f"{flag} {str(out)!r} cannot be written ({e.strerror}); pick a writable folder"
-        ) from None
 
 
 def _changes(saved: dict, now: dict, prefix: str = "") -> list[str]:

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -161,6 +162,7 @@ def test_eval_resume_of_a_folder_that_is_not_a_run(tmp_path, monkeypatch, capsys
 
 EVAL_SCRIPT = """
 import sys
+import time
 sys.path.insert(0, {tests!r})
 from test_faults import Stopping
 from lightning.pytorch.callbacks import Callback
@@ -317,3 +319,165 @@ def test_negative_numbers_parse_on_the_command_line():
     assert parse_config(EvalConfig, ["--budget", "-0.5", "--seed", "-3"]).seed == -3
     cfg = parse_config(GenerateConfig, ["x", "--search.budget", "-1e9", "--prompts.source", "-"])
     assert cfg.search.budget == -1e9 and cfg.prompts.source == "-"
+
+
+# ---------------------------------------------------------------- one line, never a traceback (data intact)
+
+
+def test_unwritable_outputs_fail_before_any_work(tmp_path, capsys):
+    ro = unwritable(tmp_path)
+    cases = [
+        ["collect", "--out", str(ro / "store.zarr"), "--model", "never-loaded"],
+        ["export", str(tmp_path / "never-read.ckpt"), "--out", str(ro / "critic")],
+        ["generate", "never-loaded", "--prompts.texts", '["hi"]', "--out", str(ro / "r.jsonl")],
+    ]
+    for args in cases:
+        assert main(args) == 2, args
+        assert "cannot be written" in one_line_error(capsys.readouterr().err), args
+
+
+def test_export_overwrite_onto_a_symlink_is_refused_and_the_target_kept(tmp_path, tiny_policy, capsys):
+    target = tiny_critic(tiny_policy).save_pretrained(tmp_path / "critic") or tmp_path / "critic"
+    before = sorted(p.name for p in target.iterdir())
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    assert main(["export", str(tmp_path / "never-read.ckpt"), "--out", str(link), "--overwrite", "true"]) == 2
+    assert "is a symbolic link" in one_line_error(capsys.readouterr().err)
+    assert link.is_symlink() and sorted(p.name for p in target.iterdir()) == before
+
+
+def test_a_prompt_file_that_is_not_utf8_is_named_with_its_line(tmp_path, capsys):
+    from igcritic.prompts import PromptError, PromptSource, load_prompts
+
+    bad = tmp_path / "prompts.txt"
+    bad.write_bytes("how do I bake bread\ncaf\xe9 au lait\n".encode("latin-1"))
+    with pytest.raises(PromptError, match=r"not UTF-8 \(byte 0xe9 on line 2\)"):
+        load_prompts(PromptSource(str(bad)))
+    assert main(["generate", "never-loaded", "--prompts.source", str(bad)]) == 2
+    assert "not UTF-8" in one_line_error(capsys.readouterr().err)
+
+
+def committed(store: Path) -> bool:
+    """Whether a shard manifest of ``store`` names a committed batch (read while a writer runs)."""
+    for f in store.glob("shards/*/zarr.json"):
+        try:
+            if json.loads(f.read_text()).get("attributes", {}).get("batches_done"):
+                return True
+        except (OSError, ValueError):
+            pass
+    return False
+
+
+def damaged_store(tmp_path: Path, what: str) -> Path:
+    """A valid synthetic store with ``what`` cut to half its bytes: a ``zarr.json`` (root or shard) or the
+    largest chunk file of an array."""
+    from helpers_fit import make_store
+
+    path = tmp_path / "store.zarr"
+    make_store(path, n_prompts=6, rollouts=2, hidden=8, chunk_tokens=64)
+    if what.endswith("zarr.json"):
+        f = path / what
+    else:
+        arr = next(p for p in path.rglob(what) if p.is_dir())
+        f = max(
+            (p for p in arr.rglob("*") if p.is_file() and p.name != "zarr.json"),
+            key=lambda p: p.stat().st_size,
+        )
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    return path
+
+
+@pytest.mark.parametrize("what", ["zarr.json", "shards/rank-00000/zarr.json", "token_ids", "traj_offsets"])
+def test_inspect_calls_a_damaged_store_invalid_in_one_line(tmp_path, capsys, what):
+    from igcritic.store import StoreError, StoreReader
+
+    store = damaged_store(tmp_path, what)
+    assert main(["inspect", str(store)]) == 1
+    out = capsys.readouterr()
+    assert "Traceback" not in out.out + out.err
+    invalid = [x for x in out.out.splitlines() if x.startswith("invalid:")]
+    assert invalid and all("restore" in x for x in invalid), out.out
+    if what in ("traj_offsets", "zarr.json"):  # what fit reads first: the same one-line error
+        with pytest.raises(StoreError, match="cannot be read|unreadable metadata"):
+            StoreReader(str(store)).traj_offsets
+
+
+def test_collect_guard_with_a_malformed_critic_config(tmp_path):
+    from igcritic.collect import CollectError, guard_identity
+
+    (tmp_path / "critic_config.json").write_text('{"schema_version": 2, "hidd')
+    with pytest.raises(CollectError, match="cannot be read.*igcritic export"):
+        guard_identity(str(tmp_path))
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint", None])
+def test_validate_a_malformed_checkpoint_in_one_line(tmp_path, capsys, monkeypatch, content):
+    monkeypatch.setattr(sys, "argv", ["igcritic"])
+    ckpt = tmp_path / "bad.ckpt"
+    if content is not None:
+        ckpt.write_bytes(content)
+    args = ["--config", str(ROOT / "configs" / "fit" / "embedded.yaml"), "--ckpt_path", str(ckpt)]
+    assert main(["validate", *args]) == 2
+    assert "--ckpt_path" in one_line_error(capsys.readouterr().err)
+
+
+def test_a_truncated_checkpoint_is_no_checkpoint(tmp_path):
+    import torch
+
+    from igcritic.fit import FitError, check_checkpoint
+
+    good = tmp_path / "good.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1000)}}, good)
+    check_checkpoint(str(good))
+    half = tmp_path / "half.ckpt"
+    half.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(FitError, match="not a PyTorch checkpoint"):
+        check_checkpoint(str(half))
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_collect_signal_keeps_committed_batches_and_resumes(tmp_path, signum):
+    from helpers import build_tiny_llama, build_tokenizer, make_beaver_folder
+
+    from igcritic.store import StoreReader, validate_store
+
+    tok = build_tokenizer()
+    build_tiny_llama(len(tok)).save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    cost = make_beaver_folder(tmp_path / "cost", tok, seed=1)
+    reward = make_beaver_folder(tmp_path / "reward", tok, seed=2, score_type="reward")
+    prompts = write_prompts(tmp_path / "p.jsonl")
+    store = tmp_path / "store.zarr"
+    cmd = [
+        *(
+            sys.executable,
+            "-m",
+            "igcritic",
+            "collect",
+            "--out",
+            str(store),
+            "--model",
+            str(tmp_path / "model"),
+        ),
+        *("--prompts.source", str(prompts), "--prompts.split", "null", "--rollouts_per_prompt", "8"),
+        *("--batch_size", "1", "--sampling.max_new_tokens", "12", "--accelerator", "cpu"),
+        *("--cost", f"beaver:{cost}", "--reward", f"beaver:{reward}"),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    while proc.poll() is None and not committed(store):
+        time.sleep(0.1)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signum, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    (line,) = [x for x in err.splitlines() if x.startswith("interrupted")]  # the rest: model-loading noise
+    assert f"interrupted by {signum.name}" in line and "batches committed" in line, line
+    assert line.endswith("--resume true")
+    assert validate_store(store) == []
+    kept = StoreReader(store).batches_done
+    assert 0 < len(kept) < 64
+    res = subprocess.run([*cmd, "--resume", "true"], capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert StoreReader(store).batches_done == set(range(64)) and validate_store(store) == []
