@@ -481,3 +481,27 @@ def test_collect_signal_keeps_committed_batches_and_resumes(tmp_path, signum):
     res = subprocess.run([*cmd, "--resume", "true"], capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert StoreReader(store).batches_done == set(range(64)) and validate_store(store) == []
+
+
+# ---------------------------------------------------------------- a critic whose calibration was removed
+
+
+def test_a_schema_2_critic_without_its_calibration_is_refused(tmp_path, tiny_policy, capsys):
+    from igcritic.critic import CALIBRATION_KEY, CONFIG_NAME, Calibration, Critic, CriticError
+
+    folder = tmp_path / "critic"
+    critic = tiny_critic(tiny_policy)
+    critic.set_calibration(Calibration("platt", a=0.5, b=0.2))
+    critic.save_pretrained(folder)
+    meta = json.loads((folder / CONFIG_NAME).read_text())
+    meta.pop(CALIBRATION_KEY)
+    (folder / CONFIG_NAME).write_text(json.dumps(meta))
+    with pytest.raises(CriticError, match="no 'calibration' entry.*uncalibrated"):
+        Critic.from_pretrained(folder)
+    assert main(["generate", str(folder), "--prompts.texts", '["hi"]']) == 2
+    assert "uncalibrated" in one_line_error(capsys.readouterr().err)
+    # an uncalibrated critic on purpose (export --calibrate false) records the identity and loads
+    critic.set_calibration(None)
+    critic.save_pretrained(tmp_path / "raw")
+    assert json.loads((tmp_path / "raw" / CONFIG_NAME).read_text())[CALIBRATION_KEY]["method"] == "identity"
+    assert Critic.from_pretrained(tmp_path / "raw").calibration.is_identity
