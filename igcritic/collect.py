@@ -384,14 +384,8 @@ def collect_rank(cfg: CollectConfig, rank: int = 0, world: int = 1, barrier=lamb
     if cfg.guard is not None:
         _, sample = guarded_sampler(cfg, policy, cost, reward)
 
-    if rank == 0:
-        writer = open_writer(cfg, 0, attrs, prompts, hidden)
-    barrier()  # the root group exists before other ranks open their shards
-    if rank != 0:
-        writer = open_writer(cfg, rank, attrs, prompts, hidden)
-    done = StoreReader(cfg.out).batches_done if cfg.resume else set()
     batches = work_batches(len(prompts), cfg.rollouts_per_prompt, cfg.batch_size)
-    mine = [b for b in range(len(batches)) if b % world == rank and b not in done]
+    done: set[int] = set()
     stats = {
         "batches": 0,
         "skipped_nan": 0,
@@ -400,11 +394,19 @@ def collect_rank(cfg: CollectConfig, rank: int = 0, world: int = 1, barrier=lamb
         "cost_s": 0.0,
         "reward_s": 0.0,
         "write_s": 0.0,
-        "batches_already_done": len(done),
+        "batches_already_done": 0,
     }
-    progress = _progress(disable=rank != 0)  # a bar on rank 0 only
-    task, start, seen = progress.add_task("collect", total=len(mine), tps="-"), time.perf_counter(), 0
     try:
+        if rank == 0:
+            writer = open_writer(cfg, 0, attrs, prompts, hidden)
+        barrier()  # the root group exists before other ranks open their shards
+        if rank != 0:
+            writer = open_writer(cfg, rank, attrs, prompts, hidden)
+        done = StoreReader(cfg.out).batches_done if cfg.resume else set()
+        stats["batches_already_done"] = len(done)
+        mine = [b for b in range(len(batches)) if b % world == rank and b not in done]
+        progress = _progress(disable=rank != 0)  # a bar on rank 0 only
+        task, start, seen = progress.add_task("collect", total=len(mine), tps="-"), time.perf_counter(), 0
         with writer, progress, sigterm_interrupts():
             for b in mine:
                 gen = torch.Generator(device=policy.device).manual_seed(batch_seed(cfg.seed, b))
