@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,8 +25,15 @@ import torch
 
 from igcritic import IgcriticError, Interrupted, __version__, sigterm_interrupts
 from igcritic.decoding import Rollouts, SamplingConfig, prefix_texts, rollout
-from igcritic.policy import EMBEDDED_POLICY_ID, Policy, load_policy, weights_fingerprint
-from igcritic.prompts import PromptSource, load_prompts
+from igcritic.policy import (
+    EMBEDDED_POLICY_ID,
+    WEIGHT_SUFFIXES,
+    Policy,
+    cached_fingerprint,
+    load_policy,
+    policy_fingerprint,
+)
+from igcritic.prompts import Prompt, PromptSource, load_prompts
 from igcritic.scorers import Scorer, load_scorer
 from igcritic.store import (
     StoreReader,
@@ -40,9 +46,8 @@ from igcritic.store import (
 
 log = logging.getLogger(__name__)
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".npz")
-FINGERPRINT_BYTES = 1 << 20
-"""Bytes read at each end of a weight file for its fingerprint."""
+FINGERPRINT_BLOCK = 1 << 24
+"""Bytes read at a time when a weight file is hashed."""
 
 
 class CollectError(IgcriticError):
@@ -137,6 +142,21 @@ class CollectConfig:
             raise CollectError("; ".join(problems))
 
 
+def check_prompts_fit(policy: Policy, rows: list[Prompt], new_tokens: int) -> None:
+    """Refuse, naming the first offender by its place in the source, unless every prompt leaves room for
+    ``new_tokens`` in the policy's context (checked once, up front: a batch must not fail half-way)."""
+    lengths = [len(x) for x in policy.prompt_ids([r.prompt for r in rows])]
+    too_long = [i for i, n in enumerate(lengths) if n + new_tokens > policy.max_context]
+    if too_long:
+        i = too_long[0]
+        more = f" (and {len(too_long) - 1} more)" if len(too_long) > 1 else ""
+        raise CollectError(
+            f"prompt {i + 1} of the source ({rows[i].where or f'index {i}'}) has {lengths[i]} tokens + "
+            f"{new_tokens} new tokens, the policy's context is {policy.max_context}{more}; shorten or remove "
+            "it, or lower --sampling.max_new_tokens (nothing was written to --out)"
+        )
+
+
 def batch_seed(seed: int, batch_index: int) -> int:
     return (seed * 1_000_003 + batch_index) % (2**63 - 1)
 
@@ -228,17 +248,19 @@ def prompts_digest(prompts: list[str]) -> str:
 
 
 def files_fingerprint(files: list[Path]) -> str:
-    """Cheap content fingerprint of weight files (16 hex digits): name, size, first and last MiB of each."""
-    h = hashlib.sha256()
-    for f in sorted(files):
-        size = f.stat().st_size
-        h.update(f"{f.name}:{size}:".encode())
-        with f.open("rb") as fh:
-            h.update(fh.read(FINGERPRINT_BYTES))
-            if size > 2 * FINGERPRINT_BYTES:
-                fh.seek(-FINGERPRINT_BYTES, os.SEEK_END)
-            h.update(fh.read(FINGERPRINT_BYTES))
-    return h.hexdigest()[:16]
+    """Content fingerprint of weight files (16 hex digits): sha256 streamed over each file's name, size and
+    every byte; cached by the files' (path, size, mtime) (:func:`~igcritic.policy.cached_fingerprint`)."""
+
+    def digest() -> str:
+        h = hashlib.sha256()
+        for f in sorted(files):
+            h.update(f"{f.name}:{f.stat().st_size}:".encode())
+            with f.open("rb") as fh:
+                for block in iter(lambda: fh.read(FINGERPRINT_BLOCK), b""):
+                    h.update(block)
+        return h.hexdigest()[:16]
+
+    return cached_fingerprint(files, "files", digest)
 
 
 def scorer_fingerprint(scorer: Scorer) -> str | None:
@@ -263,7 +285,7 @@ def content_config(
     d = cfg.hashed()
     d["prompts"] = {"count": len(prompts), "sha256": prompts_digest(prompts)}
     d["fingerprints"] = {
-        "policy": weights_fingerprint(policy.model),
+        "policy": policy_fingerprint(policy),
         "cost": scorer_fingerprint(cost),
         "reward": scorer_fingerprint(reward),
     }
@@ -299,7 +321,7 @@ def store_attrs(
 
     content = content_config(cfg, prompts, policy, cost, reward)
     return {
-        "policy": policy.identity.to_dict(),
+        "policy": {**policy.identity.to_dict(), "fingerprint": content["fingerprints"]["policy"]},
         "cost_scorer": cost.to_dict(),
         "reward_scorer": reward.to_dict(),
         "budget": cfg.budget if cfg.budget is not None else cost.info.budget_hint,
@@ -367,6 +389,7 @@ def collect_rank(cfg: CollectConfig, rank: int = 0, world: int = 1, barrier=lamb
         dtype=cfg.dtype,
         device=device,
     )
+    check_prompts_fit(policy, rows, cfg.sampling.max_new_tokens)  # every prompt, before --out is touched
     cost = load_scorer(cfg.cost, "cost", device=device, stride=cfg.stride)
     bounds = cost.info.bounds
     if cfg.budget is not None and bounds is not None and not bounds[0] <= cfg.budget <= bounds[1]:

@@ -469,6 +469,17 @@ def read_config(path: str | Path) -> dict:
     return meta
 
 
+def is_artifact(path: str | Path) -> bool:
+    """Whether ``path`` is a folder ``igcritic export`` wrote: its config is of this format and carries the
+    checksum of its weights (a file that merely has the name proves nothing)."""
+    try:
+        meta = read_config(Path(path))
+    except CriticError:
+        return False
+    digest = meta.get("weights_sha256")
+    return isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)
+
+
 def load_critic(path: str | Path, device: str | torch.device = "cpu") -> Critic:
     """The critic of an artifact folder, ready for inference (eval mode, no grad needed)."""
     return Critic.from_pretrained(path, device=device).eval().requires_grad_(False)

@@ -106,7 +106,7 @@ class CriticDataModule(LightningDataModule):
     def _load(self) -> list[StoreInfo]:
         if self._infos is not None:
             return self._infos
-        from igcritic.store import StoreError, StoreReader
+        from igcritic.store import StoreError, StoreReader, validate_store
 
         readers = []
         for p in self.stores:
@@ -115,6 +115,12 @@ class CriticDataModule(LightningDataModule):
                 n_traj = r.n_traj  # the reader is lazy: this opens the store
             except StoreError as e:
                 raise DataError(f"data.stores: cannot open {p}: {e}") from None
+            if problems := validate_store(p, read_rows=False):  # metadata and chunks: a lost chunk reads as 0
+                more = f"; {len(problems) - 1} more" if len(problems) > 1 else ""
+                raise DataError(
+                    f"store {p} is invalid ({problems[0]}{more}); fit refuses it (`igcritic inspect {p}` "
+                    "lists every problem)"
+                )
             readers.append(r)
             if n_traj == 0:
                 raise DataError(

@@ -32,6 +32,7 @@ from igcritic.critic import (
     Critic,
     CriticConfig,
     CriticError,
+    is_artifact,
     load_critic,
 )
 from igcritic.search import SearchConfig, SearchConfigError
@@ -118,7 +119,9 @@ def export(
             raise ExportError(f"output {out} exists and is not empty; pick another --out or pass --overwrite")
         from igcritic.store import check_replaceable  # here only: loading a guard does not import zarr
 
-        check_replaceable(out, CONFIG_NAME, "a critic artifact", ExportError)  # replaces only an artifact
+        check_replaceable(  # replaces only an artifact
+            out, "a critic artifact", ExportError, owns=is_artifact, proof=f"{CONFIG_NAME} of igcritic's"
+        )
     critic, entry = critic_from_checkpoint(ckpt)
     cfg = critic.config
     cal = critic.calibration

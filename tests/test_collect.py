@@ -493,3 +493,111 @@ def test_collect_with_a_guard_records_it_and_resumes_like_any_collect(
 def test_compile_is_not_part_of_the_content_hash():
     """``compile`` changes how rollouts are decoded, not what they are: a store resumes under either."""
     assert CollectConfig(compile=True).hashed() == CollectConfig().hashed()
+
+
+def test_too_long_prompt_late_in_the_file_is_refused_before_the_old_store_is_touched(
+    tiny_model_dir, prompt_file, beaver_scorers, tmp_path
+):
+    """Every prompt is checked against the context before --out is touched, and the error names the
+    prompt's line in the file (a blank line shifts the line from the index)."""
+    cfg = tiny_config(
+        tiny_model_dir, prompt_file, tmp_path / "s.zarr", rollouts_per_prompt=1, **beaver_scorers
+    )
+    run(cfg)
+    before = StoreReader(cfg.out).fingerprint()
+    long_file = tmp_path / "long.jsonl"
+    rows = [json.dumps({"prompt": p}) for p in PROMPTS] + ["", json.dumps({"prompt": "bread " * 300})]
+    long_file.write_text("\n".join(rows) + "\n")
+    again = tiny_config(
+        tiny_model_dir, long_file, cfg.out, rollouts_per_prompt=1, overwrite=True, **beaver_scorers
+    )
+    with pytest.raises(CollectError, match=rf"prompt 7 of the source \({long_file}:8\) has \d+ tokens") as e:
+        run(again)
+    assert "\n" not in str(e.value)
+    assert StoreReader(cfg.out).fingerprint() == before and validate_store(cfg.out) == []
+
+
+def _fail_on_batch(monkeypatch, index: int):
+    """Make collect's labelling raise on its ``index``-th batch (0-based)."""
+    import igcritic.collect as collect_mod
+
+    real, calls = collect_mod.label_batch, []
+
+    def label(*a, **kw):
+        calls.append(1)
+        if len(calls) > index:
+            raise RuntimeError("scorer crashed")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(collect_mod, "label_batch", label)
+
+
+def test_overwrite_keeps_the_old_store_until_the_new_one_commits(
+    tiny_model_dir, prompt_file, beaver_scorers, tmp_path, monkeypatch
+):
+    cfg = tiny_config(
+        tiny_model_dir, prompt_file, tmp_path / "s.zarr", rollouts_per_prompt=1, **beaver_scorers
+    )
+    run(cfg)
+    before = StoreReader(cfg.out).fingerprint()
+    again = tiny_config(
+        tiny_model_dir, prompt_file, cfg.out, rollouts_per_prompt=1, seed=9, overwrite=True, **beaver_scorers
+    )
+    _fail_on_batch(monkeypatch, 0)  # the new run dies before its first commit: the old store is back
+    with pytest.raises(RuntimeError, match="scorer crashed"):
+        run(again)
+    assert StoreReader(cfg.out).fingerprint() == before and validate_store(cfg.out) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]  # nothing kept aside
+    monkeypatch.undo()
+    _fail_on_batch(monkeypatch, 1)  # dies after its first commit: the new store stands, resumable
+    with pytest.raises(RuntimeError, match="scorer crashed"):
+        run(again)
+    assert StoreReader(cfg.out).attrs["seed"] == 9 and StoreReader(cfg.out).batches_done == {0}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]  # the old store is gone
+    monkeypatch.undo()
+    again.overwrite, again.resume = False, True
+    run(again)
+    assert validate_store(cfg.out) == [] and StoreReader(cfg.out).n_traj == len(PROMPTS)
+
+
+def test_collect_failing_on_its_only_batch_leaves_nothing(
+    tiny_model_dir, prompt_file, beaver_scorers, tmp_path, monkeypatch
+):
+    _fail_on_batch(monkeypatch, 0)
+    cfg = tiny_config(
+        tiny_model_dir,
+        prompt_file,
+        tmp_path / "new" / "s.zarr",
+        rollouts_per_prompt=1,
+        batch_size=8,
+        **beaver_scorers,
+    )
+    with pytest.raises(RuntimeError, match="scorer crashed"):
+        run(cfg)
+    assert not Path(cfg.out).exists()
+    (tmp_path / "empty").mkdir()  # a folder the user made stays, empty
+    cfg.out = str(tmp_path / "empty")
+    with pytest.raises(RuntimeError, match="scorer crashed"):
+        run(cfg)
+    assert (tmp_path / "empty").is_dir() and not any((tmp_path / "empty").iterdir())
+
+
+def test_resume_refuses_a_policy_changed_in_any_tensor(tiny_model_dir, prompt_file, beaver_scorers, tmp_path):
+    """A change confined to one value of one MLP weight (not a sampled tensor's first values) is a new
+    policy: --resume refuses it instead of mixing two policies in one store."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    cfg = tiny_config(model, prompt_file, tmp_path / "s.zarr", rollouts_per_prompt=1, **beaver_scorers)
+    run(cfg)
+    edited = AutoModelForCausalLM.from_pretrained(model)
+    with torch.no_grad():
+        edited.model.layers[0].mlp.up_proj.weight[-1, -1] += 0.5
+    edited.save_pretrained(model)
+    cfg.resume = True
+    with pytest.raises(StoreError, match=r"fingerprints\.policy differ") as e:
+        run(cfg)
+    assert "\n" not in str(e.value)

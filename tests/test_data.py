@@ -244,3 +244,20 @@ def test_bad_settings_and_paths(tmp_path):
     assert "batch_size=0" in _one_line(e)
     with pytest.raises(DataError, match="cannot open"):
         CriticDataModule([str(tmp_path / "missing.zarr")]).prepare_data()
+
+
+@pytest.mark.parametrize("array", ["latents", "traj_offsets"])
+def test_a_store_inspect_calls_invalid_is_refused(tmp_path, array):
+    """A lost chunk would read back as zeros: fit checks the store's metadata and chunks before training."""
+    from igcritic.store import validate_store
+
+    path = tmp_path / "s.zarr"
+    make_store(path, n_prompts=12, rollouts=4, hidden=8, chunk_tokens=16)
+    chunk = path / "shards" / "rank-00000" / array / "c" / "1"
+    (chunk / "0" if array == "latents" else chunk).unlink()
+    assert validate_store(path)
+    with pytest.raises(
+        DataError, match=rf"store {path} is invalid \(rank-00000: {array} chunk 1 .*igcritic inspect"
+    ) as e:
+        CriticDataModule([str(path)]).prepare_data()
+    _one_line(e)

@@ -163,13 +163,17 @@ def test_never_writes_into_a_non_empty_folder(trained, tmp_path):
     assert (out / "keep.txt").read_text() == "mine"
     with pytest.raises(
         ExportError,
-        match=r"is not a critic artifact \(no critic_config.json in it\), so "
+        match=r"is not a critic artifact \(no critic_config.json of igcritic's in it\), so "
         r"--overwrite will not delete it",
     ):
         export(
             ckpt, out, overwrite=True
         )  # --overwrite replaces only an artifact folder, never the user's files
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    (out / CONFIG_NAME).write_text('{"format": "mine"}')  # a file that merely carries the name
+    with pytest.raises(ExportError, match=r"is not a critic artifact .*will not delete it"):
+        export(ckpt, out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == [CONFIG_NAME, "keep.txt"]
     export(ckpt, tmp_path / "art")
     (tmp_path / "art" / WEIGHTS_NAME).write_bytes(b"old")
     export(ckpt, tmp_path / "art", overwrite=True)

@@ -116,3 +116,43 @@ def test_weights_fingerprint_follows_the_weights(tiny_policy, tmp_path):
     tiny_policy.tokenizer.save_pretrained(tmp_path / "m")
     assert weights_fingerprint(load_policy(str(tmp_path / "m")).model) == fp and len(fp) == 16
     assert weights_fingerprint(make_tiny_policy(seed=1).model) != fp
+
+
+def test_weights_fingerprint_sees_every_value_of_every_tensor(tiny_policy):
+    """One changed value anywhere (here: the last value of every parameter in turn) changes it; the dtype the
+    model is held in does not, when the values are the same (bf16 weights held as float32)."""
+    from igcritic.policy import weights_fingerprint
+
+    model = make_tiny_policy(seed=0).model
+    fp = weights_fingerprint(model)
+    for name, p in model.named_parameters():
+        with torch.no_grad():
+            old = p.view(-1)[-1].item()
+            p.view(-1)[-1] += 1e-3
+            assert weights_fingerprint(model) != fp, name
+            p.view(-1)[-1] = old
+    assert weights_fingerprint(model) == fp
+    as_bf16 = model.to(torch.bfloat16)
+    fp16 = weights_fingerprint(as_bf16)
+    assert weights_fingerprint(as_bf16.to(torch.float32)) == fp16
+
+
+def test_policy_fingerprint_is_cached_by_the_weight_files(tiny_policy, tmp_path, monkeypatch):
+    """A folder's fingerprint is computed once per (path, size, mtime) and cached in the user cache dir; an
+    in-memory model's is computed from its parameters, with the same value."""
+    import igcritic.policy as policy_mod
+    from igcritic.policy import load_policy, policy_fingerprint, weights_fingerprint
+
+    monkeypatch.setenv(policy_mod.EMBEDDED_CACHE_ENV, str(tmp_path / "cache"))
+    tiny_policy.model.save_pretrained(tmp_path / "m")
+    tiny_policy.tokenizer.save_pretrained(tmp_path / "m")
+    calls = []
+    real = policy_mod.weights_fingerprint
+    monkeypatch.setattr(policy_mod, "weights_fingerprint", lambda m: calls.append(1) or real(m))
+    loaded = load_policy(str(tmp_path / "m"))
+    fp = policy_fingerprint(loaded)
+    assert fp == weights_fingerprint(tiny_policy.model) == policy_fingerprint(tiny_policy) and len(calls) == 2
+    assert policy_fingerprint(load_policy(str(tmp_path / "m"))) == fp and len(calls) == 2  # cached
+    assert (tmp_path / "cache" / policy_mod.FINGERPRINT_CACHE).is_file()
+    make_tiny_policy(seed=1).model.save_pretrained(tmp_path / "m")  # new weights, new mtime
+    assert policy_fingerprint(load_policy(str(tmp_path / "m"))) != fp and len(calls) == 3

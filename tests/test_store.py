@@ -241,14 +241,24 @@ def test_create_refuses_nonempty_path_unless_overwrite(tmp_path):
     assert StoreReader(tmp_path / "t").batches_done == {1}
 
 
-@pytest.mark.parametrize("foreign", ["folder", "file", "zarr", "store_inside"])
+@pytest.mark.parametrize(
+    "foreign", ["folder", "file", "zarr", "store_inside", "shards_only", "prompts_only", "zarr_with_shards"]
+)
 def test_overwrite_replaces_only_a_store(tmp_path, foreign):
-    """--overwrite never deletes what igcritic did not write (``--out .``, a file, another zarr group)."""
+    """--overwrite never deletes what igcritic did not write (``--out .``, a file, another zarr group, a
+    folder whose entries merely carry a store's names)."""
     out = tmp_path / "out"
     if foreign == "file":
         out.write_text("mine")
     elif foreign == "zarr":
         zarr.create_group(str(out), zarr_format=3).create_array("x", shape=(3,), dtype="int8")
+    elif foreign in ("shards_only", "prompts_only"):
+        (out / foreign.removesuffix("_only")).mkdir(parents=True)
+        (out / foreign.removesuffix("_only") / "notes.txt").write_text("mine")
+    elif foreign == "zarr_with_shards":  # a zarr group of the user's with a shards/ group: not ours either
+        zarr.create_group(str(out), zarr_format=3).create_group("shards").create_array(
+            "x", shape=(3,), dtype="int8"
+        )
     else:
         out.mkdir()
         (out / "notes.txt").write_text("mine")
@@ -273,24 +283,30 @@ def test_overwrite_unlinks_a_symlink_inside_a_store_never_its_target(tmp_path):
     assert StoreReader(tmp_path / "s").batches_done == {1}
 
 
-def test_check_replaceable_for_an_artifact_marker(tmp_path):
-    """The same check for folders marked by a file (an exported critic: critic_config.json)."""
+def test_check_replaceable_with_another_proof_of_ownership(tmp_path):
+    """The same check for folders whose owner is proven otherwise (an exported critic: its config)."""
     art = tmp_path / "critic"
     art.mkdir()
     (art / "notes.txt").write_text("mine")
-    with pytest.raises(
-        ValueError, match=r"--out .*critic is not a critic artifact \(no critic_config.json in it\)"
-    ):
-        layout.check_replaceable(art, marker="critic_config.json", what="a critic artifact", error=ValueError)
-    (art / "critic_config.json").write_text("{}")
-    layout.check_replaceable(art, marker="critic_config.json", what="a critic artifact")
-    layout.check_replaceable(tmp_path / "missing", marker="critic_config.json")
+    owns = lambda path: (Path(path) / "proof").is_file()  # noqa: E731
+    with pytest.raises(ValueError, match=r"--out .*critic is not a critic artifact \(no proof in it\)"):
+        layout.check_replaceable(art, "a critic artifact", ValueError, owns=owns, proof="proof")
+    (art / "proof").write_text("{}")
+    layout.check_replaceable(art, "a critic artifact", owns=owns, proof="proof")
+    layout.check_replaceable(tmp_path / "missing", owns=owns, proof="proof")
 
 
-def test_overwrite_replaces_a_store_whose_creation_was_cut_short(tmp_path):
+def test_a_store_carries_a_random_id_from_its_creation(tmp_path):
+    """The ownership marker (schema and a random store id) is the root group's first attribute write, so a
+    store whose creation was cut short is still replaced, and a copied store keeps its id."""
     write(tmp_path / "s", [(0, make_batch(0))])
+    write(tmp_path / "t", [(0, make_batch(0))])
+    ids = [StoreReader(tmp_path / n).attrs[layout.OWNER]["store_id"] for n in ("s", "t")]
+    assert ids[0] != ids[1] and all(len(i) == 32 for i in ids)
     root = zarr.open_group(str(tmp_path / "s"), mode="r+")
-    root.attrs.clear()  # killed before the root attrs (written last) were
+    marker = root.attrs[layout.OWNER]
+    root.attrs.clear()
+    root.attrs[layout.OWNER] = marker  # killed before the root attrs (written last) were
     write(tmp_path / "s", [(1, make_batch(1))], overwrite=True)
     assert StoreReader(tmp_path / "s").batches_done == {1}
 
@@ -537,3 +553,55 @@ def test_writer_lock_on_an_fsspec_url():
     assert StoreReader(path).batches_done == {0, 1} and validate_store(path) == []
     assert "writer-rank-00000.lock" not in layout.entries(path)
     layout.filesystem(path)[0].rm("/igcritic-test", recursive=True)
+
+
+def test_killed_overwrite_keeps_the_old_store_aside(tmp_path, caplog):
+    """A replacing writer killed before its first commit (no close) leaves the old store whole in a sibling
+    folder, and the next --overwrite names it; a commit removes only its own run's aside copy."""
+    write(tmp_path / "s", [(0, make_batch(0)), (1, make_batch(1))])
+    before = StoreReader(tmp_path / "s").fingerprint()
+    w = StoreWriter.create(tmp_path / "s", attrs=ATTRS, prompts=PROMPTS, hidden_size=H, overwrite=True)
+    w._lock.release()  # the process died: its flock is gone, nothing was undone
+    w._closed = True
+    del w
+    (kept,) = [p for p in tmp_path.iterdir() if p.name != "s"]
+    assert kept.name.startswith(".s.replaced-") and StoreReader(kept).fingerprint() == before
+    write(tmp_path / "s", [(2, make_batch(2))], overwrite=True)
+    assert "interrupted --overwrite" in caplog.text and str(kept) in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == [kept.name, "s"]
+    assert StoreReader(tmp_path / "s").batches_done == {2}
+
+
+def test_inspect_during_a_write_says_a_writer_holds_the_lock(tmp_path):
+    """inspect shows the committed snapshot and says a writer is still at work (not just "valid")."""
+    path = tmp_path / "s"
+    with StoreWriter.create(path, attrs=ATTRS, prompts=PROMPTS, hidden_size=H, chunk_tokens=16) as w:
+        w.append(make_batch(0), 0)
+        out = io.StringIO()
+        assert inspect(InspectConfig(str(path)), console=Console(file=out, width=200)) == 0
+        text = out.getvalue()
+        assert f"rank-00000 is being written by pid {os.getpid()}" in text
+        assert "valid so far (the committed snapshot; a writer is still adding to it)" in text
+    out = io.StringIO()
+    assert inspect(InspectConfig(str(path)), console=Console(file=out, width=200)) == 0
+    assert "being written" not in out.getvalue() and out.getvalue().rstrip().endswith("valid")
+
+
+def test_a_failed_move_aside_leaves_the_old_store_whole(tmp_path, monkeypatch):
+    """--overwrite whose moving aside fails half-way (here: the second rename) puts back what it moved."""
+    write(tmp_path / "s", [(0, make_batch(0))])
+    before = StoreReader(tmp_path / "s").fingerprint()
+    real, calls = os.rename, []
+
+    def flaky(src, dst):
+        calls.append(src)
+        if len(calls) == 2:
+            raise PermissionError(13, "Permission denied", src)
+        return real(src, dst)
+
+    monkeypatch.setattr(layout.os, "rename", flaky)
+    with pytest.raises(PermissionError):
+        write(tmp_path / "s", [(1, make_batch(1))], overwrite=True)
+    monkeypatch.undo()
+    assert StoreReader(tmp_path / "s").fingerprint() == before and validate_store(tmp_path / "s") == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]

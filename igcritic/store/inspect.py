@@ -21,21 +21,24 @@ from zarr.core.sync import sync
 from igcritic.store.layout import (
     EVERY_CHUNK,
     PROMPTS,
+    SHARD,
     TOKEN_ARRAYS,
     TRAJ_ARRAYS,
     StoreError,
     filesystem,
     open_root,
-    read_rows,
     started_shards,
 )
+from igcritic.store.layout import read_rows as _read
+from igcritic.store.lock import live_writers
 from igcritic.store.reader import StoreReader
 from igcritic.store.writer import TrajectoryBatch
 
 
-def validate_store(path: str | os.PathLike) -> list[str]:
+def validate_store(path: str | os.PathLike, read_rows: bool = True) -> list[str]:
     """Every integrity problem of a store (empty list: valid). Scans all latents chunk by chunk for
-    NaN/inf."""
+    NaN/inf; ``read_rows=False`` checks only the metadata and that every committed chunk exists (what
+    ``fit`` runs before training: no data is read)."""
     try:
         root = open_root(path, "r")
     except StoreError as e:
@@ -51,7 +54,9 @@ def validate_store(path: str | os.PathLike) -> list[str]:
         return [*p, str(e)]
     for g, *manifest in shards:  # a shard without a manifest holds nothing to check
         try:
-            p += [f"{g.basename}: {msg}" for msg in _validate_shard(g, *manifest, n_prompts, attrs)]
+            p += [
+                f"{g.basename}: {msg}" for msg in _validate_shard(g, *manifest, n_prompts, attrs, read_rows)
+            ]
         except StoreError as e:  # an array's chunk cannot be decoded
             p.append(str(e))
         except (ValueError, TypeError, KeyError) as e:  # an array's zarr.json cannot be decoded
@@ -77,7 +82,9 @@ def _missing_chunks(a: zarr.Array, rows: int) -> list[int]:
     return [i for i, ok in enumerate(sync(probe()) if keys else []) if not ok]
 
 
-def _validate_shard(g: zarr.Group, n_traj: int, n_tok: int, done: list, n_prompts: int, attrs: dict) -> list:
+def _validate_shard(
+    g: zarr.Group, n_traj: int, n_tok: int, done: list, n_prompts: int, attrs: dict, read_rows: bool
+) -> list:
     H, step, done = int(attrs["hidden_size"]), int(attrs["chunk_tokens"]), set(done)
     want = {k: (n_tok, d) for k, d in TOKEN_ARRAYS.items()} | {k: (n_traj, d) for k, d in TRAJ_ARRAYS.items()}
     want["traj_offsets"] = (n_traj + 1, "int64")
@@ -103,25 +110,23 @@ def _validate_shard(g: zarr.Group, n_traj: int, n_tok: int, done: list, n_prompt
                 "those rows would read back as zeros; restore the files or recollect the store with "
                 "--overwrite"
             )
-    if p:
+    if p or not read_rows:
         return p
     # the invariants every appended batch was checked for (the latents are scanned below, chunk by chunk)
-    rows = {k: read_rows(g, k, 0, n_tok) for k in ("token_ids", "cost_prefix")}
-    traj = {
-        k: read_rows(g, k, 0, n_traj) for k in ("traj_len", "traj_prompt", "traj_reward", "traj_finished")
-    }
+    rows = {k: _read(g, k, 0, n_tok) for k in ("token_ids", "cost_prefix")}
+    traj = {k: _read(g, k, 0, n_traj) for k in ("traj_len", "traj_prompt", "traj_reward", "traj_finished")}
     shard = TrajectoryBatch(latents=np.zeros((n_tok, 0), np.float16), **rows, **traj)
     if p := shard.validate():
         return p
-    if (read_rows(g, "traj_offsets", 0, n_traj + 1) != shard.offsets).any():
+    if (_read(g, "traj_offsets", 0, n_traj + 1) != shard.offsets).any():
         return [
             "traj_offsets differ from the trajectories' lengths (trajectory i holds traj_len[i] + 1 rows)"
         ]
-    if not np.allclose(read_rows(g, "traj_cost", 0, n_traj), shard.traj_cost, equal_nan=True):
+    if not np.allclose(_read(g, "traj_cost", 0, n_traj), shard.traj_cost, equal_nan=True):
         p.append("traj_cost differs from cost_prefix at the trajectories' last rows")
     if (shard.traj_prompt >= n_prompts).any():
         p.append(f"traj_prompt outside [0, {n_prompts})")
-    batch_ids = read_rows(g, "traj_batch", 0, n_traj)
+    batch_ids = _read(g, "traj_batch", 0, n_traj)
     seen = set(batch_ids.tolist())
     if not seen <= done:
         p.append("trajectories belong to batches missing from the manifest's batches_done")
@@ -207,8 +212,14 @@ def _summarise(cfg: InspectConfig, console, Table) -> int:
         t.add_row(k, v)
     console.print(t)
     problems = validate_store(cfg.store)
+    writers = live_writers(cfg.store)
+    for rank, holder in writers:
+        h = holder or {}
+        who = f"pid {h.get('pid')} on host {h.get('host')} since {h.get('since')}" if h else "another process"
+        console.print(f"[yellow]writing:[/yellow] {SHARD.format(rank)} is being written by {who}")
     for msg in problems:
         console.print(f"[red]invalid:[/red] {msg}", soft_wrap=True)
     if not problems:
-        console.print("[green]valid[/green]")
+        ok = "valid so far (the committed snapshot; a writer is still adding to it)" if writers else "valid"
+        console.print(f"[green]{ok}[/green]")
     return 1 if problems else 0

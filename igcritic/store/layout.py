@@ -38,11 +38,16 @@ TRAJ_ARRAYS = {
 STORE_MARKER = "zarr.json"
 LOCK_FILE = "writer-rank-{:05d}.lock"
 """Rank r's writer lock at the store root (:mod:`igcritic.store.lock`)."""
-STORE_ENTRIES = {STORE_MARKER, PROMPTS, SHARDS}
-"""What a store's root folder holds; ``--overwrite`` replaces nothing else (:func:`check_replaceable`)."""
+OWNER = "igcritic_store"
+"""Root attribute proving igcritic wrote the store: ``{"store_id": random hex, "schema_version": N}``, set
+when the root group is created; ``--overwrite`` replaces nothing without it (:func:`check_replaceable`)."""
 EVERY_CHUNK = "every_chunk"
 """Manifest flag of shards whose writer writes every chunk: then every array's chunks below the manifest must
 exist (older shards: latents and token_ids, which are never all fill values)."""
+
+
+REMOTE_OPTIONS = {"use_listings_cache": False}
+"""fsspec options of remote stores: other processes (writers, their locks) change listings under a reader."""
 
 
 class StoreError(IgcriticError):
@@ -66,6 +71,8 @@ def filesystem(path: str | os.PathLike) -> tuple[Any, str]:
     """(fsspec filesystem, root path in it) of any location."""
     import fsspec
 
+    if local_path(path) is None:
+        return fsspec.core.url_to_fs(os.fspath(path), **REMOTE_OPTIONS)
     return fsspec.core.url_to_fs(os.fspath(path))
 
 
@@ -84,6 +91,72 @@ def read_json(path: str | os.PathLike, name: str) -> Any:
         return json.loads(fs.cat_file(f"{root.rstrip('/')}/{name}"))
     except (OSError, ValueError):
         return None
+
+
+REPLACED = ".{name}.replaced-{tag}"
+"""Sibling folder holding the store that ``--overwrite`` replaces until the new store's first commit."""
+
+
+def aside_location(path: str | os.PathLike, tag: str) -> tuple[Any, str]:
+    """(filesystem, path) of the sibling that keeps the store at ``path`` while it is being replaced."""
+    fs, root = filesystem(path)
+    parent, _, name = root.rstrip("/").rpartition("/")
+    if not name or not parent:
+        raise StoreError(
+            f"cannot replace a store at {path} (no parent folder to keep it in); use a subfolder"
+        )
+    return fs, f"{parent}/{REPLACED.format(name=name, tag=tag)}"
+
+
+def move_aside(path: str | os.PathLike, keep: str, tag: str) -> str:
+    """Move everything inside the folder ``path`` but the entry ``keep`` (this writer's lock) into a sibling
+    folder, which is returned (a rename locally; object stores copy server-side)."""
+    fs, root = filesystem(path)
+    _, aside = aside_location(path, tag)
+    fs.makedirs(aside, exist_ok=True)
+    try:
+        _move(path, root, aside, keep)
+    except BaseException:  # put back what was moved: the store stays whole where it was
+        _move(path, aside, root.rstrip("/"))
+        remove(path, aside)
+        raise
+    return aside
+
+
+def _move(path: str | os.PathLike, src: str, dst: str, keep: str | None = None) -> None:
+    """Move the entries of folder ``src`` but ``keep`` into folder ``dst``: renames locally (a symlink moves
+    as a link, never followed); on object stores each object is copied server-side, then deleted."""
+    fs = filesystem(path)[0]
+    names = [_name(p) for p in fs.ls(src, detail=False) if _name(p) != keep]
+    if local_path(path) is not None:
+        for n in names:
+            os.rename(f"{src}/{n}", f"{dst}/{n}")
+        return
+    objects = [o for n in names for o in (fs.find(f"{src}/{n}") or [f"{src}/{n}"])]
+    fs.copy(objects, [f"{dst}/{o[len(src) + 1 :]}" for o in objects])  # concurrent on async file systems
+    fs.rm(objects)
+
+
+def move_back(path: str | os.PathLike, aside: str, keep: str) -> None:
+    """Undo :func:`move_aside`: delete what is in ``path`` now (but ``keep``), move the kept store back."""
+    fs, root = filesystem(path)
+    clear(path, keep)
+    _move(path, aside, root.rstrip("/"))
+    remove(path, aside)
+
+
+def remove(path: str | os.PathLike, where: str) -> None:
+    """Delete ``where`` (a path in ``path``'s filesystem), a folder with everything inside it."""
+    fs, _ = filesystem(path)
+    if fs.exists(where):
+        fs.rm(where, recursive=True)  # a symlink is unlinked, never followed
+
+
+def replaced_leftovers(path: str | os.PathLike) -> list[str]:
+    """Stores kept aside by replacements of ``path`` that were killed before their first commit."""
+    fs, root = filesystem(path)
+    _, probe = aside_location(path, "*")
+    return sorted(fs.glob(probe))
 
 
 def clear(path: str | os.PathLike, keep: str) -> None:
@@ -108,36 +181,36 @@ def nonempty(path: str | os.PathLike) -> bool:
     return names is None or any(not is_lock(e) for e in names)
 
 
-def _is_ours(path: str | os.PathLike, marker: str) -> bool:
-    names = entries(path)
-    if not names:
-        return names == []  # missing or empty: nothing to lose; a file: not ours
-    if marker != STORE_MARKER:
-        return marker in names
+def is_store(path: str | os.PathLike) -> bool:
+    """Whether igcritic wrote the store at ``path``: its root ``zarr.json`` is a group whose attributes carry
+    :data:`OWNER` (written with the group, before anything else), or, for stores made before that marker,
+    the full root attrs of this schema. Entry names prove nothing: a user's folder may hold ``shards/``."""
     meta = read_json(path, STORE_MARKER)
     attrs = meta.get("attributes", {}) if isinstance(meta, dict) and meta.get("node_type") == "group" else {}
-    # a store, or a store whose creation was cut short (its root attrs come last)
-    return "schema_version" in attrs or all(e in STORE_ENTRIES or is_lock(e) for e in names)
+    owner = attrs.get(OWNER)
+    if isinstance(owner, dict) and isinstance(owner.get("store_id"), str):
+        return True
+    return all(k in attrs for k in ("schema_version", "hidden_size", "chunk_tokens", "prompts_count"))
 
 
 def check_replaceable(
     path: str | os.PathLike,
-    marker: str = STORE_MARKER,
     what: str = "an igcritic store",
     error: type[ValueError] | None = None,
     flag: str = "--out",
+    owns=is_store,
+    proof: str = f"{STORE_MARKER} with an igcritic store id",
 ) -> None:
     """Refuse, in one line, to let ``--overwrite`` replace ``path`` unless igcritic wrote what is there.
 
-    Replaceable: nothing, an empty folder, or a folder holding ``marker``: for a store (the default) a root
-    ``zarr.json`` whose attrs have ``schema_version``, or only a store's own entries (a creation cut short);
-    for an artifact folder (``marker="critic_config.json"``) that file. Anything else (``--out .``, a file, a
+    Replaceable: nothing, an empty folder (writer locks aside), or a folder ``owns(path)`` proves igcritic's
+    (default :func:`is_store`; ``export`` passes its artifact check). Anything else (``--out .``, a file, a
     folder of the user's) raises ``error`` (default :class:`StoreError`)."""
-    if _is_ours(path, marker):
+    names = entries(path)
+    if names == [] or (names and all(is_lock(e) for e in names)) or (names and owns(path)):
         return
-    has = f"{marker} with schema_version" if marker == STORE_MARKER else marker
     raise (error or StoreError)(
-        f"{flag} {path} is not {what} (no {has} in it), so --overwrite will not delete "
+        f"{flag} {path} is not {what} (no {proof} in it), so --overwrite will not delete "
         f"it; pick another {flag} or move it away yourself"
     )
 
@@ -172,7 +245,7 @@ def zarr_store(path: str | os.PathLike, read_only: bool):
     """Zarr's store of a location: ``LocalStore`` for local ones (atomic chunk writes), else fsspec's."""
     local = local_path(path)
     if local is None:
-        return FsspecStore.from_url(os.fspath(path), read_only=read_only)
+        return FsspecStore.from_url(os.fspath(path), storage_options=REMOTE_OPTIONS, read_only=read_only)
     if read_only and not local.exists():
         raise StoreError(f"no store at {path}; run `igcritic collect` first or fix the path")
     return LocalStore(local, read_only=read_only)

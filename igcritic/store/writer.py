@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,7 @@ from zarr.core.sync import sync
 
 from igcritic.store.layout import (
     EVERY_CHUNK,
+    OWNER,
     PROMPTS,
     SCHEMA_VERSION,
     SHARD,
@@ -46,11 +48,18 @@ from igcritic.store.layout import (
     StoreError,
     check_replaceable,
     clear,
+    entries,
+    local_path,
+    move_aside,
+    move_back,
     nonempty,
     open_root,
+    remove,
+    replaced_leftovers,
+    started_shards,
     zarr_store,
 )
-from igcritic.store.lock import WriterLock, check_no_writers
+from igcritic.store.lock import WriterLock, check_no_writers, live_writers
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +160,9 @@ class StoreWriter:
         self._disk = (self._n_tok // self._chunk) * self._chunk
         self._tail = {k: a[self._disk : self._n_tok] for k, a in self._arrays.items() if k in TOKEN_ARRAYS}
         self._closed = False
+        self._undo: tuple[str, str | None] | None = None
+        """Until this run's first commit, how to undo its create: ("restore", the old store kept aside) or
+        ("remove", the folder if this run made it, else None); None once committed (or for resume)."""
 
     @classmethod
     def create(
@@ -187,13 +199,26 @@ class StoreWriter:
         else:
             root = _wait_for_root(path, attrs.get("config_hash"))
             _check_hidden(path, root, hidden_size)
+        made = rank == 0 and (local := local_path(path)) is not None and not local.exists()
         lock = WriterLock(path, rank)  # refuses a second writer of this shard
+        undo: tuple[str, str | None] | None = ("remove", path if made else None) if rank == 0 else None
         try:
             if rank == 0:
                 if _replaces_a_store(path, overwrite):  # checked again under the lock
                     check_no_writers(path, but=lock.name)
-                    clear(path, keep=lock.name)
-                root = zarr.create_group(zarr_store(path, read_only=False), zarr_format=3)
+                    for old in replaced_leftovers(path):
+                        log.warning(
+                            "%s holds a store that an interrupted --overwrite of %s kept; move it back or "
+                            "delete it",
+                            old,
+                            path,
+                        )
+                    # the old store stays, aside, until the new one commits its first batch (a failed move
+                    # puts back what it moved: nothing to undo here)
+                    undo = None
+                    undo = ("restore", move_aside(path, keep=lock.name, tag=uuid.uuid4().hex[:8]))
+                owner = {OWNER: {"store_id": uuid.uuid4().hex, "schema_version": SCHEMA_VERSION}}
+                root = zarr.create_group(zarr_store(path, read_only=False), zarr_format=3, attributes=owner)
                 root.create_group(SHARDS)
                 arr = root.create_array(PROMPTS, shape=(len(prompts),), dtype=str)
                 if prompts:
@@ -208,10 +233,12 @@ class StoreWriter:
                         "compression": compression,
                     }
                 )  # written last: marks the root complete
-            return cls(path, root, _make_shard(root, rank, path, refuse_data=not overwrite), rank, lock)
+            w = cls(path, root, _make_shard(root, rank, path, refuse_data=not overwrite), rank, lock)
         except BaseException:
-            lock.release()
+            _undo_create(path, undo, lock, failed=True)
             raise
+        w._undo = undo
+        return w
 
     @classmethod
     def resume(
@@ -318,8 +345,11 @@ class StoreWriter:
             [(self._arrays[k], self._n_traj, np.asarray(v, dtype=TRAJ_ARRAYS[k])) for k, v in traj.items()]
             + [(self._arrays["traj_offsets"], self._n_traj + 1, self._n_tok + batch.offsets[1:])]
         )
-        # 3. the manifest, last: one atomic zarr.json write commits the batch
+        # 3. the manifest, last: one atomic zarr.json write commits the batch (if this writer still holds its
+        # lock: a lease on an object store can run out)
+        self._lock.check()
         self._write_manifest(self._n_traj + batch.n_traj, stop, self._done | {batch_index})
+        self._committed()
         self._disk = (stop // self._chunk) * self._chunk
         self._tail = {k: b[self._disk - start :] for k, b in blocks.items()}
 
@@ -327,25 +357,39 @@ class StoreWriter:
         self._shard.attrs.update({"n_traj": n_traj, "n_tok": n_tok, "batches_done": sorted(done)})
         self._n_traj, self._n_tok, self._done = n_traj, n_tok, done
 
-    def close(self) -> None:
+    def _committed(self) -> None:
+        """The first commit of a replacing run: the old store kept aside goes."""
+        if self._undo is not None and self._undo[0] == "restore":
+            remove(self.path, self._undo[1])
+        self._undo = None
+
+    def close(self, failed: bool = False) -> None:
         """Trim arrays to the manifest (drops garbage a killed run left beyond it), release the writer lock;
-        idempotent."""
+        idempotent. Until this run's first commit, close puts back the store that ``overwrite`` replaced,
+        and ``failed`` (the ``with`` block raised) removes the store this run created."""
         if self._closed:
             return
+        if self._undo is not None and self._others_committed():
+            self._committed()  # another rank committed: the new store stands
         try:
-            for k, a in self._arrays.items():
-                n = self._n_tok if k in TOKEN_ARRAYS else self._n_traj + (k == "traj_offsets")
-                if a.shape[0] > n:
-                    a.resize((n, *a.shape[1:]))
+            if self._undo is None or (self._undo[0] == "remove" and not failed):
+                for k, a in self._arrays.items():
+                    n = self._n_tok if k in TOKEN_ARRAYS else self._n_traj + (k == "traj_offsets")
+                    if a.shape[0] > n:
+                        a.resize((n, *a.shape[1:]))
+                self._undo = None
         finally:
             self._closed = True
-            self._lock.release()
+            _undo_create(self.path, self._undo, self._lock, failed)
+
+    def _others_committed(self) -> bool:
+        return any(n_tok or done for g, _, n_tok, done in started_shards(open_root(self.path, "r")))
 
     def __enter__(self) -> StoreWriter:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        self.close(failed=exc_type is not None)
 
 
 def _write_rows(items: list[tuple[zarr.Array, int, np.ndarray]]) -> None:
@@ -364,6 +408,31 @@ def _write_rows(items: list[tuple[zarr.Array, int, np.ndarray]]) -> None:
         await asyncio.gather(*(put(*item) for item in items if len(item[2])))
 
     sync(put_all())
+
+
+def _undo_create(path, undo: tuple[str, str | None] | None, lock: WriterLock, failed: bool) -> None:
+    """Release ``lock``, first undoing an uncommitted create: put back the store kept aside, or (``failed``)
+    delete what this run created. Nothing is undone while another rank's writer runs."""
+    try:
+        if undo is None or not (undo[0] == "restore" or failed):
+            return
+        if busy := live_writers(path, but=lock.name):
+            log.warning(
+                "rank %d still writes %s: nothing undone%s",
+                busy[0][0],
+                path,
+                f"; the replaced store stays at {undo[1]}" if undo[0] == "restore" else "",
+            )
+            return
+        if undo[0] == "restore":
+            move_back(path, undo[1], keep=lock.name)
+            log.warning("no batch was committed: %s is the store it was before this run", path)
+        else:
+            clear(path, keep=lock.name)
+    finally:
+        lock.release()
+    if undo is not None and undo[0] == "remove" and failed and undo[1] is not None and entries(path) == []:
+        local_path(path).rmdir()  # the folder this run made, now empty
 
 
 def _replaces_a_store(path, overwrite: bool) -> bool:
