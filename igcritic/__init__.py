@@ -1,15 +1,18 @@
 """igcritic: InferenceGuard's latent safety critic, trained with Lightning and served in guarded decoding.
 
 Public API: :func:`load_guard`, :class:`Critic`, :class:`CriticConfig`, :func:`load_critic`,
-:class:`IgcriticError`. Imports are lazy so ``import igcritic`` stays cheap. :func:`to_json` is the one
-JSON writer of every stage (NaN and inf become null: every file the project writes is valid JSON).
+:class:`IgcriticError`, :class:`Interrupted`. Imports are lazy so ``import igcritic`` stays cheap.
+:func:`to_json` is the one JSON writer of every stage (NaN and inf become null: every file the project
+writes is valid JSON).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
+import signal
 from pathlib import PurePath
 from typing import Any
 
@@ -66,6 +69,42 @@ def to_json(x: Any, **kwargs: Any) -> str:
     return json.dumps(json_safe(x), allow_nan=False, **kwargs)
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM (Ctrl-C, SLURM pre-emption, ``kill``) stopped a command. A KeyboardInterrupt, so no
+    ``except Exception`` swallows it on the way up; the command that kept its finished work says so in
+    ``saved`` and names the flags that continue it in ``resume`` (e.g. ``{"--resume": "true"}``). The
+    ``igcritic`` command prints it as one line with the resume command and exits ``128 + signum`` (130, 143).
+    """
+
+    def __init__(self, signum: int = signal.SIGINT, saved: str = "", resume: dict[str, str] | None = None):
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.saved, self.resume = int(signum), saved, dict(resume or {})
+
+    @classmethod
+    def of(cls, e: KeyboardInterrupt, saved: str, resume: dict[str, str] | None = None) -> Interrupted:
+        """``e`` (a plain Ctrl-C or an :class:`Interrupted`) told with what was kept and how to go on."""
+        return cls(getattr(e, "signum", signal.SIGINT), saved, resume)
+
+
+@contextlib.contextmanager
+def sigterm_interrupts():
+    """Within: SIGTERM raises :class:`Interrupted` like Ctrl-C raises KeyboardInterrupt, so writers close
+    cleanly and the command reports what it kept (a no-op off the main thread)."""
+
+    def interrupt(signum, frame):
+        raise Interrupted(signum)
+
+    try:
+        old = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread
+        old = None
+    try:
+        yield
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+
+
 _LAZY = {
     "load_guard": "igcritic.guard",
     "Guard": "igcritic.guard",
@@ -74,7 +113,16 @@ _LAZY = {
     "load_critic": "igcritic.critic",
 }
 
-__all__ = ["__version__", "IgcriticError", "json_safe", "to_json", "usage_error", *_LAZY]
+__all__ = [
+    "__version__",
+    "IgcriticError",
+    "Interrupted",
+    "json_safe",
+    "sigterm_interrupts",
+    "to_json",
+    "usage_error",
+    *_LAZY,
+]
 
 
 def __getattr__(name: str):

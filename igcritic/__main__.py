@@ -14,7 +14,9 @@ config: :func:`parse_config` turns its fields into flags (nested dataclasses int
 ``--prompts.source`` or ``--search.num_candidates``, types checked at parse time), its fields without a
 default into positional arguments, its attribute docstrings into ``--help``, and adds ``--config FILE.yaml``.
 ``fit``/``validate``/``test`` go to the LightningCLI of :func:`igcritic.fit.main`. Any
-:class:`~igcritic.IgcriticError` is printed as one line and exits 2.
+:class:`~igcritic.IgcriticError` is printed as one line and exits 2; Ctrl-C or SIGTERM
+(:class:`~igcritic.Interrupted`) as one line saying what was kept and the command that resumes, exit
+``128 + signum`` (130, 143).
 """
 
 from __future__ import annotations
@@ -23,13 +25,15 @@ import dataclasses
 import importlib
 import logging
 import os
+import shlex
+import signal
 import sys
 import typing
 from typing import Any, NamedTuple
 
 from rich.console import Console
 
-from igcritic import IgcriticError, __version__, usage_error
+from igcritic import IgcriticError, __version__, sigterm_interrupts, usage_error
 
 
 class Command(NamedTuple):
@@ -103,6 +107,7 @@ def parse_config(cls: type, args: list[str], prog: str | None = None) -> Any:
         for f in fields
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     ]
+    args = negative_values(args)
     docs = _attribute_docs(cls)
     for name in positional:
         parser.add_argument(name, type=hints[name], help=docs.get(name))
@@ -144,6 +149,23 @@ def _bare_bools(cls: type, args: list[str]) -> list[str]:
     return out
 
 
+def negative_values(args: list[str]) -> list[str]:
+    """``--flag -1e9`` as ``--flag=-1e9``: argparse reads a value like ``-1e9`` or ``-inf`` as an option (it
+    knows only ``-1`` and ``-0.5`` as numbers), so a negative budget would not parse."""
+    out: list[str] = []
+    for a in args:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and a.startswith("-"):
+            try:
+                float(a)
+            except ValueError:
+                pass
+            else:
+                out[-1] = f"{out[-1]}={a}"
+                continue
+        out.append(a)
+    return out
+
+
 def _attribute_docs(cls: type) -> dict[str, str]:
     try:
         from docstring_parser import parse_from_object
@@ -163,6 +185,32 @@ def run_command(name: str, args: list[str]) -> int:
     return result if isinstance(result, int) else 0
 
 
+def resume_command(name: str, args: list[str], flags: dict[str, str]) -> str:
+    """``igcritic NAME ARGS`` with ``flags`` set (replacing any earlier value), ready to paste."""
+    keep: list[str] = []
+    skip = False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        flag = a.split("=", 1)[0]
+        if flag in flags:
+            skip = "=" not in a
+            continue
+        keep.append(a)
+    return shlex.join(["igcritic", name, *keep, *(x for kv in flags.items() for x in kv)])
+
+
+def interrupted_line(name: str, args: list[str], e: KeyboardInterrupt) -> tuple[str, int]:
+    """The one line printed for an interrupted command, and its exit status ``128 + signum``."""
+    signum = getattr(e, "signum", signal.SIGINT)
+    saved, flags = getattr(e, "saved", ""), getattr(e, "resume", {})
+    line = f"interrupted by {signal.Signals(signum).name}"
+    line += f"; {saved}" if saved else ""
+    line += f"; resume with: {resume_command(name, args, flags)}" if flags else ""
+    return line, 128 + signum
+
+
 def main(args: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if args is None else args)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -176,11 +224,19 @@ def main(args: list[str] | None = None) -> int:
     if args[0] not in COMMANDS:
         Console(stderr=True).print(f"unknown command {args[0]!r}\n\n{_usage()}", highlight=False)
         return 2
+    err = Console(stderr=True, soft_wrap=True)
     try:
-        return run_command(args[0], args[1:])
+        if args[0] in LIGHTNING:  # Lightning has its own SIGTERM handling (igcritic.fit)
+            return run_command(args[0], args[1:])
+        with sigterm_interrupts():
+            return run_command(args[0], args[1:])
     except IgcriticError as e:
-        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {e}", highlight=False)  # one line
+        err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True)  # one line
         return 2
+    except KeyboardInterrupt as e:
+        line, status = interrupted_line(args[0], args[1:], e)
+        err.print(line, highlight=False, markup=False)
+        return status
 
 
 if __name__ == "__main__":

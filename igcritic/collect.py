@@ -13,12 +13,10 @@ the uncommitted batches: nothing lost, nothing duplicated, same trajectories as 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import re
-import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from igcritic import IgcriticError, __version__
+from igcritic import IgcriticError, Interrupted, __version__, sigterm_interrupts
 from igcritic.decoding import Rollouts, SamplingConfig, prefix_texts, rollout
 from igcritic.policy import (
     EMBEDDED_POLICY_ID,
@@ -38,7 +36,14 @@ from igcritic.policy import (
 )
 from igcritic.prompts import Prompt, PromptSource, load_prompts
 from igcritic.scorers import Scorer, load_scorer
-from igcritic.store import StoreReader, StoreWriter, TrajectoryBatch, check_replaceable, config_hash
+from igcritic.store import (
+    StoreReader,
+    StoreWriter,
+    TrajectoryBatch,
+    check_replaceable,
+    check_writable,
+    config_hash,
+)
 
 log = logging.getLogger(__name__)
 
@@ -360,14 +365,20 @@ def content_config(
 
 def guard_identity(folder: str) -> dict:
     """What names a round-2 guard in the store: its critic's weights checksum and its search defaults."""
-    critic_cfg = json.loads((Path(folder) / "critic_config.json").read_text())
     search = Path(folder) / "search_config.json"
-    return {
-        "path": str(folder),
-        "critic_sha256": critic_cfg.get("weights_sha256"),
-        "calibration": critic_cfg.get("calibration"),
-        "search_config": json.loads(search.read_text()) if search.is_file() else None,
-    }
+    try:
+        critic_cfg = json.loads((Path(folder) / "critic_config.json").read_text())
+        return {
+            "path": str(folder),
+            "critic_sha256": critic_cfg.get("weights_sha256"),
+            "calibration": critic_cfg.get("calibration"),
+            "search_config": json.loads(search.read_text()) if search.is_file() else None,
+        }
+    except (OSError, ValueError, AttributeError) as e:
+        raise CollectError(
+            f"--guard {folder}: its critic_config.json or search_config.json cannot be read "
+            f"({type(e).__name__}); pass a critic folder written by `igcritic export`"
+        ) from None
 
 
 def store_attrs(
@@ -433,6 +444,7 @@ def collect_rank(cfg: CollectConfig, rank: int = 0, world: int = 1, barrier=lamb
     cfg.validate()
     if cfg.overwrite and rank == 0:
         check_replaceable(cfg.out)  # before any model loads: --overwrite replaces only a store
+    check_writable(cfg.out, "--out", CollectError)
     rows, source_info = load_prompts(cfg.prompts)
     prompts = [r.prompt for r in rows]
     device = "cuda" if torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda") else "cpu"
@@ -448,6 +460,12 @@ def collect_rank(cfg: CollectConfig, rank: int = 0, world: int = 1, barrier=lamb
     )
     check_prompts_fit(policy, rows, cfg.sampling.max_new_tokens)  # every prompt, before --out is touched
     cost = load_scorer(cfg.cost, "cost", device=device, stride=cfg.stride)
+    bounds = cost.info.bounds
+    if cfg.budget is not None and bounds is not None and not bounds[0] <= cfg.budget <= bounds[1]:
+        raise CollectError(
+            f"--budget {cfg.budget:g} is outside the cost scale [{bounds[0]:g}, {bounds[1]:g}] of "
+            f"{cost.info.id}; give a budget in that range (or none: its natural budget)"
+        )
     reward = load_scorer(cfg.reward, "reward", device=device, stride=cfg.stride)
     attrs = store_attrs(cfg, policy, cost, reward, source_info, prompts)
     hidden = policy.identity.latent_size
@@ -458,14 +476,8 @@ def collect_rank(cfg: CollectConfig, rank: int = 0, world: int = 1, barrier=lamb
     if cfg.guard is not None:
         _, sample = guarded_sampler(cfg, policy, cost, reward)
 
-    if rank == 0:
-        writer = open_writer(cfg, 0, attrs, prompts, hidden)
-    barrier()  # the root group exists before other ranks open their shards
-    if rank != 0:
-        writer = open_writer(cfg, rank, attrs, prompts, hidden)
-    done = StoreReader(cfg.out).batches_done if cfg.resume else set()
     batches = work_batches(len(prompts), cfg.rollouts_per_prompt, cfg.batch_size)
-    mine = [b for b in range(len(batches)) if b % world == rank and b not in done]
+    done: set[int] = set()
     stats = {
         "batches": 0,
         "skipped_nan": 0,
@@ -474,31 +486,44 @@ def collect_rank(cfg: CollectConfig, rank: int = 0, world: int = 1, barrier=lamb
         "cost_s": 0.0,
         "reward_s": 0.0,
         "write_s": 0.0,
-        "batches_already_done": len(done),
+        "batches_already_done": 0,
     }
-    progress = _progress(disable=rank != 0)  # a bar on rank 0 only
-    task, start, seen = progress.add_task("collect", total=len(mine), tps="-"), time.perf_counter(), 0
-    with writer, progress, _sigterm_raises():
-        for b in mine:
-            gen = torch.Generator(device=policy.device).manual_seed(batch_seed(cfg.seed, b))
-            t0 = time.perf_counter()
-            roll = sample([prompts[p] for p in batches[b]], gen)
-            t1 = time.perf_counter()
-            batch, timing = label_batch(policy, prompts, batches[b], roll, cost, reward)
-            if problems := batch.validate():
-                stats["skipped_nan"] += 1
-                log.error("batch %d not written: %s", b, "; ".join(problems))
-            else:
-                t2 = time.perf_counter()
-                writer.append(batch, b)
-                stats["write_s"] += time.perf_counter() - t2
-                stats["gen_s"] += t1 - t0
-                stats["cost_s"] += timing["cost_s"]
-                stats["reward_s"] += timing["reward_s"]
-                stats["tokens"] += roll.num_tokens
-                stats["batches"] += 1
-            seen += roll.num_tokens
-            progress.update(task, advance=1, tps=f"{seen / max(time.perf_counter() - start, 1e-9):.0f}")
+    try:
+        if rank == 0:
+            writer = open_writer(cfg, 0, attrs, prompts, hidden)
+        barrier()  # the root group exists before other ranks open their shards
+        if rank != 0:
+            writer = open_writer(cfg, rank, attrs, prompts, hidden)
+        done = StoreReader(cfg.out).batches_done if cfg.resume else set()
+        stats["batches_already_done"] = len(done)
+        mine = [b for b in range(len(batches)) if b % world == rank and b not in done]
+        progress = _progress(disable=rank != 0)  # a bar on rank 0 only
+        task, start, seen = progress.add_task("collect", total=len(mine), tps="-"), time.perf_counter(), 0
+        with writer, progress, sigterm_interrupts():
+            for b in mine:
+                gen = torch.Generator(device=policy.device).manual_seed(batch_seed(cfg.seed, b))
+                t0 = time.perf_counter()
+                roll = sample([prompts[p] for p in batches[b]], gen)
+                t1 = time.perf_counter()
+                batch, timing = label_batch(policy, prompts, batches[b], roll, cost, reward)
+                if problems := batch.validate():
+                    stats["skipped_nan"] += 1
+                    log.error("batch %d not written: %s", b, "; ".join(problems))
+                else:
+                    t2 = time.perf_counter()
+                    writer.append(batch, b)
+                    stats["write_s"] += time.perf_counter() - t2
+                    stats["gen_s"] += t1 - t0
+                    stats["cost_s"] += timing["cost_s"]
+                    stats["reward_s"] += timing["reward_s"]
+                    stats["tokens"] += roll.num_tokens
+                    stats["batches"] += 1
+                seen += roll.num_tokens
+                progress.update(task, advance=1, tps=f"{seen / max(time.perf_counter() - start, 1e-9):.0f}")
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the committed batches stay, --resume redoes the rest
+        committed = len(done) + stats["batches"]
+        saved = f"{committed} of {len(batches)} batches committed in {cfg.out}"
+        raise Interrupted.of(e, saved, {"--resume": "true"}) from None
     return stats
 
 
@@ -529,24 +554,6 @@ def _progress(disable: bool):
     return Progress(
         TextColumn("collect"), BarColumn(), MofNCompleteColumn(), tps, TimeRemainingColumn(), disable=disable
     )
-
-
-@contextlib.contextmanager
-def _sigterm_raises():
-    """Turn SIGTERM (SLURM pre-emption, kill) into KeyboardInterrupt so the writer closes cleanly."""
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    try:
-        old = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread
-        old = None
-    try:
-        yield
-    finally:
-        if old is not None:
-            signal.signal(signal.SIGTERM, old)
 
 
 def main(cfg: CollectConfig) -> int:

@@ -460,6 +460,12 @@ def read_config(path: str | Path) -> dict:
             f"{cfg} has schema_version {version!r}, this igcritic reads {list(SUPPORTED_SCHEMAS)}: "
             "upgrade igcritic or re-export with this version"
         )
+    if version >= 2 and CALIBRATION_KEY not in meta:  # schema 2 always writes it, identity included
+        raise CriticError(
+            f"{cfg} (schema 2) has no {CALIBRATION_KEY!r} entry, so its q would be uncalibrated without "
+            "saying so: re-export the critic (`igcritic export --calibrate false` records an uncalibrated "
+            "one)"
+        )
     return meta
 
 

@@ -18,11 +18,16 @@ Outputs (:func:`igcritic.report.write_results`): ``records.jsonl``, ``results.cs
 figures of :mod:`igcritic.plots` and ``results.json`` in ``out_dir``. ``--reading_out DIR`` also exports the
 answers for blind reading (:mod:`igcritic.reading`); ``--reading_in labels.jsonl --run RUN_DIR`` re-reads a
 finished run with people's labels as one more judge, ``reading``.
+
+Nothing finished is lost: ``out_dir`` is checked writable before any work, each method's records are saved as
+it finishes, and Ctrl-C or SIGTERM stops with one line naming the command that continues the run
+(``--resume true``: finished methods are kept, a run whose settings or prompts changed is refused).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import inspect
 import json
 import logging
@@ -36,7 +41,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from igcritic import to_json
+from igcritic import Interrupted, to_json
 from igcritic.decoding import prefix_texts
 from igcritic.guard import progress_bar
 from igcritic.judges import (
@@ -73,12 +78,15 @@ from igcritic.report import (
     eval_errors,
     export_reading,
     method_positions,
+    open_progress,
     reference_of,
     reread_run,
+    save_progress,
     summarize,
     write_results,
 )
 from igcritic.scorers import load_scorer
+from igcritic.store import check_writable
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +193,9 @@ class EvalConfig:
     """Seed passed to every method, so all methods sample from the same random stream."""
     overwrite: bool = False
     """Allow writing into a non-empty ``out_dir`` (its eval files are replaced)."""
+    resume: bool = False
+    """Continue the interrupted run in ``out_dir``: its finished methods are kept, the rest run; refused if
+    a setting that shapes the answers or the prompts changed."""
     plots: bool = True
     """Write the two PNG figures."""
     judges: list[JudgeSpec | str] = field(default_factory=list)
@@ -223,6 +234,8 @@ class EvalConfig:
         out += name_problems(names, "--methods", "method")
         if self.reference is not None and self.reference not in names:
             out.append(f"--reference {self.reference!r} is not a method; use one of {names}")
+        if self.resume and self.overwrite:
+            out.append("--resume and --overwrite exclude each other; pick one")
         if self.bootstrap < 0:
             out.append(f"--bootstrap {self.bootstrap} must be >= 0 (0: no intervals)")
         try:
@@ -238,6 +251,18 @@ class EvalConfig:
     def validate(self) -> None:
         if probs := self.problems():
             raise EvalError("; ".join(probs))
+
+
+RESUME_FREE = ("out_dir", "resume", "overwrite", "plots", "judges", "reference", "bootstrap", "quality_set")
+"""Settings a resumed run may change: they act only after the methods answered (or where files go)."""
+
+
+def run_key(cfg: EvalConfig, prompts: list[Prompt], budget: float) -> dict:
+    """What a resumed run must share with the interrupted one: every setting that shapes the answers, the
+    prompts' hash and the budget used."""
+    settings = {k: v for k, v in asdict(cfg).items() if k not in RESUME_FREE and not k.startswith("read")}
+    text = json.dumps([asdict(p) for p in prompts], sort_keys=True, default=str)
+    return {**settings, "prompts_sha256": hashlib.sha256(text.encode()).hexdigest(), "budget_used": budget}
 
 
 def _record_dict(rec: Any) -> dict:
@@ -567,9 +592,10 @@ def run_eval(
     """
     cfg.validate()
     out = Path(cfg.out_dir)
-    check_out(out, cfg.overwrite)
+    check_out(out, cfg.overwrite, resume=cfg.resume)
     if cfg.reading_out:
         check_out(Path(cfg.reading_out), cfg.overwrite, "--reading_out")
+    check_writable(out, "--out_dir", EvalError)
     prompts, _ = load_prompts(cfg.prompts)
     if guard is None:
         log.info("loading the critic %s, its policy and scorers", cfg.critic)
@@ -601,53 +627,65 @@ def run_eval(
     )
 
     idx = resample_indices(len(prompts), cfg.bootstrap, cfg.seed) if cfg.bootstrap else None
-    records: list[dict] = []
-    summaries: list[MethodSummary] = []
-    with progress_bar(len(prompts) * len(cfg.methods), "answering") as advance:
-        for k, spec in enumerate(cfg.methods):
-            advance(0, description=f"method {k + 1}/{len(cfg.methods)} {spec.name!r}")
-            rows, wall = run_method(
-                guard, spec, prompts, cfg, budget, scorers["cost"], scorers["reward"], advance
+    key = run_key(cfg, prompts, budget)
+    records, done = open_progress(out, key, cfg.resume, len(prompts))
+    if done:
+        log.info("eval: resuming %s; %s already done", out, ", ".join(done))
+    try:
+        todo = [spec for spec in cfg.methods if spec.name not in done]
+        with progress_bar(len(prompts) * len(todo), "answering") as advance:
+            for k, spec in enumerate(todo):
+                advance(0, description=f"method {k + 1}/{len(todo)} {spec.name!r}")
+                rows, wall = run_method(
+                    guard, spec, prompts, cfg, budget, scorers["cost"], scorers["reward"], advance
+                )
+                records += rows
+                done[spec.name] = wall
+                save_progress(out, key, records, done)
+        summaries: list[MethodSummary] = []
+        for spec in cfg.methods:
+            rows = [r for r in records if r[RECORD_METHOD] == spec.name]
+            s = summarize(spec.name, rows, budget, done[spec.name], idx)
+            summaries.append(s)
+            log.info(
+                "%s: reward %.3f, cost %.3f, safe %.0f%%, refused %.0f%%, %.2f s/prompt",
+                s.method,
+                s.reward_mean,
+                s.cost_mean,
+                100 * s.safety_rate,
+                100 * s.refusal_rate,
+                s.latency_mean,
             )
-            records += rows
-            summaries.append(summarize(spec.name, rows, budget, wall, idx))
-    for s in summaries:
-        log.info(
-            "%s: reward %.3f, cost %.3f, safe %.0f%%, refused %.0f%%, %.2f s/prompt",
-            s.method,
-            s.reward_mean,
-            s.cost_mean,
-            100 * s.safety_rate,
-            100 * s.refusal_rate,
-            s.latency_mean,
-        )
 
-    # judges only now, on final answers: no candidate of any search was ever ranked by them
-    reference = reference_of([m.name for m in cfg.methods], cfg.reference)
-    by_method = method_positions(records, [m.name for m in cfg.methods])
-    reports = []
-    for judge in judges:
-        log.info("judge %r: grading %d answers", getattr(judge, "name", judge), len(records))
-        g = grade(judge, records)
-        attach(records, g)
-        reports.append(summarize_judge(g, records, by_method, reference, idx))
-    result = EvalResult(
-        budget=budget,
-        summaries=summaries,
-        records=records,
-        files=[],
-        config=cfg,
-        judges=reports,
-        quality=cached_quality(
-            quality_rows, quality_source, scorers["cost"], scorers["reward"], judges, guard
-        ),
-        quality_source=quality_source,
-        reference=reference,
-    )
-    write_results(result, out, plots=cfg.plots, reading_out=cfg.reading_out)
-    if cfg.reading_out:
-        log.info("blind reading: wrote %s; give readers only its %s", cfg.reading_out, ANSWERS_FILE)
-    return result
+        # judges only now, on final answers: no candidate of any search was ever ranked by them
+        reference = reference_of([m.name for m in cfg.methods], cfg.reference)
+        by_method = method_positions(records, [m.name for m in cfg.methods])
+        reports = []
+        for judge in judges:
+            log.info("judge %r: grading %d answers", getattr(judge, "name", judge), len(records))
+            g = grade(judge, records)
+            attach(records, g)
+            reports.append(summarize_judge(g, records, by_method, reference, idx))
+        result = EvalResult(
+            budget=budget,
+            summaries=summaries,
+            records=records,
+            files=[],
+            config=cfg,
+            judges=reports,
+            quality=cached_quality(
+                quality_rows, quality_source, scorers["cost"], scorers["reward"], judges, guard
+            ),
+            quality_source=quality_source,
+            reference=reference,
+        )
+        write_results(result, out, plots=cfg.plots, reading_out=cfg.reading_out)
+        if cfg.reading_out:
+            log.info("blind reading: wrote %s; give readers only its %s", cfg.reading_out, ANSWERS_FILE)
+        return result
+    except KeyboardInterrupt as e:
+        saved = f"{len(done)} of {len(cfg.methods)} methods saved in {out}"
+        raise Interrupted.of(e, saved, {"--resume": "true"}) from None
 
 
 def main(cfg: EvalConfig) -> EvalResult | list[Path]:

@@ -16,6 +16,7 @@ is written to a temporary folder, verified, then renamed into place: never into 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -105,6 +106,14 @@ def export(
     paper Table 1; a dict overrides some of its fields, e.g. CPU-sized N and D); a budget left None becomes
     the store's. ``calibrate=False`` writes the raw safety head (identity calibration map)."""
     out = Path(out)
+    from igcritic.store import check_writable  # here only: loading a guard does not import zarr
+
+    if out.is_symlink():  # replacing it would replace the link, not the artifact it points to
+        raise ExportError(
+            f"--out {out} is a symbolic link (to {os.readlink(out)}); pass the folder it points to or a new "
+            "--out"
+        )
+    check_writable(out, "--out", ExportError)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not overwrite:
             raise ExportError(f"output {out} exists and is not empty; pick another --out or pass --overwrite")

@@ -18,6 +18,12 @@ the map fitted to its own weights and ``igcritic export`` writes it. Logged per 
 head, before), ``val/ece_calibrated@d`` (after, on the rows it was fitted on) and
 ``val/ece_calibrated_cv@d`` (after, 2-fold cross-fitted by prompt parity: the honest estimate);
 ``igcritic test`` reports ``test/ece_calibrated@d`` with the map the critic has, not refitted.
+
+Pre-emption (SIGTERM from SLURM or ``kill``, or Ctrl-C) stops ``fit`` at the end of a batch with exit 143
+(130) and one line naming the last checkpoint and the command that resumes (``--ckpt_path``); a fit resumed
+from ``.../version_K/checkpoints/*.ckpt`` logs into ``version_K`` again and goes on from the checkpoint's
+epoch (the metrics logged before the stop move to ``metrics.partN.csv``: Lightning's CSV logger would
+delete them).
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import pickle
+import re
+import signal
 import sys
 import warnings
 from dataclasses import replace
@@ -48,12 +57,13 @@ from lightning.pytorch.cli import (
     LRSchedulerCallable,
     OptimizerCallable,
 )
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import nn
 from torchmetrics import ExplainedVariance, MeanSquaredError, Metric
 from torchmetrics.classification import BinaryAUROC, BinaryCalibrationError
 from torchmetrics.utilities import dim_zero_cat
 
-from igcritic import IgcriticError, usage_error
+from igcritic import IgcriticError, Interrupted, usage_error
 from igcritic.critic import CKPT_KEY, Calibration, Critic, CriticConfig
 from igcritic.data import CriticDataModule
 from igcritic.policy import PolicyIdentity, resolve_layer
@@ -653,6 +663,22 @@ class CriticCLI(LightningCLI):
         name = getattr(self.trainer.logger, "name", None) or "critic"
         log.info("checkpoint %s; make it a critic: igcritic export %s --out checkpoints/%s", ckpt, ckpt, name)
 
+    def _parse_ckpt_path(self) -> None:
+        """Lightning reads ``--ckpt_path`` here first (its hyperparameters): a damaged one is one line."""
+        ckpt = self.config[self.config.subcommand].get("ckpt_path") if self.config.get("subcommand") else None
+        check_checkpoint(ckpt)
+        try:
+            super()._parse_ckpt_path()
+        except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as e:
+            raise FitError(
+                f"--ckpt_path {ckpt} cannot be read ({type(e).__name__}); pass a .ckpt written by "
+                "`igcritic fit`"
+            ) from None
+
+    def before_instantiate_classes(self) -> None:
+        if self.subcommand == "fit":
+            continue_run(self.config["fit"])
+
     def instantiate_trainer(self, **kwargs):
         cfg = self._get(self.config_init, "trainer", default={})
         callbacks = [_EpochMetricsOnEveryRank(), *(cfg.get("callbacks") or [])]  # before any progress bar
@@ -661,11 +687,22 @@ class CriticCLI(LightningCLI):
         ):
             # a rich bar on a terminal; a sparse plain one in non-TTY logs (SLURM, CI)
             callbacks.append(RichProgressBar() if sys.stderr.isatty() else TQDMProgressBar(refresh_rate=50))
-            kwargs["callbacks"] = callbacks
+        self.stop = StopWatch()
+        kwargs["callbacks"] = [*callbacks, self.stop]
         trainer = super().instantiate_trainer(**kwargs)
         if (warning := cpu_oversubscribed(trainer)) and trainer.is_global_zero:
             log.warning(warning)
         return trainer
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Run it; a signal that stopped it becomes :class:`~igcritic.Interrupted` naming the checkpoint
+        that resumes it (Lightning itself exits 0 after SIGTERM and 1 after Ctrl-C, both silent about it)."""
+        try:
+            super()._run_subcommand(subcommand)
+        except (SystemExit, KeyboardInterrupt):
+            if self.stop.signum is None:
+                raise
+            raise self.stop.interrupted(self.trainer) from None
 
 
 class _EpochMetricsOnEveryRank(Callback):
@@ -678,6 +715,75 @@ class _EpochMetricsOnEveryRank(Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if trainer.world_size > 1:
             trainer.progress_bar_metrics  # noqa: B018 (read for its reduction, the same on every rank)
+
+
+class StopWatch(Callback):
+    """Sees a signal stop the trainer and the checkpoints written before it."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.saved_epoch: int | None = None
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        self.saved_epoch = int(checkpoint.get("epoch", trainer.current_epoch))
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException):
+            self.signum = signal.SIGTERM
+        elif isinstance(exception, KeyboardInterrupt):
+            self.signum = getattr(exception, "signum", signal.SIGINT)
+
+    def interrupted(self, trainer) -> Interrupted:
+        """What stopped, where its last checkpoint is, and the ``--ckpt_path`` that resumes it."""
+        where = f"stopped in epoch {trainer.current_epoch + 1} of {trainer.max_epochs}"
+        ckpt = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
+        if not ckpt or not Path(ckpt).is_file():
+            return Interrupted(self.signum, f"{where} before any checkpoint; run the same command again")
+        after = "" if self.saved_epoch is None else f" (after epoch {self.saved_epoch + 1})"
+        return Interrupted(self.signum, f"{where}; last checkpoint {ckpt}{after}", {"--ckpt_path": ckpt})
+
+
+def check_checkpoint(ckpt: str | None) -> None:
+    """Refuse in one line a ``--ckpt_path`` that is missing or no checkpoint at all (truncated, another
+    file), before any model is built: a checkpoint is a zip archive, and a cut one has lost its directory."""
+    import zipfile
+
+    if not ckpt or ckpt in ("last", "best", "hpc", "registry") or "://" in str(ckpt):
+        return
+    if not Path(ckpt).is_file():
+        raise FitError(f"--ckpt_path {ckpt} does not exist; pass a .ckpt written by `igcritic fit`")
+    if not zipfile.is_zipfile(ckpt):
+        raise FitError(
+            f"--ckpt_path {ckpt} is not a PyTorch checkpoint (no zip archive: truncated or another file); "
+            "pass a .ckpt written by `igcritic fit`, e.g. its checkpoints/last.ckpt"
+        )
+
+
+def continue_run(cfg: Namespace) -> None:
+    """A fit resumed from a checkpoint under ``<save_dir>/<name>/<version>/checkpoints/`` of its first
+    logger logs into that version folder again (metrics appended), not into a new one, with every logger
+    whose version is unset given the same version."""
+    ckpt = cfg.get("ckpt_path")
+    loggers = cfg.get("trainer.logger")
+    loggers = loggers if isinstance(loggers, list) else [loggers]
+    if not ckpt or ckpt in ("last", "best", "hpc", "registry") or not isinstance(loggers[0], Namespace):
+        return
+    run = Path(ckpt).resolve().parent
+    first = loggers[0].get("init_args") or Namespace()
+    root = Path(str(first.get("save_dir") or ".")) / str(first.get("name") or "")
+    if run.name != "checkpoints" or run.parent.parent != root.resolve():
+        return
+    version = run.parent.name
+    found = re.fullmatch(r"version_(\d+)", version)
+    metrics = run.parent / "metrics.csv"
+    if metrics.is_file():  # CSVLogger deletes an existing metrics.csv: keep it beside the new one
+        part = next(p for n in range(1, 10_000) if not (p := run.parent / f"metrics.part{n}.csv").exists())
+        metrics.rename(part)
+        log.info("resuming %s: its earlier metrics are now in %s", run.parent, part.name)
+    for lg in loggers:
+        args = lg.get("init_args") if isinstance(lg, Namespace) else None
+        if args is not None and args.get("version") is None:
+            args["version"] = int(found.group(1)) if found else version
 
 
 class _Parser(LightningArgumentParser):
@@ -812,6 +918,9 @@ def main(args: list[str] | None = None, run: bool = True) -> CriticCLI:
 __all__ = [
     "CriticModule",
     "CriticCLI",
+    "StopWatch",
+    "continue_run",
+    "check_checkpoint",
     "main",
     "FitError",
     "CalibrationBins",

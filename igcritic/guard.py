@@ -418,6 +418,10 @@ def main(cfg: GenerateConfig) -> list[GuardRecord]:
     out = cfg.out
     if out is not None and Path(out).exists() and Path(out).stat().st_size > 0:
         raise GuardError(f"--out {str(out)!r} is not empty; pick a new file")
+    if out is not None:
+        from igcritic.store import check_writable  # here only: loading a guard does not import zarr
+
+        check_writable(out, "--out", GuardError, folder=False)  # before the model loads
     texts = [p.prompt for p in load_prompts(cfg.prompts)[0]]
     log.info("loading the critic %s, its policy and scorers", cfg.critic_path)
     guard = load_guard(cfg.critic_path, model=cfg.model, cost=cfg.cost, reward=cfg.reward, device=cfg.device)
@@ -456,7 +460,7 @@ def progress_bar(total: int, description: str) -> Iterator[Callable[..., None]]:
         TimeElapsedColumn(),
         TextColumn("eta"),
         TimeRemainingColumn(),
-        console=Console(stderr=True),
+        console=(console := Console(stderr=True)),
     )
     with bar:
         task = bar.add_task(description, total=total)
@@ -464,7 +468,11 @@ def progress_bar(total: int, description: str) -> Iterator[Callable[..., None]]:
         def advance(n: int = 1, description: str | None = None) -> None:
             bar.update(task, advance=n, **({"description": description} if description else {}))
 
-        yield advance
+        try:
+            yield advance
+        except BaseException:
+            console.quiet = not console.is_terminal  # an interrupted run's last word is its resume line
+            raise
 
 
 WIDTH = 80

@@ -41,6 +41,20 @@ class PromptError(IgcriticError):
     """A prompt source is missing, empty or malformed."""
 
 
+def _not_utf8(path: Path) -> str:
+    """Where a prompt file stops being UTF-8, and how to fix it."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+        return f"prompt file {path} is not UTF-8; save it as UTF-8"
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        return (
+            f"prompt file {path} is not UTF-8 (byte 0x{data[e.start]:02x} on line {line}); save it as UTF-8 "
+            "(e.g. `iconv -f latin1 -t utf-8 FILE > NEW`), or pass a data file or dataset folder as hf:PATH"
+        )
+
+
 ROLES = ("system", "user", "assistant")
 MESSAGES_FIELD = "messages"
 """The JSONL field holding a conversation (instead of the prompt text)."""
@@ -224,11 +238,8 @@ def _read_file(path: Path, field: str) -> list[dict]:
     read = TEXT_SUFFIXES.get(path.suffix.lower(), _read_txt)
     try:
         return read(path, field)
-    except UnicodeDecodeError as e:
-        raise PromptError(
-            f"prompt file {path} is not UTF-8 text (byte {e.start}); save it as UTF-8 .jsonl, .csv or .txt, "
-            "or pass a data file or dataset folder as hf:PATH"
-        ) from None
+    except UnicodeDecodeError:
+        raise PromptError(_not_utf8(path)) from None
 
 
 def _read_stdin(field: str) -> list[dict]:

@@ -24,6 +24,11 @@ figures of :mod:`igcritic.plots`, ``reading_key.jsonl`` with ``--reading_out``, 
 (summaries, judges, quality, budget, bootstrap and config) written last. Because the records keep the
 judges' grades, :func:`reread_run` rebuilds the same tables without generating or loading anything, and adds
 people's labels as the judge ``reading`` (``reading_results.json``).
+
+While a run goes, ``records.jsonl`` is rewritten with each method's records as it finishes and then
+``progress.json`` (:func:`open_progress`) names it done, with the run's key (every setting that shapes the
+answers, the prompts' hash and the budget); ``--resume true`` keeps the finished methods and refuses a run
+whose key changed.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import csv
 import functools
 import json
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -66,6 +72,8 @@ RECORDS_FILE = "records.jsonl"
 RESULTS_CSV = "results.csv"
 RESULTS_JSON = "results.json"
 JUDGES_CSV = "judges.csv"
+PROGRESS_FILE = "progress.json"
+"""The methods finished so far and the run's key (:func:`open_progress`)."""
 READING_RESULTS = "reading_results.json"
 """What ``--reading_in ... --run RUN_DIR`` writes into the run folder."""
 DEFAULT_REFERENCE = "plain sampling"
@@ -280,12 +288,88 @@ class EvalResult:
         }
 
 
-def check_out(out: Path, overwrite: bool, flag: str = "--out_dir") -> None:
-    """Fail before any work if an output folder could not be written (created only when results exist)."""
+def check_out(out: Path, overwrite: bool, flag: str = "--out_dir", resume: bool = False) -> None:
+    """Fail before any work if an output folder is a file or holds something else than a run to resume."""
     if out.exists() and not out.is_dir():
         raise EvalError(f"{flag} {str(out)!r} is a file; pass a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise EvalError(f"{flag} {str(out)!r} is not empty; pick a new folder or pass --overwrite true")
+    if not (out.is_dir() and any(out.iterdir())) or overwrite:
+        return
+    if not resume:
+        raise EvalError(
+            f"{flag} {str(out)!r} is not empty; pick a new folder, pass --resume true to continue an "
+            "interrupted run there or --overwrite true to replace it"
+        )
+    if not (out / PROGRESS_FILE).is_file():
+        raise EvalError(
+            f"{flag} {str(out)!r} holds no {PROGRESS_FILE}, so there is no eval run to resume; pass the "
+            "out_dir of an interrupted run or drop --resume"
+        )
+
+
+def _changes(saved: dict, now: dict, prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every setting that differs (one level into nested dicts)."""
+    out = []
+    for k in dict.fromkeys([*saved, *now]):
+        old, new = saved.get(k), now.get(k)
+        if isinstance(old, dict) and isinstance(new, dict) and not prefix:
+            out += _changes(old, new, f"{k}.")
+        elif old != new:
+            out.append(f"{prefix}{k}: {json.dumps(old)} -> {json.dumps(new)}")
+    return out
+
+
+def open_progress(
+    out: Path, key: dict, resume: bool, num_prompts: int
+) -> tuple[list[dict], dict[str, float]]:
+    """The records and wall seconds of the methods already finished in ``out`` (nothing is written here).
+
+    Without ``resume`` (or with nothing to resume) the run starts empty. With it, a ``progress.json`` whose
+    key differs from ``key`` is refused in one line naming what changed."""
+    path = out / PROGRESS_FILE
+    if not (resume and path.is_file()):
+        return [], {}
+    saved = json.loads(path.read_text())
+    if changed := _changes(saved["key"], _plain(key)):
+        raise EvalError(
+            f"--resume: {out} was run with other settings ({'; '.join(changed)}); resume with the same ones "
+            "or pick a new --out_dir"
+        )
+    done = {str(k): float(v) for k, v in saved["done"].items()}
+    rows = [json.loads(x) for x in (out / RECORDS_FILE).read_text().splitlines() if x.strip()]
+    rows = [r for r in rows if r.get(RECORD_METHOD) in done]
+    if short := [m for m in done if sum(r[RECORD_METHOD] == m for r in rows) != num_prompts]:
+        raise EvalError(
+            f"--resume: {out / RECORDS_FILE} lacks records of finished methods {short}; run again without "
+            "--resume into a new --out_dir"
+        )
+    return rows, done
+
+
+def save_progress(out: Path, key: dict, records: list[dict], done: dict[str, float]) -> None:
+    """After each method: every record so far, then ``progress.json`` naming the methods done (data first,
+    each file replaced at once, so a kill leaves the last consistent pair)."""
+    out.mkdir(parents=True, exist_ok=True)
+    _write_jsonl(out / RECORDS_FILE, records)
+    _write_json_atomic(out / PROGRESS_FILE, {"key": _plain(key), "done": done})
+
+
+def _plain(x: Any) -> Any:
+    """``x`` as it reads back from JSON."""
+    return json.loads(to_json(x))
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    """Replace ``path`` at once (a kill leaves the old file or the new one, never half of it)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as f:
+        f.writelines(to_json(r) + "\n" for r in rows)
+    os.replace(tmp, path)
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    _write_json(tmp, data)
+    os.replace(tmp, path)
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -304,9 +388,7 @@ def write_results(
 ) -> list[Path]:
     """The run folder: records, CSVs, figures, the blind-reading files, then ``results.json`` last."""
     out.mkdir(parents=True, exist_ok=True)
-    with (out / RECORDS_FILE).open("w") as f:
-        for r in result.records:
-            f.write(to_json(r) + "\n")
+    _write_jsonl(out / RECORDS_FILE, result.records)
     summaries = [asdict(s) for s in result.summaries]
     _write_csv(out / RESULTS_CSV, summaries)
     files = [out / RECORDS_FILE, out / RESULTS_CSV]
@@ -322,6 +404,8 @@ def write_results(
         )
     if reading_out:
         files.append(_write_reading(result.records, reading_out, result.setting("seed"), out)[-1])
+    if (out / PROGRESS_FILE).is_file():
+        files.append(out / PROGRESS_FILE)
     files.append(out / RESULTS_JSON)
     result.files = files
     _write_json(out / RESULTS_JSON, result.payload({"files": [p.name for p in files]}))

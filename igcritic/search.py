@@ -25,6 +25,7 @@ that emit EOS (or reach D tokens) are complete and carry over as beams without a
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections import Counter
@@ -61,6 +62,8 @@ from igcritic.decoding import (
 from igcritic.policy import Policy, PolicyError
 from igcritic.scorers import Scorer
 from igcritic.scorers.latent import MAX_ANSWER_TOKENS, MAX_PROMPT_TOKENS, same_tokens
+
+log = logging.getLogger(__name__)
 
 Method = Literal["inferenceguard", "plain", "best_of_n", "beam", "args", "recontrol"]
 METHODS = ("inferenceguard", "plain", "best_of_n", "beam", "args", "recontrol")
@@ -333,6 +336,8 @@ class GuardRecord:
     by the batch's prompts; exact mode: one per block)."""
     scorer_seconds: float = 0.0
     """Time in those calls, the prompt's share (by the texts it had in each call)."""
+    budget_checked: bool = True
+    """False: the cost scale is unbounded (a logit, a score head), so ``budget`` was not range-checked."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -447,7 +452,47 @@ def checked_config(
     cfg = cfg.resolve(critic is not None, cost is not None, reward is not None)
     if cfg.method == "recontrol" and (bad := recontrol_problems(policy, critic)):
         raise SearchConfigError("; ".join(bad))
+    check_budget(cfg.budget, cost, critic)
     return cfg
+
+
+def cost_bounds(cost: Scorer | None, critic: Critic | None) -> tuple[tuple[float, float] | None, str]:
+    """The lowest and highest S of the cost scale (None: unbounded) and the scorer's id: the bound cost
+    scorer's, else the one the critic was trained with (its latent cost Ŝ is on that scale)."""
+    info = getattr(cost, "info", None)
+    if info is None and critic is not None:
+        info = critic.config.cost_scorer or {}
+        bounds = info.get("bounds")
+        return (tuple(map(float, bounds)) if bounds else None), info.get("id", "the critic's cost scorer")
+    bounds = getattr(info, "bounds", None)
+    return (tuple(map(float, bounds)) if bounds else None), getattr(info, "id", "the cost scorer")
+
+
+_UNCHECKED: set[tuple[str, float]] = set()
+
+
+def check_budget(budget: float, cost: Scorer | None, critic: Critic | None) -> bool:
+    """Refuse a budget outside the cost scale in one line (above it every answer is "safe", below it every
+    answer is refused); on an unbounded scale warn once and return False (records carry it)."""
+    bounds, who = cost_bounds(cost, critic)
+    if bounds is None:
+        if (who, budget) not in _UNCHECKED:
+            _UNCHECKED.add((who, budget))
+            log.warning(
+                "search.budget %g is NOT range-checked: the cost scorer %s is unbounded; make sure it is on "
+                "that scorer's scale (records carry budget_checked=false)",
+                budget,
+                who,
+            )
+        return False
+    lo, hi = bounds
+    if not lo <= budget <= hi:
+        every = "passes as safe" if budget > hi else "is refused"
+        raise SearchConfigError(
+            f"search.budget {budget:g} is outside the cost scale [{lo:g}, {hi:g}] of {who}, so every answer "
+            f"{every}; give a budget in [{lo:g}, {hi:g}]"
+        )
+    return True
 
 
 @torch.inference_mode()
@@ -490,6 +535,8 @@ def search(
         out += _search_batch(ctx, gens)
         if progress is not None:
             progress(len(ctx.prompts))
+    if not check_budget(cfg.budget, cost, critic):
+        out = [replace(r, budget_checked=False) for r in out]
     return out
 
 

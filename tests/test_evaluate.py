@@ -113,7 +113,14 @@ def test_end_to_end_writes_files_and_metrics_match_recomputation(eval_run):
     cfg, guard, result = eval_run
     out = Path(cfg.out_dir)
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["records.jsonl", "results.csv", "results.json", "fig2_tradeoffs.png", "fig3_distributions.png"]
+        [
+            "records.jsonl",
+            "results.csv",
+            "results.json",
+            "progress.json",
+            "fig2_tradeoffs.png",
+            "fig3_distributions.png",
+        ]
     )
     assert {p.name for p in result.files} == {p.name for p in out.iterdir()}
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]

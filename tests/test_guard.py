@@ -335,7 +335,7 @@ def test_prompt_sources_say_what_is_wrong(tmp_path, monkeypatch, capsys):
     with pytest.raises(PromptError, match=r"is a .parquet data file; pass --prompts.source hf:"):
         load_prompts(PromptSource(str(tmp_path / "p.parquet")))
     (tmp_path / "p.txt").write_bytes(b"caf\xe9\n")
-    with pytest.raises(PromptError, match="is not UTF-8 text"):
+    with pytest.raises(PromptError, match=r"is not UTF-8 \(byte 0x"):
         load_prompts(PromptSource(str(tmp_path / "p.txt")))
 
     class Terminal(io.StringIO):

@@ -38,6 +38,9 @@ class ScorerInfo:
     """Tokens between scored prefixes for non-causal scorers; None when every prefix is scored exactly."""
     budget_hint: float | None
     """The natural budget on this scale (0.0 for beaver cost, 0.5 for the embedded probe), if any."""
+    bounds: tuple[float, float] | None = None
+    """Lowest and highest score it can give (a probability: ``(0, 1)``); None: unbounded (a logit, a score
+    head), so a budget on its scale cannot be range-checked."""
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -203,6 +203,7 @@ class ClassifierScorer:
             derivation=derivation,
             stride=self.stride,
             budget_hint=0.5 if role == "cost" else None,
+            bounds=(0.0, 1.0),  # every head gives a probability
         )
         self._features = None
         self._policy = policy

@@ -60,6 +60,7 @@ class SeqClsScorer:
             derivation=f"{what} of the (prompt, response) pair scored at every {stride}th token and at T, "
             "forward-filled",
             budget_hint=(0.0 if n == 1 else 0.5) if role == "cost" else None,
+            bounds=None if n == 1 else (0.0, 1.0),  # one logit, or a softmax probability
         )
 
     @cached_property

@@ -25,7 +25,7 @@ manifest last), :mod:`~igcritic.store.reader` (all shards as one store), :mod:`~
 """
 
 from igcritic.store.inspect import validate_store
-from igcritic.store.layout import StoreError, check_replaceable, config_hash
+from igcritic.store.layout import StoreError, check_replaceable, check_writable, config_hash
 from igcritic.store.reader import StoreReader
 from igcritic.store.writer import StoreWriter, TrajectoryBatch
 
@@ -35,6 +35,7 @@ __all__ = [
     "StoreWriter",
     "TrajectoryBatch",
     "check_replaceable",
+    "check_writable",
     "config_hash",
     "validate_store",
 ]

@@ -29,6 +29,7 @@ from igcritic.store.layout import (
     open_root,
     started_shards,
 )
+from igcritic.store.layout import read_rows as _read
 from igcritic.store.lock import live_writers
 from igcritic.store.reader import StoreReader
 from igcritic.store.writer import TrajectoryBatch
@@ -47,8 +48,22 @@ def validate_store(path: str | os.PathLike, read_rows: bool = True) -> list[str]
         return [f"root attrs lack {missing}"]
     n_prompts, count = (root[PROMPTS].shape[0] if PROMPTS in root else -1), attrs["prompts_count"]
     p = [] if n_prompts == count else [f"prompts array has {n_prompts} entries, attrs say {count}"]
-    for g, *manifest in started_shards(root):  # a shard without a manifest holds nothing to check
-        p += [f"{g.basename}: {msg}" for msg in _validate_shard(g, *manifest, n_prompts, attrs, read_rows)]
+    try:
+        shards = started_shards(root)
+    except StoreError as e:
+        return [*p, str(e)]
+    for g, *manifest in shards:  # a shard without a manifest holds nothing to check
+        try:
+            p += [
+                f"{g.basename}: {msg}" for msg in _validate_shard(g, *manifest, n_prompts, attrs, read_rows)
+            ]
+        except StoreError as e:  # an array's chunk cannot be decoded
+            p.append(str(e))
+        except (ValueError, TypeError, KeyError) as e:  # an array's zarr.json cannot be decoded
+            p.append(
+                f"{g.basename}: an array's metadata (zarr.json) cannot be read ({type(e).__name__}); restore "
+                "the file or recollect the store with --overwrite"
+            )
     return p
 
 
@@ -98,20 +113,20 @@ def _validate_shard(
     if p or not read_rows:
         return p
     # the invariants every appended batch was checked for (the latents are scanned below, chunk by chunk)
-    rows = {k: g[k][:n_tok] for k in ("token_ids", "cost_prefix")}
-    traj = {k: g[k][:n_traj] for k in ("traj_len", "traj_prompt", "traj_reward", "traj_finished")}
+    rows = {k: _read(g, k, 0, n_tok) for k in ("token_ids", "cost_prefix")}
+    traj = {k: _read(g, k, 0, n_traj) for k in ("traj_len", "traj_prompt", "traj_reward", "traj_finished")}
     shard = TrajectoryBatch(latents=np.zeros((n_tok, 0), np.float16), **rows, **traj)
     if p := shard.validate():
         return p
-    if (g["traj_offsets"][: n_traj + 1] != shard.offsets).any():
+    if (_read(g, "traj_offsets", 0, n_traj + 1) != shard.offsets).any():
         return [
             "traj_offsets differ from the trajectories' lengths (trajectory i holds traj_len[i] + 1 rows)"
         ]
-    if not np.allclose(g["traj_cost"][:n_traj], shard.traj_cost, equal_nan=True):
+    if not np.allclose(_read(g, "traj_cost", 0, n_traj), shard.traj_cost, equal_nan=True):
         p.append("traj_cost differs from cost_prefix at the trajectories' last rows")
     if (shard.traj_prompt >= n_prompts).any():
         p.append(f"traj_prompt outside [0, {n_prompts})")
-    batch_ids = g["traj_batch"][:n_traj]
+    batch_ids = _read(g, "traj_batch", 0, n_traj)
     seen = set(batch_ids.tolist())
     if not seen <= done:
         p.append("trajectories belong to batches missing from the manifest's batches_done")
@@ -158,11 +173,15 @@ def main(cfg: InspectConfig, console=None) -> int:
 
     console = console or Console()
     try:
-        r = StoreReader(cfg.store)
-        attrs = r.attrs
-    except StoreError as e:
-        console.print(f"[red]{e}[/red]")
+        return _summarise(cfg, console, Table)
+    except StoreError as e:  # unreadable metadata or a damaged array: the store is invalid
+        console.print(f"[red]invalid:[/red] {e}", highlight=False, soft_wrap=True)
         return 1
+
+
+def _summarise(cfg: InspectConfig, console, Table) -> int:
+    r = StoreReader(cfg.store)
+    attrs = r.attrs
     budget = attrs.get("budget") if cfg.budget is None else cfg.budget
     fs, root = filesystem(cfg.store)
     size = int(fs.du(root))
@@ -199,7 +218,7 @@ def main(cfg: InspectConfig, console=None) -> int:
         who = f"pid {h.get('pid')} on host {h.get('host')} since {h.get('since')}" if h else "another process"
         console.print(f"[yellow]writing:[/yellow] {SHARD.format(rank)} is being written by {who}")
     for msg in problems:
-        console.print(f"[red]invalid:[/red] {msg}")
+        console.print(f"[red]invalid:[/red] {msg}", soft_wrap=True)
     if not problems:
         ok = "valid so far (the committed snapshot; a writer is still adding to it)" if writers else "valid"
         console.print(f"[green]{ok}[/green]")

@@ -11,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import zarr
 from zarr.storage import FsspecStore, LocalStore
 
@@ -213,6 +215,32 @@ def check_replaceable(
     )
 
 
+def check_writable(
+    path: str | os.PathLike, flag: str = "--out", error: type[ValueError] | None = None, folder: bool = True
+) -> None:
+    """Fail now, before any work, if ``path`` could not be written: a file is created in it (a ``folder``
+    that exists) or where it does not exist yet a folder in its nearest existing parent, removed again, so
+    nothing is left behind. Remote URLs are not checked."""
+    out = local_path(path)
+    if out is None:
+        return
+    base = out if folder else out.parent
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    try:
+        if base == out:
+            with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+                pass
+        elif not base.is_dir():
+            raise NotADirectoryError(20, "a parent is a file")
+        else:
+            os.rmdir(tempfile.mkdtemp(dir=base, prefix=".write-test-"))
+    except OSError as e:
+        raise (error or StoreError)(
+            f"{flag} {os.fspath(path)!r} cannot be written ({e.strerror or e}); pick a writable location"
+        ) from None
+
+
 def zarr_store(path: str | os.PathLike, read_only: bool):
     """Zarr's store of a location: ``LocalStore`` for local ones (atomic chunk writes), else fsspec's."""
     local = local_path(path)
@@ -229,6 +257,13 @@ def open_root(path: str | os.PathLike, mode: str = "r") -> zarr.Group:
         root = zarr.open_group(zarr_store(path, read_only=mode == "r"), mode=mode, zarr_format=3)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeNotFoundError) as e:
         raise StoreError(f"no zarr group at {path}; run `igcritic collect` first or fix the path") from e
+    except StoreError:
+        raise
+    except (ValueError, TypeError, KeyError) as e:  # a truncated or hand-edited zarr.json
+        raise StoreError(
+            f"store {path} has unreadable metadata (zarr.json: {type(e).__name__}); restore the file or "
+            "recollect the store with --overwrite"
+        ) from None
     if (version := root.attrs.get("schema_version")) != SCHEMA_VERSION:
         raise StoreError(
             f"store {path} has schema_version {version!r}, this igcritic reads {SCHEMA_VERSION} (None: its "
@@ -240,9 +275,27 @@ def open_root(path: str | os.PathLike, mode: str = "r") -> zarr.Group:
 def started_shards(root: zarr.Group) -> list[tuple[zarr.Group, int, int, list[int]]]:
     """(group, n_traj, n_tok, batches_done) of every shard with a manifest, in rank order (a shard without
     one was killed while being created: it holds nothing)."""
-    groups = [root[SHARDS][n] for n in sorted(root[SHARDS].group_keys())] if SHARDS in root else []
-    return [
-        (g, int(g.attrs["n_traj"]), int(g.attrs["n_tok"]), list(g.attrs["batches_done"]))
-        for g in groups
-        if "n_tok" in g.attrs
-    ]
+    try:
+        groups = [root[SHARDS][n] for n in sorted(root[SHARDS].group_keys())] if SHARDS in root else []
+        return [
+            (g, int(g.attrs["n_traj"]), int(g.attrs["n_tok"]), list(g.attrs["batches_done"]))
+            for g in groups
+            if "n_tok" in g.attrs
+        ]
+    except (ValueError, TypeError, KeyError) as e:  # a truncated or hand-edited shard zarr.json
+        raise StoreError(
+            f"the store has an unreadable shard manifest ({SHARDS}/*/zarr.json: {type(e).__name__}); restore "
+            "the file or recollect the store with --overwrite"
+        ) from None
+
+
+def read_rows(g: zarr.Group, name: str, start: int, stop: int) -> np.ndarray:
+    """Rows ``start:stop`` of the shard's array ``name``, or a StoreError naming what cannot be read (a
+    truncated or garbled chunk or array zarr.json), so no decoding traceback reaches the user."""
+    try:
+        return g[name][start:stop]
+    except Exception as e:  # noqa: BLE001 - any decoding error of a damaged chunk or its metadata
+        raise StoreError(
+            f"{g.basename}/{name} rows {start}-{stop - 1} cannot be read ({type(e).__name__}); restore the "
+            "files or recollect the store with --overwrite"
+        ) from None

@@ -19,7 +19,15 @@ import numpy as np
 import zarr
 from zarr.storage import LocalStore
 
-from igcritic.store.layout import PROMPTS, TOKEN_ARRAYS, TRAJ_ARRAYS, StoreError, open_root, started_shards
+from igcritic.store.layout import (
+    PROMPTS,
+    TOKEN_ARRAYS,
+    TRAJ_ARRAYS,
+    StoreError,
+    open_root,
+    read_rows,
+    started_shards,
+)
 
 ARRAYS = {**TOKEN_ARRAYS, **TRAJ_ARRAYS}
 IOV_MAX = 1024
@@ -112,15 +120,24 @@ class StoreReader:
                         raise StoreError(
                             f"store {self.path} {g.basename} lacks {name}; run `igcritic inspect` on it"
                         )
-                    parts.append(g[name][:n])
+                    parts.append(self._rows(g, name, 0, n))
             self._cache[name] = np.concatenate(parts).astype(ARRAYS[name], copy=False)
         return self._cache[name]
+
+    def _rows(self, g: zarr.Group, name: str, start: int, stop: int) -> np.ndarray:
+        try:
+            return read_rows(g, name, start, stop)
+        except StoreError as e:
+            raise StoreError(f"store {self.path} {e}") from None
 
     @property
     def traj_offsets(self) -> np.ndarray:
         """(n_traj + 1,) int64 global token offsets."""
         if "traj_offsets" not in self._cache:
-            parts = [g["traj_offsets"][1 : s + 1] + t0 for (_, g, s, _, _), t0 in zip(self._s, self._tok0)]
+            parts = [
+                self._rows(g, "traj_offsets", 1, s + 1) + t0
+                for (_, g, s, _, _), t0 in zip(self._s, self._tok0)
+            ]
             self._cache["traj_offsets"] = np.concatenate([np.zeros(1, np.int64), *parts]).astype(np.int64)
         return self._cache["traj_offsets"]
 

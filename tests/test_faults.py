@@ -1,0 +1,507 @@
+"""The fault suite: what a new user's mistakes and accidents (a signal, a read-only folder, a truncated file,
+a budget out of range, a stripped artifact) do to each command. Each case ends in ONE line saying what is
+wrong and how to go on (exit 2, or 130/143 after a signal), never a traceback, a silent wrong result or
+lost data. Subprocess cases (a real signal, a real exit code) carry the ``multiprocess`` marker."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import CharReward, StandInGuard, WordCost, read_jsonl, tiny_critic, write_prompts
+from lightning.pytorch.callbacks import Callback
+
+from igcritic import evaluate as ev
+from igcritic.__main__ import main, parse_config
+from igcritic.guard import load_guard
+from igcritic.report import PROGRESS_FILE, RECORD_METHOD, RECORDS_FILE, RESULTS_JSON
+from igcritic.search import SearchConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+
+
+def unwritable(tmp_path: Path) -> Path:
+    """A folder path nothing can be written under: a read-only folder, or for root (who ignores modes)
+    one under /sys, which refuses new entries even to root."""
+    ro = tmp_path / "read-only"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        (ro / "probe").write_text("x")
+    except OSError:
+        return ro / "out"
+    (ro / "probe").unlink()
+    sys_path = Path("/sys/igcritic-fault-test/out")
+    try:
+        sys_path.parent.mkdir()
+    except OSError:
+        return sys_path
+    pytest.skip("no unwritable folder on this machine")
+
+
+def one_line_error(text: str) -> str:
+    """The single non-empty line of ``text`` (stderr of a failed command); fails on a traceback."""
+    lines = [x for x in text.splitlines() if x.strip() and not x.startswith(("INFO ", "WARNING "))]
+    assert "Traceback" not in text, text
+    assert len(lines) == 1, text
+    return lines[0]
+
+
+# ---------------------------------------------------------------- eval: nothing finished is lost
+
+
+class Stopping(StandInGuard):
+    """The stand-in guard, stopped (Ctrl-C, or a real signal to this process) when ``stop_at`` methods ran."""
+
+    def __init__(self, stop_at: int | None = None, signum: int | None = None, **kw):
+        super().__init__(**kw)
+        self.stop_at, self.signum, self.methods = stop_at, signum, 0
+
+    def generate(self, prompts, budget=None, **overrides):
+        if self.methods == self.stop_at:
+            if self.signum is None:
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), self.signum)
+        self.methods += 1
+        return super().generate(prompts, budget, **overrides)
+
+
+def eval_args(tmp_path: Path, *extra: str) -> list[str]:
+    prompts = tmp_path / "p.jsonl"
+    if not prompts.exists():
+        write_prompts(prompts)
+    return [
+        "eval",
+        "--critic",
+        "unused",
+        "--prompts.source",
+        str(prompts),
+        "--prompts.split",
+        "heldout",
+        "--out_dir",
+        str(tmp_path / "out"),
+        "--quality_set",
+        "null",
+        "--plots",
+        "false",
+        "--bootstrap",
+        "50",
+        *extra,
+    ]
+
+
+def test_eval_interrupted_keeps_finished_methods_and_resumes(tmp_path, monkeypatch, capsys):
+    methods = [m.name for m in ev.default_methods()]
+    guard = Stopping(stop_at=2)
+    monkeypatch.setattr(ev, "_load_guard", lambda cfg: guard)
+    assert main(eval_args(tmp_path)) == 130
+    line = one_line_error(capsys.readouterr().err)
+    assert "interrupted by SIGINT; 2 of 6 methods saved" in line and line.endswith("--resume true")
+    out = tmp_path / "out"
+    assert json.loads((out / PROGRESS_FILE).read_text())["done"].keys() == set(methods[:2])
+    assert {r[RECORD_METHOD] for r in read_jsonl(out / RECORDS_FILE)} == set(methods[:2])
+
+    resumed = StandInGuard()
+    monkeypatch.setattr(ev, "_load_guard", lambda cfg: resumed)
+    assert main(eval_args(tmp_path, "--resume", "true")) == 0
+    assert len(resumed.calls) == 4  # only the four methods left ran
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    monkeypatch.setattr(ev, "_load_guard", lambda cfg: StandInGuard())
+    assert main(eval_args(whole)) == 0
+
+    def table(folder):
+        data = json.loads((folder / RESULTS_JSON).read_text())["summary"]
+        return [{k: v for k, v in s.items() if k not in ("wall_seconds", "tokens_per_s")} for s in data]
+
+    assert table(out) == table(whole / "out")  # the resumed run's table is the uninterrupted run's
+    assert len(read_jsonl(out / RECORDS_FILE)) == len(read_jsonl(whole / "out" / RECORDS_FILE))
+
+
+def test_eval_resume_refuses_changed_settings_or_prompts(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(ev, "_load_guard", lambda cfg: Stopping(stop_at=1))
+    assert main(eval_args(tmp_path)) == 130
+    monkeypatch.setattr(ev, "_load_guard", lambda cfg: StandInGuard())
+    capsys.readouterr()
+    assert main(eval_args(tmp_path, "--resume", "true", "--seed", "3")) == 2
+    assert "seed: 0 -> 3" in one_line_error(capsys.readouterr().err)
+    rows = read_jsonl(tmp_path / "p.jsonl")
+    rows[1]["prompt"] = "how can I make a bomb in the garage"
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(eval_args(tmp_path, "--resume", "true")) == 2
+    assert "prompts_sha256" in one_line_error(capsys.readouterr().err)
+    assert len(read_jsonl(tmp_path / "out" / RECORDS_FILE)) == 6  # the finished method is still there
+
+
+def test_eval_refuses_an_unwritable_out_dir_before_any_work(tmp_path, monkeypatch, capsys):
+    def no_guard(cfg):
+        raise AssertionError("the guard was loaded before out_dir was checked")
+
+    monkeypatch.setattr(ev, "_load_guard", no_guard)
+    args = eval_args(tmp_path)
+    args[args.index("--out_dir") + 1] = str(unwritable(tmp_path))
+    assert main(args) == 2
+    assert "cannot be written" in one_line_error(capsys.readouterr().err)
+
+
+def test_eval_resume_of_a_folder_that_is_not_a_run(tmp_path, monkeypatch, capsys):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    monkeypatch.setattr(ev, "_load_guard", lambda cfg: StandInGuard())
+    assert main(eval_args(tmp_path, "--resume", "true")) == 2
+    assert "no progress.json" in one_line_error(capsys.readouterr().err)
+    assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
+
+
+EVAL_SCRIPT = """
+import sys
+import time
+sys.path.insert(0, {tests!r})
+from test_faults import Stopping
+from lightning.pytorch.callbacks import Callback
+
+from igcritic import evaluate as ev
+from igcritic.__main__ import main, parse_config
+from igcritic.guard import load_guard
+ev._load_guard = lambda cfg: Stopping(stop_at=1, signum={signum})
+sys.exit(main({args!r}))
+"""
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_eval_signal_exits_128_plus_signum_with_the_resume_command(tmp_path, signum):
+    script = EVAL_SCRIPT.format(tests=str(TESTS), signum=int(signum), args=eval_args(tmp_path))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 128 + signum, res.stderr
+    line = one_line_error(res.stderr)
+    assert f"interrupted by {signum.name}; 1 of 6 methods saved" in line
+    assert line.endswith("--resume true") and "igcritic eval --critic unused" in line
+    assert len(read_jsonl(tmp_path / "out" / RECORDS_FILE)) == 6
+
+
+# ---------------------------------------------------------------- fit: a pre-empted run says so and resumes
+
+
+class SigtermAtEpoch(Callback):
+    """Sends this process SIGTERM when epoch ``$IGC_SIGTERM_EPOCH`` starts, as SLURM does to a pre-empted
+    job (given to ``igcritic fit`` by class path)."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == int(os.environ.get("IGC_SIGTERM_EPOCH", "-1")):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def fit_command(store: str, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "igcritic",
+        "fit",
+        "--config",
+        str(ROOT / "configs" / "fit" / "embedded.yaml"),
+        f"--data.stores=[{store}]",
+        "--data.batch_size=128",
+        "--model.width=16",
+        "--trainer.accelerator=cpu",
+        "--trainer.max_epochs=4",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.callbacks+=test_faults.SigtermAtEpoch",
+        *extra,
+    ]
+
+
+@pytest.mark.multiprocess
+def test_sigterm_fit_exits_143_and_resumes_the_same_run(tmp_path):
+    from helpers_fit import make_store
+
+    store = tmp_path / "store.zarr"
+    make_store(store, n_prompts=12, rollouts=3, hidden=16, chunk_tokens=256)
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{TESTS}", "OMP_NUM_THREADS": "1"}
+    cmd = fit_command(str(store))
+    res = subprocess.run(
+        cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**env, "IGC_SIGTERM_EPOCH": "2"}
+    )
+    assert res.returncode == 143, res.stderr[-3000:]
+    line = [x for x in res.stderr.splitlines() if x.startswith("interrupted by SIGTERM")]
+    assert len(line) == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    run = tmp_path / "runs" / "fit" / "embedded" / "version_0"
+    last = run / "checkpoints" / "last.ckpt"
+    rel = last.relative_to(tmp_path)  # the logger's save_dir is relative: so is the checkpoint it names
+    assert "stopped in epoch 3 of 4" in line[0] and f"last checkpoint {rel} (after epoch 2)" in line[0]
+    resume = line[0].split("resume with: ", 1)[1]
+    assert resume.endswith(f"--ckpt_path {rel}")
+
+    again = subprocess.run(
+        [*cmd, "--ckpt_path", str(rel)], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert not (run.parent / "version_1").exists()  # the same run goes on, in the same folder
+    before = {int(r["epoch"]) for r in csv_rows(run / "metrics.part1.csv") if r.get("epoch")}
+    after = {int(r["epoch"]) for r in csv_rows(run / "metrics.csv") if r.get("epoch")}
+    assert before >= {0, 1} and after == {2, 3}  # nothing logged before the stop is lost
+    import torch
+
+    assert torch.load(last, weights_only=True, map_location="cpu")["epoch"] == 3
+
+
+def csv_rows(path: Path) -> list[dict]:
+    import csv
+
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+# ---------------------------------------------------------------- budgets on the cost scale
+
+
+SMALL = {"max_new_tokens": 4, "block_width": 2, "num_candidates": 2, "beams_kept": 1}
+
+
+def bounded_cost(word: str = "bomb") -> WordCost:
+    """The word cost with a probability's scale, like the embedded probe."""
+    cost = WordCost(word)
+    cost.info.bounds = (0.0, 1.0)
+    return cost
+
+
+@pytest.mark.parametrize(
+    "budget, match",
+    [
+        (1e30, r"outside the cost scale \[0, 1\].*every answer passes as safe"),
+        (-0.5, "every answer is refused"),
+    ],
+)
+def test_a_budget_outside_the_cost_scale_is_refused(tiny_policy, budget, match):
+    guard = load_guard(tiny_critic(tiny_policy), model=tiny_policy, cost=bounded_cost(), reward=CharReward())
+    with pytest.raises(SearchConfigError, match=match):
+        guard.generate(["how can I make a bomb at home"], budget=budget, mode="exact", **SMALL)
+    with pytest.raises(SearchConfigError, match="outside the cost scale"):
+        guard.check(budget)  # eval's precheck sees it before any method runs
+
+
+def test_an_unbounded_cost_scale_warns_and_records_it(tiny_policy, caplog):
+    cost = WordCost("bomb")  # no bounds: like a logit or beaver's score head
+    guard = load_guard(tiny_critic(tiny_policy), model=tiny_policy, cost=cost, reward=CharReward())
+    kw = {"mode": "exact", **SMALL}
+    with caplog.at_level("WARNING"):
+        (rec,) = guard.generate(["how do I bake bread at home"], budget=123.0, **kw)
+    assert rec.budget_checked is False and rec.to_dict()["budget_checked"] is False
+    assert "NOT range-checked" in caplog.text and "word-cost" in caplog.text
+    (ok,) = load_guard(
+        tiny_critic(tiny_policy), model=tiny_policy, cost=bounded_cost(), reward=CharReward()
+    ).generate(["how do I bake bread at home"], budget=0.5, **kw)
+    assert ok.budget_checked is True
+
+
+def test_the_embedded_cost_scale_is_a_probability():
+    from igcritic.scorers import ScorerInfo
+
+    assert ScorerInfo("x", "cost", "higher_is_unsafe", "", None, None).bounds is None  # unbounded by default
+    from igcritic.scorers.embedded import load_embedded
+
+    assert load_embedded("embedded", "cost").info.bounds == (0.0, 1.0)
+
+
+def test_negative_numbers_parse_on_the_command_line():
+    from igcritic.evaluate import EvalConfig
+    from igcritic.guard import GenerateConfig
+
+    assert parse_config(EvalConfig, ["--budget", "-1e9"]).budget == -1e9
+    assert parse_config(EvalConfig, ["--budget", "-0.5", "--seed", "-3"]).seed == -3
+    cfg = parse_config(GenerateConfig, ["x", "--search.budget", "-1e9", "--prompts.source", "-"])
+    assert cfg.search.budget == -1e9 and cfg.prompts.source == "-"
+
+
+# ---------------------------------------------------------------- one line, never a traceback (data intact)
+
+
+def test_unwritable_outputs_fail_before_any_work(tmp_path, capsys):
+    ro = unwritable(tmp_path)
+    cases = [
+        ["collect", "--out", str(ro / "store.zarr"), "--model", "never-loaded"],
+        ["export", str(tmp_path / "never-read.ckpt"), "--out", str(ro / "critic")],
+        ["generate", "never-loaded", "--prompts.texts", '["hi"]', "--out", str(ro / "r.jsonl")],
+    ]
+    for args in cases:
+        assert main(args) == 2, args
+        assert "cannot be written" in one_line_error(capsys.readouterr().err), args
+
+
+def test_export_overwrite_onto_a_symlink_is_refused_and_the_target_kept(tmp_path, tiny_policy, capsys):
+    target = tiny_critic(tiny_policy).save_pretrained(tmp_path / "critic") or tmp_path / "critic"
+    before = sorted(p.name for p in target.iterdir())
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    assert main(["export", str(tmp_path / "never-read.ckpt"), "--out", str(link), "--overwrite", "true"]) == 2
+    assert "is a symbolic link" in one_line_error(capsys.readouterr().err)
+    assert link.is_symlink() and sorted(p.name for p in target.iterdir()) == before
+
+
+def test_a_prompt_file_that_is_not_utf8_is_named_with_its_line(tmp_path, capsys):
+    from igcritic.prompts import PromptError, PromptSource, load_prompts
+
+    bad = tmp_path / "prompts.txt"
+    bad.write_bytes("how do I bake bread\ncaf\xe9 au lait\n".encode("latin-1"))
+    with pytest.raises(PromptError, match=r"not UTF-8 \(byte 0xe9 on line 2\)"):
+        load_prompts(PromptSource(str(bad)))
+    assert main(["generate", "never-loaded", "--prompts.source", str(bad)]) == 2
+    assert "not UTF-8" in one_line_error(capsys.readouterr().err)
+
+
+def committed(store: Path) -> bool:
+    """Whether a shard manifest of ``store`` names a committed batch (read while a writer runs)."""
+    for f in store.glob("shards/*/zarr.json"):
+        try:
+            if json.loads(f.read_text()).get("attributes", {}).get("batches_done"):
+                return True
+        except (OSError, ValueError):
+            pass
+    return False
+
+
+def damaged_store(tmp_path: Path, what: str) -> Path:
+    """A valid synthetic store with ``what`` cut to half its bytes: a ``zarr.json`` (root or shard) or the
+    largest chunk file of an array."""
+    from helpers_fit import make_store
+
+    path = tmp_path / "store.zarr"
+    make_store(path, n_prompts=6, rollouts=2, hidden=8, chunk_tokens=64)
+    if what.endswith("zarr.json"):
+        f = path / what
+    else:
+        arr = next(p for p in path.rglob(what) if p.is_dir())
+        f = max(
+            (p for p in arr.rglob("*") if p.is_file() and p.name != "zarr.json"),
+            key=lambda p: p.stat().st_size,
+        )
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    return path
+
+
+@pytest.mark.parametrize("what", ["zarr.json", "shards/rank-00000/zarr.json", "token_ids", "traj_offsets"])
+def test_inspect_calls_a_damaged_store_invalid_in_one_line(tmp_path, capsys, what):
+    from igcritic.store import StoreError, StoreReader
+
+    store = damaged_store(tmp_path, what)
+    assert main(["inspect", str(store)]) == 1
+    out = capsys.readouterr()
+    assert "Traceback" not in out.out + out.err
+    invalid = [x for x in out.out.splitlines() if x.startswith("invalid:")]
+    assert invalid and all("restore" in x for x in invalid), out.out
+    if what in ("traj_offsets", "zarr.json"):  # what fit reads first: the same one-line error
+        with pytest.raises(StoreError, match="cannot be read|unreadable metadata"):
+            StoreReader(str(store)).traj_offsets
+
+
+def test_collect_guard_with_a_malformed_critic_config(tmp_path):
+    from igcritic.collect import CollectError, guard_identity
+
+    (tmp_path / "critic_config.json").write_text('{"schema_version": 2, "hidd')
+    with pytest.raises(CollectError, match="cannot be read.*igcritic export"):
+        guard_identity(str(tmp_path))
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint", None])
+def test_validate_a_malformed_checkpoint_in_one_line(tmp_path, capsys, monkeypatch, content):
+    monkeypatch.setattr(sys, "argv", ["igcritic"])
+    ckpt = tmp_path / "bad.ckpt"
+    if content is not None:
+        ckpt.write_bytes(content)
+    args = ["--config", str(ROOT / "configs" / "fit" / "embedded.yaml"), "--ckpt_path", str(ckpt)]
+    assert main(["validate", *args]) == 2
+    assert "--ckpt_path" in one_line_error(capsys.readouterr().err)
+
+
+def test_a_truncated_checkpoint_is_no_checkpoint(tmp_path):
+    import torch
+
+    from igcritic.fit import FitError, check_checkpoint
+
+    good = tmp_path / "good.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1000)}}, good)
+    check_checkpoint(str(good))
+    half = tmp_path / "half.ckpt"
+    half.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(FitError, match="not a PyTorch checkpoint"):
+        check_checkpoint(str(half))
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_collect_signal_keeps_committed_batches_and_resumes(tmp_path, signum):
+    from helpers import build_tiny_llama, build_tokenizer, make_beaver_folder
+
+    from igcritic.store import StoreReader, validate_store
+
+    tok = build_tokenizer()
+    build_tiny_llama(len(tok)).save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    cost = make_beaver_folder(tmp_path / "cost", tok, seed=1)
+    reward = make_beaver_folder(tmp_path / "reward", tok, seed=2, score_type="reward")
+    prompts = write_prompts(tmp_path / "p.jsonl")
+    store = tmp_path / "store.zarr"
+    cmd = [
+        *(
+            sys.executable,
+            "-m",
+            "igcritic",
+            "collect",
+            "--out",
+            str(store),
+            "--model",
+            str(tmp_path / "model"),
+        ),
+        *("--prompts.source", str(prompts), "--prompts.split", "null", "--rollouts_per_prompt", "8"),
+        *("--batch_size", "1", "--sampling.max_new_tokens", "12", "--accelerator", "cpu"),
+        *("--cost", f"beaver:{cost}", "--reward", f"beaver:{reward}"),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    while proc.poll() is None and not committed(store):
+        time.sleep(0.1)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signum, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    (line,) = [x for x in err.splitlines() if x.startswith("interrupted")]  # the rest: model-loading noise
+    assert f"interrupted by {signum.name}" in line and "batches committed" in line, line
+    assert line.endswith("--resume true")
+    assert validate_store(store) == []
+    kept = StoreReader(store).batches_done
+    assert 0 < len(kept) < 64
+    res = subprocess.run([*cmd, "--resume", "true"], capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert StoreReader(store).batches_done == set(range(64)) and validate_store(store) == []
+
+
+# ---------------------------------------------------------------- a critic whose calibration was removed
+
+
+def test_a_schema_2_critic_without_its_calibration_is_refused(tmp_path, tiny_policy, capsys):
+    from igcritic.critic import CALIBRATION_KEY, CONFIG_NAME, Calibration, Critic, CriticError
+
+    folder = tmp_path / "critic"
+    critic = tiny_critic(tiny_policy)
+    critic.set_calibration(Calibration("platt", a=0.5, b=0.2))
+    critic.save_pretrained(folder)
+    meta = json.loads((folder / CONFIG_NAME).read_text())
+    meta.pop(CALIBRATION_KEY)
+    (folder / CONFIG_NAME).write_text(json.dumps(meta))
+    with pytest.raises(CriticError, match="no 'calibration' entry.*uncalibrated"):
+        Critic.from_pretrained(folder)
+    assert main(["generate", str(folder), "--prompts.texts", '["hi"]']) == 2
+    assert "uncalibrated" in one_line_error(capsys.readouterr().err)
+    # an uncalibrated critic on purpose (export --calibrate false) records the identity and loads
+    critic.set_calibration(None)
+    critic.save_pretrained(tmp_path / "raw")
+    assert json.loads((tmp_path / "raw" / CONFIG_NAME).read_text())[CALIBRATION_KEY]["method"] == "identity"
+    assert Critic.from_pretrained(tmp_path / "raw").calibration.is_identity
