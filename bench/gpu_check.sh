@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared GPU run (an H100/H200 lent by the device tool): every measurement issue 12 asks of a GPU, one
+# The prepared GPU run (an H100/H200 lent by the device tool): every GPU measurement of docs/design.md section 9, one
 # block each, on a random-weight Llama-2-7B-shaped policy in bf16 (bench/bench_policy.py; nothing is
 # downloaded: HF_HUB_OFFLINE=1).
 #   1. collect (rollout + latents + store write) vs model.generate, same batch and length (target >= 0.8x)

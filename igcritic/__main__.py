@@ -5,6 +5,7 @@
     igcritic fit --config configs/fit/embedded.yaml             # LightningCLI (also validate, test)
     igcritic export runs/fit/.../last.ckpt --out checkpoints/embedded --search.num_candidates 8
     igcritic generate checkpoints/embedded --prompts.texts '["How do I bake bread?"]' --search.mode latent
+    igcritic serve checkpoints/embedded --port 8000                        # OpenAI-compatible chat API
     igcritic eval --config configs/eval/embedded.yaml
 
 :data:`COMMANDS` maps a name to ``module:function`` (imported only when the command runs, so ``--help`` stays
@@ -50,6 +51,7 @@ COMMANDS: dict[str, Command] = {
         "igcritic.export:main", "turn a Lightning checkpoint into a slim checkpoints/<name>/ artifact"
     ),
     "generate": Command("igcritic.guard:main", "guarded generation with an exported critic"),
+    "serve": Command("igcritic.serve:main", "serve a guard on an OpenAI-compatible chat API (LitServe)"),
     "eval": Command(
         "igcritic.evaluate:main", "compare decoding methods: reward, cost, safety rate, latency; table, plots"
     ),

@@ -66,14 +66,31 @@ def filter_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
     return logits
 
 
+Generators = torch.Generator | list[torch.Generator] | None
+"""One generator for every row, or one per prompt (indexed by ``Rows.prompt``): then a prompt's draws are
+those it gets alone, whatever else shares the batch."""
+
+
 def next_token(
-    logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None = None
+    logits: torch.Tensor,
+    cfg: SamplingConfig,
+    generator: Generators = None,
+    prompt: torch.Tensor | None = None,
+    active: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Pick one token per row of ``(B, V)`` logits -> ``(B,)``."""
+    """Pick one token per row of ``(B, V)`` logits -> ``(B,)``. With one generator per prompt, ``prompt``
+    ``(B,)`` names each row's, and prompts without an ``active`` row draw nothing (as when alone)."""
     if cfg.greedy:
         return logits.argmax(-1)
     probs = filter_logits(logits, cfg).softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    if not isinstance(generator, list):
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    out = probs.argmax(-1)  # rows of prompts that draw nothing: never used (their rows have stopped)
+    for p in prompt.unique().tolist():
+        rows = torch.nonzero(prompt == p).flatten().to(probs.device)
+        if active is None or bool(active[rows].any()):
+            out[rows] = torch.multinomial(probs[rows], 1, generator=generator[p]).squeeze(-1)
+    return out
 
 
 def prefix_texts(tokenizer, token_ids: list[int]) -> list[str]:
@@ -209,7 +226,7 @@ def sample_block(
     rows: Rows,
     limits: torch.Tensor,
     sampling: SamplingConfig,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     processor: LogitsProcessor | None = None,
     keep_latents: bool = False,
     latent_logits: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -235,8 +252,8 @@ def sample_block(
     while not bool(stopped.all()):
         scores = logits if latent_logits is None else latent_logits(h)
         scores = scores if processor is None else processor(_stack(fed, bsz, dev), scores)
-        tok = next_token(scores, sampling, generator)  # (R,)
         active = ~stopped
+        tok = next_token(scores, sampling, generator, rows.prompt, active)  # (R,)
         tok = torch.where(active, tok, torch.full_like(tok, policy.pad_token_id))
         fed.append(tok)
         new += active.long()

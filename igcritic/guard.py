@@ -24,11 +24,12 @@ from torch import nn
 from igcritic import IgcriticError
 from igcritic.critic import Critic, load_critic
 from igcritic.policy import EMBEDDED_POLICY_ID, Policy, PolicyIdentity, embedded_model_dir, load_policy
-from igcritic.prompts import STDIN, PromptSource, load_prompts
+from igcritic.prompts import STDIN, Message, PromptSource, as_prompt_texts, load_prompts
 from igcritic.scorers import Scorer
 from igcritic.search import (
     SEARCH_CONFIG_NAME,
     GuardRecord,
+    OnBlock,
     SearchConfig,
     SearchConfigError,
     checked_config,
@@ -85,17 +86,29 @@ class Guard:
         )
 
     def generate(
-        self, prompts: list[str] | str, budget: float | None = None, **overrides: Any
+        self,
+        prompts: str | list[Message] | list[str | list[Message]],
+        budget: float | None = None,
+        *,
+        seeds: list[int] | None = None,
+        on_block: OnBlock | None = None,
+        **overrides: Any,
     ) -> list[GuardRecord]:
         """Answer each prompt; ``overrides`` are :class:`SearchConfig` fields (method, mode, critic, N, ...).
+
+        A prompt is a text or a chat conversation (``[{"role": "system"|"user"|"assistant", "content": ...}]``
+        ending with a user turn), formatted by the policy's chat template; one text or one conversation may be
+        passed alone. A record's ``prompt`` is :func:`igcritic.prompts.prompt_text` (a conversation of several
+        messages as their JSON). ``seeds`` (one per prompt) make each answer the one its prompt gets alone
+        with that seed, whatever shares its batch; ``on_block(i, tokens)`` sees each accepted block of prompt
+        ``i`` (the answer tokens its surviving candidates agree on): what ``igcritic serve`` streams.
 
         Thread-safe without a lock: several threads may call one guard at once and each gets the records a
         sequential run gets (every call has its own generator, KV cache and latent capture; the policy's
         latent hook reads per-thread state). Scorer objects you pass in must be thread-safe themselves."""
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        return search(
-            self.policy, prompts, self.config(budget, **overrides), self.critic, self.cost, self.reward
-        )
+        texts = as_prompt_texts(prompts)
+        cfg = self.config(budget, **overrides)
+        return search(self.policy, texts, cfg, self.critic, self.cost, self.reward, seeds, on_block)
 
 
 def load_guard(

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from igcritic import IgcriticError
+from igcritic.prompts import prompt_messages
 
 log = logging.getLogger(__name__)
 # transformers >= 5.2x renames `past_key_values` to `cache`; the GPU image's 5.17 knows only the old name.
@@ -162,12 +163,27 @@ class Policy:
         return int(getattr(self.model.config, "max_position_embeddings", 2048))
 
     def format_prompt(self, prompt: str) -> str:
-        """The text the policy conditions on: the chat template when the tokenizer has one."""
+        """The text the policy conditions on: the prompt's conversation (:func:`igcritic.prompts.prompt_text`:
+        a text is one user turn) in the chat template when the tokenizer has one; without one, the bare text.
+        Every path that feeds the policy a prompt (search, collect, the latent scorers) goes through here."""
+        messages = prompt_messages(prompt)
         if self.identity.chat_template:
-            return self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            try:
+                return self.tokenizer.apply_chat_template(
+                    messages, tokenize=False, add_generation_prompt=True
+                )
+            except Exception as e:  # noqa: BLE001 - templates raise their own errors (e.g. no system role)
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise PolicyError(
+                    f"the chat template of {self.identity.model_id} rejects this conversation ({first}); "
+                    "drop the turns it does not support"
+                ) from None
+        if len(messages) > 1:
+            raise PolicyError(
+                f"{self.identity.model_id} has no chat template, so it takes a prompt text, not a "
+                "conversation of several messages; pass the prompt as one text"
             )
-        return prompt
+        return messages[0]["content"]
 
     def encode_prompts(self, prompts: list[str], new_tokens: int = 1) -> dict[str, torch.Tensor]:
         """Left-padded ``input_ids``/``attention_mask`` of the formatted prompts, on the policy's device.

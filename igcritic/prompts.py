@@ -4,6 +4,15 @@ One :class:`PromptSource` (the ``--prompts.*`` group of ``collect``, ``generate`
 :func:`load_prompts`: rows keep their ``category``/``harmful``/``split``, the ``split`` filter applies to
 every source that has one, and ``limit`` always means the first N after it. The provenance dict goes into the
 store.
+
+A prompt is a text or a chat conversation (``[{"role": "system"|"user"|"assistant", "content": ...}]``,
+ending with a user turn). Every stage passes a prompt as ONE string, :func:`prompt_text`: a single user
+turn is its text (as before conversations existed, so old stores and records read the same), any other
+conversation is the JSON of its messages. That string is what the store, the records and the config hash
+hold; :func:`prompt_messages` turns it back into messages where a template is applied (the policy's chat
+template in :meth:`igcritic.policy.Policy.format_prompt`, a scorer's own format) and :func:`transcript`
+into plain text for text-only scorers. A text that happens to be the JSON of a conversation is read as that
+conversation.
 """
 
 from __future__ import annotations
@@ -32,6 +41,73 @@ class PromptError(IgcriticError):
     """A prompt source is missing, empty or malformed."""
 
 
+ROLES = ("system", "user", "assistant")
+MESSAGES_FIELD = "messages"
+"""The JSONL field holding a conversation (instead of the prompt text)."""
+Message = dict[str, str]
+
+
+def check_messages(messages: object, where: str = "messages") -> list[Message]:
+    """``messages`` as a clean conversation (role and content only), or a PromptError naming what is wrong:
+    a non-empty list of ``{"role", "content"}`` with a text content, a system turn only first, and a user
+    turn last (the guard answers it)."""
+    if not isinstance(messages, list) or not messages:
+        raise PromptError(f'{where} must be a non-empty list of {{"role", "content"}} messages')
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or set(m) - {"role", "content"} or "role" not in m:
+            raise PromptError(f'{where}[{i}] must be {{"role": ..., "content": ...}} and nothing else')
+        role, content = m["role"], m.get("content")
+        if role not in ROLES:
+            raise PromptError(f"{where}[{i}] has role {role!r}; use one of {', '.join(ROLES)}")
+        if not isinstance(content, str) or (role != "assistant" and not content.strip()):
+            raise PromptError(f"{where}[{i}] ({role}) needs a non-empty text content")
+        if role == "system" and i > 0:
+            raise PromptError(f"{where}[{i}]: a system message may only come first")
+        out.append({"role": role, "content": content})
+    if out[-1]["role"] != "user":
+        raise PromptError(f"{where} must end with a user message (the turn the guard answers)")
+    return out
+
+
+def prompt_text(prompt: str | list[Message]) -> str:
+    """The one string form of a prompt: a single user turn is its text, any other conversation the JSON of
+    its messages; a text is read with :func:`prompt_messages` first, so both spellings give one string."""
+    messages = prompt_messages(prompt) if isinstance(prompt, str) else check_messages(prompt)
+    if len(messages) == 1:
+        return messages[0]["content"]
+    return json.dumps(messages, ensure_ascii=False)
+
+
+def prompt_messages(prompt: str) -> list[Message]:
+    """The conversation of a prompt string: the JSON of a conversation, else one user turn with the text."""
+    if prompt.lstrip().startswith("[{"):
+        try:
+            value = json.loads(prompt)
+        except json.JSONDecodeError:
+            value = None
+        if isinstance(value, list) and value and all(isinstance(m, dict) and "role" in m for m in value):
+            return check_messages(value, "prompt")
+    return [{"role": "user", "content": prompt}]
+
+
+def as_prompt_texts(prompts: str | list[Message] | list[str | list[Message]]) -> list[str]:
+    """:func:`prompt_text` of each prompt; one text or one conversation (a list of message dicts) is a list
+    of one."""
+    if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], dict)):
+        prompts = [prompts]  # type: ignore[list-item]
+    return [prompt_text(p) for p in prompts]  # type: ignore[arg-type]
+
+
+def transcript(prompt: str) -> str:
+    """Plain text of a prompt string for scorers without a chat format: a single user turn is its text, a
+    conversation one ``role: content`` line per message."""
+    messages = prompt_messages(prompt)
+    if len(messages) == 1:
+        return messages[0]["content"]
+    return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+
+
 @dataclass
 class Prompt:
     """One prompt and what its row says about it (the shipped set and JSONL files carry all three)."""
@@ -48,7 +124,8 @@ class PromptSource:
 
     source: str = DEFAULT_SET
     """``default`` (the shipped set), a .jsonl/.csv/.txt file (one prompt per line), ``hf:<dataset id>``, or
-    ``-`` (one prompt per stdin line)."""
+    ``-`` (one prompt per stdin line). JSONL rows hold the prompt text or, instead, a chat conversation in a
+    ``messages`` field; a line that is the JSON of a conversation is that conversation."""
     split: str | None = "train"
     """Keep the rows whose ``split`` is this (``all`` or null: every row; files without a split column keep
     every row). The shipped set has ``train`` (collect, fit) and ``heldout`` (eval). For ``hf:``: the dataset
@@ -61,7 +138,8 @@ class PromptSource:
     revision: str | None = None
     """Dataset revision for ``hf:`` sources (PKU-SafeRLHF defaults to the pinned one)."""
     texts: list[str] | None = None
-    """Prompts given inline; then ``source`` is not read."""
+    """Prompts given inline; then ``source`` is not read. A text that is the JSON of a chat conversation
+    (``[{"role": "system", "content": "..."}, {"role": "user", "content": "..."}]``) is that conversation."""
 
 
 def default_set_path() -> Path:
@@ -80,9 +158,19 @@ def _read_jsonl(path: Path, field: str) -> list[dict]:
                 raise PromptError(
                     f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove the line"
                 ) from None
+            if isinstance(row, dict) and MESSAGES_FIELD in row:
+                if field in row:
+                    raise PromptError(
+                        f'{path}:{lineno}: has both "{field}" and "{MESSAGES_FIELD}"; keep one of them'
+                    )
+                try:
+                    row[field] = prompt_text(check_messages(row[MESSAGES_FIELD]))
+                except PromptError as e:
+                    raise PromptError(f"{path}:{lineno}: {e}; fix or remove the line") from None
             if not isinstance(row, dict) or not isinstance(row.get(field), str) or not row[field].strip():
                 raise PromptError(
-                    f'{path}:{lineno}: needs a non-empty "{field}" string; fix or remove the line'
+                    f'{path}:{lineno}: needs a non-empty "{field}" string or a "{MESSAGES_FIELD}" list; fix '
+                    "or remove the line"
                 )
             rows.append(row)
     return rows
@@ -116,7 +204,7 @@ def load_prompts(src: PromptSource) -> tuple[list[Prompt], dict]:
         raise PromptError(f"--prompts.limit {src.limit} must be >= 1 (or null for every prompt)")
     if src.texts:
         info["source"] = "inline"
-        rows = [Prompt(t) for t in src.texts]
+        rows = [Prompt(prompt_text(t)) for t in src.texts]
     elif src.source.startswith("hf:"):
         prompts, revision = _load_hf(src)
         info["revision"] = revision or "unpinned"
@@ -153,7 +241,7 @@ def _prompt(row: dict, field: str) -> Prompt:
     if isinstance(harmful, str):  # CSV cells
         harmful = {"true": True, "1": True, "false": False, "0": False}.get(harmful.strip().lower())
     return Prompt(
-        row[field].strip(),
+        prompt_text(row[field].strip()),
         row.get("category") or None,
         None if harmful is None else bool(harmful),
         row.get("split") or None,

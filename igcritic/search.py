@@ -30,6 +30,7 @@ import json
 import math
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -42,6 +43,7 @@ from igcritic import IgcriticError
 from igcritic.baselines import GUIDANCE, ArgsProcessor, ReControl, guidance_needs, recontrol_problems
 from igcritic.critic import Critic
 from igcritic.decoding import (
+    Generators,
     LogitsProcessorList,
     RejectedTokenPenalty,
     SamplingConfig,
@@ -62,6 +64,10 @@ SEARCH_CONFIG_NAME = "search_config.json"
 """File of a critic artifact holding its default :class:`SearchConfig` (written by ``igcritic export``)."""
 AUTO_BATCH_ROWS = 64
 """``prompt_batch=0`` batches prompts until N x prompts reaches this many rows."""
+
+
+OnBlock = Callable[[int, list[int]], None]
+"""``on_block(prompt index, agreed answer tokens)``: see :func:`search`."""
 
 
 class SearchConfigError(IgcriticError):
@@ -379,6 +385,8 @@ class _Ctx:
     """Per prompt of the batch: scorer calls that scored its texts."""
     scorer_seconds: Counter[int] = field(default_factory=Counter)
     """Per prompt of the batch: its share of the scorer time."""
+    on_block: Callable[[int, list[int]], None] | None = None
+    """Called with (prompt of the batch, agreed answer tokens) after each accepted block."""
     _trunk: tuple[torch.Tensor, torch.Tensor] | None = None
     """(latents, trunk features) of the last candidate set: cost, value and q share one trunk pass."""
 
@@ -448,23 +456,38 @@ def search(
     critic: Critic | None = None,
     cost: Scorer | None = None,
     reward: Scorer | None = None,
+    seeds: list[int] | None = None,
+    on_block: OnBlock | None = None,
 ) -> list[GuardRecord]:
     """Answer every prompt with ``cfg.method``; batches of ``cfg.prompts_per_batch`` prompts share each
-    forward."""
+    forward.
+
+    ``seeds``: one seed per prompt instead of ``cfg.seed`` for all: each prompt then samples from its own
+    generator, so its answer is the one it gets alone, whatever shares its batch (up to float rounding of
+    the batched forward). ``on_block(i, tokens)`` is called after each accepted block of prompt ``i`` with
+    the answer tokens every surviving candidate of that prompt agrees on (what can be shown already)."""
     cfg = checked_config(policy, cfg, critic, cost, reward)
     check_prompts(policy, prompts, cfg)
-    gen = torch.Generator(device=policy.device).manual_seed(cfg.seed)
+    if seeds is not None and len(seeds) != len(prompts):
+        raise SearchConfigError(f"got {len(seeds)} seeds for {len(prompts)} prompts; pass one per prompt")
+    dev = policy.device
+    gen = torch.Generator(device=dev).manual_seed(cfg.seed)
     out: list[GuardRecord] = []
     step = cfg.prompts_per_batch
     for i in range(0, len(prompts), step):
         ctx = _Ctx(
             policy, cfg, critic, cost, reward, prompts[i : i + step], cfg.plan[0] * min(step, len(prompts))
         )
-        out += _search_batch(ctx, gen)
+        if on_block is not None:
+            ctx.on_block = lambda p, tokens, i=i: on_block(i + p, tokens)
+        gens = (
+            [torch.Generator(device=dev).manual_seed(int(x)) for x in seeds[i : i + step]] if seeds else gen
+        )
+        out += _search_batch(ctx, gens)
     return out
 
 
-def _search_batch(ctx: _Ctx, gen: torch.Generator) -> list[GuardRecord]:
+def _search_batch(ctx: _Ctx, gen: Generators) -> list[GuardRecord]:
     cfg, policy = ctx.cfg, ctx.policy
     t0 = time.perf_counter()
     n_cand, k_keep, width, max_retries = cfg.plan
@@ -525,6 +548,8 @@ def _search_batch(ctx: _Ctx, gen: torch.Generator) -> list[GuardRecord]:
                 tr.pool = [replace(e, row=None) for e in chosen if e.complete]
                 keep += [e.row for e in chosen if not e.complete]
                 rewound += [False] * (len(chosen) - len(tr.pool))
+                if ctx.on_block is not None:
+                    ctx.on_block(p, _agreed([e.tokens for e in chosen]))
         order = sorted(range(len(keep)), key=lambda i: (int(cands.prompt[keep[i]]), keep[i]))
         keep_idx = torch.tensor([keep[i] for i in order], dtype=torch.long)
         was_rewound = torch.tensor([rewound[i] for i in order], dtype=torch.bool)
@@ -536,6 +561,15 @@ def _search_batch(ctx: _Ctx, gen: torch.Generator) -> list[GuardRecord]:
         rewind(beams, was_rewound, block, keep_idx)
     seconds = (time.perf_counter() - t0) / len(ctx.prompts)
     return [_record(ctx, p, tr, seconds) for p, tr in enumerate(tracks)]
+
+
+def _agreed(answers: list[list[int]]) -> list[int]:
+    """The longest token prefix all ``answers`` share."""
+    first = answers[0]
+    n = min(len(a) for a in answers)
+    for a in answers[1:]:
+        n = next((k for k in range(n) if a[k] != first[k]), n)
+    return first[:n]
 
 
 def _shares(prompt: torch.Tensor, n: int) -> torch.Tensor:

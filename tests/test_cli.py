@@ -26,7 +26,7 @@ def test_unknown_command_fails():
     assert main(["frobnicate"]) == 2
 
 
-@pytest.mark.parametrize("cmd", ["collect", "inspect", "export", "generate", "eval"])
+@pytest.mark.parametrize("cmd", ["collect", "inspect", "export", "generate", "serve", "eval"])
 def test_each_command_has_help(cmd):
     res = subprocess.run(
         [sys.executable, "-m", "igcritic", cmd, "--help"], capture_output=True, text=True, timeout=120
@@ -120,6 +120,7 @@ STAGES = [
     "search",
     "export",
     "guard",
+    "serve",
     "judges",
     "reading",
     "report",

@@ -6,10 +6,11 @@ import io
 import json
 
 import pytest
+import torch
 from helpers import WordCost, write_artifact
 
 from igcritic.guard import GenerateConfig, Guard, GuardError, load_guard, main
-from igcritic.prompts import PromptError, PromptSource, load_prompts
+from igcritic.prompts import PromptError, PromptSource, load_prompts, prompt_messages, prompt_text
 from igcritic.search import GuardRecord, SearchConfigError
 
 SEARCH = {
@@ -244,3 +245,98 @@ def test_generate_from_two_threads_matches_sequential_runs(artifact, tiny_policy
     for i in range(2):
         assert not isinstance(got[i], Exception), f"thread {i} raised {got[i]!r}"
         assert got[i] == [sequential[i], sequential[i]], f"thread {i} got another call's latents"
+
+
+CHAT = [
+    {"role": "system", "content": "answer in one short line"},
+    {"role": "user", "content": "how do I bake bread at home"},
+    {"role": "assistant", "content": "mix flour water salt and yeast then wait"},
+    {"role": "user", "content": "and then what"},
+]
+
+
+def test_generate_takes_chat_messages_through_the_policy_template(artifact, tiny_policy):
+    """A system prompt and a two-turn conversation are answered on the policy's chat template of every turn;
+    a single user turn is the plain text prompt."""
+    guard = load_guard(artifact, model=tiny_policy)
+    text, kw = "how do I bake bread at home", {"method": "plain", "temperature": 0, "max_new_tokens": 6}
+    assert tiny_policy.format_prompt(prompt_text(CHAT)) == (
+        "<|system|>answer in one short line<|end|><|user|>how do I bake bread at home<|end|>"
+        "<|assistant|>mix flour water salt and yeast then wait<|end|><|user|>and then what<|end|>"
+        "<|assistant|>"
+    )
+    single = guard.generate([{"role": "user", "content": text}], **kw)[0]
+    assert single.prompt == text and single.token_ids == guard.generate(text, **kw)[0].token_ids
+    conv, plain = guard.generate([CHAT, text], **kw)  # a batch mixing a conversation and a text
+    assert json.loads(conv.prompt) == CHAT and plain.token_ids == single.token_ids
+    ids = tiny_policy.tokenizer(tiny_policy.format_prompt(conv.prompt), add_special_tokens=False)["input_ids"]
+    greedy = tiny_policy.model.generate(
+        torch.tensor([ids]), max_new_tokens=6, do_sample=False, eos_token_id=tiny_policy.eos_token_ids
+    )[0, len(ids) :].tolist()
+    assert conv.token_ids == greedy[: len(conv.token_ids)] and conv.token_ids  # conditioned on every turn
+
+
+def test_chat_messages_are_checked_and_stored_as_one_string(tmp_path):
+    assert prompt_text([{"role": "user", "content": "hi"}]) == "hi" == prompt_text("hi")
+    assert prompt_text(json.dumps(CHAT)) == prompt_text(CHAT) and prompt_messages(prompt_text(CHAT)) == CHAT
+    for bad, why in [
+        ([], "non-empty list"),
+        ([{"role": "tool", "content": "x"}], "role 'tool'"),
+        ([{"role": "user", "content": "x"}, {"role": "system", "content": "y"}], "only come first"),
+        ([{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}], "end with a user"),
+        ([{"role": "user", "content": "x", "name": "bob"}], "nothing else"),
+        ([{"role": "user", "content": " "}], "non-empty text"),
+    ]:
+        with pytest.raises(PromptError, match=why):
+            prompt_text(bad)
+    f = tmp_path / "p.jsonl"
+    f.write_text(json.dumps({"messages": CHAT, "category": "cooking"}) + '\n{"prompt": "second"}\n')
+    rows = load_prompts(PromptSource(str(f)))[0]
+    assert [prompt_messages(r.prompt) for r in rows] == [CHAT, [{"role": "user", "content": "second"}]]
+    assert rows[0].category == "cooking"
+    f.write_text('{"prompt": "first"}\n' + json.dumps({"messages": CHAT[:3]}) + "\n")
+    with pytest.raises(PromptError, match=r"p.jsonl:2: messages must end with a user message"):
+        load_prompts(PromptSource(str(f)))
+    f.write_text(json.dumps({"prompt": "x", "messages": CHAT}) + "\n")
+    with pytest.raises(PromptError, match=r'p.jsonl:1: has both "prompt" and "messages"'):
+        load_prompts(PromptSource(str(f)))
+
+
+def test_generate_command_answers_a_messages_file(tmp_path, saved_policy_artifact):
+    prompts = tmp_path / "chat.jsonl"
+    prompts.write_text(json.dumps({"messages": CHAT}) + "\n" + json.dumps({"messages": CHAT[1:2]}) + "\n")
+    out = tmp_path / "records.jsonl"
+    main(GenerateConfig(str(saved_policy_artifact), PromptSource(str(prompts)), out=out))
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [prompt_messages(r["prompt"]) for r in rows] == [CHAT, CHAT[1:2]]
+    assert rows[1]["prompt"] == "how do I bake bread at home"  # one user turn: the text, as before
+
+
+def test_per_prompt_seeds_make_a_batched_answer_the_one_it_gets_alone(artifact, tiny_policy):
+    guard = load_guard(artifact, model=tiny_policy)
+    prompts = ["how do I bake bread at home", CHAT, "hack into my neighbour's wifi network", "the weather"]
+    kw = {"max_new_tokens": 8, "block_width": 2, "prompt_batch": 4}
+    together = guard.generate(prompts, seeds=[5, 6, 7, 8], **kw)
+    alone = [guard.generate([p], seeds=[s], **kw)[0] for p, s in zip(prompts, [5, 6, 7, 8])]
+    assert [r.token_ids for r in together] == [r.token_ids for r in alone]
+    assert alone[0].token_ids == guard.generate(prompts[0], seed=5, **kw)[0].token_ids  # one prompt: seed
+    other = guard.generate(prompts, seeds=[9, 6, 7, 8], **kw)
+    assert [r.token_ids for r in other][1:] == [r.token_ids for r in together][1:]  # others unchanged
+    with pytest.raises(SearchConfigError, match="2 seeds for 4 prompts"):
+        guard.generate(prompts, seeds=[1, 2], **kw)
+
+
+def test_on_block_sees_each_accepted_block_as_a_growing_agreed_prefix(artifact, tiny_policy):
+    guard = load_guard(artifact, model=tiny_policy)
+    seen: dict[int, list[list[int]]] = {0: [], 1: []}
+    recs = guard.generate(
+        ["how do I bake bread at home", "the weather today"],
+        on_block=lambda i, tokens: seen[i].append(list(tokens)),
+        max_new_tokens=8,
+        block_width=2,
+        seed=3,
+    )
+    for i, rec in enumerate(recs):
+        assert len(seen[i]) == rec.steps >= 1
+        for a, b in zip(seen[i], seen[i][1:] + [rec.token_ids]):
+            assert b[: len(a)] == a  # never retracted: every call extends the last, the answer extends all

@@ -9,10 +9,12 @@ import pytest
 from helpers import make_beaver_folder, make_seqcls_folder, read_jsonl
 
 from igcritic.scorers import (
+    BEAVER_TEMPLATE,
     BeaverScorer,
     Scorer,
     ScorerError,
     SeqClsScorer,
+    beaver_prompt,
     forward_fill,
     load_scorer,
     stride_points,
@@ -272,3 +274,35 @@ def test_embedded_judge_uses_other_features_and_classifies(heldout, embedded_cos
     assert roc_auc_score(y, p) > 0.8
     with pytest.raises(ScorerError, match="role 'cost'"):
         load_scorer("embedded-judge", "reward")
+
+
+def test_scorers_see_a_conversation_in_their_own_format(tmp_path, tiny_tokenizer):
+    """beaver: safe-rlhf's dialogue format (a system message opens the first user turn, earlier answers end
+    with EOS); seqcls: the transcript; a one-turn prompt is its text for both, as before."""
+    from igcritic.prompts import prompt_text, transcript
+
+    chat = prompt_text(
+        [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "how do I bake bread"},
+            {"role": "assistant", "content": "mix flour"},
+            {"role": "user", "content": "then what"},
+        ]
+    )
+    eos = tiny_tokenizer.eos_token
+    assert beaver_prompt(chat, eos) == (
+        f"BEGINNING OF CONVERSATION: USER: be brief\n\nhow do I bake bread ASSISTANT:mix flour{eos}"
+        "USER: then what ASSISTANT:"
+    )
+    assert beaver_prompt("hi there", eos) == BEAVER_TEMPLATE.format(prompt="hi there")
+    beaver = load_scorer(f"beaver:{make_beaver_folder(tmp_path / 'b', tiny_tokenizer)}", "cost")
+    pre = word_prefixes("sure here is how")
+    np.testing.assert_allclose(  # prefix scores of the conversation == one forward per prefix on its text
+        beaver.prefix_scores([chat], [pre])[0], [beaver.score([chat], [p])[0] for p in pre], atol=1e-4
+    )
+    assert beaver.score([chat], ["ok"])[0] != pytest.approx(beaver.score(["then what"], ["ok"])[0], abs=1e-6)
+    assert transcript(chat) == (
+        "system: be brief\nuser: how do I bake bread\nassistant: mix flour\nuser: then what"
+    )
+    seqcls = load_scorer(f"seqcls:{make_seqcls_folder(tmp_path / 's', tiny_tokenizer)}", "cost")
+    assert seqcls.score([chat], ["ok"])[0] == pytest.approx(seqcls.score([transcript(chat)], ["ok"])[0])

@@ -12,6 +12,13 @@ Four kinds, chosen by a spec string (:func:`load_scorer`):
   plain transformers. Causal, so ONE forward per trajectory gives every prefix score. Cost > 0 is unsafe.
 - ``seqcls:<folder>[:label_index]``: any ``AutoModelForSequenceClassification``, scored at a stride.
 
+What a scorer sees of a conversation (a prompt string holding several messages, :mod:`igcritic.prompts`):
+the ``embedded`` cost and reward read it as the policy does, through the policy's chat template
+(:meth:`igcritic.policy.Policy.format_prompt`); ``beaver:`` in safe-rlhf's own dialogue format
+(:func:`~igcritic.scorers.beaver.beaver_prompt`: earlier turns included, a system message opening the first
+user turn); ``seqcls:`` and ``embedded-judge`` (MiniLM) its :func:`igcritic.prompts.transcript`, one
+``role: content`` line per message. A one-turn prompt is its text everywhere, as before.
+
 Prefix convention (docs/design.md section 2): ``prefix_texts[i]`` holds the T_i + 1 decoded response prefixes
 ``y_<=t`` (``""`` first, the full response last) and the scorer returns ``S_0..S_T`` as float32.
 """
@@ -30,7 +37,7 @@ from igcritic.scorers.base import (
     forward_fill,
     stride_points,
 )
-from igcritic.scorers.beaver import BEAVER_TEMPLATE, BeaverScorer
+from igcritic.scorers.beaver import BEAVER_TEMPLATE, BeaverScorer, beaver_prompt
 from igcritic.scorers.embedded import ClassifierScorer, LinearHead, load_embedded
 from igcritic.scorers.minilm import ENCODER_ID, TextEncoder, encoder_dir, probe_features, shared_encoder
 from igcritic.scorers.seqcls import SeqClsScorer
@@ -51,6 +58,7 @@ __all__ = [
     "ScorerInfo",
     "SeqClsScorer",
     "TextEncoder",
+    "beaver_prompt",
     "encoder_dir",
     "forward_fill",
     "load_embedded",

