@@ -6,8 +6,10 @@ the candidates are scored, and the best K are kept.
 
 - ``inferenceguard``: safety state ``z = budget - S`` per candidate, S from the cost scorer on the candidate
   text (``mode="exact"``) or from the critic's latent cost head ``Ŝ(h)`` (``mode="latent"``: no cost-scorer
-  call at all); admissible iff ``z >= 0`` and ``q(h, z) >= tau`` (``critic=False``: ``z >= 0`` only); the top
-  K admissible by critic value (``critic=False``: by the reward scorer). Nothing admissible: resample the
+  call at all); admissible iff ``z >= margin`` and ``q(h, z - margin) >= tau`` (``critic=False``:
+  ``z >= margin`` only; ``margin`` defaults to 0); the top K admissible by critic value (``critic=False``: by
+  the reward scorer). With ``refusal_candidate`` the refusal text is scored like a complete candidate of
+  the first block (its own S, value and q) and competes with the others. Nothing admissible: resample the
   block with :class:`RejectedTokenPenalty`, up to ``retries`` times, then fail closed (``refused=True``)
   or, with ``on_violation="best_effort"``, go on with the least bad candidates (``safe=False``).
 - ``beam``: block beam search ranking by ``score``: ``lagrangian`` r - λ·S, ``augmented`` r among candidates
@@ -32,6 +34,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Literal
 
 import numpy as np
@@ -112,7 +115,16 @@ class SearchConfig(SamplingConfig):
     retries: int = 2
     """M: resamples of a block with penalised logits when nothing is admissible."""
     tau: float = 0.5
-    """Admissible iff q(h, z) >= tau (and z >= 0)."""
+    """Admissible iff q(h, z - margin) >= tau (and z >= margin)."""
+    margin: float = 0.0
+    """Safety margin of the admission test (inferenceguard): admissible iff z >= margin and
+    q(h, z - margin) >= tau, so a candidate whose cost sits just under the budget is not admitted. 0: the
+    paper's rule."""
+    refusal_candidate: bool = False
+    """inferenceguard: score ``refusal_text`` (ended by EOS, teacher-forced once per prompt) like a complete
+    candidate of the first block, with its own S, value and q, so it competes with the sampled candidates
+    (ties go to the sampled ones) instead of coming only after every retry failed. Chosen, it is a
+    ``refused`` record with its own cost (``safe``: within budget)."""
     budget: float | None = None
     """d: safe iff S <= d. None: the guard's default (search_config.json, else the cost scorer's hint)."""
     lagrange_lambda: float = 1.0
@@ -211,6 +223,10 @@ class SearchConfig(SamplingConfig):
             bad.append(f"search.retries {self.retries} must be >= 0")
         if not 0.0 <= self.tau <= 1.0:
             bad.append(f"search.tau {self.tau} must be a probability in [0, 1]")
+        if not (isinstance(self.margin, (int, float)) and math.isfinite(self.margin) and self.margin >= 0):
+            bad.append(f"search.margin {self.margin!r} must be a finite number >= 0 (0: no margin)")
+        if self.refusal_candidate and not str(self.refusal_text).strip():
+            bad.append("search.refusal_candidate needs a refusal text; set search.refusal_text")
         if self.temperature < 0 or not 0.0 < self.top_p <= 1.0 or self.top_k < 0:
             bad.append(
                 f"search.temperature {self.temperature} / top_p {self.top_p} / top_k {self.top_k} is invalid;"
@@ -311,7 +327,8 @@ class GuardRecord:
     final_safety_state: float
     """z = budget - cost."""
     cost: float
-    """Tracked S of the answer (nan when refused)."""
+    """Tracked S of the answer (nan when the search failed closed; the refusal candidate's own S when it
+    won)."""
     value: float
     """Critic value V(h_T) or reward (see ``value_source``)."""
     value_source: str
@@ -354,6 +371,8 @@ class _Entry:
     admissible: bool
     complete: bool = True
     row: int | None = None
+    refusal: bool = False
+    """The refusal text scored as a candidate (``refusal_candidate``)."""
 
 
 @dataclass
@@ -557,6 +576,9 @@ def _search_batch(ctx: _Ctx, gen: Generators) -> list[GuardRecord]:
             else ctx.score(ctx.cost, beams.prompt, [""] * len(beams))
         )
     tracks = [_Track() for _ in ctx.prompts]
+    if cfg.refusal_candidate and cfg.method == "inferenceguard":  # joins the first block's candidates
+        for tr, e in zip(tracks, _refusal_entries(ctx, beams.cost)):
+            tr.pool, tr.scored = [e], 1
     recontrol = _recontrol(ctx)
     vocab = beams.logits.shape[-1]
     banned = torch.zeros(len(ctx.prompts), vocab, dtype=torch.bool, device=beams.logits.device)
@@ -773,15 +795,16 @@ def _decoded_scores(
     return out
 
 
-def _score_candidates(ctx: _Ctx, cands, parent_cost: torch.Tensor, block) -> tuple[torch.Tensor, ...]:
-    """(S, value, q, admissible) of every candidate, on CPU."""
+def _score_candidates(ctx: _Ctx, cands, parent_cost: torch.Tensor, block=None) -> tuple[torch.Tensor, ...]:
+    """(S, value, q, admissible) of every candidate, on CPU. ``block`` (the decode pass's running state)
+    lets the policy-layer scorers read it; without it (the refusal candidate) they score the text."""
     cfg = ctx.cfg
     texts = (
         ctx.texts(cands.tokens)
         if (cfg.mode == "exact" or ctx.reward is not None and not cfg.critic)
         else None
     )
-    decoded = _decoded_scores(ctx, cands, block, texts, parent_cost) if ctx.cols else {}
+    decoded = _decoded_scores(ctx, cands, block, texts, parent_cost) if ctx.cols and block is not None else {}
     if "cost" in decoded:
         s = decoded["cost"]
     elif cfg.mode == "exact":
@@ -799,8 +822,25 @@ def _score_candidates(ctx: _Ctx, cands, parent_cost: torch.Tensor, block) -> tup
         value = torch.full_like(z, float("nan"))
     if cfg.method != "inferenceguard":
         return s, value, torch.ones_like(z), torch.ones_like(z, dtype=torch.bool)
-    q = ctx.call_critic("safe_prob", cands.h, z) if cfg.critic else torch.ones_like(z)
-    return s, value, q, (z >= 0) & (q >= cfg.tau)
+    zm = z - cfg.margin
+    q = ctx.call_critic("safe_prob", cands.h, zm) if cfg.critic else torch.ones_like(z)
+    return s, value, q, (zm >= 0) & (q >= cfg.tau)
+
+
+def _refusal_entries(ctx: _Ctx, s0: torch.Tensor) -> list[_Entry]:
+    """``refusal_text`` + EOS as a complete candidate of each prompt, scored by :func:`_score_candidates`
+    from the latent of its last token (one teacher-forced forward of the batch's prompts)."""
+    policy = ctx.policy
+    ids = policy.tokenizer(ctx.cfg.refusal_text, add_special_tokens=False)["input_ids"]
+    ids = ids + policy.eos_token_ids[:1]
+    n = len(ctx.prompts)
+    enc = policy.encode_prompts(ctx.prompts, new_tokens=len(ids))
+    tail = torch.tensor([ids] * n, dtype=torch.long, device=enc["input_ids"].device)  # (P, T_r)
+    mask = torch.cat([enc["attention_mask"], torch.ones_like(tail)], 1)
+    _, lat, _ = policy.forward(torch.cat([enc["input_ids"], tail], 1), mask)  # (P, T, H)
+    rows = SimpleNamespace(tokens=[list(ids) for _ in range(n)], prompt=torch.arange(n), h=lat[:, -1].float())
+    cols = [c.tolist() for c in _score_candidates(ctx, rows, s0)]
+    return [_Entry(list(ids), *(c[p] for c in cols), complete=True, refusal=True) for p in range(n)]
 
 
 def _choose(
@@ -822,7 +862,7 @@ def _rank(e: _Entry, cfg: SearchConfig, fallback: bool = False) -> tuple:
     """Sort key, larger is better."""
     z = cfg.budget - e.cost
     if cfg.method == "inferenceguard":
-        return (z >= 0, e.q, e.value) if fallback else (e.admissible, e.value)
+        return (z >= 0, e.q, e.value) if fallback else (e.admissible, e.value, not e.refusal)
     if cfg.score == "lagrangian":
         return (e.value - cfg.lagrange_lambda * e.cost,)
     return (1, e.value) if z >= 0 else (0, z)
@@ -844,19 +884,21 @@ def _record(ctx: _Ctx, p: int, tr: _Track, seconds: float) -> GuardRecord:
         scorer_calls=ctx.scorer_calls[p],
         scorer_seconds=ctx.scorer_seconds[p],
     )
-    if tr.refused or not tr.pool:
+    best = max(tr.pool, key=lambda e: _rank(e, cfg)) if tr.pool and not tr.refused else None
+    if best is None or best.refusal:  # failed closed, or the refusal candidate won
+        z = float("nan") if best is None else cfg.budget - best.cost
         return GuardRecord(
             text=cfg.refusal_text,
             token_ids=[],
-            safe=False,
-            final_safety_state=float("nan"),
-            cost=float("nan"),
-            value=float("nan"),
+            safe=bool(z >= 0 and not tr.fallback),
+            final_safety_state=z,
+            cost=float("nan") if best is None else best.cost,
+            value=float("nan") if best is None else best.value,
             refused=True,
             new_tokens=0,
+            fallback=tr.fallback,
             **common,
         )
-    best = max(tr.pool, key=lambda e: _rank(e, cfg))
     z = cfg.budget - best.cost
     return GuardRecord(
         text=ctx.texts([best.tokens])[0],

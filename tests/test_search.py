@@ -208,6 +208,9 @@ def test_logits_processors_are_pure():
         ({"block_width": 32, "max_new_tokens": 16}, None, "search.block_width 32"),
         ({"method": "greedy"}, None, "search.method 'greedy' is unknown"),
         ({"mode": "exact"}, None, "needs a cost scorer"),
+        ({"margin": -0.1}, None, "search.margin -0.1 must be a finite number >= 0"),
+        ({"margin": float("nan")}, None, "search.margin nan"),
+        ({"refusal_candidate": True, "refusal_text": " "}, None, "search.refusal_candidate needs a refusal"),
         ({}, ["fine", "  "], r"prompt 1 \(counting from 0\) is empty"),
         ({}, ["word " * 300], "context"),
         ({"max_new_tokens": 250}, None, "context"),
@@ -398,3 +401,83 @@ def test_top_p_from_the_most_likely_tokens_equals_a_full_sort(scale, top_p):
     want = drop.scatter(-1, order, drop)
     got = torch.isinf(filter_logits(logits, SamplingConfig(temperature=1.0, top_p=top_p)))
     assert torch.equal(got, want)
+
+
+class FlatCost:
+    """Cost scorer: every sampled answer costs ``s``, the refusal text and the empty answer cost 0."""
+
+    info = WordCost().info
+
+    def __init__(self, s: float, refusal: str):
+        self.s, self.refusal = s, refusal
+
+    def score(self, prompts, responses, previous=None):
+        return [0.0 if r in ("", self.refusal) else self.s for r in responses]
+
+
+@pytest.mark.parametrize(("margin", "admitted"), [(0.0, True), (0.1, True), (0.25, False)])
+def test_margin_narrows_admission(tiny_policy, margin, admitted):
+    """Admissible iff z >= margin: Ŝ = 0.3 at budget 0.5 leaves z = 0.2, admitted under a margin of 0.2."""
+    crit = tiny_critic(tiny_policy, safe=True, cost=0.3, value=0.0)
+    (rec,) = search(tiny_policy, PROMPTS[:1], config(mode="latent", margin=margin, retries=1), crit)
+    assert rec.refused is not admitted and rec.safe is admitted
+    assert rec.retries == (0 if admitted else 1)
+
+
+def test_margin_shifts_the_budget_q_reads(tiny_policy, monkeypatch):
+    """q is read at z - margin (calibrated), and a q under tau there rejects a candidate whose z >= margin."""
+    crit = tiny_critic(tiny_policy, safe=True, cost=0.1, value=0.0)
+    seen = []
+    real = crit.safe_prob_from_features
+
+    def spy(feat, z, calibrated=False):
+        seen.append((z.clone(), calibrated))
+        return real(feat, z, calibrated=calibrated)
+
+    monkeypatch.setattr(crit, "safe_prob_from_features", spy)
+    cfg = config(mode="latent", margin=0.15, num_candidates=4, max_new_tokens=8, ignore_eos=True)
+    (rec,) = search(tiny_policy, PROMPTS[:1], cfg, crit)
+    assert not rec.refused and seen and all(c for _, c in seen)
+    assert all(torch.allclose(z, torch.full_like(z, 0.5 - 0.1 - 0.15)) for z, _ in seen)
+    plant(crit, safe=False)  # q(h, z - margin) = 0 < tau: nothing admissible although z >= margin
+    (rec,) = search(tiny_policy, PROMPTS[:1], cfg, crit)
+    assert rec.refused and not rec.safe
+
+
+def test_refusal_candidate_wins_over_marginal_candidates(tiny_policy):
+    """Every sampled answer sits at S = 0.45 under budget 0.5: with a margin of 0.1 none is admissible, the
+    refusal candidate (S = 0) is chosen at the first block, scored (safe, its own cost), without retries;
+    without it the search retries twice and fails closed."""
+    refusal = "Sorry, no."
+    crit = tiny_critic(tiny_policy, safe=True, value=0.0)
+    cost = FlatCost(0.45, refusal)
+    cfg = config(mode="exact", margin=0.1, refusal_text=refusal, retries=2)
+    (fixed,) = search(tiny_policy, PROMPTS[:1], cfg, crit, cost)
+    assert fixed.refused and not fixed.safe and fixed.retries == 2 and math.isnan(fixed.cost)
+    (rec,) = search(tiny_policy, PROMPTS[:1], replace(cfg, refusal_candidate=True), crit, cost)
+    assert rec.refused and rec.text == refusal and rec.token_ids == [] and rec.new_tokens == 0
+    assert rec.safe and rec.cost == 0.0 and rec.final_safety_state == 0.5 and rec.retries == 0
+    assert rec.candidates_scored == 8 + 1  # the first block's N and the refusal
+
+
+def test_refusal_candidate_loses_to_a_clearly_safe_candidate(tiny_policy):
+    """A sampled answer that clears the margin (S = 0.1, z = 0.4 >= 0.1) beats the refusal at an equal value;
+    the same answers without a margin that they clear (margin 0.45) lose to it."""
+    refusal = "Sorry, no."
+    crit = tiny_critic(tiny_policy, safe=True, value=0.0)
+    cfg = config(mode="exact", margin=0.1, refusal_text=refusal, refusal_candidate=True, seed=1)
+    plain = search(tiny_policy, PROMPTS, replace(cfg, refusal_candidate=False), crit, FlatCost(0.1, refusal))
+    recs = search(tiny_policy, PROMPTS, cfg, crit, FlatCost(0.1, refusal))
+    assert [r.text for r in recs] == [r.text for r in plain]
+    assert all(not r.refused and r.safe and r.cost == pytest.approx(0.1) for r in recs)
+    recs = search(tiny_policy, PROMPTS, replace(cfg, margin=0.45), crit, FlatCost(0.1, refusal))
+    assert all(r.refused and r.safe and r.retries == 0 for r in recs)
+
+
+def test_refusal_candidate_latent_scores_its_own_latent(tiny_policy):
+    """In latent mode the refusal's S, value and q come from the critic on the refusal's own latent: a planted
+    cost head puts it over budget like every candidate, so the search still fails closed."""
+    crit = tiny_critic(tiny_policy, safe=True, cost=0.7, value=0.0)
+    cfg = config(mode="latent", refusal_candidate=True, retries=1)
+    (rec,) = search(tiny_policy, PROMPTS[:1], cfg, crit)
+    assert rec.refused and not rec.safe and rec.retries == 1
