@@ -10,7 +10,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash .ci/setup.sh
 . .venv/bin/activate
-export PYTHONWARNINGS=ignore
 igcritic collect --config configs/collect/embedded.yaml --overwrite true
 igcritic inspect runs/embedded/store.zarr
 rm -rf runs/fit/embedded
