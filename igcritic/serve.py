@@ -40,6 +40,7 @@ import json
 import logging
 import queue
 import random
+import re
 import signal
 import threading
 import time
@@ -216,7 +217,8 @@ def _decode(body: dict, guard) -> Job:
     try:
         n_prompt = guard.policy.encode_prompts([prompt], new_tokens=cfg.max_new_tokens)["input_ids"].shape[1]
     except PolicyError as e:  # a prompt longer than the context, or a conversation the template rejects
-        raise IgcriticError(str(e).replace("prompt 0 has", "the conversation has")) from None
+        message = re.sub(r"^prompt .*?\.\.\. has", "the conversation has", str(e), count=1, flags=re.S)
+        raise IgcriticError(message.replace("lower max_new_tokens", "lower max_tokens")) from None
     stop = [x for x in stop if x]
     group = json.dumps(asdict(replace(cfg, seed=0)), sort_keys=True)
     return Job(prompt, settings, int(seed), int(n_prompt), cfg.max_new_tokens, stop, group)

@@ -160,6 +160,13 @@ def test_eval_resume_of_a_folder_that_is_not_a_run(tmp_path, monkeypatch, capsys
     assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
 
 
+def default_sigint() -> None:
+    """In the child before exec: Ctrl-C's default action, so Python turns it into KeyboardInterrupt. A job
+    started in the background by a non-interactive shell (``cmd &``, as CI runners may) inherits SIGINT
+    ignored, and Python keeps an ignored SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 EVAL_SCRIPT = """
 import sys
 import time
@@ -180,7 +187,14 @@ sys.exit(main({args!r}))
 def test_eval_signal_exits_128_plus_signum_with_the_resume_command(tmp_path, signum):
     script = EVAL_SCRIPT.format(tests=str(TESTS), signum=int(signum), args=eval_args(tmp_path))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        preexec_fn=default_sigint,
+    )
     assert res.returncode == 128 + signum, res.stderr
     line = one_line_error(res.stderr)
     assert f"interrupted by {signum.name}; 1 of 6 methods saved" in line
@@ -465,7 +479,9 @@ def test_collect_signal_keeps_committed_batches_and_resumes(tmp_path, signum):
         *("--cost", f"beaver:{cost}", "--reward", f"beaver:{reward}"),
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=default_sigint
+    )
     while proc.poll() is None and not committed(store):
         time.sleep(0.1)
     proc.send_signal(signum)
