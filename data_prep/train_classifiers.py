@@ -46,7 +46,8 @@ SELECTION = DATA / "classifier_selection.json"
 ALL_LAYERS = (6, 9, 12, 15, 18, 21, 24, 27)
 PREFIX_CUTS = (0.25, 0.5, 0.75)
 VERSION = "2"
-ANSWER_FILES = ("wide_answers.jsonl", "corpus_answers.jsonl")  # the widened set first: its sources are the held-out ones
+# the widened set first: its sources are the held-out ones (features are cached by answer id)
+ANSWER_FILES = ("wide_answers.jsonl", "corpus_answers.jsonl")
 CLASSES = ("compliant-harmful", "refusal", "safe-redirect", "incoherent", "benign-helpful")
 
 
