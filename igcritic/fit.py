@@ -652,6 +652,8 @@ class CriticCLI(LightningCLI):
             if hasattr(logger, "_version"):
                 logger._version = version
         cfg["ckpt_path"] = str(last)
+        if last.parent.name == "checkpoints":
+            keep_metrics(last.parent.parent)
         log.info("resuming %s (epoch %s)", last, _ckpt_epoch(last))
 
     def after_fit(self) -> None:
@@ -759,6 +761,16 @@ def check_checkpoint(ckpt: str | None) -> None:
         )
 
 
+def keep_metrics(version_dir: Path) -> None:
+    """Lightning's CSVLogger deletes an existing ``metrics.csv`` when a run logs into its folder again: keep
+    it beside the new one as ``metrics.partN.csv``."""
+    metrics = version_dir / "metrics.csv"
+    if metrics.is_file():
+        part = next(p for n in range(1, 10_000) if not (p := version_dir / f"metrics.part{n}.csv").exists())
+        metrics.rename(part)
+        log.info("resuming %s: its earlier metrics are now in %s", version_dir, part.name)
+
+
 def continue_run(cfg: Namespace) -> None:
     """A fit resumed from a checkpoint under ``<save_dir>/<name>/<version>/checkpoints/`` of its first
     logger logs into that version folder again (metrics appended), not into a new one, with every logger
@@ -775,11 +787,7 @@ def continue_run(cfg: Namespace) -> None:
         return
     version = run.parent.name
     found = re.fullmatch(r"version_(\d+)", version)
-    metrics = run.parent / "metrics.csv"
-    if metrics.is_file():  # CSVLogger deletes an existing metrics.csv: keep it beside the new one
-        part = next(p for n in range(1, 10_000) if not (p := run.parent / f"metrics.part{n}.csv").exists())
-        metrics.rename(part)
-        log.info("resuming %s: its earlier metrics are now in %s", run.parent, part.name)
+    keep_metrics(run.parent)
     for lg in loggers:
         args = lg.get("init_args") if isinstance(lg, Namespace) else None
         if args is not None and args.get("version") is None:

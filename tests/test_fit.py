@@ -335,6 +335,10 @@ def test_small_validation_split_checkpoints_under_runs_and_resume_last(tmp_path,
     assert resumed.trainer.current_epoch == 2
     runs = sorted(p.name for p in (tmp_path / "runs" / "fit" / "embedded").iterdir())
     assert runs == ["version_0"]  # continued, not a fresh version_1
+    run = tmp_path / "runs" / "fit" / "embedded" / "version_0"
+    assert (
+        run / "metrics.part1.csv"
+    ).is_file()  # the first run's metrics kept (CSVLogger deletes metrics.csv)
 
 
 def test_cpu_processes_beyond_the_cores_are_warned(monkeypatch):
