@@ -1,16 +1,24 @@
-"""`igcritic serve` under 1, 4 and 16 concurrent clients vs `guard.generate` in-process on the same prompts.
+"""`igcritic serve` against `guard.generate` in-process on the same prompts, in the same run: one client's
+latency in paired repeats, then 1, 4 and 16 concurrent clients.
 
     python bench/bench_serve.py                          # checkpoints/embedded, max_tokens 16, 1 thread
+    python bench/bench_serve.py --pairs 4 --rounds 3 --levels        # the paired one-client ratio only
     python bench/bench_serve.py --max_tokens 32 --requests 4 --levels 1 4 16 --max_batch_size 4
 
 Both sides run the same guard (the critic's recorded policy, fully latent mode: no cost scorer), the same
 search defaults and prompts (the shipped set's held-out split, plain user turns), ``--threads`` torch threads.
-In-process: ``guard.generate`` one prompt at a time (what one client gets without HTTP), then all prompts
-in one call (the batched upper bound). Served: the server in a subprocess (``igcritic serve``), ``--levels``
-client threads with the real ``openai`` client sharing a level's ``--requests`` requests (at least one
-each), each client sending its next request when the last is answered; requests/s over the level's wall
-time, latency p50/p95 per request as the client sees it. Each request has its own seed, so the
-served answers are the in-process ones (checked and printed). Prints a markdown table for BENCHMARKS.md.
+The server runs in a subprocess (``igcritic serve``) and is asked with the real ``openai`` client.
+
+Paired (one client): for ``--rounds`` rounds, each of the first ``--pairs`` prompts is answered in-process
+(``guard.generate``, one prompt per call) and by the server back to back, which first alternating by round
+and prompt, so load that drifts on a shared machine hits both sides alike. Each request has its own seed, so
+the two answers must be equal (checked for every pair). Reported: min and median latency of each side, and
+the median and min of the per-pair ratio served / in-process.
+
+Concurrent (``--levels``): then all prompts in one in-process call (the batched upper bound), and per level,
+that many client threads sharing the level's ``--requests`` requests (at least one each), each sending its
+next request when the last is answered; requests/s over the level's wall time, latency p50/p95 per request
+as the client sees it. Prints markdown tables for BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -45,7 +53,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--critic", default=str(ROOT / "checkpoints" / "embedded"))
     ap.add_argument("--max_tokens", type=int, default=16)
-    ap.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--levels", type=int, nargs="*", default=[1, 4, 16], help="none: the paired part only")
+    ap.add_argument("--pairs", type=int, default=4, help="prompts in the paired one-client part")
+    ap.add_argument("--rounds", type=int, default=3, help="paired rounds over those prompts")
     ap.add_argument("--requests", type=int, default=8, help="requests per level (at least one per client)")
     ap.add_argument("--max_batch_size", type=int, default=4)
     ap.add_argument("--batch_timeout", type=float, default=0.05)
@@ -60,22 +70,12 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     per_level = {n: max(n, args.requests) for n in args.levels}
-    most = max(per_level.values())
+    most = max([args.pairs, *per_level.values()])
     prompts = [p.prompt for p in load_prompts(PromptSource(split="heldout", limit=most))[0]]
     prompts = (prompts * (most // len(prompts) + 1))[:most]
     guard = load_guard(args.critic)
     kw = {"max_new_tokens": args.max_tokens}
-
-    # in-process: one prompt per call (as one client), then all prompts in one call
     guard.generate(prompts[0], seeds=[0], **kw)  # warm-up
-    t0 = time.perf_counter()
-    alone = [guard.generate(p, seeds=[i], **kw)[0] for i, p in enumerate(prompts[: args.requests])]
-    seq_s = (time.perf_counter() - t0) / len(alone)
-    print(f"in-process one by one: {seq_s:.2f} s/request", flush=True)
-    t0 = time.perf_counter()
-    guard.generate(prompts, seeds=list(range(len(prompts))), **kw)
-    one_call = len(prompts) / (time.perf_counter() - t0)
-    print(f"in-process one call of {len(prompts)}: {one_call:.2f} req/s", flush=True)
 
     port = _port()
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
@@ -98,8 +98,30 @@ def main() -> None:
             return client.chat.completions.create(model="x", messages=msg, max_tokens=args.max_tokens, seed=i)
 
         ask(0)  # warm-up
-        same = sum(ask(i).choices[0].message.content == r.text for i, r in enumerate(alone[:2]))
-        print(f"served == in-process: {same}/2", flush=True)
+        pairs: list[tuple[float, float]] = []  # (in-process s, served s)
+        same = 0
+        for r in range(args.rounds):
+            for i in range(args.pairs):
+                first_local = (r + i) % 2 == 0
+                for local in (first_local, not first_local):
+                    t = time.perf_counter()
+                    if local:
+                        text_local = guard.generate(prompts[i], seeds=[i], **kw)[0].text
+                        t_local = time.perf_counter() - t
+                    else:
+                        text_served = ask(i).choices[0].message.content
+                        t_served = time.perf_counter() - t
+                pairs.append((t_local, t_served))
+                same += text_local == text_served
+                print(
+                    f"round {r} prompt {i}: in-process {t_local:.2f} s, served {t_served:.2f} s", flush=True
+                )
+        seq_s = statistics.median(p[0] for p in pairs)
+        if args.levels:
+            t0 = time.perf_counter()
+            guard.generate(prompts, seeds=list(range(len(prompts))), **kw)
+            one_call = len(prompts) / (time.perf_counter() - t0)
+            print(f"in-process one call of {len(prompts)}: {one_call:.2f} req/s", flush=True)
         for n in args.levels:
             lat: list[float] = []
             batch: list[int] = []
@@ -129,12 +151,28 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             server.kill()
 
+    local, served = [p[0] for p in pairs], [p[1] for p in pairs]
+    ratios = [b / a for a, b in pairs]
     print(
         f"critic {args.critic}, max_tokens {args.max_tokens}, {args.threads} threads, "
-        f"torch {torch.__version__}, {os.cpu_count()} CPUs"
+        f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end"
     )
-    print(f"in-process guard.generate, one prompt per call: {seq_s:.2f} s/request ({1 / seq_s:.2f} req/s)")
-    print(f"served answers equal to in-process ones (same seed): {same}/2")
+    print(f"served answers equal to in-process ones (same seed): {same}/{len(pairs)}")
+    print()
+    print("| one client, paired | pairs | min s | median s |")
+    print("|---|---|---|---|")
+    print(
+        f"| in-process `guard.generate` | {len(pairs)} | {min(local):.2f} | {statistics.median(local):.2f} |"
+    )
+    print(
+        f"| served (`openai` client) | {len(pairs)} | {min(served):.2f} | {statistics.median(served):.2f} |"
+    )
+    print(
+        f"\nserved / in-process: median of the per-pair ratios {statistics.median(ratios):.3f}x, "
+        f"min {min(ratios):.3f}x, max {max(ratios):.3f}x; ratio of the mins {min(served) / min(local):.3f}x"
+    )
+    if not rows:
+        return
     print()
     print(
         "| clients | requests | served req/s | p50 s | p95 s | mean batch | served / in-process one by one |"
@@ -146,7 +184,10 @@ def main() -> None:
             f"| {n} | {per_level[n]} | {rps:.2f} | {p50:.2f} | {p95:.2f} | {mb:.1f} | {rps * seq_s:.2f}x"
             f" | {rps / one_call:.2f}x |"
         )
-    print(f"\nin-process: one by one {1 / seq_s:.2f} req/s, one call of {len(prompts)} {one_call:.2f} req/s")
+    print(
+        f"\nin-process: one by one {1 / seq_s:.2f} req/s (paired median), "
+        f"one call of {len(prompts)} {one_call:.2f} req/s"
+    )
 
 
 if __name__ == "__main__":
