@@ -12,8 +12,10 @@ The server runs in a subprocess (``igcritic serve``) and is asked with the real 
 Paired (one client): for ``--rounds`` rounds, each of the first ``--pairs`` prompts is answered in-process
 (``guard.generate``, one prompt per call) and by the server back to back, which first alternating by round
 and prompt, so load that drifts on a shared machine hits both sides alike. Each request has its own seed, so
-the two answers must be equal (checked for every pair). Reported: min and median latency of each side, and
-the median and min of the per-pair ratio served / in-process.
+the two answers must be equal (checked for every pair). Reported for each side: wall seconds per request
+(what the client waits) and CPU seconds per request (this process plus the server's process tree, both
+sides: on a shared machine the wall time swings with other jobs, the CPU time much less), min and median,
+and the per-pair ratios served / in-process.
 
 Concurrent (``--levels``): then all prompts in one in-process call (the batched upper bound), and per level,
 that many client threads sharing the level's ``--requests`` requests (at least one each), each sending its
@@ -42,6 +44,25 @@ def _port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _tree_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process and its live descendants (the server and its workers)."""
+    import psutil
+
+    try:
+        procs = [psutil.Process(pid)]
+        procs += procs[0].children(recursive=True)
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system
+    return total
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -98,23 +119,31 @@ def main() -> None:
             return client.chat.completions.create(model="x", messages=msg, max_tokens=args.max_tokens, seed=i)
 
         ask(0)  # warm-up
-        pairs: list[tuple[float, float]] = []  # (in-process s, served s)
+        pairs: list[tuple[float, float]] = []  # wall s: (in-process, served)
+        cpus: list[tuple[float, float]] = []  # CPU s, this process + the server's tree: (in-process, served)
+
+        def cpu_now() -> float:
+            return time.process_time() + _tree_cpu(server.pid)
+
         same = 0
         for r in range(args.rounds):
             for i in range(args.pairs):
                 first_local = (r + i) % 2 == 0
                 for local in (first_local, not first_local):
-                    t = time.perf_counter()
+                    c, t = cpu_now(), time.perf_counter()
                     if local:
                         text_local = guard.generate(prompts[i], seeds=[i], **kw)[0].text
-                        t_local = time.perf_counter() - t
+                        t_local, c_local = time.perf_counter() - t, cpu_now() - c
                     else:
                         text_served = ask(i).choices[0].message.content
-                        t_served = time.perf_counter() - t
+                        t_served, c_served = time.perf_counter() - t, cpu_now() - c
                 pairs.append((t_local, t_served))
+                cpus.append((c_local, c_served))
                 same += text_local == text_served
                 print(
-                    f"round {r} prompt {i}: in-process {t_local:.2f} s, served {t_served:.2f} s", flush=True
+                    f"round {r} prompt {i}: in-process {t_local:.2f} s ({c_local:.2f} CPU s), "
+                    f"served {t_served:.2f} s ({c_served:.2f} CPU s)",
+                    flush=True,
                 )
         seq_s = statistics.median(p[0] for p in pairs)
         if args.levels:
@@ -151,26 +180,27 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             server.kill()
 
-    local, served = [p[0] for p in pairs], [p[1] for p in pairs]
-    ratios = [b / a for a, b in pairs]
     print(
         f"critic {args.critic}, max_tokens {args.max_tokens}, {args.threads} threads, "
         f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end"
     )
     print(f"served answers equal to in-process ones (same seed): {same}/{len(pairs)}")
     print()
-    print("| one client, paired | pairs | min s | median s |")
-    print("|---|---|---|---|")
-    print(
-        f"| in-process `guard.generate` | {len(pairs)} | {min(local):.2f} | {statistics.median(local):.2f} |"
-    )
-    print(
-        f"| served (`openai` client) | {len(pairs)} | {min(served):.2f} | {statistics.median(served):.2f} |"
-    )
-    print(
-        f"\nserved / in-process: median of the per-pair ratios {statistics.median(ratios):.3f}x, "
-        f"min {min(ratios):.3f}x, max {max(ratios):.3f}x; ratio of the mins {min(served) / min(local):.3f}x"
-    )
+    print("| one client, paired | pairs | wall min s | wall median s | CPU min s | CPU median s |")
+    print("|---|---|---|---|---|---|")
+    for k, name in ((0, "in-process `guard.generate`"), (1, "served (`openai` client)")):
+        w, c = [p[k] for p in pairs], [p[k] for p in cpus]
+        print(
+            f"| {name} | {len(pairs)} | {min(w):.2f} | {statistics.median(w):.2f} | {min(c):.2f} "
+            f"| {statistics.median(c):.2f} |"
+        )
+    for what, xs in (("wall", pairs), ("CPU", cpus)):
+        ratios = [b / a for a, b in xs]
+        lo, hi = min(p[1] for p in xs) / min(p[0] for p in xs), max(ratios)
+        print(
+            f"served / in-process, {what}: median of the per-pair ratios {statistics.median(ratios):.3f}x "
+            f"(min {min(ratios):.3f}x, max {hi:.3f}x); ratio of the mins {lo:.3f}x"
+        )
     if not rows:
         return
     print()
