@@ -14,8 +14,9 @@ Paired (one client): for ``--rounds`` rounds, each of the first ``--pairs`` prom
 and prompt, so load that drifts on a shared machine hits both sides alike. Each request has its own seed, so
 the two answers must be equal (checked for every pair). Reported for each side: wall seconds per request
 (what the client waits) and CPU seconds per request (this process plus the server's process tree, both
-sides: on a shared machine the wall time swings with other jobs, the CPU time much less), min and median,
-and the per-pair ratios served / in-process.
+sides: on a shared machine the wall time swings with other jobs, the CPU time much less; the parts are
+printed too, since an idle server still polls), min and median, and the per-pair ratios served /
+in-process.
 
 Concurrent (``--levels``): then all prompts in one in-process call (the batched upper bound), and per level,
 that many client threads sharing the level's ``--requests`` requests (at least one each), each sending its
@@ -121,28 +122,32 @@ def main() -> None:
         ask(0)  # warm-up
         pairs: list[tuple[float, float]] = []  # wall s: (in-process, served)
         cpus: list[tuple[float, float]] = []  # CPU s, this process + the server's tree: (in-process, served)
-
-        def cpu_now() -> float:
-            return time.process_time() + _tree_cpu(server.pid)
+        parts: list[tuple[float, float, float, float]] = []  # CPU s: (self, server) in-process, then served
 
         same = 0
         for r in range(args.rounds):
             for i in range(args.pairs):
                 first_local = (r + i) % 2 == 0
                 for local in (first_local, not first_local):
-                    c, t = cpu_now(), time.perf_counter()
+                    c0, s0, t = time.process_time(), _tree_cpu(server.pid), time.perf_counter()
                     if local:
                         text_local = guard.generate(prompts[i], seeds=[i], **kw)[0].text
-                        t_local, c_local = time.perf_counter() - t, cpu_now() - c
                     else:
                         text_served = ask(i).choices[0].message.content
-                        t_served, c_served = time.perf_counter() - t, cpu_now() - c
+                    wall = time.perf_counter() - t
+                    c, s = time.process_time() - c0, _tree_cpu(server.pid) - s0
+                    if local:
+                        t_local, self_local, server_local = wall, c, s
+                    else:
+                        t_served, self_served, server_served = wall, c, s
                 pairs.append((t_local, t_served))
-                cpus.append((c_local, c_served))
+                cpus.append((self_local + server_local, self_served + server_served))
+                parts.append((self_local, server_local, self_served, server_served))
                 same += text_local == text_served
                 print(
-                    f"round {r} prompt {i}: in-process {t_local:.2f} s ({c_local:.2f} CPU s), "
-                    f"served {t_served:.2f} s ({c_served:.2f} CPU s)",
+                    f"round {r} prompt {i}: in-process {t_local:.2f} s (CPU {self_local:.2f} here + "
+                    f"{server_local:.2f} idle server), served {t_served:.2f} s (CPU {self_served:.2f} here + "
+                    f"{server_served:.2f} server)",
                     flush=True,
                 )
         seq_s = statistics.median(p[0] for p in pairs)
@@ -194,6 +199,12 @@ def main() -> None:
             f"| {name} | {len(pairs)} | {min(w):.2f} | {statistics.median(w):.2f} | {min(c):.2f} "
             f"| {statistics.median(c):.2f} |"
         )
+    med = [statistics.median(p[k] for p in parts) for k in range(4)]
+    print(
+        f"CPU medians: in-process {med[0]:.2f} s here + {med[1]:.2f} s of the idle server; served "
+        f"{med[3]:.2f} s in the server + {med[2]:.2f} s here (the client); the server's work / the "
+        f"in-process generation, per pair: median {statistics.median(p[3] / p[0] for p in parts):.3f}x"
+    )
     for what, xs in (("wall", pairs), ("CPU", cpus)):
         ratios = [b / a for a, b in xs]
         lo, hi = min(p[1] for p in xs) / min(p[0] for p in xs), max(ratios)
