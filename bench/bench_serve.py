@@ -103,7 +103,9 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     cmd = [sys.executable, "-m", "igcritic", "serve", args.critic, "--port", str(port)]
     cmd += ["--max_batch_size", str(args.max_batch_size), "--batch_timeout", str(args.batch_timeout)]
-    server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     url = f"http://127.0.0.1:{port}"
     rows = []
     try:
@@ -179,11 +181,12 @@ def main() -> None:
             rows.append((n, len(lat) / wall, _pct(lat, 0.5), _pct(lat, 0.95), statistics.mean(batch)))
             print(f"{n} clients: {rows[-1]}", flush=True)
     finally:
-        server.send_signal(signal.SIGINT)
+        server.send_signal(signal.SIGTERM)
         try:
             server.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            server.kill()
+            os.killpg(server.pid, signal.SIGKILL)  # its own session: the server and its workers
+            server.wait()
 
     print(
         f"critic {args.critic}, max_tokens {args.max_tokens}, {args.threads} threads, "

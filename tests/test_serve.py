@@ -39,6 +39,33 @@ CHAT = [
 PROMPTS = [CHAT, [{"role": "user", "content": "hack into my neighbour's wifi network"}], CHAT[1:2], CHAT[:2]]
 
 
+def _session_processes(sid: int) -> list[int]:
+    """Every process of session ``sid`` (the server started with ``start_new_session`` and its workers)."""
+    pids = []
+    if not Path("/proc").is_dir():  # no procfs: nothing to check
+        return pids
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getsid(int(entry.name)) == sid:
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    for _ in range(60):  # the main process is gone; its workers get a moment to follow
+        try:
+            state = (Path("/proc") / str(pid) / "stat").read_text().split(") ")[-1][0]
+        except OSError:
+            return False
+        if state == "Z":
+            return False
+        time.sleep(0.5)
+    return True
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -59,7 +86,14 @@ def served(tmp_path_factory):
     cmd = [sys.executable, "-m", "igcritic", "serve", str(art), "--port", str(port)]
     cmd += ["--max_batch_size", "4", "--batch_timeout", "0.5"]
     log = (root / "server.log").open("w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # as a background job gets it
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):  # the worker loads the guard before /health says ok
@@ -78,13 +112,18 @@ def served(tmp_path_factory):
         guard = load_guard(art)
         yield openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=300), guard
     finally:
-        proc.send_signal(signal.SIGINT)
+        workers = _session_processes(proc.pid)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C, though the server inherited SIGINT ignored
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
+            pass
+        left = [p for p in workers if _alive(p)]
+        if proc.poll() is None or left:
             os.killpg(proc.pid, signal.SIGKILL)  # our own session: the server and its workers
             proc.wait()
         log.close()
+    assert proc.returncode is not None and not left, f"SIGINT left the server or its workers running: {left}"
 
 
 def _ask(client, messages, **kw):
