@@ -25,6 +25,11 @@ class IgcriticError(ValueError):
     ValueError subclass, so callers that catch ValueError keep working."""
 
 
+def one_line(e: BaseException | str) -> str:
+    """An exception's message (or a text) on one line: what every one-line error quotes of a library's."""
+    return " ".join(str(e).split())
+
+
 def usage_error(parser: Any, message: str, ex: Exception | None = None) -> None:
     """A command-line or config error of a jsonargparse ``parser`` as ONE line on stderr (the problem, a
     "did you mean" for a misspelt option, where the help is), then exit 2: no usage dump above it."""
@@ -118,6 +123,7 @@ __all__ = [
     "IgcriticError",
     "Interrupted",
     "json_safe",
+    "one_line",
     "sigterm_interrupts",
     "to_json",
     "usage_error",

@@ -163,6 +163,7 @@ STAGES = [
     "collect",
     "stream",
     "data",
+    "calibration",
     "critic",
     "fit",
     "baselines",
