@@ -14,7 +14,6 @@ the uncommitted batches: nothing lost, nothing duplicated, same trajectories as 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 import time
@@ -137,8 +136,11 @@ class CollectConfig:
             problems.append("--resume and --overwrite exclude each other; pick one")
         if self.budget is not None and not np.isfinite(self.budget):
             problems.append(f"--budget {self.budget} must be a finite number")
-        if self.guard is not None and not (Path(self.guard) / "critic_config.json").is_file():
-            problems.append(f"--guard {self.guard} is not a critic artifact folder (no critic_config.json)")
+        if self.guard is not None:
+            from igcritic.critic import CONFIG_NAME
+
+            if not (Path(self.guard) / CONFIG_NAME).is_file():
+                problems.append(f"--guard {self.guard} is not a critic artifact folder (no {CONFIG_NAME})")
         if problems:
             raise CollectError("; ".join(problems))
 
@@ -171,8 +173,8 @@ def work_batches(num_prompts: int, k: int, batch_size: int) -> list[list[int]]:
 def guarded_sampler(cfg: CollectConfig, policy: Policy, cost: Scorer, reward: Scorer):
     """``(prompts, generator) -> Rollouts`` of guarded decoding with ``cfg.guard`` (round 2).
 
-    The guard answers, then one teacher-forced forward reads the latents of every prefix (the store's h_t, the
-    same tap as plain sampling). The runtime is imported here, not at the top: only round 2 reads a critic."""
+    The guard answers and reads the latents of every prefix (:meth:`~igcritic.guard.Guard.rollouts`). The
+    runtime is imported here, not at the top: only round 2 reads a critic."""
     from igcritic.guard import load_guard
 
     guard = load_guard(cfg.guard, model=policy, cost=cost, reward=reward, device=str(policy.device))
@@ -190,37 +192,11 @@ def guarded_sampler(cfg: CollectConfig, policy: Policy, cost: Scorer, reward: Sc
                 str(e),
             )
         ) from None
-    eos = set(policy.eos_token_ids)
 
     def sample(prompts: list[str], generator: torch.Generator) -> Rollouts:
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-        records = guard.generate(prompts, seed=seed, **overrides)
-        answers = [list(r.token_ids) for r in records]
-        return Rollouts(
-            tokens=answers,
-            latents=teacher_forced_latents(policy, prompts, answers),
-            finished=[bool(a) and a[-1] in eos for a in answers],
-        )
+        return guard.rollouts(prompts, generator, **overrides)
 
     return guard, sample
-
-
-def teacher_forced_latents(
-    policy: Policy, prompts: list[str], answers: list[list[int]]
-) -> list[torch.Tensor]:
-    """h_0..h_T of each (prompt, answer): one forward over the left-padded prompts and right-padded answers.
-    Each prompt plus its answer must fit the policy's context."""
-    width = max((len(a) for a in answers), default=0)
-    enc = policy.encode_prompts(prompts)  # each answer fits beside its own prompt (the caller's contract)
-    ans = torch.full((len(answers), width), policy.pad_token_id, dtype=torch.long)
-    ans_mask = torch.zeros((len(answers), width), dtype=enc["attention_mask"].dtype)
-    for i, a in enumerate(answers):
-        ans[i, : len(a)], ans_mask[i, : len(a)] = torch.tensor(a, dtype=torch.long), 1
-    ids = torch.cat([enc["input_ids"], ans.to(policy.device)], 1)
-    mask = torch.cat([enc["attention_mask"], ans_mask.to(policy.device)], 1)
-    lat = policy.latents_of(ids, mask).float().cpu()
-    start = enc["input_ids"].shape[1] - 1
-    return [lat[i, start : start + len(a) + 1] for i, a in enumerate(answers)]
 
 
 def label_batch(
@@ -364,21 +340,24 @@ def content_config(
 
 
 def guard_identity(folder: str) -> dict:
-    """What names a round-2 guard in the store: its critic's weights checksum and its search defaults."""
-    search = Path(folder) / "search_config.json"
+    """What names a round-2 guard in the store: its critic's weights checksum and calibration, and its search
+    defaults as the artifact writes them (read through the modules that own the files)."""
+    from igcritic.critic import CriticError, read_config
+    from igcritic.search import SEARCH_CONFIG_NAME, SearchConfig, SearchConfigError
+
     try:
-        critic_cfg = json.loads((Path(folder) / "critic_config.json").read_text())
-        return {
-            "path": str(folder),
-            "critic_sha256": critic_cfg.get("weights_sha256"),
-            "calibration": critic_cfg.get("calibration"),
-            "search_config": json.loads(search.read_text()) if search.is_file() else None,
-        }
-    except (OSError, ValueError, AttributeError) as e:
-        raise CollectError(
-            f"--guard {folder}: its critic_config.json or search_config.json cannot be read "
-            f"({type(e).__name__}); pass a critic folder written by `igcritic export`"
-        ) from None
+        critic_cfg = read_config(folder)
+        given = SearchConfig.file_dict(folder) if (Path(folder) / SEARCH_CONFIG_NAME).is_file() else None
+        if given is not None:
+            SearchConfig.from_dict(given)  # unknown keys: refused here, before any model loads
+    except (CriticError, SearchConfigError) as e:
+        raise CollectError(f"--guard {folder}: {e}") from None
+    return {
+        "path": str(folder),
+        "critic_sha256": critic_cfg.get("weights_sha256"),
+        "calibration": critic_cfg.get("calibration"),
+        "search_config": given,
+    }
 
 
 def store_attrs(

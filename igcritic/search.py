@@ -299,6 +299,12 @@ class SearchConfig(SamplingConfig):
     def from_file(cls, path: str | Path) -> SearchConfig:
         """Read a ``search_config.json`` (or the one in an artifact folder); a bad file is a
         SearchConfigError."""
+        return cls.from_dict(cls.file_dict(path))
+
+    @staticmethod
+    def file_dict(path: str | Path) -> dict:
+        """The object a ``search_config.json`` (or the one in an artifact folder) holds, as written (a store
+        of ``collect --guard`` records it); a file that is not a JSON object is a SearchConfigError."""
         path = Path(path)
         path = path / SEARCH_CONFIG_NAME if path.is_dir() else path
         try:
@@ -307,7 +313,7 @@ class SearchConfig(SamplingConfig):
             raise SearchConfigError(f"{path} is not a readable search config ({e})") from None
         if not isinstance(data, dict):
             raise SearchConfigError(f"{path} holds {type(data).__name__}, not a search config object")
-        return cls.from_dict(data)
+        return data
 
 
 @dataclass

@@ -488,6 +488,12 @@ def test_collect_with_a_guard_records_it_and_resumes_like_any_collect(
         run(tiny_config(tiny_model_dir, prompt_file, out, resume=True, **{**kw, "guard": str(other)}))
     with pytest.raises(CollectError, match="not a critic artifact"):
         run(tiny_config(tiny_model_dir, prompt_file, tmp_path / "x.zarr", **{**kw, "guard": str(tmp_path)}))
+    (other / "search_config.json").write_text('{"num_candidate": 4}')  # misspelt: refused before work
+    with pytest.raises(
+        CollectError, match=r"--guard .*critic2: unknown search parameter\(s\) \['num_candidate'\]"
+    ):
+        run(tiny_config(tiny_model_dir, prompt_file, tmp_path / "y.zarr", **{**kw, "guard": str(other)}))
+    assert not (tmp_path / "y.zarr").exists()
 
 
 def test_collect_names_its_own_guard_flags(tiny_model_dir, prompt_file, beaver_scorers, tmp_path):

@@ -511,3 +511,18 @@ def test_shipped_critics_record_the_embedded_policy_fingerprint():
     root = Path(__file__).resolve().parents[1] / "checkpoints"
     for name in ("embedded", "embedded-r2"):
         assert read_config(root / name)["policy"]["fingerprint"] == fp, name
+
+
+def test_rollouts_are_the_guards_answers_with_their_latents(artifact, tiny_policy):
+    """``collect --guard`` asks the guard for rollouts: the answers of one seeded search, with h_0..h_T read
+    by one teacher-forced forward and ``finished`` where the answer ends with EOS."""
+    guard = load_guard(artifact, model=tiny_policy.model, tokenizer=tiny_policy.tokenizer)
+    prompts = ["how do I bake bread at home", "hello"]
+    roll = guard.rollouts(prompts, torch.Generator().manual_seed(5), on_violation="best_effort")
+    seed = int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(5)))
+    records = guard.generate(prompts, seed=seed, on_violation="best_effort")
+    assert roll.tokens == [r.token_ids for r in records]
+    eos = set(tiny_policy.eos_token_ids)
+    assert roll.finished == [bool(t) and t[-1] in eos for t in roll.tokens]
+    for toks, lat in zip(roll.tokens, roll.latents):
+        assert lat.shape == (len(toks) + 1, tiny_policy.identity.hidden_size) and lat.dtype == torch.float32
