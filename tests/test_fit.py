@@ -30,7 +30,7 @@ from igcritic.data import CriticDataModule
 from igcritic.fit import FitError
 from igcritic.fit import main as fit_main
 from igcritic.store import StoreReader
-from igcritic.stream import mask_nonfinite
+from igcritic.stream import START, STOP, mask_nonfinite
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "fit"
 
@@ -56,7 +56,7 @@ def test_critic_learns_costs_that_follow_directions_of_h(store, tmp_path):
     assert m["val/auroc"] > 0.85 and m["val/auroc@0.5"] > 0.85  # chance is 0.5
     assert m["val/ece"] < 0.1
     r = StoreReader(store)
-    val_rows = np.concatenate([np.arange(a, b) for _, a, b, _ in dm.val_dataset.runs])
+    val_rows = np.concatenate([np.arange(a, b) for a, b in dm.val_dataset.runs[:, [START, STOP]]])
     assert m["val/cost_mse"] < 0.5 * r.cost_prefix[val_rows].var()  # clearly below the variance of S_t
     assert m["val/value_ev"] > 0.2
     assert model.critic.config.policy["model_id"] == "synthetic-llama" and model.critic.config.budget == 0.5
@@ -110,7 +110,9 @@ def test_nan_rows_are_skipped_and_counted(tmp_path):
     model = tiny_module(16)
     trainer = tiny_trainer(tmp_path, epochs=2, enable_checkpointing=False)
     trainer.fit(model, dm)
-    train_rows = set(np.concatenate([np.arange(a, b) for _, a, b, _ in dm.train_dataset.runs]).tolist())
+    train_rows = set(
+        np.concatenate([np.arange(a, b) for a, b in dm.train_dataset.runs[:, [START, STOP]]]).tolist()
+    )
     n_bad = len(train_rows & set(poison))
     assert n_bad >= 2
     assert model.skipped_rows == 2 * n_bad  # counted every epoch
