@@ -145,6 +145,28 @@ class CollectConfig:
             raise CollectError("; ".join(problems))
 
 
+@dataclass
+class CollectStats:
+    """What one rank wrote (``igcritic collect`` prints it)."""
+
+    batches: int = 0
+    """Work batches this run committed."""
+    skipped_nan: int = 0
+    """Batches not written: their latents or labels held NaN/inf."""
+    tokens: int = 0
+    """Answer tokens committed."""
+    gen_s: float = 0.0
+    """Seconds generating the committed batches."""
+    cost_s: float = 0.0
+    """Seconds labelling them with the cost scorer."""
+    reward_s: float = 0.0
+    """Seconds scoring them with the reward scorer."""
+    write_s: float = 0.0
+    """Seconds writing them to the store."""
+    batches_already_done: int = 0
+    """Batches an earlier run had committed (``--resume``)."""
+
+
 def check_prompts_fit(policy: Policy, rows: list[Prompt], new_tokens: int) -> None:
     """Refuse, naming the first offender by its place in the source, unless every prompt leaves room for
     ``new_tokens`` in the policy's context (checked once, up front: a batch must not fail half-way)."""
@@ -351,7 +373,10 @@ def guard_identity(folder: str) -> dict:
         if given is not None:
             SearchConfig.from_dict(given)  # unknown keys: refused here, before any model loads
     except (CriticError, SearchConfigError) as e:
-        raise CollectError(f"--guard {folder}: {e}") from None
+        raise CollectError(
+            f"--guard {folder}: its artifact cannot be read ({e}); pass a critic folder written by "
+            "`igcritic export`"
+        ) from None
     return {
         "path": str(folder),
         "critic_sha256": critic_cfg.get("weights_sha256"),
@@ -418,8 +443,8 @@ def open_writer(cfg: CollectConfig, rank: int, attrs: dict, prompts: list[str], 
     )
 
 
-def collect_rank(cfg: CollectConfig, rank: int = 0, world: int = 1, barrier=lambda: None) -> dict:
-    """Run this rank's share of the batches into its shard. Returns counters."""
+def collect_rank(cfg: CollectConfig, rank: int = 0, world: int = 1, barrier=lambda: None) -> CollectStats:
+    """Run this rank's share of the batches into its shard; what it wrote."""
     cfg.validate()
     if cfg.overwrite and rank == 0:
         check_replaceable(cfg.out)  # before any model loads: --overwrite replaces only a store
@@ -457,16 +482,7 @@ def collect_rank(cfg: CollectConfig, rank: int = 0, world: int = 1, barrier=lamb
 
     batches = work_batches(len(prompts), cfg.rollouts_per_prompt, cfg.batch_size)
     done: set[int] = set()
-    stats = {
-        "batches": 0,
-        "skipped_nan": 0,
-        "tokens": 0,
-        "gen_s": 0.0,
-        "cost_s": 0.0,
-        "reward_s": 0.0,
-        "write_s": 0.0,
-        "batches_already_done": 0,
-    }
+    stats = CollectStats()
     try:
         if rank == 0:
             writer = open_writer(cfg, 0, attrs, prompts, hidden)
@@ -474,7 +490,7 @@ def collect_rank(cfg: CollectConfig, rank: int = 0, world: int = 1, barrier=lamb
         if rank != 0:
             writer = open_writer(cfg, rank, attrs, prompts, hidden)
         done = StoreReader(cfg.out).batches_done if cfg.resume else set()
-        stats["batches_already_done"] = len(done)
+        stats.batches_already_done = len(done)
         mine = [b for b in range(len(batches)) if b % world == rank and b not in done]
         progress = _progress(disable=rank != 0)  # a bar on rank 0 only
         task, start, seen = progress.add_task("collect", total=len(mine), tps="-"), time.perf_counter(), 0
@@ -486,27 +502,27 @@ def collect_rank(cfg: CollectConfig, rank: int = 0, world: int = 1, barrier=lamb
                 t1 = time.perf_counter()
                 batch, timing = label_batch(policy, prompts, batches[b], roll, cost, reward)
                 if problems := batch.validate():
-                    stats["skipped_nan"] += 1
+                    stats.skipped_nan += 1
                     log.error("batch %d not written: %s", b, "; ".join(problems))
                 else:
                     t2 = time.perf_counter()
                     writer.append(batch, b)
-                    stats["write_s"] += time.perf_counter() - t2
-                    stats["gen_s"] += t1 - t0
-                    stats["cost_s"] += timing["cost_s"]
-                    stats["reward_s"] += timing["reward_s"]
-                    stats["tokens"] += roll.num_tokens
-                    stats["batches"] += 1
+                    stats.write_s += time.perf_counter() - t2
+                    stats.gen_s += t1 - t0
+                    stats.cost_s += timing["cost_s"]
+                    stats.reward_s += timing["reward_s"]
+                    stats.tokens += roll.num_tokens
+                    stats.batches += 1
                 seen += roll.num_tokens
                 progress.update(task, advance=1, tps=f"{seen / max(time.perf_counter() - start, 1e-9):.0f}")
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the committed batches stay, --resume redoes the rest
-        committed = len(done) + stats["batches"]
+        committed = len(done) + stats.batches
         saved = f"{committed} of {len(batches)} batches committed in {cfg.out}"
         raise Interrupted.of(e, saved, {"--resume": "true"}) from None
     return stats
 
 
-def run(cfg: CollectConfig) -> dict:
+def run(cfg: CollectConfig) -> CollectStats:
     """Collect with ``cfg.devices * cfg.num_nodes`` writers; returns rank 0's counters."""
     world = cfg.devices * cfg.num_nodes
     if world == 1:
@@ -519,7 +535,7 @@ def run(cfg: CollectConfig) -> dict:
     return fabric.launch(_fabric_worker, cfg)
 
 
-def _fabric_worker(fabric, cfg: CollectConfig) -> dict:
+def _fabric_worker(fabric, cfg: CollectConfig) -> CollectStats:
     stats = collect_rank(cfg, rank=fabric.global_rank, world=fabric.world_size, barrier=fabric.barrier)
     fabric.barrier()  # every shard is complete before rank 0 returns
     return stats
@@ -545,14 +561,14 @@ def main(cfg: CollectConfig) -> int:
     return 0
 
 
-def describe(stats: dict, cfg: CollectConfig) -> str:
-    tps = stats["tokens"] / max(stats["gen_s"], 1e-9)
+def describe(stats: CollectStats, cfg: CollectConfig) -> str:
+    tps = stats.tokens / max(stats.gen_s, 1e-9)
     return (
-        f"wrote {stats['batches']} batches ({stats['tokens']} tokens, {tps:.0f} tok/s generation; "
-        f"cost {stats['cost_s']:.1f}s, reward {stats['reward_s']:.1f}s, write {stats['write_s']:.1f}s) to "
-        f"{cfg.out}; {stats['batches_already_done']} batches were already done, "
-        f"{stats['skipped_nan']} skipped for NaN/inf"
+        f"wrote {stats.batches} batches ({stats.tokens} tokens, {tps:.0f} tok/s generation; "
+        f"cost {stats.cost_s:.1f}s, reward {stats.reward_s:.1f}s, write {stats.write_s:.1f}s) to "
+        f"{cfg.out}; {stats.batches_already_done} batches were already done, "
+        f"{stats.skipped_nan} skipped for NaN/inf"
     )
 
 
-__all__ = ["CollectConfig", "CollectError", "main", "run", "collect_rank"]
+__all__ = ["CollectConfig", "CollectError", "CollectStats", "main", "run", "collect_rank"]
