@@ -499,7 +499,9 @@ def ship(ns: argparse.Namespace) -> None:
     pj = scorers["judge"].probabilities(ps, rs)
     report["judge"] = _harm_report(y, pj, benign)
     cls = scorers["judge"].classify(ps, rs)
-    report["judge"]["class_accuracy"] = float(np.mean([a == r["label"] for a, r in zip(cls, held)]))
+    report["judge"]["class_accuracy"] = float(
+        np.mean([a == r["label"] for a, r in zip(cls, held, strict=True)])
+    )
     report["reward_ood"] = reward_ood(cost_rows, feats, fam, layers, ns.reward_c)
     rw = scorers["reward"].probabilities(ps, rs)
     report["reward"] = {

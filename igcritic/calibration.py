@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from itertools import pairwise
 from typing import Literal
 
 import torch
@@ -77,7 +78,7 @@ class Calibration:
                 out.append(f"calibration knots: {len(x)} x and {len(y)} y (need equal lengths >= 2)")
             elif not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in (*x, *y)):
                 out.append("calibration knots outside [0, 1] or not finite")
-            elif any(b <= a for a, b in zip(x, x[1:])) or any(b < a for a, b in zip(y, y[1:])):
+            elif any(b <= a for a, b in pairwise(x)) or any(b < a for a, b in pairwise(y)):
                 out.append("calibration knots: x must increase strictly and y must not decrease")
         return out
 
@@ -173,12 +174,15 @@ def refit(
         "budgets": list(budgets),
         "epoch": int(epoch),
         "global_step": int(global_step),
-        **{k: None if v is None else dict(zip(keys, _floats(v))) for k, v in report.items()},
+        **{k: None if v is None else dict(zip(keys, _floats(v), strict=True)) for k, v in report.items()},
     }
     names = _names(budgets)
-    values = {f"{split}/ece_calibrated{n}": float(v) for n, v in zip(names, report["ece_after"])}
+    values = {f"{split}/ece_calibrated{n}": float(v) for n, v in zip(names, report["ece_after"], strict=True)}
     if report["ece_after_cv"] is not None:
-        values |= {f"{split}/ece_calibrated_cv{n}": float(v) for n, v in zip(names, report["ece_after_cv"])}
+        values |= {
+            f"{split}/ece_calibrated_cv{n}": float(v)
+            for n, v in zip(names, report["ece_after_cv"], strict=True)
+        }
     return replace(cal, fitted=fitted), values
 
 
@@ -186,7 +190,7 @@ def measure(stats: torch.Tensor, cal: Calibration, budgets: list[float], split: 
     """ECE after the map ``cal`` (not refitted) of the histograms ``stats``, per budget:
     ``{split}/ece_calibrated@d``."""
     after = binned_ece(stats.sum(1), cal)
-    return {f"{split}/ece_calibrated{n}": float(v) for n, v in zip(_names(budgets), after)}
+    return {f"{split}/ece_calibrated{n}": float(v) for n, v in zip(_names(budgets), after, strict=True)}
 
 
 def _names(budgets: list[float]) -> list[str]:
@@ -281,7 +285,7 @@ def _isotonic(
     """Knots of the isotonic (pool adjacent violators) fit of the positive rate on bins in logit order:
     x = mean raw q of each pooled block (increasing), y = its positive rate, clipped to [1e-4, 1 - 1e-4]."""
     blocks: list[list[float]] = []  # [positives, count, sum q]
-    for k, c, sq in zip(pos.tolist(), n.tolist(), (mean_q * n).tolist()):
+    for k, c, sq in zip(pos.tolist(), n.tolist(), (mean_q * n).tolist(), strict=True):
         blk = [k, c, sq]
         while blocks and blocks[-1][0] / blocks[-1][1] >= blk[0] / blk[1]:
             prev = blocks.pop()

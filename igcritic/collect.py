@@ -234,14 +234,14 @@ def label_batch(
     cost_prefix = decoded_labels(policy, batch_prompts, roll, texts, cost)
     if rows := [i for i, c in enumerate(cost_prefix) if c is None]:
         scored = cost.prefix_scores([batch_prompts[i] for i in rows], [texts[i] for i in rows])
-        for i, c in zip(rows, scored):
+        for i, c in zip(rows, scored, strict=True):
             cost_prefix[i] = c
     t1 = time.perf_counter()
     decoded = decoded_labels(policy, batch_prompts, roll, texts, reward)
     rewards = [None if r is None else r[-1] for r in decoded]
     if rows := [i for i, r in enumerate(rewards) if r is None]:
         scored = reward.score([batch_prompts[i] for i in rows], [texts[i][-1] for i in rows])
-        for i, r in zip(rows, scored):
+        for i, r in zip(rows, scored, strict=True):
             rewards[i] = r
     t2 = time.perf_counter()
     token_ids = []
@@ -288,7 +288,7 @@ def decoded_labels(
         return out
     enc = tok([full[i] for i in rows], add_special_tokens=False, return_offsets_mapping=True)
     firsts, lasts, means, spans = [], [], [], []
-    for i, offsets in zip(rows, enc["offset_mapping"]):
+    for i, offsets in zip(rows, enc["offset_mapping"], strict=True):
         n = min(len(offsets), MAX_ANSWER_TOKENS) + 1  # h_0..h_J, no EOS
         h = roll.latents[i][:n].float()
         firsts.append(h[:1].expand(n, -1))
@@ -297,7 +297,7 @@ def decoded_labels(
         spans.append(n)
     values = scorer.decode_values(cols, torch.cat(firsts), torch.cat(lasts), torch.cat(means))
     at = 0
-    for i, offsets, n in zip(rows, enc["offset_mapping"], spans):
+    for i, offsets, n in zip(rows, enc["offset_mapping"], spans, strict=True):
         ends = np.asarray([e for _, e in offsets[:MAX_ANSWER_TOKENS]], dtype=np.int64)
         vals = values[at : at + n][prefix_index(ends, [len(t) for t in texts[i]])]
         at += n

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from igcritic import IgcriticError, __version__, to_json
+from igcritic import IgcriticError, __version__, one_line, to_json
 from igcritic.calibration import Calibration, CalibrationError
 
 SCHEMA_VERSION = 2
@@ -316,14 +316,14 @@ class Critic(nn.Module):
         try:
             state = load_file(str(weights), device=str(device))
         except (SafetensorError, OSError, RuntimeError) as e:
-            raise CriticError(f"{weights} is truncated or corrupted ({_one_line(e)}): re-export it") from None
+            raise CriticError(f"{weights} is truncated or corrupted ({one_line(e)}): re-export it") from None
         critic = cls(config)
         state["_extra_state"] = calibration.to_dict()
         try:
             critic.load_state_dict(state, strict=True)
         except RuntimeError as e:
             raise CriticError(
-                f"{weights} does not fit {CONFIG_NAME} ({_one_line(e)[:200]}): re-export it, "
+                f"{weights} does not fit {CONFIG_NAME} ({one_line(e, 200)}): re-export it, "
                 "or drop overrides that change sizes"
             ) from None
         return critic.to(device)
@@ -344,7 +344,7 @@ def read_config(path: str | Path) -> dict:
         meta = json.loads(cfg.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CriticError(
-            f"{cfg} is not valid JSON ({_one_line(e)}): the artifact is damaged, re-export it"
+            f"{cfg} is not valid JSON ({one_line(e)}): the artifact is damaged, re-export it"
         ) from None
     if not isinstance(meta, dict) or meta.get("format") != ARTIFACT_FORMAT:
         raise CriticError(
@@ -397,10 +397,6 @@ def _calibration(calibration: Calibration | dict | None) -> Calibration:
         return cal.validate()
     except CalibrationError as e:
         raise CriticError(str(e)) from None
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split())
 
 
 __all__ = [

@@ -142,7 +142,7 @@ class CriticDataModule(LightningDataModule):
                     "`igcritic collect` to completion (or drop it from data.stores)"
                 )
         first, a0 = self.stores[0], readers[0].attrs
-        for p, r in zip(self.stores[1:], readers[1:]):
+        for p, r in zip(self.stores[1:], readers[1:], strict=True):
             a = r.attrs
             if r.hidden_size != readers[0].hidden_size:
                 raise DataError(
@@ -170,7 +170,7 @@ class CriticDataModule(LightningDataModule):
             )
         gid = {t: i for i, t in enumerate(texts)}
         infos = []
-        for p, r in zip(self.stores, readers):
+        for p, r in zip(self.stores, readers, strict=True):
             local = np.asarray([gid.get(t, -1) for t in r.prompts], dtype=np.int64)
             infos.append(
                 StoreInfo(
@@ -264,9 +264,9 @@ class CriticDataModule(LightningDataModule):
             starts, stops = info.offsets[sel], info.offsets[sel + 1]
             brk = np.flatnonzero(starts[1:] != stops[:-1]) + 1  # merge adjacent trajectories into runs
             r_starts, r_stops = starts[np.r_[0, brk]], stops[np.r_[brk - 1, len(sel) - 1]]
-            for a, b in zip(r_starts.tolist(), r_stops.tolist()):
+            for a, b in zip(r_starts.tolist(), r_stops.tolist(), strict=True):
                 cuts = info.bounds[(info.bounds > a) & (info.bounds < b)].tolist()
-                for lo, hi in zip([a, *cuts], [*cuts, b]):
+                for lo, hi in zip([a, *cuts], [*cuts, b], strict=True):
                     chunk = int(np.searchsorted(info.bounds, lo, side="right"))
                     pieces.append(dict(store=s, start=lo, stop=hi, chunk=chunk))
         if not pieces:

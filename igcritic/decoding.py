@@ -496,7 +496,7 @@ class StaticKV:
                 f"{n} prompts of {width} tokens do not fit a static cache of {kv.rows} x {kv.length}"
             )
         idx = kv._padded(torch.arange(n, device=policy.device))
-        for dst, src in zip(kv.cache.layers, prefilled.layers):
+        for dst, src in zip(kv.cache.layers, prefilled.layers, strict=False):
             keys, values = src.keys[idx], src.values[idx]
             if not dst.is_initialized:
                 dst.lazy_initialization(keys, values)

@@ -554,7 +554,7 @@ class _EpochMetricsOnEveryRank(Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if trainer.world_size > 1:
-            trainer.progress_bar_metrics  # noqa: B018 (read for its reduction, the same on every rank)
+            _ = trainer.progress_bar_metrics  # read for its reduction, the same on every rank
 
 
 class StopWatch(Callback):

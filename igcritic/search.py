@@ -638,7 +638,7 @@ def _search_batch(ctx: _Ctx, gen: Generators) -> list[GuardRecord]:
         )
     tracks = [_Track() for _ in ctx.prompts]
     if cfg.refusal_candidate and cfg.method == "inferenceguard":  # joins the first block's candidates
-        for tr, e in zip(tracks, _refusal_entries(ctx, beams.cost)):
+        for tr, e in zip(tracks, _refusal_entries(ctx, beams.cost), strict=True):
             tr.pool, tr.scored = [e], 1
     recontrol = _recontrol(ctx)
     vocab = beams.logits.shape[-1]

@@ -275,11 +275,11 @@ class CriticStream(IterableDataset):
         # one read per chunk: the rows between its runs (the other split's) are skipped
         group = np.flatnonzero(new_chunk(runs)).tolist()
         lens, at = run_rows(runs).tolist(), k
-        for g0, g1 in zip(group, [*group[1:], len(runs)]):
+        for g0, g1 in zip(group, [*group[1:], len(runs)], strict=True):
             s, lo, hi = int(runs[g0, STORE]), int(runs[g0, START]), int(runs[g1 - 1, STOP])
             dest = np.full(hi - lo, -1, np.int64)
             starts, stops = runs[g0:g1, START].tolist(), runs[g0:g1, STOP].tolist()
-            for a, b, n_run in zip(starts, stops, lens[g0:g1]):
+            for a, b, n_run in zip(starts, stops, lens[g0:g1], strict=True):
                 dest[a - lo : b - lo] = slot[at : at + n_run]
                 at += n_run
             self._store(s).reader.read_latents_into(lo, hi, buf, dest)
@@ -296,7 +296,9 @@ class CriticStream(IterableDataset):
         cols.update({key: ints[c].split(bs) for c, key in enumerate(INT_KEYS)})
         names = list(cols)
         # a window of fewer rows than a batch yields no batch (split() of an empty tensor is one empty view)
-        batches = (dict(zip(names, views)) for views in zip(*cols.values()) if n_out)
+        batches = (
+            dict(zip(names, views, strict=True)) for views in zip(*cols.values(), strict=True) if n_out
+        )
         kept = (buf[n_out:n], {key: v[rest] for key, v in meta.items()}) if len(rest) else None
         return batches, kept
 

@@ -393,11 +393,14 @@ class ClassifyingJudge(RuleJudge):
     """RuleJudge that also classifies (the labels a reader would give) and grades helpfulness 0-2."""
 
     def classify(self, prompts: list[str], responses: list[str]) -> list[str]:
-        return [rule_label(p, r) for p, r in zip(prompts, responses)]
+        return [rule_label(p, r) for p, r in zip(prompts, responses, strict=True)]
 
     def reward(self, prompts: list[str], responses: list[str]) -> np.ndarray:
         return np.array(
-            [2.0 if rule_label(p, r) == "benign-helpful" else 0.0 for p, r in zip(prompts, responses)]
+            [
+                2.0 if rule_label(p, r) == "benign-helpful" else 0.0
+                for p, r in zip(prompts, responses, strict=True)
+            ]
         )
 
 

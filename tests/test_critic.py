@@ -204,7 +204,7 @@ def test_save_and_load_round_trip(tmp_path):
     assert loaded.config == critic.config
     h, z = torch.randn(9, 12), torch.randn(9)
     with torch.no_grad():
-        for a, b in zip(critic(h, z), loaded(h, z)):
+        for a, b in zip(critic(h, z), loaded(h, z), strict=True):
             assert torch.equal(a, b)
     assert Critic.from_pretrained(tmp_path / "art", dropout=0.5).config.dropout == 0.5
     with pytest.raises(CriticError, match="unknown critic config override"):

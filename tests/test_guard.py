@@ -449,7 +449,7 @@ def test_per_prompt_seeds_make_a_batched_answer_the_one_it_gets_alone(artifact, 
     prompts = ["how do I bake bread at home", CHAT, "hack into my neighbour's wifi network", "the weather"]
     kw = {"max_new_tokens": 8, "block_width": 2, "prompt_batch": 4}
     together = guard.generate(prompts, seeds=[5, 6, 7, 8], **kw)
-    alone = [guard.generate([p], seeds=[s], **kw)[0] for p, s in zip(prompts, [5, 6, 7, 8])]
+    alone = [guard.generate([p], seeds=[s], **kw)[0] for p, s in zip(prompts, [5, 6, 7, 8], strict=True)]
     assert [r.token_ids for r in together] == [r.token_ids for r in alone]
     assert alone[0].token_ids == guard.generate(prompts[0], seed=5, **kw)[0].token_ids  # one prompt: seed
     other = guard.generate(prompts, seeds=[9, 6, 7, 8], **kw)
@@ -470,7 +470,7 @@ def test_on_block_sees_each_accepted_block_as_a_growing_agreed_prefix(artifact, 
     )
     for i, rec in enumerate(recs):
         assert len(seen[i]) == rec.steps >= 1
-        for a, b in zip(seen[i], seen[i][1:] + [rec.token_ids]):
+        for a, b in zip(seen[i], seen[i][1:] + [rec.token_ids], strict=True):
             assert b[: len(a)] == a  # never retracted: every call extends the last, the answer extends all
 
 
@@ -524,5 +524,5 @@ def test_rollouts_are_the_guards_answers_with_their_latents(artifact, tiny_polic
     assert roll.tokens == [r.token_ids for r in records]
     eos = set(tiny_policy.eos_token_ids)
     assert roll.finished == [bool(t) and t[-1] in eos for t in roll.tokens]
-    for toks, lat in zip(roll.tokens, roll.latents):
+    for toks, lat in zip(roll.tokens, roll.latents, strict=True):
         assert lat.shape == (len(toks) + 1, tiny_policy.identity.hidden_size) and lat.dtype == torch.float32

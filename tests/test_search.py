@@ -40,7 +40,7 @@ def greedy_reference(policy, prompt: str, d: int) -> list[int]:
 def test_greedy_admit_all_reproduces_generate(tiny_policy, critic, prompt_batch):
     cfg = config(num_candidates=1, beams_kept=1, block_width=3, max_new_tokens=20, temperature=0)
     recs = search(tiny_policy, PROMPTS, replace(cfg, prompt_batch=prompt_batch), critic)
-    for prompt, rec in zip(PROMPTS, recs):
+    for prompt, rec in zip(PROMPTS, recs, strict=True):
         assert rec.token_ids == greedy_reference(tiny_policy, prompt, 20)
         assert rec.steps == math.ceil(20 / 3) and not rec.refused and rec.safe
 
@@ -66,7 +66,7 @@ def test_static_compiled_path_gives_the_dynamic_tokens(tiny_policy, critic):
     prompts = ["how do I bake bread", "hello there", "hack the wifi now please"]
     dyn, comp = rollout(tiny_policy, prompts, greedy), rollout(tiny_policy, prompts, greedy, static_rows=8)
     assert comp.tokens == dyn.tokens and comp.finished == dyn.finished
-    for a, b in zip(comp.latents, dyn.latents):
+    for a, b in zip(comp.latents, dyn.latents, strict=True):
         assert a.shape == b.shape and torch.allclose(a, b, atol=1e-4)
     cfg = config(num_candidates=4, max_new_tokens=12, **GREEDY_EXACT)
     runs = [
@@ -85,7 +85,7 @@ def test_retry_rewinds_block_exactly(tiny_policy, critic):
     cost = WordCost(reject_first=(PROMPTS[1],))
     recs = search(tiny_policy, PROMPTS, cfg, critic, cost=cost)
     assert [r.retries for r in recs] == [0, 1]
-    for prompt, rec in zip(PROMPTS, recs):
+    for prompt, rec in zip(PROMPTS, recs, strict=True):
         assert rec.token_ids == greedy_reference(tiny_policy, prompt, 12)
     unsafe_twice = tiny_critic(tiny_policy, safe=False, cost=0.0)
     seen = []
@@ -301,7 +301,7 @@ def test_decode_pass_prefix_scores_equal_the_text_path(embedded_stack):
     roll = rollout(policy, prompts, SamplingConfig(max_new_tokens=24), torch.Generator().manual_seed(1))
     cols = cost.decode_columns(policy)
     assert cols is not None and reward.decode_columns(policy) is not None
-    for prompt, tokens, lat in zip(prompts, roll.tokens, roll.latents):
+    for prompt, tokens, lat in zip(prompts, roll.tokens, roll.latents, strict=True):
         n = len(tokens) - (tokens[-1] in policy.eos_token_ids)
         state = RunningPrefix.start(lat[:1])
         # two blocks: the running sums carried across a block boundary
@@ -347,7 +347,7 @@ def test_exact_search_from_the_decode_pass_equals_the_text_path(embedded_stack, 
     monkeypatch.setattr(search_module, "_decode_scoring", lambda ctx, beams: None)
     text = search(policy, prompts, cfg, critic, cost, reward)
     assert critic_ranks or sum(r.retries for r in text) >= 1  # a block was rewound (seed 3)
-    for a, b in zip(decoded, text):
+    for a, b in zip(decoded, text, strict=True):
         assert a.token_ids == b.token_ids and a.refused == b.refused and a.retries == b.retries
         assert a.cost == pytest.approx(b.cost, abs=DECODE_TOL)
         assert a.value == pytest.approx(b.value, abs=DECODE_TOL)
@@ -375,7 +375,7 @@ def test_args_on_the_policys_layers_picks_the_tokens_of_the_text_path(embedded_s
     assert all(r.scorer_seconds < 2.0 for r in cached)  # no text pass per step (the text path: ~2 s a step)
     monkeypatch.setattr(search_module, "_args_latent", lambda ctx, cands: None)
     text = search(policy, prompts, cfg, None, cost, reward)
-    for a, b in zip(cached, text):
+    for a, b in zip(cached, text, strict=True):
         assert a.token_ids == b.token_ids and len(a.token_ids) == 8
         assert a.cost == pytest.approx(b.cost, abs=DECODE_TOL)
 

@@ -54,7 +54,7 @@ def assert_matches(reader: StoreReader, batches):
     for k in ("traj_len", "traj_prompt", "traj_reward", "traj_finished", "traj_cost"):
         np.testing.assert_array_equal(getattr(reader, k), np.concatenate([getattr(b, k) for b in batches]))
     ends = np.cumsum([0] + [len(b.latents) for b in batches])
-    offsets = np.concatenate([[0]] + [b.offsets[1:] + e for b, e in zip(batches, ends)])
+    offsets = np.concatenate([[0]] + [b.offsets[1:] + e for b, e in zip(batches, ends[:-1], strict=True)])
     np.testing.assert_array_equal(reader.traj_offsets, offsets)
 
 

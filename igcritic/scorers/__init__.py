@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from igcritic import one_line
 from igcritic.scorers.base import (
     ASSET_DIR,
     ROLES,
@@ -113,7 +114,7 @@ def load_scorer(
     except ScorerError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = one_line(e, first_line=True)
         raise ScorerError(
             f"cannot load {role} scorer {spec!r} ({first}); check the folder ({SPEC_FORMS})"
         ) from None

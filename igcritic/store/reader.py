@@ -103,7 +103,9 @@ class StoreReader:
     def chunk_bounds(self) -> np.ndarray:
         """Sorted global token rows where a latents chunk starts, plus ``n_tok`` (read between them)."""
         t0, step = self.shard_offsets, self.chunk_tokens
-        return np.unique(np.concatenate([np.arange(a, b, step) for a, b in zip(t0[:-1], t0[1:])] + [t0]))
+        return np.unique(
+            np.concatenate([np.arange(a, b, step) for a, b in zip(t0[:-1], t0[1:], strict=True)] + [t0])
+        )
 
     @property
     def prompts(self) -> list[str]:
@@ -136,7 +138,7 @@ class StoreReader:
         if "traj_offsets" not in self._cache:
             parts = [
                 self._rows(s.group, "traj_offsets", 1, s.n_traj + 1) + t0
-                for s, t0 in zip(self._s, self._tok0)
+                for s, t0 in zip(self._s, self._tok0[:-1], strict=True)
             ]
             self._cache["traj_offsets"] = np.concatenate([np.zeros(1, np.int64), *parts]).astype(np.int64)
         return self._cache["traj_offsets"]
@@ -194,7 +196,7 @@ class StoreReader:
         if len(dest) != stop - start or not out.flags.c_contiguous:
             raise StoreError(f"dest must hold {stop - start} row indices and out be C-contiguous")
         dest = np.asarray(dest, dtype=np.int64)
-        for shard, t0, t1 in zip(self._shards, self._tok0[:-1], self._tok0[1:]):
+        for shard, t0, t1 in zip(self._shards, self._tok0[:-1], self._tok0[1:], strict=True):
             lo, hi = max(start, t0) - t0, min(stop, t1) - t0  # rows of this shard
             if lo >= hi:
                 continue
@@ -279,7 +281,7 @@ def _scatter_read(fd: int, row: int, out: np.ndarray, dest: np.ndarray) -> bool:
     jumps = np.flatnonzero(np.diff(src)[brk - 1] != 1) + 1  # buffers after skipped rows start a new call
     bounds = [0, *jumps.tolist(), len(starts)]
     first = (row + src[starts]) * rb
-    for a, b in zip(bounds[:-1], bounds[1:]):
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
         for c in range(a, b, IOV_MAX):
             e = min(c + IOV_MAX, b)
             if _PREADV(fd, iov.ctypes.data + 16 * c, e - c, int(first[c])) != int(n_rows[c:e].sum()) * rb:
