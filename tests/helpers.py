@@ -416,3 +416,12 @@ class TableJudge:
 
     def score(self, prompts: list[str], responses: list[str]) -> np.ndarray:
         return np.array([self.table.get(r, 0.0) for r in responses])
+
+
+CHAT = [
+    {"role": "system", "content": "answer in one short line"},
+    {"role": "user", "content": "how do I bake bread at home"},
+    {"role": "assistant", "content": "mix flour water salt and yeast then wait"},
+    {"role": "user", "content": "and then what"},
+]
+"""A conversation with a system prompt and two user turns (guard, prompts and serve tests)."""

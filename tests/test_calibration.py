@@ -105,6 +105,7 @@ def test_histogram_sums_are_exact_and_folds_apart():
     assert float(stats[3].sum()) == pytest.approx(-40.0 + 0.3 + 2.0 + 0.0)  # beyond the span: sums exact
 
 
+@pytest.mark.subprocess
 def test_calibration_imports_no_lightning():
     code = "import sys, igcritic.calibration; print(sorted(m for m in sys.modules if 'lightning' in m))"
     out = subprocess.run(

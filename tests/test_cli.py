@@ -32,6 +32,7 @@ def test_unknown_command_fails():
     assert main(["frobnicate"]) == 2
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("cmd", ["collect", "inspect", "export", "generate", "serve", "eval"])
 def test_each_command_has_help(cmd):
     res = subprocess.run(

@@ -109,6 +109,7 @@ def test_collect_writes_valid_store_with_teacher_forced_latents(tiny_model_dir, 
         assert t["cost_prefix"][-1] == pytest.approx(float(r.traj_cost[i]))
 
 
+@pytest.mark.subprocess
 def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model_dir, prompt_file, tmp_path):
     out = tmp_path / "killed.zarr"
     # Many small batches so the kill lands mid-run, after at least one committed batch.
@@ -238,6 +239,7 @@ def test_bad_input_errors_are_one_line(tiny_model_dir, tmp_path):
     assert not (tmp_path / "x.zarr").exists() and not (tmp_path / "y.zarr").exists()
 
 
+@pytest.mark.subprocess
 def test_cli_reports_missing_model_in_one_line(tmp_path):
     res = subprocess.run(
         [
@@ -317,6 +319,7 @@ def test_overwrite_refuses_what_is_not_a_store(tiny_model_dir, prompt_file, beav
     assert StoreReader(store.out).attrs["seed"] == 4 and validate_store(store.out) == []
 
 
+@pytest.mark.subprocess
 def test_second_collect_on_a_store_being_written_is_refused(
     tiny_model_dir, prompt_file, beaver_scorers, tmp_path
 ):

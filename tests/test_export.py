@@ -123,6 +123,7 @@ def test_export_without_calibration_and_from_old_checkpoints(trained, tmp_path, 
     assert "fitted at step -1" in caplog.text
 
 
+@pytest.mark.subprocess
 def test_artifact_loads_without_lightning(trained, tmp_path):
     _, ckpt = trained
     out = export(ckpt, tmp_path / "art")

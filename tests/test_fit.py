@@ -363,6 +363,7 @@ def test_seeded_tiny_fit_regression_scalars(store, tmp_path):
         assert m[key] == pytest.approx(value, rel=0.03, abs=0.005), key
 
 
+@pytest.mark.subprocess
 def test_fit_never_imports_the_runtime():
     """Imports follow the pipeline: training the critic loads neither the search runtime nor the exporter."""
     code = "import sys, igcritic.fit; print(sorted(m for m in sys.modules if m.startswith('igcritic')))"

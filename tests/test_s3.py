@@ -26,7 +26,7 @@ from igcritic.store import StoreError, StoreReader, StoreWriter, layout, lock, v
 from igcritic.store.inspect import InspectConfig
 from igcritic.store.inspect import main as inspect
 
-pytestmark = pytest.mark.s3
+pytestmark = [pytest.mark.s3, pytest.mark.subprocess]
 BUCKET = "igcritic-test"
 COLLECT_PROMPTS = [
     "how do I bake bread",

@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import CharReward, WordCost, plant, tiny_critic
 
-from igcritic.decoding import RejectedTokenPenalty, SamplingConfig, StaticKV, SuppressTokens, rollout
+from igcritic.decoding import SamplingConfig, StaticKV, rollout
 from igcritic.search import SearchConfig, SearchConfigError, search
 
 PROMPTS = ["how do I bake bread at home", "hack into my neighbour's wifi network"]
@@ -184,18 +184,6 @@ def test_deterministic_under_seed(tiny_policy, critic):
 
     assert run(1) == run(1)
     assert run(1) != run(2)
-
-
-def test_logits_processors_are_pure():
-    scores = torch.randn(2, 10)
-    before = scores.clone()
-    banned = torch.zeros(2, 10, dtype=torch.bool)
-    banned[0, 3] = banned[1, 7] = True
-    out = RejectedTokenPenalty(banned, strength=2.0)(torch.zeros(2, 4, dtype=torch.long), scores)
-    assert torch.equal(scores, before) and out is not scores
-    assert torch.allclose(out[banned], before[banned] - 2.0) and torch.equal(out[~banned], before[~banned])
-    out = SuppressTokens((1,))(torch.zeros(2, 0, dtype=torch.long), scores)
-    assert torch.equal(scores, before) and torch.isinf(out[:, 1]).all()
 
 
 @pytest.mark.parametrize(
@@ -385,22 +373,6 @@ def test_automatic_prompt_batch_is_sized_for_the_device():
     assert cfg.prompts_per_batch("cpu") == 4 and cfg.prompts_per_batch("cuda") == 128
     assert SearchConfig(num_candidates=8, prompt_batch=3).prompts_per_batch("cuda") == 3
     assert SearchConfig(method="plain").prompts_per_batch("cpu") == 32  # N = 1
-
-
-@pytest.mark.parametrize("scale", [0.1, 1.0, 3.0, 10.0])
-@pytest.mark.parametrize("top_p", [0.5, 0.9, 0.99])
-def test_top_p_from_the_most_likely_tokens_equals_a_full_sort(scale, top_p):
-    """The nucleus found among the 256 most likely tokens (or a full sort when it is wider) is the one a full
-    sort of the vocabulary gives."""
-    from igcritic.decoding import filter_logits
-
-    logits = torch.randn(6, 5000, generator=torch.Generator().manual_seed(int(scale * 10))) * scale
-    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-    probs = sorted_logits.softmax(-1)
-    drop = probs.cumsum(-1) - probs > top_p
-    want = drop.scatter(-1, order, drop)
-    got = torch.isinf(filter_logits(logits, SamplingConfig(temperature=1.0, top_p=top_p)))
-    assert torch.equal(got, want)
 
 
 class FlatCost:
