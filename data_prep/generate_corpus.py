@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-PROMPTS = ROOT / "data_prep" / "data" / "default_prompts.jsonl"
+PROMPTS = ROOT / "igcritic" / "assets" / "default_prompts.jsonl"
 OUT = ROOT / "data_prep" / "data" / "corpus_answers.jsonl"
 SEARCH_METHODS = {  # source name -> SearchConfig overrides (as in configs/eval/embedded.yaml)
     "best_of_n_augmented": {"method": "best_of_n", "score": "augmented", "critic": False, "mode": "exact"},

@@ -3,9 +3,9 @@
 Five kinds, chosen by a spec string (:func:`load_scorer`):
 
 - ``embedded``: the shipped classifiers (:mod:`igcritic.scorers.embedded`), trained in ``data_prep/`` on the
-  embedded policy's answers read by a person. Cost = p(harmful compliance), its running max over prefixes,
-  so the budget ``d = 0.5`` means "no prefix looked like harmful compliance with p > 0.5"; reward = expected
-  helpfulness in [0, 1].
+  embedded policy's answers labelled by LLM reading agents (not people). Cost = p(harmful compliance), its
+  running max over prefixes, so the budget ``d = 0.5`` means "no prefix looked like harmful compliance with
+  p > 0.5"; reward = expected helpfulness in [0, 1].
 - ``embedded-judge``: a classifier with other features and other training prompts than the cost, for
   grading answers in ``igcritic eval`` (never for steering); it also classifies into the reading labels.
 - ``beaver:<folder>``: a safe-rlhf score model (``LlamaForScore``: ``model.*`` + ``score_head.*``) loaded with

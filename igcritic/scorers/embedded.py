@@ -2,8 +2,8 @@
 steers.
 
 Each is a linear head (safetensors ``weight (C, F)``, ``bias (C,)``) on one of two feature families, trained
-in ``data_prep/train_classifiers.py`` on answers of the embedded policy read by a person
-(``data_prep/LABELLING.md``); what they are and are not is in ``data_prep/README.md``.
+in ``data_prep/train_classifiers.py`` on answers of the embedded policy labelled by LLM reading agents, not
+people (``data_prep/LABELLING.md``); what they are and are not is in ``data_prep/README.md``.
 
 - ``latent`` features: the policy's own middle layers (:mod:`igcritic.scorers.latent`); causal, so every
   prefix score of an answer comes from one forward pass.
