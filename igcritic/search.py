@@ -670,10 +670,7 @@ def _search_batch(ctx: _Ctx, gen: Generators) -> list[GuardRecord]:
             if not rows:
                 continue
             tr.scored += len(rows)
-            entries = [
-                _Entry(cands.tokens[j], **{k: v[j] for k, v in cols.items()}, complete=complete[j], row=j)
-                for j in rows
-            ] + tr.pool
+            entries = _entries(cands.tokens, rows, cols, complete) + tr.pool
             chosen = _choose(cfg, tr, entries, plan.beams, plan.retries)
             if chosen is Verdict.RETRY:  # resample from each beam's state at the block start, penalised
                 tr.retries += 1
@@ -705,6 +702,16 @@ def _search_batch(ctx: _Ctx, gen: Generators) -> list[GuardRecord]:
         rewind(beams, was_rewound, block, keep_idx)
     seconds = (time.perf_counter() - t0) / len(ctx.prompts)
     return [_record(ctx, p, tr, seconds) for p, tr in enumerate(tracks)]
+
+
+def _entries(
+    tokens: list[list[int]], rows: list[int], cols: dict[str, list], complete: list[bool]
+) -> list[_Entry]:
+    """The candidates ``rows`` of a block as entries, each field by name from ``cols`` (:class:`Scores` as
+    lists)."""
+    return [
+        _Entry(tokens[j], **{k: v[j] for k, v in cols.items()}, complete=complete[j], row=j) for j in rows
+    ]
 
 
 def _agreed(answers: list[list[int]]) -> list[int]:
