@@ -61,7 +61,7 @@ def test_fit_configs_parse(path):
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("eval/*.yaml")), ids=lambda p: p.name)
 def test_eval_configs_parse(path):
-    from igcritic.evaluate import EvalConfig
+    from igcritic.eval.run import EvalConfig
 
     cfg = parse_config(EvalConfig, ["--config", str(path)])
     assert isinstance(cfg, EvalConfig) and cfg.methods and cfg.problems() == []
@@ -108,7 +108,8 @@ def test_config_typos_are_one_line_with_a_suggestion(tmp_path, capsys, monkeypat
 
 
 def test_eval_print_config_round_trips(tmp_path, capsys):
-    from igcritic.evaluate import EvalConfig, MethodSpec, default_methods
+    from igcritic.eval.methods import MethodSpec, default_methods
+    from igcritic.eval.run import EvalConfig
 
     with pytest.raises(SystemExit):
         main(["eval", "--print_config"])
@@ -124,7 +125,7 @@ def test_eval_print_config_round_trips(tmp_path, capsys):
 
 
 def test_bare_bool_flags_mean_true():
-    from igcritic.evaluate import EvalConfig
+    from igcritic.eval.run import EvalConfig
 
     assert parse_config(EvalConfig, ["--overwrite"]).overwrite is True
     cfg = parse_config(EvalConfig, ["--overwrite", "--seed", "3", "--plots"])
@@ -156,7 +157,6 @@ STAGES = [
     "igcritic",
     "prompts",
     "policy",
-    "plots",
     "scorers",
     "store",
     "decoding",
@@ -170,12 +170,13 @@ STAGES = [
     "export",
     "guard",
     "serve",
-    "judges",
-    "reading",
-    "report",
-    "evaluate",
+    "eval",
     "__main__",
 ]
+
+
+EVAL_STAGES = ["eval", "stats", "judges", "quality", "reading", "tables", "plots", "report", "methods", "run"]
+"""The order of the modules of ``igcritic/eval/`` (a run flows through them in this order)."""
 
 
 def _stage(module: str) -> str:
@@ -209,3 +210,22 @@ def test_modules_import_only_earlier_stages():
                     wrong.append(f"{module} imports {name}")
     assert not wrong, wrong
     assert seen == set(STAGES)
+
+
+def test_eval_modules_import_only_earlier_eval_modules():
+    import ast
+
+    package = Path(__file__).resolve().parents[1] / "igcritic" / "eval"
+    seen, wrong = set(), []
+    for path in sorted(package.glob("*.py")):
+        stage = "eval" if path.stem == "__init__" else path.stem
+        seen.add(stage)
+        assert stage in EVAL_STAGES, f"igcritic.eval.{stage} has no place in EVAL_STAGES; add it"
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("igcritic.eval"):
+                parts = node.module.split(".")
+                got = parts[2] if len(parts) > 2 else "eval"
+                if EVAL_STAGES.index(got) >= EVAL_STAGES.index(stage) and got != stage:
+                    wrong.append(f"igcritic.eval.{stage} imports {node.module}")
+    assert not wrong, wrong
+    assert seen == set(EVAL_STAGES)

@@ -17,10 +17,11 @@ import pytest
 from helpers import CharReward, StandInGuard, WordCost, read_jsonl, tiny_critic, write_prompts
 from lightning.pytorch.callbacks import Callback
 
-from igcritic import evaluate as ev
 from igcritic.__main__ import main, parse_config
+from igcritic.eval import RECORD_METHOD
+from igcritic.eval import run as ev
+from igcritic.eval.report import PROGRESS_FILE, RECORDS_FILE, RESULTS_JSON
 from igcritic.guard import load_guard
-from igcritic.report import PROGRESS_FILE, RECORD_METHOD, RECORDS_FILE, RESULTS_JSON
 from igcritic.search import SearchConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,7 +175,7 @@ sys.path.insert(0, {tests!r})
 from test_faults import Stopping
 from lightning.pytorch.callbacks import Callback
 
-from igcritic import evaluate as ev
+from igcritic.eval import run as ev
 from igcritic.__main__ import main, parse_config
 from igcritic.guard import load_guard
 ev._load_guard = lambda cfg: Stopping(stop_at=1, signum={signum})
@@ -326,7 +327,7 @@ def test_the_embedded_cost_scale_is_a_probability():
 
 
 def test_negative_numbers_parse_on_the_command_line():
-    from igcritic.evaluate import EvalConfig
+    from igcritic.eval.run import EvalConfig
     from igcritic.guard import GenerateConfig
 
     assert parse_config(EvalConfig, ["--budget", "-1e9"]).budget == -1e9

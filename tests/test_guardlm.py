@@ -19,8 +19,9 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from igcritic.evaluate import EvalConfig, MethodSpec, run_eval
-from igcritic.judges import grade, load_judges
+from igcritic.eval.judges import grade, load_judges
+from igcritic.eval.methods import MethodSpec
+from igcritic.eval.run import EvalConfig, run_eval
 from igcritic.prompts import PromptSource, prompt_text
 from igcritic.scorers import GuardLMScorer, ScorerError, guard_chat, load_scorer
 
