@@ -1,4 +1,4 @@
-"""What the eval tests share: the methods, a hand recomputation of the metrics, runs on the stand-in guard."""
+"""What the eval tests share: the methods, a hand recomputation of the metrics, runs with canned answers."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 
 from helpers import (
     REFUSAL,
-    StandInGuard,
+    canned_guard,
     rule_label,
     write_prompts,
 )
@@ -83,23 +83,23 @@ JUDGED = [
     MethodSpec("method-ig", {"method": "inferenceguard"}),
     MethodSpec(
         "method-twin", {"method": "plain"}
-    ),  # answers exactly like method-plain (the stand-in is a rule)
+    ),  # answers exactly like method-plain (the answers are canned)
 ]
 
 
-def judged_run(tmp_path, judges, methods=JUDGED, guard=None, **kw):
+def judged_run(tmp_path, policy, judges, methods=JUDGED, guard=None, **kw):
     tmp_path.mkdir(parents=True, exist_ok=True)
     cfg = EvalConfig(
         critic="unused",
         prompts=PromptSource(str(write_prompts(tmp_path / "prompts.jsonl")), split=None, limit=None),
         methods=methods,
-        out_dir=str(tmp_path / "run"),
+        out=str(tmp_path / "run"),
         seed=3,
         plots=False,
         quality_set=None,
         **kw,
     )
-    return cfg, run_eval(cfg, guard=guard or StandInGuard(budget=0.5), judges=judges)
+    return cfg, run_eval(cfg, guard=guard or canned_guard(policy), judges=judges)
 
 
 def render(table) -> str:
@@ -119,16 +119,16 @@ def hand_labels(answers: list[dict]) -> list[dict]:
     return out
 
 
-def run_on_stand_in(tmp_path):
-    """The METHODS on the stand-in guard over PROMPTS: (config, guard, result)."""
+def run_canned(tmp_path, policy):
+    """The METHODS on the guard with canned answers over PROMPTS: (config, guard, result)."""
     prompts = write_prompts(tmp_path / "prompts.jsonl")
-    guard = StandInGuard(budget=0.5)
+    guard = canned_guard(policy)
     cfg = EvalConfig(
         critic="unused",
         prompts=PromptSource(str(prompts), split=None, limit=None),
         methods=METHODS,
         search={"num_candidates": 4, "block_width": 8, "max_new_tokens": 16, "method": "ignored"},
-        out_dir=str(tmp_path / "out"),
+        out=str(tmp_path / "out"),
         seed=7,
     )
     result = run_eval(cfg, guard=guard)

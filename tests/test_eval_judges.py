@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from helpers import (
     PROMPTS,
     REFUSAL,
-    CharCost,
-    CharReward,
+    CannedGuard,
     ClassifyingJudge,
     RuleJudge,
-    StandInGuard,
+    TextCost,
+    TextReward,
+    canned_guard,
+    char_cycle,
+    distinct_chars,
     write_prompts,
 )
 from helpers_eval import JUDGED, METHODS, judged_run, render, tiny_guard
@@ -29,9 +31,9 @@ from igcritic.eval.stats import resample_indices
 from igcritic.prompts import PromptSource
 
 
-def test_judge_columns_intervals_and_exactly_zero_paired_difference(tmp_path):
+def test_judge_columns_intervals_and_exactly_zero_paired_difference(tmp_path, tiny_policy):
     judge = ClassifyingJudge()
-    cfg, result = judged_run(tmp_path, [judge])
+    cfg, result = judged_run(tmp_path, tiny_policy, [judge])
     (report,) = result.judges
     rows = {s.method: s for s in report.methods}
     assert result.reference == "method-plain"  # no "plain sampling": the first method
@@ -56,7 +58,7 @@ def test_judge_columns_intervals_and_exactly_zero_paired_difference(tmp_path):
     twin = rows["method-twin"]
     assert twin.diff == twin.diff_low == twin.diff_high == 0.0  # identical answers: exactly zero, not ~0
     assert rows["method-ig"].diff < 0 and rows["method-ig"].diff_high < 0  # and a real difference shows
-    # the search believed everything safe (the stand-in plants safe=True): every harmful answer is missed
+    # the search believed everything safe (the canned records say safe=True): every harmful answer is missed
     assert rows["method-plain"].missed_rate == rows["method-plain"].harmful_rate == 0.5
     assert rows["method-ig"].classes["refusal"] == 0.5 and rows["method-ig"].harmful_rate == 0.0
     assert sum(rows["method-bon"].classes.values()) == pytest.approx(1.0)
@@ -69,7 +71,7 @@ def test_judge_columns_intervals_and_exactly_zero_paired_difference(tmp_path):
         tuple(np.percentile(rew[idx].mean(1), [2.5, 97.5]))
     )
     # files: judges.csv, judge grades in the records, the judge in results.json
-    out = Path(cfg.out_dir)
+    out = Path(cfg.out)
     assert (out / "judges.csv").is_file()
     data = json.loads((out / "results.json").read_text())
     assert data["reference"] == "method-plain" and data["bootstrap"]["resamples"] == 2000
@@ -83,7 +85,9 @@ def test_judge_columns_intervals_and_exactly_zero_paired_difference(tmp_path):
 
 def test_a_judge_is_never_called_during_search(tmp_path, tiny_policy):
     """The real guard (search.py) steers with its own cost scorer; the judge sees only final answers, once."""
-    guard, critic_dir = tiny_guard(tmp_path, tiny_policy, cost=CharCost(), reward=CharReward())
+    guard, critic_dir = tiny_guard(
+        tmp_path, tiny_policy, cost=TextCost(char_cycle), reward=TextReward(distinct_chars)
+    )
     judge = RuleJudge()
     during = []
     generate = guard.generate
@@ -104,7 +108,7 @@ def test_a_judge_is_never_called_during_search(tmp_path, tiny_policy):
         prompts=PromptSource(str(write_prompts(tmp_path / "p.jsonl", rows)), split="heldout", limit=None),
         search={"num_candidates": 4, "block_width": 4, "max_new_tokens": 8},
         budget=0.5,
-        out_dir=str(tmp_path / "out"),
+        out=str(tmp_path / "out"),
         plots=False,
         quality_set=None,
     )
@@ -114,8 +118,8 @@ def test_a_judge_is_never_called_during_search(tmp_path, tiny_policy):
     assert guard.cost is not judge and guard.reward is not judge
 
 
-def test_over_refusal_from_the_refused_flag_and_from_labels(tmp_path):
-    class RefusesPoems(StandInGuard):
+def test_over_refusal_from_the_refused_flag_and_from_labels(tmp_path, tiny_policy):
+    class RefusesPoems(CannedGuard):
         def generate(self, prompts, budget=None, **overrides):
             out = super().generate(prompts, budget, **overrides)
             for r in out:
@@ -123,7 +127,8 @@ def test_over_refusal_from_the_refused_flag_and_from_labels(tmp_path):
                     r.text, r.refused, r.safe = REFUSAL, True, False
             return out
 
-    _, result = judged_run(tmp_path, [ClassifyingJudge()], methods=JUDGED[:3], guard=RefusesPoems())
+    guard = canned_guard(tiny_policy, kind=RefusesPoems)
+    _, result = judged_run(tmp_path, tiny_policy, [ClassifyingJudge()], methods=JUDGED[:3], guard=guard)
     n_benign = sum(not p["harmful"] for p in PROMPTS)
     ig = result.summaries[2]
     assert ig.n_benign == n_benign and ig.over_refusal_rate == pytest.approx(1 / n_benign)
@@ -131,7 +136,7 @@ def test_over_refusal_from_the_refused_flag_and_from_labels(tmp_path):
     by_judge = {s.method: s for s in result.judges[0].methods}
     assert by_judge["method-ig"].over_refusal_from == "labels"
     assert by_judge["method-ig"].over_refusal_rate == pytest.approx(1 / n_benign)
-    _, plain_judge = judged_run(tmp_path / "b", [RuleJudge()], methods=JUDGED[:3], guard=RefusesPoems())
+    _, plain_judge = judged_run(tmp_path / "b", tiny_policy, [RuleJudge()], methods=JUDGED[:3], guard=guard)
     ig_plain = plain_judge.judges[0].methods[2]
     assert ig_plain.over_refusal_from == "refused flag" and ig_plain.over_refusal_rate == pytest.approx(
         1 / n_benign
@@ -139,7 +144,7 @@ def test_over_refusal_from_the_refused_flag_and_from_labels(tmp_path):
     assert ig_plain.classes is None
 
 
-def test_judge_config_problems_are_gathered(tmp_path):
+def test_judge_config_problems_are_gathered(tmp_path, tiny_policy):
     cfg = EvalConfig(
         methods=METHODS,
         reference="nope",
@@ -166,9 +171,9 @@ def test_judge_config_problems_are_gathered(tmp_path):
                 prompts=PromptSource(str(write_prompts(tmp_path / "p.jsonl")), split="heldout", limit=16),
                 methods=METHODS[:1],
                 budget=0.5,
-                out_dir=str(tmp_path / "o"),
+                out=str(tmp_path / "o"),
             ),
-            guard=StandInGuard(),
+            guard=canned_guard(tiny_policy),
             judges=[object()],
         )
     assert not (tmp_path / "o").exists()
@@ -190,10 +195,9 @@ def test_load_judges_loads_fresh_cost_scorers(monkeypatch):
 
     def fake_load(spec, role, device="cpu"):
         loaded.append((spec, role))
-        return SimpleNamespace(
-            info=SimpleNamespace(budget_hint=0.0 if spec.startswith("beaver") else 0.5),
-            score=lambda p, r: np.zeros(len(r)),
-        )
+        if role == "reward":
+            return TextReward()
+        return TextCost(budget_hint=0.0 if spec.startswith("beaver") else 0.5)
 
     monkeypatch.setattr(jd, "load_scorer", fake_load)
     a, b = jd.load_judges(["embedded", {"name": "b", "spec": "beaver:/c", "reward": "beaver:/r"}])
@@ -203,10 +207,7 @@ def test_load_judges_loads_fresh_cost_scorers(monkeypatch):
 
 
 def test_a_scorer_judge_classifies_only_when_its_scorer_can():
-    class Refuses:  # has the method, but no class head (like a cost-only classifier)
-        def score(self, prompts, responses):
-            return np.zeros(len(responses))
-
+    class Refuses(TextCost):  # has the method, but no class head (like a cost-only classifier)
         def classify(self, prompts, responses):
             raise ValueError("no class head")
 

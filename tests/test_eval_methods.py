@@ -6,14 +6,14 @@ import pytest
 from helpers import (
     PROMPTS,
     REFUSAL,
-    CharCost,
-    CostScorer,
-    RewardScorer,
-    StandInGuard,
-    WordTokenizer,
+    TextCost,
+    TextReward,
+    canned_guard,
+    canned_record,
+    char_cycle,
     write_prompts,
 )
-from helpers_eval import METHODS, run_on_stand_in
+from helpers_eval import METHODS, run_canned
 
 from igcritic.eval import run as ev
 from igcritic.eval.methods import final_costs, run_method
@@ -22,14 +22,14 @@ from igcritic.prompts import PromptSource, load_prompts
 
 
 @pytest.fixture()
-def eval_run(tmp_path):
-    return run_on_stand_in(tmp_path)
+def eval_run(tmp_path, tiny_policy):
+    return run_canned(tmp_path, tiny_policy)
 
 
 def test_safety_rate_uses_recomputed_cost_not_the_runtime_flag(eval_run):
     _, _, result = eval_run
     plain = result.summaries[0]
-    assert plain.tracked_safety_rate == 1.0  # the stand-in runtime claims everything is safe
+    assert plain.tracked_safety_rate == 1.0  # the canned records claim everything is safe
     n_harmful = sum(p["harmful"] for p in PROMPTS)
     assert plain.safety_rate == pytest.approx(1 - n_harmful / len(PROMPTS))  # harmful answers cost > 1
     ig = result.summaries[2]
@@ -49,57 +49,47 @@ def test_overrides_seed_and_budget_reach_the_guard(eval_run):
         assert (
             overrides["seed"] == 7 and overrides["num_candidates"] == 4 and overrides["max_new_tokens"] == 16
         )
-        assert overrides["method"] == spec.overrides["method"]  # a method's own overrides win over search
+        assert overrides["method"] == spec.overrides.method  # a method's own overrides win over search
 
 
-def test_batch_size_splits_calls(tmp_path):
-    guard = StandInGuard()
+def test_batch_size_splits_calls(tmp_path, tiny_policy):
+    guard = canned_guard(tiny_policy)
     cfg = EvalConfig(
         prompts=PromptSource(str(write_prompts(tmp_path / "p.jsonl")), split="heldout", limit=None),
         methods=METHODS[:1],
         batch_size=2,
-        out_dir=str(tmp_path / "o"),
+        out=str(tmp_path / "o"),
         budget=0.5,
         plots=False,
     )
-    result = run_eval(cfg, guard=guard, cost=CostScorer(), reward=RewardScorer())
+    result = run_eval(cfg, guard=guard)
     n_test = sum(p["split"] == "heldout" for p in PROMPTS)
     assert [len(c[0]) for c in guard.calls] == [2, 2, 2]
     assert result.summaries[0].n == n_test and "fig2_tradeoffs.png" not in {p.name for p in result.files}
-    ticks: list[int] = []  # the progress bar hears of each call's prompts (this guard takes no progress)
+    ticks: list[int] = []  # the progress bar hears of each call's prompts, from the guard
     prompts = load_prompts(cfg.prompts)[0]
     overrides = ev.method_overrides(cfg, METHODS[0])
-    run_method(
-        guard,
-        METHODS[0],
-        prompts,
-        overrides,
-        0.5,
-        CostScorer(),
-        RewardScorer(),
-        2,
-        True,
-        lambda n, **_: ticks.append(n),
-    )
+    cost, reward = TextCost(), TextReward()
+    advance = lambda n, **_: ticks.append(n)  # noqa: E731
+    run_method(guard, METHODS[0], prompts, overrides, 0.5, cost, reward, 2, True, advance)
     assert [n for n in ticks if n] == [2, 2, 2]
 
 
-def test_final_cost_is_the_last_prefix_score():
-    tok = WordTokenizer()
-    ids = [0, 1, 2, 5]  # "sure here is b": p(full text) = 14 % 7 / 7 = 0, but a prefix reaches 6/7
+def test_final_cost_is_the_last_prefix_score(tiny_policy):
+    tok = tiny_policy.tokenizer
+    ids = tok("sure here is how you do it", add_special_tokens=False)["input_ids"]
     text = tok.decode(ids)
     prefixes = [tok.decode(ids[:t]) for t in range(len(ids) + 1)]
-    want = max(CharCost.p(t) for t in prefixes)
-    assert CharCost.p(text) == 0.0 and want > 0.5
+    want = max(char_cycle(t) for t in prefixes)
+    assert want > char_cycle(text)  # the running max over prefixes is not the full text's score
     records = [
-        {"text": text, "token_ids": ids, "refused": False},
-        {"text": REFUSAL, "token_ids": [], "refused": True},  # refusal: scored as text
-        {"text": "other text", "token_ids": ids, "refused": False},  # tokens do not decode to the text
+        canned_record(tiny_policy, "p", text),
+        canned_record(tiny_policy, "p", REFUSAL),  # refusal: scored as text
+        canned_record(tiny_policy, "p", "other text", token_ids=ids),  # tokens do not decode to the text
     ]
-    costs, src = final_costs(CharCost(), ["p"] * 3, records, tok)
+    cost = TextCost(char_cycle)
+    costs, src = final_costs(cost, ["p"] * 3, records, tok)
     assert src == ["prefix", "text", "text"]
-    assert costs == pytest.approx([want, CharCost.p(REFUSAL), CharCost.p("other text")])
-    flat, src = final_costs(CharCost(), ["p"] * 3, records, tok, prefix=False)
-    assert src == ["text"] * 3 and flat[0] == 0.0
-    no_tok, src = final_costs(CharCost(), ["p"] * 3, records, None)
-    assert src == ["text"] * 3
+    assert costs == pytest.approx([want, char_cycle(REFUSAL), char_cycle("other text")])
+    flat, src = final_costs(cost, ["p"] * 3, records, tok, prefix=False)
+    assert src == ["text"] * 3 and flat[0] == pytest.approx(char_cycle(text))

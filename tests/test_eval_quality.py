@@ -7,10 +7,12 @@ import json
 import numpy as np
 import pytest
 from helpers import (
-    CharCost,
-    CharReward,
-    StandInGuard,
     TableJudge,
+    TextCost,
+    TextReward,
+    canned_guard,
+    char_cycle,
+    distinct_chars,
     write_prompts,
 )
 from helpers_eval import METHODS, render, tiny_guard
@@ -21,7 +23,7 @@ from igcritic.eval.run import EvalConfig, run_eval
 from igcritic.prompts import PromptSource
 
 
-def test_judge_quality_equals_a_hand_computation(tmp_path):
+def test_judge_quality_equals_a_hand_computation(tmp_path, tiny_policy):
     # 0.62 (harmful, under-confident) and 0.75 (harmless, over-confident) fall into different bins of ten,
     # one bin of five: the bin count matters; "d" and "g" tie
     scores = {"a": 0.91, "b": 0.62, "c": 0.35, "d": 0.75, "e": 0.12, "f": 0.05, "g": 0.75}
@@ -66,13 +68,13 @@ def test_judge_quality_equals_a_hand_computation(tmp_path):
         prompts=PromptSource(str(write_prompts(tmp_path / "p.jsonl")), split="heldout", limit=16),
         methods=METHODS[:1],
         budget=0.5,
-        out_dir=str(tmp_path / "o"),
+        out=str(tmp_path / "o"),
         plots=False,
         quality_set=str(quality),
     )
-    result = run_eval(cfg, guard=StandInGuard(), judges=[TableJudge(scores, labels)])
+    result = run_eval(cfg, guard=canned_guard(tiny_policy), judges=[TableJudge(scores, labels)])
     rows = {q.kind: q for q in result.quality}
-    assert set(rows) == {"cost scorer", "reward scorer", "judge"}
+    assert set(rows) == {"cost scorer", "reward scorer", "judge", "critic value", "critic cost"}
     j = rows["judge"]
     assert (j.n, j.positives, j.target) == (7, 4, "harmful")
     assert (j.auroc, j.ece) == pytest.approx((auroc, ece))
@@ -84,17 +86,17 @@ def test_judge_quality_equals_a_hand_computation(tmp_path):
     assert "AUROC" in text and f"{auroc:.3f}" in text and f"{ece:.3f}" in text
 
 
-def test_a_missing_default_quality_set_is_one_warning_not_a_crash(tmp_path, monkeypatch, caplog):
+def test_a_missing_default_quality_set_is_one_warning_not_a_crash(tmp_path, monkeypatch, caplog, tiny_policy):
     monkeypatch.setattr(quality, "QUALITY_FILE", tmp_path / "not-yet.jsonl")
     cfg = EvalConfig(
         prompts=PromptSource(str(write_prompts(tmp_path / "p.jsonl")), split="heldout", limit=16),
         methods=METHODS[:1],
         budget=0.5,
-        out_dir=str(tmp_path / "o"),
+        out=str(tmp_path / "o"),
         plots=False,
     )
     with caplog.at_level("WARNING"):
-        result = run_eval(cfg, guard=StandInGuard())
+        result = run_eval(cfg, guard=canned_guard(tiny_policy))
     warned = [r for r in caplog.records if "quality" in r.getMessage()]
     assert len(warned) == 1 and "not-yet.jsonl" in warned[0].getMessage()
     assert (
@@ -107,10 +109,10 @@ def test_a_missing_default_quality_set_is_one_warning_not_a_crash(tmp_path, monk
                 prompts=cfg.prompts,
                 methods=METHODS[:1],
                 budget=0.5,
-                out_dir=str(tmp_path / "o2"),
+                out=str(tmp_path / "o2"),
                 quality_set=str(tmp_path / "typo.jsonl"),
             ),
-            guard=StandInGuard(),
+            guard=canned_guard(tiny_policy),
         )
 
 
@@ -119,7 +121,9 @@ def test_quality_reports_the_critics_value_and_latent_cost_on_unpadded_latents(t
     the latent of the whole answer (checked one unpadded answer at a time against the batched padded pass)."""
     import torch
 
-    guard, critic_dir = tiny_guard(tmp_path, tiny_policy, cost=CharCost(), reward=CharReward())
+    guard, critic_dir = tiny_guard(
+        tmp_path, tiny_policy, cost=TextCost(char_cycle), reward=TextReward(distinct_chars)
+    )
     answers = [
         "sure here is how",
         "no",
@@ -139,7 +143,7 @@ def test_quality_reports_the_critics_value_and_latent_cost_on_unpadded_latents(t
         methods=METHODS[:1],
         search={"max_new_tokens": 4},
         budget=0.5,
-        out_dir=str(tmp_path / "o"),
+        out=str(tmp_path / "o"),
         plots=False,
         quality_set=str(quality),
     )
@@ -161,7 +165,7 @@ def test_quality_reports_the_critics_value_and_latent_cost_on_unpadded_latents(t
     assert (got["critic cost"].auroc, got["critic cost"].ece) == pytest.approx(want_c, abs=1e-4)
 
 
-def test_quality_table_is_cached_by_the_graders_fingerprints(tmp_path, monkeypatch):
+def test_quality_table_is_cached_by_the_graders_fingerprints(tmp_path, monkeypatch, tiny_policy):
     """The same labelled file graded by the same scorers and judges (by their weights' fingerprints) is read
     from the cache; another weight file or another labelled file is graded afresh; a scorer whose weights
     cannot be fingerprinted is never cached."""
@@ -171,22 +175,25 @@ def test_quality_table_is_cached_by_the_graders_fingerprints(tmp_path, monkeypat
     monkeypatch.setattr("igcritic.collect.scorer_fingerprint", lambda s: s.weights)
     calls: list[int] = []
 
-    class Counting:
+    class Counting(TextCost):
         def __init__(self, weights: str | None = "w0"):
+            super().__init__(lambda r: r.count("x") / 2)
             self.weights = weights
 
-        def score(self, prompts, responses):
+        def score(self, prompts, responses, previous=None):
             calls.append(len(responses))
-            return np.array([r.count("x") / 2 for r in responses])
+            return super().score(prompts, responses, previous)
 
     src = tmp_path / "labelled.jsonl"
     rows = [{"prompt": "p", "response": r, "harmful": h, "helpful": 1 - h} for r, h in (("x", 1), ("y", 0))]
     rows += [{"prompt": "p", "response": "xx", "harmful": 1, "helpful": 0}]
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
+    guard = canned_guard(tiny_policy)
+
     def quality(cost=None, judge=None):
         judges = [ScorerJudge("j", judge or Counting())]
-        return cached_quality(rows, str(src), cost or Counting(), Counting(), judges, guard=object())
+        return cached_quality(rows, str(src), cost or Counting(), Counting(), judges, guard)
 
     first = quality()
     assert len(calls) == 3 and list((tmp_path / "cache" / "quality").glob("*.json"))

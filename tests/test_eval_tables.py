@@ -10,7 +10,7 @@ import pytest
 from helpers import (
     ClassifyingJudge,
 )
-from helpers_eval import judged_run, run_on_stand_in
+from helpers_eval import judged_run, run_canned
 from rich.console import Console
 
 from igcritic.eval import EvalError
@@ -19,8 +19,8 @@ from igcritic.eval.run import EvalConfig
 
 
 @pytest.fixture()
-def eval_run(tmp_path):
-    return run_on_stand_in(tmp_path)
+def eval_run(tmp_path, tiny_policy):
+    return run_canned(tmp_path, tiny_policy)
 
 
 def test_table_shows_the_summary_numbers(eval_run):
@@ -41,8 +41,8 @@ def test_table_shows_the_summary_numbers(eval_run):
             assert cell in line, (s.method, cell, line)
 
 
-def test_printed_tables_never_cut_a_number(tmp_path):
-    _, result = judged_run(tmp_path, [ClassifyingJudge()])
+def test_printed_tables_never_cut_a_number(tmp_path, tiny_policy):
+    _, result = judged_run(tmp_path, tiny_policy, [ClassifyingJudge()])
     console = Console(file=io.StringIO(), width=60)  # far narrower than the tables
     result.print(console)
     text = console.file.getvalue()
@@ -53,19 +53,19 @@ def test_printed_tables_never_cut_a_number(tmp_path):
         assert any(ln.rstrip().endswith(f" {s.tokens_per_s:.0f}") for ln in lines)
 
 
-def test_printed_tables_fit_100_columns_and_a_finished_run_prints_them_again(tmp_path, capsys):
+def test_printed_tables_fit_100_columns_and_a_finished_run_prints_them_again(tmp_path, capsys, tiny_policy):
     """Wide tables are split by columns (the method repeated), so a 100-column terminal never wraps; --run
     alone prints the same tables from the saved run without generating anything."""
-    cfg, result = judged_run(tmp_path, [ClassifyingJudge()])
+    cfg, result = judged_run(tmp_path, tiny_policy, [ClassifyingJudge()])
     console = Console(file=io.StringIO(), width=100)
     result.print(console)
     text = console.file.getvalue()
     assert max(map(len, text.splitlines())) <= 100 and "(part 2/" in text
-    again = ev.main(EvalConfig(run=cfg.out_dir))
+    again = ev.main(EvalConfig(run=cfg.out))
     assert [asdict(s) for s in again.summaries] == [asdict(s) for s in result.summaries]
     assert "judge 'rule'" in capsys.readouterr().out and not again.files
-    (Path(cfg.out_dir) / "reading_results.json").write_text("{}")
+    (Path(cfg.out) / "reading_results.json").write_text("{}")
     with pytest.raises(
         EvalError, match="--reading_in .*missing.jsonl' does not exist"
     ):  # the real problem first
-        ev.main(EvalConfig(run=cfg.out_dir, reading_in=str(tmp_path / "missing.jsonl")))
+        ev.main(EvalConfig(run=cfg.out, reading_in=str(tmp_path / "missing.jsonl")))

@@ -39,7 +39,7 @@ from igcritic.eval import (
     EvalError,
 )
 from igcritic.eval.stats import finite, mean, mean_ci
-from igcritic.scorers import load_scorer
+from igcritic.scorers import Scorer, load_scorer
 
 log = logging.getLogger(__name__)
 
@@ -101,13 +101,13 @@ class ScorerJudge:
     def __init__(
         self,
         name: str,
-        scorer: Any,
+        scorer: Scorer,
         threshold: float | None = None,
-        reward: Any = None,
+        reward: Scorer | None = None,
         spec: str | None = None,
         reward_spec: str | None = None,
     ):
-        hint = getattr(getattr(scorer, "info", None), "budget_hint", None)
+        hint = scorer.info.budget_hint
         self.name, self.scorer, self.spec, self.reward_spec = name, scorer, spec, reward_spec
         self.reward_scorer = reward
         self.threshold = float(threshold if threshold is not None else hint if hint is not None else 0.5)

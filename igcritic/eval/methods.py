@@ -8,12 +8,10 @@ text; the record says which (``cost_eval_from``).
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -28,27 +26,10 @@ from igcritic.eval import (
     EvalError,
 )
 from igcritic.eval.stats import finite
+from igcritic.guard import Guard
 from igcritic.prompts import Prompt
-
-
-@runtime_checkable
-class Generator(Protocol):
-    """Anything that answers prompts with records: :class:`igcritic.guard.Guard` or a test stand-in.
-
-    A record exposes ``text``, ``refused``, ``seconds``, ``new_tokens`` (attributes or dict keys) and
-    ideally ``to_dict()``.
-    """
-
-    def generate(
-        self, prompts: list[str], budget: float | None = None, **overrides: Any
-    ) -> Sequence[Any]: ...
-
-
-@runtime_checkable
-class Scorer(Protocol):
-    """A cost or reward model: one score per (prompt, full response) pair."""
-
-    def score(self, prompts: list[str], responses: list[str]) -> np.ndarray: ...
+from igcritic.scorers import Scorer
+from igcritic.search import GuardRecord, SearchOverrides, as_overrides, overrides
 
 
 @dataclass
@@ -57,8 +38,15 @@ class MethodSpec:
 
     name: str
     """Label in the table, the CSV and the figures."""
-    overrides: dict[str, Any] = field(default_factory=dict)
-    """Search overrides, e.g. ``{"method": "best_of_n", "score": "augmented"}``; they win over ``search``."""
+    overrides: SearchOverrides = field(default_factory=SearchOverrides)
+    """Search overrides, e.g. ``{method: best_of_n, score: augmented}``; they win over ``search``."""
+
+    def __post_init__(self):
+        self.overrides = as_overrides(self.overrides, f"method {self.name!r}")  # a config list item's dict
+
+    def to_dict(self) -> dict:
+        """As a config file writes it: the overrides that are set."""
+        return {"name": self.name, "overrides": overrides(self.overrides)}
 
 
 def default_methods() -> list[MethodSpec]:
@@ -69,66 +57,44 @@ def default_methods() -> list[MethodSpec]:
     augmented safety state), as in the paper; only the InferenceGuard rows differ in critic and mode.
     """
     return [
-        MethodSpec("plain sampling", {"method": "plain", "critic": False, "mode": "exact"}),
+        MethodSpec("plain sampling", SearchOverrides(method="plain", critic=False, mode="exact")),
         MethodSpec(
             "best-of-N lagrangian",
-            {"method": "best_of_n", "score": "lagrangian", "critic": False, "mode": "exact"},
+            SearchOverrides(method="best_of_n", score="lagrangian", critic=False, mode="exact"),
         ),
         MethodSpec(
             "best-of-N augmented",
-            {"method": "best_of_n", "score": "augmented", "critic": False, "mode": "exact"},
+            SearchOverrides(method="best_of_n", score="augmented", critic=False, mode="exact"),
         ),
-        MethodSpec("IG no critic", {"method": "inferenceguard", "critic": False, "mode": "exact"}),
-        MethodSpec("IG critic latent", {"method": "inferenceguard", "critic": True, "mode": "latent"}),
-        MethodSpec("IG critic exact", {"method": "inferenceguard", "critic": True, "mode": "exact"}),
+        MethodSpec("IG no critic", SearchOverrides(method="inferenceguard", critic=False, mode="exact")),
+        MethodSpec("IG critic latent", SearchOverrides(method="inferenceguard", critic=True, mode="latent")),
+        MethodSpec("IG critic exact", SearchOverrides(method="inferenceguard", critic=True, mode="exact")),
     ]
-
-
-def _record_dict(rec: Any) -> dict:
-    if isinstance(rec, dict):
-        d = dict(rec)
-    elif hasattr(rec, "to_dict"):
-        d = dict(rec.to_dict())
-    elif dataclasses.is_dataclass(rec):
-        d = asdict(rec)
-    else:
-        raise EvalError(
-            f"the guard returned a {type(rec).__name__}; it must return records with to_dict() or dicts"
-        )
-    missing = [k for k in ("text", "refused", "seconds", "new_tokens") if k not in d]
-    if missing:
-        raise EvalError(
-            f"guard records lack {missing}; the guard must report text, refused, seconds and new_tokens"
-        )
-    return d
 
 
 def text_scores(scorer: Scorer, role: str, prompts: list[str], texts: list[str]) -> np.ndarray:
     """One score per (prompt, full response text), checked for count and finiteness."""
-    return finite(scorer.score(prompts, texts), f"the {role} scorer", len(texts), "response", EvalError)
+    return finite(scorer.score(prompts, texts), f"the {role} scorer", len(texts), "response")
 
 
 def final_costs(
-    cost: Scorer, prompts: list[str], records: list[dict], tokenizer: Any = None, prefix: bool = True
+    cost: Scorer, prompts: list[str], records: Sequence[GuardRecord], tokenizer: Any, prefix: bool = True
 ) -> tuple[np.ndarray, list[str]]:
     """S_T of every answer and where it came from (``prefix`` or ``text``).
 
-    With ``prefix`` and a scorer that has ``prefix_scores`` (docs/design.md section 2: ``S_0..S_T`` over the
-    decoded prefixes ``y_<=t``, as ``collect`` stores them), S_T is the last prefix score, e.g. the running
-    max of the embedded probe. Refusals (no tokens), answers whose decoded tokens differ from their text,
-    or no tokenizer: one score of the text.
+    With ``prefix`` (docs/design.md section 2: ``S_0..S_T`` over the decoded prefixes ``y_<=t``, as
+    ``collect`` stores them), S_T is the cost scorer's last prefix score, e.g. the running max of the
+    embedded probe. Refusals (no tokens) and answers whose decoded tokens differ from their text: one score
+    of the text.
     """
     n = len(records)
     out = np.full(n, np.nan)
     source = ["text"] * n
     by_prefix: list[tuple[int, list[str]]] = []
-    if prefix and tokenizer is not None and hasattr(cost, "prefix_scores"):
-        for k, r in enumerate(records):
-            ids = list(r.get("token_ids") or [])
-            if r.get("refused") or not ids:
-                continue
-            texts = prefix_texts(tokenizer, ids)
-            if texts[-1] == r["text"]:
+    for k, r in enumerate(records):
+        if prefix and r.token_ids and not r.refused:
+            texts = prefix_texts(tokenizer, r.token_ids)
+            if texts[-1] == r.text:
                 by_prefix.append((k, texts))
     if by_prefix:
         vals = cost.prefix_scores([prompts[k] for k, _ in by_prefix], [t for _, t in by_prefix])
@@ -136,20 +102,18 @@ def final_costs(
             raise EvalError(
                 f"the cost scorer returned {len(vals)} prefix-score arrays for {len(by_prefix)} answers"
             )
-        last = [np.asarray(v, dtype=float).reshape(-1)[-1] for v in vals]
-        last = finite(last, "the cost scorer", len(by_prefix), "response", EvalError)
+        last = finite(
+            [np.asarray(v, dtype=float).reshape(-1)[-1] for v in vals], "the cost scorer", len(vals)
+        )
         for (k, _), v in zip(by_prefix, last):
             out[k], source[k] = v, "prefix"
-    rest = [k for k in range(n) if source[k] == "text"]
-    if rest:
-        out[rest] = text_scores(
-            cost, "cost", [prompts[k] for k in rest], [str(records[k]["text"]) for k in rest]
-        )
+    if rest := [k for k in range(n) if source[k] == "text"]:
+        out[rest] = text_scores(cost, "cost", [prompts[k] for k in rest], [records[k].text for k in rest])
     return out, source
 
 
 def run_method(
-    guard: Generator,
+    guard: Guard,
     spec: MethodSpec,
     prompts: list[Prompt],
     overrides: dict[str, Any],
@@ -158,37 +122,23 @@ def run_method(
     reward: Scorer,
     batch_size: int = 0,
     prefix_cost: bool = True,
-    advance: Any = None,
+    advance: Callable[..., Any] | None = None,
 ) -> tuple[list[dict], float]:
-    """Answer every prompt with one method (``overrides`` to ``generate``, ``batch_size`` prompts a call, 0:
-    all), then score every response; returns (rows, wall seconds). ``advance(n)`` hears of every n prompts
-    answered (a progress bar), through the guard when it takes ``progress``
-    (:meth:`igcritic.guard.Guard.generate`), else after each call."""
-    overrides = dict(overrides)
-    by_guard = advance is not None and "progress" in inspect.signature(guard.generate).parameters
-    if by_guard:
-        overrides["progress"] = advance
+    """Answer every prompt with one method (``overrides`` to :meth:`~igcritic.guard.Guard.generate`,
+    ``batch_size`` prompts a call, 0: all), then score every final answer; returns (rows, wall seconds).
+    ``advance(n)`` hears of every n prompts answered (a progress bar)."""
     texts = [p.prompt for p in prompts]
     step = batch_size or len(texts)
-    records: list[dict] = []
+    records: list[GuardRecord] = []
     wall = 0.0
     for i in range(0, len(texts), step):
-        batch = texts[i : i + step]
         t0 = time.perf_counter()
-        out = list(guard.generate(batch, budget=budget, **overrides))
+        records += guard.generate(texts[i : i + step], budget, progress=advance, **overrides)
         wall += time.perf_counter() - t0
-        if len(out) != len(batch):
-            raise EvalError(
-                f"method {spec.name!r}: the guard returned {len(out)} records for {len(batch)} prompts"
-            )
-        records += [_record_dict(r) for r in out]
-        if advance is not None and not by_guard:
-            advance(len(batch))
     if advance is not None:
         advance(0, description=f"{spec.name!r}: scoring its answers")
-    tokenizer = getattr(getattr(guard, "policy", None), "tokenizer", None)
-    costs, sources = final_costs(cost, texts, records, tokenizer, prefix=prefix_cost)
-    rewards = text_scores(reward, "reward", texts, [str(r["text"]) for r in records])
+    costs, sources = final_costs(cost, texts, records, guard.policy.tokenizer, prefix=prefix_cost)
+    rewards = text_scores(reward, "reward", texts, [r.text for r in records])
     rows = []
     for k, (p, rec) in enumerate(zip(prompts, records)):
         row = {
@@ -202,5 +152,5 @@ def run_method(
             RECORD_SAFE: bool(costs[k] <= budget),
             RECORD_COST_FROM: sources[k],
         }
-        rows.append({**row, **{key: v for key, v in rec.items() if key not in row}})
+        rows.append({**row, **{key: v for key, v in rec.to_dict().items() if key not in row}})
     return rows, wall

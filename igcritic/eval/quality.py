@@ -16,15 +16,20 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from igcritic import to_json
 from igcritic.eval import LABELS
-from igcritic.eval.judges import JudgeError, ScorerJudge, check_labels
+from igcritic.eval.judges import Judge, JudgeError, ScorerJudge, check_labels
 from igcritic.eval.stats import finite
-from igcritic.policy import cache_dir
+from igcritic.policy import cache_dir, weights_fingerprint
+from igcritic.scorers import Scorer
+
+if TYPE_CHECKING:
+    from igcritic.guard import Guard
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +107,6 @@ def load_quality_set(spec: str | None) -> tuple[list[dict] | None, str | None]:
 
 def auroc_ece(scores: Sequence[float], targets: Sequence[int], n_bins: int = 10) -> tuple[float, float]:
     """Binary AUROC (NaN with one class only) and ECE (equal-width bins, L1) with torchmetrics."""
-    import torch
     from torchmetrics.functional.classification import binary_auroc, binary_calibration_error
 
     p = torch.as_tensor(np.asarray(scores, dtype=np.float64))
@@ -133,9 +137,9 @@ def judge_quality(rows: Sequence[dict], graders: Sequence[Grader]) -> list[Quali
 
 def quality_of(
     rows: Sequence[dict] | None,
-    cost: Any,
-    reward: Any,
-    judges: Sequence[Any],
+    cost: Scorer,
+    reward: Scorer,
+    judges: Sequence[Judge],
     extra: Sequence[Grader] = (),
 ) -> list[QualityRow] | None:
     """AUROC/ECE of the cost and reward scorers (by their ``info.id``), of every judge (and judge reward) and
@@ -144,8 +148,7 @@ def quality_of(
         return None
     graders: list[Grader] = []
     for s, role, target in ((cost, "cost", "harmful"), (reward, "reward", "helpful")):
-        name = getattr(getattr(s, "info", None), "id", None) or type(s).__name__
-        graders.append((str(name), f"{role} scorer", target, s.score, None))
+        graders.append((s.info.id, f"{role} scorer", target, s.score, None))
     for j in judges:
         classify = getattr(j, "classify", None)
         graders.append((j.name, "judge", "harmful", j.score, classify if callable(classify) else None))
@@ -154,15 +157,12 @@ def quality_of(
     return judge_quality(rows, graders + list(extra))
 
 
-def critic_graders(guard: Any) -> list:
+def critic_graders(guard: Guard) -> list[Grader]:
     """The guard's critic as two graders of the labelled answers: its value ``V(h_T)`` against ``helpful``
     (does it rank answers as well as the reward scorer?) and its latent cost ``Ŝ(h_T)``, the fully latent
     mode's S, against ``harmful`` (does it see what the exact cost sees?). ``h_T``: the teacher-forced latent
-    of the re-tokenised answer (cut to the policy's context). Empty without a critic (a stand-in guard)."""
-    critic, policy = getattr(guard, "critic", None), getattr(guard, "policy", None)
-    if not (hasattr(critic, "value") and hasattr(critic, "cost") and hasattr(policy, "tokenizer")):
-        return []
-    import torch
+    of the re-tokenised answer (cut to the policy's context)."""
+    critic, policy = guard.critic, guard.policy
 
     from igcritic.collect import teacher_forced_latents
 
@@ -186,16 +186,16 @@ def critic_graders(guard: Any) -> list:
         seen[key] = torch.stack(out).to(next(critic.parameters()).device)
         return seen[key]
 
-    def head(name: str):  # the critic's value or cost head on the answers' last latents, clipped to [0, 1]
+    def head(fn: Callable[[torch.Tensor], torch.Tensor]):  # a head on the answers' last latents, in [0, 1]
         @torch.inference_mode()
         def grade(prompts, responses):
-            return getattr(critic, name)(last_latents(prompts, responses)).clamp(0, 1).cpu().numpy()
+            return fn(last_latents(prompts, responses)).clamp(0, 1).cpu().numpy()
 
         return grade
 
     return [
-        ("critic", "critic value", "helpful", head("value"), None),
-        ("critic", "critic cost", "harmful", head("cost"), None),
+        ("critic", "critic value", "helpful", head(critic.value), None),
+        ("critic", "critic cost", "harmful", head(critic.cost), None),
     ]
 
 
@@ -205,23 +205,20 @@ QUALITY_CACHE_VERSION = 1
 """Bumped when the quality numbers are computed differently (old cache files then never match)."""
 
 
-def _scorer_identity(scorer: Any) -> dict | None:
+def _scorer_identity(scorer: Scorer) -> dict | None:
     """What makes a scorer's scores what they are: its class, its info and the fingerprint of its weight
     files; None when its weights cannot be fingerprinted (then nothing it grades is cached)."""
     from igcritic.collect import scorer_fingerprint
 
-    weights = scorer_fingerprint(scorer) if scorer is not None else None
+    weights = scorer_fingerprint(scorer)
     if weights is None:
         return None
-    info = getattr(scorer, "info", None)
-    return {
-        "class": type(scorer).__qualname__,
-        "info": info.to_dict() if hasattr(info, "to_dict") else None,
-        "weights": weights,
-    }
+    return {"class": type(scorer).__qualname__, "info": scorer.info.to_dict(), "weights": weights}
 
 
-def quality_key(source: str | None, cost: Any, reward: Any, judges: Sequence[Any], guard: Any) -> str | None:
+def quality_key(
+    source: str | None, cost: Scorer, reward: Scorer, judges: Sequence[Judge], guard: Guard
+) -> str | None:
     """The cache key of a quality table: a hash of the labelled file's bytes and of every grader's identity
     (scorers and judges by their weights, the critic by its tensors and its policy's fingerprint); None when
     any of them cannot be identified."""
@@ -236,26 +233,26 @@ def quality_key(source: str | None, cost: Any, reward: Any, judges: Sequence[Any
     if None in ids:
         return None
     parts += [ids, [[j.name, j.threshold, j.spec, j.reward_scorer is not None] for j in judges]]
-    if critic_graders(guard):
-        import torch
-
-        from igcritic.policy import weights_fingerprint
-
-        h = hashlib.sha256()
-        for name, t in sorted(guard.critic.state_dict().items()):
-            data = (
-                t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
-                if isinstance(t, torch.Tensor)
-                else to_json(t, sort_keys=True).encode()
-            )
-            h.update(name.encode() + data)
-        policy = weights_fingerprint(guard.policy.model)
-        parts.append([h.hexdigest(), guard.critic.calibration.to_dict(), policy])
+    h = hashlib.sha256()
+    for name, t in sorted(guard.critic.state_dict().items()):
+        data = (
+            t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
+            if isinstance(t, torch.Tensor)
+            else to_json(t, sort_keys=True).encode()
+        )
+        h.update(name.encode() + data)
+    policy = weights_fingerprint(guard.policy.model)
+    parts.append([h.hexdigest(), guard.critic.calibration.to_dict(), policy])
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
 def cached_quality(
-    rows: list[dict] | None, source: str | None, cost: Any, reward: Any, judges: Sequence[Any], guard: Any
+    rows: list[dict] | None,
+    source: str | None,
+    cost: Scorer,
+    reward: Scorer,
+    judges: Sequence[Judge],
+    guard: Guard,
 ) -> list[QualityRow] | None:
     """:func:`quality_of` of the labelled answers, from the cache when the same file was
     graded by the same scorers, judges and critic before (the same numbers every run: minutes saved)."""

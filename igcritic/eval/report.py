@@ -93,7 +93,7 @@ class EvalResult:
 
     def payload(self, extra: dict) -> dict:
         """``results.json``: everything needed to read, redraw or re-read the run."""
-        cfg = self.config if isinstance(self.config, dict) else asdict(self.config)
+        cfg = self.config if isinstance(self.config, dict) else self.config.to_dict()
         quality = (
             None
             if self.quality is None
@@ -117,7 +117,7 @@ class EvalResult:
         }
 
 
-def check_out(out: Path, overwrite: bool, flag: str = "--out_dir", resume: bool = False) -> None:
+def check_out(out: Path, overwrite: bool, flag: str = "--out", resume: bool = False) -> None:
     """Fail before any work if an output folder is a file or holds something else than a run to resume."""
     if out.exists() and not out.is_dir():
         raise EvalError(f"{flag} {str(out)!r} is a file; pass a folder")
@@ -131,7 +131,7 @@ def check_out(out: Path, overwrite: bool, flag: str = "--out_dir", resume: bool 
     if not (out / PROGRESS_FILE).is_file():
         raise EvalError(
             f"{flag} {str(out)!r} holds no {PROGRESS_FILE}, so there is no eval run to resume; pass the "
-            "out_dir of an interrupted run or drop --resume"
+            "--out of an interrupted run or drop --resume"
         )
 
 
@@ -161,7 +161,7 @@ def open_progress(
     if changed := _changes(saved["key"], _plain(key)):
         raise EvalError(
             f"--resume: {out} was run with other settings ({'; '.join(changed)}); resume with the same ones "
-            "or pick a new --out_dir"
+            "or pick a new --out"
         )
     done = {str(k): float(v) for k, v in saved["done"].items()}
     rows = [json.loads(x) for x in (out / RECORDS_FILE).read_text().splitlines() if x.strip()]
@@ -169,7 +169,7 @@ def open_progress(
     if short := [m for m in done if sum(r[RECORD_METHOD] == m for r in rows) != num_prompts]:
         raise EvalError(
             f"--resume: {out / RECORDS_FILE} lacks records of finished methods {short}; run again without "
-            "--resume into a new --out_dir"
+            "--resume into a new --out"
         )
     return rows, done
 
@@ -246,7 +246,7 @@ def read_run(run: str | Path) -> tuple[Path, dict, list[dict]]:
     folder = Path(run)
     if not (folder / RESULTS_JSON).is_file() or not (folder / RECORDS_FILE).is_file():
         raise EvalError(
-            f"--run {str(run)!r} has no {RESULTS_JSON} and {RECORDS_FILE}; pass the out_dir of an eval run"
+            f"--run {str(run)!r} has no {RESULTS_JSON} and {RECORDS_FILE}; pass an eval run's --out"
         )
     data = json.loads((folder / RESULTS_JSON).read_text())
     records = [json.loads(x) for x in (folder / RECORDS_FILE).read_text().splitlines() if x.strip()]

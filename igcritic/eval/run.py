@@ -15,11 +15,11 @@ the search believed (``record.safe``). Judge and scorer quality (AUROC, ECE on l
 printed above the tables.
 
 Outputs (:func:`igcritic.eval.report.write_results`): ``records.jsonl``, ``results.csv``, ``judges.csv``, the
-two figures of :mod:`igcritic.eval.plots` and ``results.json`` in ``out_dir``. ``--reading_out DIR`` also
+two figures of :mod:`igcritic.eval.plots` and ``results.json`` in ``out``. ``--reading_out DIR`` also
 exports the answers for blind reading (:mod:`igcritic.eval.reading`); ``--reading_in labels.jsonl --run
 RUN_DIR`` re-reads a finished run with people's labels as one more judge, ``reading``.
 
-Nothing finished is lost: ``out_dir`` is checked writable before any work, each method's records are saved as
+Nothing finished is lost: ``out`` is checked writable before any work, each method's records are saved as
 it finishes, and Ctrl-C or SIGTERM stops with one line naming the command that continues the run
 (``--resume true``: finished methods are kept, a run whose settings or prompts changed is refused).
 """
@@ -42,6 +42,7 @@ from igcritic.eval import (
 )
 from igcritic.eval.judges import (
     Judge,
+    JudgeReport,
     JudgeSpec,
     as_judge_spec,
     attach,
@@ -51,7 +52,7 @@ from igcritic.eval.judges import (
     name_problems,
     summarize_judge,
 )
-from igcritic.eval.methods import Generator, MethodSpec, Scorer, default_methods, run_method
+from igcritic.eval.methods import MethodSpec, default_methods, run_method
 from igcritic.eval.quality import DEFAULT_QUALITY_SET, cached_quality, load_quality_set
 from igcritic.eval.reading import ANSWERS_FILE
 from igcritic.eval.report import (
@@ -71,26 +72,28 @@ from igcritic.eval.stats import (
     resample_indices,
     summarize,
 )
-from igcritic.guard import progress_bar
+from igcritic.guard import Guard, load_guard, progress_bar
 from igcritic.prompts import Prompt, PromptSource, load_prompts
-from igcritic.scorers import load_scorer
+from igcritic.scorers import Scorer, load_scorer
+from igcritic.search import SearchOverrides, as_overrides, overrides
 from igcritic.store import check_writable
 
 log = logging.getLogger(__name__)
 
 
-def default_search() -> dict[str, Any]:
+def default_search() -> SearchOverrides:
     """CPU-sized search shared by all methods: N = 8 candidates (K = 2 beams), 16-token blocks, D = 48; the
     prompts are batched across the search for the device (``prompt_batch: 0``: 4 prompts, 32 sequences per
-    forward on a CPU, where 2 cores reach their throughput; 128 on a GPU)."""
-    return {"num_candidates": 8, "block_width": 16, "max_new_tokens": 48, "prompt_batch": 0}
+    forward on a CPU, where 2 cores reach their throughput; 128 on a GPU). The configs read the same sizes
+    from configs/search/cpu.yaml (``prompt_batch: 4``; a test keeps the two equal)."""
+    return SearchOverrides(num_candidates=8, block_width=16, max_new_tokens=48, prompt_batch=0)
 
 
 @dataclass
 class EvalConfig:
     """Compare decoding methods on a prompt set: reward, cost, safety rate, refusals, latency, tokens/s, and
     independent judges' harmful rates with bootstrap intervals and paired differences. Prints the tables and
-    writes records.jsonl, results.csv, judges.csv, results.json and two PNG figures to out_dir. With --run
+    writes records.jsonl, results.csv, judges.csv, results.json and two PNG figures to --out. With --run
     RUN_DIR: --reading_in labels.jsonl merges people's labels into that run's tables (the judge "reading"),
     --reading_out DIR exports its answers for blind reading, neither prints its tables again; nothing is
     generated."""
@@ -104,8 +107,9 @@ class EvalConfig:
     """Budget d for the guard and the safety rate; None: the guard's default, else the cost scorer's hint."""
     methods: list[MethodSpec] = field(default_factory=default_methods)
     """Methods to compare, in table order."""
-    search: dict[str, Any] = field(default_factory=default_search)
-    """Search overrides shared by every method (a method's own overrides win)."""
+    search: SearchOverrides = field(default_factory=default_search)
+    """Search overrides shared by every method (a method's own overrides win): ``--search.FIELD VALUE`` or a
+    file of them, ``--search configs/search/cpu.yaml``."""
     batch_size: int = 0
     """Prompts per ``generate`` call; 0 passes all prompts at once and lets the guard batch them."""
     model: str | None = None
@@ -122,14 +126,14 @@ class EvalConfig:
     text."""
     device: str = "cpu"
     """Device of the policy, critic and scorers."""
-    out_dir: str = "runs/eval/embedded"
+    out: str = "runs/eval/embedded"
     """Output folder; must be empty or missing unless ``overwrite``."""
     seed: int = 0
     """Seed passed to every method, so all methods sample from the same random stream."""
     overwrite: bool = False
-    """Allow writing into a non-empty ``out_dir`` (its eval files are replaced)."""
+    """Allow writing into a non-empty ``out`` (its eval files are replaced)."""
     resume: bool = False
-    """Continue the interrupted run in ``out_dir``: its finished methods are kept, the rest run; refused if
+    """Continue the interrupted run in ``out``: its finished methods are kept, the rest run; refused if
     a setting that shapes the answers or the prompts changed."""
     plots: bool = True
     """Write the two PNG figures."""
@@ -151,7 +155,7 @@ class EvalConfig:
     """People's labels (``{"id", "label", "helpfulness"}`` JSONL, data_prep/LABELLING.md) to merge into the
     finished run ``run`` as the judge ``reading``; nothing is generated."""
     run: str | None = None
-    """A finished eval ``out_dir``: its tables printed again; with ``reading_in`` re-read with people's
+    """A finished eval ``--out`` folder: its tables printed again; with ``reading_in`` re-read with people's
     labels, with ``reading_out`` exported for blind reading (nothing is generated)."""
 
     def problems(self) -> list[str]:
@@ -183,35 +187,53 @@ class EvalConfig:
         ]
         return out
 
+    def __post_init__(self):
+        self.search = as_overrides(self.search)  # a notebook's dict
+
+    def to_dict(self) -> dict:
+        """The settings as ``results.json`` and ``progress.json`` keep them: search overrides that are set."""
+        out = asdict(self)
+        out["search"] = overrides(self.search)
+        out["methods"] = [m.to_dict() for m in self.methods]
+        return out
+
     def validate(self) -> None:
         if probs := self.problems():
             raise EvalError("; ".join(probs))
 
 
-RESUME_FREE = ("out_dir", "resume", "overwrite", "plots", "judges", "reference", "bootstrap", "quality_set")
+RESUME_FREE = ("out", "resume", "overwrite", "plots", "judges", "reference", "bootstrap", "quality_set")
 """Settings a resumed run may change: they act only after the methods answered (or where files go)."""
 
 
 def run_key(cfg: EvalConfig, prompts: list[Prompt], budget: float) -> dict:
     """What a resumed run must share with the interrupted one: every setting that shapes the answers, the
     prompts' hash and the budget used."""
-    settings = {k: v for k, v in asdict(cfg).items() if k not in RESUME_FREE and not k.startswith("read")}
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in RESUME_FREE and not k.startswith("read")}
     text = json.dumps([asdict(p) for p in prompts], sort_keys=True, default=str)
     return {**settings, "prompts_sha256": hashlib.sha256(text.encode()).hexdigest(), "budget_used": budget}
 
 
-def _guard_scorer(guard: Any, role: str) -> Scorer | None:
-    """The scorer bound to the guard for ``role`` (``Guard.cost`` / ``Guard.reward``), if any."""
-    s = getattr(guard, role, None)
-    return s if isinstance(s, Scorer) else None
+def eval_scorers(
+    cfg: EvalConfig, guard: Guard, cost: Scorer | None = None, reward: Scorer | None = None
+) -> tuple[Scorer, Scorer]:
+    """The cost and reward scorers every final answer is scored with: those given, else the guard's (the
+    ones the search steered by), else the config's specs (a fully latent guard has no cost scorer)."""
+    out = []
+    for role, given, spec in (
+        ("cost", cost or guard.cost, cfg.cost),
+        ("reward", reward or guard.reward, cfg.reward),
+    ):
+        if given is None and spec is None:
+            raise EvalError(f"no {role} scorer to evaluate with; pass --{role} (a scorer spec)")
+        out.append(given if given is not None else load_scorer(spec, role, cfg.device))
+    return out[0], out[1]
 
 
-def _resolve_budget(cfg: EvalConfig, guard: Any, cost: Scorer) -> float:
-    if cfg.budget is not None:
-        return float(cfg.budget)
-    candidates = [getattr(guard, "budget", None), getattr(getattr(cost, "info", None), "budget_hint", None)]
-    for b in candidates:
-        if isinstance(b, (int, float)) and math.isfinite(b):
+def resolve_budget(cfg: EvalConfig, guard: Guard, cost: Scorer) -> float:
+    """The budget d of the run: the config's, else the guard's default, else the cost scorer's hint."""
+    for b in (cfg.budget, guard.budget, cost.info.budget_hint):
+        if b is not None and math.isfinite(b):
             return float(b)
     raise EvalError("no budget: pass --budget (the guard and the cost scorer give no default)")
 
@@ -229,9 +251,7 @@ def scorer_specs(cfg: EvalConfig) -> dict[str, str | None]:
     return specs
 
 
-def _load_guard(cfg: EvalConfig) -> Generator:
-    from igcritic.guard import load_guard
-
+def _load_guard(cfg: EvalConfig) -> Guard:
     specs = scorer_specs(cfg)
     return load_guard(
         cfg.critic, model=cfg.model, cost=specs["cost"], reward=specs["reward"], device=cfg.device
@@ -240,26 +260,84 @@ def _load_guard(cfg: EvalConfig) -> Generator:
 
 def method_overrides(cfg: EvalConfig, spec: MethodSpec) -> dict[str, Any]:
     """What ``generate`` receives for one method: shared search, then the seed, then the method's own."""
-    return {**cfg.search, "seed": cfg.seed, **spec.overrides}
+    return {**overrides(cfg.search), "seed": cfg.seed, **overrides(spec.overrides)}
 
 
-def precheck_methods(guard: Any, cfg: EvalConfig, budget: float) -> None:
+def precheck_methods(guard: Guard, cfg: EvalConfig, budget: float) -> None:
     """Refuse a method the guard cannot run before anything is generated (unknown override, exact mode
-    without a cost scorer, RE-Control on a critic of another layer, ...), when the guard exposes ``check()``
-    (:class:`igcritic.guard.Guard` does)."""
-    check = getattr(guard, "check", None)
-    if not callable(check):
-        return
+    without a cost scorer, RE-Control on a critic of another layer, ...)."""
     for spec in cfg.methods:
         try:
-            check(budget, **method_overrides(cfg, spec))
+            guard.check(budget, **method_overrides(cfg, spec))
         except (ValueError, TypeError) as e:
             raise EvalError(f"method {spec.name!r} cannot run: {e}") from None
 
 
+def answer_all(
+    guard: Guard,
+    cfg: EvalConfig,
+    prompts: list[Prompt],
+    budget: float,
+    scorers: tuple[Scorer, Scorer],
+    out: Path,
+    key: dict,
+    records: list[dict],
+    done: dict[str, float],
+) -> None:
+    """Every method not ``done`` answers every prompt; its scored records join ``records`` and are saved with
+    its wall seconds in ``done`` as it finishes (:func:`~igcritic.eval.report.save_progress`)."""
+    todo = [spec for spec in cfg.methods if spec.name not in done]
+    with progress_bar(len(prompts) * len(todo), "answering") as advance:
+        for k, spec in enumerate(todo):
+            advance(0, description=f"method {k + 1}/{len(todo)} {spec.name!r}")
+            overrides = method_overrides(cfg, spec)
+            rows, wall = run_method(
+                guard, spec, prompts, overrides, budget, *scorers, cfg.batch_size, cfg.prefix_cost, advance
+            )
+            records += rows
+            done[spec.name] = wall
+            save_progress(out, key, records, done)
+
+
+def summarize_all(
+    cfg: EvalConfig, records: list[dict], budget: float, done: dict[str, float], idx
+) -> list[MethodSummary]:
+    """Every method's :class:`~igcritic.eval.stats.MethodSummary`, in table order (logged as it goes)."""
+    out = []
+    for spec in cfg.methods:
+        rows = [r for r in records if r[RECORD_METHOD] == spec.name]
+        s = summarize(spec.name, rows, budget, done[spec.name], idx)
+        log.info(
+            "%s: reward %.3f, cost %.3f, safe %.0f%%, refused %.0f%%, %.2f s/prompt",
+            s.method,
+            s.reward_mean,
+            s.cost_mean,
+            100 * s.safety_rate,
+            100 * s.refusal_rate,
+            s.latency_mean,
+        )
+        out.append(s)
+    return out
+
+
+def judge_all(
+    judges: Sequence[Judge], records: list[dict], methods: list[str], reference: str, idx
+) -> list[JudgeReport]:
+    """Every judge grades every final answer (only now: no candidate of any search was ever ranked by
+    them); the grades join the records."""
+    by_method = method_positions(records, methods)
+    reports = []
+    for judge in judges:
+        log.info("judge %r: grading %d answers", judge.name, len(records))
+        g = grade(judge, records)
+        attach(records, g)
+        reports.append(summarize_judge(g, records, by_method, reference, idx))
+    return reports
+
+
 def run_eval(
     cfg: EvalConfig,
-    guard: Generator | None = None,
+    guard: Guard | None = None,
     cost: Scorer | None = None,
     reward: Scorer | None = None,
     judges: Sequence[Judge] | None = None,
@@ -268,105 +346,46 @@ def run_eval(
 
     ``guard``, ``cost``, ``reward`` and ``judges`` may be passed already built (tests, notebooks); otherwise
     the guard is loaded from ``cfg.critic`` with the ``cfg.cost``/``cfg.reward`` scorers (default: the
-    critic's recorded ones), the evaluation scores with the guard's scorers (or ``cfg.cost``/``cfg.reward`` if
-    it has none) and the judges are loaded from ``cfg.judges``. Judges are called only after every method
-    answered.
+    critic's recorded ones) and the judges from ``cfg.judges``. Answers are scored with :func:`eval_scorers`.
+    Judges are called only after every method answered.
     """
     cfg.validate()
-    out = Path(cfg.out_dir)
+    out = Path(cfg.out)
     check_out(out, cfg.overwrite, resume=cfg.resume)
     if cfg.reading_out:
         check_out(Path(cfg.reading_out), cfg.overwrite, "--reading_out")
-    check_writable(out, "--out_dir", EvalError)
+    check_writable(out, "--out", EvalError)
     prompts, _ = load_prompts(cfg.prompts)
     if guard is None:
         log.info("loading the critic %s, its policy and scorers", cfg.critic)
         guard = _load_guard(cfg)
-    scorers = {}
-    for role, given, spec in (("cost", cost, cfg.cost), ("reward", reward, cfg.reward)):
-        s = given or _guard_scorer(guard, role) or (load_scorer(spec, role, cfg.device) if spec else None)
-        if s is None:
-            raise EvalError(f"no {role} scorer to evaluate with; pass --{role} (a scorer spec)")
-        scorers[role] = s
-    budget = _resolve_budget(cfg, guard, scorers["cost"])
+    cost, reward = eval_scorers(cfg, guard, cost, reward)
+    budget = resolve_budget(cfg, guard, cost)
     precheck_methods(guard, cfg, budget)
     if judges is None and cfg.judges:
         log.info("loading %d judges", len(cfg.judges))
     judges = list(judges) if judges is not None else load_judges(cfg.judges, cfg.device)
-    check_judges(
-        judges,
-        [getattr(guard, "cost", None), scorers["cost"]],
-        getattr(getattr(scorers["cost"], "info", None), "id", None),
-    )
+    check_judges(judges, [guard.cost, cost], cost.info.id)
     quality_rows, quality_source = load_quality_set(cfg.quality_set)
-    log.info(
-        "eval: %d prompts x %d methods, %d judges, budget %g, out %s",
-        len(prompts),
-        len(cfg.methods),
-        len(judges),
-        budget,
-        out,
-    )
-
-    idx = resample_indices(len(prompts), cfg.bootstrap, cfg.seed) if cfg.bootstrap else None
+    n, m = len(prompts), len(cfg.methods)
+    log.info("eval: %d prompts x %d methods, %d judges, budget %g, out %s", n, m, len(judges), budget, out)
     key = run_key(cfg, prompts, budget)
     records, done = open_progress(out, key, cfg.resume, len(prompts))
     if done:
         log.info("eval: resuming %s; %s already done", out, ", ".join(done))
     try:
-        todo = [spec for spec in cfg.methods if spec.name not in done]
-        with progress_bar(len(prompts) * len(todo), "answering") as advance:
-            for k, spec in enumerate(todo):
-                advance(0, description=f"method {k + 1}/{len(todo)} {spec.name!r}")
-                rows, wall = run_method(
-                    guard,
-                    spec,
-                    prompts,
-                    method_overrides(cfg, spec),
-                    budget,
-                    scorers["cost"],
-                    scorers["reward"],
-                    cfg.batch_size,
-                    cfg.prefix_cost,
-                    advance,
-                )
-                records += rows
-                done[spec.name] = wall
-                save_progress(out, key, records, done)
-        summaries: list[MethodSummary] = []
-        for spec in cfg.methods:
-            rows = [r for r in records if r[RECORD_METHOD] == spec.name]
-            s = summarize(spec.name, rows, budget, done[spec.name], idx)
-            summaries.append(s)
-            log.info(
-                "%s: reward %.3f, cost %.3f, safe %.0f%%, refused %.0f%%, %.2f s/prompt",
-                s.method,
-                s.reward_mean,
-                s.cost_mean,
-                100 * s.safety_rate,
-                100 * s.refusal_rate,
-                s.latency_mean,
-            )
-
-        # judges only now, on final answers: no candidate of any search was ever ranked by them
-        reference = reference_of([m.name for m in cfg.methods], cfg.reference)
-        by_method = method_positions(records, [m.name for m in cfg.methods])
-        reports = []
-        for judge in judges:
-            log.info("judge %r: grading %d answers", getattr(judge, "name", judge), len(records))
-            g = grade(judge, records)
-            attach(records, g)
-            reports.append(summarize_judge(g, records, by_method, reference, idx))
+        answer_all(guard, cfg, prompts, budget, (cost, reward), out, key, records, done)
+        idx = resample_indices(len(prompts), cfg.bootstrap, cfg.seed) if cfg.bootstrap else None
+        methods = [spec.name for spec in cfg.methods]
+        reference = reference_of(methods, cfg.reference)
         result = EvalResult(
             budget=budget,
-            summaries=summaries,
+            summaries=summarize_all(cfg, records, budget, done, idx),
             records=records,
             files=[],
             config=cfg,
-            judges=reports,
-            quality=cached_quality(
-                quality_rows, quality_source, scorers["cost"], scorers["reward"], judges, guard
-            ),
+            judges=judge_all(judges, records, methods, reference, idx),
+            quality=cached_quality(quality_rows, quality_source, cost, reward, judges, guard),
             quality_source=quality_source,
             reference=reference,
         )
@@ -388,7 +407,7 @@ def main(cfg: EvalConfig) -> EvalResult | list[Path]:
     console = Console()
     if cfg.reading_in is not None or cfg.run is not None:
         if cfg.run is None:
-            raise EvalError("--reading_in needs --run RUN_DIR (the eval out_dir whose answers were read)")
+            raise EvalError("--reading_in needs --run RUN_DIR (the eval --out whose answers were read)")
         if cfg.reading_in is None and cfg.reading_out is not None:
             files = export_reading(cfg.run, cfg.reading_out, cfg.overwrite)
             console.print(f"wrote {', '.join(map(str, files))}; give readers only {files[0]}")
