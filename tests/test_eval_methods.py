@@ -15,8 +15,7 @@ from helpers import (
 )
 from helpers_eval import METHODS, run_canned
 
-from igcritic.eval import run as ev
-from igcritic.eval.methods import final_costs, run_method
+from igcritic.eval.methods import final_costs, method_overrides, run_method
 from igcritic.eval.run import EvalConfig, run_eval
 from igcritic.prompts import PromptSource, load_prompts
 
@@ -68,7 +67,7 @@ def test_batch_size_splits_calls(tmp_path, tiny_policy):
     assert result.summaries[0].n == n_test and "fig2_tradeoffs.png" not in {p.name for p in result.files}
     ticks: list[int] = []  # the progress bar hears of each call's prompts, from the guard
     prompts = load_prompts(cfg.prompts)[0]
-    overrides = ev.method_overrides(cfg, METHODS[0])
+    overrides = method_overrides(cfg.search, cfg.seed, METHODS[0])
     cost, reward = TextCost(), TextReward()
     advance = lambda n, **_: ticks.append(n)  # noqa: E731
     run_method(guard, METHODS[0], prompts, overrides, 0.5, cost, reward, 2, True, advance)

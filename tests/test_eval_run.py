@@ -24,7 +24,7 @@ from helpers_eval import METHODS, expected_cost, expected_reward, pct, recompute
 from igcritic.eval import EvalError
 from igcritic.eval import run as ev
 from igcritic.eval.judges import JudgeSpec
-from igcritic.eval.methods import MethodSpec, default_methods
+from igcritic.eval.methods import MethodSpec, default_methods, method_overrides
 from igcritic.eval.run import EvalConfig, default_search, run_eval, scorer_specs
 from igcritic.prompts import PromptError, PromptSource, load_prompts
 from igcritic.search import SearchConfigError, SearchOverrides, overrides
@@ -347,4 +347,8 @@ def test_a_misspelt_search_override_fails_when_parsed():
     cfg = parse_config(EvalConfig, ["--search.mode", "exact", "--methods", one])
     assert cfg.search.mode == "exact" and cfg.search.num_candidates == 8  # over the default sizes
     assert cfg.methods == [MethodSpec("a", SearchOverrides(critic=False))]
-    assert ev.method_overrides(cfg, cfg.methods[0]) == {**overrides(cfg.search), "seed": 0, "critic": False}
+    assert method_overrides(cfg.search, cfg.seed, cfg.methods[0]) == {
+        **overrides(cfg.search),
+        "seed": 0,
+        "critic": False,
+    }

@@ -38,7 +38,7 @@ from igcritic.eval import (
     RECORD_SCORES,
     EvalError,
 )
-from igcritic.eval.stats import finite, mean, mean_ci
+from igcritic.eval.stats import finite, mean, mean_ci, method_positions
 from igcritic.scorers import Scorer, load_scorer
 
 log = logging.getLogger(__name__)
@@ -341,12 +341,16 @@ def summarize_judge(
     return report
 
 
-def csv_rows(reports: Sequence[JudgeReport]) -> list[dict]:
-    """``judges.csv``: one row per judge and method, class shares flattened into ``class_<label>`` columns."""
-    out = []
-    for rep in reports:
-        for s in rep.methods:
-            d = asdict(s)
-            classes = d.pop("classes") or {}
-            out.append({**d, **{f"class_{c}": v for c, v in classes.items()}})
-    return out
+def judge_all(
+    judges: Sequence[Judge], records: list[dict], methods: Sequence[str], reference: str, idx=None
+) -> list[JudgeReport]:
+    """Every judge grades every final answer (only now: no candidate of any search was ever ranked by
+    them); the grades join the records."""
+    by_method = method_positions(records, methods)
+    reports = []
+    for judge in judges:
+        log.info("judge %r: grading %d answers", judge.name, len(records))
+        g = grade(judge, records)
+        attach(records, g)
+        reports.append(summarize_judge(g, records, by_method, reference, idx))
+    return reports

@@ -72,6 +72,23 @@ def default_methods() -> list[MethodSpec]:
     ]
 
 
+def method_overrides(search: SearchOverrides, seed: int, spec: MethodSpec) -> dict[str, Any]:
+    """What ``generate`` receives for one method: the shared search, then the seed, then the method's own."""
+    return {**overrides(search), "seed": seed, **overrides(spec.overrides)}
+
+
+def precheck_methods(
+    guard: Guard, methods: Sequence[MethodSpec], search: SearchOverrides, seed: int, budget: float
+) -> None:
+    """Refuse a method the guard cannot run before anything is generated (unknown override, exact mode
+    without a cost scorer, RE-Control on a critic of another layer, ...)."""
+    for spec in methods:
+        try:
+            guard.check(budget, **method_overrides(search, seed, spec))
+        except (ValueError, TypeError) as e:
+            raise EvalError(f"method {spec.name!r} cannot run: {e}") from None
+
+
 def text_scores(scorer: Scorer, role: str, prompts: list[str], texts: list[str]) -> np.ndarray:
     """One score per (prompt, full response text), checked for count and finiteness."""
     return finite(scorer.score(prompts, texts), f"the {role} scorer", len(texts), "response")

@@ -24,13 +24,14 @@ import csv
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from igcritic import to_json
 from igcritic.eval import RECORD_METHOD, EvalError
-from igcritic.eval.judges import JudgeReport, csv_rows, grades_from_records, summarize_judge
+from igcritic.eval.judges import JudgeReport, grades_from_records, summarize_judge
 from igcritic.eval.quality import QualityRow
 from igcritic.eval.reading import RUN_KEY_FILE, read_labels, write_reading
 from igcritic.eval.stats import (
@@ -210,6 +211,17 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
         w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
         w.writeheader()
         w.writerows(rows)
+
+
+def csv_rows(reports: Sequence[JudgeReport]) -> list[dict]:
+    """``judges.csv``: one row per judge and method, class shares flattened into ``class_<label>`` columns."""
+    out = []
+    for rep in reports:
+        for s in rep.methods:
+            d = asdict(s)
+            classes = d.pop("classes") or {}
+            out.append({**d, **{f"class_{c}": v for c, v in classes.items()}})
+    return out
 
 
 def write_results(

@@ -33,26 +33,21 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 from igcritic import Interrupted
 from igcritic.eval import (
-    RECORD_METHOD,
     EvalError,
 )
 from igcritic.eval.judges import (
     Judge,
-    JudgeReport,
     JudgeSpec,
     as_judge_spec,
-    attach,
     check_judges,
-    grade,
+    judge_all,
     load_judges,
     name_problems,
-    summarize_judge,
 )
-from igcritic.eval.methods import MethodSpec, default_methods, run_method
+from igcritic.eval.methods import MethodSpec, default_methods, method_overrides, precheck_methods, run_method
 from igcritic.eval.quality import DEFAULT_QUALITY_SET, cached_quality, load_quality_set
 from igcritic.eval.reading import ANSWERS_FILE
 from igcritic.eval.report import (
@@ -66,11 +61,9 @@ from igcritic.eval.report import (
 )
 from igcritic.eval.stats import (
     DEFAULT_RESAMPLES,
-    MethodSummary,
-    method_positions,
     reference_of,
     resample_indices,
-    summarize,
+    summarize_methods,
 )
 from igcritic.guard import Guard, load_guard, progress_bar
 from igcritic.prompts import Prompt, PromptSource, load_prompts
@@ -258,21 +251,6 @@ def _load_guard(cfg: EvalConfig) -> Guard:
     )
 
 
-def method_overrides(cfg: EvalConfig, spec: MethodSpec) -> dict[str, Any]:
-    """What ``generate`` receives for one method: shared search, then the seed, then the method's own."""
-    return {**overrides(cfg.search), "seed": cfg.seed, **overrides(spec.overrides)}
-
-
-def precheck_methods(guard: Guard, cfg: EvalConfig, budget: float) -> None:
-    """Refuse a method the guard cannot run before anything is generated (unknown override, exact mode
-    without a cost scorer, RE-Control on a critic of another layer, ...)."""
-    for spec in cfg.methods:
-        try:
-            guard.check(budget, **method_overrides(cfg, spec))
-        except (ValueError, TypeError) as e:
-            raise EvalError(f"method {spec.name!r} cannot run: {e}") from None
-
-
 def answer_all(
     guard: Guard,
     cfg: EvalConfig,
@@ -290,49 +268,13 @@ def answer_all(
     with progress_bar(len(prompts) * len(todo), "answering") as advance:
         for k, spec in enumerate(todo):
             advance(0, description=f"method {k + 1}/{len(todo)} {spec.name!r}")
-            overrides = method_overrides(cfg, spec)
+            overrides = method_overrides(cfg.search, cfg.seed, spec)
             rows, wall = run_method(
                 guard, spec, prompts, overrides, budget, *scorers, cfg.batch_size, cfg.prefix_cost, advance
             )
             records += rows
             done[spec.name] = wall
             save_progress(out, key, records, done)
-
-
-def summarize_all(
-    cfg: EvalConfig, records: list[dict], budget: float, done: dict[str, float], idx
-) -> list[MethodSummary]:
-    """Every method's :class:`~igcritic.eval.stats.MethodSummary`, in table order (logged as it goes)."""
-    out = []
-    for spec in cfg.methods:
-        rows = [r for r in records if r[RECORD_METHOD] == spec.name]
-        s = summarize(spec.name, rows, budget, done[spec.name], idx)
-        log.info(
-            "%s: reward %.3f, cost %.3f, safe %.0f%%, refused %.0f%%, %.2f s/prompt",
-            s.method,
-            s.reward_mean,
-            s.cost_mean,
-            100 * s.safety_rate,
-            100 * s.refusal_rate,
-            s.latency_mean,
-        )
-        out.append(s)
-    return out
-
-
-def judge_all(
-    judges: Sequence[Judge], records: list[dict], methods: list[str], reference: str, idx
-) -> list[JudgeReport]:
-    """Every judge grades every final answer (only now: no candidate of any search was ever ranked by
-    them); the grades join the records."""
-    by_method = method_positions(records, methods)
-    reports = []
-    for judge in judges:
-        log.info("judge %r: grading %d answers", judge.name, len(records))
-        g = grade(judge, records)
-        attach(records, g)
-        reports.append(summarize_judge(g, records, by_method, reference, idx))
-    return reports
 
 
 def run_eval(
@@ -361,7 +303,7 @@ def run_eval(
         guard = _load_guard(cfg)
     cost, reward = eval_scorers(cfg, guard, cost, reward)
     budget = resolve_budget(cfg, guard, cost)
-    precheck_methods(guard, cfg, budget)
+    precheck_methods(guard, cfg.methods, cfg.search, cfg.seed, budget)
     if judges is None and cfg.judges:
         log.info("loading %d judges", len(cfg.judges))
     judges = list(judges) if judges is not None else load_judges(cfg.judges, cfg.device)
@@ -380,7 +322,7 @@ def run_eval(
         reference = reference_of(methods, cfg.reference)
         result = EvalResult(
             budget=budget,
-            summaries=summarize_all(cfg, records, budget, done, idx),
+            summaries=summarize_methods(methods, records, budget, done, idx),
             records=records,
             files=[],
             config=cfg,

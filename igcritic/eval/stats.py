@@ -19,6 +19,7 @@ one seeded generator; the same index matrix serves every method and judge (that 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,8 @@ from typing import Any
 import numpy as np
 
 from igcritic.eval import RECORD_COST, RECORD_METHOD, RECORD_PROMPT_INDEX, RECORD_REWARD, EvalError
+
+log = logging.getLogger(__name__)
 
 LEVEL = 0.95
 DEFAULT_RESAMPLES = 2000
@@ -179,3 +182,24 @@ def summarize(
         safety_low=safety_low,
         safety_high=safety_high,
     )
+
+
+def summarize_methods(
+    methods: Sequence[str], records: Sequence[dict], budget: float, walls: dict[str, float], idx=None
+) -> list[MethodSummary]:
+    """:func:`summarize` of every method's records, in table order (logged as it goes); ``walls``: the wall
+    seconds of each method's ``generate`` calls."""
+    out = []
+    for name in methods:
+        s = summarize(name, [r for r in records if r[RECORD_METHOD] == name], budget, walls[name], idx)
+        log.info(
+            "%s: reward %.3f, cost %.3f, safe %.0f%%, refused %.0f%%, %.2f s/prompt",
+            s.method,
+            s.reward_mean,
+            s.cost_mean,
+            100 * s.safety_rate,
+            100 * s.refusal_rate,
+            s.latency_mean,
+        )
+        out.append(s)
+    return out
