@@ -236,7 +236,7 @@ class TextCost:
         first = [
             p
             for p in set(prompts)
-            if p in self.reject_first and any(r for q, r in zip(prompts, responses) if q == p)
+            if p in self.reject_first and any(r for q, r in zip(prompts, responses, strict=True) if q == p)
         ]
         for p in first:
             out[[i for i, q in enumerate(prompts) if q == p]] = 1.0
@@ -426,11 +426,14 @@ class ClassifyingJudge(RuleJudge):
     """RuleJudge that also classifies (the labels a reader would give) and grades helpfulness 0-2."""
 
     def classify(self, prompts: list[str], responses: list[str]) -> list[str]:
-        return [rule_label(p, r) for p, r in zip(prompts, responses)]
+        return [rule_label(p, r) for p, r in zip(prompts, responses, strict=True)]
 
     def reward(self, prompts: list[str], responses: list[str]) -> np.ndarray:
         return np.array(
-            [2.0 if rule_label(p, r) == "benign-helpful" else 0.0 for p, r in zip(prompts, responses)]
+            [
+                2.0 if rule_label(p, r) == "benign-helpful" else 0.0
+                for p, r in zip(prompts, responses, strict=True)
+            ]
         )
 
 
@@ -446,3 +449,12 @@ class TableJudge:
 
     def score(self, prompts: list[str], responses: list[str]) -> np.ndarray:
         return np.array([self.table.get(r, 0.0) for r in responses])
+
+
+CHAT = [
+    {"role": "system", "content": "answer in one short line"},
+    {"role": "user", "content": "how do I bake bread at home"},
+    {"role": "assistant", "content": "mix flour water salt and yeast then wait"},
+    {"role": "user", "content": "and then what"},
+]
+"""A conversation with a system prompt and two user turns (guard, prompts and serve tests)."""

@@ -42,7 +42,7 @@ def test_safety_rate_uses_recomputed_cost_not_the_runtime_flag(eval_run):
 def test_overrides_seed_and_budget_reach_the_guard(eval_run):
     cfg, guard, _ = eval_run
     assert len(guard.calls) == len(METHODS)  # batch_size 0: one call per method with every prompt
-    for (prompts, budget, overrides), spec in zip(guard.calls, METHODS):
+    for (prompts, budget, overrides), spec in zip(guard.calls, METHODS, strict=True):
         assert prompts == [p["prompt"] for p in PROMPTS]
         assert budget == 0.5
         assert (

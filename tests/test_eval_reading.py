@@ -49,7 +49,7 @@ def test_reading_round_trip_reproduces_the_table(tmp_path, capsys, tiny_policy):
     assert [r.judge["name"] for r in again.judges] == ["rule", "probe", "reading"]
     assert "judge 'reading'" in printed and "judge 'rule'" in printed
 
-    by_id = {a["id"]: lab for a, lab in zip(answers, labels)}
+    by_id = {a["id"]: lab for a, lab in zip(answers, labels, strict=True)}
     label_of = {(k["method"], k["prompt_index"]): by_id[k["id"]] for k in key}
     idx = resample_indices(len(PROMPTS), cfg.bootstrap, cfg.seed)
     read = {s.method: s for s in again.judges[2].methods}

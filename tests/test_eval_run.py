@@ -59,7 +59,7 @@ def test_end_to_end_writes_files_and_metrics_match_recomputation(eval_run):
     with (out / "results.csv").open() as f:
         csv_rows = {r["method"]: r for r in csv.DictReader(f)}
     assert [s["method"] for s in data["summary"]] == [m.name for m in METHODS]
-    for s, obj in zip(data["summary"], result.summaries):
+    for s, obj in zip(data["summary"], result.summaries, strict=True):
         want = truth[s["method"]]
         for key, value in want.items():
             assert s[key] == pytest.approx(value), (s["method"], key)

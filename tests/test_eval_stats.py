@@ -30,7 +30,7 @@ def test_safety_boundary_and_refusal_count():
     costs, refused = [-1.0, 0.0, 1e-6, 2.0], [True, False, True, False]
     rows = [
         {"cost_eval": c, "reward_eval": 0.0, "seconds": 1.0, "new_tokens": 1, "refused": r, "safe": True}
-        for c, r in zip(costs, refused)
+        for c, r in zip(costs, refused, strict=True)
     ]
     s = summarize("m", rows, budget=0.0, wall_seconds=1.0)
     assert s.safety_rate == pytest.approx(0.5)  # S_T <= d: -1 and exactly 0 are safe

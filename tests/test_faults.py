@@ -1,7 +1,7 @@
 """The fault suite: what a new user's mistakes and accidents (a signal, a read-only folder, a truncated file,
 a budget out of range, a stripped artifact) do to each command. Each case ends in ONE line saying what is
 wrong and how to go on (exit 2, or 130/143 after a signal), never a traceback, a silent wrong result or
-lost data. Subprocess cases (a real signal, a real exit code) carry the ``multiprocess`` marker."""
+lost data. Subprocess cases (a real signal, a real exit code) carry the ``subprocess`` marker."""
 
 from __future__ import annotations
 
@@ -203,7 +203,7 @@ sys.exit(main({args!r}))
 """
 
 
-@pytest.mark.multiprocess
+@pytest.mark.subprocess
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_eval_signal_exits_128_plus_signum_with_the_resume_command(tmp_path, signum):
     script = EVAL_SCRIPT.format(tests=str(TESTS), signum=int(signum), args=eval_args(tmp_path))
@@ -254,7 +254,7 @@ def fit_command(store: str, *extra: str) -> list[str]:
     ]
 
 
-@pytest.mark.multiprocess
+@pytest.mark.subprocess
 def test_sigterm_fit_exits_143_and_resumes_the_same_run(tmp_path):
     from helpers_fit import make_store
 
@@ -472,7 +472,7 @@ def test_a_truncated_checkpoint_is_no_checkpoint(tmp_path):
         check_checkpoint(str(half))
 
 
-@pytest.mark.multiprocess
+@pytest.mark.subprocess
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_collect_signal_keeps_committed_batches_and_resumes(tmp_path, signum):
     from helpers import build_tiny_llama, build_tokenizer, make_beaver_folder

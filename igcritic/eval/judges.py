@@ -313,7 +313,9 @@ def summarize_judge(
         diff, dlo, dhi = mean_ci(h - ref, idx)
         tracked = [r.get("safe") for r in rows]
         missed = (
-            mean([bool(t) and bool(x) for t, x in zip(tracked, h)]) if None not in tracked else float("nan")
+            mean([bool(t) and bool(x) for t, x in zip(tracked, h, strict=True)])
+            if None not in tracked
+            else float("nan")
         )
         benign = [k for k, r in enumerate(rows) if r.get("harmful") is False]
         labels = None if grades.labels is None else [grades.labels[i] for i in pos]

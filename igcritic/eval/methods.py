@@ -122,7 +122,7 @@ def final_costs(
         last = finite(
             [np.asarray(v, dtype=float).reshape(-1)[-1] for v in vals], "the cost scorer", len(vals)
         )
-        for (k, _), v in zip(by_prefix, last):
+        for (k, _), v in zip(by_prefix, last, strict=True):
             out[k], source[k] = v, "prefix"
     if rest := [k for k in range(n) if source[k] == "text"]:
         out[rest] = text_scores(cost, "cost", [prompts[k] for k in rest], [records[k].text for k in rest])
@@ -157,7 +157,7 @@ def run_method(
     costs, sources = final_costs(cost, texts, records, guard.policy.tokenizer, prefix=prefix_cost)
     rewards = text_scores(reward, "reward", texts, [r.text for r in records])
     rows = []
-    for k, (p, rec) in enumerate(zip(prompts, records)):
+    for k, (p, rec) in enumerate(zip(prompts, records, strict=True)):
         row = {
             RECORD_METHOD: spec.name,
             RECORD_PROMPT_INDEX: k,

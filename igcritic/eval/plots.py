@@ -45,7 +45,7 @@ FIG2_FILE = "fig2_tradeoffs.png"
 FIG3_FILE = "fig3_distributions.png"
 DPI = 120
 MARKERS = "osD^vPX*<>"
-CLASS_COLORS = dict(zip(LABELS, ("crimson", "tab:blue", "tab:cyan", "tab:gray", "tab:green")))
+CLASS_COLORS = dict(zip(LABELS, ("crimson", "tab:blue", "tab:cyan", "tab:gray", "tab:green"), strict=True))
 """One colour per reading label, in :data:`~igcritic.eval.LABELS` order."""
 
 
@@ -164,7 +164,7 @@ def plot_tradeoffs(summary: Sequence[dict], path: Path, judge: dict | None = Non
     )
     colors = _colors(len(summary))
     for ax, y, err in ((ax_r, reward, yerr), (ax_l, lat, None)):
-        for i, (s, dy) in enumerate(zip(summary, _label_offsets(x, y))):
+        for i, (s, dy) in enumerate(zip(summary, _label_offsets(x, y), strict=True)):
             marker = MARKERS[i % len(MARKERS)]
             ax.scatter(x[i], y[i], s=70, color=colors[i], marker=marker, zorder=3, label=s["method"])
             if xerr is not None or err is not None:
@@ -212,7 +212,7 @@ def _points(ax, data: Sequence[np.ndarray], rng, **box) -> None:
     keep = [i for i, d in enumerate(data) if d.size]
     if keep:
         ax.boxplot([data[i] for i in keep], positions=pos[keep], widths=0.5, showfliers=False, **box)
-    for i, (d, color) in enumerate(zip(data, _colors(len(data)))):
+    for i, (d, color) in enumerate(zip(data, _colors(len(data)), strict=True)):
         ax.scatter(pos[i] + rng.uniform(-0.15, 0.15, d.size), d, s=12, color=color, alpha=0.7, zorder=3)
 
 
@@ -271,7 +271,7 @@ def plot_distributions(
     if budget is not None and math.isfinite(budget):
         ax_c.axhline(budget, color="crimson", ls="--", lw=1, label=f"budget d = {budget:g}")
         ax_c.legend(loc="best", fontsize=8)
-    for ax, judge in zip(ax_j, judges):
+    for ax, judge in zip(ax_j, judges, strict=True):
         _judge_panel(ax, judge, records, methods, rng)
         ax.grid(alpha=0.3, axis="y")
     counts = [{"n": sum(r[RECORD_METHOD] == m for r in records)} for m in methods]

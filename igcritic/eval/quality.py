@@ -130,7 +130,7 @@ def judge_quality(rows: Sequence[dict], graders: Sequence[Grader]) -> list[Quali
         acc = None
         if classify is not None and all("label" in r for r in rows):
             got = check_labels(classify(prompts, responses), f"{kind} {name!r}", len(rows))
-            acc = float(np.mean([g == r["label"] for g, r in zip(got, rows)]))
+            acc = float(np.mean([g == r["label"] for g, r in zip(got, rows, strict=True)]))
         out.append(QualityRow(name, kind, target, len(rows), int(sum(y)), auroc, ece, acc))
     return out
 
@@ -164,7 +164,7 @@ def critic_graders(guard: Guard) -> list[Grader]:
     of the re-tokenised answer (cut to the policy's context)."""
     critic, policy = guard.critic, guard.policy
 
-    from igcritic.collect import teacher_forced_latents
+    from igcritic.decoding import teacher_forced_latents
 
     seen: dict[tuple, torch.Tensor] = {}  # value and cost grade the same answers: one pass serves both
 
@@ -178,7 +178,7 @@ def critic_graders(guard: Guard) -> list[Grader]:
                 policy.tokenizer(r, add_special_tokens=False)["input_ids"][
                     : policy.max_context - policy.encode_prompts([p])["input_ids"].shape[1]
                 ]
-                for p, r in zip(prompts[i : i + 16], responses[i : i + 16])
+                for p, r in zip(prompts[i : i + 16], responses[i : i + 16], strict=True)
             ]
             lat = teacher_forced_latents(policy, prompts[i : i + 16], answers)
             out += [h[-1] for h in lat]

@@ -94,10 +94,10 @@ def positions(
     """Positions of each method's records in prompt order, from every record's method and prompt index;
     every method must answer prompts 0..n-1 exactly once (that is what pairs them)."""
     pos: dict[str, dict[int, int]] = {m: {} for m in methods}
-    for k, (m, i) in enumerate(zip(methods_of, prompt_index)):
+    for k, (m, i) in enumerate(zip(methods_of, prompt_index, strict=True)):
         pos.setdefault(m, {})[int(i)] = k
     counts = [list(methods_of).count(m) for m in methods]
-    for m, c in zip(methods, counts):
+    for m, c in zip(methods, counts, strict=True):
         if c != counts[0] or sorted(pos[m]) != list(range(counts[0])):
             raise EvalError(
                 f"method {m!r} has {c} records for {counts[0]} prompts; every method must answer "

@@ -90,7 +90,7 @@ def judge_table(report: JudgeReport, level: float = LEVEL):
     rewards = any(math.isfinite(s.reward_mean) for s in rows)
     cols += ["reward", "reward CI"] if rewards else []
     classes = rows and rows[0].classes is not None
-    short = dict(zip(LABELS, ("harm", "refus", "redir", "incoh", "help")))
+    short = dict(zip(LABELS, ("harm", "refus", "redir", "incoh", "help"), strict=True))
     cols += [f"L:{short[c]}%" for c in LABELS] if classes else []
     for c in cols:
         t.add_column(c, justify="right", no_wrap=True)
