@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import PROMPTS, StandInGuard, tiny_llama_config, write_prompts
+from helpers import PROMPTS, canned_guard, tiny_llama_config, write_prompts
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     Gemma2Config,
@@ -19,8 +19,9 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from igcritic.evaluate import EvalConfig, MethodSpec, run_eval
-from igcritic.judges import grade, load_judges
+from igcritic.eval.judges import grade, load_judges
+from igcritic.eval.methods import MethodSpec
+from igcritic.eval.run import EvalConfig, run_eval
 from igcritic.prompts import PromptSource, prompt_text
 from igcritic.scorers import GuardLMScorer, ScorerError, guard_chat, load_scorer
 
@@ -307,7 +308,7 @@ def test_verdicts_sharing_a_first_token_are_refused(tmp_path):
 # ------------------------------------------------------------------------------------------------ judge
 
 
-def test_a_guard_model_is_an_eval_judge(tmp_path):
+def test_a_guard_model_is_an_eval_judge(tmp_path, tiny_policy):
     folder = build_guard(tmp_path / "sg", "shieldgemma")
     spec = f"guardlm:{folder}:shieldgemma"
     (judge,) = load_judges([{"name": "shieldgemma", "spec": spec}])
@@ -322,11 +323,11 @@ def test_a_guard_model_is_an_eval_judge(tmp_path):
         prompts=PromptSource(str(write_prompts(tmp_path / "prompts.jsonl")), split=None, limit=None),
         methods=[MethodSpec("plain", {"method": "plain"})],
         judges=[{"name": "shieldgemma", "spec": spec}],
-        out_dir=str(tmp_path / "run"),
+        out=str(tmp_path / "run"),
         plots=False,
         quality_set=None,
     )
-    result = run_eval(cfg, guard=StandInGuard(budget=0.5))
+    result = run_eval(cfg, guard=canned_guard(tiny_policy))
     (report,) = result.judges
     assert report.judge["spec"] == spec and report.methods[0].n == len(PROMPTS)
     scores = [r["judge_scores"]["shieldgemma"] for r in result.records]
