@@ -198,6 +198,65 @@ def test_killed_append_resumes_without_loss_or_duplicates(tmp_path, monkeypatch,
     assert shard["latents"].shape[0] == got.n_tok  # close trimmed the garbage
 
 
+def _append_all(w: StoreWriter, batches) -> None:
+    for i, b in enumerate(batches):
+        if i not in w.batches_done:
+            w.append(b, i)
+
+
+def _killed_at_write(path: Path, batches, k: int) -> int:
+    """Run create + appends in a child process that dies (``os._exit``, no cleanup) at its k-th store write;
+    the child's exit code (9: killed there, 0: it wrote fewer than k times)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 0
+        try:
+            n, real_set = [0], zarr.storage.LocalStore.set
+
+            async def dying_set(self, key, value, *args, **kwargs):
+                n[0] += 1
+                if n[0] == k:
+                    os._exit(9)
+                return await real_set(self, key, value, *args, **kwargs)
+
+            zarr.storage.LocalStore.set = dying_set
+            with StoreWriter.create(path, attrs=ATTRS, prompts=PROMPTS, hidden_size=H, chunk_tokens=16) as w:
+                _append_all(w, batches)
+        except BaseException:  # noqa: BLE001 - any failure is the child's exit code
+            code = 3
+        os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def test_a_kill_at_any_store_write_leaves_a_resumable_store(tmp_path):
+    """SIGKILL-like death at EVERY single store write of create + appends (the manifest too: it is one
+    zarr.json write), then --resume (or a fresh create when the kill came before the store was complete):
+    the finished store equals an uninterrupted one and is valid."""
+    batches = [make_batch(s, n=3) for s in range(2)]  # ~15 rows each over chunks of 16
+    write(tmp_path / "ref", enumerate(batches))
+    ref = StoreReader(tmp_path / "ref").fingerprint()
+    kills = 0
+    for k in range(1, 500):
+        path = tmp_path / f"k{k}"
+        code = _killed_at_write(path, batches, k)
+        if code == 0:
+            break  # the whole run needs fewer than k writes: every write was a kill point
+        assert code == 9, f"the child failed before its write {k}"
+        kills += 1
+        try:
+            w = StoreWriter.resume(path, config_hash="abc123")
+        except StoreError as e:  # killed while creating: nothing committed, the message says what to do
+            assert "--overwrite" in str(e) or "drop --resume" in str(e), str(e)
+            w = StoreWriter.create(
+                path, attrs=ATTRS, prompts=PROMPTS, hidden_size=H, chunk_tokens=16, overwrite=True
+            )
+        with w:
+            _append_all(w, batches)
+        assert validate_store(path) == [], f"killed at write {k}"
+        assert StoreReader(path).fingerprint() == ref, f"killed at write {k}"
+    assert kills > 25  # create + 2 appends write dozens of objects
+
+
 def test_resume_refusals(tmp_path):
     with pytest.raises(StoreError, match="drop --resume"):
         StoreWriter.resume(tmp_path / "none", config_hash="abc123")

@@ -223,7 +223,7 @@ class StoreWriter:
                 arr = root.create_array(PROMPTS, shape=(len(prompts),), dtype=str)
                 if prompts:
                     arr[:] = np.asarray(prompts, dtype=object)
-                root.attrs.update(
+                root.update_attributes(  # one zarr.json write (attrs.update writes once per key)
                     {
                         **attrs,
                         "schema_version": SCHEMA_VERSION,
@@ -354,7 +354,9 @@ class StoreWriter:
         self._tail = {k: b[self._disk - start :] for k, b in blocks.items()}
 
     def _write_manifest(self, n_traj: int, n_tok: int, done: set[int]) -> None:
-        self._shard.attrs.update({"n_traj": n_traj, "n_tok": n_tok, "batches_done": sorted(done)})
+        # ONE zarr.json write: ``attrs.update`` is MutableMapping's, one write per key, and a kill between
+        # them left n_traj of the new batch beside n_tok of the old state (resume then wrote off by one)
+        self._shard.update_attributes({"n_traj": n_traj, "n_tok": n_tok, "batches_done": sorted(done)})
         self._n_traj, self._n_tok, self._done = n_traj, n_tok, done
 
     def _committed(self) -> None:
@@ -528,7 +530,7 @@ def _make_shard(root: zarr.Group, rank: int, path, *, refuse_data: bool) -> zarr
         shard.create_array(k, shape=(0,), chunks=(chunk,), dtype=dtype, compressors=None)
     offsets = shard.create_array("traj_offsets", shape=(1,), chunks=(chunk,), dtype="int64", compressors=None)
     _every_chunk(offsets)[:] = np.zeros(1, np.int64)
-    shard.attrs.update({"n_traj": 0, "n_tok": 0, "batches_done": [], EVERY_CHUNK: True})  # the manifest last
+    shard.update_attributes({"n_traj": 0, "n_tok": 0, "batches_done": [], EVERY_CHUNK: True})  # manifest last
     return shard
 
 
