@@ -10,7 +10,8 @@
 #
 #   bash bench/gpu_check.sh             # on the GPU machine (run tool, carry [".whl"])
 #   bash bench/gpu_check.sh --dry-run   # here, on CPU: every step end to end at toy size (5-9 min on the
-#                                       # loaded 2-core VM, most of it the CPU compile of the compile rows)
+#                                       # loaded 2-core VM, 22 min at load 13-17; most of it the CPU compile
+#                                       # of the compile rows)
 #                                       # (or GPU_CHECK_DRY_RUN=1; PYTHON=/work/main/.venv/bin/python)
 # The dry run uses the same scripts and flags with a 2-layer random Llama (random-llama-tiny), a 64-wide
 # store and critic, and CPU; it proves the plumbing, not the speed. A failed step prints "!! ..." and the
