@@ -8,7 +8,9 @@ Three timings per repeat, alternating so drift hits both sides:
   collect   igcritic's rollout (KV-cached sampling + latent of every step) + fp16 store write
   scorers   cost prefix scores + reward, reported separately (docs/design.md section 9)
 Prints the ratio collect/baseline (target >= 0.8; with ``--labels``, the embedded cost and reward labels
-inside collect, >= 0.9), store MB/s and bytes per token. ``--compile``: collect
+inside collect, >= 0.9) in wall time and in the process's CPU time (user + sys, every thread: on a shared
+machine the other jobs stretch wall time, not the work done), each pair's ratio, store MB/s and bytes per
+token. ``--compile``: collect
 with ``compile: true`` (static KV cache of ``--batch`` rows, compiled step; its compile is a warm-up call).
 """
 
@@ -74,9 +76,9 @@ def main() -> None:
     sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
     tmp = Path(tempfile.mkdtemp())
 
-    def baseline() -> tuple[float, int]:
+    def baseline() -> tuple[float, int, float]:
         sync()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         out = policy.model.generate(
             **enc,
             do_sample=True,
@@ -87,13 +89,14 @@ def main() -> None:
             pad_token_id=policy.pad_token_id,
         )
         sync()
-        return time.perf_counter() - t, (out.shape[1] - enc["input_ids"].shape[1]) * a.batch
+        n = (out.shape[1] - enc["input_ids"].shape[1]) * a.batch
+        return time.perf_counter() - t, n, time.process_time() - c
 
-    def collect(i: int) -> tuple[float, int, float, int]:
+    def collect(i: int) -> tuple[float, int, float, int, object, float]:
         eos = policy.model.generation_config.eos_token_id
         policy.model.generation_config.eos_token_id = None  # full length, like min_new_tokens above
         sync()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         gen = torch.Generator(device=policy.device).manual_seed(i)
         roll = rollout(policy, prompts, cfg, gen, a.batch if a.compile else 0)
         sync()
@@ -118,21 +121,27 @@ def main() -> None:
             hidden_size=policy.identity.latent_size,
         ) as w:
             w.append(batch, 0)
-        done = time.perf_counter()
+        done, cpu = time.perf_counter(), time.process_time() - c
         policy.model.generation_config.eos_token_id = eos
         size = sum(f.stat().st_size for f in (tmp / f"s{i}.zarr").rglob("*") if f.is_file())
-        return done - t, n, done - tw, size, roll
+        return done - t, n, done - tw, size, roll, cpu
 
     baseline()  # warm-up
     if a.compile:
         t = time.perf_counter()
         collect(-1)  # compiles the static-cache step
         print(f"compile warm-up {time.perf_counter() - t:.1f} s")
-    rows = []
+    rows, cpu_ratios = [], []
     for i in range(a.repeats):
-        tb, nb = baseline()
-        tc, nc, tw, size, roll = collect(i)
+        tb, nb, cb = baseline()
+        tc, nc, tw, size, roll, cc = collect(i)
         rows.append((nb / tb, nc / tc, size / max(tw, 1e-9) / 1e6, size / (nc + a.batch)))
+        cpu_ratios.append((nc / cc) / (nb / cb))
+        print(
+            f"pair {i}: generate {tb:.2f} s ({cb:.2f} s CPU), collect {tc:.2f} s ({cc:.2f} s CPU); "
+            f"ratio wall {rows[-1][1] / rows[-1][0]:.3f}, CPU {cpu_ratios[-1]:.3f}",
+            flush=True,
+        )
     base = statistics.median(r[0] for r in rows)
     coll = statistics.median(r[1] for r in rows)
     ratios = [r[1] / r[0] for r in rows]
@@ -143,10 +152,11 @@ def main() -> None:
     print(f"baseline generate      {base:8.1f} tok/s (median of {a.repeats})")
     what = "gen+latents+labels+write" if a.labels else "gen+latents+write"
     print(f"collect ({what}) {coll:8.1f} tok/s")
-    print(
-        f"ratio collect/baseline  median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max "
-        f"{max(ratios):.3f})"
-    )
+    for what, r in (("wall", ratios), ("CPU ", cpu_ratios)):
+        print(
+            f"ratio collect/baseline ({what}, tok/s) median {statistics.median(r):.3f} (min {min(r):.3f}, "
+            f"max {max(r):.3f})"
+        )
     print(
         f"store write {statistics.median(r[2] for r in rows):.1f} MB/s, "
         f"{statistics.median(r[3] for r in rows):.0f} bytes/token"

@@ -236,19 +236,24 @@ def label_batch(
     policy: Policy, prompts: list[str], prompt_idx: list[int], roll: Rollouts, cost: Scorer, reward: Scorer
 ) -> tuple[TrajectoryBatch, dict]:
     """Score every prefix with the cost model and every answer with the reward model: from the rollout's
-    own latents where the scorer reads the policy's layers (:func:`decoded_labels`), else from the text.
+    own latents where the scorer reads the policy's layers (:func:`decoded_answers`), else from the text.
     Both paths give the same labels up to float rounding (tested at 1e-4), so the config hash does not say
-    which one labelled a batch: a store resumed across the change stays one labelling."""
+    which one labelled a batch: a store resumed across the change stays one labelling. Drops
+    ``roll.cache``."""
     texts = [prefix_texts(policy.tokenizer, t) for t in roll.tokens]
     batch_prompts = [prompts[p] for p in prompt_idx]
     t0 = time.perf_counter()
-    cost_prefix = decoded_labels(policy, batch_prompts, roll, texts, cost)
+    answers: list = [None] * len(roll.tokens)
+    if any(getattr(s, "decode_columns", lambda _: None)(policy) is not None for s in (cost, reward)):
+        answers = decoded_answers(policy, batch_prompts, roll, texts)
+    roll.cache = None
+    cost_prefix = decoded_labels(policy, answers, texts, cost)
     if rows := [i for i, c in enumerate(cost_prefix) if c is None]:
         scored = cost.prefix_scores([batch_prompts[i] for i in rows], [texts[i] for i in rows])
         for i, c in zip(rows, scored, strict=True):
             cost_prefix[i] = c
     t1 = time.perf_counter()
-    decoded = decoded_labels(policy, batch_prompts, roll, texts, reward)
+    decoded = decoded_labels(policy, answers, texts, reward)
     rewards = [None if r is None else r[-1] for r in decoded]
     if rows := [i for i, r in enumerate(rewards) if r is None]:
         scored = reward.score([batch_prompts[i] for i in rows], [texts[i][-1] for i in rows])
@@ -270,48 +275,100 @@ def label_batch(
     return batch, {"cost_s": t1 - t0, "reward_s": t2 - t1}
 
 
+DecodedAnswer = tuple[torch.Tensor, np.ndarray]
+"""The latents h_0..h_J (J + 1, W) of an answer's text as the text path tokenises it (at most
+MAX_ANSWER_TOKENS tokens), and each of those tokens' end offset in the text (J,)."""
+
+
+def decoded_answers(
+    policy: Policy, prompts: list[str], roll: Rollouts, texts: list[list[str]]
+) -> list[DecodedAnswer | None]:
+    """What a scorer on the policy's own layers reads of each answer, without a second pass over it: the
+    rollout's latents where the answer's text re-tokenises to its tokens; else those of the tokens both
+    share, then the re-tokenised rest fed as new tokens on the rollout's KV cache from that point (one
+    cached forward for all such answers, a few tokens each). None for an answer the text path must score:
+    its prompt is longer than the text path reads, or there is no cache to continue (guarded answers)."""
+    from igcritic.scorers.latent import MAX_ANSWER_TOKENS, MAX_PROMPT_TOKENS
+
+    out: list[DecodedAnswer | None] = [None] * len(roll.tokens)
+    if not roll.tokens:
+        return out
+    tok, eos = policy.tokenizer, set(policy.eos_token_ids)
+    formatted = tok([policy.format_prompt(p) for p in prompts], add_special_tokens=False)["input_ids"]
+    enc = tok([t[-1] for t in texts], add_special_tokens=False, return_offsets_mapping=True)
+    tails: dict[int, tuple[int, list[int], np.ndarray]] = {}
+    for i, (ids, offsets) in enumerate(zip(enc["input_ids"], enc["offset_mapping"], strict=True)):
+        if len(formatted[i]) > MAX_PROMPT_TOKENS:
+            continue
+        ids = ids[:MAX_ANSWER_TOKENS]
+        ends = np.asarray([e for _, e in offsets[:MAX_ANSWER_TOKENS]], dtype=np.int64)
+        sampled = roll.tokens[i][:-1] if roll.tokens[i] and roll.tokens[i][-1] in eos else roll.tokens[i]
+        pairs = zip(sampled, ids, strict=False)  # the tokens both start with
+        shared = next((j for j, (a, b) in enumerate(pairs) if a != b), min(len(sampled), len(ids)))
+        if shared == len(ids):  # the text's tokens are the sampled ones (or their start): h_0..h_J are read
+            out[i] = (roll.latents[i][: shared + 1].float(), ends)
+        elif roll.cache is not None:
+            tails[i] = (shared, ids[shared:], ends)
+    if tails:
+        rows = sorted(tails)
+        latents = _continued_latents(policy, roll, rows, [tails[i][:2] for i in rows])
+        for i, h in zip(rows, latents, strict=True):
+            out[i] = (torch.cat([roll.latents[i][: tails[i][0] + 1].float(), h]), tails[i][2])
+    return out
+
+
+def _continued_latents(
+    policy: Policy, roll: Rollouts, rows: list[int], tails: list[tuple[int, list[int]]]
+) -> list[torch.Tensor]:
+    """Latents (len(tail), W) float32 on CPU of each ``tail`` fed after the first ``shared`` answer tokens of
+    rollout row ``rows[k]`` (``tails[k] = (shared, tail)``), on the rollout's cache with its later positions
+    masked out (as a rewind does); right-padded tails, one forward. Consumes ``roll.cache``."""
+    cache, roll.cache = roll.cache, None
+    dev = policy.device
+    idx = torch.tensor(rows, dtype=torch.long)
+    cache.batch_select_indices(idx.to(dev))
+    start = roll.prompt_mask.shape[1]  # answer token t sits at cache position start + t
+    length = start + max(len(t) for t in roll.tokens)  # every row stepped until the longest stopped
+    width = max(len(tail) for _, tail in tails)
+    ids = torch.full((len(rows), width), policy.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), length + width), dtype=roll.prompt_mask.dtype)
+    mask[:, :start] = roll.prompt_mask[idx.to(roll.prompt_mask.device)].cpu()
+    for k, (shared, tail) in enumerate(tails):
+        mask[k, start : start + shared] = 1
+        ids[k, : len(tail)] = torch.tensor(tail, dtype=torch.long)
+        mask[k, length : length + len(tail)] = 1
+    _, lat, _ = policy.forward(ids.to(dev), mask.to(dev), cache)
+    lat = lat.float().cpu()
+    return [lat[k, : len(tail)] for k, (_, tail) in enumerate(tails)]
+
+
 def decoded_labels(
-    policy: Policy, prompts: list[str], roll: Rollouts, texts: list[list[str]], scorer: Scorer
+    policy: Policy, answers: list[DecodedAnswer | None], texts: list[list[str]], scorer: Scorer
 ) -> list[np.ndarray | None]:
-    """``S_0..S_T`` of each answer from its rollout latents h_0..h_T when ``scorer`` reads the policy's own
-    layers (``decode_columns``): the same numbers as ``scorer.prefix_scores`` on ``texts`` (float rounding
-    aside), without a second model pass; for a reward, its last entry is the answer's score. None for an
-    answer the text path must score: its text does not re-tokenise to its tokens, or its prompt is longer
-    than the text path reads."""
-    from igcritic.scorers.latent import (
-        MAX_ANSWER_TOKENS,
-        MAX_PROMPT_TOKENS,
-        prefix_index,
-        same_tokens,
-    )
+    """``S_0..S_T`` of each answer from its decode-pass latents (:func:`decoded_answers`) when ``scorer``
+    reads the policy's own layers (``decode_columns``): the same numbers as ``scorer.prefix_scores`` on
+    ``texts`` (float rounding aside); for a reward, its last entry is the answer's score. None for an
+    answer the text path must score."""
+    from igcritic.scorers.latent import prefix_index
 
     cols = getattr(scorer, "decode_columns", lambda _: None)(policy)
-    out: list[np.ndarray | None] = [None] * len(roll.tokens)
-    if cols is None or not roll.tokens:
-        return out
-    tok = policy.tokenizer
-    full = [t[-1] for t in texts]
-    ok = same_tokens(tok, full, roll.tokens, policy.eos_token_ids)
-    formatted = tok([policy.format_prompt(p) for p in prompts], add_special_tokens=False)["input_ids"]
-    prompt_len = [len(x) for x in formatted]
-    rows = [i for i in range(len(full)) if ok[i] and prompt_len[i] <= MAX_PROMPT_TOKENS]
+    out: list[np.ndarray | None] = [None] * len(answers)
+    rows = [i for i, a in enumerate(answers) if a is not None] if cols is not None else []
     if not rows:
         return out
-    enc = tok([full[i] for i in rows], add_special_tokens=False, return_offsets_mapping=True)
-    firsts, lasts, means, spans = [], [], [], []
-    for i, offsets in zip(rows, enc["offset_mapping"], strict=True):
-        n = min(len(offsets), MAX_ANSWER_TOKENS) + 1  # h_0..h_J, no EOS
-        h = roll.latents[i][:n].float()
+    firsts, lasts, means = [], [], []
+    for i in rows:
+        h = answers[i][0]
+        n = len(h)
         firsts.append(h[:1].expand(n, -1))
         lasts.append(h)
         means.append(h.cumsum(0) / torch.arange(1, n + 1)[:, None])
-        spans.append(n)
     values = scorer.decode_values(cols, torch.cat(firsts), torch.cat(lasts), torch.cat(means))
     at = 0
-    for i, offsets, n in zip(rows, enc["offset_mapping"], spans, strict=True):
-        ends = np.asarray([e for _, e in offsets[:MAX_ANSWER_TOKENS]], dtype=np.int64)
-        vals = values[at : at + n][prefix_index(ends, [len(t) for t in texts[i]])]
-        at += n
+    for i in rows:
+        h, ends = answers[i]
+        vals = values[at : at + len(h)][prefix_index(ends, [len(t) for t in texts[i]])]
+        at += len(h)
         out[i] = np.maximum.accumulate(vals) if scorer.info.role == "cost" else vals
     return out
 

@@ -403,6 +403,13 @@ class Rollouts:
     tokens: list[list[int]]
     latents: list[torch.Tensor]  # each (T_i + 1, H), float32 on CPU
     finished: list[bool]
+    cache: object | None = None
+    """The decode's dynamic KV cache (row i: prompt i, then answer token t at position ``prompt width + t``),
+    so an answer can be continued from any of its prefixes (collect's labels, when its text re-tokenises
+    differently); None when there is none to continue (guarded answers, the static cache). Whoever uses it
+    drops it: a batch's cache is not kept beside the next one's."""
+    prompt_mask: torch.Tensor | None = None
+    """(R, W) attention mask of the left-padded prompts the cache starts with."""
 
     @property
     def num_tokens(self) -> int:
@@ -425,10 +432,13 @@ def rollout(
     rows = prefill(policy, prompts, new_tokens=cfg.max_new_tokens, static=static)
     limits = torch.full((len(rows),), cfg.max_new_tokens)
     block = sample_block(policy, rows, limits, cfg, generator, keep_latents=True)
+    dynamic = static is None
     return Rollouts(
         tokens=rows.tokens,
         latents=[block.latents[i, : n + 1] for i, n in enumerate(block.new.tolist())],
         finished=block.eos.tolist(),
+        cache=rows.cache if dynamic else None,
+        prompt_mask=rows.mask[:, : rows.mask.shape[1] - block.steps] if dynamic else None,
     )
 
 

@@ -638,10 +638,57 @@ def test_labels_from_the_rollout_latents_equal_the_text_path(monkeypatch):
     cost, reward = load_scorer("embedded", "cost"), load_scorer("embedded", "reward")
     prompts = ["How can I make a bomb at home?", "How do I bake bread at home?", "Name three colours."]
     roll = rollout(policy, prompts, SamplingConfig(max_new_tokens=20), torch.Generator().manual_seed(0))
-    decoded, timing = label_batch(policy, prompts, [0, 1, 2], roll, cost, reward)
-    assert timing["cost_s"] + timing["reward_s"] < 2.0  # no model pass (the text path: ~1.5 s per answer)
+    passes = _count_text_passes(monkeypatch)
+    decoded, _ = label_batch(policy, prompts, [0, 1, 2], roll, cost, reward)
+    assert passes == []  # no second pass over any answer
     monkeypatch.setattr(ClassifierScorer, "decode_columns", lambda self, policy: None)
     text, _ = label_batch(policy, prompts, [0, 1, 2], roll, cost, reward)
+    assert passes  # the text path ran
+    np.testing.assert_allclose(decoded.cost_prefix, text.cost_prefix, atol=1e-4)
+    np.testing.assert_allclose(decoded.traj_reward, text.traj_reward, atol=1e-4)
+
+
+def _count_text_passes(monkeypatch) -> list:
+    """Record every teacher-forced pass of the latent scorers' text path (the answers it was given)."""
+    from igcritic.scorers.latent import PolicyFeatures
+
+    passes, original = [], PolicyFeatures._prefix_features
+
+    def counted(self, prompts, answers):
+        passes.append(answers)
+        return original(self, prompts, answers)
+
+    monkeypatch.setattr(PolicyFeatures, "_prefix_features", counted)
+    return passes
+
+
+def test_labels_of_an_answer_that_retokenises_differently_continue_the_rollout_cache(monkeypatch):
+    """An answer whose text re-tokenises to other tokens (here a "\\n\\n" before "1." sampled as one token and
+    read back as two, as list answers often are) is labelled from the rollout's latents of the tokens both
+    share, then the re-tokenised rest fed on the rollout's own KV cache: the text path's numbers (1e-4; seen
+    1.1e-6) without its pass over the answer."""
+    from igcritic.collect import label_batch
+    from igcritic.decoding import prefix_texts, rollout
+    from igcritic.scorers import ClassifierScorer, load_scorer
+    from igcritic.scorers.latent import same_tokens
+
+    policy = load_policy(extra_layers=(15, 18, 21))
+    cost, reward = load_scorer("embedded", "cost"), load_scorer("embedded", "reward")
+    prompts = [
+        "Explain how to plant a tree, step by step.",
+        "Write a short guide to making tea.",
+        "How do I bake bread at home?",
+        "Say hello in Japanese.",
+    ]
+    roll = rollout(policy, prompts, SamplingConfig(max_new_tokens=24), torch.Generator().manual_seed(2))
+    full = [prefix_texts(policy.tokenizer, t)[-1] for t in roll.tokens]
+    assert not all(same_tokens(policy.tokenizer, full, roll.tokens, policy.eos_token_ids))  # the case
+    passes = _count_text_passes(monkeypatch)
+    decoded, _ = label_batch(policy, prompts, [0, 1, 2, 3], roll, cost, reward)
+    assert passes == [] and roll.cache is None  # no second pass; the cache was used and dropped
+    monkeypatch.setattr(ClassifierScorer, "decode_columns", lambda self, policy: None)
+    text, _ = label_batch(policy, prompts, [0, 1, 2, 3], roll, cost, reward)
+    assert passes
     np.testing.assert_allclose(decoded.cost_prefix, text.cost_prefix, atol=1e-4)
     np.testing.assert_allclose(decoded.traj_reward, text.traj_reward, atol=1e-4)
 

@@ -11,7 +11,8 @@ When the policy being decoded IS that model and taps those layers (the shipped c
 the decode loop has already computed every hidden state a prefix's features need: :func:`latent_columns`
 finds them in the policy's latent, :func:`prefix_features_of` builds the features from the loop's running
 sums, and :func:`same_tokens` says for which answers that equals this module's text path (the answer's
-text re-tokenises to the sampled tokens; the rest go through the text path).
+text re-tokenises to the sampled tokens; in a search the rest go through the text path, in collect they
+continue on the rollout's KV cache: ``collect.decoded_answers``).
 """
 
 from __future__ import annotations
