@@ -161,12 +161,19 @@ def test_nan_rows_are_flagged_and_zeroed(tmp_path):
     assert torch.isfinite(stats["h_mean"]).all() and torch.isfinite(stats["h_std"]).all()
 
 
-def test_nan_targets_are_flagged_by_the_stream(tmp_path):
+def test_nan_targets_are_refused_before_fit_and_flagged_by_the_stream(tmp_path, monkeypatch):
     import zarr
+
+    import igcritic.store
 
     path = tmp_path / "nancost.zarr"
     make_store(path, n_prompts=6, rollouts=3, hidden=8)
     zarr.open_group(str(path), mode="r+")["shards/rank-00000/cost_prefix"][7] = np.nan
+    with pytest.raises(DataError, match=r"is invalid \(rank-00000: cost_prefix holds NaN/inf\)") as e:
+        dm_for(str(path), val_fraction=0.3)
+    _one_line(e)
+    # a store damaged after fit's check: the stream still flags the row instead of training on NaN
+    monkeypatch.setattr(igcritic.store, "validate_store", lambda *a, **k: [])
     dm = dm_for(str(path), val_fraction=0.3)
     b = {
         k: np.concatenate([collect(dm.train_dataloader())[k], collect(dm.val_dataloader())[k]])

@@ -382,13 +382,13 @@ def committed(store: Path) -> bool:
     return False
 
 
-def damaged_store(tmp_path: Path, what: str) -> Path:
+def damaged_store(tmp_path: Path, what: str, compression: str | None = None) -> Path:
     """A valid synthetic store with ``what`` cut to half its bytes: a ``zarr.json`` (root or shard) or the
     largest chunk file of an array."""
     from helpers_fit import make_store
 
     path = tmp_path / "store.zarr"
-    make_store(path, n_prompts=6, rollouts=2, hidden=8, chunk_tokens=64)
+    make_store(path, n_prompts=6, rollouts=2, hidden=8, chunk_tokens=64, compression=compression)
     if what.endswith("zarr.json"):
         f = path / what
     else:
@@ -414,6 +414,37 @@ def test_inspect_calls_a_damaged_store_invalid_in_one_line(tmp_path, capsys, wha
     if what in ("traj_offsets", "zarr.json"):  # what fit reads first: the same one-line error
         with pytest.raises(StoreError, match="cannot be read|unreadable metadata"):
             StoreReader(str(store)).traj_offsets
+
+
+@pytest.mark.parametrize("what", ["token_ids", "traj_offsets", "latents", "cost_prefix", "traj_len"])
+def test_fit_refuses_a_store_with_a_truncated_chunk_in_one_line(tmp_path, capsys, monkeypatch, what):
+    from igcritic.store import validate_store
+
+    store = damaged_store(tmp_path, what)
+    assert validate_store(store, read_rows=False)  # fit's check (no latents scan) sees it
+    monkeypatch.setattr(sys, "argv", ["igcritic"])
+    monkeypatch.chdir(tmp_path)
+    args = [
+        *("fit", "--config", str(ROOT / "configs" / "fit" / "embedded.yaml"), f"--data.stores=[{store}]"),
+        *("--model.width=16", "--trainer.accelerator=cpu", "--trainer.max_epochs=1"),
+    ]
+    assert main(args) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert f"{what} rows" in line or f"{what} chunk" in line, line
+    assert "restore the files" in line
+    assert not (tmp_path / "runs").exists()  # refused before any training
+
+
+def test_a_truncated_compressed_latents_chunk_is_a_store_error(tmp_path):
+    """Compressed chunks have no one size to check without reading: the read itself names the rows."""
+    from igcritic.store import StoreError, StoreReader, validate_store
+
+    store = damaged_store(tmp_path, "latents", compression="zstd")
+    assert validate_store(store, read_rows=False) == []  # no latents are read before training
+    assert any("latents rows" in p and "cannot be read" in p for p in validate_store(store))
+    r = StoreReader(store)
+    with pytest.raises(StoreError, match=r"latents rows \d+-\d+ cannot be read.*restore the files"):
+        r.read_latents(0, r.n_tok)
 
 
 def test_collect_guard_with_a_malformed_critic_config(tmp_path):
