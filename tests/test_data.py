@@ -246,11 +246,15 @@ def test_single_prompt_is_refused(tmp_path):
 
 def test_mixed_policies_and_hidden_sizes_are_refused(tmp_path, store):
     make_store(tmp_path / "layer1.zarr", hidden=8, layer=1)
-    with pytest.raises(DataError, match="different policies") as e:
+    with pytest.raises(DataError, match="tap the same model at different layers") as e:
         CriticDataModule([store, str(tmp_path / "layer1.zarr")]).prepare_data()
-    assert "layer: 2 != 1" in _one_line(e)
+    assert "layer: 2 != 1" in _one_line(e) and "--layer/--norm/--extra_layers" in _one_line(e)
+    make_store(tmp_path / "other.zarr", hidden=8, model_id="another-llama")
+    with pytest.raises(DataError, match="different policies") as e:
+        CriticDataModule([store, str(tmp_path / "other.zarr")]).prepare_data()
+    assert "model_id: 'synthetic-llama' != 'another-llama'" in _one_line(e)
     make_store(tmp_path / "wide.zarr", hidden=12)
-    with pytest.raises(DataError, match="hidden size 12"):
+    with pytest.raises(DataError, match="different policies.*hidden_size: 8 != 12"):
         CriticDataModule([store, str(tmp_path / "wide.zarr")]).prepare_data()
     make_store(tmp_path / "othercost.zarr", hidden=8, cost_id="another-cost")
     with pytest.raises(DataError, match="different cost_scorers"):

@@ -434,6 +434,28 @@ def test_chat_messages_are_checked_and_stored_as_one_string(tmp_path):
         load_prompts(PromptSource(str(f)))
 
 
+def test_generate_names_a_bad_prompt_by_its_file_and_line(tmp_path, saved_policy_artifact, capsys):
+    """An empty conversation or a prompt too long for the context is named by its line in the file (and an
+    inline one by its place in --prompts.texts), before any answer, in one line."""
+    from igcritic.__main__ import main as cli
+
+    f = tmp_path / "p.txt"
+    f.write_text('how do I bake bread\n\n[{"role": "user", "content": "  "}]\n')
+    with pytest.raises(PromptError, match=rf"^{f}:3: prompt\[0\] \(user\) needs a non-empty text content"):
+        main(GenerateConfig(str(saved_policy_artifact), PromptSource(str(f), split=None)))
+    inline = PromptSource(texts=["hi", '[{"role": "user", "content": ""}]'])
+    with pytest.raises(PromptError, match=r"^--prompts.texts\[1\]: prompt\[0\] \(user\) needs a non-empty"):
+        main(GenerateConfig(str(saved_policy_artifact), inline))
+    f.write_text("hi\n\nthe weather\n" + "bread " * 300 + "\n")
+    with pytest.raises(GuardError, match=rf"^prompt 3 of the source \({f}:4\) has \d+ tokens \+ 4 new") as e:
+        main(GenerateConfig(str(saved_policy_artifact), PromptSource(str(f)), search={"max_new_tokens": 4}))
+    assert "lower --search.max_new_tokens" in str(e.value) and "\n" not in str(e.value)
+    assert cli(["generate", str(saved_policy_artifact), "--prompts.source", str(f)]) == 2
+    err = capsys.readouterr().err  # beside transformers' weight-loading bars
+    (line,) = [x for x in err.splitlines() if f"({f}:4)" in x]
+    assert "Traceback" not in err and line.startswith("error: ")
+
+
 def test_generate_command_answers_a_messages_file(tmp_path, saved_policy_artifact):
     prompts = tmp_path / "chat.jsonl"
     prompts.write_text(json.dumps({"messages": CHAT}) + "\n" + json.dumps({"messages": CHAT[1:2]}) + "\n")
