@@ -31,7 +31,9 @@ from igcritic.policy import (
     EMBEDDED_POLICY_ID,
     WEIGHT_SUFFIXES,
     Policy,
+    PolicyError,
     cached_fingerprint,
+    check_device,
     default_extra_layers,
     load_policy,
     policy_fingerprint,
@@ -145,6 +147,16 @@ class CollectConfig:
             problems.append(f"--batch_size {self.batch_size} must be >= 1")
         if self.sampling.max_new_tokens < 1:
             problems.append(f"--sampling.max_new_tokens {self.sampling.max_new_tokens} must be >= 1")
+        sp = self.sampling
+        if sp.temperature < 0 or not 0.0 < sp.top_p <= 1.0 or sp.top_k < 0:  # the search's rule
+            problems.append(
+                f"--sampling.temperature {sp.temperature} / top_p {sp.top_p} / top_k {sp.top_k} is invalid; "
+                "use temperature >= 0 (0: greedy), 0 < top_p <= 1, top_k >= 0"
+            )
+        if self.norm not in ("post", "pre"):
+            problems.append(f"--norm {self.norm!r} must be post or pre")
+        if self.accelerator not in ("auto", "cpu", "gpu", "cuda"):
+            problems.append(f"--accelerator {self.accelerator!r} must be auto, cpu, gpu or cuda")
         if self.resume and self.overwrite:
             problems.append("--resume and --overwrite exclude each other; pick one")
         if self.budget is not None and not np.isfinite(self.budget):
@@ -479,6 +491,11 @@ def _collect(cfg: CollectConfig, rank: int, world: int, barrier, known: dict) ->
     check_writable(cfg.out, "--out", CollectError)
     rows, source_info = load_prompts(cfg.prompts)
     prompts = [r.prompt for r in rows]
+    if cfg.accelerator in ("gpu", "cuda"):  # asked for a GPU: none here is an error, not a silent CPU run
+        try:
+            check_device("cuda", "--accelerator")
+        except PolicyError as e:
+            raise CollectError(str(e).replace("cuda:", f"{cfg.accelerator}:", 1)) from None
     device = "cuda" if torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda") else "cpu"
     if device == "cuda":
         device = f"cuda:{torch.cuda.current_device()}"

@@ -75,6 +75,8 @@ class LatentSpec:
     ``h``."""
 
     def resolve(self, num_layers: int) -> LatentSpec:
+        if self.norm not in ("post", "pre"):
+            raise PolicyError(f"--norm {self.norm!r} must be post or pre")
         layer = resolve_layer(self.layer, num_layers)
         if not 1 <= layer <= num_layers:
             raise PolicyError(
@@ -547,9 +549,16 @@ def load_policy(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = None
+    if not isinstance(getattr(torch, dtype, None), torch.dtype):
+        raise PolicyError(f"--dtype {dtype!r} is not a torch dtype; use float32, bfloat16 or float16")
     if model is None:
         path = str(embedded_model_dir()) if model_id == EMBEDDED_POLICY_ID else model_id
         source = Path(path) if Path(path).is_dir() else None
+        if source is None and path.startswith(("/", "./", "../", "~")):  # a folder, not a hub id
+            raise PolicyError(
+                f"policy folder {path} does not exist; pass an existing model folder or "
+                f"{EMBEDDED_POLICY_ID!r}"
+            )
         try:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), revision=revision)
             tokenizer = tokenizer or AutoTokenizer.from_pretrained(path, revision=revision)

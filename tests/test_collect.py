@@ -218,9 +218,11 @@ def test_nan_latents_batch_is_reported_and_not_written(
 
 
 def test_bad_input_errors_are_one_line(tiny_model_dir, tmp_path):
-    with pytest.raises(PolicyError, match="cannot load policy") as e:
+    with pytest.raises(PolicyError, match="policy folder .*no-such-model does not exist") as e:
         load_policy(str(tmp_path / "no-such-model"))
-    assert "\n" not in str(e.value)
+    assert "\n" not in str(e.value) and "Repo id" not in str(e.value)  # not the hub's message for a folder
+    with pytest.raises(PolicyError, match="--dtype 'float13' is not a torch dtype"):
+        load_policy(str(tiny_model_dir), dtype="float13")
 
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
@@ -236,6 +238,38 @@ def test_bad_input_errors_are_one_line(tiny_model_dir, tmp_path):
     with pytest.raises(CollectError, match="--resume and --overwrite"):
         run(tiny_config(tiny_model_dir, bad, tmp_path / "z.zarr", resume=True, overwrite=True))
     assert not (tmp_path / "x.zarr").exists() and not (tmp_path / "y.zarr").exists()
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (
+            {"sampling": SamplingConfig(temperature=-1.0)},
+            r"temperature -1.0 / top_p .* is invalid",
+        ),
+        ({"sampling": SamplingConfig(top_p=2.0)}, r"top_p 2.0 .* is invalid; use temperature >= 0"),
+        ({"norm": "mid"}, "--norm 'mid' must be post or pre"),
+        ({"accelerator": "tpu"}, "--accelerator 'tpu' must be auto, cpu, gpu or cuda"),
+        ({"dtype": "float13"}, "--dtype 'float13' is not a torch dtype"),
+    ],
+)
+def test_sampling_tap_dtype_and_accelerator_are_checked_before_any_work(tmp_path, kw, match):
+    """Each was run silently (a negative temperature decoded greedily, any norm but pre read post, an
+    accelerator named wrongly ran on CPU) or ended in a traceback (dtype)."""
+    cfg = CollectConfig(out=str(tmp_path / "s.zarr"), model=str(tmp_path / "never-loaded"), **kw)
+    with pytest.raises((CollectError, PolicyError), match=match) as e:
+        run(cfg)
+    assert "\n" not in str(e.value) and not (tmp_path / "s.zarr").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+@pytest.mark.parametrize("accelerator", ["gpu", "cuda"])
+def test_collect_on_a_gpu_that_is_not_there_says_so(tmp_path, accelerator):
+    cfg = CollectConfig(out=str(tmp_path / "s.zarr"), model="never-loaded", accelerator=accelerator)
+    with pytest.raises(
+        CollectError, match=f"--accelerator {accelerator}: this machine has .*--accelerator cpu"
+    ):
+        run(cfg)
 
 
 def test_cli_reports_missing_model_in_one_line(tmp_path):
@@ -256,7 +290,7 @@ def test_cli_reports_missing_model_in_one_line(tmp_path):
     )
     assert res.returncode == 2
     err_lines = [line for line in res.stderr.splitlines() if "error:" in line]
-    assert len(err_lines) == 1 and "cannot load policy" in err_lines[0]
+    assert len(err_lines) == 1 and "policy folder" in err_lines[0] and "does not exist" in err_lines[0]
 
 
 def test_full_disk_keeps_committed_batches_and_resume_completes(
