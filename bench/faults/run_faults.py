@@ -415,19 +415,24 @@ def cases(w: World) -> list[Case]:  # noqa: C901 - one table
     def _(d):
         return cli(w.collect(d / "none.zarr", "--resume", "true")), None
 
-    @add("collect: a second writer while the first holds the lock")
+    @add("collect: a second writer while another process writes the store")
     def _(d):
-        from igcritic.store.lock import WriterLock
-
         s = w.copy_store(d)
-        lock = WriterLock(str(s), 0)
-        before = tree(s)  # with the lock file
+        hold = f"from igcritic.store.lock import WriterLock; import time; l = WriterLock({str(s)!r}, 0); "
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        holder = subprocess.Popen(
+            [sys.executable, "-c", hold + "print('held', flush=True); time.sleep(600)"],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         try:
-            return cli(w.collect(s, "--resume", "true")), None if tree(
-                s
-            ) == before else "data lost: store changed"
+            holder.stdout.readline()
+            before = tree(s)  # with the holder's lock file
+            return cli(w.collect(s, "--resume", "true")), intact(s, before)
         finally:
-            lock.release()
+            holder.kill()
+            holder.wait()
 
     # collect: signals and kills (child processes)
     def signal_case(name: str, signum: int, after_commit: bool):
