@@ -180,7 +180,10 @@ def final(rows, feats, cand) -> dict:
     train = [r for r in rows if r["split"] == "train"]
     x, y, _, idx, hp = design(train, feats, fam, layers, augment=True)
     model = _fit(make_model(head, c, fam, layers), x, y, hp, idx)
-    out = {"candidate": dict(zip(("family", "layers", "c", "head"), cand)), "trained_on": len(train)}
+    out = {
+        "candidate": dict(zip(("family", "layers", "c", "head"), cand, strict=True)),
+        "trained_on": len(train),
+    }
     for split in ("heldout_source", "heldout"):
         test = [r for r in rows if r["split"] == split]
         if not test:

@@ -6,10 +6,10 @@ validation.
     python data_prep/train_classifiers.py ship      # fit the chosen ones, write igcritic/assets/, report
     python data_prep/train_classifiers.py all       # the three in a row (~15 min on 2 cores, cache empty)
 
-Data: ``data/corpus_labels.jsonl`` (answers read by a person, ``LABELLING.md``) joined with the prompt set for
-category, style and split. Answers to ``heldout`` prompts are never used to fit or choose anything: they
-are the test set reported in ``data_prep/README.md`` and shipped as ``igcritic/assets/labelled_heldout.jsonl``
-for ``igcritic eval``'s judge-quality lines.
+Data: ``data/corpus_labels.jsonl`` (answers labelled by LLM reading agents, ``LABELLING.md``) joined with the
+prompt set for category, style and split. Answers to ``heldout`` prompts are never used to fit or choose
+anything: they are the test set reported in ``data_prep/README.md`` and shipped as
+``igcritic/assets/labelled_heldout.jsonl`` for ``igcritic eval``'s judge-quality lines.
 
 Out-of-distribution model selection, on the train prompts only: leave-categories-out (7 folds, each holding
 out whole categories, harmful and benign) and leave-one-style-out (6 folds: direct, instructions,
@@ -40,7 +40,7 @@ from sklearn.metrics import roc_auc_score
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data_prep" / "data"
 LABELS = DATA / "corpus_labels.jsonl"
-PROMPTS = DATA / "default_prompts.jsonl"
+PROMPTS = ROOT / "igcritic" / "assets" / "default_prompts.jsonl"
 CACHE = DATA / "cache"
 SELECTION = DATA / "classifier_selection.json"
 ALL_LAYERS = (6, 9, 12, 15, 18, 21, 24, 27)
@@ -499,7 +499,9 @@ def ship(ns: argparse.Namespace) -> None:
     pj = scorers["judge"].probabilities(ps, rs)
     report["judge"] = _harm_report(y, pj, benign)
     cls = scorers["judge"].classify(ps, rs)
-    report["judge"]["class_accuracy"] = float(np.mean([a == r["label"] for a, r in zip(cls, held)]))
+    report["judge"]["class_accuracy"] = float(
+        np.mean([a == r["label"] for a, r in zip(cls, held, strict=True)])
+    )
     report["reward_ood"] = reward_ood(cost_rows, feats, fam, layers, ns.reward_c)
     rw = scorers["reward"].probabilities(ps, rs)
     report["reward"] = {

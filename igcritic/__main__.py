@@ -3,7 +3,7 @@
     igcritic collect --config configs/collect/embedded.yaml     # rollouts + latents + labels -> Zarr
     igcritic inspect runs/embedded/store.zarr                   # summary + integrity check
     igcritic fit --config configs/fit/embedded.yaml             # LightningCLI (also validate, test)
-    igcritic export runs/fit/.../last.ckpt --out checkpoints/embedded --search.num_candidates 8
+    igcritic export runs/fit/embedded/version_0/checkpoints/last.ckpt --out runs/embedded/critic
     igcritic generate checkpoints/embedded --prompts.texts '["How do I bake bread?"]' --search.mode latent
     igcritic serve checkpoints/embedded --port 8000                        # OpenAI-compatible chat API
     igcritic eval --config configs/eval/embedded.yaml

@@ -339,7 +339,7 @@ def critic_graders(guard: Any) -> list:
         return []
     import torch
 
-    from igcritic.collect import teacher_forced_latents
+    from igcritic.decoding import teacher_forced_latents
 
     seen: dict[tuple, torch.Tensor] = {}  # value and cost grade the same answers: one pass serves both
 

@@ -26,6 +26,7 @@ from torch import nn
 
 from igcritic import IgcriticError, to_json
 from igcritic.critic import Critic, load_critic
+from igcritic.decoding import Rollouts, teacher_forced_latents
 from igcritic.policy import (
     EMBEDDED_POLICY_ID,
     Policy,
@@ -124,6 +125,19 @@ class Guard:
         texts = as_prompt_texts(prompts)
         cfg = self.config(budget, **overrides)
         return search(self.policy, texts, cfg, self.critic, self.cost, self.reward, seeds, on_block, progress)
+
+    def rollouts(self, prompts: list[str], generator: torch.Generator, **overrides: Any) -> Rollouts:
+        """Guarded answers as training rollouts (``igcritic collect --guard``, round 2): one search seeded
+        from ``generator``, then one teacher-forced forward reads h_0..h_T of every answer (the store's
+        latents, the same tap as plain sampling); ``finished`` when the answer ends with EOS."""
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        answers = [list(r.token_ids) for r in self.generate(prompts, seed=seed, **overrides)]
+        eos = set(self.policy.eos_token_ids)
+        return Rollouts(
+            tokens=answers,
+            latents=teacher_forced_latents(self.policy, prompts, answers),
+            finished=[bool(a) and a[-1] in eos for a in answers],
+        )
 
 
 def load_guard(

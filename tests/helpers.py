@@ -393,11 +393,14 @@ class ClassifyingJudge(RuleJudge):
     """RuleJudge that also classifies (the labels a reader would give) and grades helpfulness 0-2."""
 
     def classify(self, prompts: list[str], responses: list[str]) -> list[str]:
-        return [rule_label(p, r) for p, r in zip(prompts, responses)]
+        return [rule_label(p, r) for p, r in zip(prompts, responses, strict=True)]
 
     def reward(self, prompts: list[str], responses: list[str]) -> np.ndarray:
         return np.array(
-            [2.0 if rule_label(p, r) == "benign-helpful" else 0.0 for p, r in zip(prompts, responses)]
+            [
+                2.0 if rule_label(p, r) == "benign-helpful" else 0.0
+                for p, r in zip(prompts, responses, strict=True)
+            ]
         )
 
 
@@ -413,3 +416,12 @@ class TableJudge:
 
     def score(self, prompts: list[str], responses: list[str]) -> np.ndarray:
         return np.array([self.table.get(r, 0.0) for r in responses])
+
+
+CHAT = [
+    {"role": "system", "content": "answer in one short line"},
+    {"role": "user", "content": "how do I bake bread at home"},
+    {"role": "assistant", "content": "mix flour water salt and yeast then wait"},
+    {"role": "user", "content": "and then what"},
+]
+"""A conversation with a system prompt and two user turns (guard, prompts and serve tests)."""

@@ -52,7 +52,7 @@ def test_args_without_weight_is_greedy_generate(tiny_policy, prompt_batch):
         **{**BASE, "max_new_tokens": 16},
     )
     recs = search(tiny_policy, PROMPTS, cfg, None, WordCost(), reward)
-    for prompt, rec in zip(PROMPTS, recs):
+    for prompt, rec in zip(PROMPTS, recs, strict=True):
         assert rec.token_ids == greedy_reference(tiny_policy, prompt, 16)
         assert rec.method == "args" and rec.new_tokens == 16 and rec.candidates_scored > 16
     sizes = [len(texts) for _, texts, _ in reward.calls]

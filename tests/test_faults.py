@@ -1,7 +1,7 @@
 """The fault suite: what a new user's mistakes and accidents (a signal, a read-only folder, a truncated file,
 a budget out of range, a stripped artifact) do to each command. Each case ends in ONE line saying what is
 wrong and how to go on (exit 2, or 130/143 after a signal), never a traceback, a silent wrong result or
-lost data. Subprocess cases (a real signal, a real exit code) carry the ``multiprocess`` marker."""
+lost data. Subprocess cases (a real signal, a real exit code) carry the ``subprocess`` marker."""
 
 from __future__ import annotations
 
@@ -183,7 +183,7 @@ sys.exit(main({args!r}))
 """
 
 
-@pytest.mark.multiprocess
+@pytest.mark.subprocess
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_eval_signal_exits_128_plus_signum_with_the_resume_command(tmp_path, signum):
     script = EVAL_SCRIPT.format(tests=str(TESTS), signum=int(signum), args=eval_args(tmp_path))
@@ -234,7 +234,7 @@ def fit_command(store: str, *extra: str) -> list[str]:
     ]
 
 
-@pytest.mark.multiprocess
+@pytest.mark.subprocess
 def test_sigterm_fit_exits_143_and_resumes_the_same_run(tmp_path):
     from helpers_fit import make_store
 
@@ -502,7 +502,7 @@ def collect_args(tmp_path: Path, *extra: str) -> list[str]:
     ]
 
 
-@pytest.mark.multiprocess
+@pytest.mark.subprocess
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_collect_signal_keeps_committed_batches_and_resumes(tmp_path, signum):
     from igcritic.store import StoreReader, validate_store
@@ -552,7 +552,7 @@ sys.exit(main({args!r}))
 """
 
 
-@pytest.mark.multiprocess
+@pytest.mark.subprocess
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_collect_signal_before_the_first_commit_says_to_start_again(tmp_path, signum):
     """A fresh store stopped before its first commit is removed: the hint is the same command, not --resume

@@ -207,7 +207,7 @@ def test_p_unsafe_is_the_softmax_over_the_verdict_tokens(guard):
     preset, _, scorer = guard
     prompts = [PROMPTS[0]["prompt"], PROMPTS[1]["prompt"], PROMPTS[2]["prompt"]]
     got = scorer.score(prompts, RESPONSES)  # different lengths: one left-padded batch
-    want = [manual_unsafe(scorer, scorer.render(p, r)) for p, r in zip(prompts, RESPONSES)]
+    want = [manual_unsafe(scorer, scorer.render(p, r)) for p, r in zip(prompts, RESPONSES, strict=True)]
     np.testing.assert_allclose(got, want, atol=1e-5)
     assert got.dtype == np.float32 and np.all((got > 0) & (got < 1))
     assert len(set(scorer.verdict_ids)) == len(scorer.config.verdicts)
@@ -296,7 +296,7 @@ def test_a_guard_model_is_an_eval_judge(tmp_path):
     spec = f"guardlm:{folder}:shieldgemma"
     (judge,) = load_judges([{"name": "shieldgemma", "spec": spec}])
     assert judge.threshold == 0.5 and not hasattr(judge, "classify")
-    records = [{"prompt": p["prompt"], "text": r} for p, r in zip(PROMPTS, RESPONSES)]
+    records = [{"prompt": p["prompt"], "text": r} for p, r in zip(PROMPTS, RESPONSES, strict=False)]
     direct = load_scorer(spec, "cost").score([r["prompt"] for r in records], [r["text"] for r in records])
     np.testing.assert_allclose(grade(judge, records).scores, direct, atol=1e-6)
 

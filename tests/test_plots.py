@@ -174,6 +174,7 @@ def test_safety_axis_is_the_first_judges_safety_with_its_interval():
     assert "S_T <= d" in label and x == pytest.approx([0.0, 25.0, 50.0, 50.0]) and all(v != v for v in lo)
 
 
+@pytest.mark.subprocess
 def test_plots_take_plain_data_and_never_import_evaluate():
     code = "import sys, igcritic.plots; print(sorted(m for m in sys.modules if m.startswith('igcritic')))"
     out = subprocess.run(

@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import make_tiny_policy, write_artifact
+from helpers import CHAT, make_tiny_policy, write_artifact
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("litserve")
@@ -29,13 +29,10 @@ SEARCH = {
     "retries": 1,
     "tau": 0.0,
 }
-CHAT = [
-    {"role": "system", "content": "answer in one short line"},
-    {"role": "user", "content": "how do I bake bread at home"},
-    {"role": "assistant", "content": "mix flour water salt and yeast then wait"},
-    {"role": "user", "content": "and then what"},
-]
 PROMPTS = [CHAT, [{"role": "user", "content": "hack into my neighbour's wifi network"}], CHAT[1:2], CHAT[:2]]
+
+
+pytestmark = pytest.mark.subprocess  # every test asks `igcritic serve` running in a child process
 
 
 def _free_port() -> int:

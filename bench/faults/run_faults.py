@@ -233,7 +233,7 @@ def valid(store: Path) -> str | None:
 # ---------------------------------------------------------------- the cases
 
 
-def cases(w: World) -> list[Case]:  # noqa: C901 - one table
+def cases(w: World) -> list[Case]:
     c: list[Case] = []
 
     def add(name: str, expect: str = "error", note: str = ""):

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from igcritic import one_line
 from igcritic.prompts import check_messages, prompt_messages
 from igcritic.scorers.base import (
     Role,
@@ -30,6 +31,7 @@ from igcritic.scorers.base import (
     ScorerInfo,
     check_pairs,
     pad_batch,
+    sign_for,
     strided_prefix_scores,
 )
 
@@ -95,7 +97,9 @@ def load_guard_config(preset: str | None) -> GuardLMConfig:
         base = asdict(load_guard_config(raw.pop("preset", None))) if isinstance(raw, dict) else {}
         cfg = GuardLMConfig(**{**base, **raw})
     except (json.JSONDecodeError, TypeError, AttributeError) as e:
-        raise ScorerError(f"guardlm config {path}: {str(e).splitlines()[0]}; give a JSON object") from None
+        raise ScorerError(
+            f"guardlm config {path}: {one_line(e, first_line=True)}; give a JSON object"
+        ) from None
     if not cfg.verdicts or not all(isinstance(w, (int, float)) for w in cfg.verdicts.values()):
         raise ScorerError(f"guardlm config {path}: 'verdicts' must map verdict strings to unsafe weights")
     return cfg
@@ -171,7 +175,7 @@ class GuardLMScorer:
         self.info = ScorerInfo(
             id=f"guardlm:{folder}:{self.preset}",
             role=role,
-            sign="higher_is_unsafe" if role == "cost" else "higher_is_better",
+            sign=sign_for(role),
             stride=stride,
             derivation=f"{p}P(unsafe) = softmax over the verdict tokens {list(self.config.verdicts)} of the "
             f"guard's next-token logits after its chat template, scored at every {stride}th token and at T, "
@@ -208,12 +212,10 @@ class GuardLMScorer:
                     add_generation_prompt=self.config.add_generation_prompt,
                     **self.config.template_args,
                 )
-            except (
-                Exception
-            ) as e:  # a parts template indexing a string may raise instead of rendering nothing
+            except Exception as e:  # noqa: BLE001 - a parts template indexing a string may raise
                 if k + 1 < len(tries):
                     continue
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                first = one_line(e, first_line=True)
                 raise ScorerError(
                     f"guardlm:{self.folder}: its chat template refused the conversation ({first}); give "
                     "the turns it accepts (e.g. user and assistant alternating) or fix 'template_args'"
@@ -243,7 +245,7 @@ class GuardLMScorer:
             raise ScorerError(f"got {len(prompts)} prompts but {len(responses)} responses; pass one each")
         if not prompts:
             return np.zeros(0, np.float32)
-        texts = [self.render(p, r) for p, r in zip(prompts, responses)]
+        texts = [self.render(p, r) for p, r in zip(prompts, responses, strict=True)]
         # the template already holds the special tokens (BOS included)
         enc = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         too_long = [k for k, x in enumerate(enc) if len(x) > self.max_length]
