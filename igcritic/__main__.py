@@ -58,7 +58,7 @@ COMMANDS: dict[str, Command] = {
     "generate": Command("igcritic.guard:main", "guarded generation with an exported critic"),
     "serve": Command("igcritic.serve:main", "serve a guard on an OpenAI-compatible chat API (LitServe)"),
     "eval": Command(
-        "igcritic.evaluate:main", "compare decoding methods: reward, cost, safety rate, latency; table, plots"
+        "igcritic.eval.run:main", "compare decoding methods: reward, cost, safety rate, latency; table, plots"
     ),
 }
 LIGHTNING = ("fit", "validate", "test")

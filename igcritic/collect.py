@@ -39,6 +39,14 @@ from igcritic.policy import (
 )
 from igcritic.prompts import Prompt, PromptSource, check_lengths, load_prompts
 from igcritic.scorers import Scorer, load_scorer
+from igcritic.search import (  # round 2: the guard's own --guard_search type and search defaults
+    SEARCH_CONFIG_NAME,
+    SearchConfig,
+    SearchConfigError,
+    SearchOverrides,
+    as_overrides,
+    overrides,
+)
 from igcritic.store import (
     StoreError,
     StoreReader,
@@ -116,17 +124,20 @@ class CollectConfig:
     guard: str | None = None
     """Round 2: a critic artifact folder; answers come from guarded decoding with it (so the next critic also
     learns the states the search visits) instead of plain sampling. None: plain sampling (round 1)."""
-    guard_search: dict = field(default_factory=dict)
-    """``SearchConfig`` overrides of the guard (over the artifact's search_config.json); the sampling fields
-    come from ``sampling`` and ``on_violation`` is ``best_effort``, so every answer is the policy's own
-    text."""
+    guard_search: SearchOverrides = field(default_factory=SearchOverrides)
+    """Search overrides of the guard over the artifact's search_config.json (``--guard_search.mode exact``);
+    the sampling fields come from ``sampling`` and ``on_violation`` is ``best_effort``, so every answer is the
+    policy's own text."""
     compile: bool = False
     """Decode on a static KV cache of ``batch_size`` rows with a ``torch.compile``-d step (GPUs; on CPU it is
     slower, BENCHMARKS.md). Not part of the content hash: a store may be resumed with either."""
 
+    def __post_init__(self):
+        self.guard_search = as_overrides(self.guard_search, "--guard_search")  # a notebook's dict
+
     def hashed(self) -> dict:
         """The settings that determine the content, as given (the prompt source still by its path)."""
-        d = asdict(self)
+        d = {**asdict(self), "guard_search": overrides(self.guard_search)}  # as given: unset fields left out
         for k in ("out", "resume", "overwrite", "accelerator", "devices", "num_nodes", "strategy", "compile"):
             d.pop(k)
         return d
@@ -218,11 +229,11 @@ def guarded_sampler(cfg: CollectConfig, policy: Policy, cost: Scorer, reward: Sc
 
     guard = load_guard(cfg.guard, model=policy, cost=cost, reward=reward, device=str(policy.device))
     sampling = asdict(cfg.sampling)
-    overrides = {**cfg.guard_search, **sampling, "on_violation": "best_effort"}
+    search = {**overrides(cfg.guard_search), **sampling, "on_violation": "best_effort"}
     if cfg.compile:
-        overrides["compile"] = True
+        search["compile"] = True
     try:  # before any work, naming collect's own flags (the runtime calls them search.*)
-        guard.check(**overrides)
+        guard.check(**search)
     except IgcriticError as e:
         raise CollectError(
             re.sub(
@@ -233,7 +244,7 @@ def guarded_sampler(cfg: CollectConfig, policy: Policy, cost: Scorer, reward: Sc
         ) from None
 
     def sample(prompts: list[str], generator: torch.Generator) -> Rollouts:
-        return guard.rollouts(prompts, generator, **overrides)
+        return guard.rollouts(prompts, generator, **search)
 
     return guard, sample
 
@@ -382,7 +393,6 @@ def guard_identity(folder: str) -> dict:
     """What names a round-2 guard in the store: its critic's weights checksum and calibration, and its search
     defaults as the artifact writes them (read through the modules that own the files)."""
     from igcritic.critic import CriticError, read_config
-    from igcritic.search import SEARCH_CONFIG_NAME, SearchConfig, SearchConfigError
 
     try:
         critic_cfg = read_config(folder)

@@ -32,11 +32,11 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, make_dataclass, replace
 from enum import Enum
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, get_type_hints
 
 import numpy as np
 import torch
@@ -328,6 +328,46 @@ class SearchConfig(SamplingConfig):
         if not isinstance(data, dict):
             raise SearchConfigError(f"{path} holds {type(data).__name__}, not a search config object")
         return data
+
+
+def _overrides_class(cls: type) -> type:
+    """``cls`` with every field optional and None by default: the fields a command line sets, and no
+    others."""
+    hints = get_type_hints(cls)
+    items = [(f.name, hints[f.name] | None, field(default=None)) for f in fields(cls)]
+    doc = f"Fields of {cls.__name__} to override; unset ones keep the critic artifact's defaults."
+    try:  # the fields' help: the attribute docstrings of cls and its bases as an Args section (jsonargparse)
+        from docstring_parser import parse_from_object
+
+        params = [p for c in reversed(cls.__mro__[:-1]) for p in parse_from_object(c).params]
+        args = [f"    {p.arg_name}: {' '.join(p.description.split())}" for p in params]
+        doc += "\n\nArgs:\n" + "\n".join(args)
+    except Exception:  # noqa: BLE001 - help text only
+        pass
+    out = make_dataclass(f"{cls.__name__.removesuffix('Config')}Overrides", items, namespace={"__doc__": doc})
+    out.__module__ = __name__  # importable by its name, igcritic.search.SearchOverrides
+    return out
+
+
+SearchOverrides = _overrides_class(SearchConfig)
+"""Search parameters to override, every field optional: the ``--search.FIELD`` group of ``generate``,
+``serve`` and ``eval``, each eval method's ``overrides`` and collect's ``--guard_search``. A config type, so a
+misspelt key fails when the command line is parsed; only the fields given override (:func:`overrides`)."""
+
+
+def as_overrides(value: SearchOverrides | dict, flag: str = "--search") -> SearchOverrides:
+    """``value`` as :data:`SearchOverrides` (a notebook's or a config list item's dict); a misspelt key is a
+    one-line SearchConfigError naming ``flag``."""
+    if not isinstance(value, dict):
+        return value
+    if bad := sorted(set(value) - {f.name for f in fields(SearchOverrides)}):
+        raise SearchConfigError(f"{flag}: unknown search fields {bad}; use the fields of SearchConfig")
+    return SearchOverrides(**value)
+
+
+def overrides(search: Any) -> dict[str, Any]:
+    """The fields of a :data:`SearchOverrides` that are set (what ``Guard.generate`` takes as keywords)."""
+    return {k: v for k, v in asdict(search).items() if v is not None}
 
 
 @dataclass

@@ -715,3 +715,16 @@ def test_labels_from_the_rollout_latents_equal_the_text_path(monkeypatch):
     text, _ = label_batch(policy, prompts, [0, 1, 2], roll, cost, reward)
     np.testing.assert_allclose(decoded.cost_prefix, text.cost_prefix, atol=1e-4)
     np.testing.assert_allclose(decoded.traj_reward, text.traj_reward, atol=1e-4)
+
+
+def test_guard_search_is_typed_and_hashes_as_given():
+    """--guard_search is the search's override group: a misspelt field fails at once, and the content hash
+    holds only the fields given (a store collected with a plain dict resumes under the typed group)."""
+    from igcritic.search import SearchConfigError, SearchOverrides
+
+    cfg = CollectConfig(guard_search={"mode": "exact"})
+    assert cfg.guard_search == SearchOverrides(mode="exact") and cfg.hashed()["guard_search"] == {
+        "mode": "exact"
+    }
+    with pytest.raises(SearchConfigError, match=r"--guard_search: unknown search fields \['bogus'\]"):
+        CollectConfig(guard_search={"bogus": 1})

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from helpers import CHAT, WordCost, tiny_critic, write_artifact
+from helpers import CHAT, tiny_critic, word_cost, write_artifact
 
 from igcritic.critic import load_critic
 from igcritic.guard import GenerateConfig, Guard, GuardError, describe, load_guard, main
@@ -65,7 +65,7 @@ def test_load_guard_one_call_from_loaded_model(artifact, tiny_policy):
 
 
 def test_generate_overrides_and_scorers(artifact, tiny_policy):
-    cost = WordCost()
+    cost = word_cost()
     guard = load_guard(artifact, model=tiny_policy, cost=cost)
     recs = guard.generate(
         ["how do I bake bread at home", "hack into my neighbour's wifi network"],
@@ -87,9 +87,9 @@ def test_generate_overrides_and_scorers(artifact, tiny_policy):
 def test_budget_defaults_chain(tmp_path, tiny_policy):
     art = write_artifact(tmp_path / "a", tiny_policy.identity.to_dict(), search=SEARCH, budget=None)
     assert load_guard(art, model=tiny_policy).budget is None
-    assert load_guard(art, model=tiny_policy, cost=WordCost(budget_hint=0.75)).budget == 0.75
+    assert load_guard(art, model=tiny_policy, cost=word_cost(budget_hint=0.75)).budget == 0.75
     art = write_artifact(tmp_path / "b", tiny_policy.identity.to_dict(), search=SEARCH, budget=0.3)
-    assert load_guard(art, model=tiny_policy, cost=WordCost(budget_hint=0.75)).budget == 0.3
+    assert load_guard(art, model=tiny_policy, cost=word_cost(budget_hint=0.75)).budget == 0.3
     with pytest.raises(SearchConfigError, match="search.budget None is not a finite number"):
         load_guard(tmp_path / "a", model=tiny_policy).generate(["hi there"])
 

@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from helpers import CharReward, WordCost, plant, tiny_critic
+from helpers import TextReward, distinct_chars, plant, tiny_critic, word_cost
 
 from igcritic.decoding import SamplingConfig, StaticKV, rollout
 from igcritic.search import SearchConfig, SearchConfigError, search
@@ -70,7 +70,7 @@ def test_static_compiled_path_gives_the_dynamic_tokens(tiny_policy, critic):
         assert a.shape == b.shape and torch.allclose(a, b, atol=1e-4)
     cfg = config(num_candidates=4, max_new_tokens=12, **GREEDY_EXACT)
     runs = [
-        search(tiny_policy, PROMPTS, replace(cfg, compile=c), critic, WordCost(reject_first=(PROMPTS[1],)))
+        search(tiny_policy, PROMPTS, replace(cfg, compile=c), critic, word_cost(reject_first=(PROMPTS[1],)))
         for c in (False, True)
     ]
     assert [r.retries for r in runs[1]] == [r.retries for r in runs[0]] == [0, 1]
@@ -82,7 +82,7 @@ def test_static_compiled_path_gives_the_dynamic_tokens(tiny_policy, critic):
 def test_retry_rewinds_block_exactly(tiny_policy, critic):
     """A rejected block is resampled from the beam's state: greedy without penalty gives the same answer."""
     cfg = config(num_candidates=1, beams_kept=1, max_new_tokens=12, **GREEDY_EXACT)
-    cost = WordCost(reject_first=(PROMPTS[1],))
+    cost = word_cost(reject_first=(PROMPTS[1],))
     recs = search(tiny_policy, PROMPTS, cfg, critic, cost=cost)
     assert [r.retries for r in recs] == [0, 1]
     for prompt, rec in zip(PROMPTS, recs, strict=True):
@@ -107,7 +107,7 @@ def test_guard_never_emits_planted_unsafe_text(tiny_policy, critic):
     # plant the longest token string plain sampling emitted as "unsafe"
     pieces = [tok.decode([t]) for r in plain for t in r.token_ids]
     word = max((p for p in pieces if p.strip().isascii() and p.strip().isalnum()), key=len)
-    cost = WordCost(word)
+    cost = word_cost(word)
     plain = search(tiny_policy, PROMPTS, config(method="plain", seed=3), critic, cost)
     assert any(word in r.text for r in plain) and any(not r.safe for r in plain)
     guarded = search(tiny_policy, PROMPTS, config(seed=3, mode="exact"), critic, cost)
@@ -118,7 +118,7 @@ def test_guard_never_emits_planted_unsafe_text(tiny_policy, critic):
 
 
 def test_fully_latent_mode_runs_no_cost_scorer(tiny_policy):
-    cost = WordCost("x")
+    cost = word_cost("x")
     crit = tiny_critic(tiny_policy, safe=True, cost=0.25)
     recs = search(tiny_policy, PROMPTS, config(mode="latent"), crit, cost=cost)
     assert cost.calls == []  # and S is the latent head's planted 0.25:
@@ -140,7 +140,7 @@ def test_refuses_when_nothing_admissible(tiny_policy):
 
 
 def test_best_of_n_picks_best_by_recomputation(tiny_policy):
-    cost, reward = WordCost("e"), CharReward()
+    cost, reward = word_cost("e"), TextReward(distinct_chars)
     for score in ("lagrangian", "augmented"):
         cost.calls.clear()
         reward.calls.clear()
@@ -378,7 +378,7 @@ def test_automatic_prompt_batch_is_sized_for_the_device():
 class FlatCost:
     """Cost scorer: every sampled answer costs ``s``, the refusal text and the empty answer cost 0."""
 
-    info = WordCost().info
+    info = word_cost().info
 
     def __init__(self, s: float, refusal: str):
         self.s, self.refusal = s, refusal
