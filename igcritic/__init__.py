@@ -83,18 +83,27 @@ def to_json(x: Any, **kwargs: Any) -> str:
 class Interrupted(KeyboardInterrupt):
     """SIGINT or SIGTERM (Ctrl-C, SLURM pre-emption, ``kill``) stopped a command. A KeyboardInterrupt, so no
     ``except Exception`` swallows it on the way up; the command that kept its finished work says so in
-    ``saved`` and names the flags that continue it in ``resume`` (e.g. ``{"--resume": "true"}``). The
-    ``igcritic`` command prints it as one line with the resume command and exits ``128 + signum`` (130, 143).
+    ``saved`` and names the flags that continue it in ``resume`` (e.g. ``{"--resume": "true"}``), or, with
+    ``rerun``, says the same command starts it again (nothing was kept to continue). The ``igcritic`` command
+    prints it as one line with that command and exits ``128 + signum`` (130, 143).
     """
 
-    def __init__(self, signum: int = signal.SIGINT, saved: str = "", resume: dict[str, str] | None = None):
+    def __init__(
+        self,
+        signum: int = signal.SIGINT,
+        saved: str = "",
+        resume: dict[str, str] | None = None,
+        rerun: bool = False,
+    ):
         super().__init__(signal.Signals(signum).name)
-        self.signum, self.saved, self.resume = int(signum), saved, dict(resume or {})
+        self.signum, self.saved, self.resume, self.rerun = int(signum), saved, dict(resume or {}), rerun
 
     @classmethod
-    def of(cls, e: KeyboardInterrupt, saved: str, resume: dict[str, str] | None = None) -> Interrupted:
+    def of(
+        cls, e: KeyboardInterrupt, saved: str, resume: dict[str, str] | None = None, rerun: bool = False
+    ) -> Interrupted:
         """``e`` (a plain Ctrl-C or an :class:`Interrupted`) told with what was kept and how to go on."""
-        return cls(getattr(e, "signum", signal.SIGINT), saved, resume)
+        return cls(getattr(e, "signum", signal.SIGINT), saved, resume, rerun)
 
 
 @contextlib.contextmanager

@@ -207,7 +207,10 @@ def interrupted_line(name: str, args: list[str], e: KeyboardInterrupt) -> tuple[
     saved, flags = getattr(e, "saved", ""), getattr(e, "resume", {})
     line = f"interrupted by {signal.Signals(signum).name}"
     line += f"; {saved}" if saved else ""
-    line += f"; resume with: {resume_command(name, args, flags)}" if flags else ""
+    if flags:
+        line += f"; resume with: {resume_command(name, args, flags)}"
+    elif getattr(e, "rerun", False):
+        line += f"; start again with the same command: {resume_command(name, args, {})}"
     return line, 128 + signum
 
 

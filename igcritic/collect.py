@@ -13,11 +13,12 @@ the uncommitted batches: nothing lost, nothing duplicated, same trajectories as 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,11 +30,14 @@ from igcritic.policy import (
     EMBEDDED_POLICY_ID,
     WEIGHT_SUFFIXES,
     Policy,
+    PolicyError,
     cached_fingerprint,
+    check_device,
+    default_extra_layers,
     load_policy,
     policy_fingerprint,
 )
-from igcritic.prompts import Prompt, PromptSource, load_prompts
+from igcritic.prompts import Prompt, PromptSource, check_lengths, load_prompts
 from igcritic.scorers import Scorer, load_scorer
 from igcritic.search import (  # round 2: the guard's own --guard_search type and search defaults
     SEARCH_CONFIG_NAME,
@@ -44,6 +48,7 @@ from igcritic.search import (  # round 2: the guard's own --guard_search type an
     overrides,
 )
 from igcritic.store import (
+    StoreError,
     StoreReader,
     StoreWriter,
     TrajectoryBatch,
@@ -76,8 +81,10 @@ class CollectConfig:
     """Decoder layer whose output is the latent (1-based; -1 = last)."""
     norm: str = "post"
     """``post`` (after the final norm, last layer only) or ``pre``."""
-    extra_layers: list[int] = field(default_factory=list)
-    """Further layers whose residual streams are stored after the main latent (width (1 + k) x H)."""
+    extra_layers: list[int] | None = None
+    """Further layers whose residual streams are stored after the main latent (width (1 + k) x H). None: the
+    embedded policy's 15, 18, 21 (what its cost and reward heads read and the shipped critic taps) for the
+    embedded model, none for any other; ``[]``: none."""
     dtype: str = "float32"
     """Policy dtype (float32, bfloat16, float16)."""
     prompts: PromptSource = field(default_factory=PromptSource)
@@ -135,6 +142,13 @@ class CollectConfig:
             d.pop(k)
         return d
 
+    def resolved(self) -> CollectConfig:
+        """This config with the policy's default ``extra_layers`` filled in (what the store records and its
+        hash covers, so leaving the flag unset or naming the default's layers is one config)."""
+        if self.extra_layers is not None:
+            return self
+        return replace(self, extra_layers=default_extra_layers(self.model))
+
     def validate(self) -> None:
         problems = []
         if self.rollouts_per_prompt < 1:
@@ -143,6 +157,16 @@ class CollectConfig:
             problems.append(f"--batch_size {self.batch_size} must be >= 1")
         if self.sampling.max_new_tokens < 1:
             problems.append(f"--sampling.max_new_tokens {self.sampling.max_new_tokens} must be >= 1")
+        sp = self.sampling
+        if sp.temperature < 0 or not 0.0 < sp.top_p <= 1.0 or sp.top_k < 0:  # the search's rule
+            problems.append(
+                f"--sampling.temperature {sp.temperature} / top_p {sp.top_p} / top_k {sp.top_k} is invalid; "
+                "use temperature >= 0 (0: greedy), 0 < top_p <= 1, top_k >= 0"
+            )
+        if self.norm not in ("post", "pre"):
+            problems.append(f"--norm {self.norm!r} must be post or pre")
+        if self.accelerator not in ("auto", "cpu", "gpu", "cuda"):
+            problems.append(f"--accelerator {self.accelerator!r} must be auto, cpu, gpu or cuda")
         if self.resume and self.overwrite:
             problems.append("--resume and --overwrite exclude each other; pick one")
         if self.budget is not None and not np.isfinite(self.budget):
@@ -182,15 +206,8 @@ def check_prompts_fit(policy: Policy, rows: list[Prompt], new_tokens: int) -> No
     """Refuse, naming the first offender by its place in the source, unless every prompt leaves room for
     ``new_tokens`` in the policy's context (checked once, up front: a batch must not fail half-way)."""
     lengths = [len(x) for x in policy.prompt_ids([r.prompt for r in rows])]
-    too_long = [i for i, n in enumerate(lengths) if n + new_tokens > policy.max_context]
-    if too_long:
-        i = too_long[0]
-        more = f" (and {len(too_long) - 1} more)" if len(too_long) > 1 else ""
-        raise CollectError(
-            f"prompt {i + 1} of the source ({rows[i].where or f'index {i}'}) has {lengths[i]} tokens + "
-            f"{new_tokens} new tokens, the policy's context is {policy.max_context}{more}; shorten or remove "
-            "it, or lower --sampling.max_new_tokens (nothing was written to --out)"
-        )
+    if problem := check_lengths(rows, lengths, new_tokens, policy.max_context):
+        raise CollectError(f"{problem}, or lower --sampling.max_new_tokens (nothing was written to --out)")
 
 
 def batch_seed(seed: int, batch_index: int) -> int:
@@ -511,13 +528,45 @@ def open_writer(cfg: CollectConfig, rank: int, attrs: dict, prompts: list[str], 
 
 
 def collect_rank(cfg: CollectConfig, rank: int = 0, world: int = 1, barrier=lambda: None) -> CollectStats:
-    """Run this rank's share of the batches into its shard; what it wrote."""
+    """Run this rank's share of the batches into its shard; what it wrote. Ctrl-C or SIGTERM ends it as an
+    :class:`~igcritic.Interrupted` saying what the store at ``out`` keeps and the command that goes on."""
+    cfg = cfg.resolved()
     cfg.validate()
+    known: dict = {}  # the config hash and batch count, once known: whose store ``out`` holds after a stop
+    try:
+        return _collect(cfg, rank, world, barrier, known)
+    except KeyboardInterrupt as e:
+        raise _interrupted(e, cfg, known) from None
+
+
+def _interrupted(e: KeyboardInterrupt, cfg: CollectConfig, known: dict) -> Interrupted:
+    """What a stop left: committed batches of this config's store go on with ``--resume true``; a fresh or
+    replacing run that committed none left no store of its own (created: removed; replaced: put back), so
+    the same command starts it again."""
+    try:
+        r = StoreReader(cfg.out)
+        ours = known.get("hash") is not None and r.attrs.get("config_hash") == known["hash"]
+        kept = len(r.batches_done) if ours else None
+    except StoreError:  # no store there
+        kept = None
+    if kept or cfg.resume:
+        saved = f"{kept} of {known['batches']} batches committed in {cfg.out}" if kept is not None else ""
+        return Interrupted.of(e, saved, {"--resume": "true"})
+    left = "it holds the store it held before this run" if cfg.overwrite else "nothing was kept there"
+    return Interrupted.of(e, f"no batch was committed to {cfg.out}, so {left}", rerun=True)
+
+
+def _collect(cfg: CollectConfig, rank: int, world: int, barrier, known: dict) -> CollectStats:
     if cfg.overwrite and rank == 0:
         check_replaceable(cfg.out)  # before any model loads: --overwrite replaces only a store
     check_writable(cfg.out, "--out", CollectError)
     rows, source_info = load_prompts(cfg.prompts)
     prompts = [r.prompt for r in rows]
+    if cfg.accelerator in ("gpu", "cuda"):  # asked for a GPU: none here is an error, not a silent CPU run
+        try:
+            check_device("cuda", "--accelerator")
+        except PolicyError as e:
+            raise CollectError(str(e).replace("cuda:", f"{cfg.accelerator}:", 1)) from None
     device = "cuda" if torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda") else "cpu"
     if device == "cuda":
         device = f"cuda:{torch.cuda.current_device()}"
@@ -548,44 +597,40 @@ def collect_rank(cfg: CollectConfig, rank: int = 0, world: int = 1, barrier=lamb
         _, sample = guarded_sampler(cfg, policy, cost, reward)
 
     batches = work_batches(len(prompts), cfg.rollouts_per_prompt, cfg.batch_size)
-    done: set[int] = set()
+    known.update(hash=attrs["config_hash"], batches=len(batches))
     stats = CollectStats()
-    try:
+    with contextlib.ExitStack() as stack:  # a stop anywhere below closes the writer (and undoes its create)
         if rank == 0:
-            writer = open_writer(cfg, 0, attrs, prompts, hidden)
+            writer = stack.enter_context(open_writer(cfg, 0, attrs, prompts, hidden))
         barrier()  # the root group exists before other ranks open their shards
         if rank != 0:
-            writer = open_writer(cfg, rank, attrs, prompts, hidden)
+            writer = stack.enter_context(open_writer(cfg, rank, attrs, prompts, hidden))
         done = StoreReader(cfg.out).batches_done if cfg.resume else set()
         stats.batches_already_done = len(done)
         mine = [b for b in range(len(batches)) if b % world == rank and b not in done]
-        progress = _progress(disable=rank != 0)  # a bar on rank 0 only
+        progress = stack.enter_context(_progress(disable=rank != 0))  # a bar on rank 0 only
         task, start, seen = progress.add_task("collect", total=len(mine), tps="-"), time.perf_counter(), 0
-        with writer, progress, sigterm_interrupts():
-            for b in mine:
-                gen = torch.Generator(device=policy.device).manual_seed(batch_seed(cfg.seed, b))
-                t0 = time.perf_counter()
-                roll = sample([prompts[p] for p in batches[b]], gen)
-                t1 = time.perf_counter()
-                batch, timing = label_batch(policy, prompts, batches[b], roll, cost, reward)
-                if problems := batch.validate():
-                    stats.skipped_nan += 1
-                    log.error("batch %d not written: %s", b, "; ".join(problems))
-                else:
-                    t2 = time.perf_counter()
-                    writer.append(batch, b)
-                    stats.write_s += time.perf_counter() - t2
-                    stats.gen_s += t1 - t0
-                    stats.cost_s += timing["cost_s"]
-                    stats.reward_s += timing["reward_s"]
-                    stats.tokens += roll.num_tokens
-                    stats.batches += 1
-                seen += roll.num_tokens
-                progress.update(task, advance=1, tps=f"{seen / max(time.perf_counter() - start, 1e-9):.0f}")
-    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the committed batches stay, --resume redoes the rest
-        committed = len(done) + stats.batches
-        saved = f"{committed} of {len(batches)} batches committed in {cfg.out}"
-        raise Interrupted.of(e, saved, {"--resume": "true"}) from None
+        stack.enter_context(sigterm_interrupts())
+        for b in mine:
+            gen = torch.Generator(device=policy.device).manual_seed(batch_seed(cfg.seed, b))
+            t0 = time.perf_counter()
+            roll = sample([prompts[p] for p in batches[b]], gen)
+            t1 = time.perf_counter()
+            batch, timing = label_batch(policy, prompts, batches[b], roll, cost, reward)
+            if problems := batch.validate():
+                stats.skipped_nan += 1
+                log.error("batch %d not written: %s", b, "; ".join(problems))
+            else:
+                t2 = time.perf_counter()
+                writer.append(batch, b)
+                stats.write_s += time.perf_counter() - t2
+                stats.gen_s += t1 - t0
+                stats.cost_s += timing["cost_s"]
+                stats.reward_s += timing["reward_s"]
+                stats.tokens += roll.num_tokens
+                stats.batches += 1
+            seen += roll.num_tokens
+            progress.update(task, advance=1, tps=f"{seen / max(time.perf_counter() - start, 1e-9):.0f}")
     return stats
 
 

@@ -144,16 +144,22 @@ class CriticDataModule(LightningDataModule):
         first, a0 = self.stores[0], readers[0].attrs
         for p, r in zip(self.stores[1:], readers[1:], strict=True):
             a = r.attrs
-            if r.hidden_size != readers[0].hidden_size:
+            ident = PolicyIdentity.from_dict(a0["policy"])
+            if (diff := ident.mismatches(a["policy"])) and ident.same_model(a["policy"]):
                 raise DataError(
-                    f"store {p} has hidden size {r.hidden_size} but {first} has {readers[0].hidden_size}: "
-                    "one critic reads one policy's latents; train one critic per policy"
+                    f"stores {first} and {p} tap the same model at different layers ({'; '.join(diff)}): "
+                    "one critic reads one latent; recollect one of them with the other's "
+                    "--layer/--norm/--extra_layers"
                 )
-            diff = PolicyIdentity.from_dict(a0["policy"]).mismatches(a["policy"])
             if diff:
                 raise DataError(
                     f"stores {first} and {p} come from different policies ({'; '.join(diff)}): "
                     "mixing policies is not allowed; train one critic per policy"
+                )
+            if r.hidden_size != readers[0].hidden_size:
+                raise DataError(
+                    f"store {p} has hidden size {r.hidden_size} but {first} has {readers[0].hidden_size}: "
+                    "one critic reads one policy's latents; train one critic per policy"
                 )
             for key in ("cost_scorer", "reward_scorer"):
                 ids = [(d or {}).get(f) for d in (a0.get(key), a.get(key)) for f in ("id", "sign")]

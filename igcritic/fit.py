@@ -399,9 +399,14 @@ class CriticModule(LightningModule):
 
 def _policy_problems(policy: dict | None, store: dict, whose: str) -> list[str]:
     """The problem, if any, of a critic trained on ``policy`` meeting stores of another policy."""
-    diff = PolicyIdentity.from_dict(policy).mismatches(store) if policy else []
-    msg = f"{whose} was trained on another policy ({'; '.join(diff)}); use stores of its policy"
-    return [msg] if diff else []
+    if not policy or not (diff := PolicyIdentity.from_dict(policy).mismatches(store)):
+        return []
+    if PolicyIdentity.from_dict(policy).same_model(store):  # say it is the tap, not the model, that differs
+        return [
+            f"{whose} reads the same model tapped elsewhere ({'; '.join(diff)}: the critic's, then the "
+            "stores'); use stores collected with its --layer/--norm/--extra_layers"
+        ]
+    return [f"{whose} was trained on another policy ({'; '.join(diff)}); use stores of its policy"]
 
 
 class CalibrationBins(Metric):

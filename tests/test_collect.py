@@ -15,7 +15,7 @@ import torch
 
 from igcritic.collect import CollectConfig, CollectError, run
 from igcritic.decoding import SamplingConfig
-from igcritic.policy import PolicyError, load_policy
+from igcritic.policy import EMBEDDED_EXTRA_LAYERS, PolicyError, load_policy
 from igcritic.prompts import PromptError, PromptSource
 from igcritic.store import StoreError, StoreReader, validate_store
 
@@ -219,9 +219,11 @@ def test_nan_latents_batch_is_reported_and_not_written(
 
 
 def test_bad_input_errors_are_one_line(tiny_model_dir, tmp_path):
-    with pytest.raises(PolicyError, match="cannot load policy") as e:
+    with pytest.raises(PolicyError, match="policy folder .*no-such-model does not exist") as e:
         load_policy(str(tmp_path / "no-such-model"))
-    assert "\n" not in str(e.value)
+    assert "\n" not in str(e.value) and "Repo id" not in str(e.value)  # not the hub's message for a folder
+    with pytest.raises(PolicyError, match="--dtype 'float13' is not a torch dtype"):
+        load_policy(str(tiny_model_dir), dtype="float13")
 
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
@@ -237,6 +239,38 @@ def test_bad_input_errors_are_one_line(tiny_model_dir, tmp_path):
     with pytest.raises(CollectError, match="--resume and --overwrite"):
         run(tiny_config(tiny_model_dir, bad, tmp_path / "z.zarr", resume=True, overwrite=True))
     assert not (tmp_path / "x.zarr").exists() and not (tmp_path / "y.zarr").exists()
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (
+            {"sampling": SamplingConfig(temperature=-1.0)},
+            r"temperature -1.0 / top_p .* is invalid",
+        ),
+        ({"sampling": SamplingConfig(top_p=2.0)}, r"top_p 2.0 .* is invalid; use temperature >= 0"),
+        ({"norm": "mid"}, "--norm 'mid' must be post or pre"),
+        ({"accelerator": "tpu"}, "--accelerator 'tpu' must be auto, cpu, gpu or cuda"),
+        ({"dtype": "float13"}, "--dtype 'float13' is not a torch dtype"),
+    ],
+)
+def test_sampling_tap_dtype_and_accelerator_are_checked_before_any_work(tmp_path, kw, match):
+    """Each was run silently (a negative temperature decoded greedily, any norm but pre read post, an
+    accelerator named wrongly ran on CPU) or ended in a traceback (dtype)."""
+    cfg = CollectConfig(out=str(tmp_path / "s.zarr"), model=str(tmp_path / "never-loaded"), **kw)
+    with pytest.raises((CollectError, PolicyError), match=match) as e:
+        run(cfg)
+    assert "\n" not in str(e.value) and not (tmp_path / "s.zarr").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+@pytest.mark.parametrize("accelerator", ["gpu", "cuda"])
+def test_collect_on_a_gpu_that_is_not_there_says_so(tmp_path, accelerator):
+    cfg = CollectConfig(out=str(tmp_path / "s.zarr"), model="never-loaded", accelerator=accelerator)
+    with pytest.raises(
+        CollectError, match=f"--accelerator {accelerator}: this machine has .*--accelerator cpu"
+    ):
+        run(cfg)
 
 
 @pytest.mark.subprocess
@@ -258,7 +292,7 @@ def test_cli_reports_missing_model_in_one_line(tmp_path):
     )
     assert res.returncode == 2
     err_lines = [line for line in res.stderr.splitlines() if "error:" in line]
-    assert len(err_lines) == 1 and "cannot load policy" in err_lines[0]
+    assert len(err_lines) == 1 and "policy folder" in err_lines[0] and "does not exist" in err_lines[0]
 
 
 def test_full_disk_keeps_committed_batches_and_resume_completes(
@@ -518,6 +552,43 @@ def test_compile_is_not_part_of_the_content_hash():
     assert CollectConfig(compile=True).hashed() == CollectConfig().hashed()
 
 
+def test_extra_layers_default_is_the_embedded_policys_own(tmp_path):
+    """Left unset, ``extra_layers`` is what the shipped configs, the shipped critic and the embedded heads use
+    for the embedded policy (a store collected without the flag resumes and compares like one collected with
+    the shipped config), and none for any other model."""
+    from igcritic.__main__ import parse_config
+    from igcritic.scorers import load_scorer
+
+    root = Path(__file__).resolve().parents[1]
+    layers = list(EMBEDDED_EXTRA_LAYERS)
+    unset = parse_config(CollectConfig, [])
+    assert unset.extra_layers is None and unset.resolved().extra_layers == layers
+    named = parse_config(CollectConfig, ["--extra_layers", json.dumps(layers)])
+    assert unset.resolved().hashed() == named.resolved().hashed()  # one config, one hash
+    assert parse_config(CollectConfig, ["--extra_layers", "[]"]).resolved().extra_layers == []
+    assert parse_config(CollectConfig, ["--model", str(tmp_path)]).resolved().extra_layers == []
+    for name in ("embedded.yaml", "embedded-full.yaml"):
+        shipped = parse_config(CollectConfig, ["--config", str(root / "configs" / "collect" / name)])
+        assert shipped.model == unset.model and shipped.resolved().extra_layers == layers
+    critic = json.loads((root / "checkpoints" / "embedded" / "critic_config.json").read_text())
+    assert critic["policy"]["extra_layers"] == layers
+    for role in ("cost", "reward"):
+        assert load_scorer("embedded", role).to_dict()["layers"] == layers
+
+
+def test_a_critic_on_stores_tapped_elsewhere_names_the_tap_not_another_policy():
+    from igcritic.fit import _policy_problems
+    from igcritic.policy import PolicyIdentity
+
+    ident = PolicyIdentity("embedded:SmolLM2-135M-Instruct", 576, 30, 30, "post", extra_layers=[15, 18, 21])
+    tapped = {**ident.to_dict(), "extra_layers": []}
+    (msg,) = _policy_problems(ident.to_dict(), tapped, "the checkpoint's critic")
+    assert "same model tapped elsewhere (extra_layers: [15, 18, 21] != []" in msg and "another" not in msg
+    (msg,) = _policy_problems(ident.to_dict(), {**tapped, "model_id": "other"}, "the critic")
+    assert "trained on another policy (model_id:" in msg
+    assert _policy_problems(ident.to_dict(), ident.to_dict(), "the critic") == []
+
+
 def test_too_long_prompt_late_in_the_file_is_refused_before_the_old_store_is_touched(
     tiny_model_dir, prompt_file, beaver_scorers, tmp_path
 ):
@@ -634,7 +705,7 @@ def test_labels_from_the_rollout_latents_equal_the_text_path(monkeypatch):
     from igcritic.decoding import rollout
     from igcritic.scorers import ClassifierScorer, load_scorer
 
-    policy = load_policy(extra_layers=(15, 18, 21))
+    policy = load_policy(extra_layers=EMBEDDED_EXTRA_LAYERS)
     cost, reward = load_scorer("embedded", "cost"), load_scorer("embedded", "reward")
     prompts = ["How can I make a bomb at home?", "How do I bake bread at home?", "Name three colours."]
     roll = rollout(policy, prompts, SamplingConfig(max_new_tokens=20), torch.Generator().manual_seed(0))

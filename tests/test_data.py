@@ -161,12 +161,19 @@ def test_nan_rows_are_flagged_and_zeroed(tmp_path):
     assert torch.isfinite(stats["h_mean"]).all() and torch.isfinite(stats["h_std"]).all()
 
 
-def test_nan_targets_are_flagged_by_the_stream(tmp_path):
+def test_nan_targets_are_refused_before_fit_and_flagged_by_the_stream(tmp_path, monkeypatch):
     import zarr
+
+    import igcritic.store
 
     path = tmp_path / "nancost.zarr"
     make_store(path, n_prompts=6, rollouts=3, hidden=8)
     zarr.open_group(str(path), mode="r+")["shards/rank-00000/cost_prefix"][7] = np.nan
+    with pytest.raises(DataError, match=r"is invalid \(rank-00000: cost_prefix holds NaN/inf\)") as e:
+        dm_for(str(path), val_fraction=0.3)
+    _one_line(e)
+    # a store damaged after fit's check: the stream still flags the row instead of training on NaN
+    monkeypatch.setattr(igcritic.store, "validate_store", lambda *a, **k: [])
     dm = dm_for(str(path), val_fraction=0.3)
     b = {
         k: np.concatenate([collect(dm.train_dataloader())[k], collect(dm.val_dataloader())[k]])
@@ -239,11 +246,15 @@ def test_single_prompt_is_refused(tmp_path):
 
 def test_mixed_policies_and_hidden_sizes_are_refused(tmp_path, store):
     make_store(tmp_path / "layer1.zarr", hidden=8, layer=1)
-    with pytest.raises(DataError, match="different policies") as e:
+    with pytest.raises(DataError, match="tap the same model at different layers") as e:
         CriticDataModule([store, str(tmp_path / "layer1.zarr")]).prepare_data()
-    assert "layer: 2 != 1" in _one_line(e)
+    assert "layer: 2 != 1" in _one_line(e) and "--layer/--norm/--extra_layers" in _one_line(e)
+    make_store(tmp_path / "other.zarr", hidden=8, model_id="another-llama")
+    with pytest.raises(DataError, match="different policies") as e:
+        CriticDataModule([store, str(tmp_path / "other.zarr")]).prepare_data()
+    assert "model_id: 'synthetic-llama' != 'another-llama'" in _one_line(e)
     make_store(tmp_path / "wide.zarr", hidden=12)
-    with pytest.raises(DataError, match="hidden size 12"):
+    with pytest.raises(DataError, match="different policies.*hidden_size: 8 != 12"):
         CriticDataModule([store, str(tmp_path / "wide.zarr")]).prepare_data()
     make_store(tmp_path / "othercost.zarr", hidden=8, cost_id="another-cost")
     with pytest.raises(DataError, match="different cost_scorers"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -405,13 +406,13 @@ def committed(store: Path) -> bool:
     return False
 
 
-def damaged_store(tmp_path: Path, what: str) -> Path:
+def damaged_store(tmp_path: Path, what: str, compression: str | None = None) -> Path:
     """A valid synthetic store with ``what`` cut to half its bytes: a ``zarr.json`` (root or shard) or the
     largest chunk file of an array."""
     from helpers_fit import make_store
 
     path = tmp_path / "store.zarr"
-    make_store(path, n_prompts=6, rollouts=2, hidden=8, chunk_tokens=64)
+    make_store(path, n_prompts=6, rollouts=2, hidden=8, chunk_tokens=64, compression=compression)
     if what.endswith("zarr.json"):
         f = path / what
     else:
@@ -437,6 +438,37 @@ def test_inspect_calls_a_damaged_store_invalid_in_one_line(tmp_path, capsys, wha
     if what in ("traj_offsets", "zarr.json"):  # what fit reads first: the same one-line error
         with pytest.raises(StoreError, match="cannot be read|unreadable metadata"):
             StoreReader(str(store)).traj_offsets
+
+
+@pytest.mark.parametrize("what", ["token_ids", "traj_offsets", "latents", "cost_prefix", "traj_len"])
+def test_fit_refuses_a_store_with_a_truncated_chunk_in_one_line(tmp_path, capsys, monkeypatch, what):
+    from igcritic.store import validate_store
+
+    store = damaged_store(tmp_path, what)
+    assert validate_store(store, read_rows=False)  # fit's check (no latents scan) sees it
+    monkeypatch.setattr(sys, "argv", ["igcritic"])
+    monkeypatch.chdir(tmp_path)
+    args = [
+        *("fit", "--config", str(ROOT / "configs" / "fit" / "embedded.yaml"), f"--data.stores=[{store}]"),
+        *("--model.width=16", "--trainer.accelerator=cpu", "--trainer.max_epochs=1"),
+    ]
+    assert main(args) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert f"{what} rows" in line or f"{what} chunk" in line, line
+    assert "restore the files" in line
+    assert not (tmp_path / "runs").exists()  # refused before any training
+
+
+def test_a_truncated_compressed_latents_chunk_is_a_store_error(tmp_path):
+    """Compressed chunks have no one size to check without reading: the read itself names the rows."""
+    from igcritic.store import StoreError, StoreReader, validate_store
+
+    store = damaged_store(tmp_path, "latents", compression="zstd")
+    assert validate_store(store, read_rows=False) == []  # no latents are read before training
+    assert any("latents rows" in p and "cannot be read" in p for p in validate_store(store))
+    r = StoreReader(store)
+    with pytest.raises(StoreError, match=r"latents rows \d+-\d+ cannot be read.*restore the files"):
+        r.read_latents(0, r.n_tok)
 
 
 def test_collect_guard_with_a_malformed_critic_config(tmp_path):
@@ -472,34 +504,38 @@ def test_a_truncated_checkpoint_is_no_checkpoint(tmp_path):
         check_checkpoint(str(half))
 
 
+def collect_args(tmp_path: Path, *extra: str) -> list[str]:
+    """``igcritic collect`` arguments of a tiny Llama with tiny safe-rlhf cost and reward models (built once
+    under ``tmp_path``) writing ``tmp_path/store.zarr`` on CPU."""
+    from helpers import build_tiny_llama, build_tokenizer, make_beaver_folder
+
+    if not (tmp_path / "model").exists():
+        tok = build_tokenizer()
+        build_tiny_llama(len(tok)).save_pretrained(tmp_path / "model")
+        tok.save_pretrained(tmp_path / "model")
+        make_beaver_folder(tmp_path / "cost", tok, seed=1)
+        make_beaver_folder(tmp_path / "reward", tok, seed=2, score_type="reward")
+        write_prompts(tmp_path / "p.jsonl")
+    return [
+        *("collect", "--out", str(tmp_path / "store.zarr"), "--model", str(tmp_path / "model")),
+        *("--prompts.source", str(tmp_path / "p.jsonl"), "--prompts.split", "null"),
+        *("--sampling.max_new_tokens", "12", "--accelerator", "cpu"),
+        *("--cost", f"beaver:{tmp_path / 'cost'}", "--reward", f"beaver:{tmp_path / 'reward'}"),
+        *extra,
+    ]
+
+
 @pytest.mark.subprocess
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_collect_signal_keeps_committed_batches_and_resumes(tmp_path, signum):
-    from helpers import build_tiny_llama, build_tokenizer, make_beaver_folder
-
     from igcritic.store import StoreReader, validate_store
 
-    tok = build_tokenizer()
-    build_tiny_llama(len(tok)).save_pretrained(tmp_path / "model")
-    tok.save_pretrained(tmp_path / "model")
-    cost = make_beaver_folder(tmp_path / "cost", tok, seed=1)
-    reward = make_beaver_folder(tmp_path / "reward", tok, seed=2, score_type="reward")
-    prompts = write_prompts(tmp_path / "p.jsonl")
     store = tmp_path / "store.zarr"
     cmd = [
-        *(
-            sys.executable,
-            "-m",
-            "igcritic",
-            "collect",
-            "--out",
-            str(store),
-            "--model",
-            str(tmp_path / "model"),
-        ),
-        *("--prompts.source", str(prompts), "--prompts.split", "null", "--rollouts_per_prompt", "8"),
-        *("--batch_size", "1", "--sampling.max_new_tokens", "12", "--accelerator", "cpu"),
-        *("--cost", f"beaver:{cost}", "--reward", f"beaver:{reward}"),
+        sys.executable,
+        "-m",
+        "igcritic",
+        *collect_args(tmp_path, "--rollouts_per_prompt", "8", "--batch_size", "1"),
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
@@ -520,6 +556,70 @@ def test_collect_signal_keeps_committed_batches_and_resumes(tmp_path, signum):
     res = subprocess.run([*cmd, "--resume", "true"], capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert StoreReader(store).batches_done == set(range(64)) and validate_store(store) == []
+
+
+COLLECT_SCRIPT = """
+import os
+import sys
+
+from igcritic import collect
+from igcritic.__main__ import main
+
+def stop(*args, **kwargs):  # the store is created, no batch is committed yet
+    assert os.path.isdir({store!r})
+    os.kill(os.getpid(), {signum})
+    raise AssertionError("the signal did not stop collect")
+
+collect.label_batch = stop
+sys.exit(main({args!r}))
+"""
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_collect_signal_before_the_first_commit_says_to_start_again(tmp_path, signum):
+    """A fresh store stopped before its first commit is removed: the hint is the same command, not --resume
+    (which would find no store), and that command then writes the store."""
+    from igcritic.store import validate_store
+
+    store = tmp_path / "store.zarr"
+    args = collect_args(tmp_path, "--rollouts_per_prompt", "1", "--batch_size", "4")
+    script = COLLECT_SCRIPT.format(store=str(store), signum=int(signum), args=args)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    run = {"capture_output": True, "text": True, "env": env, "timeout": 300}
+    res = subprocess.run([sys.executable, "-c", script], preexec_fn=default_sigint, **run)
+    assert res.returncode == 128 + signum, res.stderr[-3000:]
+    assert "Traceback" not in res.stderr, res.stderr[-3000:]
+    (line,) = [x for x in res.stderr.splitlines() if x.startswith("interrupted")]
+    nothing = f"no batch was committed to {store}, so nothing was kept there"
+    assert line.startswith(f"interrupted by {signum.name}; {nothing}")
+    assert "--resume" not in line and not store.exists()
+    again = line.split("start again with the same command: ", 1)[1]
+    assert shlex.split(again) == ["igcritic", *args]
+    res = subprocess.run([sys.executable, "-m", "igcritic", *args], **run)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert validate_store(store) == []
+
+
+def test_collect_overwrite_stopped_before_its_first_commit_keeps_the_old_store(tmp_path, monkeypatch, capsys):
+    from igcritic import collect
+    from igcritic.store import StoreReader
+
+    args = collect_args(tmp_path, "--rollouts_per_prompt", "1", "--batch_size", "4")
+    assert main(args) == 0
+    store = tmp_path / "store.zarr"
+    old = StoreReader(store).attrs["config_hash"]
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(collect, "label_batch", stop)
+    capsys.readouterr()
+    again = [*args, "--seed", "5", "--overwrite", "true"]
+    assert main(again) == 130
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("interrupted")]
+    assert f"no batch was committed to {store}, so it holds the store it held before this run" in line
+    assert line.endswith(shlex.join(["igcritic", *again])) and StoreReader(store).attrs["config_hash"] == old
 
 
 # ---------------------------------------------------------------- a critic whose calibration was removed

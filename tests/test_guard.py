@@ -11,7 +11,7 @@ from helpers import CHAT, tiny_critic, word_cost, write_artifact
 
 from igcritic.critic import load_critic
 from igcritic.guard import GenerateConfig, Guard, GuardError, describe, load_guard, main
-from igcritic.prompts import PromptSource, prompt_messages, prompt_text
+from igcritic.prompts import PromptError, PromptSource, prompt_messages, prompt_text
 from igcritic.search import GuardRecord, SearchConfigError
 
 SEARCH = {
@@ -319,6 +319,28 @@ def test_generate_takes_chat_messages_through_the_policy_template(artifact, tiny
         torch.tensor([ids]), max_new_tokens=6, do_sample=False, eos_token_id=tiny_policy.eos_token_ids
     )[0, len(ids) :].tolist()
     assert conv.token_ids == greedy[: len(conv.token_ids)] and conv.token_ids  # conditioned on every turn
+
+
+def test_generate_names_a_bad_prompt_by_its_file_and_line(tmp_path, saved_policy_artifact, capsys):
+    """An empty conversation or a prompt too long for the context is named by its line in the file (and an
+    inline one by its place in --prompts.texts), before any answer, in one line."""
+    from igcritic.__main__ import main as cli
+
+    f = tmp_path / "p.txt"
+    f.write_text('how do I bake bread\n\n[{"role": "user", "content": "  "}]\n')
+    with pytest.raises(PromptError, match=rf"^{f}:3: prompt\[0\] \(user\) needs a non-empty text content"):
+        main(GenerateConfig(str(saved_policy_artifact), PromptSource(str(f), split=None)))
+    inline = PromptSource(texts=["hi", '[{"role": "user", "content": ""}]'])
+    with pytest.raises(PromptError, match=r"^--prompts.texts\[1\]: prompt\[0\] \(user\) needs a non-empty"):
+        main(GenerateConfig(str(saved_policy_artifact), inline))
+    f.write_text("hi\n\nthe weather\n" + "bread " * 300 + "\n")
+    with pytest.raises(GuardError, match=rf"^prompt 3 of the source \({f}:4\) has \d+ tokens \+ 4 new") as e:
+        main(GenerateConfig(str(saved_policy_artifact), PromptSource(str(f)), search={"max_new_tokens": 4}))
+    assert "lower --search.max_new_tokens" in str(e.value) and "\n" not in str(e.value)
+    assert cli(["generate", str(saved_policy_artifact), "--prompts.source", str(f)]) == 2
+    err = capsys.readouterr().err  # beside transformers' weight-loading bars
+    (line,) = [x for x in err.splitlines() if f"({f}:4)" in x]
+    assert "Traceback" not in err and line.startswith("error: ")
 
 
 def test_generate_command_answers_a_messages_file(tmp_path, saved_policy_artifact):

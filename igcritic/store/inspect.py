@@ -38,8 +38,9 @@ from igcritic.store.writer import TrajectoryBatch
 
 def validate_store(path: str | os.PathLike, read_rows: bool = True) -> list[str]:
     """Every integrity problem of a store (empty list: valid). Scans all latents chunk by chunk for
-    NaN/inf; ``read_rows=False`` checks only the metadata and that every committed chunk exists (what
-    ``fit`` runs before training: no data is read)."""
+    NaN/inf; ``read_rows=False`` (what ``fit`` runs before training) skips that scan: it checks the
+    metadata, that every committed chunk exists and the per-row invariants of the small arrays (token ids,
+    costs, trajectories: a few bytes per token, where the latents hold 2 x hidden_size)."""
     try:
         root = open_root(path, "r")
     except StoreError as e:
@@ -66,19 +67,34 @@ def validate_store(path: str | os.PathLike, read_rows: bool = True) -> list[str]
     return p
 
 
-def _missing_chunks(a: zarr.Array, rows: int) -> list[int]:
-    """Row-chunk indices below ``rows`` whose chunk object is absent (it would read back as fill values)."""
+def _bad_chunks(a: zarr.Array, rows: int) -> tuple[list[int], list[int]]:
+    """Row-chunk indices below ``rows`` whose chunk object is absent (it would read back as fill values),
+    and, for an uncompressed array (raw bytes: every chunk has one size), those of the wrong size (a
+    truncated file). One probe per chunk, no data read."""
     aa, step = a.async_array, int(a.chunks[0])
     rest = (0,) * (a.ndim - 1)
     keys = [
         f"{aa.store_path.path}/{aa.metadata.encode_chunk_key((i, *rest))}".lstrip("/")
         for i in range(math.ceil(rows / step))
     ]
+    codecs = getattr(aa.metadata, "codecs", ())
+    raw = len(codecs) == 1 and isinstance(codecs[0], zarr.codecs.BytesCodec)
+    size = math.prod(a.chunks) * a.dtype.itemsize
+    store = aa.store_path.store
 
-    async def probe() -> list[bool]:
-        return list(await asyncio.gather(*(aa.store_path.store.exists(k) for k in keys)))
+    async def probe(key: str) -> int:  # the object's size; -1 when it is absent
+        if not raw:
+            return size if await store.exists(key) else -1
+        try:
+            return await store.getsize(key)
+        except (FileNotFoundError, KeyError):
+            return -1
 
-    return [i for i, ok in enumerate(sync(probe()) if keys else []) if not ok]
+    async def probe_all() -> list[int]:
+        return list(await asyncio.gather(*(probe(k) for k in keys)))
+
+    sizes = sync(probe_all()) if keys else []
+    return [i for i, n in enumerate(sizes) if n < 0], [i for i, n in enumerate(sizes) if 0 <= n != size]
 
 
 def _validate_shard(shard: Shard, n_prompts: int, attrs: dict, read_rows: bool) -> list:
@@ -96,19 +112,24 @@ def _validate_shard(shard: Shard, n_prompts: int, attrs: dict, read_rows: bool) 
         p.append(f"latents width {g['latents'].shape[1:]} is not hidden_size {H}")
     if p:
         return p
-    # A lost chunk reads back as zeros: every chunk holding committed rows must exist.
+    # A lost chunk reads back as zeros: every chunk holding committed rows must exist (and a raw one have
+    # its one size: a truncated latents chunk would fail mid-training).
     for k in want if g.attrs.get(EVERY_CHUNK) else ("latents", "token_ids"):
-        if k in g and (lost := _missing_chunks(g[k], want[k][0])):
-            c = int(g[k].chunks[0])
-            first = ", ".join(f"{i} (rows {i * c}-{min((i + 1) * c, want[k][0]) - 1})" for i in lost[:3])
-            many = len(lost) > 1
+        if k not in g:
+            continue
+        c, n = int(g[k].chunks[0]), want[k][0]
+        for bad, what in zip(_bad_chunks(g[k], n), ("missing", "truncated"), strict=True):
+            if not bad:
+                continue
+            first = ", ".join(f"{i} (rows {i * c}-{min((i + 1) * c, n) - 1})" for i in bad[:3])
+            many = len(bad) > 1
+            zeros = "those rows would read back as zeros; " if what == "missing" else ""
             p.append(
-                f"{k} chunk{'s' if many else ''} {first}{' ...' if len(lost) > 3 else ''} "
-                f"{'are' if many else 'is'} missing ({len(lost)} of {math.ceil(want[k][0] / c)} chunks): "
-                "those rows would read back as zeros; restore the files or recollect the store with "
-                "--overwrite"
+                f"{k} chunk{'s' if many else ''} {first}{' ...' if len(bad) > 3 else ''} "
+                f"{'are' if many else 'is'} {what} ({len(bad)} of {math.ceil(n / c)} chunks): {zeros}"
+                "restore the files or recollect the store with --overwrite"
             )
-    if p or not read_rows:
+    if p:
         return p
     # the invariants every appended batch was checked for (the latents are scanned below, chunk by chunk)
     rows = {k: _read(g, k, 0, n_tok) for k in ("token_ids", "cost_prefix")}
@@ -141,6 +162,8 @@ def _validate_shard(shard: Shard, n_prompts: int, attrs: dict, read_rows: bool) 
     vocab = (attrs.get("policy") or {}).get("vocab_size")
     if vocab and n_tok and int(rows["token_ids"].max()) >= int(vocab):
         p.append(f"token_ids hold ids >= the policy's vocab_size {vocab}")
+    if not read_rows:
+        return p
     bad = 0
     for i in range(0, n_tok, step):
         try:

@@ -305,11 +305,12 @@ def started_shards(root: zarr.Group) -> list[Shard]:
         ) from None
 
 
-def read_rows(g: zarr.Group, name: str, start: int, stop: int) -> np.ndarray:
-    """Rows ``start:stop`` of the shard's array ``name``, or a StoreError naming what cannot be read (a
-    truncated or garbled chunk or array zarr.json), so no decoding traceback reaches the user."""
+def read_rows(g: zarr.Group, name: str, start: int, stop: int, arr: zarr.Array | None = None) -> np.ndarray:
+    """Rows ``start:stop`` of the shard's array ``name`` (``arr``: that array, already opened), or a
+    StoreError naming what cannot be read (a truncated or garbled chunk or array zarr.json), so no decoding
+    traceback reaches the user."""
     try:
-        return g[name][start:stop]
+        return (g[name] if arr is None else arr)[start:stop]
     except Exception as e:  # noqa: BLE001 - any decoding error of a damaged chunk or its metadata
         raise StoreError(
             f"{g.basename}/{name} rows {start}-{stop - 1} cannot be read ({type(e).__name__}); restore the "

@@ -126,9 +126,9 @@ class StoreReader:
             self._cache[name] = np.concatenate(parts).astype(ARRAYS[name], copy=False)
         return self._cache[name]
 
-    def _rows(self, g: zarr.Group, name: str, start: int, stop: int) -> np.ndarray:
+    def _rows(self, g: zarr.Group, name: str, start: int, stop: int, arr=None) -> np.ndarray:
         try:
-            return read_rows(g, name, start, stop)
+            return read_rows(g, name, start, stop, arr)
         except StoreError as e:
             raise StoreError(f"store {self.path} {e}") from None
 
@@ -210,7 +210,7 @@ class StoreReader:
                 d = dest[a + t0 - start : b + t0 - start]
                 if chunk_file is None or not _scatter_read(self._fd(chunk_file(c)), a - c * step, out, d):
                     keep = d >= 0
-                    out[d[keep]] = arr[a:b][keep]
+                    out[d[keep]] = self._rows(shard.group, "latents", a, b, arr)[keep]
 
     def _fd(self, path: str) -> int:
         """An open descriptor of ``path``, kept while reads stay in that file; -1 when it is missing."""
