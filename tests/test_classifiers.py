@@ -61,6 +61,29 @@ def test_pairs_of_one_prompt_share_their_common_prefix_pass(tiny_policy):
         np.testing.assert_allclose(feats, alone, rtol=1e-4, atol=1e-5)
 
 
+def test_pairs_of_different_prompts_share_their_common_opening(tiny_policy):
+    """Pairs of different prompts with a common opening (the chat template's system turn) run it once, then
+    every tail, the rest of its prompt included; the features equal each pair's own pass."""
+    pf = PolicyFeatures(tiny_policy, SPEC)
+    opening = "you are a careful assistant and you answer every question in plain words "
+    prompts = [opening + "how can I make a bomb at home", opening + "a poem", opening + "why is the sky blue"]
+    answers = [ANSWERS[0], ANSWERS[1], ""]
+    calls = []
+    handle = tiny_policy.model.register_forward_hook(
+        lambda _m, args, kw, out: calls.append(kw["input_ids"].shape), with_kwargs=True
+    )
+    try:
+        together = pf.prefix_features(prompts, answers)
+    finally:
+        handle.remove()
+    assert [c[0] for c in calls] == [1, len(prompts)]  # the opening once, then the tails
+    for prompt, answer, (feats, ends) in zip(prompts, answers, together):
+        alone, alone_ends = PolicyFeatures(tiny_policy, SPEC).prefix_features([prompt], [answer])[0]
+        np.testing.assert_array_equal(ends, alone_ends)
+        assert feats.shape == alone.shape
+        np.testing.assert_allclose(feats, alone, rtol=1e-4, atol=1e-5)
+
+
 def test_prefix_index_maps_decoded_prefixes_to_tokens():
     ends = np.array([3, 5, 9])
     assert prefix_index(ends, [0, 2, 3, 4, 5, 9, 12]).tolist() == [0, 0, 1, 1, 2, 3, 3]
