@@ -204,22 +204,32 @@ def load_features() -> dict[str, dict[str, np.ndarray]]:
     return out
 
 
-def latent_columns(layers: tuple[int, ...], hidden: int = 576) -> np.ndarray:
-    """Columns of the cached latent features (ALL_LAYERS x (last, mean) x hidden) for ``layers``."""
+def latent_columns(layers: tuple[int, ...], parts: tuple[str, ...] = ("last", "mean"), hidden: int = 576):
+    """Columns of the cached latent features (ALL_LAYERS x (last, mean) x hidden) for ``layers`` x ``parts``,
+    in the runtime's order (per layer, its parts)."""
     cols = []
     for layer in layers:
         k = ALL_LAYERS.index(layer)
-        cols.append(np.arange(k * 2 * hidden, (k + 1) * 2 * hidden))
+        for part in parts:
+            j = 2 * k + ("last", "mean").index(part)
+            cols.append(np.arange(j * hidden, (j + 1) * hidden))
     return np.concatenate(cols)
 
 
-def design(rows: list[dict], feats: dict, family: str, layers: tuple[int, ...], augment: bool):
+def design(
+    rows: list[dict],
+    feats: dict,
+    family: str,
+    layers: tuple[int, ...],
+    augment: bool,
+    parts: tuple[str, ...] = ("last", "mean"),
+):
     """X, y (harmful), helpfulness, row index and the writer's prompt-harm flag for a candidate.
 
     Latent rows are ``[features of the empty answer (the prompt's end, h_0), features of the answer]``, as
     the runtime builds them. Augmentation adds label-safe negatives: the empty answer of every prompt and
     the token prefixes of answers read as not harmful."""
-    cols = latent_columns(layers) if family != "minilm" else None
+    cols = latent_columns(layers, parts) if family != "minilm" else None
     xs, ys, hs, idx, hp = [], [], [], [], []
 
     def add(x, y, h, i, r):
@@ -253,14 +263,15 @@ class Standardised:
     """Logistic regression on standardised features. The spread has a floor (5 % of the median feature's), so
     a nearly constant feature cannot turn float16 rounding of the cached features into a large logit."""
 
-    def __init__(self, c: float, multi: bool = False):
-        self.c, self.multi = c, multi
+    def __init__(self, c: float, multi: bool = False, balanced: bool = False):
+        self.c, self.multi, self.balanced = c, multi, balanced
 
     def fit(self, x: np.ndarray, y: np.ndarray) -> Standardised:
         self.mu = x.mean(0)
         sd = x.std(0)
         self.sd = sd + 0.05 * float(np.median(sd)) + 1e-6
-        self.lr = LogisticRegression(C=self.c, max_iter=300)
+        weight = "balanced" if self.balanced else None
+        self.lr = LogisticRegression(C=self.c, max_iter=300, class_weight=weight)
         self.lr.fit((x - self.mu) / self.sd, y)
         return self
 
@@ -286,13 +297,13 @@ class Product:
     e(prompt) for MiniLM rows) and learns the writer's prompt-harm flag; the second reads the answer part
     and is fitted on answers to harmful prompts only (augmented prefixes included)."""
 
-    def __init__(self, c: float, split: int):
-        self.c, self.split = c, split
+    def __init__(self, c: float, split: int, balanced: bool = False):
+        self.c, self.split, self.balanced = c, split, balanced
 
     def fit(self, x: np.ndarray, y: np.ndarray, hp: np.ndarray, real: np.ndarray) -> Product:
         xp, xa = x[:, : self.split], x[:, self.split :]
-        self.prompt = Standardised(self.c).fit(xp[real], hp[real])
-        self.answer = Standardised(self.c).fit(xa[hp == 1], y[hp == 1])
+        self.prompt = Standardised(self.c, balanced=self.balanced).fit(xp[real], hp[real])
+        self.answer = Standardised(self.c, balanced=self.balanced).fit(xa[hp == 1], y[hp == 1])
         return self
 
     def proba(self, x: np.ndarray) -> np.ndarray:
@@ -309,13 +320,22 @@ class Product:
         return w, np.concatenate([b0, b1]), np.concatenate([m0, m1]), np.concatenate([s0, s1])
 
 
-def prompt_width(family: str, layers: tuple[int, ...]) -> int:
+def prompt_width(family: str, layers: tuple[int, ...], parts: tuple[str, ...] = ("last", "mean")) -> int:
     """Columns of a design row that describe the prompt alone (see :func:`design`)."""
-    return len(layers) * 2 * 576 if family == "latent" else 384
+    return len(layers) * len(parts) * 576 if family == "latent" else 384
 
 
-def make_model(head: str, c: float, family: str, layers: tuple[int, ...]):
-    return Product(c, prompt_width(family, layers)) if head == "product" else Standardised(c)
+def make_model(
+    head: str,
+    c: float,
+    family: str,
+    layers: tuple[int, ...],
+    parts: tuple[str, ...] = ("last", "mean"),
+    balanced: bool = False,
+):
+    if head == "product":
+        return Product(c, prompt_width(family, layers, parts), balanced)
+    return Standardised(c, balanced=balanced)
 
 
 def _fit(model, x, y, hp, idx):
