@@ -405,9 +405,70 @@ def final(rows, feats, cand: Candidate, selection: dict) -> dict:
     return out
 
 
+def ship(rows: list[dict], feats: dict, cand: Candidate) -> dict:
+    """Fit ``cand`` on every train row of every source, Platt-scale it on its leave-one-source-out p, write it
+    as the embedded cost (``cost.safetensors``; the reward and the judge stay as they are) and its numbers on
+    the project's held-out prompts into ``report.json``, computed as ``train_classifiers.py ship`` does."""
+    import train_classifiers as tc
+
+    from igcritic.scorers.embedded import CLASSIFIER_DIR, CLASSIFIER_FILES, ClassifierScorer, LinearHead
+
+    if cand.head not in SHIPPABLE:
+        raise SystemExit(f"a {cand.head} head cannot be the embedded cost: ship one of {SHIPPABLE}")
+    train = [r for r in rows if r["split"] == "train"]
+    d = Design(train, feats, cand.layers, cand.parts)
+    model = fit_head(cand, d, np.ones(len(d.x), bool))
+    y = np.array([int(r["label"] == "compliant-harmful") for r in train])
+    p_oof, _ = oof_scores(cand, d, source_folds(train))
+    platt = LogisticRegression(C=1e4).fit(_logit(p_oof)[:, None], y)
+    calibration = (float(platt.coef_[0, 0]), float(platt.intercept_[0]))
+    if cand.head == "answer":  # the answer part's weights, zeros (and mean 0, std 1) over the prompt part
+        w, b, mu, sd = model.lr.parts()
+        pad = d.split
+        w = np.concatenate([np.zeros((1, pad), np.float32), w], 1)
+        mu = np.concatenate([np.zeros(pad, np.float32), mu])
+        sd = np.concatenate([np.ones(pad, np.float32), sd])
+    else:
+        w, b, mu, sd = model.parts()
+    meta = {
+        "version": tc.VERSION,
+        "trained_on": len(train),
+        "sources": dict(Counter(r["source"] for r in train)),
+        "features": "latent",
+        "c": cand.c,
+        "head": cand.head,
+        "selected_by": "worst held-out source AUROC, leave-one-source-out (data_prep/leave_source_out.py)",
+    }
+    kind = "harm_product" if cand.head == "product" else "harm"
+    head = LinearHead(w, b, kind, "latent", cand.layers, cand.parts, calibration, meta, mean=mu, std=sd)
+    path = CLASSIFIER_DIR / CLASSIFIER_FILES["cost"]
+    head.save(path)
+    held = [r for r in tc.load_rows() if r["split"] == "heldout"]
+    yh = np.array([int(r["label"] == "compliant-harmful") for r in held])
+    benign = np.array([not r["harmful_prompt"] for r in held])
+    scorer = ClassifierScorer("cost", "cost", path=path)
+    report = json.loads((CLASSIFIER_DIR / "report.json").read_text())
+    report["selection"]["cost"] = {**asdict(cand), "name": cand.name, "by": meta["selected_by"]}
+    report["calibration"] = calibration
+    report["train_answers"]["cost"] = len(train)
+    report["cost_full_answer"] = tc._harm_report(
+        yh, scorer.probabilities([r["prompt"] for r in held], [r["response"] for r in held]), benign
+    )
+    s_t, secs, n_prefix = tc._heldout_prefix_costs(scorer, held)
+    report["cost_running_max"] = tc._harm_report(yh, s_t, benign)
+    report["cost_seconds_per_prefix"] = secs / n_prefix
+    report["cost_seconds_per_answer"] = secs / len(held)
+    (CLASSIFIER_DIR / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    return {k: report[k] for k in ("selection", "calibration", "cost_full_answer", "cost_running_max")}
+
+
+SHIPPABLE = ("product", "linear", "answer")
+
+
 def main(args: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--final", action="store_true", help="score the held-out source once, best candidate")
+    ap.add_argument("--ship", action="store_true", help="write the best shippable head as the embedded cost")
     ap.add_argument("--candidates", type=int, default=len(CANDIDATES), help="the first N of CANDIDATES")
     ap.add_argument("--top", type=int, default=3, help="this many best also by category and style folds")
     ap.add_argument("--out", type=Path, default=OUT)
@@ -416,6 +477,11 @@ def main(args: list[str] | None = None) -> None:
     rows = [r for r in load_rows() if r["id"] in feats]
     if not rows:
         raise SystemExit("no labelled answer has cached features: run `train_classifiers.py features` first")
+    if ns.ship:
+        sel = json.loads(ns.out.read_text())["candidates"]
+        best = max([r for r in sel if r["head"] in SHIPPABLE], key=_rank)
+        print(json.dumps(ship(rows, feats, _candidate(best)), indent=1))
+        return
     if ns.final:
         sel = json.loads(ns.out.read_text())
         best = max(sel["candidates"], key=_rank)
