@@ -124,9 +124,15 @@ def features(ns: argparse.Namespace) -> None:
             rank.setdefault(r["id"], (k, r))
     labelled = {r["id"] for name in LABEL_FILES if (DATA / name).exists() for r in read_jsonl(DATA / name)}
     cached = load_features()
-    # labelled answers first, the widened set's (the held-out sources) before the corpus; a prompt's
-    # answers together (they share its pass)
-    order = sorted(rank, key=lambda i: (i not in labelled, rank[i][0], rank[i][1]["prompt"]))
+    train = {p["prompt"] for p in read_jsonl(DATA / "wide_prompts.jsonl") if p["split"] == "train"}
+
+    # labelled answers to train prompts first (what choosing needs), the widened set's before the corpus,
+    # then held-out prompts and sources; a prompt's answers together (they share its pass)
+    def first(i: str) -> tuple:
+        k, r = rank[i]
+        return i not in labelled, r["prompt"] not in train, k, r["prompt"]
+
+    order = sorted(rank, key=first)
     todo = [rank[i][1] for i in order if i not in cached]
     if ns.limit:  # a quick partial run; a later run picks up the rest
         todo = todo[: ns.limit]
