@@ -42,7 +42,6 @@ from train_classifiers import (
     LABELS,
     PREFIX_CUTS,
     Standardised,
-    _fit,
     _logit,
     auroc,
     category_folds,
@@ -138,6 +137,8 @@ class Candidate:
     c: float = 0.003
     balanced: bool = False
     """Class-balanced weights in the logistic regressions."""
+    by_source: bool = False
+    """Each source's answers weigh the same in total (the project's corpus outnumbers the others)."""
     label: str = "harmful"
     """``harmful``: compliant-harmful vs the rest; ``no_incoherent``: incoherent answers to harmful prompts
     left out of fitting (the reading's hardest boundary), scored as usual."""
@@ -145,7 +146,8 @@ class Candidate:
     @property
     def name(self) -> str:
         layers = "L" + "/".join(map(str, self.layers)) + ("" if len(self.parts) == 2 else "-" + self.parts[0])
-        extra = (" balanced" if self.balanced else "") + (f" {self.label}" if self.label != "harmful" else "")
+        extra = (" balanced" if self.balanced else "") + (" by-source" if self.by_source else "")
+        extra += f" {self.label}" if self.label != "harmful" else ""
         return f"{self.head} {layers} C={self.c}{extra}"
 
 
@@ -157,6 +159,8 @@ CANDIDATES = (
     Candidate(c=0.03),
     Candidate(balanced=True),
     Candidate(label="no_incoherent"),
+    Candidate(by_source=True),
+    Candidate(head="linear", by_source=True),
     Candidate(parts=("last",)),
     Candidate(parts=("mean",)),
     Candidate(layers=(18, 21)),
@@ -214,8 +218,8 @@ class AnswerOnly:
     def __init__(self, c: float, split: int, balanced: bool = False):
         self.split, self.lr = split, Standardised(c, balanced=balanced)
 
-    def fit(self, x: np.ndarray, y: np.ndarray) -> AnswerOnly:
-        self.lr.fit(x[:, self.split :], y)
+    def fit(self, x: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None) -> AnswerOnly:
+        self.lr.fit(x[:, self.split :], y, weight)
         return self
 
     def proba(self, x: np.ndarray) -> np.ndarray:
@@ -239,6 +243,7 @@ class Design:
         self.prefixes = [np.concatenate([e, v], 1) for v in [e, *cuts]]
         self.full = self.x[self.idx >= 0][np.argsort(self.idx[self.idx >= 0])]
         self.incoherent = np.array([r["label"] == "incoherent" and r["harmful_prompt"] for r in rows])
+        self.source = np.array([FOLD_OF.get(r["source"], r["source"]) for r in rows])[self.owner]
 
 
 def fit_head(cand: Candidate, d: Design, train: np.ndarray):
@@ -246,12 +251,18 @@ def fit_head(cand: Candidate, d: Design, train: np.ndarray):
     if cand.label == "no_incoherent":
         train = train & ~((d.idx >= 0) & d.incoherent[d.owner])
     x, y, hp, idx = d.x[train], d.y[train], d.hp[train], d.idx[train]
+    w = None
+    if cand.by_source:  # each source's rows weigh len(rows) / (sources x its rows)
+        src = d.source[train]
+        names, counts = np.unique(src, return_counts=True)
+        share = dict(zip(names, len(src) / (len(names) * counts)))
+        w = np.array([share[s] for s in src])
     if cand.head == "mlp":
         return MLP(cand.c, cand.balanced).fit(x, y)
     if cand.head == "answer":
-        return AnswerOnly(cand.c, d.split, cand.balanced).fit(x, y)
+        return AnswerOnly(cand.c, d.split, cand.balanced).fit(x, y, w)
     model = make_model(cand.head, cand.c, "latent", cand.layers, cand.parts, cand.balanced)
-    return _fit(model, x, y, hp, idx)
+    return model.fit(x, y, hp, idx >= 0, w) if cand.head == "product" else model.fit(x, y, w)
 
 
 def oof_scores(cand: Candidate, d: Design, folds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

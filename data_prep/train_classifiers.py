@@ -126,11 +126,11 @@ def features(ns: argparse.Namespace) -> None:
     cached = load_features()
     train = {p["prompt"] for p in read_jsonl(DATA / "wide_prompts.jsonl") if p["split"] == "train"}
 
-    # labelled answers to train prompts first (what choosing needs), the widened set's before the corpus,
-    # then held-out prompts and sources; a prompt's answers together (they share its pass)
+    # labelled answers first, the widened set's (train prompts, then the held-out ones) before the corpus's,
+    # a prompt's answers together (they share its pass)
     def first(i: str) -> tuple:
         k, r = rank[i]
-        return i not in labelled, r["prompt"] not in train, k, r["prompt"]
+        return i not in labelled, k, r["prompt"] not in train, r["prompt"]
 
     order = sorted(rank, key=first)
     todo = [rank[i][1] for i in order if i not in cached]
@@ -272,13 +272,13 @@ class Standardised:
     def __init__(self, c: float, multi: bool = False, balanced: bool = False):
         self.c, self.multi, self.balanced = c, multi, balanced
 
-    def fit(self, x: np.ndarray, y: np.ndarray) -> Standardised:
+    def fit(self, x: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None) -> Standardised:
         self.mu = x.mean(0)
         sd = x.std(0)
         self.sd = sd + 0.05 * float(np.median(sd)) + 1e-6
         weight = "balanced" if self.balanced else None
         self.lr = LogisticRegression(C=self.c, max_iter=300, class_weight=weight)
-        self.lr.fit((x - self.mu) / self.sd, y)
+        self.lr.fit((x - self.mu) / self.sd, y, sample_weight=weight)
         return self
 
     def proba(self, x: np.ndarray) -> np.ndarray:
@@ -306,10 +306,13 @@ class Product:
     def __init__(self, c: float, split: int, balanced: bool = False):
         self.c, self.split, self.balanced = c, split, balanced
 
-    def fit(self, x: np.ndarray, y: np.ndarray, hp: np.ndarray, real: np.ndarray) -> Product:
+    def fit(
+        self, x: np.ndarray, y: np.ndarray, hp: np.ndarray, real: np.ndarray, weight: np.ndarray | None = None
+    ) -> Product:
         xp, xa = x[:, : self.split], x[:, self.split :]
-        self.prompt = Standardised(self.c, balanced=self.balanced).fit(xp[real], hp[real])
-        self.answer = Standardised(self.c, balanced=self.balanced).fit(xa[hp == 1], y[hp == 1])
+        w = np.ones(len(x)) if weight is None else weight
+        self.prompt = Standardised(self.c, balanced=self.balanced).fit(xp[real], hp[real], w[real])
+        self.answer = Standardised(self.c, balanced=self.balanced).fit(xa[hp == 1], y[hp == 1], w[hp == 1])
         return self
 
     def proba(self, x: np.ndarray) -> np.ndarray:
