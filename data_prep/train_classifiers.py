@@ -157,13 +157,14 @@ def features(ns: argparse.Namespace) -> None:
     print(f"{len(todo) / (time.perf_counter() - t0):.2f} answers/s")
 
 
-def truncated_policy(max_layer: int):
-    """The embedded policy cut after decoder layer ``max_layer + 1``: ``hidden_states[l]`` for l <= max_layer
-    are those of the whole model (layer ``max_layer + 1``'s output would carry the final norm), at
-    ``(max_layer + 1) / num_layers`` of the cost."""
+def truncated_policy(max_layer: int, policy=None):
+    """``policy`` (default: a fresh embedded one; it is changed in place) cut after decoder layer
+    ``max_layer + 1``: ``hidden_states[l]`` for l <= max_layer are those of the whole model (layer
+    ``max_layer + 1``'s output would carry the final norm), at ``(max_layer + 1) / num_layers`` of the cost.
+    For featurising only: the cut policy cannot generate."""
     from igcritic.policy import load_policy
 
-    policy = load_policy()
+    policy = policy or load_policy()
     decoder = policy.model.get_decoder()
     keep = max_layer + 1
     del decoder.layers[keep:]

@@ -84,6 +84,44 @@ def test_pairs_of_different_prompts_share_their_common_opening(tiny_policy):
         np.testing.assert_allclose(feats, alone, rtol=1e-4, atol=1e-5)
 
 
+def test_a_policy_cut_after_the_deepest_layer_gives_the_same_features():
+    """data_prep featurises with the policy cut after the deepest layer it reads (plus one: the last hidden
+    state carries the final norm); the features equal the whole policy's."""
+    pytest.importorskip("sklearn")  # data_prep's train_classifiers needs it ([prep] extra)
+    import copy
+    import sys
+    from pathlib import Path
+
+    import torch
+    from helpers import build_tokenizer, tiny_llama_config
+    from transformers import LlamaForCausalLM
+
+    from igcritic.policy import load_policy
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data_prep"))
+    from train_classifiers import truncated_policy
+
+    tok = build_tokenizer()
+    cfg = tiny_llama_config(len(tok))
+    cfg.num_hidden_layers = 5
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).eval()
+    whole = load_policy("tiny-llama", model=model, tokenizer=tok)
+    cut = truncated_policy(2, load_policy("tiny-llama", model=copy.deepcopy(model), tokenizer=tok))
+    assert len(cut.model.get_decoder().layers) == 3
+    spec = LatentFeatureSpec(layers=(1, 2), parts=("last", "mean"))
+    a = PolicyFeatures(whole, spec).prefix_features(PROMPTS, ANSWERS)
+    b = PolicyFeatures(cut, spec).prefix_features(PROMPTS, ANSWERS)
+    for (fa, ends_a), (fb, ends_b) in zip(a, b):
+        np.testing.assert_array_equal(ends_a, ends_b)
+        np.testing.assert_allclose(fa, fb, rtol=1e-5, atol=1e-6)
+    # cut after the deepest layer itself, its hidden state would be the final-normed one: not the same
+    short = truncated_policy(1, load_policy("tiny-llama", model=copy.deepcopy(model), tokenizer=tok))
+    last2 = LatentFeatureSpec(layers=(2,), parts=("last",))
+    c = PolicyFeatures(short, last2).prefix_features(PROMPTS, ANSWERS)
+    assert not np.allclose(c[0][0], a[0][0][:, 64:96], atol=1e-3)
+
+
 def test_prefix_index_maps_decoded_prefixes_to_tokens():
     ends = np.array([3, 5, 9])
     assert prefix_index(ends, [0, 2, 3, 4, 5, 9, 12]).tolist() == [0, 0, 1, 1, 2, 3, 3]
