@@ -369,10 +369,10 @@ def _line(res: dict) -> str:
     def f(x):
         return "  -  " if x is None else f"{x:.3f}"
 
-    cells = [f"{res['name']:44s}"]
+    cells = [f"{res['name']:40s}"]
     for src, m in res.get("by_source", {}).items():
         ece_ = m.get("ece_platt", m["ece"])
-        cells.append(f"{src[:8]}: AUROC {f(m['auroc'])} R@fa10 {f(m['recall@fa10'])} ECE {f(ece_)}")
+        cells.append(f"{src}: AUROC {f(m['auroc'])} R@fa10 {f(m['recall@fa10'])} ECE {f(ece_)}")
     for k in ("category", "style"):
         if m := res.get(f"pooled_{k}"):
             cells.append(f"{k[:3]} AUROC {f(m['auroc'])}")

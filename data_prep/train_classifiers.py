@@ -277,8 +277,8 @@ class Standardised:
         self.mu = x.mean(0)
         sd = x.std(0)
         self.sd = sd + 0.05 * float(np.median(sd)) + 1e-6
-        weight = "balanced" if self.balanced else None
-        self.lr = LogisticRegression(C=self.c, max_iter=300, class_weight=weight)
+        classes = "balanced" if self.balanced else None
+        self.lr = LogisticRegression(C=self.c, max_iter=300, class_weight=classes)
         self.lr.fit((x - self.mu) / self.sd, y, sample_weight=weight)
         return self
 
