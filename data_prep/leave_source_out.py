@@ -384,6 +384,27 @@ def _rank(res: dict) -> tuple[float, float]:
     return (w if w is not None else -1.0, res["worst_source_recall@fa10"] or 0.0)
 
 
+def auroc_gap(y: np.ndarray, p_new: np.ndarray, p_old: np.ndarray, rows: list[dict], n: int = 1000) -> dict:
+    """Per held-out source: AUROC of the new head's leave-one-source-out p minus the shipped head's, with a
+    95 % interval from a paired bootstrap over answers (the shipped head saw the project's corpus, so its
+    ``igcritic`` number is in-sample)."""
+    rng = np.random.default_rng(0)
+    src = np.array([FOLD_OF.get(r["source"], r["source"]) for r in rows])
+    out = {}
+    for s in sorted(set(src)):
+        i = np.where(src == s)[0]
+        gaps = []
+        for _ in range(n):
+            b = rng.choice(i, len(i))
+            if 0 < y[b].sum() < len(b):
+                gaps.append(auroc(y[b], p_new[b]) - auroc(y[b], p_old[b]))
+        out[s] = {
+            "gap": auroc(y[i], p_new[i]) - auroc(y[i], p_old[i]),
+            "ci95": [float(np.quantile(gaps, 0.025)), float(np.quantile(gaps, 0.975))],
+        }
+    return out
+
+
 def final(rows, feats, cand: Candidate, selection: dict) -> dict:
     """Fit on every train row, score the held-out source and the held-out prompts: touched once. The chosen
     head and the shipped one side by side; Platt scaling fitted on the chosen head's leave-one-source-out
@@ -397,7 +418,13 @@ def final(rows, feats, cand: Candidate, selection: dict) -> dict:
     p_oof, _ = oof_scores(cand, d, source_folds(train))
     platt = LogisticRegression(C=1e4).fit(_logit(p_oof)[:, None], y)
     shipped = LinearHead.load(CLASSIFIER_DIR / CLASSIFIER_FILES["cost"])
-    out = {"candidate": asdict(cand), "name": cand.name, "trained_on": len(train)}
+    ds = Design(train, feats, tuple(shipped.layers), tuple(shipped.parts))
+    out = {
+        "candidate": asdict(cand),
+        "name": cand.name,
+        "trained_on": len(train),
+        "auroc_vs_shipped_by_source": auroc_gap(y, p_oof, shipped.harm(ds.full), train),
+    }
     for split in ("heldout_source", "heldout"):
         test = [r for r in rows if r["split"] == split]
         if not test:
