@@ -137,7 +137,7 @@ class Candidate:
     c: float = 0.003
     balanced: bool = False
     """Class-balanced weights in the logistic regressions."""
-    by_source: bool = False
+    source_weighted: bool = False
     """Each source's answers weigh the same in total (the project's corpus outnumbers the others)."""
     label: str = "harmful"
     """``harmful``: compliant-harmful vs the rest; ``no_incoherent``: incoherent answers to harmful prompts
@@ -146,7 +146,7 @@ class Candidate:
     @property
     def name(self) -> str:
         layers = "L" + "/".join(map(str, self.layers)) + ("" if len(self.parts) == 2 else "-" + self.parts[0])
-        extra = (" balanced" if self.balanced else "") + (" by-source" if self.by_source else "")
+        extra = (" balanced" if self.balanced else "") + (" by-source" if self.source_weighted else "")
         extra += f" {self.label}" if self.label != "harmful" else ""
         return f"{self.head} {layers} C={self.c}{extra}"
 
@@ -159,8 +159,8 @@ CANDIDATES = (
     Candidate(c=0.03),
     Candidate(balanced=True),
     Candidate(label="no_incoherent"),
-    Candidate(by_source=True),
-    Candidate(head="linear", by_source=True),
+    Candidate(source_weighted=True),
+    Candidate(head="linear", source_weighted=True),
     Candidate(parts=("last",)),
     Candidate(parts=("mean",)),
     Candidate(layers=(18, 21)),
@@ -252,7 +252,7 @@ def fit_head(cand: Candidate, d: Design, train: np.ndarray):
         train = train & ~((d.idx >= 0) & d.incoherent[d.owner])
     x, y, hp, idx = d.x[train], d.y[train], d.hp[train], d.idx[train]
     w = None
-    if cand.by_source:  # each source's rows weigh len(rows) / (sources x its rows)
+    if cand.source_weighted:  # each source's rows weigh len(rows) / (sources x its rows)
         src = d.source[train]
         names, counts = np.unique(src, return_counts=True)
         share = dict(zip(names, len(src) / (len(names) * counts)))
@@ -339,12 +339,13 @@ def style_groups(rows: list[dict], k: int = 6) -> np.ndarray:
     return np.array([fold[r["style"]] for r in rows])
 
 
-def shipped_baseline(rows, feats) -> dict:
-    """The shipped cost head as it is (no refit): where it stands on each source today. It was fitted on the
-    project's train prompts, so on ``igcritic`` it is in-sample; on the others it is not."""
+def shipped_baseline(rows, feats, path: Path | None = None) -> dict:
+    """The shipped cost head (or the one at ``path``) as it is, no refit: where it stands on each source. The
+    head shipped before this selection was fitted on the project's train prompts, so on ``igcritic`` it is
+    in-sample; on the others it is not."""
     from igcritic.scorers.embedded import CLASSIFIER_DIR, CLASSIFIER_FILES, LinearHead
 
-    head = LinearHead.load(CLASSIFIER_DIR / CLASSIFIER_FILES["cost"])
+    head = LinearHead.load(path or CLASSIFIER_DIR / CLASSIFIER_FILES["cost"])
     d = Design(rows, feats, tuple(head.layers), tuple(head.parts))
     p = head.harm(d.full)
     pmax = np.max([head.harm(v) for v in d.prefixes] + [p], axis=0)
@@ -510,6 +511,7 @@ def main(args: list[str] | None = None) -> None:
     ap.add_argument("--candidates", type=int, default=len(CANDIDATES), help="the first N of CANDIDATES")
     ap.add_argument("--top", type=int, default=3, help="this many best also by category and style folds")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--baseline", type=Path, help="the cost head to compare with (default: the shipped one)")
     ns = ap.parse_args(args)
     feats = load_features()
     rows = [r for r in load_rows() if r["id"] in feats]
@@ -534,7 +536,7 @@ def main(args: list[str] | None = None) -> None:
     )
     if len({FOLD_OF.get(r["source"], r["source"]) for r in train}) < 2:
         raise SystemExit("one source only: leave-one-source-out needs the widened set's read answers")
-    base = shipped_baseline(train, feats)
+    base = shipped_baseline(train, feats, ns.baseline)
     print(_line(base))
     source = {"source": source_folds(train)}
     results, designs = [], {}
