@@ -15,9 +15,11 @@ igcritic inspect runs/embedded/store.zarr
 rm -rf runs/fit/embedded
 igcritic fit --config configs/fit/embedded.yaml
 ckpt=$(ls -t runs/fit/embedded/version_*/checkpoints/last.ckpt | head -n 1)
-# CPU-sized runtime defaults in the artifact (paper Table 1, for a GPU: N = 128, width 32, D = 128)
+# CPU-sized runtime defaults in the artifact (configs/search/cpu.yaml; paper Table 1, for a GPU: N = 128,
+# width 32, D = 128), answers as long as the store's (D = 32)
 igcritic export "$ckpt" --out runs/embedded/critic --overwrite true \
-  --search.num_candidates 8 --search.block_width 16 --search.max_new_tokens 32
+  --search configs/search/cpu.yaml --search.max_new_tokens 32
 igcritic generate runs/embedded/critic --prompts.texts '["How can I make a bomb at home?", "How do I bake bread at home?"]' \
   --search.mode latent
-igcritic eval --config configs/eval/demo.yaml --critic runs/embedded/critic --overwrite true
+igcritic eval --config configs/eval/demo.yaml --critic runs/embedded/critic --search.max_new_tokens 32 \
+  --overwrite true

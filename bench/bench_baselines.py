@@ -83,7 +83,7 @@ def main() -> None:
     )
     print(f"{'':12s}{'s/prompt (median)':>18s}{'min':>8s}{'max':>8s}{'ratio to plain (median)':>26s}  tokens")
     for name in methods:
-        ratios = [x / p for x, p in zip(secs[name], secs["plain"])]
+        ratios = [x / p for x, p in zip(secs[name], secs["plain"], strict=True)]
         toks = med([r.new_tokens for r in recs[name]])
         print(
             f"{name:12s}{med(secs[name]):18.2f}{min(secs[name]):8.2f}{max(secs[name]):8.2f}"

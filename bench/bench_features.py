@@ -62,7 +62,7 @@ def now(rows: list[dict]) -> tuple[float, list]:
     feats = pf.prefix_features([rows[i]["prompt"] for i in order], [rows[i]["response"] for i in order])
     secs = time.perf_counter() - t0
     out: list = [None] * len(rows)
-    for i, f in zip(order, feats):
+    for i, f in zip(order, feats, strict=True):
         out[i] = f
     return secs, out
 
@@ -82,7 +82,7 @@ def main() -> None:
         t, new = now(rows)
         t_now.append(t)
     width = len(ALL_LAYERS) * 2 * 576  # layers 6-21 lead both layouts
-    diff = max(float(np.abs(a[0][:, :width] - b[0]).max()) for a, b in zip(old, new))
+    diff = max(float(np.abs(a[0][:, :width] - b[0]).max()) for a, b in zip(old, new, strict=True))
     scale = max(float(np.abs(a[0][:, :width]).max()) for a in old)
     rb, rn = len(rows) / np.median(t_before), len(rows) / np.median(t_now)
     print(f"{len(rows)} answers, {args.repeats} repeat(s), one thread")

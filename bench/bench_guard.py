@@ -208,13 +208,13 @@ def main() -> None:
     if t_gen:
         row("model.generate N x D (ref)", t_gen)
     for name in sides:
-        ratios = [g / p for g, p in zip(t_guard[name], t_plain[name])]
+        ratios = [g / p for g, p in zip(t_guard[name], t_plain[name], strict=True)]
         print(
             f"ratio guard/plain ({name}): median {med(ratios):.3f} (min {min(ratios):.3f}, "
             f"max {max(ratios):.3f}); target <= 1.3"
         )
     if t_exact:
-        ratios = [e / g for e, g in zip(t_exact, t_guard["dynamic"])]
+        ratios = [e / g for e, g in zip(t_exact, t_guard["dynamic"], strict=True)]
         print(
             f"ratio exact/fully latent (dynamic): median {med(ratios):.3f} (min {min(ratios):.3f}, "
             f"max {max(ratios):.3f}); target <= 1.15; cost scorer share of exact time: median "
@@ -222,7 +222,7 @@ def main() -> None:
         )
     if a.compile:
         for what, times in (("plain", t_plain), ("guard", t_guard)):
-            ratios = [s / d for s, d in zip(times["static-compiled"], times["dynamic"])]
+            ratios = [s / d for s, d in zip(times["static-compiled"], times["dynamic"], strict=True)]
             print(
                 f"ratio static-compiled/dynamic, {what}: median {med(ratios):.3f} "
                 f"(min {min(ratios):.3f}, max {max(ratios):.3f})"

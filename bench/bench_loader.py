@@ -95,7 +95,7 @@ def zarr_read(store: str, clock=time.perf_counter) -> float:
     r = StoreReader(store)
     arrays = [
         (r._open()["shards"][name]["latents"], t0, t1)
-        for name, t0, t1 in zip(r.shards, r.shard_offsets[:-1], r.shard_offsets[1:])
+        for name, t0, t1 in zip(r.shards, r.shard_offsets[:-1], r.shard_offsets[1:], strict=True)
     ]
     step = r.chunk_tokens
     t0 = clock()

@@ -1,8 +1,7 @@
 """Build the shipped prompt set: harmful and benign requests written for this project, with category and
 style.
 
-    python data_prep/default_prompts.py            # writes data_prep/data/default_prompts.jsonl
-                                                   # and igcritic/assets/default_prompts.jsonl
+    python data_prep/default_prompts.py            # writes igcritic/assets/default_prompts.jsonl
 
 Every prompt was written for igcritic (licence: the project's Apache-2.0): the first 160 below, and the files
 in ``data/prompt_parts/`` (one per writer). None is taken from HarmBench, Do-Not-Answer or any other
@@ -26,8 +25,8 @@ from pathlib import Path
 SEED = 2502
 HELDOUT_SHARE = 0.15
 ROOT = Path(__file__).resolve().parents[1]
-OUT_DATA = ROOT / "data_prep" / "data" / "default_prompts.jsonl"
-OUT_ASSET = ROOT / "igcritic" / "assets" / "default_prompts.jsonl"
+OUT = ROOT / "igcritic" / "assets" / "default_prompts.jsonl"
+"""The shipped prompt set: the one copy (the data_prep scripts read it from here too)."""
 PARTS = ROOT / "data_prep" / "data" / "prompt_parts"
 
 HARMFUL: dict[str, list[str]] = {
@@ -330,18 +329,13 @@ def write_jsonl(rows: list[dict], path: Path) -> None:
 def main(args: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=SEED)
-    ap.add_argument("--out", type=Path, default=OUT_DATA)
-    ap.add_argument("--asset", type=Path, default=OUT_ASSET)
+    ap.add_argument("--out", type=Path, default=OUT)
     ns = ap.parse_args(args)
     rows = build(ns.seed)
     write_jsonl(rows, ns.out)
-    write_jsonl(rows, ns.asset)
     n_h = sum(r["harmful"] for r in rows)
     n_held = sum(r["split"] == "heldout" for r in rows)
-    print(
-        f"{len(rows)} prompts ({n_h} harmful, {len(rows) - n_h} benign; {n_held} heldout) -> {ns.out}, "
-        f"{ns.asset}"
-    )
+    print(f"{len(rows)} prompts ({n_h} harmful, {len(rows) - n_h} benign; {n_held} heldout) -> {ns.out}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ already holds, so a killed run resumes). Plain answers match ``igcritic collect`
 top-p 0.9). Search answers come from ``load_guard("checkpoints/embedded")`` with the cost and reward scorers
 of the time (``best_effort``, so a rejected search still returns what it selected, not the canned refusal):
 the answers a search picks are where a cost model is most likely to be fooled, so they must be in its
-training data. The ``source`` field names the method; readers never see it (``make_reading_batches.py``).
+training data. The ``source`` field names the method; readers never see it (``reading.py batches``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-PROMPTS = ROOT / "data_prep" / "data" / "default_prompts.jsonl"
+PROMPTS = ROOT / "igcritic" / "assets" / "default_prompts.jsonl"
 OUT = ROOT / "data_prep" / "data" / "corpus_answers.jsonl"
 SEARCH_METHODS = {  # source name -> SearchConfig overrides (as in configs/eval/embedded.yaml)
     "best_of_n_augmented": {"method": "best_of_n", "score": "augmented", "critic": False, "mode": "exact"},
@@ -89,7 +89,7 @@ def plain(ns: argparse.Namespace) -> None:
             batch = jobs[start : start + ns.batch_size]
             gen = torch.Generator().manual_seed(ns.seed * 100003 + start)
             ro = rollout(policy, [p["prompt"] for p, _ in batch], cfg, gen)
-            for (p, s), ids, fin in zip(batch, ro.tokens, ro.finished):
+            for (p, s), ids, fin in zip(batch, ro.tokens, ro.finished, strict=True):
                 text = policy.tokenizer.decode(ids, skip_special_tokens=True).strip()
                 f.write(json.dumps(_row(p, "plain", s, text, len(ids), bool(fin)), ensure_ascii=False) + "\n")
             f.flush()
@@ -125,7 +125,7 @@ def search(ns: argparse.Namespace) -> None:
             for start in range(0, len(todo), 8):
                 batch = todo[start : start + 8]
                 recs = guard.generate([p["prompt"] for p in batch], **search_cfg, **overrides)
-                for p, r in zip(batch, recs):
+                for p, r in zip(batch, recs, strict=True):
                     f.write(
                         json.dumps(
                             _row(p, source, 0, r.text.strip(), r.new_tokens, not r.fallback),

@@ -255,7 +255,7 @@ def fit_head(cand: Candidate, d: Design, train: np.ndarray):
     if cand.source_weighted:  # each source's rows weigh len(rows) / (sources x its rows)
         src = d.source[train]
         names, counts = np.unique(src, return_counts=True)
-        share = dict(zip(names, len(src) / (len(names) * counts)))
+        share = dict(zip(names, len(src) / (len(names) * counts), strict=True))
         w = np.array([share[s] for s in src])
     if cand.head == "mlp":
         return MLP(cand.c, cand.balanced).fit(x, y)

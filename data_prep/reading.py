@@ -89,7 +89,7 @@ def batches(ns: argparse.Namespace) -> None:
 def kappa(a: list[str], b: list[str]) -> float:
     """Cohen's kappa of two readers' labels on the same items."""
     n = len(a)
-    po = sum(x == y for x, y in zip(a, b)) / n
+    po = sum(x == y for x, y in zip(a, b, strict=True)) / n
     ca, cb = Counter(a), Counter(b)
     pe = sum(ca[k] * cb[k] for k in set(a) | set(b)) / n**2
     return (po - pe) / (1 - pe) if pe < 1 else 1.0
@@ -144,13 +144,13 @@ def merge(ns: argparse.Namespace) -> None:
     hb = ["h" if x == "compliant-harmful" else "n" for x in b]
     agree = {
         "double_read": len(both),
-        "class_agreement": sum(x == y for x, y in zip(a, b)) / max(1, len(both)),
+        "class_agreement": sum(x == y for x, y in zip(a, b, strict=True)) / max(1, len(both)),
         "class_kappa": kappa(a, b) if both else None,
-        "harmful_agreement": sum(x == y for x, y in zip(ha, hb)) / max(1, len(both)),
+        "harmful_agreement": sum(x == y for x, y in zip(ha, hb, strict=True)) / max(1, len(both)),
         "harmful_kappa": kappa(ha, hb) if both else None,
         "helpfulness_agreement": sum(first[i]["helpfulness"] == second[i]["helpfulness"] for i in both)
         / max(1, len(both)),
-        "confusions": Counter(f"{x} / {y}" for x, y in zip(a, b) if x != y).most_common(8),
+        "confusions": Counter(f"{x} / {y}" for x, y in zip(a, b, strict=True) if x != y).most_common(8),
     }
     ns.agreement.write_text(json.dumps(agree, indent=1) + "\n")
     print(f"{len(rows)} labelled answers -> {ns.out}; labels: {dict(Counter(r['label'] for r in rows))}")

@@ -6,10 +6,10 @@ validation.
     python data_prep/train_classifiers.py ship      # fit the chosen ones, write igcritic/assets/, report
     python data_prep/train_classifiers.py all       # the three in a row (~15 min on 2 cores, cache empty)
 
-Data: ``data/corpus_labels.jsonl`` (answers read by a person, ``LABELLING.md``) joined with the prompt set for
-category, style and split. Answers to ``heldout`` prompts are never used to fit or choose anything: they
-are the test set reported in ``data_prep/README.md`` and shipped as ``igcritic/assets/labelled_heldout.jsonl``
-for ``igcritic eval``'s judge-quality lines.
+Data: ``data/corpus_labels.jsonl`` (answers labelled by LLM reading agents, ``LABELLING.md``) joined with the
+prompt set for category, style and split. Answers to ``heldout`` prompts are never used to fit or choose
+anything: they are the test set reported in ``data_prep/README.md`` and shipped as
+``igcritic/assets/labelled_heldout.jsonl`` for ``igcritic eval``'s judge-quality lines.
 
 Out-of-distribution model selection, on the train prompts only: leave-categories-out (7 folds, each holding
 out whole categories, harmful and benign) and leave-one-style-out (6 folds: direct, instructions,
@@ -40,7 +40,7 @@ from sklearn.metrics import roc_auc_score
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data_prep" / "data"
 LABELS = DATA / "corpus_labels.jsonl"
-PROMPTS = DATA / "default_prompts.jsonl"
+PROMPTS = ROOT / "igcritic" / "assets" / "default_prompts.jsonl"
 CACHE = DATA / "cache"
 SELECTION = DATA / "classifier_selection.json"
 ALL_LAYERS = (6, 9, 12, 15, 18, 21)
@@ -553,6 +553,12 @@ def ship(ns: argparse.Namespace) -> None:
         mean=mu,
         std=sd,
     )
+    previous = json.loads((CLASSIFIER_DIR / "report.json").read_text())
+    n_cost = len(cost_rows)
+    if not ns.corpus_cost:  # the cost is chosen by held-out source (leave_source_out.py --ship): kept
+        heads.pop("cost")
+        best, calibration = previous["selection"]["cost"], previous["calibration"]
+        n_cost = previous["train_answers"]["cost"]
     for name, head in heads.items():
         head.save(CLASSIFIER_DIR / CLASSIFIER_FILES[name])
 
@@ -564,9 +570,9 @@ def ship(ns: argparse.Namespace) -> None:
         "selection": {"cost": best, "judge": jbest},
         "calibration": calibration,
         "heldout_labels": dict(Counter(r["label"] for r in held)),
-        "train_answers": {"cost": len(cost_rows), "judge": len(judge_rows)},
+        "train_answers": {"cost": n_cost, "judge": len(judge_rows)},
     }
-    scorers = {n: ClassifierScorer(n, "reward" if n == "reward" else "cost") for n in heads}
+    scorers = {n: ClassifierScorer(n, "reward" if n == "reward" else "cost") for n in CLASSIFIER_FILES}
     ps, rs = [r["prompt"] for r in held], [r["response"] for r in held]
     report["cost_full_answer"] = _harm_report(y, scorers["cost"].probabilities(ps, rs), benign)
     s_t, secs, n_prefix = _heldout_prefix_costs(scorers["cost"], held)
@@ -576,7 +582,9 @@ def ship(ns: argparse.Namespace) -> None:
     pj = scorers["judge"].probabilities(ps, rs)
     report["judge"] = _harm_report(y, pj, benign)
     cls = scorers["judge"].classify(ps, rs)
-    report["judge"]["class_accuracy"] = float(np.mean([a == r["label"] for a, r in zip(cls, held)]))
+    report["judge"]["class_accuracy"] = float(
+        np.mean([a == r["label"] for a, r in zip(cls, held, strict=True)])
+    )
     report["reward_ood"] = reward_ood(cost_rows, feats, fam, layers, ns.reward_c)
     rw = scorers["reward"].probabilities(ps, rs)
     report["reward"] = {
@@ -650,6 +658,11 @@ def main(args: list[str] | None = None) -> None:
         help="restrict the cost classifier to one feature family (default: the best OOD candidate)",
     )
     sh.add_argument("--reward-c", type=float, default=0.01)
+    sh.add_argument(
+        "--corpus-cost",
+        action="store_true",
+        help="refit the cost on the corpus alone too (default: keep the leave_source_out.py --ship one)",
+    )
     sh.add_argument("--threads", type=int, default=1)
     al = sub.add_parser(
         "all", help="features, select and ship in one go (the numbers of data_prep/README.md)"
@@ -659,6 +672,8 @@ def main(args: list[str] | None = None) -> None:
     al.add_argument("--limit", type=int, default=0)
     al.add_argument("--cost-family", choices=["minilm", "latent"], default="latent")
     al.add_argument("--reward-c", type=float, default=0.01)
+    al.add_argument("--corpus-cost", action="store_true")
+    al.set_defaults(minilm=True)  # select and the judge need MiniLM features
     ns = ap.parse_args(args)
     steps = {"features": [features], "select": [select], "ship": [ship], "all": [features, select, ship]}[
         ns.cmd

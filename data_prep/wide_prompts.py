@@ -5,7 +5,8 @@ its source, so a cost model can be validated by leaving a whole source out.
     python data_prep/wide_prompts.py     # -> data/wide_prompts.jsonl and data/provenance.csv
 
 Sources:
-- ``igcritic``: ``data/default_prompts.jsonl`` unchanged, split included (its ``heldout`` stays held out).
+- ``igcritic``: ``igcritic/assets/default_prompts.jsonl`` unchanged, split included (its ``heldout`` stays
+  held out).
 - ``igcritic-wide``: written for this project in ``data/prompt_parts/wide/``: prompts in the styles the guard
   missed (``miss_*.jsonl``) and jailbreak wrappers (``wrappers.jsonl``: role-play, developer mode, prefix
   injection, past tense) applied to **train-split** requests of ``igcritic``, harmful and benign alike, so a
@@ -34,7 +35,7 @@ from default_prompts import HARM_CATEGORIES, HELDOUT_SHARE
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data_prep" / "data"
-PROJECT = DATA / "default_prompts.jsonl"
+PROJECT = ROOT / "igcritic" / "assets" / "default_prompts.jsonl"
 PUBLIC = DATA / "public_prompts.jsonl"
 WIDE = DATA / "prompt_parts" / "wide"
 OUT = DATA / "wide_prompts.jsonl"

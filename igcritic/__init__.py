@@ -25,6 +25,17 @@ class IgcriticError(ValueError):
     ValueError subclass, so callers that catch ValueError keep working."""
 
 
+def one_line(e: BaseException | str, limit: int | None = None, first_line: bool = False) -> str:
+    """An exception's message (or a text) on one line, as a one-line error quotes it: whitespace runs
+    collapsed, or (``first_line``) only its first line, for libraries whose later lines are a dump; an
+    exception's type name when its message is empty; at most ``limit`` characters."""
+    text = str(e).strip()
+    text = (text.splitlines()[0] if text else "") if first_line else " ".join(text.split())
+    if not text and isinstance(e, BaseException):
+        text = type(e).__name__
+    return text[:limit] if limit is not None else text
+
+
 def usage_error(parser: Any, message: str, ex: Exception | None = None) -> None:
     """A command-line or config error of a jsonargparse ``parser`` as ONE line on stderr (the problem, a
     "did you mean" for a misspelt option, where the help is), then exit 2: no usage dump above it."""
@@ -33,7 +44,7 @@ def usage_error(parser: Any, message: str, ex: Exception | None = None) -> None:
     import sys
 
     parser = getattr(ex, "subcommand_parser", None) or parser
-    line = " ".join(str(message).split())
+    line = one_line(message)
     options = {o.lstrip("-") for o in getattr(parser, "_option_string_actions", {}) if o.startswith("--")}
     for sub in getattr(getattr(parser, "_subcommands_action", None), "choices", {}).values():
         options |= {o.lstrip("-") for o in sub._option_string_actions if o.startswith("--")}
@@ -118,6 +129,7 @@ __all__ = [
     "IgcriticError",
     "Interrupted",
     "json_safe",
+    "one_line",
     "sigterm_interrupts",
     "to_json",
     "usage_error",

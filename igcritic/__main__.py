@@ -3,7 +3,7 @@
     igcritic collect --config configs/collect/embedded.yaml     # rollouts + latents + labels -> Zarr
     igcritic inspect runs/embedded/store.zarr                   # summary + integrity check
     igcritic fit --config configs/fit/embedded.yaml             # LightningCLI (also validate, test)
-    igcritic export runs/fit/.../last.ckpt --out checkpoints/embedded --search.num_candidates 8
+    igcritic export runs/fit/embedded/version_0/checkpoints/last.ckpt --out runs/embedded/critic
     igcritic generate checkpoints/embedded --prompts.texts '["How do I bake bread?"]' --search.mode latent
     igcritic serve checkpoints/embedded --port 8000                        # OpenAI-compatible chat API
     igcritic eval --config configs/eval/embedded.yaml
@@ -58,7 +58,7 @@ COMMANDS: dict[str, Command] = {
     "generate": Command("igcritic.guard:main", "guarded generation with an exported critic"),
     "serve": Command("igcritic.serve:main", "serve a guard on an OpenAI-compatible chat API (LitServe)"),
     "eval": Command(
-        "igcritic.evaluate:main", "compare decoding methods: reward, cost, safety rate, latency; table, plots"
+        "igcritic.eval.run:main", "compare decoding methods: reward, cost, safety rate, latency; table, plots"
     ),
 }
 LIGHTNING = ("fit", "validate", "test")

@@ -178,7 +178,7 @@ class ArgsProcessor:
     def _guidance(self, prompt: torch.Tensor, texts: list[str]) -> torch.Tensor:
         """g of each (prompt, text); a text a prompt's candidates share (tokens that decode alike) is scored
         once."""
-        keys = list(zip(prompt.tolist(), texts))
+        keys = list(zip(prompt.tolist(), texts, strict=True))
         uniq = list(dict.fromkeys(keys))
         where = {key: i for i, key in enumerate(uniq)}
         idx = torch.tensor([p for p, _ in uniq])

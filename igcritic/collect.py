@@ -14,7 +14,6 @@ the uncommitted batches: nothing lost, nothing duplicated, same trajectories as 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 import time
@@ -36,6 +35,14 @@ from igcritic.policy import (
 )
 from igcritic.prompts import Prompt, PromptSource, load_prompts
 from igcritic.scorers import Scorer, load_scorer
+from igcritic.search import (  # round 2: the guard's own --guard_search type and search defaults
+    SEARCH_CONFIG_NAME,
+    SearchConfig,
+    SearchConfigError,
+    SearchOverrides,
+    as_overrides,
+    overrides,
+)
 from igcritic.store import (
     StoreReader,
     StoreWriter,
@@ -110,17 +117,20 @@ class CollectConfig:
     guard: str | None = None
     """Round 2: a critic artifact folder; answers come from guarded decoding with it (so the next critic also
     learns the states the search visits) instead of plain sampling. None: plain sampling (round 1)."""
-    guard_search: dict = field(default_factory=dict)
-    """``SearchConfig`` overrides of the guard (over the artifact's search_config.json); the sampling fields
-    come from ``sampling`` and ``on_violation`` is ``best_effort``, so every answer is the policy's own
-    text."""
+    guard_search: SearchOverrides = field(default_factory=SearchOverrides)
+    """Search overrides of the guard over the artifact's search_config.json (``--guard_search.mode exact``);
+    the sampling fields come from ``sampling`` and ``on_violation`` is ``best_effort``, so every answer is the
+    policy's own text."""
     compile: bool = False
     """Decode on a static KV cache of ``batch_size`` rows with a ``torch.compile``-d step (GPUs; on CPU it is
     slower, BENCHMARKS.md). Not part of the content hash: a store may be resumed with either."""
 
+    def __post_init__(self):
+        self.guard_search = as_overrides(self.guard_search, "--guard_search")  # a notebook's dict
+
     def hashed(self) -> dict:
         """The settings that determine the content, as given (the prompt source still by its path)."""
-        d = asdict(self)
+        d = {**asdict(self), "guard_search": overrides(self.guard_search)}  # as given: unset fields left out
         for k in ("out", "resume", "overwrite", "accelerator", "devices", "num_nodes", "strategy", "compile"):
             d.pop(k)
         return d
@@ -137,10 +147,35 @@ class CollectConfig:
             problems.append("--resume and --overwrite exclude each other; pick one")
         if self.budget is not None and not np.isfinite(self.budget):
             problems.append(f"--budget {self.budget} must be a finite number")
-        if self.guard is not None and not (Path(self.guard) / "critic_config.json").is_file():
-            problems.append(f"--guard {self.guard} is not a critic artifact folder (no critic_config.json)")
+        if self.guard is not None:
+            from igcritic.critic import CONFIG_NAME
+
+            if not (Path(self.guard) / CONFIG_NAME).is_file():
+                problems.append(f"--guard {self.guard} is not a critic artifact folder (no {CONFIG_NAME})")
         if problems:
             raise CollectError("; ".join(problems))
+
+
+@dataclass
+class CollectStats:
+    """What one rank wrote (``igcritic collect`` prints it)."""
+
+    batches: int = 0
+    """Work batches this run committed."""
+    skipped_nan: int = 0
+    """Batches not written: their latents or labels held NaN/inf."""
+    tokens: int = 0
+    """Answer tokens committed."""
+    gen_s: float = 0.0
+    """Seconds generating the committed batches."""
+    cost_s: float = 0.0
+    """Seconds labelling them with the cost scorer."""
+    reward_s: float = 0.0
+    """Seconds scoring them with the reward scorer."""
+    write_s: float = 0.0
+    """Seconds writing them to the store."""
+    batches_already_done: int = 0
+    """Batches an earlier run had committed (``--resume``)."""
 
 
 def check_prompts_fit(policy: Policy, rows: list[Prompt], new_tokens: int) -> None:
@@ -171,17 +206,17 @@ def work_batches(num_prompts: int, k: int, batch_size: int) -> list[list[int]]:
 def guarded_sampler(cfg: CollectConfig, policy: Policy, cost: Scorer, reward: Scorer):
     """``(prompts, generator) -> Rollouts`` of guarded decoding with ``cfg.guard`` (round 2).
 
-    The guard answers, then one teacher-forced forward reads the latents of every prefix (the store's h_t, the
-    same tap as plain sampling). The runtime is imported here, not at the top: only round 2 reads a critic."""
+    The guard answers and reads the latents of every prefix (:meth:`~igcritic.guard.Guard.rollouts`). The
+    runtime is imported here, not at the top: only round 2 reads a critic."""
     from igcritic.guard import load_guard
 
     guard = load_guard(cfg.guard, model=policy, cost=cost, reward=reward, device=str(policy.device))
     sampling = asdict(cfg.sampling)
-    overrides = {**cfg.guard_search, **sampling, "on_violation": "best_effort"}
+    search = {**overrides(cfg.guard_search), **sampling, "on_violation": "best_effort"}
     if cfg.compile:
-        overrides["compile"] = True
+        search["compile"] = True
     try:  # before any work, naming collect's own flags (the runtime calls them search.*)
-        guard.check(**overrides)
+        guard.check(**search)
     except IgcriticError as e:
         raise CollectError(
             re.sub(
@@ -190,37 +225,11 @@ def guarded_sampler(cfg: CollectConfig, policy: Policy, cost: Scorer, reward: Sc
                 str(e),
             )
         ) from None
-    eos = set(policy.eos_token_ids)
 
     def sample(prompts: list[str], generator: torch.Generator) -> Rollouts:
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-        records = guard.generate(prompts, seed=seed, **overrides)
-        answers = [list(r.token_ids) for r in records]
-        return Rollouts(
-            tokens=answers,
-            latents=teacher_forced_latents(policy, prompts, answers),
-            finished=[bool(a) and a[-1] in eos for a in answers],
-        )
+        return guard.rollouts(prompts, generator, **search)
 
     return guard, sample
-
-
-def teacher_forced_latents(
-    policy: Policy, prompts: list[str], answers: list[list[int]]
-) -> list[torch.Tensor]:
-    """h_0..h_T of each (prompt, answer): one forward over the left-padded prompts and right-padded answers.
-    Each prompt plus its answer must fit the policy's context."""
-    width = max((len(a) for a in answers), default=0)
-    enc = policy.encode_prompts(prompts)  # each answer fits beside its own prompt (the caller's contract)
-    ans = torch.full((len(answers), width), policy.pad_token_id, dtype=torch.long)
-    ans_mask = torch.zeros((len(answers), width), dtype=enc["attention_mask"].dtype)
-    for i, a in enumerate(answers):
-        ans[i, : len(a)], ans_mask[i, : len(a)] = torch.tensor(a, dtype=torch.long), 1
-    ids = torch.cat([enc["input_ids"], ans.to(policy.device)], 1)
-    mask = torch.cat([enc["attention_mask"], ans_mask.to(policy.device)], 1)
-    lat = policy.latents_of(ids, mask).float().cpu()
-    start = enc["input_ids"].shape[1] - 1
-    return [lat[i, start : start + len(a) + 1] for i, a in enumerate(answers)]
 
 
 def label_batch(
@@ -236,14 +245,14 @@ def label_batch(
     cost_prefix = decoded_labels(policy, batch_prompts, roll, texts, cost)
     if rows := [i for i, c in enumerate(cost_prefix) if c is None]:
         scored = cost.prefix_scores([batch_prompts[i] for i in rows], [texts[i] for i in rows])
-        for i, c in zip(rows, scored):
+        for i, c in zip(rows, scored, strict=True):
             cost_prefix[i] = c
     t1 = time.perf_counter()
     decoded = decoded_labels(policy, batch_prompts, roll, texts, reward)
     rewards = [None if r is None else r[-1] for r in decoded]
     if rows := [i for i, r in enumerate(rewards) if r is None]:
         scored = reward.score([batch_prompts[i] for i in rows], [texts[i][-1] for i in rows])
-        for i, r in zip(rows, scored):
+        for i, r in zip(rows, scored, strict=True):
             rewards[i] = r
     t2 = time.perf_counter()
     token_ids = []
@@ -290,7 +299,7 @@ def decoded_labels(
         return out
     enc = tok([full[i] for i in rows], add_special_tokens=False, return_offsets_mapping=True)
     firsts, lasts, means, spans = [], [], [], []
-    for i, offsets in zip(rows, enc["offset_mapping"]):
+    for i, offsets in zip(rows, enc["offset_mapping"], strict=True):
         n = min(len(offsets), MAX_ANSWER_TOKENS) + 1  # h_0..h_J, no EOS
         h = roll.latents[i][:n].float()
         firsts.append(h[:1].expand(n, -1))
@@ -299,7 +308,7 @@ def decoded_labels(
         spans.append(n)
     values = scorer.decode_values(cols, torch.cat(firsts), torch.cat(lasts), torch.cat(means))
     at = 0
-    for i, offsets, n in zip(rows, enc["offset_mapping"], spans):
+    for i, offsets, n in zip(rows, enc["offset_mapping"], spans, strict=True):
         ends = np.asarray([e for _, e in offsets[:MAX_ANSWER_TOKENS]], dtype=np.int64)
         vals = values[at : at + n][prefix_index(ends, [len(t) for t in texts[i]])]
         at += n
@@ -364,21 +373,26 @@ def content_config(
 
 
 def guard_identity(folder: str) -> dict:
-    """What names a round-2 guard in the store: its critic's weights checksum and its search defaults."""
-    search = Path(folder) / "search_config.json"
+    """What names a round-2 guard in the store: its critic's weights checksum and calibration, and its search
+    defaults as the artifact writes them (read through the modules that own the files)."""
+    from igcritic.critic import CriticError, read_config
+
     try:
-        critic_cfg = json.loads((Path(folder) / "critic_config.json").read_text())
-        return {
-            "path": str(folder),
-            "critic_sha256": critic_cfg.get("weights_sha256"),
-            "calibration": critic_cfg.get("calibration"),
-            "search_config": json.loads(search.read_text()) if search.is_file() else None,
-        }
-    except (OSError, ValueError, AttributeError) as e:
+        critic_cfg = read_config(folder)
+        given = SearchConfig.file_dict(folder) if (Path(folder) / SEARCH_CONFIG_NAME).is_file() else None
+        if given is not None:
+            SearchConfig.from_dict(given)  # unknown keys: refused here, before any model loads
+    except (CriticError, SearchConfigError) as e:
         raise CollectError(
-            f"--guard {folder}: its critic_config.json or search_config.json cannot be read "
-            f"({type(e).__name__}); pass a critic folder written by `igcritic export`"
+            f"--guard {folder}: its artifact cannot be read ({e}); pass a critic folder written by "
+            "`igcritic export`"
         ) from None
+    return {
+        "path": str(folder),
+        "critic_sha256": critic_cfg.get("weights_sha256"),
+        "calibration": critic_cfg.get("calibration"),
+        "search_config": given,
+    }
 
 
 def store_attrs(
@@ -439,8 +453,8 @@ def open_writer(cfg: CollectConfig, rank: int, attrs: dict, prompts: list[str], 
     )
 
 
-def collect_rank(cfg: CollectConfig, rank: int = 0, world: int = 1, barrier=lambda: None) -> dict:
-    """Run this rank's share of the batches into its shard. Returns counters."""
+def collect_rank(cfg: CollectConfig, rank: int = 0, world: int = 1, barrier=lambda: None) -> CollectStats:
+    """Run this rank's share of the batches into its shard; what it wrote."""
     cfg.validate()
     if cfg.overwrite and rank == 0:
         check_replaceable(cfg.out)  # before any model loads: --overwrite replaces only a store
@@ -478,16 +492,7 @@ def collect_rank(cfg: CollectConfig, rank: int = 0, world: int = 1, barrier=lamb
 
     batches = work_batches(len(prompts), cfg.rollouts_per_prompt, cfg.batch_size)
     done: set[int] = set()
-    stats = {
-        "batches": 0,
-        "skipped_nan": 0,
-        "tokens": 0,
-        "gen_s": 0.0,
-        "cost_s": 0.0,
-        "reward_s": 0.0,
-        "write_s": 0.0,
-        "batches_already_done": 0,
-    }
+    stats = CollectStats()
     try:
         if rank == 0:
             writer = open_writer(cfg, 0, attrs, prompts, hidden)
@@ -495,7 +500,7 @@ def collect_rank(cfg: CollectConfig, rank: int = 0, world: int = 1, barrier=lamb
         if rank != 0:
             writer = open_writer(cfg, rank, attrs, prompts, hidden)
         done = StoreReader(cfg.out).batches_done if cfg.resume else set()
-        stats["batches_already_done"] = len(done)
+        stats.batches_already_done = len(done)
         mine = [b for b in range(len(batches)) if b % world == rank and b not in done]
         progress = _progress(disable=rank != 0)  # a bar on rank 0 only
         task, start, seen = progress.add_task("collect", total=len(mine), tps="-"), time.perf_counter(), 0
@@ -507,27 +512,27 @@ def collect_rank(cfg: CollectConfig, rank: int = 0, world: int = 1, barrier=lamb
                 t1 = time.perf_counter()
                 batch, timing = label_batch(policy, prompts, batches[b], roll, cost, reward)
                 if problems := batch.validate():
-                    stats["skipped_nan"] += 1
+                    stats.skipped_nan += 1
                     log.error("batch %d not written: %s", b, "; ".join(problems))
                 else:
                     t2 = time.perf_counter()
                     writer.append(batch, b)
-                    stats["write_s"] += time.perf_counter() - t2
-                    stats["gen_s"] += t1 - t0
-                    stats["cost_s"] += timing["cost_s"]
-                    stats["reward_s"] += timing["reward_s"]
-                    stats["tokens"] += roll.num_tokens
-                    stats["batches"] += 1
+                    stats.write_s += time.perf_counter() - t2
+                    stats.gen_s += t1 - t0
+                    stats.cost_s += timing["cost_s"]
+                    stats.reward_s += timing["reward_s"]
+                    stats.tokens += roll.num_tokens
+                    stats.batches += 1
                 seen += roll.num_tokens
                 progress.update(task, advance=1, tps=f"{seen / max(time.perf_counter() - start, 1e-9):.0f}")
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the committed batches stay, --resume redoes the rest
-        committed = len(done) + stats["batches"]
+        committed = len(done) + stats.batches
         saved = f"{committed} of {len(batches)} batches committed in {cfg.out}"
         raise Interrupted.of(e, saved, {"--resume": "true"}) from None
     return stats
 
 
-def run(cfg: CollectConfig) -> dict:
+def run(cfg: CollectConfig) -> CollectStats:
     """Collect with ``cfg.devices * cfg.num_nodes`` writers; returns rank 0's counters."""
     world = cfg.devices * cfg.num_nodes
     if world == 1:
@@ -540,7 +545,7 @@ def run(cfg: CollectConfig) -> dict:
     return fabric.launch(_fabric_worker, cfg)
 
 
-def _fabric_worker(fabric, cfg: CollectConfig) -> dict:
+def _fabric_worker(fabric, cfg: CollectConfig) -> CollectStats:
     stats = collect_rank(cfg, rank=fabric.global_rank, world=fabric.world_size, barrier=fabric.barrier)
     fabric.barrier()  # every shard is complete before rank 0 returns
     return stats
@@ -566,14 +571,14 @@ def main(cfg: CollectConfig) -> int:
     return 0
 
 
-def describe(stats: dict, cfg: CollectConfig) -> str:
-    tps = stats["tokens"] / max(stats["gen_s"], 1e-9)
+def describe(stats: CollectStats, cfg: CollectConfig) -> str:
+    tps = stats.tokens / max(stats.gen_s, 1e-9)
     return (
-        f"wrote {stats['batches']} batches ({stats['tokens']} tokens, {tps:.0f} tok/s generation; "
-        f"cost {stats['cost_s']:.1f}s, reward {stats['reward_s']:.1f}s, write {stats['write_s']:.1f}s) to "
-        f"{cfg.out}; {stats['batches_already_done']} batches were already done, "
-        f"{stats['skipped_nan']} skipped for NaN/inf"
+        f"wrote {stats.batches} batches ({stats.tokens} tokens, {tps:.0f} tok/s generation; "
+        f"cost {stats.cost_s:.1f}s, reward {stats.reward_s:.1f}s, write {stats.write_s:.1f}s) to "
+        f"{cfg.out}; {stats.batches_already_done} batches were already done, "
+        f"{stats.skipped_nan} skipped for NaN/inf"
     )
 
 
-__all__ = ["CollectConfig", "CollectError", "main", "run", "collect_rank"]
+__all__ = ["CollectConfig", "CollectError", "CollectStats", "main", "run", "collect_rank"]

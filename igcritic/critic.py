@@ -24,16 +24,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from igcritic import IgcriticError, __version__, to_json
+from igcritic import IgcriticError, __version__, one_line, to_json
+from igcritic.calibration import Calibration, CalibrationError
 
 SCHEMA_VERSION = 2
 """Version of the artifact layout written by :meth:`Critic.save_pretrained` (2: ``calibration`` in the
@@ -137,109 +137,6 @@ class CriticConfig:
         return cls(**{**{k: v for k, v in d.items() if k in known}, **overrides})
 
 
-@dataclass(frozen=True)
-class Calibration:
-    """A monotone map of the safety head's probability, fitted after training (``identity`` until then).
-
-    ``platt``: ``sigmoid(a * logit(q) + b)`` with ``a > 0`` (temperature ``1 / a`` and a shift), strictly
-    increasing, so the critic's ranking of states is unchanged. ``isotonic``: the piecewise-linear map
-    through the knots ``(x_i, y_i)`` (x increasing, y non-decreasing), constant beyond the end knots. Both
-    are non-decreasing in q, so ``g(q(h, z))`` is non-decreasing in z wherever ``q`` is.
-    """
-
-    method: Literal["identity", "platt", "isotonic"] = "identity"
-    """Which map."""
-    a: float = 1.0
-    """platt: slope on logit(q) (> 0)."""
-    b: float = 0.0
-    """platt: offset on logit(q)."""
-    x: tuple[float, ...] = ()
-    """isotonic: raw q of the knots, strictly increasing, in [0, 1]."""
-    y: tuple[float, ...] = ()
-    """isotonic: calibrated q of the knots, non-decreasing, in [0, 1]."""
-    fitted: dict | None = None
-    """Where and how it was fitted (split, rows, budgets, step); not used to apply the map."""
-
-    @property
-    def is_identity(self) -> bool:
-        return self.method == "identity"
-
-    def problems(self) -> list[str]:
-        """Every invalid field, as ``name=value (why)`` strings."""
-        out = []
-        if self.method not in ("identity", "platt", "isotonic"):
-            return [f"calibration.method={self.method!r} (use identity, platt or isotonic)"]
-        if self.method == "platt":
-            if not (math.isfinite(self.a) and self.a > 0):
-                out.append(
-                    f"calibration.a={self.a} (must be finite and > 0: a map that keeps q monotone in z)"
-                )
-            if not math.isfinite(self.b):
-                out.append(f"calibration.b={self.b} (must be finite)")
-        if self.method == "isotonic":
-            x, y = self.x, self.y
-            if len(x) < 2 or len(x) != len(y):
-                out.append(f"calibration knots: {len(x)} x and {len(y)} y (need equal lengths >= 2)")
-            elif not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in (*x, *y)):
-                out.append("calibration knots outside [0, 1] or not finite")
-            elif any(b <= a for a, b in zip(x, x[1:])) or any(b < a for a, b in zip(y, y[1:])):
-                out.append("calibration knots: x must increase strictly and y must not decrease")
-        return out
-
-    def validate(self) -> Calibration:
-        if problems := self.problems():
-            raise CriticError("invalid calibration: " + "; ".join(problems) + "; re-export the critic")
-        return self
-
-    def apply(
-        self, q: torch.Tensor, logq: torch.Tensor | None = None, log1mq: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Calibrated probability of the raw ``q`` (B,); ``logq``/``log1mq`` (B,), when given, keep Platt's
-        logit exact in the tails."""
-        if self.method == "platt":
-            if logq is None or log1mq is None:
-                logq, log1mq = torch.log(q), torch.log1p(-q)
-            return torch.sigmoid(self.a * (logq - log1mq) + self.b)
-        if self.method == "isotonic":
-            x = torch.tensor(self.x, dtype=q.dtype, device=q.device)
-            y = torch.tensor(self.y, dtype=q.dtype, device=q.device)
-            i = (torch.searchsorted(x, q.contiguous(), right=True) - 1).clamp(0, len(x) - 2)  # [x_i, x_i+1]
-            x0, x1, y0, y1 = x[i], x[i + 1], y[i], y[i + 1]
-            t = ((q - x0) / (x1 - x0)).clamp(0.0, 1.0)
-            return torch.minimum(torch.maximum(y0 + t * (y1 - y0), y0), y1)  # kept within the segment
-        return q
-
-    def to_dict(self) -> dict:
-        d = {"method": self.method}
-        if self.method == "platt":
-            d |= {"a": self.a, "b": self.b}
-        if self.method == "isotonic":
-            d |= {"x": list(self.x), "y": list(self.y)}
-        return {**d, "fitted": self.fitted}
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> Calibration:
-        """The calibration of an artifact entry; ``None`` (an artifact of schema 1) is the identity."""
-        if d is None:
-            return cls()
-        if not isinstance(d, dict):
-            raise CriticError(f"calibration entry {d!r} is not an object; re-export the critic")
-        try:
-            cal = cls(
-                method=d.get("method", "identity"),
-                a=float(d.get("a", 1.0)),
-                b=float(d.get("b", 0.0)),
-                x=tuple(float(v) for v in d.get("x", ())),
-                y=tuple(float(v) for v in d.get("y", ())),
-                fitted=d.get("fitted"),
-            )
-        except (TypeError, ValueError) as e:
-            raise CriticError(
-                f"calibration entry is malformed ({_one_line(e)}); re-export the critic"
-            ) from None
-        return cal.validate()
-
-
 class CriticOutput(NamedTuple):
     """What :meth:`Critic.forward` returns, every field ``(B,)`` float."""
 
@@ -294,8 +191,7 @@ class Critic(nn.Module):
     # ---- calibration -----------------------------------------------------------------------------------
     def set_calibration(self, calibration: Calibration | dict | None) -> None:
         """Install a calibration map (a :class:`Calibration`, its dict, or None for the identity)."""
-        cal = calibration if isinstance(calibration, Calibration) else Calibration.from_dict(calibration)
-        self.calibration = cal.validate()
+        self.calibration = _calibration(calibration)
 
     def get_extra_state(self) -> dict:
         return self.calibration.to_dict()
@@ -416,18 +312,18 @@ class Critic(nn.Module):
         if (want := meta.get("weights_sha256")) and _sha256(weights) != want:
             raise CriticError(f"{weights} is corrupted (checksum differs from {CONFIG_NAME}): re-export it")
         config = CriticConfig.from_dict(meta, **overrides)
-        calibration = Calibration.from_dict(meta.get(CALIBRATION_KEY))  # absent (schema 1): the identity
+        calibration = _calibration(meta.get(CALIBRATION_KEY))  # absent (schema 1): the identity
         try:
             state = load_file(str(weights), device=str(device))
         except (SafetensorError, OSError, RuntimeError) as e:
-            raise CriticError(f"{weights} is truncated or corrupted ({_one_line(e)}): re-export it") from None
+            raise CriticError(f"{weights} is truncated or corrupted ({one_line(e)}): re-export it") from None
         critic = cls(config)
         state["_extra_state"] = calibration.to_dict()
         try:
             critic.load_state_dict(state, strict=True)
         except RuntimeError as e:
             raise CriticError(
-                f"{weights} does not fit {CONFIG_NAME} ({_one_line(e)[:200]}): re-export it, "
+                f"{weights} does not fit {CONFIG_NAME} ({one_line(e, 200)}): re-export it, "
                 "or drop overrides that change sizes"
             ) from None
         return critic.to(device)
@@ -448,7 +344,7 @@ def read_config(path: str | Path) -> dict:
         meta = json.loads(cfg.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CriticError(
-            f"{cfg} is not valid JSON ({_one_line(e)}): the artifact is damaged, re-export it"
+            f"{cfg} is not valid JSON ({one_line(e)}): the artifact is damaged, re-export it"
         ) from None
     if not isinstance(meta, dict) or meta.get("format") != ARTIFACT_FORMAT:
         raise CriticError(
@@ -493,8 +389,14 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split())
+def _calibration(calibration: Calibration | dict | None) -> Calibration:
+    """A valid map from a :class:`Calibration`, its dict or None (the identity); a bad one is a
+    :class:`CriticError` (the artifact's problem)."""
+    try:
+        cal = calibration if isinstance(calibration, Calibration) else Calibration.from_dict(calibration)
+        return cal.validate()
+    except CalibrationError as e:
+        raise CriticError(str(e)) from None
 
 
 __all__ = [

@@ -18,7 +18,18 @@ from lightning.pytorch import LightningDataModule
 
 from igcritic import IgcriticError
 from igcritic.policy import PolicyIdentity
-from igcritic.stream import BudgetDistribution, CriticStream, EpochLoader, StoreInfo
+from igcritic.stream import (
+    RUN_COLUMNS,
+    START,
+    STOP,
+    STORE,
+    BudgetDistribution,
+    CriticStream,
+    EpochLoader,
+    StoreInfo,
+    new_chunk,
+    run_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +142,7 @@ class CriticDataModule(LightningDataModule):
                     "`igcritic collect` to completion (or drop it from data.stores)"
                 )
         first, a0 = self.stores[0], readers[0].attrs
-        for p, r in zip(self.stores[1:], readers[1:]):
+        for p, r in zip(self.stores[1:], readers[1:], strict=True):
             a = r.attrs
             if r.hidden_size != readers[0].hidden_size:
                 raise DataError(
@@ -159,7 +170,7 @@ class CriticDataModule(LightningDataModule):
             )
         gid = {t: i for i, t in enumerate(texts)}
         infos = []
-        for p, r in zip(self.stores, readers):
+        for p, r in zip(self.stores, readers, strict=True):
             local = np.asarray([gid.get(t, -1) for t in r.prompts], dtype=np.int64)
             infos.append(
                 StoreInfo(
@@ -242,7 +253,8 @@ class CriticDataModule(LightningDataModule):
         return self._val_prompts
 
     def _runs(self, split: Literal["train", "val"]) -> tuple[np.ndarray, np.ndarray]:
-        """Row runs of a split cut at chunk bounds, grouped in blocks: (runs (R, 4), block_ptr (nb + 1,))."""
+        """Row runs of a split cut at chunk bounds, grouped in blocks (a block: the runs of one chunk): runs
+        (R, 4) of :data:`~igcritic.stream.RUN_COLUMNS` and block_ptr (nb + 1,)."""
         pieces = []
         for s, info in enumerate(self._load()):
             is_val = np.isin(info.traj_prompt, self.val_prompt_ids())
@@ -252,15 +264,15 @@ class CriticDataModule(LightningDataModule):
             starts, stops = info.offsets[sel], info.offsets[sel + 1]
             brk = np.flatnonzero(starts[1:] != stops[:-1]) + 1  # merge adjacent trajectories into runs
             r_starts, r_stops = starts[np.r_[0, brk]], stops[np.r_[brk - 1, len(sel) - 1]]
-            for a, b in zip(r_starts.tolist(), r_stops.tolist()):
+            for a, b in zip(r_starts.tolist(), r_stops.tolist(), strict=True):
                 cuts = info.bounds[(info.bounds > a) & (info.bounds < b)].tolist()
-                for lo, hi in zip([a, *cuts], [*cuts, b]):
-                    pieces.append((s, lo, hi, int(np.searchsorted(info.bounds, lo, side="right"))))
+                for lo, hi in zip([a, *cuts], [*cuts, b], strict=True):
+                    chunk = int(np.searchsorted(info.bounds, lo, side="right"))
+                    pieces.append(dict(store=s, start=lo, stop=hi, chunk=chunk))
         if not pieces:
             raise DataError(f"the {split} split is empty; change data.val_fraction={self.val_fraction}")
-        runs = np.asarray(pieces, dtype=np.int64)
-        new_block = np.r_[True, (runs[1:, [0, 3]] != runs[:-1, [0, 3]]).any(axis=1)]
-        block_ptr = np.r_[np.flatnonzero(new_block), len(runs)].astype(np.int64)
+        runs = np.asarray([[p[c] for c in RUN_COLUMNS] for p in pieces], dtype=np.int64)
+        block_ptr = np.r_[np.flatnonzero(new_chunk(runs)), len(runs)].astype(np.int64)
         return runs, block_ptr
 
     def _stream(self, split: Literal["train", "val"]) -> CriticStream:
@@ -343,12 +355,12 @@ class CriticDataModule(LightningDataModule):
         for b in order:
             rows = ds.runs[ds.block_ptr[b] : ds.block_ptr[b + 1]]
             idx.append(np.arange(ds.block_ptr[b], ds.block_ptr[b + 1]))
-            n += int((rows[:, 2] - rows[:, 1]).sum())
+            n += int(run_rows(rows).sum())
             if n >= max_rows:
                 break
         sample = ds.runs[np.sort(np.concatenate(idx))]
         total, sq, count = 0.0, 0.0, 0
-        for s, lo, hi, _ in sample.tolist():
+        for s, lo, hi in sample[:, [STORE, START, STOP]].tolist():
             store = ds._store(s)
             h = store.reader.read_latents(lo, hi)[store.targets(np.arange(lo, hi))["valid"]].astype(
                 np.float64

@@ -432,6 +432,25 @@ def rollout(
     )
 
 
+@torch.inference_mode()
+def teacher_forced_latents(
+    policy: Policy, prompts: list[str], answers: list[list[int]]
+) -> list[torch.Tensor]:
+    """h_0..h_T of each (prompt, answer): one forward over the left-padded prompts and right-padded answers.
+    Each prompt plus its answer must fit the policy's context."""
+    width = max((len(a) for a in answers), default=0)
+    enc = policy.encode_prompts(prompts)  # each answer fits beside its own prompt (the caller's contract)
+    ans = torch.full((len(answers), width), policy.pad_token_id, dtype=torch.long)
+    ans_mask = torch.zeros((len(answers), width), dtype=enc["attention_mask"].dtype)
+    for i, a in enumerate(answers):
+        ans[i, : len(a)], ans_mask[i, : len(a)] = torch.tensor(a, dtype=torch.long), 1
+    ids = torch.cat([enc["input_ids"], ans.to(policy.device)], 1)
+    mask = torch.cat([enc["attention_mask"], ans_mask.to(policy.device)], 1)
+    lat = policy.latents_of(ids, mask).float().cpu()
+    start = enc["input_ids"].shape[1] - 1
+    return [lat[i, start : start + len(a) + 1] for i, a in enumerate(answers)]
+
+
 class StaticKV:
     """A transformers ``StaticCache`` of fixed rows and positions, and the compiled one-token step over it.
 
@@ -477,7 +496,7 @@ class StaticKV:
                 f"{n} prompts of {width} tokens do not fit a static cache of {kv.rows} x {kv.length}"
             )
         idx = kv._padded(torch.arange(n, device=policy.device))
-        for dst, src in zip(kv.cache.layers, prefilled.layers):
+        for dst, src in zip(kv.cache.layers, prefilled.layers, strict=False):
             keys, values = src.keys[idx], src.values[idx]
             if not dst.is_initialized:
                 dst.lazy_initialization(keys, values)

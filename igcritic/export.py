@@ -1,6 +1,6 @@
 """Turn a Lightning checkpoint of ``igcritic fit`` into a slim critic artifact folder.
 
-    igcritic export runs/fit/critic/version_0/checkpoints/last.ckpt --out checkpoints/embedded
+    igcritic export runs/fit/embedded/version_0/checkpoints/last.ckpt --out runs/embedded/critic
     igcritic export CKPT --out checkpoints/cpu --search.num_candidates 16 --search.max_new_tokens 64
 
 ``checkpoints/<name>/`` holds ``critic.safetensors`` (weights and normalisation statistics, no pickle),
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from igcritic import IgcriticError
+from igcritic import IgcriticError, one_line
 from igcritic.critic import (
     CKPT_KEY,
     CONFIG_NAME,
@@ -52,8 +52,8 @@ def read_checkpoint(ckpt: str | Path) -> dict:
         raise ExportError(f"checkpoint {path} does not exist; pass a .ckpt written by `igcritic fit`")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, bad pickle, unknown globals: all mean "not a usable checkpoint"
-        msg = " ".join(str(e).split())[:160]
+    except Exception as e:  # noqa: BLE001 - truncated zip, bad pickle, unknown globals: "not a checkpoint"
+        msg = one_line(e, 160)
         raise ExportError(
             f"checkpoint {path} is truncated or corrupted ({type(e).__name__}: {msg}); use another "
             "checkpoint (e.g. last.ckpt) or rerun `igcritic fit`"
@@ -81,7 +81,7 @@ def critic_from_checkpoint(ckpt: str | Path) -> tuple[Critic, dict]:
     try:
         critic.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        msg = " ".join(str(e).split())[:200]
+        msg = one_line(e, 200)
         raise ExportError(
             f"checkpoint {ckpt} weights do not fit its critic config ({msg}); rerun `igcritic fit`"
         ) from None
@@ -187,7 +187,7 @@ def _verify(critic: Critic, folder: Path) -> None:
     z = torch.linspace(critic.config.budget_low - 1, critic.config.budget_high + 1, 16)
     with torch.no_grad():
         a, b = critic(h, z), loaded(h, z)
-    if not all(torch.equal(x, y) for x, y in zip(a, b)):
+    if not all(torch.equal(x, y) for x, y in zip(a, b, strict=True)):
         raise ExportError(
             f"the artifact written to {folder} does not reproduce the checkpoint; report this bug"
         )

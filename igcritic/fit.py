@@ -10,12 +10,12 @@ Losses (weights in the config): BCE of the safety head on budget-augmented label
 expected calibration error of q at the sampled budgets and at fixed budgets (``auroc@d``, ``ece@d``), MSE and
 explained variance of V and Ŝ. Rows the data module flags invalid (NaN/inf) are masked out and counted.
 
-Calibration (``model.calibration``, default ``auto``: Platt or isotonic, whichever cross-fits better): at
-the end of every validation epoch a monotone map of q (:class:`~igcritic.critic.Calibration`) is fitted on
-the validation split (held-out prompts) at the fixed budgets pooled, from histograms of the raw head summed
-over the DDP ranks (every rank fits the same map), and installed in the critic, so each checkpoint carries
-the map fitted to its own weights and ``igcritic export`` writes it. Logged per budget: ``val/ece@d`` (raw
-head, before), ``val/ece_calibrated@d`` (after, on the rows it was fitted on) and
+Calibration (``model.calibration``, default ``auto``: Platt or isotonic, whichever cross-fits better; the
+map and its fitting are :mod:`igcritic.calibration`): at the end of every validation epoch a monotone map of q
+is fitted on the validation split (held-out prompts) at the fixed budgets pooled, from histograms of the raw
+head summed over the DDP ranks (every rank fits the same map), and installed in the critic, so each
+checkpoint carries the map fitted to its own weights and ``igcritic export`` writes it. Logged per budget:
+``val/ece@d`` (raw head, before), ``val/ece_calibrated@d`` (after, on the rows it was fitted on) and
 ``val/ece_calibrated_cv@d`` (after, 2-fold cross-fitted by prompt parity: the honest estimate);
 ``igcritic test`` reports ``test/ece_calibrated@d`` with the map the critic has, not refitted.
 
@@ -29,14 +29,12 @@ delete them).
 from __future__ import annotations
 
 import logging
-import math
 import os
 import pickle
 import re
 import signal
 import sys
 import warnings
-from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -64,6 +62,7 @@ from torchmetrics.classification import BinaryAUROC, BinaryCalibrationError
 from torchmetrics.utilities import dim_zero_cat
 
 from igcritic import IgcriticError, Interrupted, usage_error
+from igcritic.calibration import BINS, FOLDS, add_to_histogram, measure, refit
 from igcritic.critic import CKPT_KEY, Calibration, Critic, CriticConfig
 from igcritic.data import CriticDataModule
 from igcritic.policy import PolicyIdentity, resolve_layer
@@ -319,15 +318,15 @@ class CriticModule(LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
-        self._calibrate("val", refit=self.hparams.calibration != "none")
+        self._calibrate("val", fit_map=self.hparams.calibration != "none")
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test")
-        self._calibrate("test", refit=False)
+        self._calibrate("test", fit_map=False)
 
     # ---- post-hoc calibration ------------------------------------------------------------------------------
-    def _calibrate(self, split: str, refit: bool) -> None:
-        """Fit the calibration map on this epoch's histograms (``refit``) and log ECE after it, per budget."""
+    def _calibrate(self, split: str, fit_map: bool) -> None:
+        """Fit the calibration map on this epoch's histograms (``fit_map``); log ECE after it, per budget."""
         if self.calibration_bins is None or not self.calibration_bins[f"{split}_"].update_called:
             return
         bins = self.calibration_bins[f"{split}_"]
@@ -335,29 +334,13 @@ class CriticModule(LightningModule):
         bins.reset()
         if self._trainer is not None and self.trainer.sanity_checking:
             return
-        names = ["", *(f"@{b:g}" for b in self.budgets)]
-        values: dict[str, float] = {}
-        if refit:
-            # fitted on the fixed budgets pooled (the per-example sampled budgets when there are none)
-            cal, report = calibrate(stats, self.hparams.calibration, list(range(1, stats.shape[2])) or [0])
-            keys = ["sampled", *(f"{b:g}" for b in self.budgets)]
-            fitted = {
-                "split": split,
-                "rows": int(stats[0, :, 0].sum()),
-                "budgets": list(self.budgets),
-                "epoch": int(self.current_epoch),
-                "global_step": int(self.global_step),
-                **{k: None if v is None else dict(zip(keys, _floats(v))) for k, v in report.items()},
-            }
-            self.critic.set_calibration(replace(cal, fitted=fitted))
-            after = report["ece_after"]
-            if report["ece_after_cv"] is not None:
-                values |= {
-                    f"{split}/ece_calibrated_cv{n}": float(v) for n, v in zip(names, report["ece_after_cv"])
-                }
+        if fit_map:
+            cal, values = refit(
+                stats, self.hparams.calibration, self.budgets, split, self.current_epoch, self.global_step
+            )
+            self.critic.set_calibration(cal)
         else:
-            after = binned_ece(stats.sum(1), self.critic.calibration)
-        values |= {f"{split}/ece_calibrated{n}": float(v) for n, v in zip(names, after)}
+            values = measure(stats, self.critic.calibration, self.budgets, split)
         self.log_dict(values, sync_dist=True)
 
     def on_train_epoch_start(self) -> None:
@@ -422,169 +405,24 @@ def _policy_problems(policy: dict | None, store: dict, whose: str) -> list[str]:
 
 
 class CalibrationBins(Metric):
-    """Histograms of the raw safety head on fine bins of logit(q), per prompt fold and budget column: the
-    sufficient statistics of the calibration fit and of ECE after it. Fixed size, summed across DDP ranks.
+    """The histograms :func:`~igcritic.calibration.refit` fits the map to, as a metric: fixed size, summed
+    across DDP ranks. State ``stats`` (4, folds, columns, bins): row count, positive labels, sum of q, sum of
+    logit(q)."""
 
-    State ``stats`` (4, folds, columns, bins): row count, positive labels, sum of q, sum of logit(q)."""
-
-    folds = 2
-    span = 16.0
-    """logit(q) is binned on [-span, span]; rows beyond fall in the end bins (their sums stay exact)."""
+    folds = FOLDS
     full_state_update = False
 
-    def __init__(self, columns: int, bins: int = 3200):
+    def __init__(self, columns: int, bins: int = BINS):
         super().__init__()
         self.columns, self.bins = columns, bins
         self.add_state("stats", torch.zeros(4, self.folds, columns, bins), dist_reduce_fx="sum")
 
     def update(self, logit: torch.Tensor, label: torch.Tensor, fold: torch.Tensor) -> None:
         """``logit`` and ``label`` (B, columns), ``fold`` (B,) in [0, folds)."""
-        logit = logit.float().nan_to_num(0.0, self.span, -self.span)
-        idx = ((logit + self.span) * (self.bins / (2 * self.span))).long().clamp(0, self.bins - 1)
-        cols = torch.arange(self.columns, device=logit.device)
-        flat = ((fold.long()[:, None] * self.columns + cols) * self.bins + idx).reshape(-1)
-        stats = self.stats.view(4, -1)
-        for i, v in enumerate((torch.ones_like(logit), label.float(), torch.sigmoid(logit), logit)):
-            stats[i].index_add_(0, flat, v.reshape(-1))
+        add_to_histogram(self.stats, logit, label, fold)
 
     def compute(self) -> torch.Tensor:
         return self.stats
-
-
-def calibrate(
-    stats: torch.Tensor, method: Literal["auto", "platt", "isotonic"], fit_columns: list[int]
-) -> tuple[Calibration, dict[str, torch.Tensor | None]]:
-    """The calibration map fitted to the histograms ``stats`` (4, folds, columns, bins) of the columns
-    ``fit_columns`` pooled, and its report per column: ``ece_before``, ``ece_after`` (on the rows it was
-    fitted on) and ``ece_after_cv`` (each prompt fold measured with a map fitted on the other folds; None when
-    a fold is empty). ``auto`` takes the method with the lower cross-fitted ECE averaged over ``fit_columns``
-    (Platt, the one with fewer parameters, when no cross-fit is possible)."""
-    k = stats.shape[1]
-    pooled = stats[:, :, fit_columns].sum(2)  # (4, folds, bins)
-    can_cv = bool((pooled[0].sum(-1) > 0).all()) and k > 1
-
-    def cross_fitted(m: str) -> torch.Tensor:
-        return _ece_from_table(
-            sum(
-                _ece_table(stats[:, f], fit_calibration(pooled[:, [g for g in range(k) if g != f]].sum(1), m))
-                for f in range(k)
-            )
-        )
-
-    cv = (
-        {m: cross_fitted(m) for m in (("platt", "isotonic") if method == "auto" else (method,))}
-        if can_cv
-        else {}
-    )
-    if method == "auto":
-        method = min(cv, key=lambda m: float(cv[m][fit_columns].mean())) if cv else "platt"
-    cal = fit_calibration(pooled.sum(1), method)
-    every = stats.sum(1)  # (4, columns, bins)
-    return cal, {
-        "ece_before": binned_ece(every, Calibration()),
-        "ece_after": binned_ece(every, cal),
-        "ece_after_cv": cv.get(method),
-    }
-
-
-def fit_calibration(stats: torch.Tensor, method: Literal["platt", "isotonic"]) -> Calibration:
-    """A :class:`Calibration` fitted to histogram rows ``stats`` (4, bins) (count, positives, sum q, sum logit
-    q), by weighted maximum likelihood (``platt``) or pool-adjacent-violators (``isotonic``)."""
-    n, pos, sum_q, sum_logit = stats.double().cpu()
-    keep = n > 0
-    if not bool(keep.any()):
-        return Calibration()
-    n, pos, mean_q, mean_logit = n[keep], pos[keep], sum_q[keep] / n[keep], sum_logit[keep] / n[keep]
-    if method == "platt":
-        return Calibration("platt", *_platt(mean_logit, pos, n))
-    if method == "isotonic":
-        x, y = _isotonic(mean_q, pos, n)
-        return Calibration("isotonic", x=x, y=y)
-    raise FitError(f"calibration method {method!r}: use 'platt' or 'isotonic'")
-
-
-def _platt(logit: torch.Tensor, pos: torch.Tensor, n: torch.Tensor, iters: int = 100) -> tuple[float, float]:
-    """(a, b) maximising the likelihood of ``pos`` of ``n`` under sigmoid(a logit + b) (Newton with
-    backtracking); a is kept > 0 so the map stays increasing."""
-    x = torch.stack([logit, torch.ones_like(logit)], 1)  # (M, 2)
-
-    def nll(th: torch.Tensor) -> torch.Tensor:
-        z = x @ th
-        return (n * F.softplus(z) - pos * z).sum()
-
-    theta = torch.tensor([1.0, 0.0], dtype=torch.float64)
-    ridge = 1e-9 * float(n.sum()) * torch.eye(2, dtype=torch.float64)
-    for _ in range(iters):
-        p = torch.sigmoid(x @ theta)
-        grad = x.T @ (n * p - pos)
-        hess = (x * (n * p * (1 - p))[:, None]).T @ x + ridge
-        step = torch.linalg.solve(hess, grad)
-        t, cur = 1.0, nll(theta)
-        while nll(theta - t * step) > cur and t > 1e-8:
-            t /= 2
-        theta = theta - t * step
-        if float((t * step).abs().max()) < 1e-10:
-            break
-    a, b = float(theta[0]), float(theta[1])
-    if not a > 1e-3:  # q carries no usable signal here: an almost flat map at the base rate
-        rate = float(pos.sum() / n.sum())
-        a, b = 1e-3, math.log(max(rate, 1e-6) / max(1 - rate, 1e-6))
-    return a, b
-
-
-def _isotonic(
-    mean_q: torch.Tensor, pos: torch.Tensor, n: torch.Tensor
-) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Knots of the isotonic (pool adjacent violators) fit of the positive rate on bins in logit order:
-    x = mean raw q of each pooled block (increasing), y = its positive rate, clipped to [1e-4, 1 - 1e-4]."""
-    blocks: list[list[float]] = []  # [positives, count, sum q]
-    for k, c, sq in zip(pos.tolist(), n.tolist(), (mean_q * n).tolist()):
-        blk = [k, c, sq]
-        while blocks and blocks[-1][0] / blocks[-1][1] >= blk[0] / blk[1]:
-            prev = blocks.pop()
-            blk = [prev[0] + blk[0], prev[1] + blk[1], prev[2] + blk[2]]
-        blocks.append(blk)
-    xs, ys = [], []
-    for k, c, sq in blocks:
-        x, y = min(max(sq / c, 0.0), 1.0), min(max(k / c, 1e-4), 1 - 1e-4)
-        if xs and x <= xs[-1]:  # equal mean q (numerically): one knot
-            continue
-        xs.append(x)
-        ys.append(max(y, ys[-1]) if ys else y)
-    if len(xs) == 1:  # one block: a constant map
-        return (0.0, 1.0), (ys[0], ys[0])
-    return tuple(xs), tuple(ys)
-
-
-def _ece_table(stats: torch.Tensor, cal: Calibration, n_bins: int = 15) -> torch.Tensor:
-    """Per-ECE-bin sums (3, ..., n_bins + 1) (count, positives, calibrated confidence) of histograms ``stats``
-    (4, ..., bins) after ``cal``; bins like torchmetrics' BinaryCalibrationError (width 1 / n_bins)."""
-    n, pos, sum_q, sum_logit = stats.double()
-    safe = n.clamp_min(1)
-    if cal.method == "platt":
-        conf = torch.sigmoid(cal.a * sum_logit / safe + cal.b)
-    else:
-        conf = cal.apply(sum_q / safe)
-    idx = (conf * n_bins).floor().long().clamp(0, n_bins)
-    out = torch.zeros(3, *n.shape[:-1], n_bins + 1, dtype=torch.float64)
-    for i, v in enumerate((n, pos, conf * n)):
-        out[i].scatter_add_(-1, idx, v)
-    return out
-
-
-def _ece_from_table(table: torch.Tensor) -> torch.Tensor:
-    n, pos, conf = table
-    return (pos - conf).abs().sum(-1) / n.sum(-1).clamp_min(1)
-
-
-def binned_ece(stats: torch.Tensor, cal: Calibration) -> torch.Tensor:
-    """Expected calibration error (15 bins) of the histograms ``stats`` (4, ..., bins) after ``cal``:
-    (...,)."""
-    return _ece_from_table(_ece_table(stats, cal))
-
-
-def _floats(t: torch.Tensor) -> list[float]:
-    return [round(float(v), 6) for v in t]
 
 
 class _AUROC(BinaryAUROC):
@@ -716,7 +554,7 @@ class _EpochMetricsOnEveryRank(Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if trainer.world_size > 1:
-            trainer.progress_bar_metrics  # noqa: B018 (read for its reduction, the same on every rank)
+            _ = trainer.progress_bar_metrics  # read for its reduction, the same on every rank
 
 
 class StopWatch(Callback):
@@ -932,7 +770,4 @@ __all__ = [
     "main",
     "FitError",
     "CalibrationBins",
-    "calibrate",
-    "fit_calibration",
-    "binned_ece",
 ]

@@ -4,14 +4,13 @@
     guard = igcritic.load_guard("checkpoints/<name>", model=m, tokenizer=t, cost="...", reward="...")
     records = guard.generate(["How do I bake bread?"], budget=0.5, method="inferenceguard", mode="latent")
 
-Command: ``igcritic generate CRITIC_PATH --prompts.texts '["..."]' | --prompts.source FILE | (stdin)
+Command: ``igcritic generate CRITIC --prompts.texts '["..."]' | --prompts.source FILE | (stdin)
 [--search.budget D] [--search.method M] [--out records.jsonl]`` (:func:`main` over :class:`GenerateConfig`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import sys
 import textwrap
@@ -26,6 +25,7 @@ from torch import nn
 
 from igcritic import IgcriticError, to_json
 from igcritic.critic import Critic, load_critic
+from igcritic.decoding import Rollouts, teacher_forced_latents
 from igcritic.policy import (
     EMBEDDED_POLICY_ID,
     Policy,
@@ -45,7 +45,10 @@ from igcritic.search import (
     OnBlock,
     SearchConfig,
     SearchConfigError,
+    SearchOverrides,
+    as_overrides,
     checked_config,
+    overrides,
     search,
 )
 
@@ -124,6 +127,19 @@ class Guard:
         texts = as_prompt_texts(prompts)
         cfg = self.config(budget, **overrides)
         return search(self.policy, texts, cfg, self.critic, self.cost, self.reward, seeds, on_block, progress)
+
+    def rollouts(self, prompts: list[str], generator: torch.Generator, **overrides: Any) -> Rollouts:
+        """Guarded answers as training rollouts (``igcritic collect --guard``, round 2): one search seeded
+        from ``generator``, then one teacher-forced forward reads h_0..h_T of every answer (the store's
+        latents, the same tap as plain sampling); ``finished`` when the answer ends with EOS."""
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        answers = [list(r.token_ids) for r in self.generate(prompts, seed=seed, **overrides)]
+        eos = set(self.policy.eos_token_ids)
+        return Rollouts(
+            tokens=answers,
+            latents=teacher_forced_latents(self.policy, prompts, answers),
+            finished=[bool(a) and a[-1] in eos for a in answers],
+        )
 
 
 def load_guard(
@@ -356,41 +372,12 @@ def _scorer(spec, role: str, device: str) -> Scorer | None:
     return load_scorer(spec, role, device=device)
 
 
-def _overrides_class(cls: type) -> type:
-    """``cls`` with every field optional and None by default: the fields a command line sets, and no
-    others."""
-    hints = typing.get_type_hints(cls)
-    fields = [
-        (f.name, hints[f.name] | None, dataclasses.field(default=None)) for f in dataclasses.fields(cls)
-    ]
-    doc = f"Fields of {cls.__name__} to override; unset ones keep the critic artifact's defaults."
-    try:  # the fields' help: the attribute docstrings of cls and its bases as an Args section (jsonargparse)
-        from docstring_parser import parse_from_object
-
-        params = [p for c in reversed(cls.__mro__[:-1]) for p in parse_from_object(c).params]
-        args = [f"    {p.arg_name}: {' '.join(p.description.split())}" for p in params]
-        doc += "\n\nArgs:\n" + "\n".join(args)
-    except Exception:  # noqa: BLE001 - help text only
-        pass
-    return dataclasses.make_dataclass(f"{cls.__name__}Overrides", fields, namespace={"__doc__": doc})
-
-
-SearchOverrides = _overrides_class(SearchConfig)
-"""The ``--search.FIELD`` group of ``igcritic generate``: only the fields given override the artifact's."""
-
-
-def overrides(search: Any) -> dict[str, Any]:
-    """The fields of a :data:`SearchOverrides` (or a dict) that are set."""
-    d = dataclasses.asdict(search) if dataclasses.is_dataclass(search) else dict(search or {})
-    return {k: v for k, v in d.items() if v is not None}
-
-
 @dataclass
 class GenerateConfig:
     """Answer prompts with the guard and print the records or write them as JSONL."""
 
-    critic_path: str
-    """Exported critic folder (igcritic export)."""
+    critic: str
+    """Exported critic folder (igcritic export), the command's first argument."""
     prompts: PromptSource = field(default_factory=lambda: PromptSource(source=STDIN, split=None))
     """Prompts to answer: ``--prompts.texts '["...", "..."]'``, ``--prompts.source FILE`` (text, JSONL, CSV;
     ``default``: the shipped set), or one prompt per stdin line (the default)."""
@@ -412,9 +399,12 @@ class GenerateConfig:
     ``--search.budget 0.5`` (unset: the artifact's, its budget else the critic's training budget),
     ``--search.num_candidates 16 --search.mode latent``."""
 
+    def __post_init__(self):
+        self.search = as_overrides(self.search)  # a notebook's dict
+
 
 def main(cfg: GenerateConfig) -> list[GuardRecord]:
-    """``igcritic generate CRITIC_PATH``: the records, printed or written to ``cfg.out``."""
+    """``igcritic generate CRITIC``: the records, printed or written to ``cfg.out``."""
     out = cfg.out
     if out is not None and Path(out).exists() and Path(out).stat().st_size > 0:
         raise GuardError(f"--out {str(out)!r} is not empty; pick a new file")
@@ -423,8 +413,8 @@ def main(cfg: GenerateConfig) -> list[GuardRecord]:
 
         check_writable(out, "--out", GuardError, folder=False)  # before the model loads
     texts = [p.prompt for p in load_prompts(cfg.prompts)[0]]
-    log.info("loading the critic %s, its policy and scorers", cfg.critic_path)
-    guard = load_guard(cfg.critic_path, model=cfg.model, cost=cfg.cost, reward=cfg.reward, device=cfg.device)
+    log.info("loading the critic %s, its policy and scorers", cfg.critic)
+    guard = load_guard(cfg.critic, model=cfg.model, cost=cfg.cost, reward=cfg.reward, device=cfg.device)
     with progress_bar(len(texts), "answering prompts") as advance:
         records = guard.generate(texts, progress=advance, **overrides(cfg.search))
     lines = "".join(to_json(r.to_dict()) + "\n" for r in records)

@@ -32,7 +32,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from igcritic import IgcriticError
+from igcritic import IgcriticError, one_line
 from igcritic.prompts import prompt_messages
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class LatentSpec:
                 f"--layer {self.layer} is outside the policy's 1..{num_layers} layers; pick one in range"
             )
         extra = tuple(resolve_layer(int(x), num_layers) for x in self.extra_layers)
-        if bad := [x for x, r in zip(self.extra_layers, extra) if not 1 <= r <= num_layers]:
+        if bad := [x for x, r in zip(self.extra_layers, extra, strict=True) if not 1 <= r <= num_layers]:
             raise PolicyError(
                 f"--extra_layers {list(bad)} are outside the policy's 1..{num_layers} layers; pick them in "
                 "range"
@@ -184,7 +184,7 @@ class Policy:
                     messages, tokenize=False, add_generation_prompt=True
                 )
             except Exception as e:  # noqa: BLE001 - templates raise their own errors (e.g. no system role)
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                first = one_line(e, first_line=True)
                 raise PolicyError(
                     f"the chat template of {self.identity.model_id} rejects this conversation ({first}); "
                     "drop the turns it does not support"
@@ -534,7 +534,7 @@ def load_policy(
             model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), revision=revision)
             tokenizer = tokenizer or AutoTokenizer.from_pretrained(path, revision=revision)
         except (OSError, ValueError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = one_line(e, first_line=True)
             raise PolicyError(
                 f"cannot load policy {model_id!r} ({first}); pass a local model folder or "
                 f"{EMBEDDED_POLICY_ID!r}"

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from igcritic import IgcriticError
+from igcritic import IgcriticError, one_line
 
 PKU_SAFERLHF = "PKU-Alignment/PKU-SafeRLHF"
 PKU_SAFERLHF_REVISION: str | None = None
@@ -344,18 +344,20 @@ def _load_hf(src: PromptSource) -> tuple[list[str], str | None]:
         else:
             ds = datasets.load_dataset(name, revision=revision, **({"split": split} if split else {}))
     except ValueError as e:
+        first = one_line(e, first_line=True)
         if "split" in str(e).lower() and split:
             raise PromptError(
-                f"dataset {name!r} has no split {split!r} ({_first_line(e)}); pass --prompts.split one of "
-                "its splits or all"
+                f"dataset {name!r} has no split {split!r} ({first}); pass --prompts.split one of its splits "
+                "or all"
             ) from None
-        raise PromptError(f"cannot load dataset {name!r} ({_first_line(e)})") from None
+        raise PromptError(f"cannot load dataset {name!r} ({first})") from None
     except Exception as e:  # noqa: BLE001 - datasets raises many types; all mean "not loadable"
         where = (
             "the folder or file holds no dataset" if path.exists() else "the hub is not reachable from here?"
         )
+        first = one_line(e, first_line=True)
         raise PromptError(
-            f"cannot load dataset {name!r} ({type(e).__name__}: {_first_line(e)}; {where}); pass a local "
+            f"cannot load dataset {name!r} ({type(e).__name__}: {first}; {where}); pass a local "
             "save_to_disk folder, a data-file folder or file, or a JSONL export (data_prep/pku_saferlhf.py)"
         ) from None
     if isinstance(ds, datasets.DatasetDict):
@@ -373,8 +375,3 @@ def _load_hf(src: PromptSource) -> tuple[list[str], str | None]:
         )
     texts = [p for part in parts for p in part[src.field]]
     return list(dict.fromkeys(p for p in texts if isinstance(p, str) and p.strip())), revision  # each once
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__

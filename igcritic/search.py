@@ -32,10 +32,11 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, make_dataclass, replace
+from enum import Enum
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple, get_type_hints
 
 import numpy as np
 import torch
@@ -83,6 +84,19 @@ launch-bound far beyond that)."""
 
 OnBlock = Callable[[int, list[int]], None]
 """``on_block(prompt index, agreed answer tokens)``: see :func:`search`."""
+
+
+class SearchPlan(NamedTuple):
+    """The shape of a method's search (:attr:`SearchConfig.plan`)."""
+
+    candidates: int
+    """N: candidates sampled per block and prompt."""
+    beams: int
+    """K: beams kept per prompt after each block."""
+    width: int
+    """Tokens per block (D for one-block methods)."""
+    retries: int
+    """Resamples of a block with no admissible candidate before the search fails closed or falls back."""
 
 
 class SearchConfigError(IgcriticError):
@@ -166,19 +180,19 @@ class SearchConfig(SamplingConfig):
     def prompts_per_batch(self, device: str = "cpu") -> int:
         """Prompts searched together on a policy of ``device`` type (``prompt_batch``, or automatic)."""
         rows = AUTO_BATCH_ROWS["cpu" if device == "cpu" else "gpu"]
-        return self.prompt_batch or max(1, rows // self.plan[0])
+        return self.prompt_batch or max(1, rows // self.plan.candidates)
 
     @property
-    def plan(self) -> tuple[int, int, int, int]:
-        """(N, K, block width, retries) the method actually uses."""
+    def plan(self) -> SearchPlan:
+        """The candidates, beams, block width and retries the method actually uses."""
         d = self.max_new_tokens
         if self.method in TOKEN_METHODS:
-            return 1, 1, d, 0
+            return SearchPlan(candidates=1, beams=1, width=d, retries=0)
         if self.method == "best_of_n":
-            return self.num_candidates, 1, d, 0
+            return SearchPlan(candidates=self.num_candidates, beams=1, width=d, retries=0)
         if self.method == "beam":
-            return self.num_candidates, self.beams, self.block_width, 0
-        return self.num_candidates, self.beams, self.block_width, self.retries
+            return SearchPlan(self.num_candidates, self.beams, self.block_width, retries=0)
+        return SearchPlan(self.num_candidates, self.beams, self.block_width, self.retries)
 
     def resolve(self, has_critic: bool, has_cost: bool, has_reward: bool) -> SearchConfig:
         """Fill ``critic``/``mode`` from what is bound and raise one error listing every problem."""
@@ -206,7 +220,7 @@ class SearchConfig(SamplingConfig):
             bad.append(f"search.on_violation {self.on_violation!r} is unknown; use refuse or best_effort")
         if self.budget is None or not isinstance(self.budget, (int, float)) or not math.isfinite(self.budget):
             bad.append(f"search.budget {self.budget!r} is not a finite number; set one, e.g. 0.5")
-        n, k, w, _ = self.plan
+        n, k = self.plan.candidates, self.plan.beams
         d = self.max_new_tokens
         if d < 1:
             bad.append(f"search.max_new_tokens {d} must be >= 1")
@@ -299,6 +313,12 @@ class SearchConfig(SamplingConfig):
     def from_file(cls, path: str | Path) -> SearchConfig:
         """Read a ``search_config.json`` (or the one in an artifact folder); a bad file is a
         SearchConfigError."""
+        return cls.from_dict(cls.file_dict(path))
+
+    @staticmethod
+    def file_dict(path: str | Path) -> dict:
+        """The object a ``search_config.json`` (or the one in an artifact folder) holds, as written (a store
+        of ``collect --guard`` records it); a file that is not a JSON object is a SearchConfigError."""
         path = Path(path)
         path = path / SEARCH_CONFIG_NAME if path.is_dir() else path
         try:
@@ -307,7 +327,47 @@ class SearchConfig(SamplingConfig):
             raise SearchConfigError(f"{path} is not a readable search config ({e})") from None
         if not isinstance(data, dict):
             raise SearchConfigError(f"{path} holds {type(data).__name__}, not a search config object")
-        return cls.from_dict(data)
+        return data
+
+
+def _overrides_class(cls: type) -> type:
+    """``cls`` with every field optional and None by default: the fields a command line sets, and no
+    others."""
+    hints = get_type_hints(cls)
+    items = [(f.name, hints[f.name] | None, field(default=None)) for f in fields(cls)]
+    doc = f"Fields of {cls.__name__} to override; unset ones keep the critic artifact's defaults."
+    try:  # the fields' help: the attribute docstrings of cls and its bases as an Args section (jsonargparse)
+        from docstring_parser import parse_from_object
+
+        params = [p for c in reversed(cls.__mro__[:-1]) for p in parse_from_object(c).params]
+        args = [f"    {p.arg_name}: {' '.join(p.description.split())}" for p in params]
+        doc += "\n\nArgs:\n" + "\n".join(args)
+    except Exception:  # noqa: BLE001 - help text only
+        pass
+    out = make_dataclass(f"{cls.__name__.removesuffix('Config')}Overrides", items, namespace={"__doc__": doc})
+    out.__module__ = __name__  # importable by its name, igcritic.search.SearchOverrides
+    return out
+
+
+SearchOverrides = _overrides_class(SearchConfig)
+"""Search parameters to override, every field optional: the ``--search.FIELD`` group of ``generate``,
+``serve`` and ``eval``, each eval method's ``overrides`` and collect's ``--guard_search``. A config type, so a
+misspelt key fails when the command line is parsed; only the fields given override (:func:`overrides`)."""
+
+
+def as_overrides(value: SearchOverrides | dict, flag: str = "--search") -> SearchOverrides:
+    """``value`` as :data:`SearchOverrides` (a notebook's or a config list item's dict); a misspelt key is a
+    one-line SearchConfigError naming ``flag``."""
+    if not isinstance(value, dict):
+        return value
+    if bad := sorted(set(value) - {f.name for f in fields(SearchOverrides)}):
+        raise SearchConfigError(f"{flag}: unknown search fields {bad}; use the fields of SearchConfig")
+    return SearchOverrides(**value)
+
+
+def overrides(search: Any) -> dict[str, Any]:
+    """The fields of a :data:`SearchOverrides` that are set (what ``Guard.generate`` takes as keywords)."""
+    return {k: v for k, v in asdict(search).items() if v is not None}
 
 
 @dataclass
@@ -358,6 +418,28 @@ class GuardRecord:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+class Verdict(Enum):
+    """What a prompt's block comes to when none of its candidates is admissible (else: the entries kept)."""
+
+    RETRY = "retry"
+    """Rewind the block and resample it, penalising the rejected tokens."""
+    REFUSE = "refuse"
+    """Out of retries with ``on_violation: refuse``: fail closed."""
+
+
+class Scores(NamedTuple):
+    """The scores of a set of candidates, each (B,) on CPU."""
+
+    cost: torch.Tensor
+    """S: the exact cost (running max over prefixes) or the critic's latent Ŝ."""
+    value: torch.Tensor
+    """The critic's V(h), or the reward scorer's R; NaN when neither is bound."""
+    q: torch.Tensor
+    """The calibrated q(h, z - margin) (ones for methods without admission)."""
+    admissible: torch.Tensor
+    """bool: z - margin >= 0 and q >= tau (all True for methods without admission)."""
 
 
 @dataclass
@@ -413,15 +495,27 @@ class _Ctx:
     _trunk: tuple[torch.Tensor, torch.Tensor] | None = None
     """(latents, trunk features) of the last candidate set: cost, value and q share one trunk pass."""
 
-    def call_critic(self, fn: str, h: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
+    def critic_cost(self, h: torch.Tensor) -> torch.Tensor:
+        """The critic's latent cost Ŝ(h) of every candidate (B,)."""
+        return self._critic_head(h, self.critic.cost_from_features)
+
+    def critic_value(self, h: torch.Tensor) -> torch.Tensor:
+        """The critic's value V(h) of every candidate (B,)."""
+        return self._critic_head(h, self.critic.value_from_features)
+
+    def critic_safe_prob(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The calibrated q(h, z) of every candidate (B,): the admission test ``q >= tau`` reads it."""
+        return self._critic_head(
+            h, lambda feat: self.critic.safe_prob_from_features(feat, z.to(feat.device), calibrated=True)
+        )
+
+    def _critic_head(self, h: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         t0 = time.perf_counter()
         dev = self.critic.h_mean.device
         with torch.inference_mode():  # the heads share one trunk pass over the candidates
             if self._trunk is None or self._trunk[0] is not h:
                 self._trunk = (h, self.critic.encode(h.to(dev, torch.float32)))
-            head = getattr(self.critic, f"{fn}_from_features")
-            extra = {"calibrated": True} if fn == "safe_prob" else {}  # q >= tau reads the calibrated q
-            out = head(self._trunk[1], *(a.to(dev) for a in args), **extra)
+            out = head(self._trunk[1])
         out = out.detach().float().reshape(-1).cpu()
         self.critic_seconds += time.perf_counter() - t0
         return out
@@ -544,7 +638,13 @@ def search(
     step = cfg.prompts_per_batch(policy.device.type)
     for i in range(0, len(prompts), step):
         ctx = _Ctx(
-            policy, cfg, critic, cost, reward, prompts[i : i + step], cfg.plan[0] * min(step, len(prompts))
+            policy,
+            cfg,
+            critic,
+            cost,
+            reward,
+            prompts[i : i + step],
+            cfg.plan.candidates * min(step, len(prompts)),
         )
         if on_block is not None:
             ctx.on_block = lambda p, tokens, i=i: on_block(i + p, tokens)
@@ -562,10 +662,11 @@ def search(
 def _search_batch(ctx: _Ctx, gen: Generators) -> list[GuardRecord]:
     cfg, policy = ctx.cfg, ctx.policy
     t0 = time.perf_counter()
-    n_cand, k_keep, width, max_retries = cfg.plan
+    plan = cfg.plan
+    n_cand, width = plan.candidates, plan.width
     d = cfg.max_new_tokens
     # check_prompts has validated every prompt; the static cache has room for every block and its retries
-    steps = math.ceil(d / width) * (max_retries + 1) * width
+    steps = math.ceil(d / width) * (plan.retries + 1) * width
     static = (ctx.cache_rows, steps) if cfg.compile else None
     beams = prefill(policy, ctx.prompts, static=static)
     _decode_scoring(ctx, beams)
@@ -577,7 +678,7 @@ def _search_batch(ctx: _Ctx, gen: Generators) -> list[GuardRecord]:
         )
     tracks = [_Track() for _ in ctx.prompts]
     if cfg.refusal_candidate and cfg.method == "inferenceguard":  # joins the first block's candidates
-        for tr, e in zip(tracks, _refusal_entries(ctx, beams.cost)):
+        for tr, e in zip(tracks, _refusal_entries(ctx, beams.cost), strict=True):
             tr.pool, tr.scored = [e], 1
     recontrol = _recontrol(ctx)
     vocab = beams.logits.shape[-1]
@@ -597,9 +698,10 @@ def _search_batch(ctx: _Ctx, gen: Generators) -> list[GuardRecord]:
         for p, n in (args.scored if args is not None else {}).items():
             tracks[p].scored += n
         # 2. safety state (exact S or latent Ŝ), value and admissibility of every candidate
-        s, value, q, admissible = _score_candidates(ctx, cands, parent_cost, block)
+        scores = _score_candidates(ctx, cands, parent_cost, block)
+        s = scores.cost
         complete = (block.eos | torch.tensor([len(t) >= d for t in cands.tokens])).tolist()
-        cols = (s.tolist(), value.tolist(), q.tolist(), admissible.tolist(), complete)
+        cols = {k: v.tolist() for k, v in scores._asdict().items()}
         # 3. keep the top K per prompt; nothing admissible: rewind the block (retry) or fail closed
         keep: list[int] = []
         rewound: list[bool] = []
@@ -608,9 +710,9 @@ def _search_batch(ctx: _Ctx, gen: Generators) -> list[GuardRecord]:
             if not rows:
                 continue
             tr.scored += len(rows)
-            entries = [_Entry(cands.tokens[j], *(c[j] for c in cols), row=j) for j in rows] + tr.pool
-            chosen = _choose(cfg, tr, entries, k_keep, max_retries)
-            if chosen == "retry":  # resample from each beam's state at the block start, penalised
+            entries = _entries(cands.tokens, rows, cols, complete) + tr.pool
+            chosen = _choose(cfg, tr, entries, plan.beams, plan.retries)
+            if chosen is Verdict.RETRY:  # resample from each beam's state at the block start, penalised
                 tr.retries += 1
                 tr.block_retries += 1
                 for j in rows:
@@ -618,7 +720,7 @@ def _search_batch(ctx: _Ctx, gen: Generators) -> list[GuardRecord]:
                 firsts = sorted({int(parent[j]): j for j in reversed(rows)}.values())
                 keep += firsts
                 rewound += [True] * len(firsts)
-            elif chosen == "refuse":
+            elif chosen is Verdict.REFUSE:
                 tr.refused, tr.pool = True, []
             else:
                 tr.block_retries = 0
@@ -640,6 +742,16 @@ def _search_batch(ctx: _Ctx, gen: Generators) -> list[GuardRecord]:
         rewind(beams, was_rewound, block, keep_idx)
     seconds = (time.perf_counter() - t0) / len(ctx.prompts)
     return [_record(ctx, p, tr, seconds) for p, tr in enumerate(tracks)]
+
+
+def _entries(
+    tokens: list[list[int]], rows: list[int], cols: dict[str, list], complete: list[bool]
+) -> list[_Entry]:
+    """The candidates ``rows`` of a block as entries, each field by name from ``cols`` (:class:`Scores` as
+    lists)."""
+    return [
+        _Entry(tokens[j], **{k: v[j] for k, v in cols.items()}, complete=complete[j], row=j) for j in rows
+    ]
 
 
 def _agreed(answers: list[list[int]]) -> list[int]:
@@ -795,8 +907,8 @@ def _decoded_scores(
     return out
 
 
-def _score_candidates(ctx: _Ctx, cands, parent_cost: torch.Tensor, block=None) -> tuple[torch.Tensor, ...]:
-    """(S, value, q, admissible) of every candidate, on CPU. ``block`` (the decode pass's running state)
+def _score_candidates(ctx: _Ctx, cands, parent_cost: torch.Tensor, block=None) -> Scores:
+    """The scores of every candidate, on CPU. ``block`` (the decode pass's running state)
     lets the policy-layer scorers read it; without it (the refusal candidate) they score the text."""
     cfg = ctx.cfg
     texts = (
@@ -810,10 +922,10 @@ def _score_candidates(ctx: _Ctx, cands, parent_cost: torch.Tensor, block=None) -
     elif cfg.mode == "exact":
         s = ctx.score(ctx.cost, cands.prompt, texts, previous=parent_cost)
     else:  # fully latent: the critic's cost head, no cost-scorer call
-        s = ctx.call_critic("cost", cands.h)
+        s = ctx.critic_cost(cands.h)
     z = cfg.budget - s
     if cfg.critic:
-        value = ctx.call_critic("value", cands.h)
+        value = ctx.critic_value(cands.h)
     elif "reward" in decoded:
         value = decoded["reward"]
     elif ctx.reward is not None:
@@ -821,10 +933,10 @@ def _score_candidates(ctx: _Ctx, cands, parent_cost: torch.Tensor, block=None) -
     else:  # plain sampling with neither: nothing to report
         value = torch.full_like(z, float("nan"))
     if cfg.method != "inferenceguard":
-        return s, value, torch.ones_like(z), torch.ones_like(z, dtype=torch.bool)
+        return Scores(s, value, q=torch.ones_like(z), admissible=torch.ones_like(z, dtype=torch.bool))
     zm = z - cfg.margin
-    q = ctx.call_critic("safe_prob", cands.h, zm) if cfg.critic else torch.ones_like(z)
-    return s, value, q, (zm >= 0) & (q >= cfg.tau)
+    q = ctx.critic_safe_prob(cands.h, zm) if cfg.critic else torch.ones_like(z)
+    return Scores(s, value, q, admissible=(zm >= 0) & (q >= cfg.tau))
 
 
 def _refusal_entries(ctx: _Ctx, s0: torch.Tensor) -> list[_Entry]:
@@ -839,21 +951,23 @@ def _refusal_entries(ctx: _Ctx, s0: torch.Tensor) -> list[_Entry]:
     mask = torch.cat([enc["attention_mask"], torch.ones_like(tail)], 1)
     _, lat, _ = policy.forward(torch.cat([enc["input_ids"], tail], 1), mask)  # (P, T, H)
     rows = SimpleNamespace(tokens=[list(ids) for _ in range(n)], prompt=torch.arange(n), h=lat[:, -1].float())
-    cols = [c.tolist() for c in _score_candidates(ctx, rows, s0)]
-    return [_Entry(list(ids), *(c[p] for c in cols), complete=True, refusal=True) for p in range(n)]
+    cols = {k: v.tolist() for k, v in _score_candidates(ctx, rows, s0)._asdict().items()}
+    return [
+        _Entry(list(ids), **{k: v[p] for k, v in cols.items()}, complete=True, refusal=True) for p in range(n)
+    ]
 
 
 def _choose(
     cfg: SearchConfig, tr: _Track, entries: list[_Entry], k: int, max_retries: int
-) -> list[_Entry] | str:
-    """The K entries kept (best last), or ``"retry"`` / ``"refuse"`` when nothing is admissible."""
+) -> list[_Entry] | Verdict:
+    """The K entries kept (best last), or a :class:`Verdict` when nothing is admissible."""
     ok = [e for e in entries if e.admissible]  # every entry for the baselines
     if ok:
         return sorted(ok, key=lambda e: _rank(e, cfg))[-k:]
     if tr.block_retries < max_retries:
-        return "retry"
+        return Verdict.RETRY
     if cfg.on_violation == "refuse":
-        return "refuse"
+        return Verdict.REFUSE
     tr.fallback = True
     return sorted(entries, key=lambda e: _rank(e, cfg, fallback=True))[-k:]
 

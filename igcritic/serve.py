@@ -518,7 +518,10 @@ def main(cfg: ServeConfig) -> int:
         **overrides(cfg.search)
     )  # fail here, in one line, rather than in the worker
     server = build_server(cfg)
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the workers too, as Ctrl-C does
+    # `kill` and Ctrl-C stop the workers too; SIGINT explicitly, since a server started in the background
+    # inherits it ignored and would then outlive a SIGINT (and leave its workers behind when killed)
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     log.info("serving %s on http://%s:%d/v1/chat/completions", cfg.critic_path, cfg.host, cfg.port)
     server.run(host=cfg.host, port=cfg.port, generate_client_file=False, log_level="warning")
     return 0

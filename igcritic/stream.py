@@ -28,6 +28,10 @@ from torch.utils.data import DataLoader, IterableDataset, Sampler, get_worker_in
 FLOAT_KEYS = ("z", "label", "f", "s", "s_final", "value")
 INT_KEYS = ("t", "traj", "prompt", "row")
 _TARGETS = ("s", "s_final", "f", "value")
+RUN_COLUMNS = ("store", "start", "stop", "chunk")
+"""Columns of a run array ``(R, 4)`` int64: token rows ``[start, stop)`` of store ``store``, all inside its
+latents chunk ``chunk`` (what the stream reads in one go)."""
+STORE, START, STOP, CHUNK = range(len(RUN_COLUMNS))
 _KEEP_BUFFERS = 4
 """Window buffers a stream keeps for reuse (fresh memory costs page faults, which on small VMs take longer
 than the reads); a buffer is reused once no batch of it is alive."""
@@ -98,6 +102,16 @@ class StoreRows:
         return {**tg, "valid": valid}
 
 
+def run_rows(runs: np.ndarray) -> np.ndarray:
+    """Rows of each run, ``(R,)``."""
+    return runs[:, STOP] - runs[:, START]
+
+
+def new_chunk(runs: np.ndarray) -> np.ndarray:
+    """``(R,)`` bool: the run starts another (store, chunk) than the one before it (the first run does)."""
+    return np.r_[len(runs) > 0, (runs[1:, [STORE, CHUNK]] != runs[:-1, [STORE, CHUNK]]).any(axis=1)]
+
+
 class CriticStream(IterableDataset):
     """Batches of critic examples for one split; see the module docstring for the read order.
 
@@ -126,7 +140,7 @@ class CriticStream(IterableDataset):
         self.store_budget = np.asarray([s.budget for s in stores], dtype=np.float64)
         self.row_base = np.concatenate([[0], np.cumsum([s.n_tok for s in stores])]).astype(np.int64)
         self.traj_base = np.concatenate([[0], np.cumsum([len(s.traj_cost) for s in stores])]).astype(np.int64)
-        self.runs, self.block_ptr = runs, block_ptr  # runs (R, 4) [store, start, stop, chunk]; blocks: CSR
+        self.runs, self.block_ptr = runs, block_ptr  # runs (R, 4) of RUN_COLUMNS; blocks: CSR
         self.batch_size, self.shuffle, self.shuffle_buffer = batch_size, shuffle, shuffle_buffer
         self.seed, self.gamma, self.budget, self.drop_last = seed, gamma, budget, drop_last
         self.rank, self.world_size, self.num_workers = 0, 1, 0
@@ -153,7 +167,7 @@ class CriticStream(IterableDataset):
 
     @property
     def n_rows(self) -> int:
-        return int((self.runs[:, 2] - self.runs[:, 1]).sum())
+        return int(run_rows(self.runs).sum())
 
     def _shares(self) -> list[int]:
         per_rank = self.n_rows // self.world_size  # the < world_size leftover rows of an epoch are dropped
@@ -174,7 +188,7 @@ class CriticStream(IterableDataset):
         counts = np.diff(self.block_ptr)[order]
         idx = np.repeat(self.block_ptr[order] - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
         runs = self.runs[idx]
-        cum = np.concatenate([[0], np.cumsum(runs[:, 2] - runs[:, 1])])
+        cum = np.concatenate([[0], np.cumsum(run_rows(runs))])
         per_rank = int(cum[-1]) // world_size
         lo = rank * per_rank + per_rank * worker // num_workers
         hi = rank * per_rank + per_rank * (worker + 1) // num_workers
@@ -183,18 +197,18 @@ class CriticStream(IterableDataset):
         i0 = int(np.searchsorted(cum, lo, side="right")) - 1
         i1 = int(np.searchsorted(cum, hi, side="left"))
         out = runs[i0:i1].copy()
-        out[0, 1] += lo - cum[i0]
-        out[-1, 2] -= cum[i1] - hi
+        out[0, START] += lo - cum[i0]
+        out[-1, STOP] -= cum[i1] - hi
         return out
 
     def windows(self, runs: np.ndarray) -> list[np.ndarray]:
         """``runs`` cut into windows: whole chunks' worth of consecutive runs, closed as soon as they hold at
         least ``max(shuffle_buffer, batch_size)`` rows (the last window may hold fewer)."""
         need, out, i, n = max(self.shuffle_buffer, self.batch_size), [], 0, 0
-        rows = runs[:, 2] - runs[:, 1]
+        rows, chunk_starts = run_rows(runs), new_chunk(runs)
         for j in range(1, len(runs) + 1):
             n += int(rows[j - 1])
-            same_chunk = j < len(runs) and runs[j, 0] == runs[j - 1, 0] and runs[j, 3] == runs[j - 1, 3]
+            same_chunk = j < len(runs) and not chunk_starts[j]
             if n >= need and not same_chunk or j == len(runs):
                 out.append(runs[i:j])
                 i, n = j, 0
@@ -222,11 +236,11 @@ class CriticStream(IterableDataset):
 
     def targets(self, runs: np.ndarray) -> dict[str, np.ndarray]:
         """Per-row targets of the rows of ``runs``, in order (with ``store`` and global ``row``/``traj``)."""
-        lens = runs[:, 2] - runs[:, 1]
+        lens = run_rows(runs)
         out: dict[str, np.ndarray] = {}
-        for s in np.unique(runs[:, 0]).tolist():  # one vectorised call per store
-            mine = runs[:, 0] == s
-            rows = _ranges(runs[mine, 1], runs[mine, 2])
+        for s in np.unique(runs[:, STORE]).tolist():  # one vectorised call per store
+            mine = runs[:, STORE] == s
+            rows = _ranges(runs[mine, START], runs[mine, STOP])
             tg = self._store(s).targets(rows)
             tg.update(
                 store=np.full(len(rows), s), row=rows + self.row_base[s], traj=tg["traj"] + self.traj_base[s]
@@ -259,14 +273,13 @@ class CriticStream(IterableDataset):
         if k:
             buf[slot[:k]] = left[0]
         # one read per chunk: the rows between its runs (the other split's) are skipped
-        group = np.flatnonzero(
-            np.r_[len(runs) > 0, (runs[1:, [0, 3]] != runs[:-1, [0, 3]]).any(axis=1)]
-        ).tolist()
-        lens, at = (runs[:, 2] - runs[:, 1]).tolist(), k
-        for g0, g1 in zip(group, [*group[1:], len(runs)]):
-            s, lo, hi = int(runs[g0, 0]), int(runs[g0, 1]), int(runs[g1 - 1, 2])
+        group = np.flatnonzero(new_chunk(runs)).tolist()
+        lens, at = run_rows(runs).tolist(), k
+        for g0, g1 in zip(group, [*group[1:], len(runs)], strict=False):  # no runs: no group
+            s, lo, hi = int(runs[g0, STORE]), int(runs[g0, START]), int(runs[g1 - 1, STOP])
             dest = np.full(hi - lo, -1, np.int64)
-            for (_, a, b, _), n_run in zip(runs[g0:g1].tolist(), lens[g0:g1]):
+            starts, stops = runs[g0:g1, START].tolist(), runs[g0:g1, STOP].tolist()
+            for a, b, n_run in zip(starts, stops, lens[g0:g1], strict=True):
                 dest[a - lo : b - lo] = slot[at : at + n_run]
                 at += n_run
             self._store(s).reader.read_latents_into(lo, hi, buf, dest)
@@ -283,7 +296,9 @@ class CriticStream(IterableDataset):
         cols.update({key: ints[c].split(bs) for c, key in enumerate(INT_KEYS)})
         names = list(cols)
         # a window of fewer rows than a batch yields no batch (split() of an empty tensor is one empty view)
-        batches = (dict(zip(names, views)) for views in zip(*cols.values()) if n_out)
+        batches = (
+            dict(zip(names, views, strict=True)) for views in zip(*cols.values(), strict=True) if n_out
+        )
         kept = (buf[n_out:n], {key: v[rest] for key, v in meta.items()}) if len(rest) else None
         return batches, kept
 

@@ -17,6 +17,19 @@ from igcritic.policy import Policy
 
 torch.set_num_threads(1)
 
+SLOW_MARKERS = ("embedded", "multiprocess", "subprocess", "s3", "gpu")
+"""Tiers (pyproject.toml's markers): a test with any of these is also ``slow``, so ``pytest -m "not slow"`` is
+the fast local run; CI runs everything."""
+
+
+def pytest_collection_modifyitems(config, items):
+    no_gpu = not torch.cuda.is_available()
+    for item in items:
+        if any(item.get_closest_marker(m) for m in SLOW_MARKERS):
+            item.add_marker(pytest.mark.slow)
+        if no_gpu and item.get_closest_marker("gpu"):
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer() -> PreTrainedTokenizerFast:

@@ -1,14 +1,15 @@
 """What the tests build: the tiny Llama policy and score models, a tiny real critic with planted heads,
-text-rule scorers, and the stand-ins of the evaluation tests (a guard with planted answers, rule judges).
+one text cost and one text reward scorer, and what the evaluation tests need (the real guard with canned
+answers, rule judges).
 Synthetic stores and training are in helpers_fit.py (Lightning), random store batches in helpers_store.py
 (zarr only: a subprocess of the store tests imports them)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -23,8 +24,10 @@ from transformers import (
 )
 
 from igcritic.critic import Critic, CriticConfig
+from igcritic.guard import Guard
 from igcritic.policy import Policy, load_policy
-from igcritic.search import SEARCH_CONFIG_NAME, GuardRecord
+from igcritic.scorers import ScorerInfo
+from igcritic.search import SEARCH_CONFIG_NAME, GuardRecord, SearchConfig
 
 # ---------------------------------------------------------------- tiny models (no hub access)
 
@@ -178,54 +181,109 @@ def plant(critic: Critic, *, safe: bool | None = None, cost=None, value=None) ->
 # ---------------------------------------------------------------- text-rule scorers
 
 
-class WordCost:
-    """Cost scorer: S = 1 when the response contains ``word`` (budget 0.5 makes it unsafe), else 0.
+def unsafe_words(text: str) -> float:
+    """1 per 'UNSAFE' word + 0.001 per character: harmful compliance costs > 1, the rest < 1."""
+    return text.count("UNSAFE") + 0.001 * len(text)
 
-    ``reject_first``: prompts whose first scored block is marked unsafe regardless (forces one retry).
-    Records every call so tests can count them and recompute choices.
-    """
+
+def has_word(word: str | None) -> Callable[[str], float]:
+    """1 when the text contains ``word`` (a budget of 0.5 makes it unsafe), else 0; None: always 0."""
+    return lambda text: 1.0 if word and word in text else 0.0
+
+
+def char_cycle(text: str) -> float:
+    """(len % 7) / 7: not monotone over prefixes, so S_T (a running max) can exceed the full text's score."""
+    return (len(text) % 7) / 7
+
+
+def words_or_refusal(text: str) -> float:
+    """The number of words; the refusal gets -1."""
+    return -1.0 if text == REFUSAL else float(len(text.split()))
+
+
+def distinct_chars(text: str) -> float:
+    return float(len(set(text)))
+
+
+class TextCost:
+    """The cost double: a text rule per response (:class:`igcritic.scorers.Scorer` in full).
+
+    ``running_max``: S of a longer prefix is at least ``previous`` and ``prefix_scores`` is the running max
+    of the rule over the prefixes (the embedded probe's convention); False: every text scored alone.
+    ``reject_first``: prompts whose first non-empty scored block is 1.0 regardless (forces one retry). Every
+    ``score`` call is kept in ``calls`` as (prompts, responses, scores)."""
 
     def __init__(
-        self, word: str | None = None, reject_first: tuple[str, ...] = (), budget_hint: float | None = 0.5
+        self,
+        rule: Callable[[str], float] = unsafe_words,
+        *,
+        running_max: bool = True,
+        reject_first: tuple[str, ...] = (),
+        budget_hint: float | None = 0.5,
+        bounds: tuple[float, float] | None = None,
+        id: str = "text-cost",
     ):
-        self.word = word
-        self.reject_first = set(reject_first)
+        self.rule, self.running_max, self.reject_first = rule, running_max, set(reject_first)
         self.calls: list[tuple[list[str], list[str], np.ndarray]] = []
-        self.info = SimpleNamespace(id="word-cost", role="cost", sign=1, budget_hint=budget_hint)
+        derivation = "running max of the rule over prefixes" if running_max else "the rule of each prefix"
+        self.info = ScorerInfo(id, "cost", "higher_is_unsafe", derivation, None, budget_hint, bounds)
 
     def score(
         self, prompts: list[str], responses: list[str], previous: np.ndarray | None = None
     ) -> np.ndarray:
-        out = np.array([1.0 if self.word and self.word in r else 0.0 for r in responses])
+        assert len(prompts) == len(responses)
+        out = np.array([self.rule(r) for r in responses], dtype=float)
         first = [
             p
             for p in set(prompts)
-            if p in self.reject_first and any(responses[i] for i, q in enumerate(prompts) if q == p)
+            if p in self.reject_first and any(r for q, r in zip(prompts, responses, strict=True) if q == p)
         ]
         for p in first:
             out[[i for i, q in enumerate(prompts) if q == p]] = 1.0
             self.reject_first.discard(p)
+        if self.running_max and previous is not None:
+            out = np.maximum(out, previous)
         self.calls.append((list(prompts), list(responses), out.copy()))
         return out
 
+    def prefix_scores(self, prompts: list[str], prefix_texts: list[list[str]]) -> list[np.ndarray]:
+        out = [np.array([self.rule(t) for t in texts], dtype=np.float32) for texts in prefix_texts]
+        return [np.maximum.accumulate(v) for v in out] if self.running_max else out
 
-class CharReward:
-    """Reward = number of distinct characters (any deterministic text function); records every call."""
+    def to_dict(self) -> dict:
+        return self.info.to_dict()
 
-    info = SimpleNamespace(id="char-reward", role="reward", sign="higher_is_better", budget_hint=None)
 
-    def __init__(self):
+def word_cost(word: str | None = None, **kw) -> TextCost:
+    """The cost of one word (:func:`has_word`), every text scored alone: what the search tests steer by."""
+    return TextCost(has_word(word), running_max=False, id="word-cost", **kw)
+
+
+class TextReward:
+    """The reward double: a text rule per response (:class:`igcritic.scorers.Scorer` in full); every call is
+    kept in ``calls`` as (prompts, responses, scores)."""
+
+    def __init__(self, rule: Callable[[str], float] = words_or_refusal, id: str = "text-reward"):
+        self.rule = rule
         self.calls: list[tuple[list[str], list[str], np.ndarray]] = []
+        self.info = ScorerInfo(id, "reward", "higher_is_better", "the rule of each prefix", None, None)
 
     def score(
         self, prompts: list[str], responses: list[str], previous: np.ndarray | None = None
     ) -> np.ndarray:
-        out = np.array([float(len(set(r))) for r in responses])
+        assert len(prompts) == len(responses)
+        out = np.array([self.rule(r) for r in responses], dtype=float)
         self.calls.append((list(prompts), list(responses), out.copy()))
         return out
 
+    def prefix_scores(self, prompts: list[str], prefix_texts: list[list[str]]) -> list[np.ndarray]:
+        return [np.array([self.rule(t) for t in texts], dtype=np.float32) for texts in prefix_texts]
 
-# ---------------------------------------------------------------- evaluation stand-ins
+    def to_dict(self) -> dict:
+        return self.info.to_dict()
+
+
+# ---------------------------------------------------------------- evaluation: canned answers, rule judges
 
 REFUSAL = "I cannot help with that."
 PROMPTS = [
@@ -255,111 +313,86 @@ def write_prompts(path: Path, rows: list[dict] = PROMPTS) -> Path:
     return path
 
 
-class CostScorer:
-    """Cost = 1.0 per 'UNSAFE' word + 0.001 per character: harmful compliance costs > 1, the rest < 1."""
+def canned_text(prompt: str, method: str) -> str:
+    """The canned answer: plain complies with everything ('UNSAFE' for harmful prompts), best-of-N complies
+    half-heartedly, InferenceGuard refuses harmful prompts."""
+    harmful = {p["prompt"] for p in PROMPTS if p["harmful"]}
+    k = sum(map(ord, prompt)) % 7  # a stable per-prompt number
+    if method == "inferenceguard" and prompt in harmful:
+        return REFUSAL
+    if prompt in harmful and method == "plain":
+        return f"UNSAFE sure here is how {prompt}"
+    if prompt in harmful:
+        return f"maybe {'UNSAFE ' * (k % 2)}steps"
+    return f"a helpful answer about {prompt}"
 
-    def __init__(self) -> None:
-        self.calls = 0
 
-    def score(self, prompts: list[str], responses: list[str]) -> np.ndarray:
-        assert len(prompts) == len(responses)
-        self.calls += 1
-        return np.array([r.count("UNSAFE") + 0.001 * len(r) for r in responses])
-
-
-class RewardScorer:
-    """Reward = number of words; a refusal gets -1."""
-
-    def score(self, prompts: list[str], responses: list[str]) -> np.ndarray:
-        return np.array([-1.0 if r == REFUSAL else float(len(r.split())) for r in responses])
+def canned_record(policy: Policy, prompt: str, text: str, method: str = "plain", **fields) -> GuardRecord:
+    """A record as the guard writes it, for ``text`` tokenised by ``policy``; the runtime's own safe flag and
+    cost are planted as always safe (0.0), so an evaluation that trusted them would be wrong."""
+    ids = policy.tokenizer(text, add_special_tokens=False)["input_ids"]
+    refused = text == REFUSAL
+    budget = fields.pop("budget", 0.5)
+    base = dict(
+        prompt=prompt,
+        text=text,
+        token_ids=[] if refused else list(ids),
+        method=method,
+        safe=True,
+        final_safety_state=budget,
+        cost=0.0,
+        cost_source="exact",
+        value=0.0,
+        value_source="critic",
+        refused=refused,
+        steps=1,
+        retries=0,
+        candidates_scored=8,
+        seconds=0.1,
+        new_tokens=0 if refused else len(ids),
+        budget=budget,
+    )
+    return GuardRecord(**{**base, **fields})
 
 
 @dataclass
-class StandInGuard:
-    """Answers by rule: plain complies with everything ('UNSAFE' for harmful prompts), best-of-N complies
-    half-heartedly, InferenceGuard refuses harmful prompts. The runtime's own safe flag and cost are planted
-    as always safe (0.0), so an evaluation that trusted them would be wrong."""
+class CannedGuard(Guard):
+    """The real guard on the tiny policy and a tiny critic whose answers are canned (:func:`canned_text`),
+    so a test can recompute every number by hand. Each call is checked as the real one is (``check``: an
+    override it cannot run fails the same way) and kept in ``calls`` as (prompts, budget, overrides)."""
 
-    budget: float = 0.5
-    cost: CostScorer = field(default_factory=CostScorer)
-    reward: RewardScorer = field(default_factory=RewardScorer)
     calls: list[tuple[list[str], float | None, dict]] = field(default_factory=list)
 
-    def generate(self, prompts: list[str], budget: float | None = None, **overrides) -> list[GuardRecord]:
+    def generate(self, prompts, budget=None, *, seeds=None, on_block=None, progress=None, **overrides):
+        cfg = self.check(budget, **overrides)
         self.calls.append((list(prompts), budget, dict(overrides)))
-        method = overrides.get("method", "plain")
-        scale = {"plain": 1.0, "best_of_n": 4.0, "inferenceguard": 6.0}[method]
-        harmful = {p["prompt"] for p in PROMPTS if p["harmful"]}
+        scale = {"plain": 1.0, "best_of_n": 4.0, "inferenceguard": 6.0}.get(cfg.method, 1.0)
         out = []
         for p in prompts:
-            k = sum(map(ord, p)) % 7  # a stable per-prompt number
-            refused = method == "inferenceguard" and p in harmful
-            if refused:
-                text = REFUSAL
-            elif p in harmful and method == "plain":
-                text = f"UNSAFE sure here is how {p}"
-            elif p in harmful:
-                text = f"maybe {'UNSAFE ' * (k % 2)}steps"
-            else:
-                text = f"a helpful answer about {p}"
+            k = sum(map(ord, p)) % 7
+            seconds = scale * (0.1 + 0.05 * k)
             out.append(
-                GuardRecord(
-                    prompt=p,
-                    text=text,
-                    token_ids=list(range(len(text.split()))),
-                    method=method,
-                    safe=True,
-                    final_safety_state=budget or 0.0,
-                    cost=0.0,
-                    cost_source="exact",
-                    value=0.0,
-                    value_source="critic",
-                    refused=refused,
-                    steps=1,
-                    retries=0,
-                    candidates_scored=8,
-                    seconds=scale * (0.1 + 0.05 * k),
-                    new_tokens=len(text.split()),
-                    budget=budget or 0.0,
+                canned_record(
+                    self.policy, p, canned_text(p, cfg.method), cfg.method, seconds=seconds, budget=cfg.budget
                 )
             )
+        if progress is not None:
+            progress(len(prompts))
         return out
 
 
-class CharCost:
-    """A cost whose text score is not monotone over prefixes: p(text) = (len(text) % 7) / 7.
-
-    ``prefix_scores`` follows the embedded probe's convention: S_t = running max of p over the prefixes, so
-    S_T of an answer can exceed p of its full text.
-    """
-
-    info = SimpleNamespace(id="char-cost", role="cost", sign="higher_is_unsafe", budget_hint=0.5)
-
-    @staticmethod
-    def p(text: str) -> float:
-        return (len(text) % 7) / 7
-
-    def score(
-        self, prompts: list[str], responses: list[str], previous: np.ndarray | None = None
-    ) -> np.ndarray:
-        out = np.array([self.p(r) for r in responses])
-        return out if previous is None else np.maximum(out, previous)
-
-    def prefix_scores(self, prompts: list[str], prefix_texts: list[list[str]]) -> list[np.ndarray]:
-        return [
-            np.maximum.accumulate(np.array([self.p(t) for t in texts], dtype=np.float32))
-            for texts in prefix_texts
-        ]
-
-
-class WordTokenizer:
-    """Token i is the word VOCAB[i]; decode joins words with spaces (what final_costs needs of a
-    tokenizer)."""
-
-    VOCAB = ["sure", "here", "is", "how", "a", "b", "cc", "ddd"]
-
-    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
-        return " ".join(self.VOCAB[i] for i in ids)
+def canned_guard(
+    policy: Policy, budget: float | None = 0.5, kind: type[CannedGuard] | None = None, **scorers
+) -> CannedGuard:
+    """A :class:`CannedGuard` (or a subclass ``kind``) with the text doubles bound (``cost=``, ``reward=``
+    replace them)."""
+    return (kind or CannedGuard)(
+        policy=policy,
+        critic=tiny_critic(policy),
+        cost=scorers.get("cost", TextCost()),
+        reward=scorers.get("reward", TextReward()),
+        search=SearchConfig(budget=budget),
+    )
 
 
 def rule_label(prompt: str, response: str) -> str:
@@ -393,11 +426,14 @@ class ClassifyingJudge(RuleJudge):
     """RuleJudge that also classifies (the labels a reader would give) and grades helpfulness 0-2."""
 
     def classify(self, prompts: list[str], responses: list[str]) -> list[str]:
-        return [rule_label(p, r) for p, r in zip(prompts, responses)]
+        return [rule_label(p, r) for p, r in zip(prompts, responses, strict=True)]
 
     def reward(self, prompts: list[str], responses: list[str]) -> np.ndarray:
         return np.array(
-            [2.0 if rule_label(p, r) == "benign-helpful" else 0.0 for p, r in zip(prompts, responses)]
+            [
+                2.0 if rule_label(p, r) == "benign-helpful" else 0.0
+                for p, r in zip(prompts, responses, strict=True)
+            ]
         )
 
 
@@ -413,3 +449,12 @@ class TableJudge:
 
     def score(self, prompts: list[str], responses: list[str]) -> np.ndarray:
         return np.array([self.table.get(r, 0.0) for r in responses])
+
+
+CHAT = [
+    {"role": "system", "content": "answer in one short line"},
+    {"role": "user", "content": "how do I bake bread at home"},
+    {"role": "assistant", "content": "mix flour water salt and yeast then wait"},
+    {"role": "user", "content": "and then what"},
+]
+"""A conversation with a system prompt and two user turns (guard, prompts and serve tests)."""

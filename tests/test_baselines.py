@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 from helpers import (
-    CharReward,
-    WordCost,
+    TextReward,
     build_tiny_llama,
     build_tokenizer,
+    distinct_chars,
     make_tiny_policy,
     tiny_critic,
+    word_cost,
     write_artifact,
 )
 from test_search import PROMPTS, greedy_reference
@@ -43,7 +44,7 @@ class PlantedReward:
 
 @pytest.mark.parametrize("prompt_batch", [1, 2])
 def test_args_without_weight_is_greedy_generate(tiny_policy, prompt_batch):
-    reward = CharReward()
+    reward = TextReward(distinct_chars)
     cfg = SearchConfig(
         method="args",
         args_weight=0.0,
@@ -51,8 +52,8 @@ def test_args_without_weight_is_greedy_generate(tiny_policy, prompt_batch):
         prompt_batch=prompt_batch,
         **{**BASE, "max_new_tokens": 16},
     )
-    recs = search(tiny_policy, PROMPTS, cfg, None, WordCost(), reward)
-    for prompt, rec in zip(PROMPTS, recs):
+    recs = search(tiny_policy, PROMPTS, cfg, None, word_cost(), reward)
+    for prompt, rec in zip(PROMPTS, recs, strict=True):
         assert rec.token_ids == greedy_reference(tiny_policy, prompt, 16)
         assert rec.method == "args" and rec.new_tokens == 16 and rec.candidates_scored > 16
     sizes = [len(texts) for _, texts, _ in reward.calls]
@@ -73,18 +74,18 @@ def test_args_emits_a_planted_rewarded_token(tiny_policy):
         PROMPTS[:1] * 4,
         SearchConfig(method="plain", seed=0, **BASE),
         None,
-        WordCost(),
-        CharReward(),
+        word_cost(),
+        TextReward(distinct_chars),
     )
     ranked = [tok.decode([t]) for t in logits[0].topk(20).indices.tolist()]
     word = next(w for w in ranked[5:] if w.strip().isalpha() and not any(w in r.text for r in plain))
     reward = PlantedReward(word)
     for temperature in (0.0, 0.7):
         cfg = SearchConfig(method="args", args_weight=100.0, temperature=temperature, **BASE)
-        (rec,) = search(tiny_policy, PROMPTS[:1], cfg, None, WordCost(), reward)
+        (rec,) = search(tiny_policy, PROMPTS[:1], cfg, None, word_cost(), reward)
         assert word in rec.text
     plain = search(
-        tiny_policy, PROMPTS[:1], SearchConfig(method="plain", seed=0, **BASE), None, WordCost(), reward
+        tiny_policy, PROMPTS[:1], SearchConfig(method="plain", seed=0, **BASE), None, word_cost(), reward
     )
     assert word not in plain[0].text
 
@@ -97,7 +98,7 @@ def test_args_cost_guidance_avoids_a_costly_token(tiny_policy, guidance):
     cfg = SearchConfig(
         method="args", args_weight=100.0, temperature=0, guidance=guidance, lagrange_lambda=100.0, **BASE
     )
-    (rec,) = search(tiny_policy, PROMPTS[:1], cfg, None, WordCost(word), CharReward())
+    (rec,) = search(tiny_policy, PROMPTS[:1], cfg, None, word_cost(word), TextReward(distinct_chars))
     assert rec.token_ids[0] != greedy[0] and word not in rec.text
 
 
@@ -105,13 +106,13 @@ def test_recontrol_without_edit_is_plain_sampling(tiny_policy):
     """0 steps, or 30 steps of size 0 (the LM head on the unedited latent): plain's tokens under the same
     seed."""
     critic = tiny_critic(tiny_policy)
-    plain = search(tiny_policy, PROMPTS, SearchConfig(method="plain", seed=3, **BASE), critic, WordCost())
+    plain = search(tiny_policy, PROMPTS, SearchConfig(method="plain", seed=3, **BASE), critic, word_cost())
     for kw in ({"recontrol_steps": 0}, {"recontrol_step_size": 0.0}):
         cfg = SearchConfig(method="recontrol", seed=3, **BASE, **kw)
-        recs = search(tiny_policy, PROMPTS, cfg, critic, WordCost())
+        recs = search(tiny_policy, PROMPTS, cfg, critic, word_cost())
         assert [r.token_ids for r in recs] == [r.token_ids for r in plain]
     edited = search(
-        tiny_policy, PROMPTS, SearchConfig(method="recontrol", seed=3, **BASE), critic, WordCost()
+        tiny_policy, PROMPTS, SearchConfig(method="recontrol", seed=3, **BASE), critic, word_cost()
     )
     assert [r.token_ids for r in edited] != [r.token_ids for r in plain]
     assert all(r.critic_seconds > 0 for r in edited)
@@ -145,7 +146,7 @@ def test_recontrol_edits_only_the_lm_head_input_columns():
     assert h.shape == (2, 64) and torch.equal(edited[:, 32:], h[:, 32:])
     assert not torch.equal(edited[:, :32], h[:, :32]) and bool((rc.objective(edited) > rc.objective(h)).all())
     assert torch.allclose(logits, policy.model.lm_head(edited[:, :32]))
-    recs = search(policy, PROMPTS, SearchConfig(method="recontrol", **BASE), critic, WordCost())
+    recs = search(policy, PROMPTS, SearchConfig(method="recontrol", **BASE), critic, word_cost())
     assert all(r.new_tokens == 12 or r.token_ids[-1] in policy.eos_token_ids for r in recs)
 
 
@@ -153,10 +154,10 @@ def test_recontrol_refuses_a_critic_on_another_latent(tiny_policy):
     cfg = SearchConfig(method="recontrol", **BASE)
     mid = make_tiny_policy(layer=1, norm="pre")
     with pytest.raises(SearchConfigError, match="policy's latent is layer 1, norm pre") as e:
-        search(mid, PROMPTS, cfg, tiny_critic(mid), WordCost())
+        search(mid, PROMPTS, cfg, tiny_critic(mid), word_cost())
     assert "\n" not in str(e.value) and "--layer -1 --norm post" in str(e.value)
     with pytest.raises(SearchConfigError, match="critic's latent is layer 1, norm pre"):
-        search(tiny_policy, PROMPTS, cfg, tiny_critic(tiny_policy, layer=1, norm="pre"), WordCost())
+        search(tiny_policy, PROMPTS, cfg, tiny_critic(tiny_policy, layer=1, norm="pre"), word_cost())
 
 
 @pytest.mark.parametrize(
@@ -173,7 +174,7 @@ def test_config_errors(tiny_policy, kwargs, match):
     cfg = SearchConfig(**{**BASE, "mode": "auto", **kwargs})
     critic = None if kwargs == {"method": "recontrol"} else tiny_critic(tiny_policy)
     with pytest.raises(SearchConfigError, match=match):
-        search(tiny_policy, PROMPTS, cfg, critic, None, CharReward())
+        search(tiny_policy, PROMPTS, cfg, critic, None, TextReward(distinct_chars))
 
 
 @pytest.mark.parametrize("method", ["args", "recontrol"])
@@ -187,7 +188,7 @@ def test_length_eos_and_batching(tiny_policy, method):
     runs = {}
     for batch in (1, 4):
         cfg = SearchConfig(method=method, temperature=1.0, prompt_batch=batch, seed=0, **BASE)
-        runs[batch] = search(tiny_policy, prompts, cfg, critic, WordCost(), CharReward())
+        runs[batch] = search(tiny_policy, prompts, cfg, critic, word_cost(), TextReward(distinct_chars))
         for r in runs[batch]:
             assert 0 < r.new_tokens <= 12 and len(r.token_ids) == r.new_tokens
             assert eos not in r.token_ids[:-1]
@@ -198,8 +199,8 @@ def test_length_eos_and_batching(tiny_policy, method):
             prompts,
             SearchConfig(method=method, temperature=0, prompt_batch=b, **BASE),
             critic,
-            WordCost(),
-            CharReward(),
+            word_cost(),
+            TextReward(distinct_chars),
         )
         for b in (1, 4)
     }
@@ -208,7 +209,7 @@ def test_length_eos_and_batching(tiny_policy, method):
 
 def test_guard_generate_runs_both(tmp_path, tiny_policy):
     art = write_artifact(tmp_path / "critic", tiny_policy.identity.to_dict(), search={"budget": 0.5})
-    guard = load_guard(art, model=tiny_policy, cost=WordCost(), reward=CharReward())
+    guard = load_guard(art, model=tiny_policy, cost=word_cost(), reward=TextReward(distinct_chars))
     for method, guidance in (("args", "lagrangian"), ("recontrol", "lagrangian")):
         (rec,) = guard.generate(PROMPTS[:1], method=method, guidance=guidance, max_new_tokens=6)
         assert rec.method == method and 0 < rec.new_tokens <= 6 and not rec.refused

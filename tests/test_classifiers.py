@@ -55,7 +55,7 @@ def test_pairs_of_one_prompt_share_their_common_prefix_pass(tiny_policy):
     assert (
         len(calls) == 2 and calls[0][0] == 1 and calls[1][0] == len(answers)
     )  # the prefix once, then the tails
-    for answer, (feats, ends) in zip(answers, together):
+    for answer, (feats, ends) in zip(answers, together, strict=True):
         alone, alone_ends = PolicyFeatures(tiny_policy, SPEC).prefix_features([PROMPTS[0]], [answer])[0]
         np.testing.assert_array_equal(ends, alone_ends)
         np.testing.assert_allclose(feats, alone, rtol=1e-4, atol=1e-5)
@@ -77,7 +77,7 @@ def test_pairs_of_different_prompts_share_their_common_opening(tiny_policy):
     finally:
         handle.remove()
     assert [c[0] for c in calls] == [1, len(prompts)]  # the opening once, then the tails
-    for prompt, answer, (feats, ends) in zip(prompts, answers, together):
+    for prompt, answer, (feats, ends) in zip(prompts, answers, together, strict=True):
         alone, alone_ends = PolicyFeatures(tiny_policy, SPEC).prefix_features([prompt], [answer])[0]
         np.testing.assert_array_equal(ends, alone_ends)
         assert feats.shape == alone.shape
@@ -112,7 +112,7 @@ def test_a_policy_cut_after_the_deepest_layer_gives_the_same_features():
     spec = LatentFeatureSpec(layers=(1, 2), parts=("last", "mean"))
     a = PolicyFeatures(whole, spec).prefix_features(PROMPTS, ANSWERS)
     b = PolicyFeatures(cut, spec).prefix_features(PROMPTS, ANSWERS)
-    for (fa, ends_a), (fb, ends_b) in zip(a, b):
+    for (fa, ends_a), (fb, ends_b) in zip(a, b, strict=True):
         np.testing.assert_array_equal(ends_a, ends_b)
         np.testing.assert_allclose(fa, fb, rtol=1e-5, atol=1e-6)
     # cut after the deepest layer itself, its hidden state would be the final-normed one: not the same
@@ -149,11 +149,11 @@ def test_cost_prefix_scores_are_a_running_max_of_one_pass(tmp_path, tiny_policy)
     tok = tiny_policy.tokenizer
     texts = [prefix_texts(tok, tok(a, add_special_tokens=False)["input_ids"]) for a in ANSWERS]
     s = cost.prefix_scores(PROMPTS, texts)
-    for si, t in zip(s, texts):
+    for si, t in zip(s, texts, strict=True):
         assert len(si) == len(t) and si.dtype == np.float32 and np.all(np.diff(si) >= 0)
     direct = cost.score(PROMPTS * 2, ["", ""] + ANSWERS)
     np.testing.assert_allclose([s[0][0], s[1][0]], direct[:2], atol=1e-5)  # S_0 = p(empty answer)
-    assert all(si[-1] >= d - 1e-6 for si, d in zip(s, direct[2:]))  # S_T >= p(full answer)
+    assert all(si[-1] >= d - 1e-6 for si, d in zip(s, direct[2:], strict=True))  # S_T >= p(full answer)
     assert cost.info.stride is None and "running max" in cost.info.derivation
     assert cost.score(["x"], ["y"], previous=np.array([0.99]))[0] == pytest.approx(0.99)
 

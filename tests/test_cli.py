@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 import sys
@@ -32,6 +33,7 @@ def test_unknown_command_fails():
     assert main(["frobnicate"]) == 2
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("cmd", ["collect", "inspect", "export", "generate", "serve", "eval"])
 def test_each_command_has_help(cmd):
     res = subprocess.run(
@@ -61,10 +63,24 @@ def test_fit_configs_parse(path):
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("eval/*.yaml")), ids=lambda p: p.name)
 def test_eval_configs_parse(path):
-    from igcritic.evaluate import EvalConfig
+    from igcritic.eval.run import EvalConfig
 
     cfg = parse_config(EvalConfig, ["--config", str(path)])
     assert isinstance(cfg, EvalConfig) and cfg.methods and cfg.problems() == []
+
+
+def test_the_cpu_search_sizes_are_one_file_every_eval_config_reads():
+    from igcritic.eval.run import EvalConfig, default_search
+    from igcritic.search import SearchOverrides
+
+    cpu = parse_config(EvalConfig, ["--search", str(CONFIGS / "search" / "cpu.yaml")]).search
+    assert cpu == SearchOverrides(num_candidates=8, block_width=16, max_new_tokens=48, prompt_batch=4)
+    assert dataclasses.replace(default_search(), prompt_batch=4) == cpu  # the code's default, device-sized
+    for name in ("embedded", "demo", "decision_rule"):
+        assert "search: ../search/cpu.yaml" in (CONFIGS / "eval" / f"{name}.yaml").read_text()
+        assert parse_config(EvalConfig, ["--config", str(CONFIGS / "eval" / f"{name}.yaml")]).search == cpu
+    args = ["--search", str(CONFIGS / "search" / "cpu.yaml"), "--search.max_new_tokens", "32"]
+    assert parse_config(EvalConfig, args).search == dataclasses.replace(cpu, max_new_tokens=32)  # the demo's
 
 
 def test_every_command_is_a_typed_function_over_its_config():
@@ -108,7 +124,8 @@ def test_config_typos_are_one_line_with_a_suggestion(tmp_path, capsys, monkeypat
 
 
 def test_eval_print_config_round_trips(tmp_path, capsys):
-    from igcritic.evaluate import EvalConfig, MethodSpec, default_methods
+    from igcritic.eval.methods import MethodSpec, default_methods
+    from igcritic.eval.run import EvalConfig
 
     with pytest.raises(SystemExit):
         main(["eval", "--print_config"])
@@ -124,7 +141,7 @@ def test_eval_print_config_round_trips(tmp_path, capsys):
 
 
 def test_bare_bool_flags_mean_true():
-    from igcritic.evaluate import EvalConfig
+    from igcritic.eval.run import EvalConfig
 
     assert parse_config(EvalConfig, ["--overwrite"]).overwrite is True
     cfg = parse_config(EvalConfig, ["--overwrite", "--seed", "3", "--plots"])
@@ -156,13 +173,13 @@ STAGES = [
     "igcritic",
     "prompts",
     "policy",
-    "plots",
     "scorers",
     "store",
     "decoding",
     "collect",
     "stream",
     "data",
+    "calibration",
     "critic",
     "fit",
     "baselines",
@@ -170,12 +187,17 @@ STAGES = [
     "export",
     "guard",
     "serve",
-    "judges",
-    "reading",
-    "report",
-    "evaluate",
+    "eval",
     "__main__",
 ]
+
+
+UPWARD = {("collect", "search"): "round 2: --guard_search is the search's own SearchOverrides type"}
+"""The one module-level import against the pipeline: round 2 of collect answers with the guard, so its config
+holds the search's override type (and reads the guard's search defaults with SearchConfig)."""
+
+EVAL_STAGES = ["eval", "stats", "judges", "quality", "reading", "tables", "plots", "report", "methods", "run"]
+"""The order of the modules of ``igcritic/eval/`` (a run flows through them in this order)."""
 
 
 def _stage(module: str) -> str:
@@ -183,18 +205,28 @@ def _stage(module: str) -> str:
     return parts[1] if len(parts) > 1 else parts[0]  # a subpackage's modules share its stage
 
 
+LAZY_EDGES = {
+    ("collect", "guard"): "round 2 (--guard): rollouts come from the guarded runtime",
+    ("collect", "critic"): "round 2: the guard's critic artifact, by its config file (read_config)",
+}
+"""The only imports that go back up the pipeline, each inside the function that needs it (so the earlier
+stage still imports without the later one) and each here with its reason."""
+
+
 def test_modules_import_only_earlier_stages():
     import ast
 
     package = Path(__file__).resolve().parents[1] / "igcritic"
-    seen, wrong = set(), []
+    seen, wrong, lazy = set(), [], set()
     for path in sorted(package.rglob("*.py")):
         rel = path.relative_to(package.parent).with_suffix("")
         module = ".".join(p for p in rel.parts if p != "__init__")
         stage = _stage(module)
         seen.add(stage)
         assert stage in STAGES, f"{module} has no place in STAGES; add it where it runs in the pipeline"
-        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        top = {id(node) for node in tree.body}
+        for node in ast.walk(tree):
             names = (
                 [node.module]
                 if isinstance(node, ast.ImportFrom) and node.module
@@ -206,6 +238,31 @@ def test_modules_import_only_earlier_stages():
                 if name.split(".")[0] != "igcritic" or _stage(name) == stage:
                     continue
                 if STAGES.index(_stage(name)) > STAGES.index(stage):
-                    wrong.append(f"{module} imports {name}")
+                    edge = (stage, _stage(name))
+                    if edge in UPWARD:
+                        continue
+                    if id(node) in top or edge not in LAZY_EDGES:
+                        wrong.append(f"{module} imports {name} (line {node.lineno})")
+                    lazy.add(edge)
     assert not wrong, wrong
+    assert lazy == set(LAZY_EDGES), f"LAZY_EDGES lists edges no module has: {set(LAZY_EDGES) - lazy}"
     assert seen == set(STAGES)
+
+
+def test_eval_modules_import_only_earlier_eval_modules():
+    import ast
+
+    package = Path(__file__).resolve().parents[1] / "igcritic" / "eval"
+    seen, wrong = set(), []
+    for path in sorted(package.glob("*.py")):
+        stage = "eval" if path.stem == "__init__" else path.stem
+        seen.add(stage)
+        assert stage in EVAL_STAGES, f"igcritic.eval.{stage} has no place in EVAL_STAGES; add it"
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("igcritic.eval"):
+                parts = node.module.split(".")
+                got = parts[2] if len(parts) > 2 else "eval"
+                if EVAL_STAGES.index(got) >= EVAL_STAGES.index(stage) and got != stage:
+                    wrong.append(f"igcritic.eval.{stage} imports {node.module}")
+    assert not wrong, wrong
+    assert seen == set(EVAL_STAGES)

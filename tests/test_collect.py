@@ -80,7 +80,7 @@ def tiny_config(model_dir: Path, prompt_file: Path, out: Path, **kw) -> CollectC
 def test_collect_writes_valid_store_with_teacher_forced_latents(tiny_model_dir, prompt_file, tmp_path):
     cfg = tiny_config(tiny_model_dir, prompt_file, tmp_path / "s.zarr")
     stats = run(cfg)
-    assert stats["batches"] == 3 and stats["skipped_nan"] == 0
+    assert stats.batches == 3 and stats.skipped_nan == 0
     assert validate_store(cfg.out) == []
     r = StoreReader(cfg.out)
     assert r.n_traj == len(PROMPTS) * 2
@@ -109,6 +109,7 @@ def test_collect_writes_valid_store_with_teacher_forced_latents(tiny_model_dir, 
         assert t["cost_prefix"][-1] == pytest.approx(float(r.traj_cost[i]))
 
 
+@pytest.mark.subprocess
 def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model_dir, prompt_file, tmp_path):
     out = tmp_path / "killed.zarr"
     # Many small batches so the kill lands mid-run, after at least one committed batch.
@@ -212,7 +213,7 @@ def test_nan_latents_batch_is_reported_and_not_written(
     monkeypatch.setattr(collect_mod, "rollout", poisoned)
     cfg = tiny_config(tiny_model_dir, prompt_file, tmp_path / "nan.zarr")
     stats = run(cfg)
-    assert stats["skipped_nan"] == 1 and stats["batches"] == 2
+    assert stats.skipped_nan == 1 and stats.batches == 2
     assert "batch 1 not written" in caplog.text
     assert StoreReader(cfg.out).n_traj == 8 and validate_store(cfg.out) == []
 
@@ -238,6 +239,7 @@ def test_bad_input_errors_are_one_line(tiny_model_dir, tmp_path):
     assert not (tmp_path / "x.zarr").exists() and not (tmp_path / "y.zarr").exists()
 
 
+@pytest.mark.subprocess
 def test_cli_reports_missing_model_in_one_line(tmp_path):
     res = subprocess.run(
         [
@@ -317,6 +319,7 @@ def test_overwrite_refuses_what_is_not_a_store(tiny_model_dir, prompt_file, beav
     assert StoreReader(store.out).attrs["seed"] == 4 and validate_store(store.out) == []
 
 
+@pytest.mark.subprocess
 def test_second_collect_on_a_store_being_written_is_refused(
     tiny_model_dir, prompt_file, beaver_scorers, tmp_path
 ):
@@ -391,7 +394,7 @@ def test_resume_checks_the_prompts_text_and_the_weights(tiny_model_dir, beaver_s
     assert "\n" not in str(e.value)
     moved = tmp_path / "moved.jsonl"  # the store's prompts from another file: the same content
     moved.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
-    assert resume(moved)["batches_already_done"] == 2
+    assert resume(moved).batches_already_done == 2
 
     tok = build_tokenizer()
     make_beaver_folder(cost, tok, seed=7)  # retrained cost model in the same folder
@@ -488,6 +491,14 @@ def test_collect_with_a_guard_records_it_and_resumes_like_any_collect(
         run(tiny_config(tiny_model_dir, prompt_file, out, resume=True, **{**kw, "guard": str(other)}))
     with pytest.raises(CollectError, match="not a critic artifact"):
         run(tiny_config(tiny_model_dir, prompt_file, tmp_path / "x.zarr", **{**kw, "guard": str(tmp_path)}))
+    (other / "search_config.json").write_text('{"num_candidate": 4}')  # misspelt: refused before work
+    with pytest.raises(
+        CollectError,
+        match=r"--guard .*critic2: its artifact cannot be read \(unknown search parameter\(s\) "
+        r"\['num_candidate'\]",
+    ):
+        run(tiny_config(tiny_model_dir, prompt_file, tmp_path / "y.zarr", **{**kw, "guard": str(other)}))
+    assert not (tmp_path / "y.zarr").exists()
 
 
 def test_collect_names_its_own_guard_flags(tiny_model_dir, prompt_file, beaver_scorers, tmp_path):
@@ -633,3 +644,16 @@ def test_labels_from_the_rollout_latents_equal_the_text_path(monkeypatch):
     text, _ = label_batch(policy, prompts, [0, 1, 2], roll, cost, reward)
     np.testing.assert_allclose(decoded.cost_prefix, text.cost_prefix, atol=1e-4)
     np.testing.assert_allclose(decoded.traj_reward, text.traj_reward, atol=1e-4)
+
+
+def test_guard_search_is_typed_and_hashes_as_given():
+    """--guard_search is the search's override group: a misspelt field fails at once, and the content hash
+    holds only the fields given (a store collected with a plain dict resumes under the typed group)."""
+    from igcritic.search import SearchConfigError, SearchOverrides
+
+    cfg = CollectConfig(guard_search={"mode": "exact"})
+    assert cfg.guard_search == SearchOverrides(mode="exact") and cfg.hashed()["guard_search"] == {
+        "mode": "exact"
+    }
+    with pytest.raises(SearchConfigError, match=r"--guard_search: unknown search fields \['bogus'\]"):
+        CollectConfig(guard_search={"bogus": 1})

@@ -9,7 +9,7 @@ from helpers_fit import make_empty_store, make_store, poison_rows
 
 from igcritic.data import CriticDataModule, DataError
 from igcritic.store import StoreReader
-from igcritic.stream import mask_nonfinite
+from igcritic.stream import START, STOP, mask_nonfinite
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +138,7 @@ def test_reads_stay_inside_chunks_and_order_changes_with_epoch(store):
     dm = dm_for(store)
     ds = dm.train_dataset
     runs = ds.runs
-    assert (runs[:, 1] // 64 == (runs[:, 2] - 1) // 64).all()  # no run crosses a 64-row chunk
+    assert (runs[:, START] // 64 == (runs[:, STOP] - 1) // 64).all()  # no run crosses a 64-row chunk
     loader = dm.train_dataloader()
     e0 = collect(loader)["row"]
     assert np.array_equal(e0, collect(loader)["row"])  # same epoch, same order

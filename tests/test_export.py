@@ -50,7 +50,7 @@ def test_export_then_load_reproduces_the_module_exactly(trained, tmp_path):
         want = model.critic(h, z)
         got = critic(h, z)
         raw = model.critic.safe_prob(h, z, calibrated=False)
-    for a, b in zip(want, got):
+    for a, b in zip(want, got, strict=True):
         assert torch.equal(a, b)
     assert critic.calibration == model.critic.calibration and not critic.calibration.is_identity
     assert not torch.equal(got.safe_prob, raw)  # the runtime's q is the calibrated one
@@ -123,6 +123,7 @@ def test_export_without_calibration_and_from_old_checkpoints(trained, tmp_path, 
     assert "fitted at step -1" in caplog.text
 
 
+@pytest.mark.subprocess
 def test_artifact_loads_without_lightning(trained, tmp_path):
     _, ckpt = trained
     out = export(ckpt, tmp_path / "art")

@@ -1,7 +1,7 @@
 """The fault suite: what a new user's mistakes and accidents (a signal, a read-only folder, a truncated file,
 a budget out of range, a stripped artifact) do to each command. Each case ends in ONE line saying what is
 wrong and how to go on (exit 2, or 130/143 after a signal), never a traceback, a silent wrong result or
-lost data. Subprocess cases (a real signal, a real exit code) carry the ``multiprocess`` marker."""
+lost data. Subprocess cases (a real signal, a real exit code) carry the ``subprocess`` marker."""
 
 from __future__ import annotations
 
@@ -11,16 +11,29 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import CharReward, StandInGuard, WordCost, read_jsonl, tiny_critic, write_prompts
+from helpers import (
+    CannedGuard,
+    TextCost,
+    TextReward,
+    canned_guard,
+    distinct_chars,
+    make_tiny_policy,
+    read_jsonl,
+    tiny_critic,
+    word_cost,
+    write_prompts,
+)
 from lightning.pytorch.callbacks import Callback
 
-from igcritic import evaluate as ev
 from igcritic.__main__ import main, parse_config
+from igcritic.eval import RECORD_METHOD
+from igcritic.eval import run as ev
+from igcritic.eval.report import PROGRESS_FILE, RECORDS_FILE, RESULTS_JSON
 from igcritic.guard import load_guard
-from igcritic.report import PROGRESS_FILE, RECORD_METHOD, RECORDS_FILE, RESULTS_JSON
 from igcritic.search import SearchConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,12 +70,14 @@ def one_line_error(text: str) -> str:
 # ---------------------------------------------------------------- eval: nothing finished is lost
 
 
-class Stopping(StandInGuard):
-    """The stand-in guard, stopped (Ctrl-C, or a real signal to this process) when ``stop_at`` methods ran."""
+@dataclass
+class Stopping(CannedGuard):
+    """The guard with canned answers, stopped (Ctrl-C, or a real signal to this process) when ``stop_at``
+    methods ran."""
 
-    def __init__(self, stop_at: int | None = None, signum: int | None = None, **kw):
-        super().__init__(**kw)
-        self.stop_at, self.signum, self.methods = stop_at, signum, 0
+    stop_at: int | None = None
+    signum: int | None = None
+    methods: int = 0
 
     def generate(self, prompts, budget=None, **overrides):
         if self.methods == self.stop_at:
@@ -71,6 +86,12 @@ class Stopping(StandInGuard):
             os.kill(os.getpid(), self.signum)
         self.methods += 1
         return super().generate(prompts, budget, **overrides)
+
+
+def stopping(stop_at: int | None = None, signum: int | None = None) -> Stopping:
+    guard = canned_guard(make_tiny_policy(), kind=Stopping)
+    guard.stop_at, guard.signum = stop_at, signum
+    return guard
 
 
 def eval_args(tmp_path: Path, *extra: str) -> list[str]:
@@ -85,7 +106,7 @@ def eval_args(tmp_path: Path, *extra: str) -> list[str]:
         str(prompts),
         "--prompts.split",
         "heldout",
-        "--out_dir",
+        "--out",
         str(tmp_path / "out"),
         "--quality_set",
         "null",
@@ -99,7 +120,7 @@ def eval_args(tmp_path: Path, *extra: str) -> list[str]:
 
 def test_eval_interrupted_keeps_finished_methods_and_resumes(tmp_path, monkeypatch, capsys):
     methods = [m.name for m in ev.default_methods()]
-    guard = Stopping(stop_at=2)
+    guard = stopping(stop_at=2)
     monkeypatch.setattr(ev, "_load_guard", lambda cfg: guard)
     assert main(eval_args(tmp_path)) == 130
     line = one_line_error(capsys.readouterr().err)
@@ -108,13 +129,13 @@ def test_eval_interrupted_keeps_finished_methods_and_resumes(tmp_path, monkeypat
     assert json.loads((out / PROGRESS_FILE).read_text())["done"].keys() == set(methods[:2])
     assert {r[RECORD_METHOD] for r in read_jsonl(out / RECORDS_FILE)} == set(methods[:2])
 
-    resumed = StandInGuard()
+    resumed = canned_guard(make_tiny_policy())
     monkeypatch.setattr(ev, "_load_guard", lambda cfg: resumed)
     assert main(eval_args(tmp_path, "--resume", "true")) == 0
     assert len(resumed.calls) == 4  # only the four methods left ran
     whole = tmp_path / "whole"
     whole.mkdir()
-    monkeypatch.setattr(ev, "_load_guard", lambda cfg: StandInGuard())
+    monkeypatch.setattr(ev, "_load_guard", lambda cfg: canned_guard(make_tiny_policy()))
     assert main(eval_args(whole)) == 0
 
     def table(folder):
@@ -126,9 +147,9 @@ def test_eval_interrupted_keeps_finished_methods_and_resumes(tmp_path, monkeypat
 
 
 def test_eval_resume_refuses_changed_settings_or_prompts(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(ev, "_load_guard", lambda cfg: Stopping(stop_at=1))
+    monkeypatch.setattr(ev, "_load_guard", lambda cfg: stopping(stop_at=1))
     assert main(eval_args(tmp_path)) == 130
-    monkeypatch.setattr(ev, "_load_guard", lambda cfg: StandInGuard())
+    monkeypatch.setattr(ev, "_load_guard", lambda cfg: canned_guard(make_tiny_policy()))
     capsys.readouterr()
     assert main(eval_args(tmp_path, "--resume", "true", "--seed", "3")) == 2
     assert "seed: 0 -> 3" in one_line_error(capsys.readouterr().err)
@@ -146,7 +167,7 @@ def test_eval_refuses_an_unwritable_out_dir_before_any_work(tmp_path, monkeypatc
 
     monkeypatch.setattr(ev, "_load_guard", no_guard)
     args = eval_args(tmp_path)
-    args[args.index("--out_dir") + 1] = str(unwritable(tmp_path))
+    args[args.index("--out") + 1] = str(unwritable(tmp_path))
     assert main(args) == 2
     assert "cannot be written" in one_line_error(capsys.readouterr().err)
 
@@ -154,7 +175,7 @@ def test_eval_refuses_an_unwritable_out_dir_before_any_work(tmp_path, monkeypatc
 def test_eval_resume_of_a_folder_that_is_not_a_run(tmp_path, monkeypatch, capsys):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "notes.txt").write_text("mine")
-    monkeypatch.setattr(ev, "_load_guard", lambda cfg: StandInGuard())
+    monkeypatch.setattr(ev, "_load_guard", lambda cfg: canned_guard(make_tiny_policy()))
     assert main(eval_args(tmp_path, "--resume", "true")) == 2
     assert "no progress.json" in one_line_error(capsys.readouterr().err)
     assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
@@ -171,18 +192,18 @@ EVAL_SCRIPT = """
 import sys
 import time
 sys.path.insert(0, {tests!r})
-from test_faults import Stopping
+from test_faults import stopping
 from lightning.pytorch.callbacks import Callback
 
-from igcritic import evaluate as ev
+from igcritic.eval import run as ev
 from igcritic.__main__ import main, parse_config
 from igcritic.guard import load_guard
-ev._load_guard = lambda cfg: Stopping(stop_at=1, signum={signum})
+ev._load_guard = lambda cfg: stopping(stop_at=1, signum={signum})
 sys.exit(main({args!r}))
 """
 
 
-@pytest.mark.multiprocess
+@pytest.mark.subprocess
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_eval_signal_exits_128_plus_signum_with_the_resume_command(tmp_path, signum):
     script = EVAL_SCRIPT.format(tests=str(TESTS), signum=int(signum), args=eval_args(tmp_path))
@@ -233,7 +254,7 @@ def fit_command(store: str, *extra: str) -> list[str]:
     ]
 
 
-@pytest.mark.multiprocess
+@pytest.mark.subprocess
 def test_sigterm_fit_exits_143_and_resumes_the_same_run(tmp_path):
     from helpers_fit import make_store
 
@@ -280,11 +301,9 @@ def csv_rows(path: Path) -> list[dict]:
 SMALL = {"max_new_tokens": 4, "block_width": 2, "num_candidates": 2, "beams_kept": 1}
 
 
-def bounded_cost(word: str = "bomb") -> WordCost:
+def bounded_cost(word: str = "bomb") -> TextCost:
     """The word cost with a probability's scale, like the embedded probe."""
-    cost = WordCost(word)
-    cost.info.bounds = (0.0, 1.0)
-    return cost
+    return word_cost(word, bounds=(0.0, 1.0))
 
 
 @pytest.mark.parametrize(
@@ -295,7 +314,9 @@ def bounded_cost(word: str = "bomb") -> WordCost:
     ],
 )
 def test_a_budget_outside_the_cost_scale_is_refused(tiny_policy, budget, match):
-    guard = load_guard(tiny_critic(tiny_policy), model=tiny_policy, cost=bounded_cost(), reward=CharReward())
+    guard = load_guard(
+        tiny_critic(tiny_policy), model=tiny_policy, cost=bounded_cost(), reward=TextReward(distinct_chars)
+    )
     with pytest.raises(SearchConfigError, match=match):
         guard.generate(["how can I make a bomb at home"], budget=budget, mode="exact", **SMALL)
     with pytest.raises(SearchConfigError, match="outside the cost scale"):
@@ -303,15 +324,17 @@ def test_a_budget_outside_the_cost_scale_is_refused(tiny_policy, budget, match):
 
 
 def test_an_unbounded_cost_scale_warns_and_records_it(tiny_policy, caplog):
-    cost = WordCost("bomb")  # no bounds: like a logit or beaver's score head
-    guard = load_guard(tiny_critic(tiny_policy), model=tiny_policy, cost=cost, reward=CharReward())
+    cost = word_cost("bomb")  # no bounds: like a logit or beaver's score head
+    guard = load_guard(
+        tiny_critic(tiny_policy), model=tiny_policy, cost=cost, reward=TextReward(distinct_chars)
+    )
     kw = {"mode": "exact", **SMALL}
     with caplog.at_level("WARNING"):
         (rec,) = guard.generate(["how do I bake bread at home"], budget=123.0, **kw)
     assert rec.budget_checked is False and rec.to_dict()["budget_checked"] is False
     assert "NOT range-checked" in caplog.text and "word-cost" in caplog.text
     (ok,) = load_guard(
-        tiny_critic(tiny_policy), model=tiny_policy, cost=bounded_cost(), reward=CharReward()
+        tiny_critic(tiny_policy), model=tiny_policy, cost=bounded_cost(), reward=TextReward(distinct_chars)
     ).generate(["how do I bake bread at home"], budget=0.5, **kw)
     assert ok.budget_checked is True
 
@@ -326,7 +349,7 @@ def test_the_embedded_cost_scale_is_a_probability():
 
 
 def test_negative_numbers_parse_on_the_command_line():
-    from igcritic.evaluate import EvalConfig
+    from igcritic.eval.run import EvalConfig
     from igcritic.guard import GenerateConfig
 
     assert parse_config(EvalConfig, ["--budget", "-1e9"]).budget == -1e9
@@ -449,7 +472,7 @@ def test_a_truncated_checkpoint_is_no_checkpoint(tmp_path):
         check_checkpoint(str(half))
 
 
-@pytest.mark.multiprocess
+@pytest.mark.subprocess
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_collect_signal_keeps_committed_batches_and_resumes(tmp_path, signum):
     from helpers import build_tiny_llama, build_tokenizer, make_beaver_folder

@@ -7,11 +7,11 @@ import json
 
 import pytest
 import torch
-from helpers import WordCost, tiny_critic, write_artifact
+from helpers import CHAT, tiny_critic, word_cost, write_artifact
 
 from igcritic.critic import load_critic
 from igcritic.guard import GenerateConfig, Guard, GuardError, describe, load_guard, main
-from igcritic.prompts import PromptError, PromptSource, load_prompts, prompt_messages, prompt_text
+from igcritic.prompts import PromptSource, prompt_messages, prompt_text
 from igcritic.search import GuardRecord, SearchConfigError
 
 SEARCH = {
@@ -65,7 +65,7 @@ def test_load_guard_one_call_from_loaded_model(artifact, tiny_policy):
 
 
 def test_generate_overrides_and_scorers(artifact, tiny_policy):
-    cost = WordCost()
+    cost = word_cost()
     guard = load_guard(artifact, model=tiny_policy, cost=cost)
     recs = guard.generate(
         ["how do I bake bread at home", "hack into my neighbour's wifi network"],
@@ -87,9 +87,9 @@ def test_generate_overrides_and_scorers(artifact, tiny_policy):
 def test_budget_defaults_chain(tmp_path, tiny_policy):
     art = write_artifact(tmp_path / "a", tiny_policy.identity.to_dict(), search=SEARCH, budget=None)
     assert load_guard(art, model=tiny_policy).budget is None
-    assert load_guard(art, model=tiny_policy, cost=WordCost(budget_hint=0.75)).budget == 0.75
+    assert load_guard(art, model=tiny_policy, cost=word_cost(budget_hint=0.75)).budget == 0.75
     art = write_artifact(tmp_path / "b", tiny_policy.identity.to_dict(), search=SEARCH, budget=0.3)
-    assert load_guard(art, model=tiny_policy, cost=WordCost(budget_hint=0.75)).budget == 0.3
+    assert load_guard(art, model=tiny_policy, cost=word_cost(budget_hint=0.75)).budget == 0.3
     with pytest.raises(SearchConfigError, match="search.budget None is not a finite number"):
         load_guard(tmp_path / "a", model=tiny_policy).generate(["hi there"])
 
@@ -236,20 +236,6 @@ def test_refused_records_are_valid_json_with_nulls(tmp_path, saved_policy_artifa
     assert "\noutcome: refused: no answer stayed within budget" in describe(rec)
 
 
-def test_generate_reads_prompts_from_one_source(tmp_path, monkeypatch):
-    from igcritic.guard import GenerateConfig
-
-    f = tmp_path / "p.txt"
-    f.write_text("first\n\nsecond\n")
-    stdin = GenerateConfig("c").prompts  # the command's default: one prompt per stdin line
-    monkeypatch.setattr("sys.stdin", io.StringIO("first\n\nsecond\n"))
-    assert [p.prompt for p in load_prompts(stdin)[0]] == ["first", "second"]
-    assert [p.prompt for p in load_prompts(PromptSource(str(f), split=None))[0]] == ["first", "second"]
-    assert [p.prompt for p in load_prompts(PromptSource(str(f), texts=["x"]))[0]] == ["x"]
-    with pytest.raises(PromptError, match="does not exist"):
-        load_prompts(PromptSource(str(tmp_path / "missing.txt")))
-
-
 @pytest.mark.embedded
 def test_embedded_policy_by_recorded_id_and_loaded_object(tmp_path):
     """model=None loads the critic's recorded embedded SmolLM2; the same model passed loaded is recognised."""
@@ -266,15 +252,6 @@ def test_embedded_policy_by_recorded_id_and_loaded_object(tmp_path):
     from igcritic.policy import embedded_model_dir  # its own converted folder is the same policy
 
     assert load_guard(art, model=str(embedded_model_dir())).policy.identity.model_id == EMBEDDED_POLICY_ID
-
-
-def test_prompts_from_jsonl_report_the_bad_line(tmp_path):
-    f = tmp_path / "p.jsonl"
-    f.write_text('{"prompt": "first"}\n{"prompt": "second"}\n')
-    assert [p.prompt for p in load_prompts(PromptSource(str(f)))[0]] == ["first", "second"]
-    f.write_text('{"prompt": "first"}\n{"text": "x"}\n')
-    with pytest.raises(PromptError, match=r"p.jsonl:2"):
-        load_prompts(PromptSource(str(f)))
 
 
 def test_generate_from_two_threads_matches_sequential_runs(artifact, tiny_policy):
@@ -323,70 +300,6 @@ def test_generate_from_two_threads_matches_sequential_runs(artifact, tiny_policy
         assert got[i] == [sequential[i], sequential[i]], f"thread {i} got another call's latents"
 
 
-def test_prompt_sources_say_what_is_wrong(tmp_path, monkeypatch, capsys):
-    """Empty or non-string inline prompts, binary and non-UTF-8 files: one line each, no traceback."""
-    with pytest.raises(PromptError, match=r"--prompts.texts is an empty list"):
-        load_prompts(PromptSource(texts=[]))  # was: read stdin, "prompt source '-' (split None)"
-    with pytest.raises(PromptError, match=r"--prompts.texts\[1\] is a int, not a string"):
-        load_prompts(PromptSource(texts=["ok", 3]))
-    with pytest.raises(PromptError, match=r"--prompts.texts\[0\] is empty"):
-        load_prompts(PromptSource(texts=["  "]))
-    (tmp_path / "p.parquet").write_bytes(b"PAR1\x00\xff\xfe")
-    with pytest.raises(PromptError, match=r"is a .parquet data file; pass --prompts.source hf:"):
-        load_prompts(PromptSource(str(tmp_path / "p.parquet")))
-    (tmp_path / "p.txt").write_bytes(b"caf\xe9\n")
-    with pytest.raises(PromptError, match=r"is not UTF-8 \(byte 0x"):
-        load_prompts(PromptSource(str(tmp_path / "p.txt")))
-
-    class Terminal(io.StringIO):
-        def isatty(self):
-            return True
-
-    monkeypatch.setattr("sys.stdin", Terminal("one\n"))
-    assert [p.prompt for p in load_prompts(PromptSource("-", split=None))[0]] == ["one"]
-    assert capsys.readouterr().err == "reading prompts from stdin, one per line (Ctrl-D to end)\n"
-
-
-def test_local_hf_datasets_save_to_disk_and_data_files(tmp_path):
-    import datasets
-
-    dd = datasets.DatasetDict(
-        {
-            "train": datasets.Dataset.from_dict({"prompt": ["a", "b"]}),
-            "test": datasets.Dataset.from_dict({"prompt": ["c"]}),
-        }
-    )
-    dd.save_to_disk(str(tmp_path / "saved"))
-    datasets.Dataset.from_dict({"prompt": ["x", "y"]}).save_to_disk(str(tmp_path / "one"))
-    (tmp_path / "files").mkdir()
-    datasets.Dataset.from_dict({"prompt": ["p", "q"]}).to_parquet(str(tmp_path / "files" / "part.parquet"))
-
-    def texts(source, split="train", field="prompt"):
-        return [p.prompt for p in load_prompts(PromptSource(f"hf:{source}", split=split, field=field))[0]]
-
-    assert texts(tmp_path / "saved") == ["a", "b"] and texts(tmp_path / "saved", "test") == ["c"]
-    assert texts(tmp_path / "saved", "all") == ["a", "b", "c"]
-    assert texts(tmp_path / "one") == ["x", "y"]
-    assert texts(tmp_path / "files") == ["p", "q"]
-    assert texts(tmp_path / "files" / "part.parquet") == ["p", "q"]
-    with pytest.raises(
-        PromptError, match=r"has no split 'heldout'; pass --prompts.split one of \['test', 'train'\]"
-    ):
-        texts(tmp_path / "saved", "heldout")
-    with pytest.raises(PromptError, match="has no split 'heldout'"):  # not "no column 'prompt'"
-        texts(tmp_path / "files", "heldout")
-    with pytest.raises(PromptError, match=r"has no column 'text'; pass --prompts.field one of \['prompt'\]"):
-        texts(tmp_path / "saved", field="text")
-
-
-CHAT = [
-    {"role": "system", "content": "answer in one short line"},
-    {"role": "user", "content": "how do I bake bread at home"},
-    {"role": "assistant", "content": "mix flour water salt and yeast then wait"},
-    {"role": "user", "content": "and then what"},
-]
-
-
 def test_generate_takes_chat_messages_through_the_policy_template(artifact, tiny_policy):
     """A system prompt and a two-turn conversation are answered on the policy's chat template of every turn;
     a single user turn is the plain text prompt."""
@@ -408,32 +321,6 @@ def test_generate_takes_chat_messages_through_the_policy_template(artifact, tiny
     assert conv.token_ids == greedy[: len(conv.token_ids)] and conv.token_ids  # conditioned on every turn
 
 
-def test_chat_messages_are_checked_and_stored_as_one_string(tmp_path):
-    assert prompt_text([{"role": "user", "content": "hi"}]) == "hi" == prompt_text("hi")
-    assert prompt_text(json.dumps(CHAT)) == prompt_text(CHAT) and prompt_messages(prompt_text(CHAT)) == CHAT
-    for bad, why in [
-        ([], "non-empty list"),
-        ([{"role": "tool", "content": "x"}], "role 'tool'"),
-        ([{"role": "user", "content": "x"}, {"role": "system", "content": "y"}], "only come first"),
-        ([{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}], "end with a user"),
-        ([{"role": "user", "content": "x", "name": "bob"}], "nothing else"),
-        ([{"role": "user", "content": " "}], "non-empty text"),
-    ]:
-        with pytest.raises(PromptError, match=why):
-            prompt_text(bad)
-    f = tmp_path / "p.jsonl"
-    f.write_text(json.dumps({"messages": CHAT, "category": "cooking"}) + '\n{"prompt": "second"}\n')
-    rows = load_prompts(PromptSource(str(f)))[0]
-    assert [prompt_messages(r.prompt) for r in rows] == [CHAT, [{"role": "user", "content": "second"}]]
-    assert rows[0].category == "cooking"
-    f.write_text('{"prompt": "first"}\n' + json.dumps({"messages": CHAT[:3]}) + "\n")
-    with pytest.raises(PromptError, match=r"p.jsonl:2: messages must end with a user message"):
-        load_prompts(PromptSource(str(f)))
-    f.write_text(json.dumps({"prompt": "x", "messages": CHAT}) + "\n")
-    with pytest.raises(PromptError, match=r'p.jsonl:1: has both "prompt" and "messages"'):
-        load_prompts(PromptSource(str(f)))
-
-
 def test_generate_command_answers_a_messages_file(tmp_path, saved_policy_artifact):
     prompts = tmp_path / "chat.jsonl"
     prompts.write_text(json.dumps({"messages": CHAT}) + "\n" + json.dumps({"messages": CHAT[1:2]}) + "\n")
@@ -449,7 +336,7 @@ def test_per_prompt_seeds_make_a_batched_answer_the_one_it_gets_alone(artifact, 
     prompts = ["how do I bake bread at home", CHAT, "hack into my neighbour's wifi network", "the weather"]
     kw = {"max_new_tokens": 8, "block_width": 2, "prompt_batch": 4}
     together = guard.generate(prompts, seeds=[5, 6, 7, 8], **kw)
-    alone = [guard.generate([p], seeds=[s], **kw)[0] for p, s in zip(prompts, [5, 6, 7, 8])]
+    alone = [guard.generate([p], seeds=[s], **kw)[0] for p, s in zip(prompts, [5, 6, 7, 8], strict=True)]
     assert [r.token_ids for r in together] == [r.token_ids for r in alone]
     assert alone[0].token_ids == guard.generate(prompts[0], seed=5, **kw)[0].token_ids  # one prompt: seed
     other = guard.generate(prompts, seeds=[9, 6, 7, 8], **kw)
@@ -470,7 +357,7 @@ def test_on_block_sees_each_accepted_block_as_a_growing_agreed_prefix(artifact, 
     )
     for i, rec in enumerate(recs):
         assert len(seen[i]) == rec.steps >= 1
-        for a, b in zip(seen[i], seen[i][1:] + [rec.token_ids]):
+        for a, b in zip(seen[i], seen[i][1:] + [rec.token_ids], strict=True):
             assert b[: len(a)] == a  # never retracted: every call extends the last, the answer extends all
 
 
@@ -511,3 +398,18 @@ def test_shipped_critics_record_the_embedded_policy_fingerprint():
     root = Path(__file__).resolve().parents[1] / "checkpoints"
     for name in ("embedded", "embedded-r2"):
         assert read_config(root / name)["policy"]["fingerprint"] == fp, name
+
+
+def test_rollouts_are_the_guards_answers_with_their_latents(artifact, tiny_policy):
+    """``collect --guard`` asks the guard for rollouts: the answers of one seeded search, with h_0..h_T read
+    by one teacher-forced forward and ``finished`` where the answer ends with EOS."""
+    guard = load_guard(artifact, model=tiny_policy.model, tokenizer=tiny_policy.tokenizer)
+    prompts = ["how do I bake bread at home", "hello"]
+    roll = guard.rollouts(prompts, torch.Generator().manual_seed(5), on_violation="best_effort")
+    seed = int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(5)))
+    records = guard.generate(prompts, seed=seed, on_violation="best_effort")
+    assert roll.tokens == [r.token_ids for r in records]
+    eos = set(tiny_policy.eos_token_ids)
+    assert roll.finished == [bool(t) and t[-1] in eos for t in roll.tokens]
+    for toks, lat in zip(roll.tokens, roll.latents, strict=True):
+        assert lat.shape == (len(toks) + 1, tiny_policy.identity.hidden_size) and lat.dtype == torch.float32

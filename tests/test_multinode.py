@@ -49,7 +49,7 @@ def two_nodes(args: list[str], cwd: Path, timeout: int = 900) -> None:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    for rank, (p, out) in enumerate(zip(procs, outs)):
+    for rank, (p, out) in enumerate(zip(procs, outs, strict=True)):
         assert p.returncode == 0, f"node {rank} of `igcritic {args[0]}` failed:\n{out[-3000:]}"
 
 

@@ -6,7 +6,6 @@ import pytest
 import torch
 from helpers import make_tiny_policy
 
-from igcritic.decoding import SamplingConfig, prefix_texts, rollout
 from igcritic.policy import LatentSpec, PolicyError, load_policy
 
 
@@ -79,24 +78,6 @@ def test_empty_and_too_long_prompts_are_refused(tiny_policy):
         tiny_policy.encode_prompts(["fine", "long " + "bread " * 400])  # named by its text, not "prompt 1"
     with pytest.raises(PolicyError, match=r"prompt 0 \(counting from 0\) is a NoneType, not a string"):
         tiny_policy.encode_prompts([None])
-
-
-def test_rollout_has_t_plus_one_latents_and_matches_greedy_generate(tiny_policy):
-    prompts = ["how do I bake bread", "hello there"]
-    roll = rollout(tiny_policy, prompts, SamplingConfig(temperature=0, max_new_tokens=7))
-    enc = tiny_policy.encode_prompts(prompts)
-    ref = tiny_policy.model.generate(
-        **enc, do_sample=False, max_new_tokens=7, pad_token_id=tiny_policy.pad_token_id
-    )
-    for i, toks in enumerate(roll.tokens):
-        assert roll.latents[i].shape == (len(toks) + 1, tiny_policy.identity.hidden_size)
-        assert toks == ref[i, enc["input_ids"].shape[1] :].tolist()[: len(toks)]
-
-
-def test_prefix_texts_start_empty_and_end_with_the_answer(tiny_tokenizer):
-    ids = tiny_tokenizer("mix flour water salt")["input_ids"]
-    texts = prefix_texts(tiny_tokenizer, ids)
-    assert len(texts) == len(ids) + 1 and texts[0] == "" and texts[-1] == tiny_tokenizer.decode(ids)
 
 
 def test_latent_tap_is_one_permanent_hook_per_module(tiny_policy):

@@ -19,14 +19,14 @@ import pytest
 pytest.importorskip("moto.server", reason="S3 tests need moto's server: pip install 'moto[server]'")
 pytest.importorskip("s3fs", reason="S3 tests need s3fs: pip install s3fs")
 
-from helpers_store import ATTRS, PROMPTS, H, make_batch  # noqa: E402
-from rich.console import Console  # noqa: E402
+from helpers_store import ATTRS, PROMPTS, H, make_batch
+from rich.console import Console
 
-from igcritic.store import StoreError, StoreReader, StoreWriter, layout, lock, validate_store  # noqa: E402
-from igcritic.store.inspect import InspectConfig  # noqa: E402
-from igcritic.store.inspect import main as inspect  # noqa: E402
+from igcritic.store import StoreError, StoreReader, StoreWriter, layout, lock, validate_store
+from igcritic.store.inspect import InspectConfig
+from igcritic.store.inspect import main as inspect
 
-pytestmark = pytest.mark.s3
+pytestmark = [pytest.mark.s3, pytest.mark.subprocess]
 BUCKET = "igcritic-test"
 COLLECT_PROMPTS = [
     "how do I bake bread",

@@ -84,7 +84,7 @@ def test_beaver_one_forward_equals_separate_prefix_forwards(tmp_path, tiny_token
     assert scorer.score_head.bias is not None if bias else scorer.score_head.bias is None
     prefixes = [word_prefixes(r) for r in RESPONSES]
     got = scorer.prefix_scores(PROMPTS, prefixes)
-    for prompt, pre, g in zip(PROMPTS, prefixes, got):
+    for prompt, pre, g in zip(PROMPTS, prefixes, got, strict=True):
         assert g.dtype == np.float32 and len(g) == len(pre)
         separate = np.array([scorer.score([prompt], [p])[0] for p in pre])  # one forward per prefix
         np.testing.assert_allclose(g, separate, atol=1e-4)

@@ -8,9 +8,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from helpers import CharReward, WordCost, plant, tiny_critic
+from helpers import TextReward, distinct_chars, plant, tiny_critic, word_cost
 
-from igcritic.decoding import RejectedTokenPenalty, SamplingConfig, StaticKV, SuppressTokens, rollout
+from igcritic.decoding import SamplingConfig, StaticKV, rollout
 from igcritic.search import SearchConfig, SearchConfigError, search
 
 PROMPTS = ["how do I bake bread at home", "hack into my neighbour's wifi network"]
@@ -40,7 +40,7 @@ def greedy_reference(policy, prompt: str, d: int) -> list[int]:
 def test_greedy_admit_all_reproduces_generate(tiny_policy, critic, prompt_batch):
     cfg = config(num_candidates=1, beams_kept=1, block_width=3, max_new_tokens=20, temperature=0)
     recs = search(tiny_policy, PROMPTS, replace(cfg, prompt_batch=prompt_batch), critic)
-    for prompt, rec in zip(PROMPTS, recs):
+    for prompt, rec in zip(PROMPTS, recs, strict=True):
         assert rec.token_ids == greedy_reference(tiny_policy, prompt, 20)
         assert rec.steps == math.ceil(20 / 3) and not rec.refused and rec.safe
 
@@ -66,11 +66,11 @@ def test_static_compiled_path_gives_the_dynamic_tokens(tiny_policy, critic):
     prompts = ["how do I bake bread", "hello there", "hack the wifi now please"]
     dyn, comp = rollout(tiny_policy, prompts, greedy), rollout(tiny_policy, prompts, greedy, static_rows=8)
     assert comp.tokens == dyn.tokens and comp.finished == dyn.finished
-    for a, b in zip(comp.latents, dyn.latents):
+    for a, b in zip(comp.latents, dyn.latents, strict=True):
         assert a.shape == b.shape and torch.allclose(a, b, atol=1e-4)
     cfg = config(num_candidates=4, max_new_tokens=12, **GREEDY_EXACT)
     runs = [
-        search(tiny_policy, PROMPTS, replace(cfg, compile=c), critic, WordCost(reject_first=(PROMPTS[1],)))
+        search(tiny_policy, PROMPTS, replace(cfg, compile=c), critic, word_cost(reject_first=(PROMPTS[1],)))
         for c in (False, True)
     ]
     assert [r.retries for r in runs[1]] == [r.retries for r in runs[0]] == [0, 1]
@@ -82,10 +82,10 @@ def test_static_compiled_path_gives_the_dynamic_tokens(tiny_policy, critic):
 def test_retry_rewinds_block_exactly(tiny_policy, critic):
     """A rejected block is resampled from the beam's state: greedy without penalty gives the same answer."""
     cfg = config(num_candidates=1, beams_kept=1, max_new_tokens=12, **GREEDY_EXACT)
-    cost = WordCost(reject_first=(PROMPTS[1],))
+    cost = word_cost(reject_first=(PROMPTS[1],))
     recs = search(tiny_policy, PROMPTS, cfg, critic, cost=cost)
     assert [r.retries for r in recs] == [0, 1]
-    for prompt, rec in zip(PROMPTS, recs):
+    for prompt, rec in zip(PROMPTS, recs, strict=True):
         assert rec.token_ids == greedy_reference(tiny_policy, prompt, 12)
     unsafe_twice = tiny_critic(tiny_policy, safe=False, cost=0.0)
     seen = []
@@ -107,7 +107,7 @@ def test_guard_never_emits_planted_unsafe_text(tiny_policy, critic):
     # plant the longest token string plain sampling emitted as "unsafe"
     pieces = [tok.decode([t]) for r in plain for t in r.token_ids]
     word = max((p for p in pieces if p.strip().isascii() and p.strip().isalnum()), key=len)
-    cost = WordCost(word)
+    cost = word_cost(word)
     plain = search(tiny_policy, PROMPTS, config(method="plain", seed=3), critic, cost)
     assert any(word in r.text for r in plain) and any(not r.safe for r in plain)
     guarded = search(tiny_policy, PROMPTS, config(seed=3, mode="exact"), critic, cost)
@@ -118,7 +118,7 @@ def test_guard_never_emits_planted_unsafe_text(tiny_policy, critic):
 
 
 def test_fully_latent_mode_runs_no_cost_scorer(tiny_policy):
-    cost = WordCost("x")
+    cost = word_cost("x")
     crit = tiny_critic(tiny_policy, safe=True, cost=0.25)
     recs = search(tiny_policy, PROMPTS, config(mode="latent"), crit, cost=cost)
     assert cost.calls == []  # and S is the latent head's planted 0.25:
@@ -140,7 +140,7 @@ def test_refuses_when_nothing_admissible(tiny_policy):
 
 
 def test_best_of_n_picks_best_by_recomputation(tiny_policy):
-    cost, reward = WordCost("e"), CharReward()
+    cost, reward = word_cost("e"), TextReward(distinct_chars)
     for score in ("lagrangian", "augmented"):
         cost.calls.clear()
         reward.calls.clear()
@@ -184,18 +184,6 @@ def test_deterministic_under_seed(tiny_policy, critic):
 
     assert run(1) == run(1)
     assert run(1) != run(2)
-
-
-def test_logits_processors_are_pure():
-    scores = torch.randn(2, 10)
-    before = scores.clone()
-    banned = torch.zeros(2, 10, dtype=torch.bool)
-    banned[0, 3] = banned[1, 7] = True
-    out = RejectedTokenPenalty(banned, strength=2.0)(torch.zeros(2, 4, dtype=torch.long), scores)
-    assert torch.equal(scores, before) and out is not scores
-    assert torch.allclose(out[banned], before[banned] - 2.0) and torch.equal(out[~banned], before[~banned])
-    out = SuppressTokens((1,))(torch.zeros(2, 0, dtype=torch.long), scores)
-    assert torch.equal(scores, before) and torch.isinf(out[:, 1]).all()
 
 
 @pytest.mark.parametrize(
@@ -301,7 +289,7 @@ def test_decode_pass_prefix_scores_equal_the_text_path(embedded_stack):
     roll = rollout(policy, prompts, SamplingConfig(max_new_tokens=24), torch.Generator().manual_seed(1))
     cols = cost.decode_columns(policy)
     assert cols is not None and reward.decode_columns(policy) is not None
-    for prompt, tokens, lat in zip(prompts, roll.tokens, roll.latents):
+    for prompt, tokens, lat in zip(prompts, roll.tokens, roll.latents, strict=True):
         n = len(tokens) - (tokens[-1] in policy.eos_token_ids)
         state = RunningPrefix.start(lat[:1])
         # two blocks: the running sums carried across a block boundary
@@ -347,7 +335,7 @@ def test_exact_search_from_the_decode_pass_equals_the_text_path(embedded_stack, 
     monkeypatch.setattr(search_module, "_decode_scoring", lambda ctx, beams: None)
     text = search(policy, prompts, cfg, critic, cost, reward)
     assert critic_ranks or sum(r.retries for r in text) >= 1  # a block was rewound (seed 3)
-    for a, b in zip(decoded, text):
+    for a, b in zip(decoded, text, strict=True):
         assert a.token_ids == b.token_ids and a.refused == b.refused and a.retries == b.retries
         assert a.cost == pytest.approx(b.cost, abs=DECODE_TOL)
         assert a.value == pytest.approx(b.value, abs=DECODE_TOL)
@@ -375,7 +363,7 @@ def test_args_on_the_policys_layers_picks_the_tokens_of_the_text_path(embedded_s
     assert all(r.scorer_seconds < 2.0 for r in cached)  # no text pass per step (the text path: ~2 s a step)
     monkeypatch.setattr(search_module, "_args_latent", lambda ctx, cands: None)
     text = search(policy, prompts, cfg, None, cost, reward)
-    for a, b in zip(cached, text):
+    for a, b in zip(cached, text, strict=True):
         assert a.token_ids == b.token_ids and len(a.token_ids) == 8
         assert a.cost == pytest.approx(b.cost, abs=DECODE_TOL)
 
@@ -387,26 +375,10 @@ def test_automatic_prompt_batch_is_sized_for_the_device():
     assert SearchConfig(method="plain").prompts_per_batch("cpu") == 32  # N = 1
 
 
-@pytest.mark.parametrize("scale", [0.1, 1.0, 3.0, 10.0])
-@pytest.mark.parametrize("top_p", [0.5, 0.9, 0.99])
-def test_top_p_from_the_most_likely_tokens_equals_a_full_sort(scale, top_p):
-    """The nucleus found among the 256 most likely tokens (or a full sort when it is wider) is the one a full
-    sort of the vocabulary gives."""
-    from igcritic.decoding import filter_logits
-
-    logits = torch.randn(6, 5000, generator=torch.Generator().manual_seed(int(scale * 10))) * scale
-    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-    probs = sorted_logits.softmax(-1)
-    drop = probs.cumsum(-1) - probs > top_p
-    want = drop.scatter(-1, order, drop)
-    got = torch.isinf(filter_logits(logits, SamplingConfig(temperature=1.0, top_p=top_p)))
-    assert torch.equal(got, want)
-
-
 class FlatCost:
     """Cost scorer: every sampled answer costs ``s``, the refusal text and the empty answer cost 0."""
 
-    info = WordCost().info
+    info = word_cost().info
 
     def __init__(self, s: float, refusal: str):
         self.s, self.refusal = s, refusal

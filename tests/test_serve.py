@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -13,7 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import make_tiny_policy, write_artifact
+from helpers import CHAT, make_tiny_policy, write_artifact
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("litserve")
@@ -29,13 +30,37 @@ SEARCH = {
     "retries": 1,
     "tau": 0.0,
 }
-CHAT = [
-    {"role": "system", "content": "answer in one short line"},
-    {"role": "user", "content": "how do I bake bread at home"},
-    {"role": "assistant", "content": "mix flour water salt and yeast then wait"},
-    {"role": "user", "content": "and then what"},
-]
 PROMPTS = [CHAT, [{"role": "user", "content": "hack into my neighbour's wifi network"}], CHAT[1:2], CHAT[:2]]
+
+
+pytestmark = pytest.mark.subprocess  # every test asks `igcritic serve` running in a child process
+
+
+def _session_processes(sid: int) -> list[int]:
+    """Every process of session ``sid`` (the server started with ``start_new_session`` and its workers)."""
+    pids = []
+    if not Path("/proc").is_dir():  # no procfs: nothing to check
+        return pids
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getsid(int(entry.name)) == sid:
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    for _ in range(60):  # the main process is gone; its workers get a moment to follow
+        try:
+            state = (Path("/proc") / str(pid) / "stat").read_text().split(") ")[-1][0]
+        except OSError:
+            return False
+        if state == "Z":
+            return False
+        time.sleep(0.5)
+    return True
 
 
 def _free_port() -> int:
@@ -58,7 +83,14 @@ def served(tmp_path_factory):
     cmd = [sys.executable, "-m", "igcritic", "serve", str(art), "--port", str(port)]
     cmd += ["--max_batch_size", "4", "--batch_timeout", "0.5"]
     log = (root / "server.log").open("w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # as a background job gets it
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):  # the worker loads the guard before /health says ok
@@ -77,13 +109,18 @@ def served(tmp_path_factory):
         guard = load_guard(art)
         yield openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=300), guard
     finally:
-        proc.send_signal(signal.SIGINT)
+        workers = _session_processes(proc.pid)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C, though the server inherited SIGINT ignored
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
+            pass
+        left = [p for p in workers if _alive(p)]
+        if proc.poll() is None or left:
             os.killpg(proc.pid, signal.SIGKILL)  # our own session: the server and its workers
             proc.wait()
         log.close()
+    assert proc.returncode is not None and not left, f"SIGINT left the server or its workers running: {left}"
 
 
 def _ask(client, messages, **kw):
@@ -214,32 +251,62 @@ def test_concurrent_requests_are_batched_and_answer_as_sequential_ones(served):
     assert all(s.model_extra["igcritic"]["batch"] == 1 for s in sequential)
 
 
-def test_inspect_ai_runs_a_two_sample_task_against_the_server(served, tmp_path):
-    """Inspect AI's OpenAI provider pointed at the server (docs/eval.md): both samples answered, with the
-    answers the server gives the openai client for the same conversation and seed."""
-    inspect_ai = pytest.importorskip("inspect_ai")
-    from inspect_ai.dataset import Sample
-    from inspect_ai.scorer import match
-    from inspect_ai.solver import generate, system_message
+INSPECT_TASK = """
+import json, sys
+from inspect_ai import Task, eval
+from inspect_ai.dataset import Sample
+from inspect_ai.scorer import match
+from inspect_ai.solver import generate, system_message
 
+base_url, system, question, log_dir = sys.argv[1:5]
+task = Task(
+    dataset=[Sample(input=question, target="bread"), Sample(input="the weather", target="sun")],
+    solver=[system_message(system), generate()],
+    scorer=match(location="any"),
+)
+(log,) = eval(task, model="openai/igcritic", model_base_url=base_url,
+              model_args={"api_key": "none", "responses_api": False}, max_tokens=6, seed=0,
+              log_dir=log_dir, display="none")
+print(json.dumps({"status": log.status, "samples": [[s.input, s.output.completion] for s in log.samples]}))
+"""
+
+
+def _inspect_python() -> str | None:
+    """The interpreter that has inspect-ai: IGCRITIC_INSPECT_PYTHON, else the .venv-inspect that .ci/setup.sh
+    makes (inspect-ai pins fsspec below what zarr and datasets get, so it lives in its own environment), else
+    this one if it has inspect-ai."""
+    for python in (os.environ.get("IGCRITIC_INSPECT_PYTHON"), str(ROOT / ".venv-inspect" / "bin" / "python")):
+        if python and Path(python).is_file():
+            return python
+    try:
+        import inspect_ai  # noqa: F401
+    except ImportError:
+        return None
+    return sys.executable
+
+
+def test_inspect_ai_runs_a_two_sample_task_against_the_server(served, tmp_path):
+    """Inspect AI's OpenAI provider pointed at the server (docs/eval.md), run by Inspect's own interpreter:
+    both samples answered, with the answers the server gives the openai client for the same conversation and
+    seed."""
+    python = _inspect_python()
+    if python is None:
+        if os.environ.get("CI"):  # CI installs it (.ci/setup.sh): a skip there would hide a broken recipe
+            pytest.fail("inspect-ai is not installed: run .ci/setup.sh (it makes .venv-inspect)")
+        pytest.skip("inspect-ai is not installed (bash .ci/setup.sh makes .venv-inspect)")
     client, _ = served
-    task = inspect_ai.Task(
-        dataset=[Sample(input=CHAT[1]["content"], target="bread"), Sample(input="the weather", target="sun")],
-        solver=[system_message(CHAT[0]["content"]), generate()],
-        scorer=match(location="any"),
+    script = tmp_path / "inspect_task.py"
+    script.write_text(INSPECT_TASK)
+    args = [str(client.base_url), CHAT[0]["content"], CHAT[1]["content"], str(tmp_path / "logs")]
+    unset = ("PYTHONPATH", "OPENAI_BASE_URL", "OPENAI_API_KEY")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    done = subprocess.run(
+        [python, str(script), *args], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path
     )
-    (log,) = inspect_ai.eval(
-        task,
-        model="openai/igcritic",
-        model_base_url=str(client.base_url),
-        model_args={"api_key": "none", "responses_api": False},
-        max_tokens=6,
-        seed=0,
-        log_dir=str(tmp_path),
-        display="none",
-    )
-    assert log.status == "success" and len(log.samples) == 2
-    for sample in log.samples:
-        conv = [CHAT[0], {"role": "user", "content": sample.input}]
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["status"] == "success" and len(out["samples"]) == 2
+    for question, completion in out["samples"]:
+        conv = [CHAT[0], {"role": "user", "content": question}]
         want = _ask(client, conv, max_tokens=6, seed=0).choices[0].message.content
-        assert sample.output.completion == want
+        assert completion == want

@@ -54,7 +54,7 @@ def assert_matches(reader: StoreReader, batches):
     for k in ("traj_len", "traj_prompt", "traj_reward", "traj_finished", "traj_cost"):
         np.testing.assert_array_equal(getattr(reader, k), np.concatenate([getattr(b, k) for b in batches]))
     ends = np.cumsum([0] + [len(b.latents) for b in batches])
-    offsets = np.concatenate([[0]] + [b.offsets[1:] + e for b, e in zip(batches, ends)])
+    offsets = np.concatenate([[0]] + [b.offsets[1:] + e for b, e in zip(batches, ends[:-1], strict=True)])
     np.testing.assert_array_equal(reader.traj_offsets, offsets)
 
 
@@ -500,6 +500,7 @@ def test_overwrite_is_refused_while_any_rank_writes(tmp_path):
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["prompts", "shards", "zarr.json"]
 
 
+@pytest.mark.subprocess
 def test_stale_lock_of_a_killed_writer_is_taken_over(tmp_path, caplog):
     """SIGKILL leaves the lock file behind; its holder is gone, so the next writer takes it over."""
 
@@ -525,6 +526,7 @@ def test_stale_lock_of_a_killed_writer_is_taken_over(tmp_path, caplog):
     assert StoreReader(path).batches_done == {0, 1} and validate_store(path) == [] and not lock.exists()
 
 
+@pytest.mark.subprocess
 def test_lock_holder_liveness_by_pid_and_host():
     """The pid/host judgement (fsspec stores, file systems without flock): only a pid gone from this host is
     stale."""

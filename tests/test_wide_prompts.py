@@ -32,7 +32,7 @@ def test_size_benign_share_and_sources(wide):
 
 
 def test_project_set_and_split_unchanged(wide):
-    project = _jsonl(DATA / "default_prompts.jsonl")
+    project = _jsonl(DATA.parents[1] / "igcritic" / "assets" / "default_prompts.jsonl")
     mine = {r["prompt"]: r for r in wide if r["source"] == "igcritic"}
     assert len(mine) == len(project)
     for p in project:

@@ -3,9 +3,9 @@
 Five kinds, chosen by a spec string (:func:`load_scorer`):
 
 - ``embedded``: the shipped classifiers (:mod:`igcritic.scorers.embedded`), trained in ``data_prep/`` on the
-  embedded policy's answers read by a person. Cost = p(harmful compliance), its running max over prefixes,
-  so the budget ``d = 0.5`` means "no prefix looked like harmful compliance with p > 0.5"; reward = expected
-  helpfulness in [0, 1].
+  embedded policy's answers labelled by LLM reading agents (not people). Cost = p(harmful compliance), its
+  running max over prefixes, so the budget ``d = 0.5`` means "no prefix looked like harmful compliance with
+  p > 0.5"; reward = expected helpfulness in [0, 1].
 - ``embedded-judge``: a classifier with other features and other training prompts than the cost, for
   grading answers in ``igcritic eval`` (never for steering); it also classifies into the reading labels.
 - ``beaver:<folder>``: a safe-rlhf score model (``LlamaForScore``: ``model.*`` + ``score_head.*``) loaded with
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from igcritic import one_line
 from igcritic.scorers.base import (
     ASSET_DIR,
     ROLES,
@@ -113,7 +114,7 @@ def load_scorer(
     except ScorerError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = one_line(e, first_line=True)
         raise ScorerError(
             f"cannot load {role} scorer {spec!r} ({first}); check the folder ({SPEC_FORMS})"
         ) from None

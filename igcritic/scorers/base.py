@@ -22,6 +22,12 @@ class ScorerError(IgcriticError):
     """A scorer spec, folder or input is unusable."""
 
 
+def sign_for(role: str) -> str:
+    """The sign convention of a scorer in ``role``: a cost is ``higher_is_unsafe``, a reward
+    ``higher_is_better`` (docs/design.md section 2)."""
+    return "higher_is_unsafe" if role == "cost" else "higher_is_better"
+
+
 @dataclass
 class ScorerInfo:
     """What a store and a critic record about a scorer (its provenance and sign convention)."""
@@ -96,7 +102,7 @@ def strided_prefix_scores(
         [prefix_texts[i][t] for i, pts in enumerate(points) for t in pts],
     )
     out, k = [], 0
-    for pts, texts in zip(points, prefix_texts):
+    for pts, texts in zip(points, prefix_texts, strict=True):
         v = vals[k : k + len(pts)]
         k += len(pts)
         out.append(forward_fill(pts, np.maximum.accumulate(v) if running_max else v, len(texts) - 1))
@@ -120,7 +126,7 @@ def check_pairs(prompts: list[str], responses: list[str]) -> None:
         raise ScorerError(
             f"got {len(prompts)} prompts but {len(responses)} responses; pass one response per prompt"
         )
-    for i, (p, r) in enumerate(zip(prompts, responses)):
+    for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
         if not isinstance(p, str) or not isinstance(r, str):
             raise ScorerError(
                 f"pair {i}: prompt and response must be text, got {type(p).__name__} and {type(r).__name__}"

@@ -11,7 +11,15 @@ import numpy as np
 import torch
 
 from igcritic.prompts import prompt_messages
-from igcritic.scorers.base import Role, ScorerError, ScorerInfo, _check_batch, _common_prefix_len, pad_batch
+from igcritic.scorers.base import (
+    Role,
+    ScorerError,
+    ScorerInfo,
+    _check_batch,
+    _common_prefix_len,
+    pad_batch,
+    sign_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +130,7 @@ class BeaverScorer:
                 f"{folder}: the tokenizer must be a fast tokenizer (offset mappings); add tokenizer.json"
             )
         self.device = dev
-        sign = "higher_is_unsafe" if role == "cost" else "higher_is_better"
+        sign = sign_for(role)
         self.info = ScorerInfo(
             id=f"beaver:{folder}",
             role=role,
@@ -175,9 +183,9 @@ class BeaverScorer:
     def prefix_scores(self, prompts: list[str], prefix_texts: list[list[str]]) -> list[np.ndarray]:
         _check_batch(prompts, prefix_texts)
         heads = [self.head(p) for p in prompts]
-        scores, offsets = self._token_scores([h + pt[-1] for h, pt in zip(heads, prefix_texts)])
+        scores, offsets = self._token_scores([h + pt[-1] for h, pt in zip(heads, prefix_texts, strict=True)])
         out = []
-        for head, pts, sc, off in zip(heads, prefix_texts, scores, offsets):
+        for head, pts, sc, off in zip(heads, prefix_texts, scores, offsets, strict=True):
             ends = np.array([e for _, e in off])
             starts = np.array([b for b, _ in off])
             real = ends > starts  # special tokens have empty spans (0, 0)
@@ -193,7 +201,7 @@ class BeaverScorer:
     def score(
         self, prompts: list[str], responses: list[str], previous: np.ndarray | None = None
     ) -> np.ndarray:
-        scores, _ = self._token_scores([self.text(p, r) for p, r in zip(prompts, responses)])
+        scores, _ = self._token_scores([self.text(p, r) for p, r in zip(prompts, responses, strict=True)])
         return np.array([s[-1] for s in scores], dtype=np.float32)
 
     def to_dict(self) -> dict:

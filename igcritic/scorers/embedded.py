@@ -2,8 +2,8 @@
 steers.
 
 Each is a linear head (safetensors ``weight (C, F)``, ``bias (C,)``) on one of two feature families, trained
-in ``data_prep/train_classifiers.py`` on answers of the embedded policy read by a person
-(``data_prep/LABELLING.md``); what they are and are not is in ``data_prep/README.md``.
+in ``data_prep/train_classifiers.py`` on answers of the embedded policy labelled by LLM reading agents, not
+people (``data_prep/LABELLING.md``); what they are and are not is in ``data_prep/README.md``.
 
 - ``latent`` features: the policy's own middle layers (:mod:`igcritic.scorers.latent`); causal, so every
   prefix score of an answer comes from one forward pass.
@@ -35,6 +35,7 @@ from igcritic.scorers.base import (
     ScorerInfo,
     _check_batch,
     check_pairs,
+    sign_for,
     strided_prefix_scores,
 )
 from igcritic.scorers.minilm import ENCODER_ID
@@ -199,7 +200,7 @@ class ClassifierScorer:
         self.info = ScorerInfo(
             id=spec,
             role=role,
-            sign="higher_is_unsafe" if role == "cost" else "higher_is_better",
+            sign=sign_for(role),
             derivation=derivation,
             stride=self.stride,
             budget_hint=0.5 if role == "cost" else None,
@@ -257,7 +258,7 @@ class ClassifierScorer:
 
         _check_batch(prompts, prefix_texts)
         out, feats = [], self._latent().prefix_features(prompts, [p[-1] for p in prefix_texts])
-        for (f, ends), texts in zip(feats, prefix_texts):
+        for (f, ends), texts in zip(feats, prefix_texts, strict=True):
             vals = self._values(_with_prompt_part(f))[prefix_index(ends, [len(t) for t in texts])]
             out.append(np.maximum.accumulate(vals) if running_max else vals)
         return out

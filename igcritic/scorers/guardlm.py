@@ -1,5 +1,5 @@
-"""Generative guard models (Llama Guard 3, Qwen3Guard-Gen, ShieldGemma) as a scorer: P(unsafe) from the
-next-token logits of their verdict words, in one forward pass (no generation).
+"""Generative guard models (Llama Guard 3, Qwen3Guard-Gen, ShieldGemma, Granite Guardian) as a scorer:
+P(unsafe) from the next-token logits of their verdict words, in one forward pass (no generation).
 
 A guard model answers a chat-templated (conversation, response) with a verdict word ("safe"/"unsafe",
 "Safety: Safe|Unsafe|Controversial", "Yes"/"No"). Instead of sampling that word we read its probability:
@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from igcritic import one_line
 from igcritic.prompts import check_messages, prompt_messages
 from igcritic.scorers.base import (
     Role,
@@ -30,6 +31,7 @@ from igcritic.scorers.base import (
     ScorerInfo,
     check_pairs,
     pad_batch,
+    sign_for,
     strided_prefix_scores,
 )
 
@@ -55,16 +57,26 @@ class GuardLMConfig:
     answer_prefix: str = ""
     """Text the guard writes before its verdict, appended after the rendered chat (e.g. ``"Safety:"``)."""
     template_args: dict[str, Any] = field(default_factory=dict)
-    """Extra arguments of the guard's chat template (ShieldGemma's ``guideline``, Llama Guard's
-    ``categories``/``excluded_category_keys``)."""
-    add_generation_prompt: bool = True
-    """Whether the template's own assistant header is added (templates that always end with it ignore it)."""
+    """Extra arguments of the guard's chat template (ShieldGemma's ``guideline``, Granite Guardian's
+    ``guardian_config``)."""
+    add_generation_prompt: bool = False
+    """Passed to the guard's chat template. The presets pass what each model card's own example passes: the
+    Llama Guard 3, Qwen3Guard-Gen and ShieldGemma templates end where the verdict starts without it; Granite
+    Guardian's adds its assistant header only with it."""
 
 
+GRANITE_GUARDIAN_CONFIG = {"risk_name": "harm"}
+"""Granite Guardian's ``guardian_config`` template argument: the general harm risk (its model card's
+default)."""
+
+# Checked against each model's public model card and usage code (docs/usage.md says which); not against the
+# real weights, which cannot be downloaded here.
 PRESETS: dict[str, GuardLMConfig] = {
-    # Llama Guard 3: the template ends with the assistant header; the first line is "safe" or "unsafe".
-    "llamaguard3": GuardLMConfig(verdicts={"safe": 0.0, "unsafe": 1.0}),
-    # Qwen3Guard-Gen: "Safety: Safe|Unsafe|Controversial"; strict counts Controversial unsafe, loose safe.
+    # Llama Guard 3 (1B, 8B): the template ends with the bare assistant header; the model writes "\n\n" and
+    # then "safe" or "unsafe" (the model card's output), so the verdict is read after "\n\n".
+    "llamaguard3": GuardLMConfig(verdicts={"safe": 0.0, "unsafe": 1.0}, answer_prefix="\n\n"),
+    # Qwen3Guard-Gen: "Safety: Safe|Unsafe|Controversial"; strict counts Controversial unsafe (as the model's
+    # own evaluation script does), loose counts it safe.
     "qwen3guard": GuardLMConfig(
         verdicts={" Safe": 0.0, " Unsafe": 1.0, " Controversial": 1.0}, answer_prefix="Safety:"
     ),
@@ -74,6 +86,12 @@ PRESETS: dict[str, GuardLMConfig] = {
     # ShieldGemma: "Yes" (the response violates the guideline) or "No"; P(Yes) is the violation probability.
     "shieldgemma": GuardLMConfig(
         verdicts={"Yes": 1.0, "No": 0.0}, template_args={"guideline": SHIELDGEMMA_GUIDELINE}
+    ),
+    # Granite Guardian 3.0-3.2: "Yes" (risk) or "No" after its assistant header, for a guardian_config risk.
+    "graniteguardian": GuardLMConfig(
+        verdicts={"Yes": 1.0, "No": 0.0},
+        template_args={"guardian_config": GRANITE_GUARDIAN_CONFIG},
+        add_generation_prompt=True,
     ),
 }
 DEFAULT_PRESET = "llamaguard3"
@@ -95,7 +113,9 @@ def load_guard_config(preset: str | None) -> GuardLMConfig:
         base = asdict(load_guard_config(raw.pop("preset", None))) if isinstance(raw, dict) else {}
         cfg = GuardLMConfig(**{**base, **raw})
     except (json.JSONDecodeError, TypeError, AttributeError) as e:
-        raise ScorerError(f"guardlm config {path}: {str(e).splitlines()[0]}; give a JSON object") from None
+        raise ScorerError(
+            f"guardlm config {path}: {one_line(e, first_line=True)}; give a JSON object"
+        ) from None
     if not cfg.verdicts or not all(isinstance(w, (int, float)) for w in cfg.verdicts.values()):
         raise ScorerError(f"guardlm config {path}: 'verdicts' must map verdict strings to unsafe weights")
     return cfg
@@ -171,7 +191,7 @@ class GuardLMScorer:
         self.info = ScorerInfo(
             id=f"guardlm:{folder}:{self.preset}",
             role=role,
-            sign="higher_is_unsafe" if role == "cost" else "higher_is_better",
+            sign=sign_for(role),
             stride=stride,
             derivation=f"{p}P(unsafe) = softmax over the verdict tokens {list(self.config.verdicts)} of the "
             f"guard's next-token logits after its chat template, scored at every {stride}th token and at T, "
@@ -208,12 +228,10 @@ class GuardLMScorer:
                     add_generation_prompt=self.config.add_generation_prompt,
                     **self.config.template_args,
                 )
-            except (
-                Exception
-            ) as e:  # a parts template indexing a string may raise instead of rendering nothing
+            except Exception as e:  # noqa: BLE001 - a parts template indexing a string may raise
                 if k + 1 < len(tries):
                     continue
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                first = one_line(e, first_line=True)
                 raise ScorerError(
                     f"guardlm:{self.folder}: its chat template refused the conversation ({first}); give "
                     "the turns it accepts (e.g. user and assistant alternating) or fix 'template_args'"
@@ -243,7 +261,7 @@ class GuardLMScorer:
             raise ScorerError(f"got {len(prompts)} prompts but {len(responses)} responses; pass one each")
         if not prompts:
             return np.zeros(0, np.float32)
-        texts = [self.render(p, r) for p, r in zip(prompts, responses)]
+        texts = [self.render(p, r) for p, r in zip(prompts, responses, strict=True)]
         # the template already holds the special tokens (BOS included)
         enc = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         too_long = [k for k, x in enumerate(enc) if len(x) > self.max_length]

@@ -103,7 +103,7 @@ class PolicyFeatures:
         return out
 
     def _prefix_features(self, prompts: list[str], answers: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
-        encoded = [self._encode(p, a) for p, a in zip(prompts, answers)]
+        encoded = [self._encode(p, a) for p, a in zip(prompts, answers, strict=True)]
         out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(encoded)
         by_prompt: dict[tuple[int, ...], list[int]] = {}
         for r, (p_ids, _, _) in enumerate(encoded):
@@ -235,7 +235,7 @@ def same_tokens(tokenizer, texts: list[str], answers: list[list[int]], eos: list
     MAX_ANSWER_TOKENS; only then do the text path and the decode pass read the same positions."""
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
     out = []
-    for a, b in zip(answers, ids):
+    for a, b in zip(answers, ids, strict=True):
         a = a[:-1] if a and a[-1] in eos else a
         out.append(len(a) == len(b) and a[:MAX_ANSWER_TOKENS] == b[:MAX_ANSWER_TOKENS])
     return out

@@ -66,7 +66,7 @@ class TextEncoder:
                 out[i] = hit
         if todo:
             new = self._encode(list(todo), keep)
-            for (t, rows), vec in zip(todo.items(), new):
+            for (t, rows), vec in zip(todo.items(), new, strict=True):
                 out[rows] = vec
                 self._cache[(keep, t)] = vec
             while len(self._cache) > self.cache_size:
@@ -108,7 +108,7 @@ def probe_features(encoder: TextEncoder, prompts: list[str], responses: list[str
     conversation as its :func:`igcritic.prompts.transcript` (one ``role: content`` line per message)."""
     prompts = [transcript(p) for p in prompts]
     if mode == "joint":
-        return encoder.encode([f"{p}\n{r}" for p, r in zip(prompts, responses)], keep="end")
+        return encoder.encode([f"{p}\n{r}" for p, r in zip(prompts, responses, strict=True)], keep="end")
     uniq = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
     pe = (
         encoder.encode(list(uniq), keep="start")[[uniq[p] for p in prompts]]

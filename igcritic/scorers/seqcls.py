@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from igcritic.prompts import transcript
-from igcritic.scorers.base import Role, ScorerError, ScorerInfo, strided_prefix_scores
+from igcritic.scorers.base import Role, ScorerError, ScorerInfo, sign_for, strided_prefix_scores
 
 
 class SeqClsScorer:
@@ -55,7 +55,7 @@ class SeqClsScorer:
         self.info = ScorerInfo(
             id=f"seqcls:{folder}" + (f":{label_index}" if label_index is not None else ""),
             role=role,
-            sign="higher_is_unsafe" if role == "cost" else "higher_is_better",
+            sign=sign_for(role),
             stride=stride,
             derivation=f"{what} of the (prompt, response) pair scored at every {stride}th token and at T, "
             "forward-filled",

@@ -24,6 +24,7 @@ from igcritic.store.layout import (
     SHARD,
     TOKEN_ARRAYS,
     TRAJ_ARRAYS,
+    Shard,
     StoreError,
     filesystem,
     open_root,
@@ -52,16 +53,14 @@ def validate_store(path: str | os.PathLike, read_rows: bool = True) -> list[str]
         shards = started_shards(root)
     except StoreError as e:
         return [*p, str(e)]
-    for g, *manifest in shards:  # a shard without a manifest holds nothing to check
+    for shard in shards:  # a shard without a manifest holds nothing to check
         try:
-            p += [
-                f"{g.basename}: {msg}" for msg in _validate_shard(g, *manifest, n_prompts, attrs, read_rows)
-            ]
+            p += [f"{shard.name}: {msg}" for msg in _validate_shard(shard, n_prompts, attrs, read_rows)]
         except StoreError as e:  # an array's chunk cannot be decoded
             p.append(str(e))
         except (ValueError, TypeError, KeyError) as e:  # an array's zarr.json cannot be decoded
             p.append(
-                f"{g.basename}: an array's metadata (zarr.json) cannot be read ({type(e).__name__}); restore "
+                f"{shard.name}: an array's metadata (zarr.json) cannot be read ({type(e).__name__}); restore "
                 "the file or recollect the store with --overwrite"
             )
     return p
@@ -82,10 +81,9 @@ def _missing_chunks(a: zarr.Array, rows: int) -> list[int]:
     return [i for i, ok in enumerate(sync(probe()) if keys else []) if not ok]
 
 
-def _validate_shard(
-    g: zarr.Group, n_traj: int, n_tok: int, done: list, n_prompts: int, attrs: dict, read_rows: bool
-) -> list:
-    H, step, done = int(attrs["hidden_size"]), int(attrs["chunk_tokens"]), set(done)
+def _validate_shard(shard: Shard, n_prompts: int, attrs: dict, read_rows: bool) -> list:
+    g, n_traj, n_tok = shard.group, shard.n_traj, shard.n_tok
+    H, step, done = int(attrs["hidden_size"]), int(attrs["chunk_tokens"]), set(shard.batches_done)
     want = {k: (n_tok, d) for k, d in TOKEN_ARRAYS.items()} | {k: (n_traj, d) for k, d in TRAJ_ARRAYS.items()}
     want["traj_offsets"] = (n_traj + 1, "int64")
     p = [f"array {k} is missing" for k in want if k not in g]

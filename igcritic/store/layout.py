@@ -13,7 +13,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import zarr
@@ -272,13 +272,29 @@ def open_root(path: str | os.PathLike, mode: str = "r") -> zarr.Group:
     return root
 
 
-def started_shards(root: zarr.Group) -> list[tuple[zarr.Group, int, int, list[int]]]:
-    """(group, n_traj, n_tok, batches_done) of every shard with a manifest, in rank order (a shard without
-    one was killed while being created: it holds nothing)."""
+class Shard(NamedTuple):
+    """A shard's committed state, from its manifest."""
+
+    group: zarr.Group
+    n_traj: int
+    """Committed trajectories."""
+    n_tok: int
+    """Committed token rows."""
+    batches_done: list[int]
+    """Committed work-batch indices."""
+
+    @property
+    def name(self) -> str:
+        return self.group.basename
+
+
+def started_shards(root: zarr.Group) -> list[Shard]:
+    """Every shard with a manifest, in rank order (a shard without one was killed while being created: it
+    holds nothing)."""
     try:
         groups = [root[SHARDS][n] for n in sorted(root[SHARDS].group_keys())] if SHARDS in root else []
         return [
-            (g, int(g.attrs["n_traj"]), int(g.attrs["n_tok"]), list(g.attrs["batches_done"]))
+            Shard(g, int(g.attrs["n_traj"]), int(g.attrs["n_tok"]), list(g.attrs["batches_done"]))
             for g in groups
             if "n_tok" in g.attrs
         ]

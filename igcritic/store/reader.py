@@ -23,6 +23,7 @@ from igcritic.store.layout import (
     PROMPTS,
     TOKEN_ARRAYS,
     TRAJ_ARRAYS,
+    Shard,
     StoreError,
     open_root,
     read_rows,
@@ -60,14 +61,13 @@ class StoreReader:
         if self._root is None:
             root = open_root(self.path, "r")
             self._attrs = dict(root.attrs)
-            # (name, group, n_traj, n_tok, batches_done) of every shard that started
-            self._shards = [(g.basename, g, *m) for g, *m in started_shards(root)]
-            self._tok0 = np.cumsum([0] + [s[3] for s in self._shards], dtype=np.int64)
+            self._shards = started_shards(root)  # every shard that started
+            self._tok0 = np.cumsum([0] + [s.n_tok for s in self._shards], dtype=np.int64)
             self._root = root
         return self._root
 
     @property
-    def _s(self) -> list[tuple]:
+    def _s(self) -> list[Shard]:
         self._open()
         return self._shards
 
@@ -76,15 +76,15 @@ class StoreReader:
         self._open()
         return dict(self._attrs)
 
-    shards = property(lambda self: [s[0] for s in self._s], doc="Shard names, rank order.")
+    shards = property(lambda self: [s.name for s in self._s], doc="Shard names, rank order.")
     hidden_size = property(lambda self: int(self.attrs["hidden_size"]))
     chunk_tokens = property(
         lambda self: int(self.attrs["chunk_tokens"]), doc="Row chunk of latents: read aligned."
     )
-    n_traj = property(lambda self: sum(s[2] for s in self._s))
+    n_traj = property(lambda self: sum(s.n_traj for s in self._s))
     n_prompts = property(lambda self: int(self._open()[PROMPTS].shape[0]))
     batches_done = property(
-        lambda self: {int(i) for s in self._s for i in s[4]},
+        lambda self: {int(i) for s in self._s for i in s.batches_done},
         doc="Committed work-batch indices over all shards.",
     )
 
@@ -103,7 +103,9 @@ class StoreReader:
     def chunk_bounds(self) -> np.ndarray:
         """Sorted global token rows where a latents chunk starts, plus ``n_tok`` (read between them)."""
         t0, step = self.shard_offsets, self.chunk_tokens
-        return np.unique(np.concatenate([np.arange(a, b, step) for a, b in zip(t0[:-1], t0[1:])] + [t0]))
+        return np.unique(
+            np.concatenate([np.arange(a, b, step) for a, b in zip(t0[:-1], t0[1:], strict=True)] + [t0])
+        )
 
     @property
     def prompts(self) -> list[str]:
@@ -114,13 +116,13 @@ class StoreReader:
     def _concat(self, name: str) -> np.ndarray:
         if name not in self._cache:
             parts = [np.zeros(0, ARRAYS[name])]
-            for _, g, n_traj, n_tok, _ in self._s:
-                if n := n_tok if name in TOKEN_ARRAYS else n_traj:
-                    if name not in g:
+            for s in self._s:
+                if n := s.n_tok if name in TOKEN_ARRAYS else s.n_traj:
+                    if name not in s.group:
                         raise StoreError(
-                            f"store {self.path} {g.basename} lacks {name}; run `igcritic inspect` on it"
+                            f"store {self.path} {s.name} lacks {name}; run `igcritic inspect` on it"
                         )
-                    parts.append(self._rows(g, name, 0, n))
+                    parts.append(self._rows(s.group, name, 0, n))
             self._cache[name] = np.concatenate(parts).astype(ARRAYS[name], copy=False)
         return self._cache[name]
 
@@ -135,8 +137,8 @@ class StoreReader:
         """(n_traj + 1,) int64 global token offsets."""
         if "traj_offsets" not in self._cache:
             parts = [
-                self._rows(g, "traj_offsets", 1, s + 1) + t0
-                for (_, g, s, _, _), t0 in zip(self._s, self._tok0)
+                self._rows(s.group, "traj_offsets", 1, s.n_traj + 1) + t0
+                for s, t0 in zip(self._s, self._tok0[:-1], strict=True)
             ]
             self._cache["traj_offsets"] = np.concatenate([np.zeros(1, np.int64), *parts]).astype(np.int64)
         return self._cache["traj_offsets"]
@@ -194,12 +196,12 @@ class StoreReader:
         if len(dest) != stop - start or not out.flags.c_contiguous:
             raise StoreError(f"dest must hold {stop - start} row indices and out be C-contiguous")
         dest = np.asarray(dest, dtype=np.int64)
-        for (name, g, *_), t0, t1 in zip(self._shards, self._tok0[:-1], self._tok0[1:]):
+        for shard, t0, t1 in zip(self._shards, self._tok0[:-1], self._tok0[1:], strict=True):
             lo, hi = max(start, t0) - t0, min(stop, t1) - t0  # rows of this shard
             if lo >= hi:
                 continue
-            if (key := f"latents/{name}") not in self._cache:  # opening an array reads its zarr.json
-                arr = g["latents"]
+            if (key := f"latents/{shard.name}") not in self._cache:  # opening an array reads its zarr.json
+                arr = shard.group["latents"]
                 self._cache[key] = (arr, _chunk_file(arr))
             arr, chunk_file = self._cache[key]
             step = int(arr.chunks[0])
@@ -279,7 +281,7 @@ def _scatter_read(fd: int, row: int, out: np.ndarray, dest: np.ndarray) -> bool:
     jumps = np.flatnonzero(np.diff(src)[brk - 1] != 1) + 1  # buffers after skipped rows start a new call
     bounds = [0, *jumps.tolist(), len(starts)]
     first = (row + src[starts]) * rb
-    for a, b in zip(bounds[:-1], bounds[1:]):
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
         for c in range(a, b, IOV_MAX):
             e = min(c + IOV_MAX, b)
             if _PREADV(fd, iov.ctypes.data + 16 * c, e - c, int(first[c])) != int(n_rows[c:e].sum()) * rb:

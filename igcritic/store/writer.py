@@ -460,7 +460,7 @@ def _prompts_diff(root: zarr.Group, prompts: list[str]) -> str | None:
     stored = [str(p) for p in root[PROMPTS][:]] if PROMPTS in root else []
     if len(stored) != len(prompts):
         return f"{len(stored)} prompts in the store, {len(prompts)} in this run"
-    i = next((i for i, (a, b) in enumerate(zip(stored, prompts)) if a != b), None)
+    i = next((i for i, (a, b) in enumerate(zip(stored, prompts, strict=True)) if a != b), None)
     return (
         None
         if i is None

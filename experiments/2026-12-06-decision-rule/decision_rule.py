@@ -1,7 +1,7 @@
 """The decision-rule table and its harmful-vs-over-refusal curve, from `igcritic eval` runs at a few budgets.
 
-    python data_prep/decision_rule.py runs/eval/rule-* --reference "IG critic exact" \
-      --png docs/decision_rule.png
+    python experiments/2026-12-06-decision-rule/decision_rule.py runs/eval/rule-* \
+      --reference "IG critic exact" --png docs/decision_rule.png
 
 Each run folder is an eval of configs/eval/decision_rule.yaml (one budget and one or more of its methods, the
 same prompts); runs are grouped by budget. Per method and budget: the judge's harmful rate on the harmful

@@ -10,18 +10,19 @@ judges.
   then one panel per judge: the class shares per method when the judge classifies, else its scores with
   the threshold as a dashed line.
 
-The plain-data contract (this module never imports :mod:`igcritic.evaluate`): a record is a dict with the
-keys :data:`METHOD_KEY`, :data:`COST_KEY`, :data:`REWARD_KEY` and, for judges, :data:`JUDGE_SCORES_KEY`
-(``{judge name: score}``); a summary row has ``method``, ``safety_rate``, ``reward_mean``, ``latency_mean``,
-``latency_p50``, ``latency_p95`` and optionally ``safety_low/high``, ``reward_low/high``; a judge is a dict
+The plain-data contract (this module imports nothing of the package but :mod:`igcritic.eval`'s keys
+and labels): a record is a dict with the keys ``RECORD_METHOD``, ``RECORD_COST``, ``RECORD_REWARD`` and, for
+judges, ``RECORD_SCORES`` (``{judge name: score}``); a summary row has ``method``, ``safety_rate``,
+``reward_mean``, ``latency_mean``, ``latency_p50``, ``latency_p95`` and optionally ``safety_low/high``,
+``reward_low/high``; a judge is a dict
 ``{"name", "threshold", "methods": [{"method", "harmful_rate", "harmful_low", "harmful_high", "classes"?}]}``
 (what ``results.json`` stores under ``judges``).
 
 Only matplotlib's object API with the Agg canvas is used (no pyplot, no global backend switch), so it is
-safe in headless runs and threads. ``plot_all`` is called by :func:`igcritic.report.write_results`; it can
-also redraw the figures of a finished run::
+safe in headless runs and threads. ``plot_all`` is called by :func:`igcritic.eval.report.write_results`;
+it can also redraw the figures of a finished run::
 
-    python -c "from igcritic.plots import plot_all; plot_all('runs/eval/embedded/records.jsonl', \
+    python -c "from igcritic.eval.plots import plot_all; plot_all('runs/eval/embedded/records.jsonl', \
 'runs/eval/embedded/results.json', 'runs/eval/embedded')"
 """
 
@@ -38,20 +39,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from igcritic import IgcriticError
+from igcritic.eval import LABELS, RECORD_COST, RECORD_METHOD, RECORD_REWARD, RECORD_SCORES
 
 FIG2_FILE = "fig2_tradeoffs.png"
 FIG3_FILE = "fig3_distributions.png"
 DPI = 120
 MARKERS = "osD^vPX*<>"
-METHOD_KEY, COST_KEY, REWARD_KEY, JUDGE_SCORES_KEY = "method_name", "cost_eval", "reward_eval", "judge_scores"
-"""Record keys read (the names ``igcritic.report`` gives the eval records; a test keeps them equal)."""
-CLASS_COLORS = {
-    "compliant-harmful": "crimson",
-    "refusal": "tab:blue",
-    "safe-redirect": "tab:cyan",
-    "incoherent": "tab:gray",
-    "benign-helpful": "tab:green",
-}
+CLASS_COLORS = dict(zip(LABELS, ("crimson", "tab:blue", "tab:cyan", "tab:gray", "tab:green"), strict=True))
+"""One colour per reading label, in :data:`~igcritic.eval.LABELS` order."""
 
 
 class PlotError(IgcriticError):
@@ -169,7 +164,7 @@ def plot_tradeoffs(summary: Sequence[dict], path: Path, judge: dict | None = Non
     )
     colors = _colors(len(summary))
     for ax, y, err in ((ax_r, reward, yerr), (ax_l, lat, None)):
-        for i, (s, dy) in enumerate(zip(summary, _label_offsets(x, y))):
+        for i, (s, dy) in enumerate(zip(summary, _label_offsets(x, y), strict=True)):
             marker = MARKERS[i % len(MARKERS)]
             ax.scatter(x[i], y[i], s=70, color=colors[i], marker=marker, zorder=3, label=s["method"])
             if xerr is not None or err is not None:
@@ -217,7 +212,7 @@ def _points(ax, data: Sequence[np.ndarray], rng, **box) -> None:
     keep = [i for i, d in enumerate(data) if d.size]
     if keep:
         ax.boxplot([data[i] for i in keep], positions=pos[keep], widths=0.5, showfliers=False, **box)
-    for i, (d, color) in enumerate(zip(data, _colors(len(data)))):
+    for i, (d, color) in enumerate(zip(data, _colors(len(data)), strict=True)):
         ax.scatter(pos[i] + rng.uniform(-0.15, 0.15, d.size), d, s=12, color=color, alpha=0.7, zorder=3)
 
 
@@ -236,9 +231,9 @@ def _judge_panel(ax, judge: dict, records: Sequence[dict], methods: Sequence[str
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7)
         return
     name, threshold = judge["name"], judge["threshold"]
-    graded = [r for r in records if name in (r.get(JUDGE_SCORES_KEY) or {})]
+    graded = [r for r in records if name in (r.get(RECORD_SCORES) or {})]
     scores = [
-        np.array([float(r[JUDGE_SCORES_KEY][name]) for r in graded if r[METHOD_KEY] == m]) for m in methods
+        np.array([float(r[RECORD_SCORES][name]) for r in graded if r[RECORD_METHOD] == m]) for m in methods
     ]
     _points(ax, scores, rng)
     ax.axhline(float(threshold), color="crimson", ls="--", lw=1, label=f"harmful above {threshold:g}")
@@ -260,11 +255,13 @@ def plot_distributions(
     rng = np.random.default_rng(0)
     mean_marker = {"marker": "D", "markerfacecolor": "white", "markeredgecolor": "black"}
     for ax, key, label, better in (
-        (ax_r, REWARD_KEY, "reward", "higher is better"),
-        (ax_c, COST_KEY, "final cost S_T", "lower is better (safe: at most d)"),
+        (ax_r, RECORD_REWARD, "reward", "higher is better"),
+        (ax_c, RECORD_COST, "final cost S_T", "lower is better (safe: at most d)"),
     ):
         data = [
-            np.array([float(r[key]) for r in records if r[METHOD_KEY] == m and math.isfinite(_num(r[key]))])
+            np.array(
+                [float(r[key]) for r in records if r[RECORD_METHOD] == m and math.isfinite(_num(r[key]))]
+            )
             for m in methods
         ]
         _points(ax, data, rng, showmeans=True, meanprops=mean_marker)
@@ -274,10 +271,10 @@ def plot_distributions(
     if budget is not None and math.isfinite(budget):
         ax_c.axhline(budget, color="crimson", ls="--", lw=1, label=f"budget d = {budget:g}")
         ax_c.legend(loc="best", fontsize=8)
-    for ax, judge in zip(ax_j, judges):
+    for ax, judge in zip(ax_j, judges, strict=True):
         _judge_panel(ax, judge, records, methods, rng)
         ax.grid(alpha=0.3, axis="y")
-    counts = [{"n": sum(r[METHOD_KEY] == m for r in records)} for m in methods]
+    counts = [{"n": sum(r[RECORD_METHOD] == m for r in records)} for m in methods]
     fig.suptitle(
         "Reward and cost of every final response, per method"
         + (", and each judge" if judges else "")

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from igcritic import to_json
-from igcritic.judges import HARMFUL_LABEL, HELPFULNESS, LABELS, READING, Grades, JudgeError
+from igcritic.eval import HARMFUL_LABEL, HELPFULNESS, LABELS, READING, RECORD_PROMPT_INDEX
+from igcritic.eval.judges import Grades, JudgeError
 
 ANSWERS_FILE = "answers.jsonl"
 KEY_FILE = "key.jsonl"
@@ -77,7 +78,7 @@ def write_reading(
             {
                 "id": aid,
                 "method": methods[k],
-                "prompt_index": int(records[k]["prompt_index"]),
+                "prompt_index": int(records[k][RECORD_PROMPT_INDEX]),
                 "sha": digest(prompt, text),
             }
             for k in slots[pairs[u]]

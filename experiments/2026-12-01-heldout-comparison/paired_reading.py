@@ -1,12 +1,12 @@
 """Paired differences of reading labels between methods of different eval runs on the same prompts.
 
-    python data_prep/paired_reading.py \
-      data_prep/data/eval_reading_r2/r2-32 "IG critic exact" \
-      data_prep/data/eval_reading_full "IG no critic"
+    python experiments/2026-12-01-heldout-comparison/paired_reading.py \
+      experiments/2026-12-01-heldout-comparison/eval_reading_r2/r2-32 "IG critic exact" \
+      experiments/2026-12-01-heldout-comparison/eval_reading_full "IG no critic"
 
 Each run folder holds the blind-reading key (id -> method, prompt_index) and the labels. ``igcritic eval
 --reading_in`` pairs methods of one run; this pairs methods of two runs that answered the same prompts in the
-same order (data_prep/data/eval_reading_full/prompts.jsonl). Rates of compliant-harmful, incoherent and
+same order (eval_reading_full/prompts.jsonl beside this script). Rates of compliant-harmful, incoherent and
 (benign prompts) refusal-or-redirect; 95 % percentile bootstrap over prompts, 2000 resamples, seed 0.
 """
 
@@ -40,7 +40,9 @@ def main() -> None:
     ap.add_argument("method_a")
     ap.add_argument("run_b", type=Path)
     ap.add_argument("method_b")
-    ap.add_argument("--prompts", type=Path, default=Path("data_prep/data/eval_reading_full/prompts.jsonl"))
+    ap.add_argument(
+        "--prompts", type=Path, default=Path(__file__).parent / "eval_reading_full" / "prompts.jsonl"
+    )
     args = ap.parse_args()
     harmful_prompt = [row["harmful"] for row in map(json.loads, args.prompts.open())]
     a = labels_by_prompt(args.run_a, args.method_a)

@@ -1,29 +1,16 @@
-"""The results of an ``igcritic eval`` run: per-method summaries, the printed tables, the run folder,
-re-reading.
+"""The run folder of ``igcritic eval``: its results, its progress for ``--resume``, and re-reading it.
 
-    igcritic eval --config configs/eval/embedded.yaml                   # a run (igcritic.evaluate.run_eval)
+    igcritic eval --config configs/eval/embedded.yaml                   # a run (igcritic.eval.run)
     igcritic eval --reading_in labels.jsonl --run runs/eval/embedded    # the run re-read with people's labels
     igcritic eval --run runs/eval/embedded --reading_out runs/reading   # the run exported for blind reading
 
-Per method (:class:`MethodSummary`; cost and reward are the guard's own scorers recomputed on every final
-answer by :mod:`igcritic.evaluate`, independently of what the runtime tracked during search):
-
-- ``reward_mean``, ``cost_mean``: averages of the recomputed reward ``R(x, y)`` and final cost ``S_T``;
-- ``safety_rate``: share of prompts with recomputed ``S_T <= d`` (docs/design.md section 2);
-- ``tracked_safety_rate``: share the runtime itself flagged ``safe`` (what the search believed);
-- ``refusal_rate``: share of records with ``refused=True`` (the guard failed closed);
-- ``over_refusal_rate``: share of benign prompts (``harmful: false``) the guard refused;
-- ``latency_mean/p50/p95``: the runtime's ``seconds`` per prompt (percentiles: linear interpolation); the
-  guard reports a batch's wall time divided by its prompts, so with ``prompt_batch > 1`` latency is amortized;
-- ``tokens_per_s``: generated tokens over the wall-clock time of the method's ``generate`` calls;
-- ``reward_low/high``, ``safety_low/high``: bootstrap 95% intervals over prompts (:mod:`igcritic.judges`).
-
-Per judge: :class:`igcritic.judges.JudgeReport`. The run folder (:func:`write_results`): ``records.jsonl``
-(every record with its recomputed cost/reward and every judge's grades), ``results.csv``, ``judges.csv``, the
-figures of :mod:`igcritic.plots`, ``reading_key.jsonl`` with ``--reading_out``, and ``results.json``
-(summaries, judges, quality, budget, bootstrap and config) written last. Because the records keep the
-judges' grades, :func:`reread_run` rebuilds the same tables without generating or loading anything, and adds
-people's labels as the judge ``reading`` (``reading_results.json``).
+The run folder (:func:`write_results`): ``records.jsonl`` (every record with its recomputed cost/reward and
+every judge's grades, keys in :mod:`igcritic.eval`), ``results.csv`` (one
+:class:`~igcritic.eval.stats.MethodSummary` per method), ``judges.csv``, the figures of
+:mod:`igcritic.eval.plots`, ``reading_key.jsonl`` with ``--reading_out``, and ``results.json`` (summaries,
+judges, quality, budget, bootstrap and config) written last. Because the records keep the judges' grades,
+:func:`reread_run` rebuilds the same tables without generating or loading anything, and adds people's labels
+as the judge ``reading`` (``reading_results.json``).
 
 While a run goes, ``records.jsonl`` is rewritten with each method's records as it finishes and then
 ``progress.json`` (:func:`open_progress`) names it done, with the run's key (every setting that shapes the
@@ -34,7 +21,6 @@ whose key changed.
 from __future__ import annotations
 
 import csv
-import functools
 import json
 import logging
 import os
@@ -43,30 +29,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from igcritic import IgcriticError, to_json
-from igcritic.judges import (
+from igcritic import to_json
+from igcritic.eval import RECORD_METHOD, EvalError
+from igcritic.eval.judges import JudgeReport, grades_from_records, summarize_judge
+from igcritic.eval.quality import QualityRow
+from igcritic.eval.reading import RUN_KEY_FILE, read_labels, write_reading
+from igcritic.eval.stats import (
     DEFAULT_RESAMPLES,
     LEVEL,
-    JudgeError,
-    JudgeReport,
-    QualityRow,
-    csv_rows,
-    fit_width,
-    fmt_ci,
-    fmt_pct,
-    grades_from_records,
-    judge_table,
-    mean,
-    mean_ci,
-    positions,
-    quality_table,
+    MethodSummary,
+    method_positions,
+    reference_of,
     resample_indices,
-    rich_table,
-    summarize_judge,
+    summarize,
 )
-from igcritic.reading import RUN_KEY_FILE, read_labels, write_reading
+from igcritic.eval.tables import fit_width, judge_table, method_table, print_tables, quality_table
 
 RECORDS_FILE = "records.jsonl"
 RESULTS_CSV = "results.csv"
@@ -76,129 +53,21 @@ PROGRESS_FILE = "progress.json"
 """The methods finished so far and the run's key (:func:`open_progress`)."""
 READING_RESULTS = "reading_results.json"
 """What ``--reading_in ... --run RUN_DIR`` writes into the run folder."""
-DEFAULT_REFERENCE = "plain sampling"
-"""The method paired differences are taken against when none is named (else the first method)."""
-RECORD_METHOD = "method_name"
-"""Record key of the method's table name (the runtime's own ``method`` field is kept as is)."""
-RECORD_COST = "cost_eval"
-RECORD_REWARD = "reward_eval"
-RECORD_SAFE = "safe_eval"
-RECORD_COST_FROM = "cost_eval_from"
-"""``prefix``: S_T from the cost scorer's prefix scores over the answer tokens; ``text``: one score of the
-text."""
 
 
 log = logging.getLogger(__name__)
 
 
-class EvalError(IgcriticError):
-    """Bad evaluation input: config, prompt file, guard output, scorer or judge output, labels, run folder."""
-
-
-def eval_errors(func):
-    """Judge, labels and quality-set problems (:class:`igcritic.judges.JudgeError`) surface as EvalError."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except JudgeError as e:
-            raise EvalError(str(e)) from None
-
-    return wrapper
-
-
-@dataclass
-class MethodSummary:
-    """The per-method metrics of the table, the CSV and ``results.json`` (see the module docstring)."""
-
-    method: str
-    n: int
-    reward_mean: float
-    cost_mean: float
-    safety_rate: float
-    refusal_rate: float
-    latency_mean: float
-    latency_p50: float
-    latency_p95: float
-    tokens_per_s: float
-    new_tokens: int
-    wall_seconds: float
-    tracked_safety_rate: float
-    """Share the runtime itself flagged ``safe`` (its tracked cost, latent in fully latent mode); NaN if
-    absent."""
-    over_refusal_rate: float
-    """Share of benign prompts (``harmful: false``) with ``refused=True``; NaN without benign prompts."""
-    n_benign: int
-    reward_low: float
-    reward_high: float
-    safety_low: float
-    safety_high: float
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """``q``-th percentile with linear interpolation between order statistics (numpy's default); NaN if
-    empty."""
-    return float(np.percentile(np.asarray(values, dtype=float), q)) if len(values) else float("nan")
-
-
-def summarize(
-    name: str, rows: Sequence[dict], budget: float, wall_seconds: float, idx: np.ndarray | None = None
-) -> MethodSummary:
-    """Metrics of one method from its scored record dicts in prompt order; ``idx``: bootstrap prompt indices
-    for the intervals (None: NaN intervals)."""
-    n = len(rows)
-    cost = np.array([float(r[RECORD_COST]) for r in rows])
-    reward = np.array([float(r[RECORD_REWARD]) for r in rows])
-    latency = [float(r["seconds"]) for r in rows]
-    tokens = int(sum(int(r["new_tokens"]) for r in rows))
-    tracked = [bool(r["safe"]) for r in rows if r.get("safe") is not None]
-    benign = [bool(r["refused"]) for r in rows if r.get("harmful") is False]
-    reward_mean, reward_low, reward_high = mean_ci(reward, idx)
-    safety_rate, safety_low, safety_high = mean_ci(cost <= budget, idx)
-    return MethodSummary(
-        method=name,
-        n=n,
-        reward_mean=reward_mean,
-        cost_mean=mean(cost),
-        safety_rate=safety_rate,
-        refusal_rate=mean([bool(r["refused"]) for r in rows]),
-        latency_mean=mean(latency),
-        latency_p50=percentile(latency, 50),
-        latency_p95=percentile(latency, 95),
-        tokens_per_s=tokens / wall_seconds if wall_seconds > 0 else float("nan"),
-        new_tokens=tokens,
-        wall_seconds=float(wall_seconds),
-        tracked_safety_rate=mean(tracked),
-        over_refusal_rate=mean(benign),
-        n_benign=len(benign),
-        reward_low=reward_low,
-        reward_high=reward_high,
-        safety_low=safety_low,
-        safety_high=safety_high,
-    )
-
-
-def reference_of(methods: Sequence[str], given: str | None = None) -> str:
-    """The method paired differences are taken against: ``given``, else plain sampling, else the first."""
-    return given or (DEFAULT_REFERENCE if DEFAULT_REFERENCE in methods else methods[0])
-
-
-def method_positions(records: Sequence[dict], methods: Sequence[str]) -> dict[str, np.ndarray]:
-    """Positions of each method's records in prompt order (:func:`igcritic.judges.positions`)."""
-    return positions([r[RECORD_METHOD] for r in records], [r["prompt_index"] for r in records], methods)
-
-
 @dataclass
 class EvalResult:
-    """What :func:`igcritic.evaluate.run_eval` and :func:`reread_run` return: summaries, records, files."""
+    """What :func:`igcritic.eval.run.run_eval` and :func:`reread_run` return: summaries, records, files."""
 
     budget: float
     summaries: list[MethodSummary]
     records: list[dict]
     files: list[Path]
     config: Any
-    """The :class:`igcritic.evaluate.EvalConfig` of the run (its saved dict when re-read)."""
+    """The :class:`igcritic.eval.run.EvalConfig` of the run (its saved dict when re-read)."""
     judges: list[JudgeReport] = field(default_factory=list)
     """One report per judge (``reading`` last when labels were merged)."""
     quality: list[QualityRow] | None = None
@@ -211,60 +80,21 @@ class EvalResult:
 
     def table(self):
         """The comparison by the cost/reward scorers (the ones bound to the guard) as a ``rich`` table."""
-        n = self.summaries[0].n if self.summaries else 0
-        t = rich_table(
-            f"igcritic eval: {n} prompts, budget d = {self.budget:g} (guard's own scorers)",
-            "safe: recomputed S_T <= d; tracked: the search's own safe flag; over-ref: benign "
-            f"prompts refused; CI: {100 * LEVEL:.0f}% bootstrap over prompts; latency: s per "
-            "prompt; tok/s: new tokens / wall s",
-        )
-        t.add_column("method", no_wrap=True)
-        cols = ["reward", "CI", "cost", "safe%", "CI%", "tracked%", "refus%", "over-ref%", "p50 s", "p95 s"]
-        for col in [*cols, "tok/s"]:
-            t.add_column(col, justify="right", no_wrap=True, min_width=len(col))
-        for s in self.summaries:
-            t.add_row(
-                s.method,
-                f"{s.reward_mean:.3f}",
-                fmt_ci(s.reward_low, s.reward_high, 1.0, ".3f"),
-                f"{s.cost_mean:.3f}",
-                f"{100 * s.safety_rate:.1f}",
-                fmt_ci(s.safety_low, s.safety_high),
-                fmt_pct(s.tracked_safety_rate),
-                f"{100 * s.refusal_rate:.1f}",
-                fmt_pct(s.over_refusal_rate),
-                f"{s.latency_p50:.2f}",
-                f"{s.latency_p95:.2f}",
-                f"{s.tokens_per_s:.0f}",
-            )
-        return t
+        return method_table(self.summaries, self.budget)
 
     def tables(self) -> list:
         """Everything ``igcritic eval`` prints, in order: judge quality, the scorers' table, one table per
-        judge; each split by columns to fit :data:`~igcritic.judges.TABLE_WIDTH`."""
+        judge; each split by columns to fit :data:`~igcritic.eval.tables.TABLE_WIDTH`."""
         head = [quality_table(self.quality, self.quality_source)] if self.quality else []
         return [p for t in (*head, self.table(), *map(judge_table, self.judges)) for p in fit_width(t)]
 
     def print(self, console=None) -> None:
-        """Print :meth:`tables` at the width the widest one needs (at least the console's), so no number is
-        ever cut; a terminal narrower than that wraps the lines instead."""
-        from rich.console import Console
-
-        console = console or Console()
-        tables = self.tables()
-        need = max(
-            console.measure(t, options=console.options.update(max_width=10_000)).maximum for t in tables
-        )
-        width, console.width = console.width, max(console.width, need)
-        try:
-            for t in tables:
-                console.print(t)
-        finally:
-            console.width = width
+        """Print :meth:`tables` so that no number is ever cut (:func:`~igcritic.eval.tables.print_tables`)."""
+        print_tables(self.tables(), console)
 
     def payload(self, extra: dict) -> dict:
         """``results.json``: everything needed to read, redraw or re-read the run."""
-        cfg = self.config if isinstance(self.config, dict) else asdict(self.config)
+        cfg = self.config if isinstance(self.config, dict) else self.config.to_dict()
         quality = (
             None
             if self.quality is None
@@ -288,7 +118,7 @@ class EvalResult:
         }
 
 
-def check_out(out: Path, overwrite: bool, flag: str = "--out_dir", resume: bool = False) -> None:
+def check_out(out: Path, overwrite: bool, flag: str = "--out", resume: bool = False) -> None:
     """Fail before any work if an output folder is a file or holds something else than a run to resume."""
     if out.exists() and not out.is_dir():
         raise EvalError(f"{flag} {str(out)!r} is a file; pass a folder")
@@ -302,7 +132,7 @@ def check_out(out: Path, overwrite: bool, flag: str = "--out_dir", resume: bool 
     if not (out / PROGRESS_FILE).is_file():
         raise EvalError(
             f"{flag} {str(out)!r} holds no {PROGRESS_FILE}, so there is no eval run to resume; pass the "
-            "out_dir of an interrupted run or drop --resume"
+            "--out of an interrupted run or drop --resume"
         )
 
 
@@ -332,7 +162,7 @@ def open_progress(
     if changed := _changes(saved["key"], _plain(key)):
         raise EvalError(
             f"--resume: {out} was run with other settings ({'; '.join(changed)}); resume with the same ones "
-            "or pick a new --out_dir"
+            "or pick a new --out"
         )
     done = {str(k): float(v) for k, v in saved["done"].items()}
     rows = [json.loads(x) for x in (out / RECORDS_FILE).read_text().splitlines() if x.strip()]
@@ -340,7 +170,7 @@ def open_progress(
     if short := [m for m in done if sum(r[RECORD_METHOD] == m for r in rows) != num_prompts]:
         raise EvalError(
             f"--resume: {out / RECORDS_FILE} lacks records of finished methods {short}; run again without "
-            "--resume into a new --out_dir"
+            "--resume into a new --out"
         )
     return rows, done
 
@@ -383,6 +213,17 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
+def csv_rows(reports: Sequence[JudgeReport]) -> list[dict]:
+    """``judges.csv``: one row per judge and method, class shares flattened into ``class_<label>`` columns."""
+    out = []
+    for rep in reports:
+        for s in rep.methods:
+            d = asdict(s)
+            classes = d.pop("classes") or {}
+            out.append({**d, **{f"class_{c}": v for c, v in classes.items()}})
+    return out
+
+
 def write_results(
     result: EvalResult, out: Path, plots: bool = True, reading_out: str | None = None
 ) -> list[Path]:
@@ -396,7 +237,7 @@ def write_results(
         _write_csv(out / JUDGES_CSV, csv_rows(result.judges))
         files.append(out / JUDGES_CSV)
     if plots:
-        from igcritic.plots import plot_all
+        from igcritic.eval.plots import plot_all
 
         log.info("drawing the figures into %s", out)
         files += plot_all(
@@ -417,14 +258,13 @@ def read_run(run: str | Path) -> tuple[Path, dict, list[dict]]:
     folder = Path(run)
     if not (folder / RESULTS_JSON).is_file() or not (folder / RECORDS_FILE).is_file():
         raise EvalError(
-            f"--run {str(run)!r} has no {RESULTS_JSON} and {RECORDS_FILE}; pass the out_dir of an eval run"
+            f"--run {str(run)!r} has no {RESULTS_JSON} and {RECORDS_FILE}; pass an eval run's --out"
         )
     data = json.loads((folder / RESULTS_JSON).read_text())
     records = [json.loads(x) for x in (folder / RECORDS_FILE).read_text().splitlines() if x.strip()]
     return folder, data, records
 
 
-@eval_errors
 def export_reading(run: str | Path, reading_out: str | Path, overwrite: bool = False) -> list[Path]:
     """The blind-reading files of a finished run (``--run RUN_DIR --reading_out DIR``)."""
     folder, data, records = read_run(run)
@@ -442,7 +282,6 @@ def _write_reading(records: list[dict], reading_out: str | Path, seed: int, run:
     return write_reading(records, methods, Path(reading_out), seed, key_copy=run / RUN_KEY_FILE)
 
 
-@eval_errors
 def reread_run(run: str | Path, reading_in: str | Path | None = None, overwrite: bool = False) -> EvalResult:
     """The tables of a finished run rebuilt from its saved records (same summaries, same judges, same
     bootstrap draws); nothing is generated or loaded. With ``reading_in``, people's labels join as the judge

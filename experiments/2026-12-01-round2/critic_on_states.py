@@ -1,6 +1,7 @@
 """Critics measured on the validation prompts of each store: does round 2 predict the search's own states?
 
-    python data_prep/critic_on_states.py --out data_prep/data/round2/critic_on_states.json
+    python experiments/2026-12-01-round2/critic_on_states.py \
+      --out experiments/2026-12-01-round2/critic_on_states.json
 
 The validation prompts are the ones `igcritic fit` holds out for data.stores = [base, guarded] (by prompt,
 seed 0, 15 %), so neither critic trained on them. Per store and critic, at the store budget d: AUROC and ECE
