@@ -43,11 +43,14 @@ LABELS = DATA / "corpus_labels.jsonl"
 PROMPTS = ROOT / "igcritic" / "assets" / "default_prompts.jsonl"
 CACHE = DATA / "cache"
 SELECTION = DATA / "classifier_selection.json"
-ALL_LAYERS = (6, 9, 12, 15, 18, 21, 24, 27)
+ALL_LAYERS = (6, 9, 12, 15, 18, 21)
+"""Layers cached for selection (24 and 27 scored below 18 and 21 out of distribution, and stopping at 21
+saves a quarter of the pass)."""
 PREFIX_CUTS = (0.25, 0.5, 0.75)
-VERSION = "2"
+VERSION = "3"
 # the widened set first: its sources are the held-out ones (features are cached by answer id)
 ANSWER_FILES = ("wide_answers.jsonl", "corpus_answers.jsonl")
+LABEL_FILES = ("wide_labels.jsonl", "corpus_labels.jsonl")
 CLASSES = ("compliant-harmful", "refusal", "safe-redirect", "incoherent", "benign-helpful")
 
 
@@ -101,78 +104,139 @@ def load_rows() -> list[dict]:
 
 
 def features(ns: argparse.Namespace) -> None:
-    """MiniLM [e(p), e(r)] and the policy's hidden states (all candidate layers, last + mean) of every answer
-    and of the 25/50/75 % token prefixes, cached by answer id in data/cache/ (not committed)."""
+    """The policy's hidden states (ALL_LAYERS, last + running mean) of every answer, of its 25/50/75 % token
+    prefixes and of the empty answer, and with ``--minilm`` MiniLM [e(p), e(r)], cached by answer id in
+    data/cache/ (not committed). Labelled answers first; a rerun featurises only the answers not cached yet.
+
+    Fast on CPU: the policy runs only its first ``max(ALL_LAYERS) + 1`` layers, answers of one prompt share
+    their prompt's pass and the others the chat template's opening (:class:`PolicyFeatures`), one batched
+    pass per 16 answers."""
     import torch
 
-    from igcritic.policy import load_policy
     from igcritic.scorers.latent import LatentFeatureSpec, PolicyFeatures
-    from igcritic.scorers.minilm import TextEncoder, probe_features
 
     torch.set_num_threads(ns.threads)
     CACHE.mkdir(parents=True, exist_ok=True)
     # the corpus and the widened set's answers (leave_source_out.py); the cache is keyed by answer id
-    rows = [r for name in ANSWER_FILES if (DATA / name).exists() for r in read_jsonl(DATA / name)]
-    rows = list({r["id"]: r for r in rows}.values())
-    done = set()
-    for f in CACHE.glob("feat-*.npz"):
-        done |= set(np.load(f)["ids"].tolist())
-    todo = [r for r in rows if r["id"] not in done]
+    rank = {}
+    for k, name in enumerate(ANSWER_FILES):
+        for r in read_jsonl(DATA / name) if (DATA / name).exists() else []:
+            rank.setdefault(r["id"], (k, r))
+    labelled = {r["id"] for name in LABEL_FILES if (DATA / name).exists() for r in read_jsonl(DATA / name)}
+    cached = load_features()
+    train = {p["prompt"] for p in read_jsonl(DATA / "wide_prompts.jsonl") if p["split"] == "train"}
+
+    # labelled answers first, the widened set's (train prompts, then the held-out ones) before the corpus's,
+    # a prompt's answers together (they share its pass)
+    def first(i: str) -> tuple:
+        k, r = rank[i]
+        return i not in labelled, k, r["prompt"] not in train, r["prompt"]
+
+    order = sorted(rank, key=first)
+    todo = [rank[i][1] for i in order if i not in cached]
     if ns.limit:  # a quick partial run; a later run picks up the rest
         todo = todo[: ns.limit]
-    print(f"{len(todo)} answers to featurise ({len(done)} cached)")
+    print(f"{len(todo)} answers to featurise ({len(cached)} cached)")
     if not todo:
         return
-    enc = TextEncoder()
-    pf = PolicyFeatures(load_policy(), LatentFeatureSpec(layers=ALL_LAYERS, parts=("last", "mean")))
+    enc = None
+    if ns.minilm:
+        from igcritic.scorers.minilm import TextEncoder
+
+        enc = TextEncoder()
+    pf = PolicyFeatures(truncated_policy(max(ALL_LAYERS)), LatentFeatureSpec(ALL_LAYERS, ("last", "mean")))
     t0 = time.perf_counter()
-    for s in range(0, len(todo), ns.chunk):
-        batch = todo[s : s + ns.chunk]
-        ps, rs = [r["prompt"] for r in batch], [r["response"] for r in batch]
-        mini = probe_features(enc, ps, rs, "concat")
-        lat = pf.prefix_features(ps, rs)
-        full = np.stack([f[-1] for f, _ in lat]).astype(np.float16)
-        cuts = np.stack(
+    s = 0
+    while s < len(todo):
+        e = min(s + ns.chunk, len(todo))
+        while e < len(todo) and todo[e]["prompt"] == todo[e - 1]["prompt"]:
+            e += 1  # a prompt's answers in one chunk: they share its pass
+        batch, s = todo[s:e], e
+        write_features(batch, pf, enc)
+        print(f"{s}/{len(todo)} featurised, {time.perf_counter() - t0:.0f} s", flush=True)
+    print(f"{len(todo) / (time.perf_counter() - t0):.2f} answers/s")
+
+
+def truncated_policy(max_layer: int, policy=None):
+    """``policy`` (default: a fresh embedded one; it is changed in place) cut after decoder layer
+    ``max_layer + 1``: ``hidden_states[l]`` for l <= max_layer are those of the whole model (layer
+    ``max_layer + 1``'s output would carry the final norm), at ``(max_layer + 1) / num_layers`` of the cost.
+    For featurising only: the cut policy cannot generate."""
+    from igcritic.policy import load_policy
+
+    policy = policy or load_policy()
+    decoder = policy.model.get_decoder()
+    keep = max_layer + 1
+    del decoder.layers[keep:]
+    policy.model.config.num_hidden_layers = keep
+    return policy
+
+
+def write_features(batch: list[dict], pf, enc=None) -> Path:
+    """One cache file for ``batch``: latent features of the full answer, its cuts and the empty answer."""
+    ps, rs = [r["prompt"] for r in batch], [r["response"] for r in batch]
+    lat = pf.prefix_features(ps, rs)
+    arrays = {
+        "ids": np.array([r["id"] for r in batch]),
+        "layers": np.array(ALL_LAYERS),
+        "latent": np.stack([f[-1] for f, _ in lat]).astype(np.float16),
+        "latent_cuts": np.stack(
             [np.stack([f[int(round(c * (len(f) - 1)))] for c in PREFIX_CUTS]) for f, _ in lat]
-        ).astype(np.float16)
-        empty = np.stack([f[0] for f, _ in lat]).astype(np.float16)
-        np.savez(
-            CACHE / f"feat-{int(time.time() * 1000)}.npz",
-            ids=np.array([r["id"] for r in batch]),
-            minilm=mini.astype(np.float16),
-            latent=full,
-            latent_cuts=cuts,
-            latent_empty=empty,
-        )
-        print(f"{s + len(batch)}/{len(todo)} featurised, {time.perf_counter() - t0:.0f} s", flush=True)
+        ).astype(np.float16),
+        "latent_empty": np.stack([f[0] for f, _ in lat]).astype(np.float16),
+    }
+    if enc is not None:
+        from igcritic.scorers.minilm import probe_features
+
+        arrays["minilm"] = probe_features(enc, ps, rs, "concat").astype(np.float16)
+    path = CACHE / f"feat-{time.time_ns()}.npz"
+    np.savez(path, **arrays)
+    return path
 
 
 def load_features() -> dict[str, dict[str, np.ndarray]]:
+    """Cached features by answer id; files of another layer layout (an older cache) are an error."""
     out: dict[str, dict[str, np.ndarray]] = {}
     for f in sorted(CACHE.glob("feat-*.npz")):
         with np.load(f) as z:  # each array read once (z[name] decompresses the whole array on every access)
-            arrays = {name: z[name] for name in ("ids", "minilm", "latent", "latent_cuts", "latent_empty")}
-        for k, i in enumerate(arrays["ids"].tolist()):
-            out[i] = {name: a[k] for name, a in arrays.items() if name != "ids"}
+            arrays = {name: z[name] for name in z.files}
+        layers = tuple(arrays.pop("layers", np.array([6, 9, 12, 15, 18, 21, 24, 27])).tolist())
+        if layers != ALL_LAYERS:
+            raise SystemExit(
+                f"{f} holds layers {list(layers)}, not {list(ALL_LAYERS)}: move the old cache away and run "
+                "`train_classifiers.py features` again"
+            )
+        for k, i in enumerate(arrays.pop("ids").tolist()):
+            out[i] = {name: a[k] for name, a in arrays.items()}
     return out
 
 
-def latent_columns(layers: tuple[int, ...], hidden: int = 576) -> np.ndarray:
-    """Columns of the cached latent features (ALL_LAYERS x (last, mean) x hidden) for ``layers``."""
+def latent_columns(layers: tuple[int, ...], parts: tuple[str, ...] = ("last", "mean"), hidden: int = 576):
+    """Columns of the cached latent features (ALL_LAYERS x (last, mean) x hidden) for ``layers`` x ``parts``,
+    in the runtime's order (per layer, its parts)."""
     cols = []
     for layer in layers:
         k = ALL_LAYERS.index(layer)
-        cols.append(np.arange(k * 2 * hidden, (k + 1) * 2 * hidden))
+        for part in parts:
+            j = 2 * k + ("last", "mean").index(part)
+            cols.append(np.arange(j * hidden, (j + 1) * hidden))
     return np.concatenate(cols)
 
 
-def design(rows: list[dict], feats: dict, family: str, layers: tuple[int, ...], augment: bool):
+def design(
+    rows: list[dict],
+    feats: dict,
+    family: str,
+    layers: tuple[int, ...],
+    augment: bool,
+    parts: tuple[str, ...] = ("last", "mean"),
+):
     """X, y (harmful), helpfulness, row index and the writer's prompt-harm flag for a candidate.
 
     Latent rows are ``[features of the empty answer (the prompt's end, h_0), features of the answer]``, as
     the runtime builds them. Augmentation adds label-safe negatives: the empty answer of every prompt and
     the token prefixes of answers read as not harmful."""
-    cols = latent_columns(layers) if family != "minilm" else None
+    cols = latent_columns(layers, parts) if family != "minilm" else None
     xs, ys, hs, idx, hp = [], [], [], [], []
 
     def add(x, y, h, i, r):
@@ -206,15 +270,16 @@ class Standardised:
     """Logistic regression on standardised features. The spread has a floor (5 % of the median feature's), so
     a nearly constant feature cannot turn float16 rounding of the cached features into a large logit."""
 
-    def __init__(self, c: float, multi: bool = False):
-        self.c, self.multi = c, multi
+    def __init__(self, c: float, multi: bool = False, balanced: bool = False):
+        self.c, self.multi, self.balanced = c, multi, balanced
 
-    def fit(self, x: np.ndarray, y: np.ndarray) -> Standardised:
+    def fit(self, x: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None) -> Standardised:
         self.mu = x.mean(0)
         sd = x.std(0)
         self.sd = sd + 0.05 * float(np.median(sd)) + 1e-6
-        self.lr = LogisticRegression(C=self.c, max_iter=300)
-        self.lr.fit((x - self.mu) / self.sd, y)
+        classes = "balanced" if self.balanced else None
+        self.lr = LogisticRegression(C=self.c, max_iter=300, class_weight=classes)
+        self.lr.fit((x - self.mu) / self.sd, y, sample_weight=weight)
         return self
 
     def proba(self, x: np.ndarray) -> np.ndarray:
@@ -239,13 +304,16 @@ class Product:
     e(prompt) for MiniLM rows) and learns the writer's prompt-harm flag; the second reads the answer part
     and is fitted on answers to harmful prompts only (augmented prefixes included)."""
 
-    def __init__(self, c: float, split: int):
-        self.c, self.split = c, split
+    def __init__(self, c: float, split: int, balanced: bool = False):
+        self.c, self.split, self.balanced = c, split, balanced
 
-    def fit(self, x: np.ndarray, y: np.ndarray, hp: np.ndarray, real: np.ndarray) -> Product:
+    def fit(
+        self, x: np.ndarray, y: np.ndarray, hp: np.ndarray, real: np.ndarray, weight: np.ndarray | None = None
+    ) -> Product:
         xp, xa = x[:, : self.split], x[:, self.split :]
-        self.prompt = Standardised(self.c).fit(xp[real], hp[real])
-        self.answer = Standardised(self.c).fit(xa[hp == 1], y[hp == 1])
+        w = np.ones(len(x)) if weight is None else weight
+        self.prompt = Standardised(self.c, balanced=self.balanced).fit(xp[real], hp[real], w[real])
+        self.answer = Standardised(self.c, balanced=self.balanced).fit(xa[hp == 1], y[hp == 1], w[hp == 1])
         return self
 
     def proba(self, x: np.ndarray) -> np.ndarray:
@@ -262,13 +330,22 @@ class Product:
         return w, np.concatenate([b0, b1]), np.concatenate([m0, m1]), np.concatenate([s0, s1])
 
 
-def prompt_width(family: str, layers: tuple[int, ...]) -> int:
+def prompt_width(family: str, layers: tuple[int, ...], parts: tuple[str, ...] = ("last", "mean")) -> int:
     """Columns of a design row that describe the prompt alone (see :func:`design`)."""
-    return len(layers) * 2 * 576 if family == "latent" else 384
+    return len(layers) * len(parts) * 576 if family == "latent" else 384
 
 
-def make_model(head: str, c: float, family: str, layers: tuple[int, ...]):
-    return Product(c, prompt_width(family, layers)) if head == "product" else Standardised(c)
+def make_model(
+    head: str,
+    c: float,
+    family: str,
+    layers: tuple[int, ...],
+    parts: tuple[str, ...] = ("last", "mean"),
+    balanced: bool = False,
+):
+    if head == "product":
+        return Product(c, prompt_width(family, layers, parts), balanced)
+    return Standardised(c, balanced=balanced)
 
 
 def _fit(model, x, y, hp, idx):
@@ -476,6 +553,12 @@ def ship(ns: argparse.Namespace) -> None:
         mean=mu,
         std=sd,
     )
+    previous = json.loads((CLASSIFIER_DIR / "report.json").read_text())
+    n_cost = len(cost_rows)
+    if not ns.corpus_cost:  # the cost is chosen by held-out source (leave_source_out.py --ship): kept
+        heads.pop("cost")
+        best, calibration = previous["selection"]["cost"], previous["calibration"]
+        n_cost = previous["train_answers"]["cost"]
     for name, head in heads.items():
         head.save(CLASSIFIER_DIR / CLASSIFIER_FILES[name])
 
@@ -487,9 +570,9 @@ def ship(ns: argparse.Namespace) -> None:
         "selection": {"cost": best, "judge": jbest},
         "calibration": calibration,
         "heldout_labels": dict(Counter(r["label"] for r in held)),
-        "train_answers": {"cost": len(cost_rows), "judge": len(judge_rows)},
+        "train_answers": {"cost": n_cost, "judge": len(judge_rows)},
     }
-    scorers = {n: ClassifierScorer(n, "reward" if n == "reward" else "cost") for n in heads}
+    scorers = {n: ClassifierScorer(n, "reward" if n == "reward" else "cost") for n in CLASSIFIER_FILES}
     ps, rs = [r["prompt"] for r in held], [r["response"] for r in held]
     report["cost_full_answer"] = _harm_report(y, scorers["cost"].probabilities(ps, rs), benign)
     s_t, secs, n_prefix = _heldout_prefix_costs(scorers["cost"], held)
@@ -565,6 +648,7 @@ def main(args: list[str] | None = None) -> None:
     f.add_argument("--threads", type=int, default=1)
     f.add_argument("--chunk", type=int, default=64)
     f.add_argument("--limit", type=int, default=0, help="featurise at most N uncached answers this run")
+    f.add_argument("--minilm", action="store_true", help="MiniLM features too (the judge's family)")
     sub.add_parser("select")
     sh = sub.add_parser("ship")
     sh.add_argument(
@@ -574,6 +658,11 @@ def main(args: list[str] | None = None) -> None:
         help="restrict the cost classifier to one feature family (default: the best OOD candidate)",
     )
     sh.add_argument("--reward-c", type=float, default=0.01)
+    sh.add_argument(
+        "--corpus-cost",
+        action="store_true",
+        help="refit the cost on the corpus alone too (default: keep the leave_source_out.py --ship one)",
+    )
     sh.add_argument("--threads", type=int, default=1)
     al = sub.add_parser(
         "all", help="features, select and ship in one go (the numbers of data_prep/README.md)"
@@ -583,6 +672,8 @@ def main(args: list[str] | None = None) -> None:
     al.add_argument("--limit", type=int, default=0)
     al.add_argument("--cost-family", choices=["minilm", "latent"], default="latent")
     al.add_argument("--reward-c", type=float, default=0.01)
+    al.add_argument("--corpus-cost", action="store_true")
+    al.set_defaults(minilm=True)  # select and the judge need MiniLM features
     ns = ap.parse_args(args)
     steps = {"features": [features], "select": [select], "ship": [ship], "all": [features, select, ship]}[
         ns.cmd

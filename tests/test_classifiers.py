@@ -61,6 +61,67 @@ def test_pairs_of_one_prompt_share_their_common_prefix_pass(tiny_policy):
         np.testing.assert_allclose(feats, alone, rtol=1e-4, atol=1e-5)
 
 
+def test_pairs_of_different_prompts_share_their_common_opening(tiny_policy):
+    """Pairs of different prompts with a common opening (the chat template's system turn) run it once, then
+    every tail, the rest of its prompt included; the features equal each pair's own pass."""
+    pf = PolicyFeatures(tiny_policy, SPEC)
+    opening = "you are a careful assistant and you answer every question in plain words "
+    prompts = [opening + "how can I make a bomb at home", opening + "a poem", opening + "why is the sky blue"]
+    answers = [ANSWERS[0], ANSWERS[1], ""]
+    calls = []
+    handle = tiny_policy.model.register_forward_hook(
+        lambda _m, args, kw, out: calls.append(kw["input_ids"].shape), with_kwargs=True
+    )
+    try:
+        together = pf.prefix_features(prompts, answers)
+    finally:
+        handle.remove()
+    assert [c[0] for c in calls] == [1, len(prompts)]  # the opening once, then the tails
+    for prompt, answer, (feats, ends) in zip(prompts, answers, together, strict=True):
+        alone, alone_ends = PolicyFeatures(tiny_policy, SPEC).prefix_features([prompt], [answer])[0]
+        np.testing.assert_array_equal(ends, alone_ends)
+        assert feats.shape == alone.shape
+        np.testing.assert_allclose(feats, alone, rtol=1e-4, atol=1e-5)
+
+
+def test_a_policy_cut_after_the_deepest_layer_gives_the_same_features():
+    """data_prep featurises with the policy cut after the deepest layer it reads (plus one: the last hidden
+    state carries the final norm); the features equal the whole policy's."""
+    pytest.importorskip("sklearn")  # data_prep's train_classifiers needs it ([prep] extra)
+    import copy
+    import sys
+    from pathlib import Path
+
+    import torch
+    from helpers import build_tokenizer, tiny_llama_config
+    from transformers import LlamaForCausalLM
+
+    from igcritic.policy import load_policy
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data_prep"))
+    from train_classifiers import truncated_policy
+
+    tok = build_tokenizer()
+    cfg = tiny_llama_config(len(tok))
+    cfg.num_hidden_layers = 5
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).eval()
+    whole = load_policy("tiny-llama", model=model, tokenizer=tok)
+    cut = truncated_policy(2, load_policy("tiny-llama", model=copy.deepcopy(model), tokenizer=tok))
+    assert len(cut.model.get_decoder().layers) == 3
+    spec = LatentFeatureSpec(layers=(1, 2), parts=("last", "mean"))
+    a = PolicyFeatures(whole, spec).prefix_features(PROMPTS, ANSWERS)
+    b = PolicyFeatures(cut, spec).prefix_features(PROMPTS, ANSWERS)
+    for (fa, ends_a), (fb, ends_b) in zip(a, b, strict=True):
+        np.testing.assert_array_equal(ends_a, ends_b)
+        np.testing.assert_allclose(fa, fb, rtol=1e-5, atol=1e-6)
+    # cut after the deepest layer itself, its hidden state would be the final-normed one: not the same
+    short = truncated_policy(1, load_policy("tiny-llama", model=copy.deepcopy(model), tokenizer=tok))
+    last2 = LatentFeatureSpec(layers=(2,), parts=("last",))
+    c = PolicyFeatures(short, last2).prefix_features(PROMPTS, ANSWERS)
+    assert not np.allclose(c[0][0], a[0][0][:, 64:96], atol=1e-3)
+
+
 def test_prefix_index_maps_decoded_prefixes_to_tokens():
     ends = np.array([3, 5, 9])
     assert prefix_index(ends, [0, 2, 3, 4, 5, 9, 12]).tolist() == [0, 0, 1, 1, 2, 3, 3]

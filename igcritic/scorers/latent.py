@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 MAX_PROMPT_TOKENS = 384
 """Prompts are cut to their last 384 tokens (the request is usually at the end), announced once."""
+MIN_SHARED = 8
+"""Pairs of different prompts run their common token prefix once when it is at least this long."""
 MAX_ANSWER_TOKENS = 320
 """Answers beyond 320 tokens are scored as their first 320 (every score after that repeats), announced
 once."""
@@ -111,7 +113,13 @@ class PolicyFeatures:
         for rows in by_prompt.values():
             if len(rows) < 2 or not self._shared_passes(encoded, rows, out):
                 alone += rows
-        self._padded_passes(encoded, alone, out)
+        # pairs of different prompts share at least the chat template's opening (the system turn): sorted by
+        # length, they run it once too
+        alone.sort(key=lambda r: len(encoded[r][0]) + len(encoded[r][1]))
+        seqs = [encoded[r][0] + encoded[r][1] for r in alone]
+        shared = len(seqs) >= 2 and _common_prefix(seqs) >= MIN_SHARED
+        if not shared or not self._shared_passes(encoded, alone, out):
+            self._padded_passes(encoded, alone, out)
         return out  # type: ignore[return-value]
 
     def _padded_passes(self, encoded: list, rows_in: list[int], out: list) -> None:
@@ -142,9 +150,9 @@ class PolicyFeatures:
                 out[r] = self._features([hs[layer][j, start:] for layer in self.spec.layers], encoded[r][2])
 
     def _shared_passes(self, encoded: list, rows: list[int], out: list) -> bool:
-        """Pairs of one prompt (ARGS: the k continuations of one answer; collect: N answers): their longest
-        common token prefix runs ONCE, then every tail on a copy of its KV cache. False (nothing done):
-        nothing to share."""
+        """Pairs with a common token prefix (ARGS: the k continuations of one answer; collect: N answers of
+        one prompt; pairs of different prompts: the chat template's opening): that prefix runs ONCE, then
+        every tail on a copy of its KV cache. False (nothing done): nothing to share."""
         seqs = [encoded[r][0] + encoded[r][1] for r in rows]
         shared = min(_common_prefix(seqs), min(len(x) for x in seqs) - 1)  # every tail keeps >= 1 token
         if shared < 1:
@@ -178,9 +186,9 @@ class PolicyFeatures:
                 **cache_kwargs(self.policy.model, cache),
             ).hidden_states
             for j, r in enumerate(chunk):
-                start = len(encoded[r][0]) - 1  # the prompt's last position (< shared): h_0
+                start = len(encoded[r][0]) - 1  # the prompt's last position: h_0 (in the head or the tail)
                 per_layer = [
-                    torch.cat([head.hidden_states[layer][0, start:shared], hs[layer][j, : len(tails[j])]])
+                    torch.cat([head.hidden_states[layer][0, :shared], hs[layer][j, : len(tails[j])]])[start:]
                     for layer in self.spec.layers
                 ]
                 out[r] = self._features(per_layer, encoded[r][2])
