@@ -790,15 +790,15 @@ def cases(w: World) -> list[Case]:
                 "--prompts.split",
                 "null",
             ),
-            *("--out_dir", str(d / "out"), "--quality_set", "null", "--plots", "false"),
+            *("--out", str(d / "out"), "--quality_set", "null", "--plots", "false"),
             *("--cost", f"beaver:{w.cost}", "--reward", f"beaver:{w.reward}"),
             *extra,
         ]
 
-    @add("eval: --out_dir under a read-only folder")
+    @add("eval: --out under a read-only folder")
     def _(d):
         args = ev(d)
-        args[args.index("--out_dir") + 1] = str(read_only(d) / "out")
+        args[args.index("--out") + 1] = str(read_only(d) / "out")
         return cli(args), None
 
     @add("eval: --resume of a folder that is not a run")
