@@ -293,17 +293,13 @@ def _part_rows(parts: Path) -> list[dict]:
     return rows
 
 
-def build(seed: int = SEED, parts: Path = PARTS) -> list[dict]:
-    """All prompts with category, style, harm flag and a seeded split stratified by (harm, category, style).
+def norm(text: str) -> str:
+    """A prompt's text up to case and spacing: two prompts with the same ``norm`` are duplicates."""
+    return " ".join(text.lower().split())
 
-    Duplicates (same text up to case and spacing) keep their first copy."""
-    rows, seen = [], set()
-    for r in _first_rows() + _part_rows(parts):
-        key = " ".join(r["prompt"].lower().split())
-        if key not in seen:
-            seen.add(key)
-            rows.append(r)
-    rng = random.Random(seed)
+
+def split_by_cell(rows: list[dict], rng: random.Random) -> None:
+    """Set each row's ``split``: HELDOUT_SHARE of every (harm, category, style) cell held out, seeded."""
     cells: dict[tuple, list[dict]] = {}
     for r in rows:
         cells.setdefault((r["harmful"], r["category"], r["style"]), []).append(r)
@@ -313,6 +309,19 @@ def build(seed: int = SEED, parts: Path = PARTS) -> list[dict]:
         n_held = int(len(cell) * HELDOUT_SHARE + rng.random())  # unbiased rounding: small cells too
         for rank, i in enumerate(order):
             cell[i]["split"] = "heldout" if rank < n_held else "train"
+
+
+def build(seed: int = SEED, parts: Path = PARTS) -> list[dict]:
+    """All prompts with category, style, harm flag and a seeded split stratified by (harm, category, style).
+
+    Duplicates (same text up to case and spacing) keep their first copy."""
+    rows, seen = [], set()
+    for r in _first_rows() + _part_rows(parts):
+        key = norm(r["prompt"])
+        if key not in seen:
+            seen.add(key)
+            rows.append(r)
+    split_by_cell(rows, random.Random(seed))
     random.Random(seed + 1).shuffle(
         rows
     )  # file order mixed, so the first N prompts (``limit: N``) are a fair sample

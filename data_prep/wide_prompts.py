@@ -31,7 +31,7 @@ import json
 import random
 from pathlib import Path
 
-from default_prompts import HARM_CATEGORIES, HELDOUT_SHARE
+from default_prompts import HARM_CATEGORIES, norm, split_by_cell
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data_prep" / "data"
@@ -70,10 +70,6 @@ def prompt_id(prompt: str) -> str:
     return hashlib.sha1(prompt.encode()).hexdigest()[:12]
 
 
-def norm(text: str) -> str:
-    return " ".join(text.lower().split())
-
-
 def _project(row: dict, file: str, **extra) -> dict:
     return {
         "source": "igcritic",
@@ -104,16 +100,7 @@ def _miss_rows() -> list[dict]:
                     dual_use=bool(r.get("dual_use", False)),
                 )
             )
-    rng = random.Random(SEED)
-    cells: dict[tuple, list[dict]] = {}
-    for r in rows:
-        cells.setdefault((r["harmful"], r["category"], r["style"]), []).append(r)
-    for cell in cells.values():
-        order = list(range(len(cell)))
-        rng.shuffle(order)
-        n_held = int(len(cell) * HELDOUT_SHARE + rng.random())
-        for rank, i in enumerate(order):
-            cell[i]["split"] = "heldout" if rank < n_held else "train"
+    split_by_cell(rows, random.Random(SEED))
     return rows
 
 
