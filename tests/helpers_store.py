@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -42,3 +45,14 @@ class LatentBlocks(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> torch.Tensor:
         return torch.from_numpy(self.reader.read_latents(4 * i, 4 * i + 4).astype(np.float32))
+
+
+def committed(store: Path) -> bool:
+    """Whether a shard manifest of ``store`` names a committed batch (read while a writer runs)."""
+    for f in store.glob("shards/*/zarr.json"):
+        try:
+            if json.loads(f.read_text()).get("attributes", {}).get("batches_done"):
+                return True
+        except (OSError, ValueError):
+            pass
+    return False

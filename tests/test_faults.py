@@ -28,6 +28,7 @@ from helpers import (
     word_cost,
     write_prompts,
 )
+from helpers_store import committed
 from lightning.pytorch.callbacks import Callback
 
 from igcritic.__main__ import main, parse_config
@@ -393,17 +394,6 @@ def test_a_prompt_file_that_is_not_utf8_is_named_with_its_line(tmp_path, capsys)
         load_prompts(PromptSource(str(bad)))
     assert main(["generate", "never-loaded", "--prompts.source", str(bad)]) == 2
     assert "not UTF-8" in one_line_error(capsys.readouterr().err)
-
-
-def committed(store: Path) -> bool:
-    """Whether a shard manifest of ``store`` names a committed batch (read while a writer runs)."""
-    for f in store.glob("shards/*/zarr.json"):
-        try:
-            if json.loads(f.read_text()).get("attributes", {}).get("batches_done"):
-                return True
-        except (OSError, ValueError):
-            pass
-    return False
 
 
 def damaged_store(tmp_path: Path, what: str, compression: str | None = None) -> Path:

@@ -38,6 +38,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
+from helpers_store import committed  # noqa: E402 - the tests' helpers, on the path just above
 
 NOISE = ("INFO ", "WARNING ", "Loading weights", "Writing model shards", "reading prompts", "[transformers]")
 
@@ -445,7 +446,7 @@ def cases(w: World) -> list[Case]:
             proc = child(args)
             deadline = time.time() + 300
             while proc.poll() is None and time.time() < deadline:
-                if (s / "zarr.json").exists() and (not after_commit or _committed(s)):
+                if (s / "zarr.json").exists() and (not after_commit or committed(s)):
                     break
                 time.sleep(0.02)
             proc.send_signal(signum)
@@ -477,7 +478,7 @@ def cases(w: World) -> list[Case]:
         s = d / "store.zarr"
         args = w.collect(s, "--rollouts_per_prompt", "4", "--batch_size", "1")
         proc = child(args)
-        while proc.poll() is None and not _committed(s):
+        while proc.poll() is None and not committed(s):
             time.sleep(0.02)
         proc.kill()
         proc.communicate(timeout=60)
@@ -836,16 +837,6 @@ def cases(w: World) -> list[Case]:
         return Run(0, "", ""), "silent wrong: a model with other weights was accepted"
 
     return c
-
-
-def _committed(store: Path) -> bool:
-    for f in store.glob("shards/*/zarr.json"):
-        try:
-            if json.loads(f.read_text()).get("attributes", {}).get("batches_done"):
-                return True
-        except (OSError, ValueError):
-            pass
-    return False
 
 
 def main() -> int:
