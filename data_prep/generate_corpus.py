@@ -4,6 +4,8 @@
     python data_prep/generate_corpus.py search --limit 240   # answers the search selects (best-of-N, IG)
     python data_prep/generate_corpus.py plain --prompts data_prep/data/wide_prompts.jsonl \
         --out data_prep/data/wide_answers.jsonl --samples 1 --skip-source igcritic  # the widened set's
+    python data_prep/generate_corpus.py store --store runs/embedded-wide-r2/store.zarr --source guard_r2 \
+        --out data_prep/data/guard_answers.jsonl  # the answers a round-2 store holds (the guard selected)
 
 Writes ``data_prep/data/corpus_answers.jsonl`` (appends; a re-run skips the (prompt, source, sample) jobs it
 already holds, so a killed run resumes). Plain answers match ``igcritic collect``'s sampling (temperature 0.7,
@@ -139,9 +141,38 @@ def search(ns: argparse.Namespace) -> None:
                 )
 
 
+def store(ns: argparse.Namespace) -> None:
+    """The committed answers of a collect store (a round-2 store: the answers the guard selected), decoded
+    from their token ids; no model runs. Re-running appends only answers not yet in ``--out``."""
+    from transformers import AutoTokenizer
+
+    from igcritic.policy import embedded_model_dir
+    from igcritic.store.reader import StoreReader
+
+    if ns.store is None:
+        raise SystemExit("store: give the collect store to read with --store PATH")
+    reader = StoreReader(ns.store)
+    tok = AutoTokenizer.from_pretrained(embedded_model_dir())  # the store's policy is the embedded one
+    prompts, offsets = reader.prompts, reader.traj_offsets
+    done = _done(ns.out)
+    seen: dict[int, int] = {}
+    with ns.out.open("a", encoding="utf-8") as f:
+        for i in range(len(reader.traj_len)):
+            p = reader.traj_prompt[i]
+            sample = seen[p] = seen.get(p, -1) + 1
+            prompt = {"prompt": prompts[p]}
+            if (prompt["prompt"], ns.source, sample) in done:
+                continue
+            ids = reader.token_ids[offsets[i] + 1 : offsets[i + 1]].tolist()  # row 0 is the prompt's end (-1)
+            text = tok.decode(ids, skip_special_tokens=True).strip()
+            row = _row(prompt, ns.source, sample, text, len(ids), bool(reader.traj_finished[i]))
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    print(f"{len(reader.traj_len)} trajectories of {ns.store} -> {ns.out}")
+
+
 def main(args: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["plain", "search"])
+    ap.add_argument("what", choices=["plain", "search", "store"])
     ap.add_argument("--prompts", type=Path, default=PROMPTS)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--samples", type=int, default=2, help="plain answers per prompt")
@@ -163,10 +194,12 @@ def main(args: list[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadier beside other jobs)")
+    ap.add_argument("--store", help="store: the collect store whose answers are written")
+    ap.add_argument("--source", default="guard_r2", help="store: the source name its answers get")
     ns = ap.parse_args(args)
     ns.out.parent.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(ns.threads)
-    plain(ns) if ns.what == "plain" else search(ns)
+    {"plain": plain, "search": search, "store": store}[ns.what](ns)
 
 
 if __name__ == "__main__":
