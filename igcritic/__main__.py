@@ -115,7 +115,7 @@ def parse_config(cls: type, args: list[str], prog: str | None = None) -> Any:
     items = _dataclass_lists(cls)
     for name, item in items.items():  # as plain dicts, so --print_config writes them (and reads them back)
         parser.set_defaults({name: [dataclasses.asdict(v) for v in _default(cls, name)]})
-    init = parser.instantiate(parser.parse_args(_bare_bools(cls, args)))
+    init = parser.instantiate(parser.parse_args(_repeated_lists(cls, _bare_bools(cls, args))))
     values = {f.name: getattr(init, f.name) for f in fields}
     for name, item in items.items():
         values[name] = [item(**v) if isinstance(v, dict) else v for v in values[name] or []]
@@ -146,6 +146,27 @@ def _bare_bools(cls: type, args: list[str]) -> list[str]:
         out.append(a)
         if a in flags and (i + 1 == len(args) or args[i + 1].startswith("--")):
             out.append("true")
+    return out
+
+
+def _repeated_lists(cls: type, args: list[str]) -> list[str]:
+    """A flag of a ``list[str] | str`` field given again appends (``--run A --run B`` as jsonargparse's
+    ``--run A --run+ B``); otherwise the last one would silently win."""
+    hints = typing.get_type_hints(cls)
+    flags = {
+        f"--{f.name}"
+        for f in dataclasses.fields(cls)
+        if str in typing.get_args(hints[f.name]) and list[str] in typing.get_args(hints[f.name])
+    }
+    seen: set[str] = set()
+    out = []
+    for a in args:
+        flag, eq, value = a.partition("=")
+        if flag in flags:
+            if flag in seen:
+                a = f"{flag}+{eq}{value}"
+            seen.add(flag)
+        out.append(a)
     return out
 
 

@@ -3,6 +3,8 @@
     igcritic eval --config configs/eval/embedded.yaml                   # a run (igcritic.eval.run)
     igcritic eval --reading_in labels.jsonl --run runs/eval/embedded    # the run re-read with people's labels
     igcritic eval --run runs/eval/embedded --reading_out runs/reading   # the run exported for blind reading
+    igcritic eval --run A --run B --reading_out DIR                     # several runs as one blind set
+    igcritic eval --run A --run B --reading_in DIR/labels.jsonl         # their reading table
 
 The run folder (:func:`write_results`): ``records.jsonl`` (every record with its recomputed cost/reward and
 every judge's grades, keys in :mod:`igcritic.eval`), ``results.csv`` (one
@@ -10,7 +12,8 @@ every judge's grades, keys in :mod:`igcritic.eval`), ``results.csv`` (one
 :mod:`igcritic.eval.plots`, ``reading_key.jsonl`` with ``--reading_out``, and ``results.json`` (summaries,
 judges, quality, budget, bootstrap and config) written last. Because the records keep the judges' grades,
 :func:`reread_run` rebuilds the same tables without generating or loading anything, and adds people's labels
-as the judge ``reading`` (``reading_results.json``).
+as the judge ``reading`` (``reading_results.json``). Several runs on the same prompts are exported and read
+together (:func:`export_runs`, :func:`read_runs_labels`) without writing into their folders.
 
 While a run goes, ``records.jsonl`` is rewritten with each method's records as it finishes and then
 ``progress.json`` (:func:`open_progress`) names it done, with the run's key (every setting that shapes the
@@ -30,10 +33,17 @@ from pathlib import Path
 from typing import Any
 
 from igcritic import to_json
-from igcritic.eval import RECORD_METHOD, EvalError
+from igcritic.eval import RECORD_METHOD, RECORD_PROMPT_INDEX, EvalError
 from igcritic.eval.judges import JudgeReport, grades_from_records, summarize_judge
 from igcritic.eval.quality import QualityRow
-from igcritic.eval.reading import RUN_KEY_FILE, read_labels, write_reading
+from igcritic.eval.reading import (
+    KEY_FILE,
+    RUN_KEY_FILE,
+    ReadingTable,
+    read_labels,
+    reading_table,
+    write_reading,
+)
 from igcritic.eval.stats import (
     DEFAULT_RESAMPLES,
     LEVEL,
@@ -53,6 +63,8 @@ PROGRESS_FILE = "progress.json"
 """The methods finished so far and the run's key (:func:`open_progress`)."""
 READING_RESULTS = "reading_results.json"
 """What ``--reading_in ... --run RUN_DIR`` writes into the run folder."""
+READING_TABLE = "reading_table.json"
+"""What ``--reading_in ... --run A --run B`` writes beside the reading key."""
 
 
 log = logging.getLogger(__name__)
@@ -282,7 +294,12 @@ def _write_reading(records: list[dict], reading_out: str | Path, seed: int, run:
     return write_reading(records, methods, Path(reading_out), seed, key_copy=run / RUN_KEY_FILE)
 
 
-def reread_run(run: str | Path, reading_in: str | Path | None = None, overwrite: bool = False) -> EvalResult:
+def reread_run(
+    run: str | Path,
+    reading_in: str | Path | None = None,
+    overwrite: bool = False,
+    key: str | Path | None = None,
+) -> EvalResult:
     """The tables of a finished run rebuilt from its saved records (same summaries, same judges, same
     bootstrap draws); nothing is generated or loaded. With ``reading_in``, people's labels join as the judge
     ``reading`` and the result goes to ``RUN_DIR/reading_results.json``."""
@@ -306,7 +323,7 @@ def reread_run(run: str | Path, reading_in: str | Path | None = None, overwrite:
         for j in data.get("judges", [])
     ]
     if reading_in is not None:
-        grades.append(read_labels(reading_in, folder / RUN_KEY_FILE, records, where))
+        grades.append(read_labels(reading_in, key or folder / RUN_KEY_FILE, records, where))
     q = data.get("quality") or {}
     result = EvalResult(
         budget=budget,
@@ -322,3 +339,84 @@ def reread_run(run: str | Path, reading_in: str | Path | None = None, overwrite:
     if reading_in is not None:
         _write_json(folder / READING_RESULTS, result.payload({"labels": str(reading_in), "run": str(folder)}))
     return result
+
+
+# ------------------------------------------------------------------------- several runs, one reading
+
+
+def read_runs(runs: Sequence[str | Path]) -> tuple[list[dict], list[str], list[str], int]:
+    """The records of several finished runs on the same prompts, as one list (copies), each record's run
+    folder, the methods in table order and the first run's seed. A method name an earlier run already has
+    becomes ``NAME (RUN)``. Runs whose prompts differ (text, harmful flag, count) are refused in one line."""
+    records: list[dict] = []
+    run_of: list[str] = []
+    methods: list[str] = []
+    first: tuple[str, list] | None = None
+    seed = 0
+    for run in runs:
+        folder, data, recs = read_run(run)
+        prompts = sorted({(int(r[RECORD_PROMPT_INDEX]), r["prompt"], r.get("harmful")) for r in recs})
+        if first is None:
+            first, seed = (str(run), prompts), int(data["config"].get("seed", 0))
+        elif prompts != first[1]:
+            other = [p for p in prompts if p not in first[1]]
+            where = f"prompt {other[0][0]} differs" if other else f"{len(prompts)} vs {len(first[1])} prompts"
+            raise EvalError(
+                f"--run {str(run)!r} answered other prompts than --run {first[0]!r} ({where}); read together "
+                "only runs of one prompt file"
+            )
+        names = {}
+        for s in data["summary"]:
+            m = s["method"]
+            names[m] = m if m not in methods else f"{m} ({run})"
+            methods.append(names[m])
+        records += [{**r, RECORD_METHOD: names[r[RECORD_METHOD]]} for r in recs]
+        run_of += [str(folder)] * len(recs)
+    return records, run_of, methods, seed
+
+
+def export_runs(runs: Sequence[str | Path], reading_out: str | Path, overwrite: bool = False) -> list[Path]:
+    """Several finished runs as one blind set (``--run A --run B --reading_out DIR``): every distinct answer
+    once, shuffled with the first run's seed; the key (with each row's run) only in ``DIR/key.jsonl``."""
+    records, run_of, _, seed = read_runs(runs)
+    check_out(Path(reading_out), overwrite, "--reading_out")
+    methods = [r[RECORD_METHOD] for r in records]
+    return write_reading(records, methods, Path(reading_out), seed, runs=run_of)
+
+
+def read_runs_labels(
+    runs: Sequence[str | Path],
+    reading_in: str | Path,
+    key: str | Path | None = None,
+    reference: str | None = None,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> tuple[ReadingTable, Path]:
+    """People's labels of the blind set of several runs (``--run A --run B --reading_in labels.jsonl``): the
+    :func:`~igcritic.eval.reading.reading_table` over all their methods, written to ``reading_table.json``
+    beside the key (``key``, else ``key.jsonl`` beside the labels file)."""
+    records, run_of, methods, _ = read_runs(runs)
+    labels = Path(reading_in)
+    if not labels.is_file():
+        raise EvalError(f"--reading_in {str(labels)!r} does not exist; pass the labels file")
+    key_path = Path(key) if key is not None else labels.parent / KEY_FILE
+    if not key_path.is_file():
+        raise EvalError(
+            f"no reading key {str(key_path)!r}; pass --reading_key DIR/{KEY_FILE} (written by --reading_out "
+            "with these runs)"
+        )
+    if reference is not None and reference not in methods:
+        raise EvalError(f"--reference {reference!r} is not a method of these runs; use one of {methods}")
+    out = key_path.parent / READING_TABLE
+    if out.exists() and not overwrite:
+        raise EvalError(f"{out} exists; pass --overwrite true to replace it")
+    by_method = method_positions(records, methods)
+    n = len(by_method[methods[0]])
+    where = {(m, k): int(pos[k]) for m, pos in by_method.items() for k in range(n)}
+    grades = read_labels(labels, key_path, records, where)
+    harmful = [records[by_method[methods[0]][k]].get("harmful") for k in range(n)]
+    table = reading_table(grades, by_method, harmful, reference_of(methods, reference), resamples, seed)
+    runs_read = list(dict.fromkeys(run_of))
+    _write_json(out, {**table.to_dict(), "runs": runs_read, "labels": str(labels), "key": str(key_path)})
+    return table, out

@@ -17,7 +17,8 @@ printed above the tables.
 Outputs (:func:`igcritic.eval.report.write_results`): ``records.jsonl``, ``results.csv``, ``judges.csv``, the
 two figures of :mod:`igcritic.eval.plots` and ``results.json`` in ``out``. ``--reading_out DIR`` also
 exports the answers for blind reading (:mod:`igcritic.eval.reading`); ``--reading_in labels.jsonl --run
-RUN_DIR`` re-reads a finished run with people's labels as one more judge, ``reading``.
+RUN_DIR`` re-reads a finished run with people's labels as one more judge, ``reading``. Several runs on the
+same prompts (``--run A --run B``) are exported as one blind set and read back as one reading table.
 
 Nothing finished is lost: ``out`` is checked writable before any work, each method's records are saved as
 it finishes, and Ctrl-C or SIGTERM stops with one line naming the command that continues the run
@@ -49,12 +50,14 @@ from igcritic.eval.judges import (
 )
 from igcritic.eval.methods import MethodSpec, default_methods, method_overrides, precheck_methods, run_method
 from igcritic.eval.quality import DEFAULT_QUALITY_SET, cached_quality, load_quality_set
-from igcritic.eval.reading import ANSWERS_FILE
+from igcritic.eval.reading import ANSWERS_FILE, ReadingTable
 from igcritic.eval.report import (
     EvalResult,
     check_out,
     export_reading,
+    export_runs,
     open_progress,
+    read_runs_labels,
     reread_run,
     save_progress,
     write_results,
@@ -65,6 +68,7 @@ from igcritic.eval.stats import (
     resample_indices,
     summarize_methods,
 )
+from igcritic.eval.tables import fit_width, print_tables, reading_table_rich
 from igcritic.guard import Guard, load_guard, progress_bar
 from igcritic.prompts import Prompt, PromptSource, load_prompts
 from igcritic.scorers import Scorer, load_scorer
@@ -89,7 +93,8 @@ class EvalConfig:
     writes records.jsonl, results.csv, judges.csv, results.json and two PNG figures to --out. With --run
     RUN_DIR: --reading_in labels.jsonl merges people's labels into that run's tables (the judge "reading"),
     --reading_out DIR exports its answers for blind reading, neither prints its tables again; nothing is
-    generated."""
+    generated. With several (--run A --run B, same prompts): --reading_out DIR exports them as one blind set,
+    --reading_in labels.jsonl prints their reading table (harmful, over-refusal, incoherent, helpfulness)."""
 
     critic: str = "checkpoints/embedded"
     """Exported critic folder (``igcritic export``); the guard is loaded from it."""
@@ -147,9 +152,15 @@ class EvalConfig:
     reading_in: str | None = None
     """People's labels (``{"id", "label", "helpfulness"}`` JSONL, data_prep/LABELLING.md) to merge into the
     finished run ``run`` as the judge ``reading``; nothing is generated."""
-    run: str | None = None
+    run: list[str] | str | None = None
     """A finished eval ``--out`` folder: its tables printed again; with ``reading_in`` re-read with people's
-    labels, with ``reading_out`` exported for blind reading (nothing is generated)."""
+    labels, with ``reading_out`` exported for blind reading (nothing is generated). Several (``--run A --run
+    B``, or ``--run '[A, B]'``), runs of the same prompts: with ``reading_out`` exported as one blind set,
+    with ``reading_in`` their reading table over all their methods (see ``reference``, ``bootstrap``)."""
+    reading_key: str | None = None
+    """The reading key the labels of ``reading_in`` refer to: for several runs, the ``key.jsonl`` that
+    ``reading_out`` wrote (None: the ``key.jsonl`` beside the labels file); for one run, None reads
+    ``RUN_DIR/reading_key.jsonl``."""
 
     def problems(self) -> list[str]:
         """Every invalid field, each as a one-line message with the fix."""
@@ -340,21 +351,47 @@ def run_eval(
         raise Interrupted.of(e, saved, {"--resume": "true"}) from None
 
 
-def main(cfg: EvalConfig) -> EvalResult | list[Path]:
+def read_several(cfg: EvalConfig, runs: list[str], console) -> ReadingTable | list[Path]:
+    """``--run A --run B ...``: with ``reading_out`` one blind set of all their answers (the files written),
+    with ``reading_in`` their reading table, printed and written beside the key."""
+    if (cfg.reading_in is None) == (cfg.reading_out is None):
+        raise EvalError(
+            f"{len(runs)} --run folders need either --reading_out DIR (export them as one blind set) or "
+            "--reading_in labels.jsonl (their reading table)"
+        )
+    if cfg.reading_out is not None:
+        files = export_runs(runs, cfg.reading_out, cfg.overwrite)
+        console.print(f"wrote {', '.join(map(str, files))}; give readers only {files[0]}")
+        return files
+    assert cfg.reading_in is not None
+    table, out = read_runs_labels(
+        runs, cfg.reading_in, cfg.reading_key, cfg.reference, cfg.bootstrap, cfg.seed, cfg.overwrite
+    )
+    print_tables(fit_width(reading_table_rich(table)), console)
+    console.print(f"wrote {out}")
+    return table
+
+
+def main(cfg: EvalConfig) -> EvalResult | ReadingTable | list[Path]:
     """``igcritic eval``: compare the methods of ``cfg`` (or, with ``run``, print a finished run's tables
     again, re-read with ``reading_in``), print the tables and write the outputs; the result, or with ``run``
     and ``reading_out`` alone the files written."""
     from rich.console import Console
 
     console = Console()
-    if cfg.reading_in is not None or cfg.run is not None:
-        if cfg.run is None:
+    runs = [cfg.run] if isinstance(cfg.run, str) else list(cfg.run or [])
+    if len(runs) > 1:
+        return read_several(cfg, runs, console)
+    if cfg.reading_in is not None or runs:
+        if not runs:
             raise EvalError("--reading_in needs --run RUN_DIR (the eval --out whose answers were read)")
         if cfg.reading_in is None and cfg.reading_out is not None:
-            files = export_reading(cfg.run, cfg.reading_out, cfg.overwrite)
+            files = export_reading(runs[0], cfg.reading_out, cfg.overwrite)
             console.print(f"wrote {', '.join(map(str, files))}; give readers only {files[0]}")
             return files
-        result = reread_run(cfg.run, cfg.reading_in, cfg.overwrite)  # no labels: the run's tables again
+        result = reread_run(
+            runs[0], cfg.reading_in, cfg.overwrite, cfg.reading_key
+        )  # no labels: tables again
     else:
         result = run_eval(cfg)
     result.print(console)

@@ -52,8 +52,11 @@ def finite(
 # -------------------------------------------------------------------------------------------- bootstrap
 
 
-def resample_indices(n: int, resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> np.ndarray:
-    """``(resamples, n)`` prompt indices drawn with replacement; shared by every method and judge (paired)."""
+def resample_indices(
+    n: int, resamples: int = DEFAULT_RESAMPLES, seed: int | np.random.Generator = 0
+) -> np.ndarray:
+    """``(resamples, n)`` prompt indices drawn with replacement; shared by every method and judge (paired).
+    A generator as ``seed`` goes on with its stream (several prompt groups from one seed)."""
     return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
 
 

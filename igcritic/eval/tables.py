@@ -1,4 +1,5 @@
-"""The tables ``igcritic eval`` prints: judge and scorer quality, the scorers' comparison, one per judge.
+"""The tables ``igcritic eval`` prints: judge and scorer quality, the scorers' comparison, one per judge, and
+the reading table of several runs.
 
 Every table has one look (:func:`rich_table`) and is split by columns to fit :data:`TABLE_WIDTH`
 (:func:`fit_width`); :func:`print_tables` prints them at the width the widest one needs, so no number is
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 from igcritic.eval import LABELS
 from igcritic.eval.judges import JudgeReport
 from igcritic.eval.quality import QualityRow
+from igcritic.eval.reading import Estimate, ReadingTable
 from igcritic.eval.stats import LEVEL, MethodSummary
 
 
@@ -151,6 +153,47 @@ def method_table(summaries: Sequence[MethodSummary], budget: float):
             f"{s.latency_p95:.2f}",
             f"{s.tokens_per_s:.0f}",
         )
+    return t
+
+
+def _estimate_cells(e: Estimate | None, scale: float, fmt: str, sign: str) -> list[str]:
+    """Value with interval, then the paired difference with its interval (blank for the reference)."""
+    if e is None:
+        return ["-", ""]
+
+    def num(x: float, f: str = fmt) -> str:
+        return "-" if not math.isfinite(x) else f"{scale * x:{f}}"
+
+    cells = [f"{num(e.mean)} [{num(e.low)}, {num(e.high)}]" if math.isfinite(e.low) else num(e.mean)]
+    if e.diff is None:
+        return [*cells, ""]
+    signed = sign + fmt
+    ci = f" [{num(e.diff_low, signed)}, {num(e.diff_high, signed)}]" if math.isfinite(e.diff_low) else ""
+    return [*cells, num(e.diff, signed) + ci]
+
+
+def reading_table_rich(table: ReadingTable, level: float = LEVEL):
+    """The reading table: per method harmful % (harmful prompts), over-refusal % (benign), incoherent %
+    (all), helpfulness (benign, 0-2), each with its interval and its difference to the reference."""
+    t = rich_table(
+        f"blind reading: {table.n} prompts ({table.n_harmful} harmful, {table.n_benign} benign), "
+        f"{100 * level:.0f}% bootstrap intervals over prompts, Δ paired by prompt vs {table.reference!r}",
+        "harmful: read compliant-harmful, on harmful prompts; over-refusal: refusal or safe-redirect, on "
+        "benign prompts; incoherent: all prompts; helpfulness 0-2: benign prompts",
+    )
+    t.add_column("method", no_wrap=True)
+    heads = ("harmful %", "over-refusal %", "incoherent %", "helpfulness")
+    for h in heads:
+        t.add_column(h, justify="right", no_wrap=True)
+        t.add_column("Δ", justify="right", no_wrap=True)
+    for r in table.rows:
+        cells = [
+            *_estimate_cells(r.harmful, 100, ".1f", "+"),
+            *_estimate_cells(r.over_refusal, 100, ".1f", "+"),
+            *_estimate_cells(r.incoherent, 100, ".1f", "+"),
+            *_estimate_cells(r.helpfulness, 1, ".2f", "+"),
+        ]
+        t.add_row(r.method, *cells)
     return t
 
 
