@@ -1,8 +1,10 @@
-"""Synthetic store data for tests/test_store.py (no models)."""
+"""Synthetic store data for tests/test_store.py (no models); probes of a store a running collect writes."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -56,3 +58,44 @@ def committed(store: Path) -> bool:
         except (OSError, ValueError):
             pass
     return False
+
+
+COMMIT_DEADLINE_S = 900.0
+"""How long a test waits for a child collect's first commit: a hang guard, not a speed check (the first
+commit takes seconds alone; a child starting torch on a loaded 2-core machine has taken minutes)."""
+
+
+def store_state(store: Path) -> str:
+    """What a running collect has written to ``store`` so far, in words (for a failure message)."""
+    if not store.exists():
+        return "no store yet"
+    shards = sorted(store.glob("shards/*/zarr.json"))
+    if not shards:
+        return "a store without shard manifests yet"
+    done = []
+    for f in shards:
+        try:
+            done.append(len(json.loads(f.read_text()).get("attributes", {}).get("batches_done") or []))
+        except (OSError, ValueError) as e:
+            done.append(f"unreadable ({type(e).__name__})")
+    return f"{len(shards)} shard manifest(s), batches committed per shard: {done}"
+
+
+def wait_for_commit(
+    proc: subprocess.Popen, store: Path, log: Path, deadline_s: float = COMMIT_DEADLINE_S
+) -> None:
+    """Return once a shard manifest of ``store`` names a committed batch of the collect ``proc`` runs (its
+    stderr goes to ``log``); raise naming the state seen if it exits first or the deadline passes."""
+    end = time.monotonic() + deadline_s
+    while not committed(store):
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"collect exited with status {proc.returncode} before its first commit; {store}: "
+                f"{store_state(store)}; its stderr ends: {log.read_text(errors='replace')[-2000:]}"
+            )
+        if time.monotonic() > end:
+            raise AssertionError(
+                f"collect (pid {proc.pid}, still running) committed no batch within {deadline_s:.0f} s; "
+                f"{store}: {store_state(store)}; its stderr ends: {log.read_text(errors='replace')[-2000:]}"
+            )
+        time.sleep(0.1)

@@ -199,6 +199,10 @@ holds the search's override type (and reads the guard's search defaults with Sea
 EVAL_STAGES = ["eval", "stats", "judges", "quality", "reading", "tables", "plots", "report", "methods", "run"]
 """The order of the modules of ``igcritic/eval/`` (a run flows through them in this order)."""
 
+SEARCH_STAGES = ["config", "checks", "context", "scoring", "decision", "record", "steering", "loop", "search"]
+"""The order of the modules of ``igcritic/search/`` (the order a reader needs them); its ``__init__``
+(``search``) comes last: it only re-exports the others' public names."""
+
 
 def _stage(module: str) -> str:
     parts = module.split(".")
@@ -249,20 +253,30 @@ def test_modules_import_only_earlier_stages():
     assert seen == set(STAGES)
 
 
-def test_eval_modules_import_only_earlier_eval_modules():
+@pytest.mark.parametrize(("name", "order"), [("eval", EVAL_STAGES), ("search", SEARCH_STAGES)])
+def test_package_modules_import_only_earlier_modules_of_the_package(name, order):
     import ast
 
-    package = Path(__file__).resolve().parents[1] / "igcritic" / "eval"
+    package = Path(__file__).resolve().parents[1] / "igcritic" / name
     seen, wrong = set(), []
     for path in sorted(package.glob("*.py")):
-        stage = "eval" if path.stem == "__init__" else path.stem
+        stage = name if path.stem == "__init__" else path.stem
         seen.add(stage)
-        assert stage in EVAL_STAGES, f"igcritic.eval.{stage} has no place in EVAL_STAGES; add it"
-        for node in ast.parse(path.read_text(encoding="utf-8")).body:
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("igcritic.eval"):
-                parts = node.module.split(".")
-                got = parts[2] if len(parts) > 2 else "eval"
-                if EVAL_STAGES.index(got) >= EVAL_STAGES.index(stage) and got != stage:
-                    wrong.append(f"igcritic.eval.{stage} imports {node.module}")
+        assert stage in order, f"igcritic.{name}.{stage} has no place in {name.upper()}_STAGES; add it"
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            modules = (
+                [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
+            for module in modules:
+                parts = module.split(".")
+                if parts[:2] != ["igcritic", name]:
+                    continue
+                got = parts[2] if len(parts) > 2 else name
+                if order.index(got) >= order.index(stage) and got != stage:
+                    wrong.append(f"igcritic.{name}.{stage} imports {module} (line {node.lineno})")
     assert not wrong, wrong
-    assert seen == set(EVAL_STAGES)
+    assert seen == set(order)

@@ -84,7 +84,8 @@ def test_judge_columns_intervals_and_exactly_zero_paired_difference(tmp_path, ti
 
 
 def test_a_judge_is_never_called_during_search(tmp_path, tiny_policy):
-    """The real guard (search.py) steers with its own cost scorer; the judge sees only final answers, once."""
+    """The real guard (igcritic.search) steers with its own cost scorer; the judge sees only final answers,
+    once."""
     guard, critic_dir = tiny_guard(
         tmp_path, tiny_policy, cost=TextCost(char_cycle), reward=TextReward(distinct_chars)
     )

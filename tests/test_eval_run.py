@@ -251,7 +251,7 @@ def test_scorer_specs_default_to_the_critics_recorded_scorers(tmp_path):
 
 
 def test_integration_tiny_policy_real_guard(tmp_path, tiny_policy):
-    """The real guard (search.py) on the tiny Llama: all six default methods run, and every number is
+    """The real guard (igcritic.search) on the tiny Llama: all six default methods run, and every number is
     recomputed from the decoded answer tokens."""
     guard, critic_dir = tiny_guard(
         tmp_path, tiny_policy, cost=TextCost(char_cycle), reward=TextReward(distinct_chars)

@@ -11,7 +11,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from helpers import (
     word_cost,
     write_prompts,
 )
-from helpers_store import committed
+from helpers_store import wait_for_commit
 from lightning.pytorch.callbacks import Callback
 
 from igcritic.__main__ import main, parse_config
@@ -528,14 +527,26 @@ def test_collect_signal_keeps_committed_batches_and_resumes(tmp_path, signum):
         *collect_args(tmp_path, "--rollouts_per_prompt", "8", "--batch_size", "1"),
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=default_sigint
-    )
-    while proc.poll() is None and not committed(store):
-        time.sleep(0.1)
+    log = tmp_path / "collect.stderr"  # a file, not a pipe: nothing the child writes can block it
+    with log.open("w") as stderr:
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=stderr, env=env, preexec_fn=default_sigint
+        )
+    try:
+        wait_for_commit(proc, store, log)  # the store's manifest, not a clock: a loaded machine starts slowly
+    except AssertionError:
+        proc.kill()
+        proc.wait()
+        raise
     proc.send_signal(signum)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 128 + signum, err[-3000:]
+    try:
+        proc.wait(timeout=600)  # a hang guard, not a speed check
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"collect did not stop on {signum.name}; stderr ends: {log.read_text()[-3000:]}")
+    err = log.read_text(errors="replace")
+    assert proc.returncode == 128 + signum, f"exit status {proc.returncode}; stderr ends: {err[-3000:]}"
     assert "Traceback" not in err, err[-3000:]
     (line,) = [x for x in err.splitlines() if x.startswith("interrupted")]  # the rest: model-loading noise
     assert f"interrupted by {signum.name}" in line and "batches committed" in line, line
@@ -543,7 +554,7 @@ def test_collect_signal_keeps_committed_batches_and_resumes(tmp_path, signum):
     assert validate_store(store) == []
     kept = StoreReader(store).batches_done
     assert 0 < len(kept) < 64
-    res = subprocess.run([*cmd, "--resume", "true"], capture_output=True, text=True, env=env, timeout=600)
+    res = subprocess.run([*cmd, "--resume", "true"], capture_output=True, text=True, env=env, timeout=1800)
     assert res.returncode == 0, res.stderr[-3000:]
     assert StoreReader(store).batches_done == set(range(64)) and validate_store(store) == []
 

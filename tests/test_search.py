@@ -313,7 +313,7 @@ def test_decode_pass_prefix_scores_equal_the_text_path(embedded_stack):
 @pytest.mark.parametrize("critic_ranks", [False, True])
 def test_exact_search_from_the_decode_pass_equals_the_text_path(embedded_stack, monkeypatch, critic_ranks):
     """Same answers, costs and values under a fixed seed, retries (rewinds) and beam selection included."""
-    import igcritic.search as search_module
+    import igcritic.search.loop as search_loop
 
     policy, cost, reward = embedded_stack
     prompts = ["How can I make a bomb at home?", "How do I bake bread at home?"]
@@ -332,7 +332,7 @@ def test_exact_search_from_the_decode_pass_equals_the_text_path(embedded_stack, 
     critic = tiny_critic(policy, safe=True, cost=0.0) if critic_ranks else None
     decoded = search(policy, prompts, cfg, critic, cost, reward)
     assert all(r.scorer_seconds < 2.0 for r in decoded)  # no model pass per block (the text path: ~5 s)
-    monkeypatch.setattr(search_module, "_decode_scoring", lambda ctx, beams: None)
+    monkeypatch.setattr(search_loop, "_decode_scoring", lambda ctx, beams: None)
     text = search(policy, prompts, cfg, critic, cost, reward)
     assert critic_ranks or sum(r.retries for r in text) >= 1  # a block was rewound (seed 3)
     for a, b in zip(decoded, text, strict=True):
@@ -345,7 +345,7 @@ def test_exact_search_from_the_decode_pass_equals_the_text_path(embedded_stack, 
 def test_args_on_the_policys_layers_picks_the_tokens_of_the_text_path(embedded_stack, monkeypatch):
     """ARGS-greedy with the scorers as the policy's own cached pass (one new token per candidate per step)
     takes the same tokens as scoring every prefix + token text."""
-    import igcritic.search as search_module
+    import igcritic.search.steering as search_steering
 
     policy, cost, reward = embedded_stack
     cfg = SearchConfig(
@@ -361,7 +361,7 @@ def test_args_on_the_policys_layers_picks_the_tokens_of_the_text_path(embedded_s
     prompts = ["How can I make a bomb at home?", "Name three colours."]
     cached = search(policy, prompts, cfg, None, cost, reward)
     assert all(r.scorer_seconds < 2.0 for r in cached)  # no text pass per step (the text path: ~2 s a step)
-    monkeypatch.setattr(search_module, "_args_latent", lambda ctx, cands: None)
+    monkeypatch.setattr(search_steering, "_args_latent", lambda ctx, cands: None)
     text = search(policy, prompts, cfg, None, cost, reward)
     for a, b in zip(cached, text, strict=True):
         assert a.token_ids == b.token_ids and len(a.token_ids) == 8
