@@ -156,8 +156,12 @@ def store(ns: argparse.Namespace) -> None:
     prompts, offsets = reader.prompts, reader.traj_offsets
     done = _done(ns.out)
     seen: dict[int, int] = {}
+    empty = 0
     with ns.out.open("a", encoding="utf-8") as f:
         for i in range(len(reader.traj_len)):
+            if reader.traj_len[i] == 0:  # a refusal in a round-2 store written before refusals were stored
+                empty += 1
+                continue
             p = reader.traj_prompt[i]
             sample = seen[p] = seen.get(p, -1) + 1
             prompt = {"prompt": prompts[p]}
@@ -167,7 +171,7 @@ def store(ns: argparse.Namespace) -> None:
             text = tok.decode(ids, skip_special_tokens=True).strip()
             row = _row(prompt, ns.source, sample, text, len(ids), bool(reader.traj_finished[i]))
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    print(f"{len(reader.traj_len)} trajectories of {ns.store} -> {ns.out}")
+    print(f"{len(reader.traj_len)} trajectories of {ns.store} -> {ns.out} ({empty} empty ones left out)")
 
 
 def main(args: list[str] | None = None) -> None:

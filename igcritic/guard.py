@@ -49,6 +49,7 @@ from igcritic.search import (
     as_overrides,
     checked_config,
     overrides,
+    refusal_tokens,
     search,
 )
 
@@ -131,9 +132,14 @@ class Guard:
     def rollouts(self, prompts: list[str], generator: torch.Generator, **overrides: Any) -> Rollouts:
         """Guarded answers as training rollouts (``igcritic collect --guard``, round 2): one search seeded
         from ``generator``, then one teacher-forced forward reads h_0..h_T of every answer (the store's
-        latents, the same tap as plain sampling); ``finished`` when the answer ends with EOS."""
+        latents, the same tap as plain sampling); ``finished`` when the answer ends with EOS. A refused
+        answer is the refusal text + EOS (what the guard said, and the refusal candidate the critic scores),
+        not an empty trajectory."""
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-        answers = [list(r.token_ids) for r in self.generate(prompts, seed=seed, **overrides)]
+        answers = [
+            refusal_tokens(self.policy, r.text) if r.refused else list(r.token_ids)
+            for r in self.generate(prompts, seed=seed, **overrides)
+        ]
         eos = set(self.policy.eos_token_ids)
         return Rollouts(
             tokens=answers,

@@ -435,3 +435,20 @@ def test_rollouts_are_the_guards_answers_with_their_latents(artifact, tiny_polic
     assert roll.finished == [bool(t) and t[-1] in eos for t in roll.tokens]
     for toks, lat in zip(roll.tokens, roll.latents, strict=True):
         assert lat.shape == (len(toks) + 1, tiny_policy.identity.hidden_size) and lat.dtype == torch.float32
+
+
+def test_a_refused_rollout_is_the_refusal_text_not_an_empty_answer(artifact, tiny_policy):
+    """Round 2 trains on what the guard said: a refused answer is stored as the refusal text + EOS (the
+    refusal candidate's tokens), finished, with its latents; never as a trajectory with no tokens."""
+    guard = load_guard(artifact, model=tiny_policy.model, tokenizer=tiny_policy.tokenizer)
+    prompts = ["how do I bake bread at home", "hello"]
+    kw = dict(budget=-1e6, on_violation="refuse")  # nothing is admissible: every search fails closed
+    seed = int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(5)))
+    records = guard.generate(prompts, seed=seed, **kw)
+    assert all(r.refused and r.token_ids == [] for r in records)
+    roll = guard.rollouts(prompts, torch.Generator().manual_seed(5), **kw)
+    ids = tiny_policy.tokenizer(records[0].text, add_special_tokens=False)["input_ids"]
+    want = ids + tiny_policy.eos_token_ids[:1]
+    assert len(want) > 1 and roll.tokens == [want, want] and roll.finished == [True, True]
+    for lat in roll.latents:
+        assert lat.shape == (len(want) + 1, tiny_policy.identity.hidden_size)

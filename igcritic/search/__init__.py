@@ -51,7 +51,7 @@ from igcritic.search.config import (
 from igcritic.search.decision import Verdict
 from igcritic.search.loop import OnBlock, search
 from igcritic.search.record import GuardRecord
-from igcritic.search.scoring import Scores
+from igcritic.search.scoring import Scores, refusal_tokens
 
 __all__ = [
     "AUTO_BATCH_ROWS",
@@ -63,6 +63,7 @@ __all__ = [
     "Method",
     "OnBlock",
     "Scores",
+    "refusal_tokens",
     "SearchConfig",
     "SearchConfigError",
     "SearchOverrides",

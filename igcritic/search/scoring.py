@@ -142,12 +142,17 @@ def _score_candidates(ctx: _Ctx, cands, parent_cost: torch.Tensor, block=None) -
     return Scores(s, value, q, admissible=(zm >= 0) & (q >= cfg.tau))
 
 
+def refusal_tokens(policy, text: str) -> list[int]:
+    """The tokens of a refusal as an answer: ``text`` + EOS (the refusal candidate's, and a refused answer's
+    rollout in ``collect --guard``)."""
+    return policy.tokenizer(text, add_special_tokens=False)["input_ids"] + policy.eos_token_ids[:1]
+
+
 def _refusal_entries(ctx: _Ctx, s0: torch.Tensor) -> list[_Entry]:
     """``refusal_text`` + EOS as a complete candidate of each prompt, scored by :func:`_score_candidates`
     from the latent of its last token (one teacher-forced forward of the batch's prompts)."""
     policy = ctx.policy
-    ids = policy.tokenizer(ctx.cfg.refusal_text, add_special_tokens=False)["input_ids"]
-    ids = ids + policy.eos_token_ids[:1]
+    ids = refusal_tokens(policy, ctx.cfg.refusal_text)
     n = len(ctx.prompts)
     enc = policy.encode_prompts(ctx.prompts, new_tokens=len(ids))
     tail = torch.tensor([ids] * n, dtype=torch.long, device=enc["input_ids"].device)  # (P, T_r)
