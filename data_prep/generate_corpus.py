@@ -143,10 +143,12 @@ def search(ns: argparse.Namespace) -> None:
 
 def store(ns: argparse.Namespace) -> None:
     """The committed answers of a collect store (a round-2 store: the answers the guard selected), decoded
-    from their token ids; no model runs. Re-running appends only answers not yet in ``--out``."""
+    from their token ids; no model runs. The guard's fixed refusal is left out (nothing to read in it).
+    Re-running appends only answers not yet in ``--out``."""
     from transformers import AutoTokenizer
 
     from igcritic.policy import embedded_model_dir
+    from igcritic.search import DEFAULT_REFUSAL
     from igcritic.store.reader import StoreReader
 
     if ns.store is None:
@@ -156,22 +158,22 @@ def store(ns: argparse.Namespace) -> None:
     prompts, offsets = reader.prompts, reader.traj_offsets
     done = _done(ns.out)
     seen: dict[int, int] = {}
-    empty = 0
+    refused = 0
     with ns.out.open("a", encoding="utf-8") as f:
         for i in range(len(reader.traj_len)):
-            if reader.traj_len[i] == 0:  # a refusal in a round-2 store written before refusals were stored
-                empty += 1
+            ids = reader.token_ids[offsets[i] + 1 : offsets[i + 1]].tolist()  # row 0 is the prompt's end (-1)
+            text = tok.decode(ids, skip_special_tokens=True).strip()
+            if not ids or text == DEFAULT_REFUSAL:  # the guard's fixed refusal (empty: stored before it was)
+                refused += 1
                 continue
             p = reader.traj_prompt[i]
             sample = seen[p] = seen.get(p, -1) + 1
             prompt = {"prompt": prompts[p]}
             if (prompt["prompt"], ns.source, sample) in done:
                 continue
-            ids = reader.token_ids[offsets[i] + 1 : offsets[i + 1]].tolist()  # row 0 is the prompt's end (-1)
-            text = tok.decode(ids, skip_special_tokens=True).strip()
             row = _row(prompt, ns.source, sample, text, len(ids), bool(reader.traj_finished[i]))
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    print(f"{len(reader.traj_len)} trajectories of {ns.store} -> {ns.out} ({empty} empty ones left out)")
+    print(f"{len(reader.traj_len)} trajectories of {ns.store} -> {ns.out} ({refused} fixed refusals left out)")
 
 
 def main(args: list[str] | None = None) -> None:
