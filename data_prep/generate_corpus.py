@@ -173,7 +173,7 @@ def store(ns: argparse.Namespace) -> None:
                 continue
             row = _row(prompt, ns.source, sample, text, len(ids), bool(reader.traj_finished[i]))
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    print(f"{len(reader.traj_len)} trajectories of {ns.store} -> {ns.out} ({refused} fixed refusals left out)")
+    print(f"{len(reader.traj_len)} trajectories of {ns.store} -> {ns.out} ({refused} fixed refusals skipped)")
 
 
 def main(args: list[str] | None = None) -> None:
