@@ -107,22 +107,28 @@ class Interrupted(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
-def sigterm_interrupts():
+def interruptible():
     """Within: SIGTERM raises :class:`Interrupted` like Ctrl-C raises KeyboardInterrupt, so writers close
-    cleanly and the command reports what it kept (a no-op off the main thread)."""
+    cleanly and the command reports what it kept. So does a SIGINT inherited ignored, as a background job of a
+    non-interactive shell gets it (``nohup igcritic collect ... &`` from a script, a CI job, an agent's tool);
+    an inherited default SIGINT stays Python's KeyboardInterrupt. The previous handlers come back on exit; a
+    no-op off the main thread."""
 
     def interrupt(signum, frame):
         raise Interrupted(signum)
 
+    old = {}
     try:
-        old = signal.signal(signal.SIGTERM, interrupt)
+        old[signal.SIGTERM] = signal.signal(signal.SIGTERM, interrupt)
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            old[signal.SIGINT] = signal.signal(signal.SIGINT, interrupt)
     except ValueError:  # not the main thread
-        old = None
+        pass
     try:
         yield
     finally:
-        if old is not None:
-            signal.signal(signal.SIGTERM, old)
+        for signum, handler in old.items():
+            signal.signal(signum, handler)
 
 
 _LAZY = {
@@ -137,9 +143,9 @@ __all__ = [
     "__version__",
     "IgcriticError",
     "Interrupted",
+    "interruptible",
     "json_safe",
     "one_line",
-    "sigterm_interrupts",
     "to_json",
     "usage_error",
     *_LAZY,

@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 
 from rich.console import Console
 
-from igcritic import IgcriticError, __version__, sigterm_interrupts, usage_error
+from igcritic import IgcriticError, __version__, interruptible, usage_error
 
 
 class Command(NamedTuple):
@@ -252,7 +252,7 @@ def main(args: list[str] | None = None) -> int:
     try:
         if args[0] in LIGHTNING:  # Lightning has its own SIGTERM handling (igcritic.fit)
             return run_command(args[0], args[1:])
-        with sigterm_interrupts():
+        with interruptible():
             return run_command(args[0], args[1:])
     except IgcriticError as e:
         err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True)  # one line

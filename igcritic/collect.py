@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from igcritic import IgcriticError, Interrupted, __version__, sigterm_interrupts
+from igcritic import IgcriticError, Interrupted, __version__, interruptible
 from igcritic.decoding import Rollouts, SamplingConfig, prefix_texts, rollout
 from igcritic.policy import (
     EMBEDDED_POLICY_ID,
@@ -610,7 +610,7 @@ def _collect(cfg: CollectConfig, rank: int, world: int, barrier, known: dict) ->
         mine = [b for b in range(len(batches)) if b % world == rank and b not in done]
         progress = stack.enter_context(_progress(disable=rank != 0))  # a bar on rank 0 only
         task, start, seen = progress.add_task("collect", total=len(mine), tps="-"), time.perf_counter(), 0
-        stack.enter_context(sigterm_interrupts())
+        stack.enter_context(interruptible())
         for b in mine:
             gen = torch.Generator(device=policy.device).manual_seed(batch_seed(cfg.seed, b))
             t0 = time.perf_counter()

@@ -41,7 +41,6 @@ import logging
 import queue
 import random
 import re
-import signal
 import threading
 import time
 import typing
@@ -508,20 +507,14 @@ def build_server(cfg: ServeConfig):
     return server
 
 
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
 def main(cfg: ServeConfig) -> int:
     """``igcritic serve CRITIC_PATH``: serve until interrupted."""
     load_guard(cfg.critic_path, model=cfg.model, cost=cfg.cost, reward=cfg.reward, device="cpu").check(
         **overrides(cfg.search)
     )  # fail here, in one line, rather than in the worker
     server = build_server(cfg)
-    # `kill` and Ctrl-C stop the workers too; SIGINT explicitly, since a server started in the background
-    # inherits it ignored and would then outlive a SIGINT (and leave its workers behind when killed)
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
+    # `kill` and Ctrl-C (even one inherited ignored) raise KeyboardInterrupt here (`igcritic.interruptible`,
+    # around every command), which LitServe turns into stopping its workers
     log.info("serving %s on http://%s:%d/v1/chat/completions", cfg.critic_path, cfg.host, cfg.port)
     server.run(host=cfg.host, port=cfg.port, generate_client_file=False, log_level="warning")
     return 0

@@ -189,6 +189,38 @@ def default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def test_interruptible_takes_sigint_only_where_it_was_inherited_ignored():
+    import threading
+
+    from igcritic import Interrupted, interruptible
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        with interruptible(), pytest.raises(Interrupted) as e:
+            signal.raise_signal(signal.SIGINT)
+        assert e.value.signum == signal.SIGINT
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # restored on exit
+        assert signal.getsignal(signal.SIGTERM) is before[1]
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        with interruptible():  # a normal Ctrl-C stays Python's own KeyboardInterrupt
+            assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            assert signal.getsignal(signal.SIGTERM) is not before[1]
+        seen = []
+
+        def off_main():
+            with interruptible():
+                seen.append((signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)))
+
+        thread = threading.Thread(target=off_main)
+        thread.start()
+        thread.join()
+        assert seen == [(signal.default_int_handler, before[1])]  # a no-op off the main thread
+    finally:
+        signal.signal(signal.SIGINT, before[0])
+        signal.signal(signal.SIGTERM, before[1])
+
+
 EVAL_SCRIPT = """
 import sys
 import time
@@ -514,9 +546,19 @@ def collect_args(tmp_path: Path, *extra: str) -> list[str]:
     ]
 
 
+def ignored_sigint() -> None:
+    """In the child before exec: SIGINT ignored, as a background job of a non-interactive shell inherits it
+    (``nohup igcritic collect ... &`` from a script, a CI job, an agent's tool); ``kill -INT`` stops it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @pytest.mark.subprocess
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_collect_signal_keeps_committed_batches_and_resumes(tmp_path, signum):
+@pytest.mark.parametrize(
+    "signum, inherit",
+    [(signal.SIGTERM, default_sigint), (signal.SIGINT, default_sigint), (signal.SIGINT, ignored_sigint)],
+    ids=["SIGTERM", "SIGINT", "SIGINT-inherited-ignored"],
+)
+def test_collect_signal_keeps_committed_batches_and_resumes(tmp_path, signum, inherit):
     from igcritic.store import StoreReader, validate_store
 
     store = tmp_path / "store.zarr"
@@ -529,9 +571,7 @@ def test_collect_signal_keeps_committed_batches_and_resumes(tmp_path, signum):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     log = tmp_path / "collect.stderr"  # a file, not a pipe: nothing the child writes can block it
     with log.open("w") as stderr:
-        proc = subprocess.Popen(
-            cmd, stdout=subprocess.DEVNULL, stderr=stderr, env=env, preexec_fn=default_sigint
-        )
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr, env=env, preexec_fn=inherit)
     try:
         wait_for_commit(proc, store, log)  # the store's manifest, not a clock: a loaded machine starts slowly
     except AssertionError:
@@ -557,6 +597,10 @@ def test_collect_signal_keeps_committed_batches_and_resumes(tmp_path, signum):
     res = subprocess.run([*cmd, "--resume", "true"], capture_output=True, text=True, env=env, timeout=1800)
     assert res.returncode == 0, res.stderr[-3000:]
     assert StoreReader(store).batches_done == set(range(64)) and validate_store(store) == []
+    whole = tmp_path / "whole.zarr"  # the same command, never interrupted
+    assert main([*cmd[3:], "--out", str(whole)]) == 0
+    assert StoreReader(store).n_traj == StoreReader(whole).n_traj
+    assert StoreReader(store).fingerprint() == StoreReader(whole).fingerprint()
 
 
 COLLECT_SCRIPT = """
