@@ -107,19 +107,20 @@ class Interrupted(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
-def interruptible():
+def interruptible(sigterm: bool = True):
     """Within: SIGTERM raises :class:`Interrupted` like Ctrl-C raises KeyboardInterrupt, so writers close
-    cleanly and the command reports what it kept. So does a SIGINT inherited ignored, as a background job of a
-    non-interactive shell gets it (``nohup igcritic collect ... &`` from a script, a CI job, an agent's tool);
-    an inherited default SIGINT stays Python's KeyboardInterrupt. The previous handlers come back on exit; a
-    no-op off the main thread."""
+    cleanly and the command reports what it kept (``sigterm=False`` leaves SIGTERM to Lightning's own
+    handling). So does a SIGINT inherited ignored, as a background job of a non-interactive shell gets it
+    (``nohup igcritic collect ... &`` from a script, a CI job, an agent's tool); an inherited default SIGINT
+    stays Python's KeyboardInterrupt. The previous handlers come back on exit; a no-op off the main thread."""
 
     def interrupt(signum, frame):
         raise Interrupted(signum)
 
     old = {}
     try:
-        old[signal.SIGTERM] = signal.signal(signal.SIGTERM, interrupt)
+        if sigterm:
+            old[signal.SIGTERM] = signal.signal(signal.SIGTERM, interrupt)
         if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
             old[signal.SIGINT] = signal.signal(signal.SIGINT, interrupt)
     except ValueError:  # not the main thread

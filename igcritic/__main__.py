@@ -250,9 +250,7 @@ def main(args: list[str] | None = None) -> int:
         return 2
     err = Console(stderr=True, soft_wrap=True)
     try:
-        if args[0] in LIGHTNING:  # Lightning has its own SIGTERM handling (igcritic.fit)
-            return run_command(args[0], args[1:])
-        with interruptible():
+        with interruptible(sigterm=args[0] not in LIGHTNING):  # Lightning has its own (igcritic.fit)
             return run_command(args[0], args[1:])
     except IgcriticError as e:
         err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True)  # one line

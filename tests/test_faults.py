@@ -189,6 +189,12 @@ def default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def ignored_sigint() -> None:
+    """In the child before exec: SIGINT ignored, as a background job of a non-interactive shell inherits it
+    (``nohup igcritic collect ... &`` from a script, a CI job, an agent's tool); ``kill -INT`` stops it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def test_interruptible_takes_sigint_only_where_it_was_inherited_ignored():
     import threading
 
@@ -259,13 +265,13 @@ def test_eval_signal_exits_128_plus_signum_with_the_resume_command(tmp_path, sig
 # ---------------------------------------------------------------- fit: a pre-empted run says so and resumes
 
 
-class SigtermAtEpoch(Callback):
-    """Sends this process SIGTERM when epoch ``$IGC_SIGTERM_EPOCH`` starts, as SLURM does to a pre-empted
-    job (given to ``igcritic fit`` by class path)."""
+class SignalAtEpoch(Callback):
+    """Sends this process ``$IGC_SIGNAL`` (SIGTERM unless set) when epoch ``$IGC_SIGNAL_EPOCH`` starts, as
+    SLURM does to a pre-empted job (given to ``igcritic fit`` by class path)."""
 
     def on_train_epoch_start(self, trainer, pl_module):
-        if trainer.current_epoch == int(os.environ.get("IGC_SIGTERM_EPOCH", "-1")):
-            os.kill(os.getpid(), signal.SIGTERM)
+        if trainer.current_epoch == int(os.environ.get("IGC_SIGNAL_EPOCH", "-1")):
+            os.kill(os.getpid(), signal.Signals[os.environ.get("IGC_SIGNAL", "SIGTERM")])
 
 
 def fit_command(store: str, *extra: str) -> list[str]:
@@ -282,24 +288,29 @@ def fit_command(store: str, *extra: str) -> list[str]:
         "--trainer.accelerator=cpu",
         "--trainer.max_epochs=4",
         "--trainer.enable_progress_bar=false",
-        "--trainer.callbacks+=test_faults.SigtermAtEpoch",
+        "--trainer.callbacks+=test_faults.SignalAtEpoch",
         *extra,
     ]
 
 
 @pytest.mark.subprocess
-def test_sigterm_fit_exits_143_and_resumes_the_same_run(tmp_path):
+@pytest.mark.parametrize(
+    "signum, inherit",
+    [(signal.SIGTERM, default_sigint), (signal.SIGINT, ignored_sigint)],
+    ids=["SIGTERM", "SIGINT-inherited-ignored"],
+)
+def test_fit_signal_exits_128_plus_signum_and_resumes_the_same_run(tmp_path, signum, inherit):
     from helpers_fit import make_store
 
     store = tmp_path / "store.zarr"
     make_store(store, n_prompts=12, rollouts=3, hidden=16, chunk_tokens=256)
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{TESTS}", "OMP_NUM_THREADS": "1"}
     cmd = fit_command(str(store))
-    res = subprocess.run(
-        cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**env, "IGC_SIGTERM_EPOCH": "2"}
-    )
-    assert res.returncode == 143, res.stderr[-3000:]
-    line = [x for x in res.stderr.splitlines() if x.startswith("interrupted by SIGTERM")]
+    stop = {**env, "IGC_SIGNAL_EPOCH": "2", "IGC_SIGNAL": signum.name}
+    opts = {"cwd": tmp_path, "capture_output": True, "text": True, "timeout": 600}
+    res = subprocess.run(cmd, env=stop, preexec_fn=inherit, **opts)
+    assert res.returncode == 128 + signum, res.stderr[-3000:]
+    line = [x for x in res.stderr.splitlines() if x.startswith(f"interrupted by {signum.name}")]
     assert len(line) == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
     run = tmp_path / "runs" / "fit" / "embedded" / "version_0"
     last = run / "checkpoints" / "last.ckpt"
@@ -308,9 +319,7 @@ def test_sigterm_fit_exits_143_and_resumes_the_same_run(tmp_path):
     resume = line[0].split("resume with: ", 1)[1]
     assert resume.endswith(f"--ckpt_path {rel}")
 
-    again = subprocess.run(
-        [*cmd, "--ckpt_path", str(rel)], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env
-    )
+    again = subprocess.run([*cmd, "--ckpt_path", str(rel)], env=env, **opts)
     assert again.returncode == 0, again.stderr[-3000:]
     assert not (run.parent / "version_1").exists()  # the same run goes on, in the same folder
     before = {int(r["epoch"]) for r in csv_rows(run / "metrics.part1.csv") if r.get("epoch")}
@@ -544,12 +553,6 @@ def collect_args(tmp_path: Path, *extra: str) -> list[str]:
         *("--cost", f"beaver:{tmp_path / 'cost'}", "--reward", f"beaver:{tmp_path / 'reward'}"),
         *extra,
     ]
-
-
-def ignored_sigint() -> None:
-    """In the child before exec: SIGINT ignored, as a background job of a non-interactive shell inherits it
-    (``nohup igcritic collect ... &`` from a script, a CI job, an agent's tool); ``kill -INT`` stops it."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @pytest.mark.subprocess
