@@ -141,39 +141,51 @@ def search(ns: argparse.Namespace) -> None:
                 )
 
 
+def store_answers(path: str | Path):
+    """``(trajectory, prompt text, answer token ids, decoded answer)`` of every committed trajectory of a
+    collect store of the embedded policy; no model runs."""
+    from transformers import AutoTokenizer
+
+    from igcritic.policy import embedded_model_dir
+    from igcritic.store.reader import StoreReader
+
+    reader = StoreReader(path)
+    tok = AutoTokenizer.from_pretrained(embedded_model_dir())  # the store's policy is the embedded one
+    prompts, offsets, token_ids, traj_prompt = (
+        reader.prompts,
+        reader.traj_offsets,
+        reader.token_ids,
+        reader.traj_prompt,
+    )
+    for i in range(len(traj_prompt)):
+        ids = token_ids[offsets[i] + 1 : offsets[i + 1]].tolist()  # row 0 is the prompt's end (-1)
+        yield i, prompts[int(traj_prompt[i])], ids, tok.decode(ids, skip_special_tokens=True).strip()
+
+
 def store(ns: argparse.Namespace) -> None:
     """The committed answers of a collect store (a round-2 store: the answers the guard selected), decoded
     from their token ids; no model runs. The guard's fixed refusal is left out (nothing to read in it).
     Re-running appends only answers not yet in ``--out``."""
-    from transformers import AutoTokenizer
-
-    from igcritic.policy import embedded_model_dir
     from igcritic.search import DEFAULT_REFUSAL
     from igcritic.store.reader import StoreReader
 
     if ns.store is None:
         raise SystemExit("store: give the collect store to read with --store PATH")
-    reader = StoreReader(ns.store)
-    tok = AutoTokenizer.from_pretrained(embedded_model_dir())  # the store's policy is the embedded one
-    prompts, offsets = reader.prompts, reader.traj_offsets
+    finished = StoreReader(ns.store).traj_finished
     done = _done(ns.out)
-    seen: dict[int, int] = {}
+    seen: dict[str, int] = {}
     refused = 0
     with ns.out.open("a", encoding="utf-8") as f:
-        for i in range(len(reader.traj_len)):
-            ids = reader.token_ids[offsets[i] + 1 : offsets[i + 1]].tolist()  # row 0 is the prompt's end (-1)
-            text = tok.decode(ids, skip_special_tokens=True).strip()
+        for i, prompt, ids, text in store_answers(ns.store):
             if not ids or text == DEFAULT_REFUSAL:  # the guard's fixed refusal (empty: stored before it was)
                 refused += 1
                 continue
-            p = reader.traj_prompt[i]
-            sample = seen[p] = seen.get(p, -1) + 1
-            prompt = {"prompt": prompts[p]}
-            if (prompt["prompt"], ns.source, sample) in done:
+            sample = seen[prompt] = seen.get(prompt, -1) + 1
+            if (prompt, ns.source, sample) in done:
                 continue
-            row = _row(prompt, ns.source, sample, text, len(ids), bool(reader.traj_finished[i]))
+            row = _row({"prompt": prompt}, ns.source, sample, text, len(ids), bool(finished[i]))
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    print(f"{len(reader.traj_len)} trajectories of {ns.store} -> {ns.out} ({refused} fixed refusals skipped)")
+    print(f"{len(finished)} trajectories of {ns.store} -> {ns.out} ({refused} fixed refusals skipped)")
 
 
 def main(args: list[str] | None = None) -> None:
