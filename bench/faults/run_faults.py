@@ -207,6 +207,12 @@ def intact(path: Path, before: dict) -> str | None:
     return None if path.exists() and tree(path) == before else f"data lost: {path} changed or removed"
 
 
+def cli_keeping(path: Path, args: list[str]) -> tuple[Run, str | None]:
+    """Run ``args`` and say whether ``path`` (snapshotted just before) is still byte for byte the same."""
+    before = tree(path)
+    return cli(args), intact(path, before)
+
+
 def read_only(d: Path) -> Path:
     """A folder nothing can be written under: a read-only folder, or for root (who ignores modes) a path
     under /sys, which refuses new entries even to root."""
@@ -324,22 +330,19 @@ def cases(w: World) -> list[Case]:
     @add("collect: --out is an existing store (no flag)")
     def _(d):
         s = w.copy_store(d)
-        before = tree(s)
-        return cli(w.collect(s)), intact(s, before)
+        return cli_keeping(s, w.collect(s))
 
     @add("collect: --overwrite onto a folder of the user's")
     def _(d):
         (d / "mine").mkdir()
         (d / "mine" / "notes.txt").write_text("mine")
-        before = tree(d / "mine")
-        return cli(w.collect(d / "mine", "--overwrite", "true")), intact(d / "mine", before)
+        return cli_keeping(d / "mine", w.collect(d / "mine", "--overwrite", "true"))
 
     @add("collect: --overwrite onto a folder holding only shards/ and a user file")
     def _(d):
         (d / "mine" / "shards").mkdir(parents=True)
         (d / "mine" / "shards" / "notes.txt").write_text("mine")
-        before = tree(d / "mine")
-        return cli(w.collect(d / "mine", "--overwrite", "true")), intact(d / "mine", before)
+        return cli_keeping(d / "mine", w.collect(d / "mine", "--overwrite", "true"))
 
     @add("collect: --overwrite onto a file")
     def _(d):
@@ -387,8 +390,7 @@ def cases(w: World) -> list[Case]:
     @add("collect: --resume with a changed seed")
     def _(d):
         s = w.copy_store(d)
-        before = tree(s)
-        return cli(w.collect(s, "--resume", "true", "--seed", "7")), intact(s, before)
+        return cli_keeping(s, w.collect(s, "--resume", "true", "--seed", "7"))
 
     @add("collect: --resume with an edited prompt file")
     def _(d):
@@ -646,9 +648,8 @@ def cases(w: World) -> list[Case]:
     def _(d):
         (d / "mine").mkdir()
         (d / "mine" / "notes.txt").write_text("mine")
-        before = tree(d / "mine")
-        return cli(["export", str(d / "x.ckpt"), "--out", str(d / "mine"), "--overwrite", "true"]), intact(
-            d / "mine", before
+        return cli_keeping(
+            d / "mine", ["export", str(d / "x.ckpt"), "--out", str(d / "mine"), "--overwrite", "true"]
         )
 
     @add("export: --overwrite onto a folder whose critic_config.json is not ours")
@@ -656,9 +657,8 @@ def cases(w: World) -> list[Case]:
         (d / "mine").mkdir()
         (d / "mine" / "critic_config.json").write_text('{"mine": true}')
         (d / "mine" / "notes.txt").write_text("mine")
-        before = tree(d / "mine")
-        return cli(["export", str(d / "x.ckpt"), "--out", str(d / "mine"), "--overwrite", "true"]), intact(
-            d / "mine", before
+        return cli_keeping(
+            d / "mine", ["export", str(d / "x.ckpt"), "--out", str(d / "mine"), "--overwrite", "true"]
         )
 
     @add("export: --overwrite onto a symlink to an artifact")
@@ -673,8 +673,7 @@ def cases(w: World) -> list[Case]:
     @add("export: --out is an existing artifact (no flag)")
     def _(d):
         a = w.copy_critic(d)
-        before = tree(a)
-        return cli(["export", str(d / "x.ckpt"), "--out", str(a)]), intact(a, before)
+        return cli_keeping(a, ["export", str(d / "x.ckpt"), "--out", str(a)])
 
     # generate
     plain("generate: critic folder missing", lambda d: w.generate(d / "none", "--prompts.texts", '["hi"]'))
