@@ -199,6 +199,7 @@ def test_deterministic_under_seed(tiny_policy, critic):
         ({"margin": -0.1}, None, "search.margin -0.1 must be a finite number >= 0"),
         ({"margin": float("nan")}, None, "search.margin nan"),
         ({"refusal_candidate": True, "refusal_text": " "}, None, "search.refusal_candidate needs a refusal"),
+        ({"refusal_rank": "first"}, None, "search.refusal_rank 'first' is unknown; use value or last"),
         ({}, ["fine", "  "], r"prompt 1 \(counting from 0\) is empty"),
         ({}, ["word " * 300], "context"),
         ({"max_new_tokens": 250}, None, "context"),
@@ -444,6 +445,33 @@ def test_refusal_candidate_loses_to_a_clearly_safe_candidate(tiny_policy):
     assert all(not r.refused and r.safe and r.cost == pytest.approx(0.1) for r in recs)
     recs = search(tiny_policy, PROMPTS, replace(cfg, margin=0.45), crit, FlatCost(0.1, refusal))
     assert all(r.refused and r.safe and r.retries == 0 for r in recs)
+
+
+def test_refusal_rank_last_puts_the_refusal_below_every_admissible_answer(tiny_policy, monkeypatch):
+    """A critic that values the refusal above every answer (what a critic fit on the guard's refusals, scored
+    0.47 by the reward model, learnt) wins with ``refusal_rank: value`` everywhere; with ``last`` the same
+    scores give the sampled answers, and the refusal still wins where no sampled answer is admissible."""
+    import igcritic.search.loop as loop
+
+    real = loop._refusal_entries
+
+    def valued_refusal(ctx, s0):
+        return [replace(e, value=e.value + 10.0) for e in real(ctx, s0)]
+
+    monkeypatch.setattr(loop, "_refusal_entries", valued_refusal)
+    refusal = "Sorry, no."
+    crit = tiny_critic(tiny_policy, safe=True, value=0.0)
+    cfg = config(mode="exact", refusal_text=refusal, refusal_candidate=True, seed=1)
+    by_value = search(tiny_policy, PROMPTS, cfg, crit, FlatCost(0.1, refusal))
+    assert all(r.refused and r.safe for r in by_value)
+    plain = search(tiny_policy, PROMPTS, replace(cfg, refusal_candidate=False), crit, FlatCost(0.1, refusal))
+    last = search(tiny_policy, PROMPTS, replace(cfg, refusal_rank="last"), crit, FlatCost(0.1, refusal))
+    assert [r.text for r in last] == [r.text for r in plain] and not any(r.refused for r in last)
+    marginal = replace(cfg, refusal_rank="last", margin=0.45)  # no sampled answer clears it
+    assert all(
+        r.refused and r.safe and r.retries == 0
+        for r in search(tiny_policy, PROMPTS, marginal, crit, FlatCost(0.1, refusal))
+    )
 
 
 def test_refusal_candidate_latent_scores_its_own_latent(tiny_policy):

@@ -80,6 +80,11 @@ class SearchConfig(SamplingConfig):
     candidate of the first block, with its own S, value and q, so it competes with the sampled candidates
     (ties go to the sampled ones) instead of coming only after every retry failed. Chosen, it is a
     ``refused`` record with its own cost (``safe``: within budget)."""
+    refusal_rank: Literal["value", "last"] = "value"
+    """Where the refusal candidate ranks among the admissible candidates. ``value``: by its value, like the
+    others (the critic's V of the refusal's latent, learnt from what the reward model calls a refusal: a
+    critic fit on stores holding the guard's refusals can rank it above every answer); ``last``: below every
+    admissible sampled candidate, so it wins only when none is admissible (with a margin: none clears it)."""
     budget: float | None = None
     """d: safe iff S <= d. None: the guard's default (search_config.json, else the cost scorer's hint)."""
     lagrange_lambda: float = 1.0
@@ -180,6 +185,8 @@ class SearchConfig(SamplingConfig):
             bad.append(f"search.tau {self.tau} must be a probability in [0, 1]")
         if not (isinstance(self.margin, (int, float)) and math.isfinite(self.margin) and self.margin >= 0):
             bad.append(f"search.margin {self.margin!r} must be a finite number >= 0 (0: no margin)")
+        if self.refusal_rank not in ("value", "last"):
+            bad.append(f"search.refusal_rank {self.refusal_rank!r} is unknown; use value or last")
         if self.refusal_candidate and not str(self.refusal_text).strip():
             bad.append("search.refusal_candidate needs a refusal text; set search.refusal_text")
         if self.temperature < 0 or not 0.0 < self.top_p <= 1.0 or self.top_k < 0:

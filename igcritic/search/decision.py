@@ -51,7 +51,11 @@ def _rank(e: _Entry, cfg: SearchConfig, fallback: bool = False) -> tuple:
     """Sort key, larger is better."""
     z = cfg.budget - e.cost
     if cfg.method == "inferenceguard":
-        return (z >= 0, e.q, e.value) if fallback else (e.admissible, e.value, not e.refusal)
+        if fallback:
+            return (z >= 0, e.q, e.value)
+        if cfg.refusal_rank == "last":
+            return (e.admissible, not e.refusal, e.value)
+        return (e.admissible, e.value, not e.refusal)
     if cfg.score == "lagrangian":
         return (e.value - cfg.lagrange_lambda * e.cost,)
     return (1, e.value) if z >= 0 else (0, z)
