@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -54,8 +55,13 @@ def digest(prompt: str, response: str) -> str:
     return hashlib.sha256(f"{prompt}\x00{response}".encode()).hexdigest()[:16]
 
 
-def _write_jsonl(path: Path, rows: Sequence[dict]) -> None:
-    path.write_text("".join(to_json(r, ensure_ascii=False) + "\n" for r in rows))
+def write_jsonl(path: Path, rows: Sequence[dict], ensure_ascii: bool = True) -> None:
+    """Replace ``path`` at once (a kill leaves the old file or the new one, never half of it).
+    ``ensure_ascii=False`` keeps non-ASCII text as it is (the files people read)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.writelines(to_json(r, ensure_ascii=ensure_ascii) + "\n" for r in rows)
+    os.replace(tmp, path)
 
 
 def _read_jsonl(path: Path, what: str) -> list[tuple[int, dict]]:
@@ -106,11 +112,11 @@ def write_reading(
             for k in slots[pairs[u]]
         ]
     folder.mkdir(parents=True, exist_ok=True)
-    _write_jsonl(folder / ANSWERS_FILE, answers)
-    _write_jsonl(folder / KEY_FILE, key)
+    write_jsonl(folder / ANSWERS_FILE, answers, ensure_ascii=False)
+    write_jsonl(folder / KEY_FILE, key, ensure_ascii=False)
     files = [folder / ANSWERS_FILE, folder / KEY_FILE]
     if key_copy is not None:
-        _write_jsonl(key_copy, key)
+        write_jsonl(key_copy, key, ensure_ascii=False)
         files.append(key_copy)
     return files
 

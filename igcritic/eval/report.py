@@ -42,6 +42,7 @@ from igcritic.eval.reading import (
     ReadingTable,
     read_labels,
     reading_table,
+    write_jsonl,
     write_reading,
 )
 from igcritic.eval.stats import (
@@ -191,21 +192,13 @@ def save_progress(out: Path, key: dict, records: list[dict], done: dict[str, flo
     """After each method: every record so far, then ``progress.json`` naming the methods done (data first,
     each file replaced at once, so a kill leaves the last consistent pair)."""
     out.mkdir(parents=True, exist_ok=True)
-    _write_jsonl(out / RECORDS_FILE, records)
+    write_jsonl(out / RECORDS_FILE, records)
     _write_json_atomic(out / PROGRESS_FILE, {"key": _plain(key), "done": done})
 
 
 def _plain(x: Any) -> Any:
     """``x`` as it reads back from JSON."""
     return json.loads(to_json(x))
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    """Replace ``path`` at once (a kill leaves the old file or the new one, never half of it)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as f:
-        f.writelines(to_json(r) + "\n" for r in rows)
-    os.replace(tmp, path)
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
@@ -241,7 +234,7 @@ def write_results(
 ) -> list[Path]:
     """The run folder: records, CSVs, figures, the blind-reading files, then ``results.json`` last."""
     out.mkdir(parents=True, exist_ok=True)
-    _write_jsonl(out / RECORDS_FILE, result.records)
+    write_jsonl(out / RECORDS_FILE, result.records)
     summaries = [asdict(s) for s in result.summaries]
     _write_csv(out / RESULTS_CSV, summaries)
     files = [out / RECORDS_FILE, out / RESULTS_CSV]
