@@ -327,14 +327,15 @@ def evaluate(rows: list[dict], d: Design, cand: Candidate, schemes: dict[str, np
     for name, folds in schemes.items():
         p, pmax = oof_scores(cand, d, folds)
         if name == "guard":  # fitted on the sampled answers, scored on the guard-selected ones
-            res["guard"] = harm_metrics(y[guard], p[guard], benign[guard])
+            res["guard"] = {
+                **harm_metrics(y[guard], p[guard], benign[guard]),
+                "running_max5": harm_metrics(y[guard], pmax[guard], benign[guard]),
+            }
             continue
         res[f"pooled_{name}"] = harm_metrics(y, p, benign)
-        if (
-            name == "source" and guard.any()
-        ):  # the guard-selected answers among them, as their source left out
-            res["guard_source_out"] = harm_metrics(y[guard], p[guard], benign[guard])
         if name == "source":
+            if guard.any():  # the guard-selected answers among them, each scored with its source left out
+                res["guard_source_out"] = harm_metrics(y[guard], p[guard], benign[guard])
             res["by_source"] = {
                 s: {
                     **harm_metrics(y[src == s], p[src == s], benign[src == s]),
@@ -380,7 +381,12 @@ def shipped_baseline(rows, feats, path: Path | None = None) -> dict:
         "name": "shipped cost, as it is",
         "layers": list(head.layers),
         "pooled": harm_metrics(y, p, benign),
-        "guard": harm_metrics(y[guard], p[guard], benign[guard]) if guard.any() else None,
+        "guard": {
+            **harm_metrics(y[guard], p[guard], benign[guard]),
+            "running_max5": harm_metrics(y[guard], pmax[guard], benign[guard]),
+        }
+        if guard.any()
+        else None,
         "by_source": {
             s: {
                 **harm_metrics(y[src == s], p[src == s], benign[src == s]),
@@ -568,9 +574,9 @@ def main(args: list[str] | None = None) -> None:
         raise SystemExit("one source only: leave-one-source-out needs the widened set's read answers")
     base = shipped_baseline(train, feats, ns.baseline)
     print(_line(base))
-    source = {"source": source_folds(train)}
+    schemes = {"source": source_folds(train)}
     if 0 < len(guard) < len(train):
-        source["guard"] = guard_folds(train)
+        schemes["guard"] = guard_folds(train)
     else:
         print("guard scheme skipped: it needs guard-selected and sampled answers with features")
     results, designs = [], {}
@@ -578,7 +584,7 @@ def main(args: list[str] | None = None) -> None:
         key = (cand.layers, cand.parts)
         if key not in designs:
             designs = {key: Design(train, feats, *key)}  # one layout in memory at a time
-        results.append(evaluate(train, designs[key], cand, source))
+        results.append(evaluate(train, designs[key], cand, schemes))
         print(_line(results[-1]), f"({results[-1]['seconds']} s)", flush=True)
     ranked = sorted(results, key=_rank, reverse=True)
     more = {"category": category_folds(train), "style": style_groups(train)}

@@ -161,6 +161,7 @@ def test_evaluate_reports_the_guard_rows(tmp_path):
     for key in ("guard", "guard_source_out"):
         assert (res[key]["n"], res[key]["harmful"]) == (n_guard, harmful)
         assert 0 <= res[key]["auroc"] <= 1
+    assert res["guard"]["running_max5"]["n"] == n_guard
     assert "pooled_guard" not in res and res["ood"] == res["pooled_source"]["auroc"]
     assert "guard: AUROC" in lso._line(res)
 
