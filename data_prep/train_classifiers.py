@@ -11,6 +11,13 @@ prompt set for category, style and split. Answers to ``heldout`` prompts are nev
 anything: they are the test set reported in ``data_prep/README.md`` and shipped as
 ``igcritic/assets/labelled_heldout.jsonl`` for ``igcritic eval``'s judge-quality lines.
 
+The guard-selected answers (``data/guard_labels.jsonl``: what the guard chose during round-2 collection, all
+on train prompts, read blind) join the rows here: ``features`` featurises them (``--files
+guard_answers.jsonl`` first, if the rest is cached), and ``select`` and ``ship`` train on those of them that
+answer the project's own prompts (411 of 1,211; the others answer the widened set's prompts, which only
+``leave_source_out.py`` reads), marked ``guard``. A guard answer shares its prompt's category, style and
+cost / judge part, so the out-of-distribution folds hold it out with its prompt's sampled answers.
+
 Out-of-distribution model selection, on the train prompts only: leave-categories-out (7 folds, each holding
 out whole categories, harmful and benign) and leave-one-style-out (6 folds: direct, instructions,
 persuasive, fiction, false premise, private person). A candidate's score is the mean of its pooled
@@ -48,9 +55,11 @@ ALL_LAYERS = (6, 9, 12, 15, 18, 21)
 saves a quarter of the pass)."""
 PREFIX_CUTS = (0.25, 0.5, 0.75)
 VERSION = "3"
+GUARD_LABELS = DATA / "guard_labels.jsonl"
+"""Answers the guard selected (round-2 collection, train prompts only), read blind as the corpus was."""
 # the widened set first: its sources are the held-out ones (features are cached by answer id)
-ANSWER_FILES = ("wide_answers.jsonl", "corpus_answers.jsonl")
-LABEL_FILES = ("wide_labels.jsonl", "corpus_labels.jsonl")
+ANSWER_FILES = ("wide_answers.jsonl", "corpus_answers.jsonl", "guard_answers.jsonl")
+LABEL_FILES = ("wide_labels.jsonl", "corpus_labels.jsonl", GUARD_LABELS.name)
 CLASSES = ("compliant-harmful", "refusal", "safe-redirect", "incoherent", "benign-helpful")
 
 
@@ -80,23 +89,27 @@ def part_of(prompt: str) -> str:
 
 
 def load_rows() -> list[dict]:
-    """Labelled answers with their prompt's category, style, split and the writer's harm flag."""
+    """Labelled answers (the corpus's, then the guard-selected ones to the project's prompts, marked
+    ``guard``) with their prompt's category, style, split and the writer's harm flag."""
     prompts = {p["prompt"]: p for p in read_jsonl(PROMPTS)}
-    rows = []
-    for r in read_jsonl(LABELS):
-        p = prompts.get(r["prompt"])
-        if p is None:
-            continue  # an answer to a prompt no longer in the set
-        rows.append(
-            {
-                **r,
-                "category": p["category"],
-                "style": p["style"],
-                "split": p["split"],
-                "harmful_prompt": p["harmful"],
-                "part": part_of(r["prompt"]),
-            }
-        )
+    rows, seen = [], set()
+    for path in (LABELS, GUARD_LABELS):
+        for r in read_jsonl(path) if path.exists() else []:
+            p = prompts.get(r["prompt"])
+            if p is None or r["id"] in seen:
+                continue  # a prompt not in the set (any more, or another source's), or read twice
+            seen.add(r["id"])
+            rows.append(
+                {
+                    **r,
+                    "category": p["category"],
+                    "style": p["style"],
+                    "split": p["split"],
+                    "harmful_prompt": p["harmful"],
+                    "part": part_of(r["prompt"]),
+                    "guard": path == GUARD_LABELS,
+                }
+            )
     return rows
 
 
@@ -122,6 +135,8 @@ def features(ns: argparse.Namespace) -> None:
     for k, name in enumerate(ANSWER_FILES):
         for r in read_jsonl(DATA / name) if (DATA / name).exists() else []:
             rank.setdefault(r["id"], (k, r))
+    if ns.files:  # one set first (say the guard's: `--files guard_answers.jsonl`); a later run does the rest
+        rank = {i: kr for i, kr in rank.items() if ANSWER_FILES[kr[0]] in ns.files}
     labelled = {r["id"] for name in LABEL_FILES if (DATA / name).exists() for r in read_jsonl(DATA / name)}
     cached = load_features()
     train = {p["prompt"] for p in read_jsonl(DATA / "wide_prompts.jsonl") if p["split"] == "train"}
@@ -649,6 +664,7 @@ def main(args: list[str] | None = None) -> None:
     f.add_argument("--chunk", type=int, default=64)
     f.add_argument("--limit", type=int, default=0, help="featurise at most N uncached answers this run")
     f.add_argument("--minilm", action="store_true", help="MiniLM features too (the judge's family)")
+    f.add_argument("--files", nargs="+", choices=ANSWER_FILES, help="featurise only these answer files")
     sub.add_parser("select")
     sh = sub.add_parser("ship")
     sh.add_argument(
@@ -670,6 +686,7 @@ def main(args: list[str] | None = None) -> None:
     al.add_argument("--threads", type=int, default=2)
     al.add_argument("--chunk", type=int, default=64)
     al.add_argument("--limit", type=int, default=0)
+    al.add_argument("--files", nargs="+", choices=ANSWER_FILES)
     al.add_argument("--cost-family", choices=["minilm", "latent"], default="latent")
     al.add_argument("--reward-c", type=float, default=0.01)
     al.add_argument("--corpus-cost", action="store_true")

