@@ -139,6 +139,17 @@ def harm_metrics(y: np.ndarray, p: np.ndarray, benign_prompt: np.ndarray) -> dic
     return out
 
 
+def with_running_max(
+    y: np.ndarray, p: np.ndarray, pmax: np.ndarray, benign: np.ndarray, rows: np.ndarray
+) -> dict:
+    """:func:`harm_metrics` of ``rows`` for the full answers' p, and as ``running_max5`` for the running max
+    over the empty, 25/50/75 % and full prefixes."""
+    return {
+        **harm_metrics(y[rows], p[rows], benign[rows]),
+        "running_max5": harm_metrics(y[rows], pmax[rows], benign[rows]),
+    }
+
+
 @dataclass(frozen=True)
 class Candidate:
     """A cost head on the latent features ``[prompt end h_0, answer]`` (both cheap at every prefix)."""
@@ -329,22 +340,13 @@ def evaluate(rows: list[dict], d: Design, cand: Candidate, schemes: dict[str, np
     for name, folds in schemes.items():
         p, pmax = oof_scores(cand, d, folds)
         if name == "guard":  # fitted on the sampled answers, scored on the guard-selected ones
-            res["guard"] = {
-                **harm_metrics(y[guard], p[guard], benign[guard]),
-                "running_max5": harm_metrics(y[guard], pmax[guard], benign[guard]),
-            }
+            res["guard"] = with_running_max(y, p, pmax, benign, guard)
             continue
         res[f"pooled_{name}"] = harm_metrics(y, p, benign)
         if name == "source":
             if guard.any():  # the guard-selected answers among them, each scored with its source left out
                 res["guard_source_out"] = harm_metrics(y[guard], p[guard], benign[guard])
-            res["by_source"] = {
-                s: {
-                    **harm_metrics(y[src == s], p[src == s], benign[src == s]),
-                    "running_max5": harm_metrics(y[src == s], pmax[src == s], benign[src == s]),
-                }
-                for s in sorted(set(src))
-            }
+            res["by_source"] = {s: with_running_max(y, p, pmax, benign, src == s) for s in sorted(set(src))}
             for s, m in transfer_metrics(y, p, benign, src).items():
                 res["by_source"][s].update(m)
     aurocs = [res[f"pooled_{k}"]["auroc"] for k in schemes if k != "guard"]
@@ -383,19 +385,8 @@ def shipped_baseline(rows, feats, path: Path | None = None) -> dict:
         "name": "shipped cost, as it is",
         "layers": list(head.layers),
         "pooled": harm_metrics(y, p, benign),
-        "guard": {
-            **harm_metrics(y[guard], p[guard], benign[guard]),
-            "running_max5": harm_metrics(y[guard], pmax[guard], benign[guard]),
-        }
-        if guard.any()
-        else None,
-        "by_source": {
-            s: {
-                **harm_metrics(y[src == s], p[src == s], benign[src == s]),
-                "running_max5": harm_metrics(y[src == s], pmax[src == s], benign[src == s]),
-            }
-            for s in sorted(set(src))
-        },
+        "guard": with_running_max(y, p, pmax, benign, guard) if guard.any() else None,
+        "by_source": {s: with_running_max(y, p, pmax, benign, src == s) for s in sorted(set(src))},
     }
 
 
