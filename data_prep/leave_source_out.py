@@ -1,7 +1,9 @@
 """Choose a cost signal by leaving whole prompt SOURCES out, beside leaving categories and styles out.
 
     python data_prep/train_classifiers.py features     # features of every answer (corpus + widened set)
+    python data_prep/train_classifiers.py minilm       # MiniLM features too (the minilm and both families)
     python data_prep/leave_source_out.py                # -> data/source_selection.json, a table on stdout
+    python data_prep/leave_source_out.py --families minilm both --out data_prep/data/source_families.json
     python data_prep/leave_source_out.py --final        # once, at the end: fit on all train rows, score the
                                                         # held-out source (pyrit) and the held-out prompts
 

@@ -2,6 +2,7 @@
 validation.
 
     python data_prep/train_classifiers.py features  # encoder + policy features of every read answer, cached
+    python data_prep/train_classifiers.py minilm    # MiniLM features (and prefixes) of every cached answer
     python data_prep/train_classifiers.py select    # OOD comparison table -> data/classifier_selection.json
     python data_prep/train_classifiers.py ship      # fit the chosen ones, write igcritic/assets/, report
     python data_prep/train_classifiers.py all       # the three in a row (~15 min on 2 cores, cache empty)
