@@ -54,7 +54,9 @@ from train_classifiers import (
     DATA,
     GUARD_LABELS,
     LABELS,
+    MINILM_DIM,
     PREFIX_CUTS,
+    Product,
     Standardised,
     _logit,
     auroc,
@@ -168,7 +170,9 @@ class Candidate:
     parts: tuple[str, ...] = ("last", "mean")
     head: str = "product"
     """``product`` p(harmful request | h_0) x p(goes along | answer); ``linear`` one logistic regression on
-    both parts; ``answer`` the answer part alone; ``mlp`` one hidden layer (32) on both parts, PCA 128."""
+    both parts; ``answer`` the answer part alone; ``mlp`` one hidden layer (32) on both parts, PCA 128;
+    ``fusion`` (family ``both`` only) the latent and the MiniLM product heads fitted apart, logits
+    averaged."""
     c: float = 0.003
     balanced: bool = False
     """Class-balanced weights in the logistic regressions."""
@@ -233,6 +237,13 @@ CANDIDATES = (
     Candidate(family="both", head="product", balanced=True),
     Candidate(family="both", head="product", c=0.01),
     Candidate(family="both", head="answer"),
+    # after the first run: the MiniLM C range widened where it was still rising, and two heads that pool
+    # the families differently
+    *(Candidate(family="minilm", head="linear", c=c) for c in (0.001, 0.003)),
+    Candidate(family="minilm", head="product", c=0.3),
+    *(Candidate(family="both", head="fusion", c=c) for c in (0.003, 0.01, 0.03)),
+    Candidate(family="both", head="fusion", c=0.01, balanced=True),
+    Candidate(family="both", head="mlp"),
 )
 FAMILIES = ("latent", "minilm", "both")
 
@@ -274,6 +285,35 @@ class MLP:
         with torch.no_grad():
             z = torch.from_numpy(((x - self.mu) / self.sd).astype(np.float32))
             return torch.sigmoid(self.net((z @ self.proj) / self.scale)[:, 0]).numpy().astype(np.float64)
+
+
+class Fusion:
+    """The latent and the MiniLM product heads of a ``both`` row fitted apart, their logits averaged: two
+    views of an answer that may err apart, pooled with no weight fitted on the folds. A ``both`` row is
+    ``[latent prompt, MiniLM prompt, latent answer, MiniLM answer]`` (``train_classifiers.row_parts``)."""
+
+    def __init__(self, c: float, latent_width: int, balanced: bool = False):
+        self.w = latent_width
+        self.latent = Product(c, latent_width, balanced)
+        self.minilm = Product(c, MINILM_DIM, balanced)
+
+    def _split(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        w, m = self.w, MINILM_DIM
+        if x.shape[1] != 2 * (w + m):
+            raise ValueError(f"a fusion head reads both-family rows {2 * (w + m)} wide, not {x.shape[1]}")
+        latent = np.concatenate([x[:, :w], x[:, w + m : 2 * w + m]], 1)
+        return latent, np.concatenate([x[:, w : w + m], x[:, 2 * w + m :]], 1)
+
+    def fit(self, x, y, hp, real, weight=None) -> Fusion:
+        latent, minilm = self._split(x)
+        self.latent.fit(latent, y, hp, real, weight)
+        self.minilm.fit(minilm, y, hp, real, weight)
+        return self
+
+    def proba(self, x: np.ndarray) -> np.ndarray:
+        latent, minilm = self._split(x)
+        z = (_logit(self.latent.proba(latent)) + _logit(self.minilm.proba(minilm))) / 2
+        return 1 / (1 + np.exp(-z))
 
 
 class AnswerOnly:
@@ -332,6 +372,14 @@ def fit_head(cand: Candidate, d: Design, train: np.ndarray):
         return MLP(cand.c, cand.balanced).fit(x, y)
     if cand.head == "answer":
         return AnswerOnly(cand.c, d.split, cand.balanced).fit(x, y, w)
+    if cand.head == "fusion":
+        if cand.family != "both":
+            raise SystemExit(
+                f"a fusion head pools the latent and MiniLM families: {cand.name} is {cand.family}"
+            )
+        return Fusion(cand.c, prompt_width("latent", cand.layers, cand.parts), cand.balanced).fit(
+            x, y, hp, idx >= 0, w
+        )
     model = make_model(cand.head, cand.c, cand.family, cand.layers, cand.parts, cand.balanced)
     return model.fit(x, y, hp, idx >= 0, w) if cand.head == "product" else model.fit(x, y, w)
 

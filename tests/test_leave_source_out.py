@@ -292,3 +292,19 @@ def test_minilm_prefixes_are_cut_where_the_latent_ones_are(tiny_policy):
         assert arrays["minilm_empty"][k, 0] == 0  # the empty answer's text
         assert arrays["minilm"][k, 4] == len(a)  # [e(prompt), e(answer)]
     assert arrays["minilm"].shape == (2, 8) and arrays["minilm_cuts"].shape == (2, len(tc.PREFIX_CUTS), 4)
+
+
+def test_fusion_splits_a_both_row_into_the_two_families_rows(tmp_path):
+    rows = _rows(tmp_path)
+    feats = _family_features(rows)
+    one = {f: lso.Design(rows, feats, CAND.layers, CAND.parts, f) for f in lso.FAMILIES}
+    width = tc.prompt_width("latent", CAND.layers, CAND.parts)
+    fusion = lso.Fusion(0.1, width)
+    latent, minilm = fusion._split(one["both"].full)
+    np.testing.assert_array_equal(latent, one["latent"].full)
+    np.testing.assert_array_equal(minilm, one["minilm"].full)
+    with pytest.raises(ValueError, match="both-family rows"):
+        fusion._split(one["latent"].full)
+    cand = lso.Candidate(family="both", layers=CAND.layers, parts=CAND.parts, head="fusion", c=0.1)
+    p, pmax = lso.oof_scores(cand, one["both"], lso.source_folds(rows))
+    assert np.isfinite(p).all() and ((0 < p) & (p < 1)).all() and (pmax >= p).all()
