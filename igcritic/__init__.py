@@ -3,7 +3,7 @@
 Public API: :func:`load_guard`, :class:`Critic`, :class:`CriticConfig`, :func:`load_critic`,
 :class:`IgcriticError`, :class:`Interrupted`. Imports are lazy so ``import igcritic`` stays cheap.
 :func:`to_json` is the one JSON writer of every stage (NaN and inf become null: every file the project
-writes is valid JSON).
+writes is valid JSON); :func:`write_atomic` the one way a file is replaced whole.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import signal
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import Any
 
 __version__ = "0.1.0"
@@ -78,6 +79,19 @@ def json_safe(x: Any) -> Any:
 def to_json(x: Any, **kwargs: Any) -> str:
     """``json.dumps`` of :func:`json_safe` ``(x)``; refuses anything still not JSON (no bare NaN ever)."""
     return json.dumps(json_safe(x), allow_nan=False, **kwargs)
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Replace ``path`` with ``text`` at once: written to a sibling named by this process, then renamed, so a
+    kill leaves the old file or the new one (never half of it) and two processes writing the same file never
+    share a temporary. The temporary is removed if the write fails."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class Interrupted(KeyboardInterrupt):

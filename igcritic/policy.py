@@ -32,7 +32,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from igcritic import IgcriticError, one_line
+from igcritic import IgcriticError, one_line, write_atomic
 from igcritic.prompts import prompt_messages
 
 log = logging.getLogger(__name__)
@@ -393,9 +393,7 @@ def cached_fingerprint(files: list[Path], kind: str, compute) -> str:
     known[key] = {"files": stats, "fingerprint": fp}
     try:  # a cache: a failed write costs only the next computation
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f"{cache.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(known))
-        tmp.replace(cache)
+        write_atomic(cache, json.dumps(known))
     except OSError as e:
         log.warning("could not cache a weights fingerprint in %s (%s)", cache, e)
     return fp

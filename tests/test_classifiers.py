@@ -182,6 +182,24 @@ def test_reward_and_judge_heads(tmp_path, tiny_policy):
         reward.classify(PROMPTS, ANSWERS)
 
 
+def test_mixture_reward_lets_the_request_decide_which_helpfulness_applies(tmp_path):
+    """Row 0: p(harmful request); rows 1-2 the harmful request's helpfulness, 3-4 the benign one's. A row
+    whose request logit is large takes the harmful pair's reward, a small one the benign pair's."""
+    w = np.zeros((5, 4), np.float32)
+    w[0, 0] = 1.0  # the request: feature 0
+    b = np.array([0.0, 2.0, 2.0, -2.0, -2.0], np.float32)  # harmful: reward ~0.88; benign: ~0.12
+    head = LinearHead(w, b, "helpfulness_mixture", "latent", (1,), ("last",), meta={"version": "test"})
+    path = tmp_path / "mixture.safetensors"
+    head.save(path)
+    head = LinearHead.load(path)
+    x = np.zeros((3, 4), np.float32)
+    x[:, 0] = [30.0, -30.0, 0.0]  # surely harmful, surely benign, undecided
+    s = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    np.testing.assert_allclose(head.reward(x), [s(2.0), s(-2.0), 0.5], rtol=1e-5)
+    plain = LinearHead(w[1:3], b[1:3], "helpfulness", "latent", (1,), ("last",))
+    np.testing.assert_allclose(plain.reward(x), s(2.0), rtol=1e-5)  # the plain form ignores the request
+
+
 def test_bad_inputs_give_one_line_errors(tmp_path, tiny_policy, caplog):
     cost = ClassifierScorer("cost", "cost", path=_head(tmp_path, "harm", 1), policy=tiny_policy)
     with pytest.raises(ScorerError, match="must be text"):

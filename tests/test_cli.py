@@ -280,3 +280,20 @@ def test_package_modules_import_only_earlier_modules_of_the_package(name, order)
                     wrong.append(f"igcritic.{name}.{stage} imports {module} (line {node.lineno})")
     assert not wrong, wrong
     assert seen == set(order)
+
+
+def test_write_atomic_replaces_whole_and_leaves_no_temporary(tmp_path, monkeypatch):
+    from igcritic import write_atomic
+
+    path = tmp_path / "f.json"
+    path.write_text("old")
+    write_atomic(path, "new")
+    assert path.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["f.json"]
+
+    def broken(src, dst):  # the rename fails (a full disk, a read-only folder): the old file stays whole
+        raise OSError("no space left")
+
+    monkeypatch.setattr("igcritic.os.replace", broken)
+    with pytest.raises(OSError, match="no space"):
+        write_atomic(path, "newer")
+    assert path.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["f.json"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from igcritic import to_json
+from igcritic import to_json, write_atomic
 from igcritic.eval import LABELS
 from igcritic.eval.judges import Judge, JudgeError, ScorerJudge, check_labels
 from igcritic.eval.stats import finite
@@ -272,9 +271,7 @@ def cached_quality(
     if path is not None and out is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(to_json([asdict(q) for q in out]))
-            tmp.replace(path)
+            write_atomic(path, to_json([asdict(q) for q in out]))
         except OSError as e:
             log.warning("could not cache the quality table in %s (%s)", path, e)
     return out

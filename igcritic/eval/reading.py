@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from igcritic import to_json
+from igcritic import to_json, write_atomic
 from igcritic.eval import (
     HARMFUL_LABEL,
     HELPFULNESS,
@@ -56,12 +55,9 @@ def digest(prompt: str, response: str) -> str:
 
 
 def write_jsonl(path: Path, rows: Sequence[dict], ensure_ascii: bool = True) -> None:
-    """Replace ``path`` at once (a kill leaves the old file or the new one, never half of it).
-    ``ensure_ascii=False`` keeps non-ASCII text as it is (the files people read)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.writelines(to_json(r, ensure_ascii=ensure_ascii) + "\n" for r in rows)
-    os.replace(tmp, path)
+    """Replace ``path`` at once (:func:`~igcritic.write_atomic`). ``ensure_ascii=False`` keeps non-ASCII text
+    as it is (the files people read)."""
+    write_atomic(path, "".join(to_json(r, ensure_ascii=ensure_ascii) + "\n" for r in rows))
 
 
 def _read_jsonl(path: Path, what: str) -> list[tuple[int, dict]]:

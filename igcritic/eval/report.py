@@ -26,13 +26,12 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from igcritic import to_json
+from igcritic import to_json, write_atomic
 from igcritic.eval import RECORD_METHOD, RECORD_PROMPT_INDEX, EvalError
 from igcritic.eval.judges import JudgeReport, grades_from_records, summarize_judge
 from igcritic.eval.quality import QualityRow
@@ -193,7 +192,7 @@ def save_progress(out: Path, key: dict, records: list[dict], done: dict[str, flo
     each file replaced at once, so a kill leaves the last consistent pair)."""
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / RECORDS_FILE, records)
-    _write_json_atomic(out / PROGRESS_FILE, {"key": _plain(key), "done": done})
+    _write_json(out / PROGRESS_FILE, {"key": _plain(key), "done": done})
 
 
 def _plain(x: Any) -> Any:
@@ -201,14 +200,8 @@ def _plain(x: Any) -> Any:
     return json.loads(to_json(x))
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    _write_json(tmp, data)
-    os.replace(tmp, path)
-
-
 def _write_json(path: Path, data: Any) -> None:
-    path.write_text(to_json(data, indent=2) + "\n")
+    write_atomic(path, to_json(data, indent=2) + "\n")
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:

@@ -84,7 +84,16 @@ class LinearHead:
         return _sigmoid(a * z[:, 0] + b).astype(np.float32)
 
     def reward(self, x: np.ndarray) -> np.ndarray:
-        return _sigmoid(self.logits(x)).mean(1).astype(np.float32)
+        """Mean of p(helpfulness >= 1) and p(helpfulness >= 2) (``helpfulness``); or that mean for a harmful
+        and for a benign request, mixed by p(harmful request) (``helpfulness_mixture``: row 0 reads the
+        prompt part, rows 1-2 are the harmful request's, 3-4 the benign one's). The reading scores a refusal
+        of a harmful request 1 and of a benign one 0; a single sum of a prompt and an answer term cannot
+        say that, the mixture can."""
+        p = _sigmoid(self.logits(x))
+        if self.kind == "helpfulness_mixture":
+            harmful = p[:, 0]
+            return (harmful * p[:, 1:3].mean(1) + (1 - harmful) * p[:, 3:5].mean(1)).astype(np.float32)
+        return p.mean(1).astype(np.float32)
 
     def classes(self, x: np.ndarray) -> list[str]:
         return [READING_LABELS[i] for i in self.logits(x).argmax(1)]
@@ -187,6 +196,8 @@ class ClassifierScorer:
             "harm_product": "p(compliant-harmful) = p(harmful request | prompt end) x p(compliance | prefix)",
             "classes": "p(compliant-harmful) of a 5-class reading classifier",
             "helpfulness": "mean of p(helpfulness >= 1) and p(helpfulness >= 2)",
+            "helpfulness_mixture": "mean of p(helpfulness >= 1) and p(helpfulness >= 2) for a harmful and "
+            "for a benign request, mixed by p(harmful request | prompt end)",
         }[self.head.kind]
         if self.head.family == "latent":
             layers = f"layers {list(self.head.layers)} ({'+'.join(self.head.parts)})"
