@@ -1,7 +1,9 @@
 """Choose a cost signal by leaving whole prompt SOURCES out, beside leaving categories and styles out.
 
     python data_prep/train_classifiers.py features     # features of every answer (corpus + widened set)
+    python data_prep/train_classifiers.py minilm       # MiniLM features too (the minilm and both families)
     python data_prep/leave_source_out.py                # -> data/source_selection.json, a table on stdout
+    python data_prep/leave_source_out.py --families minilm both --out data_prep/data/source_families.json
     python data_prep/leave_source_out.py --final        # once, at the end: fit on all train rows, score the
                                                         # held-out source (pyrit) and the held-out prompts
 
@@ -13,8 +15,10 @@ sampled answers, so no prompt text crosses a fold. Only ``train`` rows are used 
 answer is one); ``heldout`` prompts and the held-out source (``heldout_source``) are touched by ``--final``
 only. ``--final`` and ``--ship`` fit on every train row, guard-selected answers included.
 
-For every candidate (feature family, layers, head, C; the ones ``train_classifiers.py select`` compares)
-out-of-fold schemes: leave-one-source-out (each source's prompts predicted by a model fitted without that
+For every candidate (feature family, layers, head, C: the latent ones ``train_classifiers.py select``
+compares, the same heads on MiniLM [e(prompt), e(answer)] (``minilm``, cached by ``train_classifiers.py
+minilm``) and on both families side by side (``both``); ``--families`` runs some families only) out-of-fold
+schemes: leave-one-source-out (each source's prompts predicted by a model fitted without that
 source; needs at least two sources with labels, otherwise stops and says so) and ``guard`` (fitted on the
 sampled answers only, scored on the guard-selected ones: does a cost trained on sampled answers see the
 harmful answers the guard lets through; skipped, and said so, without guard-selected answers with features);
@@ -50,7 +54,9 @@ from train_classifiers import (
     DATA,
     GUARD_LABELS,
     LABELS,
+    MINILM_DIM,
     PREFIX_CUTS,
+    Product,
     Standardised,
     _logit,
     auroc,
@@ -60,6 +66,7 @@ from train_classifiers import (
     latent_columns,
     load_features,
     make_model,
+    prefix_parts,
     prompt_width,
     read_jsonl,
 )
@@ -152,13 +159,20 @@ def with_running_max(
 
 @dataclass(frozen=True)
 class Candidate:
-    """A cost head on the latent features ``[prompt end h_0, answer]`` (both cheap at every prefix)."""
+    """A cost head on ``[prompt part, answer part]`` of one feature family."""
 
+    family: str = "latent"
+    """``latent``: the policy's hidden states, ``[prompt end h_0, answer]`` (cheap at every prefix: one
+    teacher-forced pass gives them all); ``minilm``: MiniLM ``[e(prompt), e(answer)]`` (an encoder pass per
+    prefix); ``both``: ``[h_0, e(prompt), answer's latent, e(answer)]``."""
     layers: tuple[int, ...] = (15, 18, 21)
+    """Policy layers of the latent part (not read by ``minilm``)."""
     parts: tuple[str, ...] = ("last", "mean")
     head: str = "product"
     """``product`` p(harmful request | h_0) x p(goes along | answer); ``linear`` one logistic regression on
-    both parts; ``answer`` the answer part alone; ``mlp`` one hidden layer (32) on both parts, PCA 128."""
+    both parts; ``answer`` the answer part alone; ``mlp`` one hidden layer (32) on both parts, PCA 128;
+    ``fusion`` (family ``both`` only) the latent and the MiniLM product heads fitted apart, logits
+    averaged."""
     c: float = 0.003
     balanced: bool = False
     """Class-balanced weights in the logistic regressions."""
@@ -173,7 +187,17 @@ class Candidate:
         layers = "L" + "/".join(map(str, self.layers)) + ("" if len(self.parts) == 2 else "-" + self.parts[0])
         extra = (" balanced" if self.balanced else "") + (" by-source" if self.source_weighted else "")
         extra += f" {self.label}" if self.label != "harmful" else ""
-        return f"{self.head} {layers} C={self.c}{extra}"
+        if self.family == "minilm":
+            return f"minilm {self.head} C={self.c}{extra}"
+        fam = "" if self.family == "latent" else f"{self.family} "
+        return f"{fam}{self.head} {layers} C={self.c}{extra}"
+
+    @property
+    def layout(self) -> tuple:
+        """What its :class:`Design` depends on."""
+        if self.family == "minilm":
+            return ("minilm", (), ())
+        return (self.family, self.layers, self.parts)
 
 
 SHIPPED_FORM = Candidate(head="linear", source_weighted=True)
@@ -197,7 +221,31 @@ CANDIDATES = (
     Candidate(head="linear", balanced=True),
     Candidate(head="answer"),
     Candidate(head="mlp"),
+    # MiniLM alone: the old probe's features, with the prefixes the running max reads
+    *(Candidate(family="minilm", head="linear", c=c) for c in (0.01, 0.03, 0.1, 0.3)),
+    Candidate(family="minilm", head="linear", c=0.03, source_weighted=True),
+    Candidate(family="minilm", head="linear", c=0.03, balanced=True),
+    *(Candidate(family="minilm", head="product", c=c) for c in (0.003, 0.01, 0.03, 0.1)),
+    Candidate(family="minilm", head="product", c=0.03, balanced=True),
+    Candidate(family="minilm", head="answer", c=0.03),
+    Candidate(family="minilm", head="mlp", c=0.003),
+    # the policy's layers and MiniLM side by side
+    Candidate(family="both", head="linear", source_weighted=True),
+    Candidate(family="both", head="linear"),
+    Candidate(family="both", head="linear", c=0.01),
+    Candidate(family="both", head="product"),
+    Candidate(family="both", head="product", balanced=True),
+    Candidate(family="both", head="product", c=0.01),
+    Candidate(family="both", head="answer"),
+    # after the first run: the MiniLM C range widened where it was still rising, and two heads that pool
+    # the families differently
+    *(Candidate(family="minilm", head="linear", c=c) for c in (0.001, 0.003)),
+    Candidate(family="minilm", head="product", c=0.3),
+    *(Candidate(family="both", head="fusion", c=c) for c in (0.003, 0.01, 0.03)),
+    Candidate(family="both", head="fusion", c=0.01, balanced=True),
+    Candidate(family="both", head="mlp"),
 )
+FAMILIES = ("latent", "minilm", "both")
 
 
 class MLP:
@@ -239,6 +287,35 @@ class MLP:
             return torch.sigmoid(self.net((z @ self.proj) / self.scale)[:, 0]).numpy().astype(np.float64)
 
 
+class Fusion:
+    """The latent and the MiniLM product heads of a ``both`` row fitted apart, their logits averaged: two
+    views of an answer that may err apart, pooled with no weight fitted on the folds. A ``both`` row is
+    ``[latent prompt, MiniLM prompt, latent answer, MiniLM answer]`` (``train_classifiers.row_parts``)."""
+
+    def __init__(self, c: float, latent_width: int, balanced: bool = False):
+        self.w = latent_width
+        self.latent = Product(c, latent_width, balanced)
+        self.minilm = Product(c, MINILM_DIM, balanced)
+
+    def _split(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        w, m = self.w, MINILM_DIM
+        if x.shape[1] != 2 * (w + m):
+            raise ValueError(f"a fusion head reads both-family rows {2 * (w + m)} wide, not {x.shape[1]}")
+        latent = np.concatenate([x[:, :w], x[:, w + m : 2 * w + m]], 1)
+        return latent, np.concatenate([x[:, w : w + m], x[:, 2 * w + m :]], 1)
+
+    def fit(self, x, y, hp, real, weight=None) -> Fusion:
+        latent, minilm = self._split(x)
+        self.latent.fit(latent, y, hp, real, weight)
+        self.minilm.fit(minilm, y, hp, real, weight)
+        return self
+
+    def proba(self, x: np.ndarray) -> np.ndarray:
+        latent, minilm = self._split(x)
+        z = (_logit(self.latent.proba(latent)) + _logit(self.minilm.proba(minilm))) / 2
+        return 1 / (1 + np.exp(-z))
+
+
 class AnswerOnly:
     """The answer part alone (all prompts): does it read as harmful compliance, whatever was asked."""
 
@@ -254,21 +331,28 @@ class AnswerOnly:
 
 
 class Design:
-    """The design matrix of one feature layout, built once and shared by every head and fold: fitted rows
-    (augmented), and score rows of every answer at its empty, 25/50/75 % and full prefixes."""
+    """The design matrix of one feature layout (family, layers, parts), built once and shared by every head
+    and fold: fitted rows (augmented), and score rows of every answer at its empty, 25/50/75 % and full
+    prefixes."""
 
-    def __init__(self, rows: list[dict], feats: dict, layers: tuple[int, ...], parts: tuple[str, ...]):
-        self.x, self.y, _, self.idx, self.hp = design(rows, feats, "latent", layers, True, parts)
+    def __init__(
+        self,
+        rows: list[dict],
+        feats: dict,
+        layers: tuple[int, ...],
+        parts: tuple[str, ...],
+        family: str = "latent",
+    ):
+        self.x, self.y, _, self.idx, self.hp = design(rows, feats, family, layers, True, parts)
         self.owner = np.where(self.idx >= 0, self.idx, -1 - self.idx)
-        self.split = prompt_width("latent", layers, parts)
-        cols = latent_columns(layers, parts)
-        e = np.stack([feats[r["id"]]["latent_empty"][cols] for r in rows]).astype(np.float32)
-        cuts = [
-            np.stack([feats[r["id"]]["latent_cuts"][k][cols] for r in rows]).astype(np.float32)
-            for k in range(len(PREFIX_CUTS))
-        ]
-        self.prefixes = [np.concatenate([e, v], 1) for v in [e, *cuts]]
+        self.split = prompt_width(family, layers, parts)
         self.full = self.x[self.idx >= 0][np.argsort(self.idx[self.idx >= 0])]
+        cols = latent_columns(layers, parts) if family != "minilm" else None
+        pre = [prefix_parts(feats[r["id"]], family, cols) for r in rows]
+        prompt = self.full[:, : self.split]
+        self.prefixes = [
+            np.concatenate([prompt, np.stack([p[k] for p in pre])], 1) for k in range(1 + len(PREFIX_CUTS))
+        ]
         self.incoherent = np.array([r["label"] == "incoherent" and r["harmful_prompt"] for r in rows])
         self.source = np.array([FOLD_OF.get(r["source"], r["source"]) for r in rows])[self.owner]
 
@@ -288,7 +372,15 @@ def fit_head(cand: Candidate, d: Design, train: np.ndarray):
         return MLP(cand.c, cand.balanced).fit(x, y)
     if cand.head == "answer":
         return AnswerOnly(cand.c, d.split, cand.balanced).fit(x, y, w)
-    model = make_model(cand.head, cand.c, "latent", cand.layers, cand.parts, cand.balanced)
+    if cand.head == "fusion":
+        if cand.family != "both":
+            raise SystemExit(
+                f"a fusion head pools the latent and MiniLM families: {cand.name} is {cand.family}"
+            )
+        return Fusion(cand.c, prompt_width("latent", cand.layers, cand.parts), cand.balanced).fit(
+            x, y, hp, idx >= 0, w
+        )
+    model = make_model(cand.head, cand.c, cand.family, cand.layers, cand.parts, cand.balanced)
     return model.fit(x, y, hp, idx >= 0, w) if cand.head == "product" else model.fit(x, y, w)
 
 
@@ -439,7 +531,7 @@ def final(rows, feats, cand: Candidate, selection: dict) -> dict:
     from igcritic.scorers.embedded import CLASSIFIER_DIR, CLASSIFIER_FILES, LinearHead
 
     train = [r for r in rows if r["split"] == "train"]
-    d = Design(train, feats, cand.layers, cand.parts)
+    d = Design(train, feats, cand.layers, cand.parts, cand.family)
     model = fit_head(cand, d, np.ones(len(d.x), bool))
     y = np.array([int(r["label"] == "compliant-harmful") for r in train])
     p_oof, _ = oof_scores(cand, d, source_folds(train))
@@ -459,7 +551,7 @@ def final(rows, feats, cand: Candidate, selection: dict) -> dict:
             continue
         yt = np.array([int(r["label"] == "compliant-harmful") for r in test])
         benign = np.array([not r["harmful_prompt"] for r in test])
-        dt = Design(test, feats, cand.layers, cand.parts)
+        dt = Design(test, feats, cand.layers, cand.parts, cand.family)
         p = platt.predict_proba(_logit(model.proba(dt.full))[:, None])[:, 1]
         ds = Design(test, feats, tuple(shipped.layers), tuple(shipped.parts))
         out[split] = {
@@ -478,10 +570,12 @@ def ship(rows: list[dict], feats: dict, cand: Candidate) -> dict:
 
     from igcritic.scorers.embedded import CLASSIFIER_DIR, CLASSIFIER_FILES, ClassifierScorer, LinearHead
 
-    if cand.head not in SHIPPABLE:
-        raise SystemExit(f"a {cand.head} head cannot be the embedded cost: ship one of {SHIPPABLE}")
+    if cand.head not in SHIPPABLE or cand.family != "latent":
+        raise SystemExit(
+            f"a {cand.family} {cand.head} head cannot be the embedded cost: ship a latent one of {SHIPPABLE}"
+        )
     train = [r for r in rows if r["split"] == "train"]
-    d = Design(train, feats, cand.layers, cand.parts)
+    d = Design(train, feats, cand.layers, cand.parts, cand.family)
     model = fit_head(cand, d, np.ones(len(d.x), bool))
     y = np.array([int(r["label"] == "compliant-harmful") for r in train])
     p_oof, _ = oof_scores(cand, d, source_folds(train))
@@ -535,6 +629,13 @@ def main(args: list[str] | None = None) -> None:
     ap.add_argument("--final", action="store_true", help="score the held-out source once, best candidate")
     ap.add_argument("--ship", action="store_true", help="write the best shippable head as the embedded cost")
     ap.add_argument("--candidates", type=int, default=len(CANDIDATES), help="the first N of CANDIDATES")
+    ap.add_argument(
+        "--families",
+        nargs="+",
+        choices=FAMILIES,
+        default=FAMILIES,
+        help="only the candidates of these feature families (the shipped form always runs)",
+    )
     ap.add_argument("--top", type=int, default=3, help="this many best also by category and style folds")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--baseline", type=Path, help="the cost head to compare with (default: the shipped one)")
@@ -545,7 +646,9 @@ def main(args: list[str] | None = None) -> None:
         raise SystemExit("no labelled answer has cached features: run `train_classifiers.py features` first")
     if ns.ship:
         sel = json.loads(ns.out.read_text())["candidates"]
-        best = max([r for r in sel if r["head"] in SHIPPABLE], key=_rank)
+        best = max(
+            [r for r in sel if r["head"] in SHIPPABLE and r.get("family", "latent") == "latent"], key=_rank
+        )
         print(json.dumps(ship(rows, feats, _candidate(best)), indent=1))
         return
     if ns.final:
@@ -573,11 +676,10 @@ def main(args: list[str] | None = None) -> None:
     else:
         print("guard scheme skipped: it needs guard-selected and sampled answers with features")
     results, designs = [], {}
-    for cand in CANDIDATES[: ns.candidates]:
-        key = (cand.layers, cand.parts)
-        if key not in designs:
-            designs = {key: Design(train, feats, *key)}  # one layout in memory at a time
-        results.append(evaluate(train, designs[key], cand, schemes))
+    for cand in chosen(ns.families, ns.candidates):
+        if cand.layout not in designs:  # one layout in memory at a time
+            designs = {cand.layout: Design(train, feats, cand.layers, cand.parts, cand.family)}
+        results.append(evaluate(train, designs[cand.layout], cand, schemes))
         print(_line(results[-1]), f"({results[-1]['seconds']} s)", flush=True)
     ranked = sorted(results, key=_rank, reverse=True)
     more = {"category": category_folds(train), "style": style_groups(train)}
@@ -585,11 +687,17 @@ def main(args: list[str] | None = None) -> None:
         if "pooled_category" in res:
             continue
         cand = _candidate(res)
-        d = Design(train, feats, cand.layers, cand.parts)
+        d = Design(train, feats, cand.layers, cand.parts, cand.family)
         res.update({k: v for k, v in evaluate(train, d, cand, more).items() if k.startswith("pooled_")})
         print(_line(res), flush=True)
     ns.out.write_text(json.dumps({"shipped": base, "candidates": results}, indent=1) + "\n")
     print(f"best by worst-source AUROC, then worst-source recall@fa10: {ranked[0]['name']} -> {ns.out}")
+
+
+def chosen(families: tuple[str, ...], n: int) -> list[Candidate]:
+    """The first ``n`` candidates of ``families``, and the shipped form (the baseline refit) in any case."""
+    out = [c for c in CANDIDATES if c.family in families][:n]
+    return out if SHIPPED_FORM in out else [*out, SHIPPED_FORM]
 
 
 def _candidate(res: dict) -> Candidate:

@@ -2,6 +2,7 @@
 validation.
 
     python data_prep/train_classifiers.py features  # encoder + policy features of every read answer, cached
+    python data_prep/train_classifiers.py minilm    # MiniLM features (and prefixes) of every cached answer
     python data_prep/train_classifiers.py select    # OOD comparison table -> data/classifier_selection.json
     python data_prep/train_classifiers.py ship      # fit the chosen ones, write igcritic/assets/, report
     python data_prep/train_classifiers.py all       # the three in a row (~15 min on 2 cores, cache empty)
@@ -60,6 +61,8 @@ GUARD_LABELS = DATA / "guard_labels.jsonl"
 # the widened set first: its sources are the held-out ones (features are cached by answer id)
 ANSWER_FILES = ("wide_answers.jsonl", "corpus_answers.jsonl", "guard_answers.jsonl")
 LABEL_FILES = ("wide_labels.jsonl", "corpus_labels.jsonl", GUARD_LABELS.name)
+MINILM_DIM = 384
+"""Width of one MiniLM embedding: ``minilm`` features are [e(prompt), e(answer)], 768 wide."""
 CLASSES = ("compliant-harmful", "refusal", "safe-redirect", "incoherent", "benign-helpful")
 
 
@@ -201,16 +204,74 @@ def write_features(batch: list[dict], pf, enc=None) -> Path:
         "latent_empty": np.stack([f[0] for f, _ in lat]).astype(np.float16),
     }
     if enc is not None:
-        from igcritic.scorers.minilm import probe_features
-
-        arrays["minilm"] = probe_features(enc, ps, rs, "concat").astype(np.float16)
+        arrays.update(minilm_arrays(enc, pf.policy.tokenizer, ps, rs))
     path = CACHE / f"feat-{time.time_ns()}.npz"
     np.savez(path, **arrays)
     return path
 
 
+def minilm_arrays(enc, tokenizer, prompts: list[str], answers: list[str]) -> dict[str, np.ndarray]:
+    """MiniLM features of answers, as the latent ones are cached: ``minilm`` [e(prompt), e(answer)] (the
+    runtime's ``concat`` probe features), and the answer part of the 25/50/75 % prefixes (``minilm_cuts``)
+    and of the empty answer (``minilm_empty``). A prefix is cut where the latent cut is (the first
+    ``round(c * J)`` of the answer's J policy tokens, J at most the latent path's MAX_ANSWER_TOKENS) and
+    decoded as the runtime decodes prefixes (:func:`igcritic.decoding.prefix_texts`)."""
+    from igcritic.scorers.latent import MAX_ANSWER_TOKENS
+    from igcritic.scorers.minilm import probe_features
+
+    cuts = []
+    for a in answers:
+        ids = tokenizer(a, add_special_tokens=False)["input_ids"][:MAX_ANSWER_TOKENS]
+        cuts += [
+            tokenizer.decode(ids[: int(round(c * len(ids)))], skip_special_tokens=True) for c in PREFIX_CUTS
+        ]
+    e_cuts = enc.encode(cuts, keep="end").reshape(len(answers), len(PREFIX_CUTS), -1)
+    e_empty = enc.encode([""], keep="end")
+    return {
+        "minilm": probe_features(enc, prompts, answers, "concat").astype(np.float16),
+        "minilm_cuts": e_cuts.astype(np.float16),
+        "minilm_empty": np.repeat(e_empty, len(answers), 0).astype(np.float16),
+    }
+
+
+def minilm(ns: argparse.Namespace) -> None:
+    """MiniLM features (:func:`minilm_arrays`) of every cached answer that lacks them, in files of their own
+    (``minilm-*.npz``, merged by :func:`load_features`): the latent cache files are never rewritten."""
+    import torch
+
+    from igcritic.policy import load_policy
+    from igcritic.scorers.minilm import TextEncoder
+
+    torch.set_num_threads(ns.threads)
+    texts = {r["id"]: r for name in ANSWER_FILES if (DATA / name).exists() for r in read_jsonl(DATA / name)}
+    cached = load_features()
+    todo = sorted(
+        (texts[i] for i, f in cached.items() if "minilm_cuts" not in f and i in texts),
+        key=lambda r: r["prompt"],
+    )
+    if ns.limit:
+        todo = todo[: ns.limit]
+    lost = sum(i not in texts for i in cached)
+    print(
+        f"{len(todo)} answers to encode ({len(cached)} cached, {lost} without their text in {ANSWER_FILES})"
+    )
+    if not todo:
+        return
+    tok, enc = load_policy().tokenizer, TextEncoder()
+    t0 = time.perf_counter()
+    for s in range(0, len(todo), ns.chunk):
+        batch = todo[s : s + ns.chunk]
+        arrays = minilm_arrays(enc, tok, [r["prompt"] for r in batch], [r["response"] for r in batch])
+        np.savez(CACHE / f"minilm-{time.time_ns()}.npz", ids=np.array([r["id"] for r in batch]), **arrays)
+        done = s + len(batch)
+        print(f"{done}/{len(todo)} encoded, {time.perf_counter() - t0:.0f} s", flush=True)
+    secs = time.perf_counter() - t0
+    print(f"{len(todo) / secs:.2f} answers/s, {len(todo) * (1 + len(PREFIX_CUTS)) / secs:.2f} texts/s")
+
+
 def load_features() -> dict[str, dict[str, np.ndarray]]:
-    """Cached features by answer id; files of another layer layout (an older cache) are an error."""
+    """Cached features by answer id; files of another layer layout (an older cache) are an error. MiniLM
+    features of ``minilm-*.npz`` (:func:`minilm`) join the ids the latent files hold."""
     out: dict[str, dict[str, np.ndarray]] = {}
     for f in sorted(CACHE.glob("feat-*.npz")):
         with np.load(f) as z:  # each array read once (z[name] decompresses the whole array on every access)
@@ -223,6 +284,12 @@ def load_features() -> dict[str, dict[str, np.ndarray]]:
             )
         for k, i in enumerate(arrays.pop("ids").tolist()):
             out[i] = {name: a[k] for name, a in arrays.items()}
+    for f in sorted(CACHE.glob("minilm-*.npz")):
+        with np.load(f) as z:
+            arrays = {name: z[name] for name in z.files}
+        for k, i in enumerate(arrays.pop("ids").tolist()):
+            if i in out:
+                out[i].update({name: a[k] for name, a in arrays.items()})
     return out
 
 
@@ -248,9 +315,9 @@ def design(
 ):
     """X, y (harmful), helpfulness, row index and the writer's prompt-harm flag for a candidate.
 
-    Latent rows are ``[features of the empty answer (the prompt's end, h_0), features of the answer]``, as
-    the runtime builds them. Augmentation adds label-safe negatives: the empty answer of every prompt and
-    the token prefixes of answers read as not harmful."""
+    Rows are ``[prompt part, answer part]`` (:func:`row_parts`), for latent rows as the runtime builds them.
+    Augmentation adds label-safe negatives: the empty answer of every prompt and the token prefixes of
+    answers read as not harmful (:func:`prefix_parts`)."""
     cols = latent_columns(layers, parts) if family != "minilm" else None
     xs, ys, hs, idx, hp = [], [], [], [], []
 
@@ -263,22 +330,39 @@ def design(
 
     for n, r in enumerate(rows):
         f = feats[r["id"]]
-        parts = []
-        if family in ("latent", "both"):
-            e = f["latent_empty"][cols].astype(np.float32)
-            parts += [e, f["latent"][cols].astype(np.float32)]
-        if family in ("minilm", "both"):
-            parts.append(f["minilm"].astype(np.float32))
-        add(np.concatenate(parts), int(r["label"] == "compliant-harmful"), r["helpfulness"], n, r)
-        if augment and family == "latent":
-            negs = [f["latent_empty"][cols]] + (
-                [f["latent_cuts"][c][cols] for c in range(len(PREFIX_CUTS))]
-                if r["label"] != "compliant-harmful"
-                else []
-            )
+        prompt, answer = row_parts(f, family, cols)
+        add(np.concatenate([prompt, answer]), int(r["label"] == "compliant-harmful"), r["helpfulness"], n, r)
+        if augment:
+            pre = prefix_parts(f, family, cols)
+            negs = pre if r["label"] != "compliant-harmful" else pre[:1]
             for v in negs:  # augmented rows: never scored, only fitted
-                add(np.concatenate([e, v.astype(np.float32)]), 0, 0, -1 - n, r)
+                add(np.concatenate([prompt, v]), 0, 0, -1 - n, r)
     return np.stack(xs), np.array(ys), np.array(hs), np.array(idx), np.array(hp)
+
+
+def row_parts(f: dict, family: str, cols: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(prompt part, answer part) of one cached answer. ``latent``: h_0 (the prompt's end, the empty answer's
+    features) and the answer's features at ``cols``; ``minilm``: e(prompt) and e(answer); ``both``: the
+    latent part then the MiniLM part of each."""
+    prompt, answer = [], []
+    if family in ("latent", "both"):
+        prompt.append(f["latent_empty"][cols].astype(np.float32))
+        answer.append(f["latent"][cols].astype(np.float32))
+    if family in ("minilm", "both"):
+        m = f["minilm"].astype(np.float32)
+        prompt.append(m[:MINILM_DIM])
+        answer.append(m[MINILM_DIM:])
+    return np.concatenate(prompt), np.concatenate(answer)
+
+
+def prefix_parts(f: dict, family: str, cols: np.ndarray | None) -> list[np.ndarray]:
+    """Answer parts (as :func:`row_parts`) of the empty answer and the 25/50/75 % prefixes."""
+    out = []
+    if family in ("latent", "both"):
+        out.append([f["latent_empty"][cols]] + [f["latent_cuts"][c][cols] for c in range(len(PREFIX_CUTS))])
+    if family in ("minilm", "both"):
+        out.append([f["minilm_empty"]] + [f["minilm_cuts"][c] for c in range(len(PREFIX_CUTS))])
+    return [np.concatenate([v.astype(np.float32) for v in vs]) for vs in zip(*out, strict=True)]
 
 
 class Standardised:
@@ -346,8 +430,9 @@ class Product:
 
 
 def prompt_width(family: str, layers: tuple[int, ...], parts: tuple[str, ...] = ("last", "mean")) -> int:
-    """Columns of a design row that describe the prompt alone (see :func:`design`)."""
-    return len(layers) * len(parts) * 576 if family == "latent" else 384
+    """Columns of a design row that describe the prompt alone (see :func:`row_parts`)."""
+    latent = len(layers) * len(parts) * 576
+    return {"latent": latent, "minilm": MINILM_DIM, "both": latent + MINILM_DIM}[family]
 
 
 def make_model(
@@ -672,6 +757,10 @@ def main(args: list[str] | None = None) -> None:
     f.add_argument("--limit", type=int, default=0, help="featurise at most N uncached answers this run")
     f.add_argument("--minilm", action="store_true", help="MiniLM features too (the judge's family)")
     f.add_argument("--files", nargs="+", choices=ANSWER_FILES, help="featurise only these answer files")
+    m = sub.add_parser("minilm", help="MiniLM features (with prefixes) of cached answers that lack them")
+    m.add_argument("--threads", type=int, default=1)
+    m.add_argument("--chunk", type=int, default=256)
+    m.add_argument("--limit", type=int, default=0, help="encode at most N answers this run")
     sub.add_parser("select")
     sh = sub.add_parser("ship")
     sh.add_argument(
@@ -705,9 +794,13 @@ def main(args: list[str] | None = None) -> None:
     al.add_argument("--corpus-reward", action="store_true")
     al.set_defaults(minilm=True)  # select and the judge need MiniLM features
     ns = ap.parse_args(args)
-    steps = {"features": [features], "select": [select], "ship": [ship], "all": [features, select, ship]}[
-        ns.cmd
-    ]
+    steps = {
+        "features": [features],
+        "minilm": [minilm],
+        "select": [select],
+        "ship": [ship],
+        "all": [features, select, ship],
+    }[ns.cmd]
     for step in steps:
         step(ns)
 
