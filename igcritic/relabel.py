@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from igcritic import IgcriticError, __version__
+from igcritic import IgcriticError, Interrupted, __version__
 from igcritic.collect import scorer_fingerprint
 from igcritic.policy import PolicyIdentity
 from igcritic.scorers import Scorer, load_scorer
@@ -209,6 +209,8 @@ def run(cfg: RelabelConfig, load=None) -> RelabelReport:
         os.rename(tmp, out)  # --out appears complete, in one step (an --out made meanwhile: refused here)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)  # our own half-written copy, never anything else
+        if isinstance(e, KeyboardInterrupt):
+            raise Interrupted.of(e, f"nothing was written to {cfg.out}", rerun=True) from None
         if isinstance(e, OSError) and out.exists():
             raise RelabelError(f"--out {cfg.out} was created while relabelling; pick another path") from None
         raise
@@ -271,15 +273,27 @@ def _relabel(
     shards: list[Shard], dst, new: dict, own: dict, chunk_rows: int
 ) -> tuple[list[Change], list[Gap]]:
     """Compute the new (and ``--check``: the own) labels of every shard of the source, write the new ones into
-    ``dst``; the before/after means and the check's gaps."""
+    ``dst``; the before/after means and the check's gaps. A progress bar of trajectories on stderr."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     heads = {("new", role): v for role, v in new.items()}
     heads.update({("own", role): v for role, v in own.items() if not isinstance(v, str)})
     before: dict[str, list] = {role: [] for role in new}
     after: dict[str, list] = {role: [] for role in new}
     diffs: dict[str, list] = {role: [] for role in ROLES}
-    for shard in shards:
+    bar = Progress(
+        TextColumn("relabel"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )
+    with bar:
+        task = bar.add_task("relabel", total=sum(s.n_traj for s in shards))
+        labels_of = [shard_labels(s, heads, chunk_rows, lambda n: bar.advance(task, n)) for s in shards]
+    for shard, labels in zip(shards, labels_of, strict=True):
         g, n_traj, n_tok = shard.group, shard.n_traj, shard.n_tok
-        labels = shard_labels(shard, heads, chunk_rows)
         out = dst["shards"][shard.name]
         for (which, role), lab in labels.items():
             stored = read_rows(g, f"traj_{role}", 0, n_traj)
@@ -317,9 +331,10 @@ def _relabel(
     return changes, gaps
 
 
-def shard_labels(shard: Shard, heads: dict, chunk_rows: int = 4096) -> dict:
+def shard_labels(shard: Shard, heads: dict, chunk_rows: int = 4096, done=lambda n: None) -> dict:
     """Each head's :class:`Labels` of one shard's committed trajectories, read ``chunk_rows`` token rows at a
-    time. ``heads`` maps a key to ``(scorer, columns)``; a scorer's role says cost or reward."""
+    time (``done(n)`` after each n trajectories). ``heads`` maps a key to ``(scorer, columns)``; a scorer's
+    role says cost or reward."""
     g, n_traj = shard.group, shard.n_traj
     offsets = read_rows(g, "traj_offsets", 0, n_traj + 1).astype(np.int64)
     finished = read_rows(g, "traj_finished", 0, n_traj).astype(bool)
@@ -354,6 +369,7 @@ def shard_labels(shard: Shard, heads: dict, chunk_rows: int = 4096) -> dict:
                 run = np.maximum.accumulate(v)
                 lab.prefix[base + a : base + b] = np.concatenate([run, np.full(b - a - len(run), run[-1])])
                 lab.traj[i] = run[-1]
+        done(e - s)
     return out
 
 
