@@ -35,7 +35,7 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -236,16 +236,17 @@ def _latent_scorer(spec: str, role: str, policy: StoredPolicy, load) -> tuple[Sc
 
 
 def _why_not(scorer, identity: PolicyIdentity) -> str:
-    """Why a scorer's labels cannot come from a store's latents."""
+    """Why a scorer's labels cannot come from a store's latents: it reads text, another policy (its own
+    rule, asked as if the store tapped every layer it reads) or layers the store does not tap."""
     head = getattr(scorer, "head", None)
     if head is None or head.family != "latent":
         return "reads the answer's text, not the policy's layers"
-    taps = [identity.layer if identity.norm == "pre" else None, *identity.extra_layers]
-    missing = [layer for layer in head.layers if layer not in taps]
-    if missing:
-        tapped = [t for t in taps if t is not None]
-        return f"reads layers {list(head.layers)}; the store taps {tapped} (not {missing})"
-    return f"reads another policy than the store's ({identity.model_id}, {identity.dtype})"
+    every_layer = StoredPolicy(replace(identity, norm="post", extra_layers=list(head.layers)))
+    if scorer.decode_columns(every_layer) is None:
+        return f"reads another policy than the store's ({identity.model_id}, {identity.dtype})"
+    tapped = [t for t in (identity.layer if identity.norm == "pre" else None, *identity.extra_layers) if t]
+    missing = [layer for layer in head.layers if layer not in tapped]
+    return f"reads layers {list(head.layers)}; the store taps {tapped} (not {missing})"
 
 
 def _own_scorers(attrs: dict, policy: StoredPolicy, load) -> dict[str, tuple[Scorer, list[slice]] | str]:

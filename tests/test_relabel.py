@@ -292,6 +292,10 @@ def test_bad_input_is_one_line(setup, tmp_path, capsys):
         (["--out", str(tmp_path / "x.zarr")], "nothing to relabel"),
         (["--reward", "embedded"], "--out is missing"),
         (["--out", str(tmp_path / "x.zarr"), "--cost", "beaver:/models/cost"], "reads the answer's text"),
+        (
+            ["--out", str(tmp_path / "x.zarr"), "--reward", "embedded"],
+            "reads another policy than the store's",
+        ),
     ]
     for args, match in cases:
         assert main(["relabel", setup["a"], *args]) == 2
