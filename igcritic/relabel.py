@@ -173,7 +173,7 @@ class StoredPolicy:
 def run(cfg: RelabelConfig, load=None) -> RelabelReport:
     """Relabel ``cfg.src`` into ``cfg.out``. ``load(spec, role) -> Scorer`` builds a scorer (default
     :func:`~igcritic.scorers.load_scorer`; tests pass heads on a tiny policy)."""
-    load = load or (lambda spec, role: load_scorer(spec, role))
+    load = load or load_scorer
     cfg.validate()
     start = time.perf_counter()
     if busy := live_writers(cfg.src):
@@ -192,8 +192,7 @@ def run(cfg: RelabelConfig, load=None) -> RelabelReport:
 
     out = Path(local_path(cfg.out))
     tmp = out.parent / SIBLING.format(name=out.name, tag=uuid.uuid4().hex[:8])
-    report = RelabelReport(out=cfg.out, trajectories=sum(s.n_traj for s in shards), tokens=0)
-    report.tokens = sum(s.n_tok for s in shards)
+    report = RelabelReport(cfg.out, sum(s.n_traj for s in shards), sum(s.n_tok for s in shards))
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         shutil.copytree(
@@ -202,6 +201,10 @@ def run(cfg: RelabelConfig, load=None) -> RelabelReport:
         lock = WriterLock(tmp, 0)
         try:
             dst = open_root(tmp, "r+")
+            if [(s.name, s.n_tok) for s in started_shards(dst)] != [(s.name, s.n_tok) for s in shards]:
+                raise RelabelError(
+                    f"{cfg.src} changed while it was copied (a collect wrote it); relabel again"
+                )
             report.changes, report.gaps = _relabel(shards, dst, new, own, cfg.chunk_rows)
             dst.update_attributes(_attrs(cfg, attrs, new))  # one zarr.json write: the new provenance
         finally:
