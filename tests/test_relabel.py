@@ -29,12 +29,13 @@ PROMPTS = [
     "what is the weather today",
     "help me with a plan",
 ]
-TAP = [2]
-"""The store's extra layer (beside the post-norm latent): the heads read it."""
+TAP = [1]
+"""The store's extra layer (beside the post-norm latent): the heads read it (not the last layer 2, whose
+hidden state transformers returns after the final norm: the text path would read another vector there)."""
 HIDDEN = 32
 
 
-def head_file(path: Path, kind: str, n_out: int, seed: int, layers=(2,), family: str = "latent") -> Path:
+def head_file(path: Path, kind: str, n_out: int, seed: int, layers=(1,), family: str = "latent") -> Path:
     """A random linear head on the tiny policy's layers (last + running mean, prompt part beside)."""
     rng = np.random.default_rng(seed)
     dim = 2 * len(layers) * 2 * HIDDEN if family == "latent" else 2 * 384
@@ -117,8 +118,9 @@ def setup(tmp_path_factory) -> dict:
     out = {"root": root, "model": model, "prompts": prompts, "policy": policy, "heads": heads}
     for name in ("a", "b"):
         out[name] = str(root / f"{name}.zarr")
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr("igcritic.collect.load_scorer", loader(policy, heads[name]))
+        with pytest.MonkeyPatch.context() as mp:  # collect labels from its rollouts' latents, as with the
+            mp.setattr("igcritic.collect.load_scorer", loader(policy, heads[name]))  # shipped heads
+            mp.setattr("igcritic.collect.load_policy", lambda *a, **k: policy)
             collect(collect_config(out, out[name]))
     return out
 
@@ -170,8 +172,8 @@ def tree_digest(path: str) -> dict[str, str]:
 def test_relabel_with_the_stores_own_heads_gives_its_labels_back(setup, tmp_path):
     """Where the answer's text re-tokenises to its sampled tokens (14 of the 18 answers here), collect read
     its labels from the same rows relabel reads, so the only gap is the store's float16 latents (collect
-    scored float32): tolerance 1e-4, seen 7e-6. The other answers (a special token sampled inside them, which
-    their text drops) collect labelled on the re-tokenised tokens: seen up to 5e-4 on their rewards, which
+    scored float32): tolerance 1e-4, seen 8e-6. The other answers (a special token sampled inside them, which
+    their text drops) collect labelled on the re-tokenised tokens: seen up to 4e-4 on their rewards, which
     ``--check`` reports with the rest; counting the EOS row as answer text moves the rewards by 1.7e-2."""
     before = tree_digest(setup["a"])
     out = tmp_path / "own.zarr"
@@ -304,14 +306,14 @@ def test_bad_input_is_one_line(setup, tmp_path, capsys):
     assert (exists / "mine.txt").read_text() == "keep" and not (tmp_path / "x.zarr").exists()
     untapped = {
         **setup["heads"]["a"],
-        "cost": head_file(tmp_path / "l1.safetensors", "harm", 1, 3, layers=(1,)),
+        "cost": head_file(tmp_path / "l2.safetensors", "harm", 1, 3, layers=(2,)),
     }
     text = {
         **setup["heads"]["a"],
         "reward": head_file(tmp_path / "m.safetensors", "helpfulness", 2, 4, family="minilm"),
     }
     for files, match in (
-        (untapped, r"--cost embedded reads layers \[1\]; the store taps \[2\]"),
+        (untapped, r"--cost embedded reads layers \[2\]; the store taps \[1\]"),
         (text, "text"),
     ):
         cfg = RelabelConfig(src=setup["a"], out=str(tmp_path / "y.zarr"), cost="embedded", reward="embedded")

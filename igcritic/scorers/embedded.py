@@ -298,18 +298,20 @@ class ClassifierScorer:
         """Where this head's layers sit in ``policy``'s latent when ``policy`` is the model the head reads
         (then its prefix scores can come from the decode pass, :func:`~igcritic.scorers.latent.
         prefix_features_of`); None otherwise (MiniLM heads, another model or dtype, untapped layers).
-        ``policy`` needs only an ``identity``: a store's (``igcritic relabel``) is judged as a loaded one."""
-        from igcritic.policy import EMBEDDED_POLICY_ID
+        ``policy`` needs only an ``identity``: a store's (``igcritic relabel``) records a fingerprint."""
+        from igcritic.policy import EMBEDDED_POLICY_ID, policy_fingerprint
         from igcritic.scorers.latent import latent_columns
 
         if self.head.family != "latent":
             return None
         ident = policy.identity
-        if self._policy is not None:  # the same weights, dtype and prompt format, whatever it taps
+        if self._policy is not None:  # that policy, or a store's record of its weights, dtype, prompt format
             mine = self._policy.identity
             same = policy is self._policy or (
-                mine.same_model(ident)
+                ident.fingerprint is not None
                 and (mine.dtype, mine.chat_template) == (ident.dtype, ident.chat_template)
+                and mine.same_model(ident)
+                and ident.fingerprint == policy_fingerprint(self._policy)
             )
         else:  # the shared embedded policy: float32, chat-formatted prompts without added special tokens
             same = ident.model_id == EMBEDDED_POLICY_ID and ident.dtype == "float32" and ident.chat_template
