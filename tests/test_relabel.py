@@ -206,8 +206,9 @@ def test_relabel_with_other_heads_equals_collect_with_them(setup, tmp_path):
     a, b = arrays(setup["a"]), arrays(setup["b"])
     np.testing.assert_array_equal(a["token_ids"], b["token_ids"])  # the same rollouts
     out = tmp_path / "b-from-a.zarr"
-    report = relabel(setup, "b", out)
+    report = relabel(setup, "b", out, check=True)
     d = arrays(str(out))
+    assert [g.skipped and "now loads other weights" in g.skipped for g in report.gaps] == [True, True]
     traj, rows = same_token_rows(setup, setup["a"])
     assert np.abs(b["traj_reward"] - a["traj_reward"]).max() > 0.05  # the heads disagree: a real relabel
     assert np.abs(b["cost_prefix"] - a["cost_prefix"]).max() > 0.05
@@ -321,3 +322,20 @@ def test_bad_input_is_one_line(setup, tmp_path, capsys):
             run(cfg, load=loader(setup["policy"], files))
         assert "\n" not in str(e.value) and "recollect" in str(e.value)
     assert not (tmp_path / "y.zarr").exists()
+
+
+def test_a_store_being_collected_is_not_relabelled(setup, tmp_path):
+    import shutil
+
+    from igcritic.store.lock import WriterLock
+
+    src = tmp_path / "busy.zarr"
+    shutil.copytree(setup["a"], src)
+    lock = WriterLock(src, 0)  # a collect writing it
+    try:
+        with pytest.raises(RelabelError, match="is being written .* once that collect has finished"):
+            relabel({**setup, "a": str(src)}, "b", tmp_path / "out.zarr")
+    finally:
+        lock.release()
+    assert not (tmp_path / "out.zarr").exists()
+    relabel({**setup, "a": str(src)}, "b", tmp_path / "out.zarr")  # once it has finished
