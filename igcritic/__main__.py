@@ -49,6 +49,9 @@ COMMANDS: dict[str, Command] = {
     "inspect": Command(
         "igcritic.store.inspect:main", "summarise a store and validate its integrity (exit 1 if broken)"
     ),
+    "relabel": Command(
+        "igcritic.relabel:main", "recompute a store's cost/reward labels from its latents into a new store"
+    ),
     "fit": Command("igcritic.fit:main", "train the critic (LightningCLI; also: validate, test)"),
     "validate": Command("igcritic.fit:main", "LightningCLI validate"),
     "test": Command("igcritic.fit:main", "LightningCLI test"),

@@ -416,16 +416,13 @@ def files_fingerprint(files: list[Path]) -> str:
 
 
 def scorer_fingerprint(scorer: Scorer) -> str | None:
-    """Fingerprint of a scorer's weight files: a model folder's (beaver, seqcls) or a shipped head's
-    (embedded); None when the scorer names no files."""
-    folder = getattr(scorer, "folder", None)
+    """Fingerprint of a scorer's weight files: a model folder's (beaver, seqcls) or a head's weights file
+    (embedded: the file it loaded); None when the scorer names no files."""
+    folder, path = getattr(scorer, "folder", None), getattr(scorer, "path", None)
     if folder is not None:
         files = [p for p in Path(folder).iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES]
     else:
-        from igcritic.scorers.embedded import CLASSIFIER_DIR, CLASSIFIER_FILES
-
-        name = CLASSIFIER_FILES.get(getattr(scorer, "name", None))
-        files = [Path(CLASSIFIER_DIR) / name] if name else []
+        files = [Path(path)] if path is not None else []
     return files_fingerprint(files) if files else None
 
 

@@ -178,6 +178,7 @@ STAGES = [
     "decoding",
     "collect",
     "stream",
+    "relabel",
     "data",
     "calibration",
     "critic",

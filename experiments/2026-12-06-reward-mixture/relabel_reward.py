@@ -1,3 +1,4 @@
+# Now `igcritic relabel SRC --out DST --reward embedded --check`; kept here: it made the results.
 """Copy a store and relabel its rollouts' reward with another embedded reward head, from the stored latents
 (no recollection): the head reads layers the store taps (15/18/21 beside the critic's layer), and the reward
 of an answer is the head on [h_0, h_T, mean(h_0..h_T)] (an EOS row not counted), as the decode path of

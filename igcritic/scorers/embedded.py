@@ -187,7 +187,9 @@ class ClassifierScorer:
         if stride < 1:
             raise ScorerError(f"stride {stride} must be >= 1")
         self.name = name
-        self.head = LinearHead.load(path or CLASSIFIER_DIR / CLASSIFIER_FILES[name])
+        self.path = Path(path or CLASSIFIER_DIR / CLASSIFIER_FILES[name])
+        """The head's weights file (what a store's fingerprint of this scorer hashes)."""
+        self.head = LinearHead.load(self.path)
         self.role = role
         self.device = device
         self.stride = stride if self.head.family == "minilm" else None
@@ -295,15 +297,22 @@ class ClassifierScorer:
     def decode_columns(self, policy) -> list[slice] | None:
         """Where this head's layers sit in ``policy``'s latent when ``policy`` is the model the head reads
         (then its prefix scores can come from the decode pass, :func:`~igcritic.scorers.latent.
-        prefix_features_of`); None otherwise (MiniLM heads, another model or dtype, untapped layers)."""
-        from igcritic.policy import EMBEDDED_POLICY_ID
+        prefix_features_of`); None otherwise (MiniLM heads, another model or dtype, untapped layers).
+        ``policy`` needs only an ``identity``: a store's (``igcritic relabel``) records a fingerprint."""
+        from igcritic.policy import EMBEDDED_POLICY_ID, policy_fingerprint
         from igcritic.scorers.latent import latent_columns
 
         if self.head.family != "latent":
             return None
         ident = policy.identity
-        if self._policy is not None:
-            same = policy is self._policy
+        if self._policy is not None:  # that policy, or a store's record of its weights, dtype, prompt format
+            mine = self._policy.identity
+            same = policy is self._policy or (
+                ident.fingerprint is not None
+                and (mine.dtype, mine.chat_template) == (ident.dtype, ident.chat_template)
+                and mine.same_model(ident)
+                and ident.fingerprint == policy_fingerprint(self._policy)
+            )
         else:  # the shared embedded policy: float32, chat-formatted prompts without added special tokens
             same = ident.model_id == EMBEDDED_POLICY_ID and ident.dtype == "float32" and ident.chat_template
         return latent_columns(ident, self.head.layers) if same else None
