@@ -1,15 +1,17 @@
-"""Choose the embedded reward by leaving whole prompt SOURCES out: does it rank a refusal of a benign request
-below a useful answer, while still ranking a refusal of a harmful one above compliance?
+"""Compare rewards by leaving whole prompt SOURCES out: does a reward rank a refusal of a benign request below
+a useful answer, while still ranking a refusal of a harmful one above compliance?
 
     python data_prep/reward_source_out.py           # -> data/reward_selection.json, a table on stdout
     python data_prep/reward_source_out.py --ship    # the best -> the embedded reward (reward.safetensors)
 
 Why: the reading's helpfulness score depends on the request (``LABELLING.md``: a refusal of a harmful
-request scores 1, of a benign one 0), but the reward shipped before was one linear model on ``[prompt end h_0,
+request scores 1, of a benign one 0), but the embedded reward is one linear model on ``[prompt end h_0,
 answer]``. A sum of a prompt term and an answer term cannot say "a refusal is good if and only if the request
 is harmful": out of source it ranked refusals of benign requests above useful answers (``benign_refusal``
-below 0.5 on two of three sources), the critic's value head learnt that from it, and the guard picked the
-policy's own refusals of harmless questions wrapped in jailbreak templates.
+below 0.5 on two of three sources), the critic's value head learnt that from it, and the guard picks the
+policy's own refusals of harmless questions wrapped in jailbreak templates. The mixture below ranks better,
+but a critic refit on it guarded worse on the held-out source (data_prep/README.md section 7), so ``--ship``
+is an option, not the default: the embedded reward stays the one the shipped critic learnt from.
 
 Rows: the read answers of ``leave_source_out.load_rows`` (the corpus, the widened set and the guard-selected
 answers), train split only; the features of ``train_classifiers.py features``. Folds: leave-one-source-out

@@ -659,8 +659,6 @@ def ship(ns: argparse.Namespace) -> None:
         heads.pop("cost")
         best, calibration = previous["selection"]["cost"], previous["calibration"]
         n_cost = previous["train_answers"]["cost"]
-    if not ns.corpus_reward:  # the reward too (reward_source_out.py --ship): kept, with its report lines
-        heads.pop("reward")
     for name, head in heads.items():
         head.save(CLASSIFIER_DIR / CLASSIFIER_FILES[name])
 
@@ -687,22 +685,17 @@ def ship(ns: argparse.Namespace) -> None:
     report["judge"]["class_accuracy"] = float(
         np.mean([a == r["label"] for a, r in zip(cls, held, strict=True)])
     )
-    if ns.corpus_reward:
-        report["reward_ood"] = reward_ood(cost_rows, feats, fam, layers, ns.reward_c)
-        rw = scorers["reward"].probabilities(ps, rs)
-        report["reward"] = {
-            "auroc_helpful>=1": auroc((hv >= 1).astype(int), rw),
-            "auroc_helpful=2": auroc((hv == 2).astype(int), rw),
-            "mean_by_label": {
-                k: float(rw[[r["label"] == k for r in held]].mean())
-                for k in CLASSES
-                if any(r["label"] == k for r in held)
-            },
-        }
-    else:
-        report["selection"]["reward"] = previous["selection"].get("reward")
-        report["train_answers"]["reward"] = previous["train_answers"].get("reward")
-        report["reward"] = previous.get("reward")
+    report["reward_ood"] = reward_ood(cost_rows, feats, fam, layers, ns.reward_c)
+    rw = scorers["reward"].probabilities(ps, rs)
+    report["reward"] = {
+        "auroc_helpful>=1": auroc((hv >= 1).astype(int), rw),
+        "auroc_helpful=2": auroc((hv == 2).astype(int), rw),
+        "mean_by_label": {
+            k: float(rw[[r["label"] == k for r in held]].mean())
+            for k in CLASSES
+            if any(r["label"] == k for r in held)
+        },
+    }
     for part, grp in (("by_category", "category"), ("by_style", "style")):
         report[part] = {}
         for g in sorted({r[grp] for r in held if r["harmful_prompt"]}):
@@ -775,11 +768,6 @@ def main(args: list[str] | None = None) -> None:
         action="store_true",
         help="refit the cost on the corpus alone too (default: keep the leave_source_out.py --ship one)",
     )
-    sh.add_argument(
-        "--corpus-reward",
-        action="store_true",
-        help="refit the reward in its old form on the corpus (default: keep reward_source_out.py --ship's)",
-    )
     sh.add_argument("--threads", type=int, default=1)
     al = sub.add_parser(
         "all", help="features, select and ship in one go (the numbers of data_prep/README.md)"
@@ -791,7 +779,6 @@ def main(args: list[str] | None = None) -> None:
     al.add_argument("--cost-family", choices=["minilm", "latent"], default="latent")
     al.add_argument("--reward-c", type=float, default=0.01)
     al.add_argument("--corpus-cost", action="store_true")
-    al.add_argument("--corpus-reward", action="store_true")
     al.set_defaults(minilm=True)  # select and the judge need MiniLM features
     ns = ap.parse_args(args)
     steps = {
