@@ -331,15 +331,23 @@ def test_exact_search_from_the_decode_pass_equals_the_text_path(embedded_stack, 
         retries=1,
     )
     critic = tiny_critic(policy, safe=True, cost=0.0) if critic_ranks else None
-    decoded = search(policy, prompts, cfg, critic, cost, reward)
-    assert all(r.scorer_seconds < 2.0 for r in decoded)  # no model pass per block (the text path: ~5 s)
-    monkeypatch.setattr(search_loop, "_decode_scoring", lambda ctx, beams: None)
-    text = search(policy, prompts, cfg, critic, cost, reward)
-    assert critic_ranks or sum(r.retries for r in text) >= 1  # a block was rewound (seed 3)
+    # without the critic a rewind must happen; which seed and budget rewind depends on the shipped heads
+    # (seed 3 at d = 0.5 does with today's), so the first setting that rewinds is compared
+    for seed, budget in ((3, 0.5), (4, 0.5), (5, 0.5), (3, 0.3), (4, 0.3), (3, 0.2), (4, 0.2)):
+        cfg = replace(cfg, seed=seed, budget=budget)
+        decoded = search(policy, prompts, cfg, critic, cost, reward)
+        assert all(r.scorer_seconds < 2.0 for r in decoded)  # no model pass per block (the text path: ~5 s)
+        with monkeypatch.context() as m:
+            m.setattr(search_loop, "_decode_scoring", lambda ctx, beams: None)
+            text = search(policy, prompts, cfg, critic, cost, reward)
+        if critic_ranks or sum(r.retries for r in text) >= 1:
+            break
+    else:
+        pytest.fail("no seed and budget tried rewound a block: the comparison needs a search that retries")
     for a, b in zip(decoded, text, strict=True):
         assert a.token_ids == b.token_ids and a.refused == b.refused and a.retries == b.retries
-        assert a.cost == pytest.approx(b.cost, abs=DECODE_TOL)
-        assert a.value == pytest.approx(b.value, abs=DECODE_TOL)
+        assert a.cost == pytest.approx(b.cost, abs=DECODE_TOL, nan_ok=True)  # NaN: failed closed
+        assert a.value == pytest.approx(b.value, abs=DECODE_TOL, nan_ok=True)
 
 
 @pytest.mark.embedded
@@ -366,7 +374,7 @@ def test_args_on_the_policys_layers_picks_the_tokens_of_the_text_path(embedded_s
     text = search(policy, prompts, cfg, None, cost, reward)
     for a, b in zip(cached, text, strict=True):
         assert a.token_ids == b.token_ids and len(a.token_ids) == 8
-        assert a.cost == pytest.approx(b.cost, abs=DECODE_TOL)
+        assert a.cost == pytest.approx(b.cost, abs=DECODE_TOL, nan_ok=True)  # NaN: failed closed
 
 
 def test_automatic_prompt_batch_is_sized_for_the_device():
