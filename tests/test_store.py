@@ -666,3 +666,28 @@ def test_a_failed_move_aside_leaves_the_old_store_whole(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert StoreReader(tmp_path / "s").fingerprint() == before and validate_store(tmp_path / "s") == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+
+
+def test_a_signal_after_the_manifest_write_leaves_the_committed_rows(tmp_path, monkeypatch):
+    """Ctrl-C can land after the manifest reached the disk but before the writer's counters moved (it
+    interrupts the wait on zarr's event loop, where the write completes): close must trim to the manifest on
+    disk, not to the counters, or it cuts rows the manifest commits (seen once under load in the collect
+    SIGINT test: 'latents has shape (26, 32); the manifest needs >= 39 rows')."""
+    batches = [make_batch(s, n=4) for s in range(3)]
+    w = StoreWriter.create(tmp_path / "s", attrs=ATTRS, prompts=PROMPTS, hidden_size=H, chunk_tokens=16)
+    w.append(batches[0], 0)
+    real = type(w._shard).update_attributes
+
+    def written_then_interrupted(group, attrs):
+        real(group, attrs)  # the manifest is on disk ...
+        raise KeyboardInterrupt("signal")  # ... and the writer's counters are not updated
+
+    monkeypatch.setattr(type(w._shard), "update_attributes", written_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        w.append(batches[1], 1)
+    monkeypatch.undo()
+    w.close()
+    assert validate_store(tmp_path / "s") == []
+    r = StoreReader(tmp_path / "s")
+    assert r.batches_done == {0, 1}
+    assert_matches(r, batches[:2])

@@ -375,14 +375,27 @@ class StoreWriter:
             self._committed()  # another rank committed: the new store stands
         try:
             if self._undo is None or (self._undo[0] == "remove" and not failed):
+                n_traj, n_tok = self._manifest_rows()
                 for k, a in self._arrays.items():
-                    n = self._n_tok if k in TOKEN_ARRAYS else self._n_traj + (k == "traj_offsets")
+                    n = n_tok if k in TOKEN_ARRAYS else n_traj + (k == "traj_offsets")
                     if a.shape[0] > n:
                         a.resize((n, *a.shape[1:]))
                 self._undo = None
         finally:
             self._closed = True
             _undo_create(self.path, self._undo, self._lock, failed)
+
+    def _manifest_rows(self) -> tuple[int, int]:
+        """(n_traj, n_tok) to trim to: the manifest on disk where it is ahead of this writer's memory. A
+        signal that lands after the manifest's write but before the counters are updated (it interrupts the
+        wait on zarr's event loop while the write completes there) would otherwise have close trim the rows
+        the manifest had just committed."""
+        try:
+            g = open_root(self.path, "r")[SHARDS][SHARD.format(self.rank)]
+            disk = int(g.attrs.get("n_traj", 0)), int(g.attrs.get("n_tok", 0))
+        except (KeyError, ValueError, TypeError, OSError):
+            disk = (0, 0)
+        return max(self._n_traj, disk[0]), max(self._n_tok, disk[1])
 
     def _others_committed(self) -> bool:
         return any(n_tok or done for g, _, n_tok, done in started_shards(open_root(self.path, "r")))
