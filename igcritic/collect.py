@@ -359,6 +359,14 @@ def _continued_latents(
     return [lat[k, : len(tail)] for k, (_, tail) in enumerate(tails)]
 
 
+def prefix_rows(answers: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What a latent head reads of every prefix of each answer's latents h_0..h_J (J + 1, W): h_0, h_j and
+    the mean of h_0..h_j, each (sum of J + 1, W), answers one after another (``decode_values``' inputs)."""
+    firsts = [h[:1].expand(len(h), -1) for h in answers]
+    means = [h.cumsum(0) / torch.arange(1, len(h) + 1)[:, None] for h in answers]
+    return torch.cat(firsts), torch.cat(answers), torch.cat(means)
+
+
 def decoded_labels(
     policy: Policy, answers: list[DecodedAnswer | None], texts: list[list[str]], scorer: Scorer
 ) -> list[np.ndarray | None]:
@@ -373,14 +381,7 @@ def decoded_labels(
     rows = [i for i, a in enumerate(answers) if a is not None] if cols is not None else []
     if not rows:
         return out
-    firsts, lasts, means = [], [], []
-    for i in rows:
-        h = answers[i][0]
-        n = len(h)
-        firsts.append(h[:1].expand(n, -1))
-        lasts.append(h)
-        means.append(h.cumsum(0) / torch.arange(1, n + 1)[:, None])
-    values = scorer.decode_values(cols, torch.cat(firsts), torch.cat(lasts), torch.cat(means))
+    values = scorer.decode_values(cols, *prefix_rows([answers[i][0] for i in rows]))
     at = 0
     for i in rows:
         h, ends = answers[i]

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from igcritic import IgcriticError, Interrupted, __version__
-from igcritic.collect import scorer_fingerprint
+from igcritic.collect import prefix_rows, scorer_fingerprint
 from igcritic.policy import PolicyIdentity
 from igcritic.scorers import Scorer, load_scorer
 from igcritic.scorers.latent import MAX_ANSWER_TOKENS
@@ -354,14 +354,9 @@ def shard_labels(shard: Shard, heads: dict, chunk_rows: int = 4096, done=lambda 
         lat = torch.from_numpy(
             read_rows(g, "latents", base, offsets[e], latents).astype(np.float32)
         )  # (N, W)
-        firsts, means = [], []
-        for i in range(s, e):
-            h = lat[offsets[i] - base : offsets[i + 1] - base]
-            firsts.append(h[:1].expand(len(h), -1))
-            means.append(h.cumsum(0) / torch.arange(1, len(h) + 1)[:, None])  # as collect.decoded_labels
-        first, mean = torch.cat(firsts), torch.cat(means)
+        rows = prefix_rows([lat[offsets[i] - base : offsets[i + 1] - base] for i in range(s, e)])
         for key, (scorer, cols) in heads.items():
-            values = scorer.decode_values(cols, first, lat, mean)  # (N,): every row's prefix
+            values = scorer.decode_values(cols, *rows)  # (N,): every row's prefix, as collect labels them
             lab = out[key]
             for i in range(s, e):
                 a, b = offsets[i] - base, offsets[i + 1] - base
