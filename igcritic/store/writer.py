@@ -390,12 +390,13 @@ class StoreWriter:
         signal that lands after the manifest's write but before the counters are updated (it interrupts the
         wait on zarr's event loop while the write completes there) would otherwise have close trim the rows
         the manifest had just committed."""
+        name = SHARD.format(self.rank)
         try:
-            g = open_root(self.path, "r")[SHARDS][SHARD.format(self.rank)]
-            disk = int(g.attrs.get("n_traj", 0)), int(g.attrs.get("n_tok", 0))
-        except (KeyError, ValueError, TypeError, OSError):
-            disk = (0, 0)
-        return max(self._n_traj, disk[0]), max(self._n_tok, disk[1])
+            disk = [(s.n_traj, s.n_tok) for s in started_shards(open_root(self.path, "r")) if s.name == name]
+        except (StoreError, OSError):
+            disk = []
+        n_traj, n_tok = disk[0] if disk else (0, 0)
+        return max(self._n_traj, n_traj), max(self._n_tok, n_tok)
 
     def _others_committed(self) -> bool:
         return any(n_tok or done for g, _, n_tok, done in started_shards(open_root(self.path, "r")))
