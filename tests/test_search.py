@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import TextReward, distinct_chars, plant, tiny_critic, word_cost
 
-from igcritic.decoding import SamplingConfig, StaticKV, rollout
+from igcritic.decoding import SamplingConfig, StaticKV, rollout, teacher_forced_latents
 from igcritic.search import SearchConfig, SearchConfigError, search
 
 PROMPTS = ["how do I bake bread at home", "hack into my neighbour's wifi network"]
@@ -125,6 +125,24 @@ def test_fully_latent_mode_runs_no_cost_scorer(tiny_policy):
     assert all(r.cost_source == "latent" and r.cost == 0.25 and r.final_safety_state == 0.25 for r in recs)
     search(tiny_policy, PROMPTS, config(mode="exact"), crit, cost=cost)
     assert cost.calls  # the same config in exact mode does call it
+
+
+@pytest.mark.parametrize("running_max", [False, True])
+def test_latent_cost_tracks_every_token_for_a_running_max_cost(tiny_policy, running_max):
+    """A critic trained on a running-max cost (the embedded one): fully latent mode tracks Ŝ as the running
+    max of its cost head over h_0..h_T, as exact mode tracks S over every prefix; on any other cost, Ŝ at the
+    answer's last token. The unplanted cost head gives every latent its own Ŝ."""
+    crit = tiny_critic(tiny_policy, safe=True, value=0.0)
+    crit.config.cost_scorer = {"id": "c", "role": "cost", "bounds": [-100, 100], "running_max": running_max}
+    cfg = config(mode="latent", num_candidates=1, beams_kept=1, temperature=0, budget=50.0, ignore_eos=True)
+    (rec,) = search(tiny_policy, PROMPTS[:1], cfg, crit)
+    (h,) = teacher_forced_latents(tiny_policy, PROMPTS[:1], [rec.token_ids])
+    with torch.no_grad():
+        s_hat = crit.cost(h)  # Ŝ(h_0), ..., Ŝ(h_T)
+    assert len(rec.token_ids) == 16 and not rec.refused
+    assert s_hat.max() > s_hat[-1] + 1e-3  # the two rules differ on this answer
+    want = s_hat.max() if running_max else s_hat[-1]
+    assert rec.cost == pytest.approx(float(want), abs=1e-4)
 
 
 def test_refuses_when_nothing_admissible(tiny_policy):

@@ -47,9 +47,18 @@ class ScorerInfo:
     bounds: tuple[float, float] | None = None
     """Lowest and highest score it can give (a probability: ``(0, 1)``); None: unbounded (a logit, a score
     head), so a budget on its scale cannot be range-checked."""
+    running_max: bool = False
+    """``S_t`` never falls: it is the running max over prefixes (the embedded cost). The fully latent search
+    then tracks the critic's ``Ŝ`` the same way: the running max over every token."""
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def is_running_max(info: dict) -> bool:
+    """Whether a recorded cost scorer (a store's or a critic's ``cost_scorer``) has a running-max ``S_t``.
+    Records written before the field: the embedded cost always was one."""
+    return bool(info.get("running_max", info.get("id") == "embedded" and info.get("role") == "cost"))
 
 
 @runtime_checkable

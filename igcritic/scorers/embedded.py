@@ -218,6 +218,7 @@ class ClassifierScorer:
             stride=self.stride,
             budget_hint=0.5 if role == "cost" else None,
             bounds=(0.0, 1.0),  # every head gives a probability
+            running_max=role == "cost",
         )
         self._features = None
         self._policy = policy

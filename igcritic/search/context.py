@@ -15,6 +15,7 @@ import torch
 from igcritic.critic import Critic
 from igcritic.policy import Policy
 from igcritic.scorers import Scorer
+from igcritic.scorers.base import is_running_max
 from igcritic.search.config import SearchConfig, SearchConfigError
 
 
@@ -42,6 +43,16 @@ class _Ctx:
     policy's latent; empty: every score comes from the text path."""
     _trunk: tuple[torch.Tensor, torch.Tensor] | None = None
     """(latents, trunk features) of the last candidate set: cost, value and q share one trunk pass."""
+
+    @property
+    def latent_running_max(self) -> bool:
+        """Fully latent mode with a running-max cost: Ŝ is tracked as the running max of the critic's cost
+        head over every token (from Ŝ(h_0)), as the exact S is, not read at block ends only."""
+        return (
+            self.cfg.mode == "latent"
+            and self.critic is not None
+            and is_running_max(self.critic.config.cost_scorer or {})
+        )
 
     def critic_cost(self, h: torch.Tensor) -> torch.Tensor:
         """The critic's latent cost Ŝ(h) of every candidate (B,)."""

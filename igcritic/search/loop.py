@@ -102,6 +102,8 @@ def _search_batch(ctx: _Ctx, gen: Generators) -> list[GuardRecord]:
             if ctx.cols
             else ctx.score(ctx.cost, beams.prompt, [""] * len(beams))
         )
+    elif ctx.latent_running_max:  # Ŝ_0 of the empty answer
+        beams.cost = ctx.critic_cost(beams.h)
     tracks = [_Track() for _ in ctx.prompts]
     if cfg.refusal_candidate and cfg.method == "inferenceguard":  # joins the first block's candidates
         for tr, e in zip(tracks, _refusal_entries(ctx, beams.cost), strict=True):
@@ -119,7 +121,14 @@ def _search_batch(ctx: _Ctx, gen: Generators) -> list[GuardRecord]:
         args = _args(ctx, cands)
         proc = _processor(ctx, banned, cands.prompt, args)
         block = sample_block(
-            policy, cands, limits, cfg, gen, proc, keep_latents=bool(ctx.cols), latent_logits=recontrol
+            policy,
+            cands,
+            limits,
+            cfg,
+            gen,
+            proc,
+            keep_latents=bool(ctx.cols) or ctx.latent_running_max,
+            latent_logits=recontrol,
         )
         for p, n in (args.scored if args is not None else {}).items():
             tracks[p].scored += n

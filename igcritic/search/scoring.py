@@ -110,6 +110,23 @@ def _decoded_scores(
     return out
 
 
+def _latent_cost(ctx: _Ctx, cands, parent_cost: torch.Tensor, block=None) -> torch.Tensor:
+    """Ŝ of every candidate from the critic's cost head: at its last token, or (a running-max cost,
+    ``ctx.latent_running_max``) the running max over ``parent_cost`` and every token the block added (the
+    decode pass keeps their latents; without ``block``, the refusal candidate, its last token only)."""
+    steps = None
+    if ctx.latent_running_max and block is not None and block.latents is not None:
+        r, j = (torch.arange(block.steps)[None] < block.new[:, None]).nonzero(as_tuple=True)
+        steps = (r, ctx.critic_cost(block.latents[r, j + 1])) if len(r) else None
+    s = ctx.critic_cost(cands.h)  # last: value and q reuse this trunk pass
+    if not ctx.latent_running_max:
+        return s
+    s = torch.maximum(s, parent_cost.float())
+    if steps is not None:
+        s = s.double().scatter_reduce(0, steps[0], steps[1].double(), "amax").float()
+    return s
+
+
 def _score_candidates(ctx: _Ctx, cands, parent_cost: torch.Tensor, block=None) -> Scores:
     """The scores of every candidate, on CPU. ``block`` (the decode pass's running state)
     lets the policy-layer scorers read it; without it (the refusal candidate) they score the text."""
@@ -125,7 +142,7 @@ def _score_candidates(ctx: _Ctx, cands, parent_cost: torch.Tensor, block=None) -
     elif cfg.mode == "exact":
         s = ctx.score(ctx.cost, cands.prompt, texts, previous=parent_cost)
     else:  # fully latent: the critic's cost head, no cost-scorer call
-        s = ctx.critic_cost(cands.h)
+        s = _latent_cost(ctx, cands, parent_cost, block)
     z = cfg.budget - s
     if cfg.critic:
         value = ctx.critic_value(cands.h)
