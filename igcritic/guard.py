@@ -14,6 +14,7 @@ import contextlib
 import logging
 import sys
 import textwrap
+import time
 import typing
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -441,9 +442,10 @@ def main(cfg: GenerateConfig) -> list[GuardRecord]:
 
 
 @contextlib.contextmanager
-def progress_bar(total: int, description: str) -> Iterator[Callable[..., None]]:
+def progress_bar(total: int, description: str, log_every: float = 60.0) -> Iterator[Callable[..., None]]:
     """A rich progress bar with elapsed time and ETA on stderr, for ``total`` steps; yields ``advance(n=1,
-    description=None)``. Off a terminal it draws once, at the end."""
+    description=None)``. Off a terminal (a log file, a job) it draws once, at the end, and logs a line with
+    the count, elapsed time and ETA at most every ``log_every`` seconds, so an hour-long run is not silent."""
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -465,15 +467,34 @@ def progress_bar(total: int, description: str) -> Iterator[Callable[..., None]]:
     )
     with bar:
         task = bar.add_task(description, total=total)
+        start = last = time.monotonic()
 
         def advance(n: int = 1, description: str | None = None) -> None:
+            nonlocal last
             bar.update(task, advance=n, **({"description": description} if description else {}))
+            now = time.monotonic()
+            if console.is_terminal or now - last < log_every:
+                return
+            last, done = now, bar.tasks[0].completed
+            left = (now - start) / done * (total - done) if done else float("nan")
+            log.info(
+                "%s: %d/%d, %s elapsed, about %s left",
+                bar.tasks[0].description,
+                done,
+                total,
+                _minutes(now - start),
+                _minutes(left),
+            )
 
         try:
             yield advance
         except BaseException:
             console.quiet = not console.is_terminal  # an interrupted run's last word is its resume line
             raise
+
+
+def _minutes(seconds: float) -> str:
+    return "?" if seconds != seconds else f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
 
 
 WIDTH = 80

@@ -10,7 +10,7 @@ import torch
 from helpers import CHAT, tiny_critic, word_cost, write_artifact
 
 from igcritic.critic import load_critic
-from igcritic.guard import GenerateConfig, Guard, GuardError, describe, load_guard, main
+from igcritic.guard import GenerateConfig, Guard, GuardError, describe, load_guard, main, progress_bar
 from igcritic.prompts import PromptError, PromptSource, prompt_messages, prompt_text
 from igcritic.search import GuardRecord, SearchConfigError
 
@@ -452,3 +452,19 @@ def test_a_refused_rollout_is_the_refusal_text_not_an_empty_answer(artifact, tin
     assert len(want) > 1 and roll.tokens == [want, want] and roll.finished == [True, True]
     for lat in roll.latents:
         assert lat.shape == (len(want) + 1, tiny_policy.identity.hidden_size)
+
+
+def test_progress_off_a_terminal_logs_count_and_eta(caplog):
+    """A run writing to a log file (not a terminal) still says how far it is: count, elapsed and ETA lines."""
+    with caplog.at_level("INFO", logger="igcritic.guard"):
+        with progress_bar(4, "answering", log_every=0.0) as advance:
+            advance()
+            advance(2, description="answering IG")
+    lines = [r.getMessage() for r in caplog.records if r.name == "igcritic.guard"]
+    assert lines[0].startswith("answering: 1/4, 0 min") and "left" in lines[0]
+    assert lines[1].startswith("answering IG: 3/4")
+    caplog.clear()
+    with caplog.at_level("INFO", logger="igcritic.guard"):
+        with progress_bar(4, "answering") as advance:  # the default: at most once a minute
+            advance()
+    assert not [r for r in caplog.records if r.name == "igcritic.guard"]
