@@ -8,7 +8,9 @@ Per prompt, alternating so drift hits both sides (EOS suppressed on both: exactl
   plain    prefill once, the cache expanded to N rows, D tokens sampled (decoding.sample_block: the sampler
            the guard uses), i.e. plain batched sampling on the same stack
   guard    InferenceGuard in fully latent mode (critic cost head tracks the safety state, no cost scorer):
-           D / width blocks of N candidates from K = N/4 beams, critic on every candidate, top-K kept
+           D / width blocks of N candidates from K = N/4 beams, critic on every candidate, top-K kept; the
+           random critic's cost is recorded as a running max (as the embedded cost is), so its cost head
+           reads every token of every candidate
   generate model.generate(num_return_sequences=N, min_new_tokens=D): a reference row (re-encodes the prompt)
 Prints seconds per prompt, the ratio guard/plain (docs/design.md section 9: <= 1.3), the retry rate (resampled
 blocks / all blocks) and the critic's share of the guard's time (target < 2%). The random critic admits
@@ -82,7 +84,14 @@ def load_stack(a: argparse.Namespace, budget: float | None = None) -> tuple[Poli
     else:
         torch.manual_seed(0)
         ident = policy.identity
-        cfg = CriticConfig(ident.latent_size, width=a.critic_width, policy=ident.to_dict(), budget=budget)
+        running_max = {"id": "random", "role": "cost", "running_max": True}  # Ŝ over every token, as shipped
+        cfg = CriticConfig(
+            ident.latent_size,
+            width=a.critic_width,
+            policy=ident.to_dict(),
+            budget=budget,
+            cost_scorer=running_max,
+        )
         critic = Critic(cfg).to(a.device).eval()
     sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
 
