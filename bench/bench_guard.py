@@ -150,7 +150,9 @@ def main() -> None:
         return int(sample_block(policy, rows, torch.full((a.n,), a.d), search_cfg, gen, no_eos).new.sum())
 
     def guard(prompt: str, seed: int, comp: bool, mode: str = "latent"):
-        cfg = replace(search_cfg, seed=seed, compile=comp, mode=mode)
+        # the embedded cost's scale is [0, 1]: a budget of 1 admits every answer, as the huge one does Ŝ
+        budget = a.budget if mode == "latent" else min(a.budget, 1.0)
+        cfg = replace(search_cfg, seed=seed, compile=comp, mode=mode, budget=budget)
         (rec,) = search(policy, [prompt], cfg, critic, cost if mode == "exact" else None)
         return rec
 

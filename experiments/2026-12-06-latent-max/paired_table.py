@@ -67,7 +67,9 @@ def main() -> None:
         cells = []
         for m in ("harmful", "over_refusal", "incoherent", "helpfulness"):
             e = r[m]
-            d = "" if e["diff"] is None else f" ({e['diff']:+.3f} [{e['diff_low']:+.3f}, {e['diff_high']:+.3f}])"
+            d = ""
+            if e["diff"] is not None:
+                d = f" ({e['diff']:+.3f} [{e['diff_low']:+.3f}, {e['diff_high']:+.3f}])"
             cells.append(f"{m} {e['mean']:.3f}{d}")
         print(f"{r['method']}: " + "; ".join(cells))
     print(f"{len(prompts)} prompts")

@@ -6,12 +6,13 @@ the candidates are scored, and the best K are kept.
 
 - ``inferenceguard``: safety state ``z = budget - S`` per candidate, S from the cost scorer on the candidate
   text (``mode="exact"``) or from the critic's latent cost head ``Ŝ(h)`` (``mode="latent"``: no cost-scorer
-  call at all); admissible iff ``z >= margin`` and ``q(h, z - margin) >= tau`` (``critic=False``:
-  ``z >= margin`` only; ``margin`` defaults to 0); the top K admissible by critic value (``critic=False``: by
-  the reward scorer). With ``refusal_candidate`` the refusal text is scored like a complete candidate of
-  the first block (its own S, value and q) and competes with the others. Nothing admissible: resample the
-  block with :class:`RejectedTokenPenalty`, up to ``retries`` times, then fail closed (``refused=True``)
-  or, with ``on_violation="best_effort"``, go on with the least bad candidates (``safe=False``).
+  call at all; its running max over every token when the critic's cost is a running max); admissible iff
+  ``z >= margin`` and ``q(h, z - margin) >= tau`` (``critic=False``: ``z >= margin`` only; ``margin``
+  defaults to 0); the top K admissible by critic value (``critic=False``: by the reward scorer). With
+  ``refusal_candidate`` the refusal text is scored like a complete candidate of the first block (its own S,
+  value and q) and competes with the others. Nothing admissible: resample the block with
+  :class:`RejectedTokenPenalty`, up to ``retries`` times, then fail closed (``refused=True``) or, with
+  ``on_violation="best_effort"``, go on with the least bad candidates (``safe=False``).
 - ``beam``: block beam search ranking by ``score``: ``lagrangian`` r - λ·S, ``augmented`` r among candidates
   with z >= 0 first (then the least over budget).
 - ``best_of_n``: N full answers (one block of width D), the best by ``score``.
