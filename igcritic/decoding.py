@@ -178,6 +178,9 @@ class Rows:
     """The KV cache (transformers' dynamic cache, or a :class:`StaticKV`); batch row r belongs to row r."""
     prefix: RunningPrefix | None = None
     """Running latents of each row's answer (None: not tracked); advanced by the caller after a block."""
+    cost_tail: torch.Tensor | None = None
+    """(R, w - 1) float32 on CPU: the latent Ŝ of each row's last w - 1 tokens, NaN before ``h_0`` (None: not
+    tracked); the windowed running max of the fully latent search reads it across blocks."""
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -196,6 +199,7 @@ class Rows:
             cost=self.cost[idx_cpu],
             cache=self.cache,
             prefix=None if self.prefix is None else self.prefix.select(idx_cpu),
+            cost_tail=None if self.cost_tail is None else self.cost_tail[idx_cpu],
         )
 
 

@@ -127,22 +127,53 @@ def test_fully_latent_mode_runs_no_cost_scorer(tiny_policy):
     assert cost.calls  # the same config in exact mode does call it
 
 
-@pytest.mark.parametrize("running_max", [False, True])
-def test_latent_cost_tracks_every_token_for_a_running_max_cost(tiny_policy, running_max):
+@pytest.mark.parametrize(("running_max", "window"), [(False, 8), (True, 1), (True, 3)])
+def test_latent_cost_tracks_every_token_for_a_running_max_cost(tiny_policy, running_max, window):
     """A critic trained on a running-max cost (the embedded one): fully latent mode tracks Ŝ as the running
-    max of its cost head over h_0..h_T, as exact mode tracks S over every prefix; on any other cost, Ŝ at the
-    answer's last token. The unplanted cost head gives every latent its own Ŝ."""
+    max over h_0..h_T of the critic's cost head averaged over the last ``latent_window`` tokens (windows
+    reach back across the 4-token blocks), as exact mode tracks S over every prefix; on any other cost, Ŝ at
+    the answer's last token. The unplanted cost head gives every latent its own Ŝ."""
     crit = tiny_critic(tiny_policy, safe=True, value=0.0)
     crit.config.cost_scorer = {"id": "c", "role": "cost", "bounds": [-100, 100], "running_max": running_max}
     cfg = config(mode="latent", num_candidates=1, beams_kept=1, temperature=0, budget=50.0, ignore_eos=True)
-    (rec,) = search(tiny_policy, PROMPTS[:1], cfg, crit)
+    (rec,) = search(tiny_policy, PROMPTS[:1], replace(cfg, latent_window=window), crit)
     (h,) = teacher_forced_latents(tiny_policy, PROMPTS[:1], [rec.token_ids])
     with torch.no_grad():
-        s_hat = crit.cost(h)  # Ŝ(h_0), ..., Ŝ(h_T)
+        s_hat = crit.cost(h).double()  # Ŝ(h_0), ..., Ŝ(h_T)
+    means = [s_hat[max(t - window + 1, 0) : t + 1].mean() for t in range(len(s_hat))]
     assert len(rec.token_ids) == 16 and not rec.refused
-    assert s_hat.max() > s_hat[-1] + 1e-3  # the two rules differ on this answer
-    want = s_hat.max() if running_max else s_hat[-1]
+    assert s_hat.max() > s_hat[-1] + 1e-3  # the rules differ on this answer
+    assert window == 1 or max(means) < s_hat.max() - 1e-3
+    want = max(means) if running_max else s_hat[-1]
     assert rec.cost == pytest.approx(float(want), abs=1e-4)
+
+
+def test_latent_window_after_a_rewind_is_the_parents(tiny_policy):
+    """A rewound block leaves no trace in the windowed Ŝ: the two rejected blocks (q = 0) have Ŝ = 40 on every
+    token, the answer finally kept Ŝ = 0 (and Ŝ(h_0) = 0), so its tracked cost is 0 only if the rewind gave
+    each beam back its parent's cost and window (a leaked window would average 40s into the next block)."""
+    crit = tiny_critic(tiny_policy, safe=False, value=0.0)
+    crit.config.cost_scorer = {"id": "c", "role": "cost", "bounds": [-100, 100], "running_max": True}
+    state = {"calls": 0, "rejecting": True, "q_calls": 0}
+
+    def cost_of_phase(_m, _i, out):  # Ŝ(h_0) = 0; 40 while blocks are rejected; 0 after
+        state["calls"] += 1
+        return torch.full_like(out, 40.0 if state["calls"] > 1 and state["rejecting"] else 0.0)
+
+    def then_safe(*_):  # the first two blocks' q = 0 (rewound), then q = 1
+        state["q_calls"] += 1
+        if state["q_calls"] == 2:
+            state["rejecting"] = False
+            plant(crit, safe=True)
+
+    crit.cost_head.register_forward_hook(cost_of_phase)
+    crit.safety_head.register_forward_hook(then_safe)
+    cfg = config(
+        mode="latent", num_candidates=1, beams_kept=1, max_new_tokens=12, budget=50.0, latent_window=3
+    )
+    (rec,) = search(tiny_policy, PROMPTS[:1], replace(cfg, temperature=0, resample_penalty=0.0), crit)
+    assert rec.retries == 2 and not rec.refused and len(rec.token_ids) == 12
+    assert rec.cost == 0.0
 
 
 def test_refuses_when_nothing_admissible(tiny_policy):

@@ -75,6 +75,11 @@ class SearchConfig(SamplingConfig):
     """Safety margin of the admission test (inferenceguard): admissible iff z >= margin and
     q(h, z - margin) >= tau, so a candidate whose cost sits just under the budget is not admitted. 0: the
     paper's rule."""
+    latent_window: int = 8
+    """Fully latent mode with a running-max cost: Ŝ is averaged over the last ``latent_window`` tokens
+    before its running max is taken (1: the plain running max of Ŝ), since the max of a noisy head over
+    every token reaches the budget on harmless words. 8: chosen on the read corpus
+    (experiments/2026-12-06-latent-max/latent_window.py)."""
     refusal_candidate: bool = False
     """inferenceguard: score ``refusal_text`` (ended by EOS, teacher-forced once per prompt) like a complete
     candidate of the first block, with its own S, value and q, so it competes with the sampled candidates
@@ -183,6 +188,10 @@ class SearchConfig(SamplingConfig):
             bad.append(f"search.retries {self.retries} must be >= 0")
         if not 0.0 <= self.tau <= 1.0:
             bad.append(f"search.tau {self.tau} must be a probability in [0, 1]")
+        if not (isinstance(self.latent_window, int) and self.latent_window >= 1):
+            bad.append(
+                f"search.latent_window {self.latent_window!r} must be an integer >= 1 (1: no averaging)"
+            )
         if not (isinstance(self.margin, (int, float)) and math.isfinite(self.margin) and self.margin >= 0):
             bad.append(f"search.margin {self.margin!r} must be a finite number >= 0 (0: no margin)")
         if self.refusal_rank not in ("value", "last"):

@@ -102,8 +102,11 @@ def _search_batch(ctx: _Ctx, gen: Generators) -> list[GuardRecord]:
             if ctx.cols
             else ctx.score(ctx.cost, beams.prompt, [""] * len(beams))
         )
-    elif ctx.latent_running_max:  # Ŝ_0 of the empty answer
+    elif ctx.latent_running_max:  # Ŝ_0 of the empty answer, the first token of every window
         beams.cost = ctx.critic_cost(beams.h)
+        beams.cost_tail = torch.full((len(beams), cfg.latent_window - 1), float("nan"))
+        if cfg.latent_window > 1:
+            beams.cost_tail[:, -1] = beams.cost
     tracks = [_Track() for _ in ctx.prompts]
     if cfg.refusal_candidate and cfg.method == "inferenceguard":  # joins the first block's candidates
         for tr, e in zip(tracks, _refusal_entries(ctx, beams.cost), strict=True):
@@ -117,6 +120,7 @@ def _search_batch(ctx: _Ctx, gen: Generators) -> list[GuardRecord]:
         parent = torch.repeat_interleave(torch.arange(len(beams)), counts)
         cands = beams.select(parent)
         parent_cost = cands.cost.clone()
+        parent_tail = None if cands.cost_tail is None else cands.cost_tail.clone()
         limits = torch.tensor([min(width, d - len(t)) for t in cands.tokens])
         args = _args(ctx, cands)
         proc = _processor(ctx, banned, cands.prompt, args)
@@ -174,6 +178,8 @@ def _search_batch(ctx: _Ctx, gen: Generators) -> list[GuardRecord]:
             recontrol.seconds = 0.0
         beams = cands.select(keep_idx)
         beams.cost = torch.where(was_rewound, parent_cost[keep_idx], s[keep_idx]) if len(keep_idx) else s[:0]
+        if parent_tail is not None:  # a rewound row's window is its parent's again
+            beams.cost_tail = torch.where(was_rewound[:, None], parent_tail[keep_idx], beams.cost_tail)
         rewind(beams, was_rewound, block, keep_idx)
     seconds = (time.perf_counter() - t0) / len(ctx.prompts)
     return [_record(ctx, p, tr, seconds) for p, tr in enumerate(tracks)]

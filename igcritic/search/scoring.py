@@ -113,18 +113,43 @@ def _decoded_scores(
 def _latent_cost(ctx: _Ctx, cands, parent_cost: torch.Tensor, block=None) -> torch.Tensor:
     """Ŝ of every candidate from the critic's cost head: at its last token, or (a running-max cost,
     ``ctx.latent_running_max``) the running max over ``parent_cost`` and every token the block added (the
-    decode pass keeps their latents; without ``block``, the refusal candidate, its last token only)."""
+    decode pass keeps their latents) of Ŝ averaged over the last ``latent_window`` tokens, the window reaching
+    back into earlier blocks through ``cands.cost_tail`` (updated here). Without ``block`` (the refusal
+    candidate): the max of ``parent_cost`` and its last token's Ŝ."""
     steps = None
-    if ctx.latent_running_max and block is not None and block.latents is not None:
-        r, j = (torch.arange(block.steps)[None] < block.new[:, None]).nonzero(as_tuple=True)
-        steps = (r, ctx.critic_cost(block.latents[r, j + 1])) if len(r) else None
+    if ctx.latent_running_max and block is not None and block.latents is not None and block.steps:
+        n = block.new  # (R,) tokens each row added
+        r, j = (torch.arange(block.steps)[None] < n[:, None]).nonzero(as_tuple=True)
+        steps = torch.full((len(n), block.steps), float("nan"))
+        if len(r):
+            steps[r, j] = ctx.critic_cost(block.latents[r, j + 1])
     s = ctx.critic_cost(cands.h)  # last: value and q reuse this trunk pass
     if not ctx.latent_running_max:
         return s
-    s = torch.maximum(s, parent_cost.float())
+    s = torch.maximum(s if steps is None else torch.full_like(s, float("-inf")), parent_cost.float())
     if steps is not None:
-        s = s.double().scatter_reduce(0, steps[0], steps[1].double(), "amax").float()
+        windowed, cands.cost_tail = window_means(cands.cost_tail, steps, block.new)
+        s = torch.maximum(s, windowed)
     return s
+
+
+def window_means(
+    tail: torch.Tensor, steps: torch.Tensor, new: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's max, over the ``new[r]`` steps of a block, of the mean of Ŝ over the window of w tokens
+    ending there (fewer at the answer's start: NaN in ``tail`` is no token), and its tail after the block.
+
+    ``tail`` (R, w - 1): Ŝ of the tokens before the block; ``steps`` (R, S): Ŝ of the block's tokens (NaN
+    past ``new[r]``). Rows with no new token get -inf and keep their tail."""
+    w = tail.shape[1] + 1
+    seq = torch.cat([tail, steps], 1)  # (R, w - 1 + S)
+    win = seq.unfold(1, w, 1)  # (R, S, w): the window ending at each step
+    known = ~win.isnan()
+    means = win.nan_to_num(0.0).sum(-1) / known.sum(-1).clamp(min=1)
+    valid = torch.arange(steps.shape[1])[None] < new[:, None]
+    best = means.masked_fill(~valid, float("-inf")).amax(1)
+    at = new[:, None] + torch.arange(w - 1)[None]  # the last w - 1 positions of seq each row reached
+    return best, seq.gather(1, at)
 
 
 def _score_candidates(ctx: _Ctx, cands, parent_cost: torch.Tensor, block=None) -> Scores:
