@@ -75,11 +75,11 @@ class SearchConfig(SamplingConfig):
     """Safety margin of the admission test (inferenceguard): admissible iff z >= margin and
     q(h, z - margin) >= tau, so a candidate whose cost sits just under the budget is not admitted. 0: the
     paper's rule."""
-    latent_window: int = 8
+    latent_window: int = 1
     """Fully latent mode with a running-max cost: Ŝ is averaged over the last ``latent_window`` tokens
-    before its running max is taken (1: the plain running max of Ŝ), since the max of a noisy head over
-    every token reaches the budget on harmless words. 8: chosen on the read corpus
-    (experiments/2026-12-06-latent-max/latent_window.py)."""
+    before its running max is taken (1: the plain running max of Ŝ). A wider window refuses fewer harmless
+    dual-use answers (the max of a noisy head over every token reaches the budget on harmless words) but
+    sees less: 8, chosen on the read corpus, was worse on the held-out source (docs/results.md)."""
     refusal_candidate: bool = False
     """inferenceguard: score ``refusal_text`` (ended by EOS, teacher-forced once per prompt) like a complete
     candidate of the first block, with its own S, value and q, so it competes with the sampled candidates
