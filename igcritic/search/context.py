@@ -47,7 +47,7 @@ class _Ctx:
     @property
     def latent_running_max(self) -> bool:
         """Fully latent mode with a running-max cost: Ŝ is tracked as the running max of the critic's cost
-        head over every token (from Ŝ(h_0)), as the exact S is, not read at block ends only."""
+        head (averaged over ``latent_window`` tokens) over every token from Ŝ(h_0), as the exact S is."""
         return (
             self.cfg.mode == "latent"
             and self.critic is not None
