@@ -123,14 +123,13 @@ def _latent_cost(ctx: _Ctx, cands, parent_cost: torch.Tensor, block=None) -> tor
         steps = torch.full((len(n), block.steps), float("nan"))
         if len(r):
             steps[r, j] = ctx.critic_cost(block.latents[r, j + 1])
-    s = ctx.critic_cost(cands.h)  # last: value and q reuse this trunk pass
+    last = ctx.critic_cost(cands.h)  # last: value and q reuse this trunk pass
     if not ctx.latent_running_max:
-        return s
-    s = torch.maximum(s if steps is None else torch.full_like(s, float("-inf")), parent_cost.float())
-    if steps is not None:
-        windowed, cands.cost_tail = window_means(cands.cost_tail, steps, block.new)
-        s = torch.maximum(s, windowed)
-    return s
+        return last
+    if steps is None:  # the refusal candidate (or a block that added nothing): its last token
+        return torch.maximum(last, parent_cost.float())
+    windowed, cands.cost_tail = window_means(cands.cost_tail, steps, block.new)
+    return torch.maximum(windowed, parent_cost.float())
 
 
 def window_means(
