@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from igcritic import load_guard
-from igcritic.decoding import RunningPrefix, teacher_forced_latents
+from igcritic.collect import prefix_rows
+from igcritic.decoding import teacher_forced_latents
 
 BUDGET, SAMPLE = 0.5, 480
 HELDOUT = "heldout_source"
@@ -46,19 +47,14 @@ def score(out: str, part: int, parts: int) -> None:
             ids = [tok(r["response"], add_special_tokens=False)["input_ids"][:320] for r in batch]
             lats = teacher_forced_latents(guard.policy, [r["prompt"] for r in batch], ids)
             for r, h in zip(batch, lats, strict=True):
-                start = RunningPrefix.start(h[:1])
-                n = torch.tensor([len(h) - 1])
-                _, last, mean, _ = start.advance(h[None], n)
-                first = h[:1].expand(len(h) - 1, -1)
-                p = guard.cost.decode_values(cols, first, last[0], mean[0])
-                p0 = guard.cost.decode_values(cols, h[:1], h[:1], h[:1])
+                p = guard.cost.decode_values(cols, *prefix_rows([h]))  # every prefix, S_0 included
                 with torch.inference_mode():
                     s_hat = guard.critic.cost(h)
                 f.write(
                     json.dumps(
                         {
                             "id": r["id"],
-                            "exact": float(max(p0.max(), p.max() if len(p) else 0.0)),
+                            "exact": float(p.max()),
                             "shat_max": float(s_hat.max()),
                         }
                     )

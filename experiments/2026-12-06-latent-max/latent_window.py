@@ -19,7 +19,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from igcritic import load_guard
-from igcritic.decoding import RunningPrefix, teacher_forced_latents
+from igcritic.collect import prefix_rows
+from igcritic.decoding import teacher_forced_latents
 
 BUDGET, WINDOWS = 0.5, (1, 2, 4, 8, 16)
 
@@ -44,12 +45,10 @@ def main(out: str) -> None:
         ids = [tok(r["response"], add_special_tokens=False)["input_ids"][:320] for r in batch]
         lats = teacher_forced_latents(guard.policy, [r["prompt"] for r in batch], ids)
         for h in lats:
-            _, last, mean, _ = RunningPrefix.start(h[:1]).advance(h[None], torch.tensor([len(h) - 1]))
-            p = guard.cost.decode_values(cols, h[:1].expand(len(h) - 1, -1), last[0], mean[0])
-            p0 = guard.cost.decode_values(cols, h[:1], h[:1], h[:1])
+            p = guard.cost.decode_values(cols, *prefix_rows([h]))  # every prefix, S_0 included
             with torch.inference_mode():
                 s_hat = guard.critic.cost(h).numpy()
-            scores["exact"].append(float(max(p0.max(), p.max() if len(p) else 0.0)))
+            scores["exact"].append(float(p.max()))
             scores["last"].append(float(s_hat[-1]))
             for w in WINDOWS:
                 scores[f"window{w}"].append(smoothed_max(s_hat, w))
