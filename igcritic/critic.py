@@ -84,6 +84,11 @@ class CriticConfig:
     """The cost scorer of the training store(s): at least ``id`` and ``sign``."""
     reward_scorer: dict | None = None
     """The reward scorer of the training store(s): at least ``id`` and ``sign``."""
+    cost_context: bool = False
+    """The latent cost head reads the answer so far, not ``h_t`` alone: ``[h_t, mean(h_0..h_t), h_0]``
+    through its own MLP (``width`` hidden units), beside the trunk. A prefix cost depends on the prompt and
+    on what the answer said before t, which one token's latent holds only in part (docs/design.md section
+    3)."""
 
     def problems(self) -> list[str]:
         """Every invalid field, as ``name=value (why)`` strings."""
@@ -171,7 +176,11 @@ class Critic(nn.Module):
         self.trunk = nn.Sequential(*layers)
         self.safety_head = nn.Linear(w, 3 * k)  # mixture logits, locations, raw scales
         self.value_head = nn.Linear(w, 1)
-        self.cost_head = nn.Linear(w, 1)
+        self.cost_head = (
+            nn.Sequential(nn.Linear(3 * h, w), nn.GELU(), nn.Linear(w, 1))
+            if config.cost_context
+            else nn.Linear(w, 1)
+        )
         with torch.no_grad():  # spread the initial component locations over [-2, 2] (normalised z)
             self.safety_head.bias[k : 2 * k] = torch.linspace(-2.0, 2.0, k) if k > 1 else 0.0
 
@@ -207,8 +216,11 @@ class Critic(nn.Module):
                 f"latent size {h.shape[-1]} != critic hidden_size {self.config.hidden_size}: "
                 "the critic was trained on another policy or layer"
             )
+        return self.trunk(self._normalize(h))
+
+    def _normalize(self, h: torch.Tensor) -> torch.Tensor:
         h = h.to(device=self.h_mean.device, dtype=self.h_mean.dtype)
-        return self.trunk((h - self.h_mean) / self.h_std)
+        return (h - self.h_mean) / self.h_std
 
     def _mixture(self, feat: torch.Tensor, z: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-weights and standardised arguments ``u_k = (z_n - mu_k) / s_k``, each (B, K)."""
@@ -241,17 +253,42 @@ class Critic(nn.Module):
         return out if normalized else self.target_loc[1] + self.target_scale[1] * out
 
     def cost_from_features(self, feat: torch.Tensor, normalized: bool = False) -> torch.Tensor:
+        """Ŝ from the trunk's features (a critic without ``cost_context``)."""
+        if self.config.cost_context:
+            raise CriticError(
+                "this critic's cost head reads the answer so far (cost_context): call "
+                "Critic.context_cost(h, first, mean), not the trunk-feature cost"
+            )
         out = self.cost_head(feat).float().squeeze(-1)
         return out if normalized else self.target_loc[2] + self.target_scale[2] * out
 
+    def context_cost(
+        self, h: torch.Tensor, first: torch.Tensor, mean: torch.Tensor, normalized: bool = False
+    ) -> torch.Tensor:
+        """Ŝ (B,) from the answer so far (``cost_context``): the latent ``h`` = h_t, ``first`` = h_0 (the
+        prompt's end) and ``mean`` = the mean of h_0..h_t, each (B, H) and normalised like ``h``. A critic
+        without ``cost_context`` reads ``h`` alone (the others are ignored)."""
+        if not self.config.cost_context:
+            return self.cost_from_features(self.encode(h), normalized)
+        x = torch.cat([self._normalize(v) for v in (h, mean, first)], -1)
+        out = self.cost_head(x).float().squeeze(-1)
+        return out if normalized else self.target_loc[2] + self.target_scale[2] * out
+
     # ---- the runtime API -------------------------------------------------------------------------------
-    def forward(self, h: torch.Tensor, z: torch.Tensor | float) -> CriticOutput:
-        """All three heads from one trunk pass: ``h`` (B, H), ``z`` (B,) or a scalar -> (B,) each."""
+    def forward(
+        self,
+        h: torch.Tensor,
+        z: torch.Tensor | float,
+        first: torch.Tensor | None = None,
+        mean: torch.Tensor | None = None,
+    ) -> CriticOutput:
+        """All three heads from one trunk pass: ``h`` (B, H), ``z`` (B,) or a scalar -> (B,) each;
+        ``first``/``mean`` as in :meth:`cost` (a ``cost_context`` critic needs them)."""
         feat = self.encode(h)
         return CriticOutput(
             self.safe_prob_from_features(feat, z, calibrated=True),
             self.value_from_features(feat),
-            self.cost_from_features(feat),
+            self.cost(h, first, mean) if self.config.cost_context else self.cost_from_features(feat),
         )
 
     def safe_prob(self, h: torch.Tensor, z: torch.Tensor | float, calibrated: bool = True) -> torch.Tensor:
@@ -263,9 +300,19 @@ class Critic(nn.Module):
         """V(h) (B,): discounted reward to go."""
         return self.value_from_features(self.encode(h))
 
-    def cost(self, h: torch.Tensor) -> torch.Tensor:
-        """Ŝ(h) (B,): the prefix cost S_t predicted from the latent."""
-        return self.cost_from_features(self.encode(h))
+    def cost(
+        self, h: torch.Tensor, first: torch.Tensor | None = None, mean: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Ŝ (B,): the prefix cost S_t predicted from the latent ``h``; a ``cost_context`` critic also needs
+        ``first`` (h_0) and ``mean`` (mean of h_0..h_t)."""
+        if not self.config.cost_context:
+            return self.cost_from_features(self.encode(h))
+        if first is None or mean is None:
+            raise CriticError(
+                "this critic's cost head reads the answer so far (cost_context): pass first=h_0 and "
+                "mean=the mean of h_0..h_t beside h"
+            )
+        return self.context_cost(h, first, mean)
 
     # ---- the artifact ----------------------------------------------------------------------------------
     def save_pretrained(

@@ -59,6 +59,9 @@ class CriticDataModule(LightningDataModule):
         pin_memory: Pin host batches for faster GPU copies; default: when CUDA is available.
         drop_last: Drop each worker's last partial batch.
         stats_rows: Training rows sampled for the latent normalisation statistics.
+        cost_context: Batches also carry h_0 and the running mean of h_0..h_t of every row (what a critic
+            with ``model.cost_context`` reads; the CLI links the two). Each store's are computed once per
+            reading process and held in memory (2 bytes x H per token row).
     """
 
     def __init__(
@@ -77,6 +80,7 @@ class CriticDataModule(LightningDataModule):
         pin_memory: bool | None = None,
         drop_last: bool = False,
         stats_rows: int = 65536,
+        cost_context: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -108,6 +112,7 @@ class CriticDataModule(LightningDataModule):
         self.budget_store_share = budget_store_share
         self.shuffle_buffer, self.num_workers, self.drop_last = shuffle_buffer, num_workers, drop_last
         self.multiprocessing_context, self.stats_rows = multiprocessing_context, stats_rows
+        self.cost_context = cost_context
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self._infos: list[StoreInfo] | None = None
         self._attrs: dict | None = None
@@ -294,6 +299,7 @@ class CriticDataModule(LightningDataModule):
             gamma=self.gamma,
             budget=BudgetDistribution(*self.budget_range, self.budget_store_share),
             drop_last=self.drop_last and split == "train",
+            context=self.cost_context,
         )
 
     # ---- Lightning hooks -------------------------------------------------------------------------------

@@ -186,7 +186,8 @@ def _verify(critic: Critic, folder: Path) -> None:
     h = critic.h_mean + critic.h_std * torch.randn(16, critic.config.hidden_size, generator=g)
     z = torch.linspace(critic.config.budget_low - 1, critic.config.budget_high + 1, 16)
     with torch.no_grad():
-        a, b = critic(h, z), loaded(h, z)
+        context = (h.roll(1, 0), h.flip(0))  # h_0 and the running mean of a cost_context critic
+        a, b = critic(h, z, *context), loaded(h, z, *context)
     if not all(torch.equal(x, y) for x, y in zip(a, b, strict=True)):
         raise ExportError(
             f"the artifact written to {folder} does not reproduce the checkpoint; report this bug"

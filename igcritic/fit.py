@@ -97,6 +97,14 @@ class CriticModule(LightningModule):
         optimizer: Optimizer factory, called with the parameters.
         scheduler: LR scheduler factory, called with the optimizer; None keeps the LR constant.
         scheduler_interval: Step the scheduler every ``epoch`` or every ``step``.
+        cost_context: The latent cost head reads h_0 and the running mean of h_0..h_t beside h_t (its own
+            MLP; ``CriticConfig.cost_context``); the CLI has the data module deliver them.
+        init_from: An exported critic folder (``igcritic export``) to start from: its weights,
+            normalisation and calibration map; its sizes must be the config's. A head whose form the config
+            changes (``cost_context``) starts fresh.
+        train: The parts that learn (``trunk``, ``safety``, ``value``, ``cost``); default all. With
+            ``init_from``, ``[cost]`` fits a new latent cost head and leaves q and V exactly as they were
+            (the calibration map is then kept, not refitted).
     """
 
     def __init__(
@@ -116,6 +124,9 @@ class CriticModule(LightningModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: Literal["epoch", "step"] = "epoch",
+        cost_context: bool = False,
+        init_from: str | None = None,
+        train: list[Literal["trunk", "safety", "value", "cost"]] | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
@@ -125,9 +136,21 @@ class CriticModule(LightningModule):
             raise FitError(f"model.calibration={calibration!r}: use 'auto', 'platt', 'isotonic' or 'none'")
         self.critic = Critic(
             CriticConfig(
-                hidden_size=hidden_size, width=width, depth=depth, dropout=dropout, n_mixture=n_mixture
+                hidden_size=hidden_size,
+                width=width,
+                depth=depth,
+                dropout=dropout,
+                n_mixture=n_mixture,
+                cost_context=cost_context,
             )
         )
+        if init_from is not None:
+            self._init_from(init_from)
+        parts = {"trunk": "trunk", "safety": "safety_head", "value": "value_head", "cost": "cost_head"}
+        if bad := sorted(set(train or []) - set(parts)):
+            raise FitError(f"model.train={train}: unknown part(s) {bad}; use some of {list(parts)}")
+        for part, module in parts.items():
+            getattr(self.critic, module).requires_grad_(train is None or part in train)
         self.optimizer, self.scheduler = optimizer, scheduler
         self.skipped_rows = 0
         """Rows masked out of training on this rank (NaN/inf latents or targets), over the whole run."""
@@ -135,6 +158,32 @@ class CriticModule(LightningModule):
         self.metrics: nn.ModuleDict | None = None
         self.calibration_bins: nn.ModuleDict | None = None
         self.budgets: list[float] = []
+
+    def _init_from(self, path: str) -> None:
+        """Start from an exported critic: weights, normalisation and calibration (``model.init_from``)."""
+        from igcritic.critic import CriticError, load_critic
+
+        try:
+            src = load_critic(path)
+        except CriticError as e:
+            raise FitError(f"model.init_from={path}: {e}") from None
+        mine, theirs = self.critic.config, src.config
+        sizes = ("hidden_size", "width", "depth", "n_mixture")
+        if diff := [
+            f"{k} {getattr(theirs, k)} vs {getattr(mine, k)}"
+            for k in sizes
+            if getattr(theirs, k) != getattr(mine, k)
+        ]:
+            raise FitError(
+                f"model.init_from={path} has other sizes than the config ({'; '.join(diff)}: the artifact's, "
+                "then the config's); set the model's sizes to the artifact's"
+            )
+        state = src.state_dict()
+        if theirs.cost_context != mine.cost_context:  # another form of cost head: it starts fresh
+            state = {k: v for k, v in state.items() if not k.startswith("cost_head.")}
+        self.critic.load_state_dict(state, strict=False)
+        for k in ("policy", "cost_scorer", "reward_scorer"):  # checked against the stores in setup
+            setattr(mine, k, getattr(theirs, k))
 
     # ---- wiring to the data -------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -223,7 +272,15 @@ class CriticModule(LightningModule):
         bce = -(y * logq + (1 - y) * log1mq)
         loc, scale = crit.target_loc, crit.target_scale
         v_pred = crit.value_from_features(feat, normalized=True)
-        c_pred = crit.cost_from_features(feat, normalized=True)
+        if crit.config.cost_context:
+            if "h_first" not in batch:
+                raise FitError(
+                    "model.cost_context needs batches with h_0 and the running mean: set data.cost_context "
+                    "true (the CLI links it)"
+                )
+            c_pred = crit.context_cost(batch["h"], batch["h_first"], batch["h_mean"], normalized=True)
+        else:
+            c_pred = crit.cost_from_features(feat, normalized=True)
         v_tgt, c_tgt = (batch["value"] - loc[1]) / scale[1], (batch["s"] - loc[2]) / scale[2]
         reg = F.huber_loss if self.hparams.regression_loss == "huber" else F.mse_loss
         l_safe = (bce * w).sum() / n
@@ -318,7 +375,8 @@ class CriticModule(LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
-        self._calibrate("val", fit_map=self.hparams.calibration != "none")
+        safety_learns = any(p.requires_grad for p in self.critic.safety_head.parameters())
+        self._calibrate("val", fit_map=self.hparams.calibration != "none" and safety_learns)
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test")
@@ -361,7 +419,7 @@ class CriticModule(LightningModule):
 
     # ---- optimisation --------------------------------------------------------------------------------------
     def configure_optimizers(self):
-        opt = self.optimizer(self.parameters())
+        opt = self.optimizer([p for p in self.parameters() if p.requires_grad])  # model.train's parts
         if self.scheduler is None:
             return opt
         sched = self.scheduler(opt)
@@ -464,6 +522,7 @@ class CriticCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.hidden_size", "model.hidden_size", apply_on="instantiate")
+        parser.link_arguments("model.cost_context", "data.cost_context", apply_on="parse")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {

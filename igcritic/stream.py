@@ -76,6 +76,28 @@ class StoreRows:
 
         self.reader = StoreReader(path)  # its per-trajectory and per-row arrays load once, on first use
         self.traj_prompt, self.gamma = traj_prompt, gamma
+        self._context: tuple[np.ndarray, np.ndarray] | None = None
+
+    def context(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(first, mean)``, float16: h_0 of every trajectory ``(n_traj, H)`` and the mean of h_0..h_t of
+        every row ``(n_tok, H)`` (what a ``cost_context`` critic reads beside h_t; the runtime's
+        ``RunningPrefix``). Computed once per process from the whole store, in float64 per trajectory."""
+        if self._context is None:
+            r = self.reader
+            off = r.traj_offsets
+            first = np.empty((len(off) - 1, r.hidden_size), np.float16)
+            mean = np.empty((r.n_tok, r.hidden_size), np.float16)
+            t0 = 0
+            while t0 < len(off) - 1:  # blocks of whole trajectories, ~8k rows each
+                t1 = max(t0 + 1, int(np.searchsorted(off, off[t0] + 8192, side="right")) - 1)
+                x = r.read_latents(int(off[t0]), int(off[t1])).astype(np.float64)
+                for i in range(t0, t1):
+                    a, b = off[i] - off[t0], off[i + 1] - off[t0]
+                    first[i] = x[a]
+                    mean[off[i] : off[i + 1]] = np.cumsum(x[a:b], 0) / np.arange(1, b - a + 1)[:, None]
+                t0 = t1
+            self._context = first, mean
+        return self._context
 
     def targets(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """Per-row targets of the (sorted) rows ``rows`` of this store; ``valid`` is False where one is
@@ -116,7 +138,8 @@ class CriticStream(IterableDataset):
     """Batches of critic examples for one split; see the module docstring for the read order.
 
     Yields dicts of tensors, each ``(B,)`` except ``h`` ``(B, H)`` float16: h, z, label, f, s, s_final,
-    value, valid, t, traj, prompt, row (traj/row are global ids across stores). The batches of one window
+    value, valid, t, traj, prompt, row (traj/row are global ids across stores); with ``context`` also
+    ``h_first`` and ``h_mean`` ``(B, H)`` float16. The batches of one window
     are views of a few window-sized tensors, so a worker ships one shared-memory segment per window.
     """
 
@@ -133,7 +156,10 @@ class CriticStream(IterableDataset):
         gamma: float,
         budget: BudgetDistribution,
         drop_last: bool = False,
+        context: bool = False,
     ):
+        self.context = context
+        """Batches also carry ``h_first`` and ``h_mean`` (:meth:`StoreRows.context`)."""
         self.paths = [s.path for s in stores]
         self.traj_prompt = [s.traj_prompt for s in stores]
         self.width = int(stores[0].width)
@@ -284,6 +310,7 @@ class CriticStream(IterableDataset):
                 at += n_run
             self._store(s).reader.read_latents_into(lo, hi, buf, dest)
         m = {key: v[flat] for key, v in meta.items()}
+        context = self._context_rows(m) if self.context else {}
         d = self.budget.sample(rng, self.store_budget[m.pop("store")])
         m["z"] = (d - m["s"]).astype(np.float32)
         m["label"] = (m["f"] <= m["z"]).astype(np.float32)
@@ -292,6 +319,7 @@ class CriticStream(IterableDataset):
         # every field's batches are views of one window-sized storage: a worker moves each to shared memory
         # once per window, and a batch costs no more than a dict of views
         cols = {"h": torch.from_numpy(buf[:n_out]).split(bs), "valid": torch.from_numpy(m["valid"]).split(bs)}
+        cols.update({key: torch.from_numpy(v).split(bs) for key, v in context.items()})
         cols.update({key: floats[c].split(bs) for c, key in enumerate(FLOAT_KEYS)})
         cols.update({key: ints[c].split(bs) for c, key in enumerate(INT_KEYS)})
         names = list(cols)
@@ -301,6 +329,17 @@ class CriticStream(IterableDataset):
         )
         kept = (buf[n_out:n], {key: v[rest] for key, v in meta.items()}) if len(rest) else None
         return batches, kept
+
+    def _context_rows(self, m: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``h_first`` and ``h_mean`` (n, H) float16 of the rows ``m`` (global row and traj, store)."""
+        n = len(m["row"])
+        out = {k: np.empty((n, self.width), np.float16) for k in ("h_first", "h_mean")}
+        for s in np.unique(m["store"]).tolist():
+            mine = m["store"] == s
+            first, mean = self._store(s).context()
+            out["h_first"][mine] = first[m["traj"][mine] - self.traj_base[s]]
+            out["h_mean"][mine] = mean[m["row"][mine] - self.row_base[s]]
+        return out
 
     def _buffer(self, n: int) -> np.ndarray:
         """A (>= n, width) float16 buffer that no live batch or leftover row uses (reused when possible)."""
@@ -324,10 +363,12 @@ def mask_nonfinite(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
     The stream flags non-finite targets while reading; latents are checked here, after the transfer, where
     the float32 copy the critic needs is made anyway (free on a GPU, no extra pass in the loader)."""
-    h = batch["h"].float()  # (B, H)
-    ok = torch.isfinite(h).all(dim=1)
-    h = torch.where(ok[:, None], h, torch.zeros((), dtype=h.dtype, device=h.device))  # no host sync
-    return {**batch, "h": h, "valid": batch["valid"] & ok}
+    keys = [k for k in ("h", "h_first", "h_mean") if k in batch]  # with the context of a cost_context critic
+    hs = {k: batch[k].float() for k in keys}  # (B, H) each
+    ok = torch.stack([torch.isfinite(h).all(dim=1) for h in hs.values()]).all(0)
+    zero = torch.zeros((), dtype=torch.float32, device=ok.device)
+    hs = {k: torch.where(ok[:, None], h, zero) for k, h in hs.items()}  # no host sync
+    return {**batch, **hs, "valid": batch["valid"] & ok}
 
 
 class _EpochSignal(Sampler):

@@ -139,15 +139,25 @@ def tiny_critic(
     value: float | None = None,
     budget: float | None = None,
     seed: int = 0,
+    cost_context: bool = False,
     **identity,
 ) -> Critic:
     """A seeded igcritic Critic (width 16, depth 1) reading ``policy``'s latents (a Policy or its identity
-    dict, ``identity`` overriding fields); ``safe``, ``cost``, ``value`` plant heads (:func:`plant`)."""
+    dict, ``identity`` overriding fields); ``safe``, ``cost``, ``value`` plant heads (:func:`plant`);
+    ``cost_context``: the cost head reads h_0 and the running mean too."""
     ident = policy.identity.to_dict() if isinstance(policy, Policy) else dict(policy or {"hidden_size": 32})
     ident.update(identity)
     size = ident["hidden_size"] * (1 + len(ident.get("extra_layers") or []))
     torch.manual_seed(seed)
-    cfg = CriticConfig(hidden_size=size, width=16, depth=1, dropout=0.0, policy=ident, budget=budget)
+    cfg = CriticConfig(
+        hidden_size=size,
+        width=16,
+        depth=1,
+        dropout=0.0,
+        policy=ident,
+        budget=budget,
+        cost_context=cost_context,
+    )
     return plant(Critic(cfg).eval(), safe=safe, cost=cost, value=value)
 
 
@@ -172,6 +182,9 @@ def plant(critic: Critic, *, safe: bool | None = None, cost=None, value=None) ->
             critic.safety_head.weight.zero_()
             critic.safety_head.bias[k : 2 * k] = -1e4 if safe else 1e4
         for head, out in ((critic.cost_head, cost), (critic.value_head, value)):
+            head = (
+                head[-1] if isinstance(head, torch.nn.Sequential) else head
+            )  # a context head's output layer
             if out is not None:
                 head.weight.zero_()
                 head.bias.fill_(out)

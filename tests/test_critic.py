@@ -298,3 +298,22 @@ def test_refuses_missing_or_broken_files(artifact, tmp_path):
     _one_line_error(artifact, "not valid JSON")
     (artifact / CONFIG_NAME).write_text(json.dumps({"format": "something-else", "schema_version": 1}))
     _one_line_error(artifact, "not an igcritic critic config")
+
+
+def test_a_context_cost_head_reads_h0_and_the_running_mean_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    crit = Critic(CriticConfig(hidden_size=8, width=16, depth=1, dropout=0.0, cost_context=True)).eval()
+    h, first, mean = torch.randn(3, 5, 8).unbind(0)
+    with torch.no_grad():
+        s = crit.cost(h, first, mean)
+        assert s.shape == (5,)
+        assert not torch.allclose(s, crit.cost(h, first + 1, mean))
+        assert not torch.allclose(s, crit.cost(h, first, mean + 1))
+        assert torch.equal(crit(h, 0.1, first, mean).cost, s)
+    with pytest.raises(CriticError, match="cost_context"):
+        crit.cost(h)
+    crit.save_pretrained(tmp_path / "critic")
+    back = load_critic(tmp_path / "critic")
+    assert back.config.cost_context
+    with torch.no_grad():
+        assert torch.equal(back.cost(h, first, mean), s)

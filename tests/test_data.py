@@ -80,6 +80,20 @@ def test_examples_follow_the_definitions(store):
     assert 0.05 < b["label"].mean() < 0.95
 
 
+def test_context_is_h0_and_the_running_mean_of_each_trajectory(store):
+    """``cost_context`` batches carry h_0 of the row's trajectory and the mean of h_0..h_t (what the runtime's
+    RunningPrefix gives a context cost head); plain batches carry neither."""
+    b = collect(dm_for(store, cost_context=True).train_dataloader())
+    r = StoreReader(store)
+    lat, off = r.read_latents(0, r.n_tok).astype(np.float64), r.traj_offsets
+    traj = np.searchsorted(off, b["row"], side="right") - 1
+    mean = np.stack([lat[off[k] : row + 1].mean(0) for k, row in zip(traj, b["row"], strict=True)])
+    np.testing.assert_array_equal(b["h_first"], lat[off[traj]].astype(np.float16))
+    np.testing.assert_allclose(b["h_mean"].astype(np.float64), mean, rtol=2e-3, atol=2e-3)
+    assert (b["t"] > 0).any() and not np.allclose(b["h_mean"], b["h"])
+    assert "h_first" not in collect(dm_for(store).train_dataloader())
+
+
 def test_budget_range_defaults_to_the_stores_cost_scale(store):
     dm = dm_for(store)
     low, high = dm.budget_range

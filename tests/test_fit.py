@@ -66,6 +66,37 @@ def test_critic_learns_costs_that_follow_directions_of_h(store, tmp_path):
 
 
 @pytest.mark.multiprocess
+def test_a_context_cost_head_fits_what_one_token_cannot_and_trains_alone_from_an_artifact(tmp_path):
+    """On latents where one token's harm direction is buried in noise, a cost head that reads the running
+    mean fits S_t far better; fitted from an exported critic with ``train: [cost]`` it leaves the trunk, q,
+    V, the normalisation and the calibration map exactly as they were."""
+    path = str(tmp_path / "noisy.zarr")
+    make_store(path, n_prompts=30, rollouts=5, hidden=16, noise=1.5, chunk_tokens=256)
+
+    def fit(**kw):
+        context = kw.get("cost_context", False)
+        dm = CriticDataModule(
+            [path], batch_size=64, val_fraction=0.2, shuffle_buffer=1024, cost_context=context
+        )
+        model = tiny_module(dm.hidden_size, **kw)
+        trainer = tiny_trainer(tmp_path, epochs=6, enable_checkpointing=False)
+        trainer.fit(model, dm)
+        return model.critic, float(trainer.callback_metrics["val/cost_mse"])
+
+    plain, plain_mse = fit()
+    plain.save_pretrained(tmp_path / "plain")
+    context, context_mse = fit(cost_context=True, init_from=str(tmp_path / "plain"), train=["cost"])
+    assert context_mse < 0.8 * plain_mse
+    before, after = plain.state_dict(), context.state_dict()
+    kept = [k for k, v in before.items() if torch.is_tensor(v) and not k.startswith("cost_head.")]
+    assert kept and all(torch.equal(before[k], after[k]) for k in kept)
+    assert context.calibration.to_dict() == plain.calibration.to_dict()
+    with pytest.raises(FitError, match="other sizes"):
+        tiny_module(16, width=32, init_from=str(tmp_path / "plain"))
+    with pytest.raises(FitError, match="unknown part"):
+        tiny_module(16, train=["heads"])
+
+
 def test_ddp_two_cpu_processes_train_on_disjoint_rows(store, tmp_path):
     dm = CriticDataModule([store], batch_size=64, val_fraction=0.2, shuffle_buffer=512)
     model = tiny_module(dm.hidden_size)

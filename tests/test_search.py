@@ -148,6 +148,26 @@ def test_latent_cost_tracks_every_token_for_a_running_max_cost(tiny_policy, runn
     assert rec.cost == pytest.approx(float(want), abs=1e-4)
 
 
+@pytest.mark.parametrize("window", [1, 3])
+def test_a_context_critic_tracks_every_token_with_the_answer_so_far(tiny_policy, window):
+    """A critic whose cost head reads h_0 and the running mean (``cost_context``): fully latent mode tracks
+    the running max of Ŝ(h_t, h_0, mean of h_0..h_t) over every token, the rows' running prefix carried across
+    the 4-token blocks; the same head given h_t alone as its context scores otherwise."""
+    crit = tiny_critic(tiny_policy, safe=True, value=0.0, cost_context=True)
+    crit.config.cost_scorer = {"id": "c", "role": "cost", "bounds": [-100, 100], "running_max": True}
+    cfg = config(mode="latent", num_candidates=1, beams_kept=1, temperature=0, budget=50.0, ignore_eos=True)
+    (rec,) = search(tiny_policy, PROMPTS[:1], replace(cfg, latent_window=window), crit)
+    (h,) = teacher_forced_latents(tiny_policy, PROMPTS[:1], [rec.token_ids])
+    mean = h.double().cumsum(0) / torch.arange(1, len(h) + 1, dtype=torch.float64)[:, None]
+    with torch.no_grad():
+        s_hat = crit.cost(h, h[:1].expand_as(h), mean.float()).double()  # Ŝ at h_0, ..., h_T
+        alone = crit.cost(h, h, h).double()
+    means = [s_hat[max(t - window + 1, 0) : t + 1].mean() for t in range(len(s_hat))]
+    assert len(rec.token_ids) == 16 and not rec.refused
+    assert (s_hat - alone).abs().max() > 1e-2  # the context changes Ŝ on this answer
+    assert rec.cost == pytest.approx(float(max(means)), abs=1e-4)
+
+
 def test_latent_window_after_a_rewind_is_the_parents(tiny_policy):
     """A rewound block leaves no trace in the windowed Ŝ: the two rejected blocks (q = 0) have Ŝ = 40 on every
     token, the answer finally kept Ŝ = 0 (and Ŝ(h_0) = 0), so its tracked cost is 0 only if the rewind gave

@@ -54,9 +54,25 @@ class _Ctx:
             and is_running_max(self.critic.config.cost_scorer or {})
         )
 
+    @property
+    def latent_context(self) -> bool:
+        """Fully latent mode with a critic whose cost head reads the answer so far (``cost_context``): the
+        rows carry a ``RunningPrefix`` of their latents."""
+        return self.cfg.mode == "latent" and self.critic is not None and self.critic.config.cost_context
+
     def critic_cost(self, h: torch.Tensor) -> torch.Tensor:
         """The critic's latent cost Ŝ(h) of every candidate (B,)."""
         return self._critic_head(h, self.critic.cost_from_features)
+
+    def critic_context_cost(self, h: torch.Tensor, first: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        """Ŝ (B,) of a ``cost_context`` critic from h_t, h_0 and the mean of h_0..h_t (its own MLP, no
+        trunk pass)."""
+        t0 = time.perf_counter()
+        dev = self.critic.h_mean.device
+        with torch.inference_mode():
+            out = self.critic.context_cost(*(x.to(dev, torch.float32) for x in (h, first, mean)))
+        self.critic_seconds += time.perf_counter() - t0
+        return out.detach().float().reshape(-1).cpu()
 
     def critic_value(self, h: torch.Tensor) -> torch.Tensor:
         """The critic's value V(h) of every candidate (B,)."""

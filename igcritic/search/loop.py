@@ -25,6 +25,7 @@ from igcritic.search.scoring import (
     _decode_scoring,
     _decoded_empty_cost,
     _entries,
+    _latent_empty_cost,
     _refusal_entries,
     _score_candidates,
 )
@@ -102,8 +103,8 @@ def _search_batch(ctx: _Ctx, gen: Generators) -> list[GuardRecord]:
             if ctx.cols
             else ctx.score(ctx.cost, beams.prompt, [""] * len(beams))
         )
-    elif ctx.latent_running_max:  # Ŝ_0 of the empty answer, the first token of every window
-        beams.cost = ctx.critic_cost(beams.h)
+    elif ctx.latent_running_max or ctx.latent_context:  # Ŝ_0 of the empty answer: every window's first token
+        beams.cost = _latent_empty_cost(ctx, beams)
         beams.cost_tail = torch.full((len(beams), cfg.latent_window - 1), float("nan"))
         if cfg.latent_window > 1:
             beams.cost_tail[:, -1] = beams.cost
@@ -131,7 +132,7 @@ def _search_batch(ctx: _Ctx, gen: Generators) -> list[GuardRecord]:
             cfg,
             gen,
             proc,
-            keep_latents=bool(ctx.cols) or ctx.latent_running_max,
+            keep_latents=bool(ctx.cols) or ctx.latent_running_max or ctx.latent_context,
             latent_logits=recontrol,
         )
         for p, n in (args.scored if args is not None else {}).items():

@@ -110,26 +110,60 @@ def _decoded_scores(
     return out
 
 
+def _latent_empty_cost(ctx: _Ctx, beams) -> torch.Tensor:
+    """Ŝ_0 of each prompt from its prefill latent; a ``cost_context`` critic's rows start their
+    ``RunningPrefix`` here."""
+    if not ctx.latent_context:
+        return ctx.critic_cost(beams.h)
+    beams.prefix = RunningPrefix.start(beams.h)
+    h0 = beams.prefix.first
+    return ctx.critic_context_cost(h0, h0, h0)
+
+
 def _latent_cost(ctx: _Ctx, cands, parent_cost: torch.Tensor, block=None) -> torch.Tensor:
     """Ŝ of every candidate from the critic's cost head: at its last token, or (a running-max cost,
     ``ctx.latent_running_max``) the running max over ``parent_cost`` and every token the block added (the
     decode pass keeps their latents) of Ŝ averaged over the last ``latent_window`` tokens, the window reaching
     back into earlier blocks through ``cands.cost_tail`` (updated here). Without ``block`` (the refusal
-    candidate): the max of ``parent_cost`` and its last token's Ŝ."""
-    steps = None
-    if ctx.latent_running_max and block is not None and block.latents is not None and block.steps:
-        n = block.new  # (R,) tokens each row added
-        r, j = (torch.arange(block.steps)[None] < n[:, None]).nonzero(as_tuple=True)
-        steps = torch.full((len(n), block.steps), float("nan"))
-        if len(r):
-            steps[r, j] = ctx.critic_cost(block.latents[r, j + 1])
-    last = ctx.critic_cost(cands.h)  # last: value and q reuse this trunk pass
+    candidate): the max of ``parent_cost`` and its last token's Ŝ. A ``cost_context`` critic reads each
+    token with h_0 and the running mean (``cands.prefix``, advanced here; an EOS is no token, as for the
+    exact cost)."""
+    steps, new = None, None
+    if ctx.latent_context:
+        steps, last, new = _context_costs(ctx, cands, block)
+    else:
+        if ctx.latent_running_max and block is not None and block.latents is not None and block.steps:
+            new = block.new  # (R,) tokens each row added
+            r, j = (torch.arange(block.steps)[None] < new[:, None]).nonzero(as_tuple=True)
+            steps = torch.full((len(new), block.steps), float("nan"))
+            if len(r):
+                steps[r, j] = ctx.critic_cost(block.latents[r, j + 1])
+        last = ctx.critic_cost(cands.h)  # last: value and q reuse this trunk pass
     if not ctx.latent_running_max:
         return last
     if steps is None:  # the refusal candidate (or a block that added nothing): its last token
         return torch.maximum(last, parent_cost.float())
-    windowed, cands.cost_tail = window_means(cands.cost_tail, steps, block.new)
+    windowed, cands.cost_tail = window_means(cands.cost_tail, steps, new)
     return torch.maximum(windowed, parent_cost.float())
+
+
+def _context_costs(ctx: _Ctx, cands, block) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+    """A ``cost_context`` critic's Ŝ at every token the block added ((R, S), NaN where a row added none),
+    at the candidate's last token (R,), and the tokens each row counted (R,); without ``block`` (the
+    refusal candidate, whose ``prefix`` is built whole) the steps and counts are None."""
+    if block is None or block.latents is None or not block.steps:
+        p = cands.prefix
+        return None, ctx.critic_context_cost(p.last, p.first, p.total / p.count[:, None]), None
+    start = cands.prefix
+    counted = (block.new - block.eos.long()).clamp(min=0)  # an EOS decodes to no text
+    after, h, mean, valid = start.advance(block.latents, counted)
+    cands.prefix = after
+    steps = torch.full(valid.shape, float("nan"))
+    r, j = valid.nonzero(as_tuple=True)
+    if len(r):
+        steps[r, j] = ctx.critic_context_cost(h[r, j], start.first[r], mean[r, j])
+    last = ctx.critic_context_cost(after.last, after.first, after.total / after.count[:, None])
+    return steps, last, counted
 
 
 def window_means(
@@ -200,6 +234,12 @@ def _refusal_entries(ctx: _Ctx, s0: torch.Tensor) -> list[_Entry]:
     mask = torch.cat([enc["attention_mask"], torch.ones_like(tail)], 1)
     _, lat, _ = policy.forward(torch.cat([enc["input_ids"], tail], 1), mask)  # (P, T, H)
     rows = SimpleNamespace(tokens=[list(ids) for _ in range(n)], prompt=torch.arange(n), h=lat[:, -1].float())
+    if (
+        ctx.latent_context
+    ):  # h_0 at the prompt's end (left-padded), then the refusal's tokens, EOS not counted
+        answer = lat[:, enc["input_ids"].shape[1] - 1 :].float().cpu()
+        counted = torch.full((n,), len(ids) - 1, dtype=torch.long)
+        rows.prefix = RunningPrefix.start(answer[:, 0]).advance(answer, counted)[0]
     cols = {k: v.tolist() for k, v in _score_candidates(ctx, rows, s0)._asdict().items()}
     return [
         _Entry(list(ids), **{k: v[p] for k, v in cols.items()}, complete=True, refusal=True) for p in range(n)
