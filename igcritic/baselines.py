@@ -258,10 +258,15 @@ class ReControl:
         return logits
 
 
-def recontrol_problems(policy: Policy, critic: Critic) -> list[str]:
+def recontrol_problems(policy: Policy, critic: Critic, guidance: str = "reward") -> list[str]:
     """Why RE-Control cannot run with this policy and critic (empty: it can); its own parameters are
     checked with the rest of the search config (``SearchConfig.resolve``)."""
     bad = []
+    if guidance_needs(guidance)[1] and critic.config.cost_context:
+        bad.append(
+            f"search.guidance {guidance} edits one latent by the critic's cost head, but this critic's cost "
+            "head reads the answer so far (cost_context); use --search.guidance reward"
+        )
     ident = policy.identity
     seen = [("policy", ident.layer, ident.norm)]
     if critic.config.policy is not None:

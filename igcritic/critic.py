@@ -86,13 +86,15 @@ class CriticConfig:
     """The reward scorer of the training store(s): at least ``id`` and ``sign``."""
     cost_context: bool = False
     """The latent cost head reads the answer so far, not ``h_t`` alone: ``[h_t, mean(h_0..h_t), h_0]``
-    through its own MLP (``width`` hidden units), beside the trunk. A prefix cost depends on the prompt and
-    on what the answer said before t, which one token's latent holds only in part (docs/design.md section
-    3)."""
+    through its own MLP (``cost_hidden`` units), beside the trunk. A prefix cost depends on the prompt and
+    on what the answer said before t, which one token's latent holds only in part (docs/design.md
+    section 3)."""
+    cost_hidden: int = 128
+    """Hidden units of the ``cost_context`` head (its input is 3 x ``hidden_size`` wide)."""
 
     def problems(self) -> list[str]:
         """Every invalid field, as ``name=value (why)`` strings."""
-        sizes = ("hidden_size", "width", "depth", "n_mixture")
+        sizes = ("hidden_size", "width", "depth", "n_mixture", "cost_hidden")
         out = [f"{k}={getattr(self, k)} (must be >= 1)" for k in sizes if getattr(self, k) < 1]
         if not 0.0 <= self.dropout < 1.0:
             out.append(f"dropout={self.dropout} (must be in [0, 1))")
@@ -177,7 +179,7 @@ class Critic(nn.Module):
         self.safety_head = nn.Linear(w, 3 * k)  # mixture logits, locations, raw scales
         self.value_head = nn.Linear(w, 1)
         self.cost_head = (
-            nn.Sequential(nn.Linear(3 * h, w), nn.GELU(), nn.Linear(w, 1))
+            nn.Sequential(nn.Linear(3 * h, config.cost_hidden), nn.GELU(), nn.Linear(config.cost_hidden, 1))
             if config.cost_context
             else nn.Linear(w, 1)
         )

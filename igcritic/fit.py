@@ -98,7 +98,9 @@ class CriticModule(LightningModule):
         scheduler: LR scheduler factory, called with the optimizer; None keeps the LR constant.
         scheduler_interval: Step the scheduler every ``epoch`` or every ``step``.
         cost_context: The latent cost head reads h_0 and the running mean of h_0..h_t beside h_t (its own
-            MLP; ``CriticConfig.cost_context``); the CLI has the data module deliver them.
+            MLP of ``cost_hidden`` units; ``CriticConfig.cost_context``); the CLI has the data module
+            deliver them.
+        cost_hidden: Hidden units of the ``cost_context`` head.
         init_from: An exported critic folder (``igcritic export``) to start from: its weights,
             normalisation and calibration map; its sizes must be the config's. A head whose form the config
             changes (``cost_context``) starts fresh.
@@ -125,6 +127,7 @@ class CriticModule(LightningModule):
         scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: Literal["epoch", "step"] = "epoch",
         cost_context: bool = False,
+        cost_hidden: int = 128,
         init_from: str | None = None,
         train: list[Literal["trunk", "safety", "value", "cost"]] | None = None,
     ):
@@ -142,6 +145,7 @@ class CriticModule(LightningModule):
                 dropout=dropout,
                 n_mixture=n_mixture,
                 cost_context=cost_context,
+                cost_hidden=cost_hidden,
             )
         )
         if init_from is not None:
@@ -179,7 +183,7 @@ class CriticModule(LightningModule):
                 "then the config's); set the model's sizes to the artifact's"
             )
         state = src.state_dict()
-        if theirs.cost_context != mine.cost_context:  # another form of cost head: it starts fresh
+        if (theirs.cost_context, theirs.cost_hidden) != (mine.cost_context, mine.cost_hidden):  # starts fresh
             state = {k: v for k, v in state.items() if not k.startswith("cost_head.")}
         self.critic.load_state_dict(state, strict=False)
         for k in ("policy", "cost_scorer", "reward_scorer"):  # checked against the stores in setup

@@ -3,6 +3,7 @@ refusals."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -158,6 +159,19 @@ def test_recontrol_refuses_a_critic_on_another_latent(tiny_policy):
     assert "\n" not in str(e.value) and "--layer -1 --norm post" in str(e.value)
     with pytest.raises(SearchConfigError, match="critic's latent is layer 1, norm pre"):
         search(tiny_policy, PROMPTS, cfg, tiny_critic(tiny_policy, layer=1, norm="pre"), word_cost())
+
+
+def test_recontrol_cost_guidance_refuses_a_context_cost_head(tiny_policy):
+    """RE-Control edits one latent; a cost head that reads the answer so far cannot guide that edit."""
+    crit = tiny_critic(tiny_policy, cost_context=True)
+    cfg = SearchConfig(method="recontrol", **{**BASE, "guidance": "lagrangian"})
+    with pytest.raises(SearchConfigError, match="reads the answer so far") as e:
+        search(tiny_policy, PROMPTS, cfg, crit, word_cost())
+    assert "\n" not in str(e.value)
+    (rec,) = search(
+        tiny_policy, PROMPTS[:1], replace(cfg, guidance="reward", recontrol_steps=1), crit, word_cost()
+    )
+    assert rec.token_ids
 
 
 @pytest.mark.parametrize(

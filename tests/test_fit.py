@@ -275,11 +275,12 @@ def _print_config(args: list[str]) -> dict:
     return yaml.safe_load(buf.getvalue())
 
 
-@pytest.mark.parametrize("name", ["embedded", "paper-7b"])
+@pytest.mark.parametrize("name", ["embedded", "paper-7b", "embedded-context"])
 def test_print_config_round_trips(name, tmp_path):
     first = _print_config(["fit", "--config", str(CONFIGS / f"{name}.yaml"), "--print_config"])
     assert first["model"]["optimizer"]["class_path"] == "torch.optim.AdamW"
     assert "hidden_size" not in first["model"]  # linked from data.hidden_size
+    assert "cost_context" not in first["data"]  # linked from model.cost_context
     path = tmp_path / "printed.yaml"
     path.write_text(yaml.safe_dump(first))
     assert _print_config(["fit", "--config", str(path), "--print_config"]) == first

@@ -32,7 +32,7 @@ def checked_config(
     """``cfg`` resolved against what is bound, or one error listing why it cannot run here (before any
     token is generated: ``igcritic eval`` checks every method with it first)."""
     cfg = cfg.resolve(critic is not None, cost is not None, reward is not None)
-    if cfg.method == "recontrol" and (bad := recontrol_problems(policy, critic)):
+    if cfg.method == "recontrol" and (bad := recontrol_problems(policy, critic, cfg.guidance)):
         raise SearchConfigError("; ".join(bad))
     check_budget(cfg.budget, cost, critic)
     return cfg
