@@ -133,7 +133,11 @@ def export(
             "the artifact's q is the raw head",
             ckpt,
         )
-    elif (step := (cal.fitted or {}).get("global_step")) is not None and step != entry.get("global_step"):
+    elif (
+        (step := (cal.fitted or {}).get("global_step")) is not None
+        and step != entry.get("global_step")
+        and entry.get("q_trained", True)  # a fit that left q as it was keeps its map
+    ):
         log.warning(
             "the calibration of %s was fitted at step %s, the weights are from step %s (validation did "
             "not run before this checkpoint): refit with `igcritic validate`",

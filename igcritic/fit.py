@@ -379,14 +379,19 @@ class CriticModule(LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
-        safety_learns = any(p.requires_grad for p in self.critic.safety_head.parameters())
-        self._calibrate("val", fit_map=self.hparams.calibration != "none" and safety_learns)
+        self._calibrate("val", fit_map=self.hparams.calibration != "none" and self._q_learns)
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test")
         self._calibrate("test", fit_map=False)
 
     # ---- post-hoc calibration ------------------------------------------------------------------------------
+    @property
+    def _q_learns(self) -> bool:
+        """Whether this fit changes q (its trunk or safety head learns, ``model.train``)."""
+        parts = (self.critic.trunk, self.critic.safety_head)
+        return any(p.requires_grad for m in parts for p in m.parameters())
+
     def _calibrate(self, split: str, fit_map: bool) -> None:
         """Fit the calibration map on this epoch's histograms (``fit_map``); log ECE after it, per budget."""
         if self.calibration_bins is None or not self.calibration_bins[f"{split}_"].update_called:
@@ -443,6 +448,7 @@ class CriticModule(LightningModule):
             "critic_config": self.critic.config.to_dict(),
             "metrics": metrics,
             "budgets": list(self.budgets),
+            "q_trained": self._q_learns,  # False: q and its calibration map are the init_from artifact's
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

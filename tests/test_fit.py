@@ -81,16 +81,19 @@ def test_a_context_cost_head_fits_what_one_token_cannot_and_trains_alone_from_an
         model = tiny_module(dm.hidden_size, **kw)
         trainer = tiny_trainer(tmp_path, epochs=6, enable_checkpointing=False)
         trainer.fit(model, dm)
-        return model.critic, float(trainer.callback_metrics["val/cost_mse"])
+        return model, float(trainer.callback_metrics["val/cost_mse"])
 
-    plain, plain_mse = fit()
+    plain_module, plain_mse = fit()
+    plain = plain_module.critic
     plain.save_pretrained(tmp_path / "plain")
-    context, context_mse = fit(cost_context=True, init_from=str(tmp_path / "plain"), train=["cost"])
+    context_module, context_mse = fit(cost_context=True, init_from=str(tmp_path / "plain"), train=["cost"])
+    context = context_module.critic
     assert context_mse < 0.8 * plain_mse
     before, after = plain.state_dict(), context.state_dict()
     kept = [k for k, v in before.items() if torch.is_tensor(v) and not k.startswith("cost_head.")]
     assert kept and all(torch.equal(before[k], after[k]) for k in kept)
     assert context.calibration.to_dict() == plain.calibration.to_dict()
+    assert not context_module._q_learns and plain_module._q_learns
     with pytest.raises(FitError, match="other sizes"):
         tiny_module(16, width=32, init_from=str(tmp_path / "plain"))
     with pytest.raises(FitError, match="unknown part"):
