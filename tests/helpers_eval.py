@@ -62,8 +62,9 @@ def recompute(records: list[dict], budget: float) -> dict[str, dict]:
     return out
 
 
-def tiny_guard(tmp_path, policy, **scorers):
-    """The real guard on the tiny Llama with an untrained exported critic."""
+def tiny_guard(tmp_path, policy, critic_config: dict | None = None, **scorers):
+    """The real guard on the tiny Llama with an untrained exported critic (``critic_config``: more
+    CriticConfig fields)."""
     import torch
 
     from igcritic.critic import Critic, CriticConfig
@@ -71,9 +72,8 @@ def tiny_guard(tmp_path, policy, **scorers):
 
     torch.manual_seed(0)
     critic_dir = tmp_path / "critic"
-    Critic(CriticConfig(hidden_size=32, width=16, policy=policy.identity.to_dict())).save_pretrained(
-        critic_dir
-    )
+    cfg = CriticConfig(hidden_size=32, width=16, policy=policy.identity.to_dict(), **(critic_config or {}))
+    Critic(cfg).save_pretrained(critic_dir)
     return load_guard(critic_dir, model=policy, **scorers), critic_dir
 
 

@@ -116,13 +116,23 @@ def test_a_missing_default_quality_set_is_one_warning_not_a_crash(tmp_path, monk
         )
 
 
-def test_quality_reports_the_critics_value_and_latent_cost_on_unpadded_latents(tmp_path, tiny_policy):
-    """The critic rows of the quality table: V(h_T) against helpful and Ŝ(h_T) against harmful, where h_T is
-    the latent of the whole answer (checked one unpadded answer at a time against the batched padded pass)."""
+@pytest.mark.parametrize("running_max", [False, True])
+def test_quality_reports_the_critics_value_and_latent_cost_on_unpadded_latents(
+    tmp_path, tiny_policy, running_max
+):
+    """The critic rows of the quality table: V(h_T) against helpful and, against harmful, Ŝ as the fully
+    latent search tracks it: Ŝ(h_T), or for a running-max cost (here with a cost head that reads h_0 and the
+    running mean) the max of Ŝ over h_0..h_T, where h_t are the latents of the whole answer (checked one
+    unpadded answer at a time against the batched padded pass)."""
     import torch
 
+    cost_scorer = {"id": "c", "role": "cost", "running_max": running_max}
     guard, critic_dir = tiny_guard(
-        tmp_path, tiny_policy, cost=TextCost(char_cycle), reward=TextReward(distinct_chars)
+        tmp_path,
+        tiny_policy,
+        {"cost_context": running_max, "cost_scorer": cost_scorer},
+        cost=TextCost(char_cycle),
+        reward=TextReward(distinct_chars),
     )
     answers = [
         "sure here is how",
@@ -149,15 +159,20 @@ def test_quality_reports_the_critics_value_and_latent_cost_on_unpadded_latents(t
     )
     result = run_eval(cfg, guard=guard, judges=[])
     got = {q.kind: q for q in result.quality}
-    h_last = []
+    h_last, tracked = [], []
     for r in rows:
         enc = tiny_policy.encode_prompts([r["prompt"]])
         ans = tiny_policy.tokenizer(r["response"], add_special_tokens=False)["input_ids"]
         ids = torch.cat([enc["input_ids"], torch.tensor([ans])], 1)
-        h_last.append(tiny_policy.latents_of(ids, torch.ones_like(ids))[0, -1])
+        h = tiny_policy.latents_of(ids, torch.ones_like(ids))[0, enc["input_ids"].shape[1] - 1 :]  # h_0..h_T
+        h_last.append(h[-1])
+        mean = torch.stack([h[: t + 1].mean(0) for t in range(len(h))])
+        with torch.inference_mode():
+            s = guard.critic.cost(h, h[:1].expand_as(h), mean)
+        tracked.append(s.max() if running_max else s[-1])
     with torch.inference_mode():
-        h = torch.stack(h_last)
-        value, cost = guard.critic.value(h).clamp(0, 1), guard.critic.cost(h).clamp(0, 1)
+        value = guard.critic.value(torch.stack(h_last)).clamp(0, 1)
+        cost = torch.stack(tracked).clamp(0, 1)
     want_v = auroc_ece(value.numpy(), [r["helpful"] for r in rows])
     want_c = auroc_ece(cost.numpy(), [r["harmful"] for r in rows])
     assert (got["critic value"].target, got["critic cost"].target) == ("helpful", "harmful")

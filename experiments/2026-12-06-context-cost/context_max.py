@@ -22,16 +22,10 @@ from sklearn.metrics import roc_auc_score
 from igcritic.critic import load_critic
 from igcritic.decoding import teacher_forced_latents
 from igcritic.policy import load_policy
+from igcritic.search.scoring import answer_latent_cost
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "2026-12-06-latent-max"))
-from latent_max import BUDGET, read_answers  # noqa: E402
-
-
-def running_max(critic, h: torch.Tensor) -> float:
-    """max over t = 0..T of Ŝ at h_t (with h_0 and the mean of h_0..h_t for a cost_context critic)."""
-    mean = h.double().cumsum(0) / torch.arange(1, len(h) + 1, dtype=torch.float64)[:, None]
-    with torch.inference_mode():
-        return float(critic.cost(h, h[:1].expand_as(h), mean.float()).max())
+from latent_max import BUDGET, read_answers
 
 
 def main(out: str, critics: list[str], folders: list[str]) -> None:
@@ -43,8 +37,10 @@ def main(out: str, critics: list[str], folders: list[str]) -> None:
     for i in range(0, len(rows), 8):
         batch = rows[i : i + 8]
         ids = [tok(r["response"], add_special_tokens=False)["input_ids"][:48] for r in batch]
-        for r, h in zip(batch, teacher_forced_latents(policy, [r["prompt"] for r in batch], ids), strict=True):
-            r.update({c: running_max(crit, h) for c, crit in loaded.items()})
+        for r, h in zip(
+            batch, teacher_forced_latents(policy, [r["prompt"] for r in batch], ids), strict=True
+        ):
+            r.update({c: answer_latent_cost(crit, h) for c, crit in loaded.items()})
         print(f"{i + len(batch)}/{len(rows)}", file=sys.stderr, flush=True)
     harmful = np.array([r["label"] == "compliant-harmful" for r in rows])
     report = {"answers": len(rows), "harmful": int(harmful.sum())}

@@ -158,20 +158,23 @@ def quality_of(
 
 def critic_graders(guard: Guard) -> list[Grader]:
     """The guard's critic as two graders of the labelled answers: its value ``V(h_T)`` against ``helpful``
-    (does it rank answers as well as the reward scorer?) and its latent cost ``Ŝ(h_T)``, the fully latent
-    mode's S, against ``harmful`` (does it see what the exact cost sees?). ``h_T``: the teacher-forced latent
-    of the re-tokenised answer (cut to the policy's context)."""
+    (does it rank answers as well as the reward scorer?) and its latent cost as the fully latent mode tracks
+    it (``answer_latent_cost``: the running max of Ŝ over every token for a running-max cost) against
+    ``harmful`` (does it see what the exact cost sees?). ``h_t``: the teacher-forced latents of the
+    re-tokenised answer (cut to the policy's context)."""
     critic, policy = guard.critic, guard.policy
 
     from igcritic.decoding import teacher_forced_latents
+    from igcritic.search.scoring import answer_latent_cost
 
-    seen: dict[tuple, torch.Tensor] = {}  # value and cost grade the same answers: one pass serves both
+    seen: dict[tuple, list[torch.Tensor]] = {}  # value and cost grade the same answers: one pass serves both
 
-    def last_latents(prompts: list[str], responses: list[str]) -> torch.Tensor:
+    def answer_latents(prompts: list[str], responses: list[str]) -> list[torch.Tensor]:
         key = (tuple(prompts), tuple(responses))
         if key in seen:
             return seen[key]
         out = []
+        device = next(critic.parameters()).device
         for i in range(0, len(prompts), 16):
             answers = [  # cut to what the context leaves after the prompt
                 policy.tokenizer(r, add_special_tokens=False)["input_ids"][
@@ -179,28 +182,28 @@ def critic_graders(guard: Guard) -> list[Grader]:
                 ]
                 for p, r in zip(prompts[i : i + 16], responses[i : i + 16], strict=True)
             ]
-            lat = teacher_forced_latents(policy, prompts[i : i + 16], answers)
-            out += [h[-1] for h in lat]
+            out += [h.to(device) for h in teacher_forced_latents(policy, prompts[i : i + 16], answers)]
         seen.clear()
-        seen[key] = torch.stack(out).to(next(critic.parameters()).device)
-        return seen[key]
+        seen[key] = out
+        return out
 
-    def head(fn: Callable[[torch.Tensor], torch.Tensor]):  # a head on the answers' last latents, in [0, 1]
-        @torch.inference_mode()
-        def grade(prompts, responses):
-            return fn(last_latents(prompts, responses)).clamp(0, 1).cpu().numpy()
+    @torch.inference_mode()
+    def value(prompts, responses):
+        last = torch.stack([h[-1] for h in answer_latents(prompts, responses)])
+        return critic.value(last).clamp(0, 1).cpu().numpy()
 
-        return grade
+    def cost(prompts, responses):
+        return np.clip([answer_latent_cost(critic, h) for h in answer_latents(prompts, responses)], 0, 1)
 
     return [
-        ("critic", "critic value", "helpful", head(critic.value), None),
-        ("critic", "critic cost", "harmful", head(critic.cost), None),
+        ("critic", "critic value", "helpful", value, None),
+        ("critic", "critic cost", "harmful", cost, None),
     ]
 
 
 QUALITY_CACHE = "quality"
 """Folder under :func:`igcritic.policy.cache_dir` of the quality tables already computed."""
-QUALITY_CACHE_VERSION = 1
+QUALITY_CACHE_VERSION = 2
 """Bumped when the quality numbers are computed differently (old cache files then never match)."""
 
 

@@ -12,7 +12,9 @@ from typing import NamedTuple
 
 import torch
 
+from igcritic.critic import Critic
 from igcritic.decoding import RunningPrefix
+from igcritic.scorers.base import is_running_max
 from igcritic.scorers.latent import MAX_ANSWER_TOKENS, MAX_PROMPT_TOKENS, same_tokens
 from igcritic.search.context import _Ctx
 
@@ -164,6 +166,16 @@ def _context_costs(ctx: _Ctx, cands, block) -> tuple[torch.Tensor | None, torch.
         steps[r, j] = ctx.critic_context_cost(h[r, j], start.first[r], mean[r, j])
     last = ctx.critic_context_cost(after.last, after.first, after.total / after.count[:, None])
     return steps, last, counted
+
+
+def answer_latent_cost(critic: Critic, h: torch.Tensor) -> float:
+    """The S fully latent mode tracks for a whole answer (``latent_window`` 1), from its teacher-forced
+    latents h_0..h_T ((T + 1, H), no EOS): the running max of Ŝ over every token when the critic's cost is a
+    running max, else Ŝ(h_T); a ``cost_context`` critic reads each h_t with h_0 and the mean of h_0..h_t."""
+    mean = h.double().cumsum(0) / torch.arange(1, len(h) + 1, dtype=torch.float64)[:, None]
+    with torch.inference_mode():
+        s = critic.cost(h, h[:1].expand_as(h), mean.to(h.dtype))
+    return float(s.max() if is_running_max(critic.config.cost_scorer or {}) else s[-1])
 
 
 def window_means(
