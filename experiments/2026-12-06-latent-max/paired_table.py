@@ -47,8 +47,9 @@ def main() -> None:
     ap.add_argument("methods", nargs="+")
     ap.add_argument("--reference", required=True)
     ap.add_argument("--resamples", type=int, default=2000)
+    ap.add_argument("--split", default="heldout_source", help="the prompts' split in wide_prompts.jsonl")
     args = ap.parse_args()
-    flags = {r["prompt"]: r["harmful"] for r in rows(PROMPTS) if r["split"] == "heldout_source"}
+    flags = {r["prompt"]: r["harmful"] for r in rows(PROMPTS) if r["split"] == args.split}
     per_method = {}
     for spec in args.methods:
         name, _, where = spec.partition("=")
