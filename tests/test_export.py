@@ -12,7 +12,7 @@ import pytest
 import torch
 from helpers_fit import make_store, tiny_module, tiny_trainer
 
-from igcritic.critic import CALIBRATION_KEY, CONFIG_NAME, SCHEMA_VERSION, WEIGHTS_NAME, load_critic
+from igcritic.critic import CALIBRATION_KEY, CKPT_KEY, CONFIG_NAME, SCHEMA_VERSION, WEIGHTS_NAME, load_critic
 from igcritic.data import CriticDataModule
 from igcritic.export import ExportConfig, ExportError, default_out, export, main
 from igcritic.search import SEARCH_CONFIG_NAME
@@ -34,7 +34,7 @@ def trained(tmp_path_factory):
     trainer = tiny_trainer(root, epochs=1)
     trainer.fit(model, CriticDataModule([str(root / "store.zarr")], batch_size=32, val_fraction=0.3))
     assert not model.critic.calibration.is_identity  # fitted on the validation split at the end of the epoch
-    return model, trainer.checkpoint_callback.best_model_path
+    return model.eval(), trainer.checkpoint_callback.best_model_path  # no dropout: any test order compares
 
 
 def test_export_then_load_reproduces_the_module_exactly(trained, tmp_path):
@@ -121,6 +121,14 @@ def test_export_without_calibration_and_from_old_checkpoints(trained, tmp_path, 
     with caplog.at_level("WARNING", logger="igcritic.export"):
         export(tmp_path / "stale.ckpt", tmp_path / "stale")
     assert "fitted at step -1" in caplog.text
+    stale[CKPT_KEY]["q_trained"] = (
+        False  # a fit that left q alone (model.train [cost]) keeps its source's map
+    )
+    torch.save(stale, tmp_path / "kept.ckpt")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="igcritic.export"):
+        export(tmp_path / "kept.ckpt", tmp_path / "kept")
+    assert "fitted at step" not in caplog.text
 
 
 @pytest.mark.subprocess
