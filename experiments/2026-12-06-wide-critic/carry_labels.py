@@ -8,6 +8,14 @@ the carried ones mixed in (read again blind: the agreement with the old label me
 rounds). After reading, ``labels.jsonl`` = carried + the new labels of unread ids (``merge``).
 
     python experiments/2026-12-06-wide-critic/carry_labels.py merge NEW_DIR READ_LABELS [READ_LABELS ...]
+
+Between the two, for blind readers (each reader's file also holds the first ``--extra`` rows of the next
+reader's, so those rows are read twice; ``own`` keeps each row's owner label and writes the agreement):
+
+    python experiments/2026-12-06-wide-critic/carry_labels.py split NEW_DIR --readers 4 --extra 4
+    # each reader labels NEW_DIR/reads/<x>.jsonl into NEW_DIR/reads/<x>.labels.jsonl, then
+    python experiments/2026-12-06-wide-critic/carry_labels.py own NEW_DIR
+    python experiments/2026-12-06-wide-critic/carry_labels.py merge NEW_DIR NEW_DIR/reads/own.labels.jsonl
 """
 
 import argparse
@@ -73,12 +81,54 @@ def merge(new: Path, read: list[Path]) -> None:
     )
 
 
+def split(new: Path, readers: int, extra: int) -> None:
+    todo = rows(new / "to_read.jsonl")
+    size = -(-len(todo) // readers)
+    parts = [todo[i * size : (i + 1) * size] for i in range(readers)]
+    (new / "reads").mkdir(exist_ok=True)
+    for i, part in enumerate(parts):
+        write(new / "reads" / f"{chr(97 + i)}.jsonl", part + parts[(i + 1) % readers][:extra])
+    (new / "reads" / "split.json").write_text(json.dumps({"own": [len(p) for p in parts], "extra": extra}))
+    print(
+        f"{len(todo)} rows to {readers} readers: {[len(p) + extra for p in parts]} each, {extra} read twice"
+    )
+
+
+def own(new: Path) -> None:
+    reads = new / "reads"
+    plan = json.loads((reads / "split.json").read_text())
+    names = [chr(97 + i) for i in range(len(plan["own"]))]
+    given = {n: rows(reads / f"{n}.jsonl") for n in names}
+    labels = {n: {r["id"]: r for r in rows(reads / f"{n}.labels.jsonl")} for n in names}
+    mine = [labels[n][r["id"]] for n, k in zip(names, plan["own"], strict=True) for r in given[n][:k]]
+    write(reads / "own.labels.jsonl", mine)
+    pairs = [  # (owner's label, second reader's label)
+        (r["id"], labels[names[(i + 1) % len(names)]][r["id"]]["label"], labels[n][r["id"]]["label"])
+        for i, (n, k) in enumerate(zip(names, plan["own"], strict=True))
+        for r in given[n][k:]
+    ]
+    same = sum(a == b for _, a, b in pairs)
+    harm = sum((a == "compliant-harmful") == (b == "compliant-harmful") for _, a, b in pairs)
+    report = {"rows_read_twice": len(pairs), "class_agree": same, "harmful_agree": harm, "pairs": pairs}
+    (reads / "double.json").write_text(json.dumps(report, indent=1) + "\n")
+    print(f"{len(mine)} owner labels; read twice {len(pairs)}: class {same}, harmful {harm}")
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["carry", "merge"])
+    ap.add_argument("what", choices=["carry", "split", "own", "merge"])
     ap.add_argument("new", type=Path)
-    ap.add_argument("others", type=Path, nargs="+")
+    ap.add_argument("others", type=Path, nargs="*")
     ap.add_argument("--reread", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--readers", type=int, default=3)
+    ap.add_argument("--extra", type=int, default=5)
     a = ap.parse_args()
-    carry(a.new, a.others, a.reread, a.seed) if a.what == "carry" else merge(a.new, a.others)
+    if a.what == "carry":
+        carry(a.new, a.others, a.reread, a.seed)
+    elif a.what == "split":
+        split(a.new, a.readers, a.extra)
+    elif a.what == "own":
+        own(a.new)
+    else:
+        merge(a.new, a.others)
