@@ -168,6 +168,39 @@ def test_a_context_critic_tracks_every_token_with_the_answer_so_far(tiny_policy,
     assert rec.cost == pytest.approx(float(max(means)), abs=1e-4)
 
 
+def test_a_context_critic_scores_the_refusal_candidate_with_its_own_prefix(tiny_policy):
+    """The refusal candidate of a context critic is scored from its teacher-forced tokens (EOS not counted):
+    its tracked cost is Ŝ at its last token with h_0 and the running mean (Ŝ_0 is pushed down so the max is
+    that). The value head ranks the refusal first (its first call scores the refusal), so the record is the
+    refusal's."""
+    from igcritic.search.scoring import refusal_tokens
+
+    crit = tiny_critic(tiny_policy, safe=True, value=0.0, cost_context=True)
+    crit.config.cost_scorer = {"id": "c", "role": "cost", "bounds": [-100, 100], "running_max": True}
+    calls = {"value": 0, "cost": 0}
+
+    def refusal_first(_m, _i, out):
+        calls["value"] += 1
+        return out + (10.0 if calls["value"] == 1 else 0.0)
+
+    def low_empty_answer(_m, _i, out):  # the first cost call is Ŝ_0
+        calls["cost"] += 1
+        return out - (50.0 if calls["cost"] == 1 else 0.0)
+
+    crit.value_head.register_forward_hook(refusal_first)
+    crit.cost_head.register_forward_hook(low_empty_answer)
+    cfg = config(mode="latent", num_candidates=2, beams_kept=1, budget=50.0, refusal_text="No, sorry.")
+    (rec,) = search(tiny_policy, PROMPTS[:1], replace(cfg, refusal_candidate=True), crit)
+    assert rec.refused and rec.text == "No, sorry."
+    ids = refusal_tokens(tiny_policy, "No, sorry.")[:-1]  # the EOS is no token
+    (h,) = teacher_forced_latents(tiny_policy, PROMPTS[:1], [ids])
+    mean = h.double().cumsum(0) / torch.arange(1, len(h) + 1, dtype=torch.float64)[:, None]
+    with torch.no_grad():
+        s_hat = crit.cost(h, h[:1].expand_as(h), mean.float()).double()
+    assert rec.cost == pytest.approx(float(s_hat[-1]), abs=1e-4)
+    assert abs(float(s_hat[-1]) - float(crit.cost(h[-1:], h[-1:], h[-1:]))) > 1e-3  # the context matters
+
+
 def test_latent_window_after_a_rewind_is_the_parents(tiny_policy):
     """A rewound block leaves no trace in the windowed Ŝ: the two rejected blocks (q = 0) have Ŝ = 40 on every
     token, the answer finally kept Ŝ = 0 (and Ŝ(h_0) = 0), so its tracked cost is 0 only if the rewind gave

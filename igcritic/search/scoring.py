@@ -246,9 +246,7 @@ def _refusal_entries(ctx: _Ctx, s0: torch.Tensor) -> list[_Entry]:
     mask = torch.cat([enc["attention_mask"], torch.ones_like(tail)], 1)
     _, lat, _ = policy.forward(torch.cat([enc["input_ids"], tail], 1), mask)  # (P, T, H)
     rows = SimpleNamespace(tokens=[list(ids) for _ in range(n)], prompt=torch.arange(n), h=lat[:, -1].float())
-    if (
-        ctx.latent_context
-    ):  # h_0 at the prompt's end (left-padded), then the refusal's tokens, EOS not counted
+    if ctx.latent_context:  # h_0 at the prompt's end (left-padded), then the refusal's tokens but EOS
         answer = lat[:, enc["input_ids"].shape[1] - 1 :].float().cpu()
         counted = torch.full((n,), len(ids) - 1, dtype=torch.long)
         rows.prefix = RunningPrefix.start(answer[:, 0]).advance(answer, counted)[0]
