@@ -259,21 +259,9 @@ class Critic(nn.Module):
         if self.config.cost_context:
             raise CriticError(
                 "this critic's cost head reads the answer so far (cost_context): call "
-                "Critic.context_cost(h, first, mean), not the trunk-feature cost"
+                "Critic.cost(h, first, mean), not the trunk-feature cost"
             )
         out = self.cost_head(feat).float().squeeze(-1)
-        return out if normalized else self.target_loc[2] + self.target_scale[2] * out
-
-    def context_cost(
-        self, h: torch.Tensor, first: torch.Tensor, mean: torch.Tensor, normalized: bool = False
-    ) -> torch.Tensor:
-        """Ŝ (B,) from the answer so far (``cost_context``): the latent ``h`` = h_t, ``first`` = h_0 (the
-        prompt's end) and ``mean`` = the mean of h_0..h_t, each (B, H) and normalised like ``h``. A critic
-        without ``cost_context`` reads ``h`` alone (the others are ignored)."""
-        if not self.config.cost_context:
-            return self.cost_from_features(self.encode(h), normalized)
-        x = torch.cat([self._normalize(v) for v in (h, mean, first)], -1)
-        out = self.cost_head(x).float().squeeze(-1)
         return out if normalized else self.target_loc[2] + self.target_scale[2] * out
 
     # ---- the runtime API -------------------------------------------------------------------------------
@@ -303,18 +291,25 @@ class Critic(nn.Module):
         return self.value_from_features(self.encode(h))
 
     def cost(
-        self, h: torch.Tensor, first: torch.Tensor | None = None, mean: torch.Tensor | None = None
+        self,
+        h: torch.Tensor,
+        first: torch.Tensor | None = None,
+        mean: torch.Tensor | None = None,
+        normalized: bool = False,
     ) -> torch.Tensor:
-        """Ŝ (B,): the prefix cost S_t predicted from the latent ``h``; a ``cost_context`` critic also needs
-        ``first`` (h_0) and ``mean`` (mean of h_0..h_t)."""
+        """Ŝ (B,): the prefix cost S_t predicted from the latent ``h`` (B, H); a ``cost_context`` critic also
+        reads ``first`` = h_0 (the prompt's end) and ``mean`` = the mean of h_0..h_t, each (B, H) and
+        normalised like ``h``."""
         if not self.config.cost_context:
-            return self.cost_from_features(self.encode(h))
+            return self.cost_from_features(self.encode(h), normalized)
         if first is None or mean is None:
             raise CriticError(
                 "this critic's cost head reads the answer so far (cost_context): pass first=h_0 and "
                 "mean=the mean of h_0..h_t beside h"
             )
-        return self.context_cost(h, first, mean)
+        x = torch.cat([self._normalize(v) for v in (h, mean, first)], -1)
+        out = self.cost_head(x).float().squeeze(-1)
+        return out if normalized else self.target_loc[2] + self.target_scale[2] * out
 
     # ---- the artifact ----------------------------------------------------------------------------------
     def save_pretrained(

@@ -282,7 +282,7 @@ class CriticModule(LightningModule):
                     "model.cost_context needs batches with h_0 and the running mean: set data.cost_context "
                     "true (the CLI links it)"
                 )
-            c_pred = crit.context_cost(batch["h"], batch["h_first"], batch["h_mean"], normalized=True)
+            c_pred = crit.cost(batch["h"], batch["h_first"], batch["h_mean"], normalized=True)
         else:
             c_pred = crit.cost_from_features(feat, normalized=True)
         v_tgt, c_tgt = (batch["value"] - loc[1]) / scale[1], (batch["s"] - loc[2]) / scale[2]

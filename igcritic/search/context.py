@@ -70,7 +70,7 @@ class _Ctx:
         t0 = time.perf_counter()
         dev = self.critic.h_mean.device
         with torch.inference_mode():
-            out = self.critic.context_cost(*(x.to(dev, torch.float32) for x in (h, first, mean)))
+            out = self.critic.cost(*(x.to(dev, torch.float32) for x in (h, first, mean)))
         self.critic_seconds += time.perf_counter() - t0
         return out.detach().float().reshape(-1).cpu()
 

@@ -149,10 +149,11 @@ def _latent_cost(ctx: _Ctx, cands, parent_cost: torch.Tensor, block=None) -> tor
     return torch.maximum(windowed, parent_cost.float())
 
 
-def _context_costs(ctx: _Ctx, cands, block) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
-    """A ``cost_context`` critic's Ŝ at every token the block added ((R, S), NaN where a row added none),
-    at the candidate's last token (R,), and the tokens each row counted (R,); without ``block`` (the
-    refusal candidate, whose ``prefix`` is built whole) the steps and counts are None."""
+def _context_costs(ctx: _Ctx, cands, block) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """A ``cost_context`` critic's Ŝ at every token the block added ((R, S), NaN where a row added none), at
+    the candidate's last token (R,; None where a running max over the steps needs no such value), and the
+    tokens each row counted (R,); without ``block`` (the refusal candidate, whose ``prefix`` is built whole)
+    the steps and counts are None."""
     if block is None or block.latents is None or not block.steps:
         p = cands.prefix
         return None, ctx.critic_context_cost(p.last, p.first, p.total / p.count[:, None]), None
@@ -164,8 +165,9 @@ def _context_costs(ctx: _Ctx, cands, block) -> tuple[torch.Tensor | None, torch.
     r, j = valid.nonzero(as_tuple=True)
     if len(r):
         steps[r, j] = ctx.critic_context_cost(h[r, j], start.first[r], mean[r, j])
-    last = ctx.critic_context_cost(after.last, after.first, after.total / after.count[:, None])
-    return steps, last, counted
+    if ctx.latent_running_max:
+        return steps, None, counted
+    return steps, ctx.critic_context_cost(after.last, after.first, after.total / after.count[:, None]), counted
 
 
 def answer_latent_cost(critic: Critic, h: torch.Tensor) -> float:
