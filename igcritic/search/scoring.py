@@ -149,7 +149,9 @@ def _latent_cost(ctx: _Ctx, cands, parent_cost: torch.Tensor, block=None) -> tor
     return torch.maximum(windowed, parent_cost.float())
 
 
-def _context_costs(ctx: _Ctx, cands, block) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+def _context_costs(
+    ctx: _Ctx, cands, block
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """A ``cost_context`` critic's Ŝ at every token the block added ((R, S), NaN where a row added none), at
     the candidate's last token (R,; None where a running max over the steps needs no such value), and the
     tokens each row counted (R,); without ``block`` (the refusal candidate, whose ``prefix`` is built whole)
@@ -167,7 +169,8 @@ def _context_costs(ctx: _Ctx, cands, block) -> tuple[torch.Tensor | None, torch.
         steps[r, j] = ctx.critic_context_cost(h[r, j], start.first[r], mean[r, j])
     if ctx.latent_running_max:
         return steps, None, counted
-    return steps, ctx.critic_context_cost(after.last, after.first, after.total / after.count[:, None]), counted
+    last = ctx.critic_context_cost(after.last, after.first, after.total / after.count[:, None])
+    return steps, last, counted
 
 
 def answer_latent_cost(critic: Critic, h: torch.Tensor) -> float:
