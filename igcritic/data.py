@@ -60,8 +60,8 @@ class CriticDataModule(LightningDataModule):
         drop_last: Drop each worker's last partial batch.
         stats_rows: Training rows sampled for the latent normalisation statistics.
         cost_context: Batches also carry h_0 and the running mean of h_0..h_t of every row (what a critic
-            with ``model.cost_context`` reads; the CLI links the two). Each store's are computed once per
-            reading process and held in memory (2 bytes x H per token row).
+            with ``model.cost_context`` reads; the CLI links the two). Read per window from the trajectories'
+            stored latents (a second read of the window's rows; nothing store-sized is held).
     """
 
     def __init__(

@@ -35,6 +35,8 @@ STORE, START, STOP, CHUNK = range(len(RUN_COLUMNS))
 _KEEP_BUFFERS = 4
 """Window buffers a stream keeps for reuse (fresh memory costs page faults, which on small VMs take longer
 than the reads); a buffer is reused once no batch of it is alive."""
+CONTEXT_READ_ROWS = 16384
+"""Most token rows one read of :meth:`StoreRows.context` merges (nearby trajectories share a read)."""
 
 
 @dataclass(frozen=True)
@@ -76,28 +78,37 @@ class StoreRows:
 
         self.reader = StoreReader(path)  # its per-trajectory and per-row arrays load once, on first use
         self.traj_prompt, self.gamma = traj_prompt, gamma
-        self._context: tuple[np.ndarray, np.ndarray] | None = None
 
-    def context(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(first, mean)``, float16: h_0 of every trajectory ``(n_traj, H)`` and the mean of h_0..h_t of
-        every row ``(n_tok, H)`` (what a ``cost_context`` critic reads beside h_t; the runtime's
-        ``RunningPrefix``). Computed once per process from the whole store, in float64 per trajectory."""
-        if self._context is None:
-            r = self.reader
-            off = r.traj_offsets
-            first = np.empty((len(off) - 1, r.hidden_size), np.float16)
-            mean = np.empty((r.n_tok, r.hidden_size), np.float16)
-            t0 = 0
-            while t0 < len(off) - 1:  # blocks of whole trajectories, ~8k rows each
-                t1 = max(t0 + 1, int(np.searchsorted(off, off[t0] + 8192, side="right")) - 1)
-                x = r.read_latents(int(off[t0]), int(off[t1])).astype(np.float64)
-                for i in range(t0, t1):
-                    a, b = off[i] - off[t0], off[i + 1] - off[t0]
-                    first[i] = x[a]
-                    mean[off[i] : off[i + 1]] = np.cumsum(x[a:b], 0) / np.arange(1, b - a + 1)[:, None]
-                t0 = t1
-            self._context = first, mean
-        return self._context
+    def context(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(first, mean)``, float16 ``(n, H)``, of this store's rows ``rows`` (any order): h_0 of each row's
+        trajectory and the mean of h_0..h_t (what a ``cost_context`` critic reads beside h_t; the runtime's
+        ``RunningPrefix``). Each trajectory is read from its start to the furthest row asked (spans a few rows
+        apart in one read, up to ``CONTEXT_READ_ROWS``) and summed in float64: the memory is one window's,
+        not the store's, for a second read of the window's latents."""
+        r, n = self.reader, len(rows)
+        off = r.traj_offsets
+        traj = np.searchsorted(off, rows, side="right") - 1
+        first = np.empty((n, r.hidden_size), np.float16)
+        mean = np.empty((n, r.hidden_size), np.float16)
+        trajs, which = np.unique(traj, return_inverse=True)
+        stop = np.zeros(len(trajs), np.int64)
+        np.maximum.at(stop, which, rows + 1)
+        start = off[trajs]
+        by_traj = np.split(np.argsort(which, kind="stable"), np.cumsum(np.bincount(which))[:-1])
+        i = 0
+        while i < len(trajs):  # one read per run of nearby trajectories
+            j = i + 1
+            while j < len(trajs) and start[j] - stop[j - 1] <= 64 and stop[j] - start[i] <= CONTEXT_READ_ROWS:
+                j += 1
+            x = r.read_latents(int(start[i]), int(stop[j - 1]))
+            for k in range(i, j):
+                a, b = start[k] - start[i], stop[k] - start[i]
+                run = np.cumsum(x[a:b].astype(np.float64), 0) / np.arange(1, b - a + 1)[:, None]
+                mine = by_traj[k]
+                first[mine] = x[a]
+                mean[mine] = run[rows[mine] - start[k]]
+            i = j
+        return first, mean
 
     def targets(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """Per-row targets of the (sorted) rows ``rows`` of this store; ``valid`` is False where one is
@@ -331,14 +342,14 @@ class CriticStream(IterableDataset):
         return batches, kept
 
     def _context_rows(self, m: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """``h_first`` and ``h_mean`` (n, H) float16 of the rows ``m`` (global row and traj, store)."""
+        """``h_first`` and ``h_mean`` (n, H) float16 of the rows ``m`` (global row, store)."""
         n = len(m["row"])
         out = {k: np.empty((n, self.width), np.float16) for k in ("h_first", "h_mean")}
         for s in np.unique(m["store"]).tolist():
             mine = m["store"] == s
-            first, mean = self._store(s).context()
-            out["h_first"][mine] = first[m["traj"][mine] - self.traj_base[s]]
-            out["h_mean"][mine] = mean[m["row"][mine] - self.row_base[s]]
+            out["h_first"][mine], out["h_mean"][mine] = self._store(s).context(
+                m["row"][mine] - self.row_base[s]
+            )
         return out
 
     def _buffer(self, n: int) -> np.ndarray:

@@ -94,6 +94,23 @@ def test_context_is_h0_and_the_running_mean_of_each_trajectory(store):
     assert "h_first" not in collect(dm_for(store).train_dataloader())
 
 
+@pytest.mark.parametrize("read_rows", [1, 40, 16384])
+def test_context_of_any_rows_reads_each_trajectory_from_its_start(store, monkeypatch, read_rows):
+    """``StoreRows.context`` of shuffled rows of scattered trajectories (a window's rows plus leftovers)
+    gives each row h_0 and the mean of h_0..h_t, however the reads are merged."""
+    import igcritic.stream as stream
+
+    monkeypatch.setattr(stream, "CONTEXT_READ_ROWS", read_rows)
+    r = StoreReader(store)
+    lat, off = r.read_latents(0, r.n_tok).astype(np.float64), r.traj_offsets
+    rows = np.random.default_rng(0).choice(r.n_tok, size=min(300, r.n_tok), replace=False)
+    first, mean = stream.StoreRows(store, np.zeros(len(off) - 1, np.int64), 0.99).context(rows)
+    traj = np.searchsorted(off, rows, side="right") - 1
+    want = np.stack([lat[off[k] : row + 1].mean(0) for k, row in zip(traj, rows, strict=True)])
+    np.testing.assert_array_equal(first, lat[off[traj]].astype(np.float16))
+    np.testing.assert_allclose(mean.astype(np.float64), want, rtol=2e-3, atol=2e-3)
+
+
 def test_budget_range_defaults_to_the_stores_cost_scale(store):
     dm = dm_for(store)
     low, high = dm.budget_range
