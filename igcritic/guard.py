@@ -499,12 +499,16 @@ def _minutes(seconds: float) -> str:
 
 WIDTH = 80
 """Columns of ``igcritic generate``'s text output."""
+TRACE_TEXT = 44
+"""Characters of each candidate's answer so far (its end) that ``generate --search.trace true`` prints."""
 
 
 def outcome(r: GuardRecord) -> str:
     """One line saying how the search ended for a record: refused, safe or unsafe, and why."""
     z = "final safety state z = budget - cost"
-    if r.refused:
+    if r.refused and r.cost == r.cost:  # the refusal candidate, scored with the others, ranked first
+        line = f"refused: the refusal candidate ranked first (its cost {r.cost:.3g} <= d = {r.budget:g})"
+    elif r.refused:
         line = f"refused: no answer stayed within budget d = {r.budget:g} (the answer is the fixed refusal)"
     elif r.safe:
         line = f"safe: {z} = {r.budget:g} - {r.cost:.3g} = {r.final_safety_state:.3g} >= 0"
@@ -527,11 +531,16 @@ def describe(r: GuardRecord, k: int = 0, n: int = 1) -> str:
         )
 
     head = f"[{k + 1}/{n}] prompt: " if n > 1 else "prompt: "
-    return "\n".join(
-        [
-            textwrap.fill(r.prompt, WIDTH, initial_indent=head, subsequent_indent=" " * 4),
-            "answer:",
-            wrap(r.text, " " * 4),
-            textwrap.fill(outcome(r), WIDTH, initial_indent="outcome: ", subsequent_indent=" " * 4),
-        ]
-    )
+    lines = [
+        textwrap.fill(r.prompt, WIDTH, initial_indent=head, subsequent_indent=" " * 4),
+        "answer:",
+        wrap(r.text, " " * 4),
+        textwrap.fill(outcome(r), WIDTH, initial_indent="outcome: ", subsequent_indent=" " * 4),
+    ]
+    for d in r.trace or []:  # --search.trace: every decision's candidates, best value first
+        lines.append(f"block {d['block'] + 1}, try {d['retry'] + 1}: {d['verdict']}")
+        for c in sorted(d["candidates"], key=lambda c: -c["value"]):
+            mark = "kept" if c["kept"] else "ok  " if c["admissible"] else "out "
+            text = "<refusal>" if c["refusal"] else repr(c["text"][-TRACE_TEXT:])
+            lines.append(f"  {mark} S {c['cost']:.3f}  V {c['value']:+.3f}  q {c['q']:.2f}  {text}")
+    return "\n".join(lines)

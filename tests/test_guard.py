@@ -468,3 +468,20 @@ def test_progress_off_a_terminal_logs_count_and_eta(caplog):
         with progress_bar(4, "answering") as advance:  # the default: at most once a minute
             advance()
     assert not [r for r in caplog.records if r.name == "igcritic.guard"]
+
+
+def test_describe_says_when_the_refusal_candidate_won_and_prints_the_trace(tiny_policy):
+    """A refusal that ranked first among admissible answers is not "no answer stayed within budget"; with
+    ``trace`` every decision's candidates are printed, the kept ones marked."""
+    crit = tiny_critic(tiny_policy, safe=True, cost=0.0)
+    search = dict(num_candidates=4, beams_kept=1, block_width=4, max_new_tokens=8, budget=0.5, trace=True)
+    guard = Guard(tiny_policy, crit)
+    (rec,) = guard.generate(["hi"], refusal_candidate=True, refusal_rank="value", **search)
+    assert rec.trace and rec.trace[0]["verdict"] == "keep"
+    text = describe(rec)
+    assert text.count("block 1, try 1: keep") == 1 and "kept S" in text
+    assert ("refusal candidate ranked first" in text) == rec.refused
+    refused = GuardRecord(**{**rec.to_dict(), "refused": True, "cost": 0.01, "text": "Sorry."})
+    assert "refused: the refusal candidate ranked first (its cost 0.01 <= d = 0.5)" in describe(refused)
+    failed = GuardRecord(**{**rec.to_dict(), "refused": True, "cost": float("nan"), "trace": None})
+    assert "no answer stayed within budget" in describe(failed) and "block 1" not in describe(failed)

@@ -101,6 +101,34 @@ def test_retry_rewinds_block_exactly(tiny_policy, critic):
     assert rec.token_ids == greedy_reference(tiny_policy, PROMPTS[0], 12)
 
 
+def test_trace_records_every_decision_and_changes_no_answer(tiny_policy, critic):
+    """``trace`` keeps each decision's scored candidates and changes no answer: one ``keep`` per accepted
+    block and one ``retry`` per resample, admission as the rule reads it, the kept entries those it ranks
+    first, and the answer among the last decision's kept entries."""
+    cfg = config(mode="exact", seed=1)
+    untraced = search(tiny_policy, PROMPTS, cfg, critic, cost=word_cost(reject_first=(PROMPTS[1],)))
+    traced = search(
+        tiny_policy, PROMPTS, replace(cfg, trace=True), critic, word_cost(reject_first=(PROMPTS[1],))
+    )
+    assert all(r.trace is None for r in untraced) and traced[1].retries >= 1
+    for a, b in zip(untraced, traced, strict=True):
+        assert a.token_ids == b.token_ids
+        verdicts = [d["verdict"] for d in b.trace]
+        assert verdicts.count("keep") == b.steps and verdicts.count("retry") == b.retries
+        assert [d["block"] for d in b.trace if d["verdict"] == "keep"] == list(range(b.steps))
+        for d in b.trace:
+            cands = d["candidates"]
+            assert all(c["admissible"] == (cfg.budget - c["cost"] >= 0 and c["q"] >= cfg.tau) for c in cands)
+            kept = [c for c in cands if c["kept"]]
+            if d["verdict"] == "retry":
+                assert not kept and not any(c["admissible"] for c in cands)
+                continue
+            passed = [c["value"] for c in cands if c["admissible"] and not c["kept"]]
+            assert 1 <= len(kept) <= 2 and all(c["admissible"] for c in kept)
+            assert min(c["value"] for c in kept) >= max(passed, default=-math.inf)
+        assert b.text in [c["text"] for c in b.trace[-1]["candidates"] if c["kept"]]
+
+
 def test_guard_never_emits_planted_unsafe_text(tiny_policy, critic):
     plain = search(tiny_policy, PROMPTS, config(method="plain", seed=3), critic)
     tok = tiny_policy.tokenizer

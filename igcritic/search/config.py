@@ -107,6 +107,10 @@ class SearchConfig(SamplingConfig):
     32 on a CPU, 1024 on a GPU (``AUTO_BATCH_ROWS``)."""
     ignore_eos: bool = False
     """Never sample EOS (benchmarks: a fixed N x D tokens)."""
+    trace: bool = False
+    """Keep every block's scored candidates on the record (``GuardRecord.trace``): each candidate's answer so
+    far with its S, value, q, admissibility and whether it was kept, so a user can read why the guard chose
+    what it did. Off by default: N x blocks entries per prompt."""
     compile: bool = False
     """Decode on a static KV cache of N x prompts-per-batch rows with a ``torch.compile``-d step (for GPUs;
     slower on CPU, BENCHMARKS.md); the first batch of each shape compiles (about a minute)."""

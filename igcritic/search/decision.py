@@ -30,6 +30,8 @@ class _Track:
     scored: int = 0
     refused: bool = False
     fallback: bool = False
+    trace: list[dict] = field(default_factory=list)
+    """Every decision's candidates (``SearchConfig.trace``)."""
 
 
 def _choose(

@@ -20,7 +20,7 @@ from igcritic.search.checks import check_budget, check_prompts, checked_config
 from igcritic.search.config import SearchConfig, SearchConfigError
 from igcritic.search.context import _Ctx
 from igcritic.search.decision import Verdict, _choose, _Track
-from igcritic.search.record import GuardRecord, _record
+from igcritic.search.record import GuardRecord, _record, _trace_entry
 from igcritic.search.scoring import (
     _decode_scoring,
     _decoded_empty_cost,
@@ -152,6 +152,8 @@ def _search_batch(ctx: _Ctx, gen: Generators) -> list[GuardRecord]:
             tr.scored += len(rows)
             entries = _entries(cands.tokens, rows, cols, complete) + tr.pool
             chosen = _choose(cfg, tr, entries, plan.beams, plan.retries)
+            if cfg.trace:
+                tr.trace.append(_trace_entry(ctx, tr, entries, chosen))
             if chosen is Verdict.RETRY:  # resample from each beam's state at the block start, penalised
                 tr.retries += 1
                 tr.block_retries += 1

@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from igcritic.search.context import _Ctx
-from igcritic.search.decision import _rank, _Track
+from igcritic.search.decision import Verdict, _rank, _Track
+from igcritic.search.scoring import _Entry
 
 
 @dataclass
@@ -54,6 +55,12 @@ class GuardRecord:
     """Time in those calls, the prompt's share (by the texts it had in each call)."""
     budget_checked: bool = True
     """False: the cost scale is unbounded (a logit, a score head), so ``budget`` was not range-checked."""
+    trace: list[dict] | None = None
+    """With ``SearchConfig.trace``: one entry per decision, in order: ``block`` (blocks accepted before it),
+    ``retry`` (resamples of that block before it), ``verdict`` (``keep``, ``retry`` or ``refuse``) and
+    ``candidates``, each with its ``text`` (the answer so far), ``cost`` (tracked S), ``value``, ``q``,
+    ``admissible``, ``kept``, ``refusal`` (the refusal candidate), ``complete`` and ``pooled`` (a complete
+    answer kept from an earlier block)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -74,6 +81,7 @@ def _record(ctx: _Ctx, p: int, tr: _Track, seconds: float) -> GuardRecord:
         critic_seconds=ctx.critic_seconds / len(ctx.prompts),
         scorer_calls=ctx.scorer_calls[p],
         scorer_seconds=ctx.scorer_seconds[p],
+        trace=tr.trace if cfg.trace else None,
     )
     best = max(tr.pool, key=lambda e: _rank(e, cfg)) if tr.pool and not tr.refused else None
     if best is None or best.refusal:  # failed closed, or the refusal candidate won
@@ -104,3 +112,28 @@ def _record(ctx: _Ctx, p: int, tr: _Track, seconds: float) -> GuardRecord:
         truncated=bool(best.tokens) and best.tokens[-1] not in ctx.policy.eos_token_ids,
         **common,
     )
+
+
+def _trace_entry(ctx: _Ctx, tr: _Track, entries: list[_Entry], chosen: list[_Entry] | Verdict) -> dict:
+    """One decision of a prompt for ``GuardRecord.trace`` (taken before ``tr`` moves on)."""
+    kept = set() if isinstance(chosen, Verdict) else {id(e) for e in chosen}
+    texts = ctx.texts([e.tokens for e in entries])
+    return {
+        "block": tr.steps,
+        "retry": tr.block_retries,
+        "verdict": chosen.value if isinstance(chosen, Verdict) else "keep",
+        "candidates": [
+            {
+                "text": text,
+                "cost": e.cost,
+                "value": e.value,
+                "q": e.q,
+                "admissible": e.admissible,
+                "kept": id(e) in kept,
+                "refusal": e.refusal,
+                "complete": e.complete,
+                "pooled": e.row is None,
+            }
+            for e, text in zip(entries, texts, strict=True)
+        ],
+    }
