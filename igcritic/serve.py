@@ -261,6 +261,9 @@ def outcome(rec, job: Job, eos: list[int], batch: int = 1) -> dict:
             "fallback": rec.fallback,
             "seed": job.seed,
             "batch": batch,
+            **(
+                {} if rec.trace is None else {"trace": _json_trace(rec.trace)}
+            ),  # the request sent "trace": true
         },
         "usage": {
             "prompt_tokens": job.prompt_tokens,
@@ -272,6 +275,19 @@ def outcome(rec, job: Job, eos: list[int], batch: int = 1) -> dict:
 
 def _num(x: float) -> float | None:
     return None if x != x else float(x)  # NaN (a refusal) is not JSON
+
+
+def _json_trace(trace: list[dict]) -> list[dict]:
+    """A record's ``trace`` with every float JSON-safe (:func:`_num`)."""
+    return [
+        {
+            **d,
+            "candidates": [
+                {k: _num(v) if isinstance(v, float) else v for k, v in c.items()} for c in d["candidates"]
+            ],
+        }
+        for d in trace
+    ]
 
 
 def search_events(guard, jobs: list[Job]):

@@ -485,3 +485,24 @@ def test_describe_says_when_the_refusal_candidate_won_and_prints_the_trace(tiny_
     assert "refused: the refusal candidate ranked first (its cost 0.01 <= d = 0.5)" in describe(refused)
     failed = GuardRecord(**{**rec.to_dict(), "refused": True, "cost": float("nan"), "trace": None})
     assert "no answer stayed within budget" in describe(failed) and "block 1" not in describe(failed)
+
+
+def test_a_served_request_for_a_trace_gets_it_in_the_outcome_as_json(tiny_policy):
+    """``igcritic serve``: a request that sends ``"trace": true`` gets every decision in its ``igcritic``
+    block, NaN as null; an untraced one gets no ``trace`` key (in process: decode and outcome, no server)."""
+    pytest.importorskip("litserve")
+    from dataclasses import replace
+
+    from igcritic.search import SearchConfig
+    from igcritic.serve import Job, decode, outcome
+
+    search = SearchConfig(num_candidates=4, beams_kept=2, block_width=2, max_new_tokens=8, budget=0.5)
+    guard = Guard(tiny_policy, tiny_critic(tiny_policy, safe=True, cost=0.0), search=search)
+    job = decode({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "trace": True}, guard)
+    assert job.error is None and job.settings["trace"] is True
+    (rec,) = guard.generate([job.prompt], **job.settings)
+    rec.trace[0]["candidates"][0]["cost"] = float("nan")
+    trace = outcome(rec, job, tiny_policy.eos_token_ids)["igcritic"]["trace"]
+    trace = json.loads(json.dumps(trace, allow_nan=False))
+    assert trace[0]["candidates"][0]["cost"] is None and len(trace) == len(rec.trace) > 0
+    assert "trace" not in outcome(replace(rec, trace=None), Job(prompt="hi"), [])["igcritic"]
