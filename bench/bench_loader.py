@@ -106,7 +106,7 @@ def zarr_read(store: str, clock=time.perf_counter) -> float:
     return r.n_tok / (clock() - t0)
 
 
-def loader_vs_raw(store: str, workers: int, batch_size: int, rounds: int) -> dict:
+def loader_vs_raw(store: str, workers: int, batch_size: int, rounds: int, cost_context: bool = False) -> dict:
     """Paired rounds (raw pass, zarr pass, then one training epoch of the DataModule's loader) on a warm page
     cache, in wall time and (in-process loading only) in CPU time of this process, which a contended VM
     does not inflate.
@@ -115,7 +115,7 @@ def loader_vs_raw(store: str, workers: int, batch_size: int, rounds: int) -> dic
     ``steady`` rows/s exclude the wait for each epoch's first batch."""
     from igcritic.data import CriticDataModule
 
-    dm = CriticDataModule([store], batch_size=batch_size, num_workers=workers)
+    dm = CriticDataModule([store], batch_size=batch_size, num_workers=workers, cost_context=cost_context)
     dm.setup("fit")
     loader = dm.train_dataloader()
     raw_read(store)  # warm the page cache
@@ -153,7 +153,9 @@ def loader_vs_raw(store: str, workers: int, batch_size: int, rounds: int) -> dic
     }
 
 
-def fit_epoch(store: str, workers: int, batch_size: int, width: int, device: str) -> dict:
+def fit_epoch(
+    store: str, workers: int, batch_size: int, width: int, device: str, cost_context: bool = False
+) -> dict:
     """One Lightning fit epoch: data-wait share of step time and end-to-end training rows/s."""
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import Callback
@@ -182,8 +184,8 @@ def fit_epoch(store: str, workers: int, batch_size: int, width: int, device: str
                 self.rows += len(batch["row"])
 
     timer = Timer()
-    dm = CriticDataModule([store], batch_size=batch_size, num_workers=workers)
-    model = CriticModule(hidden_size=dm.hidden_size, width=width)
+    dm = CriticDataModule([store], batch_size=batch_size, num_workers=workers, cost_context=cost_context)
+    model = CriticModule(hidden_size=dm.hidden_size, width=width, cost_context=cost_context)
     trainer = pl.Trainer(
         max_epochs=1,
         accelerator=device,
@@ -224,6 +226,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument(
         "--rounds", type=int, default=8, help="paired raw/loader rounds (best and median reported)"
     )
+    p.add_argument(
+        "--cost-context",
+        action="store_true",
+        help="batches also carry h_0 and the running mean (a model.cost_context critic's data)",
+    )
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -244,11 +251,12 @@ def main(argv: list[str] | None = None) -> dict:
             f"{os.cpu_count()} cpus, {torch.get_num_threads()} torch threads, device {device}"
             + (f" ({torch.cuda.get_device_name()})" if device == "cuda" else ""),
             "store": args.store or f"synthetic {args.tokens} tokens H={args.hidden}",
+            "cost_context": args.cost_context,
             "loader": {},
         }
         for w in [int(x) for x in args.workers.split(",")]:
-            lo = loader_vs_raw(store, w, args.batch_size, args.rounds)
-            fi = fit_epoch(store, w, args.batch_size, args.width, device)
+            lo = loader_vs_raw(store, w, args.batch_size, args.rounds, args.cost_context)
+            fi = fit_epoch(store, w, args.batch_size, args.width, device, args.cost_context)
             res["loader"][w] = {**lo, **fi}
             print(
                 f"num_workers={w}: raw read {lo['raw_rows_per_s']:,.0f} rows/s (zarr slicing "
