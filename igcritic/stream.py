@@ -36,7 +36,13 @@ _KEEP_BUFFERS = 4
 """Window buffers a stream keeps for reuse (fresh memory costs page faults, which on small VMs take longer
 than the reads); a buffer is reused once no batch of it is alive."""
 CONTEXT_READ_ROWS = 16384
-"""Most token rows one read of :meth:`StoreRows.context` merges (nearby trajectories share a read)."""
+"""Most token rows one read of :meth:`StoreRows.context` merges (a longer trajectory is read whole)."""
+CONTEXT_SUM_ROWS = 512
+"""Rows of whole trajectories :meth:`StoreRows.context` sums at a time (a longer trajectory is summed alone):
+a float64 buffer this size stays in cache, where a cumulative sum over a whole read is memory-bound."""
+CONTEXT_GAP = 1024
+"""Rows between two trajectories that :meth:`StoreRows.context` reads through to keep them in one read (the
+other split's rows, say: a read costs more than the rows)."""
 
 
 @dataclass(frozen=True)
@@ -78,37 +84,58 @@ class StoreRows:
 
         self.reader = StoreReader(path)  # its per-trajectory and per-row arrays load once, on first use
         self.traj_prompt, self.gamma = traj_prompt, gamma
+        self._sums: np.ndarray | None = None
 
     def context(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(first, mean)``, float16 ``(n, H)``, of this store's rows ``rows`` (any order): h_0 of each row's
         trajectory and the mean of h_0..h_t (what a ``cost_context`` critic reads beside h_t; the runtime's
-        ``RunningPrefix``). Each trajectory is read from its start to the furthest row asked (spans a few rows
-        apart in one read, up to ``CONTEXT_READ_ROWS``) and summed in float64: the memory is one window's,
-        not the store's, for a second read of the window's latents."""
+        ``RunningPrefix``). The trajectories are read from their start to the furthest row asked, nearby ones
+        in one read (gaps up to ``CONTEXT_GAP`` rows, up to ``CONTEXT_READ_ROWS`` rows a read), and summed in
+        float64 a few whole trajectories at a time (``CONTEXT_SUM_ROWS``, in one reused buffer): the memory is
+        a window's, not the store's, for a second read of its rows."""
         r, n = self.reader, len(rows)
         off = r.traj_offsets
-        traj = np.searchsorted(off, rows, side="right") - 1
         first = np.empty((n, r.hidden_size), np.float16)
         mean = np.empty((n, r.hidden_size), np.float16)
-        trajs, which = np.unique(traj, return_inverse=True)
+        if not n:
+            return first, mean
+        trajs, which = np.unique(np.searchsorted(off, rows, side="right") - 1, return_inverse=True)
         stop = np.zeros(len(trajs), np.int64)
         np.maximum.at(stop, which, rows + 1)
         start = off[trajs]
-        by_traj = np.split(np.argsort(which, kind="stable"), np.cumsum(np.bincount(which))[:-1])
-        i = 0
-        while i < len(trajs):  # one read per run of nearby trajectories
-            j = i + 1
-            while j < len(trajs) and start[j] - stop[j - 1] <= 64 and stop[j] - start[i] <= CONTEXT_READ_ROWS:
-                j += 1
-            x = r.read_latents(int(start[i]), int(stop[j - 1]))
-            for k in range(i, j):
-                a, b = start[k] - start[i], stop[k] - start[i]
-                run = np.cumsum(x[a:b].astype(np.float64), 0) / np.arange(1, b - a + 1)[:, None]
-                mine = by_traj[k]
-                first[mine] = x[a]
-                mean[mine] = run[rows[mine] - start[k]]
-            i = j
+        order = np.argsort(
+            which, kind="stable"
+        )  # rows by trajectory: trajectory k's are order[ptr[k]:ptr[k+1]]
+        ptr = np.concatenate([[0], np.cumsum(np.bincount(which, minlength=len(trajs)))])
+        k = 0
+        while k < len(trajs):  # one read: trajectories k .. k_read - 1
+            k_read = k + 1
+            while k_read < len(trajs) and start[k_read] - stop[k_read - 1] <= CONTEXT_GAP:
+                if stop[k_read] - start[k] > CONTEXT_READ_ROWS:
+                    break
+                k_read += 1
+            lo = int(start[k])
+            x = r.read_latents(lo, int(stop[k_read - 1]))
+            while k < k_read:  # one sum: whole trajectories k .. k_sum - 1, up to CONTEXT_SUM_ROWS rows
+                k_sum = k + 1
+                while k_sum < k_read and stop[k_sum] - start[k] <= CONTEXT_SUM_ROWS:
+                    k_sum += 1
+                a, b = int(start[k]) - lo, int(stop[k_sum - 1]) - lo
+                total = self._sum_buffer(b - a + 1)  # total[i]: the sum of the block's first i rows
+                total[0] = 0
+                np.cumsum(x[a:b], 0, out=total[1:])
+                mine = order[ptr[k] : ptr[k_sum]]
+                t0, t = start[which[mine]] - lo, rows[mine] - lo  # each row's trajectory start and itself
+                first[mine] = x[t0]
+                mean[mine] = (total[t + 1 - a] - total[t0 - a]) / (t - t0 + 1)[:, None]
+                k = k_sum
         return first, mean
+
+    def _sum_buffer(self, n: int) -> np.ndarray:
+        """An (n, H) float64 scratch buffer, reused across calls (fresh memory costs page faults)."""
+        if self._sums is None or len(self._sums) < n:
+            self._sums = np.empty((max(n, CONTEXT_SUM_ROWS + 1), self.reader.hidden_size), np.float64)
+        return self._sums[:n]
 
     def targets(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """Per-row targets of the (sorted) rows ``rows`` of this store; ``valid`` is False where one is
