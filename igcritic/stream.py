@@ -122,8 +122,8 @@ class StoreRows:
                     k_sum += 1
                 a, b = int(start[k]) - lo, int(stop[k_sum - 1]) - lo
                 total = self._sum_buffer(b - a + 1)  # total[i]: the sum of the block's first i rows
-                total[0] = 0
-                np.cumsum(x[a:b], 0, out=total[1:])
+                total[0], total[1:] = 0, x[a:b]  # cast first: a cumulative sum that casts is 5x slower
+                np.cumsum(total[1:], 0, out=total[1:])
                 mine = order[ptr[k] : ptr[k_sum]]
                 t0, t = start[which[mine]] - lo, rows[mine] - lo  # each row's trajectory start and itself
                 first[mine] = x[t0]
