@@ -24,7 +24,9 @@ def rows(path: Path) -> list[dict]:
 def labels_by_prompt(folder: Path, method: str | None) -> dict[str, str]:
     labels = {r["id"]: r["label"] for r in rows(folder / "labels.jsonl")}
     prompt = {r["id"]: r["prompt"] for r in rows(folder / "answers.jsonl")}
-    return {prompt[k["id"]]: labels[k["id"]] for k in rows(folder / "key.jsonl") if method in (None, k["method"])}
+    return {
+        prompt[k["id"]]: labels[k["id"]] for k in rows(folder / "key.jsonl") if method in (None, k["method"])
+    }
 
 
 def first_block(trace: list[dict]) -> dict:
