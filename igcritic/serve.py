@@ -261,9 +261,7 @@ def outcome(rec, job: Job, eos: list[int], batch: int = 1) -> dict:
             "fallback": rec.fallback,
             "seed": job.seed,
             "batch": batch,
-            **(
-                {} if rec.trace is None else {"trace": _json_trace(rec.trace)}
-            ),  # the request sent "trace": true
+            **_trace_of(rec),
         },
         "usage": {
             "prompt_tokens": job.prompt_tokens,
@@ -277,17 +275,22 @@ def _num(x: float) -> float | None:
     return None if x != x else float(x)  # NaN (a refusal) is not JSON
 
 
-def _json_trace(trace: list[dict]) -> list[dict]:
-    """A record's ``trace`` with every float JSON-safe (:func:`_num`)."""
-    return [
-        {
-            **d,
-            "candidates": [
-                {k: _num(v) if isinstance(v, float) else v for k, v in c.items()} for c in d["candidates"]
-            ],
-        }
-        for d in trace
-    ]
+def _trace_of(rec) -> dict:
+    """``{"trace": ...}`` when the request sent ``"trace": true`` (every float JSON-safe, :func:`_num`), else
+    nothing."""
+    if rec.trace is None:
+        return {}
+    return {
+        "trace": [
+            {
+                **d,
+                "candidates": [
+                    {k: _num(v) if isinstance(v, float) else v for k, v in c.items()} for c in d["candidates"]
+                ],
+            }
+            for d in rec.trace
+        ]
+    }
 
 
 def search_events(guard, jobs: list[Job]):
