@@ -103,9 +103,8 @@ class StoreRows:
         stop = np.zeros(len(trajs), np.int64)
         np.maximum.at(stop, which, rows + 1)
         start = off[trajs]
-        order = np.argsort(
-            which, kind="stable"
-        )  # rows by trajectory: trajectory k's are order[ptr[k]:ptr[k+1]]
+        # the rows by trajectory: trajectory k's are order[ptr[k] : ptr[k + 1]]
+        order = np.argsort(which, kind="stable")
         ptr = np.concatenate([[0], np.cumsum(np.bincount(which, minlength=len(trajs)))])
         k = 0
         while k < len(trajs):  # one read: trajectories k .. k_read - 1
